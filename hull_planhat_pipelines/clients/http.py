@@ -1,0 +1,307 @@
+"""HTTP plumbing shared by the Copper, Planhat and Hull clients.
+
+One ``requests.Session`` per API with urllib3 retries declared once as a policy: which statuses
+retry, how to back off, when to give up. The clock and the sleeper are injected so tests never
+wait for real time. Secrets are redacted from every message this module produces.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+Sleeper = Callable[[float], None]
+Clock = Callable[[], float]
+
+
+class ApiError(RuntimeError):
+    """A request that did not succeed; the message never contains a credential."""
+
+    def __init__(self, api: str, message: str, status: int | None = None, body: Any = None):
+        self.api = api
+        self.status = status
+        self.body = body
+        super().__init__(f"{api}: {message}")
+
+
+class ApiAuthError(ApiError):
+    """401/403: wrong credentials (or, for Planhat, often the wrong region). Never retried."""
+
+
+class ApiResponseError(ApiError):
+    """A response that is not what the API documents (malformed JSON, wrong shape)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an API's transient failures are retried; declared once per API."""
+
+    attempts: int = 6
+    """Total tries of one call (the first included)."""
+    retry_statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+    backoff_factor: float = 0.5
+    """Exponential backoff base in seconds: 0.5, 1, 2, 4 ... when no Retry-After is given."""
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0
+    """A Retry-After larger than this is capped (a misbehaving server must not stall a run)."""
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+
+
+@dataclass
+class RequestStats:
+    """What a client did: calls made by code, HTTP requests sent (retries included)."""
+
+    calls: int = 0
+    requests: int = 0
+    retries: int = 0
+    by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, kind: str, attempts: int, statuses: Iterable[int]) -> None:
+        with self._lock:
+            self.calls += 1
+            self.requests += attempts
+            self.retries += attempts - 1
+            self.by_kind[kind] += attempts
+            self.statuses.update(statuses)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "calls": self.calls,
+                "requests": self.requests,
+                "retries": self.retries,
+                "by_kind": dict(self.by_kind),
+            }
+
+
+class SlidingWindowLimiter:
+    """At most ``max_requests`` in any ``window`` seconds: stay under a rate limit, not bounce off it."""
+
+    def __init__(
+        self,
+        max_requests: int,
+        window: float = 60.0,
+        *,
+        clock: Clock = time.monotonic,
+        sleeper: Sleeper = time.sleep,
+    ) -> None:
+        if max_requests < 1:
+            raise ValueError("max_requests must be at least 1")
+        self.max_requests = max_requests
+        self.window = window
+        self._clock = clock
+        self._sleeper = sleeper
+        self._sent: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+        self.waited = 0.0
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            while self._sent and now - self._sent[0] >= self.window:
+                self._sent.popleft()
+            if len(self._sent) >= self.max_requests:
+                pause = self.window - (now - self._sent[0])
+                if pause > 0:
+                    self.waited += pause
+                    self._sleeper(pause)
+                now = self._clock()
+                self._sent.popleft()
+            self._sent.append(now)
+
+
+class _Retry(Retry):
+    """urllib3 Retry whose waits go through an injected sleeper."""
+
+    sleeper: Sleeper = staticmethod(time.sleep)
+
+    def new(self, **kw: Any) -> _Retry:
+        retry = super().new(**kw)
+        retry.sleeper = self.sleeper
+        return retry
+
+    def sleep_for_retry(self, response: Any) -> bool:
+        retry_after = self.get_retry_after(response)
+        if retry_after:
+            self.sleeper(min(retry_after, self.retry_after_max))
+            return True
+        return False
+
+    def _sleep_backoff(self) -> None:
+        backoff = self.get_backoff_time()
+        if backoff > 0:
+            self.sleeper(backoff)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class ApiSession:
+    """One API's base URL, headers, retry policy, throttle and request counters."""
+
+    def __init__(
+        self,
+        api: str,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        secrets: Iterable[str] = (),
+        policy: RetryPolicy = RetryPolicy(),
+        requests_per_minute: int | None = None,
+        sleeper: Sleeper = time.sleep,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.base_url = base_url.rstrip("/")
+        self.policy = policy
+        self.secrets = [s for s in secrets if s]
+        self.stats = RequestStats()
+        self.limiter = (
+            SlidingWindowLimiter(requests_per_minute, clock=clock, sleeper=sleeper)
+            if requests_per_minute
+            else None
+        )
+        retry = _Retry(
+            total=policy.attempts - 1,
+            connect=policy.attempts - 1,
+            read=policy.attempts - 1,
+            status=policy.attempts - 1,
+            other=0,
+            allowed_methods=None,  # every method: Copper searches are POSTs, upserts are keyed
+            status_forcelist=policy.retry_statuses,
+            backoff_factor=policy.backoff_factor,
+            backoff_max=policy.backoff_max,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+            retry_after_max=int(policy.retry_after_max),
+        )
+        retry.sleeper = sleeper
+        self.session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=8)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept": "application/json"})
+        self.session.headers.update(headers or {})
+        if auth is not None:
+            self.session.auth = auth
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> ApiSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+
+    def _safe(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        kind: str | None = None,
+        ok_statuses: Iterable[int] = (),
+    ) -> requests.Response:
+        """Send one call (retried per the policy); raise ``ApiError`` unless it succeeded.
+
+        ``ok_statuses`` lists non-2xx statuses the caller interprets itself (e.g. 404 on a get).
+        """
+        if self.limiter is not None:
+            self.limiter.acquire()
+        label = kind or f"{method} {path.split('?')[0]}"
+        data = None
+        send_headers = dict(headers or {})
+        if json_body is not None:
+            data = json.dumps(json_body, separators=(",", ":"), default=str).encode()
+            send_headers.setdefault("Content-Type", "application/json")
+        try:
+            response = self.session.request(
+                method,
+                self.url(path),
+                data=data,
+                params=params,
+                headers=send_headers,
+                timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+            )
+        except requests.RequestException as exc:
+            self.stats.record(label, self.policy.attempts, ())
+            reason = type(exc).__name__
+            raise ApiError(
+                self.api,
+                self._safe(f"{method} {path} failed after {self.policy.attempts} attempts: {reason}"),
+            ) from None
+        history = getattr(getattr(response.raw, "retries", None), "history", ()) or ()
+        statuses = [h.status for h in history if h.status] + [response.status_code]
+        self.stats.record(label, len(history) + 1, statuses)
+        status = response.status_code
+        if status < 400 or status in set(ok_statuses):
+            return response
+        message = self._safe(self._error_message(response))
+        if status in (401, 403):
+            raise ApiAuthError(
+                self.api, f"Unauthorized ({status}) on {method} {self._safe(path)}: {message}", status
+            )
+        if status in self.policy.retry_statuses:
+            message = f"gave up after {len(history) + 1} attempts: {message}"
+        raise ApiError(
+            self.api, f"{method} {self._safe(path)} answered {status}: {message}", status, message
+        )
+
+    def json(self, method: str, path: str, **kw: Any) -> Any:
+        """``request`` and decode the JSON body; an empty body is ``None``."""
+        response = self.request(method, path, **kw)
+        return self.decode(response, method, path)
+
+    def decode(self, response: requests.Response, method: str, path: str) -> Any:
+        if not response.content or not response.content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            excerpt = response.text[:120].replace("\n", " ")
+            raise ApiResponseError(
+                self.api,
+                self._safe(
+                    f"{method} {path} answered {response.status_code} with malformed JSON: {excerpt!r}"
+                ),
+                response.status_code,
+            ) from None
+
+    @staticmethod
+    def _error_message(response: requests.Response) -> str:
+        """Copper answers ``{"message": ...}`` or ``{"error": ...}``; Planhat ``{"error": ...}``."""
+        try:
+            body = response.json()
+        except ValueError:
+            return (response.text or response.reason or "").strip()[:300]
+        if isinstance(body, dict):
+            for key in ("message", "error", "detail"):
+                if body.get(key):
+                    return str(body[key])[:300]
+        return json.dumps(body)[:300]
