@@ -128,6 +128,15 @@ class PlanhatSettings(_Strict):
     requests_per_minute: Annotated[int, Field(ge=1)] = 200
     """Client-side throttle: Planhat's soft quota is 200 calls a minute."""
 
+    @field_validator("fetch_interval_minutes")
+    @classmethod
+    def _cron_interval(cls, minutes: int) -> int:
+        if (minutes < 60 and 60 % minutes == 0) or (
+            minutes % 60 == 0 and 24 % (minutes // 60) == 0
+        ):
+            return minutes
+        raise ValueError("must divide an hour (1..30) or be whole hours that divide a day")
+
     @field_validator("metrics")
     @classmethod
     def _unique_dimensions(cls, metrics: list[MetricSettings]) -> list[MetricSettings]:

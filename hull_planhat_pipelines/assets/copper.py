@@ -1,0 +1,150 @@
+"""Copper raw tables: ``copper/{leads,people,companies,opportunities,activities}``.
+
+One asset per declared Copper object, all built by one factory: an object is added by a
+declaration in ``clients/copper.py``, not by a new fetch loop. Each partition is one UTC day of
+the object's windowing date; a run over a partition range (a backfill, "fetch all") walks the
+whole range with one date cursor instead of one search per day.
+"""
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from tqdm import tqdm
+
+from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
+from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.resources import CopperResource
+from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.copper_records import records_frame
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync_log import record_events
+
+PREVIEW_COLUMNS = ["id", "name", "primary_email", "date_modified", "partition_date"]
+
+
+def _unix(moment: dt.datetime) -> int:
+    return int(moment.timestamp())
+
+
+def fetch_window(
+    window: dg.TimeWindow, first_partition_start: dt.datetime
+) -> tuple[int | None, int]:
+    """Inclusive Unix-second bounds of a partition window; the first partition is open below."""
+    start = None if window.start <= first_partition_start else _unix(window.start)
+    return start, _unix(window.end) - 1
+
+
+def _activity_type_ids(metadata: Any) -> list[int]:
+    """Every user activity type (disabled ones too): events are chosen downstream, by name."""
+    return [t.id for t in metadata.activity_types.user]
+
+
+def _preview(frame: pd.DataFrame) -> dg.MetadataValue:
+    columns = [c for c in PREVIEW_COLUMNS if c in frame.columns]
+    return dg.MetadataValue.md(frame[columns].head(10).to_markdown(index=False))
+
+
+def _fetch(
+    context: dg.AssetExecutionContext,
+    client: CopperClient,
+    obj: CopperObject,
+    settings: Settings,
+    progress_bar: bool,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    partitions_def = context.assets_def.partitions_def
+    assert isinstance(partitions_def, dg.TimeWindowPartitionsDefinition)
+    first_start = partitions_def.start
+    start, end = fetch_window(context.partition_time_window, first_start)
+    metadata = client.metadata()
+    type_ids = _activity_type_ids(metadata) if obj.name == "activities" else None
+    records: list[dict[str, Any]] = []
+    pages = 0
+    bar = tqdm(desc=f"copper/{obj.name}", unit=" records", disable=not progress_bar, leave=False)
+    with bar:
+        for page in client.search(obj.name, start=start, end=end, activity_type_ids=type_ids):
+            pages += 1
+            records.extend(page.records)
+            if page.total is not None:
+                bar.total = page.total
+            bar.update(len(page.records))
+            of_total = f" of about {page.total}" if page.total is not None else ""
+            context.log.info(
+                f"copper/{obj.name}: page {page.number}, {len(records)} records so far{of_total}"
+            )
+    frame = records_frame(
+        obj.name,
+        records,
+        metadata,
+        fetched_at=dt.datetime.now(dt.UTC),
+        partition_start=settings.copper.start_date,
+        close_date_format=settings.copper.close_date_format,
+        opportunity_type_field=settings.copper.opportunity_type_field,
+    )
+    stats = client.stats.snapshot()
+    return frame, {
+        "rows": dg.MetadataValue.int(len(frame)),
+        "pages_fetched": dg.MetadataValue.int(pages),
+        "requests": dg.MetadataValue.int(stats["requests"]),
+        "retries": dg.MetadataValue.int(stats["retries"]),
+        "window_start": dg.MetadataValue.text(str(start) if start is not None else "open"),
+        "window_end": dg.MetadataValue.int(end),
+        "preview": _preview(frame),
+    }
+
+
+def build_copper_asset(
+    obj: CopperObject, settings: Settings, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["copper", obj.name],
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        io_manager_key="warehouse_io_manager",
+        metadata={
+            "partition_expr": "partition_date",
+            "current_view": {"key": "id", "order_by": ["date_modified", "_fetched_at"]},
+        },
+        group_name="copper",
+        kinds={"duckdb"},
+        pool="warehouse",
+        description=(
+            f"Copper {obj.name}: one row per record whose {obj.date_field} falls on the partition's "
+            "UTC day (the first partition also holds everything older). Typed columns, the "
+            "source record whole (`record`) and its resolved fields (`fields`)."
+        ),
+    )
+    def _copper_object(context: dg.AssetExecutionContext, copper: CopperResource) -> pd.DataFrame:
+        asset = f"copper/{obj.name}"
+        try:
+            with copper.client() as client:
+                frame, metadata = _fetch(context, client, obj, settings, copper.progress_bar)
+        except ApiAuthError as exc:
+            record_events(
+                context,
+                [
+                    SyncEvent(
+                        event="incoming.job.error", object_type=obj.name, reason="Unauthorized"
+                    )
+                ],
+                asset=asset,
+            )
+            raise dg.Failure(str(exc), allow_retries=False) from None
+        except ApiError as exc:
+            record_events(
+                context,
+                [SyncEvent(event="incoming.job.error", object_type=obj.name, reason=str(exc))],
+                asset=asset,
+            )
+            raise
+        context.add_output_metadata(metadata)
+        return frame
+
+    return _copper_object
+
+
+def build_copper_assets(
+    settings: Settings, partitions_def: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    return [build_copper_asset(obj, settings, partitions_def) for obj in COPPER_OBJECTS.values()]

@@ -1,0 +1,160 @@
+"""Planhat snapshot tables: ``planhat/companies``, ``planhat/endusers``, ``planhat/users``.
+
+Planhat's API cannot filter by time, so every fetch is a full snapshot; partition D holds the
+latest snapshot taken on day D. Planhat keeps no history, so a past partition cannot be
+materialized: asking for one fails with a message saying why, rather than silently writing
+today's data under yesterday's date.
+"""
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from hull_planhat_pipelines.clients.http import ApiAuthError
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.resources import PlanhatResource
+from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat_records import (
+    COMPANY_FIELDS,
+    ENDUSER_FIELDS,
+    companies_frame,
+    endusers_frame,
+    users_frame,
+)
+from hull_planhat_pipelines.sync_log import record_events
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def refuse_past_partitions(keys: Iterable[str], today: dt.date) -> None:
+    """Raise unless the only partition asked for is today's."""
+    past = sorted(k for k in keys if k != today.isoformat())
+    if past:
+        raise dg.Failure(
+            f"Planhat keeps no history: partition(s) {', '.join(past[:5])}"
+            f"{' ...' if len(past) > 5 else ''} lie in the past and cannot be fetched again. "
+            f"Only today's partition ({today.isoformat()}) holds a snapshot that can be taken now.",
+            allow_retries=False,
+        )
+
+
+def _select(fields: Iterable[str], incoming: dict[str, str]) -> list[str]:
+    """Ask for every field we use, configured ones included: a listing omits unselected fields."""
+    return sorted({*fields, *incoming})
+
+
+def _pages(
+    context: dg.AssetExecutionContext, what: str, pages: Iterator[list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for number, page in enumerate(pages, start=1):
+        records.extend(page)
+        context.log.info(f"planhat/{what}: page {number}, {len(records)} records so far")
+    return records
+
+
+def _snapshot_metadata(frame: pd.DataFrame, client: PlanhatClient) -> dict[str, Any]:
+    stats = client.stats.snapshot()
+    return {
+        "rows": dg.MetadataValue.int(len(frame)),
+        "requests": dg.MetadataValue.int(stats["requests"]),
+        "retries": dg.MetadataValue.int(stats["retries"]),
+    }
+
+
+def _auth_failure(context: dg.AssetExecutionContext, asset: str, exc: ApiAuthError) -> dg.Failure:
+    record_events(
+        context, [SyncEvent(event="incoming.job.error", reason="Unauthorized")], asset=asset
+    )
+    return dg.Failure(str(exc), allow_retries=False)
+
+
+SNAPSHOT_METADATA = {
+    "partition_expr": "partition_date",
+    "current_view": {"key": "_id", "order_by": ["partition_date", "_fetched_at"]},
+}
+
+
+def build_planhat_assets(
+    settings: Settings, partitions_def: dg.PartitionsDefinition, clock: Clock = _utc_now
+) -> list[dg.AssetsDefinition]:
+    incoming = settings.planhat.incoming
+
+    @dg.asset(
+        key=["planhat", "companies"],
+        partitions_def=partitions_def,
+        io_manager_key="warehouse_io_manager",
+        metadata=SNAPSHOT_METADATA,
+        group_name="planhat",
+        kinds={"duckdb"},
+        pool="warehouse",
+        description="Full snapshot of Planhat companies taken on the partition's day.",
+    )
+    def planhat_companies(
+        context: dg.AssetExecutionContext, planhat: PlanhatResource
+    ) -> pd.DataFrame:
+        now = clock()
+        refuse_past_partitions(context.partition_keys, now.date())
+        select = _select(COMPANY_FIELDS, incoming.company_attributes)
+        try:
+            with planhat.client() as client:
+                records = _pages(context, "companies", client.iter_companies(select=select))
+                frame = companies_frame(records, fetched_at=now, partition_date=now.date())
+                context.add_output_metadata(_snapshot_metadata(frame, client))
+        except ApiAuthError as exc:
+            raise _auth_failure(context, "planhat/companies", exc) from None
+        return frame
+
+    @dg.asset(
+        key=["planhat", "endusers"],
+        partitions_def=partitions_def,
+        io_manager_key="warehouse_io_manager",
+        metadata=SNAPSHOT_METADATA,
+        group_name="planhat",
+        kinds={"duckdb"},
+        pool="warehouse",
+        description="Full snapshot of Planhat endusers (archived ones are not listed by Planhat).",
+    )
+    def planhat_endusers(
+        context: dg.AssetExecutionContext, planhat: PlanhatResource
+    ) -> pd.DataFrame:
+        now = clock()
+        refuse_past_partitions(context.partition_keys, now.date())
+        select = _select(ENDUSER_FIELDS, incoming.enduser_attributes)
+        try:
+            with planhat.client() as client:
+                records = _pages(context, "endusers", client.iter_endusers(select=select))
+                frame = endusers_frame(records, fetched_at=now, partition_date=now.date())
+                context.add_output_metadata(_snapshot_metadata(frame, client))
+        except ApiAuthError as exc:
+            raise _auth_failure(context, "planhat/endusers", exc) from None
+        return frame
+
+    @dg.asset(
+        key=["planhat", "users"],
+        io_manager_key="warehouse_io_manager",
+        group_name="planhat",
+        kinds={"duckdb"},
+        pool="warehouse",
+        description=(
+            "Planhat team members: the valid owner and co-owner ids accounts are checked against."
+        ),
+    )
+    def planhat_users(context: dg.AssetExecutionContext, planhat: PlanhatResource) -> pd.DataFrame:
+        try:
+            with planhat.client() as client:
+                frame = users_frame(client.list_users(), fetched_at=clock())
+                context.add_output_metadata(_snapshot_metadata(frame, client))
+        except ApiAuthError as exc:
+            raise _auth_failure(context, "planhat/users", exc) from None
+        return frame
+
+    return [planhat_companies, planhat_endusers, planhat_users]

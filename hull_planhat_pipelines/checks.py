@@ -1,0 +1,105 @@
+"""Asset checks: the invariants each table promises, verified over the warehouse."""
+
+from collections.abc import Callable, Sequence
+
+import dagster as dg
+
+from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperObject
+from hull_planhat_pipelines.resources import WarehouseResource
+from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.warehouse import table_exists
+
+SAMPLE = 10
+
+
+def _sql_check(
+    key: list[str],
+    name: str,
+    description: str,
+    sql: Callable[[], str],
+    requires: Sequence[tuple[str, str]] = (),
+) -> dg.AssetChecksDefinition:
+    """A check that passes when ``sql`` returns no rows (the offending rows, sampled)."""
+    schema, table = key
+
+    @dg.asset_check(asset=dg.AssetKey(key), name=name, description=description)
+    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.read_only() as conn:
+            needed = [(schema, table), *requires]
+            if conn is None or not all(table_exists(conn, *t) for t in needed):
+                return dg.AssetCheckResult(passed=True, metadata={"rows_checked": 0})
+            offenders = conn.execute(f"select * from ({sql()}) limit {SAMPLE + 1}").fetchdf()
+            total = conn.execute(f"select count(*) from {schema}.{table}").fetchone()[0]
+        return dg.AssetCheckResult(
+            passed=offenders.empty,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "rows_checked": dg.MetadataValue.int(int(total)),
+                "offending_sample": dg.MetadataValue.md(
+                    offenders.head(SAMPLE).to_markdown(index=False) if len(offenders) else "none"
+                ),
+            },
+        )
+
+    return _check
+
+
+def copper_checks(obj: CopperObject, settings: Settings) -> list[dg.AssetChecksDefinition]:
+    table = f"copper.{obj.name}"
+    start = settings.copper.start_date.isoformat()
+    date = obj.date_field
+    return [
+        _sql_check(
+            ["copper", obj.name],
+            "unique_ids_per_partition",
+            "No record id appears twice within one partition.",
+            lambda: (
+                f"select partition_date, id, count(*) as n from {table} "
+                "group by all having count(*) > 1"
+            ),
+        ),
+        _sql_check(
+            ["copper", obj.name],
+            "dates_inside_partition",
+            f"Every row's {date} falls on its partition's UTC day (the first partition holds "
+            "everything older than the start date).",
+            lambda: (
+                f"select id, {date}, partition_date from {table} where "
+                f"cast(timezone('UTC', {date}) as date) <> partition_date and not "
+                f"(partition_date = date '{start}' and {date} < timestamptz '{start} 00:00:00+00')"
+            ),
+        ),
+    ]
+
+
+def build_copper_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    return [check for obj in COPPER_OBJECTS.values() for check in copper_checks(obj, settings)]
+
+
+def planhat_checks() -> list[dg.AssetChecksDefinition]:
+    unique = [
+        _sql_check(
+            ["planhat", model],
+            "unique_ids_per_partition",
+            "No Planhat _id appears twice within one snapshot.",
+            lambda model=model: (
+                f"select partition_date, _id, count(*) as n from planhat.{model} "
+                "group by all having count(*) > 1"
+            ),
+        )
+        for model in ("companies", "endusers")
+    ]
+    ours = _sql_check(
+        ["planhat", "companies"],
+        "external_id_on_companies_we_sent",
+        "Every company we created or updated in Planhat still carries its externalId.",
+        lambda: (
+            "select c._id, c.name, c.partition_date from planhat.companies c "
+            "join (select distinct planhat_id from planhat.deliveries "
+            "      where target = 'companies' and status in ('created', 'updated')) d "
+            "  on d.planhat_id = c._id "
+            "where c.external_id is null"
+        ),
+        requires=[("planhat", "deliveries")],
+    )
+    return [*unique, ours]

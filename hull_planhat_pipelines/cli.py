@@ -1,0 +1,269 @@
+"""The ``hull-planhat`` command: sync, sandbox, demo, check-config, internal-api."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from hull_planhat_pipelines.settings import ConfigError, Settings, load_settings
+
+
+# -- sync ----------------------------------------------------------------------------------------
+@dataclass
+class StepSummary:
+    step: str
+    ok: bool
+    rows: int | None = None
+    requests: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class SyncSummary:
+    steps: list[StepSummary] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(s.ok for s in self.steps)
+
+    def table(self) -> str:
+        frame = pd.DataFrame(
+            [
+                {
+                    "step": s.step,
+                    "status": "ok" if s.ok else "FAILED",
+                    "rows": "" if s.rows is None else s.rows,
+                    "requests": "" if s.requests is None else s.requests,
+                    "detail": s.detail,
+                }
+                for s in self.steps
+            ]
+        )
+        return frame.to_string(index=False)
+
+
+def _instance() -> Any:
+    import dagster as dg
+
+    return (
+        dg.DagsterInstance.get()
+        if os.environ.get("DAGSTER_HOME")
+        else dg.DagsterInstance.ephemeral()
+    )
+
+
+def incremental_start(settings: Settings, today: dt.date) -> dt.date:
+    """First day an incremental sync refetches: the oldest of each table's newest partition."""
+    from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
+    from hull_planhat_pipelines.warehouse import read_only, table_exists
+
+    start = settings.copper.start_date
+    newest: list[dt.date] = []
+    with read_only() as conn:
+        if conn is None:
+            return start
+        for name in COPPER_OBJECTS:
+            if not table_exists(conn, "copper", name):
+                return start
+            row = conn.execute(f"select max(partition_date) from copper.{name}").fetchone()
+            if row is None or row[0] is None:
+                return start
+            day = row[0]
+            if name == "activities":
+                day = day - dt.timedelta(days=settings.copper.activity_rescan_days)
+            newest.append(day)
+    return max(start, min(newest + [today]))
+
+
+def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        key = "/".join(materialization.asset_key.path)
+        found[key] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return found
+
+
+def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) -> SyncSummary:
+    """Run the pipeline once, in process, in dependency order."""
+    from hull_planhat_pipelines.definitions import build_definitions
+    from hull_planhat_pipelines.orchestration import range_tags
+
+    settings = load_settings()
+    defs = build_definitions(settings, progress_bar=sys.stderr.isatty())
+    summary = SyncSummary()
+    today = dt.datetime.now(dt.UTC).date()
+    first = settings.copper.start_date if full else incremental_start(settings, today)
+    job = defs.resolve_job_def("copper_sync")
+    result = job.execute_in_process(
+        instance=_instance(),
+        tags=range_tags(first.isoformat(), today.isoformat()),
+        raise_on_error=False,
+    )
+    metadata = _materialized_metadata(result)
+    for key in sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys):
+        found = metadata.get(key)
+        summary.steps.append(
+            StepSummary(
+                step=key,
+                ok=found is not None,
+                rows=found.get("rows") if found else None,
+                requests=found.get("requests") if found else None,
+                detail=f"{first}..{today}" if found else _failure_reason(result, key),
+            )
+        )
+    return summary
+
+
+def _failure_reason(result: Any, key: str) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_key and key.replace("/", "__") in event.step_key:
+            error = event.step_failure_data.error
+            return (error.message if error else "failed").strip().splitlines()[0][:120]
+    return "not materialized"
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    try:
+        summary = run_sync(full=args.full, force=args.force, dry_run=args.dry_run)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0 if summary.ok else 1
+
+
+# -- sandbox and demo ------------------------------------------------------------------------
+@contextlib.contextmanager
+def sandboxes(seed: int, scale: float) -> Iterator[dict[str, str]]:
+    """Start the emulated APIs; yield the environment that points the pipeline at them."""
+    from hull_planhat_pipelines.sandbox.copper import CopperSandbox
+
+    copper = CopperSandbox(seed=seed, scale=scale)
+    with copper:
+        yield {
+            "COPPER_API_URL": copper.base_url,
+            "COPPER_API_KEY": copper.api_key,
+            "COPPER_USER_EMAIL": copper.user_email,
+        }
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        stop.wait(0.5)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    with sandboxes(args.seed, args.scale) as env:
+        for name, value in env.items():
+            print(f"export {name}={value}")
+        print(flush=True)
+        _wait_for_interrupt()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with sandboxes(args.seed, args.scale) as env:
+        os.environ.update(env)
+        started = time.monotonic()
+        summary = run_sync(full=True)
+        print(summary.table())
+        print(f"\nfull sync in {time.monotonic() - started:.1f}s; warehouse: ", end="")
+        from hull_planhat_pipelines.warehouse import warehouse_path
+
+        print(warehouse_path())
+    return 0 if summary.ok else 1
+
+
+# -- check-config ----------------------------------------------------------------------------
+def describe_settings(settings: Settings) -> str:
+    c, p = settings.copper, settings.planhat
+    lines = [
+        f"copper: partitions from {c.start_date}, poll every {c.poll_minutes} min, "
+        f"fetch all '{c.fetch_all_cron}', activity re-scan {c.activity_rescan_days} days",
+        f"  identity: lead {c.identity.lead.model_dump(exclude_none=True)}, "
+        f"person {c.identity.person.model_dump(exclude_none=True)}, "
+        f"company {c.identity.company.model_dump(exclude_none=True)}",
+        "  attributes: "
+        + ", ".join(
+            f"{group} {len(getattr(c.attributes, group))}"
+            for group in ("lead", "person", "company", "opportunity")
+        ),
+        f"  opportunity type field: {c.opportunity_type_field}; events: {', '.join(c.activity_types)}",
+        f"planhat: fetch every {p.fetch_interval_minutes} min, batch size {p.batch_size}",
+        f"  contact segments: {p.contact_segments}; company segments: {p.company_segments}",
+        f"  tracking events: {p.tracking_events}; metrics: {[m.dimension_id for m in p.metrics]}",
+        f"segments: accounts {list(settings.segments.accounts)}, users {list(settings.segments.users)}",
+        f"destinations: {[f'{d.name} ({d.method} {d.path})' for d in settings.destinations]}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.path)
+    except ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    print(describe_settings(settings))
+    return 0
+
+
+# -- internal-api ----------------------------------------------------------------------------
+def cmd_internal_api(args: argparse.Namespace) -> int:
+    from hull_planhat_pipelines.internal_api import run_internal_api
+
+    return run_internal_api(args.host, args.port) or 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="hull-planhat", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    sync = commands.add_parser("sync", help="run the whole pipeline once, in process")
+    sync.add_argument("--full", action="store_true", help="refetch everything")
+    sync.add_argument("--force", action="store_true", help="send every in-segment record")
+    sync.add_argument("--dry-run", action="store_true", help="compute payloads, write to no API")
+    sync.set_defaults(func=cmd_sync)
+
+    for name, func, text in (
+        ("sandbox", cmd_sandbox, "serve the emulated APIs until interrupted"),
+        ("demo", cmd_demo, "sandbox plus one full sync"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--scale", type=float, default=1.0)
+        sub.set_defaults(func=func)
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("path", nargs="?", default=None)
+    check.set_defaults(func=cmd_check_config)
+
+    api = commands.add_parser("internal-api", help="serve the internal users API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.set_defaults(func=cmd_internal_api)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

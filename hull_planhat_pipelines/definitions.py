@@ -1,0 +1,51 @@
+"""The one Definitions object: every asset, check, job, schedule, sensor and resource."""
+
+import dagster as dg
+
+from hull_planhat_pipelines.assets.copper import build_copper_assets
+from hull_planhat_pipelines.assets.planhat import build_planhat_assets
+from hull_planhat_pipelines.checks import build_copper_checks, planhat_checks
+from hull_planhat_pipelines.orchestration import (
+    build_copper_fetch_all_schedule,
+    build_copper_incremental_sensor,
+    build_planhat_fetch_schedule,
+    copper_sync_job,
+    daily_partitions,
+    planhat_fetch_job,
+)
+from hull_planhat_pipelines.resources import WarehouseResource, copper_resource, planhat_resource
+from hull_planhat_pipelines.settings import Settings, load_settings
+from hull_planhat_pipelines.warehouse import WarehouseIOManager, warehouse_path
+
+
+def build_definitions(
+    settings: Settings | None = None, *, progress_bar: bool = False
+) -> dg.Definitions:
+    """Everything, built from one configuration (``HULL_PLANHAT_CONFIG`` by default)."""
+    settings = settings or load_settings()
+    partitions = daily_partitions(settings)
+    copper_job = copper_sync_job(partitions)
+    planhat_job = planhat_fetch_job(partitions)
+    database = warehouse_path()
+    return dg.Definitions(
+        assets=[
+            *build_copper_assets(settings, partitions),
+            *build_planhat_assets(settings, partitions),
+        ],
+        asset_checks=[*build_copper_checks(settings), *planhat_checks()],
+        jobs=[copper_job, planhat_job],
+        sensors=[build_copper_incremental_sensor(settings, copper_job)],
+        schedules=[
+            build_copper_fetch_all_schedule(settings, copper_job, partitions),
+            build_planhat_fetch_schedule(settings, planhat_job),
+        ],
+        resources={
+            "copper": copper_resource(settings.copper.requests_per_minute, progress_bar),
+            "planhat": planhat_resource(settings.planhat.requests_per_minute),
+            "warehouse_io_manager": WarehouseIOManager(database=database),
+            "warehouse": WarehouseResource(database=database),
+        },
+    )
+
+
+defs = build_definitions()

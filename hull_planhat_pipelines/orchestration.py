@@ -1,0 +1,162 @@
+"""Partitions, jobs, schedules and sensors: when things run, never what they do."""
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
+from hull_planhat_pipelines.resources import CopperResource
+from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.polling import CopperCursor, interval_cron, plan_incremental_runs
+
+COPPER_GROUP = "copper"
+PLANHAT_GROUP = "planhat"
+SORTABLE_OBJECTS = [name for name, obj in COPPER_OBJECTS.items() if obj.sort_by]
+"""Objects the sensor can ask "what is your newest change?" (activities have no sort)."""
+
+
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    """UTC days from ``copper.start_date`` up to and including today (``end_offset=1``)."""
+    return dg.DailyPartitionsDefinition(
+        start_date=settings.copper.start_date.isoformat(), timezone="UTC", end_offset=1
+    )
+
+
+def copper_keys(names: Sequence[str] | None = None) -> list[dg.AssetKey]:
+    return [dg.AssetKey(["copper", n]) for n in (names or list(COPPER_OBJECTS))]
+
+
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Tags that make one run cover a partition range (what a single-run backfill does)."""
+    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+
+
+def copper_sync_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "copper_sync",
+        selection=dg.AssetSelection.groups(COPPER_GROUP),
+        partitions_def=partitions_def,
+        description="Fetch Copper objects into their daily partitions.",
+    )
+
+
+# -- the incremental poll ------------------------------------------------------------------------
+
+
+def build_copper_incremental_sensor(
+    settings: Settings,
+    job: UnresolvedAssetJobDefinition,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="copper_incremental_sensor",
+        job=job,
+        minimum_interval_seconds=settings.copper.poll_minutes * 60,
+        description=(
+            "Asks Copper one cheap question per object (its newest change, page size 1) and "
+            "requests runs only for the day partitions that changed."
+        ),
+    )
+    def copper_incremental_sensor(
+        context: dg.SensorEvaluationContext, copper: CopperResource
+    ) -> dg.SensorResult:
+        cursor = CopperCursor.parse(context.cursor)
+        now = int(clock())
+        with copper.client() as client:
+            newest = {name: client.newest_modified(name) for name in SORTABLE_OBJECTS}
+            since = cursor.activities_checked
+            activities_changed = since is None or client.activity_exists_since(since, until=now)
+        runs, advanced = plan_incremental_runs(
+            cursor,
+            newest,
+            activities_changed,
+            now,
+            start_date=settings.copper.start_date,
+            rescan_days=settings.copper.activity_rescan_days,
+            rescan_minutes=settings.copper.activity_rescan_minutes,
+        )
+        fingerprint = json.dumps(newest, sort_keys=True)
+        requests = []
+        for run in runs:
+            key = run.run_key(fingerprint if run.reason == "modified records" else str(now))
+            context.log.info(
+                f"{run.reason}: {', '.join(run.objects)} {run.first_day}..{run.last_day}"
+            )
+            requests.append(
+                dg.RunRequest(
+                    run_key=key,
+                    asset_selection=copper_keys(run.objects),
+                    tags={
+                        **range_tags(run.first_day.isoformat(), run.last_day.isoformat()),
+                        "hull_planhat/trigger": run.reason,
+                    },
+                )
+            )
+        return dg.SensorResult(run_requests=requests, cursor=advanced.dumps())
+
+    return copper_incremental_sensor
+
+
+def build_copper_fetch_all_schedule(
+    settings: Settings,
+    job: UnresolvedAssetJobDefinition,
+    partitions_def: dg.TimeWindowPartitionsDefinition,
+) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="copper_fetch_all_schedule",
+        cron_schedule=settings.copper.fetch_all_cron,
+        job=job,
+        execution_timezone="UTC",
+        description="'Fetch all': every Copper partition refetched in one run.",
+    )
+    def copper_fetch_all_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        keys = partitions_def.get_partition_keys(current_time=context.scheduled_execution_time)
+        return dg.RunRequest(
+            run_key=f"copper-fetch-all:{context.scheduled_execution_time.isoformat()}",
+            tags={**range_tags(keys[0], keys[-1]), "hull_planhat/trigger": "fetch all"},
+        )
+
+    return copper_fetch_all_schedule
+
+
+# -- Planhat snapshots -------------------------------------------------------------------------
+
+
+def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "planhat_fetch",
+        selection=dg.AssetSelection.groups(PLANHAT_GROUP)
+        & dg.AssetSelection.assets(
+            ["planhat", "companies"], ["planhat", "endusers"], ["planhat", "users"]
+        ),
+        partitions_def=partitions_def,
+        description="Full snapshot of Planhat companies, endusers and team members.",
+    )
+
+
+def build_planhat_fetch_schedule(
+    settings: Settings, job: UnresolvedAssetJobDefinition
+) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="planhat_fetch_schedule",
+        cron_schedule=interval_cron(settings.planhat.fetch_interval_minutes),
+        job=job,
+        execution_timezone="UTC",
+        description="Every planhat.fetch_interval_minutes: today's Planhat snapshot.",
+    )
+    def planhat_fetch_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        moment = context.scheduled_execution_time.astimezone(dt.UTC)
+        return dg.RunRequest(
+            run_key=f"planhat-fetch:{moment.isoformat()}",
+            partition_key=moment.date().isoformat(),
+        )
+
+    return planhat_fetch_schedule

@@ -1,0 +1,90 @@
+"""Dagster resources that build the API clients from environment settings.
+
+Credentials reach the resources as ``dg.EnvVar`` so neither the UI nor a run's configuration
+ever shows them; base URLs are plain configuration with the public APIs as defaults.
+"""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import duckdb
+
+from hull_planhat_pipelines.clients.copper import CopperClient
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.warehouse import read_only
+
+DEFAULT_COPPER_API_URL = "https://api.copper.com/developer_api/v1"
+DEFAULT_PLANHAT_API_URL = "https://api.planhat.com"
+DEFAULT_PLANHAT_ANALYTICS_URL = "https://analytics.planhat.com"
+
+
+class CopperResource(dg.ConfigurableResource):
+    """Copper developer API credentials and client settings."""
+
+    api_url: str = DEFAULT_COPPER_API_URL
+    api_key: str
+    user_email: str
+    requests_per_minute: int = 180
+    progress_bar: bool = False
+    """Draw a progress bar on the terminal while fetching (the command line turns it on)."""
+
+    def client(self) -> CopperClient:
+        return CopperClient(
+            self.api_url,
+            self.api_key,
+            self.user_email,
+            requests_per_minute=self.requests_per_minute,
+        )
+
+
+class PlanhatResource(dg.ConfigurableResource):
+    """Planhat REST and analytics credentials (the base URL carries the tenant's region)."""
+
+    api_url: str = DEFAULT_PLANHAT_API_URL
+    analytics_url: str = DEFAULT_PLANHAT_ANALYTICS_URL
+    api_token: str
+    tenant_token: str
+    requests_per_minute: int = 200
+
+    def client(self) -> PlanhatClient:
+        return PlanhatClient(
+            self.api_url,
+            self.analytics_url,
+            self.api_token,
+            self.tenant_token,
+            requests_per_minute=self.requests_per_minute,
+        )
+
+
+def copper_resource(requests_per_minute: int, progress_bar: bool = False) -> CopperResource:
+    return CopperResource(
+        api_url=os.environ.get("COPPER_API_URL") or DEFAULT_COPPER_API_URL,
+        api_key=dg.EnvVar("COPPER_API_KEY"),
+        user_email=dg.EnvVar("COPPER_USER_EMAIL"),
+        requests_per_minute=requests_per_minute,
+        progress_bar=progress_bar,
+    )
+
+
+def planhat_resource(requests_per_minute: int) -> PlanhatResource:
+    return PlanhatResource(
+        api_url=os.environ.get("PLANHAT_API_URL") or DEFAULT_PLANHAT_API_URL,
+        analytics_url=os.environ.get("PLANHAT_ANALYTICS_URL") or DEFAULT_PLANHAT_ANALYTICS_URL,
+        api_token=dg.EnvVar("PLANHAT_API_TOKEN"),
+        tenant_token=dg.EnvVar("PLANHAT_TENANT_TOKEN"),
+        requests_per_minute=requests_per_minute,
+    )
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file, for steps that read it (checks) or write outside the I/O manager."""
+
+    database: str
+
+    @contextmanager
+    def read_only(self) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        """A short-lived read-only connection (``None`` while the warehouse does not exist)."""
+        with read_only(self.database) as conn:
+            yield conn

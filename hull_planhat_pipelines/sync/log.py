@@ -1,0 +1,80 @@
+"""Stable event names for every skip, error and success, as rows of ``ops.sync_log``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, Field, field_validator
+
+EVENT_NAME = re.compile(
+    r"^(incoming|outgoing)\.(user|account|event|job|user_event)\.(start|success|skip|error|progress)$"
+)
+
+SYNC_LOG_COLUMNS = [
+    "at",
+    "run_id",
+    "asset",
+    "event",
+    "object_type",
+    "object_id",
+    "reason",
+    "details",
+]
+
+
+class SyncEvent(BaseModel):
+    """One logged outcome: ``incoming.user.skip`` with its reason, ``incoming.job.error`` ..."""
+
+    event: str
+    object_type: str | None = None
+    object_id: str | None = None
+    reason: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("event")
+    @classmethod
+    def _stable_name(cls, value: str) -> str:
+        if not EVENT_NAME.match(value):
+            raise ValueError(f"not a stable event name: {value!r}")
+        return value
+
+    @property
+    def level(self) -> str:
+        return {"error": "error", "skip": "warning"}.get(self.event.rsplit(".", 1)[1], "info")
+
+    def message(self) -> str:
+        parts = [self.event]
+        if self.object_type or self.object_id:
+            parts.append(f"{self.object_type or ''}:{self.object_id or ''}")
+        if self.reason:
+            parts.append(self.reason)
+        return " ".join(parts)
+
+
+def events_frame(
+    events: Iterable[SyncEvent], *, run_id: str, asset: str, at: dt.datetime | None = None
+) -> pd.DataFrame:
+    at = at or dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            "at": at,
+            "run_id": run_id,
+            "asset": asset,
+            "event": e.event,
+            "object_type": e.object_type,
+            "object_id": e.object_id,
+            "reason": e.reason,
+            "details": json.dumps(e.details, default=str, sort_keys=True),
+        }
+        for e in events
+    ]
+    frame = pd.DataFrame(rows, columns=SYNC_LOG_COLUMNS)
+    frame["at"] = pd.to_datetime(frame["at"], utc=True)
+    for column in SYNC_LOG_COLUMNS[1:]:
+        frame[column] = frame[column].astype("string")
+    return frame

@@ -1,0 +1,113 @@
+"""When to poll: the incremental Copper plan and schedule intervals (pure, no Dagster)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CopperCursor:
+    """What the sensor has seen: newest modification per object and the activity scan times."""
+
+    newest: dict[str, int] = field(default_factory=dict)
+    activities_checked: int | None = None
+    activities_rescanned: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> CopperCursor:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            newest={k: int(v) for k, v in data.get("newest", {}).items()},
+            activities_checked=data.get("activities_checked"),
+            activities_rescanned=data.get("activities_rescanned"),
+        )
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "newest": self.newest,
+                "activities_checked": self.activities_checked,
+                "activities_rescanned": self.activities_rescanned,
+            },
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    objects: tuple[str, ...]
+    first_day: dt.date
+    last_day: dt.date
+    reason: str
+
+    def run_key(self, fingerprint: str) -> str:
+        return f"copper:{'+'.join(self.objects)}:{self.first_day}:{self.last_day}:{fingerprint}"
+
+
+def _day(ts: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date()
+
+
+def plan_incremental_runs(
+    cursor: CopperCursor,
+    newest: dict[str, int | None],
+    activities_changed: bool,
+    now: int,
+    *,
+    start_date: dt.date,
+    rescan_days: int,
+    rescan_minutes: int,
+) -> tuple[list[PlannedRun], CopperCursor]:
+    """Which day partitions changed since the cursor, and the advanced cursor (pure).
+
+    A changed object needs the days from its previous newest change to its new one; on the
+    first tick only the day of the newest change. Activities have no sort: a cheap "anything
+    dated since the last check?" question covers new ones, and a trailing window of days is
+    re-fetched every ``rescan_minutes`` for back-dated ones.
+    """
+    today = _day(now)
+    clamp = lambda day: max(day, start_date)  # noqa: E731
+    changed: dict[str, tuple[dt.date, dt.date]] = {}
+    advanced = CopperCursor(
+        dict(cursor.newest), cursor.activities_checked, cursor.activities_rescanned
+    )
+    for name, value in newest.items():
+        if value is None:
+            continue
+        previous = cursor.newest.get(name)
+        if previous is None or value > previous:
+            first = _day(previous) if previous is not None else _day(value)
+            changed[name] = (clamp(first), clamp(_day(value)))
+            advanced.newest[name] = value
+    runs: list[PlannedRun] = []
+    if changed:
+        first_day = min(first for first, _ in changed.values())
+        last_day = max(last for _, last in changed.values())
+        runs.append(PlannedRun(tuple(sorted(changed)), first_day, last_day, "modified records"))
+    rescan_due = (
+        cursor.activities_rescanned is None
+        or now - cursor.activities_rescanned >= rescan_minutes * 60
+    )
+    if rescan_due:
+        first = clamp(today - dt.timedelta(days=rescan_days))
+        runs.append(PlannedRun(("activities",), first, clamp(today), "trailing activity re-scan"))
+        advanced.activities_rescanned = now
+    elif activities_changed:
+        since = cursor.activities_checked or now
+        runs.append(PlannedRun(("activities",), clamp(_day(since)), clamp(today), "new activities"))
+    advanced.activities_checked = now
+    return runs, advanced
+
+
+def interval_cron(minutes: int) -> str:
+    """A cron expression firing every ``minutes`` (a divisor of an hour, or whole hours of a day)."""
+    if minutes < 60 and 60 % minutes == 0:
+        return f"*/{minutes} * * * *" if minutes > 1 else "* * * * *"
+    hours, rest = divmod(minutes, 60)
+    if rest == 0 and 24 % hours == 0:
+        return "0 * * * *" if hours == 1 else f"0 */{hours} * * *" if hours < 24 else "0 0 * * *"
+    raise ValueError(f"{minutes} minutes is not an interval a cron schedule can keep")

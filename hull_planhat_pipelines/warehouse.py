@@ -1,0 +1,194 @@
+"""The DuckDB warehouse: where every table lives, and the I/O manager that writes them.
+
+Dagster's DuckDB pandas I/O manager, with three changes a production table needs:
+- replacing a partition is one transaction (delete and insert commit together, or neither);
+- an empty frame still creates a correctly typed table, and columns are inserted by name, with
+  new columns added, so a schema change never shifts values between columns;
+- assets that declare ``metadata={"current_view": {"key": ..., "order_by": [...]}}`` get a view
+  ``<schema>_current.<table>`` holding the newest row per key across partitions.
+"""
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+from dagster import InputContext, OutputContext
+from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, TableSlice
+from dagster_duckdb.io_manager import DuckDbClient, DuckDBIOManager, _get_cleanup_statement
+from dagster_duckdb_pandas import DuckDBPandasTypeHandler
+
+WAREHOUSE_ENV_VAR = "HULL_PLANHAT_WAREHOUSE"
+DEFAULT_WAREHOUSE = "data/warehouse.duckdb"
+
+
+def warehouse_path() -> str:
+    """The DuckDB file of all tables (``HULL_PLANHAT_WAREHOUSE``), its folder created."""
+    path = os.environ.get(WAREHOUSE_ENV_VAR) or DEFAULT_WAREHOUSE
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def read_only(path: str | None = None) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """A short-lived read-only connection, or ``None`` if the warehouse does not exist yet."""
+    path = path or warehouse_path()
+    if not Path(path).exists():
+        yield None
+        return
+    conn = duckdb.connect(path, read_only=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    rows = run(
+        conn,
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    )
+    return bool(rows and rows[0][0])
+
+
+def run(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    """Execute and consume the result (DuckDB refuses new work while a result is pending)."""
+    return conn.execute(sql, params or []).fetchall()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def current_view_sql(schema: str, table: str, key: str, order_by: Sequence[str]) -> str:
+    order = ", ".join(f"{_quote(c)} desc nulls last" for c in order_by) or "1"
+    return (
+        f"create or replace view {schema}_current.{table} as "
+        f"select * from {schema}.{table} "
+        f"qualify row_number() over (partition by {_quote(key)} order by {order}) = 1"
+    )
+
+
+class _TransactionalDuckDbClient(DuckDbClient):
+    """Opens a transaction before the partition delete (the type handler commits it) and always
+    closes its connection: the stock client leaks it when a write fails, keeping the file locked.
+    """
+
+    @staticmethod
+    def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection) -> None:
+        run(connection, "begin transaction")
+        if table_exists(connection, table_slice.schema, table_slice.table):
+            run(connection, _get_cleanup_statement(table_slice))
+
+    @staticmethod
+    @contextmanager
+    def connect(context, table_slice):
+        with contextmanager(DuckDbClient.connect.__wrapped__)(context, table_slice) as conn:
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+
+class WarehousePandasTypeHandler(DuckDBPandasTypeHandler):
+    def handle_output(
+        self, context: OutputContext, table_slice: TableSlice, obj: pd.DataFrame, connection
+    ) -> dict[str, Any]:
+        target = f"{table_slice.schema}.{_quote(table_slice.table)}"
+        frame = obj
+        try:
+            connection.register("_frame", frame)
+            described = [
+                (name, "VARCHAR" if dtype == '"NULL"' or dtype == "NULL" else dtype)
+                for name, dtype, *_ in connection.execute(
+                    "describe select * from _frame"
+                ).fetchall()
+            ]
+            if not table_exists(connection, table_slice.schema, table_slice.table):
+                columns = ", ".join(f"{_quote(name)} {dtype}" for name, dtype in described)
+                run(connection, f"create table {target} ({columns})")
+            existing = {
+                row[0]
+                for row in connection.execute(
+                    "select column_name from information_schema.columns "
+                    "where table_schema = ? and table_name = ?",
+                    [table_slice.schema, table_slice.table],
+                ).fetchall()
+            }
+            for name, dtype in described:
+                if name not in existing:
+                    run(connection, f"alter table {target} add column {_quote(name)} {dtype}")
+            if len(frame):
+                run(connection, f"insert into {target} by name select * from _frame")
+            connection.unregister("_frame")
+            view = (context.definition_metadata or {}).get("current_view")
+            if view:
+                run(connection, f"create schema if not exists {table_slice.schema}_current")
+                run(
+                    connection,
+                    current_view_sql(
+                        table_slice.schema, table_slice.table, view["key"], view["order_by"]
+                    ),
+                )
+            run(connection, "commit")
+        except Exception:
+            run(connection, "rollback")
+            raise
+        key = "dagster/partition_row_count" if context.has_partition_key else "dagster/row_count"
+        return {key: len(frame)}
+
+    def load_input(
+        self, context: InputContext, table_slice: TableSlice, connection
+    ) -> pd.DataFrame:
+        if not table_exists(connection, table_slice.schema, table_slice.table):
+            return pd.DataFrame()
+        return super().load_input(context, table_slice, connection)
+
+
+class WarehouseIOManager(DuckDBIOManager):
+    """The DuckDB pandas I/O manager with transactional, schema-tolerant partition writes."""
+
+    @staticmethod
+    def type_handlers() -> Sequence[DbTypeHandler]:
+        return [WarehousePandasTypeHandler()]
+
+    @staticmethod
+    def default_load_type() -> type | None:
+        return pd.DataFrame
+
+    def create_io_manager(self, context) -> DbIOManager:
+        return DbIOManager(
+            db_client=_TransactionalDuckDbClient(),
+            database=self.database,
+            schema=self.schema_,
+            type_handlers=self.type_handlers(),
+            default_load_type=self.default_load_type(),
+            io_manager_name="WarehouseIOManager",
+        )
+
+
+SYNC_LOG_DDL = """
+create schema if not exists ops;
+create table if not exists ops.sync_log (
+    at timestamptz, run_id varchar, asset varchar, event varchar, object_type varchar,
+    object_id varchar, reason varchar, details varchar
+);
+"""
+
+
+def append_sync_log(frame: pd.DataFrame, path: str | None = None) -> None:
+    """Append rows to ``ops.sync_log`` (one short write; never held across steps)."""
+    if frame.empty:
+        return
+    conn = duckdb.connect(path or warehouse_path())
+    try:
+        for statement in filter(str.strip, SYNC_LOG_DDL.split(";")):
+            run(conn, statement)
+        conn.register("_events", frame)
+        run(conn, "insert into ops.sync_log by name select * from _events")
+    finally:
+        conn.close()

@@ -1,0 +1,103 @@
+"""The incremental poll's planning and the schedules' timing, without a server."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from hull_planhat_pipelines.sync.polling import CopperCursor, interval_cron, plan_incremental_runs
+
+START = dt.date(2024, 1, 1)
+NOW = int(dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC).timestamp())
+DAY = 86_400
+
+
+def _plan(cursor: CopperCursor, newest: dict, activities_changed: bool = False, now: int = NOW):
+    return plan_incremental_runs(
+        cursor,
+        newest,
+        activities_changed,
+        now,
+        start_date=START,
+        rescan_days=7,
+        rescan_minutes=60,
+    )
+
+
+def test_first_tick_fetches_the_newest_day_and_rescans_activities() -> None:
+    runs, cursor = _plan(CopperCursor(), {"leads": NOW - 60, "people": None})
+    assert [(r.objects, r.first_day, r.last_day) for r in runs] == [
+        (("leads",), dt.date(2026, 11, 23), dt.date(2026, 11, 23)),
+        (("activities",), dt.date(2026, 11, 16), dt.date(2026, 11, 23)),
+    ]
+    assert cursor.newest == {"leads": NOW - 60}
+    assert cursor.activities_rescanned == NOW and cursor.activities_checked == NOW
+
+
+def test_only_changed_objects_and_days_are_requested() -> None:
+    cursor = CopperCursor(
+        newest={"leads": NOW - 3 * DAY, "people": NOW - 100},
+        activities_checked=NOW - 300,
+        activities_rescanned=NOW - 600,
+    )
+    runs, advanced = _plan(cursor, {"leads": NOW - 10, "people": NOW - 100})
+    assert [(r.objects, r.first_day, r.last_day) for r in runs] == [
+        (("leads",), dt.date(2026, 11, 20), dt.date(2026, 11, 23))
+    ]
+    assert advanced.newest == {"leads": NOW - 10, "people": NOW - 100}
+
+
+def test_an_unchanged_source_requests_nothing_and_a_repeated_tick_is_harmless() -> None:
+    cursor = CopperCursor(
+        newest={"leads": NOW - 100}, activities_checked=NOW - 300, activities_rescanned=NOW - 600
+    )
+    runs, advanced = _plan(cursor, {"leads": NOW - 100})
+    assert runs == []
+    again, _ = _plan(advanced, {"leads": NOW - 100}, now=NOW + 300)
+    assert again == []
+
+
+def test_new_activities_and_the_trailing_rescan() -> None:
+    cursor = CopperCursor(activities_checked=NOW - 300, activities_rescanned=NOW - 600)
+    runs, _ = _plan(cursor, {}, activities_changed=True)
+    assert [(r.objects, r.first_day, r.reason) for r in runs] == [
+        (("activities",), dt.date(2026, 11, 23), "new activities")
+    ]
+    later = CopperCursor(activities_checked=NOW - 300, activities_rescanned=NOW - 3600)
+    runs, advanced = _plan(later, {})
+    assert [(r.first_day, r.reason) for r in runs] == [
+        (dt.date(2026, 11, 16), "trailing activity re-scan")
+    ]
+    assert advanced.activities_rescanned == NOW
+
+
+def test_days_before_the_start_date_clamp_to_the_first_partition() -> None:
+    old = int(dt.datetime(2023, 6, 1, tzinfo=dt.UTC).timestamp())
+    runs, _ = _plan(CopperCursor(newest={"companies": old - DAY}), {"companies": old})
+    assert runs[0].first_day == START and runs[0].last_day == START
+
+
+def test_cursor_round_trips() -> None:
+    cursor = CopperCursor({"leads": 5}, 6, 7)
+    assert CopperCursor.parse(cursor.dumps()) == cursor
+    assert CopperCursor.parse(None) == CopperCursor()
+
+
+@pytest.mark.parametrize(
+    ("minutes", "cron"),
+    [
+        (1, "* * * * *"),
+        (5, "*/5 * * * *"),
+        (60, "0 * * * *"),
+        (180, "0 */3 * * *"),
+        (1440, "0 0 * * *"),
+    ],
+)
+def test_interval_cron(minutes: int, cron: str) -> None:
+    assert interval_cron(minutes) == cron
+
+
+def test_interval_cron_refuses_what_cron_cannot_keep() -> None:
+    with pytest.raises(ValueError):
+        interval_cron(7)

@@ -1,0 +1,110 @@
+"""The configuration file is a contract: the example loads as it stands, errors name the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hull_planhat_pipelines.cli import main
+from hull_planhat_pipelines.settings import (
+    ConfigError,
+    default_config_path,
+    load_settings,
+    parse_settings,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "examples" / "hull_planhat.yaml"
+
+
+@pytest.fixture
+def example() -> dict:
+    return yaml.safe_load(default_config_path().read_text())
+
+
+def test_packaged_configuration_is_the_agreed_example(example: dict) -> None:
+    settings = parse_settings(example)
+    assert settings.copper.identity.person.external_id == "custom:User ID"
+    assert settings.copper.attributes.company["custom:ARR"] == "arr"
+    assert settings.planhat.metrics[0].model == "Company"
+    assert settings.destinations[0].method == "POST"
+    assert settings.segments.users["Customers"].startswith("email is not null")
+
+
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="the shared example is not beside the project")
+def test_the_shared_example_loads_exactly_as_it_stands() -> None:
+    assert load_settings(EXAMPLE) == load_settings(default_config_path())
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key_path"),
+    [
+        (("copper", "identity", "lead", "emial"), "x", "copper.identity.lead.emial"),
+        (("copper", "start_date"), "not a date", "copper.start_date"),
+        (("copper", "link_person_to_account"), "perhaps", "copper.link_person_to_account"),
+        (("planhat", "batch_size"), 5001, "planhat.batch_size"),
+        (("planhat", "batch_size"), 0, "planhat.batch_size"),
+        (("planhat", "fetch_interval_minutes"), 7, "planhat.fetch_interval_minutes"),
+        (
+            ("planhat", "metrics", 0, "dimension_id"),
+            "open pipeline",
+            "planhat.metrics.0.dimension_id",
+        ),
+        (("planhat", "metrics", 0, "model"), "Opportunity", "planhat.metrics.0.model"),
+        (("destinations", 0, "method"), "DELETE", "destinations.0.method"),
+        (("destinations", 0, "batch_size"), 10, "destinations.0"),
+        (("destinations", 0, "path"), "conversations", "destinations.0.path"),
+        (("surprise",), 1, "surprise"),
+    ],
+)
+def test_a_bad_key_or_value_names_its_path(
+    example: dict, path: tuple, value: object, key_path: str
+) -> None:
+    data = copy.deepcopy(example)
+    target = data
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data, "test.yaml")
+    assert caught.value.key_path == key_path
+    assert key_path in str(caught.value)
+
+
+def test_bulk_destinations_may_batch_and_single_record_ones_may_not(example: dict) -> None:
+    data = copy.deepcopy(example)
+    data["destinations"][0].update(method="PUT", path="/conversations", batch_size=5000)
+    assert parse_settings(data).destinations[0].is_bulk
+    data["destinations"][0].update(path="/companies/{external_id}", batch_size=1)
+    assert not parse_settings(data).destinations[0].is_bulk
+    data["destinations"][0].update(path="/companies/{id}")
+    with pytest.raises(ConfigError, match="placeholder"):
+        parse_settings(data)
+
+
+def test_check_config_prints_what_it_configures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(default_config_path())]) == 0
+    out = capsys.readouterr().out
+    assert "partitions from 2024-01-01" in out
+    assert "conversations (POST /conversations)" in out
+
+
+def test_check_config_exits_2_with_the_key_path(
+    tmp_path: Path, example: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example["planhat"]["batch_size"] = 6000
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(example))
+    assert main(["check-config", str(path)]) == 2
+    assert "planhat.batch_size" in capsys.readouterr().err
+
+
+def test_unreadable_and_malformed_files_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("copper: [unclosed")
+    with pytest.raises(ConfigError, match="<yaml>"):
+        load_settings(broken)
