@@ -83,7 +83,7 @@ def incremental_start(settings: Settings, today: dt.date) -> dt.date:
             if name == "activities":
                 day = day - dt.timedelta(days=settings.copper.activity_rescan_days)
             newest.append(day)
-    return max(start, min(newest + [today]))
+    return max(start, min([*newest, today]))
 
 
 def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
@@ -95,6 +95,25 @@ def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _run_job(defs: Any, name: str, tags: dict[str, str], detail: str) -> list[StepSummary]:
+    job = defs.resolve_job_def(name)
+    result = job.execute_in_process(instance=_instance(), tags=tags, raise_on_error=False)
+    metadata = _materialized_metadata(result)
+    steps = []
+    for key in sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys):
+        found = metadata.get(key)
+        steps.append(
+            StepSummary(
+                step=key,
+                ok=found is not None,
+                rows=found.get("rows") if found else None,
+                requests=found.get("requests") if found else None,
+                detail=detail if found else _failure_reason(result, key),
+            )
+        )
+    return steps
+
+
 def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) -> SyncSummary:
     """Run the pipeline once, in process, in dependency order."""
     from hull_planhat_pipelines.definitions import build_definitions
@@ -102,27 +121,15 @@ def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) 
 
     settings = load_settings()
     defs = build_definitions(settings, progress_bar=sys.stderr.isatty())
-    summary = SyncSummary()
     today = dt.datetime.now(dt.UTC).date()
     first = settings.copper.start_date if full else incremental_start(settings, today)
-    job = defs.resolve_job_def("copper_sync")
-    result = job.execute_in_process(
-        instance=_instance(),
-        tags=range_tags(first.isoformat(), today.isoformat()),
-        raise_on_error=False,
+    summary = SyncSummary()
+    summary.steps += _run_job(
+        defs, "copper_sync", range_tags(first.isoformat(), today.isoformat()), f"{first}..{today}"
     )
-    metadata = _materialized_metadata(result)
-    for key in sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys):
-        found = metadata.get(key)
-        summary.steps.append(
-            StepSummary(
-                step=key,
-                ok=found is not None,
-                rows=found.get("rows") if found else None,
-                requests=found.get("requests") if found else None,
-                detail=f"{first}..{today}" if found else _failure_reason(result, key),
-            )
-        )
+    summary.steps += _run_job(
+        defs, "planhat_fetch", {"dagster/partition": today.isoformat()}, f"snapshot {today}"
+    )
     return summary
 
 
@@ -147,15 +154,24 @@ def cmd_sync(args: argparse.Namespace) -> int:
 # -- sandbox and demo ------------------------------------------------------------------------
 @contextlib.contextmanager
 def sandboxes(seed: int, scale: float) -> Iterator[dict[str, str]]:
-    """Start the emulated APIs; yield the environment that points the pipeline at them."""
+    """Start the emulated APIs; yield the environment that points the pipeline at them.
+
+    Planhat is seeded with the team members whose ids the Copper companies carry as owners.
+    """
     from hull_planhat_pipelines.sandbox.copper import CopperSandbox
+    from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
+    from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 
     copper = CopperSandbox(seed=seed, scale=scale)
-    with copper:
+    planhat = PlanhatSandbox(
+        seed=seed, scale=scale, seed_user_ids=planhat_user_ids(seed, PLANHAT_TEAM_SIZE)
+    )
+    with copper, planhat:
         yield {
             "COPPER_API_URL": copper.base_url,
             "COPPER_API_KEY": copper.api_key,
             "COPPER_USER_EMAIL": copper.user_email,
+            **planhat.env(),
         }
 
 

@@ -60,6 +60,7 @@ def build_copper_incremental_sensor(
         name="copper_incremental_sensor",
         job=job,
         minimum_interval_seconds=settings.copper.poll_minutes * 60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Asks Copper one cheap question per object (its newest change, page size 1) and "
             "requests runs only for the day partitions that changed."
@@ -115,6 +116,7 @@ def build_copper_fetch_all_schedule(
         cron_schedule=settings.copper.fetch_all_cron,
         job=job,
         execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
         description="'Fetch all': every Copper partition refetched in one run.",
     )
     def copper_fetch_all_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
@@ -150,6 +152,7 @@ def build_planhat_fetch_schedule(
         cron_schedule=interval_cron(settings.planhat.fetch_interval_minutes),
         job=job,
         execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Every planhat.fetch_interval_minutes: today's Planhat snapshot.",
     )
     def planhat_fetch_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:

@@ -139,6 +139,13 @@ class _Retry(Retry):
             return True
         return False
 
+    def get_backoff_time(self) -> float:
+        """Exponential from the first retry (urllib3 retries the first failure at once)."""
+        failures = len(self.history)
+        if failures == 0:
+            return 0.0
+        return min(self.backoff_max, self.backoff_factor * (2 ** (failures - 1)))
+
     def _sleep_backoff(self) -> None:
         backoff = self.get_backoff_time()
         if backoff > 0:
@@ -178,14 +185,27 @@ class ApiSession:
             if requests_per_minute
             else None
         )
+        self.session = self._session(self._retry(policy, sleeper, idempotent=True))
+        self._once = self._session(self._retry(policy, sleeper, idempotent=False))
+        for session in (self.session, self._once):
+            session.headers.update({"Accept": "application/json", **(headers or {})})
+            if auth is not None:
+                session.auth = auth
+
+    @staticmethod
+    def _retry(policy: RetryPolicy, sleeper: Sleeper, *, idempotent: bool) -> _Retry:
+        """Idempotent calls retry every transient failure; others only what was not processed:
+        429 (refused before processing) and failed connections. A 5xx or a read timeout on a
+        POST that creates something may have created it, so it is not sent again."""
+        tries = policy.attempts - 1
         retry = _Retry(
-            total=policy.attempts - 1,
-            connect=policy.attempts - 1,
-            read=policy.attempts - 1,
-            status=policy.attempts - 1,
+            total=tries,
+            connect=tries,
+            read=tries if idempotent else 0,
+            status=tries,
             other=0,
             allowed_methods=None,  # every method: Copper searches are POSTs, upserts are keyed
-            status_forcelist=policy.retry_statuses,
+            status_forcelist=policy.retry_statuses if idempotent else frozenset({429}),
             backoff_factor=policy.backoff_factor,
             backoff_max=policy.backoff_max,
             respect_retry_after_header=True,
@@ -193,17 +213,19 @@ class ApiSession:
             retry_after_max=int(policy.retry_after_max),
         )
         retry.sleeper = sleeper
-        self.session = requests.Session()
+        return retry
+
+    @staticmethod
+    def _session(retry: _Retry) -> requests.Session:
+        session = requests.Session()
         adapter = HTTPAdapter(max_retries=retry, pool_maxsize=8)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"Accept": "application/json"})
-        self.session.headers.update(headers or {})
-        if auth is not None:
-            self.session.auth = auth
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
 
     def close(self) -> None:
         self.session.close()
+        self._once.close()
 
     def __enter__(self) -> ApiSession:
         return self
@@ -227,10 +249,12 @@ class ApiSession:
         headers: Mapping[str, str] | None = None,
         kind: str | None = None,
         ok_statuses: Iterable[int] = (),
+        idempotent: bool = True,
     ) -> requests.Response:
         """Send one call (retried per the policy); raise ``ApiError`` unless it succeeded.
 
         ``ok_statuses`` lists non-2xx statuses the caller interprets itself (e.g. 404 on a get).
+        ``idempotent=False`` for calls that create something: no resend after a 5xx.
         """
         if self.limiter is not None:
             self.limiter.acquire()
@@ -241,7 +265,7 @@ class ApiSession:
             data = json.dumps(json_body, separators=(",", ":"), default=str).encode()
             send_headers.setdefault("Content-Type", "application/json")
         try:
-            response = self.session.request(
+            response = (self.session if idempotent else self._once).request(
                 method,
                 self.url(path),
                 data=data,
@@ -254,7 +278,9 @@ class ApiSession:
             reason = type(exc).__name__
             raise ApiError(
                 self.api,
-                self._safe(f"{method} {path} failed after {self.policy.attempts} attempts: {reason}"),
+                self._safe(
+                    f"{method} {path} failed after {self.policy.attempts} attempts: {reason}"
+                ),
             ) from None
         history = getattr(getattr(response.raw, "retries", None), "history", ()) or ()
         statuses = [h.status for h in history if h.status] + [response.status_code]
@@ -265,7 +291,9 @@ class ApiSession:
         message = self._safe(self._error_message(response))
         if status in (401, 403):
             raise ApiAuthError(
-                self.api, f"Unauthorized ({status}) on {method} {self._safe(path)}: {message}", status
+                self.api,
+                f"Unauthorized ({status}) on {method} {self._safe(path)}: {message}",
+                status,
             )
         if status in self.policy.retry_statuses:
             message = f"gave up after {len(history) + 1} attempts: {message}"

@@ -194,7 +194,10 @@ class SandboxServer:
         self._httpd = ThreadingHTTPServer((self._host, self._port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"{self.name}-sandbox", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.name}-sandbox",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -330,6 +333,9 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, request: Request, response: Response) -> None:
             payload = response.encode()
+            # Recorded before the answer leaves, so a client that got its answer sees its request.
+            if not request.path.startswith("/_sandbox/"):
+                server._record(request, response.status)
             self.send_response(response.status)
             has_type = any(k.lower() == "content-type" for k in response.headers)
             if payload and not has_type:
@@ -340,8 +346,6 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if payload and request.method != "HEAD":
                 self.wfile.write(payload)
-            if not request.path.startswith("/_sandbox/"):
-                server._record(request, response.status)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -1,0 +1,375 @@
+"""Delivering payload records to Planhat: one outcome row per record, never a guess.
+
+``deliver`` cuts records into batches, sends them one after another (Planhat asks for
+sequential bulk writes) and reports, per record, what Planhat did with it. A record is reported
+delivered only when the response accounts for it; a failed batch is reported and the next one
+still goes out; an auth failure stops everything (every later call would fail the same way).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+
+from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.clients.planhat import (
+    BULK_MODELS,
+    AnalyticsResult,
+    BulkResult,
+    PlanhatClient,
+    RecordOutcome,
+    render_path,
+)
+from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED
+from hull_planhat_pipelines.settings import (
+    MAX_ANALYTICS_RECORDS,
+    MAX_BULK_RECORDS,
+    DestinationSettings,
+)
+from hull_planhat_pipelines.sync.batching import (
+    batch_bounds,
+    check_batch_size,
+    is_missing,
+    record_payloads,
+)
+
+OUTCOME_COLUMNS = [
+    "target",
+    "key",
+    "status",
+    "error",
+    "response",
+    "request",
+    "attempts",
+    "batch",
+    "planhat_id",
+]
+"""One row per record. ``request`` numbers the calls of this delivery (None: nothing sent);
+``attempts`` counts HTTP tries of that call, retries included."""
+EXCERPT_CHARS = 500
+NO_ADDRESS = "no external id to address the record"
+NOT_SENT_AUTH = "not sent: the delivery stopped on an authentication failure"
+
+
+class TargetKind(StrEnum):
+    BULK_UPSERT = "bulk_upsert"
+    """``PUT /companies`` / ``PUT /endusers``: per-record outcomes from the response."""
+    BULK_PUT = "bulk_put"
+    """A configured bulk PUT to a collection path (``/licenses`` ...): same response shape."""
+    ACTIVITIES = "activities"
+    """User activities: Planhat answers 200 whatever it keeps, so records are only "sent"."""
+    DIMENSION_DATA = "dimension_data"
+    """Metrics: per-record errors, the rest "sent" when ``processed`` accounts for them."""
+    SINGLE = "single"
+    """One record per call: ``method`` to ``path`` with ``{external_id}`` -> ``extid-<key>``."""
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """Where a set of records goes and how their bodies are built (a declaration, not code)."""
+
+    name: str
+    kind: TargetKind
+    path: str
+    method: str = "PUT"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    payload_column: str | None = "payload"
+    """Column holding each record's body; None: the row itself minus key and ``exclude``."""
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def max_batch_size(self) -> int:
+        if self.kind is TargetKind.SINGLE:
+            return 1
+        if self.kind in (TargetKind.ACTIVITIES, TargetKind.DIMENSION_DATA):
+            return MAX_ANALYTICS_RECORDS
+        return MAX_BULK_RECORDS
+
+    @classmethod
+    def companies(cls) -> DeliveryTarget:
+        return cls("companies", TargetKind.BULK_UPSERT, "/companies")
+
+    @classmethod
+    def endusers(cls) -> DeliveryTarget:
+        return cls("endusers", TargetKind.BULK_UPSERT, "/endusers")
+
+    @classmethod
+    def activities(cls) -> DeliveryTarget:
+        return cls("activities", TargetKind.ACTIVITIES, "/analytics/bulk", method="POST")
+
+    @classmethod
+    def metrics(cls) -> DeliveryTarget:
+        return cls("metrics", TargetKind.DIMENSION_DATA, "/dimensiondata", method="POST")
+
+    @classmethod
+    def from_destination(cls, destination: DestinationSettings) -> DeliveryTarget:
+        """A configured destination: its rows are the payloads (minus ``exclude``)."""
+        return cls(
+            destination.name,
+            TargetKind.BULK_PUT if destination.is_bulk else TargetKind.SINGLE,
+            destination.path,
+            method=destination.method,
+            headers=dict(destination.headers),
+            payload_column=None,
+            exclude=tuple(destination.exclude),
+        )
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """What a dry run would have sent (the analytics path shows no tenant token)."""
+
+    batch: int
+    method: str
+    path: str
+    records: int
+    body: Any
+
+
+@dataclass
+class DeliveryResult:
+    """The outcome rows (indexed like the input records) and what it took to get them."""
+
+    target: str
+    outcomes: pd.DataFrame
+    requests: int = 0
+    attempts: int = 0
+    dry_run: bool = False
+    planned: list[PlannedRequest] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.outcomes["status"].value_counts().items()}
+
+    @property
+    def delivered(self) -> pd.DataFrame:
+        """Records Planhat accounted for: their fingerprints may advance."""
+        return self.outcomes[self.outcomes["status"].isin(DELIVERED)]
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.outcomes[self.outcomes["status"].isin(["error", "ignored"])]
+
+
+class DeliveryStopped(ApiAuthError):
+    """An auth failure stopped a delivery; ``result`` holds what was done before it."""
+
+    def __init__(self, cause: ApiAuthError, result: DeliveryResult) -> None:
+        message = str(cause).removeprefix(f"{cause.api}: ")
+        super().__init__(cause.api, message, cause.status, cause.body)
+        self.result = result
+
+
+class _Rows:
+    """Outcome columns filled by record position (lists, not a growing DataFrame)."""
+
+    def __init__(self, target: str, keys: list[Any]) -> None:
+        self.keys = keys
+        self.columns: dict[str, list[Any]] = {name: [None] * len(keys) for name in OUTCOME_COLUMNS}
+        self.columns["target"] = [target] * len(keys)
+        self.columns["key"] = list(keys)
+
+    def add(
+        self,
+        position: int,
+        status: str,
+        *,
+        error: str | None = None,
+        response: str | None = None,
+        request: int | None = None,
+        attempts: int | None = None,
+        batch: int,
+        planhat_id: str | None = None,
+    ) -> None:
+        values = {
+            "status": status,
+            "error": error,
+            "response": response,
+            "request": request,
+            "attempts": attempts,
+            "batch": batch,
+            "planhat_id": planhat_id,
+        }
+        for name, value in values.items():
+            self.columns[name][position] = value
+
+    def frame(self, index: pd.Index) -> pd.DataFrame:
+        frame = pd.DataFrame(self.columns, columns=OUTCOME_COLUMNS)
+        for name in ("request", "attempts", "batch"):
+            frame[name] = frame[name].astype("Int64")
+        frame.index = index
+        return frame
+
+
+def _excerpt(client: PlanhatClient, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = client.redact(text)
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def _record_key(value: Any) -> str | None:
+    return None if is_missing(value) else str(value)
+
+
+def deliver(
+    records: pd.DataFrame,
+    target: DeliveryTarget,
+    client: PlanhatClient,
+    *,
+    batch_size: int,
+    key_column: str,
+    dry_run: bool = False,
+) -> DeliveryResult:
+    """Send ``records`` to ``target`` in batches of ``batch_size``, one request at a time.
+
+    Returns one outcome row per record (see ``OUTCOME_COLUMNS``), in input order. An
+    ``ApiAuthError`` stops the delivery and is raised as ``DeliveryStopped`` carrying the rows so
+    far; any other ``ApiError`` marks its batch's records as errors and the next batch goes out.
+    ``dry_run`` sends nothing and lists the would-be requests in ``planned``.
+    """
+    check_batch_size(batch_size, target.max_batch_size)
+    for column in (key_column, target.payload_column):
+        if column is not None and column not in records.columns:
+            raise ValueError(f"column {column!r} is not among the record columns")
+    payloads = record_payloads(
+        records, payload_column=target.payload_column, key_column=key_column, exclude=target.exclude
+    )
+    keys = [_record_key(value) for value in records[key_column].tolist()]
+    rows = _Rows(target.name, keys)
+    result = DeliveryResult(target.name, pd.DataFrame(columns=OUTCOME_COLUMNS), dry_run=dry_run)
+    bounds = batch_bounds(len(payloads), batch_size, target.max_batch_size)
+    for batch, positions in enumerate(bounds, start=1):
+        items = payloads[positions.start : positions.stop]
+        if dry_run:
+            _plan(result, rows, target, batch, positions, items, keys)
+            continue
+        try:
+            _send_batch(result, rows, client, target, batch, positions, items, keys)
+        except ApiAuthError as exc:
+            for position in range(positions.start, len(payloads)):
+                rows.add(position, "error", error=NOT_SENT_AUTH, batch=1 + position // batch_size)
+            result.outcomes = rows.frame(records.index)
+            raise DeliveryStopped(exc, result) from None
+    result.outcomes = rows.frame(records.index)
+    return result
+
+
+def _plan(
+    result: DeliveryResult,
+    rows: _Rows,
+    target: DeliveryTarget,
+    batch: int,
+    positions: range,
+    items: list[dict[str, Any]],
+    keys: list[str | None],
+) -> None:
+    key = keys[positions.start]
+    if _unaddressable(target, key):
+        rows.add(positions.start, "error", error=NO_ADDRESS, batch=batch)
+        return
+    path = target.path
+    if target.kind is TargetKind.SINGLE and key is not None:
+        path = render_path(target.path, key)
+    body: Any = items[0] if target.kind is TargetKind.SINGLE else items
+    result.planned.append(PlannedRequest(batch, target.method, path, len(items), body))
+    for position in positions:
+        rows.add(position, "dry_run", batch=batch)
+
+
+def _unaddressable(target: DeliveryTarget, key: str | None) -> bool:
+    return target.kind is TargetKind.SINGLE and "{external_id}" in target.path and key is None
+
+
+def _send_batch(
+    result: DeliveryResult,
+    rows: _Rows,
+    client: PlanhatClient,
+    target: DeliveryTarget,
+    batch: int,
+    positions: range,
+    items: list[dict[str, Any]],
+    keys: list[str | None],
+) -> None:
+    """One request for one batch; its records' rows, whatever the outcome (auth aside)."""
+    if _unaddressable(target, keys[positions.start]):
+        rows.add(positions.start, "error", error=NO_ADDRESS, batch=batch)
+        return
+    result.requests += 1
+    request = result.requests
+    before = client.attempts()
+    try:
+        outcomes, summary = _call(client, target, items, keys[positions.start])
+    except ApiAuthError:
+        result.attempts += client.attempts() - before
+        raise
+    except ApiError as exc:
+        attempts = client.attempts() - before
+        result.attempts += attempts
+        response = _excerpt(client, exc.body)
+        for position in positions:
+            rows.add(
+                position,
+                "error",
+                error=client.redact(str(exc)),
+                response=response,
+                request=request,
+                attempts=attempts,
+                batch=batch,
+            )
+        return
+    attempts = client.attempts() - before
+    result.attempts += attempts
+    shared = _excerpt(client, summary)
+    for outcome in outcomes:
+        detail = _excerpt(client, outcome.detail) if outcome.detail is not None else shared
+        rows.add(
+            positions.start + outcome.index,
+            outcome.status,
+            error=outcome.error,
+            response=detail,
+            request=request,
+            attempts=attempts,
+            batch=batch,
+            planhat_id=outcome.key,
+        )
+
+
+def _call(
+    client: PlanhatClient,
+    target: DeliveryTarget,
+    items: Sequence[dict[str, Any]],
+    first_key: str | None,
+) -> tuple[Sequence[RecordOutcome], Any]:
+    """The client call for one batch -> (outcomes by position in the batch, batch summary)."""
+    result: BulkResult | AnalyticsResult
+    if target.kind is TargetKind.BULK_UPSERT:
+        model = target.path.strip("/")
+        if model not in BULK_MODELS:
+            raise ValueError(f"bulk upsert target path must be one of {BULK_MODELS}: {target.path}")
+        result = client.bulk_upsert(model, items)  # type: ignore[arg-type]
+    elif target.kind is TargetKind.BULK_PUT:
+        result = client.bulk_put(target.path, items, headers=target.headers)
+    elif target.kind is TargetKind.ACTIVITIES:
+        result = client.bulk_activities(items)
+    elif target.kind is TargetKind.DIMENSION_DATA:
+        result = client.dimension_data(items)
+    else:
+        path = render_path(target.path, first_key) if first_key is not None else target.path
+        sent = client.send(
+            target.method, path, items[0], target.headers, kind=f"{target.method} {target.path}"
+        )
+        return [RecordOutcome(0, _response_id(sent.body), "sent")], {
+            "status": sent.status,
+            "body": sent.body,
+        }
+    return result.outcomes, result.summary
+
+
+def _response_id(body: Any) -> str | None:
+    return str(body["_id"]) if isinstance(body, Mapping) and body.get("_id") else None

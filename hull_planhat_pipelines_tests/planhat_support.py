@@ -1,0 +1,89 @@
+"""Shared pieces of the Planhat client and delivery tests: fake time, sandbox, client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hull_planhat_pipelines.clients.http import RetryPolicy
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+
+API_TOKEN = "ph-test-token-0123456789abcdef0123456789abcdef"
+TENANT_TOKEN = "tenant-4f0c2a9e-b1d7-4c55-9a0e-6d2f1e7c3b8a"
+FAST = RetryPolicy(attempts=4, backoff_factor=0.5, backoff_max=8.0)
+
+SandboxFactory = Callable[..., PlanhatSandbox]
+
+
+@dataclass
+class FakeTime:
+    """One clock for the client (monotonic seconds) and the sandbox (datetimes); sleeping
+    moves it forward at once and is recorded."""
+
+    now: float = 1_000_000.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def utc(self) -> datetime:
+        return datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now)
+
+
+def make_client(
+    sandbox: PlanhatSandbox,
+    time: FakeTime,
+    *,
+    api_token: str = API_TOKEN,
+    tenant_token: str = TENANT_TOKEN,
+    requests_per_minute: int | None = None,
+) -> PlanhatClient:
+    return PlanhatClient(
+        sandbox.rest_url,
+        sandbox.analytics_url,
+        api_token,
+        tenant_token,
+        requests_per_minute=requests_per_minute,
+        policy=FAST,
+        sleeper=time.sleep,
+        clock=time.monotonic,
+    )
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def tenant(planhat_sandbox_factory: SandboxFactory, fake_time: FakeTime) -> SandboxFactory:
+    """Start a small tenant (1 company, no endusers, 3 team members) on the fake clock."""
+
+    def start(**kw: object) -> PlanhatSandbox:
+        options = {"seed": 7, "scale": 0, "api_token": API_TOKEN, "tenant_token": TENANT_TOKEN}
+        return planhat_sandbox_factory(**{**options, **kw}, clock=fake_time.utc)
+
+    return start
+
+
+@pytest.fixture
+def sandbox(tenant: SandboxFactory) -> PlanhatSandbox:
+    return tenant()
+
+
+@pytest.fixture
+def client(sandbox: PlanhatSandbox, fake_time: FakeTime) -> Iterator[PlanhatClient]:
+    with make_client(sandbox, fake_time) as planhat:
+        yield planhat
+
+
+def companies(count: int, prefix: str = "ACC") -> list[dict]:
+    return [{"name": f"Company {i}", "externalId": f"{prefix}-{i}"} for i in range(count)]

@@ -1,0 +1,325 @@
+"""The delivery engine over real HTTP against the sandbox, and the pure batching rules."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hull_planhat_pipelines.clients.delivery import (
+    OUTCOME_COLUMNS,
+    DeliveryStopped,
+    DeliveryTarget,
+    TargetKind,
+    deliver,
+)
+from hull_planhat_pipelines.clients.http import ApiAuthError
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.clients.planhat_outcomes import NOT_APPLIED
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+from hull_planhat_pipelines.settings import DestinationSettings
+from hull_planhat_pipelines.sync.batching import (
+    batch_count,
+    batches,
+    check_batch_size,
+    record_payloads,
+)
+from hull_planhat_pipelines_tests.planhat_support import *  # noqa: F403  (fixtures)
+from hull_planhat_pipelines_tests.planhat_support import (
+    API_TOKEN,
+    TENANT_TOKEN,
+    FakeTime,
+    make_client,
+)
+
+COMPANIES = DeliveryTarget.companies()
+
+
+def company_records(count: int, prefix: str) -> pd.DataFrame:
+    keys = [f"{prefix}-{i}" for i in range(count)]
+    payloads = [{"externalId": key, "name": f"Company {key}"} for key in keys]
+    return pd.DataFrame({"external_id": keys, "payload": payloads})
+
+
+def put_requests(sandbox: PlanhatSandbox, client: PlanhatClient) -> list[int]:
+    """Sizes of the bulk PUTs the sandbox received."""
+    return [len(r.body) for r in sandbox.rest.recorded(method="PUT")]
+
+
+# -- batching (pure) -----------------------------------------------------------------------------
+@given(st.integers(0, 60), st.integers(1, 25))
+def test_batches_keep_order_and_never_exceed_the_size(total: int, size: int) -> None:
+    chunks = list(batches(list(range(total)), size, max_size=25))
+    assert [x for chunk in chunks for x in chunk] == list(range(total))
+    assert all(1 <= len(chunk) <= size for chunk in chunks)
+    assert len(chunks) == batch_count(total, size)
+
+
+@pytest.mark.parametrize("size", [0, 5001, -1, 2.5, True])
+def test_batch_size_outside_1_to_5000_is_refused(size: object) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        check_batch_size(size)  # type: ignore[arg-type]
+
+
+def test_row_payloads_drop_the_key_the_excluded_and_the_missing() -> None:
+    frame = pd.DataFrame(
+        {
+            "external_id": ["a", "b"],
+            "user_id": [1, 2],
+            "n": [1.5, None],
+            "at": pd.to_datetime(["2024-05-01T10:00:00Z", None]),
+        }
+    )
+    payloads = record_payloads(
+        frame, payload_column=None, key_column="external_id", exclude=["user_id"]
+    )
+    assert payloads == [{"n": 1.5, "at": "2024-05-01T10:00:00.000Z"}, {}]
+
+
+# -- bulk upserts --------------------------------------------------------------------------------
+def test_no_records_no_request(sandbox: PlanhatSandbox, client: PlanhatClient) -> None:
+    result = deliver(
+        company_records(0, "Z"), COMPANIES, client, batch_size=5000, key_column="external_id"
+    )
+    assert result.outcomes.empty and list(result.outcomes.columns) == OUTCOME_COLUMNS
+    assert sandbox.write_count() == 0 and result.requests == 0
+
+
+@pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (5000, [5000]), (5001, [5000, 1])])
+def test_bulk_sizes_take_the_minimum_requests(
+    sandbox: PlanhatSandbox, client: PlanhatClient, count: int, sizes: list[int]
+) -> None:
+    records = company_records(count, f"S{count}")
+    result = deliver(records, COMPANIES, client, batch_size=5000, key_column="external_id")
+    assert put_requests(sandbox, client) == sizes
+    assert {r.status for r in sandbox.rest.recorded()} == {200}  # never a refused request
+    assert result.counts() == {"created": count}
+    assert result.outcomes["key"].tolist() == records["external_id"].tolist()
+    assert result.outcomes["request"].tolist() == [1 + i // 5000 for i in range(count)]
+    again = deliver(records, COMPANIES, client, batch_size=5000, key_column="external_id")
+    assert again.counts() == {"unchanged": count}
+
+
+def test_mixed_outcomes_per_record_and_failures_never_delivered(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.add_companies(
+        [{"name": "Same", "externalId": "MX-1"}, {"name": "Before", "externalId": "MX-2"}]
+    )
+    sandbox.fail_items(
+        "companies", lambda item: item.get("externalId") == "MX-4", "Invalid thing", times=1
+    )
+    records = pd.DataFrame(
+        {
+            "external_id": ["MX-1", "MX-2", "MX-3", "MX-4"],
+            "payload": [
+                {"externalId": "MX-1", "name": "Same"},
+                {"externalId": "MX-2", "name": "After"},
+                {"externalId": "MX-3", "name": "New"},
+                {"externalId": "MX-4", "name": "Refused"},
+            ],
+        },
+        index=[10, 11, 12, 13],
+    )
+    result = deliver(records, COMPANIES, client, batch_size=5000, key_column="external_id")
+    rows = result.outcomes
+    assert rows.index.tolist() == [10, 11, 12, 13]
+    assert rows["status"].tolist() == ["unchanged", "updated", "created", "error"]
+    assert rows.loc[13, "error"] == "Invalid thing" and "MX-4" in rows.loc[13, "response"]
+    assert result.delivered["key"].tolist() == ["MX-1", "MX-2", "MX-3"]
+    assert result.failed["key"].tolist() == ["MX-4"]
+
+
+def test_an_ignored_enduser_is_not_delivered(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.add_companies([{"name": "Acme", "externalId": "IG-CO"}])
+    payloads = [
+        {"email": "ok@acme.example", "externalId": "IG-1", "companyExternalId": "IG-CO"},
+        {"email": "lost@void.example", "externalId": "IG-2", "companyExternalId": "IG-NONE"},
+    ]
+    records = pd.DataFrame({"external_id": ["IG-1", "IG-2"], "payload": payloads})
+    result = deliver(
+        records, DeliveryTarget.endusers(), client, batch_size=2, key_column="external_id"
+    )
+    assert result.outcomes["status"].tolist() == ["created", "ignored"]
+    assert result.outcomes["error"].tolist()[1] == NOT_APPLIED
+    assert result.delivered["key"].tolist() == ["IG-1"]
+
+
+def test_429_and_5xx_are_retried_and_counted_as_attempts(
+    sandbox: PlanhatSandbox, client: PlanhatClient, fake_time: FakeTime
+) -> None:
+    sandbox.rest.faults.add(status=429, retry_after=3, path="^/companies$", method="PUT")
+    sandbox.rest.faults.add(status=502, path="^/companies$", method="PUT")
+    records = company_records(3, "RT")
+    result = deliver(records, COMPANIES, client, batch_size=2, key_column="external_id")
+    assert result.outcomes["attempts"].tolist() == [3, 3, 1]
+    assert result.outcomes["status"].tolist() == ["created"] * 3
+    assert (result.requests, result.attempts) == (2, 4)
+    assert fake_time.sleeps == [3, 1.0]  # Retry-After, then exponential backoff
+
+
+def test_a_failed_batch_is_reported_and_the_next_one_still_goes(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.rest.faults.add(status=500, path="^/companies$", method="PUT", times=4)
+    result = deliver(
+        company_records(3, "FB"), COMPANIES, client, batch_size=2, key_column="external_id"
+    )
+    assert result.outcomes["status"].tolist() == ["error", "error", "created"]
+    assert "gave up after 4 attempts" in result.outcomes["error"].iloc[0]
+    assert result.outcomes["attempts"].tolist() == [4, 4, 1]
+
+
+def test_401_stops_the_delivery_with_a_clear_message_and_no_token(
+    sandbox: PlanhatSandbox, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "not-the-token-91ac"
+    with (
+        make_client(sandbox, fake_time, api_token=wrong) as bad,
+        pytest.raises(ApiAuthError) as stopped,
+    ):
+        deliver(company_records(3, "AU"), COMPANIES, bad, batch_size=2, key_column="external_id")
+    assert isinstance(stopped.value, DeliveryStopped)
+    message = str(stopped.value)
+    assert "401" in message and "region" in message
+    partial = stopped.value.result.outcomes
+    assert partial["status"].tolist() == ["error"] * 3 and partial["attempts"].isna().tolist()[2]
+    assert len(sandbox.rest.recorded()) == 1
+    for text in (message, caplog.text, partial.to_json()):
+        assert wrong not in text and API_TOKEN not in text
+
+
+def test_dry_run_sends_nothing_and_shows_the_batches(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    result = deliver(
+        company_records(5, "DR"),
+        COMPANIES,
+        client,
+        batch_size=2,
+        key_column="external_id",
+        dry_run=True,
+    )
+    assert sandbox.write_count() == 0 and not sandbox.rest.recorded()
+    assert [p.records for p in result.planned] == [2, 2, 1]
+    assert result.planned[0].body[0] == {"externalId": "DR-0", "name": "Company DR-0"}
+    assert set(result.outcomes["status"]) == {"dry_run"} and result.delivered.empty
+
+
+# -- configured destinations and analytics -------------------------------------------------------
+def test_single_record_destination_addresses_records_by_external_id(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.add_companies([{"name": "Before", "externalId": "SR/1"}])
+    destination = DestinationSettings(
+        name="company_phase",
+        method="PUT",
+        path="/companies/{external_id}",
+        source_sql="select 1",
+        exclude=["note"],
+        headers={"X-Source": "hull-planhat"},
+    )
+    target = DeliveryTarget.from_destination(destination)
+    assert target.kind is TargetKind.SINGLE
+    records = pd.DataFrame(
+        {
+            "external_id": ["SR/1", None, "SR-missing"],
+            "phase": ["Renewal", "x", "y"],
+            "note": ["a", "b", "c"],
+        }
+    )
+    result = deliver(records, target, client, batch_size=1, key_column="external_id")
+    assert result.outcomes["status"].tolist() == ["sent", "error", "error"]
+    assert result.outcomes["error"].iloc[1] == "no external id to address the record"
+    assert "404" in result.outcomes["error"].iloc[2]
+    sent = sandbox.rest.recorded(method="PUT")
+    assert [r.path for r in sent] == ["/companies/extid-SR%2F1", "/companies/extid-SR-missing"]
+    assert sent[0].body == {"phase": "Renewal"} and sent[0].headers["x-source"] == "hull-planhat"
+    stored = next(c for c in sandbox.companies() if c.get("externalId") == "SR/1")
+    assert stored["phase"] == "Renewal" and result.outcomes["planhat_id"].iloc[0] == stored["_id"]
+    with pytest.raises(ValueError, match="between 1 and 1"):
+        deliver(records, target, client, batch_size=2, key_column="external_id")
+
+
+def test_bulk_put_destination_reads_the_bulk_answer(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.add_companies([{"name": "Home", "externalId": "BP-CO"}])
+    destination = DestinationSettings(
+        name="people", method="PUT", path="/endusers", source_sql="select 1", batch_size=100
+    )
+    records = pd.DataFrame(
+        {
+            "key": ["BP-1", "BP-2"],
+            "externalId": ["BP-1", "BP-2"],
+            "email": ["a@x.example", "b@x.example"],
+            "companyExternalId": ["BP-CO", "BP-CO"],
+        }
+    )
+    result = deliver(
+        records,
+        DeliveryTarget.from_destination(destination),
+        client,
+        batch_size=100,
+        key_column="key",
+    )
+    assert result.outcomes["status"].tolist() == ["created", "created"]
+
+
+def test_activities_are_only_sent_and_metrics_carry_errors(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.add_companies([{"name": "Metrics", "externalId": "AN-CO"}])
+    events = pd.DataFrame(
+        {
+            "event_id": ["e1", "e2", "e3"],
+            "payload": [
+                {"email": f"p{i}@an.example", "companyExternalId": "AN-CO", "action": "Meeting"}
+                for i in range(3)
+            ],
+        }
+    )
+    sent = deliver(
+        events, DeliveryTarget.activities(), client, batch_size=10_000, key_column="event_id"
+    )
+    assert sent.outcomes["status"].tolist() == ["sent"] * 3
+    assert "no per-item outcome" in sent.outcomes["response"].iloc[0]
+    metrics = pd.DataFrame(
+        {
+            "external_id": ["AN-CO", "AN-CO"],
+            "payload": [
+                {"dimensionId": "open_pipeline_value", "value": 5, "externalId": "AN-CO"},
+                {"dimensionId": "open pipeline", "value": 5, "externalId": "AN-CO"},
+            ],
+        }
+    )
+    result = deliver(
+        metrics, DeliveryTarget.metrics(), client, batch_size=2, key_column="external_id"
+    )
+    assert result.outcomes["status"].tolist() == ["sent", "error"]
+    assert "dimensionId" in result.outcomes["error"].iloc[1]
+    assert TENANT_TOKEN not in result.outcomes.to_json()
+
+
+def test_an_auth_failure_mid_run_keeps_what_was_delivered(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.add_companies([{"name": n, "externalId": n} for n in ("MR-A", "MR-B", "MR-C")])
+    sandbox.rest.faults.add(status=403, path="extid-MR-B$")
+    target = DeliveryTarget(
+        "phase", TargetKind.SINGLE, "/companies/{external_id}", payload_column=None
+    )
+    records = pd.DataFrame({"external_id": ["MR-A", "MR-B", "MR-C"], "phase": ["P1", "P2", "P3"]})
+    with pytest.raises(DeliveryStopped) as stopped:
+        deliver(records, target, client, batch_size=1, key_column="external_id")
+    rows = stopped.value.result.outcomes
+    assert rows["status"].tolist() == ["sent", "error", "error"]
+    assert rows["batch"].tolist() == [1, 2, 3] and rows["request"].tolist()[:1] == [1]
+    assert stopped.value.result.delivered["key"].tolist() == ["MR-A"]
+    assert "403" in str(stopped.value) and "permission" in str(stopped.value)
