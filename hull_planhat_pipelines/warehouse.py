@@ -174,7 +174,7 @@ class WarehouseIOManager(DuckDBIOManager):
 SYNC_LOG_DDL = """
 create schema if not exists ops;
 create table if not exists ops.sync_log (
-    at timestamptz, run_id varchar, asset varchar, event varchar, object_type varchar,
+    logged_at timestamptz, run_id varchar, asset varchar, event varchar, object_type varchar,
     object_id varchar, reason varchar, details varchar
 );
 """

@@ -62,11 +62,11 @@ def _pages(
 
 
 def _snapshot_metadata(frame: pd.DataFrame, client: PlanhatClient) -> dict[str, Any]:
-    stats = client.stats.snapshot()
     return {
         "rows": dg.MetadataValue.int(len(frame)),
-        "requests": dg.MetadataValue.int(stats["requests"]),
-        "retries": dg.MetadataValue.int(stats["retries"]),
+        "requests": dg.MetadataValue.int(client.attempts()),
+        "retries": dg.MetadataValue.int(client.rest.stats.retries + client.analytics.stats.retries),
+        "requests_by_kind": dg.MetadataValue.json(client.requests_by_kind()),
     }
 
 

@@ -305,6 +305,7 @@ class SandboxServer:
 def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as separate writes
         server_version = f"{server.name}-sandbox"
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet

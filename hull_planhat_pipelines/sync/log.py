@@ -16,7 +16,7 @@ EVENT_NAME = re.compile(
 )
 
 SYNC_LOG_COLUMNS = [
-    "at",
+    "logged_at",
     "run_id",
     "asset",
     "event",
@@ -62,7 +62,7 @@ def events_frame(
     at = at or dt.datetime.now(dt.UTC)
     rows = [
         {
-            "at": at,
+            "logged_at": at,
             "run_id": run_id,
             "asset": asset,
             "event": e.event,
@@ -74,7 +74,7 @@ def events_frame(
         for e in events
     ]
     frame = pd.DataFrame(rows, columns=SYNC_LOG_COLUMNS)
-    frame["at"] = pd.to_datetime(frame["at"], utc=True)
+    frame["logged_at"] = pd.to_datetime(frame["logged_at"], utc=True)
     for column in SYNC_LOG_COLUMNS[1:]:
         frame[column] = frame[column].astype("string")
     return frame

@@ -1,0 +1,155 @@
+"""Fetch N Copper leads (and the metadata) from the in-process sandbox and frame them.
+
+    python benchmarks/copper_fetch.py [--leads 100000] [--seed 0]
+
+Prints human lines, then one JSON object as the last line. Exits non-zero unless every lead
+arrived exactly once in exactly the minimum number of requests: the full pages of 200, the
+short page that proves the end (after a full last page, an empty one: ``X-PW-TOTAL`` is only an
+estimate and never ends a walk), the metadata GETs and the user pages, plus the boundary records
+a date cursor must re-read past Copper's 100,000 cap. For exactly 100,000 leads that is 501
+search requests: ceil(n / 200) = 500 pages, and one more to learn that nothing follows.
+The client throttle is off: the benchmark measures the client, not Copper's 180-a-minute quota
+(``copper_minutes_at_rate_limit`` says what that quota would add).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import datetime as dt
+import json
+import resource
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from hull_planhat_pipelines.clients import copper as copper_client
+from hull_planhat_pipelines.clients.copper import (
+    MAX_PAGE_SIZE,
+    CopperClient,
+    metadata_requests,
+    search_requests,
+)
+from hull_planhat_pipelines.sandbox.copper import CopperSandbox
+from hull_planhat_pipelines.sync.copper_records import records_frame
+
+RATE_LIMIT_PER_MINUTE = 180
+
+
+def start_sandbox(leads: int, seed: int) -> CopperSandbox:
+    """A sandbox whose data set is exactly ``leads`` leads: generated rows at scale n/1000
+    (the seed makes 1000 leads per unit of scale, at least 10)."""
+    sandbox = CopperSandbox(seed=seed, scale=max(leads, 10) / 1000).start()
+    if sandbox.count("leads") != leads:
+        sandbox.set_records("leads", sandbox.records("leads")[:leads])
+    if sandbox.count("leads") != leads:
+        raise SystemExit(f"sandbox holds {sandbox.count('leads')} leads, not {leads}")
+    return sandbox
+
+
+def cursor_walk_searches(sorted_dates: list[int], page_size: int, cap: int) -> int:
+    """Search requests of the cheapest cap-respecting walk: full pages up to the cap, then a
+    restart at the last date seen, which re-reads that second's records."""
+    requests, first = 0, 0
+    while True:
+        remaining = len(sorted_dates) - first
+        if remaining <= cap:
+            return requests + search_requests(remaining, page_size)
+        requests += cap // page_size
+        last = sorted_dates[first + cap - 1]
+        first = bisect.bisect_left(sorted_dates, last, lo=first)
+
+
+def _kind(label: str) -> str:
+    return label.split("/", 1)[0]
+
+
+def run(leads: int, seed: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    sandbox = start_sandbox(leads, seed)
+    setup_seconds = time.perf_counter() - started
+    print(f"sandbox: {leads} leads, {sandbox.count('users')} users ({setup_seconds:.2f} s)")
+    try:
+        with CopperClient(
+            sandbox.base_url, sandbox.api_key, sandbox.user_email, requests_per_minute=None
+        ) as client:
+            began = time.perf_counter()
+            metadata = client.metadata()
+            records = [
+                r for page in client.search("leads", start=None, end=None) for r in page.records
+            ]
+            fetched = time.perf_counter()
+            frame = records_frame(
+                "leads",
+                records,
+                metadata,
+                fetched_at=dt.datetime.now(dt.UTC),
+                partition_start=dt.date(2024, 1, 1),
+            )
+            framed = time.perf_counter()
+            by_kind: Counter[str] = Counter()
+            for label, count in client.stats.by_kind.items():
+                by_kind[_kind(label)] += count
+            served = len(sandbox.server.recorded())
+            users = sandbox.count("users")
+    finally:
+        sandbox.stop()
+    dates = sorted(r["date_modified"] for r in records)
+    minimum = {
+        "search": cursor_walk_searches(dates, MAX_PAGE_SIZE, copper_client.SEARCH_RESULT_CAP),
+        "metadata": metadata_requests(users),
+    }
+    minimum["total"] = minimum["search"] + minimum["metadata"]
+    requests = {"search": by_kind["search"], "metadata": by_kind["metadata"]}
+    requests["total"] = sum(requests.values())
+    seconds = framed - began
+    unique = len({r["id"] for r in records})
+    print(f"fetched {len(records)} records ({unique} distinct) in {fetched - began:.2f} s")
+    print(f"framed {len(frame)} rows in {framed - fetched:.2f} s")
+    print(f"requests {requests} (server saw {served}); minimum {minimum}")
+    return {
+        "benchmark": "copper_fetch",
+        "records": len(records),
+        "distinct_records": unique,
+        "rows": len(frame),
+        "seconds": round(seconds, 3),
+        "fetch_seconds": round(fetched - began, 3),
+        "frame_seconds": round(framed - fetched, 3),
+        "sandbox_setup_seconds": round(setup_seconds, 3),
+        "records_per_second": round(len(records) / seconds, 1) if seconds else None,
+        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_mb_source": "getrusage ru_maxrss: the whole process (sandbox, client and frame)",
+        "requests": requests,
+        "minimum_requests": minimum,
+        "server_requests": served,
+        "retries": client.stats.retries,
+        "copper_minutes_at_rate_limit": round(requests["total"] / RATE_LIMIT_PER_MINUTE, 1),
+        "leads": leads,
+        "users": users,
+        "seed": seed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leads", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.leads < 0:
+        parser.error("--leads must be >= 0")
+    result = run(args.leads, args.seed)
+    ok = (
+        result["requests"] == result["minimum_requests"]
+        and result["records"] == result["distinct_records"] == result["rows"] == args.leads
+        and result["server_requests"] == result["requests"]["total"]
+    )
+    result["ok"] = ok
+    if not ok:
+        print("FAILED: not every lead exactly once in the minimum number of requests")
+    print(json.dumps(result))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""Copper developer API client: searches walked by date window, and the account metadata.
+
+Each searchable object is a declaration (``COPPER_OBJECTS``); one loop fetches them all. Paging
+follows Copper's documented rules: ``page_size`` (max 200) and ``page_number`` in the JSON body,
+only documented snake_case keys (an unknown key answers 422), stop on a short page. Copper's
+``X-PW-TOTAL`` header is an estimate: it drives progress reports and never decides when a walk
+ends (a header that undercounts would otherwise lose records silently).
+
+One search returns at most ``SEARCH_RESULT_CAP`` records, so a large window is walked with a date
+cursor (objects sorted by date) or split in two (activities, which have no documented sort).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hull_planhat_pipelines.clients.http import (
+    ApiError,
+    ApiResponseError,
+    ApiSession,
+    Clock,
+    RequestStats,
+    RetryPolicy,
+    Sleeper,
+)
+from hull_planhat_pipelines.sync.copper_schema import (
+    COPPER_OBJECTS,
+    CopperMetadata,
+    CopperObject,
+    copper_object,
+)
+
+__all__ = [
+    "COPPER_OBJECTS",
+    "DEFAULT_BASE_URL",
+    "MAX_PAGE_SIZE",
+    "METADATA_CALLS",
+    "METADATA_LISTS",
+    "SEARCH_RESULT_CAP",
+    "CopperCapError",
+    "CopperClient",
+    "CopperMetadata",
+    "CopperObject",
+    "Page",
+    "metadata_requests",
+    "minimum_requests",
+    "search_requests",
+]
+
+DEFAULT_BASE_URL = "https://api.copper.com/developer_api/v1"
+MAX_PAGE_SIZE = 200
+SEARCH_RESULT_CAP = 100_000
+"""Copper returns at most this many records per search, whatever the page number."""
+DEFAULT_POLICY = RetryPolicy()
+"""429 and 5xx retried with backoff (Retry-After honoured); 401/403 fail at once."""
+
+
+METADATA_LISTS: dict[str, str] = {
+    "custom_field_definitions": "/custom_field_definitions",
+    "activity_types": "/activity_types",
+    "pipelines": "/pipelines",
+    "lead_statuses": "/lead_statuses",
+    "customer_sources": "/customer_sources",
+    "contact_types": "/contact_types",
+    "loss_reasons": "/loss_reasons",
+}
+"""CopperMetadata field -> GET path; each answers everything at once (never paged)."""
+METADATA_CALLS = len(METADATA_LISTS) + 1
+"""GETs plus the first ``/users/search`` page: the whole metadata when users fit one page."""
+
+
+def search_requests(records: int, page_size: int = MAX_PAGE_SIZE) -> int:
+    """Requests one search under the cap needs: the full pages plus the short (possibly empty)
+    page that proves the end; only a short page can."""
+    return records // page_size + 1
+
+
+def metadata_requests(users: int, page_size: int = MAX_PAGE_SIZE) -> int:
+    return len(METADATA_LISTS) + search_requests(users, page_size)
+
+
+def minimum_requests(records: int, users: int, page_size: int = MAX_PAGE_SIZE) -> int:
+    """The fewest requests that fetch ``records`` (one search under the cap) and the metadata."""
+    return search_requests(records, page_size) + metadata_requests(users, page_size)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One search response: the records not seen before in this walk."""
+
+    object_name: str
+    number: int
+    """1-based over the whole walk (restarted searches keep counting)."""
+    records: list[dict[str, Any]]
+    total: int | None
+    """``X-PW-TOTAL`` of the response: an estimate, for progress only."""
+    received_so_far: int
+    """Records yielded by the walk so far, this page included."""
+
+
+class CopperCapError(ApiError):
+    """A window that cannot be narrowed under the cap: more than the cap share one second."""
+
+
+@dataclass
+class _Search:
+    """The state of one search (one filter, pages 1..n) inside a walk."""
+
+    low: int | None
+    high: int | None
+    parent_total: int | None = None
+    """``X-PW-TOTAL`` of the window this one was split from (activities)."""
+    total: int | None = None
+    """``X-PW-TOTAL`` of this search's first page."""
+    received: int = 0
+    first_date: int | None = None
+    last_date: int | None = None
+    dates: list[int] | None = None
+    """Activities: the dates seen, to choose where to split if the cap is reached."""
+
+
+class CopperClient:
+    """Copper's developer API with its documented headers, throttle and retry policy."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        user_email: str,
+        *,
+        requests_per_minute: int | None = 180,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        sleeper: Sleeper = time.sleep,
+        clock: Clock = time.monotonic,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> None:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
+        self.page_size = page_size
+        self.session = ApiSession(
+            "copper",
+            base_url,
+            headers={
+                "X-PW-AccessToken": api_key,
+                "X-PW-Application": "developer_api",
+                "X-PW-UserEmail": user_email,
+                "Content-Type": "application/json",
+            },
+            secrets=[api_key, user_email],
+            policy=policy,
+            requests_per_minute=requests_per_minute,
+            sleeper=sleeper,
+            clock=clock,
+        )
+
+    @property
+    def stats(self) -> RequestStats:
+        return self.session.stats
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> CopperClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- searching ---------------------------------------------------------------------------
+    def search(
+        self,
+        object_name: str,
+        *,
+        start: int | None,
+        end: int | None,
+        activity_type_ids: Sequence[int] | None = None,
+        on_page: Callable[[Page], None] | None = None,
+    ) -> Iterator[Page]:
+        """Every record whose date field lies in the inclusive window [start, end] (Unix
+        seconds; None leaves that side open), page by page, each record once.
+
+        Sorted objects come in ascending date order; a search reaching the cap restarts from
+        the last record's date, dropping the boundary records already yielded. Activities come
+        as returned, deduplicated by id; a window too large for one search is split in two.
+        A search ends on a short page only; ``X-PW-TOTAL`` is reported for progress.
+
+        ``activity_type_ids`` (activities only) are user activity types: None means every
+        type, an empty list none (nothing is requested).
+        """
+        obj = copper_object(object_name)  # unknown names fail here, not at the first next()
+        if activity_type_ids is not None and obj.sort_by is not None:
+            raise ValueError(f"activity_type_ids filter activities, not {object_name}")
+        empty_types = activity_type_ids is not None and len(activity_type_ids) == 0
+        if empty_types or (start is not None and end is not None and start > end):
+            return iter(())
+        return _Walk(self, obj, activity_type_ids, on_page).pages(start, end)
+
+    def newest_modified(self, object_name: str) -> int | None:
+        """The newest ``date_modified`` of an object (None if it has no records): one request of
+        one record, cheap enough for a sensor tick."""
+        obj = copper_object(object_name)
+        if obj.sort_by is None:
+            raise ValueError(f"{object_name} cannot be sorted; use activity_exists_since")
+        body = {"page_size": 1, "page_number": 1, "sort_by": obj.sort_by, "sort_direction": "desc"}
+        records, _ = self._post_search(obj, body)
+        return _int_or_none(records[0].get(obj.date_field)) if records else None
+
+    def activity_exists_since(
+        self,
+        since: int,
+        *,
+        until: int | None = None,
+        activity_type_ids: Sequence[int] | None = None,
+    ) -> bool:
+        """Whether any activity is dated in [since, until]: one request of one record
+        (activities have no sort, so "newest" cannot be asked)."""
+        obj = COPPER_OBJECTS["activities"]
+        body: dict[str, Any] = {"page_size": 1, "page_number": 1, obj.min_key: since}
+        if until is not None:
+            body[obj.max_key] = until
+        if activity_type_ids is not None:
+            body["activity_types"] = _activity_types(activity_type_ids)
+        records, _ = self._post_search(obj, body)
+        return bool(records)
+
+    def _post_search(
+        self, obj: CopperObject, body: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        return self._search_page(obj.path, body, kind=f"search/{obj.name}")
+
+    def _search_page(
+        self, path: str, body: dict[str, Any], *, kind: str
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        response = self.session.request("POST", path, json_body=body, kind=kind)
+        records = self.session.decode(response, "POST", path)
+        if records is None:
+            records = []
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ApiResponseError(
+                "copper",
+                f"POST {path} answered {type(records).__name__}, not a JSON array of records",
+                response.status_code,
+            )
+        return records, _int_or_none(response.headers.get("X-PW-TOTAL"))
+
+    # -- metadata ----------------------------------------------------------------------------
+    def metadata(self) -> CopperMetadata:
+        """Every lookup that ids in records point to, users paged through to the end."""
+        data: dict[str, Any] = {}
+        for field_name, path in METADATA_LISTS.items():
+            body = self.session.json("GET", path, kind=f"metadata{path}")
+            data[field_name] = _metadata_body(field_name, path, body)
+        data["users"] = self.users()
+        return CopperMetadata.model_validate(data)
+
+    def users(self) -> list[dict[str, Any]]:
+        """All Copper users (``/users/search`` pages until a short one)."""
+        users: list[dict[str, Any]] = []
+        number = 1
+        while True:
+            body = {"page_size": self.page_size, "page_number": number}
+            records, _ = self._search_page("/users/search", body, kind="metadata/users")
+            users.extend(records)
+            if len(records) < self.page_size:
+                return users
+            number += 1
+
+
+class _Walk:
+    """One ``search`` call: a stack of windows, each searched page by page."""
+
+    def __init__(
+        self,
+        client: CopperClient,
+        obj: CopperObject,
+        activity_type_ids: Sequence[int] | None,
+        on_page: Callable[[Page], None] | None,
+    ) -> None:
+        self.client = client
+        self.obj = obj
+        self.activity_type_ids = activity_type_ids
+        self.on_page = on_page
+        self.number = 0
+        self.yielded = 0
+        self.seen: set[int] = set()
+        """Sorted objects: ids at the current last date (the boundary); activities: every id."""
+        self.seen_date: int | None = None
+        self.trust_total = True
+        """Activities: split on ``X-PW-TOTAL`` until it proves blind to the date filter."""
+
+    @property
+    def sorted(self) -> bool:
+        return self.obj.sort_by is not None
+
+    def pages(self, start: int | None, end: int | None) -> Iterator[Page]:
+        windows = [_Search(start, end)]
+        while windows:
+            search = windows.pop()
+            if not self.sorted:
+                search.dates = []
+            capped = yield from self._search(search)
+            if not capped:
+                continue
+            if self.sorted:
+                windows.append(_Search(self._cursor(search), search.high))
+            else:
+                windows.extend(reversed(_split(search, self.obj.name)))
+
+    def _search(self, search: _Search) -> Generator[Page, None, bool]:
+        """Pages of one search; True when the cap cut it short."""
+        cap = SEARCH_RESULT_CAP
+        size = self.client.page_size
+        number = 1
+        while True:
+            records, total = self.client._post_search(self.obj, self._body(search, number))
+            if number == 1:
+                search.total = total
+            if number == 1 and self._too_big(search, total):
+                search.dates = [d for r in records if (d := _date(r, self.obj)) is not None]
+                return True  # one request to learn it, instead of paging up to the cap first
+            search.received += len(records)
+            yield self._page(search, records, total)
+            if len(records) < size:
+                return False
+            if (number + 1) * size > cap:
+                return True
+            number += 1
+
+    def _too_big(self, search: _Search, total: int | None) -> bool:
+        """An activity window whose first page says it holds more than one search returns."""
+        if self.sorted or total is None or total <= SEARCH_RESULT_CAP or not self.trust_total:
+            return False
+        if total == search.parent_total:
+            self.trust_total = False  # narrowing the window did not change it: not a count
+            return False
+        return True
+
+    def _page(self, search: _Search, records: list[dict[str, Any]], total: int | None) -> Page:
+        fresh = self._fresh(search, records)
+        self.number += 1
+        self.yielded += len(fresh)
+        page = Page(self.obj.name, self.number, fresh, total, self.yielded)
+        if self.on_page is not None:
+            self.on_page(page)
+        return page
+
+    def _fresh(self, search: _Search, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop records already yielded, tracking what a restart or a split needs."""
+        fresh = []
+        for record in records:
+            date = _date(record, self.obj)
+            if search.first_date is None:
+                search.first_date = date
+            if date is not None:
+                search.last_date = date
+                if search.dates is not None:
+                    search.dates.append(date)
+            if self.sorted and date != self.seen_date:
+                self.seen_date, self.seen = date, set()
+            key = record.get("id")
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            fresh.append(record)
+        return fresh
+
+    def _cursor(self, search: _Search) -> int:
+        """Where a capped sorted search restarts: at its last date, which must have moved."""
+        if search.last_date is None or search.first_date == search.last_date:
+            raise CopperCapError(
+                "copper",
+                f"{self.obj.name}: more than {SEARCH_RESULT_CAP} records share "
+                f"{self.obj.date_field}={search.last_date}; one search cannot return them all",
+            )
+        return search.last_date
+
+    def _body(self, search: _Search, number: int) -> dict[str, Any]:
+        obj = self.obj
+        body: dict[str, Any] = {"page_size": self.client.page_size, "page_number": number}
+        if obj.sort_by is not None:
+            body["sort_by"] = obj.sort_by
+            body["sort_direction"] = "asc"
+        if search.low is not None:
+            body[obj.min_key] = search.low
+        if search.high is not None:
+            body[obj.max_key] = search.high
+        if self.activity_type_ids is not None:
+            body["activity_types"] = _activity_types(self.activity_type_ids)
+        return body
+
+
+def _split(search: _Search, object_name: str) -> list[_Search]:
+    """Two windows covering ``search``'s, split at the median date seen (any split point is
+    correct; the median of a sample balances the halves)."""
+    low, high = search.low, search.high
+    if low is not None and high is not None and low >= high:
+        raise CopperCapError(
+            "copper",
+            f"{object_name}: more than {SEARCH_RESULT_CAP} records dated {low}; "
+            "one search cannot return them all",
+        )
+    dates = search.dates or []
+    if dates:
+        point = int(statistics.median_low(dates))
+    elif low is not None and high is not None:
+        point = (low + high) // 2
+    else:
+        raise CopperCapError("copper", f"{object_name}: cannot split an open window without dates")
+    if high is not None:
+        point = min(point, high - 1)
+    if low is not None:
+        point = max(point, low)
+    return [_Search(low, point, search.total), _Search(point + 1, high, search.total)]
+
+
+def _activity_types(ids: Sequence[int]) -> list[dict[str, Any]]:
+    return [{"id": int(i), "category": "user"} for i in ids]
+
+
+def _date(record: dict[str, Any], obj: CopperObject) -> int | None:
+    return _int_or_none(record.get(obj.date_field))
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _metadata_body(field_name: str, path: str, body: Any) -> Any:
+    """Check the documented shape: a plain list, but activity types as {"user": [], "system": []}
+    (a plain list of typed items is tolerated and grouped by category)."""
+    if field_name == "activity_types":
+        if isinstance(body, list):
+            return {
+                category: [t for t in body if isinstance(t, dict) and t.get("category") == category]
+                for category in ("user", "system")
+            }
+        if isinstance(body, dict):
+            return {
+                category: [{"category": category, **item} for item in items or []]
+                for category, items in body.items()
+                if category in ("user", "system")
+            }
+    elif isinstance(body, list):
+        return body
+    raise ApiResponseError(
+        "copper", f"GET {path} answered {type(body).__name__}, not the documented shape"
+    )

@@ -1,0 +1,101 @@
+"""A minimal Copper search endpoint on the shared sandbox server, for client edge cases.
+
+It follows the documented search rules (inclusive date filters, ``date_modified`` sort, paging
+in the body, only documented keys, ``X-PW-TOTAL``) with a result cap small enough to reach in a
+test. Activities come in a scrambled order, as nothing documents theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from hull_planhat_pipelines.sandbox.server import Request, Response, SandboxServer, error
+from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
+
+PAGING = {"page_size", "page_number"}
+SORTED_KEYS = PAGING | {
+    "sort_by",
+    "sort_direction",
+    "minimum_modified_date",
+    "maximum_modified_date",
+}
+ACTIVITY_KEYS = PAGING | {"minimum_activity_date", "maximum_activity_date", "activity_types"}
+
+
+class FakeTime:
+    """One clock for the client's throttle, its backoff and the server's rate limit."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _scramble(record: dict[str, Any]) -> str:
+    return hashlib.sha1(str(record["id"]).encode()).hexdigest()
+
+
+class StubCopper:
+    """``POST /<object>/search`` over fixed records; ``total`` shapes the X-PW-TOTAL header:
+    "count" (the matches), "none" (absent) or "blind" (every record, ignoring the filter)."""
+
+    def __init__(
+        self,
+        records: dict[str, list[dict[str, Any]]],
+        *,
+        cap: int,
+        total: str = "count",
+        rate_limit_per_minute: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.records = records
+        self.cap = cap
+        self.total = total
+        routes = [("POST", f"/{name}/search", self._search) for name in COPPER_OBJECTS]
+        kwargs: dict[str, Any] = {"rate_limit_per_minute": rate_limit_per_minute}
+        if clock is not None:
+            kwargs["clock"] = clock
+        self.server = SandboxServer("copper-stub", routes, **kwargs).start()
+
+    def close(self) -> None:
+        self.server.stop()
+
+    def _search(self, request: Request) -> Response:
+        name = request.path.split("/")[1]
+        obj = COPPER_OBJECTS[name]
+        body = request.body or {}
+        allowed = SORTED_KEYS if obj.sort_by else ACTIVITY_KEYS
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            return error(422, f"Unrecognized attributes specified: {', '.join(unknown)}")
+        low = body.get(obj.min_key, float("-inf"))
+        high = body.get(obj.max_key, float("inf"))
+        rows = self.records.get(name, [])
+        matches = [r for r in rows if low <= r[obj.date_field] <= high]
+        if obj.sort_by:
+            # ties in an order unrelated to the id: the client must dedupe by id, not position
+            descending = body.get("sort_direction") == "desc"
+            matches.sort(key=lambda r: (r[obj.date_field], _scramble(r)), reverse=descending)
+        else:
+            matches.sort(key=_scramble)
+        size, number = body.get("page_size", 20), body.get("page_number", 1)
+        page = matches[: self.cap][(number - 1) * size : number * size]
+        headers = {}
+        if self.total == "count":
+            headers["X-PW-TOTAL"] = str(len(matches))
+        elif self.total == "blind":
+            headers["X-PW-TOTAL"] = str(len(rows))
+        elif self.total == "under":  # an estimate that undercounts
+            headers["X-PW-TOTAL"] = str(max(0, len(matches) // 2))
+        return Response(200, page, headers)
+
+    def bodies(self, name: str) -> list[dict[str, Any]]:
+        return [r.body for r in self.server.recorded("POST", f"/{name}/search")]
