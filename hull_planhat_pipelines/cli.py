@@ -97,7 +97,12 @@ def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
 
 def _run_job(defs: Any, name: str, tags: dict[str, str], detail: str) -> list[StepSummary]:
     job = defs.resolve_job_def(name)
-    result = job.execute_in_process(instance=_instance(), tags=tags, raise_on_error=False)
+    result = job.execute_in_process(
+        instance=_instance(),
+        tags=tags,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
     metadata = _materialized_metadata(result)
     steps = []
     for key in sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys):
@@ -141,7 +146,28 @@ def _failure_reason(result: Any, key: str) -> str:
     return "not materialized"
 
 
+REQUIRED_CREDENTIALS = (
+    "COPPER_API_KEY",
+    "COPPER_USER_EMAIL",
+    "PLANHAT_API_TOKEN",
+    "PLANHAT_TENANT_TOKEN",
+)
+
+
+def missing_credentials() -> list[str]:
+    return [name for name in REQUIRED_CREDENTIALS if not os.environ.get(name)]
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
+    missing = missing_credentials()
+    if missing:
+        print(
+            f"missing credentials: {', '.join(missing)}. Export them (see the README), or "
+            "point the pipeline at the sandbox: `hull-planhat sandbox > sandbox.env &` then "
+            "`source sandbox.env`.",
+            file=sys.stderr,
+        )
+        return 2
     try:
         summary = run_sync(full=args.full, force=args.force, dry_run=args.dry_run)
     except ConfigError as exc:
