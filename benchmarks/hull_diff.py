@@ -1,0 +1,277 @@
+"""Benchmark: Hull profile sync (map -> resolve -> diff -> apply) at a million profiles.
+
+    python benchmarks/hull_diff.py [--users 1000000 --accounts 100000 --changed 10000]
+
+Phases, each timed (compute = map + resolve + diff; apply = next store):
+1. first_load: every Copper record into an empty store (users/2 people, users/2 + users/20
+   leads of which users/20 share a person's email, so exactly ``users`` profiles; ``accounts``
+   companies, as many opportunities and activities).
+2. incremental: ``changed`` changed or new records (people, leads, companies, opportunities,
+   activities) against the store of phase 1.
+3. full_refresh: the same changes, but every current row passed (what a "fetch all" does),
+   opportunities complete (deleted-opportunity clears computed).
+Peak memory is the process's resident high-water mark during the phase (Linux ``VmHWM`` reset
+through ``/proc/self/clear_refs`` before it, so the inputs built beforehand count as resident
+but their construction does not; elsewhere ``ru_maxrss``, the peak since process start). The
+last line is one JSON object; the headline numbers are the incremental phase's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.settings import Settings, default_config_path, load_settings
+from hull_planhat_pipelines.sync.copper_mapping import CopperRows
+from hull_planhat_pipelines.sync.hull_apply import apply_changes
+from hull_planhat_pipelines.sync.hull_sync import (
+    Changes,
+    ProfileStore,
+    compute_changes,
+)
+
+NOW = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+BASE = int(dt.datetime(2024, 3, 1, tzinfo=dt.UTC).timestamp())
+
+
+# -- memory ----------------------------------------------------------------------------------
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- synthetic Copper rows -------------------------------------------------------------------
+class Scale:
+    def __init__(self, users: int, accounts: int, changed: int) -> None:
+        self.people = users // 2
+        self.shared = users // 20
+        self.leads = users - self.people + self.shared
+        self.accounts = accounts
+        self.changed = changed
+        # each kind of change touches a share of the changed records
+        self.people_changed = changed * 40 // 100
+        self.leads_changed = changed * 20 // 100
+        self.leads_new = changed * 10 // 100
+        self.companies_changed = changed * 10 // 100
+        self.opportunities_changed = changed * 10 // 100
+        self.activities_new = changed - sum(
+            (
+                self.people_changed,
+                self.leads_changed,
+                self.leads_new,
+                self.companies_changed,
+                self.opportunities_changed,
+            )
+        )
+
+    def every(self, total: int, count: int) -> int:
+        """The stride that picks ``count`` of ``total`` rows."""
+        return max(1, total // max(1, count))
+
+
+def _copper_sql(scale: Scale, version: int, only_changed: bool) -> dict[str, str]:
+    """One SELECT per object; ``version`` 1 carries the changes, ``only_changed`` keeps only the
+    changed or new rows (an incremental batch)."""
+    s, v = scale, version
+
+    def pick(total: int, count: int) -> str:
+        return f"(i % {s.every(total, count)} = 0 and i / {s.every(total, count)} < {count})"
+
+    people_changed = pick(s.people, s.people_changed)
+    leads_changed = pick(s.leads, s.leads_changed)
+    companies_changed = pick(s.accounts, s.companies_changed)
+    opps_changed = pick(s.accounts, s.opportunities_changed)
+    leads_total = s.leads + (s.leads_new if v else 0)
+    acts_total = s.accounts + (s.activities_new if v else 0)
+
+    def changed(flag: str) -> str:
+        return f"({v} = 1 and {flag})"
+
+    def where(flag: str) -> str:
+        return f"where {flag}" if only_changed else ""
+
+    people = f"""
+        select i + 1 as id, {BASE} + i as m, i % {s.accounts} + 1 as company_id,
+          json_object('id', i + 1, 'name', 'Person ' || i, 'primary_email', 'p' || i || '@example.com',
+            'title', case when {changed(people_changed)} then 'Chief ' || i else 'Engineer' end,
+            'contact_type', 'Customer', 'phone', '+1 555 ' || i,
+            'custom:Plan', ['Free', 'Pro', 'Enterprise'][i % 3 + 1],
+            'custom:User ID', case when i % 2 = 0 then 'U' || i end,
+            'company_id', i % {s.accounts} + 1, 'leads_converted_from', []::integer[])::varchar
+            as fields
+        from range({s.people}) t(i) {where(changed(people_changed))}"""
+    leads = f"""
+        select i + 1 as id, {BASE} + i as m, null::bigint as company_id,
+          json_object('id', i + 1, 'name', 'Lead ' || i,
+            'primary_email', case when i < {s.shared} then 'p' || i else 'l' || i end
+              || '@example.com',
+            'status', case when {changed(leads_changed)} then 'Qualified' else 'New' end,
+            'customer_source', ['Web', 'Event', null][i % 3 + 1],
+            'custom:Lead Score', i % 100)::varchar as fields
+        from range({leads_total}) t(i)
+        {where(f"{changed(leads_changed)} or i >= {s.leads}")}"""
+    companies = f"""
+        select i + 1 as id, {BASE} + i as m, null::bigint as company_id,
+          json_object('id', i + 1, 'name', 'Company ' || i,
+            'email_domain', 'c' || i || '.example.com', 'contact_type', 'Customer',
+            'custom:Account ID', 'ACC' || i, 'custom:assignee_planhat_id', 'ph' || (i % 50),
+            'custom:ARR', json_object('amount',
+               case when {changed(companies_changed)} then 2000.5 else 1000.0 end,
+               'currency', 'USD'))::varchar as fields
+        from range({s.accounts}) t(i) {where(changed(companies_changed))}"""
+    opportunities = f"""
+        select i + 1 as id, {BASE} + i as m, i % {s.accounts} + 1 as company_id,
+          (i * 7) % {s.people} + 1 as primary_contact_id,
+          ['New Business', 'Upsell', 'Renewal', ''][i % 4 + 1] as opportunity_type,
+          json_object('id', i + 1, 'name', 'Deal ' || i, 'monetary_value', 100.0 * (i % 50),
+            'status', 'Open', 'pipeline_stage',
+            case when {changed(opps_changed)} then 'Negotiation' else 'Qualified' end,
+            'close_date', '2024-12-31')::varchar as fields
+        from range({s.accounts}) t(i) {where(changed(opps_changed))}"""
+    activities = f"""
+        select i + 1 as id, ['person', 'lead', 'company'][i % 3 + 1] as parent_type,
+          (i * 13) % {s.people} + 1 as parent_id, i % 2 as type_id,
+          case when i % 5 = 0 then 'system' else 'user' end as type_category,
+          ['Note', 'Phone Call', 'Meeting', 'Email'][i % 4 + 1] as type_name,
+          to_timestamp({BASE} + i) as activity_date,
+          json_object('id', i + 1, 'details', 'Talked ' || i, 'user_id', i % 20)::varchar
+            as fields
+        from range({acts_total}) t(i) {where(f"i >= {s.accounts}")}"""
+    return {
+        "people": people,
+        "leads": leads,
+        "companies": companies,
+        "opportunities": opportunities,
+        "activities": activities,
+    }
+
+
+def copper_rows(scale: Scale, version: int, only_changed: bool) -> CopperRows:
+    con = duckdb.connect()
+    frames: dict[str, pd.DataFrame] = {}
+    for name, sql in _copper_sql(scale, version, only_changed).items():
+        if name == "activities":
+            frames[name] = con.execute(sql).df()
+            continue
+        frame = (
+            con.execute(f"select *, to_timestamp(m) as date_modified from ({sql})")
+            .df()
+            .drop(columns=["m"])
+        )
+        frames[name] = frame
+    con.close()
+    return CopperRows(**frames, opportunities_complete=not only_changed)
+
+
+def record_count(rows: CopperRows) -> int:
+    return sum(
+        len(frame)
+        for frame in (rows.leads, rows.people, rows.companies, rows.opportunities, rows.activities)
+        if frame is not None
+    )
+
+
+# -- phases ----------------------------------------------------------------------------------
+def measure(
+    label: str, settings: Settings, store: ProfileStore, rows: CopperRows, log: Callable[..., None]
+) -> tuple[ProfileStore, dict[str, Any]]:
+    exact = _reset_peak()
+    started = time.perf_counter()
+    changes: Changes = compute_changes(settings, store, rows)
+    computed = time.perf_counter()
+    after = apply_changes(store, changes, NOW)
+    applied = time.perf_counter()
+    result = {
+        "records": record_count(rows),
+        "seconds": round(applied - started, 2),
+        "compute_seconds": round(computed - started, 2),
+        "apply_seconds": round(applied - computed, 2),
+        "peak_mb": round(_peak_mb(), 1),
+        "peak_exact": exact,
+        "user_upserts": len(changes.user_upserts),
+        "account_upserts": len(changes.account_upserts),
+        "claims": len(changes.user_claims) + len(changes.account_claims),
+        "links": len(changes.links),
+        "events": len(changes.events),
+        "users": len(after.users),
+        "accounts": len(after.accounts),
+    }
+    log(
+        f"{label:>13}: {result['records']:>9,} records  {result['seconds']:>7.2f} s"
+        f" (compute {result['compute_seconds']:.2f}, apply {result['apply_seconds']:.2f})"
+        f"  peak {result['peak_mb']:>8.1f} MB  upserts {result['user_upserts']:,} users /"
+        f" {result['account_upserts']:,} accounts, {result['events']:,} events;"
+        f" store {result['users']:,} users / {result['accounts']:,} accounts"
+    )
+    return after, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--changed", type=int, default=10_000)
+    parser.add_argument("--skip-full-refresh", action="store_true")
+    args = parser.parse_args(argv)
+    settings = load_settings(default_config_path())  # the example configuration
+    scale = Scale(args.users, args.accounts, args.changed)
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    started = time.perf_counter()
+    first_rows = copper_rows(scale, 0, only_changed=False)
+    log(f"built first-load rows in {time.perf_counter() - started:.1f} s")
+    store, first = measure("first_load", settings, ProfileStore(), first_rows, log)
+    del first_rows
+
+    incremental_rows = copper_rows(scale, 1, only_changed=True)
+    _, incremental = measure("incremental", settings, store, incremental_rows, log)
+    del incremental_rows
+
+    phases = {"first_load": first, "incremental": incremental}
+    if not args.skip_full_refresh:
+        full_rows = copper_rows(scale, 1, only_changed=False)
+        _, phases["full_refresh"] = measure("full_refresh", settings, store, full_rows, log)
+
+    print(
+        json.dumps(
+            {
+                "benchmark": "hull_diff",
+                "records": incremental["records"],
+                "seconds": incremental["seconds"],
+                "peak_mb": incremental["peak_mb"],
+                "requests": 0,
+                "minimum_requests": 0,
+                "store_users": len(store.users),
+                "store_accounts": len(store.accounts),
+                "phases": phases,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Attribute, link and event diffs of a resolved batch against the profile store.
+
+Only what differs from the store becomes a row. Rules:
+- One record writes a group on a profile: when several records resolved to one profile write
+  the same group (two opportunities of one type, two people with one email), the latest
+  ``modified_at`` wins, then the larger source id: deterministic, whatever the input order.
+- Null vs missing: a field the source lacks has no staged row, so it changes nothing; a null
+  value clears the attribute if the profile has it, and changes nothing if it does not.
+- Values compare as canonical JSON text (sorted keys; an integral number is the same value
+  as its ``.0`` float): ``{"amount": 1.0, "currency": "USD"}`` equals
+  ``{"currency":"USD","amount":1}``.
+- Clears staged for known profiles (deleted opportunities) apply only where no record of the
+  batch writes the attribute. A merged shell's attributes move to its profile where that
+  profile has no value of its own.
+"""
+
+from __future__ import annotations
+
+from hull_planhat_pipelines.sync.hull_batch import Batch
+from hull_planhat_pipelines.sync.hull_model import DOMAIN_CLAIM, UPSERT_COLUMNS, Kind
+
+_WINNER = (
+    "modified_at desc nulls last, try_cast(source_id as bigint) desc nulls last,"
+    " source_id desc, record_key desc"
+)
+
+
+def diff_attributes(batch: Batch, k: Kind) -> None:
+    """``upserts_<kind>``: one row per (profile, attribute) whose value changes."""
+    _wanted(batch, k)
+    _current(batch, k)
+    _with_merged_values(batch, k)
+    _profiles(batch, k)
+    columns = ", ".join(UPSERT_COLUMNS[k])
+    batch.sql(
+        f"create or replace temp table upserts_{k} as select {columns} from ("
+        f" select w.hull_id, p.claim as {DOMAIN_CLAIM[k]}, p.external_id, w.anonymous_id,"
+        " w.attribute, w.value, c.value as previous, w.source_object, w.source_id,"
+        " p.is_new as is_new_profile"
+        f" from want_{k} w left join cur_{k} c using (hull_id, attribute)"
+        f" join prof_{k} p using (hull_id)"
+        " where w.value is distinct from c.value) order by hull_id, attribute"
+    )
+    batch.drop(*(f"{t}_{k}" for t in ("want", "cur", "prof", "touched", "writers", "losers")))
+
+
+def _wanted(batch: Batch, k: Kind) -> None:
+    """The value each touched (profile, attribute) should have. One record writes a group on a
+    profile: when several do, the others are losers (found among the few shared groups)."""
+    batch.sql(
+        f"create or replace temp table writers_{k} as select res.hull_id, w.attr_group,"
+        " w.record_key, w.source_id, w.modified_at"
+        f" from in_writes w join res_{k} res using (record_key) where w.kind = '{k}';"
+        f"create or replace temp table losers_{k} as select record_key, attr_group, source_id"
+        f" from writers_{k} semi join (select hull_id, attr_group from writers_{k}"
+        " group by hull_id, attr_group having count(*) > 1) using (hull_id, attr_group)"
+        f" qualify row_number() over (partition by hull_id, attr_group order by {_WINNER}) > 1;"
+        f"create or replace temp table want_{k} as"
+        " select res.hull_id, a.attribute, a.value, a.source_object, a.source_id,"
+        " a.record_key as anonymous_id"
+        f" from in_attributes a join res_{k} res using (record_key)"
+        f" anti join losers_{k} l using (record_key, attr_group, source_id)"
+        f" where a.kind = '{k}';"
+        f"create or replace temp table clear_{k} as"
+        " select coalesce(g.into_hull_id, c.hull_id) as hull_id, c.attribute,"
+        " null::varchar as value, c.source_object, c.source_id, null::varchar as anonymous_id"
+        f" from in_clears c left join merges_{k} g on g.from_hull_id = c.hull_id"
+        f" where c.kind = '{k}'"
+        " qualify row_number() over (partition by coalesce(g.into_hull_id, c.hull_id),"
+        " c.attribute order by c.source_id) = 1;"
+        f"delete from clear_{k} using want_{k} w"
+        f" where clear_{k}.hull_id = w.hull_id and clear_{k}.attribute = w.attribute;"
+        f"insert into want_{k} select * from clear_{k};"
+        f"drop table clear_{k}"
+    )
+    batch.canonicalize_nested(f"want_{k}", "value")
+
+
+def _profiles(batch: Batch, k: Kind) -> None:
+    """Per touched profile: its claims after this batch (for readable upsert rows), new or not."""
+    other = DOMAIN_CLAIM[k]
+    batch.sql(
+        f"create or replace temp table prof_{k} as select t.hull_id,"
+        f" coalesce(s.{other}, c.claim) as claim, coalesce(s.external_id, c.external_id)"
+        " as external_id, coalesce(n.is_new, false) as is_new"
+        f" from touched_{k} t left join s_{k} s using (hull_id)"
+        f" left join (select hull_id, max(value) filter (where claim = '{other}') as claim,"
+        " max(value) filter (where claim = 'external_id') as external_id"
+        f" from claims_{k} where claim <> 'anonymous_id' group by hull_id) c using (hull_id)"
+        f" left join (select distinct hull_id, true as is_new from res_{k} where is_new) n"
+        " using (hull_id)"
+    )
+
+
+def _current(batch: Batch, k: Kind) -> None:
+    """The stored values of the touched profiles (and of shells merged into them)."""
+    batch.sql(
+        f"create or replace temp table touched_{k} as select distinct hull_id from want_{k}"
+        f" union select into_hull_id from merges_{k} union select from_hull_id from merges_{k};"
+    )
+    batch.load_attributes(k, f"select hull_id from touched_{k}")
+    batch.sql(
+        f"create or replace temp table cur_{k} as select s.hull_id, j.key as attribute,"
+        " case when j.type = 'DOUBLE' then hull_canonical_scalar(j.value::varchar)"
+        " else j.value::varchar end as value"
+        f" from (select * from sa_{k} semi join touched_{k} using (hull_id)) s,"
+        " json_each(s.attributes) j where j.type <> 'NULL';"
+        f"drop table sa_{k}"
+    )
+    batch.canonicalize_nested(f"cur_{k}", "value")
+
+
+def _with_merged_values(batch: Batch, k: Kind) -> None:
+    """A merged shell's values move to its profile where neither the batch nor the profile
+    has one (they are upserts of the profile; the shell itself disappears)."""
+    batch.sql(
+        f"insert into want_{k} select g.into_hull_id, c.attribute, c.value, 'merge',"
+        " g.from_hull_id, null"
+        f" from merges_{k} g join cur_{k} c on c.hull_id = g.from_hull_id"
+        f" anti join want_{k} w on w.hull_id = g.into_hull_id and w.attribute = c.attribute"
+        f" anti join cur_{k} t on t.hull_id = g.into_hull_id and t.attribute = c.attribute"
+        " qualify row_number() over (partition by g.into_hull_id, c.attribute"
+        " order by g.from_hull_id) = 1"
+    )
+
+
+def diff_links(batch: Batch) -> None:
+    """``links``: users whose account changes (the latest linking record wins; users of a
+    merged account follow it; a profile absorbing a shell takes the shell's account if it has
+    none)."""
+    batch.sql(
+        "create or replace temp table lk as"
+        " select ru.hull_id as user_hull_id, ra.hull_id as account_hull_id, l.source_object,"
+        " l.source_id from in_links l join res_user ru on ru.record_key = l.user_key"
+        " join res_account ra on ra.record_key = l.account_key"
+        " qualify row_number() over (partition by ru.hull_id order by l.modified_at desc"
+        " nulls last, l.source_object, l.source_id desc, ra.hull_id) = 1;"
+        # users whose account was merged away, and shells' accounts for their new profile
+        "insert into lk select s.hull_id, g.into_hull_id, 'merge', g.from_hull_id"
+        " from s_user s join merges_account g on g.from_hull_id = s.account_hull_id"
+        " anti join lk on lk.user_hull_id = s.hull_id;"
+        "insert into lk select gu.into_hull_id, coalesce(ga.into_hull_id, f.account_hull_id),"
+        " 'merge', gu.from_hull_id"
+        " from merges_user gu join s_user f on f.hull_id = gu.from_hull_id"
+        " join s_user t on t.hull_id = gu.into_hull_id"
+        " left join merges_account ga on ga.from_hull_id = f.account_hull_id"
+        " anti join lk on lk.user_hull_id = gu.into_hull_id"
+        " where f.account_hull_id is not null and t.account_hull_id is null"
+        " qualify row_number() over (partition by gu.into_hull_id order by gu.from_hull_id) = 1;"
+        "create or replace temp table links as"
+        " select lk.user_hull_id, lk.account_hull_id, s.account_hull_id"
+        " as previous_account_hull_id, lk.source_object, lk.source_id"
+        " from lk left join s_user s on s.hull_id = lk.user_hull_id"
+        " anti join merges_user g on g.from_hull_id = lk.user_hull_id"
+        " where lk.account_hull_id is distinct from s.account_hull_id"
+        " order by lk.user_hull_id"
+    )
+
+
+def diff_events(batch: Batch, has_store: bool) -> None:
+    """``events``: new or changed events (each activity once, keyed by event id), and stored
+    events of merged shells moved to their profile. Needs ``ex_events`` when ``has_store``."""
+    batch.sql(
+        "create or replace temp table ev as"
+        " select e.event_id, r.hull_id as user_hull_id, e.name, e.properties, e.occurred_at,"
+        " e.source, e.source_id"
+        " from in_events e join res_user r on r.record_key = e.user_key"
+        " qualify row_number() over (partition by e.event_id order by e.occurred_at desc"
+        " nulls last, e.properties) = 1"
+    )
+    if not has_store:
+        batch.sql("create or replace temp table events as select * from ev order by event_id")
+        return
+    same = " and ".join(
+        f"ev.{c} is not distinct from x.{c}"
+        for c in ("user_hull_id", "name", "properties", "occurred_at", "source", "source_id")
+    )
+    batch.sql(
+        "insert into ev select x.event_id, g.into_hull_id, x.name, x.properties,"
+        " x.occurred_at, x.source, x.source_id"
+        " from ex_events x join merges_user g on g.from_hull_id = x.user_hull_id"
+        " anti join ev using (event_id);"
+        "create or replace temp table events as select ev.* from ev"
+        f" anti join ex_events x on x.event_id = ev.event_id and {same}"
+        " order by event_id"
+    )

@@ -1,0 +1,201 @@
+"""One sync's working set: an in-memory DuckDB holding what the mappers staged.
+
+Mapping, resolution and diffing are set operations over whole tables, so they share one
+in-memory connection and hand tables to each other instead of round-tripping millions of rows
+through pandas (each string crossing costs far more than the SQL that uses it). Only inputs
+and final outputs cross the pandas boundary.
+
+Staged tables (filled by ``copper_mapping`` and ``planhat_mapping``):
+- ``in_records(kind, record_key, source_object, source_id, modified_at, is_shell)``: one row
+  per source record; ``record_key`` is its anonymous id. A shell (``is_shell``) only names a
+  profile another record points to (a person's company, an activity's lead).
+- ``in_claims(kind, record_key, claim, value)``: identity claims besides the record key.
+- ``in_attributes(kind, record_key, attr_group, attribute, value, source_object, source_id,
+  modified_at)``: mapped values (canonical JSON, NULL = clear); a missing field has no row.
+- ``in_writes(kind, record_key, attr_group, source_object, source_id, modified_at)``: which
+  source record writes which group on which record (one row per record and group, so that
+  choosing the one writer of a group never scans the attribute rows).
+- ``in_links(user_key, account_key, source_object, source_id, modified_at)``.
+- ``in_events(event_id, user_key, name, properties, occurred_at, source, source_id)``.
+- ``in_clears(kind, hull_id, attribute, source_object, source_id)``: attributes of known
+  profiles to clear unless a record writes them (deleted opportunities).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.sync.hull_model import (
+    CANONICAL_SQL,
+    STABLE_ID_SQL,
+    STORE_COLUMNS,
+    STORE_SQL_TYPES,
+    Kind,
+    canonical_text,
+)
+
+STAGING_SQL = """
+create table in_records (kind varchar, record_key varchar, source_object varchar,
+    source_id varchar, modified_at timestamptz, is_shell boolean);
+create table in_claims (kind varchar, record_key varchar, claim varchar, value varchar);
+create table in_attributes (kind varchar, record_key varchar, attr_group varchar,
+    attribute varchar, value varchar, source_object varchar, source_id varchar,
+    modified_at timestamptz);
+create table in_writes (kind varchar, record_key varchar, attr_group varchar,
+    source_object varchar, source_id varchar, modified_at timestamptz);
+create table in_links (user_key varchar, account_key varchar, source_object varchar,
+    source_id varchar, modified_at timestamptz);
+create table in_events (event_id varchar, user_key varchar, name varchar, properties varchar,
+    occurred_at timestamptz, source varchar, source_id varchar);
+create table in_clears (kind varchar, hull_id varchar, attribute varchar,
+    source_object varchar, source_id varchar);
+"""
+
+
+def quote(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """A SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Batch:
+    """An in-memory DuckDB with the staging tables and the package's SQL macros."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.con = duckdb.connect()
+        if threads:
+            self.con.execute(f"set threads = {int(threads)}")
+        self.con.execute(STABLE_ID_SQL)
+        self.con.execute(CANONICAL_SQL)
+        self.con.execute(STAGING_SQL)
+        self._registered = 0
+        self._stores: dict[str, pd.DataFrame] = {}
+        self._all_attributes: set[str] = set()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sql(self, query: str, params: list[Any] | None = None) -> None:
+        """Run statements and consume their result."""
+        self.con.execute(query, params or [])
+
+    def drop(self, *tables: str) -> None:
+        """Free intermediate tables (an in-memory database holds every table until dropped)."""
+        for table in tables:
+            self.sql(f"drop table if exists {table}")
+
+    def scalar(self, query: str, params: list[Any] | None = None) -> Any:
+        row = self.con.execute(query, params or []).fetchone()
+        return row[0] if row else None
+
+    def frame(self, query: str, params: list[Any] | None = None) -> pd.DataFrame:
+        return self.con.execute(query, params or []).df()
+
+    def load(self, name: str, frame: pd.DataFrame, select: str = "*") -> None:
+        """Copy a DataFrame into table ``name`` (scanned once: pandas scans are slow to repeat)."""
+        view = f"_frame_{self._registered}"
+        self._registered += 1
+        self.con.register(view, frame)
+        try:
+            self.sql(f"create or replace temp table {name} as select {select} from {view}")
+        finally:
+            self.con.unregister(view)
+
+    def load_store(self, kind: Kind, frame: pd.DataFrame, attributes: bool = False) -> None:
+        """The profile table as ``s_<kind>`` with typed contract columns and ``strong``: the
+        profile has a claim besides anonymous ids (a profile without one is a shell).
+
+        Without ``attributes`` the (large) attributes column stays in pandas until
+        ``load_attributes`` asks for the profiles a batch touches."""
+        self._stores[kind] = frame
+        columns = [c for c in STORE_COLUMNS[kind] if attributes or c != "attributes"]
+        typed = {c: f"{ident(c)}::{STORE_SQL_TYPES[c]}" for c in columns}
+        typed["anonymous_ids"] = f"coalesce({typed['anonymous_ids']}, [])"
+        if attributes:
+            typed["attributes"] = f"coalesce({typed['attributes']}, '{{}}')"
+        other = "email" if kind == "user" else "domain"
+        strong = f"({other} is not null or external_id is not null) as strong"
+        select = ", ".join([*(f"{e} as {ident(c)}" for c, e in typed.items()), strong])
+        self.load(f"s_{kind}", frame, select)
+
+    def load_attributes(self, kind: Kind, ids_query: str | None = None) -> None:
+        """``sa_<kind>(hull_id, attributes)`` for the profiles ``ids_query`` selects (None: all;
+        once all are loaded, they stay until the table is dropped)."""
+        if kind in self._all_attributes and self.scalar(
+            "select count(*) from duckdb_tables() where table_name = ?", [f"sa_{kind}"]
+        ):
+            return
+        if ids_query is None:
+            self._all_attributes.add(kind)
+        frame = self._stores[kind]
+        if ids_query is not None:
+            ids = self.frame(ids_query).iloc[:, 0]
+            frame = frame[frame["hull_id"].isin(ids)]
+        self.load(
+            f"sa_{kind}",
+            frame[["hull_id", "attributes"]],
+            "hull_id::varchar as hull_id, coalesce(attributes::varchar, '{}') as attributes",
+        )
+
+    def export(self, query: str, shared: tuple[str, ...] = ()) -> pd.DataFrame:
+        """``query`` as a DataFrame. ``shared`` columns have few distinct values: they cross as
+        ENUM codes, so pandas holds one string object per value instead of one per row."""
+        if not shared:
+            return self.frame(query)
+        self.sql(f"create or replace temp table _export as {query}")
+        casts = []
+        for column in shared:
+            distinct = (
+                f"select distinct {ident(column)} from _export where {ident(column)} is not null"
+            )
+            self.sql(
+                f"drop type if exists _enum_{column}; create type _enum_{column} as enum ({distinct})"
+            )
+            casts.append(f"{ident(column)}::_enum_{column} as {ident(column)}")
+        frame = self.frame(f"select * replace ({', '.join(casts)}) from _export")
+        self.drop("_export")
+        for column in shared:
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        return frame
+
+    def canonicalize_nested(self, table: str, column: str) -> None:
+        """Sort the keys of object and array values (in Python: only those values, once each)."""
+        nested = self.con.execute(
+            f"select distinct {column} as v from {table} where left({column}, 1) in ('{{', '[')"
+        ).df()
+        if nested.empty:
+            return
+        nested["c"] = [canonical_text(v) for v in nested["v"]]
+        nested = nested[nested["v"] != nested["c"]]
+        if nested.empty:
+            return
+        self.load("_canonical", nested)
+        self.sql(
+            f"update {table} set {column} = _canonical.c from _canonical"
+            f" where {table}.{column} = _canonical.v"
+        )
+
+
+@contextmanager
+def batch(threads: int | None = None) -> Iterator[Batch]:
+    """A ``Batch`` closed on exit."""
+    work = Batch(threads)
+    try:
+        yield work
+    finally:
+        work.close()

@@ -1,0 +1,231 @@
+"""Identity resolution: which profile each staged record belongs to.
+
+Rules (DESIGN.md section 2), as set operations over the whole batch:
+1. A record matches existing profiles through its claims; it resolves to the profile found by
+   external id, else email (domain for accounts), else anonymous id. Ties between profiles
+   holding the same claim: a profile with a strong claim (email, domain or external id) over a
+   shell, then the oldest, then the smallest hull_id.
+2. Records of one batch that share any claim, transitively, form a group (connected
+   components). A record with no strong match of its own joins its group's best match; a group
+   with no match at all is one new profile whose hull_id derives from its smallest anonymous id
+   (``stable_id``), so a rerun creates the same id.
+3. A shell (a profile with anonymous ids only: a company or contact someone pointed at before
+   it was pulled) matched by a record that resolves elsewhere is merged into that profile:
+   that is how a shell is completed when its record arrives under a stronger identity.
+4. A record's claim that identifies another profile with a strong claim is a conflict: the
+   record still resolves by precedence (external id wins), the claim is not added, and the
+   conflict is reported. Null and blank claims are ignored.
+5. A profile gains the claims it lacked: anonymous ids are a set; email, domain and external id
+   are set only where the profile has none (one value per batch: the latest record's).
+
+Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
+``claims_<kind>`` (claims added), ``merges_<kind>``, ``conflicts_<kind>``.
+"""
+
+from __future__ import annotations
+
+from hull_planhat_pipelines.sync.hull_batch import Batch
+from hull_planhat_pipelines.sync.hull_model import DOMAIN_CLAIM, PRECEDENCE, Kind
+
+MAX_ROUNDS = 200
+"""Label propagation rounds before giving up (pointer jumping converges in a handful)."""
+
+
+def resolve(batch: Batch, kind: Kind) -> None:
+    """Resolve the staged records of one kind against ``s_<kind>`` (see the module rules)."""
+    _records(batch, kind)
+    _matches(batch, kind)
+    _components(batch, kind)
+    _resolution(batch, kind)
+    _merges(batch, kind)
+    _conflicts(batch, kind)
+    _claims(batch, kind)
+    batch.drop(*(f"{t}_{kind}" for t in ("sc", "m", "edge", "lab", "best", "win", "res0")))
+    batch.drop(*(f"{t}_{kind}" for t in ("rc", "cand", "held", "fresh", "newkey")))
+
+
+_BEST = (
+    "{'hull_id': hull_id, 'strong': strong},"
+    " {'prec': prec, 'shell': not strong,"
+    " 'created': coalesce(created_at, 'infinity'::timestamptz), 'hull_id': hull_id}"
+)
+"""arg_min arguments: the best profile among matches (precedence, strong over shell, oldest)."""
+
+
+def _records(batch: Batch, k: Kind) -> None:
+    """One row per record key (a real record over its shells, then the latest), numbered; the
+    claims of each (its key is its anonymous id)."""
+    batch.sql(
+        f"create or replace temp table r_{k} as"
+        " select (row_number() over ())::bigint - 1 as rid, record_key, unnest(r) from ("
+        " select record_key, arg_max({'source_object': source_object, 'source_id': source_id,"
+        " 'modified_at': modified_at, 'is_shell': is_shell},"
+        " {'real': not is_shell, 'at': coalesce(modified_at, '-infinity'::timestamptz),"
+        " 'id': coalesce(source_id, '')}) as r"
+        f" from in_records where kind = '{k}' group by record_key);"
+        f"create or replace temp table rc_{k} as"
+        f" select distinct r.rid, c.claim, c.value from in_claims c join r_{k} r using (record_key)"
+        f" where c.kind = '{k}' and nullif(c.value, '') is not null and c.claim <> 'anonymous_id'"
+        f" union select r.rid, 'anonymous_id', c.value from in_claims c join r_{k} r"
+        f" using (record_key) where c.kind = '{k}' and nullif(c.value, '') is not null"
+        " and c.claim = 'anonymous_id' and c.value <> c.record_key"
+        f" union all select rid, 'anonymous_id', record_key from r_{k}"
+    )
+
+
+def _precedence_sql() -> str:
+    cases = " ".join(f"when '{claim}' then {rank}" for claim, rank in PRECEDENCE.items())
+    return f"case claim {cases} end"
+
+
+def _matches(batch: Batch, k: Kind) -> None:
+    """Every (record, claim) -> existing profile holding that claim."""
+    other = DOMAIN_CLAIM[k]
+    batch.sql(
+        f"create or replace temp table sc_{k} as"
+        f" select hull_id, 'external_id' as claim, external_id as value from s_{k}"
+        f" where external_id in (select value from rc_{k} where claim = 'external_id')"
+        f" union all select hull_id, '{other}', {other} from s_{k}"
+        f" where {other} in (select value from rc_{k} where claim = '{other}')"
+        " union all select hull_id, 'anonymous_id', value from ("
+        f" select hull_id, unnest(anonymous_ids) as value from s_{k})"
+        f" where value in (select value from rc_{k} where claim = 'anonymous_id');"
+        f"create or replace temp table m_{k} as"
+        f" select rc.rid, rc.claim, rc.value, sc.hull_id, s.strong, s.created_at,"
+        f" {_precedence_sql()} as prec"
+        f" from rc_{k} rc join sc_{k} sc using (claim, value) join s_{k} s using (hull_id)"
+    )
+
+
+def _components(batch: Batch, k: Kind) -> None:
+    """Connected components of records sharing a claim (or a matched shell), by min-label
+    propagation with pointer jumping. Only records sharing a key take part: a record alone is
+    its own component."""
+    batch.sql(
+        f"create or replace temp table edge_{k} as"
+        " with mem as ("
+        f" select rid, claim, value from rc_{k}"
+        f" union all select distinct rid, 'profile', hull_id from m_{k} where not strong),"
+        " shared as (select claim, value from mem group by claim, value having count(*) > 1)"
+        " select rid, dense_rank() over (order by claim, value) as key"
+        " from mem semi join shared using (claim, value);"
+        f"create or replace temp table lab_{k} as select distinct rid, rid as l from edge_{k}"
+    )
+    for _ in range(MAX_ROUNDS):
+        batch.sql(
+            f"create or replace temp table lab2_{k} as"
+            f" with kl as (select e.key, min(lab.l) as l from edge_{k} e join lab_{k} lab"
+            " using (rid) group by e.key),"
+            f" nl as (select e.rid, min(kl.l) as l from edge_{k} e join kl using (key)"
+            " group by e.rid)"
+            " select nl.rid, least(nl.l, coalesce(p.l, nl.l)) as l"
+            " from nl left join nl p on p.rid = nl.l"
+        )
+        changed = batch.scalar(
+            f"select count(*) from lab2_{k} n join lab_{k} o using (rid) where n.l <> o.l"
+        )
+        batch.sql(f"drop table lab_{k}; alter table lab2_{k} rename to lab_{k}")
+        if not changed:
+            return
+    raise RuntimeError(f"{k} identity groups did not converge in {MAX_ROUNDS} rounds")
+
+
+def _resolution(batch: Batch, k: Kind) -> None:
+    """Per record: its own strong best match, else its group's best match, else a new id from
+    the group's smallest record key."""
+    batch.sql(
+        f"create or replace temp table best_{k} as select rid, unnest(arg_min({_BEST}))"
+        f" from m_{k} group by rid;"
+        f"create or replace temp table win_{k} as select lab.l as comp, unnest(arg_min({_BEST}))"
+        f" from m_{k} join lab_{k} lab using (rid) group by lab.l;"
+        f"create or replace temp table newkey_{k} as select lab.l as comp,"
+        f" min(r.record_key) as key from lab_{k} lab join r_{k} r using (rid) group by lab.l;"
+        f"create or replace temp table res0_{k} as select r.rid, r.record_key,"
+        " case when b.strong then b.hull_id when w.hull_id is not null then w.hull_id"
+        " when b.hull_id is not null then b.hull_id"
+        f" else hull_stable_id('{k}', coalesce(n.key, r.record_key)) end as hull_id,"
+        " coalesce(b.strong or w.strong, b.strong, false) as strong,"
+        " b.hull_id is null and w.hull_id is null as is_new"
+        f" from r_{k} r left join lab_{k} lab using (rid) left join best_{k} b using (rid)"
+        f" left join win_{k} w on w.comp = lab.l left join newkey_{k} n on n.comp = lab.l"
+    )
+
+
+def _merges(batch: Batch, k: Kind) -> None:
+    """Shells matched by records that resolved elsewhere are merged into that profile."""
+    batch.sql(
+        f"create or replace temp table merges_{k} as"
+        " select m.hull_id as from_hull_id, r.hull_id as into_hull_id"
+        f" from m_{k} m join res0_{k} r using (rid)"
+        " where not m.strong and m.hull_id <> r.hull_id"
+        " qualify row_number() over (partition by m.hull_id"
+        " order by r.strong desc, r.hull_id) = 1;"
+        # a merge into a profile that is itself merged follows the chain (never expected)
+        f"update merges_{k} set into_hull_id = n.into_hull_id from merges_{k} n"
+        f" where merges_{k}.into_hull_id = n.from_hull_id;"
+        f"delete from merges_{k} where from_hull_id = into_hull_id;"
+        f"create or replace temp table res_{k} as"
+        " select r.rid, r.record_key, coalesce(g.into_hull_id, r.hull_id) as hull_id, r.is_new"
+        f" from res0_{k} r left join merges_{k} g on g.from_hull_id = r.hull_id"
+    )
+
+
+def _conflicts(batch: Batch, k: Kind) -> None:
+    """Claims pointing at another (not merged) profile than the one the record resolved to."""
+    batch.sql(
+        f"create or replace temp table conflicts_{k} as"
+        f" select '{k}' as kind, r.record_key as record, m.claim, m.value,"
+        " r.hull_id as resolved_hull_id, m.hull_id as other_hull_id,"
+        " 'Claim identifies another profile' as reason"
+        f" from m_{k} m join res_{k} r using (rid)"
+        f" left join merges_{k} g on g.from_hull_id = m.hull_id"
+        " where m.hull_id <> r.hull_id and g.into_hull_id is distinct from r.hull_id"
+    )
+
+
+def _claims(batch: Batch, k: Kind) -> None:
+    """Claims each resolved profile gains; single-valued ones only where it has none."""
+    other = DOMAIN_CLAIM[k]
+    batch.sql(
+        # candidate claims: the records' own (not conflicting) plus merged shells' anonymous ids
+        f"create or replace temp table cand_{k} as"
+        " select res.hull_id, rc.claim, rc.value, res.is_new, r.source_object, r.source_id,"
+        " r.modified_at, r.record_key"
+        f" from rc_{k} rc join res_{k} res using (rid) join r_{k} r using (rid)"
+        f" anti join conflicts_{k} c on c.record = r.record_key and c.claim = rc.claim"
+        " and c.value = rc.value"
+        " union all select g.into_hull_id, 'anonymous_id', unnest(s.anonymous_ids), false,"
+        " 'merge', g.from_hull_id, null, null"
+        f" from merges_{k} g join s_{k} s on s.hull_id = g.from_hull_id;"
+        # what the touched profiles hold already
+        f"create or replace temp table held_{k} as"
+        f" with touched as (select distinct hull_id from cand_{k} where not is_new),"
+        f" s as (select * from s_{k} semi join touched using (hull_id))"
+        " select hull_id, 'anonymous_id' as claim, unnest(anonymous_ids) as value from s"
+        " union all select hull_id, 'external_id', external_id from s"
+        " where external_id is not null"
+        f" union all select hull_id, '{other}', {other} from s where {other} is not null;"
+        # candidates the profile does not hold yet
+        f"create or replace temp table fresh_{k} as"
+        f" select * from cand_{k} anti join held_{k} using (hull_id, claim, value);"
+        # anonymous ids are a set; a single-valued claim takes the latest record's value
+        f"create or replace temp table claims_{k} as"
+        " select hull_id, 'anonymous_id' as claim, value, bool_or(is_new) as is_new_profile,"
+        " arg_min(source_object, coalesce(record_key, '')) as source_object,"
+        " arg_min(source_id, coalesce(record_key, '')) as source_id"
+        f" from fresh_{k} where claim = 'anonymous_id' group by hull_id, value"
+        " union all select hull_id, claim, unnest(arg_max({'value': value,"
+        " 'is_new_profile': is_new, 'source_object': source_object, 'source_id': source_id},"
+        " {'at': coalesce(modified_at, '-infinity'::timestamptz), 'key': record_key,"
+        f" 'value': value}})) from fresh_{k}"
+        f" anti join (select distinct hull_id, claim from held_{k}"
+        " where claim <> 'anonymous_id') h using (hull_id, claim)"
+        " where claim <> 'anonymous_id' group by hull_id, claim"
+    )
+    # a second value for a single-valued claim, or a value the profile holds differently
+    batch.sql(
+        f"insert into conflicts_{k} select '{k}', c.record_key, c.claim, c.value, c.hull_id,"
+        " null, 'Profile keeps another ' || c.claim"
+        f" from fresh_{k} c anti join claims_{k} a using (hull_id, claim, value)"
+        " where c.claim <> 'anonymous_id' and c.source_object <> 'merge'"
+    )

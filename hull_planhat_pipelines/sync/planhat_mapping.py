@@ -1,0 +1,172 @@
+"""Planhat snapshot rows -> staged records, claims, attributes (group ``planhat/``) and links.
+
+Planhat can only be read as full snapshots, and it bumps ``updatedAt`` on every write (ours
+included), so a record is staged only when what we take from it changed since the snapshot
+last applied: its mapped fields (``updatedAt`` excluded) and its identity (external id, email,
+company). The diff against the profile store then drops whatever still equals the profile.
+
+Null vs missing: a mapped field the record lacks writes nothing, except when the previous
+snapshot had it: Planhat omits unset fields, so a field that disappeared was cleared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from hull_planhat_pipelines.settings import AttributeMap, PlanhatIncoming
+from hull_planhat_pipelines.sync.hull_batch import Batch, quote
+from hull_planhat_pipelines.sync.hull_model import PLANHAT_GROUP
+from hull_planhat_pipelines.sync.hull_sql import JsonFields, canonical_value, unique_names
+from hull_planhat_pipelines.sync.log import SyncEvent
+
+VOLATILE_FIELDS = frozenset({"updatedAt"})
+"""Fields Planhat changes on every write: never evidence of a change."""
+
+
+@dataclass(frozen=True)
+class PlanhatRows:
+    """Current snapshot rows, and the snapshot last applied (None: nothing applied yet)."""
+
+    companies: pd.DataFrame | None = None
+    endusers: pd.DataFrame | None = None
+    previous_companies: pd.DataFrame | None = None
+    previous_endusers: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class _Model:
+    name: str
+    kind: str
+    source_object: str
+    identity: tuple[str, ...]
+    """Typed columns that identify or link the record (part of the change fingerprint)."""
+    claims: dict[str, str]
+    """claim -> typed column."""
+
+
+_COMPANY = _Model("companies", "account", "planhat_company", ("external_id",), {})
+_ENDUSER = _Model(
+    "endusers",
+    "user",
+    "planhat_enduser",
+    ("external_id", "email", "company_id"),
+    {"email": "email"},
+)
+
+
+def map_planhat(batch: Batch, rows: PlanhatRows, incoming: PlanhatIncoming) -> list[SyncEvent]:
+    """Stage the Planhat records that changed since the previous snapshot."""
+    events: list[SyncEvent] = []
+    if rows.companies is not None:
+        events += _stage(
+            batch, _COMPANY, rows.companies, rows.previous_companies, incoming.company_attributes
+        )
+    if rows.endusers is not None:
+        events += _stage(
+            batch, _ENDUSER, rows.endusers, rows.previous_endusers, incoming.enduser_attributes
+        )
+        _stage_links(batch)
+    batch.drop("ph_current", "ph_previous", "_cur", "_prev", "_src")
+    return events
+
+
+def _load(batch: Batch, table: str, frame: pd.DataFrame | None, model: _Model) -> None:
+    columns = ["_id", *model.identity, "record"]
+    if frame is None:
+        typed = ", ".join(f"null::varchar as {c}" for c in columns)
+        batch.sql(
+            f"create or replace temp table {table} as select {typed},"
+            " null::timestamptz as updated_at limit 0"
+        )
+        return
+    updated = "updated_at::timestamptz" if "updated_at" in frame.columns else "null::timestamptz"
+    typed = ", ".join(f"{c}::varchar as {c}" for c in columns)
+    batch.load(table, frame, f"{typed}, {updated} as updated_at")
+
+
+def _stage(
+    batch: Batch,
+    model: _Model,
+    current: pd.DataFrame,
+    previous: pd.DataFrame | None,
+    attributes: AttributeMap,
+) -> list[SyncEvent]:
+    _load(batch, "ph_current", current, model)
+    _load(batch, "ph_previous", previous, model)
+    events = _invalid_records(batch, model)
+    fields = JsonFields()
+    values = {name: fields.planhat_field(field) for field, name in unique_names(attributes).items()}
+    watched = [fields.planhat_field(f) for f in attributes if f not in VOLATILE_FIELDS]
+
+    def fingerprint(alias: str) -> str:
+        parts = [f"({JsonFields.rebase(e, f'{alias}.v')})::varchar" for e in watched]
+        parts += [f"{alias}.{column}" for column in model.identity]
+        return "[" + ", ".join(parts) + "]::varchar[]"
+
+    batch.sql(
+        "create or replace temp table _cur as select *,"
+        f" {fields.extraction('record')} from ph_current where _id is not null;"
+        "create or replace temp table _prev as select *,"
+        f" {fields.extraction('record')} from ph_previous where _id is not null;"
+        "create or replace temp table _src as"
+        " select 'planhat:' || c._id as record_key, c._id as source_id,"
+        f" c.updated_at as modified_at, c.* exclude (_id), p.v as pv"
+        " from _cur c left join _prev p using (_id)"
+        f" where p._id is null or {fingerprint('c')} is distinct from {fingerprint('p')}"
+    )
+    batch.sql(
+        f"insert into in_records select '{model.kind}', record_key, '{model.source_object}',"
+        " source_id, modified_at, false from _src"
+    )
+    for claim, column in {"external_id": "external_id", **model.claims}.items():
+        batch.sql(
+            f"insert into in_claims select '{model.kind}', record_key, '{claim}', {column}"
+            f" from _src where nullif({column}, '') is not null"
+        )
+    _stage_attributes(batch, model, values)
+    return events
+
+
+def _invalid_records(batch: Batch, model: _Model) -> list[SyncEvent]:
+    """Rows whose ``record`` is not JSON: left out (a previous one is simply not compared)."""
+    invalid = "record is null or not json_valid(record)"
+    bad = batch.frame(f"select _id from ph_current where {invalid} order by _id")
+    batch.sql(f"delete from ph_current where {invalid}; delete from ph_previous where {invalid}")
+    if bad.empty:
+        return []
+    return [
+        SyncEvent(
+            event=f"incoming.{model.kind}.error",
+            object_type=model.source_object,
+            reason="Invalid record JSON",
+            details={"count": len(bad), "sample_ids": bad["_id"].head(10).tolist()},
+        )
+    ]
+
+
+def _stage_attributes(batch: Batch, model: _Model, values: dict[str, str]) -> None:
+    """Current value; JSON null when the field disappeared since the previous snapshot."""
+    batch.sql(
+        f"insert into in_writes select '{model.kind}', record_key, '{PLANHAT_GROUP}',"
+        f" '{model.source_object}', source_id, modified_at from _src"
+    )
+    for name, expr in values.items():
+        previous = JsonFields.rebase(expr, "pv")
+        value = f"coalesce({expr}, case when {previous} is not null then 'null'::json end)"
+        batch.sql(
+            f"insert into in_attributes select '{model.kind}', record_key,"
+            f" '{PLANHAT_GROUP}', {quote(f'{PLANHAT_GROUP}/{name}')}, {canonical_value(value)},"
+            f" '{model.source_object}', source_id, modified_at from _src where {value} is not null"
+        )
+
+
+def _stage_links(batch: Batch) -> None:
+    """enduser -> account ``planhat:<companyId>`` (a shell until that company is staged)."""
+    batch.sql(
+        "insert into in_links select record_key, 'planhat:' || company_id, 'planhat_enduser',"
+        " source_id, modified_at from _src where nullif(company_id, '') is not null;"
+        "insert into in_records select 'account', 'planhat:' || company_id, 'planhat_enduser',"
+        " source_id, modified_at, true from _src where nullif(company_id, '') is not null"
+    )

@@ -1,0 +1,310 @@
+"""Attribute diffs and apply: only changes become rows; null vs missing; canonical values;
+Planhat change detection; idempotence; deterministic apply."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from hull_planhat_pipelines.sync.copper_mapping import CopperRows
+from hull_planhat_pipelines.sync.hull_apply import apply_changes
+from hull_planhat_pipelines.sync.hull_model import canonical_json, stable_id
+from hull_planhat_pipelines.sync.hull_sync import ProfileStore, compute_changes
+from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
+from hull_planhat_pipelines_tests.hull_support import (
+    NOW,
+    copper_frame,
+    example_settings,
+    planhat_frame,
+    profile,
+    sync_once,
+    upserted,
+)
+
+SETTINGS = example_settings()
+LEAD_HULL = stable_id("user", "copper-lead:1")
+
+
+def leads(**fields: Any) -> CopperRows:
+    record = {"id": 1, "name": "Ann", "primary_email": "ann@x.com", **fields}
+    return CopperRows(leads=copper_frame("leads", [record]))
+
+
+def store_with(**attributes: Any) -> ProfileStore:
+    """One user, the lead 1 profile, holding ``attributes``."""
+    _, store = sync_once(SETTINGS, ProfileStore(), leads())
+    users = store.users.copy()
+    users.loc[0, "attributes"] = canonical_json(
+        {"copper_lead/name": "Ann", **{f"copper_lead/{k}": v for k, v in attributes.items()}}
+    )
+    return ProfileStore(users=users, accounts=store.accounts)
+
+
+def lead_upserts(store: ProfileStore, rows: CopperRows) -> dict[str, Any]:
+    changes = compute_changes(SETTINGS, store, rows)
+    return {a: v for (_, a), v in upserted(changes.user_upserts).items()}
+
+
+# -- null vs missing -----------------------------------------------------------------------------
+def test_null_when_the_profile_lacks_the_attribute_writes_nothing() -> None:
+    assert lead_upserts(store_with(), leads(status=None)) == {}
+
+
+def test_null_when_the_profile_has_a_value_clears_it() -> None:
+    changes = compute_changes(SETTINGS, store_with(status="New"), leads(status=None))
+    row = changes.user_upserts.iloc[0]
+    assert (row["attribute"], row["value"], row["previous"]) == (
+        "copper_lead/status",
+        None,
+        '"New"',
+    )
+    applied = apply_changes(store_with(status="New"), changes, NOW)
+    assert "copper_lead/status" not in profile(applied.users, "copper-lead:1")["attributes"]
+
+
+def test_a_missing_field_leaves_the_attribute_alone() -> None:
+    assert lead_upserts(store_with(score=5), leads()) == {}
+
+
+def test_a_new_value_is_an_upsert_with_the_previous_one() -> None:
+    changes = compute_changes(SETTINGS, store_with(status="New"), leads(status="Won"))
+    row = changes.user_upserts.iloc[0]
+    assert (row["value"], row["previous"], row["is_new_profile"]) == ('"Won"', '"New"', False)
+    assert (row["hull_id"], row["email"], row["anonymous_id"]) == (
+        LEAD_HULL,
+        "ann@x.com",
+        "copper-lead:1",
+    )
+    assert (row["source_object"], row["source_id"]) == ("lead", "1")
+
+
+# -- canonical values ------------------------------------------------------------------------------
+def test_object_key_order_is_not_a_change() -> None:
+    stored = store_with(score={"amount": 1, "currency": "USD"})
+    incoming = leads(**{"custom:Lead Score": {"currency": "USD", "amount": 1.0}})
+    assert lead_upserts(stored, incoming) == {}
+
+
+@pytest.mark.parametrize(("stored", "incoming"), [(1, 1.0), (1.0, 1), (0, -0.0), (2.5, 2.5)])
+def test_an_integral_float_equals_the_integer(stored: float, incoming: float) -> None:
+    assert lead_upserts(store_with(score=stored), leads(**{"custom:Lead Score": incoming})) == {}
+
+
+def test_different_numbers_and_types_are_changes() -> None:
+    assert lead_upserts(store_with(score=1), leads(**{"custom:Lead Score": 1.5})) == {
+        "copper_lead/score": 1.5
+    }
+    assert lead_upserts(store_with(score=1), leads(**{"custom:Lead Score": "1"})) == {
+        "copper_lead/score": "1"
+    }
+
+
+def test_store_attributes_may_be_dicts() -> None:
+    stored = store_with(status="New")
+    users = stored.users.copy()
+    users["attributes"] = [json.loads(a) for a in users["attributes"]]
+    assert lead_upserts(ProfileStore(users=users), leads(status="New")) == {}
+
+
+# -- idempotence and apply -----------------------------------------------------------------------
+def full_sources() -> tuple[CopperRows, PlanhatRows]:
+    copper = CopperRows(
+        leads=copper_frame("leads", [{"id": 1, "name": "A", "primary_email": "a@x.com"}]),
+        people=copper_frame(
+            "people",
+            [
+                {"id": 2, "primary_email": "a@x.com", "title": "CTO", "company_id": 7},
+                {"id": 3, "primary_email": "b@x.com", "company_id": 8, "custom:User ID": "U3"},
+            ],
+        ),
+        companies=copper_frame(
+            "companies",
+            [{"id": 7, "name": "Acme", "email_domain": "acme.com", "custom:Account ID": "A7"}],
+        ),
+        opportunities=copper_frame(
+            "opportunities",
+            [
+                {
+                    "id": 9,
+                    "name": "D",
+                    "company_id": 7,
+                    "primary_contact_id": 2,
+                    "opportunity_type": "Upsell",
+                    "monetary_value": 10.0,
+                }
+            ],
+        ),
+        activities=copper_frame(
+            "activities",
+            [
+                {
+                    "id": 100,
+                    "parent_type": "person",
+                    "parent_id": 3,
+                    "type_id": 0,
+                    "type_category": "user",
+                    "type_name": "Note",
+                    "activity_date": NOW,
+                }
+            ],
+        ),
+        opportunities_complete=True,
+    )
+    planhat = PlanhatRows(
+        companies=planhat_frame(
+            [ph_company("c1", externalId="A7", phase="Onboarding")], "companies"
+        ),
+        endusers=planhat_frame(
+            [ph_enduser("e1", email="b@x.com", companyId="c1", firstName="Bo")], "endusers"
+        ),
+    )
+    return copper, planhat
+
+
+def test_a_second_run_over_unchanged_sources_changes_nothing() -> None:
+    copper, planhat = full_sources()
+    first, store = sync_once(SETTINGS, ProfileStore(), copper, planhat)
+    assert not first.is_empty
+    second, again = sync_once(SETTINGS, store, copper, planhat, now=NOW + dt.timedelta(hours=1))
+    assert second.is_empty, second
+    assert again.users.equals(store.users) and again.accounts.equals(store.accounts)
+
+
+def test_cross_source_identity_joins_copper_and_planhat() -> None:
+    copper, planhat = full_sources()
+    _, store = sync_once(SETTINGS, ProfileStore(), copper, planhat)
+    account = profile(store.accounts, "planhat:c1")
+    assert "copper:7" in account["anonymous_ids"] and account["external_id"] == "A7"
+    assert account["attributes"]["planhat/phase"] == "Onboarding"
+    user = profile(store.users, "planhat:e1")
+    assert "copper-person:3" in user["anonymous_ids"]
+
+
+def test_apply_stamps_only_changed_profiles_and_keeps_row_order() -> None:
+    copper, planhat = full_sources()
+    _, store = sync_once(SETTINGS, ProfileStore(), copper, planhat)
+    later = NOW + dt.timedelta(days=1)
+    changed = CopperRows(
+        people=copper_frame(
+            "people", [{"id": 2, "primary_email": "a@x.com", "title": "CEO", "company_id": 7}]
+        )
+    )
+    changes, after = sync_once(SETTINGS, store, changed, now=later)
+    assert changes.user_upserts["attribute"].tolist() == ["copper_person/title"]
+    assert after.users["hull_id"].tolist() == store.users["hull_id"].tolist()
+    stamped = after.users.set_index("hull_id")["updated_at"]
+    target = changes.user_upserts["hull_id"].iloc[0]
+    assert stamped[target] == later
+    assert (stamped.drop(target) == NOW).all()
+    assert (after.users["created_at"] == NOW).all()
+
+
+def test_apply_is_deterministic() -> None:
+    copper, planhat = full_sources()
+    changes = compute_changes(SETTINGS, ProfileStore(), copper, planhat)
+    one = apply_changes(ProfileStore(), changes, NOW)
+    two = apply_changes(ProfileStore(), changes, NOW)
+    assert one.users.equals(two.users) and one.accounts.equals(two.accounts)
+    assert one.users["hull_id"].is_monotonic_increasing
+    attributes = one.users["attributes"].tolist()
+    assert all(a == canonical_json(json.loads(a)) for a in attributes)
+
+
+# -- Planhat -------------------------------------------------------------------------------------
+def ph_company(id: str, **fields: Any) -> dict[str, Any]:
+    return {"_id": id, "name": f"Co {id}", "updatedAt": "2024-03-01T00:00:00Z", **fields}
+
+
+def ph_enduser(id: str, **fields: Any) -> dict[str, Any]:
+    return {"_id": id, "updatedAt": "2024-03-01T00:00:00Z", **fields}
+
+
+def planhat_rows(current: list[dict], previous: list[dict] | None = None) -> PlanhatRows:
+    return PlanhatRows(
+        companies=planhat_frame(current, "companies"),
+        previous_companies=planhat_frame(previous, "companies") if previous else None,
+    )
+
+
+def test_planhat_updated_at_alone_is_not_a_change() -> None:
+    before = [ph_company("c1", phase="Live", mrr=10)]
+    _, store = sync_once(SETTINGS, ProfileStore(), None, planhat_rows(before))
+    bumped = [ph_company("c1", phase="Live", mrr=10, updatedAt="2024-03-02T08:00:00Z")]
+    changes = compute_changes(SETTINGS, store, None, planhat_rows(bumped, before))
+    assert changes.is_empty
+    assert [e.details["records"] for e in changes.log if e.event == "incoming.account.success"] == [
+        0
+    ]
+
+
+def test_planhat_changed_fields_are_upserts() -> None:
+    before = [ph_company("c1", phase="Live", mrr=10), ph_company("c2", phase="Live")]
+    _, store = sync_once(SETTINGS, ProfileStore(), None, planhat_rows(before))
+    after = [ph_company("c1", phase="Churned", mrr=10.0), ph_company("c2", phase="Live")]
+    changes = compute_changes(SETTINGS, store, None, planhat_rows(after, before))
+    assert changes.account_upserts[["attribute", "value", "previous"]].values.tolist() == [
+        ["planhat/phase", '"Churned"', '"Live"']
+    ]
+    assert changes.account_upserts["source_object"].tolist() == ["planhat_company"]
+
+
+def test_a_planhat_field_that_disappeared_is_cleared() -> None:
+    before = [ph_company("c1", phase="Live", mrr=10)]
+    _, store = sync_once(SETTINGS, ProfileStore(), None, planhat_rows(before))
+    after = [ph_company("c1", phase="Live")]
+    changes = compute_changes(SETTINGS, store, None, planhat_rows(after, before))
+    assert changes.account_upserts[["attribute", "value"]].values.tolist() == [
+        ["planhat/mrr", None]
+    ]
+
+
+def test_planhat_enduser_links_to_its_company() -> None:
+    planhat = PlanhatRows(
+        companies=planhat_frame([ph_company("c1")], "companies"),
+        endusers=planhat_frame(
+            [ph_enduser("e1", email="e@x.com", companyId="c1", externalId="U1", lastName="L")],
+            "endusers",
+        ),
+    )
+    _, store = sync_once(SETTINGS, ProfileStore(), None, planhat)
+    user = profile(store.users, "planhat:e1")
+    assert (user["email"], user["external_id"]) == ("e@x.com", "U1")
+    assert user["attributes"] == {"planhat/last_name": "L"}
+    assert user["account_hull_id"] == profile(store.accounts, "planhat:c1")["hull_id"]
+
+
+def test_planhat_dotted_fields_read_nested_values() -> None:
+    settings = SETTINGS.model_copy(
+        update={
+            "planhat": SETTINGS.planhat.model_copy(
+                update={
+                    "incoming": SETTINGS.planhat.incoming.model_copy(
+                        update={"company_attributes": {"custom.Tier": "tier"}}
+                    )
+                }
+            )
+        }
+    )
+    record = ph_company("c1", custom={"Tier": "Gold"})
+    _, store = sync_once(settings, ProfileStore(), None, planhat_rows([record]))
+    assert profile(store.accounts, "planhat:c1")["attributes"] == {"planhat/tier": "Gold"}
+
+
+def test_empty_inputs_give_empty_typed_frames() -> None:
+    changes = compute_changes(SETTINGS, ProfileStore(), CopperRows(), PlanhatRows())
+    assert changes.is_empty
+    applied = apply_changes(ProfileStore(), changes, NOW)
+    assert applied.users.empty and isinstance(applied.users, pd.DataFrame)
+
+
+def test_planhat_records_with_invalid_json_are_reported_not_fatal() -> None:
+    frame = planhat_frame([ph_company("c1"), ph_company("c2")], "companies")
+    frame.loc[0, "record"] = "{oops"
+    changes, store = sync_once(SETTINGS, ProfileStore(), None, PlanhatRows(companies=frame))
+    assert len(store.accounts) == 1
+    [error] = [e for e in changes.log if e.event == "incoming.account.error"]
+    assert error.details == {"count": 1, "sample_ids": ["c1"]}

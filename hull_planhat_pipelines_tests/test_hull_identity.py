@@ -1,0 +1,203 @@
+"""Identity resolution: precedence, batch grouping, stable ids, claims gained, conflicts, shells."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from hull_planhat_pipelines.sync.hull_batch import batch
+from hull_planhat_pipelines.sync.hull_model import empty_store, normalize_store, stable_id
+from hull_planhat_pipelines.sync.identity import resolve
+from hull_planhat_pipelines_tests.hull_support import T0
+
+
+def users(*rows: dict[str, Any]) -> pd.DataFrame:
+    """A ``hull.users`` frame; ``created`` orders profiles (older first)."""
+    frame = empty_store("user")
+    records = []
+    for index, row in enumerate(rows):
+        records.append(
+            {
+                "hull_id": row["hull_id"],
+                "email": row.get("email"),
+                "external_id": row.get("external_id"),
+                "anonymous_ids": row.get("anonymous_ids", []),
+                "account_hull_id": None,
+                "attributes": "{}",
+                "created_at": T0 + dt.timedelta(minutes=row.get("created", index)),
+                "updated_at": T0,
+            }
+        )
+    return pd.DataFrame(records, columns=frame.columns) if records else frame
+
+
+@dataclass
+class Resolved:
+    hull: dict[str, str]
+    is_new: dict[str, bool]
+    claims: pd.DataFrame
+    conflicts: pd.DataFrame
+    merges: pd.DataFrame
+
+
+def resolve_users(store: pd.DataFrame, *records: dict[str, Any]) -> Resolved:
+    """Stage ``records`` (``key`` = anonymous id, plus ``email``/``external_id``/``also``)."""
+    with batch() as work:
+        work.load_store("user", normalize_store(store, "user"))
+        for number, record in enumerate(records):
+            work.sql(
+                "insert into in_records values ('user', ?, 'test', ?, ?, false)",
+                [record["key"], str(number), T0 + dt.timedelta(seconds=number)],
+            )
+            claims = [(c, record.get(c)) for c in ("email", "external_id")]
+            claims += [("anonymous_id", extra) for extra in record.get("also", [])]
+            for claim, value in claims:
+                work.sql(
+                    "insert into in_claims values ('user', ?, ?, ?)", [record["key"], claim, value]
+                )
+        resolve(work, "user")
+        res = work.frame("select record_key, hull_id, is_new from res_user")
+        return Resolved(
+            hull=dict(zip(res["record_key"], res["hull_id"], strict=True)),
+            is_new=dict(zip(res["record_key"], res["is_new"], strict=True)),
+            claims=work.frame("select * from claims_user order by hull_id, claim, value"),
+            conflicts=work.frame("select * from conflicts_user order by record, claim"),
+            merges=work.frame("select * from merges_user"),
+        )
+
+
+STORE = users(
+    {"hull_id": "A", "external_id": "X1", "email": "a@x.com", "anonymous_ids": ["copper-person:1"]},
+    {"hull_id": "B", "email": "b@x.com", "anonymous_ids": ["copper-person:2"]},
+    {"hull_id": "C", "email": "c@x.com", "anonymous_ids": ["copper-person:3"]},
+)
+
+
+def test_external_id_wins_over_email_and_anonymous_id() -> None:
+    out = resolve_users(STORE, {"key": "copper-person:3", "external_id": "X1", "email": "b@x.com"})
+    assert out.hull == {"copper-person:3": "A"}
+    assert out.is_new == {"copper-person:3": False}
+    conflicts = out.conflicts.set_index("claim")
+    assert conflicts.loc["email", "other_hull_id"] == "B"
+    assert conflicts.loc["anonymous_id", "other_hull_id"] == "C"
+    assert set(conflicts["reason"]) == {"Claim identifies another profile"}
+    # claims pointing at other profiles are not added to A
+    assert out.claims.empty
+
+
+def test_email_wins_over_anonymous_id() -> None:
+    out = resolve_users(STORE, {"key": "copper-person:3", "email": "b@x.com"})
+    assert out.hull == {"copper-person:3": "B"}
+
+
+def test_anonymous_id_alone_resolves() -> None:
+    out = resolve_users(STORE, {"key": "copper-person:3"})
+    assert out.hull == {"copper-person:3": "C"}
+    assert out.conflicts.empty and out.claims.empty
+
+
+def test_unknown_claims_make_a_new_profile_with_a_stable_id() -> None:
+    first = resolve_users(STORE, {"key": "copper-lead:9", "email": "new@x.com"})
+    again = resolve_users(STORE, {"key": "copper-lead:9", "email": "new@x.com"})
+    assert first.hull == again.hull == {"copper-lead:9": stable_id("user", "copper-lead:9")}
+    assert first.is_new == {"copper-lead:9": True}
+    assert set(zip(first.claims["claim"], first.claims["value"], strict=True)) == {
+        ("anonymous_id", "copper-lead:9"),
+        ("email", "new@x.com"),
+    }
+
+
+def test_records_sharing_claims_transitively_become_one_new_profile() -> None:
+    out = resolve_users(
+        empty_store("user"),
+        {"key": "copper-lead:1", "email": "ann@x.com"},
+        {"key": "copper-person:5", "email": "ann@x.com", "external_id": "U-1"},
+        {"key": "planhat:p1", "external_id": "U-1"},
+        {"key": "copper-lead:2", "email": "other@x.com"},
+    )
+    one = stable_id("user", "copper-lead:1")
+    assert out.hull == {
+        "copper-lead:1": one,
+        "copper-person:5": one,
+        "planhat:p1": one,
+        "copper-lead:2": stable_id("user", "copper-lead:2"),
+    }
+    anonymous = out.claims[(out.claims["hull_id"] == one) & (out.claims["claim"] == "anonymous_id")]
+    assert sorted(anonymous["value"]) == ["copper-lead:1", "copper-person:5", "planhat:p1"]
+
+
+def test_null_and_blank_claims_are_skipped() -> None:
+    out = resolve_users(
+        empty_store("user"),
+        {"key": "copper-lead:1", "email": None},
+        {"key": "copper-lead:2", "email": None},
+        {"key": "copper-lead:3", "email": ""},
+    )
+    assert len(set(out.hull.values())) == 3
+    assert set(out.claims["claim"]) == {"anonymous_id"}
+
+
+def test_profile_gains_missing_claims_and_keeps_its_own() -> None:
+    store = users({"hull_id": "S", "anonymous_ids": ["copper-person:7"], "email": "old@x.com"})
+    out = resolve_users(
+        store, {"key": "copper-person:7", "email": "new@x.com", "external_id": "U-7"}
+    )
+    assert out.hull == {"copper-person:7": "S"}
+    assert list(zip(out.claims["claim"], out.claims["value"], strict=True)) == [
+        ("external_id", "U-7")
+    ]
+    assert out.conflicts[["claim", "value", "reason"]].values.tolist() == [
+        ["email", "new@x.com", "Profile keeps another email"]
+    ]
+
+
+def test_a_batch_gives_a_single_valued_claim_one_value() -> None:
+    out = resolve_users(
+        empty_store("user"),
+        {"key": "copper-person:1", "email": "a@x.com", "also": ["copper-lead:1"]},
+        {"key": "copper-lead:1", "email": "b@x.com"},
+    )
+    assert len(set(out.hull.values())) == 1
+    emails = out.claims.loc[out.claims["claim"] == "email", "value"].tolist()
+    assert len(emails) == 1
+    assert len(out.conflicts) == 1
+
+
+def test_a_shell_is_merged_into_the_profile_its_record_resolves_to() -> None:
+    store = users(
+        {"hull_id": "U", "email": "ann@x.com", "anonymous_ids": ["copper-lead:1"]},
+        {"hull_id": "SHELL", "anonymous_ids": ["copper-person:9"]},
+    )
+    out = resolve_users(
+        store,
+        {"key": "copper-person:9", "email": "ann@x.com"},
+        {"key": "copper-activity-parent", "also": ["copper-person:9"]},
+    )
+    assert set(out.hull.values()) == {"U"}
+    assert out.merges.values.tolist() == [["SHELL", "U"]]
+    assert out.conflicts.empty
+    added = out.claims.loc[out.claims["claim"] == "anonymous_id", "value"].tolist()
+    assert "copper-person:9" in added
+
+
+def test_a_strong_profile_is_never_merged() -> None:
+    store = users(
+        {"hull_id": "U", "email": "ann@x.com"},
+        {"hull_id": "V", "email": "v@x.com", "anonymous_ids": ["copper-person:9"]},
+    )
+    out = resolve_users(store, {"key": "copper-person:9", "email": "ann@x.com"})
+    assert out.hull == {"copper-person:9": "U"}
+    assert out.merges.empty
+    assert out.conflicts["other_hull_id"].tolist() == ["V"]
+
+
+def test_sql_and_python_stable_ids_agree() -> None:
+    with batch() as work:
+        keys = ["copper-lead:1", "planhat:5f1c", "copper:7", "ü-ñ:'quoted'"]
+        for key in keys:
+            for kind in ("user", "account"):
+                sql = work.scalar(f"select hull_stable_id('{kind}', $${key}$$)")
+                assert sql == stable_id(kind, key)

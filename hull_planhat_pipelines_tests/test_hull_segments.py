@@ -1,0 +1,138 @@
+"""Segments: named DuckDB predicates over hull.accounts and hull.users (+ account_* columns)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from hull_planhat_pipelines.settings import SegmentSettings
+from hull_planhat_pipelines.sync.hull_model import empty_store
+from hull_planhat_pipelines.sync.segments import (
+    SegmentError,
+    evaluate_segments,
+    validate_segments,
+)
+from hull_planhat_pipelines_tests.hull_support import T0, example_settings
+
+
+def accounts(*rows: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "hull_id": row["hull_id"],
+                "domain": row.get("domain"),
+                "external_id": row.get("external_id"),
+                "anonymous_ids": row.get("anonymous_ids", []),
+                "attributes": json.dumps(row.get("attributes", {})),
+                "created_at": pd.Timestamp(T0),
+                "updated_at": pd.Timestamp(T0),
+            }
+            for row in rows
+        ]
+    )
+
+
+def users(*rows: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "hull_id": row["hull_id"],
+                "email": row.get("email"),
+                "external_id": row.get("external_id"),
+                "anonymous_ids": row.get("anonymous_ids", []),
+                "account_hull_id": row.get("account"),
+                "attributes": json.dumps(row.get("attributes", {})),
+                "created_at": pd.Timestamp(T0),
+                "updated_at": pd.Timestamp(T0),
+            }
+            for row in rows
+        ]
+    )
+
+
+ACCOUNTS = accounts(
+    {"hull_id": "a1", "external_id": "E1", "attributes": {"copper/contact_type": "Customer"}},
+    {"hull_id": "a2", "attributes": {"copper/contact_type": "Customer"}},
+    {"hull_id": "a3", "external_id": "E3", "attributes": {"copper/contact_type": "Prospect"}},
+)
+USERS = users(
+    {"hull_id": "u1", "email": "a@x.com", "account": "a1"},
+    {"hull_id": "u2", "account": "a1"},
+    {"hull_id": "u3", "email": "c@x.com", "account": "a2"},
+    {"hull_id": "u4", "email": "d@x.com"},
+)
+
+
+def segment_map(frame: pd.DataFrame) -> dict[str, list[str]]:
+    return dict(zip(frame["hull_id"], frame["segments"], strict=True))
+
+
+def test_the_example_configuration_segments() -> None:
+    scored_users, scored_accounts = evaluate_segments(USERS, ACCOUNTS, example_settings().segments)
+    assert segment_map(scored_accounts) == {"a1": ["Customer accounts"], "a2": [], "a3": []}
+    assert segment_map(scored_users) == {"u1": ["Customers"], "u2": [], "u3": [], "u4": []}
+    assert list(scored_users.columns[:-1]) == list(USERS.columns)
+
+
+def test_user_predicates_see_the_account_columns() -> None:
+    segments = SegmentSettings(
+        accounts={"Has external id": "external_id is not null"},
+        users={
+            "Account E1": "account_external_id = 'E1'",
+            "Prospect account": "account_attributes->>'copper/contact_type' = 'Prospect'",
+            "No account": "account_hull_id is null",
+            "Tagged account": "len(account_segments) > 0",
+        },
+    )
+    scored_users, _ = evaluate_segments(USERS, ACCOUNTS, segments)
+    assert segment_map(scored_users) == {
+        "u1": ["Account E1", "Tagged account"],
+        "u2": ["Account E1", "Tagged account"],
+        "u3": [],
+        "u4": ["No account"],
+    }
+
+
+def test_several_segments_keep_configuration_order() -> None:
+    segments = SegmentSettings(accounts={"Z first": "true", "A second": "hull_id = 'a1'"})
+    _, scored = evaluate_segments(USERS, ACCOUNTS, segments)
+    assert scored.set_index("hull_id").loc["a1", "segments"] == ["Z first", "A second"]
+
+
+def test_previous_segments_are_replaced() -> None:
+    stale = ACCOUNTS.assign(segments=[["Old"]] * len(ACCOUNTS))
+    _, scored = evaluate_segments(USERS, stale, SegmentSettings())
+    assert scored["segments"].tolist() == [[], [], []]
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [
+        "no_such_column = 1",
+        "email = 'x'; drop table users_v",
+        "(email is null",
+        "email::integer = 1",
+    ],
+)
+def test_a_broken_predicate_names_its_segment(predicate: str) -> None:
+    segments = SegmentSettings(users={"Fine": "true", "Broken one": predicate})
+    with pytest.raises(SegmentError, match="user segment 'Broken one'") as caught:
+        evaluate_segments(USERS, ACCOUNTS, segments)
+    assert caught.value.name == "Broken one"
+
+
+def test_validation_compiles_against_empty_tables() -> None:
+    validate_segments(example_settings().segments)
+    with pytest.raises(SegmentError, match="account segment 'Bad'"):
+        validate_segments(SegmentSettings(accounts={"Bad": "attributes->>'x' = "}))
+
+
+def test_empty_tables_get_an_empty_segments_column() -> None:
+    scored_users, scored_accounts = evaluate_segments(
+        empty_store("user"), empty_store("account"), example_settings().segments
+    )
+    assert scored_users.empty and "segments" in scored_users.columns
+    assert scored_accounts.empty and "segments" in scored_accounts.columns
