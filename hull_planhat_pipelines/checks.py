@@ -103,3 +103,49 @@ def planhat_checks() -> list[dg.AssetChecksDefinition]:
         requires=[("planhat", "deliveries")],
     )
     return [*unique, ours]
+
+
+def hull_checks() -> list[dg.AssetChecksDefinition]:
+    def duplicates(table: str, column: str) -> Callable[[], str]:
+        return lambda: (
+            f"select {column}, count(*) as profiles from hull.{table} "
+            f"where {column} is not null group by 1 having count(*) > 1"
+        )
+
+    return [
+        _sql_check(
+            ["hull", "users"],
+            "unique_email",
+            "No two users share an email.",
+            duplicates("users", "email"),
+        ),
+        _sql_check(
+            ["hull", "users"],
+            "unique_external_id",
+            "No two users share an external id.",
+            duplicates("users", "external_id"),
+        ),
+        _sql_check(
+            ["hull", "accounts"],
+            "unique_domain",
+            "No two accounts share a domain.",
+            duplicates("accounts", "domain"),
+        ),
+        _sql_check(
+            ["hull", "accounts"],
+            "unique_external_id",
+            "No two accounts share an external id.",
+            duplicates("accounts", "external_id"),
+        ),
+        _sql_check(
+            ["hull", "users"],
+            "account_exists",
+            "Every user's account exists.",
+            lambda: (
+                "select u.hull_id, u.account_hull_id from hull.users u "
+                "left join hull.accounts a on a.hull_id = u.account_hull_id "
+                "where u.account_hull_id is not null and a.hull_id is null"
+            ),
+            requires=[("hull", "accounts")],
+        ),
+    ]

@@ -135,6 +135,7 @@ def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) 
     summary.steps += _run_job(
         defs, "planhat_fetch", {"dagster/partition": today.isoformat()}, f"snapshot {today}"
     )
+    summary.steps += _run_job(defs, "hull_sync", {}, "rows fetched since the last apply")
     return summary
 
 

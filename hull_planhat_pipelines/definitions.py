@@ -3,17 +3,24 @@
 import dagster as dg
 
 from hull_planhat_pipelines.assets.copper import build_copper_assets
+from hull_planhat_pipelines.assets.hull import build_hull_assets
 from hull_planhat_pipelines.assets.planhat import build_planhat_assets
-from hull_planhat_pipelines.checks import build_copper_checks, planhat_checks
+from hull_planhat_pipelines.checks import build_copper_checks, hull_checks, planhat_checks
 from hull_planhat_pipelines.orchestration import (
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
     build_planhat_fetch_schedule,
     copper_sync_job,
     daily_partitions,
+    hull_sync_job,
     planhat_fetch_job,
 )
-from hull_planhat_pipelines.resources import WarehouseResource, copper_resource, planhat_resource
+from hull_planhat_pipelines.resources import (
+    WarehouseResource,
+    copper_resource,
+    hull_firehose_resource,
+    planhat_resource,
+)
 from hull_planhat_pipelines.settings import Settings, load_settings
 from hull_planhat_pipelines.warehouse import WarehouseIOManager, warehouse_path
 
@@ -31,10 +38,18 @@ def build_definitions(
         assets=[
             *build_copper_assets(settings, partitions),
             *build_planhat_assets(settings, partitions),
+            *build_hull_assets(settings),
         ],
-        asset_checks=[*build_copper_checks(settings), *planhat_checks()],
-        jobs=[copper_job, planhat_job],
-        sensors=[build_copper_incremental_sensor(settings, copper_job)],
+        asset_checks=[*build_copper_checks(settings), *planhat_checks(), *hull_checks()],
+        jobs=[copper_job, planhat_job, hull_sync_job()],
+        sensors=[
+            build_copper_incremental_sensor(settings, copper_job),
+            dg.AutomationConditionSensorDefinition(
+                "hull_planhat_automation",
+                target=dg.AssetSelection.groups("hull"),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+            ),
+        ],
         schedules=[
             build_copper_fetch_all_schedule(settings, copper_job, partitions),
             build_planhat_fetch_schedule(settings, planhat_job),
@@ -44,6 +59,7 @@ def build_definitions(
             "planhat": planhat_resource(settings.planhat.requests_per_minute),
             "warehouse_io_manager": WarehouseIOManager(database=database),
             "warehouse": WarehouseResource(database=database),
+            "hull_firehose": hull_firehose_resource(),
         },
     )
 

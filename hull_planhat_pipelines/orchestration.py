@@ -163,3 +163,11 @@ def build_planhat_fetch_schedule(
         )
 
     return planhat_fetch_schedule
+
+
+def hull_sync_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "hull_sync",
+        selection=dg.AssetSelection.groups("hull"),
+        description="Apply the raw rows fetched since the last run to the Hull profile store.",
+    )

@@ -12,6 +12,7 @@ import dagster as dg
 import duckdb
 
 from hull_planhat_pipelines.clients.copper import CopperClient
+from hull_planhat_pipelines.clients.hull import HullFirehoseClient
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.warehouse import read_only
 
@@ -88,3 +89,46 @@ class WarehouseResource(dg.ConfigurableResource):
         """A short-lived read-only connection (``None`` while the warehouse does not exist)."""
         with read_only(self.database) as conn:
             yield conn
+
+
+class HullFirehoseResource(dg.ConfigurableResource):
+    """Optional forwarding of applied changes to a Hull firehose (off while ``url`` is unset)."""
+
+    url: str | None = None
+    organization: str | None = None
+    connector_id: str | None = None
+    connector_secret: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def client(self) -> HullFirehoseClient:
+        missing = [
+            name
+            for name in ("organization", "connector_id", "connector_secret")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise dg.Failure(
+                "HULL_FIREHOSE_URL is set but forwarding also needs "
+                + ", ".join(f"HULL_{m.upper()}" for m in missing),
+                allow_retries=False,
+            )
+        return HullFirehoseClient(
+            self.url, self.organization, self.connector_id, self.connector_secret
+        )
+
+
+def hull_firehose_resource() -> HullFirehoseResource:
+    """Secrets as EnvVar when forwarding is configured; an inert resource otherwise."""
+    if not os.environ.get("HULL_FIREHOSE_URL"):
+        return HullFirehoseResource()
+    return HullFirehoseResource(
+        url=os.environ["HULL_FIREHOSE_URL"],
+        organization=os.environ.get("HULL_ORGANIZATION"),
+        connector_id=os.environ.get("HULL_CONNECTOR_ID"),
+        connector_secret=dg.EnvVar("HULL_CONNECTOR_SECRET")
+        if os.environ.get("HULL_CONNECTOR_SECRET")
+        else None,
+    )

@@ -1,0 +1,407 @@
+"""The Hull profile store: ``hull/{user_upserts,account_upserts,events,users,accounts}``.
+
+One multi-asset, because applying is one transaction: the upserts of a run, the profiles they
+change, the events, the forwarding outbox and the per-source watermarks commit together or not
+at all. It reads only the raw rows fetched since it last applied (a watermark on ``_fetched_at``
+per source), so a 5-minute poll stays cheap on a large warehouse, and a run over unchanged
+sources writes nothing.
+"""
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.clients.http import ApiError
+from hull_planhat_pipelines.clients.hull import FirehoseMessage, FirehoseStopped, HullFirehoseClient
+from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
+from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.copper_mapping import CopperRows
+from hull_planhat_pipelines.sync.hull_apply import apply_changes
+from hull_planhat_pipelines.sync.hull_model import STORE_SQL_TYPES, empty_events, empty_store
+from hull_planhat_pipelines.sync.hull_outbox import OUTBOX_COLUMNS, outbox_rows
+from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, compute_changes
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
+from hull_planhat_pipelines.sync.segments import evaluate_segments
+from hull_planhat_pipelines.sync_log import record_events
+from hull_planhat_pipelines.warehouse import run, table_exists
+
+COPPER_SOURCES = ("leads", "people", "companies", "opportunities", "activities")
+PLANHAT_SOURCES = ("companies", "endusers")
+HULL_KEYS = {
+    name: dg.AssetKey(["hull", name])
+    for name in ("user_upserts", "account_upserts", "events", "users", "accounts")
+}
+
+STATE_DDL = [
+    "create schema if not exists hull",
+    "create schema if not exists ops",
+    "create table if not exists ops.hull_watermarks (source varchar primary key, "
+    "fetched_at timestamptz)",
+    "create table if not exists hull.firehose_outbox (message_key varchar, kind varchar, "
+    "user_claims varchar, account_claims varchar, body varchar, revision varchar)",
+]
+
+
+@dataclass
+class Sources:
+    copper: CopperRows
+    planhat: PlanhatRows
+    watermarks: dict[str, pd.Timestamp]
+    rows_read: dict[str, int]
+
+
+def _frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None):
+    return conn.execute(sql, params or []).fetchdf()
+
+
+def _watermarks(conn: duckdb.DuckDBPyConnection) -> dict[str, pd.Timestamp]:
+    rows = conn.execute("select source, fetched_at from ops.hull_watermarks").fetchall()
+    return {source: pd.Timestamp(at) for source, at in rows}
+
+
+def _since(
+    conn: duckdb.DuckDBPyConnection, table: str, mark: pd.Timestamp | None, where: str = "true"
+) -> pd.DataFrame | None:
+    schema, name = table.split(".")
+    if not table_exists(conn, schema, name):
+        return None
+    if mark is None:
+        return _frame(conn, f"select * from {table} where {where}")
+    return _frame(conn, f"select * from {table} where {where} and _fetched_at > ?", [mark])
+
+
+def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
+    """Raw rows fetched since the last apply (opportunities: all current ones if any changed)."""
+    marks = _watermarks(conn)
+    frames: dict[str, pd.DataFrame | None] = {}
+    for name in COPPER_SOURCES:
+        schema = "copper_current" if table_exists(conn, "copper_current", name) else None
+        frames[f"copper.{name}"] = (
+            _since(conn, f"copper_current.{name}", marks.get(f"copper.{name}")) if schema else None
+        )
+    changed_opportunities = frames["copper.opportunities"]
+    if changed_opportunities is not None and not changed_opportunities.empty:
+        frames["copper.opportunities"] = _frame(conn, "select * from copper_current.opportunities")
+    for name in PLANHAT_SOURCES:
+        latest = (
+            f"partition_date = (select max(partition_date) from planhat.{name})"
+            if table_exists(conn, "planhat", name)
+            else "true"
+        )
+        frames[f"planhat.{name}"] = _since(
+            conn, f"planhat.{name}", marks.get(f"planhat.{name}"), latest
+        )
+    new_marks = dict(marks)
+    rows_read = {}
+    for source, frame in frames.items():
+        if frame is not None and not frame.empty:
+            rows_read[source] = len(frame)
+            newest = pd.Timestamp(frame["_fetched_at"].max())
+            new_marks[source] = max(newest, marks[source]) if source in marks else newest
+
+    def nonempty(key: str) -> pd.DataFrame | None:
+        frame = frames.get(key)
+        return frame if frame is not None and not frame.empty else None
+
+    copper = CopperRows(
+        leads=nonempty("copper.leads"),
+        people=nonempty("copper.people"),
+        companies=nonempty("copper.companies"),
+        opportunities=nonempty("copper.opportunities"),
+        activities=nonempty("copper.activities"),
+        opportunities_complete=nonempty("copper.opportunities") is not None,
+    )
+    planhat = PlanhatRows(
+        companies=nonempty("planhat.companies"), endusers=nonempty("planhat.endusers")
+    )
+    return Sources(copper, planhat, new_marks, rows_read)
+
+
+def read_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
+    def table(name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        if not table_exists(conn, "hull", name):
+            return empty()
+        frame = _frame(conn, f"select * from hull.{name}")
+        return frame.drop(columns=["segments"], errors="ignore")
+
+    return ProfileStore(
+        users=table("users", lambda: empty_store("user")),
+        accounts=table("accounts", lambda: empty_store("account")),
+        events=table("events", empty_events),
+    )
+
+
+COLUMN_TYPES = {
+    **STORE_SQL_TYPES,
+    "segments": "VARCHAR[]",
+    "event_id": "VARCHAR",
+    "user_hull_id": "VARCHAR",
+    "name": "VARCHAR",
+    "properties": "VARCHAR",
+    "occurred_at": "TIMESTAMPTZ",
+    "source": "VARCHAR",
+    "source_id": "VARCHAR",
+}
+"""Typed even when a frame is empty (an empty object column has no type of its own)."""
+
+
+def _replace(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    conn.register("_replacement", frame)
+    columns = ", ".join(
+        f'cast("{c}" as {COLUMN_TYPES[c]}) as "{c}"' if c in COLUMN_TYPES else f'"{c}"'
+        for c in frame.columns
+    )
+    run(conn, f"create or replace table {table} as select {columns} from _replacement")
+    conn.unregister("_replacement")
+
+
+def _append(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    if frame.empty and table_exists(conn, *table.split(".")):
+        return
+    conn.register("_rows", frame)
+    if table_exists(conn, *table.split(".")):
+        run(conn, f"insert into {table} by name select * from _rows")
+    else:
+        run(conn, f"create table {table} as select * from _rows")
+    conn.unregister("_rows")
+
+
+def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
+    stamped = frame.copy()
+    stamped["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
+    stamped["computed_at"] = pd.Series([now] * len(frame), dtype="datetime64[us, UTC]")
+    for column in stamped.columns:
+        if stamped[column].dtype == object:
+            stamped[column] = stamped[column].astype("string")
+    return stamped
+
+
+def apply(
+    conn: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    *,
+    run_id: str,
+    now: dt.datetime,
+) -> tuple[Changes, ProfileStore, Sources, int]:
+    """Compute and apply one sync in a single transaction; returns what changed."""
+    for statement in STATE_DDL:
+        run(conn, statement)
+    sources = read_sources(conn)
+    store = read_store(conn)
+    changes = compute_changes(settings, store, sources.copper, sources.planhat)
+    run(conn, "begin transaction")
+    try:
+        outbox = 0
+        if not changes.is_empty or not table_exists(conn, "hull", "users"):
+            store = apply_changes(store, changes, now)
+            users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
+            store = ProfileStore(users=users, accounts=accounts, events=store.events)
+            _replace(conn, "hull.users", users)
+            _replace(conn, "hull.accounts", accounts)
+            _replace(conn, "hull.events", store.events)
+            _append(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
+            _append(conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now))
+            messages = outbox_rows(
+                changes.user_upserts,
+                changes.account_upserts,
+                changes.links,
+                changes.events,
+                users,
+                accounts,
+                revision=run_id,
+            )
+            _append(conn, "hull.firehose_outbox", messages)
+            outbox = len(messages)
+        for source, mark in sources.watermarks.items():
+            run(
+                conn,
+                "insert or replace into ops.hull_watermarks values (?, ?)",
+                [source, mark.to_pydatetime()],
+            )
+        run(conn, "commit")
+    except Exception:
+        run(conn, "rollback")
+        raise
+    return changes, store, sources, outbox
+
+
+def _message(client: HullFirehoseClient, row: Any) -> FirehoseMessage:
+    user = json.loads(row.user_claims) if row.user_claims else None
+    account = json.loads(row.account_claims) if row.account_claims else None
+    body = json.loads(row.body)
+    if row.kind == "user_traits":
+        return client.user_traits_message(user, body, key=row.message_key, revision=row.revision)
+    if row.kind == "account_traits":
+        return client.account_traits_message(
+            account, body, key=row.message_key, revision=row.revision
+        )
+    if row.kind == "link":
+        return client.link_message(user, account, key=row.message_key, revision=row.revision)
+    return client.track_message(
+        user,
+        body["event_id"],
+        body["name"],
+        body["properties"],
+        body["occurred_at"],
+        source=body.get("source"),
+        key=row.message_key,
+        revision=row.revision,
+    )
+
+
+def forward(
+    database: str, firehose: HullFirehoseResource
+) -> tuple[dict[str, int], list[SyncEvent]]:
+    """Send the outbox; only messages the firehose took leave it."""
+    if not firehose.enabled:
+        return {}, []
+    conn = duckdb.connect(database)
+    try:
+        pending = _frame(conn, f"select {', '.join(OUTBOX_COLUMNS)} from hull.firehose_outbox")
+        if pending.empty:
+            return {"pending": 0}, []
+        with firehose.client() as client:
+            messages = [_message(client, row) for row in pending.itertuples(index=False)]
+            try:
+                outcomes = client.send(messages)
+            except FirehoseStopped as exc:
+                outcomes = exc.outcomes
+                events = [SyncEvent(event="incoming.job.error", reason="Unauthorized (firehose)")]
+                return {"sent": 0, "failed": len(pending)}, events
+            requests = client.attempts()
+        sent = [o.key for o in outcomes if o.delivered]
+        if sent:
+            conn.register("_sent", pd.DataFrame({"message_key": pd.Series(sent, dtype="string")}))
+            run(conn, "delete from hull.firehose_outbox where message_key in (select * from _sent)")
+        failed = [o for o in outcomes if not o.delivered]
+        events = [
+            SyncEvent(
+                event="incoming.job.error", object_type="firehose", object_id=o.key, reason=o.error
+            )
+            for o in failed
+        ]
+        return {"sent": len(sent), "failed": len(failed), "requests": requests}, events
+    except ApiError as exc:
+        return {"sent": 0}, [SyncEvent(event="incoming.job.error", reason=str(exc))]
+    finally:
+        conn.close()
+
+
+def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in frame[column].value_counts().items()} if len(frame) else {}
+
+
+def _segment_counts(frame: pd.DataFrame) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for names in frame.get("segments", pd.Series([], dtype=object)):
+        for name in names if names is not None else []:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    raw = [dg.AssetKey(["copper", n]) for n in COPPER_SOURCES] + [
+        dg.AssetKey(["planhat", n]) for n in PLANHAT_SOURCES
+    ]
+    eager = dg.AutomationCondition.eager()
+    specs = [
+        dg.AssetSpec(
+            HULL_KEYS["user_upserts"],
+            deps=raw,
+            description="Per run: each (user, attribute) that differs from the profile store.",
+            automation_condition=eager,
+        ),
+        dg.AssetSpec(
+            HULL_KEYS["account_upserts"],
+            deps=raw,
+            description="Per run: each (account, attribute) that differs from the store.",
+            automation_condition=eager,
+        ),
+        dg.AssetSpec(
+            HULL_KEYS["events"],
+            deps=[dg.AssetKey(["copper", "activities"])],
+            description="Copper user activities as events, one row per activity id.",
+            automation_condition=eager,
+        ),
+        dg.AssetSpec(
+            HULL_KEYS["users"],
+            deps=[HULL_KEYS["user_upserts"]],
+            description="Hull users with the upserts applied and segments evaluated.",
+            automation_condition=eager,
+        ),
+        dg.AssetSpec(
+            HULL_KEYS["accounts"],
+            deps=[HULL_KEYS["account_upserts"]],
+            description="Hull accounts with the upserts applied and segments evaluated.",
+            automation_condition=eager,
+        ),
+    ]
+
+    @dg.multi_asset(
+        specs=specs, name="hull_profiles", group_name="hull", pool="warehouse", can_subset=False
+    )
+    def hull_profiles(
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        hull_firehose: HullFirehoseResource,
+    ):
+        now = dt.datetime.now(dt.UTC)
+        conn = duckdb.connect(warehouse.database)
+        try:
+            changes, store, sources, outbox = apply(
+                conn, settings, run_id=context.run.run_id, now=now
+            )
+        finally:
+            conn.close()
+        forwarded, forward_events = forward(warehouse.database, hull_firehose)
+        counts = record_events(context, [*changes.log, *forward_events], asset="hull/profiles")
+        common = {
+            "sources_read": dg.MetadataValue.json(sources.rows_read),
+            "sync_log": dg.MetadataValue.json(counts),
+        }
+        yield dg.MaterializeResult(
+            asset_key=HULL_KEYS["user_upserts"],
+            metadata={
+                **common,
+                "rows": dg.MetadataValue.int(len(changes.user_upserts)),
+                "by_source": dg.MetadataValue.json(_counts(changes.user_upserts, "source_object")),
+                "profiles_touched": dg.MetadataValue.int(changes.user_upserts["hull_id"].nunique()),
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key=HULL_KEYS["account_upserts"],
+            metadata={
+                **common,
+                "rows": dg.MetadataValue.int(len(changes.account_upserts)),
+                "by_source": dg.MetadataValue.json(
+                    _counts(changes.account_upserts, "source_object")
+                ),
+                "merged_shells": dg.MetadataValue.int(len(changes.merges)),
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key=HULL_KEYS["events"],
+            metadata={
+                "rows": dg.MetadataValue.int(len(store.events) if store.events is not None else 0),
+                "new_or_changed": dg.MetadataValue.int(len(changes.events)),
+            },
+        )
+        for kind, frame in (("users", store.users), ("accounts", store.accounts)):
+            yield dg.MaterializeResult(
+                asset_key=HULL_KEYS[kind],
+                metadata={
+                    "rows": dg.MetadataValue.int(len(frame) if frame is not None else 0),
+                    "segments": dg.MetadataValue.json(_segment_counts(frame)),
+                    "firehose_outbox_added": dg.MetadataValue.int(outbox),
+                    "firehose": dg.MetadataValue.json(forwarded),
+                },
+            )
+
+    return [hull_profiles]

@@ -1,0 +1,167 @@
+"""The Hull profile store as Dagster runs it: sources -> upserts -> profiles -> firehose."""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+import yaml
+
+from hull_planhat_pipelines.definitions import build_definitions
+from hull_planhat_pipelines.orchestration import range_tags
+from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
+from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
+from hull_planhat_pipelines.settings import default_config_path, load_settings
+
+TODAY = dt.datetime.now(dt.UTC).date()
+START = TODAY - dt.timedelta(days=10)
+
+
+class Stack:
+    def __init__(self, copper, planhat, firehose: HullFirehoseSandbox, warehouse: Path) -> None:
+        self.copper, self.planhat, self.firehose, self.warehouse = (
+            copper,
+            planhat,
+            firehose,
+            warehouse,
+        )
+        self.instance = dg.DagsterInstance.ephemeral()
+
+    def run(self, job: str, **kw) -> dg.ExecuteInProcessResult:
+        defs = build_definitions(load_settings())
+        return defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, raise_on_error=False, **kw
+        )
+
+    def sync(self) -> dg.ExecuteInProcessResult:
+        assert self.run(
+            "copper_sync", tags=range_tags(START.isoformat(), TODAY.isoformat())
+        ).success
+        assert self.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+        return self.run("hull_sync")
+
+    def query(self, sql: str) -> list[tuple]:
+        with duckdb.connect(str(self.warehouse), read_only=True) as conn:
+            return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    copper_sandbox_factory,
+    planhat_sandbox_factory,
+    hull_firehose: HullFirehoseSandbox,
+) -> Stack:
+    copper = copper_sandbox_factory(seed=1, scale=0.05)
+    planhat = planhat_sandbox_factory(
+        seed=1, scale=0.05, seed_user_ids=planhat_user_ids(1, PLANHAT_TEAM_SIZE)
+    )
+    config = yaml.safe_load(default_config_path().read_text())
+    config["copper"]["start_date"] = START.isoformat()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        "HULL_PLANHAT_CONFIG": str(tmp_path / "config.yaml"),
+        "HULL_PLANHAT_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+        "COPPER_API_URL": copper.base_url,
+        "COPPER_API_KEY": copper.api_key,
+        "COPPER_USER_EMAIL": copper.user_email,
+        **planhat.env(),
+        **hull_firehose.env(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Stack(copper, planhat, hull_firehose, tmp_path / "warehouse.duckdb")
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key == dg.AssetKey(key.split("/")):
+            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    raise AssertionError(f"{key} was not materialized")
+
+
+def test_a_sync_builds_profiles_and_forwards_them_once(stack: Stack) -> None:
+    first = stack.sync()
+    assert first.success
+    users = stack.query("select count(*) from hull.users")[0][0]
+    upserts = _metadata(first, "hull/user_upserts")["rows"]
+    assert users > 0 and upserts > 0
+    assert all(c.passed for c in first.get_asset_check_evaluations())
+    assert stack.firehose.batches >= 1
+    assert stack.query("select count(*) from hull.firehose_outbox") == [(0,)]
+    traits = [m for m in stack.firehose.messages if m.type == "traits"]
+    assert traits, "no traits reached the firehose"
+    calls = len(stack.firehose.server.recorded("POST"))
+
+    second = stack.sync()
+    assert second.success
+    assert _metadata(second, "hull/user_upserts")["rows"] == 0
+    assert _metadata(second, "hull/account_upserts")["rows"] == 0
+    assert len(stack.firehose.server.recorded("POST")) == calls  # zero firehose calls
+    assert stack.query("select count(*) from hull.users")[0][0] == users
+
+
+def test_segments_are_evaluated_on_the_profiles(stack: Stack) -> None:
+    assert stack.sync().success
+    accounts = stack.query(
+        "select count(*) from hull.accounts where list_contains(segments, 'Customer accounts')"
+    )[0][0]
+    expected = stack.query(
+        "select count(*) from hull.accounts where external_id is not null "
+        "and attributes->>'copper/contact_type' = 'Customer'"
+    )[0][0]
+    assert accounts == expected
+
+
+def test_a_planhat_updated_at_bump_alone_changes_nothing(stack: Stack) -> None:
+    assert stack.sync().success
+    companies = stack.planhat.companies()
+    body = [{"_id": c["_id"], "name": c["name"]} for c in companies]  # a no-op write
+    from hull_planhat_pipelines.clients.planhat import PlanhatClient
+
+    with PlanhatClient(
+        stack.planhat.rest_url,
+        stack.planhat.analytics_url,
+        stack.planhat.api_token,
+        stack.planhat.tenant_token,
+        requests_per_minute=None,
+    ) as client:
+        client.bulk_upsert("companies", body)
+    assert all(
+        a["updatedAt"] != b["updatedAt"]
+        for a, b in zip(companies, stack.planhat.companies(), strict=True)
+    )
+    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    again = stack.run("hull_sync")
+    assert again.success
+    assert _metadata(again, "hull/account_upserts")["rows"] == 0
+    assert _metadata(again, "hull/user_upserts")["rows"] == 0
+
+
+def test_a_firehose_outage_keeps_the_messages_for_the_next_run(stack: Stack) -> None:
+    stack.firehose.server.faults.add(status=400, times=100)  # refused: not retried
+    first = stack.sync()
+    assert first.success  # the profiles are applied; forwarding failed
+    pending = stack.query("select count(*) from hull.firehose_outbox")[0][0]
+    assert pending > 0
+    errors = stack.query("select count(*) from ops.sync_log where event = 'incoming.job.error'")
+    assert errors[0][0] > 0
+    stack.firehose.server.faults.clear()
+    retry = stack.run("hull_sync")
+    assert retry.success
+    assert stack.query("select count(*) from hull.firehose_outbox") == [(0,)]
+    assert stack.firehose.batches >= 1
+
+
+def test_sync_log_rows_carry_stable_names_and_reasons(stack: Stack) -> None:
+    assert stack.sync().success
+    rows = stack.query("select event, reason from ops.sync_log where event like 'incoming.%.skip'")
+    assert ("incoming.account.skip", "Blank opportunity type") in rows
+    details = stack.query(
+        "select details from ops.sync_log where event = 'incoming.user.success' limit 1"
+    )
+    assert json.loads(details[0][0])["profiles_created"] > 0
