@@ -1,0 +1,219 @@
+"""Change detection for outgoing payloads: content fingerprints, advanced only on delivery.
+
+A payload is sent only when its mapped content differs from the content last delivered
+successfully for the same ``(target, key)``. The fingerprint is the sha256 of the payload's
+canonical JSON (sorted keys, JSON values, integral numbers written as integers, nulls left
+out), so neither dict key order nor ``1200.0`` vs ``1200`` makes a change. Nothing Planhat
+writes by itself (``updatedAt``, ``lastUpdated``) ever enters a payload, so feeding Planhat's
+own records back cannot make a loop.
+
+The fingerprints table (``FINGERPRINT_COLUMNS``), one row per delivered record:
+- ``target``: the delivery target's name (``companies``, ``endusers``, ``activities``, ...);
+- ``key``: the record's key in that target (see the payload builders);
+- ``fingerprint``: sha256 hex of the content delivered;
+- ``fields``: JSON text of the sorted list of mapped fields (dotted paths) that held a value
+  in that delivery: a mapped field that later loses its value is sent as null once, to clear
+  it in Planhat;
+- ``delivered_at``: when that delivery succeeded (UTC).
+
+Pure: frames in, frames out. The delivery statuses that count as delivered mirror
+``clients.planhat_outcomes.DELIVERED`` (``sync`` may not import ``clients``; a test keeps the
+two equal).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hull_planhat_pipelines.sync.batching import is_missing, jsonable
+
+DELIVERED_STATUSES: frozenset[str] = frozenset({"created", "updated", "unchanged", "sent"})
+"""Outcome statuses Planhat accounted for (``error``, ``ignored``, ``dry_run`` are not)."""
+
+FINGERPRINT_COLUMNS = ["target", "key", "fingerprint", "fields", "delivered_at"]
+PAYLOAD_COLUMNS = ["target", "key", "hull_id", "payload", "fingerprint", "fields", "change"]
+"""Every payload frame: ``payload`` is the body dict as sent; ``change`` says why the row is
+there: ``new`` (never delivered), ``changed`` (content differs) or ``forced`` (a forced send of
+unchanged content)."""
+
+VOLATILE_FIELDS = frozenset({"_id", "updatedAt", "lastUpdated", "createdAt"})
+"""Fields Planhat sets by itself: never in a payload, so never in a fingerprint."""
+
+
+def utc_timestamp(value: dt.datetime | pd.Timestamp) -> pd.Timestamp:
+    """An aware UTC timestamp; a naive one is taken as UTC (the pipeline's clock is UTC)."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def canonical_content(value: Any) -> Any:
+    """A payload as JSON values in canonical form, in one walk: numpy and times converted
+    (``jsonable``), integral floats as ints (``1200.0`` is ``1200``), null object members
+    left out. Plain JSON values (the common case) take the fast path."""
+    kind = type(value)
+    if value is None or kind is str or kind is int or kind is bool:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            return None
+        return int(value) if value.is_integer() else value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            item = canonical_content(item)
+            if item is not None:
+                out[key if type(key) is str else str(key)] = item
+        return out
+    if kind is list:
+        return [canonical_content(item) for item in value]
+    converted = jsonable(value)
+    return None if converted is None else canonical_content(converted)
+
+
+def fingerprint(payload: Mapping[str, Any]) -> str:
+    """sha256 hex of the payload's canonical JSON (sorted keys, no spaces), nulls left out.
+
+    Nulls are clears of fields no longer set; leaving them out makes the content after a clear
+    equal to the content of the next run, which has nothing left to clear.
+    """
+    text = json.dumps(
+        canonical_content(dict(payload)),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fields_text(fields: Iterable[str]) -> str:
+    """The ``fields`` column value: canonical JSON of the sorted field paths."""
+    return _fields_text(tuple(fields))
+
+
+@functools.lru_cache(maxsize=4096)
+def _fields_text(fields: tuple[str, ...]) -> str:
+    """Most records of a run share one set of fields: each set is encoded once."""
+    return json.dumps(sorted(set(fields)), separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_fields(value: Any) -> frozenset[str]:
+    """The ``fields`` cell as a set: JSON text, a list or array; missing means none."""
+    if isinstance(value, str):
+        value = json.loads(value) if value else []
+    elif value is None or (not isinstance(value, list | tuple | np.ndarray) and is_missing(value)):
+        return frozenset()
+    return frozenset(str(v) for v in value)
+
+
+def empty_fingerprints() -> pd.DataFrame:
+    """A fingerprints table with no rows (the state before any delivery)."""
+    return pd.DataFrame(
+        {
+            "target": pd.Series([], dtype=object),
+            "key": pd.Series([], dtype=object),
+            "fingerprint": pd.Series([], dtype=object),
+            "fields": pd.Series([], dtype=object),
+            "delivered_at": pd.Series([], dtype="datetime64[us, UTC]"),
+        }
+    )
+
+
+def normalize_fingerprints(frame: pd.DataFrame | None) -> pd.DataFrame:
+    """The table as stored, or empty; ``fields`` may be absent (an older table: no clears)."""
+    if frame is None or frame.empty:
+        return empty_fingerprints()
+    missing = {"target", "key", "fingerprint"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"fingerprints frame lacks columns: {', '.join(sorted(missing))}")
+    out = frame.copy()
+    if "fields" not in out.columns:
+        out["fields"] = None
+    if "delivered_at" not in out.columns:
+        out["delivered_at"] = pd.NaT
+    out["delivered_at"] = pd.to_datetime(out["delivered_at"], utc=True)
+    out["key"] = out["key"].astype(str)
+    return out[FINGERPRINT_COLUMNS].reset_index(drop=True)
+
+
+def last_delivered(fingerprints: pd.DataFrame | None, target: str) -> pd.DataFrame:
+    """``key, previous_fingerprint, previous_fields`` of one target, one row per key."""
+    table = normalize_fingerprints(fingerprints)
+    rows = table[table["target"] == target]
+    rows = rows.drop_duplicates("key", keep="last")
+    return pd.DataFrame(
+        {
+            "key": rows["key"].to_numpy(dtype=object),
+            "previous_fingerprint": rows["fingerprint"].to_numpy(dtype=object),
+            "previous_fields": rows["fields"].to_numpy(dtype=object),
+        }
+    )
+
+
+def select_changed(
+    candidates: pd.DataFrame, fingerprints: pd.DataFrame | None, target: str, *, force: bool
+) -> pd.DataFrame:
+    """The candidate rows to send, each with its ``change`` (``new``/``changed``/``forced``)
+    and the ``previous_fields`` of its last delivery (None when never delivered).
+
+    ``candidates`` needs unique ``key`` values and a ``fingerprint``. A forced send keeps every
+    row: the seed's "batch send" re-delivers all in-segment records whatever was sent before.
+    """
+    previous = last_delivered(fingerprints, target)
+    merged = candidates.merge(previous, on="key", how="left", validate="many_to_one")
+    known = merged["previous_fingerprint"].notna().to_numpy()
+    same = known & (merged["fingerprint"] == merged["previous_fingerprint"]).to_numpy()
+    change = np.where(~known, "new", np.where(same, "forced", "changed"))
+    merged["change"] = change
+    keep = np.ones(len(merged), dtype=bool) if force else ~same
+    return merged.loc[keep].drop(columns="previous_fingerprint").reset_index(drop=True)
+
+
+def delivered_keys(
+    outcomes: pd.DataFrame, *, delivered: Collection[str] = DELIVERED_STATUSES
+) -> set[str]:
+    """Keys of the outcome rows Planhat accounted for."""
+    ok = outcomes["status"].isin(list(delivered)) & outcomes["key"].notna()
+    return {str(key) for key in outcomes.loc[ok, "key"]}
+
+
+def advance_fingerprints(
+    fingerprints: pd.DataFrame | None,
+    outcomes: pd.DataFrame,
+    payloads: pd.DataFrame,
+    now: dt.datetime,
+    *,
+    delivered: Collection[str] = DELIVERED_STATUSES,
+) -> pd.DataFrame:
+    """The fingerprints table after a delivery of ``payloads`` that produced ``outcomes``.
+
+    Only records whose outcome status is delivered take the fingerprint (and fields) of the
+    payload sent; every other record keeps its old row, so a failed or ignored record differs
+    from its fingerprint again next run and is retried. Outcomes are tied to payloads by
+    ``(target, key)`` (the delivery engine's outcome rows carry both).
+    """
+    table = normalize_fingerprints(fingerprints)
+    ok = outcomes.loc[outcomes["status"].isin(list(delivered)), ["target", "key"]]
+    ok = ok.dropna().astype(str).drop_duplicates()
+    sent = payloads[["target", "key", "fingerprint", "fields"]].astype({"key": str})
+    sent = sent.drop_duplicates(["target", "key"], keep="last")
+    fresh = sent.merge(ok, on=["target", "key"], how="inner")
+    if fresh.empty:
+        return table
+    fresh = fresh.assign(delivered_at=utc_timestamp(now))
+    fresh["delivered_at"] = fresh["delivered_at"].astype("datetime64[us, UTC]")
+    stale = table.merge(fresh[["target", "key"]], on=["target", "key"], how="left", indicator=True)
+    kept = table.loc[(stale["_merge"] == "left_only").to_numpy()]
+    parts = [part for part in (kept, fresh[FINGERPRINT_COLUMNS]) if not part.empty]
+    out = pd.concat(parts, ignore_index=True)
+    out["delivered_at"] = pd.to_datetime(out["delivered_at"], utc=True)
+    return out.sort_values(["target", "key"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,686 @@
+"""Hull -> Planhat payloads: filters, mapping, owners, change detection, activities, metrics.
+
+Pure and fast: frames built in memory; the round trips use the emulated Planhat store in
+process (no HTTP) and the client's own bulk-response reconciliation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pytest
+
+from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
+from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, reconcile_bulk
+from hull_planhat_pipelines.sandbox.planhat_store import PlanhatStore
+from hull_planhat_pipelines.settings import MetricSettings, Settings, parse_settings
+from hull_planhat_pipelines.sync.batching import record_payloads
+from hull_planhat_pipelines.sync.fingerprints import (
+    DELIVERED_STATUSES,
+    FINGERPRINT_COLUMNS,
+    PAYLOAD_COLUMNS,
+    advance_fingerprints,
+    empty_fingerprints,
+    fingerprint,
+)
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat_payloads import (
+    ACCOUNT_NO_EXTERNAL_ID,
+    DUPLICATE_EXTERNAL_ID,
+    EVENT_NO_USER_IDENTITY,
+    INVALID_CO_OWNER,
+    INVALID_OWNER,
+    METRIC_NOT_A_NUMBER,
+    NO_EXTERNAL_ID,
+    NO_USER_IDENTITY,
+    activity_payloads,
+    all_metric_payloads,
+    company_payloads,
+    compile_fields,
+    enduser_payloads,
+    metric_payloads,
+    payloads_as_json,
+)
+
+NOW = dt.datetime(2024, 3, 2, 12, 30, tzinfo=dt.UTC)
+OWNER = "5f1c00000000000000000001"
+INACTIVE = "5f1c00000000000000000002"
+REMOVED = "5f1c00000000000000000003"
+CO_OWNER = "5f1c00000000000000000004"
+
+
+def make_settings(**planhat: Any) -> Settings:
+    base: dict[str, Any] = {
+        "contact_segments": ["Customers"],
+        "company_segments": ["Customer accounts"],
+        "tracking_events": ["Meeting", "Phone Call"],
+        "user_attributes": {
+            "copper_person/title": "position",
+            "copper_person/plan": "custom.Plan",
+        },
+        "account_attributes": {"copper/name": "name", "copper/arr": "custom.ARR"},
+        "owner_attribute": "copper/owner_planhat_id",
+        "co_owner_attribute": None,
+    }
+    base.update(planhat)
+    return parse_settings({"copper": {"start_date": "2024-01-01"}, "planhat": base})
+
+
+def account(
+    hull_id: str,
+    external_id: str | None = None,
+    segments: tuple[str, ...] = ("Customer accounts",),
+    updated_at: dt.datetime = NOW,
+    **attributes: Any,
+) -> dict[str, Any]:
+    return {
+        "hull_id": hull_id,
+        "domain": None,
+        "external_id": external_id,
+        "anonymous_ids": [f"copper:{hull_id}"],
+        "attributes": json.dumps({k.replace("__", "/"): v for k, v in attributes.items()}),
+        "segments": list(segments),
+        "created_at": NOW,
+        "updated_at": updated_at,
+    }
+
+
+def user(
+    hull_id: str,
+    email: str | None,
+    account_hull_id: str | None = "a1",
+    external_id: str | None = None,
+    segments: tuple[str, ...] = ("Customers",),
+    **attributes: Any,
+) -> dict[str, Any]:
+    return {
+        "hull_id": hull_id,
+        "email": email,
+        "external_id": external_id,
+        "anonymous_ids": [],
+        "account_hull_id": account_hull_id,
+        "attributes": json.dumps({k.replace("__", "/"): v for k, v in attributes.items()}),
+        "segments": list(segments),
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+
+
+def planhat_users() -> pd.DataFrame:
+    rows = [
+        (OWNER, False, False),
+        (INACTIVE, True, False),
+        (REMOVED, False, True),
+        (CO_OWNER, False, False),
+    ]
+    frame = pd.DataFrame(rows, columns=["_id", "inactive", "removed"])
+    frame["email"] = frame["_id"] + "@team.example"
+    for column in ("inactive", "removed"):
+        frame[column] = frame[column].astype("boolean")
+    return frame
+
+
+def accounts_frame(*rows: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows))
+
+
+def outcomes_for(payloads: pd.DataFrame, statuses: dict[str, str] | None = None) -> pd.DataFrame:
+    """Outcome rows as the delivery engine writes them (default: every record updated)."""
+    statuses = statuses or {}
+    rows = [
+        {"target": t, "key": k, "status": statuses.get(k, "updated")}
+        for t, k in zip(payloads["target"], payloads["key"], strict=True)
+    ]
+    return pd.DataFrame(rows, columns=OUTCOME_COLUMNS)
+
+
+def reasons(events: list[SyncEvent]) -> dict[str | None, str | None]:
+    return {e.object_id: e.reason for e in events if e.event.endswith(".skip")}
+
+
+def by_key(payloads: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return dict(zip(payloads["key"], payloads["payload"], strict=True))
+
+
+# -- companies -------------------------------------------------------------------------------
+def test_company_segment_filter_and_mapping() -> None:
+    accounts = accounts_frame(
+        account("a1", "A1", copper__name="Acme", copper__arr={"amount": 1200.0, "currency": "USD"}),
+        account("a2", "A2", segments=("Prospects",), copper__name="Other"),
+        account("a3", "A3", segments=(), copper__name="Nobody"),
+    )
+    payloads, events = company_payloads(accounts, planhat_users(), make_settings(), None)
+    assert list(payloads.columns[: len(PAYLOAD_COLUMNS)]) == PAYLOAD_COLUMNS
+    assert by_key(payloads) == {
+        "A1": {"name": "Acme", "custom": {"ARR": 1200.0}, "externalId": "A1"}
+    }
+    row = payloads.iloc[0]
+    assert (row["target"], row["hull_id"], row["change"]) == ("companies", "a1", "new")
+    assert json.loads(row["fields"]) == ["custom.ARR", "name"]
+    progress = events[-1]
+    assert progress.event == "outgoing.account.progress"
+    assert progress.details["in_segment"] == 1 and progress.details["selected"] == 1
+
+
+def test_missing_blank_and_falsy_values() -> None:
+    accounts = accounts_frame(
+        account("a1", "A1", copper__name="", copper__arr=0),
+        account("a2", "A2", copper__arr={"amount": None, "currency": "USD"}),
+    )
+    payloads, _ = company_payloads(accounts, None, make_settings(owner_attribute=None), None)
+    assert by_key(payloads) == {
+        "A1": {"custom": {"ARR": 0}, "externalId": "A1"},
+        "A2": {"externalId": "A2"},
+    }
+
+
+def test_account_without_external_id_is_skipped() -> None:
+    accounts = accounts_frame(account("a1", None, copper__name="Acme"))
+    payloads, events = company_payloads(accounts, planhat_users(), make_settings(), None)
+    assert payloads.empty and list(payloads.columns[:7]) == PAYLOAD_COLUMNS
+    (skip,) = [e for e in events if e.event == "outgoing.account.skip"]
+    assert (skip.object_id, skip.reason) == ("a1", NO_EXTERNAL_ID)
+
+
+@pytest.mark.parametrize(
+    ("owner", "expected"),
+    [
+        (OWNER, OWNER),  # valid
+        (INACTIVE, INACTIVE),  # inactive users are still assignable
+        (None, None),  # no owner: no field, not a skip
+        ("", None),
+    ],
+)
+def test_owner_sent_when_valid(owner: str | None, expected: str | None) -> None:
+    attributes = {} if owner is None else {"copper__owner_planhat_id": owner}
+    accounts = accounts_frame(account("a1", "A1", copper__name="Acme", **attributes))
+    payloads, events = company_payloads(accounts, planhat_users(), make_settings(), None)
+    assert not reasons(events)
+    assert payloads.iloc[0]["payload"].get("owner") == expected
+    assert "owner" in payloads.iloc[0]["payload"] or expected is None
+
+
+@pytest.mark.parametrize("owner", [REMOVED, "not-a-user-id"])
+def test_invalid_or_removed_owner_skips_the_account(owner: str) -> None:
+    accounts = accounts_frame(
+        account("a1", "A1", copper__name="Acme", copper__owner_planhat_id=owner),
+        account("a2", "A2", copper__name="Fine", copper__owner_planhat_id=OWNER),
+    )
+    payloads, events = company_payloads(accounts, planhat_users(), make_settings(), None)
+    assert list(payloads["key"]) == ["A2"]
+    assert reasons(events) == {"a1": INVALID_OWNER}
+
+
+def test_invalid_co_owner_skips_the_account() -> None:
+    settings = make_settings(co_owner_attribute="copper/co_owner_id")
+    accounts = accounts_frame(
+        account("a1", "A1", copper__owner_planhat_id=OWNER, copper__co_owner_id="nope"),
+        account("a2", "A2", copper__owner_planhat_id=OWNER, copper__co_owner_id=CO_OWNER),
+    )
+    payloads, events = company_payloads(accounts, planhat_users(), settings, None)
+    assert reasons(events) == {"a1": INVALID_CO_OWNER}
+    assert by_key(payloads)["A2"] == {"externalId": "A2", "owner": OWNER, "coOwner": CO_OWNER}
+
+
+def test_owner_checked_against_the_user_list_only() -> None:
+    """No Planhat users known (table empty): every owner value is invalid, none is sent."""
+    accounts = accounts_frame(account("a1", "A1", copper__owner_planhat_id=OWNER))
+    payloads, events = company_payloads(accounts, None, make_settings(), None)
+    assert payloads.empty and reasons(events) == {"a1": INVALID_OWNER}
+
+
+def test_duplicate_external_id_sends_the_newest() -> None:
+    older = NOW - dt.timedelta(days=1)
+    accounts = accounts_frame(
+        account("old", "A1", updated_at=older, copper__name="Old"),
+        account("new", "A1", copper__name="New"),
+    )
+    payloads, events = company_payloads(accounts, None, make_settings(owner_attribute=None), None)
+    assert by_key(payloads)["A1"]["name"] == "New"
+    assert reasons(events) == {"old": DUPLICATE_EXTERNAL_ID}
+
+
+def test_dotted_fields_nest_and_bad_mappings_are_refused() -> None:
+    settings = make_settings(
+        owner_attribute=None,
+        account_attributes={
+            "copper/arr": "custom.ARR",
+            "copper/tier": "custom.Tier",
+            "copper/deep": "custom.Group.Inner",
+            "copper/status": "status",
+        },
+    )
+    accounts = accounts_frame(
+        account(
+            "a1",
+            "A1",
+            copper__arr=5,
+            copper__tier="Gold",
+            copper__deep=True,
+            copper__status="customer",
+        )
+    )
+    payloads, _ = company_payloads(accounts, None, settings, None)
+    assert by_key(payloads)["A1"] == {
+        "custom": {"ARR": 5, "Tier": "Gold", "Group": {"Inner": True}},
+        "status": "customer",
+        "externalId": "A1",
+    }
+    for mapping in (
+        {"x": "custom", "y": "custom.ARR"},
+        {"x": "externalId"},
+        {"x": "updatedAt"},
+        {"x": "custom..ARR"},
+    ):
+        with pytest.raises(ValueError):
+            compile_fields(mapping, reserved={"externalId", "owner", "coOwner"})
+
+
+def test_company_depends_on_account_segments_only() -> None:
+    """A user in a contact segment is sent as an enduser; its account, in no company
+    segment, is not sent as a company."""
+    accounts = accounts_frame(account("a1", "A1", segments=("Prospects",), copper__name="Acme"))
+    users = pd.DataFrame([user("u1", "ann@acme.example", "a1", copper_person__title="CTO")])
+    settings = make_settings(owner_attribute=None)
+    companies, _ = company_payloads(accounts, None, settings, None)
+    endusers, _ = enduser_payloads(users, accounts, settings, None)
+    assert companies.empty
+    assert by_key(endusers) == {
+        "email:ann@acme.example": {
+            "position": "CTO",
+            "email": "ann@acme.example",
+            "companyExternalId": "A1",
+        }
+    }
+
+
+# -- endusers --------------------------------------------------------------------------------
+def test_enduser_identity_keys_and_skips() -> None:
+    accounts = accounts_frame(account("a1", "A1"), account("a2", None))
+    users = pd.DataFrame(
+        [
+            user("u1", "ann@acme.example", "a1", copper_person__plan="Pro"),
+            user("u2", None, "a1", external_id="E2"),
+            user("u3", "both@acme.example", "a1", external_id="E3"),
+            user("u4", None, "a1"),
+            user("u5", "lost@acme.example", "a2"),
+            user("u6", "orphan@acme.example", None),
+            user("u7", "out@acme.example", "a1", segments=("Leads",)),
+        ]
+    )
+    payloads, events = enduser_payloads(users, accounts, make_settings(), None)
+    assert by_key(payloads) == {
+        "email:ann@acme.example": {
+            "custom": {"Plan": "Pro"},
+            "email": "ann@acme.example",
+            "companyExternalId": "A1",
+        },
+        "external_id:E2": {"externalId": "E2", "companyExternalId": "A1"},
+        "external_id:E3": {
+            "email": "both@acme.example",
+            "externalId": "E3",
+            "companyExternalId": "A1",
+        },
+    }
+    assert reasons(events) == {
+        "u4": NO_USER_IDENTITY,
+        "u5": ACCOUNT_NO_EXTERNAL_ID,
+        "u6": ACCOUNT_NO_EXTERNAL_ID,
+    }
+    assert set(payloads["company_external_id"]) == {"A1"}
+
+
+# -- change detection ------------------------------------------------------------------------
+def test_unchanged_records_are_not_sent_again_and_force_sends_all() -> None:
+    settings = make_settings(owner_attribute=None)
+    accounts = accounts_frame(
+        account("a1", "A1", copper__name="Acme"), account("a2", "A2", copper__name="Beta")
+    )
+    first, _ = company_payloads(accounts, None, settings, None)
+    fingerprints = advance_fingerprints(None, outcomes_for(first), first, NOW)
+    assert list(fingerprints.columns) == FINGERPRINT_COLUMNS and len(fingerprints) == 2
+
+    again, events = company_payloads(accounts, None, settings, fingerprints)
+    assert again.empty and events[-1].details["unchanged"] == 2
+
+    changed = accounts_frame(
+        account("a1", "A1", copper__name="Acme Inc"), account("a2", "A2", copper__name="Beta")
+    )
+    delta, _ = company_payloads(changed, None, settings, fingerprints)
+    assert list(delta["key"]) == ["A1"] and list(delta["change"]) == ["changed"]
+
+    forced, _ = company_payloads(accounts, None, settings, fingerprints, force=True)
+    assert sorted(forced["key"]) == ["A1", "A2"]
+    assert set(forced["change"]) == {"forced"}
+
+
+def test_fingerprint_is_stable_across_key_order_and_number_form() -> None:
+    one = {"name": "Acme", "custom": {"ARR": 1200.0, "Tier": "Gold"}, "externalId": "A1"}
+    two = {"externalId": "A1", "custom": {"Tier": "Gold", "ARR": 1200}, "name": "Acme"}
+    assert fingerprint(one) == fingerprint(two)
+    assert fingerprint(one) != fingerprint({**one, "name": "Acme Inc"})
+    reordered = accounts_frame(
+        {**account("a1", "A1"), "attributes": '{"copper/arr": 7, "copper/name": "X"}'}
+    )
+    original = accounts_frame(
+        {**account("a1", "A1"), "attributes": '{"copper/name": "X", "copper/arr": 7.0}'}
+    )
+    settings = make_settings(owner_attribute=None)
+    first, _ = company_payloads(original, None, settings, None)
+    fingerprints = advance_fingerprints(None, outcomes_for(first), first, NOW)
+    assert company_payloads(reordered, None, settings, fingerprints)[0].empty
+
+
+def test_fingerprints_advance_only_on_delivered_outcomes() -> None:
+    assert DELIVERED_STATUSES == DELIVERED
+    settings = make_settings(owner_attribute=None)
+    accounts = accounts_frame(*(account(f"a{i}", f"A{i}", copper__name=f"N{i}") for i in range(5)))
+    payloads, _ = company_payloads(accounts, None, settings, None)
+    statuses = {"A0": "created", "A1": "unchanged", "A2": "error", "A3": "ignored", "A4": "sent"}
+    fingerprints = advance_fingerprints(
+        empty_fingerprints(), outcomes_for(payloads, statuses), payloads, NOW
+    )
+    assert sorted(fingerprints["key"]) == ["A0", "A1", "A4"]
+    assert (fingerprints["delivered_at"] == pd.Timestamp(NOW)).all()
+    retry, _ = company_payloads(accounts, None, settings, fingerprints)
+    assert sorted(retry["key"]) == ["A2", "A3"]
+    # a failed retry keeps the old fingerprint: the record still differs next run
+    later = NOW + dt.timedelta(hours=1)
+    kept = advance_fingerprints(fingerprints, outcomes_for(retry, {"A2": "error"}), retry, later)
+    assert sorted(kept["key"]) == ["A0", "A1", "A3", "A4"]
+    assert kept.set_index("key").loc["A0", "delivered_at"] == pd.Timestamp(NOW)
+
+
+def _deliver(store: PlanhatStore, model: str, payloads: pd.DataFrame) -> pd.DataFrame:
+    """One bulk upsert against the emulated store, read back as outcome rows."""
+    items = [dict(p) for p in payloads["payload"]]
+    result = store.bulk_upsert(model, items)
+    outcomes, _ = reconcile_bulk(items, result.body(), result.status)
+    return pd.DataFrame(
+        {
+            "target": payloads["target"].tolist(),
+            "key": payloads["key"].tolist(),
+            "status": [o.status for o in outcomes],
+            "error": [o.error for o in outcomes],
+        }
+    )
+
+
+def _store() -> PlanhatStore:
+    clock = iter(NOW + dt.timedelta(seconds=i) for i in range(10_000))
+    return PlanhatStore(clock=lambda: next(clock))
+
+
+def test_one_bad_record_in_a_bulk_response_is_the_only_one_sent_again() -> None:
+    store = _store()
+    store.inject("companies", lambda item: item.get("externalId") == "A2", "bad ARR", times=None)
+    settings = make_settings(owner_attribute=None)
+    accounts = accounts_frame(*(account(f"a{i}", f"A{i}", copper__name=f"N{i}") for i in range(4)))
+    payloads, _ = company_payloads(accounts, None, settings, None)
+    outcomes = _deliver(store, "companies", payloads)
+    assert dict(zip(outcomes["key"], outcomes["status"], strict=True)) == {
+        "A0": "created",
+        "A1": "created",
+        "A2": "error",
+        "A3": "created",
+    }
+    fingerprints = advance_fingerprints(None, outcomes, payloads, NOW)
+    retry, _ = company_payloads(accounts, None, settings, fingerprints)
+    assert list(retry["key"]) == ["A2"]
+
+
+def test_loop_safety_planhat_records_fed_back_make_no_payloads() -> None:
+    """Planhat bumps ``updatedAt`` on every write; fed back into the profiles (as the
+    incoming sync does, ``planhat/*`` attributes and a newer ``updated_at``) nothing is sent."""
+    store = _store()
+    settings = make_settings(owner_attribute=None)
+    accounts = accounts_frame(
+        account("a1", "A1", copper__name="Acme", copper__arr={"amount": 10.0, "currency": "USD"})
+    )
+    users = pd.DataFrame([user("u1", "ann@acme.example", "a1", copper_person__title="CTO")])
+    companies, _ = company_payloads(accounts, None, settings, None)
+    endusers, _ = enduser_payloads(users, accounts, settings, None)
+    fingerprints = advance_fingerprints(
+        None, _deliver(store, "companies", companies), companies, NOW
+    )
+    fingerprints = advance_fingerprints(
+        fingerprints, _deliver(store, "endusers", endusers), endusers, NOW
+    )
+    assert len(fingerprints) == 2
+    # a second, unchanged write: Planhat bumps updatedAt again
+    store.bulk_upsert("companies", [dict(p) for p in companies["payload"]])
+    (company,) = store.all("companies")
+    (enduser,) = store.all("endusers")
+    assert company["updatedAt"] and enduser["updatedAt"]
+
+    def fed_back(frame: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
+        out = frame.copy()
+        attributes = json.loads(out.loc[0, "attributes"])
+        for field in ("name", "updatedAt", "lastUpdated", "position", "_id"):
+            if field in record:
+                attributes[f"planhat/{field}"] = record[field]
+        out.loc[0, "attributes"] = json.dumps(attributes)
+        out.loc[0, "updated_at"] = NOW + dt.timedelta(hours=1)
+        return out
+
+    again, _ = company_payloads(fed_back(accounts, company), None, settings, fingerprints)
+    users_again, _ = enduser_payloads(
+        fed_back(users, enduser), fed_back(accounts, company), settings, fingerprints
+    )
+    assert again.empty and users_again.empty
+    for payload in [*companies["payload"], *endusers["payload"]]:
+        assert not {"updatedAt", "lastUpdated", "_id"} & payload.keys()
+
+
+def test_a_cleared_attribute_is_sent_as_null_once() -> None:
+    settings = make_settings(owner_attribute=None)
+    before = accounts_frame(account("a1", "A1", copper__name="Acme", copper__arr=100))
+    first, _ = company_payloads(before, None, settings, None)
+    fingerprints = advance_fingerprints(None, outcomes_for(first), first, NOW)
+    after = accounts_frame(account("a1", "A1", copper__name="Acme"))
+    cleared, _ = company_payloads(after, None, settings, fingerprints)
+    assert by_key(cleared)["A1"] == {"name": "Acme", "custom": {"ARR": None}, "externalId": "A1"}
+    fingerprints = advance_fingerprints(fingerprints, outcomes_for(cleared), cleared, NOW)
+    assert company_payloads(after, None, settings, fingerprints)[0].empty
+    # a field no longer mapped is never cleared
+    unmapped = make_settings(owner_attribute=None, account_attributes={"copper/name": "name"})
+    renamed = accounts_frame(account("a1", "A1", copper__name="Acme 2"))
+    fresh_fp = advance_fingerprints(None, outcomes_for(first), first, NOW)
+    payloads, _ = company_payloads(renamed, None, unmapped, fresh_fp)
+    assert by_key(payloads)["A1"] == {"name": "Acme 2", "externalId": "A1"}
+
+
+# -- activities ------------------------------------------------------------------------------
+def _events() -> pd.DataFrame:
+    rows = [
+        ("e1", "u1", "Meeting", {"subject": "Kickoff"}, "2024-03-01T10:00:00.123456Z"),
+        ("e2", "u1", "Note", {}, "2024-03-01T11:00:00Z"),
+        ("e3", "u2", "Phone Call", {"minutes": 5}, "2024-03-01T09:00:00Z"),
+        ("e4", "u3", "Meeting", None, "2024-03-01T12:00:00Z"),
+        ("e5", "u4", "Meeting", {}, "2024-03-01T13:00:00Z"),
+        ("e1", "u1", "Meeting", {"subject": "Kickoff"}, "2024-03-01T10:00:00.123456Z"),
+        ("e6", "ghost", "Meeting", {}, "2024-03-01T13:00:00Z"),
+    ]
+    frame = pd.DataFrame(rows, columns=["event_id", "user_hull_id", "name", "properties", "t"])
+    frame["properties"] = [None if p is None else json.dumps(p) for p in frame["properties"]]
+    frame["occurred_at"] = pd.to_datetime(frame.pop("t"), utc=True, format="ISO8601")
+    frame["source"], frame["source_id"] = "copper", frame["event_id"]
+    return frame
+
+
+def _activity_people() -> tuple[pd.DataFrame, pd.DataFrame]:
+    accounts = accounts_frame(account("a1", "A1"))
+    users = pd.DataFrame(
+        [
+            user("u1", "ann@acme.example", "a1", copper_person__name="Ann Smith"),
+            user("u2", None, None, external_id="E2", planhat__first_name="Bob"),
+            user("u3", None, "a1"),
+            user("u4", "out@acme.example", "a1", segments=("Leads",)),
+        ]
+    )
+    return users, accounts
+
+
+def test_activities_filter_map_and_dedup() -> None:
+    users, accounts = _activity_people()
+    payloads, events = activity_payloads(_events(), users, accounts, make_settings(), set())
+    assert list(payloads["key"]) == ["e3", "e1"]  # in time order
+    assert by_key(payloads) == {
+        "e3": {
+            "action": "Phone Call",
+            "info": {"minutes": 5},
+            "date": "2024-03-01T09:00:00.000Z",
+            "externalId": "E2",
+            "name": "Bob",
+        },
+        "e1": {
+            "action": "Meeting",
+            "info": {"subject": "Kickoff"},
+            "date": "2024-03-01T10:00:00.123Z",
+            "email": "ann@acme.example",
+            "name": "Ann Smith",
+            "companyExternalId": "A1",
+        },
+    }
+    assert reasons(events) == {"e4": EVENT_NO_USER_IDENTITY}
+    progress = events[-1]
+    assert progress.event == "outgoing.event.progress"
+    assert progress.details == {
+        "events": 7,
+        "not_tracked": 1,
+        "repeated": 1,
+        "already_sent": 0,
+        "not_in_segment": 2,
+        "skipped": 1,
+        "selected": 2,
+    }
+    # sent ids (a set, or the fingerprints table after delivery) are never sent again
+    outcomes = outcomes_for(payloads, {"e3": "sent", "e1": "error"})
+    fingerprints = advance_fingerprints(None, outcomes, payloads, NOW)
+    again, _ = activity_payloads(_events(), users, accounts, make_settings(), fingerprints)
+    assert list(again["key"]) == ["e1"]
+    by_set, _ = activity_payloads(_events(), users, accounts, make_settings(), {"e1"})
+    assert list(by_set["key"]) == ["e3"]
+
+
+def test_activity_name_follows_the_enduser_mapping() -> None:
+    settings = make_settings(
+        user_attributes={"copper_person/first": "firstName", "copper_person/last": "lastName"}
+    )
+    accounts = accounts_frame(account("a1", "A1"))
+    users = pd.DataFrame(
+        [
+            user(
+                "u1",
+                "ann@acme.example",
+                "a1",
+                copper_person__first="Ann",
+                copper_person__last="Lee",
+            )
+        ]
+    )
+    payloads, _ = activity_payloads(_events(), users, accounts, settings, None)
+    assert by_key(payloads)["e1"]["name"] == "Ann Lee"
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def test_metric_items_keys_and_skips() -> None:
+    metric = MetricSettings(dimension_id="open_pipeline_value", sql="select 1")
+    rows = pd.DataFrame(
+        {
+            "external_id": ["A1", "A2", "A3", None, "A1"],
+            "value": [10, "abc", 2.5, 1, 11],
+            "date": [None, None, dt.date(2024, 2, 1), None, None],
+        }
+    )
+    payloads, events = metric_payloads(rows, metric, NOW)
+    assert list(payloads["key"]) == [
+        "open_pipeline_value:Company:A1:2024-03-02T00:00:00.000Z",
+        "open_pipeline_value:Company:A3:2024-02-01T00:00:00.000Z",
+    ]
+    assert payloads.iloc[0]["payload"] == {
+        "dimensionId": "open_pipeline_value",
+        "value": 10.0,
+        "externalId": "A1",
+        "model": "Company",
+        "date": "2024-03-02T00:00:00.000Z",
+    }
+    skips = [e for e in events if e.event == "outgoing.account.skip"]
+    assert [e.reason for e in skips].count(METRIC_NOT_A_NUMBER) == 1
+    assert {e.reason for e in skips} == {
+        METRIC_NOT_A_NUMBER,
+        NO_EXTERNAL_ID,
+        "Duplicate row for this key",
+    }
+    fingerprints = advance_fingerprints(None, outcomes_for(payloads, {}), payloads, NOW)
+    again, _ = metric_payloads(rows, metric, NOW, fingerprints=fingerprints)
+    assert again.empty
+
+
+def test_metric_queries_run_on_the_callers_connection() -> None:
+    conn = duckdb.connect()
+    conn.execute("create table t as select 'A1' as external_id, 3::decimal(10,2) as value")
+    metrics = [
+        MetricSettings(dimension_id="ok", sql="select * from t"),
+        MetricSettings(dimension_id="broken", model="EndUser", sql="select * from missing"),
+        MetricSettings(dimension_id="no_value", sql="select external_id from t"),
+    ]
+    payloads, events = all_metric_payloads(conn, metrics, NOW)
+    assert [p["value"] for p in payloads["payload"]] == [3.0]
+    errors = {e.object_id: e.event for e in events if e.event.endswith(".error")}
+    assert errors == {"broken": "outgoing.user.error", "no_value": "outgoing.account.error"}
+
+
+# -- scale -----------------------------------------------------------------------------------
+def test_many_accounts_map_and_a_rerun_selects_none() -> None:
+    count = 10_000
+    attributes = [
+        json.dumps(
+            {
+                "copper/name": f"Company {i}",
+                "copper/arr": {"amount": float(i), "currency": "USD"},
+                "copper/owner_planhat_id": OWNER,
+                "copper/contact_type": "Customer",
+            }
+        )
+        for i in range(count)
+    ]
+    accounts = pd.DataFrame(
+        {
+            "hull_id": [f"h{i}" for i in range(count)],
+            "external_id": [f"X{i}" for i in range(count)],
+            "attributes": attributes,
+            "segments": [["Customer accounts"]] * count,
+            "updated_at": pd.Timestamp(NOW),
+        }
+    )
+    payloads, _ = company_payloads(accounts, planhat_users(), make_settings(), None)
+    fingerprints = advance_fingerprints(None, outcomes_for(payloads), payloads, NOW)
+    again, _ = company_payloads(accounts, planhat_users(), make_settings(), fingerprints)
+    assert len(payloads) == count and again.empty
+
+
+def test_payloads_survive_a_warehouse_round_trip() -> None:
+    """Stored as a table (``payload`` as JSON text), the payloads the delivery engine reads back
+    are the dicts built, clears included; fingerprints read back still match."""
+    settings = make_settings(owner_attribute=None)
+    before = accounts_frame(account("a1", "A1", copper__name="Acmé", copper__arr=100))
+    first, _ = company_payloads(before, None, settings, None)
+    conn = duckdb.connect()
+    fingerprints = advance_fingerprints(None, outcomes_for(first), first, NOW)
+    conn.register("fp_frame", fingerprints)
+    conn.execute("create table fp as select * from fp_frame")
+    stored_fp = conn.sql("select * from fp").df()
+    after = accounts_frame(account("a1", "A1", copper__name="Acmé"))
+    payloads, _ = company_payloads(after, None, settings, stored_fp)
+    conn.register("payload_frame", payloads_as_json(payloads))
+    conn.execute("create table payloads as select * from payload_frame")
+    stored = conn.sql("select * from payloads").df()
+    sent = record_payloads(stored, payload_column="payload", key_column="key")
+    assert sent == list(payloads["payload"])
+    assert sent[0]["custom"] == {"ARR": None}
+    assert company_payloads(before, None, settings, stored_fp)[0].empty
