@@ -95,13 +95,15 @@ def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _run_job(defs: Any, name: str, tags: dict[str, str], detail: str) -> list[StepSummary]:
+def _run_job(
+    defs: Any, name: str, tags: dict[str, str], detail: str, ops: dict[str, Any] | None = None
+) -> list[StepSummary]:
     job = defs.resolve_job_def(name)
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if ops:
+        run_config["ops"] = ops
     result = job.execute_in_process(
-        instance=_instance(),
-        tags=tags,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        instance=_instance(), tags=tags, raise_on_error=False, run_config=run_config
     )
     metadata = _materialized_metadata(result)
     steps = []
@@ -111,16 +113,58 @@ def _run_job(defs: Any, name: str, tags: dict[str, str], detail: str) -> list[St
             StepSummary(
                 step=key,
                 ok=found is not None,
-                rows=found.get("rows") if found else None,
+                rows=found.get("rows", found.get("sent")) if found else None,
                 requests=found.get("requests") if found else None,
-                detail=detail if found else _failure_reason(result, key),
+                detail=_detail(found, detail) if found else _failure_reason(result, key),
             )
         )
     return steps
 
 
+def _detail(metadata: dict[str, Any], default: str) -> str:
+    """Per-target outcome counts for deliveries, the fetched window for the rest."""
+    if "by_target" in metadata:
+        targets = metadata["by_target"] or {}
+        text = "; ".join(f"{t}: {counts}" for t, counts in targets.items()) or "nothing to send"
+        return ("dry run: " if metadata.get("dry_run") else "") + text
+    if "by_status" in metadata:
+        return f"{metadata['by_status'] or 'nothing to send'}"
+    if metadata.get("skipped_by_reason"):
+        return f"skipped: {metadata['skipped_by_reason']}"
+    return default
+
+
+def _ops_for(defs: Any, job: str, ops: dict[str, Any]) -> dict[str, Any]:
+    keys = {"__".join(k.path) for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
+    return {name: config for name, config in ops.items() if name in keys}
+
+
+def delivery_run_config(defs: Any, *, force: bool, dry_run: bool) -> dict[str, Any]:
+    """Run config of the outgoing assets for ``--force`` / ``--dry-run``."""
+    ops: dict[str, Any] = {}
+    keys = [
+        key
+        for job in ("planhat_delivery", "planhat_destinations")
+        for key in defs.resolve_job_def(job).asset_layer.executable_asset_keys
+    ]
+    for key in keys:
+        name = "__".join(key.path)
+        if name.endswith("_payloads"):
+            ops[name] = {"config": {"force": force}}
+        elif name == "planhat__deliveries":
+            ops[name] = {"config": {"dry_run": dry_run}}
+        elif name.startswith("planhat__destination_"):
+            ops[name] = {"config": {"force": force, "dry_run": dry_run}}
+    return ops
+
+
 def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) -> SyncSummary:
-    """Run the pipeline once, in process, in dependency order."""
+    """Run the pipeline once, in process, in dependency order: a full cycle.
+
+    Copper and Planhat are fetched and applied to Hull; the changes go to Planhat; Planhat is
+    fetched again so what it now holds (ids, its own fields) comes back into Hull; then the
+    configured destinations. A second sync over unchanged sources writes nothing anywhere.
+    """
     from hull_planhat_pipelines.definitions import build_definitions
     from hull_planhat_pipelines.orchestration import range_tags
 
@@ -129,13 +173,21 @@ def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) 
     today = dt.datetime.now(dt.UTC).date()
     first = settings.copper.start_date if full else incremental_start(settings, today)
     summary = SyncSummary()
-    summary.steps += _run_job(
-        defs, "copper_sync", range_tags(first.isoformat(), today.isoformat()), f"{first}..{today}"
-    )
-    summary.steps += _run_job(
-        defs, "planhat_fetch", {"dagster/partition": today.isoformat()}, f"snapshot {today}"
-    )
-    summary.steps += _run_job(defs, "hull_sync", {}, "rows fetched since the last apply")
+    partition = {"dagster/partition": today.isoformat()}
+    ops = delivery_run_config(defs, force=force, dry_run=dry_run)
+    steps: list[tuple[str, dict[str, str], str]] = [
+        ("copper_sync", range_tags(first.isoformat(), today.isoformat()), f"{first}..{today}"),
+        ("planhat_fetch", partition, f"snapshot {today}"),
+        ("hull_sync", {}, "rows fetched since the last apply"),
+        ("planhat_delivery", {}, "changed records only"),
+        ("planhat_fetch", partition, f"snapshot {today} (after delivery)"),
+        ("hull_sync", {}, "Planhat's records back into Hull"),
+        ("planhat_destinations", {}, "changed records only"),
+    ]
+    for name, tags, detail in steps:
+        if name == "planhat_destinations" and not settings.destinations:
+            continue
+        summary.steps += _run_job(defs, name, tags, detail, _ops_for(defs, name, ops))
     return summary
 
 

@@ -3,7 +3,9 @@
 import dagster as dg
 
 from hull_planhat_pipelines.assets.copper import build_copper_assets
+from hull_planhat_pipelines.assets.destinations import build_destination_assets
 from hull_planhat_pipelines.assets.hull import build_hull_assets
+from hull_planhat_pipelines.assets.outgoing import build_delivery_asset, build_payload_assets
 from hull_planhat_pipelines.assets.planhat import build_planhat_assets
 from hull_planhat_pipelines.checks import build_copper_checks, hull_checks, planhat_checks
 from hull_planhat_pipelines.orchestration import (
@@ -13,6 +15,8 @@ from hull_planhat_pipelines.orchestration import (
     copper_sync_job,
     daily_partitions,
     hull_sync_job,
+    planhat_delivery_job,
+    planhat_destinations_job,
     planhat_fetch_job,
 )
 from hull_planhat_pipelines.resources import (
@@ -39,14 +43,23 @@ def build_definitions(
             *build_copper_assets(settings, partitions),
             *build_planhat_assets(settings, partitions),
             *build_hull_assets(settings),
+            *build_payload_assets(settings),
+            build_delivery_asset(settings),
+            *build_destination_assets(settings),
         ],
         asset_checks=[*build_copper_checks(settings), *planhat_checks(), *hull_checks()],
-        jobs=[copper_job, planhat_job, hull_sync_job()],
+        jobs=[
+            copper_job,
+            planhat_job,
+            hull_sync_job(),
+            planhat_delivery_job(),
+            planhat_destinations_job(),
+        ],
         sensors=[
             build_copper_incremental_sensor(settings, copper_job),
             dg.AutomationConditionSensorDefinition(
                 "hull_planhat_automation",
-                target=dg.AssetSelection.groups("hull"),
+                target=dg.AssetSelection.groups("hull", "outgoing"),
                 default_status=dg.DefaultSensorStatus.RUNNING,
             ),
         ],

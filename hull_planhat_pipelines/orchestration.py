@@ -171,3 +171,24 @@ def hull_sync_job() -> UnresolvedAssetJobDefinition:
         selection=dg.AssetSelection.groups("hull"),
         description="Apply the raw rows fetched since the last run to the Hull profile store.",
     )
+
+
+def planhat_delivery_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "planhat_delivery",
+        selection=dg.AssetSelection.groups("outgoing") - DESTINATIONS,
+        description="Diffed payloads and their bulk delivery to Planhat.",
+    )
+
+
+DESTINATIONS = dg.AssetSelection.groups("outgoing") & dg.AssetSelection.tag(
+    "planhat/kind", "destination"
+)
+
+
+def planhat_destinations_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "planhat_destinations",
+        selection=DESTINATIONS,
+        description="Configured destinations: any other Planhat endpoint.",
+    )

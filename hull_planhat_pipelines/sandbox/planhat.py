@@ -21,6 +21,11 @@ It keeps the real API's rules, because a sandbox kinder than Planhat hides bugs:
   payload) with Planhat's counters and key lists. An enduser tied to no company is silently
   ignored: it appears nowhere in the answer, exactly as Planhat documents.
 - Every write bumps ``updatedAt`` (companies also ``lastUpdated``), even one changing nothing.
+- Other models (conversations, licenses, assets, issues, tasks, projects, invoices, nps, churn,
+  opportunities, sales; declared in ``planhat_store.GENERIC_MODELS``) get the full route set:
+  list (cap 2,000), get, ``POST`` one, bulk ``PUT``, ``PUT``/``PATCH``/``DELETE`` one, with the
+  same keyables, statuses and bulk answer as companies. There is no ``/notes``: notes are
+  conversations with ``type: "note"``.
 - Analytics: activities need no auth, only the tenant token in the path, and always get 200 with
   an empty body; activities matching no enduser or company are dropped. An unknown tenant token
   is 401 (Planhat documents nothing; a loud error beats a silent sink). Dimension data requires
@@ -50,6 +55,7 @@ from urllib.parse import unquote
 
 from hull_planhat_pipelines.sandbox.planhat_store import (
     BULK_MAX_ITEMS,
+    GENERIC_MODELS,
     BadRequest,
     NotFound,
     PlanhatStore,
@@ -69,7 +75,15 @@ from hull_planhat_pipelines.sandbox.server import (
 
 ANALYTICS_MAX_BYTES = 32 * 1024 * 1024
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
-_LIST_FILTERS = {"companies": (), "endusers": ("companyId", "email"), "users": ("email",)}
+_LIST_FILTERS: dict[str, tuple[str, ...]] = {
+    "companies": (),
+    "endusers": ("companyId", "email"),
+    "users": ("email",),
+    **{
+        name: ("companyId",) if spec.company_field == "companyId" else ()
+        for name, spec in GENERIC_MODELS.items()
+    },
+}
 _LEAN_FILTERS = ("externalId", "sourceId", "status")
 
 
@@ -219,6 +233,15 @@ class PlanhatSandbox:
     def add_users(self, records: list[Record]) -> list[Record]:
         return [copy_record(r) for r in self.store.seed_records("users", records)]
 
+    def records(self, model: str) -> list[Record]:
+        """Every stored record of any model (``conversations``, ``licenses``, ...), in order."""
+        return [copy_record(r) for r in self.store.all(model_name(model))]
+
+    def add_records(self, model: str, records: list[Record]) -> list[Record]:
+        """Store records of any model as given (no API rules), filling ``_id`` and timestamps;
+        a ``companyExternalId`` is resolved into the model's company field."""
+        return [copy_record(r) for r in self.store.seed_records(model, records)]
+
     def set_list_limit(self, model: str, limit: int) -> None:
         """Change a list endpoint's page cap (small caps make paging tests cheap)."""
         self.store.list_caps[model_name(model)] = limit
@@ -230,7 +253,10 @@ class PlanhatSandbox:
         message: str,
         times: int | None = None,
     ) -> None:
-        """Make bulk items matching ``predicate`` fail with ``message`` (``times`` None: always)."""
+        """Make bulk items matching ``predicate`` fail with ``message`` (``times`` None: always).
+
+        For the generic models (conversations, licenses, ...) single writes (``POST``, ``PUT``/
+        ``PATCH`` one) matching it are refused too, with a 400."""
         self.store.inject(model, predicate, message, times)
 
     @property
@@ -269,7 +295,7 @@ class PlanhatSandbox:
         routes: list[tuple[str, str, Handler]] = [
             ("GET", "/leancompanies", self._lean),
         ]
-        for model in ("companies", "endusers", "users"):
+        for model in ("companies", "endusers", "users", *GENERIC_MODELS):
             one = f"/{model}/(?P<id>[^/]+)"
             routes += [
                 ("GET", f"/{model}", self._list(model)),

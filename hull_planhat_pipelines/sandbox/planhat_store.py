@@ -27,6 +27,26 @@ the real API hides bugs):
 - An activity for an unknown enduser whose ``companyExternalId`` names a company creates that
   enduser (Planhat needs ``companyExternalId`` for exactly that); activities set ``lastActive``.
 - Metrics are validated item by item but their ``externalId`` is not required to exist.
+
+Generic models (``GENERIC_MODELS``: conversations, licenses, assets, issues, tasks, projects,
+invoices, nps, churn, opportunities, sales) are the "any other endpoint" a destination may
+target. Their fields are not declared anywhere we trust, so:
+
+- Every top-level field is kept except ``_id``, the timestamps, dotted keys and
+  ``companyExternalId`` (resolved into the company field); ``custom`` must be an object and is
+  merged one level deep. Keyables are ``_id``, ``sourceId``, ``externalId``; ``sourceId`` and
+  ``externalId`` are unique per model.
+- Required on create: only what a source says. Licenses need a company (Hull's connector:
+  "licenses in bulk need companyId"); conversations need one too (Planhat ties every
+  conversation to a company; notes are conversations with ``type: "note"``, so there is no
+  ``/notes`` model). Nothing else is required.
+- A record names its company by its company field (``companyId``; invoices ``cId``, per
+  Planhat's odd field names) as an ``_id`` or ``extid-<externalId>``/``srcid-<sourceId>``, or by
+  ``companyExternalId``; the field is stored as the company's ``_id``. A company named but not
+  found is an error for every generic model (POST: 400; bulk: a per-item error), never
+  silently ignored. ``companyIds`` (issues) is stored as given.
+- ``fail_items`` rules apply to bulk items and, for generic models only, to single writes too
+  (answered 400), since their destinations often write one record per call.
 """
 
 from __future__ import annotations
@@ -43,7 +63,46 @@ from typing import Any
 Record = dict[str, Any]
 Clock = Callable[[], datetime]
 
-LIST_CAPS: dict[str, int] = {"companies": 5000, "endusers": 2000, "users": 10000}
+
+@dataclass(frozen=True)
+class GenericModel:
+    """A Planhat model the sandbox keeps without model-specific rules."""
+
+    name: str
+    """Planhat's model name (``Conversation``), used in messages and as an alias."""
+    company_required: bool = False
+    """Creating a record needs an existing company."""
+    company_field: str = "companyId"
+    required: tuple[str, ...] = ()
+    """Fields a create must carry (beyond the company)."""
+
+
+GENERIC_MODELS: dict[str, GenericModel] = {
+    "conversations": GenericModel("Conversation", company_required=True),
+    "licenses": GenericModel("License", company_required=True),
+    "assets": GenericModel("Asset"),
+    "issues": GenericModel("Issue"),
+    "tasks": GenericModel("Task"),
+    "projects": GenericModel("Project"),
+    "invoices": GenericModel("Invoice", company_field="cId"),
+    "nps": GenericModel("Nps"),
+    "churn": GenericModel("Churn"),
+    "opportunities": GenericModel("Opportunity"),
+    "sales": GenericModel("Sale"),
+}
+"""Model path -> its rules. Page cap 2,000 (Airbyte and robocorp page "other models" so)."""
+GENERIC_LIST_CAP = 2000
+GENERIC_RESERVED = frozenset(
+    {"_id", "companyExternalId", "createdAt", "createDate", "updatedAt", "lastUpdated"}
+)
+"""Fields a generic write never stores as given."""
+
+LIST_CAPS: dict[str, int] = {
+    "companies": 5000,
+    "endusers": 2000,
+    "users": 10000,
+    **{name: GENERIC_LIST_CAP for name in GENERIC_MODELS},
+}
 DEFAULT_LIMIT = 100
 """Rows returned when ``limit`` is omitted (Planhat documents none; its clients page by 100)."""
 BULK_MAX_ITEMS = 5000
@@ -75,7 +134,12 @@ USER_FIELDS = frozenset(
     }
 )  # fmt: skip
 FIELDS = {"companies": COMPANY_FIELDS, "endusers": ENDUSER_FIELDS, "users": USER_FIELDS}
-MODEL_NAMES = {"companies": "Company", "endusers": "EndUser", "users": "User"}
+MODEL_NAMES = {
+    "companies": "Company",
+    "endusers": "EndUser",
+    "users": "User",
+    **{name: spec.name for name, spec in GENERIC_MODELS.items()},
+}
 _ALIASES = {
     "company": "companies",
     "companies": "companies",
@@ -83,11 +147,14 @@ _ALIASES = {
     "endusers": "endusers",
     "user": "users",
     "users": "users",
+    **{name: name for name in GENERIC_MODELS},
+    **{spec.name.lower(): name for name, spec in GENERIC_MODELS.items()},
 }
 _DEFAULTS: dict[str, Callable[[], Record]] = {
     "companies": lambda: {"domains": [], "tags": [], "custom": {}},
     "endusers": lambda: {"archived": False, "primary": False, "tags": [], "custom": {}},
     "users": lambda: {"roles": [], "inactive": False, "isHidden": False, "removed": False},
+    **{name: dict for name in GENERIC_MODELS},
 }
 """Fields a created record starts with; anything else is absent until written."""
 _DIMENSION_ID = re.compile(r"^[A-Za-z0-9_]+$")
@@ -443,7 +510,7 @@ class PlanhatStore:
         self.list_caps = dict(LIST_CAPS)
         self.activities: list[Record] = []
         self.dimension_data: list[Record] = []
-        self._injected: dict[str, list[Injected]] = {"companies": [], "endusers": []}
+        self._injected: dict[str, list[Injected]] = {name: [] for name in LIST_CAPS}
         self._sorted: dict[tuple[str, str], tuple[int, list[Record]]] = {}
         self.lock = threading.RLock()
 
@@ -497,6 +564,8 @@ class PlanhatStore:
             rec.setdefault("slug", slugify(str(rec.get("name") or rid)))
         if model == "endusers":
             self._seed_link(rec)
+        if model in GENERIC_MODELS:
+            self._seed_generic_link(model, rec)
         self.tables[model].put(rec, None)
         return rec
 
@@ -508,6 +577,15 @@ class PlanhatStore:
         if company is None:
             raise ValueError(f"enduser {rec.get('email')!r} names no existing company")
         rec["companyName"] = company.get("name")
+
+    def _seed_generic_link(self, model: str, rec: Record) -> None:
+        ref = rec.pop("companyExternalId", None)
+        field_name = GENERIC_MODELS[model].company_field
+        if rec.get(field_name) is None and ref is not None:
+            company_id = self.company_id(f"extid-{ref}")
+            if company_id is None:
+                raise ValueError(f"{model} record names no existing company {ref!r}")
+            rec[field_name] = company_id
 
     # -- reads --------------------------------------------------------------------------------
     def company_id(self, ref: str) -> str | None:
@@ -626,6 +704,8 @@ class PlanhatStore:
     # -- write rules shared by bulk and single writes ----------------------------------------
     def _clean(self, model: str, item: Record) -> Record:
         """The known, well-typed fields of a write (unknown ones dropped); ItemError otherwise."""
+        if model in GENERIC_MODELS:
+            return _clean_generic(GENERIC_MODELS[model], item)
         changes = {k: v for k, v in item.items() if k in FIELDS[model]}
         for name, value in changes.items():
             problem = _type_error(name, value)
@@ -648,6 +728,8 @@ class PlanhatStore:
             new[name] = {**(old.get("custom") or {}), **value} if name == "custom" else value
         if model == "endusers":
             self._enduser_links(new, old, changes, company_id)
+        if model in GENERIC_MODELS and company_id is not None:
+            new[GENERIC_MODELS[model].company_field] = company_id
         return new
 
     def _enduser_links(
@@ -671,8 +753,12 @@ class PlanhatStore:
         src, ext = key(rec.get("sourceId")), key(rec.get("externalId"))
         if src is not None and table.by_source.get(src, rid) != rid:
             raise ItemError(f"sourceId {src!r} is already used by {table.by_source[src]}")
-        if model == "companies" and ext is not None and (table.by_ext.get(ext, set()) - {rid}):
-            raise ItemError(f"externalId {ext!r} is already used by another company")
+        if (
+            (model == "companies" or model in GENERIC_MODELS)
+            and ext is not None
+            and (table.by_ext.get(ext, set()) - {rid})
+        ):
+            raise ItemError(f"externalId {ext!r} is already used by another {MODEL_NAMES[model]}")
         if model == "endusers" and ext is not None:
             holder = table.by_company_ext.get((rec["companyId"], ext), rid)
             if holder != rid:
@@ -701,10 +787,14 @@ class PlanhatStore:
                 self.endusers.put({**enduser, "companyName": new.get("name")}, enduser)
 
     def _company_link(self, model: str, item: Record) -> tuple[bool, str | None]:
-        """Whether an enduser item names its company, and that company's ``_id`` if it exists."""
-        if model != "endusers":
+        """Whether an item names its company, and that company's ``_id`` if it exists."""
+        if model in GENERIC_MODELS:
+            field_name = GENERIC_MODELS[model].company_field
+        elif model == "endusers":
+            field_name = "companyId"
+        else:
             return False, None
-        ref, ext = key(item.get("companyId")), key(item.get("companyExternalId"))
+        ref, ext = key(item.get(field_name)), key(item.get("companyExternalId"))
         if ref is not None:
             return True, self.company_id(ref)
         if ext is not None:
@@ -768,6 +858,8 @@ class PlanhatStore:
             isinstance(changes.get("name"), str) and changes["name"].strip()
         ):
             raise ItemError("name is required to create a company")
+        if model in GENERIC_MODELS:
+            _check_generic_create(GENERIC_MODELS[model], changes, named, company_id)
         if model == "endusers":
             if not named:
                 company_id = self._company_by_domain(changes.get("email"))
@@ -839,6 +931,8 @@ class PlanhatStore:
                 if missing:
                     raise BadRequest("missing required fields: " + ", ".join(missing))
             named, company_id = self._company_link(model, body)
+            if model in GENERIC_MODELS:
+                return self._create_generic(model, body, named, company_id)
             if model == "endusers" and company_id is None:
                 raise BadRequest(
                     "companyId does not name an existing company"
@@ -849,6 +943,17 @@ class PlanhatStore:
                 created = self._create(model, body, True, company_id, self.now())
             except ItemError as exc:
                 raise BadRequest(str(exc)) from None
+        assert created is not None
+        return created
+
+    def _create_generic(
+        self, model: str, body: Record, named: bool, company_id: str | None
+    ) -> Record:
+        try:
+            self._take_injected(model, body)
+            created = self._create(model, body, named, company_id, self.now())
+        except ItemError as exc:
+            raise BadRequest(str(exc)) from None
         assert created is not None
         return created
 
@@ -864,6 +969,8 @@ class PlanhatStore:
                 raise BadRequest("_id cannot be changed")
             named, company_id = self._company_link(model, body)
             try:
+                if model in GENERIC_MODELS:
+                    self._take_injected(model, body)
                 new, _ = self._update(model, old, body, named, company_id, self.now())
             except ItemError as exc:
                 raise BadRequest(str(exc)) from None
@@ -953,6 +1060,31 @@ class PlanhatStore:
                 )
                 processed += 1
         return {"processed": processed, "errors": errors}
+
+
+def _clean_generic(spec: GenericModel, item: Record) -> Record:
+    """Every top-level field but the reserved ones, the company field and dotted keys."""
+    changes = {
+        k: v
+        for k, v in item.items()
+        if k not in GENERIC_RESERVED and k != spec.company_field and "." not in k
+    }
+    if "custom" in changes and not isinstance(changes["custom"], dict):
+        raise ItemError("custom must be an object")
+    return changes
+
+
+def _check_generic_create(
+    spec: GenericModel, changes: Record, named: bool, company_id: str | None
+) -> None:
+    """A generic create's company and required fields, as ``GENERIC_MODELS`` declares them."""
+    if named and company_id is None:
+        raise ItemError(f"{spec.company_field} does not name an existing company")
+    if spec.company_required and company_id is None:
+        raise ItemError(f"{spec.company_field} or companyExternalId is required")
+    missing = [f for f in spec.required if key(changes.get(f)) is None]
+    if missing:
+        raise ItemError("missing required fields: " + ", ".join(missing))
 
 
 def _composed(rec: Record) -> str | None:

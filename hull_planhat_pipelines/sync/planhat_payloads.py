@@ -854,3 +854,29 @@ def all_metric_payloads(
     if not frames:
         return _empty_payloads(("dimension_id", "model", "external_id", "date", "value")), events
     return pd.concat(frames, ignore_index=True), events
+
+
+COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"
+
+
+def drop_unknown_companies(payloads: pd.DataFrame, known_company_ids: Collection[str]) -> Payloads:
+    """Endusers whose company Planhat does not have, and is not being sent, are skipped.
+
+    Planhat silently ignores an enduser it cannot tie to a company; sent anyway, such a record
+    is never confirmed and would be retried by every run.
+    """
+    if payloads.empty:
+        return payloads, []
+    known = {str(k) for k in known_company_ids}
+    keep = payloads["company_external_id"].astype("string").isin(known).fillna(False).to_numpy()
+    events = [
+        _skip(
+            "outgoing.user.skip",
+            "user",
+            row.hull_id,
+            COMPANY_NOT_IN_PLANHAT,
+            company_external_id=row.company_external_id,
+        )
+        for row in payloads.loc[~keep].itertuples(index=False)
+    ]
+    return payloads.loc[keep].reset_index(drop=True), events
