@@ -231,9 +231,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 # -- sandbox and demo ------------------------------------------------------------------------
+@dataclass
+class Sandboxes:
+    env: dict[str, str]
+    copper: Any
+    planhat: Any
+
+    def planhat_writes(self) -> int:
+        return int(self.planhat.write_count())
+
+
 @contextlib.contextmanager
-def sandboxes(seed: int, scale: float) -> Iterator[dict[str, str]]:
-    """Start the emulated APIs; yield the environment that points the pipeline at them.
+def sandboxes(seed: int, scale: float) -> Iterator[Sandboxes]:
+    """Start the emulated APIs, with the environment that points the pipeline at them.
 
     Planhat is seeded with the team members whose ids the Copper companies carry as owners.
     """
@@ -246,12 +256,34 @@ def sandboxes(seed: int, scale: float) -> Iterator[dict[str, str]]:
         seed=seed, scale=scale, seed_user_ids=planhat_user_ids(seed, PLANHAT_TEAM_SIZE)
     )
     with copper, planhat:
-        yield {
+        env = {
             "COPPER_API_URL": copper.base_url,
             "COPPER_API_KEY": copper.api_key,
             "COPPER_USER_EMAIL": copper.user_email,
             **planhat.env(),
         }
+        yield Sandboxes(env, copper, planhat)
+
+
+def warehouse_summary() -> str:
+    """Rows per table of the warehouse, for the demo's closing lines."""
+    from hull_planhat_pipelines.warehouse import read_only
+
+    with read_only() as conn:
+        if conn is None:
+            return "(empty)"
+        tables = conn.execute(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_type = 'BASE TABLE' order by 1, 2"
+        ).fetchall()
+        rows = [
+            (
+                f"{schema}.{name}",
+                conn.execute(f'select count(*) from {schema}."{name}"').fetchone()[0],
+            )
+            for schema, name in tables
+        ]
+    return "\n".join(f"  {name:<36} {count:>9,}" for name, count in rows)
 
 
 def _wait_for_interrupt() -> None:
@@ -263,8 +295,8 @@ def _wait_for_interrupt() -> None:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    with sandboxes(args.seed, args.scale) as env:
-        for name, value in env.items():
+    with sandboxes(args.seed, args.scale) as running:
+        for name, value in running.env.items():
             print(f"export {name}={value}")
         print(flush=True)
         _wait_for_interrupt()
@@ -272,16 +304,25 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    with sandboxes(args.seed, args.scale) as env:
-        os.environ.update(env)
-        started = time.monotonic()
-        summary = run_sync(full=True)
-        print(summary.table())
-        print(f"\nfull sync in {time.monotonic() - started:.1f}s; warehouse: ", end="")
-        from hull_planhat_pipelines.warehouse import warehouse_path
+    """Sandbox, a full sync, then a second sync that shows a settled loop writes nothing."""
+    from hull_planhat_pipelines.warehouse import warehouse_path
 
-        print(warehouse_path())
-    return 0 if summary.ok else 1
+    with sandboxes(args.seed, args.scale) as running:
+        os.environ.update(running.env)
+        ok = True
+        for title, full in (("full sync", True), ("second sync, no source change", False)):
+            before = running.planhat_writes()
+            started = time.monotonic()
+            summary = run_sync(full=full)
+            ok = ok and summary.ok
+            writes = running.planhat_writes() - before
+            print(
+                f"\n== {title}: {time.monotonic() - started:.1f}s, "
+                f"{writes} write requests to Planhat =="
+            )
+            print(summary.table())
+        print(f"\nwarehouse {warehouse_path()}:\n{warehouse_summary()}")
+    return 0 if ok else 1
 
 
 # -- check-config ----------------------------------------------------------------------------

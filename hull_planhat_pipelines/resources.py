@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import dagster as dg
 import duckdb
 
-from hull_planhat_pipelines.clients.copper import CopperClient
+from hull_planhat_pipelines.clients.copper import SHARED_METADATA, CopperClient
 from hull_planhat_pipelines.clients.hull import HullFirehoseClient
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.warehouse import read_only
@@ -37,6 +37,7 @@ class CopperResource(dg.ConfigurableResource):
             self.api_key,
             self.user_email,
             requests_per_minute=self.requests_per_minute,
+            metadata_cache=SHARED_METADATA,
         )
 
 

@@ -17,6 +17,7 @@ from hull_planhat_pipelines.clients.copper import (
     METADATA_CALLS,
     CopperCapError,
     CopperClient,
+    MetadataCache,
     Page,
     search_requests,
 )
@@ -513,3 +514,30 @@ def test_seeded_objects_frame_without_problems(
     assert (note["type_name"], note["parent_type"]) == ("Note", "person")
     assert activities.loc[acts["system_email"], "type_category"] == "system"
     assert not activities["fields"].str.contains("&amp;|&#x27;|&quot;").any()
+
+
+def test_clients_sharing_a_metadata_cache_read_the_lookups_once_per_ttl(
+    sandbox: CopperSandbox, time: FakeTime
+) -> None:
+    cache = MetadataCache(ttl=300, clock=time.clock)
+
+    def client() -> CopperClient:
+        return CopperClient(
+            sandbox.base_url,
+            SANDBOX_KEY,
+            SANDBOX_EMAIL,
+            requests_per_minute=None,
+            metadata_cache=cache,
+        )
+
+    with client() as first:
+        first.metadata()
+        spent = first.stats.requests
+    with client() as second:
+        assert second.metadata() is not None and second.stats.requests == 0
+    time.sleep(300)
+    with client() as third:
+        third.metadata()
+        assert third.stats.requests == spent
+    with CopperClient(sandbox.base_url, "other-key", SANDBOX_EMAIL) as other:
+        assert cache.get(("x", SANDBOX_EMAIL)) is None and other._metadata_cache is None

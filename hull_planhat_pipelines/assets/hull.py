@@ -189,8 +189,13 @@ def apply(
     *,
     run_id: str,
     now: dt.datetime,
+    forwarding: bool,
 ) -> tuple[Changes, ProfileStore, Sources, int]:
-    """Compute and apply one sync in a single transaction; returns what changed."""
+    """Compute and apply one sync in a single transaction; returns what changed.
+
+    With ``forwarding`` on, the firehose messages of the changes join the outbox in the same
+    transaction; off, nothing is queued (turning it on later forwards changes from then on).
+    """
     for statement in STATE_DDL:
         run(conn, statement)
     sources = read_sources(conn)
@@ -217,8 +222,9 @@ def apply(
                 accounts,
                 revision=run_id,
             )
-            _append(conn, "hull.firehose_outbox", messages)
-            outbox = len(messages)
+            if forwarding:
+                _append(conn, "hull.firehose_outbox", messages)
+                outbox = len(messages)
         for source, mark in sources.watermarks.items():
             run(
                 conn,
@@ -356,7 +362,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         conn = duckdb.connect(warehouse.database)
         try:
             changes, store, sources, outbox = apply(
-                conn, settings, run_id=context.run.run_id, now=now
+                conn, settings, run_id=context.run.run_id, now=now, forwarding=hull_firehose.enabled
             )
         finally:
             conn.close()
