@@ -154,7 +154,8 @@ def delivery_run_config(defs: Any, *, force: bool, dry_run: bool) -> dict[str, A
         elif name == "planhat__deliveries":
             ops[name] = {"config": {"dry_run": dry_run}}
         elif name.startswith("planhat__destination_"):
-            ops[name] = {"config": {"force": force, "dry_run": dry_run}}
+            # --force re-sends payloads; a forced POST would create duplicates in Planhat.
+            ops[name] = {"config": {"dry_run": dry_run}}
     return ops
 
 

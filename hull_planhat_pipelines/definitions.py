@@ -9,6 +9,7 @@ from hull_planhat_pipelines.assets.outgoing import build_delivery_asset, build_p
 from hull_planhat_pipelines.assets.planhat import build_planhat_assets
 from hull_planhat_pipelines.checks import build_copper_checks, hull_checks, planhat_checks
 from hull_planhat_pipelines.orchestration import (
+    build_chain_sensors,
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
     build_planhat_fetch_schedule,
@@ -37,6 +38,13 @@ def build_definitions(
     partitions = daily_partitions(settings)
     copper_job = copper_sync_job(partitions)
     planhat_job = planhat_fetch_job(partitions)
+    jobs = {
+        "copper_sync": copper_job,
+        "planhat_fetch": planhat_job,
+        "hull_sync": hull_sync_job(),
+        "planhat_delivery": planhat_delivery_job(),
+        "planhat_destinations": planhat_destinations_job(),
+    }
     database = warehouse_path()
     return dg.Definitions(
         assets=[
@@ -48,20 +56,12 @@ def build_definitions(
             *build_destination_assets(settings),
         ],
         asset_checks=[*build_copper_checks(settings), *planhat_checks(), *hull_checks()],
-        jobs=[
-            copper_job,
-            planhat_job,
-            hull_sync_job(),
-            planhat_delivery_job(),
-            planhat_destinations_job(),
-        ],
+        jobs=list(jobs.values()),
+        # Steps of a run share one process: DuckDB takes one writing process per file.
+        executor=dg.in_process_executor,
         sensors=[
             build_copper_incremental_sensor(settings, copper_job),
-            dg.AutomationConditionSensorDefinition(
-                "hull_planhat_automation",
-                target=dg.AssetSelection.groups("hull", "outgoing"),
-                default_status=dg.DefaultSensorStatus.RUNNING,
-            ),
+            *build_chain_sensors(jobs),
         ],
         schedules=[
             build_copper_fetch_all_schedule(settings, copper_job, partitions),

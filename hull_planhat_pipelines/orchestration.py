@@ -192,3 +192,46 @@ def planhat_destinations_job() -> UnresolvedAssetJobDefinition:
         selection=DESTINATIONS,
         description="Configured destinations: any other Planhat endpoint.",
     )
+
+
+# -- what runs after what ----------------------------------------------------------------------
+CHAIN = [
+    ("hull_after_sources", ("copper_sync", "planhat_fetch"), "hull_sync"),
+    ("planhat_after_hull", ("hull_sync",), "planhat_delivery"),
+    ("destinations_after_delivery", ("planhat_delivery",), "planhat_destinations"),
+]
+"""Explicit chaining, not declarative automation: a successful run of the jobs on the left
+requests the job on the right. Each step reads what changed since it last ran, so one run
+catches up with any number of upstream runs; a run already queued or running is enough."""
+
+ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def build_chain_sensors(
+    jobs: dict[str, UnresolvedAssetJobDefinition],
+) -> list[dg.RunStatusSensorDefinition]:
+    def build(name: str, after: tuple[str, ...], then: str) -> dg.RunStatusSensorDefinition:
+        @dg.run_status_sensor(
+            name=name,
+            run_status=dg.DagsterRunStatus.SUCCESS,
+            monitored_jobs=[jobs[a] for a in after],
+            request_job=jobs[then],
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description=f"After a successful {' or '.join(after)} run: {then}.",
+        )
+        def _chain(context: dg.RunStatusSensorContext):
+            active = context.instance.get_runs(
+                filters=dg.RunsFilter(job_name=then, statuses=ACTIVE), limit=1
+            )
+            if active:
+                return dg.SkipReason(f"{then} is already queued or running")
+            return dg.RunRequest(run_key=f"{then}:after:{context.dagster_run.run_id}")
+
+        return _chain
+
+    return [build(name, after, then) for name, after, then in CHAIN]

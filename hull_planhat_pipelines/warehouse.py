@@ -9,7 +9,8 @@ Dagster's DuckDB pandas I/O manager, with three changes a production table needs
 """
 
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,34 @@ def warehouse_path() -> str:
     return path
 
 
+LOCK_WAIT_SECONDS = 120.0
+
+
+def connect(
+    path: str,
+    *,
+    read_only: bool = False,
+    wait: float = LOCK_WAIT_SECONDS,
+    sleeper: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse, waiting (bounded) while another process holds its lock.
+
+    DuckDB allows one writing process per file; runs that overlap take turns instead of
+    failing. Past ``wait`` seconds the lock error is raised with what was waited for.
+    """
+    deadline = clock() + wait
+    pause = 0.1
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or clock() >= deadline:
+                raise
+            sleeper(pause)
+            pause = min(pause * 2, 2.0)
+
+
 @contextmanager
 def read_only(path: str | None = None) -> Iterator[duckdb.DuckDBPyConnection | None]:
     """A short-lived read-only connection, or ``None`` if the warehouse does not exist yet."""
@@ -39,7 +68,7 @@ def read_only(path: str | None = None) -> Iterator[duckdb.DuckDBPyConnection | N
     if not Path(path).exists():
         yield None
         return
-    conn = duckdb.connect(path, read_only=True)
+    conn = connect(path, read_only=True)
     try:
         yield conn
     finally:
@@ -184,7 +213,7 @@ def append_sync_log(frame: pd.DataFrame, path: str | None = None) -> None:
     """Append rows to ``ops.sync_log`` (one short write; never held across steps)."""
     if frame.empty:
         return
-    conn = duckdb.connect(path or warehouse_path())
+    conn = connect(path or warehouse_path())
     try:
         for statement in filter(str.strip, SYNC_LOG_DDL.split(";")):
             run(conn, statement)

@@ -1,13 +1,16 @@
 """The warehouse I/O manager: exact partition replacement, typed empty tables, current views."""
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pandas as pd
+import pytest
 
-from hull_planhat_pipelines.warehouse import WarehouseIOManager
+from hull_planhat_pipelines.warehouse import WarehouseIOManager, connect
 
 PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-01-05")
 
@@ -103,3 +106,55 @@ def test_a_failed_write_leaves_the_partition_as_it_was(tmp_path: Path) -> None:
     clash["id"] = pd.Series(["not a number"], dtype="string")  # cannot go into BIGINT
     _materialize(db, {"2026-01-01": clash}, "2026-01-01", succeeds=False)
     assert _query(db, "select id from copper.things order by id") == [(1,), (2,)]
+
+
+def test_a_connection_waits_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    database, release = tmp_path / "w.duckdb", tmp_path / "release"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, os, time\n"
+            f"conn = duckdb.connect({str(database)!r})\n"
+            "print('held', flush=True)\n"
+            f"while not os.path.exists({str(release)!r}):\n"
+            "    time.sleep(0.01)\n"
+            "conn.close()\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    waits: list[float] = []
+
+    def sleeper(seconds: float) -> None:  # the other run finishes while we wait
+        waits.append(seconds)
+        release.touch()
+        holder.wait(timeout=10)
+
+    conn = connect(str(database), sleeper=sleeper)
+    conn.close()
+    assert waits == [0.1]
+
+
+def test_a_lock_held_past_the_wait_raises(tmp_path: Path) -> None:
+    database = tmp_path / "w.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys\nc = duckdb.connect({str(database)!r})\n"
+            "print('held', flush=True)\nsys.stdin.read()",
+        ],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        ticks = iter(range(100))
+        with pytest.raises(duckdb.IOException, match="lock"):
+            connect(str(database), wait=3, sleeper=lambda s: None, clock=lambda: next(ticks))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)

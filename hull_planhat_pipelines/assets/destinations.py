@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import dagster as dg
+import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.assets.outgoing import (
@@ -27,7 +28,7 @@ from hull_planhat_pipelines.sync.destinations import destination_records
 from hull_planhat_pipelines.sync.fingerprints import advance_fingerprints
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import run, table_exists
+from hull_planhat_pipelines.warehouse import connect, run, table_exists
 
 API_RESPONSES = "planhat.api_responses"
 
@@ -42,9 +43,7 @@ class DestinationConfig(dg.Config):
 
 
 def _capture(database: str, rows: pd.DataFrame) -> None:
-    import duckdb
-
-    conn = duckdb.connect(database)
+    conn = connect(database)
     try:
         run(conn, "create schema if not exists planhat")
         conn.register("_responses", rows)
@@ -91,7 +90,6 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
         kinds={"planhat"},
         tags={"planhat/kind": "destination"},
         pool="warehouse",
-        automation_condition=dg.AutomationCondition.eager(),
         description=(
             f"{destination.method} {destination.path}: the rows of `{destination.source_sql}`"
             + (f", without {', '.join(destination.exclude)}" if destination.exclude else "")
@@ -108,7 +106,19 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
         with warehouse.read_only() as conn:
             if conn is None:
                 raise dg.Failure("the warehouse is empty: run the Hull sync first")
-            source = conn.execute(destination.source_sql).fetchdf()
+            try:
+                source = conn.execute(destination.source_sql).fetchdf()
+            except duckdb.CatalogException as exc:
+                # A table the SQL reads has not been materialized yet (first runs): wait.
+                context.log.warning(f"destination {destination.name} waits: {exc}")
+                return dg.MaterializeResult(
+                    metadata={"sent": 0, "waiting_for": dg.MetadataValue.text(str(exc))}
+                )
+            except duckdb.Error as exc:
+                raise dg.Failure(
+                    f"destination {destination.name}: its source_sql failed: {exc}",
+                    allow_retries=False,
+                ) from None
             fingerprints = _fingerprints(conn)
         records, skipped = destination_records(
             source, destination, fingerprints, force=config.force or config.test_mode

@@ -30,7 +30,7 @@ from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
 from hull_planhat_pipelines.sync.segments import evaluate_segments
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import run, table_exists
+from hull_planhat_pipelines.warehouse import connect, run, table_exists
 
 COPPER_SOURCES = ("leads", "people", "companies", "opportunities", "activities")
 PLANHAT_SOURCES = ("companies", "endusers")
@@ -268,7 +268,7 @@ def forward(
     """Send the outbox; only messages the firehose took leave it."""
     if not firehose.enabled:
         return {}, []
-    conn = duckdb.connect(database)
+    conn = connect(database)
     try:
         pending = _frame(conn, f"select {', '.join(OUTBOX_COLUMNS)} from hull.firehose_outbox")
         if pending.empty:
@@ -316,37 +316,31 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     raw = [dg.AssetKey(["copper", n]) for n in COPPER_SOURCES] + [
         dg.AssetKey(["planhat", n]) for n in PLANHAT_SOURCES
     ]
-    eager = dg.AutomationCondition.eager()
     specs = [
         dg.AssetSpec(
             HULL_KEYS["user_upserts"],
             deps=raw,
             description="Per run: each (user, attribute) that differs from the profile store.",
-            automation_condition=eager,
         ),
         dg.AssetSpec(
             HULL_KEYS["account_upserts"],
             deps=raw,
             description="Per run: each (account, attribute) that differs from the store.",
-            automation_condition=eager,
         ),
         dg.AssetSpec(
             HULL_KEYS["events"],
             deps=[dg.AssetKey(["copper", "activities"])],
             description="Copper user activities as events, one row per activity id.",
-            automation_condition=eager,
         ),
         dg.AssetSpec(
             HULL_KEYS["users"],
             deps=[HULL_KEYS["user_upserts"]],
             description="Hull users with the upserts applied and segments evaluated.",
-            automation_condition=eager,
         ),
         dg.AssetSpec(
             HULL_KEYS["accounts"],
             deps=[HULL_KEYS["account_upserts"]],
             description="Hull accounts with the upserts applied and segments evaluated.",
-            automation_condition=eager,
         ),
     ]
 
@@ -359,7 +353,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         hull_firehose: HullFirehoseResource,
     ):
         now = dt.datetime.now(dt.UTC)
-        conn = duckdb.connect(warehouse.database)
+        conn = connect(warehouse.database)
         try:
             changes, store, sources, outbox = apply(
                 conn, settings, run_id=context.run.run_id, now=now, forwarding=hull_firehose.enabled

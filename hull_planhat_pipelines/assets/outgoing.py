@@ -34,10 +34,9 @@ from hull_planhat_pipelines.sync.planhat_payloads import (
     payloads_as_json,
 )
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import run, table_exists
+from hull_planhat_pipelines.warehouse import connect, run, table_exists
 
 OUTGOING_GROUP = "outgoing"
-EAGER = dg.AutomationCondition.eager()
 FINGERPRINTS = "planhat.delivery_fingerprints"
 DELIVERIES = "planhat.deliveries"
 DELIVERY_COLUMNS = [
@@ -99,7 +98,6 @@ def _payload_asset(
         group_name=OUTGOING_GROUP,
         kinds={"duckdb"},
         pool="warehouse",
-        automation_condition=EAGER,
         description=description,
     )
     def _payloads(
@@ -128,9 +126,21 @@ def _payload_asset(
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def companies(conn, fingerprints, force):
         accounts = read_table(conn, "hull.accounts")
-        if accounts is None:
-            return company_payloads(_no_profiles(), None, settings, fingerprints, force=force)
         users = read_table(conn, "planhat.users")
+        if accounts is None or (users is None and settings.planhat.owner_attribute):
+            waiting = (
+                []
+                if accounts is None
+                else [
+                    SyncEvent(
+                        event="outgoing.account.skip",
+                        reason="Planhat users not fetched yet: owners cannot be validated",
+                        details={"accounts": len(accounts)},
+                    )
+                ]
+            )
+            payloads, _ = company_payloads(_no_profiles(), None, settings, fingerprints)
+            return payloads, waiting
         return company_payloads(accounts, users, settings, fingerprints, force=force)
 
     def endusers(conn, fingerprints, force):
@@ -252,7 +262,7 @@ def _outcome_rows(
 
 def _commit(database: str, deliveries: pd.DataFrame, fingerprints: pd.DataFrame) -> None:
     """Delivery rows and the advanced fingerprints, in one transaction."""
-    conn = duckdb.connect(database)
+    conn = connect(database)
     try:
         run(conn, "create schema if not exists planhat")
         run(conn, "begin transaction")
@@ -283,7 +293,6 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
         group_name=OUTGOING_GROUP,
         kinds={"duckdb"},
         pool="warehouse",
-        automation_condition=EAGER,
         description=(
             "Sends the payloads in bulk and records one row per record: target, key, status, "
             "error, response excerpt. Fingerprints advance only for delivered records."
