@@ -200,6 +200,23 @@ class WarehouseIOManager(DuckDBIOManager):
         )
 
 
+def append_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Insert ``frame`` by column name, creating the table (and schema) on first use."""
+    schema, name = table.split(".")
+    exists = table_exists(conn, schema, name)
+    if frame.empty and exists:
+        return
+    run(conn, f"create schema if not exists {schema}")
+    conn.register("_append", frame)
+    try:
+        if exists:
+            run(conn, f"insert into {table} by name select * from _append")
+        else:
+            run(conn, f"create table {table} as select * from _append")
+    finally:
+        conn.unregister("_append")
+
+
 SYNC_LOG_DDL = """
 create schema if not exists ops;
 create table if not exists ops.sync_log (

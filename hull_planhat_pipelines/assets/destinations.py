@@ -28,7 +28,7 @@ from hull_planhat_pipelines.sync.destinations import destination_records
 from hull_planhat_pipelines.sync.fingerprints import advance_fingerprints
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import connect, run, table_exists
+from hull_planhat_pipelines.warehouse import append_table, connect
 
 API_RESPONSES = "planhat.api_responses"
 
@@ -45,12 +45,7 @@ class DestinationConfig(dg.Config):
 def _capture(database: str, rows: pd.DataFrame) -> None:
     conn = connect(database)
     try:
-        run(conn, "create schema if not exists planhat")
-        conn.register("_responses", rows)
-        if table_exists(conn, "planhat", "api_responses"):
-            run(conn, f"insert into {API_RESPONSES} by name select * from _responses")
-        else:
-            run(conn, f"create table {API_RESPONSES} as select * from _responses")
+        append_table(conn, API_RESPONSES, rows)
     finally:
         conn.close()
 

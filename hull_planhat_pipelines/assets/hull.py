@@ -30,7 +30,7 @@ from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
 from hull_planhat_pipelines.sync.segments import evaluate_segments
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import connect, run, table_exists
+from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
 COPPER_SOURCES = ("leads", "people", "companies", "opportunities", "activities")
 PLANHAT_SOURCES = ("companies", "endusers")
@@ -162,17 +162,6 @@ def _replace(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -
     conn.unregister("_replacement")
 
 
-def _append(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    if frame.empty and table_exists(conn, *table.split(".")):
-        return
-    conn.register("_rows", frame)
-    if table_exists(conn, *table.split(".")):
-        run(conn, f"insert into {table} by name select * from _rows")
-    else:
-        run(conn, f"create table {table} as select * from _rows")
-    conn.unregister("_rows")
-
-
 def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
     stamped = frame.copy()
     stamped["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
@@ -211,19 +200,21 @@ def apply(
             _replace(conn, "hull.users", users)
             _replace(conn, "hull.accounts", accounts)
             _replace(conn, "hull.events", store.events)
-            _append(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
-            _append(conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now))
-            messages = outbox_rows(
-                changes.user_upserts,
-                changes.account_upserts,
-                changes.links,
-                changes.events,
-                users,
-                accounts,
-                revision=run_id,
+            append_table(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
+            append_table(
+                conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now)
             )
-            if forwarding:
-                _append(conn, "hull.firehose_outbox", messages)
+            if forwarding:  # the messages cost as much as the rest of a first load
+                messages = outbox_rows(
+                    changes.user_upserts,
+                    changes.account_upserts,
+                    changes.links,
+                    changes.events,
+                    users,
+                    accounts,
+                    revision=run_id,
+                )
+                append_table(conn, "hull.firehose_outbox", messages)
                 outbox = len(messages)
         for source, mark in sources.watermarks.items():
             run(

@@ -34,7 +34,7 @@ from hull_planhat_pipelines.sync.planhat_payloads import (
     payloads_as_json,
 )
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import connect, run, table_exists
+from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
 OUTGOING_GROUP = "outgoing"
 FINGERPRINTS = "planhat.delivery_fingerprints"
@@ -266,11 +266,7 @@ def _commit(database: str, deliveries: pd.DataFrame, fingerprints: pd.DataFrame)
     try:
         run(conn, "create schema if not exists planhat")
         run(conn, "begin transaction")
-        conn.register("_deliveries", deliveries)
-        if table_exists(conn, "planhat", "deliveries"):
-            run(conn, f"insert into {DELIVERIES} by name select * from _deliveries")
-        else:
-            run(conn, f"create table {DELIVERIES} as select * from _deliveries")
+        append_table(conn, DELIVERIES, deliveries)
         conn.register(
             "_fingerprints",
             fingerprints[FINGERPRINT_COLUMNS].astype(

@@ -8,6 +8,7 @@ today's data under yesterday's date.
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -83,60 +84,76 @@ SNAPSHOT_METADATA = {
 }
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One Planhat model taken in full: a declaration, not a copy of the fetch loop."""
+
+    model: str
+    fields: tuple[str, ...]
+    incoming: Callable[[Settings], dict[str, str]]
+    pages: Callable[[PlanhatClient, list[str]], Iterator[list[dict[str, Any]]]]
+    frame: Callable[..., pd.DataFrame]
+    description: str
+
+
+SNAPSHOTS = (
+    Snapshot(
+        "companies",
+        COMPANY_FIELDS,
+        lambda s: s.planhat.incoming.company_attributes,
+        lambda client, select: client.iter_companies(select=select),
+        companies_frame,
+        "Full snapshot of Planhat companies taken on the partition's day.",
+    ),
+    Snapshot(
+        "endusers",
+        ENDUSER_FIELDS,
+        lambda s: s.planhat.incoming.enduser_attributes,
+        lambda client, select: client.iter_endusers(select=select),
+        endusers_frame,
+        "Full snapshot of Planhat endusers (archived ones are not listed by Planhat).",
+    ),
+)
+
+
+def build_snapshot_asset(
+    snapshot: Snapshot,
+    settings: Settings,
+    partitions_def: dg.PartitionsDefinition,
+    clock: Clock = _utc_now,
+) -> dg.AssetsDefinition:
+    asset = f"planhat/{snapshot.model}"
+
+    @dg.asset(
+        key=["planhat", snapshot.model],
+        partitions_def=partitions_def,
+        io_manager_key="warehouse_io_manager",
+        metadata=SNAPSHOT_METADATA,
+        group_name="planhat",
+        kinds={"duckdb"},
+        pool="warehouse",
+        description=snapshot.description,
+    )
+    def _snapshot(context: dg.AssetExecutionContext, planhat: PlanhatResource) -> pd.DataFrame:
+        now = clock()
+        refuse_past_partitions(context.partition_keys, now.date())
+        select = _select(snapshot.fields, snapshot.incoming(settings))
+        try:
+            with planhat.client() as client:
+                records = _pages(context, snapshot.model, snapshot.pages(client, select))
+                frame = snapshot.frame(records, fetched_at=now, partition_date=now.date())
+                context.add_output_metadata(_snapshot_metadata(frame, client))
+        except ApiAuthError as exc:
+            raise _auth_failure(context, asset, exc) from None
+        return frame
+
+    return _snapshot
+
+
 def build_planhat_assets(
     settings: Settings, partitions_def: dg.PartitionsDefinition, clock: Clock = _utc_now
 ) -> list[dg.AssetsDefinition]:
-    incoming = settings.planhat.incoming
-
-    @dg.asset(
-        key=["planhat", "companies"],
-        partitions_def=partitions_def,
-        io_manager_key="warehouse_io_manager",
-        metadata=SNAPSHOT_METADATA,
-        group_name="planhat",
-        kinds={"duckdb"},
-        pool="warehouse",
-        description="Full snapshot of Planhat companies taken on the partition's day.",
-    )
-    def planhat_companies(
-        context: dg.AssetExecutionContext, planhat: PlanhatResource
-    ) -> pd.DataFrame:
-        now = clock()
-        refuse_past_partitions(context.partition_keys, now.date())
-        select = _select(COMPANY_FIELDS, incoming.company_attributes)
-        try:
-            with planhat.client() as client:
-                records = _pages(context, "companies", client.iter_companies(select=select))
-                frame = companies_frame(records, fetched_at=now, partition_date=now.date())
-                context.add_output_metadata(_snapshot_metadata(frame, client))
-        except ApiAuthError as exc:
-            raise _auth_failure(context, "planhat/companies", exc) from None
-        return frame
-
-    @dg.asset(
-        key=["planhat", "endusers"],
-        partitions_def=partitions_def,
-        io_manager_key="warehouse_io_manager",
-        metadata=SNAPSHOT_METADATA,
-        group_name="planhat",
-        kinds={"duckdb"},
-        pool="warehouse",
-        description="Full snapshot of Planhat endusers (archived ones are not listed by Planhat).",
-    )
-    def planhat_endusers(
-        context: dg.AssetExecutionContext, planhat: PlanhatResource
-    ) -> pd.DataFrame:
-        now = clock()
-        refuse_past_partitions(context.partition_keys, now.date())
-        select = _select(ENDUSER_FIELDS, incoming.enduser_attributes)
-        try:
-            with planhat.client() as client:
-                records = _pages(context, "endusers", client.iter_endusers(select=select))
-                frame = endusers_frame(records, fetched_at=now, partition_date=now.date())
-                context.add_output_metadata(_snapshot_metadata(frame, client))
-        except ApiAuthError as exc:
-            raise _auth_failure(context, "planhat/endusers", exc) from None
-        return frame
+    snapshots = [build_snapshot_asset(s, settings, partitions_def, clock) for s in SNAPSHOTS]
 
     @dg.asset(
         key=["planhat", "users"],
@@ -157,4 +174,4 @@ def build_planhat_assets(
             raise _auth_failure(context, "planhat/users", exc) from None
         return frame
 
-    return [planhat_companies, planhat_endusers, planhat_users]
+    return [*snapshots, planhat_users]
