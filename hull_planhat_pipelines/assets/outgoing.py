@@ -205,15 +205,16 @@ def _known_company_ids(
 ) -> set[str]:
     """External ids Planhat has (latest snapshot), was sent before, or is being sent now."""
     known = set(fingerprints.loc[fingerprints["target"] == "companies", "key"].astype(str))
-    for table, column in (
-        ("planhat.company_payloads", "key"),
-        ("planhat.companies", "external_id"),
-    ):
-        frame = read_table(conn, table)
-        if frame is not None and column in frame:
-            if table == "planhat.companies" and len(frame):
-                frame = frame[frame["partition_date"] == frame["partition_date"].max()]
-            known |= set(frame[column].dropna().astype(str))
+    queries = {
+        ("planhat", "company_payloads"): "select key from planhat.company_payloads",
+        ("planhat", "companies"): (
+            "select external_id from planhat.companies where external_id is not null "
+            "and partition_date = (select max(partition_date) from planhat.companies)"
+        ),
+    }
+    for table, sql in queries.items():
+        if conn is not None and table_exists(conn, *table):
+            known |= {str(row[0]) for row in conn.execute(sql).fetchall() if row[0] is not None}
     return known
 
 

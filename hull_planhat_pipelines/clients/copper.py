@@ -439,8 +439,11 @@ class _Walk:
 
 
 def _split(search: _Search, object_name: str) -> list[_Search]:
-    """Two windows covering ``search``'s, split at the median date seen (any split point is
-    correct; the median of a sample balances the halves)."""
+    """Two windows covering ``search``'s, split at the middle of its time range (any split point
+    is correct). The median date of the first page would balance the halves only if Copper
+    returned a random sample; it returns activities roughly in date order, so that median sits
+    near one end and every split would cost an extra probe. An open window has no middle: there
+    the median of the dates seen is the only guide."""
     low, high = search.low, search.high
     if low is not None and high is not None and low >= high:
         raise CopperCapError(
@@ -449,10 +452,10 @@ def _split(search: _Search, object_name: str) -> list[_Search]:
             "one search cannot return them all",
         )
     dates = search.dates or []
-    if dates:
-        point = int(statistics.median_low(dates))
-    elif low is not None and high is not None:
+    if low is not None and high is not None:
         point = (low + high) // 2
+    elif dates:
+        point = int(statistics.median_low(dates))
     else:
         raise CopperCapError("copper", f"{object_name}: cannot split an open window without dates")
     if high is not None:

@@ -1,0 +1,683 @@
+"""The whole cycle, three times, against both sandboxes in process: full, 1% changed, unchanged.
+
+    python benchmarks/end_to_end.py [--scale 100] [--change 0.01] [--seed 0] [--start-date D]
+
+``--scale`` is the Copper sandbox's (1.0: 1,000 leads, 1,000 people, 100 companies, 300
+opportunities, 2,000 activities); the default 100 is 100,000 people and 10,000 companies. Planhat
+is seeded at the same scale, with the team members Copper's companies name as owners.
+
+1. ``run_sync(full=True)``: every Copper partition, both Planhat snapshots, Hull's first load,
+   every in-segment record delivered.
+2. ``--change`` of the people (``title``, mapped to the enduser's ``position``) and of the
+   companies (``name``, mapped to the company's ``name``) edited in Copper, then ``run_sync()``.
+3. ``run_sync()`` with nothing changed: it must write nothing to Planhat and upsert nothing in
+   Hull (the benchmark exits non-zero otherwise).
+
+Each pass reports wall time and peak memory (each Dagster job's too), every request the
+sandboxes served by kind, and the minimum each kind needs: Copper searches over the records in
+the window the pass fetched (full pages of 200 and the short page that proves the end; a date
+cursor past the 100,000 cap; activities, which have no sort, in as few windows as the cap
+allows), the metadata at most once, one Planhat snapshot before delivery and one after it when
+something was delivered (lists end on a short page), and ceil(records / batch size) bulk writes
+for what the pass delivered (one POST a record for a POST destination; nothing in pass 3). For
+the incremental passes it also says how many records changed since the previous pass began,
+and how few searches would fetch only those. Hull upserts and deliveries per run come from the
+warehouse. Peak memory is the process's resident high-water mark (Linux ``VmHWM``, reset before
+each job), so it includes both sandboxes' data.
+
+The run is as the command line does it (``run_sync``), with these differences, all printed:
+a temporary warehouse and Dagster instance; the packaged configuration with the client
+throttles raised (the benchmark measures the pipeline, not Copper's 180 or Planhat's 200
+requests a minute; ``minutes_at_rate_limit`` says what those would add); ``--start-date``
+(default: the packaged one) to see Dagster's per-partition cost; Hull forwarding off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import random
+import re
+import resource
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hull_planhat_pipelines.clients.copper import (
+    COPPER_OBJECTS,
+    MAX_PAGE_SIZE,
+    SEARCH_RESULT_CAP,
+    metadata_requests,
+    search_requests,
+)
+from hull_planhat_pipelines.clients.planhat import (
+    COMPANY_PAGE_CAP,
+    ENDUSER_PAGE_CAP,
+    USER_PAGE_CAP,
+)
+from hull_planhat_pipelines.sandbox.copper import CopperSandbox
+from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+from hull_planhat_pipelines.settings import default_config_path, load_settings
+from hull_planhat_pipelines.sync.batching import batch_count
+
+COPPER_RATE_PER_MINUTE = 180
+PLANHAT_RATE_PER_MINUTE = 200
+UNTHROTTLED = 1_000_000
+"""``requests_per_minute`` in the benchmark's configuration: the throttle never waits."""
+PLANHAT_WRITE_KINDS = ("PUT", "POST", "PATCH", "DELETE")
+
+
+# -- memory ----------------------------------------------------------------------------------
+def _reset_peak() -> bool:
+    """Reset the kernel's resident high-water mark (Linux), so a pass's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mb(field: str) -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(rf"{field}:\s+(\d+)", status)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def process_peak_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+# -- configuration and environment -----------------------------------------------------------
+def write_config(directory: Path, start_date: dt.date | None) -> tuple[Path, dict[str, Any]]:
+    """The packaged configuration with the throttles raised (and ``start_date`` if given)."""
+    data = yaml.safe_load(default_config_path().read_text(encoding="utf-8"))
+    data["copper"]["requests_per_minute"] = UNTHROTTLED
+    data.setdefault("planhat", {})["requests_per_minute"] = UNTHROTTLED
+    if start_date is not None:
+        data["copper"]["start_date"] = start_date.isoformat()
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    load_settings(path)  # fail here, not inside the first run
+    return path, {
+        "copper.requests_per_minute": UNTHROTTLED,
+        "planhat.requests_per_minute": UNTHROTTLED,
+        "copper.start_date": str(data["copper"]["start_date"]),
+    }
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str], removed: tuple[str, ...]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in (*values, *removed)}
+    os.environ.update(values)
+    for name in removed:
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# -- the 1% change ---------------------------------------------------------------------------
+def change_records(
+    copper: CopperSandbox, fraction: float, rng: random.Random
+) -> dict[str, list[int]]:
+    """Edit ``fraction`` of the people (title) and companies (name), as a user in Copper would:
+    the field changes and ``date_modified`` moves to now."""
+    edits = {"people": "title", "companies": "name"}
+    changed: dict[str, list[int]] = {}
+    now = copper.clock()
+    for object_name, field_name in edits.items():
+        ids = _alive_ids(copper, object_name)
+        count = min(len(ids), max(1, round(len(ids) * fraction))) if fraction > 0 else 0
+        chosen = sorted(rng.sample(ids.tolist(), count))
+        records = []
+        for record_id in chosen:
+            record = copper.record(object_name, record_id)
+            assert record is not None
+            old = record.get(field_name) or ""
+            record[field_name] = f"{old} (edited)".strip() if old else "Edited"
+            record["date_modified"] = now
+            records.append(record)
+        copper.upsert_records(object_name, records)
+        changed[object_name] = chosen
+    return changed
+
+
+def _alive_ids(copper: CopperSandbox, object_name: str) -> np.ndarray:
+    table = copper._table(object_name)  # the columns, without materializing every record
+    with table.lock:
+        return table.columns["id"][table.alive_rows()].copy()
+
+
+# -- requests --------------------------------------------------------------------------------
+_ID = re.compile(r"/(?:[0-9a-f]{24}|extid-[^/]+|srcid-[^/]+|\d+)(?=/|$)")
+
+
+def copper_kind(method: str, path: str) -> str:
+    found = re.fullmatch(r"/(\w+)/search", path)
+    if found and found.group(1) in COPPER_OBJECTS:
+        return f"search/{found.group(1)}"
+    if path == "/users/search" or (method == "GET" and path.count("/") == 1):
+        return "metadata"
+    return f"{method} {_ID.sub('/{id}', path)}"
+
+
+def planhat_kind(method: str, path: str) -> str:
+    path = re.sub(r"^/(analytics/bulk|analytics|dimensiondata)/[^/]+$", r"/\1", path)
+    return f"{method} {_ID.sub('/{id}', path)}"
+
+
+def requests_since(server: Any, start: int, kind_of: Any) -> tuple[Counter[str], Counter[str]]:
+    """Requests recorded after the first ``start``, by kind, and the non-2xx ones by kind."""
+    rows = server.recorded()[start:]
+    kinds: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    for row in rows:
+        kind = kind_of(row.method, row.path)
+        kinds[kind] += 1
+        if not 200 <= row.status < 300:
+            failed[kind] += 1
+    return kinds, failed
+
+
+# -- minimum requests ------------------------------------------------------------------------
+def cursor_walk_searches(sorted_dates: list[int], page_size: int, cap: int) -> int:
+    """Search requests of the cheapest cap-respecting walk: full pages up to the cap, then a
+    restart at the last date seen, which re-reads that second's records."""
+    requests, first = 0, 0
+    while True:
+        remaining = len(sorted_dates) - first
+        if remaining <= cap:
+            return requests + search_requests(remaining, page_size)
+        requests += cap // page_size
+        last = sorted_dates[first + cap - 1]
+        first = bisect.bisect_left(sorted_dates, last, lo=first)
+
+
+def split_searches(records: int, page_size: int, cap: int) -> int:
+    """Activities have no sort: the fewest searches under the cap, each ending on a short page."""
+    parts = max(1, math.ceil(records / cap))
+    sizes = [records // parts + (1 if i < records % parts else 0) for i in range(parts)]
+    return sum(search_requests(size, page_size) for size in sizes)
+
+
+def copper_window(first: dt.date, start_date: dt.date, today: dt.date) -> tuple[int | None, int]:
+    """The inclusive Unix-second window a run over partitions ``first..today`` fetches."""
+    begin = dt.datetime.combine(first, dt.time(), dt.UTC)
+    end = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
+    low = None if first <= start_date else int(begin.timestamp())
+    return low, int(end.timestamp()) - 1
+
+
+def copper_in_window(copper: CopperSandbox, window: tuple[int | None, int]) -> dict[str, Any]:
+    """Per object: how many records the window holds and the fewest searches that fetch them."""
+    low, high = window
+    user_types = {int(t["id"]) for t in copper.metadata.activity_types.get("user", [])}
+    found: dict[str, Any] = {}
+    for name, obj in COPPER_OBJECTS.items():
+        table = copper._table(name)
+        with table.lock:
+            rows = table.alive_rows()
+            cols = table.columns
+            dates = cols[obj.date_field][rows]
+            keep = dates <= high
+            if low is not None:
+                keep &= dates >= low
+            if name == "activities":
+                keep &= (cols["type_category"][rows] == 0) & np.isin(
+                    cols["type_id"][rows], list(user_types)
+                )
+            dates = np.sort(dates[keep])
+        if obj.sort_by is not None:
+            searches = cursor_walk_searches(dates.tolist(), MAX_PAGE_SIZE, SEARCH_RESULT_CAP)
+        else:
+            searches = split_searches(len(dates), MAX_PAGE_SIZE, SEARCH_RESULT_CAP)
+        found[name] = {"records": len(dates), "searches": searches}
+    return found
+
+
+def planhat_counts(planhat: PlanhatSandbox) -> dict[str, int]:
+    """What a listing returns now (archived endusers are not listed)."""
+    store = planhat.store
+    return {
+        "companies": len(store.all("companies")),
+        "endusers": len(store.all("endusers", include_archived=False)),
+        "users": len(store.all("users")),
+    }
+
+
+def snapshot_minimum(counts: dict[str, int]) -> Counter[str]:
+    return Counter(
+        {
+            "GET /companies": counts["companies"] // COMPANY_PAGE_CAP + 1,
+            "GET /endusers": counts["endusers"] // ENDUSER_PAGE_CAP + 1,
+            "GET /users": counts["users"] // USER_PAGE_CAP + 1,
+        }
+    )
+
+
+def delivery_minimum(delivered: dict[str, int], settings: Any) -> Counter[str]:
+    """Bulk writes for what was delivered: ceil(n / batch) per target; POSTs one by one."""
+    minimum: Counter[str] = Counter()
+    bulk = {
+        "companies": ("PUT /companies", settings.planhat.batch_size),
+        "endusers": ("PUT /endusers", settings.planhat.batch_size),
+        "activities": ("POST /analytics/bulk", settings.planhat.analytics_batch_size),
+        "metrics": ("POST /dimensiondata", settings.planhat.analytics_batch_size),
+    }
+    destinations = {d.name: d for d in settings.destinations}
+    for target, count in delivered.items():
+        if target in bulk:
+            kind, size = bulk[target]
+            minimum[kind] += batch_count(count, size)
+        elif target in destinations:
+            d = destinations[target]
+            kind = f"{d.method} {_ID.sub('/{id}', d.path.replace('{external_id}', 'x'))}"
+            minimum[kind] += batch_count(count, d.batch_size) if d.is_bulk else count
+    return minimum
+
+
+# -- per-job timing --------------------------------------------------------------------------
+@contextlib.contextmanager
+def timed_jobs(jobs: list[dict[str, Any]]) -> Iterator[None]:
+    """Time each Dagster job ``run_sync`` runs (and its peak RSS, where it can be reset) by
+    wrapping the command line's job runner; without that hook the pass is timed as a whole."""
+    from hull_planhat_pipelines import cli
+
+    original = getattr(cli, "_run_job", None)
+    if original is None:
+        yield
+        return
+
+    def run_job(defs: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        reset = _reset_peak()
+        began = time.perf_counter()
+        try:
+            return original(defs, name, *args, **kwargs)
+        finally:
+            peak = _rss_mb("VmHWM") if reset else None
+            jobs.append(
+                {
+                    "job": name,
+                    "seconds": round(time.perf_counter() - began, 2),
+                    "peak_mb": round(peak, 1) if peak is not None else None,
+                }
+            )
+
+    cli._run_job = run_job
+    try:
+        yield
+    finally:
+        cli._run_job = original
+
+
+# -- the warehouse ---------------------------------------------------------------------------
+def warehouse_counts(database: str) -> dict[str, dict[str, Any]]:
+    """Rows per run of the append-only tables: Hull upserts and Planhat deliveries."""
+    import duckdb
+
+    found: dict[str, dict[str, Any]] = {"user_upserts": {}, "account_upserts": {}, "deliveries": {}}
+    if not Path(database).exists():
+        return found
+    conn = duckdb.connect(database, read_only=True)
+    try:
+        tables = {
+            f"{s}.{t}"
+            for s, t in conn.execute(
+                "select table_schema, table_name from information_schema.tables"
+            ).fetchall()
+        }
+        for name in ("user_upserts", "account_upserts"):
+            if f"hull.{name}" in tables:
+                rows = conn.execute(
+                    f"select run_id, count(*) from hull.{name} group by 1 order by min(computed_at)"
+                ).fetchall()
+                found[name] = {run: int(n) for run, n in rows}
+        if "planhat.deliveries" in tables:
+            rows = conn.execute(
+                "select run_id, target, status, count(*) from planhat.deliveries "
+                "group by 1, 2, 3 order by min(delivered_at)"
+            ).fetchall()
+            for run, target, status, n in rows:
+                found["deliveries"].setdefault(run, Counter())[f"{target}:{status}"] += int(n)
+    finally:
+        conn.close()
+    return found
+
+
+def new_runs(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {run: value for run, value in after.items() if run not in before}
+
+
+DELIVERED_STATUSES = ("created", "updated", "unchanged", "sent")
+
+
+# -- one pass --------------------------------------------------------------------------------
+def one_pass(
+    label: str,
+    *,
+    full: bool,
+    copper: CopperSandbox,
+    planhat: PlanhatSandbox,
+    database: str,
+    changed: dict[str, list[int]] | None = None,
+    since: int | None = None,
+) -> dict[str, Any]:
+    from hull_planhat_pipelines.cli import incremental_start, run_sync
+
+    settings = load_settings()
+    today = dt.datetime.now(dt.UTC).date()
+    first = settings.copper.start_date if full else incremental_start(settings, today)
+    window = copper_window(first, settings.copper.start_date, today)
+    in_window = copper_in_window(copper, window)
+    # What changed since the previous pass began: what a fetch of changes alone would need.
+    news = copper_in_window(copper, (since, window[1])) if since is not None else None
+    time.sleep(1 - time.time() % 1)  # Copper dates are whole seconds: no edit shares this one
+    started = int(time.time())
+    planhat_before = planhat_counts(planhat)
+    copper_start = len(copper.server.recorded())
+    rest_start = len(planhat.rest.recorded())
+    analytics_start = len(planhat.analytics.recorded())
+    writes_start = planhat.write_count()
+    tables_before = warehouse_counts(database)
+
+    jobs: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    with timed_jobs(jobs):
+        summary = run_sync(full=full)
+    seconds = time.perf_counter() - began
+    peaks = [j["peak_mb"] for j in jobs if j["peak_mb"] is not None]
+    peak = max(peaks) if peaks else None
+
+    planhat_after = planhat_counts(planhat)
+    copper_kinds, copper_failed = requests_since(copper.server, copper_start, copper_kind)
+    rest_kinds, rest_failed = requests_since(planhat.rest, rest_start, planhat_kind)
+    analytics_kinds, analytics_failed = requests_since(
+        planhat.analytics, analytics_start, planhat_kind
+    )
+    planhat_kinds = rest_kinds + analytics_kinds
+    writes = planhat.write_count() - writes_start
+    tables_after = warehouse_counts(database)
+    upserts = {
+        name: new_runs(tables_before[name], tables_after[name])
+        for name in ("user_upserts", "account_upserts")
+    }
+    deliveries = new_runs(tables_before["deliveries"], tables_after["deliveries"])
+    by_target: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    for counts in deliveries.values():
+        for key, n in counts.items():
+            target, status = key.split(":", 1)
+            outcomes[key] += n
+            if status in DELIVERED_STATUSES:
+                by_target[target] += n
+
+    minimum_copper: Counter[str] = Counter(
+        {f"search/{name}": found["searches"] for name, found in in_window.items()}
+    )
+    if copper_kinds["metadata"]:  # at most once a pass; a fresh cached copy needs none
+        minimum_copper["metadata"] = metadata_requests(len(copper.metadata.users))
+    delivered_any = sum(by_target.values()) > 0
+    minimum_planhat = snapshot_minimum(planhat_before)
+    if delivered_any:  # the snapshot after delivery brings Planhat's ids and fields back
+        minimum_planhat += snapshot_minimum(planhat_after)
+    minimum_planhat += delivery_minimum(dict(by_target), settings)
+
+    requests = {
+        "copper": dict(sorted(copper_kinds.items())),
+        "planhat": dict(sorted(planhat_kinds.items())),
+        "planhat_writes": writes,
+        "total": sum(copper_kinds.values()) + sum(planhat_kinds.values()),
+    }
+    minimum = {
+        "copper": dict(sorted(minimum_copper.items())),
+        "planhat": dict(sorted(minimum_planhat.items())),
+        "planhat_writes": sum(
+            n for kind, n in minimum_planhat.items() if kind.split()[0] in PLANHAT_WRITE_KINDS
+        ),
+        "total": sum(minimum_copper.values()) + sum(minimum_planhat.values()),
+    }
+    failed_steps = [f"{s.step}: {s.detail}" for s in summary.steps if not s.ok]
+    result = {
+        "pass": label,
+        "full": full,
+        "ok": summary.ok,
+        "failed_steps": failed_steps,
+        "seconds": round(seconds, 2),
+        "peak_mb": round(peak, 1) if peak is not None else None,
+        "copper_window": {
+            "first_partition": first.isoformat(),
+            "low": window[0],
+            "high": window[1],
+            "records": {name: found["records"] for name, found in in_window.items()},
+        },
+        "changed_in_copper": {k: len(v) for k, v in (changed or {}).items()},
+        "copper_modified_since_previous_pass": (
+            {
+                "records": {name: found["records"] for name, found in news.items()},
+                "searches": sum(found["searches"] for found in news.values()),
+            }
+            if news is not None
+            else None
+        ),
+        "started_unix": started,
+        "requests": requests,
+        "minimum_requests": minimum,
+        "failed_requests": dict(copper_failed + rest_failed + analytics_failed),
+        "hull_user_upserts": sum(sum(runs.values()) for runs in [upserts["user_upserts"]]),
+        "hull_account_upserts": sum(upserts["account_upserts"].values()),
+        "hull_upserts_by_run": {
+            name: list(runs.values()) for name, runs in upserts.items() if runs
+        },
+        "delivered": dict(sorted(by_target.items())),
+        "delivery_outcomes": dict(sorted(outcomes.items())),
+        "planhat_before": planhat_before,
+        "planhat_after": planhat_after,
+        "jobs": jobs,
+    }
+    print_pass(result)
+    return result
+
+
+def print_pass(p: dict[str, Any]) -> None:
+    status = "ok" if p["ok"] else f"FAILED ({'; '.join(p['failed_steps'])})"
+    peak = f"{p['peak_mb']} MB peak RSS" if p["peak_mb"] is not None else "peak RSS n/a"
+    print(f"\n== pass {p['pass']}: {p['seconds']:.1f} s, {peak}, {status}")
+    if p["jobs"]:
+        print(
+            "   jobs: "
+            + ", ".join(f"{j['job']} {j['seconds']:.1f} s/{j['peak_mb']} MB" for j in p["jobs"])
+        )
+    window = p["copper_window"]
+    print(f"   copper window from partition {window['first_partition']}: {window['records']}")
+    if p["changed_in_copper"]:
+        print(f"   changed in Copper before the pass: {p['changed_in_copper']}")
+    news = p["copper_modified_since_previous_pass"]
+    if news is not None:
+        print(
+            f"   modified in Copper since the previous pass began: {news['records']} "
+            f"({news['searches']} searches would fetch them; the window above is what the "
+            "pass fetched)"
+        )
+    for system in ("copper", "planhat"):
+        sent, least = p["requests"][system], p["minimum_requests"][system]
+        print(f"   {system} requests (sent / minimum):")
+        for kind in sorted(set(sent) | set(least)):
+            got, need = sent.get(kind, 0), least.get(kind, 0)
+            flag = "" if got == need else f"  ({got - need:+d})"
+            print(f"     {kind:<28} {got:>7} / {need:<7}{flag}")
+    print(
+        f"   planhat writes {p['requests']['planhat_writes']} "
+        f"(minimum {p['minimum_requests']['planhat_writes']}); "
+        f"failed requests {p['failed_requests'] or 'none'}"
+    )
+    print(
+        f"   hull upserts: users {p['hull_user_upserts']}, accounts {p['hull_account_upserts']} "
+        f"(per hull_sync run {p['hull_upserts_by_run']})"
+    )
+    print(f"   delivered {p['delivered'] or 'nothing'}; outcomes {p['delivery_outcomes']}")
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+def run(scale: float, change: float, seed: int, start_date: dt.date | None) -> dict[str, Any]:
+    rng = random.Random(f"end_to_end:{seed}")
+    with tempfile.TemporaryDirectory(prefix="end_to_end-") as tmp:
+        directory = Path(tmp)
+        config, overrides = write_config(directory, start_date)
+        database = str(directory / "warehouse.duckdb")
+        began = time.perf_counter()
+        copper = CopperSandbox(seed=seed, scale=scale)
+        planhat = PlanhatSandbox(
+            seed=seed, scale=scale, seed_user_ids=planhat_user_ids(seed, PLANHAT_TEAM_SIZE)
+        )
+        planhat.rest.record_bodies = planhat.analytics.record_bodies = False  # payloads: MBs
+        with copper, planhat:
+            setup_seconds = time.perf_counter() - began
+            sizes = {name: copper.count(name) for name in COPPER_OBJECTS}
+            print(
+                f"sandboxes at scale {scale:g} in {setup_seconds:.1f} s: Copper {sizes}, "
+                f"Planhat {planhat_counts(planhat)}; RSS {_rss_mb('VmRSS')} MB"
+            )
+            print(
+                f"configuration: the packaged one with {overrides} (throttles off: Copper "
+                f"{COPPER_RATE_PER_MINUTE}/min and Planhat {PLANHAT_RATE_PER_MINUTE}/min are "
+                "not waited for); temporary warehouse; ephemeral Dagster instance; Hull "
+                "forwarding off"
+            )
+            env = {
+                "COPPER_API_URL": copper.base_url,
+                "COPPER_API_KEY": copper.api_key,
+                "COPPER_USER_EMAIL": copper.user_email,
+                **planhat.env(),
+                "HULL_PLANHAT_WAREHOUSE": database,
+                "HULL_PLANHAT_CONFIG": str(config),
+            }
+            with environment(env, removed=("DAGSTER_HOME", "HULL_FIREHOSE_URL")):
+                passes = [
+                    one_pass("1 full", full=True, copper=copper, planhat=planhat, database=database)
+                ]
+                changed = change_records(copper, change, rng)
+                passes.append(
+                    one_pass(
+                        f"2 {change:.0%} changed",
+                        full=False,
+                        copper=copper,
+                        planhat=planhat,
+                        database=database,
+                        changed=changed,
+                        since=passes[-1]["started_unix"],
+                    )
+                )
+                passes.append(
+                    one_pass(
+                        "3 unchanged",
+                        full=False,
+                        copper=copper,
+                        planhat=planhat,
+                        database=database,
+                        since=passes[-1]["started_unix"],
+                    )
+                )
+    seconds = sum(p["seconds"] for p in passes)
+    requests = {p["pass"]: p["requests"] for p in passes}
+    minimum = {p["pass"]: p["minimum_requests"] for p in passes}
+    limit_minutes = {
+        p["pass"]: round(
+            sum(p["requests"]["copper"].values()) / COPPER_RATE_PER_MINUTE
+            + sum(
+                n
+                for kind, n in p["requests"]["planhat"].items()
+                if "/analytics" not in kind and "/dimensiondata" not in kind
+            )
+            / PLANHAT_RATE_PER_MINUTE,
+            1,
+        )
+        for p in passes
+    }
+    return {
+        "benchmark": "end_to_end",
+        "records": sum(sizes.values()),
+        "records_by_object": sizes,
+        "seconds": round(seconds, 2),
+        "peak_mb": round(max([process_peak_mb(), *(p["peak_mb"] or 0 for p in passes)]), 1),
+        "peak_mb_source": (
+            "resident high-water mark of the whole process (both sandboxes, Dagster, DuckDB): "
+            "Linux VmHWM reset before each job (jobs' and passes' peaks are their own), else "
+            "getrusage ru_maxrss since the start (the reset lowers it too: the maximum is kept)"
+        ),
+        "requests": requests,
+        "minimum_requests": minimum,
+        "passes": passes,
+        "scale": scale,
+        "change": change,
+        "seed": seed,
+        "configuration": overrides,
+        "sandbox_setup_seconds": round(setup_seconds, 2),
+        "minutes_at_rate_limit": limit_minutes,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=100.0)
+    parser.add_argument("--change", type=float, default=0.01, help="share of people/companies")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--start-date",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="copper.start_date (default: the packaged configuration's)",
+    )
+    args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error("--scale must be > 0")
+    if not 0 <= args.change <= 1:
+        parser.error("--change must be within 0..1")
+    result = run(args.scale, args.change, args.seed, args.start_date)
+    last = result["passes"][-1]
+    problems = [f"pass {p['pass']} failed" for p in result["passes"] if not p["ok"]]
+    if last["requests"]["planhat_writes"]:
+        problems.append(f"the unchanged pass wrote {last['requests']['planhat_writes']} times")
+    if last["hull_user_upserts"] or last["hull_account_upserts"]:
+        problems.append(
+            f"the unchanged pass upserted {last['hull_user_upserts']} user and "
+            f"{last['hull_account_upserts']} account attributes"
+        )
+    result["ok"] = not problems
+    print()
+    for p in result["passes"]:
+        print(
+            f"pass {p['pass']}: {p['seconds']:.1f} s, peak {p['peak_mb']} MB, "
+            f"{p['requests']['total']} requests (minimum {p['minimum_requests']['total']}), "
+            f"{p['requests']['planhat_writes']} Planhat writes"
+        )
+    print(f"total {result['seconds']:.1f} s; process peak {result['peak_mb']} MB")
+    if problems:
+        print("FAILED: " + "; ".join(problems))
+    print(json.dumps(result, default=str))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
