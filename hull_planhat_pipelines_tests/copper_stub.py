@@ -13,6 +13,7 @@ from typing import Any
 
 from hull_planhat_pipelines.sandbox.server import Request, Response, SandboxServer, error
 from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
+from hull_planhat_pipelines_tests.fake_time import FakeTime  # noqa: F401  (re-exported)
 
 PAGING = {"page_size", "page_number"}
 SORTED_KEYS = PAGING | {
@@ -22,21 +23,6 @@ SORTED_KEYS = PAGING | {
     "maximum_modified_date",
 }
 ACTIVITY_KEYS = PAGING | {"minimum_activity_date", "maximum_activity_date", "activity_types"}
-
-
-class FakeTime:
-    """One clock for the client's throttle, its backoff and the server's rate limit."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def _scramble(record: dict[str, Any]) -> str:

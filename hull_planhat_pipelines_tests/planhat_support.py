@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from hull_planhat_pipelines.clients.http import RetryPolicy
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+from hull_planhat_pipelines_tests.fake_time import FakeTime
 
 API_TOKEN = "ph-test-token-0123456789abcdef0123456789abcdef"
 TENANT_TOKEN = "tenant-4f0c2a9e-b1d7-4c55-9a0e-6d2f1e7c3b8a"
 FAST = RetryPolicy(attempts=4, backoff_factor=0.5, backoff_max=8.0)
 
 SandboxFactory = Callable[..., PlanhatSandbox]
-
-
-@dataclass
-class FakeTime:
-    """One clock for the client (monotonic seconds) and the sandbox (datetimes); sleeping
-    moves it forward at once and is recorded."""
-
-    now: float = 1_000_000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def utc(self) -> datetime:
-        return datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now)
 
 
 def make_client(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -20,6 +19,7 @@ from hull_planhat_pipelines.clients.hull import (
     HullFirehoseClient,
 )
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
+from hull_planhat_pipelines_tests.fake_time import FakeTime
 from hull_planhat_pipelines_tests.fixtures.hull import *  # noqa: F403  (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.InsecureKeyLengthWarning")
@@ -29,24 +29,9 @@ NOW = 1_700_000_000
 WRONG_SECRET = "wrong-secret-7f3a9c2e51d84b06"
 
 
-@dataclass
-class FakeTime:
-    """Wall-clock seconds for tokens and timestamps; sleeping moves it on and is recorded."""
-
-    now: float = NOW
-    sleeps: list[float] = field(default_factory=list)
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def fake_time() -> FakeTime:
-    return FakeTime()
+    return FakeTime(now=NOW)
 
 
 def make_client(sandbox: HullFirehoseSandbox, fake_time: FakeTime, **kw: Any) -> HullFirehoseClient:
