@@ -15,7 +15,6 @@ The client throttle is off: the benchmark measures the client, not Copper's 180-
 from __future__ import annotations
 
 import argparse
-import bisect
 import datetime as dt
 import json
 import resource
@@ -28,8 +27,8 @@ from hull_planhat_pipelines.clients import copper as copper_client
 from hull_planhat_pipelines.clients.copper import (
     MAX_PAGE_SIZE,
     CopperClient,
+    cursor_walk_searches,
     metadata_requests,
-    search_requests,
 )
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sync.copper_records import records_frame
@@ -46,19 +45,6 @@ def start_sandbox(leads: int, seed: int) -> CopperSandbox:
     if sandbox.count("leads") != leads:
         raise SystemExit(f"sandbox holds {sandbox.count('leads')} leads, not {leads}")
     return sandbox
-
-
-def cursor_walk_searches(sorted_dates: list[int], page_size: int, cap: int) -> int:
-    """Search requests of the cheapest cap-respecting walk: full pages up to the cap, then a
-    restart at the last date seen, which re-reads that second's records."""
-    requests, first = 0, 0
-    while True:
-        remaining = len(sorted_dates) - first
-        if remaining <= cap:
-            return requests + search_requests(remaining, page_size)
-        requests += cap // page_size
-        last = sorted_dates[first + cap - 1]
-        first = bisect.bisect_left(sorted_dates, last, lo=first)
 
 
 def _kind(label: str) -> str:

@@ -35,7 +35,6 @@ requests a minute; ``minutes_at_rate_limit`` says what those would add); ``--sta
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import datetime as dt
 import json
@@ -59,6 +58,7 @@ from hull_planhat_pipelines.clients.copper import (
     COPPER_OBJECTS,
     MAX_PAGE_SIZE,
     SEARCH_RESULT_CAP,
+    cursor_walk_searches,
     metadata_requests,
     search_requests,
 )
@@ -202,19 +202,6 @@ def requests_since(server: Any, start: int, kind_of: Any) -> tuple[Counter[str],
 
 
 # -- minimum requests ------------------------------------------------------------------------
-def cursor_walk_searches(sorted_dates: list[int], page_size: int, cap: int) -> int:
-    """Search requests of the cheapest cap-respecting walk: full pages up to the cap, then a
-    restart at the last date seen, which re-reads that second's records."""
-    requests, first = 0, 0
-    while True:
-        remaining = len(sorted_dates) - first
-        if remaining <= cap:
-            return requests + search_requests(remaining, page_size)
-        requests += cap // page_size
-        last = sorted_dates[first + cap - 1]
-        first = bisect.bisect_left(sorted_dates, last, lo=first)
-
-
 def split_searches(records: int, page_size: int, cap: int) -> int:
     """Activities have no sort: the fewest searches under the cap, each ending on a short page."""
     parts = max(1, math.ceil(records / cap))

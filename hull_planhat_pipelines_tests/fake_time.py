@@ -23,3 +23,16 @@ class FakeTime:
     def utc(self) -> datetime:
         """The same clock as a datetime, for sandboxes that stamp records."""
         return datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=self.now)
+
+
+class ManualClock:
+    """A datetime clock that moves only when told to (sandboxes stamp records with it)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import requests
 
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault
+from hull_planhat_pipelines_tests.fake_time import ManualClock
 
 BULK_KEYS = [
     "created",
@@ -26,19 +26,6 @@ BULK_KEYS = [
     "permissionErrors",
 ]
 Factory = Callable[..., PlanhatSandbox]
-
-
-class ManualClock:
-    """A clock that moves only when told to: tests never wait for real time."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Api:

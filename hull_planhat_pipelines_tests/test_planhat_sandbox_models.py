@@ -4,28 +4,15 @@ over real HTTP: single creates, bulk upserts, partial updates, deletes and injec
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
 
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+from hull_planhat_pipelines_tests.fake_time import ManualClock
 
 Factory = Callable[..., PlanhatSandbox]
-
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Api:

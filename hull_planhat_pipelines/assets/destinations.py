@@ -17,9 +17,9 @@ import pandas as pd
 
 from hull_planhat_pipelines.assets.outgoing import (
     OUTGOING_GROUP,
-    _commit,
-    _fingerprints,
-    _outcome_rows,
+    commit_deliveries,
+    delivery_rows,
+    fingerprints_table,
 )
 from hull_planhat_pipelines.clients.delivery import DeliveryStopped, DeliveryTarget, deliver
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
@@ -114,7 +114,7 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
                     f"destination {destination.name}: its source_sql failed: {exc}",
                     allow_retries=False,
                 ) from None
-            fingerprints = _fingerprints(conn)
+            fingerprints = fingerprints_table(conn)
         records, skipped = destination_records(
             source, destination, fingerprints, force=config.force or config.test_mode
         )
@@ -134,10 +134,10 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
             except DeliveryStopped as exc:
                 raise dg.Failure(str(exc), allow_retries=False) from None
             requests = client.attempts()
-        deliveries = _outcome_rows(result.outcomes, records, context.run.run_id, now)
+        deliveries = delivery_rows(result.outcomes, records, context.run.run_id, now)
         if not (config.dry_run or config.test_mode) and len(records):
             advanced = advance_fingerprints(fingerprints, result.outcomes, records, now)
-            _commit(warehouse.database, deliveries, advanced)
+            commit_deliveries(warehouse.database, deliveries, advanced)
         if destination.capture_responses and not config.dry_run and len(records):
             _capture(
                 warehouse.database,

@@ -16,7 +16,12 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.clients.delivery import DeliveryStopped, DeliveryTarget, deliver
+from hull_planhat_pipelines.clients.delivery import (
+    OUTCOME_COLUMNS,
+    DeliveryStopped,
+    DeliveryTarget,
+    deliver,
+)
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.fingerprints import (
@@ -39,21 +44,7 @@ from hull_planhat_pipelines.warehouse import append_table, connect, run, table_e
 OUTGOING_GROUP = "outgoing"
 FINGERPRINTS = "planhat.delivery_fingerprints"
 DELIVERIES = "planhat.deliveries"
-DELIVERY_COLUMNS = [
-    "run_id",
-    "delivered_at",
-    "target",
-    "key",
-    "status",
-    "error",
-    "response",
-    "request",
-    "attempts",
-    "batch",
-    "planhat_id",
-    "hull_id",
-    "change",
-]
+DELIVERY_COLUMNS = ["run_id", "delivered_at", *OUTCOME_COLUMNS, "hull_id", "change"]
 
 
 class PayloadConfig(dg.Config):
@@ -72,7 +63,7 @@ def read_table(conn: duckdb.DuckDBPyConnection | None, table: str) -> pd.DataFra
     return conn.execute(f"select * from {table}").fetchdf()
 
 
-def _fingerprints(conn: duckdb.DuckDBPyConnection | None) -> pd.DataFrame:
+def fingerprints_table(conn: duckdb.DuckDBPyConnection | None) -> pd.DataFrame:
     frame = read_table(conn, FINGERPRINTS)
     return frame if frame is not None else empty_fingerprints()
 
@@ -104,7 +95,7 @@ def _payload_asset(
         context: dg.AssetExecutionContext, config: PayloadConfig, warehouse: WarehouseResource
     ) -> pd.DataFrame:
         with warehouse.read_only() as conn:
-            payloads, events = build(conn, _fingerprints(conn), config.force)
+            payloads, events = build(conn, fingerprints_table(conn), config.force)
         counts = record_events(context, events, asset=f"planhat/{name}")
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
         sample = payloads["payload"].head(3).tolist() if len(payloads) else []
@@ -242,7 +233,7 @@ TARGETS: list[tuple[str, Callable[[], DeliveryTarget], str]] = [
 ]
 
 
-def _outcome_rows(
+def delivery_rows(
     outcomes: pd.DataFrame, payloads: pd.DataFrame, run_id: str, now: dt.datetime
 ) -> pd.DataFrame:
     rows = outcomes.copy()
@@ -261,7 +252,7 @@ def _outcome_rows(
     return rows
 
 
-def _commit(database: str, deliveries: pd.DataFrame, fingerprints: pd.DataFrame) -> None:
+def commit_deliveries(database: str, deliveries: pd.DataFrame, fingerprints: pd.DataFrame) -> None:
     """Delivery rows and the advanced fingerprints, in one transaction."""
     conn = connect(database)
     try:
@@ -303,7 +294,7 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         now = dt.datetime.now(dt.UTC)
         with warehouse.read_only() as conn:
-            fingerprints = _fingerprints(conn)
+            fingerprints = fingerprints_table(conn)
             payloads = {name: read_table(conn, f"planhat.{name}") for name, _, _ in TARGETS}
         frames: list[pd.DataFrame] = []
         summary: dict[str, Any] = {}
@@ -327,7 +318,7 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
                     )
                 except DeliveryStopped as exc:
                     result, stopped = exc.result, exc
-                frames.append(_outcome_rows(result.outcomes, records, context.run.run_id, now))
+                frames.append(delivery_rows(result.outcomes, records, context.run.run_id, now))
                 summary[target.name] = result.counts()
                 planned[target.name] = len(result.planned)
                 events += _delivery_events(target.name, result.outcomes)
@@ -340,12 +331,12 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
         deliveries = (
             pd.concat(frames)
             if frames
-            else _outcome_rows(
+            else delivery_rows(
                 pd.DataFrame(columns=DELIVERY_COLUMNS), pd.DataFrame(), context.run.run_id, now
             )
         )
         if not config.dry_run and (frames or stopped):
-            _commit(warehouse.database, deliveries, fingerprints)
+            commit_deliveries(warehouse.database, deliveries, fingerprints)
         counts = record_events(context, events, asset="planhat/deliveries")
         if stopped is not None:
             raise dg.Failure(str(stopped), allow_retries=False)

@@ -12,6 +12,7 @@ cursor (objects sorted by date) or split in two (activities, which have no docum
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import threading
 import time
@@ -33,6 +34,7 @@ from hull_planhat_pipelines.sync.copper_schema import (
     CopperMetadata,
     CopperObject,
     copper_object,
+    int_or_none,
 )
 
 __all__ = [
@@ -78,6 +80,19 @@ def search_requests(records: int, page_size: int = MAX_PAGE_SIZE) -> int:
     """Requests one search under the cap needs: the full pages plus the short (possibly empty)
     page that proves the end; only a short page can."""
     return records // page_size + 1
+
+
+def cursor_walk_searches(sorted_dates: list[int], page_size: int, cap: int) -> int:
+    """Search requests of the cheapest cap-respecting walk: full pages up to the cap, then a
+    restart at the last date seen, which re-reads that second's records."""
+    requests, first = 0, 0
+    while True:
+        remaining = len(sorted_dates) - first
+        if remaining <= cap:
+            return requests + search_requests(remaining, page_size)
+        requests += cap // page_size
+        last = sorted_dates[first + cap - 1]
+        first = bisect.bisect_left(sorted_dates, last, lo=first)
 
 
 def metadata_requests(users: int, page_size: int = MAX_PAGE_SIZE) -> int:
@@ -241,7 +256,7 @@ class CopperClient:
             raise ValueError(f"{object_name} cannot be sorted; use activity_exists_since")
         body = {"page_size": 1, "page_number": 1, "sort_by": obj.sort_by, "sort_direction": "desc"}
         records, _ = self._post_search(obj, body)
-        return _int_or_none(records[0].get(obj.date_field)) if records else None
+        return int_or_none(records[0].get(obj.date_field)) if records else None
 
     def activity_exists_since(
         self,
@@ -279,7 +294,7 @@ class CopperClient:
                 f"POST {path} answered {type(records).__name__}, not a JSON array of records",
                 response.status_code,
             )
-        return records, _int_or_none(response.headers.get("X-PW-TOTAL"))
+        return records, int_or_none(response.headers.get("X-PW-TOTAL"))
 
     # -- metadata ----------------------------------------------------------------------------
     def metadata(self) -> CopperMetadata:
@@ -470,16 +485,7 @@ def _activity_types(ids: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def _date(record: dict[str, Any], obj: CopperObject) -> int | None:
-    return _int_or_none(record.get(obj.date_field))
-
-
-def _int_or_none(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+    return int_or_none(record.get(obj.date_field))
 
 
 def _metadata_body(field_name: str, path: str, body: Any) -> Any:

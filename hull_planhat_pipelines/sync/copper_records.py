@@ -26,6 +26,7 @@ from hull_planhat_pipelines.sync.copper_schema import (
     CopperObject,
     CustomFieldDefinition,
     copper_object,
+    int_or_none,
 )
 
 log = logging.getLogger(__name__)
@@ -470,11 +471,11 @@ def _newest_per_id(records: list[Mapping[str, Any]], obj: CopperObject) -> list[
     best: dict[int, tuple[int, int]] = {}
     skipped = 0
     for index, record in enumerate(records):
-        key = _int(record.get("id"))
+        key = int_or_none(record.get("id"))
         if key is None:
             skipped += 1
             continue
-        date = _int(record.get(obj.date_field))
+        date = int_or_none(record.get(obj.date_field))
         date = -1 if date is None else date
         previous = best.get(key)
         if previous is None or date >= previous[0]:
@@ -488,7 +489,7 @@ def _typed(column: Column, values: list[Any]) -> Any:
     if column.kind == "id":
         return np.array(values, dtype="int64")
     if column.kind == "int":
-        return pd.array([_int(v) for v in values], dtype="Int64")
+        return pd.array([int_or_none(v) for v in values], dtype="Int64")
     if column.kind == "float":
         return pd.array([_float(v) for v in values], dtype="Float64")
     if column.kind == "timestamp":
@@ -503,7 +504,7 @@ def _partition_dates(seconds: list[Any], partition_start: dt.date) -> np.ndarray
     cache: dict[int, dt.date] = {}
     out = np.empty(len(seconds), dtype=object)
     for index, value in enumerate(seconds):
-        number = _int(value)
+        number = int_or_none(value)
         day = first if number is None else max(first, number // _DAY)
         if day not in cache:
             cache[day] = dt.date.fromordinal(day + dt.date(1970, 1, 1).toordinal())
@@ -524,15 +525,6 @@ def _log_problems(object_name: str, problems: list[str | None]) -> None:
         log.warning(
             "copper/%s: %d records with unresolved fields, e.g. %s", object_name, count, sample
         )
-
-
-def _int(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _float(value: Any) -> float | None:

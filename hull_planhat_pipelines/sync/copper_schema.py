@@ -203,3 +203,13 @@ class CopperMetadata(_Tolerant):
 
 def _names(items: list[Any]) -> dict[int, str]:
     return {item.id: item.name for item in items}
+
+
+def int_or_none(value: Any) -> int | None:
+    """An id, a Unix date or a header as an int; None for missing, booleans and junk."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
