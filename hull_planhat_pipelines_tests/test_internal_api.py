@@ -10,6 +10,8 @@ import base64
 import itertools
 import json
 import logging
+import os
+import select
 import socket
 import threading
 import time
@@ -604,3 +606,78 @@ def test_the_command_refuses_to_start_without_credentials(
     monkeypatch.setenv("HULL_ORGANIZATION", ORG)
     assert run_internal_api("127.0.0.1", 0) == 2
     assert "HULL_CONNECTOR_SECRET" in capsys.readouterr().err
+
+
+# -- bodies: refused before they are read, capped when they are ---------------------------------
+BIG = 300 * 1024 * 1024
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _post_raw(
+    api: RunningApp, headers: dict[str, str], total: int, *, chunked: bool
+) -> tuple[int, int]:
+    """POST ``total`` body bytes over a raw socket until the server answers or stops reading.
+
+    Returns the answer's status and how many body bytes the server took before answering.
+    """
+    host, port = api.url.removeprefix("http://").split(":")
+    head = f"POST {USERS}?org={quote(ORG)} HTTP/1.1\r\nHost: {host}\r\n"
+    framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(total)}
+    head += "".join(f"{k}: {v}\r\n" for k, v in {**headers, **framing}.items()) + "\r\n"
+    chunk = b"x" * 65536
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head.encode())
+        while sent < total:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            piece = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+            try:
+                sock.settimeout(1)
+                sock.sendall(piece)
+            except (TimeoutError, OSError):
+                break
+            sent += len(chunk)
+        sock.settimeout(10)
+        answer = sock.recv(4096).decode("latin-1")
+    return int(answer.split(" ", 2)[1]), sent
+
+
+@pytest.mark.parametrize(
+    "auth,chunked,status",
+    [
+        pytest.param(None, False, 401, id="no-credentials"),
+        pytest.param(("wrong", "wrong"), True, 401, id="wrong-credentials-streamed"),
+        pytest.param(AUTH, False, 413, id="declared-too-large"),
+        pytest.param(AUTH, True, 413, id="streamed-too-large"),
+    ],
+)
+def test_big_bodies_are_refused_without_being_held(
+    api: RunningApp,
+    sandbox: PlanhatSandbox,
+    auth: tuple[str, str] | None,
+    chunked: bool,
+    status: int,
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = basic(*auth)
+    before = _rss_bytes()
+    results = [_post_raw(api, headers, BIG, chunked=chunked) for _ in range(4)]
+    grown = _rss_bytes() - before
+    assert [code for code, _ in results] == [status] * 4
+    assert all(sent < BIG for _, sent in results)  # the server answered long before the end
+    assert grown < 64 * 1024 * 1024, f"memory grew by {grown / 1e6:.0f} MB"
+    assert sandbox.rest.recorded() == []
+
+
+def test_a_body_just_under_the_cap_is_read(api: RunningApp) -> None:
+    padded = new_user(nickName="a" * (900 * 1024))
+    response = api.call("POST", json=padded)
+    assert response.status_code == 422  # read and validated (nickName too long), not refused
+    assert response.json()["detail"][0]["loc"][:1] == ["body"]

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hull_planhat_pipelines.clients.http import redact
 from hull_planhat_pipelines.internal_api.access import REALM, Access, ConnectorBasic
+from hull_planhat_pipelines.internal_api.body_guard import MAX_BODY_BYTES, BodyGuard
 from hull_planhat_pipelines.internal_api.cache import UsersCache
 from hull_planhat_pipelines.internal_api.models import (
     ErrorBody,
@@ -39,6 +40,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The `org` query parameter is missing."},
     401: {"model": ErrorBody, "description": "Missing or wrong connector credentials."},
     403: {"model": ErrorBody, "description": "`org` is not this connector's organization."},
+    413: {"model": ErrorBody, "description": "The body is larger than 1 MiB."},
     502: {
         "model": ErrorBody,
         "description": "Planhat unreachable, failing, or refusing the token.",
@@ -55,11 +57,13 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     cache_ttl: float = 600.0,
     secrets: Iterable[str] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The internal users API over ``client`` (a Planhat client, or a function building one).
 
     ``secrets`` (the Planhat tokens) are redacted from every message and log line, on top of
-    the client's own redaction.
+    the client's own redaction. A body is read only from an authorized caller, and only up to
+    ``max_body_bytes`` (413 beyond).
     """
     access = Access(connector_id, connector_secret, organization)
     hidden = tuple(s for s in (*secrets, connector_secret) if s)
@@ -85,6 +89,8 @@ def create_app(
     )
     app.include_router(_users_router(access, service))
     _install_error_handling(app, access, hidden)
+    # Added last, so outermost: it answers before FastAPI reads any body.
+    app.add_middleware(BodyGuard, access=access, prefix=PREFIX, max_body_bytes=max_body_bytes)
     app.state.users = service
     return app
 
