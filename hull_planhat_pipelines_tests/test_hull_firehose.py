@@ -166,6 +166,27 @@ def test_a_hull_id_claim_becomes_the_subject(
     assert hull_firehose.messages[0].sub == HULL_ID
 
 
+def test_traits_go_flat_an_object_value_as_its_json_text(
+    hull_firehose: HullFirehoseSandbox, client: HullFirehoseClient
+) -> None:
+    attributes = {
+        "copper/arr": {"amount": 1200, "currency": "USD"},
+        "copper/tags": ["a", "b"],
+        "copper/contacts": [{"email": "a@b.c"}],
+        "copper/visits": {"operation": "inc", "value": 1},
+        "copper/name": None,
+    }
+    message = client.account_traits_message({"domain": "acme.com"}, attributes)
+    assert message.body == {
+        "copper/arr": '{"amount": 1200, "currency": "USD"}',
+        "copper/tags": ["a", "b"],
+        "copper/contacts": '[{"email": "a@b.c"}]',
+        "copper/visits": {"operation": "inc", "value": 1},
+        "copper/name": None,
+    }
+    assert all(o.delivered for o in client.send([message]))
+
+
 def test_builders_refuse_what_cannot_be_sent(client: HullFirehoseClient) -> None:
     with pytest.raises(ValueError, match="at least one"):
         client.user_traits_message({"email": None, "external_id": " "}, {"a": 1})

@@ -172,9 +172,14 @@ def _claims(value: Claims, allowed: tuple[str, ...], what: str) -> dict[str, str
 
 
 def _iso(value: dt.datetime | str | float) -> str:
-    """ISO-8601 UTC with milliseconds and ``Z``; numbers are Unix seconds (Copper's dates)."""
+    """ISO-8601 UTC with milliseconds and ``Z``, as JavaScript writes dates; numbers are Unix
+    seconds (Copper's dates); text is parsed, so an unreadable date fails here."""
     if isinstance(value, str):
-        return value
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an ISO-8601 time: {value!r}") from None
+        value = value.astimezone(dt.UTC) if value.tzinfo else value
     if isinstance(value, int | float):
         value = dt.datetime.fromtimestamp(value, dt.UTC)
     elif value.tzinfo is None:
@@ -189,6 +194,29 @@ def _object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError(f"{what} must be an object")
     return body
+
+
+OPERATIONS = frozenset({"set", "setIfNull", "inc", "dec"})
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _flat(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Traits as Hull takes them: flat. A value that is neither plain, a list of plain values
+    nor an operation (e.g. a currency field's ``{"amount", "currency"}``) goes as its JSON text,
+    so it stays one trait that a later null still clears."""
+    flat: dict[str, Any] = {}
+    for name, value in attributes.items():
+        operation = (
+            isinstance(value, dict)
+            and set(value) == {"operation", "value"}
+            and value["operation"] in OPERATIONS
+        )
+        plain = _scalar(value) or (isinstance(value, list) and all(map(_scalar, value)))
+        flat[name] = value if plain or operation else json.dumps(value, sort_keys=True)
+    return flat
 
 
 def _excerpt(text: str) -> str:
@@ -317,7 +345,7 @@ class HullFirehoseClient:
         self, claims: Claims, attributes: Mapping[str, Any], *, key: str | None = None
     ) -> FirehoseMessage:
         """``traits`` on the user the claims name (``id``/``email``/``external_id``/...)."""
-        body = _object(attributes, "attributes")
+        body = _flat(_object(attributes, "attributes"))
         token = self.access_token(claims)
         return FirehoseMessage("user_traits", "traits", self._now(), token, body, key)
 
@@ -325,7 +353,7 @@ class HullFirehoseClient:
         self, claims: Claims, attributes: Mapping[str, Any], *, key: str | None = None
     ) -> FirehoseMessage:
         """``traits`` on an account: the token claims only the account (``domain``/...)."""
-        body = _object(attributes, "attributes")
+        body = _flat(_object(attributes, "attributes"))
         token = self.access_token(account_claims=claims)
         return FirehoseMessage("account_traits", "traits", self._now(), token, body, key)
 

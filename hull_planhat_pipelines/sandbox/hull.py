@@ -144,6 +144,7 @@ class HullFirehoseSandbox:
         self._envelopes: list[Envelope] = []
         self._refusals: list[dict[str, Any]] = []
         self._refuse_next = 0
+        self._refuse_after = 0
         self._batches = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -174,10 +175,12 @@ class HullFirehoseSandbox:
             "HULL_CONNECTOR_SECRET": self.connector_secret,
         }
 
-    def refuse_batches(self, times: int = 1) -> None:
-        """Refuse the next ``times`` well-formed batches as a whole (400), keeping nothing."""
+    def refuse_batches(self, times: int = 1, *, after: int = 0) -> None:
+        """Refuse ``times`` well-formed batches as a whole (400, nothing kept), once ``after``
+        more batches were accepted."""
         with self._lock:
-            self._refuse_next += times
+            self._refuse_next = times
+            self._refuse_after = after
 
     def reset(self) -> None:
         """Forget accepted messages, refusals, faults and recorded requests."""
@@ -185,7 +188,7 @@ class HullFirehoseSandbox:
             self._messages.clear()
             self._envelopes.clear()
             self._refusals.clear()
-            self._refuse_next = 0
+            self._refuse_next = self._refuse_after = 0
             self._batches = 0
         self.server.faults.clear()
         self.server.clear_requests()
@@ -270,11 +273,11 @@ class HullFirehoseSandbox:
         except Refused as exc:
             return self._refuse(exc.status, str(exc))
         with self._lock:
-            if self._refuse_next:
+            refused = bool(self._refuse_next) and not self._refuse_after
+            if refused:
                 self._refuse_next -= 1
-                refused = True
             else:
-                refused = False
+                self._refuse_after = max(0, self._refuse_after - 1)
                 self._batches += 1
                 number = self._batches
                 self._messages.extend(
