@@ -12,15 +12,25 @@ import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
+import yaml
 
 from hull_planhat_pipelines.assets import hull_forwarding
 from hull_planhat_pipelines.assets.hull_forwarding import OUTBOX_DDL, forward
+from hull_planhat_pipelines.cli import run_sync, sandboxes
 from hull_planhat_pipelines.clients.http import RetryPolicy
 from hull_planhat_pipelines.clients.hull import HullFirehoseClient
+from hull_planhat_pipelines.orchestration import range_tags
+from hull_planhat_pipelines.resources import hull_firehose_resource
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
+from hull_planhat_pipelines.settings import ConfigError, default_config_path
 from hull_planhat_pipelines.warehouse import append_table
 from hull_planhat_pipelines_tests.fake_time import FakeTime
-from hull_planhat_pipelines_tests.test_hull_assets import Stack, stack  # noqa: F401  (fixture)
+from hull_planhat_pipelines_tests.test_hull_assets import (  # noqa: F401  (stack: a fixture)
+    START,
+    TODAY,
+    Stack,
+    stack,
+)
 
 FAST = RetryPolicy(attempts=3, backoff_factor=0.5, backoff_max=8.0)
 
@@ -289,15 +299,16 @@ def _check(result: dg.ExecuteInProcessResult) -> Any:
     return check
 
 
-def test_a_sync_forwards_every_change_once_and_a_second_sync_nothing(stack: Stack) -> None:  # noqa: F811
-    first = stack.sync()
-    assert first.success and _check(first).passed
-    firehose = stack.firehose
-    with duckdb.connect(str(stack.warehouse), read_only=True) as conn:
+def assert_everything_forwarded(warehouse: Path, firehose: HullFirehoseSandbox) -> None:
+    """Every profile's attributes, every link and every event of the store reached the
+    firehose, under the claims of the store, each event dated when it happened."""
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
         users = conn.execute("select * from hull.users").fetchdf()
         accounts = conn.execute("select * from hull.accounts").fetchdf()
         events = conn.execute("select event_id, user_hull_id, occurred_at from hull.events")
         event_rows = events.fetchall()
+        outbox = conn.execute("select count(*) from hull.firehose_outbox").fetchone()
+    assert outbox == (0,)
     user_claims = {row.hull_id: _claims(row, "user") for row in users.itertuples()}
     account_claims = {row.hull_id: _claims(row, "account") for row in accounts.itertuples()}
 
@@ -312,7 +323,7 @@ def test_a_sync_forwards_every_change_once_and_a_second_sync_nothing(stack: Stac
         for row in users.itertuples()
         if isinstance(row.account_hull_id, str)
     )
-    links = sorted((json.dumps(u), json.dumps(a)) for u, a in firehose.links())
+    links = sorted({(json.dumps(u), json.dumps(a)) for u, a in firehose.links()})
     assert expected_links and links == expected_links
     forwarded = {e.body["event_id"]: e for e in firehose.events()}
     assert event_rows and set(forwarded) == {event_id for event_id, _, _ in event_rows}
@@ -321,12 +332,43 @@ def test_a_sync_forwards_every_change_once_and_a_second_sync_nothing(stack: Stac
         when = pd.Timestamp(forwarded[event_id].body["created_at"])
         assert when == pd.Timestamp(occurred_at)  # the event's time, not its arrival
     assert firehose.refusals == []
-    assert stack.query("select count(*) from hull.firehose_outbox") == [(0,)]
-    calls = len(firehose.server.recorded("POST"))
+
+
+def test_a_sync_forwards_every_change_once_and_a_second_sync_nothing(stack: Stack) -> None:  # noqa: F811
+    first = stack.sync()
+    assert first.success and _check(first).passed
+    assert_everything_forwarded(stack.warehouse, stack.firehose)
+    calls = len(stack.firehose.server.recorded("POST"))
 
     second = stack.sync()
     assert second.success and _check(second).passed
-    assert len(firehose.server.recorded("POST")) == calls  # nothing forwarded
+    assert len(stack.firehose.server.recorded("POST")) == calls  # nothing forwarded
+
+
+def test_the_sandbox_command_serves_the_firehose_and_a_full_sync_forwards_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hull-planhat sandbox`` / ``demo``: the firehose's exports, then ``sync`` twice."""
+    config = yaml.safe_load(default_config_path().read_text())
+    config["copper"]["start_date"] = START.isoformat()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("HULL_PLANHAT_CONFIG", str(tmp_path / "config.yaml"))
+    monkeypatch.setenv("HULL_PLANHAT_WAREHOUSE", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with sandboxes(seed=1, scale=0.05) as running:
+        firehose = running.firehose
+        assert {k: running.env[k] for k in firehose.env()} == firehose.env()
+        for name, value in running.env.items():
+            monkeypatch.setenv(name, value)
+        first = run_sync(full=True)
+        assert first.ok, first.table()
+        assert_everything_forwarded(tmp_path / "warehouse.duckdb", firehose)
+        calls = len(firehose.server.recorded("POST"))
+        assert calls > 0 and running.firehose_messages() > 0
+
+        second = run_sync()
+        assert second.ok, second.table()
+        assert len(firehose.server.recorded("POST")) == calls  # a settled loop forwards nothing
 
 
 def test_a_sync_whose_forwarding_failed_reports_a_failed_error_check(stack: Stack) -> None:  # noqa: F811
@@ -357,7 +399,23 @@ def test_a_dry_run_sync_writes_nothing_to_the_firehose(stack: Stack) -> None:  #
 
 
 def _range() -> dict[str, str]:
-    from hull_planhat_pipelines.orchestration import range_tags
-    from hull_planhat_pipelines_tests.test_hull_assets import START, TODAY
-
     return range_tags(START.isoformat(), TODAY.isoformat())
+
+
+# -- start-up ------------------------------------------------------------------------------------
+def test_forwarding_with_a_malformed_connector_id_is_refused_at_start_up(
+    hull_firehose: HullFirehoseSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in hull_firehose.env().items():
+        monkeypatch.setenv(name, value)
+    assert hull_firehose_resource().enabled
+    monkeypatch.setenv("HULL_CONNECTOR_ID", hull_firehose.connector_secret)  # a classic mix-up
+    with pytest.raises(ConfigError, match="24-character hexadecimal id") as raised:
+        hull_firehose_resource()
+    assert raised.value.key_path == "HULL_CONNECTOR_ID"
+    assert hull_firehose.connector_secret not in str(raised.value)
+    monkeypatch.delenv("HULL_CONNECTOR_SECRET")
+    with pytest.raises(ConfigError, match="HULL_CONNECTOR_SECRET"):
+        hull_firehose_resource()
+    monkeypatch.delenv("HULL_FIREHOSE_URL")
+    assert not hull_firehose_resource().enabled
