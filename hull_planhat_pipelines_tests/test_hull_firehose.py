@@ -382,6 +382,7 @@ TRACK = {"event": "x", "properties": {}, "event_id": "e1", "ip": None, "url": No
         ("no subject type", 401, "io.hull.subjectType must be"),
         ("no subject", 401, "must name its subject"),
         ("unknown claim", 401, "unknown claims ['phone']"),
+        ("only empty claims", 401, "names no one"),
         ("51 messages", 400, "1 to 50 messages"),
         ("empty batch", 400, "1 to 50 messages"),
         ("no sentAt", 400, "exactly"),
@@ -415,6 +416,9 @@ def test_the_sandbox_refuses_the_whole_batch_for_what_the_official_client_never_
         "no subject type": _message(s, _token(s, **{"io.hull.subjectType": None})),
         "no subject": _message(s, _token(s, **{"io.hull.asUser": None})),
         "unknown claim": _message(s, _token(s, **{"io.hull.asUser": {"phone": "1"}})),
+        "only empty claims": _message(
+            s, _token(s, **{"io.hull.asUser": {"email": None, "external_id": ""}})
+        ),
     }
     if case == "51 messages":
         body = _batch(*[good] * 51)
@@ -447,6 +451,14 @@ def test_the_sandbox_refuses_missing_or_wrong_headers(
     answer = _post(hull_firehose, _batch(_message(hull_firehose)), **headers)
     assert answer.status_code in (400, 401)
     assert hull_firehose.messages == []
+
+
+def test_null_claims_beside_a_real_one_are_accepted(hull_firehose: HullFirehoseSandbox) -> None:
+    """The official client keeps a claim given as null (``_.pick``); it names nothing."""
+    claims = {"email": "a@b.c", "external_id": None}
+    token = _token(hull_firehose, **{"io.hull.asUser": claims})
+    answer = _post(hull_firehose, _batch(_message(hull_firehose, token)))
+    assert answer.status_code == 200 and hull_firehose.traits_for_user("a@b.c") == {"a": 1}
 
 
 def test_a_request_token_signed_by_the_connector_is_accepted(

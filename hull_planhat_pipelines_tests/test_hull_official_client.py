@@ -41,7 +41,10 @@ def _node() -> str:
     """The node binary, once the official client is installed; else skip (fail in CI)."""
     node = shutil.which("node")
     if node is None or not (NODE_DIR / "node_modules" / "hull").is_dir():
-        reason = f"Hull's official client is not installed: run `npm ci` in {NODE_DIR.name}/"
+        reason = (
+            "Hull's official client is not installed: run `npm ci --ignore-scripts` in "
+            f"{NODE_DIR.relative_to(NODE_DIR.parents[1])}/"
+        )
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

@@ -380,7 +380,9 @@ class HullFirehoseSandbox:
             raise Refused(401, f"{name} must be a non-empty object of claims")
         if set(value) - allowed:
             raise Refused(401, f"{name} has unknown claims {sorted(set(value) - allowed)}")
-        for key, claim in value.items():
+        # null or empty claims pass (the official client keeps them) but name nothing
+        named = {k: v for k, v in value.items() if v not in (None, "", [])}
+        for key, claim in named.items():
             ok = (
                 all(isinstance(a, str) and a for a in claim)
                 if key == "aliases" and isinstance(claim, list)
@@ -388,7 +390,9 @@ class HullFirehoseSandbox:
             )
             if not ok:
                 raise Refused(401, f"{name}.{key} must be a non-empty string")
-        if "id" in value and not HULL_ID.fullmatch(value["id"]):
+        if not named:
+            raise Refused(401, f"{name} names no one: every claim is empty")
+        if "id" in named and not HULL_ID.fullmatch(named["id"]):
             raise Refused(401, f"{name}.id must be a Hull id (24 hexadecimal digits)")
 
     @staticmethod
