@@ -237,33 +237,42 @@ class Sandboxes:
     env: dict[str, str]
     copper: Any
     planhat: Any
+    firehose: Any
 
     def planhat_writes(self) -> int:
         return int(self.planhat.write_count())
+
+    def firehose_messages(self) -> int:
+        """Messages the sandbox firehose accepted so far (resends included)."""
+        return len(self.firehose.messages)
 
 
 @contextlib.contextmanager
 def sandboxes(seed: int, scale: float) -> Iterator[Sandboxes]:
     """Start the emulated APIs, with the environment that points the pipeline at them.
 
-    Planhat is seeded with the team members whose ids the Copper companies carry as owners.
+    Planhat is seeded with the team members whose ids the Copper companies carry as owners;
+    the Hull firehose takes what the sync forwards, so the demo shows forwarding too.
     """
     from hull_planhat_pipelines.sandbox.copper import CopperSandbox
     from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
+    from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
     from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 
     copper = CopperSandbox(seed=seed, scale=scale)
     planhat = PlanhatSandbox(
         seed=seed, scale=scale, seed_user_ids=planhat_user_ids(seed, PLANHAT_TEAM_SIZE)
     )
-    with copper, planhat:
+    firehose = HullFirehoseSandbox()
+    with copper, planhat, firehose:
         env = {
             "COPPER_API_URL": copper.base_url,
             "COPPER_API_KEY": copper.api_key,
             "COPPER_USER_EMAIL": copper.user_email,
             **planhat.env(),
+            **firehose.env(),
         }
-        yield Sandboxes(env, copper, planhat)
+        yield Sandboxes(env, copper, planhat, firehose)
 
 
 def warehouse_summary() -> str:
@@ -313,13 +322,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ok = True
         for title, full in (("full sync", True), ("second sync, no source change", False)):
             before = running.planhat_writes()
+            forwarded_before = running.firehose_messages()
             started = time.monotonic()
             summary = run_sync(full=full)
             ok = ok and summary.ok
             writes = running.planhat_writes() - before
+            forwarded = running.firehose_messages() - forwarded_before
             print(
                 f"\n== {title}: {time.monotonic() - started:.1f}s, "
-                f"{writes} write requests to Planhat =="
+                f"{writes} write requests to Planhat, {forwarded} messages to the Hull firehose =="
             )
             print(summary.table())
         print(f"\nwarehouse {warehouse_path()}:\n{warehouse_summary()}")

@@ -12,8 +12,9 @@ import dagster as dg
 import duckdb
 
 from hull_planhat_pipelines.clients.copper import SHARED_METADATA, CopperClient
-from hull_planhat_pipelines.clients.hull import HullFirehoseClient
+from hull_planhat_pipelines.clients.hull import HullFirehoseClient, check_connector_id
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.settings import ConfigError
 from hull_planhat_pipelines.warehouse import read_only
 
 DEFAULT_COPPER_API_URL = "https://api.copper.com/developer_api/v1"
@@ -122,9 +123,26 @@ class HullFirehoseResource(dg.ConfigurableResource):
 
 
 def hull_firehose_resource() -> HullFirehoseResource:
-    """Secrets as EnvVar when forwarding is configured; an inert resource otherwise."""
+    """Secrets as EnvVar when forwarding is configured; an inert resource otherwise.
+
+    A forwarding that cannot work is refused at start-up (``ConfigError``: the command exits
+    2) rather than at the first batch: every variable set, and a connector id as Hull issues it.
+    """
     if not os.environ.get("HULL_FIREHOSE_URL"):
         return HullFirehoseResource()
+    missing = [
+        name
+        for name in ("HULL_ORGANIZATION", "HULL_CONNECTOR_ID", "HULL_CONNECTOR_SECRET")
+        if not os.environ.get(name)
+    ]
+    if missing:
+        raise ConfigError(
+            "environment", missing[0], "HULL_FIREHOSE_URL is set, so forwarding also needs it"
+        )
+    try:
+        check_connector_id(os.environ["HULL_CONNECTOR_ID"])
+    except ValueError as exc:
+        raise ConfigError("environment", "HULL_CONNECTOR_ID", str(exc)) from None
     return HullFirehoseResource(
         url=os.environ["HULL_FIREHOSE_URL"],
         organization=os.environ.get("HULL_ORGANIZATION"),

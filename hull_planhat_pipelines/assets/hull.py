@@ -8,7 +8,6 @@ sources writes nothing.
 """
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,16 +16,20 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.clients.http import ApiError
-from hull_planhat_pipelines.clients.hull import FirehoseMessage, FirehoseStopped, HullFirehoseClient
+from hull_planhat_pipelines.assets.hull_forwarding import (
+    FORWARDED_CHECK,
+    OUTBOX_DDL,
+    HullProfilesConfig,
+    forward,
+    forwarded_check,
+    queue,
+)
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows
 from hull_planhat_pipelines.sync.hull_apply import apply_changes
 from hull_planhat_pipelines.sync.hull_model import STORE_SQL_TYPES, empty_events, empty_store
-from hull_planhat_pipelines.sync.hull_outbox import OUTBOX_COLUMNS, outbox_rows
 from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, compute_changes
-from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
 from hull_planhat_pipelines.sync.segments import evaluate_segments
 from hull_planhat_pipelines.sync_log import record_events
@@ -44,8 +47,7 @@ STATE_DDL = [
     "create schema if not exists ops",
     "create table if not exists ops.hull_watermarks (source varchar primary key, "
     "fetched_at timestamptz)",
-    "create table if not exists hull.firehose_outbox (message_key varchar, kind varchar, "
-    "user_claims varchar, account_claims varchar, body varchar, revision varchar)",
+    *OUTBOX_DDL,
 ]
 
 
@@ -205,17 +207,7 @@ def apply(
                 conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now)
             )
             if forwarding:  # the messages cost as much as the rest of a first load
-                messages = outbox_rows(
-                    changes.user_upserts,
-                    changes.account_upserts,
-                    changes.links,
-                    changes.events,
-                    users,
-                    accounts,
-                    revision=run_id,
-                )
-                append_table(conn, "hull.firehose_outbox", messages)
-                outbox = len(messages)
+                outbox = queue(conn, changes, users, accounts, run_id=run_id)
         for source, mark in sources.watermarks.items():
             run(
                 conn,
@@ -227,68 +219,6 @@ def apply(
         run(conn, "rollback")
         raise
     return changes, store, sources, outbox
-
-
-def _message(client: HullFirehoseClient, row: Any) -> FirehoseMessage:
-    user = json.loads(row.user_claims) if row.user_claims else None
-    account = json.loads(row.account_claims) if row.account_claims else None
-    body = json.loads(row.body)
-    if row.kind == "user_traits":
-        return client.user_traits_message(user, body, key=row.message_key, revision=row.revision)
-    if row.kind == "account_traits":
-        return client.account_traits_message(
-            account, body, key=row.message_key, revision=row.revision
-        )
-    if row.kind == "link":
-        return client.link_message(user, account, key=row.message_key, revision=row.revision)
-    return client.track_message(
-        user,
-        body["event_id"],
-        body["name"],
-        body["properties"],
-        body["occurred_at"],
-        source=body.get("source"),
-        key=row.message_key,
-        revision=row.revision,
-    )
-
-
-def forward(
-    database: str, firehose: HullFirehoseResource
-) -> tuple[dict[str, int], list[SyncEvent]]:
-    """Send the outbox; only messages the firehose took leave it."""
-    if not firehose.enabled:
-        return {}, []
-    conn = connect(database)
-    try:
-        pending = _frame(conn, f"select {', '.join(OUTBOX_COLUMNS)} from hull.firehose_outbox")
-        if pending.empty:
-            return {"pending": 0}, []
-        with firehose.client() as client:
-            messages = [_message(client, row) for row in pending.itertuples(index=False)]
-            try:
-                outcomes = client.send(messages)
-            except FirehoseStopped as exc:
-                outcomes = exc.outcomes
-                events = [SyncEvent(event="incoming.job.error", reason="Unauthorized (firehose)")]
-                return {"sent": 0, "failed": len(pending)}, events
-            requests = client.attempts()
-        sent = [o.key for o in outcomes if o.delivered]
-        if sent:
-            conn.register("_sent", pd.DataFrame({"message_key": pd.Series(sent, dtype="string")}))
-            run(conn, "delete from hull.firehose_outbox where message_key in (select * from _sent)")
-        failed = [o for o in outcomes if not o.delivered]
-        events = [
-            SyncEvent(
-                event="incoming.job.error", object_type="firehose", object_id=o.key, reason=o.error
-            )
-            for o in failed
-        ]
-        return {"sent": len(sent), "failed": len(failed), "requests": requests}, events
-    except ApiError as exc:
-        return {"sent": 0}, [SyncEvent(event="incoming.job.error", reason=str(exc))]
-    finally:
-        conn.close()
 
 
 def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
@@ -336,10 +266,16 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     ]
 
     @dg.multi_asset(
-        specs=specs, name="hull_profiles", group_name="hull", pool="warehouse", can_subset=False
+        specs=specs,
+        name="hull_profiles",
+        group_name="hull",
+        pool="warehouse",
+        can_subset=False,
+        check_specs=[FORWARDED_CHECK],
     )
     def hull_profiles(
         context: dg.AssetExecutionContext,
+        config: HullProfilesConfig,
         warehouse: WarehouseResource,
         hull_firehose: HullFirehoseResource,
     ):
@@ -351,8 +287,8 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             )
         finally:
             conn.close()
-        forwarded, forward_events = forward(warehouse.database, hull_firehose)
-        counts = record_events(context, [*changes.log, *forward_events], asset="hull/profiles")
+        forwarded = forward(warehouse.database, hull_firehose, dry_run=config.dry_run)
+        counts = record_events(context, [*changes.log, *forwarded.events], asset="hull/profiles")
         common = {
             "sources_read": dg.MetadataValue.json(sources.rows_read),
             "sync_log": dg.MetadataValue.json(counts),
@@ -391,8 +327,9 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                     "rows": dg.MetadataValue.int(len(frame) if frame is not None else 0),
                     "segments": dg.MetadataValue.json(_segment_counts(frame)),
                     "firehose_outbox_added": dg.MetadataValue.int(outbox),
-                    "firehose": dg.MetadataValue.json(forwarded),
+                    "firehose": dg.MetadataValue.json(forwarded.metadata()),
                 },
             )
+        yield forwarded_check(forwarded)
 
     return [hull_profiles]

@@ -1,13 +1,21 @@
-"""Forwarding profile changes to a Hull-compatible firehose.
+"""Forwarding profile changes to a Hull firehose, the way Hull's official Node client does.
 
-Each applied upsert or event becomes one firehose message (``traits``, ``track`` or ``link``)
-whose ``Hull-Access-Token`` is a JWT signed with the connector secret and naming the profile it
-is about. Messages go out in batches, one request at a time, through the shared ``ApiSession``
-(retries, backoff, redaction). Every message gets one outcome row shaped like the Planhat
-delivery rows, so both can land in the same deliveries table.
+The protocol (npm ``hull`` 0.14.2, which wraps ``hull-client`` 2.0.4):
 
-Message ids are derived from the message's content, not drawn at random: a batch resent after a
-timeout or a killed run carries the same ids and the firehose drops the copies.
+- ``POST`` to the firehose root with ``Hull-App-Id`` (connector id), ``Hull-Access-Token``
+  (connector secret) and ``Hull-Organization``; body ``{"batch": [...], "timestamp", "sentAt"}``
+  with at most 50 messages.
+- A message is ``{"type", "body", "headers": {"Hull-Access-Token": JWT}, "timestamp"}``. The JWT
+  (HS256, connector secret) has ``iss`` = connector id, ``iat``, ``io.hull.subjectType`` and the
+  claims ``io.hull.asUser`` and/or ``io.hull.asAccount``; ``sub`` only for a Hull id claim.
+- User traits, account traits and tracks; a user joins an account by a ``traits`` message with
+  an empty body on a token claiming both, subject type ``account``. A track body is flat:
+  ``event``, ``properties``, ``event_id``, ``created_at`` (when it happened), ``source``, ...
+- There is no message id: resending traits is harmless, a track is deduplicated by its
+  ``event_id``. The firehose answers each batch as a whole.
+
+Requests go through the shared ``ApiSession`` (retries, backoff, redaction). Every message gets
+one outcome row shaped like the Planhat delivery rows.
 """
 
 from __future__ import annotations
@@ -16,8 +24,7 @@ import datetime as dt
 import json
 import re
 import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -38,49 +45,65 @@ from hull_planhat_pipelines.sync.batching import batch_bounds, jsonable
 
 __all__ = [
     "ACCOUNT_CLAIMS",
+    "AS_ACCOUNT",
+    "AS_USER",
     "DEFAULT_POLICY",
     "MAX_BATCH_SIZE",
     "NOT_SENT_AUTH",
     "OUTCOME_COLUMNS",
+    "SUBJECT_TYPE",
     "USER_CLAIMS",
     "FirehoseMessage",
     "FirehoseOutcome",
     "FirehoseStopped",
     "HullFirehoseClient",
-    "message_id",
+    "check_connector_id",
 ]
 
 API = "hull-firehose"
-DEFAULT_POLICY = RetryPolicy()
-MAX_BATCH_SIZE = 100
-"""Messages per request: the batch size Hull's own clients used; larger is unverified."""
-USER_CLAIMS = ("email", "external_id", "anonymous_id")
-ACCOUNT_CLAIMS = ("domain", "external_id", "anonymous_id")
+DEFAULT_POLICY = RetryPolicy(attempts=3, read_timeout=30.0)
+"""Three tries, as the official client (which retries a timeout or a 5xx twice)."""
+MAX_BATCH_SIZE = 50
+"""Messages per request: the official client flushes at 50."""
+USER_CLAIMS = ("id", "email", "external_id", "anonymous_id")
+ACCOUNT_CLAIMS = ("id", "domain", "external_id", "anonymous_id")
 AS_USER = "io.hull.asUser"
 AS_ACCOUNT = "io.hull.asAccount"
 SUBJECT_TYPE = "io.hull.subjectType"
+CONNECTOR_ID = re.compile(r"[0-9a-fA-F]{24}")
 EXCERPT_CHARS = 500
 NOT_SENT_AUTH = "not sent: the forwarding stopped on an authentication failure"
-_MESSAGE_NAMESPACE = uuid.UUID("6f1d0c4e-3a57-5b2e-9c1d-4b8e2f7a9d30")
 _JWT_PATTERN = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]+")
 """Any JWT: never shown in an error or excerpt (a token lets its holder write to a profile)."""
 
-MessageType = Literal["traits", "track", "link"]
+MessageType = Literal["traits", "track"]
 MessageKind = Literal["user_traits", "account_traits", "track", "link"]
 Claims = Mapping[str, Any]
+
+
+def check_connector_id(connector_id: str | None) -> str:
+    """The connector id as Hull issues it (24 hex digits); the error never shows the value,
+    which might be a secret pasted into the wrong variable."""
+    value = (connector_id or "").strip()
+    if not CONNECTOR_ID.fullmatch(value):
+        raise ValueError(
+            "the Hull connector id (HULL_CONNECTOR_ID) must be the connector's 24-character "
+            f"hexadecimal id, as shown in the connector's settings; got {len(value)} characters"
+            + ("" if not value or value.isalnum() else " including non-alphanumeric ones")
+        )
+    return value
 
 
 @dataclass(frozen=True)
 class FirehoseMessage:
     """One message ready to send: its wire form plus what the outcome row needs.
 
-    ``kind`` tells user from account traits (same wire ``type``); ``key`` is the caller's id
-    for the record (e.g. a ``hull_id``), echoed in the outcome row; default: the message id.
+    ``kind`` tells user traits, account traits and links apart (all three are ``traits`` on the
+    wire); ``key`` is the caller's id for the record (e.g. a ``hull_id``), echoed in the outcome.
     """
 
     kind: MessageKind
     type: MessageType
-    message_id: str
     timestamp: str
     token: str = field(repr=False)
     body: dict[str, Any]
@@ -89,21 +112,19 @@ class FirehoseMessage:
     def wire(self) -> dict[str, Any]:
         return {
             "type": self.type,
-            "timestamp": self.timestamp,
-            "message_id": self.message_id,
-            "headers": {"Hull-Access-Token": self.token},
             "body": self.body,
+            "headers": {"Hull-Access-Token": self.token},
+            "timestamp": self.timestamp,
         }
 
 
 @dataclass(frozen=True)
 class FirehoseOutcome:
-    """What happened to one message; the columns of a Planhat delivery row, with the message
-    id where Planhat rows carry ``planhat_id``.
+    """What happened to one message; the columns of a Planhat delivery row (without an id:
+    the firehose gives none back).
 
-    ``status`` is "sent" (the firehose took it: it answers no more than that, like Planhat's
-    analytics) or "error". ``request`` numbers the calls of one ``send`` (None: not sent);
-    ``attempts`` counts HTTP tries of that call, retries included.
+    ``status`` is "sent" (the firehose took its batch) or "error". ``request`` numbers the
+    calls of one ``send`` (None: not sent); ``attempts`` counts HTTP tries of that call.
     """
 
     target: str
@@ -114,7 +135,6 @@ class FirehoseOutcome:
     request: int | None
     attempts: int | None
     batch: int
-    message_id: str
 
     @property
     def delivered(self) -> bool:
@@ -136,23 +156,6 @@ class FirehoseStopped(ApiAuthError):
         self.outcomes = outcomes
 
 
-def _canonical(value: Any) -> str:
-    """Stable JSON text; NaN and infinities are refused (they are not JSON)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
-
-
-def message_id(
-    message_type: str, claims: Mapping[str, Any], body: Any, revision: str | None = None
-) -> str:
-    """A name-based UUID of the message content: same content, same id, whenever it is built.
-
-    ``revision`` separates genuine repeats: without it, a trait set back to an earlier value
-    gets the id of the earlier message and a deduplicating firehose drops it.
-    """
-    material = _canonical([message_type, claims, body, revision])
-    return str(uuid.uuid5(_MESSAGE_NAMESPACE, material))
-
-
 def _claims(value: Claims, allowed: tuple[str, ...], what: str) -> dict[str, str]:
     """The non-empty claims, as text; a subject with no claim at all cannot be addressed."""
     unknown = set(value) - set(allowed)
@@ -168,21 +171,15 @@ def _claims(value: Claims, allowed: tuple[str, ...], what: str) -> dict[str, str
     return kept
 
 
-def _subjects(
-    user: Claims | None, account: Claims | None
-) -> tuple[dict[str, str] | None, dict[str, str] | None]:
-    if user is None and account is None:
-        raise ValueError("an access token needs user claims, account claims or both")
-    return (
-        None if user is None else _claims(user, USER_CLAIMS, "user"),
-        None if account is None else _claims(account, ACCOUNT_CLAIMS, "account"),
-    )
-
-
 def _iso(value: dt.datetime | str | float) -> str:
-    """ISO-8601 UTC with milliseconds and ``Z``; numbers are Unix seconds (Copper's dates)."""
+    """ISO-8601 UTC with milliseconds and ``Z``, as JavaScript writes dates; numbers are Unix
+    seconds (Copper's dates); text is parsed, so an unreadable date fails here."""
     if isinstance(value, str):
-        return value
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an ISO-8601 time: {value!r}") from None
+        value = value.astimezone(dt.UTC) if value.tzinfo else value
     if isinstance(value, int | float):
         value = dt.datetime.fromtimestamp(value, dt.UTC)
     elif value.tzinfo is None:
@@ -192,10 +189,34 @@ def _iso(value: dt.datetime | str | float) -> str:
 
 def _object(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     body = jsonable(dict(value or {}))
-    _canonical(body)  # fail here, naming the message, rather than inside the HTTP call
+    # fail here, naming the message, rather than inside the HTTP call
+    json.dumps(body, allow_nan=False)
     if not isinstance(body, dict):
         raise ValueError(f"{what} must be an object")
     return body
+
+
+OPERATIONS = frozenset({"set", "setIfNull", "inc", "dec"})
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _flat(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Traits as Hull takes them: flat. A value that is neither plain, a list of plain values
+    nor an operation (e.g. a currency field's ``{"amount", "currency"}``) goes as its JSON text,
+    so it stays one trait that a later null still clears."""
+    flat: dict[str, Any] = {}
+    for name, value in attributes.items():
+        operation = (
+            isinstance(value, dict)
+            and set(value) == {"operation", "value"}
+            and value["operation"] in OPERATIONS
+        )
+        plain = _scalar(value) or (isinstance(value, list) and all(map(_scalar, value)))
+        flat[name] = value if plain or operation else json.dumps(value, sort_keys=True)
+    return flat
 
 
 def _excerpt(text: str) -> str:
@@ -210,6 +231,27 @@ def _split_url(url: str) -> tuple[str, str]:
     base = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
     path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
     return base, path
+
+
+def firehose_url(organization: str) -> str:
+    """Hull's firehose for an organization: ``acme.hullapp.io`` -> ``https://firehose.hullapp.io``."""
+    _, _, domain = organization.partition(".")
+    if not domain:
+        raise ValueError(f"cannot derive a firehose URL from organization {organization!r}")
+    return f"https://firehose.{domain}"
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's outcome: its rows, and whether the firehose is worth trying again now
+    (False after a 5xx, a timeout or a refused connection that outlived the retries)."""
+
+    outcomes: list[FirehoseOutcome]
+    reachable: bool = True
+
+    @property
+    def delivered(self) -> bool:
+        return all(o.delivered for o in self.outcomes)
 
 
 class HullFirehoseClient:
@@ -229,16 +271,12 @@ class HullFirehoseClient:
         sleeper: Sleeper = time.sleep,
         clock: Clock = time.time,
     ) -> None:
-        for name, value in (
-            ("organization", organization),
-            ("connector id", connector_id),
-            ("connector secret", connector_secret),
-        ):
+        for name, value in (("organization", organization), ("connector secret", connector_secret)):
             if not value:
                 raise ValueError(f"a Hull {name} is required to forward to a firehose")
         batch_bounds(0, batch_size, MAX_BATCH_SIZE)  # validates batch_size
         self.organization = organization
-        self.connector_id = connector_id
+        self.connector_id = check_connector_id(connector_id)
         self.batch_size = batch_size
         self._secret = connector_secret
         self._clock = clock
@@ -246,7 +284,11 @@ class HullFirehoseClient:
         self.session = ApiSession(
             API,
             base,
-            headers={"Hull-Organization": organization},
+            headers={
+                "Hull-App-Id": self.connector_id,
+                "Hull-Access-Token": connector_secret,
+                "Hull-Organization": organization,
+            },
             secrets=[connector_secret],
             policy=policy,
             sleeper=sleeper,
@@ -279,65 +321,49 @@ class HullFirehoseClient:
     def access_token(
         self, user_claims: Claims | None = None, account_claims: Claims | None = None
     ) -> str:
-        """A JWT (HS256, connector secret) naming the user and/or account a message is about."""
-        user, account = _subjects(user_claims, account_claims)
-        return self._token(user, account)
-
-    def _token(self, user: dict[str, str] | None, account: dict[str, str] | None) -> str:
-        payload: dict[str, Any] = {
-            "iss": self.organization,
-            "sub": self.connector_id,
-            "iat": int(self._clock()),
-            SUBJECT_TYPE: "user" if user is not None else "account",
-        }
+        """A JWT naming the user and/or account a message is about; the subject is the account
+        when account claims are given (a link), else the user."""
+        if user_claims is None and account_claims is None:
+            raise ValueError("an access token needs user claims, account claims or both")
+        user = None if user_claims is None else _claims(user_claims, USER_CLAIMS, "user")
+        account = (
+            None if account_claims is None else _claims(account_claims, ACCOUNT_CLAIMS, "account")
+        )
+        subject = "account" if account is not None else "user"
+        payload: dict[str, Any] = {"iss": self.connector_id, "iat": int(self._clock())}
+        subject_id = (account if subject == "account" else user or {}).get("id")
+        if subject_id:
+            payload["sub"] = subject_id
         if user is not None:
             payload[AS_USER] = user
         if account is not None:
             payload[AS_ACCOUNT] = account
+        payload[SUBJECT_TYPE] = subject
         return jwt.encode(payload, self._secret, algorithm="HS256")
 
-    def _message(
-        self,
-        kind: MessageKind,
-        message_type: MessageType,
-        subjects: tuple[Claims | None, Claims | None],
-        body: dict[str, Any],
-        *,
-        key: str | None,
-        revision: str | None,
-    ) -> FirehoseMessage:
-        user, account = _subjects(*subjects)
-        mid = message_id(message_type, {AS_USER: user, AS_ACCOUNT: account}, body, revision)
-        token = self._token(user, account)
-        return FirehoseMessage(kind, message_type, mid, self._now(), token, body, key)
-
     def user_traits_message(
-        self,
-        claims: Claims,
-        attributes: Mapping[str, Any],
-        *,
-        key: str | None = None,
-        revision: str | None = None,
+        self, claims: Claims, attributes: Mapping[str, Any], *, key: str | None = None
     ) -> FirehoseMessage:
-        """``traits`` on the user ``claims`` names (``email``/``external_id``/``anonymous_id``)."""
-        body = _object(attributes, "attributes")
-        return self._message(
-            "user_traits", "traits", (claims, None), body, key=key, revision=revision
-        )
+        """``traits`` on the user the claims name (``id``/``email``/``external_id``/...)."""
+        body = _flat(_object(attributes, "attributes"))
+        token = self.access_token(claims)
+        return FirehoseMessage("user_traits", "traits", self._now(), token, body, key)
 
     def account_traits_message(
-        self,
-        claims: Claims,
-        attributes: Mapping[str, Any],
-        *,
-        key: str | None = None,
-        revision: str | None = None,
+        self, claims: Claims, attributes: Mapping[str, Any], *, key: str | None = None
     ) -> FirehoseMessage:
         """``traits`` on an account: the token claims only the account (``domain``/...)."""
-        body = _object(attributes, "attributes")
-        return self._message(
-            "account_traits", "traits", (None, claims), body, key=key, revision=revision
-        )
+        body = _flat(_object(attributes, "attributes"))
+        token = self.access_token(account_claims=claims)
+        return FirehoseMessage("account_traits", "traits", self._now(), token, body, key)
+
+    def link_message(
+        self, user_claims: Claims, account_claims: Claims, *, key: str | None = None
+    ) -> FirehoseMessage:
+        """The user joins the account: empty ``traits`` on a token claiming both, subject the
+        account (what ``asUser(user).account(account).traits({})`` sends)."""
+        token = self.access_token(user_claims, account_claims)
+        return FirehoseMessage("link", "traits", self._now(), token, {}, key)
 
     def track_message(
         self,
@@ -348,67 +374,64 @@ class HullFirehoseClient:
         occurred_at: dt.datetime | str | float,
         *,
         source: str | None = None,
+        event_type: str | None = None,
         key: str | None = None,
-        revision: str | None = None,
     ) -> FirehoseMessage:
-        """``track``: one event on the user; ``event_id`` also lets Hull deduplicate events."""
+        """``track``: one event on the user, dated when it happened; ``event_id`` makes a
+        resend overwrite the earlier copy instead of adding an event."""
         if not event_id or not name:
             raise ValueError("an event needs an event_id and a name")
-        context: dict[str, Any] = {"created_at": _iso(occurred_at)}
+        body: dict[str, Any] = {"ip": None, "url": None, "referer": None}
+        body["event_id"] = str(event_id)
+        body["created_at"] = _iso(occurred_at)
         if source:
-            context["source"] = source
-        body = {
-            "event": name,
-            "properties": _object(properties, "properties"),
-            "context": context,
-            "event_id": str(event_id),
-        }
-        return self._message(
-            "track", "track", (user_claims, None), body, key=key or str(event_id), revision=revision
-        )
-
-    def link_message(
-        self,
-        user_claims: Claims,
-        account_claims: Claims,
-        *,
-        key: str | None = None,
-        revision: str | None = None,
-    ) -> FirehoseMessage:
-        """``link``: the token's user joins the token's account; the body is empty."""
-        return self._message(
-            "link", "link", (user_claims, account_claims), {}, key=key, revision=revision
-        )
+            body["source"] = source
+        if event_type:
+            body["type"] = event_type
+        body["properties"] = _object(properties, "properties")
+        body["event"] = name
+        token = self.access_token(user_claims)
+        return FirehoseMessage("track", "track", self._now(), token, body, key or str(event_id))
 
     # -- sending -----------------------------------------------------------------------------
-    def send(self, messages: Sequence[FirehoseMessage]) -> list[FirehoseOutcome]:
-        """Send ``messages`` in batches of ``batch_size``, one request at a time.
+    def batches(self, messages: Sequence[FirehoseMessage]) -> Iterator[BatchResult]:
+        """Send ``messages`` in batches of ``batch_size``, one request at a time, yielding each
+        batch's result before the next goes out (so the caller can checkpoint in between).
 
-        Returns one outcome per message, in input order. A 2xx batch marks its messages "sent"
-        (except those the answer lists under ``rejected``); a batch that still fails after the
-        policy's retries marks its messages "error" and the next batch goes out. 401/403 stops
-        everything: ``FirehoseStopped`` (an ``ApiAuthError``) carries the rows.
+        A batch that still fails after the policy's retries marks its messages "error"; 401/403
+        stops everything: ``FirehoseStopped`` (an ``ApiAuthError``) carries the unsent rows.
         """
         messages = list(messages)
-        outcomes: list[FirehoseOutcome] = []
         bounds = batch_bounds(len(messages), self.batch_size, MAX_BATCH_SIZE)
         for number, positions in enumerate(bounds, start=1):
             batch = messages[positions.start : positions.stop]
             try:
-                outcomes.extend(self._send_batch(batch, number))
+                yield self.send_batch(batch, number)
             except ApiAuthError as exc:
                 unsent = messages[positions.start :]
-                outcomes.extend(
-                    _row(m, "error", NOT_SENT_AUTH, None, None, None, number) for m in unsent
-                )
+                rows = [_row(m, "error", NOT_SENT_AUTH, None, None, None, number) for m in unsent]
                 message = self.redact(str(exc).removeprefix(f"{exc.api}: "))
-                raise FirehoseStopped(message, exc.status, outcomes) from None
+                raise FirehoseStopped(message, exc.status, rows) from None
+
+    def send(self, messages: Sequence[FirehoseMessage]) -> list[FirehoseOutcome]:
+        """Every batch of ``messages``; one outcome per message, in input order."""
+        outcomes: list[FirehoseOutcome] = []
+        try:
+            for result in self.batches(messages):
+                outcomes.extend(result.outcomes)
+        except FirehoseStopped as exc:
+            exc.outcomes = outcomes + exc.outcomes
+            raise
         return outcomes
 
-    def _send_batch(self, batch: list[FirehoseMessage], number: int) -> list[FirehoseOutcome]:
+    def send_batch(self, batch: Sequence[FirehoseMessage], number: int = 1) -> BatchResult:
+        """One request; the firehose takes or refuses the batch as a whole (401/403 raise)."""
+        if not 1 <= len(batch) <= MAX_BATCH_SIZE:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH_SIZE} messages, got {len(batch)}")
         now = self._now()
         body = {"batch": [m.wire() for m in batch], "timestamp": now, "sentAt": now}
         before = self.attempts()
+        request = number
         try:
             response = self.session.request("POST", self._path, json_body=body, kind="POST batch")
         except ApiAuthError:
@@ -417,20 +440,14 @@ class HullFirehoseClient:
             attempts = self.attempts() - before
             excerpt = None if exc.body is None else _excerpt(self.redact(str(exc.body)))
             error = self.redact(str(exc))
-            return [_row(m, "error", error, excerpt, number, attempts, number) for m in batch]
+            rows = [_row(m, "error", error, excerpt, request, attempts, number) for m in batch]
+            reachable = exc.status is not None and exc.status < 500 and exc.status != 429
+            return BatchResult(rows, reachable)
         attempts = self.attempts() - before
-        answer = _decode(response.content)
-        rejected = _rejected(answer)
         excerpt = _excerpt(self.redact(response.text)) if response.content else None
-        rows = []
-        for message in batch:
-            reason = rejected.get(message.message_id)
-            if reason is None:
-                rows.append(_row(message, "sent", None, excerpt, number, attempts, number))
-            else:
-                error = f"rejected by the firehose: {self.redact(reason)}"
-                rows.append(_row(message, "error", error, excerpt, number, attempts, number))
-        return rows
+        return BatchResult(
+            [_row(m, "sent", None, excerpt, request, attempts, number) for m in batch]
+        )
 
 
 def _row(
@@ -444,33 +461,11 @@ def _row(
 ) -> FirehoseOutcome:
     return FirehoseOutcome(
         target=f"hull.{message.kind}",
-        key=message.key if message.key is not None else message.message_id,
+        key=message.key,
         status=status,
         error=error,
         response=response,
         request=request,
         attempts=attempts,
         batch=batch,
-        message_id=message.message_id,
     )
-
-
-def _decode(content: bytes) -> Any:
-    if not content.strip():
-        return None
-    try:
-        return json.loads(content)
-    except ValueError:
-        return None
-
-
-def _rejected(answer: Any) -> dict[str, str]:
-    """Message ids the firehose says it refused -> why. Hull documents no per-message answer;
-    one that names refusals (as the sandbox does) must not be reported as delivered."""
-    if not isinstance(answer, Mapping) or not isinstance(answer.get("rejected"), list):
-        return {}
-    refused: dict[str, str] = {}
-    for entry in answer["rejected"]:
-        if isinstance(entry, Mapping) and entry.get("message_id"):
-            refused[str(entry["message_id"])] = str(entry.get("error") or "rejected")
-    return refused

@@ -1,8 +1,9 @@
 """What an applied sync forwards to a Hull firehose, as rows of an outbox (pure).
 
 The outbox is written in the same transaction that applies the changes, and rows leave it only
-once the firehose took them: a firehose that is down loses nothing, a rerun duplicates nothing
-(message ids are deterministic per row and run).
+once the firehose took their batch: a firehose that is down loses nothing, and a batch sent
+twice changes nothing (traits are idempotent; a track is keyed by its event_id). A link is a row
+of its own (kind ``link``): on the wire, account-subject ``traits {}`` claiming both profiles.
 """
 
 from __future__ import annotations

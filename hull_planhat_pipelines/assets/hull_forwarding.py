@@ -1,0 +1,275 @@
+"""Forwarding the outbox of applied changes to a Hull firehose, batch by batch.
+
+The outbox (``hull.firehose_outbox``) is filled in the transaction that applies a sync; here it
+drains in order, one firehose batch at a time: after each batch the firehose took, its rows leave
+the outbox in a short transaction of their own (a checkpoint), so a run killed midway resends at
+most one batch, which is harmless (traits are idempotent, a track is keyed by its event_id).
+No warehouse connection is held while a request or its backoff is under way.
+
+A refused batch stays queued for the next run; later messages about the same record wait behind
+it, so a record's changes never arrive out of order. A firehose that is down (5xx or timeouts
+after the retries) or refuses the credentials ends the forwarding of this run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.clients.http import ApiAuthError
+from hull_planhat_pipelines.clients.hull import FirehoseMessage, HullFirehoseClient
+from hull_planhat_pipelines.sync.hull_outbox import OUTBOX_COLUMNS, outbox_rows
+from hull_planhat_pipelines.sync.hull_sync import Changes
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
+
+OUTBOX = "hull.firehose_outbox"
+OUTBOX_DDL = [
+    f"create table if not exists {OUTBOX} (message_key varchar, kind varchar, "
+    "user_claims varchar, account_claims varchar, body varchar, revision varchar, seq bigint)",
+    # outboxes written before rows were numbered: number them, older than any new row
+    f"alter table {OUTBOX} add column if not exists seq bigint",
+    f"update {OUTBOX} set seq = rowid - (select max(rowid) + 1 from {OUTBOX}) where seq is null",
+]
+FORWARDED_CHECK = dg.AssetCheckSpec(
+    "hull_firehose_forwarded",
+    asset=dg.AssetKey(["hull", "users"]),
+    description="Every queued change reached the Hull firehose (passes when forwarding is off).",
+)
+HELD = "held back: an earlier message about the same record is still queued"
+
+
+class Firehose(Protocol):
+    """Where forwarding goes: ``HullFirehoseResource`` (tests pass one with a fake clock)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def client(self) -> HullFirehoseClient: ...
+
+
+def queue(
+    conn: duckdb.DuckDBPyConnection,
+    changes: Changes,
+    users: pd.DataFrame,
+    accounts: pd.DataFrame,
+    *,
+    run_id: str,
+) -> int:
+    """Add the messages of applied ``changes`` to the outbox (inside the caller's transaction),
+    numbered after every row already queued; returns how many."""
+    messages = outbox_rows(
+        changes.user_upserts,
+        changes.account_upserts,
+        changes.links,
+        changes.events,
+        users,
+        accounts,
+        revision=run_id,
+    )
+    if messages.empty:
+        return 0
+    last = conn.execute(f"select greatest(coalesce(max(seq), 0), 0) from {OUTBOX}").fetchone()
+    first = int(last[0] if last else 0) + 1
+    messages["seq"] = pd.Series(range(first, first + len(messages)), dtype="int64")
+    append_table(conn, OUTBOX, messages)
+    return len(messages)
+
+
+@dataclass
+class Forwarded:
+    """What one forwarding did; ``ok`` is False when anything queued could not be delivered."""
+
+    enabled: bool = False
+    dry_run: bool = False
+    pending: int = 0
+    sent: int = 0
+    failed: int = 0
+    held: int = 0
+    requests: int = 0
+    stopped: str | None = None
+    by_kind: dict[str, int] = field(default_factory=dict)
+    events: list[SyncEvent] = field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        """Messages still in the outbox after this run."""
+        return self.pending - self.sent
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.stopped is None and (self.dry_run or self.left == 0)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "dry_run": self.dry_run,
+            "pending": self.pending,
+            "sent": self.sent,
+            "failed": self.failed,
+            "held": self.held,
+            "left": self.left,
+            "requests": self.requests,
+            "stopped": self.stopped,
+            "by_kind": self.by_kind,
+        }
+
+
+def _pending(database: str) -> pd.DataFrame:
+    conn = connect(database)
+    try:
+        if not table_exists(conn, "hull", "firehose_outbox"):
+            return pd.DataFrame(columns=[*OUTBOX_COLUMNS, "seq"])
+        columns = ", ".join(OUTBOX_COLUMNS)
+        return conn.execute(f"select seq, {columns} from {OUTBOX} order by seq").fetchdf()
+    finally:
+        conn.close()
+
+
+def _checkpoint(database: str, seqs: list[int]) -> None:
+    """The rows of a delivered batch leave the outbox, committed before the next batch."""
+    conn = connect(database)
+    try:
+        conn.register("_sent", pd.DataFrame({"seq": pd.Series(seqs, dtype="int64")}))
+        run(conn, f"delete from {OUTBOX} where seq in (select seq from _sent)")
+    finally:
+        conn.close()
+
+
+def message(client: HullFirehoseClient, row: Any) -> FirehoseMessage:
+    """The firehose message of one outbox row."""
+    user = json.loads(row.user_claims) if row.user_claims else None
+    account = json.loads(row.account_claims) if row.account_claims else None
+    body = json.loads(row.body)
+    key = row.message_key
+    if row.kind == "user_traits":
+        return client.user_traits_message(user, body, key=key)
+    if row.kind == "account_traits":
+        return client.account_traits_message(account, body, key=key)
+    if row.kind == "link":
+        return client.link_message(user, account, key=key)
+    if row.kind == "track":
+        return client.track_message(
+            user,
+            body["event_id"],
+            body["name"],
+            body["properties"],
+            body["occurred_at"],
+            source=body.get("source"),
+            key=key,
+        )
+    raise ValueError(f"unknown outbox message kind {row.kind!r}")
+
+
+def _error(key: str | None, reason: str | None) -> SyncEvent:
+    return SyncEvent(
+        event="incoming.job.error", object_type="firehose", object_id=key, reason=reason
+    )
+
+
+def forward(database: str, firehose: Firehose, *, dry_run: bool = False) -> Forwarded:
+    """Drain the outbox in order, one checkpointed batch at a time; a dry run sends nothing."""
+    if not firehose.enabled:
+        return Forwarded()
+    pending = _pending(database)
+    result = Forwarded(enabled=True, dry_run=dry_run, pending=len(pending))
+    result.by_kind = {str(k): int(v) for k, v in Counter(pending["kind"]).items()}
+    if pending.empty or dry_run:
+        return result
+    with firehose.client() as client:
+        queue_: list[tuple[int, str, FirehoseMessage]] = []
+        held: set[str] = set()
+        for row in pending.itertuples(index=False):
+            try:
+                queue_.append((int(row.seq), row.message_key, message(client, row)))
+            except (ValueError, KeyError, TypeError) as exc:  # stays queued, reported
+                result.failed += 1
+                held.add(row.message_key)
+                result.events.append(_error(row.message_key, f"cannot build message: {exc}"))
+        _drain(database, client, queue_, held, result)
+        result.requests = client.attempts()
+    return result
+
+
+def _drain(
+    database: str,
+    client: HullFirehoseClient,
+    queue_: list[tuple[int, str, FirehoseMessage]],
+    held: set[str],
+    result: Forwarded,
+) -> None:
+    position, number = 0, 0
+    while position < len(queue_):
+        batch: list[tuple[int, str, FirehoseMessage]] = []
+        while position < len(queue_) and len(batch) < client.batch_size:
+            item = queue_[position]
+            position += 1
+            if item[1] in held:
+                result.held += 1
+                result.events.append(
+                    SyncEvent(
+                        event="incoming.job.skip",
+                        object_type="firehose",
+                        object_id=item[1],
+                        reason=HELD,
+                    )
+                )
+            else:
+                batch.append(item)
+        if not batch:
+            return
+        number += 1
+        try:
+            sent = client.send_batch([m for _, _, m in batch], number)
+        except ApiAuthError as exc:
+            result.stopped = client.redact(str(exc))
+            result.events.append(_error(None, f"Unauthorized (firehose): {result.stopped}"))
+            return
+        if sent.delivered:
+            _checkpoint(database, [seq for seq, _, _ in batch])
+            result.sent += len(batch)
+            continue
+        result.failed += len(batch)
+        held.update(key for _, key, _ in batch)
+        result.events.extend(_error(o.key, o.error) for o in sent.outcomes)
+        if not sent.reachable:
+            result.stopped = "the firehose is unavailable; the rest waits for the next run"
+            return
+
+
+class HullProfilesConfig(dg.Config):
+    """Run configuration of ``hull_profiles``."""
+
+    dry_run: bool = False
+    """Apply the sync to the profile store but send nothing to the firehose (changes stay
+    queued for the next real run)."""
+
+
+def forwarded_check(forwarded: Forwarded) -> dg.AssetCheckResult:
+    """Failed (severity ERROR) when queued changes did not reach the firehose: the profiles are
+    applied and the chain downstream runs, but the sync did not complete without errors."""
+    if not forwarded.enabled:
+        description = "forwarding to a Hull firehose is off"
+    elif forwarded.dry_run:
+        description = f"dry run: {forwarded.pending} message(s) stay queued, none sent"
+    elif forwarded.ok:
+        description = f"{forwarded.sent} message(s) delivered"
+    else:
+        description = (
+            f"{forwarded.left} message(s) not delivered ({forwarded.failed} refused, "
+            f"{forwarded.held} held back){'; ' + forwarded.stopped if forwarded.stopped else ''}"
+        )
+    return dg.AssetCheckResult(
+        check_name=FORWARDED_CHECK.name,
+        asset_key=FORWARDED_CHECK.asset_key,
+        passed=forwarded.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"firehose": dg.MetadataValue.json(forwarded.metadata())},
+    )
