@@ -58,7 +58,7 @@ _COMMON_KEYS = PAGING_KEYS | SORT_KEYS | {
 _ADDRESS_KEYS = {"phone_number", "city", "state", "postal_code", "country"}
 SEARCH_KEYS: dict[str, frozenset[str]] = {
     "leads": frozenset(_COMMON_KEYS | _ADDRESS_KEYS | {
-        "emails", "status_ids", "customer_source_ids",
+        "emails", "status_ids", "customer_source_ids", "include_converted_leads",
         "minimum_monetary_value", "maximum_monetary_value",
     }),
     "people": frozenset(_COMMON_KEYS | _ADDRESS_KEYS | {
@@ -236,6 +236,24 @@ def _as_str_list(value: Any, key: str) -> list[str]:
 
 
 # -- one object's data ---------------------------------------------------------------------------
+def _tie_order(ids: np.ndarray) -> np.ndarray:
+    """A stable pseudo-random order of ids (a 64-bit mix), for equal sort keys."""
+    with np.errstate(over="ignore"):
+        mixed = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        mixed ^= mixed >> np.uint64(31)
+        mixed *= np.uint64(0xBF58476D1CE4E5B9)
+        return mixed ^ (mixed >> np.uint64(29))
+
+
+def total_estimate(count: int) -> int:
+    """``X-PW-TOTAL`` as an estimate: the count rounded up to two significant digits (an upper
+    bound, as one public client describes Copper's); clients must never page by it."""
+    if count < 100:
+        return -(-count // 10) * 10
+    step = 10 ** (len(str(count)) - 2)
+    return -(-count // step) * step
+
+
 _COLUMN_DTYPES: dict[str, type] = {
     "id": np.int64,
     "date_created": np.int64,
@@ -245,6 +263,7 @@ _COLUMN_DTYPES: dict[str, type] = {
     "parent_id": np.int64,
     "type_category": np.int8,
     "type_id": np.int64,
+    "converted": np.int8,
 }
 _ACTIVITY_COLUMNS = ("activity_date", "parent_type", "parent_id", "type_category", "type_id")
 
@@ -260,6 +279,8 @@ def _columns_of(object_name: str, record: Record) -> dict[str, int]:
         "date_created": int(record["date_created"]),
         "date_modified": int(record["date_modified"]),
     }
+    if object_name == "leads":
+        cols["converted"] = int(record.get("converted_contact_id") is not None)
     if object_name == "activities":
         parent, kind = record.get("parent") or {}, record.get("type") or {}
         cols |= {
@@ -302,12 +323,14 @@ class _Table:
         self._cols = {key: columns.get(key, self._empty(key)) for key in self._column_names()}
         self._alive = np.ones(self._n_base, dtype=bool)
         self._explicit: dict[int, Record] = {}
+        self._stubs: set[int] = set()
+        """Rows of deleted activities: still searchable, answered as ``{id, is_deleted}``."""
         self._cache: dict[Any, Any] = {}
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self.lock = threading.RLock()
 
     def _column_names(self) -> tuple[str, ...]:
-        extra = _ACTIVITY_COLUMNS if self.name == "activities" else ()
+        extra = {"activities": _ACTIVITY_COLUMNS, "leads": ("converted",)}.get(self.name, ())
         return ("id", "date_created", "date_modified", *extra)
 
     @staticmethod
@@ -324,6 +347,8 @@ class _Table:
 
     # -- reading -------------------------------------------------------------------------------
     def record(self, row: int) -> Record:
+        if row in self._stubs:
+            return {"id": int(self._cols["id"][row]), "is_deleted": True}
         explicit = self._explicit.get(row)
         if explicit is not None:
             return explicit
@@ -335,8 +360,18 @@ class _Table:
     def alive_rows(self) -> np.ndarray:
         return np.flatnonzero(self._alive)
 
+    def live_rows(self) -> np.ndarray:
+        """Alive rows that are records, not the stubs of deleted activities."""
+        rows = self.alive_rows()
+        if not self._stubs:
+            return rows
+        return rows[~np.isin(rows, np.fromiter(self._stubs, dtype=np.int64))]
+
+    def is_stub(self, row: int) -> bool:
+        return row in self._stubs
+
     def count(self) -> int:
-        return int(np.count_nonzero(self._alive))
+        return int(np.count_nonzero(self._alive)) - len(self._stubs)
 
     def rows_of(self, ids: Iterable[int]) -> list[int | None]:
         """Rows of ``ids`` (``None`` for unknown or deleted ids)."""
@@ -353,20 +388,21 @@ class _Table:
         return [int(rows[a]) if ok else None for a, ok in zip(at, found, strict=True)]
 
     def _sorted(self, key: str, extract: Callable[[Record], Any] | None) -> tuple[np.ndarray, Any]:
-        """Alive rows in ascending ``(key, id)`` order, and the sorted key column if numeric."""
+        """Alive rows in ascending ``key`` order, and the sorted key column if numeric. Equal
+        keys come in a stable order unrelated to the id (Copper breaks no ties by id)."""
         cached = self._cache.get(("sort", key))
         if cached is not None:
             return cached
         rows = self.alive_rows()
-        ids = self._cols["id"][rows]
+        ties = _tie_order(self._cols["id"][rows])
         if key in self._cols:
             values = self._cols[key][rows]
-            order = np.lexsort((ids, values))
+            order = np.lexsort((ties, values))
             result = (rows[order], values[order])
         else:
             assert extract is not None
             nulls, keys = self._sort_keys(key, rows, extract)
-            result = (rows[np.lexsort((ids, keys, nulls))], None)
+            result = (rows[np.lexsort((ties, keys, nulls))], None)
         self._cache[("sort", key)] = result
         return result
 
@@ -478,16 +514,24 @@ class _Table:
 
     def touch(self, ids: list[int], at: int) -> None:
         with self.lock:
-            for row in self._known_rows(ids):
+            rows = self._known_rows(ids)
+            if any(row in self._stubs for row in rows):
+                raise KeyError(f"{self.name}: deleted activities cannot be modified")
+            for row in rows:
                 self._cols["date_modified"][row] = at
                 if row in self._explicit:
                     self._explicit[row]["date_modified"] = at
             self._changed()
 
     def delete(self, ids: list[int]) -> None:
+        """Deleted records leave every search; deleted activities stay as stubs (Copper's
+        documented behaviour: they can still be read, as the delete call's answer)."""
         with self.lock:
             for row in self._known_rows(ids):
-                self._alive[row] = False
+                if self.name == "activities":
+                    self._stubs.add(row)
+                else:
+                    self._alive[row] = False
                 self._explicit.pop(row, None)
             self._changed()
 
@@ -532,6 +576,8 @@ class CopperSandbox:
         """Ids of the seeded edge cases (see ``CopperSeed._edge_cases``)."""
         self._tables = {name: _Table(name, generated.tables[name]) for name in OBJECTS}
         self._users_lock = threading.Lock()
+        self._churn: dict[str, int] = {}
+        """Object -> records edited after each search page served (see :meth:`churn`)."""
         self.server = SandboxServer(
             "copper",
             self._routes(),
@@ -539,6 +585,7 @@ class CopperSandbox:
             rate_limit_per_minute=rate_limit_per_minute,
             rate_limit_retry_after=False,
             port=port,
+            admin_routes=self._control_routes(),
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -634,6 +681,183 @@ class CopperSandbox:
             return len(self.metadata.users)
         return self._table(object_name).count()
 
+    # -- changes, as Copper's users make them ---------------------------------------------------
+    def create(self, object_name: str, record: Record) -> Record:
+        """A new record (an id is chosen when none is given), dated :meth:`clock`."""
+        record = copy.deepcopy(record)
+        if "id" not in record:
+            table = self._table(object_name)
+            with table.lock:
+                ids = table.columns["id"]
+                record["id"] = int(ids.max()) + 1 if len(ids) else 1
+        if self.record(object_name, int(record["id"])) is not None:
+            raise ValueError(f"{object_name} {record['id']} exists already")
+        self.upsert_records(object_name, [record])
+        return self.record(object_name, int(record["id"])) or {}
+
+    def edit(
+        self, object_name: str, record_id: int, changes: Record, at: int | None = None
+    ) -> Record:
+        """Change fields of a record as a save in Copper's UI does: ``date_modified`` becomes
+        ``at`` (default :meth:`clock`); a user activity's stays its ``activity_date``."""
+        record = self.record(object_name, record_id)
+        if record is None:
+            raise KeyError(f"{object_name}: unknown id {record_id}")
+        if record.get("is_deleted"):
+            raise KeyError(f"{object_name}: {record_id} is deleted")
+        record.update({k: v for k, v in changes.items() if k != "id"})
+        record["date_modified"] = self.clock() if at is None else at
+        if object_name == "activities" and (record.get("type") or {}).get("category") == "user":
+            record["date_modified"] = record["activity_date"]
+        self.upsert_records(object_name, [record])
+        return self.record(object_name, record_id) or {}
+
+    def convert_lead(
+        self, lead_id: int, person_id: int | None = None, at: int | None = None
+    ) -> tuple[Record, Record]:
+        """Convert a lead into a new person, or into ``person_id``: a merge, never a deletion.
+        The lead stays, out of default searches, with ``converted_contact_id`` and
+        ``converted_at``; the person lists it in ``leads_converted_from``."""
+        at = self.clock() if at is None else at
+        lead = self.record("leads", lead_id)
+        if lead is None:
+            raise KeyError(f"leads: unknown id {lead_id}")
+        if lead.get("converted_contact_id") is not None:
+            raise ValueError(f"lead {lead_id} is converted already")
+        entry = {"lead_id": lead_id, "converted_timestamp": at}
+        if person_id is None:
+            email = lead.get("email")
+            person = self.create("people", {
+                "name": lead.get("name"), "prefix": lead.get("prefix"),
+                "first_name": lead.get("first_name"), "middle_name": lead.get("middle_name"),
+                "last_name": lead.get("last_name"), "suffix": lead.get("suffix"),
+                "address": lead.get("address"), "assignee_id": lead.get("assignee_id"),
+                "company_id": None, "company_name": lead.get("company_name"),
+                "contact_type_id": None, "details": lead.get("details"),
+                "emails": [email] if email else [],
+                "phone_numbers": lead.get("phone_numbers") or [], "socials": [],
+                "tags": lead.get("tags") or [], "title": lead.get("title"), "websites": [],
+                "custom_fields": [], "date_created": at, "date_modified": at,
+                "date_last_contacted": None, "interaction_count": 0,
+                "leads_converted_from": [entry], "date_lead_created": lead.get("date_created"),
+            })  # fmt: skip
+        else:
+            existing = self.record("people", person_id)
+            if existing is None:
+                raise KeyError(f"people: unknown id {person_id}")
+            converted_from = [*(existing.get("leads_converted_from") or []), entry]
+            person = self.edit("people", person_id, {"leads_converted_from": converted_from}, at)
+        lead = self.edit(
+            "leads",
+            lead_id,
+            {"converted_contact_id": person["id"], "converted_at": at,
+             "converted_opportunity_id": None},
+            at,
+        )  # fmt: skip
+        return lead, person
+
+    def churn(self, object_name: str, edits_per_page: int) -> None:
+        """A sales team at work during a walk: after every search page of ``object_name`` it
+        serves, the sandbox saves ``edits_per_page`` of the records on that page (their
+        ``date_modified`` becomes :meth:`clock`, which moves them to the end of a
+        ``date_modified`` sort). 0 stops it."""
+        obj = self._table(object_name)
+        if obj.name == "activities":
+            raise ValueError("activities keep their date when edited: churn sorted objects")
+        if edits_per_page < 0:
+            raise ValueError("edits_per_page must be >= 0")
+        if edits_per_page:
+            self._churn[object_name] = edits_per_page
+        else:
+            self._churn.pop(object_name, None)
+
+    def _churn_after(self, object_name: str, page: np.ndarray) -> None:
+        table = self._table(object_name)
+        ids = [int(i) for i in table.columns["id"][page[: self._churn[object_name]]]]
+        table.touch(ids, self.clock())
+
+    # -- the control surface (``/_sandbox/copper/...``, for tests and demos in other processes)
+    def _control_routes(self) -> list[tuple[str, str, Callable[[Request], Response]]]:
+        objects = "|".join(OBJECTS)
+        one = rf"/_sandbox/copper/(?P<object>{objects})/(?P<id>\d+)"
+        return [
+            ("POST", rf"/_sandbox/copper/(?P<object>{objects})", self._control_create),
+            ("GET", one, self._control_get),
+            ("PATCH", one, self._control_edit),
+            ("DELETE", one, self._control_delete),
+            ("POST", r"/_sandbox/copper/leads/(?P<id>\d+)/convert", self._control_convert),
+            ("POST", "/_sandbox/copper/churn", self._control_churn),
+            ("GET", "/_sandbox/copper/churn", lambda _r: Response(200, dict(self._churn))),
+        ]
+
+    @staticmethod
+    def _controlled(action: Callable[[], Any], status: int = 200) -> Response:
+        try:
+            return Response(status, action())
+        except KeyError as exc:
+            return Response(404, {"error": "not_found", "message": str(exc.args[0])})
+        except (ValueError, TypeError) as exc:
+            return Response(400, {"error": "bad_request", "message": str(exc)})
+
+    @staticmethod
+    def _object_body(request: Request) -> Record:
+        if not isinstance(request.body, dict):
+            raise ValueError("the body must be a JSON object")
+        return request.body
+
+    def _control_create(self, request: Request) -> Response:
+        name = request.params["object"]
+        return self._controlled(lambda: self.create(name, self._object_body(request)), 201)
+
+    def _control_get(self, request: Request) -> Response:
+        name, key = request.params["object"], int(request.params["id"])
+
+        def get() -> Record:
+            found = self.record(name, key)
+            if found is None:
+                raise KeyError(f"{name}: unknown id {key}")
+            return found
+
+        return self._controlled(get)
+
+    def _control_edit(self, request: Request) -> Response:
+        name, key = request.params["object"], int(request.params["id"])
+        body = request.body if isinstance(request.body, dict) else {}
+        at = body.get("date_modified")
+        return self._controlled(
+            lambda: self.edit(name, key, self._object_body(request), int(at) if at else None)
+        )
+
+    def _control_delete(self, request: Request) -> Response:
+        name, key = request.params["object"], int(request.params["id"])
+
+        def delete() -> Record:
+            self.delete_records(name, [key])
+            return {"id": key, "is_deleted": True}
+
+        return self._controlled(delete)
+
+    def _control_convert(self, request: Request) -> Response:
+        body = request.body if isinstance(request.body, dict) else {}
+        person = body.get("person_id")
+
+        def convert() -> Record:
+            lead, merged = self.convert_lead(
+                int(request.params["id"]), None if person is None else int(person)
+            )
+            return {"lead": lead, "person": merged}
+
+        return self._controlled(convert)
+
+    def _control_churn(self, request: Request) -> Response:
+        body = self._object_body(request) if isinstance(request.body, dict) else {}
+
+        def churn() -> dict[str, int]:
+            self.churn(str(body.get("object")), int(body.get("edits_per_page", 0)))
+            return dict(self._churn)
+
+        return self._controlled(churn)
+
     # -- HTTP ------------------------------------------------------------------------------------
     def _routes(self) -> list[tuple[str, str, Callable[[Request], Response]]]:
         routes: list[tuple[str, str, Callable[[Request], Response]]] = []
@@ -684,7 +908,11 @@ class CopperSandbox:
                     extract = None
                 else:
                     query, extract = _records_query(
-                        object_name, body, self.clock(), self.metadata.close_date_format
+                        object_name,
+                        body,
+                        self.clock(),
+                        self.metadata.close_date_format,
+                        self.metadata.custom_field_definitions,
                     )
             except _Invalid as exc:
                 return invalid(str(exc))
@@ -697,7 +925,10 @@ class CopperSandbox:
                     rows = _with_duplicates(table.columns, rows)
                 page = self._page(rows, page_number, page_size)
                 records = [table.record(int(r)) for r in page]
-            return Response(200, records, {"X-PW-TOTAL": str(len(rows))})
+                if self._churn.get(object_name) and records:
+                    records = copy.deepcopy(records)  # what was served, before the edits
+                    self._churn_after(object_name, page)
+            return Response(200, records, {"X-PW-TOTAL": str(total_estimate(len(rows)))})
 
         return search
 
@@ -719,7 +950,9 @@ class CopperSandbox:
             users.reverse()
         rows = np.arange(len(users))
         page = self._page(rows, page_number, page_size)
-        return Response(200, [users[int(i)] for i in page], {"X-PW-TOTAL": str(len(users))})
+        return Response(
+            200, [users[int(i)] for i in page], {"X-PW-TOTAL": str(total_estimate(len(users)))}
+        )
 
     def _paging(self, request: Request, body: dict[str, Any]) -> tuple[int, int]:
         """``page_number``/``page_size`` from the body, else the query string (body wins)."""
@@ -810,12 +1043,17 @@ def _ids_mask(ids: list[int]) -> ColumnMask:
 
 
 def _records_query(
-    object_name: str, body: dict[str, Any], now: int, close_date_format: str = "M/D/YYYY"
+    object_name: str,
+    body: dict[str, Any],
+    now: int,
+    close_date_format: str = "M/D/YYYY",
+    definitions: list[dict[str, Any]] | None = None,
 ) -> tuple[Query, Callable[[Record], Any] | None]:
     """Leads, people, companies, opportunities: sort, date windows and the supported filters.
 
-    Accepted but not applied (documented, rarely used, not needed by the pipeline):
-    ``custom_fields``, ``followed``, ``opportunity_ids``, ``priority_ids``.
+    Leads leave out converted ones unless ``include_converted_leads`` is true. Accepted but not
+    applied (documented, rarely used, not needed by the pipeline): ``followed``,
+    ``opportunity_ids``, ``priority_ids``.
     """
     sort_by = body.get("sort_by", DEFAULT_SORT[object_name])
     extract = SORTS[object_name].get(sort_by)
@@ -835,7 +1073,17 @@ def _records_query(
         query.ranges["date_created"] = (max(low, old_low or low), high)
     if body.get("ids") is not None:
         query.masks.append(_ids_mask(_as_int_list(body["ids"], "ids")))
+    if object_name == "leads":
+        include = body.get("include_converted_leads", False)
+        if not isinstance(include, bool):
+            raise _Invalid("Include converted leads: must be a boolean")
+        if not include:  # a converted lead leaves the default search
+            query.masks.append(lambda cols, rows: cols["converted"][rows] == 0)
     query.record_filters.extend(_record_filters(object_name, body, close_date_format))
+    if body.get("custom_fields") is not None:
+        query.record_filters.extend(
+            _custom_field_filters(body["custom_fields"], object_name, definitions)
+        )
     return query, extract
 
 
@@ -887,6 +1135,82 @@ def _record_filters(
                 )
             )
     return filters
+
+
+_RECORD_TYPES = {"leads": "lead", "people": "person", "companies": "company",
+                 "opportunities": "opportunity"}  # fmt: skip
+_RANGE_TYPES = ("Date", "Float", "Percentage", "Currency")
+
+
+def _custom_field_filters(
+    items: Any, object_name: str, definitions: list[dict[str, Any]] | None
+) -> list[RecordFilter]:
+    """Copper's custom field search: dropdowns and multi-selects by option ids (``option``
+    ANY/ALL/NONE for multi-selects, ``allow_empty`` to match unset values too), checkboxes by
+    value, dates and numbers by ``minimum_value``/``maximum_value``. Text fields cannot be
+    searched; every refusal is a 422, as in Copper."""
+    if not isinstance(items, list):
+        raise _Invalid("Custom fields: must be an array")
+    by_id = {d["id"]: d for d in definitions or []}
+    filters: list[RecordFilter] = []
+    for item in items:
+        if not isinstance(item, dict) or "custom_field_definition_id" not in item:
+            raise _Invalid("Custom fields: each needs a custom_field_definition_id")
+        definition = by_id.get(_as_int(item["custom_field_definition_id"], "custom_fields"))
+        if definition is None or _RECORD_TYPES[object_name] not in definition["available_on"]:
+            raise _Invalid(
+                f"Custom fields: no field {item['custom_field_definition_id']} on {object_name}"
+            )
+        kind, key = definition["data_type"], definition["id"]
+        allow_empty = bool(item.get("allow_empty", False))
+        if kind in ("Dropdown", "MultiSelect"):
+            raw = item.get("value")
+            wanted = set(_as_int_list(raw if isinstance(raw, list) else [raw], "custom_fields"))
+            option = str(item.get("option", "ANY")).upper()
+            if option not in ("ANY", "ALL", "NONE"):
+                raise _Invalid("Custom fields: option must be ANY, ALL or NONE")
+            filters.append(
+                lambda r, k=key, w=wanted, o=option, e=allow_empty: _options_match(
+                    _custom_value(r, k), w, o, e
+                )
+            )
+        elif kind == "Checkbox":
+            if not isinstance(item.get("value"), bool):
+                raise _Invalid("Custom fields: a checkbox value must be a boolean")
+            filters.append(
+                lambda r, k=key, v=item["value"]: bool(_custom_value(r, k) or False) is v
+            )
+        elif kind in _RANGE_TYPES:
+            low = None if item.get("minimum_value") is None else item["minimum_value"]
+            high = None if item.get("maximum_value") is None else item["maximum_value"]
+            if low is None and high is None:
+                raise _Invalid("Custom fields: give minimum_value or maximum_value")
+            filters.append(
+                lambda r, k=key, lo=low, hi=high, e=allow_empty: (
+                    (e and _custom_value(r, k) is None) or _within(_custom_value(r, k), lo, hi)
+                )
+            )
+        else:
+            raise _Invalid(f"Custom fields: {definition['name']} ({kind}) cannot be searched")
+    return filters
+
+
+def _custom_value(record: Record, definition_id: int) -> Any:
+    for entry in record.get("custom_fields") or ():
+        if entry.get("custom_field_definition_id") == definition_id:
+            return entry.get("value")
+    return None
+
+
+def _options_match(value: Any, wanted: set[int], option: str, allow_empty: bool) -> bool:
+    chosen = set(value) if isinstance(value, list) else ({value} if value is not None else set())
+    if not chosen:
+        return allow_empty
+    if option == "ALL":
+        return wanted <= chosen
+    if option == "NONE":
+        return not (wanted & chosen)
+    return bool(wanted & chosen)
 
 
 def _all_emails(record: Record) -> set[str]:
