@@ -666,7 +666,7 @@ class CopperSandbox:
             return copy.deepcopy(self.metadata.users)
         table = self._table(object_name)
         with table.lock:
-            rows = table.alive_rows()
+            rows = table.live_rows()
             order = np.argsort(table.columns["id"][rows], kind="stable")
             return [copy.deepcopy(table.record(int(r))) for r in rows[order]]
 
