@@ -61,13 +61,16 @@ def plan_incremental_runs(
     start_date: dt.date,
     rescan_days: int,
     rescan_minutes: int,
+    horizon_days: int = 0,
 ) -> tuple[list[PlannedRun], CopperCursor]:
     """Which day partitions changed since the cursor, and the advanced cursor (pure).
 
     A changed object needs the days from its previous newest change to its new one; on the
     first tick only the day of the newest change. Activities have no sort: a cheap "anything
     dated since the last check?" question covers new ones, and a trailing window of days is
-    re-fetched every ``rescan_minutes`` for back-dated ones.
+    re-fetched every ``rescan_minutes`` for back-dated ones, together with the
+    ``horizon_days`` ahead (activities planned in the future: asking "anything dated up to the
+    horizon?" would always say yes, so they come with the re-scan, not with every tick).
     """
     today = _day(now)
     clamp = lambda day: max(day, start_date)  # noqa: E731
@@ -94,7 +97,8 @@ def plan_incremental_runs(
     )
     if rescan_due:
         first = clamp(today - dt.timedelta(days=rescan_days))
-        runs.append(PlannedRun(("activities",), first, clamp(today), "trailing activity re-scan"))
+        last = clamp(today + dt.timedelta(days=horizon_days))
+        runs.append(PlannedRun(("activities",), first, last, "trailing activity re-scan"))
         advanced.activities_rescanned = now
     elif activities_changed:
         since = cursor.activities_checked or now
