@@ -118,3 +118,18 @@ def test_the_rescan_reaches_the_activity_horizon_ahead() -> None:
     assert [(r.objects, r.first_day, r.last_day) for r in runs] == [
         (("activities",), dt.date(2026, 11, 16), dt.date(2027, 11, 23))
     ]
+
+
+def test_a_newest_change_in_the_second_of_the_last_tick_is_fetched_once_more() -> None:
+    """A save in the very second the previous tick asked carries the same newest date."""
+    cursor = CopperCursor(
+        newest={"leads": NOW - 300, "people": NOW - 3 * DAY},
+        activities_checked=NOW - 300,
+        activities_rescanned=NOW,
+    )
+    runs, advanced = _plan(cursor, {"leads": NOW - 300, "people": NOW - 3 * DAY})
+    assert [(r.objects, r.first_day, r.last_day, r.reason) for r in runs] == [
+        (("leads",), dt.date(2026, 11, 23), dt.date(2026, 11, 23), "same-second re-check")
+    ]
+    again, _ = _plan(advanced, {"leads": NOW - 300, "people": NOW - 3 * DAY}, now=NOW + 300)
+    assert again == []  # once

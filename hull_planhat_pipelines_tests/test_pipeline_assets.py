@@ -375,3 +375,54 @@ def test_a_busy_warehouse_never_fails_the_sensor_tick(
     monkeypatch.setattr(orchestration, "SENSOR_LOG_WAITS", ())
     skipped = _sensor_tick(pipeline, None, api_key="wrong")
     assert isinstance(skipped, dg.SkipReason) and "Unauthorized" in (skipped.skip_message or "")
+
+
+def _current(path: Path) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return {
+            name: conn.execute(
+                f"select id, record from copper_current.{name} order by id"
+            ).fetchall()
+            for name in ("leads", "people", "companies", "opportunities", "activities")
+        }
+
+
+def test_after_changes_a_full_refresh_and_one_poll_equal_a_fetch_from_scratch(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edits, deletions and conversions made in Copper over HTTP: a full refresh, more changes
+    and one incremental poll leave copper_current.* equal to a fetch of the final state."""
+    assert pipeline.full_copper(LAST).success
+    cursor = _sensor_tick(pipeline, None).cursor
+    people = pipeline.copper.records("people")
+    leads = [r for r in pipeline.copper.records("leads") if r["converted_contact_id"] is None]
+    template = _user_activity(pipeline)
+    # changes seen by the full refresh: deletions of every kind, an edit, a conversion
+    for name in ("leads", "people", "companies", "opportunities"):
+        _control(pipeline, "DELETE", f"{name}/{pipeline.copper.records(name)[-1]['id']}")
+    _control(pipeline, "DELETE", f"activities/{template['id']}")
+    _control(pipeline, "PATCH", f"people/{people[1]['id']}", {"title": "Head of Tests"})
+    _control(pipeline, "POST", f"leads/{leads[0]['id']}/convert", {"person_id": people[2]["id"]})
+    assert pipeline.full_copper(LAST).success
+    # changes only the poll sees: edits, a conversion into a new person, new records
+    _control(pipeline, "PATCH", f"companies/{pipeline.copper.records('companies')[0]['id']}",
+             {"name": "Renamed Inc"})  # fmt: skip
+    _control(pipeline, "POST", f"leads/{leads[1]['id']}/convert", {})
+    _control(pipeline, "POST", "companies", {"name": "Brand New", "email_domain": "new.test"})
+    _control(pipeline, "POST", "activities",
+             {"parent": template["parent"], "type": template["type"], "details": "Just now"})  # fmt: skip
+    tick = _sensor_tick(pipeline, cursor)
+    assert tick.run_requests
+    for request in tick.run_requests:
+        result = pipeline.run(
+            "copper_sync", tags=request.tags, asset_selection=request.asset_selection
+        )
+        assert result.success
+    polled = _current(pipeline.warehouse)
+    scratch = tmp_path / "scratch.duckdb"
+    monkeypatch.setenv("HULL_PLANHAT_WAREHOUSE", str(scratch))
+    assert pipeline.full_copper(LAST).success
+    fresh = _current(scratch)
+    for name, rows in fresh.items():
+        assert rows, name
+        assert polled[name] == rows, name
