@@ -138,7 +138,7 @@ def build_copper_incremental_sensor(
             log_sensor_error(reason, sensor="copper_incremental_sensor", tick=tick, sleeper=sleeper)
             context.log.error(f"incoming.job.error: {reason}")
             return dg.SkipReason(
-                f"Copper refused the poll ({reason}): {exc}. Nothing requested; the next tick "
+                f"Copper poll failed ({reason}): {exc}. Nothing requested; the next tick "
                 "retries from the same cursor."
             )
         runs, advanced = plan_incremental_runs(

@@ -44,8 +44,11 @@ class StubCopper:
         total: str = "count",
         rate_limit_per_minute: int | None = None,
         clock: Callable[[], float] | None = None,
+        converted_flag: bool = True,
     ) -> None:
         self.records = records
+        self.converted_flag = converted_flag
+        """False: an account that refuses ``include_converted_leads`` as an unknown key."""
         self.cap = cap
         self.total = total
         routes = [("POST", f"/{name}/search", self._search) for name in COPPER_OBJECTS]
@@ -61,7 +64,8 @@ class StubCopper:
         name = request.path.split("/")[1]
         obj = COPPER_OBJECTS[name]
         body = request.body or {}
-        allowed = (LEAD_KEYS if name == "leads" else SORTED_KEYS) if obj.sort_by else ACTIVITY_KEYS
+        lead_keys = LEAD_KEYS if self.converted_flag else SORTED_KEYS
+        allowed = (lead_keys if name == "leads" else SORTED_KEYS) if obj.sort_by else ACTIVITY_KEYS
         unknown = sorted(set(body) - allowed)
         if unknown:
             return error(422, f"Unrecognized attributes specified: {', '.join(unknown)}")

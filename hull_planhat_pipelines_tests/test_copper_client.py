@@ -119,6 +119,21 @@ def test_an_undercounting_total_header_never_ends_a_walk_early(stubs: list[StubC
     assert len(stub.bodies("leads")) == 4  # three full pages and the short one that ends it
 
 
+def test_an_account_refusing_the_converted_leads_flag_still_gets_its_leads(
+    stubs: list[StubCopper],
+) -> None:
+    leads = [{"id": i, "date_modified": T0 + i} for i in range(25)]
+    stub = StubCopper({"leads": leads}, cap=CAP, converted_flag=False)
+    stubs.append(stub)
+    with _stub_client(stub, page_size=PAGE) as client:
+        ids = _ids(list(client.search("leads", start=None, end=None)))
+        assert client.newest_modified("leads") == T0 + 24
+    assert sorted(ids) == [r["id"] for r in leads]
+    statuses = [r.status for r in stub.server.recorded()]
+    assert statuses.count(422) == 1  # learnt once, then never sent again
+    assert client.refused_flags == {"include_converted_leads"}
+
+
 def test_cap_full_of_one_second_raises_instead_of_looping(
     small_cap: int, stubs: list[StubCopper]
 ) -> None:

@@ -16,6 +16,7 @@ documented sort) are split into date windows.
 from __future__ import annotations
 
 import bisect
+import logging
 import statistics
 import threading
 import time
@@ -57,6 +58,8 @@ __all__ = [
     "search_requests",
     "value_cursor_searches",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.copper.com/developer_api/v1"
 MAX_PAGE_SIZE = 200
@@ -227,6 +230,8 @@ class CopperClient:
     ) -> None:
         self._metadata_cache = metadata_cache
         self._cache_key = (base_url.rstrip("/"), user_email)
+        self.refused_flags: set[str] = set()
+        """Search flags Copper answered 422 to (see ``_post_search``)."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
         self.page_size = page_size
@@ -345,7 +350,24 @@ class CopperClient:
     def _post_search(
         self, obj: CopperObject, body: dict[str, Any]
     ) -> tuple[list[dict[str, Any]], int | None]:
-        return self._search_page(obj.path, body, kind=f"search/{obj.name}")
+        """One search. A flag of ``search_flags`` that the account refuses as unknown (422
+        naming it: ``include_converted_leads`` is documented by integrations, not by Copper's
+        own pages) is dropped for the rest of this client's life, with a warning, rather than
+        failing every fetch of the object."""
+        body = {k: v for k, v in body.items() if k not in self.refused_flags}
+        try:
+            return self._search_page(obj.path, body, kind=f"search/{obj.name}")
+        except ApiError as exc:
+            refused = [
+                key
+                for key, _ in obj.search_flags
+                if key in body and exc.status == 422 and key in str(exc)
+            ]
+            if not refused:
+                raise
+            log.warning("copper/%s: Copper refuses %s; searching without it", obj.name, refused)
+            self.refused_flags.update(refused)
+            return self._post_search(obj, body)
 
     def _search_page(
         self, path: str, body: dict[str, Any], *, kind: str
