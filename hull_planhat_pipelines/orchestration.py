@@ -81,10 +81,11 @@ def log_sensor_error(
     sensor: str,
     tick: str,
     sleeper: Callable[[float], None] = time.sleep,
-    writer: Callable[[pd.DataFrame], None] = append_sync_log,
+    writer: Callable[[pd.DataFrame], None] | None = None,
 ) -> bool:
     """One ``incoming.job.error`` row in ``ops.sync_log``; a busy warehouse is retried briefly.
     Never raises: a tick must not fail for its own log line. True when the row was written."""
+    writer = writer or (lambda rows: append_sync_log(rows, wait=0.0))
     frame = events_frame(
         [SyncEvent(event="incoming.job.error", object_type="copper", reason=reason)],
         run_id=tick,

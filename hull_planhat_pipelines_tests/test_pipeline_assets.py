@@ -2,6 +2,8 @@
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -371,10 +373,12 @@ def test_a_busy_warehouse_never_fails_the_sensor_tick(
         writer=busy,
     )  # fmt: skip
     assert len(attempts) == len(SENSOR_LOG_WAITS) + 1 and waits == list(SENSOR_LOG_WAITS)
-    monkeypatch.setattr(orchestration, "append_sync_log", busy)
+    waits_before = len(attempts)
+    monkeypatch.setattr(orchestration, "append_sync_log", lambda frame, **kw: busy(frame))
     monkeypatch.setattr(orchestration, "SENSOR_LOG_WAITS", ())
     skipped = _sensor_tick(pipeline, None, api_key="wrong")
     assert isinstance(skipped, dg.SkipReason) and "Unauthorized" in (skipped.skip_message or "")
+    assert len(attempts) == waits_before + 1  # the sensor tried its row, and went on
 
 
 def _current(path: Path) -> dict[str, list[tuple]]:
@@ -426,3 +430,34 @@ def test_after_changes_a_full_refresh_and_one_poll_equal_a_fetch_from_scratch(
     for name, rows in fresh.items():
         assert rows, name
         assert polled[name] == rows, name
+
+
+def test_a_warehouse_locked_by_another_process_costs_the_sensor_a_second_at_most(
+    pipeline: Pipeline,
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(pipeline.warehouse)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        waits: list[float] = []
+        stored = log_sensor_error(
+            "Unauthorized", sensor="copper_incremental_sensor", tick="t", sleeper=waits.append
+        )
+        assert not stored and waits == list(SENSOR_LOG_WAITS)  # bounded: about a second
+    finally:
+        holder.kill()
+        holder.wait()
+    assert log_sensor_error("Unauthorized", sensor="copper_incremental_sensor", tick="t2")
+    assert ("incoming.job.error", "t2") in pipeline.query("select event, run_id from ops.sync_log")
+
+
+LOCK_HOLDER = """
+import sys, time, duckdb
+conn = duckdb.connect(sys.argv[1])
+conn.execute("create table if not exists _held (x int)")
+print("locked", flush=True)
+time.sleep(120)
+"""
