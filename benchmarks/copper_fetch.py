@@ -3,11 +3,14 @@
     python benchmarks/copper_fetch.py [--leads 100000] [--seed 0]
 
 Prints human lines, then one JSON object as the last line. Exits non-zero unless every lead
-arrived exactly once in exactly the minimum number of requests: the full pages of 200, the
-short page that proves the end (after a full last page, an empty one: ``X-PW-TOTAL`` is only an
-estimate and never ends a walk), the metadata GETs and the user pages, plus the boundary records
-a date cursor must re-read past Copper's 100,000 cap. For exactly 100,000 leads that is 501
-search requests: ceil(n / 200) = 500 pages, and one more to learn that nothing follows.
+arrived exactly once in exactly the requests a walk that never skips needs (``minimum_requests``):
+the metadata GETs and the user pages, and the searches of the value-cursor walk. Each search
+starts at the last ``date_modified`` seen, so it re-reads the records of that second (Copper
+filters inclusively and breaks no ties by id); a tie group over a page is walked by
+``date_created``. ``offset_minimum_requests`` is what paging by number would take (full pages
+of 200 and the short page that proves the end, plus restarts past the 100,000 cap); it skips
+records whenever Copper changes during the walk. ``cursor_extra_requests`` is the difference:
+the price of never skipping, about one request per 200 pages plus one per large tie group.
 The client throttle is off: the benchmark measures the client, not Copper's 180-a-minute quota
 (``copper_minutes_at_rate_limit`` says what that quota would add).
 """
@@ -29,6 +32,7 @@ from hull_planhat_pipelines.clients.copper import (
     CopperClient,
     cursor_walk_searches,
     metadata_requests,
+    value_cursor_searches,
 )
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sync.copper_records import records_frame
@@ -82,11 +86,14 @@ def run(leads: int, seed: int) -> dict[str, Any]:
     finally:
         sandbox.stop()
     dates = sorted(r["date_modified"] for r in records)
-    minimum = {
+    keys = sorted((r["date_modified"], r["date_created"]) for r in records)
+    minimum = {"search": value_cursor_searches(keys), "metadata": metadata_requests(users)}
+    minimum["total"] = minimum["search"] + minimum["metadata"]
+    offset = {
         "search": cursor_walk_searches(dates, MAX_PAGE_SIZE, copper_client.SEARCH_RESULT_CAP),
         "metadata": metadata_requests(users),
     }
-    minimum["total"] = minimum["search"] + minimum["metadata"]
+    offset["total"] = offset["search"] + offset["metadata"]
     requests = {"search": by_kind["search"], "metadata": by_kind["metadata"]}
     requests["total"] = sum(requests.values())
     seconds = framed - began
@@ -108,6 +115,8 @@ def run(leads: int, seed: int) -> dict[str, Any]:
         "peak_mb_source": "getrusage ru_maxrss: the whole process (sandbox, client and frame)",
         "requests": requests,
         "minimum_requests": minimum,
+        "offset_minimum_requests": offset,
+        "cursor_extra_requests": minimum["total"] - offset["total"],
         "server_requests": served,
         "retries": client.stats.retries,
         "copper_minutes_at_rate_limit": round(requests["total"] / RATE_LIMIT_PER_MINUTE, 1),

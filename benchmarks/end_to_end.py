@@ -15,9 +15,9 @@ is seeded at the same scale, with the team members Copper's companies name as ow
 
 Each pass reports wall time and peak memory (each Dagster job's too), every request the
 sandboxes served by kind, and the minimum each kind needs: Copper searches over the records in
-the window the pass fetched (full pages of 200 and the short page that proves the end; a date
-cursor past the 100,000 cap; activities, which have no sort, in as few windows as the cap
-allows), the metadata at most once, one Planhat snapshot before delivery and one after it when
+the window the pass fetched (the value-cursor walk that never skips: each search re-reads the
+last second of the page before; activities, which have no sort, in as few windows as the cap
+allows; one ``ids`` search per 200 records that Connect fields point to), the metadata at most once, one Planhat snapshot before delivery and one after it when
 something was delivered (lists end on a short page), and ceil(records / batch size) bulk writes
 for what the pass delivered (one POST a record for a POST destination; nothing in pass 3). For
 the incremental passes it also says how many records changed since the previous pass began,
@@ -58,9 +58,10 @@ from hull_planhat_pipelines.clients.copper import (
     COPPER_OBJECTS,
     MAX_PAGE_SIZE,
     SEARCH_RESULT_CAP,
-    cursor_walk_searches,
+    CopperMetadata,
     metadata_requests,
     search_requests,
+    value_cursor_searches,
 )
 from hull_planhat_pipelines.clients.planhat import (
     COMPANY_PAGE_CAP,
@@ -72,6 +73,7 @@ from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planha
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 from hull_planhat_pipelines.sync.batching import batch_count
+from hull_planhat_pipelines.sync.copper_records import connect_targets
 
 COPPER_RATE_PER_MINUTE = 180
 PLANHAT_RATE_PER_MINUTE = 200
@@ -221,6 +223,16 @@ def copper_in_window(copper: CopperSandbox, window: tuple[int | None, int]) -> d
     """Per object: how many records the window holds and the fewest searches that fetch them."""
     low, high = window
     user_types = {int(t["id"]) for t in copper.metadata.activity_types.get("user", [])}
+    metadata = CopperMetadata(custom_field_definitions=copper.metadata.custom_field_definitions)
+
+    def connects(name: str) -> bool:
+        kind = COPPER_OBJECTS[name].record_type
+        return any(
+            d.data_type == "Connect" and kind in d.available_on
+            for d in metadata.custom_field_definitions
+        )
+
+    lookups: Counter[str] = Counter()
     found: dict[str, Any] = {}
     for name, obj in COPPER_OBJECTS.items():
         table = copper._table(name)
@@ -228,6 +240,7 @@ def copper_in_window(copper: CopperSandbox, window: tuple[int | None, int]) -> d
             rows = table.alive_rows()
             cols = table.columns
             dates = cols[obj.date_field][rows]
+            created = cols["date_created"][rows]
             keep = dates <= high
             if low is not None:
                 keep &= dates >= low
@@ -235,12 +248,21 @@ def copper_in_window(copper: CopperSandbox, window: tuple[int | None, int]) -> d
                 keep &= (cols["type_category"][rows] == 0) & np.isin(
                     cols["type_id"][rows], list(user_types)
                 )
+            keys = sorted(zip(dates[keep].tolist(), created[keep].tolist(), strict=True))
             dates = np.sort(dates[keep])
-        if obj.sort_by is not None:
-            searches = cursor_walk_searches(dates.tolist(), MAX_PAGE_SIZE, SEARCH_RESULT_CAP)
+        if obj.sort_by is not None:  # the walk that never skips (see clients/copper.py)
+            searches = value_cursor_searches(keys, MAX_PAGE_SIZE)
         else:
             searches = split_searches(len(dates), MAX_PAGE_SIZE, SEARCH_RESULT_CAP)
         found[name] = {"records": len(dates), "searches": searches}
+        if len(dates):
+            with table.lock:
+                kept = [table.record(int(r)) for r in rows[keep]] if connects(name) else []
+            for kind, ids in connect_targets(name, kept, metadata).items():
+                target = next(n for n, o in COPPER_OBJECTS.items() if o.record_type == kind)
+                lookups[target] += -(-len(ids) // MAX_PAGE_SIZE)  # names of connected records
+    for name, extra in lookups.items():
+        found[name]["searches"] += extra
     return found
 
 
@@ -376,7 +398,8 @@ def one_pass(
     settings = load_settings()
     today = dt.datetime.now(dt.UTC).date()
     first = settings.copper.start_date if full else incremental_start(settings, today)
-    window = copper_window(first, settings.copper.start_date, today)
+    ahead = today + dt.timedelta(days=settings.copper.activity_horizon_days)
+    window = copper_window(first, settings.copper.start_date, ahead)
     in_window = copper_in_window(copper, window)
     # What changed since the previous pass began: what a fetch of changes alone would need.
     news = copper_in_window(copper, (since, window[1])) if since is not None else None

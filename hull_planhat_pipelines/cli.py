@@ -173,11 +173,12 @@ def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) 
     defs = build_definitions(settings, progress_bar=sys.stderr.isatty())
     today = dt.datetime.now(dt.UTC).date()
     first = settings.copper.start_date if full else incremental_start(settings, today)
+    ahead = today + dt.timedelta(days=settings.copper.activity_horizon_days)  # planned activities
     summary = SyncSummary()
     partition = {"dagster/partition": today.isoformat()}
     ops = delivery_run_config(defs, force=force, dry_run=dry_run)
     steps: list[tuple[str, dict[str, str], str]] = [
-        ("copper_sync", range_tags(first.isoformat(), today.isoformat()), f"{first}..{today}"),
+        ("copper_sync", range_tags(first.isoformat(), ahead.isoformat()), f"{first}..{ahead}"),
         ("planhat_fetch", partition, f"snapshot {today}"),
         ("hull_sync", {}, "rows fetched since the last apply"),
         ("planhat_delivery", {}, "changed records only"),

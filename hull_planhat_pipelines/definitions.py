@@ -13,6 +13,7 @@ from hull_planhat_pipelines.orchestration import (
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
     build_planhat_fetch_schedule,
+    copper_partitions,
     copper_sync_job,
     daily_partitions,
     hull_sync_job,
@@ -36,7 +37,8 @@ def build_definitions(
     """Everything, built from one configuration (``HULL_PLANHAT_CONFIG`` by default)."""
     settings = settings or load_settings()
     partitions = daily_partitions(settings)
-    copper_job = copper_sync_job(partitions)
+    copper_days = copper_partitions(settings)  # reaches copper.activity_horizon_days ahead
+    copper_job = copper_sync_job(copper_days)
     planhat_job = planhat_fetch_job(partitions)
     jobs = {
         "copper_sync": copper_job,
@@ -48,7 +50,7 @@ def build_definitions(
     database = warehouse_path()
     return dg.Definitions(
         assets=[
-            *build_copper_assets(settings, partitions),
+            *build_copper_assets(settings, copper_days),
             *build_planhat_assets(settings, partitions),
             *build_hull_assets(settings),
             *build_payload_assets(settings),
@@ -64,7 +66,7 @@ def build_definitions(
             *build_chain_sensors(jobs),
         ],
         schedules=[
-            build_copper_fetch_all_schedule(settings, copper_job, partitions),
+            build_copper_fetch_all_schedule(settings, copper_job, copper_days),
             build_planhat_fetch_schedule(settings, planhat_job),
         ],
         resources={

@@ -2,10 +2,13 @@
 
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 import dagster as dg
+import duckdb
+import pandas as pd
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -13,9 +16,14 @@ from dagster._core.storage.tags import (
 )
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
+from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
 from hull_planhat_pipelines.sync.polling import CopperCursor, interval_cron, plan_incremental_runs
+from hull_planhat_pipelines.warehouse import append_sync_log
+
+log = logging.getLogger(__name__)
 
 COPPER_GROUP = "copper"
 PLANHAT_GROUP = "planhat"
@@ -27,6 +35,19 @@ def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     """UTC days from ``copper.start_date`` up to and including today (``end_offset=1``)."""
     return dg.DailyPartitionsDefinition(
         start_date=settings.copper.start_date.isoformat(), timezone="UTC", end_offset=1
+    )
+
+
+def copper_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    """Copper's UTC days: from ``copper.start_date`` up to ``copper.activity_horizon_days``
+    after today. Activities are windowed by their date and a meeting planned for next week is
+    dated next week: its day must exist to hold it. The other objects are windowed by
+    ``date_modified``, never in the future, so their days ahead stay empty (cheap: a range run
+    walks its whole range with one cursor, not one search per day)."""
+    return dg.DailyPartitionsDefinition(
+        start_date=settings.copper.start_date.isoformat(),
+        timezone="UTC",
+        end_offset=1 + settings.copper.activity_horizon_days,
     )
 
 
@@ -49,12 +70,47 @@ def copper_sync_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJ
 
 
 # -- the incremental poll ------------------------------------------------------------------------
+SENSOR_LOG_WAITS = (0.1, 0.3, 0.6)
+"""Seconds between attempts to write a sensor's error row while another step holds the
+warehouse: about a second in all, so the tick stays short; then the row is given up (logged)."""
+
+
+def log_sensor_error(
+    reason: str,
+    *,
+    sensor: str,
+    tick: str,
+    sleeper: Callable[[float], None] = time.sleep,
+    writer: Callable[[pd.DataFrame], None] | None = None,
+) -> bool:
+    """One ``incoming.job.error`` row in ``ops.sync_log``; a busy warehouse is retried briefly.
+    Never raises: a tick must not fail for its own log line. True when the row was written."""
+    writer = writer or (lambda rows: append_sync_log(rows, wait=0.0))
+    frame = events_frame(
+        [SyncEvent(event="incoming.job.error", object_type="copper", reason=reason)],
+        run_id=tick,
+        asset=sensor,
+    )
+    for wait in (*SENSOR_LOG_WAITS, None):
+        try:
+            writer(frame)
+            return True
+        except (duckdb.IOException, duckdb.TransactionException) as exc:
+            if wait is None:
+                log.warning("%s: incoming.job.error (%s) not stored: %s", sensor, reason, exc)
+                return False
+            sleeper(wait)
+        except Exception as exc:  # the warehouse is optional here; the skip reason says it all
+            log.warning("%s: incoming.job.error (%s) not stored: %s", sensor, reason, exc)
+            return False
+    return False
 
 
 def build_copper_incremental_sensor(
     settings: Settings,
     job: UnresolvedAssetJobDefinition,
     clock: Callable[[], float] = time.time,
+    sleeper: Callable[[float], None] = time.sleep,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="copper_incremental_sensor",
@@ -68,13 +124,24 @@ def build_copper_incremental_sensor(
     )
     def copper_incremental_sensor(
         context: dg.SensorEvaluationContext, copper: CopperResource
-    ) -> dg.SensorResult:
+    ) -> dg.SensorResult | dg.SkipReason:
         cursor = CopperCursor.parse(context.cursor)
         now = int(clock())
-        with copper.client() as client:
-            newest = {name: client.newest_modified(name) for name in SORTABLE_OBJECTS}
-            since = cursor.activities_checked
-            activities_changed = since is None or client.activity_exists_since(since, until=now)
+        try:
+            with copper.client() as client:
+                newest = {name: client.newest_modified(name) for name in SORTABLE_OBJECTS}
+                since = cursor.activities_checked
+                activities_changed = since is None or client.activity_exists_since(since, until=now)
+        except ApiError as exc:
+            # The cursor is left as it was: the tick after the key is fixed picks up from here.
+            reason = "Unauthorized" if isinstance(exc, ApiAuthError) else str(exc)
+            tick = f"sensor:copper_incremental_sensor:{now}"
+            log_sensor_error(reason, sensor="copper_incremental_sensor", tick=tick, sleeper=sleeper)
+            context.log.error(f"incoming.job.error: {reason}")
+            return dg.SkipReason(
+                f"Copper poll failed ({reason}): {exc}. Nothing requested; the next tick "
+                "retries from the same cursor."
+            )
         runs, advanced = plan_incremental_runs(
             cursor,
             newest,
@@ -83,6 +150,7 @@ def build_copper_incremental_sensor(
             start_date=settings.copper.start_date,
             rescan_days=settings.copper.activity_rescan_days,
             rescan_minutes=settings.copper.activity_rescan_minutes,
+            horizon_days=settings.copper.activity_horizon_days,
         )
         fingerprint = json.dumps(newest, sort_keys=True)
         requests = []

@@ -81,7 +81,10 @@ class CopperSettings(_Strict):
     activity_rescan_days: Annotated[int, Field(ge=0, le=90)] = 7
     """Trailing days of activities re-fetched by the incremental poll (back-dated activities)."""
     activity_rescan_minutes: Annotated[int, Field(ge=5)] = 60
-    """How often the trailing activity window is re-fetched."""
+    """How often the trailing activity window (and the days ahead) is re-fetched."""
+    activity_horizon_days: Annotated[int, Field(ge=0, le=3650)] = 365
+    """Days ahead of today whose activities are fetched (meetings planned for next week):
+    the Copper partitions run that far into the future."""
     close_date_format: Literal["M/D/YYYY", "D/M/YYYY"] = "M/D/YYYY"
     """The Copper account's locale for opportunity ``close_date`` text."""
     requests_per_minute: Annotated[int, Field(ge=1)] = 180

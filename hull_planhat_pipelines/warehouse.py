@@ -226,11 +226,14 @@ create table if not exists ops.sync_log (
 """
 
 
-def append_sync_log(frame: pd.DataFrame, path: str | None = None) -> None:
-    """Append rows to ``ops.sync_log`` (one short write; never held across steps)."""
+def append_sync_log(
+    frame: pd.DataFrame, path: str | None = None, *, wait: float = LOCK_WAIT_SECONDS
+) -> None:
+    """Append rows to ``ops.sync_log`` (one short write; never held across steps). ``wait``
+    bounds the wait for another process's lock (a sensor tick cannot wait long)."""
     if frame.empty:
         return
-    conn = connect(path or warehouse_path())
+    conn = connect(path or warehouse_path(), wait=wait)
     try:
         for statement in filter(str.strip, SYNC_LOG_DDL.split(";")):
             run(conn, statement)

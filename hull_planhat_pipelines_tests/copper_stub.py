@@ -21,7 +21,10 @@ SORTED_KEYS = PAGING | {
     "sort_direction",
     "minimum_modified_date",
     "maximum_modified_date",
+    "minimum_created_date",
+    "maximum_created_date",
 }
+LEAD_KEYS = SORTED_KEYS | {"include_converted_leads"}
 ACTIVITY_KEYS = PAGING | {"minimum_activity_date", "maximum_activity_date", "activity_types"}
 
 
@@ -41,8 +44,11 @@ class StubCopper:
         total: str = "count",
         rate_limit_per_minute: int | None = None,
         clock: Callable[[], float] | None = None,
+        converted_flag: bool = True,
     ) -> None:
         self.records = records
+        self.converted_flag = converted_flag
+        """False: an account that refuses ``include_converted_leads`` as an unknown key."""
         self.cap = cap
         self.total = total
         routes = [("POST", f"/{name}/search", self._search) for name in COPPER_OBJECTS]
@@ -58,7 +64,8 @@ class StubCopper:
         name = request.path.split("/")[1]
         obj = COPPER_OBJECTS[name]
         body = request.body or {}
-        allowed = SORTED_KEYS if obj.sort_by else ACTIVITY_KEYS
+        lead_keys = LEAD_KEYS if self.converted_flag else SORTED_KEYS
+        allowed = (lead_keys if name == "leads" else SORTED_KEYS) if obj.sort_by else ACTIVITY_KEYS
         unknown = sorted(set(body) - allowed)
         if unknown:
             return error(422, f"Unrecognized attributes specified: {', '.join(unknown)}")
@@ -67,9 +74,16 @@ class StubCopper:
         rows = self.records.get(name, [])
         matches = [r for r in rows if low <= r[obj.date_field] <= high]
         if obj.sort_by:
+            created_low = body.get("minimum_created_date", float("-inf"))
+            created_high = body.get("maximum_created_date", float("inf"))
+            if "minimum_created_date" in body or "maximum_created_date" in body:
+                matches = [
+                    r for r in matches if created_low <= r.get("date_created", 0) <= created_high
+                ]
             # ties in an order unrelated to the id: the client must dedupe by id, not position
             descending = body.get("sort_direction") == "desc"
-            matches.sort(key=lambda r: (r[obj.date_field], _scramble(r)), reverse=descending)
+            field = "date_created" if body.get("sort_by") == "date_created" else obj.date_field
+            matches.sort(key=lambda r: (r.get(field, 0), _scramble(r)), reverse=descending)
         else:
             matches.sort(key=_scramble)
         size, number = body.get("page_size", 20), body.get("page_number", 1)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hull_planhat_pipelines.sync.copper_records import (
     MISSING,
     Problem,
+    connect_targets,
     duckdb_types,
     field_value,
     frame_dtypes,
@@ -389,3 +390,33 @@ def test_activity_frame_columns() -> None:
     assert row["id"] == 6_300_000_001
     assert (row["parent_type"], row["parent_id"], row["type_name"]) == ("lead", 5, "Note")
     assert row["activity_date"] == pd.Timestamp(JAN_1_2024 + 3600, unit="s", tz="UTC")
+
+
+def test_deleted_activity_stubs_and_their_ids_leave_the_frame() -> None:
+    kept = {"id": 1, "type": {"id": 0, "category": "user"}, "activity_date": JAN_1_2024}
+    older = {"id": 2, "type": {"id": 0, "category": "user"}, "activity_date": JAN_1_2024}
+    stub = {"id": 2, "is_deleted": True}
+    frame = _frame("activities", [kept, older, stub])
+    assert list(frame["id"]) == [1]
+
+
+def test_leads_carry_their_conversion_as_typed_columns() -> None:
+    converted = {"id": 7, "date_modified": JAN_1_2024, "converted_contact_id": 70,
+                 "converted_at": JAN_1_2024 + 60}  # fmt: skip
+    plain = {"id": 8, "date_modified": JAN_1_2024, "converted_contact_id": None,
+             "converted_at": None}  # fmt: skip
+    frame = _frame("leads", [converted, plain]).set_index("id")
+    assert frame.loc[7, "converted_contact_id"] == 70
+    assert frame.loc[7, "converted_at"] == pd.Timestamp(JAN_1_2024 + 60, unit="s", tz="UTC")
+    assert pd.isna(frame.loc[8, "converted_contact_id"]) and pd.isna(frame.loc[8, "converted_at"])
+
+
+def test_connect_targets_name_the_records_to_look_up() -> None:
+    records = [
+        {"id": 1, "custom_fields": [{"custom_field_definition_id": 11, "value": [500, 501]}]},
+        {"id": 2, "custom_fields": [{"custom_field_definition_id": 11, "value": [{"id": 502}]}]},
+        {"id": 3, "custom_fields": [{"custom_field_definition_id": 11, "value": []}]},
+        {"id": 4, "custom_fields": [{"custom_field_definition_id": 5, "value": 10}]},
+    ]
+    assert connect_targets("opportunities", records, METADATA) == {"company": {500, 501, 502}}
+    assert connect_targets("people", records, METADATA) == {}

@@ -101,3 +101,35 @@ def test_interval_cron(minutes: int, cron: str) -> None:
 def test_interval_cron_refuses_what_cron_cannot_keep() -> None:
     with pytest.raises(ValueError):
         interval_cron(7)
+
+
+def test_the_rescan_reaches_the_activity_horizon_ahead() -> None:
+    cursor = CopperCursor(activities_checked=NOW - 300, activities_rescanned=NOW - 3600)
+    runs, _ = plan_incremental_runs(
+        cursor,
+        {},
+        False,
+        NOW,
+        start_date=START,
+        rescan_days=7,
+        rescan_minutes=60,
+        horizon_days=365,
+    )
+    assert [(r.objects, r.first_day, r.last_day) for r in runs] == [
+        (("activities",), dt.date(2026, 11, 16), dt.date(2027, 11, 23))
+    ]
+
+
+def test_a_newest_change_in_the_second_of_the_last_tick_is_fetched_once_more() -> None:
+    """A save in the very second the previous tick asked carries the same newest date."""
+    cursor = CopperCursor(
+        newest={"leads": NOW - 300, "people": NOW - 3 * DAY},
+        activities_checked=NOW - 300,
+        activities_rescanned=NOW,
+    )
+    runs, advanced = _plan(cursor, {"leads": NOW - 300, "people": NOW - 3 * DAY})
+    assert [(r.objects, r.first_day, r.last_day, r.reason) for r in runs] == [
+        (("leads",), dt.date(2026, 11, 23), dt.date(2026, 11, 23), "same-second re-check")
+    ]
+    again, _ = _plan(advanced, {"leads": NOW - 300, "people": NOW - 3 * DAY}, now=NOW + 300)
+    assert again == []  # once

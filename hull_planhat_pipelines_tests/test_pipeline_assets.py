@@ -2,16 +2,21 @@
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
 import pytest
+import requests
 import yaml
 
+from hull_planhat_pipelines import orchestration
 from hull_planhat_pipelines.definitions import build_definitions
-from hull_planhat_pipelines.orchestration import range_tags
+from hull_planhat_pipelines.orchestration import SENSOR_LOG_WAITS, log_sensor_error, range_tags
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
@@ -21,6 +26,9 @@ from hull_planhat_pipelines.settings import default_config_path, load_settings
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=20)
 """A short partition range: a range run records one materialization per partition."""
+HORIZON = 15
+LAST = TODAY + dt.timedelta(days=HORIZON)
+"""The last Copper partition: activities are fetched up to ``HORIZON`` days ahead."""
 
 
 class Pipeline:
@@ -40,8 +48,8 @@ class Pipeline:
             .execute_in_process(instance=self.instance, raise_on_error=False, **kw)
         )
 
-    def full_copper(self) -> dg.ExecuteInProcessResult:
-        return self.run("copper_sync", tags=range_tags(START.isoformat(), TODAY.isoformat()))
+    def full_copper(self, last: dt.date = TODAY) -> dg.ExecuteInProcessResult:
+        return self.run("copper_sync", tags=range_tags(START.isoformat(), last.isoformat()))
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as conn:
@@ -59,6 +67,7 @@ def pipeline(
     warehouse = tmp_path / "warehouse.duckdb"
     config = yaml.safe_load(default_config_path().read_text())
     config["copper"]["start_date"] = START.isoformat()
+    config["copper"]["activity_horizon_days"] = HORIZON
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {
         "HULL_PLANHAT_CONFIG": str(tmp_path / "config.yaml"),
@@ -168,12 +177,12 @@ def test_wrong_credentials_stop_the_run_and_log_unauthorized_without_the_key(
     assert all(r.status == 401 for r in attempts) and len(attempts) <= 5  # once per asset
 
 
-def _sensor_tick(pipeline: Pipeline, cursor: str | None) -> dg.SensorResult:
+def _sensor_tick(pipeline: Pipeline, cursor: str | None, api_key: str | None = None) -> Any:
     defs = pipeline.defs()
     sensor = defs.resolve_sensor_def("copper_incremental_sensor")
     copper = CopperResource(
         api_url=pipeline.copper.base_url,
-        api_key=pipeline.copper.api_key,
+        api_key=api_key or pipeline.copper.api_key,
         user_email=pipeline.copper.user_email,
     )
     context = dg.build_sensor_context(
@@ -232,3 +241,223 @@ def test_planhat_snapshots_today_and_refuses_the_past(pipeline: Pipeline) -> Non
     assert pipeline.query("select count(*) from planhat.companies")[0][0] == len(
         pipeline.planhat.companies()
     )
+
+
+# -- a CRM that changes: deletions, conversions, connect fields, planned activities, a bad key ----
+def _control(pipeline: Pipeline, method: str, path: str, body: dict | None = None) -> dict:
+    """A change made in Copper, over HTTP, through the sandbox's control surface."""
+    response = requests.request(
+        method, f"{pipeline.copper.base_url}/_sandbox/copper/{path}", json=body, timeout=10
+    )
+    assert response.status_code < 300, response.text
+    return response.json()
+
+
+def _user_activity(pipeline: Pipeline) -> dict:
+    user_types = {t["id"] for t in pipeline.copper.metadata.activity_types["user"]}
+    first = dt.datetime.combine(START, dt.time(), dt.UTC).timestamp()
+    return next(
+        a
+        for a in pipeline.copper.records("activities")
+        if a["type"]["category"] == "user"
+        and a["type"]["id"] in user_types
+        and a["activity_date"] >= first
+    )
+
+
+@pytest.mark.parametrize("name", ["leads", "people", "companies", "opportunities", "activities"])
+def test_a_full_refresh_leaves_records_deleted_in_copper_out_of_every_partition(
+    pipeline: Pipeline, name: str
+) -> None:
+    assert pipeline.full_copper(LAST).success
+    if name == "activities":
+        gone = _user_activity(pipeline)["id"]
+    else:
+        gone = pipeline.copper.records(name)[-1]["id"]
+    assert pipeline.query(f"select count(*) from copper_current.{name} where id = {gone}") == [(1,)]
+    _control(pipeline, "DELETE", f"{name}/{gone}")
+    assert pipeline.full_copper(LAST).success
+    assert pipeline.query(f"select count(*) from copper.{name} where id = {gone}") == [(0,)]
+    assert pipeline.query(f"select count(*) from copper_current.{name} where id = {gone}") == [(0,)]
+    kept = pipeline.query(f"select count(*) from copper_current.{name}")[0][0]
+    assert kept > 0
+
+
+def test_a_converted_lead_is_kept_with_its_conversion(pipeline: Pipeline) -> None:
+    assert pipeline.full_copper().success
+    lead = next(r for r in pipeline.copper.records("leads") if r["converted_contact_id"] is None)
+    person = pipeline.copper.records("people")[0]
+    _control(pipeline, "POST", f"leads/{lead['id']}/convert", {"person_id": person["id"]})
+    assert pipeline.run("copper_sync", partition_key=TODAY.isoformat()).success
+    rows = pipeline.query(
+        "select converted_contact_id, epoch(converted_at), record from copper_current.leads "
+        f"where id = {lead['id']}"
+    )
+    assert len(rows) == 1
+    contact, at, record = rows[0]
+    assert contact == person["id"] and at == json.loads(record)["converted_at"] is not None
+    seeded = pipeline.copper.edge_cases["converted_lead"]
+    assert pipeline.query(
+        f"select converted_contact_id from copper_current.leads where id = {seeded['lead_id']}"
+    ) == [(seeded["person_id"],)]
+
+
+def test_connect_fields_are_resolved_to_names_by_the_asset(pipeline: Pipeline) -> None:
+    assert pipeline.full_copper().success
+    names = {c["id"]: c["name"] for c in pipeline.copper.records("companies")}
+    rows = pipeline.query("select fields from copper.opportunities")
+    resolved = [
+        json.loads(f)["custom:Partner Company"]
+        for (f,) in rows
+        if (json.loads(f).get("custom:Partner Company") or {}).get("ids")
+    ]
+    assert resolved, "the seed links some opportunities to partner companies"
+    for value in resolved:
+        known = [i for i in value["ids"] if i in names]
+        assert known and value["names"] == [names[i] for i in known]
+
+
+def test_activities_planned_ahead_are_fetched_up_to_the_horizon(pipeline: Pipeline) -> None:
+    template = _user_activity(pipeline)
+    planned = {}
+    for days in (3, HORIZON, HORIZON + 2):
+        moment = dt.datetime.combine(TODAY + dt.timedelta(days=days), dt.time(10), dt.UTC)
+        made = _control(
+            pipeline,
+            "POST",
+            "activities",
+            {
+                "parent": template["parent"],
+                "type": template["type"],
+                "details": f"Meeting in {days} days",
+                "activity_date": int(moment.timestamp()),
+                "date_modified": int(moment.timestamp()),
+            },
+        )
+        planned[days] = made["id"]
+    assert pipeline.full_copper(LAST).success
+    rows = dict(pipeline.query("select id, cast(partition_date as date) from copper.activities"))
+    assert rows[planned[3]] == TODAY + dt.timedelta(days=3)
+    assert rows[planned[HORIZON]] == LAST
+    assert planned[HORIZON + 2] not in rows  # beyond the horizon
+    tick = _sensor_tick(pipeline, None)
+    rescan = [r for r in tick.run_requests if r.tags["hull_planhat/trigger"].startswith("trailing")]
+    assert rescan and rescan[0].tags["dagster/asset_partition_range_end"] == LAST.isoformat()
+
+
+def test_a_401_at_the_sensor_is_logged_skipped_and_recovered_by_itself(
+    pipeline: Pipeline,
+) -> None:
+    wrong = "wrong-key-7c1d2e"
+    skipped = _sensor_tick(pipeline, None, api_key=wrong)
+    assert isinstance(skipped, dg.SkipReason)
+    assert "Unauthorized" in (skipped.skip_message or "") and wrong not in skipped.skip_message
+    rows = pipeline.query("select event, reason, asset from ops.sync_log")
+    assert ("incoming.job.error", "Unauthorized", "copper_incremental_sensor") in rows
+    fixed = _sensor_tick(pipeline, None)  # the same (absent) cursor: nothing was advanced
+    assert isinstance(fixed, dg.SensorResult) and fixed.run_requests
+
+
+def test_a_busy_warehouse_never_fails_the_sensor_tick(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[object] = []
+
+    def busy(frame: object) -> None:
+        attempts.append(frame)
+        raise duckdb.IOException("Could not set lock on file: Conflicting lock is held")
+
+    waits: list[float] = []
+    assert not log_sensor_error(
+        "Unauthorized", sensor="copper_incremental_sensor", tick="t", sleeper=waits.append,
+        writer=busy,
+    )  # fmt: skip
+    assert len(attempts) == len(SENSOR_LOG_WAITS) + 1 and waits == list(SENSOR_LOG_WAITS)
+    waits_before = len(attempts)
+    monkeypatch.setattr(orchestration, "append_sync_log", lambda frame, **kw: busy(frame))
+    monkeypatch.setattr(orchestration, "SENSOR_LOG_WAITS", ())
+    skipped = _sensor_tick(pipeline, None, api_key="wrong")
+    assert isinstance(skipped, dg.SkipReason) and "Unauthorized" in (skipped.skip_message or "")
+    assert len(attempts) == waits_before + 1  # the sensor tried its row, and went on
+
+
+def _current(path: Path) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return {
+            name: conn.execute(
+                f"select id, record from copper_current.{name} order by id"
+            ).fetchall()
+            for name in ("leads", "people", "companies", "opportunities", "activities")
+        }
+
+
+def test_after_changes_a_full_refresh_and_one_poll_equal_a_fetch_from_scratch(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edits, deletions and conversions made in Copper over HTTP: a full refresh, more changes
+    and one incremental poll leave copper_current.* equal to a fetch of the final state."""
+    assert pipeline.full_copper(LAST).success
+    cursor = _sensor_tick(pipeline, None).cursor
+    people = pipeline.copper.records("people")
+    leads = [r for r in pipeline.copper.records("leads") if r["converted_contact_id"] is None]
+    template = _user_activity(pipeline)
+    # changes seen by the full refresh: deletions of every kind, an edit, a conversion
+    for name in ("leads", "people", "companies", "opportunities"):
+        _control(pipeline, "DELETE", f"{name}/{pipeline.copper.records(name)[-1]['id']}")
+    _control(pipeline, "DELETE", f"activities/{template['id']}")
+    _control(pipeline, "PATCH", f"people/{people[1]['id']}", {"title": "Head of Tests"})
+    _control(pipeline, "POST", f"leads/{leads[0]['id']}/convert", {"person_id": people[2]["id"]})
+    assert pipeline.full_copper(LAST).success
+    # changes only the poll sees: edits, a conversion into a new person, new records
+    _control(pipeline, "PATCH", f"companies/{pipeline.copper.records('companies')[0]['id']}",
+             {"name": "Renamed Inc"})  # fmt: skip
+    _control(pipeline, "POST", f"leads/{leads[1]['id']}/convert", {})
+    _control(pipeline, "POST", "companies", {"name": "Brand New", "email_domain": "new.test"})
+    _control(pipeline, "POST", "activities",
+             {"parent": template["parent"], "type": template["type"], "details": "Just now"})  # fmt: skip
+    tick = _sensor_tick(pipeline, cursor)
+    assert tick.run_requests
+    for request in tick.run_requests:
+        result = pipeline.run(
+            "copper_sync", tags=request.tags, asset_selection=request.asset_selection
+        )
+        assert result.success
+    polled = _current(pipeline.warehouse)
+    scratch = tmp_path / "scratch.duckdb"
+    monkeypatch.setenv("HULL_PLANHAT_WAREHOUSE", str(scratch))
+    assert pipeline.full_copper(LAST).success
+    fresh = _current(scratch)
+    for name, rows in fresh.items():
+        assert rows, name
+        assert polled[name] == rows, name
+
+
+def test_a_warehouse_locked_by_another_process_costs_the_sensor_a_second_at_most(
+    pipeline: Pipeline,
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(pipeline.warehouse)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        waits: list[float] = []
+        stored = log_sensor_error(
+            "Unauthorized", sensor="copper_incremental_sensor", tick="t", sleeper=waits.append
+        )
+        assert not stored and waits == list(SENSOR_LOG_WAITS)  # bounded: about a second
+    finally:
+        holder.kill()
+        holder.wait()
+    assert log_sensor_error("Unauthorized", sensor="copper_incremental_sensor", tick="t2")
+    assert ("incoming.job.error", "t2") in pipeline.query("select event, run_id from ops.sync_log")
+
+
+LOCK_HOLDER = """
+import sys, time, duckdb
+conn = duckdb.connect(sys.argv[1])
+conn.execute("create table if not exists _held (x int)")
+print("locked", flush=True)
+time.sleep(120)
+"""

@@ -17,7 +17,7 @@ from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, 
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.copper_records import records_frame
+from hull_planhat_pipelines.sync.copper_records import connect_targets, records_frame
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync_log import record_events
 
@@ -73,10 +73,13 @@ def _fetch(
             context.log.info(
                 f"copper/{obj.name}: page {page.number}, {len(records)} records so far{of_total}"
             )
+    targets = connect_targets(obj.name, records, metadata)
+    record_names = {kind: client.names(kind, sorted(ids)) for kind, ids in targets.items()}
     frame = records_frame(
         obj.name,
         records,
         metadata,
+        record_names=record_names,
         fetched_at=dt.datetime.now(dt.UTC),
         partition_start=settings.copper.start_date,
         close_date_format=settings.copper.close_date_format,
@@ -104,7 +107,9 @@ def build_copper_asset(
         io_manager_key="warehouse_io_manager",
         metadata={
             "partition_expr": "partition_date",
-            "current_view": {"key": "id", "order_by": ["date_modified", "_fetched_at"]},
+            # the latest fetch holds the current version (an activity moved to an earlier
+            # date keeps an older date_modified than its stale row in the old partition)
+            "current_view": {"key": "id", "order_by": ["_fetched_at", "date_modified"]},
         },
         group_name="copper",
         kinds={"duckdb"},

@@ -1,4 +1,4 @@
-"""Copper developer API client: searches walked by date window, and the account metadata.
+"""Copper developer API client: searches walked by date, and the account metadata.
 
 Each searchable object is a declaration (``COPPER_OBJECTS``); one loop fetches them all. Paging
 follows Copper's documented rules: ``page_size`` (max 200) and ``page_number`` in the JSON body,
@@ -6,13 +6,17 @@ only documented snake_case keys (an unknown key answers 422), stop on a short pa
 ``X-PW-TOTAL`` header is an estimate: it drives progress reports and never decides when a walk
 ends (a header that undercounts would otherwise lose records silently).
 
-One search returns at most ``SEARCH_RESULT_CAP`` records, so a large window is walked with a date
-cursor (objects sorted by date) or split in two (activities, which have no documented sort).
+Objects sorted by date are walked with a value cursor, never by page offset: records move to
+the end of a ``date_modified`` sort whenever someone saves them, and an offset walk then skips
+the records that slide onto pages already read. One search returns at most
+``SEARCH_RESULT_CAP`` records; the cursor walk reads one page per search, and activities (no
+documented sort) are split into date windows.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import statistics
 import threading
 import time
@@ -52,7 +56,10 @@ __all__ = [
     "metadata_requests",
     "minimum_requests",
     "search_requests",
+    "value_cursor_searches",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.copper.com/developer_api/v1"
 MAX_PAGE_SIZE = 200
@@ -93,6 +100,44 @@ def cursor_walk_searches(sorted_dates: list[int], page_size: int, cap: int) -> i
         requests += cap // page_size
         last = sorted_dates[first + cap - 1]
         first = bisect.bisect_left(sorted_dates, last, lo=first)
+
+
+def value_cursor_searches(keys: Sequence[tuple[int, int]], page_size: int = MAX_PAGE_SIZE) -> int:
+    """Search requests of the skip-free value-cursor walk over records whose sorted
+    ``(date_modified, date_created)`` are ``keys``: each search re-reads the records at the
+    last date seen (Copper filters inclusively and breaks no ties by id), a tie group over a
+    page is walked by ``date_created``, and one over a page in both dates by page number plus
+    one verification pass. The offset walk's minimum is ``search_requests``; the difference
+    is what never skipping a record costs."""
+    modified = [k[0] for k in keys]
+    requests, at = 0, 0
+    while True:
+        page = modified[at : at + page_size]
+        requests += 1
+        if len(page) < page_size:
+            return requests
+        if page[0] != page[-1]:
+            at = bisect.bisect_left(modified, page[-1], lo=at)
+            continue
+        stop = bisect.bisect_right(modified, page[-1], lo=at)
+        requests += _created_walk([k[1] for k in keys[at:stop]], page_size)
+        at = stop
+
+
+def _created_walk(created: list[int], page_size: int) -> int:
+    requests, at = 0, 0
+    while True:
+        page = created[at : at + page_size]
+        requests += 1
+        if len(page) < page_size:
+            return requests
+        if page[0] != page[-1]:
+            at = bisect.bisect_left(created, page[-1], lo=at)
+            continue
+        stop = bisect.bisect_right(created, page[-1], lo=at)
+        passes = 2 if stop - at > page_size else 1  # a walk that found more, then a check
+        requests += passes * search_requests(stop - at, page_size)
+        at = stop
 
 
 def metadata_requests(users: int, page_size: int = MAX_PAGE_SIZE) -> int:
@@ -163,8 +208,6 @@ class _Search:
     total: int | None = None
     """``X-PW-TOTAL`` of this search's first page."""
     received: int = 0
-    first_date: int | None = None
-    last_date: int | None = None
     dates: list[int] | None = None
     """Activities: the dates seen, to choose where to split if the cap is reached."""
 
@@ -187,6 +230,8 @@ class CopperClient:
     ) -> None:
         self._metadata_cache = metadata_cache
         self._cache_key = (base_url.rstrip("/"), user_email)
+        self.refused_flags: set[str] = set()
+        """Search flags Copper answered 422 to (see ``_post_search``)."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
         self.page_size = page_size
@@ -232,10 +277,12 @@ class CopperClient:
         """Every record whose date field lies in the inclusive window [start, end] (Unix
         seconds; None leaves that side open), page by page, each record once.
 
-        Sorted objects come in ascending date order; a search reaching the cap restarts from
-        the last record's date, dropping the boundary records already yielded. Activities come
-        as returned, deduplicated by id; a window too large for one search is split in two.
-        A search ends on a short page only; ``X-PW-TOTAL`` is reported for progress.
+        Sorted objects come in ascending date order, walked with a value cursor (each search
+        starts at the last date seen and the boundary records it re-reads are dropped by id), so
+        records edited during the walk cannot push others past it; an edited record may come
+        twice, its newer version last. Activities come as returned, deduplicated by id; a
+        window too large for one search is split in two. A search ends on a short page only;
+        ``X-PW-TOTAL`` is an estimate, reported for progress.
 
         ``activity_type_ids`` (activities only) are user activity types: None means every
         type, an empty list none (nothing is requested).
@@ -254,9 +301,33 @@ class CopperClient:
         obj = copper_object(object_name)
         if obj.sort_by is None:
             raise ValueError(f"{object_name} cannot be sorted; use activity_exists_since")
-        body = {"page_size": 1, "page_number": 1, "sort_by": obj.sort_by, "sort_direction": "desc"}
+        body = {
+            "page_size": 1,
+            "page_number": 1,
+            "sort_by": obj.sort_by,
+            "sort_direction": "desc",
+            **dict(obj.search_flags),
+        }
         records, _ = self._post_search(obj, body)
         return int_or_none(records[0].get(obj.date_field)) if records else None
+
+    def names(self, record_type: str, ids: Sequence[int]) -> dict[int, str]:
+        """Names of records of one type (``company``, ``person``, ...) by id: searches with the
+        documented ``ids`` filter, 200 ids a request. Ids Copper no longer has are left out."""
+        obj = next((o for o in COPPER_OBJECTS.values() if o.record_type == record_type), None)
+        if obj is None or obj.sort_by is None:
+            return {}
+        wanted = sorted(set(ids))
+        found: dict[int, str] = {}
+        for at in range(0, len(wanted), MAX_PAGE_SIZE):
+            chunk = wanted[at : at + MAX_PAGE_SIZE]
+            body = {"page_size": MAX_PAGE_SIZE, "page_number": 1, "ids": chunk}
+            records, _ = self._post_search(obj, {**body, **dict(obj.search_flags)})
+            for record in records:
+                key, name = int_or_none(record.get("id")), record.get("name")
+                if key is not None and isinstance(name, str):
+                    found[key] = name
+        return found
 
     def activity_exists_since(
         self,
@@ -279,7 +350,24 @@ class CopperClient:
     def _post_search(
         self, obj: CopperObject, body: dict[str, Any]
     ) -> tuple[list[dict[str, Any]], int | None]:
-        return self._search_page(obj.path, body, kind=f"search/{obj.name}")
+        """One search. A flag of ``search_flags`` that the account refuses as unknown (422
+        naming it: ``include_converted_leads`` is documented by integrations, not by Copper's
+        own pages) is dropped for the rest of this client's life, with a warning, rather than
+        failing every fetch of the object."""
+        body = {k: v for k, v in body.items() if k not in self.refused_flags}
+        try:
+            return self._search_page(obj.path, body, kind=f"search/{obj.name}")
+        except ApiError as exc:
+            refused = [
+                key
+                for key, _ in obj.search_flags
+                if key in body and exc.status == 422 and key in str(exc)
+            ]
+            if not refused:
+                raise
+            log.warning("copper/%s: Copper refuses %s; searching without it", obj.name, refused)
+            self.refused_flags.update(refused)
+            return self._post_search(obj, body)
 
     def _search_page(
         self, path: str, body: dict[str, Any], *, kind: str
@@ -331,7 +419,23 @@ class CopperClient:
 
 
 class _Walk:
-    """One ``search`` call: a stack of windows, each searched page by page."""
+    """One ``search`` call.
+
+    Sorted objects are walked with a value cursor: every search asks for the first page of
+    ``minimum_modified_date = <last date seen>``, so an edit during the walk (which moves a
+    record to a later date) can shift nothing past the cursor. A page whose records all share
+    one date is a tie group larger than a page: it is walked by ``date_created`` inside that
+    second (again by value), and only a group sharing both dates falls back to page numbers,
+    followed by verification passes until a pass finds nothing new. Records at the cursor's date
+    come back on the next search and are dropped by id. Each search reads one page, so no search
+    goes near Copper's 100,000-result cap.
+
+    Activities have no sort: a stack of windows, each paged by number, split in two when the
+    cap would cut it short; each id once.
+    """
+
+    verify_passes = 5
+    """Most re-walks of a page-numbered tie group (each one stops as soon as it sees nothing new)."""
 
     def __init__(
         self,
@@ -357,17 +461,111 @@ class _Walk:
         return self.obj.sort_by is not None
 
     def pages(self, start: int | None, end: int | None) -> Iterator[Page]:
+        if self.sorted:
+            return self._cursor_walk(start, end)
+        return self._window_walk(start, end)
+
+    # -- sorted objects: a value cursor ----------------------------------------------------------
+    def _cursor_walk(self, start: int | None, end: int | None) -> Iterator[Page]:
+        size = self.client.page_size
+        low = start
+        while True:
+            records, total = self._post(self._sorted_body(low, end))
+            yield self._page(records, total)
+            if len(records) < size:
+                return
+            first, last = _date(records[0], self.obj), _date(records[-1], self.obj)
+            if last is None:
+                raise ApiResponseError(
+                    "copper", f"{self.obj.name}: a record without {self.obj.date_field}", 200
+                )
+            if first != last:
+                low = last  # re-reads the records at ``last``: they may not all have come
+                continue
+            yield from self._tie_group(last, records)
+            if end is not None and last + 1 > end:
+                return
+            low = last + 1
+
+    def _tie_group(self, moment: int, first_page: list[dict[str, Any]]) -> Iterator[Page]:
+        """Every record whose date is ``moment``: more than one page of them."""
+        if any(_created(r) is None for r in first_page):
+            yield from self._numbered_group(moment, None)
+            return
+        size = self.client.page_size
+        low: int | None = None
+        while True:
+            body = self._sorted_body(moment, moment, sort_by="date_created")
+            if low is not None:
+                body["minimum_created_date"] = low
+            records, total = self._post(body)
+            yield self._page(records, total)
+            if len(records) < size:
+                return
+            first, last = _created(records[0]), _created(records[-1])
+            if first is None or last is None:
+                yield from self._numbered_group(moment, None)
+                return
+            if first != last:
+                low = last
+                continue
+            yield from self._numbered_group(moment, last)
+            low = last + 1
+
+    def _numbered_group(self, moment: int, created: int | None) -> Iterator[Page]:
+        """Records sharing ``moment`` (and ``created``), walked by page number: the only way
+        left. A record edited away during a pass shifts later ones onto pages already read, so
+        passes repeat until one brings nothing new (at most ``verify_passes`` re-walks)."""
+        body = self._sorted_body(moment, moment)
+        if created is not None:
+            body |= {"minimum_created_date": created, "maximum_created_date": created}
+        size = self.client.page_size
+        for _ in range(1 + self.verify_passes):
+            before = self.yielded
+            number = 1
+            while True:
+                if number * size > SEARCH_RESULT_CAP:
+                    raise CopperCapError(
+                        "copper",
+                        f"{self.obj.name}: more than {SEARCH_RESULT_CAP} records share "
+                        f"{self.obj.date_field}={moment}; one search cannot return them all",
+                    )
+                records, total = self._post({**body, "page_number": number})
+                yield self._page(records, total)
+                if len(records) < size:
+                    break
+                number += 1
+            if self.yielded == before:
+                return
+
+    def _sorted_body(
+        self, low: int | None, high: int | None, *, sort_by: str | None = None
+    ) -> dict[str, Any]:
+        obj = self.obj
+        body: dict[str, Any] = {
+            "page_size": self.client.page_size,
+            "page_number": 1,
+            "sort_by": sort_by or obj.sort_by,
+            "sort_direction": "asc",
+            **dict(obj.search_flags),
+        }
+        if low is not None:
+            body[obj.min_key] = low
+        if high is not None:
+            body[obj.max_key] = high
+        return body
+
+    def _post(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], int | None]:
+        return self.client._post_search(self.obj, body)
+
+    # -- activities: windows paged by number -----------------------------------------------------
+    def _window_walk(self, start: int | None, end: int | None) -> Iterator[Page]:
         windows = [_Search(start, end)]
         while windows:
             search = windows.pop()
-            if not self.sorted:
-                search.dates = []
+            search.dates = []
             capped = yield from self._search(search)
-            if not capped:
-                continue
-            if self.sorted:
-                windows.append(_Search(self._cursor(search), search.high))
-            else:
+            if capped:
                 windows.extend(reversed(_split(search, self.obj.name)))
 
     def _search(self, search: _Search) -> Generator[Page, None, bool]:
@@ -383,7 +581,10 @@ class _Walk:
                 search.dates = [d for r in records if (d := _date(r, self.obj)) is not None]
                 return True  # one request to learn it, instead of paging up to the cap first
             search.received += len(records)
-            yield self._page(search, records, total)
+            for record in records:
+                if (date := _date(record, self.obj)) is not None and search.dates is not None:
+                    search.dates.append(date)
+            yield self._page(records, total)
             if len(records) < size:
                 return False
             if (number + 1) * size > cap:
@@ -392,35 +593,35 @@ class _Walk:
 
     def _too_big(self, search: _Search, total: int | None) -> bool:
         """An activity window whose first page says it holds more than one search returns."""
-        if self.sorted or total is None or total <= SEARCH_RESULT_CAP or not self.trust_total:
+        if total is None or total <= SEARCH_RESULT_CAP or not self.trust_total:
             return False
         if total == search.parent_total:
             self.trust_total = False  # narrowing the window did not change it: not a count
             return False
         return True
 
-    def _page(self, search: _Search, records: list[dict[str, Any]], total: int | None) -> Page:
-        fresh = self._fresh(search, records)
+    # -- both ------------------------------------------------------------------------------------
+    def _page(self, records: list[dict[str, Any]], total: int | None) -> Page:
+        before = self.yielded
+        fresh = self._fresh(records)
         self.number += 1
         self.yielded += len(fresh)
-        page = Page(self.obj.name, self.number, fresh, total, self.yielded)
+        repeated = len(records) - len(fresh)
+        estimate = None if total is None else before + max(0, total - repeated)
+        page = Page(self.obj.name, self.number, fresh, estimate, self.yielded)
         if self.on_page is not None:
             self.on_page(page)
         return page
 
-    def _fresh(self, search: _Search, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Drop records already yielded, tracking what a restart or a split needs."""
+    def _fresh(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop records already yielded: sorted objects keep the ids of the boundary date only
+        (a record edited during the walk comes again with a later date: its newer version)."""
         fresh = []
         for record in records:
-            date = _date(record, self.obj)
-            if search.first_date is None:
-                search.first_date = date
-            if date is not None:
-                search.last_date = date
-                if search.dates is not None:
-                    search.dates.append(date)
-            if self.sorted and date != self.seen_date:
-                self.seen_date, self.seen = date, set()
+            if self.sorted:
+                date = _date(record, self.obj)
+                if date != self.seen_date:
+                    self.seen_date, self.seen = date, set()
             key = record.get("id")
             if key in self.seen:
                 continue
@@ -428,22 +629,9 @@ class _Walk:
             fresh.append(record)
         return fresh
 
-    def _cursor(self, search: _Search) -> int:
-        """Where a capped sorted search restarts: at its last date, which must have moved."""
-        if search.last_date is None or search.first_date == search.last_date:
-            raise CopperCapError(
-                "copper",
-                f"{self.obj.name}: more than {SEARCH_RESULT_CAP} records share "
-                f"{self.obj.date_field}={search.last_date}; one search cannot return them all",
-            )
-        return search.last_date
-
     def _body(self, search: _Search, number: int) -> dict[str, Any]:
         obj = self.obj
         body: dict[str, Any] = {"page_size": self.client.page_size, "page_number": number}
-        if obj.sort_by is not None:
-            body["sort_by"] = obj.sort_by
-            body["sort_direction"] = "asc"
         if search.low is not None:
             body[obj.min_key] = search.low
         if search.high is not None:
@@ -486,6 +674,10 @@ def _activity_types(ids: Sequence[int]) -> list[dict[str, Any]]:
 
 def _date(record: dict[str, Any], obj: CopperObject) -> int | None:
     return int_or_none(record.get(obj.date_field))
+
+
+def _created(record: dict[str, Any]) -> int | None:
+    return int_or_none(record.get("date_created"))
 
 
 def _metadata_body(field_name: str, path: str, body: Any) -> Any:

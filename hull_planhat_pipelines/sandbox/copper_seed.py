@@ -609,6 +609,10 @@ class CopperSeed:
             np.int32
         )
         self._activity_columns()
+        lead_rows = np.arange(n["leads"])
+        self._cols["leads"]["converted"] = (
+            (lead_rows < n["people"]) & ((lead_rows == 4) | (lead_rows % 25 == 4))
+        ).astype(np.int8)  # the rule of _converted_into, vectorised
         self._partner_company = np.where(
             np.arange(n["opportunities"]) % 9 == 2,
             _pick(s, "opportunities:partner", n["opportunities"], n["companies"]),
@@ -796,12 +800,14 @@ class CopperSeed:
 
     # -- records -------------------------------------------------------------------------------
     def lead(self, row: int) -> dict[str, Any]:
-        """A lead: ``email`` is one object or null (rows 2, 5, 14, ...); rows 0-1 unicode names."""
+        """A lead: ``email`` is one object or null (rows 2, 5, 14, ...); rows 0-1 unicode names;
+        rows 4, 29, 54, ... converted into the person of their row (out of default searches)."""
         dice = self._dice("lead", row)
         created, modified = self._dates("leads", row)
         first, last, name = self._lead_names.parts(row)
         status = dice.choice(self.metadata.lead_statuses)
         email = self.lead_email(row)
+        converted = self._converted_into(row)
         value = None if dice.chance(0.3) else 500 * dice.between(1, 200)
         fixed = {"Lead Score": round(dice.random() * 100, 1)} if row < 3 else None
         return {
@@ -827,6 +833,9 @@ class CopperSeed:
             "monetary_value": value,
             "converted_unit": None,
             "converted_value": None,
+            "converted_contact_id": None if converted is None else converted[0],
+            "converted_opportunity_id": None,
+            "converted_at": None if converted is None else converted[1],
             "socials": [],
             "status": status["name"],
             "status_id": status["id"],
@@ -908,6 +917,14 @@ class CopperSeed:
             "date_lead_created": lead_created,
         }
 
+    def _converted_into(self, lead_row: int) -> tuple[int, int] | None:
+        """``(person id, converted_at)`` of a lead converted into the person of its row."""
+        if lead_row >= self.counts["people"] or not (lead_row == 4 or lead_row % 25 == 4):
+            return None
+        lead_created = int(self._cols["leads"]["date_created"][lead_row])
+        when = max(lead_created, int(self._cols["people"]["date_created"][lead_row]))
+        return int(self.ids["people"][lead_row]), when
+
     def _converted_from(self, row: int) -> tuple[list[dict[str, Any]], int | None]:
         """Leads this person was converted from, and when the first was created.
 
@@ -916,11 +933,11 @@ class CopperSeed:
         """
         if row == 9:
             return [{"lead_id": MISSING_LEAD_ID, "converted_timestamp": None}], None
-        if row < self.counts["leads"] and (row == 4 or row % 25 == 4):
+        converted = self._converted_into(row) if row < self.counts["leads"] else None
+        if converted is not None:
             lead_created = int(self._cols["leads"]["date_created"][row])
-            when = max(lead_created, int(self._cols["people"]["date_created"][row]))
             lead_id = int(self.ids["leads"][row])
-            return [{"lead_id": lead_id, "converted_timestamp": when}], lead_created
+            return [{"lead_id": lead_id, "converted_timestamp": converted[1]}], lead_created
         return [], None
 
     def company(self, row: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -167,9 +167,12 @@ class SandboxServer:
         record_bodies: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        admin_routes: Sequence[tuple[str, str, Handler]] = (),
     ) -> None:
         self.name = name
         self._routes = [(m.upper(), re.compile(f"^{p}$"), h) for m, p, h in routes]
+        self._admin_routes = [(m.upper(), re.compile(f"^{p}$"), h) for m, p, h in admin_routes]
+        """Emulator-specific ``/_sandbox/...`` controls: no auth, no faults, no rate limit."""
         self._auth = auth
         self.rate_limit = RateLimit(rate_limit_per_minute, rate_limit_retry_after, clock)
         self.faults = FaultPlan()
@@ -263,6 +266,11 @@ class SandboxServer:
                 self.clear_requests()
                 return Response(204)
             return Response(200, [asdict(r) for r in self.recorded()])
+        for method, pattern, handler in self._admin_routes:
+            match = pattern.match(request.path)
+            if match is not None and method == request.method:
+                request.params = {k: v for k, v in match.groupdict().items() if v is not None}
+                return handler(request)
         return error(404, "not_found")
 
     def dispatch(self, request: Request) -> Response:

@@ -229,6 +229,35 @@ def _connect(d: CustomFieldDefinition, value: Any, ctx: _Context) -> dict[str, l
     return {"ids": ids, "names": names}
 
 
+def connect_targets(
+    object_name: str, records: Iterable[Mapping[str, Any]], metadata: CopperMetadata
+) -> dict[str, set[int]]:
+    """Record type -> ids the records' Connect fields point to: the names the resolver needs.
+    A field whose partner definition is unknown names no target and is left unresolved."""
+    kind = copper_object(object_name).record_type
+    connects = {
+        d.id: d
+        for d in metadata.custom_field_definitions
+        if d.data_type == "Connect" and (not d.available_on or kind in d.available_on)
+    }
+    wanted: dict[str, set[int]] = {}
+    if not connects:
+        return wanted
+    for record in records:
+        for entry in record.get("custom_fields") or ():
+            definition = connects.get(entry.get("custom_field_definition_id"))
+            if definition is None or not entry.get("value"):
+                continue
+            partner = metadata.field_definitions.get(definition.connected_id or -1)
+            ids = [
+                int_or_none(item.get("id") if isinstance(item, dict) else item)
+                for item in _as_list(entry["value"])
+            ]
+            for target in partner.available_on if partner else ():
+                wanted.setdefault(target, set()).update(i for i in ids if i is not None)
+    return wanted
+
+
 def _connect_targets(d: CustomFieldDefinition, ctx: _Context) -> list[str]:
     """The partner definition's ``available_on`` names the target; unknown: look everywhere."""
     partner = ctx.meta.field_definitions.get(d.connected_id) if d.connected_id is not None else None
@@ -368,7 +397,12 @@ _HEAD = (
     Column("date_modified", "timestamp"),
 )
 _SPECIFIC: dict[str, tuple[Column, ...]] = {
-    "leads": (Column("status", "text"), Column("monetary_value", "float")),
+    "leads": (
+        Column("status", "text"),
+        Column("monetary_value", "float"),
+        Column("converted_contact_id", "int"),
+        Column("converted_at", "timestamp"),
+    ),
     "people": (Column("company_id", "int"),),
     "companies": (Column("email_domain", "text"), Column("primary_contact_id", "int")),
     "opportunities": (
@@ -434,7 +468,7 @@ def records_frame(
     (JSON, null when none). ``fetched_at`` must be timezone-aware (naive is taken as UTC).
     """
     obj = copper_object(object_name)
-    kept = _newest_per_id(list(records), obj)
+    kept = _newest_per_id(without_deleted(object_name, records), obj)
     typed = (*_HEAD, *_SPECIFIC[object_name])
     values: dict[str, list[Any]] = {c.name: [] for c in (*typed, *_TAIL)}
     for record in kept:  # one pass; each normalized dict is dropped once encoded (memory)
@@ -463,6 +497,24 @@ def records_frame(
         columns[name] = pd.array(values.pop(name), dtype="string")
     columns["_fetched_at"] = _fetched_at_column(fetched_at, len(kept))
     return pd.DataFrame(columns).astype(frame_dtypes(object_name), copy=False)
+
+
+def is_deleted_stub(record: Mapping[str, Any]) -> bool:
+    """Copper answers deleted activities as ``{"id": ..., "is_deleted": true}`` stubs."""
+    return record.get("is_deleted") is True
+
+
+def without_deleted(
+    object_name: str, records: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The records minus deletion stubs and every version of a stubbed id: a deleted activity
+    must leave its partition, not land in the first one for want of a date."""
+    kept = list(records)
+    deleted = {r.get("id") for r in kept if is_deleted_stub(r)}
+    if not deleted:
+        return kept
+    log.info("copper/%s: %d deleted records (stubs) left out", object_name, len(deleted))
+    return [r for r in kept if r.get("id") not in deleted]
 
 
 def _newest_per_id(records: list[Mapping[str, Any]], obj: CopperObject) -> list[Mapping[str, Any]]:

@@ -29,9 +29,11 @@ class CopperObject:
     max_key: str
     sort_by: str | None
     """None: no documented sort (activities); records come as returned."""
+    search_flags: tuple[tuple[str, Any], ...] = ()
+    """Body keys every search of the object sends (leads: converted ones included)."""
 
 
-def _modified(name: str, record_type: str) -> CopperObject:
+def _modified(name: str, record_type: str, flags: tuple[tuple[str, Any], ...] = ()) -> CopperObject:
     return CopperObject(
         name,
         record_type,
@@ -40,13 +42,16 @@ def _modified(name: str, record_type: str) -> CopperObject:
         "minimum_modified_date",
         "maximum_modified_date",
         "date_modified",
+        flags,
     )
 
 
 COPPER_OBJECTS: dict[str, CopperObject] = {
     o.name: o
     for o in (
-        _modified("leads", "lead"),
+        # A converted lead leaves the default search; it is a merge into a person, not a
+        # deletion, so the pipeline asks for converted leads too.
+        _modified("leads", "lead", (("include_converted_leads", True),)),
         _modified("people", "person"),
         _modified("companies", "company"),
         _modified("opportunities", "opportunity"),

@@ -61,13 +61,20 @@ def plan_incremental_runs(
     start_date: dt.date,
     rescan_days: int,
     rescan_minutes: int,
+    horizon_days: int = 0,
 ) -> tuple[list[PlannedRun], CopperCursor]:
     """Which day partitions changed since the cursor, and the advanced cursor (pure).
 
     A changed object needs the days from its previous newest change to its new one; on the
     first tick only the day of the newest change. Activities have no sort: a cheap "anything
     dated since the last check?" question covers new ones, and a trailing window of days is
-    re-fetched every ``rescan_minutes`` for back-dated ones.
+    re-fetched every ``rescan_minutes`` for back-dated ones, together with the
+    ``horizon_days`` ahead (activities planned in the future: asking "anything dated up to the
+    horizon?" would always say yes, so they come with the re-scan, not with every tick).
+
+    Copper's dates are whole seconds: a record saved in the very second the previous tick
+    asked, after its answer, carries the same newest date and would look unchanged. So a newest
+    date that fell within a second of the previous tick is fetched once more by the next one.
     """
     today = _day(now)
     clamp = lambda day: max(day, start_date)  # noqa: E731
@@ -75,6 +82,8 @@ def plan_incremental_runs(
     advanced = CopperCursor(
         dict(cursor.newest), cursor.activities_checked, cursor.activities_rescanned
     )
+    last_tick = cursor.activities_checked
+    racing: list[str] = []
     for name, value in newest.items():
         if value is None:
             continue
@@ -83,18 +92,24 @@ def plan_incremental_runs(
             first = _day(previous) if previous is not None else _day(value)
             changed[name] = (clamp(first), clamp(_day(value)))
             advanced.newest[name] = value
+        elif value == previous and last_tick is not None and last_tick - 1 <= previous <= last_tick:
+            racing.append(name)
     runs: list[PlannedRun] = []
     if changed:
         first_day = min(first for first, _ in changed.values())
         last_day = max(last for _, last in changed.values())
         runs.append(PlannedRun(tuple(sorted(changed)), first_day, last_day, "modified records"))
+    if racing:
+        day = clamp(_day(max(cursor.newest[name] for name in racing)))
+        runs.append(PlannedRun(tuple(sorted(racing)), day, day, "same-second re-check"))
     rescan_due = (
         cursor.activities_rescanned is None
         or now - cursor.activities_rescanned >= rescan_minutes * 60
     )
     if rescan_due:
         first = clamp(today - dt.timedelta(days=rescan_days))
-        runs.append(PlannedRun(("activities",), first, clamp(today), "trailing activity re-scan"))
+        last = clamp(today + dt.timedelta(days=horizon_days))
+        runs.append(PlannedRun(("activities",), first, last, "trailing activity re-scan"))
         advanced.activities_rescanned = now
     elif activities_changed:
         since = cursor.activities_checked or now
