@@ -110,7 +110,13 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         frame = frames.get(key)
         return frame if frame is not None and not frame.empty else None
 
+    current_ids = {
+        name: _frame(conn, f"select id from copper_current.{name}")["id"]
+        for name in ("leads", "people", "companies", "activities")
+        if table_exists(conn, "copper_current", name)
+    }
     copper = CopperRows(
+        current_ids=current_ids,
         leads=nonempty("copper.leads"),
         people=nonempty("copper.people"),
         companies=nonempty("copper.companies"),
@@ -189,7 +195,7 @@ def apply(
         run(conn, statement)
     sources = read_sources(conn)
     store = read_store(conn)
-    changes = compute_changes(settings, store, sources.copper, sources.planhat)
+    changes = compute_changes(settings, store, sources.copper, sources.planhat, now=now)
     run(conn, "begin transaction")
     try:
         outbox = 0

@@ -16,7 +16,8 @@ Only what differs from the store becomes a row. Rules:
 
 from __future__ import annotations
 
-from hull_planhat_pipelines.sync.hull_batch import Batch
+from hull_planhat_pipelines.sync.hull_batch import Batch, quote
+from hull_planhat_pipelines.sync.hull_deletions import DELETED_AT, DETACHABLE_GROUPS
 from hull_planhat_pipelines.sync.hull_model import DOMAIN_CLAIM, UPSERT_COLUMNS, Kind
 
 _WINNER = (
@@ -73,7 +74,28 @@ def _wanted(batch: Batch, k: Kind) -> None:
         f"insert into want_{k} select * from clear_{k};"
         f"drop table clear_{k}"
     )
+    _detaches(batch, k)
     batch.canonicalize_nested(f"want_{k}", "value")
+
+
+def _detaches(batch: Batch, k: Kind) -> None:
+    """``<group>/deleted_at`` of records gone from Copper (``hull_deletions``), and its clear
+    on a profile whose record of that group writes again (it came back)."""
+    batch.sql(
+        f"insert into want_{k} select coalesce(g.into_hull_id, s.hull_id), s.attribute,"
+        " s.value, s.source_object, s.source_id, s.anonymous_id"
+        f" from in_sets s left join merges_{k} g on g.from_hull_id = s.hull_id"
+        f" anti join want_{k} w on w.hull_id = coalesce(g.into_hull_id, s.hull_id)"
+        f" and w.attribute = s.attribute where s.kind = '{k}'"
+    )
+    groups = "[" + ", ".join(quote(g) for g in DETACHABLE_GROUPS) + "]"
+    batch.sql(
+        f"insert into want_{k} select distinct on (hull_id, attr_group) hull_id,"
+        f" attr_group || '/{DELETED_AT}', null, 'copper', source_id, record_key"
+        f" from writers_{k} w where list_contains({groups}, attr_group)"
+        f" and not exists (select 1 from want_{k} x where x.hull_id = w.hull_id"
+        f" and x.attribute = w.attr_group || '/{DELETED_AT}')"
+    )
 
 
 def _profiles(batch: Batch, k: Kind) -> None:
@@ -147,6 +169,21 @@ def diff_links(batch: Batch) -> None:
         " anti join lk on lk.user_hull_id = gu.into_hull_id"
         " where f.account_hull_id is not null and t.account_hull_id is null"
         " qualify row_number() over (partition by gu.into_hull_id order by gu.from_hull_id) = 1;"
+        # a person pointing at a deleted company stays off it (the company may come back)
+        "delete from lk where source_object = 'person'"
+        " and account_hull_id in (select hull_id from gone_accounts);"
+        # people whose company was removed leave their Copper account
+        "insert into lk select distinct on (ru.hull_id) ru.hull_id, null, l.source_object,"
+        " l.source_id from in_links l join res_user ru on ru.record_key = l.user_key"
+        " join s_user su on su.hull_id = ru.hull_id"
+        " join s_account sa on sa.hull_id = su.account_hull_id"
+        " anti join lk on lk.user_hull_id = ru.hull_id"
+        " where l.account_key is null and len(list_filter(sa.anonymous_ids,"
+        " lambda x: starts_with(x, 'copper:'))) > 0;"
+        # users of deleted companies leave the account
+        "insert into lk select u.user_hull_id, null, u.source_object, u.source_id"
+        " from (select * from in_unlinks qualify row_number() over (partition by user_hull_id"
+        " order by source_id) = 1) u anti join lk on lk.user_hull_id = u.user_hull_id;"
         "create or replace temp table links as"
         " select lk.user_hull_id, lk.account_hull_id, s.account_hull_id"
         " as previous_account_hull_id, lk.source_object, lk.source_id"
