@@ -141,7 +141,14 @@ def test_null_and_blank_claims_are_skipped() -> None:
 
 
 def test_profile_gains_missing_claims_and_keeps_its_own() -> None:
-    store = users({"hull_id": "S", "anonymous_ids": ["copper-person:7"], "email": "old@x.com"})
+    # the lead on the profile, not in this batch, may still hold the old email
+    store = users(
+        {
+            "hull_id": "S",
+            "anonymous_ids": ["copper-person:7", "copper-lead:3"],
+            "email": "old@x.com",
+        }
+    )
     out = resolve_users(
         store, {"key": "copper-person:7", "email": "new@x.com", "external_id": "U-7"}
     )
@@ -201,3 +208,32 @@ def test_sql_and_python_stable_ids_agree() -> None:
             for kind in ("user", "account"):
                 sql = work.scalar(f"select hull_stable_id('{kind}', $${key}$$)")
                 assert sql == stable_id(kind, key)
+
+
+def test_a_source_alone_on_its_profile_changes_its_email() -> None:
+    store = users({"hull_id": "S", "anonymous_ids": ["copper-person:7"], "email": "old@x.com"})
+    out = resolve_users(store, {"key": "copper-person:7", "email": "new@x.com"})
+    assert out.hull == {"copper-person:7": "S"}
+    assert out.claims[["claim", "value"]].values.tolist() == [["email", "new@x.com"]]
+    assert out.conflicts.empty
+
+
+def test_another_source_in_the_batch_still_holding_the_old_email_keeps_it() -> None:
+    store = users(
+        {"hull_id": "S", "anonymous_ids": ["copper-person:7", "copper-lead:3"], "email": "o@x.io"}
+    )
+    moved = resolve_users(
+        store,
+        {"key": "copper-person:7", "email": "new@x.io"},
+        {"key": "copper-lead:3", "email": None},
+    )
+    assert moved.claims[["claim", "value"]].values.tolist() == [["email", "new@x.io"]]
+    held = resolve_users(
+        store,
+        {"key": "copper-person:7", "email": "new@x.io"},
+        {"key": "copper-lead:3", "email": "o@x.io"},
+    )
+    assert held.claims.empty
+    assert held.conflicts[["claim", "value", "reason"]].values.tolist() == [
+        ["email", "new@x.io", "Profile keeps another email"]
+    ]

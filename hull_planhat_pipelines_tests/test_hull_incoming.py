@@ -186,3 +186,32 @@ def test_deleted_records_detach_from_their_profiles_and_come_back(pipeline: Pipe
     assert back["hull_id"] == before["hull_id"]
     assert "copper_person/deleted_at" not in back["attributes"]
     assert back["attributes"]["copper_person/title"] == before["attributes"]["copper_person/title"]
+
+
+# -- case 9: Planhat rows without _id (pure: the frame the Planhat asset writes) ------------------
+def test_planhat_endusers_without_id_are_skipped_one_by_one_never_collapsed() -> None:
+    from hull_planhat_pipelines.sync.hull_sync import ProfileStore, compute_changes
+    from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
+    from hull_planhat_pipelines.sync.planhat_records import endusers_frame
+    from hull_planhat_pipelines_tests.hull_support import NOW, example_settings
+
+    records = [
+        {"email": "no-id-1@x.io", "firstName": "A"},
+        {"_id": "", "email": "no-id-2@x.io", "firstName": "B"},
+        {"_id": "e1", "email": " Ann@X.io ", "firstName": "Ann"},
+        {"_id": "e2", "email": "not-an-email", "firstName": "C"},
+        {"_id": "e3", "email": "nul\x00@x.io", "firstName": "D"},
+    ]
+    frame = endusers_frame(records, fetched_at=NOW, partition_date=NOW.date())
+    assert len(frame) == 5  # both rows without _id kept, not collapsed into one
+    changes = compute_changes(
+        example_settings(), ProfileStore(), None, PlanhatRows(endusers=frame), now=NOW
+    )
+    skips = [(e.object_id, e.reason) for e in changes.log if e.event == "incoming.user.skip"]
+    assert sorted(skips, key=str) == sorted(
+        [(None, "No _id"), (None, "No _id"), ("e2", "Invalid email"), ("e3", "Invalid email")],
+        key=str,
+    )
+    assert changes.user_claims.query("claim == 'email'")["value"].tolist() == ["ann@x.io"]
+    assert set(changes.user_claims["hull_id"]) == set(changes.user_upserts["hull_id"])
+    assert changes.user_claims["hull_id"].nunique() == 1

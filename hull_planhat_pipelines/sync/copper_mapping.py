@@ -114,6 +114,7 @@ def map_copper(batch: Batch, rows: CopperRows, settings: CopperSettings) -> list
     loaded = {name: _load(batch, name, getattr(rows, name), events) for name in _COLUMNS}
     if loaded["leads"]:
         events += _stage_users(batch, "leads", "lead", "copper-lead:", COPPER_LEAD_GROUP, settings)
+        _stage_lead_conversions(batch)
     if loaded["people"]:
         events += _stage_users(
             batch, "people", "person", "copper-person:", COPPER_PERSON_GROUP, settings
@@ -265,12 +266,27 @@ def _stage_users(
 
 
 def _stage_converted_leads(batch: Batch) -> None:
-    """A person converted from a lead also claims the lead's anonymous id: one user for both."""
+    """A person converted from a lead also claims the lead's anonymous id, and the lead's
+    profile merges into the person's (one user for both, even when each had its own email)."""
     batch.sql(
-        "insert into in_claims select 'user', record_key, 'anonymous_id', 'copper-lead:' || lead_id"
-        " from (select 'copper-person:' || id as record_key,"
+        "create or replace temp table _conv as select record_key, lead_id from ("
+        " select 'copper-person:' || id as record_key,"
         " unnest(json_extract(fields, '$.leads_converted_from[*].lead_id')) ->> '$' as lead_id"
-        " from cu_people) where lead_id is not null and lead_id <> 'null'"
+        " from cu_people) where lead_id is not null and lead_id <> 'null';"
+        "insert into in_claims select 'user', record_key, 'anonymous_id', 'copper-lead:' || lead_id"
+        " from _conv;"
+        "insert into in_merges select 'user', 'copper-lead:' || lead_id, record_key from _conv;"
+        "drop table _conv"
+    )
+
+
+def _stage_lead_conversions(batch: Batch) -> None:
+    """A converted lead names its person (``converted_contact_id``): its profile merges into
+    that person's, whether or not the person lists the lead."""
+    batch.sql(
+        "insert into in_merges select 'user', 'copper-lead:' || id, 'copper-person:' || c"
+        " from (select id, json_extract_string(fields, '$.converted_contact_id') as c"
+        " from cu_leads) where c is not null and regexp_full_match(c, '[0-9]+')"
     )
 
 

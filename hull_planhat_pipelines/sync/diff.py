@@ -103,7 +103,7 @@ def _profiles(batch: Batch, k: Kind) -> None:
     other = DOMAIN_CLAIM[k]
     batch.sql(
         f"create or replace temp table prof_{k} as select t.hull_id,"
-        f" coalesce(s.{other}, c.claim) as claim, coalesce(s.external_id, c.external_id)"
+        f" coalesce(c.claim, s.{other}) as claim, coalesce(s.external_id, c.external_id)"
         " as external_id, coalesce(n.is_new, false) as is_new"
         f" from touched_{k} t left join s_{k} s using (hull_id)"
         f" left join (select hull_id, max(value) filter (where claim = '{other}') as claim,"
@@ -132,17 +132,26 @@ def _current(batch: Batch, k: Kind) -> None:
     batch.canonicalize_nested(f"cur_{k}", "value")
 
 
+_GROUP = "regexp_extract({}, '^(.*)/[^/]*$', 1)"
+
+
 def _with_merged_values(batch: Batch, k: Kind) -> None:
-    """A merged shell's values move to its profile where neither the batch nor the profile
-    has one (they are upserts of the profile; the shell itself disappears)."""
+    """A merged profile's groups move to the profile it merged into, each group whole, where
+    neither the batch nor that profile has the group (they are upserts of the profile; the
+    merged one disappears). A group both have keeps the surviving profile's values."""
+    group = _GROUP.format("c.attribute")
     batch.sql(
+        f"create or replace temp table _kept_groups as select distinct hull_id,"
+        f" {_GROUP.format('attribute')} as grp from (select hull_id, attribute from want_{k}"
+        f" where value is not null union all select hull_id, attribute from cur_{k})"
+        f" where hull_id in (select into_hull_id from merges_{k});"
         f"insert into want_{k} select g.into_hull_id, c.attribute, c.value, 'merge',"
         " g.from_hull_id, null"
         f" from merges_{k} g join cur_{k} c on c.hull_id = g.from_hull_id"
-        f" anti join want_{k} w on w.hull_id = g.into_hull_id and w.attribute = c.attribute"
-        f" anti join cur_{k} t on t.hull_id = g.into_hull_id and t.attribute = c.attribute"
+        f" anti join _kept_groups t on t.hull_id = g.into_hull_id and t.grp = {group}"
         " qualify row_number() over (partition by g.into_hull_id, c.attribute"
-        " order by g.from_hull_id) = 1"
+        " order by g.from_hull_id) = 1;"
+        "drop table _kept_groups"
     )
 
 

@@ -107,7 +107,7 @@ def _changed_rows(
             " else s.account_hull_id end as account_hull_id,"
         )
         rows = work.frame(
-            f"select ids.hull_id, coalesce(s.{other}, co.value) as {other},"
+            f"select ids.hull_id, coalesce(co.value, s.{other}) as {other},"
             " coalesce(s.external_id, ce.value) as external_id,"
             " list_concat(coalesce(s.anonymous_ids, []), coalesce(anon.added, []))"
             f" as anonymous_ids, {account if is_user else ''}"

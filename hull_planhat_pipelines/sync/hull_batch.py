@@ -16,6 +16,8 @@ Staged tables (filled by ``copper_mapping`` and ``planhat_mapping``):
   source record writes which group on which record (one row per record and group, so that
   choosing the one writer of a group never scans the attribute rows).
 - ``in_links(user_key, account_key, source_object, source_id, modified_at)``.
+- ``in_merges(kind, from_key, into_key)``: the profile holding ``from_key`` merges into the one
+  holding ``into_key`` (a converted lead into its person), whatever claims each has.
 - ``in_events(event_id, user_key, name, properties, occurred_at, source, source_id)``.
 - ``in_clears(kind, hull_id, attribute, source_object, source_id)``: attributes of known
   profiles to clear unless a record writes them (deleted opportunities, detached records).
@@ -61,6 +63,7 @@ create table in_sets (kind varchar, hull_id varchar, attribute varchar, value va
     source_object varchar, source_id varchar, anonymous_id varchar);
 create table in_unlinks (user_hull_id varchar, source_object varchar, source_id varchar);
 create table gone_accounts (hull_id varchar);
+create table in_merges (kind varchar, from_key varchar, into_key varchar);
 create table deleted (kind varchar, hull_id varchar, source_object varchar, source_id varchar,
     anonymous_id varchar);
 """
