@@ -215,3 +215,200 @@ def test_planhat_endusers_without_id_are_skipped_one_by_one_never_collapsed() ->
     assert changes.user_claims.query("claim == 'email'")["value"].tolist() == ["ann@x.io"]
     assert set(changes.user_claims["hull_id"]) == set(changes.user_upserts["hull_id"])
     assert changes.user_claims["hull_id"].nunique() == 1
+
+
+def _lead(copper: CopperSandbox, lead_id: int, email: str | None, **extra: Any) -> dict[str, Any]:
+    template = next(r for r in copper.records("leads") if r.get("email"))
+    record = {**template, "id": lead_id, "name": f"Lead {lead_id}", **extra}
+    record["email"] = None if email is None else {"email": email, "category": "work"}
+    record["date_created"] = record["date_modified"] = copper.clock()
+    return record
+
+
+def _person(copper: CopperSandbox, person_id: int, email: str, **extra: Any) -> dict[str, Any]:
+    template = next(r for r in copper.records("people") if r.get("emails"))
+    record = {**template, "id": person_id, "name": f"Person {person_id}", **extra}
+    record["emails"] = [{"email": email, "category": "work"}]
+    record["custom_fields"] = []
+    record["date_created"] = record["date_modified"] = copper.clock()
+    return record
+
+
+def _edit(copper: CopperSandbox, name: str, record: dict[str, Any], **changes: Any) -> None:
+    copper.upsert_records(name, [{**record, **changes, "date_modified": copper.clock() + 1}])
+
+
+# -- case 3: a changed primary email reaches the profile ------------------------------------------
+def test_a_persons_new_primary_email_replaces_the_old_one(pipeline: Pipeline) -> None:
+    copper = pipeline.copper
+    alone = _person(copper, 91000001, "old.address@alone.example.com", company_id=None)
+    shared = _person(copper, 91000002, "shared@both.example.com", company_id=None)
+    twin = _lead(copper, 91000003, "shared@both.example.com")
+    copper.upsert_records("people", [alone, shared])
+    copper.upsert_records("leads", [twin])
+    pipeline.full_refresh()
+    before = pipeline.user("copper-person:91000001")
+    assert before["email"] == "old.address@alone.example.com"
+    assert (
+        pipeline.user("copper-lead:91000003")["hull_id"]
+        == pipeline.user("copper-person:91000002")["hull_id"]
+    )
+
+    _edit(copper, "people", alone, emails=[{"email": "New.Address@Alone.example.com "}])
+    _edit(copper, "people", shared, emails=[{"email": "moved@both.example.com"}])
+    pipeline.incremental()
+
+    after = pipeline.user("copper-person:91000001")
+    assert after["hull_id"] == before["hull_id"]
+    assert after["email"] == "new.address@alone.example.com"  # trimmed, lower-cased
+    assert pipeline.query(
+        "select count(*) from hull.users where email = 'old.address@alone.example.com'"
+    ) == [(0,)]
+    # the lead on the shared profile still holds the old address: kept, and a logged conflict
+    assert pipeline.user("copper-person:91000002")["email"] == "shared@both.example.com"
+    conflicts = pipeline.log("incoming.user.skip", "copper-person:91000002")
+    assert [(r[0], r[2]) for r in conflicts] == [
+        ("claim", "Claim not applied: Profile keeps another email")
+    ]
+
+
+# -- case 4: a lead converted into an existing person merges the two profiles ----------------------
+def test_a_lead_converted_into_an_existing_person_merges_the_profiles(pipeline: Pipeline) -> None:
+    copper = pipeline.copper
+    lead = _lead(copper, 92000001, "prospect@convert.example.com")
+    person = _person(copper, 92000002, "customer@convert.example.com", company_id=None)
+    copper.upsert_records("leads", [lead])
+    copper.upsert_records("people", [person])
+    note_type = next(t for t in copper.metadata.activity_types["user"] if t["name"] == "Note")
+    activity = {
+        **_user_activity(copper, "lead"),
+        "id": 92000003,
+        "parent": {"id": 92000001, "type": "lead"},
+        "type": {"id": note_type["id"], "category": "user"},
+        "activity_date": copper.clock() - 60,
+    }
+    copper.upsert_records("activities", [activity])
+    pipeline.full_refresh()
+    lead_user = pipeline.user("copper-lead:92000001")
+    person_user = pipeline.user("copper-person:92000002")
+    assert lead_user["hull_id"] != person_user["hull_id"]
+    assert _groups(lead_user["attributes"], "copper_lead")
+    assert pipeline.query(
+        "select user_hull_id from hull.events where event_id = 'copper-activity:92000003'"
+    ) == [(lead_user["hull_id"],)]
+
+    converted_at = copper.clock()
+    _edit(copper, "leads", lead, converted_contact_id=92000002, converted_at=converted_at)
+    _edit(
+        copper,
+        "people",
+        person,
+        leads_converted_from=[{"lead_id": 92000001, "converted_timestamp": converted_at}],
+    )
+    pipeline.incremental()
+
+    merged = pipeline.user("copper-person:92000002")
+    assert pipeline.user("copper-lead:92000001")["hull_id"] == merged["hull_id"]
+    assert merged["hull_id"] == person_user["hull_id"]
+    assert merged["email"] == "customer@convert.example.com"
+    assert _groups(merged["attributes"], "copper_lead") == _groups(
+        lead_user["attributes"], "copper_lead"
+    )
+    assert _groups(merged["attributes"], "copper_person") == _groups(
+        person_user["attributes"], "copper_person"
+    )
+    assert pipeline.query(
+        "select user_hull_id from hull.events where event_id = 'copper-activity:92000003'"
+    ) == [(merged["hull_id"],)]
+    assert pipeline.query(
+        "select count(*) from hull.users where hull_id = ?", [lead_user["hull_id"]]
+    ) == [(0,)]
+    merges = pipeline.log("incoming.user.merged", lead_user["hull_id"])
+    assert [json.loads(r[3])["into_hull_id"] for r in merges] == [merged["hull_id"]]
+
+
+# -- case 9: loose identities -----------------------------------------------------------------------
+def test_emails_match_trimmed_and_lower_cased_and_invalid_ones_go_nowhere(
+    pipeline: Pipeline,
+) -> None:
+    copper = pipeline.copper
+    copper.upsert_records(
+        "leads",
+        [
+            _lead(copper, 93000001, "Ann@X.io"),
+            _lead(copper, 93000002, "ann@x.io "),
+            _lead(copper, 93000004, "not-an-email"),
+            _lead(copper, 93000005, "nul\x00@x.io"),
+        ],
+    )
+    copper.upsert_records("people", [_person(copper, 93000003, "ann@x.io", company_id=None)])
+    pipeline.full_refresh()
+    ann = {
+        pipeline.user(key)["hull_id"] for key in ("copper-lead:93000001", "copper-lead:93000002")
+    }
+    ann.add(pipeline.user("copper-person:93000003")["hull_id"])
+    assert len(ann) == 1
+    assert pipeline.query("select email from hull.users where hull_id = ?", list(ann)) == [
+        ("ann@x.io",)
+    ]
+    for lead_id in (93000004, 93000005):
+        assert pipeline.query(
+            "select count(*) from hull.users where list_contains(anonymous_ids, ?)",
+            [f"copper-lead:{lead_id}"],
+        ) == [(0,)]
+        assert [(r[0], r[2]) for r in pipeline.log("incoming.user.skip", lead_id)] == [
+            ("lead", "Invalid email")
+        ]
+    assert pipeline.query(
+        "select count(*) from hull.users where email like '%not-an-email%' or email like '%nul%'"
+    ) == [(0,)]
+
+
+# -- case 7: per-record incoming logs ---------------------------------------------------------------
+def test_every_record_has_its_own_log_row_and_the_run_log_counts_them(
+    pipeline: Pipeline,
+) -> None:
+    copper = pipeline.copper
+    result = pipeline.full_refresh()
+    rows = pipeline.query(
+        "select event, object_type, object_id, reason from ops.sync_log"
+        " where run_id = ? and object_id is not null",
+        [result.run_id],
+    )
+    logged = {
+        (object_type, object_id): (event, reason) for event, object_type, object_id, reason in rows
+    }
+    for name, object_type in (("leads", "lead"), ("people", "person"), ("companies", "company")):
+        for record in copper.records(name):
+            event, _ = logged[(object_type, str(record["id"]))]
+            kind = "account" if name == "companies" else "user"
+            assert event in (f"incoming.{kind}.success", f"incoming.{kind}.skip"), record["id"]
+    no_email = copper.edge_cases["lead_without_email_id"]
+    assert logged[("lead", str(no_email))] == (
+        "incoming.user.success",
+        "No email: identified by its anonymous id only",
+    )
+    events = {r[0] for r in pipeline.query("select source_id from hull.events")}
+    assert events and all(logged[("activity", i)][0] == "incoming.event.success" for i in events)
+    blank = copper.edge_cases["opportunity_blank_type_id"]
+    assert logged[("opportunity", str(blank))] == (
+        "incoming.account.skip",
+        "Blank opportunity type",
+    )
+
+    messages = [
+        e.user_message
+        for e in pipeline.instance.all_logs(result.run_id)
+        if "incoming.user.success" in (e.user_message or "")
+    ]
+    counts = pipeline.query(
+        "select reason, count(*) from ops.sync_log where run_id = ?"
+        " and event = 'incoming.user.success' group by 1",
+        [result.run_id],
+    )
+    assert sum(n for _, n in counts) > 10
+    # one line per (event, reason), with its count: not one line per record
+    assert sorted(messages) == sorted(
+        f"incoming.user.success{f' {reason}' if reason else ''}: {n} (see ops.sync_log)"
+        for reason, n in counts
+    )
