@@ -412,3 +412,29 @@ def test_every_record_has_its_own_log_row_and_the_run_log_counts_them(
         f"incoming.user.success{f' {reason}' if reason else ''}: {n} (see ops.sync_log)"
         for reason, n in counts
     )
+
+
+# -- case 10: a changed segment definition applies on the next run ---------------------------------
+def test_a_changed_segment_is_re_evaluated_without_any_profile_change(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline.full_refresh()
+
+    def members() -> int:
+        return pipeline.query(
+            "select count(*) from hull.accounts where list_contains(segments, 'Customer accounts')"
+        )[0][0]
+
+    narrow = members()
+    widened = pipeline.query("select count(*) from hull.accounts where external_id is not null")
+    assert widened[0][0] > narrow
+    config_path = tmp_path / "main.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["segments"]["accounts"]["Customer accounts"] = "external_id is not null"
+    config_path.write_text(yaml.safe_dump(config))
+    result = pipeline.run("hull_sync")
+    assert result.success
+    assert members() == widened[0][0]
+    assert pipeline.query(
+        "select count(*) from hull.account_upserts where run_id = ?", [result.run_id]
+    ) == [(0,)]  # no profile data changed: only membership

@@ -28,7 +28,7 @@ from hull_planhat_pipelines.sync.hull_outbox import OUTBOX_COLUMNS, outbox_rows
 from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, compute_changes
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
-from hull_planhat_pipelines.sync.segments import evaluate_segments
+from hull_planhat_pipelines.sync.segments import evaluate_segments, segments_hash
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
@@ -44,6 +44,7 @@ STATE_DDL = [
     "create schema if not exists ops",
     "create table if not exists ops.hull_watermarks (source varchar primary key, "
     "fetched_at timestamptz)",
+    "create table if not exists ops.hull_state (key varchar primary key, value varchar)",
     "create table if not exists hull.firehose_outbox (message_key varchar, kind varchar, "
     "user_claims varchar, account_claims varchar, body varchar, revision varchar)",
 ]
@@ -190,16 +191,21 @@ def apply(
 
     With ``forwarding`` on, the firehose messages of the changes join the outbox in the same
     transaction; off, nothing is queued (turning it on later forwards changes from then on).
+    Segments are re-evaluated when anything changed, and also when their definitions did (a
+    digest of them is kept in ``ops.hull_state``): a widened segment applies on the next run.
     """
     for statement in STATE_DDL:
         run(conn, statement)
     sources = read_sources(conn)
     store = read_store(conn)
     changes = compute_changes(settings, store, sources.copper, sources.planhat, now=now)
+    definitions = segments_hash(settings.segments)
+    stored = run(conn, "select value from ops.hull_state where key = 'segments_hash'")
+    segments_changed = not stored or stored[0][0] != definitions
     run(conn, "begin transaction")
     try:
         outbox = 0
-        if not changes.is_empty or not table_exists(conn, "hull", "users"):
+        if not changes.is_empty or segments_changed or not table_exists(conn, "hull", "users"):
             store = apply_changes(store, changes, now)
             users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
             store = ProfileStore(users=users, accounts=accounts, events=store.events)
@@ -222,6 +228,11 @@ def apply(
                 )
                 append_table(conn, "hull.firehose_outbox", messages)
                 outbox = len(messages)
+        run(
+            conn,
+            "insert or replace into ops.hull_state values ('segments_hash', ?)",
+            [definitions],
+        )
         for source, mark in sources.watermarks.items():
             run(
                 conn,
