@@ -438,3 +438,130 @@ def test_a_changed_segment_is_re_evaluated_without_any_profile_change(
     assert pipeline.query(
         "select count(*) from hull.account_upserts where run_id = ?", [result.run_id]
     ) == [(0,)]  # no profile data changed: only membership
+
+
+# -- end to end: an incremental history equals a sync from scratch ----------------------------------
+def _snapshot(pipeline: Pipeline, forget: set[str]) -> dict[str, Any]:
+    """Users, accounts and events keyed by their profiles' anonymous ids (hull ids depend on
+    history), ``*/deleted_at`` and the anonymous ids of deleted records left out, and profiles
+    left holding nothing else (detached ones) dropped."""
+
+    def profiles(table: str) -> dict[str, dict[str, Any]]:
+        with duckdb.connect(str(pipeline.warehouse), read_only=True) as conn:
+            frame = conn.execute(f"select * from hull.{table}").fetchdf()
+        out = {}
+        for row in frame.to_dict("records"):
+            attributes = {
+                k: v for k, v in json.loads(row["attributes"]).items() if "/deleted_at" not in k
+            }
+            keys = tuple(sorted(set(row["anonymous_ids"]) - forget))
+            if not keys or (not attributes and set(row["anonymous_ids"]) & forget):
+                continue
+            out[row["hull_id"]] = {
+                "keys": keys,
+                "claim": row.get("email", row.get("domain")),
+                "external_id": row["external_id"],
+                "attributes": attributes,
+                "account": row.get("account_hull_id"),
+            }
+        return out
+
+    accounts = profiles("accounts")
+    users = profiles("users")
+    for user in users.values():
+        user["account"] = accounts[user["account"]]["keys"] if user["account"] else None
+    events = pipeline.query(
+        "select event_id, user_hull_id, name, properties, occurred_at from hull.events"
+    )
+    return {
+        "users": sorted(users.values(), key=lambda p: p["keys"]),
+        "accounts": sorted(accounts.values(), key=lambda p: p["keys"]),
+        "events": sorted((e[0], users[e[1]]["keys"], e[2], json.loads(e[3]), e[4]) for e in events),
+    }
+
+
+def test_edits_deletions_and_a_conversion_end_equal_to_a_sync_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copper_sandbox_factory
+) -> None:
+    copper = copper_sandbox_factory(seed=1, scale=0.05)
+    history = _pipeline(tmp_path, monkeypatch, copper, "history")
+    history.full_refresh()
+
+    people = copper.records("people")
+    lone = next(
+        p for p in people if p.get("emails") and not p.get("leads_converted_from") and p["title"]
+    )
+    company = next(
+        c
+        for c in copper.records("companies")
+        if c["id"] != lone["company_id"] and any(p["company_id"] == c["id"] for p in people)
+    )
+    staff = [p for p in people if p["company_id"] == company["id"]]
+    doomed_person = next(
+        p for p in people if p["id"] not in {lone["id"], *(s["id"] for s in staff)}
+    )
+    doomed_lead = next(r for r in copper.records("leads") if r.get("email"))
+    activity = _user_activity(copper, "person")
+
+    # first round of edits, then a full refresh
+    _edit(copper, "people", lone, title="Chief Everything Officer")
+    copper.delete_records("people", [doomed_person["id"]])
+    copper.delete_records("leads", [doomed_lead["id"]])
+    copper.delete_records("companies", [company["id"]])
+    for member in staff:  # Copper keeps a deleted company's people, without a company
+        _edit(copper, "people", member, company_id=None)
+    # the company's deals are deleted with it; a deleted record's activities go with it
+    copper.delete_records(
+        "opportunities",
+        [o["id"] for o in copper.records("opportunities") if o["company_id"] == company["id"]],
+    )
+    parents = {("person", doomed_person["id"]), ("lead", doomed_lead["id"])}
+    copper.delete_records(
+        "activities",
+        [activity["id"]]
+        + [
+            a["id"]
+            for a in copper.records("activities")
+            if (a["parent"]["type"], a["parent"]["id"]) in parents
+        ],
+    )
+    history.full_refresh()
+
+    # second round: a changed email and a conversion, then one incremental sync
+    _edit(copper, "people", lone, emails=[{"email": "Renamed.Person@Example.com"}])
+    lead = _lead(copper, 94000001, "someone@prospect.example.com")
+    copper.upsert_records("leads", [lead])
+    history.incremental()
+    person = next(
+        p
+        for p in copper.records("people")
+        if p.get("emails") and p["id"] not in {lone["id"]} and not p.get("leads_converted_from")
+    )
+    _edit(copper, "leads", lead, converted_contact_id=person["id"], converted_at=copper.clock())
+    _edit(
+        copper,
+        "people",
+        person,
+        leads_converted_from=[{"lead_id": 94000001, "converted_timestamp": copper.clock()}],
+    )
+    history.incremental()
+
+    forget = {
+        f"copper-person:{doomed_person['id']}",
+        f"copper-lead:{doomed_lead['id']}",
+        f"copper:{company['id']}",
+    }
+    incremental = _snapshot(history, forget)
+    scratch = _pipeline(tmp_path, monkeypatch, copper, "scratch")
+    scratch.full_refresh()
+    fresh = _snapshot(scratch, forget)
+
+    assert history.user(f"copper-person:{lone['id']}")["email"] == "renamed.person@example.com"
+    assert (
+        history.user("copper-lead:94000001")["hull_id"]
+        == history.user(f"copper-person:{person['id']}")["hull_id"]
+    )
+    assert len(fresh["users"]) > 40 and len(fresh["accounts"]) >= 4 and fresh["events"]
+    assert incremental["accounts"] == fresh["accounts"]
+    assert incremental["users"] == fresh["users"]
+    assert incremental["events"] == fresh["events"]

@@ -282,11 +282,17 @@ def _stage_converted_leads(batch: Batch) -> None:
 
 def _stage_lead_conversions(batch: Batch) -> None:
     """A converted lead names its person (``converted_contact_id``): its profile merges into
-    that person's, whether or not the person lists the lead."""
+    that person's, whether or not the person lists the lead. Its email no longer claims
+    anything: the person's is the user's (whichever record was saved last)."""
     batch.sql(
-        "insert into in_merges select 'user', 'copper-lead:' || id, 'copper-person:' || c"
+        "create or replace temp table _conv as select 'copper-lead:' || id as record_key,"
+        " 'copper-person:' || c as person_key"
         " from (select id, json_extract_string(fields, '$.converted_contact_id') as c"
-        " from cu_leads) where c is not null and regexp_full_match(c, '[0-9]+')"
+        " from cu_leads) where c is not null and regexp_full_match(c, '[0-9]+');"
+        "insert into in_merges select 'user', record_key, person_key from _conv;"
+        "delete from in_claims where kind = 'user' and claim = 'email'"
+        " and record_key in (select record_key from _conv);"
+        "drop table _conv"
     )
 
 

@@ -130,6 +130,7 @@ def compute_changes(
             "create temp table no_email as select record_key from in_records"
             " where kind = 'user' and not is_shell and source_object in ('lead', 'person')"
             " and record_key not in (select record_key from in_claims where claim = 'email')"
+            " and record_key not in (select from_key from in_merges)"  # converted leads
         )
         for kind in KINDS:
             resolve(work, kind)
