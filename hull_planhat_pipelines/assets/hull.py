@@ -111,10 +111,12 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         frame = frames.get(key)
         return frame if frame is not None and not frame.empty else None
 
+    # the ids of copper_current.<object> are those of its raw table (the view only keeps the
+    # newest row of each): a distinct scan is cheaper than the view's window
     current_ids = {
-        name: _frame(conn, f"select id from copper_current.{name}")["id"]
+        name: _frame(conn, f"select distinct id from copper.{name}")["id"]
         for name in ("leads", "people", "companies", "activities")
-        if table_exists(conn, "copper_current", name)
+        if table_exists(conn, "copper_current", name) and table_exists(conn, "copper", name)
     }
     copper = CopperRows(
         current_ids=current_ids,
