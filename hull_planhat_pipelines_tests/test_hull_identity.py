@@ -237,3 +237,15 @@ def test_another_source_in_the_batch_still_holding_the_old_email_keeps_it() -> N
     assert held.conflicts[["claim", "value", "reason"]].values.tolist() == [
         ["email", "new@x.io", "Profile keeps another email"]
     ]
+
+
+def test_planhat_mirroring_a_person_does_not_hold_its_old_email_against_it() -> None:
+    store = users(
+        {"hull_id": "S", "anonymous_ids": ["copper-person:7", "planhat:e1"], "email": "o@x.io"}
+    )
+    out = resolve_users(store, {"key": "copper-person:7", "email": "new@x.io"})
+    assert out.claims[["claim", "value"]].values.tolist() == [["email", "new@x.io"]]
+    # the other way round, the CRM record on the profile may still hold it
+    planhat = resolve_users(store, {"key": "planhat:e1", "email": "new@x.io"})
+    assert planhat.claims.empty
+    assert planhat.conflicts["reason"].tolist() == ["Profile keeps another email"]

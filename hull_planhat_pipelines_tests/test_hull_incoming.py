@@ -485,6 +485,8 @@ def test_edits_deletions_and_a_conversion_end_equal_to_a_sync_from_scratch(
 ) -> None:
     copper = copper_sandbox_factory(seed=1, scale=0.05)
     history = _pipeline(tmp_path, monkeypatch, copper, "history")
+    lead = _lead(copper, 94000001, "someone@prospect.example.com")
+    copper.upsert_records("leads", [lead])
     history.full_refresh()
 
     people = copper.records("people")
@@ -527,16 +529,18 @@ def test_edits_deletions_and_a_conversion_end_equal_to_a_sync_from_scratch(
     )
     history.full_refresh()
 
-    # second round: a changed email and a conversion, then one incremental sync
-    _edit(copper, "people", lone, emails=[{"email": "Renamed.Person@Example.com"}])
-    lead = _lead(copper, 94000001, "someone@prospect.example.com")
-    copper.upsert_records("leads", [lead])
-    history.incremental()
+    # second round: a changed email and a lead converted into a person already synced, then
+    # one incremental sync
     person = next(
         p
         for p in copper.records("people")
         if p.get("emails") and p["id"] not in {lone["id"]} and not p.get("leads_converted_from")
     )
+    assert (
+        history.user("copper-lead:94000001")["hull_id"]
+        != history.user(f"copper-person:{person['id']}")["hull_id"]
+    )
+    _edit(copper, "people", lone, emails=[{"email": "Renamed.Person@Example.com"}])
     _edit(copper, "leads", lead, converted_contact_id=person["id"], converted_at=copper.clock())
     _edit(
         copper,

@@ -21,8 +21,9 @@ Rules (DESIGN.md section 2), as set operations over the whole batch:
    profile's claims move with it where the profile has none.
 6. A source changes its own claim: a record's new email (domain) replaces the profile's when
    no other source on the profile may hold the old one, i.e. every other source record on it
-   (``copper-lead:``, ``copper-person:``, ``copper:``, ``planhat:`` anonymous ids) is in this
-   batch and none claims the old value. Otherwise the profile keeps it: a conflict.
+   (``copper-lead:``, ``copper-person:``, ``copper:``, ``planhat:`` anonymous ids; for a Copper
+   record, Planhat's do not count: Planhat mirrors what we send it) is in this batch and none
+   claims the old value. Otherwise the profile keeps it: a conflict.
 
 Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
 ``claims_<kind>`` (claims added), ``merges_<kind>``, ``conflicts_<kind>``.
@@ -286,7 +287,9 @@ def _replacements(batch: Batch, k: Kind) -> None:
         f" from (select s.hull_id, unnest(s.anonymous_ids) as key from s_{k} s"
         f" semi join rep_{k} using (hull_id)) p"
         f" join rep_{k} r on r.hull_id = p.hull_id"
-        f" where regexp_matches(p.key, '{_SOURCE_KEY}') and p.key <> r.record_key;"
+        f" where regexp_matches(p.key, '{_SOURCE_KEY}') and p.key <> r.record_key"
+        # Planhat mirrors what we send it: it does not hold a CRM record's email against it
+        " and not (starts_with(p.key, 'planhat:') and not starts_with(r.record_key, 'planhat:'));"
         f"insert into claims_{k} select r.hull_id, r.claim, r.value, false, r.source_object,"
         f" r.source_id from rep_{k} r anti join (select hull_id from vouch_{k}"
         " where not in_batch or holds) v using (hull_id);"
