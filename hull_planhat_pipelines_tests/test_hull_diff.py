@@ -310,4 +310,4 @@ def test_planhat_records_with_invalid_json_are_reported_not_fatal() -> None:
     changes, store = sync_once(SETTINGS, ProfileStore(), None, PlanhatRows(companies=frame))
     assert len(store.accounts) == 1
     [error] = [e for e in changes.log if e.event == "incoming.account.error"]
-    assert error.details == {"count": 1, "sample_ids": ["c1"]}
+    assert (error.object_id, error.reason) == ("c1", "Invalid record JSON")

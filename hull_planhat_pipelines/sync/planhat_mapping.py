@@ -178,15 +178,14 @@ def _invalid_records(batch: Batch, model: _Model) -> list[SyncEvent]:
     invalid = "record is null or not json_valid(record)"
     bad = batch.frame(f"select _id from ph_current where {invalid} order by _id")
     batch.sql(f"delete from ph_current where {invalid}; delete from ph_previous where {invalid}")
-    if bad.empty:
-        return []
     return [
         SyncEvent(
             event=f"incoming.{model.kind}.error",
             object_type=model.source_object,
+            object_id=_id,
             reason="Invalid record JSON",
-            details={"count": len(bad), "sample_ids": bad["_id"].head(10).tolist()},
         )
+        for _id in bad["_id"].tolist()
     ]
 
 
