@@ -95,6 +95,7 @@ def _detaches(batch: Batch, k: Kind) -> None:
         f" from writers_{k} w where list_contains({groups}, attr_group)"
         f" and not exists (select 1 from want_{k} x where x.hull_id = w.hull_id"
         f" and x.attribute = w.attr_group || '/{DELETED_AT}')"
+        " order by hull_id, attr_group, source_id"
     )
 
 

@@ -2,7 +2,8 @@
 
 Rules (DESIGN.md section 2), as set operations over the whole batch:
 1. A record matches existing profiles through its claims; it resolves to the profile found by
-   external id, else email (domain for accounts), else anonymous id. Ties between profiles
+   external id, else email (domain for accounts), else its own anonymous id, else another
+   anonymous id it claims (a converted lead's). Ties between profiles
    holding the same claim: a profile with a strong claim (email, domain or external id) over a
    shell, then the oldest, then the smallest hull_id.
 2. Records of one batch that share any claim, transitively, form a group (connected
@@ -99,8 +100,11 @@ def _matches(batch: Batch, k: Kind) -> None:
         f" where value in (select value from rc_{k} where claim = 'anonymous_id');"
         f"create or replace temp table m_{k} as"
         f" select rc.rid, rc.claim, rc.value, sc.hull_id, s.strong, s.created_at,"
-        f" {_precedence_sql()} as prec"
+        # a record's own key before the other anonymous ids it claims (a converted lead's)
+        f" {_precedence_sql()} + case when rc.claim = 'anonymous_id'"
+        " and rc.value <> r.record_key then 1 else 0 end as prec"
         f" from rc_{k} rc join sc_{k} sc using (claim, value) join s_{k} s using (hull_id)"
+        f" join r_{k} r using (rid)"
     )
 
 
@@ -178,7 +182,17 @@ def _merges(batch: Batch, k: Kind) -> None:
         f" from in_merges c join keyed_{k} f on f.key = c.from_key"
         f" join keyed_{k} i on i.key = c.into_key"
         f" where c.kind = '{k}' and f.hull_id <> i.hull_id"
-        f" and f.hull_id not in (select from_hull_id from merges_{k}) group by f.hull_id;"
+        f" and f.hull_id not in (select from_hull_id from merges_{k})"
+        # never merge away another record of the target's object (a lead sharing its email
+        # with a different person): the claim stays a conflict instead
+        f" and not exists (select 1 from keyed_{k} o where o.hull_id = f.hull_id"
+        " and o.key <> c.into_key and split_part(o.key, ':', 1) = split_part(c.into_key, ':', 1))"
+        f" and not exists (select 1 from (select hull_id, unnest(anonymous_ids) as key"
+        f" from s_{k} where hull_id in (select k2.hull_id from keyed_{k} k2"
+        f" join in_merges m2 on m2.from_key = k2.key where m2.kind = '{k}')) o"
+        " where o.hull_id = f.hull_id and o.key <> c.into_key"
+        " and split_part(o.key, ':', 1) = split_part(c.into_key, ':', 1))"
+        " group by f.hull_id;"
         # a merge into a profile that is itself merged follows the chain
         f"update merges_{k} set into_hull_id = n.into_hull_id from merges_{k} n"
         f" where merges_{k}.into_hull_id = n.from_hull_id;"
