@@ -84,7 +84,7 @@ def planhat_checks() -> list[dg.AssetChecksDefinition]:
             "No Planhat _id appears twice within one snapshot.",
             lambda model=model: (
                 f"select partition_date, _id, count(*) as n from planhat.{model} "
-                "group by all having count(*) > 1"
+                "where _id is not null group by all having count(*) > 1"
             ),
         )
         for model in ("companies", "endusers")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from hull_planhat_pipelines.settings import ConfigError, Settings, load_settings
+from hull_planhat_pipelines.settings import ConfigError, Settings, config_path, load_settings
 
 
 # -- sync ----------------------------------------------------------------------------------------
@@ -367,6 +367,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         settings = load_settings(args.path)
     except ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    from hull_planhat_pipelines.sync.config_check import sql_problems
+
+    problems = sql_problems(settings)
+    for path, message in problems:
+        print(
+            f"invalid configuration: {args.path or config_path()}: {path}: {message}",
+            file=sys.stderr,
+        )
+    if problems:
         return 2
     print(describe_settings(settings))
     return 0

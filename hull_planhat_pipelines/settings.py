@@ -73,6 +73,10 @@ class CopperAttributes(_Strict):
 class CopperSettings(_Strict):
     start_date: dt.date
     identity: CopperIdentity = CopperIdentity()
+    identity_custom_fields: list[NonEmptyStr] | None = None
+    """Custom fields that may feed identity claims (``identity_problems``). Unset: any custom
+    field may feed ``external_id`` (Copper has no external id of its own) and none may feed an
+    email or a domain; a list: exactly those custom fields, for any claim."""
     link_person_to_account: bool = False
     attributes: CopperAttributes = CopperAttributes()
     opportunity_type_field: NonEmptyStr | None = None
@@ -206,6 +210,98 @@ class Settings(_Strict):
         return destinations
 
 
+IDENTITY_FIELDS: dict[str, frozenset[str]] = {
+    "email": frozenset({"primary_email"}),
+    "domain": frozenset({"email_domain"}),
+    "external_id": frozenset(),
+}
+"""Standard Copper fields allowed to feed each identity claim (the seed restricted them too:
+a claim fed by a title or a phone number merges strangers into one profile)."""
+
+
+def identity_problems(copper: CopperSettings) -> list[tuple[str, str]]:
+    """``(key path, message)`` for every identity field outside the allow-list."""
+    declared = copper.identity_custom_fields
+    problems = []
+    for record, identity in (
+        ("lead", copper.identity.lead),
+        ("person", copper.identity.person),
+        ("company", copper.identity.company),
+    ):
+        for claim, field in identity.model_dump(exclude_none=True).items():
+            allowed = IDENTITY_FIELDS[claim]
+            if field in allowed:
+                continue
+            custom = field.removeprefix("custom:")
+            is_custom = field.startswith("custom:") or field not in _STANDARD_FIELDS
+            if is_custom and (
+                custom in declared if declared is not None else claim == "external_id"
+            ):
+                continue
+            standard = ", ".join(sorted(allowed)) or "no standard field"
+            problems.append(
+                (
+                    f"copper.identity.{record}.{claim}",
+                    f"{field!r} cannot feed {claim}: allowed are {standard} and custom fields"
+                    " listed in copper.identity_custom_fields"
+                    + (
+                        " (any custom field for external_id while unset)"
+                        if declared is None
+                        else ""
+                    ),
+                )
+            )
+    return problems
+
+
+_STANDARD_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "prefix",
+        "first_name",
+        "middle_name",
+        "last_name",
+        "suffix",
+        "title",
+        "company_name",
+        "customer_source_id",
+        "customer_source",
+        "details",
+        "email",
+        "emails",
+        "primary_email",
+        "phone",
+        "phone_numbers",
+        "socials",
+        "tags",
+        "websites",
+        "address",
+        "assignee_id",
+        "assignee_email",
+        "status",
+        "status_id",
+        "contact_type",
+        "contact_type_id",
+        "company_id",
+        "monetary_value",
+        "monetary_unit",
+        "interaction_count",
+        "date_created",
+        "date_modified",
+        "date_last_contacted",
+        "email_domain",
+        "primary_contact_id",
+        "leads_converted_from",
+        "converted_contact_id",
+        "converted_at",
+        "converted_opportunity_id",
+    }
+)
+"""Copper's standard and derived record fields: a plain name outside these is a custom field
+(``field_value`` resolves it that way)."""
+
+
 def _key_path(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location) or "<root>"
 
@@ -215,11 +311,14 @@ def parse_settings(data: Any, source: str = "<config>") -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(source, "<root>", "the configuration must be a mapping")
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         location = tuple(p for p in first["loc"] if not str(p).startswith("function-after"))
         raise ConfigError(source, _key_path(location), first["msg"]) from None
+    for path, message in identity_problems(settings.copper):
+        raise ConfigError(source, path, message)
+    return settings
 
 
 def default_config_path() -> Path:

@@ -8,9 +8,6 @@ import dagster as dg
 from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
 from hull_planhat_pipelines.warehouse import append_sync_log
 
-MAX_LOG_LINES_PER_EVENT = 50
-"""Per event name and step; beyond that only the table has the rows (the UI stays readable)."""
-
 
 def record_events(
     context: dg.AssetExecutionContext | dg.OpExecutionContext,
@@ -18,14 +15,20 @@ def record_events(
     *,
     asset: str,
 ) -> dict[str, int]:
-    """Log each event under its stable name, store all of them, and return counts by name."""
-    counts: collections.Counter[str] = collections.Counter()
+    """Store every event as its own ``ops.sync_log`` row; log one line per (event, reason)
+    with its count (a single event is logged whole); return counts by event name.
+
+    A first load logs a row per record: the table is where one record's story is found
+    (``where object_id = ...``), the run log says what happened and how often.
+    """
+    groups: dict[tuple[str, str | None], list[SyncEvent]] = collections.defaultdict(list)
     for event in events:
-        counts[event.event] += 1
-        if counts[event.event] <= MAX_LOG_LINES_PER_EVENT:
-            getattr(context.log, event.level)(event.message())
-    for name, count in counts.items():
-        if count > MAX_LOG_LINES_PER_EVENT:
-            context.log.info(f"{name}: {count} in all (see ops.sync_log)")
+        groups[(event.event, event.reason)].append(event)
+    for (name, reason), group in groups.items():
+        log = getattr(context.log, group[0].level)
+        if len(group) == 1:
+            log(group[0].message())
+        else:
+            log(f"{name}{f' {reason}' if reason else ''}: {len(group)} (see ops.sync_log)")
     append_sync_log(events_frame(events, run_id=context.run.run_id, asset=asset))
-    return dict(counts)
+    return dict(collections.Counter(event.event for event in events))

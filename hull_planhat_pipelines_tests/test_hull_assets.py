@@ -162,6 +162,7 @@ def test_sync_log_rows_carry_stable_names_and_reasons(stack: Stack) -> None:
     rows = stack.query("select event, reason from ops.sync_log where event like 'incoming.%.skip'")
     assert ("incoming.account.skip", "Blank opportunity type") in rows
     details = stack.query(
-        "select details from ops.sync_log where event = 'incoming.user.success' limit 1"
+        "select details from ops.sync_log where event = 'incoming.user.success'"
+        " and object_id is null limit 1"
     )
     assert json.loads(details[0][0])["profiles_created"] > 0

@@ -334,7 +334,7 @@ def test_ignored_activities_are_counted_not_ingested(
     assert changes.events.empty and store.users.empty
     [skip] = [e for e in changes.log if e.event == "incoming.event.skip"]
     assert skip.reason == reason
-    assert skip.details == {"count": 1, "sample_ids": [100]}
+    assert (skip.object_type, skip.object_id) == ("activity", "100")
 
 
 def test_null_claims_are_not_identities() -> None:
@@ -416,14 +416,20 @@ def test_records_with_invalid_fields_are_reported_not_fatal() -> None:
     changes, store = sync_once(SETTINGS, ProfileStore(), CopperRows(leads=frame))
     assert len(store.users) == 1
     [error] = [e for e in changes.log if e.event == "incoming.user.error"]
-    assert (error.reason, error.details) == ("Invalid fields JSON", {"count": 1, "sample_ids": [2]})
+    assert (error.reason, error.object_type, error.object_id) == (
+        "Invalid fields JSON",
+        "lead",
+        "2",
+    )
 
 
 def test_summaries_count_what_changed() -> None:
     changes, _ = sync_once(
         SETTINGS, ProfileStore(), rows(leads=[lead(1, "a@x.com")], people=[person(2, "a@x.com")])
     )
-    [summary] = [e for e in changes.log if e.event == "incoming.user.success"]
+    [summary] = [
+        e for e in changes.log if e.event == "incoming.user.success" and e.object_id is None
+    ]
     assert summary.details["records"] == 2
     assert summary.details["profiles_created"] == 1
     assert summary.details["attribute_upserts"] == len(changes.user_upserts)

@@ -236,9 +236,12 @@ def test_planhat_updated_at_alone_is_not_a_change() -> None:
     bumped = [ph_company("c1", phase="Live", mrr=10, updatedAt="2024-03-02T08:00:00Z")]
     changes = compute_changes(SETTINGS, store, None, planhat_rows(bumped, before))
     assert changes.is_empty
-    assert [e.details["records"] for e in changes.log if e.event == "incoming.account.success"] == [
-        0
+    summaries = [
+        e.details["records"]
+        for e in changes.log
+        if e.event == "incoming.account.success" and e.object_id is None
     ]
+    assert summaries == [0]
 
 
 def test_planhat_changed_fields_are_upserts() -> None:
@@ -307,4 +310,4 @@ def test_planhat_records_with_invalid_json_are_reported_not_fatal() -> None:
     changes, store = sync_once(SETTINGS, ProfileStore(), None, PlanhatRows(companies=frame))
     assert len(store.accounts) == 1
     [error] = [e for e in changes.log if e.event == "incoming.account.error"]
-    assert error.details == {"count": 1, "sample_ids": ["c1"]}
+    assert (error.object_id, error.reason) == ("c1", "Invalid record JSON")

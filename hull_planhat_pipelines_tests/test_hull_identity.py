@@ -141,7 +141,14 @@ def test_null_and_blank_claims_are_skipped() -> None:
 
 
 def test_profile_gains_missing_claims_and_keeps_its_own() -> None:
-    store = users({"hull_id": "S", "anonymous_ids": ["copper-person:7"], "email": "old@x.com"})
+    # the lead on the profile, not in this batch, may still hold the old email
+    store = users(
+        {
+            "hull_id": "S",
+            "anonymous_ids": ["copper-person:7", "copper-lead:3"],
+            "email": "old@x.com",
+        }
+    )
     out = resolve_users(
         store, {"key": "copper-person:7", "email": "new@x.com", "external_id": "U-7"}
     )
@@ -201,3 +208,92 @@ def test_sql_and_python_stable_ids_agree() -> None:
             for kind in ("user", "account"):
                 sql = work.scalar(f"select hull_stable_id('{kind}', $${key}$$)")
                 assert sql == stable_id(kind, key)
+
+
+def test_a_source_alone_on_its_profile_changes_its_email() -> None:
+    store = users({"hull_id": "S", "anonymous_ids": ["copper-person:7"], "email": "old@x.com"})
+    out = resolve_users(store, {"key": "copper-person:7", "email": "new@x.com"})
+    assert out.hull == {"copper-person:7": "S"}
+    assert out.claims[["claim", "value"]].values.tolist() == [["email", "new@x.com"]]
+    assert out.conflicts.empty
+
+
+def test_another_source_in_the_batch_still_holding_the_old_email_keeps_it() -> None:
+    store = users(
+        {"hull_id": "S", "anonymous_ids": ["copper-person:7", "copper-lead:3"], "email": "o@x.io"}
+    )
+    moved = resolve_users(
+        store,
+        {"key": "copper-person:7", "email": "new@x.io"},
+        {"key": "copper-lead:3", "email": None},
+    )
+    assert moved.claims[["claim", "value"]].values.tolist() == [["email", "new@x.io"]]
+    held = resolve_users(
+        store,
+        {"key": "copper-person:7", "email": "new@x.io"},
+        {"key": "copper-lead:3", "email": "o@x.io"},
+    )
+    assert held.claims.empty
+    assert held.conflicts[["claim", "value", "reason"]].values.tolist() == [
+        ["email", "new@x.io", "Profile keeps another email"]
+    ]
+
+
+def test_planhat_mirroring_a_person_does_not_hold_its_old_email_against_it() -> None:
+    store = users(
+        {"hull_id": "S", "anonymous_ids": ["copper-person:7", "planhat:e1"], "email": "o@x.io"}
+    )
+    out = resolve_users(store, {"key": "copper-person:7", "email": "new@x.io"})
+    assert out.claims[["claim", "value"]].values.tolist() == [["email", "new@x.io"]]
+    # the other way round, the CRM record on the profile may still hold it
+    planhat = resolve_users(store, {"key": "planhat:e1", "email": "new@x.io"})
+    assert planhat.claims.empty
+    assert planhat.conflicts["reason"].tolist() == ["Profile keeps another email"]
+
+
+def test_a_conversion_never_merges_away_another_person() -> None:
+    store = users(
+        {"hull_id": "Q", "anonymous_ids": ["copper-lead:5", "copper-person:8"], "email": "q@x.io"},
+        {"hull_id": "P", "anonymous_ids": ["copper-person:9"], "email": "p@x.io"},
+    )
+    with batch() as work:
+        work.load_store("user", normalize_store(store, "user"))
+        work.sql(
+            "insert into in_claims values ('user', 'copper-person:9', 'anonymous_id',"
+            " 'copper-lead:5');"
+            "insert into in_merges values ('user', 'copper-lead:5', 'copper-person:9')"
+        )
+        work.sql(
+            "insert into in_records values ('user', 'copper-person:9', 'person', '9', ?, false)",
+            [T0],
+        )
+        resolve(work, "user")
+        merges = work.frame("select * from merges_user")
+        conflicts = work.frame("select claim, value, reason from conflicts_user")
+    assert merges.empty  # person 8 stays its own user
+    assert conflicts.values.tolist() == [
+        ["anonymous_id", "copper-lead:5", "Claim identifies another profile"]
+    ]
+
+
+def test_a_converted_lead_merges_into_its_person() -> None:
+    store = users(
+        {"hull_id": "L", "anonymous_ids": ["copper-lead:5"], "email": "lead@x.io"},
+        {"hull_id": "P", "anonymous_ids": ["copper-person:9"], "email": "p@x.io"},
+    )
+    with batch() as work:
+        work.load_store("user", normalize_store(store, "user"))
+        work.sql(
+            "insert into in_claims values ('user', 'copper-person:9', 'anonymous_id',"
+            " 'copper-lead:5');"
+            "insert into in_merges values ('user', 'copper-lead:5', 'copper-person:9')"
+        )
+        work.sql(
+            "insert into in_records values ('user', 'copper-person:9', 'person', '9', ?, false)",
+            [T0],
+        )
+        resolve(work, "user")
+        merges = work.frame("select from_hull_id, into_hull_id from merges_user")
+        conflicts = work.frame("select * from conflicts_user")
+    assert merges.values.tolist() == [["L", "P"]]
+    assert conflicts.empty

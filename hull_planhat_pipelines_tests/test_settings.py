@@ -116,3 +116,104 @@ def test_unreadable_and_malformed_files_are_clear(tmp_path: Path) -> None:
     broken.write_text("copper: [unclosed")
     with pytest.raises(ConfigError, match="<yaml>"):
         load_settings(broken)
+
+
+@pytest.mark.parametrize(
+    ("record", "claim", "field", "key_path"),
+    [
+        ("lead", "email", "title", "copper.identity.lead.email"),
+        ("person", "email", "custom:Work Email", "copper.identity.person.email"),
+        ("company", "domain", "website", "copper.identity.company.domain"),
+        ("company", "external_id", "name", "copper.identity.company.external_id"),
+    ],
+)
+def test_identity_fields_come_from_the_allow_list(
+    tmp_path: Path,
+    example: dict,
+    capsys: pytest.CaptureFixture[str],
+    record: str,
+    claim: str,
+    field: str,
+    key_path: str,
+) -> None:
+    example["copper"]["identity"][record][claim] = field
+    path = tmp_path / "identity.yaml"
+    path.write_text(yaml.safe_dump(example))
+    assert main(["check-config", str(path)]) == 2
+    assert key_path in capsys.readouterr().err
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(example)
+    assert caught.value.key_path == key_path
+
+
+def test_custom_fields_listed_as_identity_capable_may_feed_any_claim(example: dict) -> None:
+    example["copper"]["identity"]["lead"]["email"] = "custom:Work Email"
+    example["copper"]["identity_custom_fields"] = ["Work Email", "User ID", "Account ID"]
+    settings = parse_settings(example)
+    assert settings.copper.identity.lead.email == "custom:Work Email"
+    example["copper"]["identity_custom_fields"] = ["Work Email"]  # User ID no longer listed
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(example)
+    assert caught.value.key_path == "copper.identity.person.external_id"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key_path", "message"),
+    [
+        (
+            ("segments", "accounts", "Customer accounts"),
+            "atributes->>'copper/contact_type' = 'Customer'",
+            "segments.accounts.Customer accounts",
+            "atributes",
+        ),
+        (
+            ("segments", "users", "Customers"),
+            "(select count(*) from read_csv('/etc/passwd')) > 0",
+            "segments.users.Customers",
+            "disabled by configuration",
+        ),
+        (
+            ("planhat", "metrics", 0, "sql"),
+            "select external_id, 1 as amount from hull.accounts",
+            "planhat.metrics.0.sql",
+            "no column value",
+        ),
+        (
+            ("planhat", "metrics", 0, "sql"),
+            "select external_id, 1 as value from hull.accounts; select 1",
+            "planhat.metrics.0.sql",
+            "one SELECT statement",
+        ),
+        (
+            ("destinations", 0, "source_sql"),
+            "copy (select * from hull.users) to 'users.csv'",
+            "destinations.0.source_sql",
+            "must be a SELECT, not COPY",
+        ),
+        (
+            ("destinations", 0, "source_sql"),
+            "select e.event_id from hull.events e join copper_current.people p on p.idd = 1",
+            "destinations.0.source_sql",
+            "idd",
+        ),
+    ],
+)
+def test_check_config_compiles_every_query_against_the_table_schemas(
+    tmp_path: Path,
+    example: dict,
+    capsys: pytest.CaptureFixture[str],
+    path: tuple,
+    value: str,
+    key_path: str,
+    message: str,
+) -> None:
+    target = example
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    config = tmp_path / "sql.yaml"
+    config.write_text(yaml.safe_dump(example))
+    assert main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{key_path}: " in err and message in err
+    assert not (tmp_path / "users.csv").exists()

@@ -27,6 +27,7 @@ from hull_planhat_pipelines.settings import DestinationSettings, Settings
 from hull_planhat_pipelines.sync.destinations import destination_records
 from hull_planhat_pipelines.sync.fingerprints import advance_fingerprints
 from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import append_table, connect
 
@@ -102,7 +103,7 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
             if conn is None:
                 raise dg.Failure("the warehouse is empty: run the Hull sync first")
             try:
-                source = conn.execute(destination.source_sql).fetchdf()
+                source = run_select(lock_down(conn), destination.source_sql, destination.name)
             except duckdb.CatalogException as exc:
                 # A table the SQL reads has not been materialized yet (first runs): wait.
                 context.log.warning(f"destination {destination.name} waits: {exc}")

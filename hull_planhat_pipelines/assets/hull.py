@@ -31,7 +31,7 @@ from hull_planhat_pipelines.sync.hull_apply import apply_changes
 from hull_planhat_pipelines.sync.hull_model import STORE_SQL_TYPES, empty_events, empty_store
 from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, compute_changes
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
-from hull_planhat_pipelines.sync.segments import evaluate_segments
+from hull_planhat_pipelines.sync.segments import evaluate_segments, segments_hash
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
@@ -47,6 +47,7 @@ STATE_DDL = [
     "create schema if not exists ops",
     "create table if not exists ops.hull_watermarks (source varchar primary key, "
     "fetched_at timestamptz)",
+    "create table if not exists ops.hull_state (key varchar primary key, value varchar)",
     *OUTBOX_DDL,
 ]
 
@@ -112,7 +113,15 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         frame = frames.get(key)
         return frame if frame is not None and not frame.empty else None
 
+    # the ids of copper_current.<object> are those of its raw table (the view only keeps the
+    # newest row of each): a distinct scan is cheaper than the view's window
+    current_ids = {
+        name: _frame(conn, f"select distinct id from copper.{name}")["id"]
+        for name in ("leads", "people", "companies", "activities")
+        if table_exists(conn, "copper_current", name) and table_exists(conn, "copper", name)
+    }
     copper = CopperRows(
+        current_ids=current_ids,
         leads=nonempty("copper.leads"),
         people=nonempty("copper.people"),
         companies=nonempty("copper.companies"),
@@ -186,16 +195,21 @@ def apply(
 
     With ``forwarding`` on, the firehose messages of the changes join the outbox in the same
     transaction; off, nothing is queued (turning it on later forwards changes from then on).
+    Segments are re-evaluated when anything changed, and also when their definitions did (a
+    digest of them is kept in ``ops.hull_state``): a widened segment applies on the next run.
     """
     for statement in STATE_DDL:
         run(conn, statement)
     sources = read_sources(conn)
     store = read_store(conn)
-    changes = compute_changes(settings, store, sources.copper, sources.planhat)
+    changes = compute_changes(settings, store, sources.copper, sources.planhat, now=now)
+    definitions = segments_hash(settings.segments)
+    stored = run(conn, "select value from ops.hull_state where key = 'segments_hash'")
+    segments_changed = not stored or stored[0][0] != definitions
     run(conn, "begin transaction")
     try:
         outbox = 0
-        if not changes.is_empty or not table_exists(conn, "hull", "users"):
+        if not changes.is_empty or segments_changed or not table_exists(conn, "hull", "users"):
             store = apply_changes(store, changes, now)
             users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
             store = ProfileStore(users=users, accounts=accounts, events=store.events)
@@ -208,6 +222,11 @@ def apply(
             )
             if forwarding:  # the messages cost as much as the rest of a first load
                 outbox = queue(conn, changes, users, accounts, run_id=run_id)
+        run(
+            conn,
+            "insert or replace into ops.hull_state values ('segments_hash', ?)",
+            [definitions],
+        )
         for source, mark in sources.watermarks.items():
             run(
                 conn,

@@ -21,6 +21,7 @@ one by one: system activities are most of a Copper account's activity stream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -36,11 +37,14 @@ from hull_planhat_pipelines.sync.hull_model import (
     KINDS,
 )
 from hull_planhat_pipelines.sync.hull_sql import (
+    INVALID_EMAIL,
     JsonFields,
     attribute_structs,
     canonical_value,
+    matching_text,
     text_of,
     unique_names,
+    valid_email,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
 
@@ -65,6 +69,9 @@ class CopperRows:
     opportunities: pd.DataFrame | None = None
     activities: pd.DataFrame | None = None
     opportunities_complete: bool = False
+    current_ids: Mapping[str, pd.Series] | None = None
+    """Every id of each ``copper_current`` table that exists (``leads``, ``people``,
+    ``companies``, ``activities``): records on profiles but not here were deleted."""
 
 
 _COLUMNS = {
@@ -106,14 +113,17 @@ def map_copper(batch: Batch, rows: CopperRows, settings: CopperSettings) -> list
     events: list[SyncEvent] = []
     loaded = {name: _load(batch, name, getattr(rows, name), events) for name in _COLUMNS}
     if loaded["leads"]:
-        _stage_users(batch, "leads", "lead", "copper-lead:", COPPER_LEAD_GROUP, settings)
+        events += _stage_users(batch, "leads", "lead", "copper-lead:", COPPER_LEAD_GROUP, settings)
+        _stage_lead_conversions(batch)
     if loaded["people"]:
-        _stage_users(batch, "people", "person", "copper-person:", COPPER_PERSON_GROUP, settings)
+        events += _stage_users(
+            batch, "people", "person", "copper-person:", COPPER_PERSON_GROUP, settings
+        )
         _stage_converted_leads(batch)
         if settings.link_person_to_account:
             _stage_person_links(batch)
     if loaded["companies"]:
-        _stage_companies(batch, settings)
+        events += _stage_companies(batch, settings)
     if loaded["opportunities"]:
         events += _stage_opportunities(batch, settings.attributes.opportunity)
         if rows.opportunities_complete:
@@ -145,14 +155,15 @@ def _load(batch: Batch, name: str, frame: pd.DataFrame | None, events: list[Sync
     )
     if not bad.empty:
         batch.sql(f"delete from cu_{name} where fields is null or not json_valid(fields)")
-        events.append(
+        events += [
             SyncEvent(
                 event=f"incoming.{_LOG_KIND[name]}.error",
                 object_type=copper_object(name).record_type,
+                object_id=str(record_id),
                 reason="Invalid fields JSON",
-                details={"count": len(bad), "sample_ids": bad["id"].head(SKIP_SAMPLE).tolist()},
             )
-        )
+            for record_id in bad["id"].tolist()
+        ]
     return True
 
 
@@ -166,8 +177,10 @@ def _stage_record(
     claims: dict[str, str | None],
     group: str,
     attributes: AttributeMap,
-) -> None:
-    """Records, claims and attributes of one Copper object (whole table at once)."""
+) -> list[SyncEvent]:
+    """Records, claims and attributes of one Copper object (whole table at once). Emails and
+    domains are trimmed and lower-cased; a record whose email is not an address is skipped
+    (returned as ``incoming.user.skip``): it is never stored, matched or sent anywhere."""
     fields = JsonFields()
     claim_exprs = {c: fields.copper_field(f) for c, f in claims.items() if f}
     value_pairs = [
@@ -179,16 +192,36 @@ def _stage_record(
         f" id::varchar as source_id, date_modified as modified_at, {fields.extraction('fields')}"
         f" from {table}"
     )
+    skips = []
+    if "email" in claim_exprs:
+        email = matching_text(text_of(claim_exprs["email"]))
+        invalid = batch.frame(
+            f"select source_id from _src where {email} is not null"
+            f" and not {valid_email(email)} order by source_id::bigint"
+        )
+        batch.sql(f"delete from _src where {email} is not null and not {valid_email(email)}")
+        skips = [
+            SyncEvent.model_construct(
+                event="incoming.user.skip",
+                object_type=source_object,
+                object_id=source_id,
+                reason=INVALID_EMAIL,
+                details={},
+            )
+            for source_id in invalid["source_id"].tolist()
+        ]
     batch.sql(
         f"insert into in_records select '{kind}', record_key, '{source_object}', source_id,"
         " modified_at, false from _src"
     )
     for claim, expr in claim_exprs.items():
+        value = text_of(expr) if claim == "external_id" else matching_text(text_of(expr))
         batch.sql(
-            f"insert into in_claims select '{kind}', record_key, '{claim}', {text_of(expr)}"
-            f" from _src where {text_of(expr)} is not null"
+            f"insert into in_claims select '{kind}', record_key, '{claim}', {value}"
+            f" from _src where {value} is not null"
         )
     _insert_attributes(batch, kind, group, source_object, value_pairs)
+    return skips
 
 
 def _insert_attributes(
@@ -218,9 +251,9 @@ def _insert_attributes(
 
 def _stage_users(
     batch: Batch, table: str, obj: str, prefix: str, group: str, settings: CopperSettings
-) -> None:
+) -> list[SyncEvent]:
     identity: UserIdentity = getattr(settings.identity, obj)
-    _stage_record(
+    return _stage_record(
         batch,
         "user",
         obj,
@@ -233,28 +266,51 @@ def _stage_users(
 
 
 def _stage_converted_leads(batch: Batch) -> None:
-    """A person converted from a lead also claims the lead's anonymous id: one user for both."""
+    """A person converted from a lead also claims the lead's anonymous id, and the lead's
+    profile merges into the person's (one user for both, even when each had its own email)."""
     batch.sql(
-        "insert into in_claims select 'user', record_key, 'anonymous_id', 'copper-lead:' || lead_id"
-        " from (select 'copper-person:' || id as record_key,"
+        "create or replace temp table _conv as select record_key, lead_id from ("
+        " select 'copper-person:' || id as record_key,"
         " unnest(json_extract(fields, '$.leads_converted_from[*].lead_id')) ->> '$' as lead_id"
-        " from cu_people) where lead_id is not null and lead_id <> 'null'"
+        " from cu_people) where lead_id is not null and lead_id <> 'null';"
+        "insert into in_claims select 'user', record_key, 'anonymous_id', 'copper-lead:' || lead_id"
+        " from _conv;"
+        "insert into in_merges select 'user', 'copper-lead:' || lead_id, record_key from _conv;"
+        "drop table _conv"
+    )
+
+
+def _stage_lead_conversions(batch: Batch) -> None:
+    """A converted lead names its person (``converted_contact_id``): its profile merges into
+    that person's, whether or not the person lists the lead. Its email no longer claims
+    anything: the person's is the user's (whichever record was saved last)."""
+    batch.sql(
+        "create or replace temp table _conv as select 'copper-lead:' || id as record_key,"
+        " 'copper-person:' || c as person_key"
+        " from (select id, json_extract_string(fields, '$.converted_contact_id') as c"
+        " from cu_leads) where c is not null and regexp_full_match(c, '[0-9]+');"
+        "insert into in_merges select 'user', record_key, person_key from _conv;"
+        "delete from in_claims where kind = 'user' and claim = 'email'"
+        " and record_key in (select record_key from _conv);"
+        "drop table _conv"
     )
 
 
 def _stage_person_links(batch: Batch) -> None:
-    """person -> account ``copper:<company_id>`` (a shell until the company is pulled)."""
+    """person -> account ``copper:<company_id>`` (a shell until the company is pulled); a
+    person without a company stages a link to no account (it leaves its Copper account)."""
     batch.sql(
-        "insert into in_links select 'copper-person:' || id, 'copper:' || company_id, 'person',"
-        " id::varchar, date_modified from cu_people where company_id is not null;"
+        "insert into in_links select 'copper-person:' || id,"
+        " case when company_id is not null then 'copper:' || company_id end, 'person',"
+        " id::varchar, date_modified from cu_people;"
         "insert into in_records select 'account', 'copper:' || company_id, 'person',"
         " id::varchar, date_modified, true from cu_people where company_id is not null"
     )
 
 
-def _stage_companies(batch: Batch, settings: CopperSettings) -> None:
+def _stage_companies(batch: Batch, settings: CopperSettings) -> list[SyncEvent]:
     identity = settings.identity.company
-    _stage_record(
+    return _stage_record(
         batch,
         "account",
         "company",
@@ -386,16 +442,14 @@ def _stage_activities(batch: Batch, activity_types: list[str]) -> list[SyncEvent
         "insert into in_records select 'user', user_key, 'activity', id::varchar,"
         " activity_date, true from _act where skip is null"
     )
-    skipped = batch.frame(
-        f"select skip, count(*) as n, list(id order by id)[1:{SKIP_SAMPLE}] as sample"
-        " from _act where skip is not null group by skip order by skip"
-    )
+    skipped = batch.frame("select id, skip from _act where skip is not null order by id")
     return [
-        SyncEvent(
+        SyncEvent.model_construct(
             event="incoming.event.skip",
             object_type="activity",
+            object_id=str(row.id),
             reason=row.skip,
-            details={"count": int(row.n), "sample_ids": [int(i) for i in row.sample]},
+            details={},
         )
         for row in skipped.itertuples()
     ]

@@ -16,7 +16,8 @@ Only what differs from the store becomes a row. Rules:
 
 from __future__ import annotations
 
-from hull_planhat_pipelines.sync.hull_batch import Batch
+from hull_planhat_pipelines.sync.hull_batch import Batch, quote
+from hull_planhat_pipelines.sync.hull_deletions import DELETED_AT, DETACHABLE_GROUPS
 from hull_planhat_pipelines.sync.hull_model import DOMAIN_CLAIM, UPSERT_COLUMNS, Kind
 
 _WINNER = (
@@ -73,7 +74,29 @@ def _wanted(batch: Batch, k: Kind) -> None:
         f"insert into want_{k} select * from clear_{k};"
         f"drop table clear_{k}"
     )
+    _detaches(batch, k)
     batch.canonicalize_nested(f"want_{k}", "value")
+
+
+def _detaches(batch: Batch, k: Kind) -> None:
+    """``<group>/deleted_at`` of records gone from Copper (``hull_deletions``), and its clear
+    on a profile whose record of that group writes again (it came back)."""
+    batch.sql(
+        f"insert into want_{k} select coalesce(g.into_hull_id, s.hull_id), s.attribute,"
+        " s.value, s.source_object, s.source_id, s.anonymous_id"
+        f" from in_sets s left join merges_{k} g on g.from_hull_id = s.hull_id"
+        f" anti join want_{k} w on w.hull_id = coalesce(g.into_hull_id, s.hull_id)"
+        f" and w.attribute = s.attribute where s.kind = '{k}'"
+    )
+    groups = "[" + ", ".join(quote(g) for g in DETACHABLE_GROUPS) + "]"
+    batch.sql(
+        f"insert into want_{k} select distinct on (hull_id, attr_group) hull_id,"
+        f" attr_group || '/{DELETED_AT}', null, 'copper', source_id, record_key"
+        f" from writers_{k} w where list_contains({groups}, attr_group)"
+        f" and not exists (select 1 from want_{k} x where x.hull_id = w.hull_id"
+        f" and x.attribute = w.attr_group || '/{DELETED_AT}')"
+        " order by hull_id, attr_group, source_id"
+    )
 
 
 def _profiles(batch: Batch, k: Kind) -> None:
@@ -81,7 +104,7 @@ def _profiles(batch: Batch, k: Kind) -> None:
     other = DOMAIN_CLAIM[k]
     batch.sql(
         f"create or replace temp table prof_{k} as select t.hull_id,"
-        f" coalesce(s.{other}, c.claim) as claim, coalesce(s.external_id, c.external_id)"
+        f" coalesce(c.claim, s.{other}) as claim, coalesce(s.external_id, c.external_id)"
         " as external_id, coalesce(n.is_new, false) as is_new"
         f" from touched_{k} t left join s_{k} s using (hull_id)"
         f" left join (select hull_id, max(value) filter (where claim = '{other}') as claim,"
@@ -110,17 +133,26 @@ def _current(batch: Batch, k: Kind) -> None:
     batch.canonicalize_nested(f"cur_{k}", "value")
 
 
+_GROUP = "regexp_extract({}, '^(.*)/[^/]*$', 1)"
+
+
 def _with_merged_values(batch: Batch, k: Kind) -> None:
-    """A merged shell's values move to its profile where neither the batch nor the profile
-    has one (they are upserts of the profile; the shell itself disappears)."""
+    """A merged profile's groups move to the profile it merged into, each group whole, where
+    neither the batch nor that profile has the group (they are upserts of the profile; the
+    merged one disappears). A group both have keeps the surviving profile's values."""
+    group = _GROUP.format("c.attribute")
     batch.sql(
+        f"create or replace temp table _kept_groups as select distinct hull_id,"
+        f" {_GROUP.format('attribute')} as grp from (select hull_id, attribute from want_{k}"
+        f" where value is not null union all select hull_id, attribute from cur_{k})"
+        f" where hull_id in (select into_hull_id from merges_{k});"
         f"insert into want_{k} select g.into_hull_id, c.attribute, c.value, 'merge',"
         " g.from_hull_id, null"
         f" from merges_{k} g join cur_{k} c on c.hull_id = g.from_hull_id"
-        f" anti join want_{k} w on w.hull_id = g.into_hull_id and w.attribute = c.attribute"
-        f" anti join cur_{k} t on t.hull_id = g.into_hull_id and t.attribute = c.attribute"
+        f" anti join _kept_groups t on t.hull_id = g.into_hull_id and t.grp = {group}"
         " qualify row_number() over (partition by g.into_hull_id, c.attribute"
-        " order by g.from_hull_id) = 1"
+        " order by g.from_hull_id) = 1;"
+        "drop table _kept_groups"
     )
 
 
@@ -147,6 +179,21 @@ def diff_links(batch: Batch) -> None:
         " anti join lk on lk.user_hull_id = gu.into_hull_id"
         " where f.account_hull_id is not null and t.account_hull_id is null"
         " qualify row_number() over (partition by gu.into_hull_id order by gu.from_hull_id) = 1;"
+        # a person pointing at a deleted company stays off it (the company may come back)
+        "delete from lk where source_object = 'person'"
+        " and account_hull_id in (select hull_id from gone_accounts);"
+        # people whose company was removed leave their Copper account
+        "insert into lk select distinct on (ru.hull_id) ru.hull_id, null, l.source_object,"
+        " l.source_id from in_links l join res_user ru on ru.record_key = l.user_key"
+        " join s_user su on su.hull_id = ru.hull_id"
+        " join s_account sa on sa.hull_id = su.account_hull_id"
+        " anti join lk on lk.user_hull_id = ru.hull_id"
+        " where l.account_key is null and len(list_filter(sa.anonymous_ids,"
+        " lambda x: starts_with(x, 'copper:'))) > 0;"
+        # users of deleted companies leave the account
+        "insert into lk select u.user_hull_id, null, u.source_object, u.source_id"
+        " from (select * from in_unlinks qualify row_number() over (partition by user_hull_id"
+        " order by source_id) = 1) u anti join lk on lk.user_hull_id = u.user_hull_id;"
         "create or replace temp table links as"
         " select lk.user_hull_id, lk.account_hull_id, s.account_hull_id"
         " as previous_account_hull_id, lk.source_object, lk.source_id"

@@ -45,7 +45,7 @@ def apply_changes(store: ProfileStore, changes: Changes, now: dt.datetime) -> Pr
             set(merges.loc[merges["kind"] == "account", "from_hull_id"]),
             moment,
         ),
-        events=_apply_events(store.events, changes.events),
+        events=_apply_events(store.events, changes.events, changes.removed_events),
     )
 
 
@@ -102,9 +102,12 @@ def _changed_rows(
             "create temp table anon as select hull_id, list_sort(list(value)) as added"
             " from cl where claim = 'anonymous_id' group by hull_id"
         )
-        account = "coalesce(lk.account_hull_id, s.account_hull_id) as account_hull_id,"
+        account = (
+            "case when lk.user_hull_id is not null then lk.account_hull_id"
+            " else s.account_hull_id end as account_hull_id,"
+        )
         rows = work.frame(
-            f"select ids.hull_id, coalesce(s.{other}, co.value) as {other},"
+            f"select ids.hull_id, coalesce(co.value, s.{other}) as {other},"
             " coalesce(s.external_id, ce.value) as external_id,"
             " list_concat(coalesce(s.anonymous_ids, []), coalesce(anon.added, []))"
             f" as anonymous_ids, {account if is_user else ''}"
@@ -147,9 +150,14 @@ def _replace_rows(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns, index=frame.index)
 
 
-def _apply_events(events: pd.DataFrame | None, changed: pd.DataFrame) -> pd.DataFrame:
-    """Events upserted by event id: a changed event replaces its row, a new one is appended."""
+def _apply_events(
+    events: pd.DataFrame | None, changed: pd.DataFrame, removed: pd.DataFrame
+) -> pd.DataFrame:
+    """Events upserted by event id: a changed event replaces its row, a new one is appended,
+    a removed one (its activity was deleted) leaves."""
     current = empty_events() if events is None else events
+    if not removed.empty:
+        current = current[~current["event_id"].isin(removed["event_id"])].reset_index(drop=True)
     if changed.empty:
         return current
     kept = current[~current["event_id"].isin(changed["event_id"])]

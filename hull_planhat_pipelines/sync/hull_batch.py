@@ -16,9 +16,14 @@ Staged tables (filled by ``copper_mapping`` and ``planhat_mapping``):
   source record writes which group on which record (one row per record and group, so that
   choosing the one writer of a group never scans the attribute rows).
 - ``in_links(user_key, account_key, source_object, source_id, modified_at)``.
+- ``in_merges(kind, from_key, into_key)``: the profile holding ``from_key`` merges into the one
+  holding ``into_key`` (a converted lead into its person), whatever claims each has.
 - ``in_events(event_id, user_key, name, properties, occurred_at, source, source_id)``.
 - ``in_clears(kind, hull_id, attribute, source_object, source_id)``: attributes of known
-  profiles to clear unless a record writes them (deleted opportunities).
+  profiles to clear unless a record writes them (deleted opportunities, detached records).
+- ``in_sets(kind, hull_id, attribute, value, ...)``: values to set on known profiles unless a
+  record writes them (``<group>/deleted_at``); ``in_unlinks(user_hull_id, ...)``: users leaving
+  their account (a deleted company); ``deleted``: the detaches (``hull_deletions``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,13 @@ create table in_events (event_id varchar, user_key varchar, name varchar, proper
     occurred_at timestamptz, source varchar, source_id varchar);
 create table in_clears (kind varchar, hull_id varchar, attribute varchar,
     source_object varchar, source_id varchar);
+create table in_sets (kind varchar, hull_id varchar, attribute varchar, value varchar,
+    source_object varchar, source_id varchar, anonymous_id varchar);
+create table in_unlinks (user_hull_id varchar, source_object varchar, source_id varchar);
+create table gone_accounts (hull_id varchar);
+create table in_merges (kind varchar, from_key varchar, into_key varchar);
+create table deleted (kind varchar, hull_id varchar, source_object varchar, source_id varchar,
+    anonymous_id varchar);
 """
 
 
@@ -126,9 +138,10 @@ class Batch:
         columns = [c for c in STORE_COLUMNS[kind] if attributes or c != "attributes"]
         typed = {c: f"{ident(c)}::{STORE_SQL_TYPES[c]}" for c in columns}
         typed["anonymous_ids"] = f"coalesce({typed['anonymous_ids']}, [])"
+        other = "email" if kind == "user" else "domain"
+        typed[other] = f"nullif(lower(trim({typed[other]})), '')"  # matched as claims are
         if attributes:
             typed["attributes"] = f"coalesce({typed['attributes']}, '{{}}')"
-        other = "email" if kind == "user" else "domain"
         strong = f"({other} is not null or external_id is not null) as strong"
         select = ", ".join([*(f"{e} as {ident(c)}" for c, e in typed.items()), strong])
         self.load(f"s_{kind}", frame, select)

@@ -70,6 +70,25 @@ def text_of(json_expr: str) -> str:
     return f"nullif(({json_expr}) ->> '$', '')"
 
 
+INVALID_EMAIL = "Invalid email"
+_ADDRESS_PART = "[^@[:space:][:cntrl:]]+"
+
+
+def matching_text(text_expr: str) -> str:
+    """An email or a domain as claims compare it: trimmed and lower-cased (blank: NULL), so
+    ``Ann@X.io``, ``ann@x.io `` and ``ann@x.io`` are one user."""
+    return f"nullif(lower(trim({text_expr})), '')"
+
+
+def valid_email(text_expr: str) -> str:
+    """True for ``local@domain.tld`` without spaces or control characters (a NUL byte is not
+    an address)."""
+    return (
+        f"(regexp_full_match({text_expr}, '{_ADDRESS_PART}@{_ADDRESS_PART}\\.{_ADDRESS_PART}')"
+        f" and not regexp_matches({text_expr}, '[[:cntrl:]]'))"
+    )
+
+
 def canonical_value(json_expr: str) -> str:
     """A JSON value as canonical JSON text for ``in_attributes`` (JSON null -> SQL NULL)."""
     return (

@@ -9,7 +9,8 @@ gives no rows at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import datetime as dt
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -17,6 +18,11 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows, map_copper
 from hull_planhat_pipelines.sync.diff import diff_attributes, diff_events, diff_links
 from hull_planhat_pipelines.sync.hull_batch import Batch, batch
+from hull_planhat_pipelines.sync.hull_deletions import (
+    DELETED_COLUMNS,
+    removed_events,
+    stage_deletions,
+)
 from hull_planhat_pipelines.sync.hull_model import (
     CLAIM_COLUMNS,
     CONFLICT_COLUMNS,
@@ -65,6 +71,12 @@ class Changes:
     conflicts: pd.DataFrame
     events: pd.DataFrame
     log: list[SyncEvent] = field(default_factory=list)
+    deleted: pd.DataFrame = field(default_factory=lambda: _empty(DELETED_COLUMNS))
+    """Profiles detached from a record gone from Copper (``hull_deletions``)."""
+    removed_events: pd.DataFrame = field(
+        default_factory=lambda: _empty(["event_id", "user_hull_id", "source_id"])
+    )
+    """Events whose Copper activity was deleted: they leave ``hull.events``."""
 
     def upserts(self, kind: Kind) -> pd.DataFrame:
         return self.user_upserts if kind == "user" else self.account_upserts
@@ -82,8 +94,13 @@ class Changes:
             self.links,
             self.merges,
             self.events,
+            self.removed_events,
         )
         return all(frame.empty for frame in frames)
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
 
 
 def compute_changes(
@@ -93,8 +110,11 @@ def compute_changes(
     planhat: PlanhatRows | None = None,
     *,
     threads: int | None = None,
+    now: dt.datetime | None = None,
 ) -> Changes:
-    """Map the given sources, resolve identities and diff against the store."""
+    """Map the given sources, resolve identities and diff against the store. ``now`` stamps
+    ``<group>/deleted_at`` of records gone from Copper (default: the wall clock)."""
+    now = now or dt.datetime.now(dt.UTC)
     with batch(threads) as work:
         for kind, frame in (("user", store.users), ("account", store.accounts)):
             work.load_store(kind, normalize_store(frame, kind))
@@ -103,6 +123,15 @@ def compute_changes(
             log += map_copper(work, copper, settings.copper)
         if planhat is not None:
             log += map_planhat(work, planhat, settings.planhat.incoming)
+        current_ids = copper.current_ids if copper is not None else None
+        if current_ids:
+            stage_deletions(work, current_ids, now.astimezone(dt.UTC).isoformat())
+        work.sql(
+            "create temp table no_email as select record_key from in_records"
+            " where kind = 'user' and not is_shell and source_object in ('lead', 'person')"
+            " and record_key not in (select record_key from in_claims where claim = 'email')"
+            " and record_key not in (select from_key from in_merges)"  # converted leads
+        )
         for kind in KINDS:
             resolve(work, kind)
         work.drop("in_claims")
@@ -115,7 +144,10 @@ def compute_changes(
             _load_events(work, store.events)
         diff_events(work, has_events)
         changes = _export(work)
-        return Changes(**{**changes.__dict__, "log": [*log, *_summaries(work, changes)]})
+        removed = removed_events(store.events, (current_ids or {}).get("activities"))
+        changes = replace(changes, removed_events=removed)
+        records = _record_log(work, changes)
+        return replace(changes, log=[*log, *records, *_summaries(work, changes)])
 
 
 def _load_events(work: Batch, events: pd.DataFrame) -> None:
@@ -148,12 +180,115 @@ def _export(work: Batch) -> Changes:
         merges=work.frame(f"select * from ({merges}) order by 1, 2")[MERGE_COLUMNS],
         conflicts=work.frame(f"select * from ({conflicts}) order by 1, 2, 3, 4")[CONFLICT_COLUMNS],
         events=work.frame("select * from events")[EVENT_COLUMNS],
+        deleted=work.frame(
+            "select d.kind, coalesce(m.into_hull_id, d.hull_id) as hull_id, d.source_object,"
+            " d.source_id, d.anonymous_id from deleted d left join (select 'user' as kind, *"
+            " from merges_user union all select 'account', * from merges_account) m"
+            " on m.kind = d.kind and m.from_hull_id = d.hull_id order by 1, 2, 3, 4"
+        )[DELETED_COLUMNS],
     )
 
 
 def _claims(work: Batch, kind: Kind) -> pd.DataFrame:
     query = f"select * from claims_{kind} order by hull_id, claim, value"
     return work.export(query, ("claim", "source_object"))[CLAIM_COLUMNS]
+
+
+NO_EMAIL = "No email: identified by its anonymous id only"
+_OBJECT_KIND = {"opportunity": "account"}
+
+
+def _event(event: str, **fields: object) -> SyncEvent:
+    """A SyncEvent of a known-good name without validation (one per record adds up)."""
+    fields.setdefault("details", {})
+    return SyncEvent.model_construct(event=event, **fields)
+
+
+def _record_log(work: Batch, changes: Changes) -> list[SyncEvent]:
+    """One ``ops.sync_log`` row per record: ``incoming.<kind>.success`` (with the profile it
+    resolved to, and a reason when a lead or person has no email), ``.merged``, ``.deleted``,
+    ``.skip`` for claims not applied, and ``incoming.event.success`` / ``.deleted``."""
+    out: list[SyncEvent] = []
+    for kind in KINDS:
+        opportunities = (  # logged once, on their account
+            " union all select distinct i.source_object, i.source_id, res.hull_id, false"
+            " from in_records i join res_account res using (record_key)"
+            " where i.kind = 'account' and i.source_object = 'opportunity'"
+            if kind == "account"
+            else ""
+        )
+        rows = work.frame(
+            "select * from (select r.source_object, r.source_id, res.hull_id,"
+            " r.record_key in (select record_key from no_email) as no_email"
+            f" from r_{kind} r join res_{kind} res using (record_key) where not r.is_shell"
+            f"{opportunities}) order by source_object, try_cast(source_id as bigint), source_id"
+        )
+        out += [
+            _event(
+                f"incoming.{kind}.success",
+                object_type=row.source_object,
+                object_id=row.source_id,
+                reason=NO_EMAIL if row.no_email else None,
+                details={"hull_id": row.hull_id},
+            )
+            for row in rows.itertuples(index=False)
+        ]
+    for row in changes.merges.itertuples(index=False):
+        out.append(
+            _event(
+                f"incoming.{row.kind}.merged",
+                object_type="profile",
+                object_id=row.from_hull_id,
+                reason="Merged into another profile",
+                details={"into_hull_id": row.into_hull_id},
+            )
+        )
+    for row in changes.deleted.itertuples(index=False):
+        out.append(
+            _event(
+                f"incoming.{row.kind}.deleted",
+                object_type=row.source_object,
+                object_id=row.source_id,
+                reason="Deleted in Copper: detached from its profile",
+                details={"hull_id": row.hull_id, "anonymous_id": row.anonymous_id},
+            )
+        )
+    for row in changes.conflicts.itertuples(index=False):
+        out.append(
+            _event(
+                f"incoming.{row.kind}.skip",
+                object_type="claim",
+                object_id=row.record,
+                reason=f"Claim not applied: {row.reason}",
+                details={
+                    "claim": row.claim,
+                    "value": row.value,
+                    "hull_id": row.resolved_hull_id,
+                    "other_hull_id": None if pd.isna(row.other_hull_id) else row.other_hull_id,
+                },
+            )
+        )
+    events = work.frame("select source_id, event_id, user_hull_id from ev order by event_id")
+    out += [
+        _event(
+            "incoming.event.success",
+            object_type="activity",
+            object_id=row.source_id,
+            details={"event_id": row.event_id, "hull_id": row.user_hull_id},
+        )
+        for row in events.itertuples(index=False)
+    ]
+    out += [
+        _event(
+            "incoming.event.deleted",
+            object_type="activity",
+            object_id=str(row.source_id),
+            reason="Deleted in Copper: event removed",
+            details={"event_id": row.event_id, "hull_id": row.user_hull_id},
+        )
+        for row in changes.removed_events.itertuples(index=False)
+    ]
+    return out
 
 
 def _summaries(work: Batch, changes: Changes) -> list[SyncEvent]:

@@ -2,7 +2,8 @@
 
 Rules (DESIGN.md section 2), as set operations over the whole batch:
 1. A record matches existing profiles through its claims; it resolves to the profile found by
-   external id, else email (domain for accounts), else anonymous id. Ties between profiles
+   external id, else email (domain for accounts), else its own anonymous id, else another
+   anonymous id it claims (a converted lead's). Ties between profiles
    holding the same claim: a profile with a strong claim (email, domain or external id) over a
    shell, then the oldest, then the smallest hull_id.
 2. Records of one batch that share any claim, transitively, form a group (connected
@@ -11,12 +12,19 @@ Rules (DESIGN.md section 2), as set operations over the whole batch:
    (``stable_id``), so a rerun creates the same id.
 3. A shell (a profile with anonymous ids only: a company or contact someone pointed at before
    it was pulled) matched by a record that resolves elsewhere is merged into that profile:
-   that is how a shell is completed when its record arrives under a stronger identity.
+   that is how a shell is completed when its record arrives under a stronger identity. A
+   converted lead's profile merges into its person's whatever claims it holds (``in_merges``).
 4. A record's claim that identifies another profile with a strong claim is a conflict: the
    record still resolves by precedence (external id wins), the claim is not added, and the
    conflict is reported. Null and blank claims are ignored.
 5. A profile gains the claims it lacked: anonymous ids are a set; email, domain and external id
-   are set only where the profile has none (one value per batch: the latest record's).
+   are set where the profile has none (one value per batch: the latest record's), and a merged
+   profile's claims move with it where the profile has none.
+6. A source changes its own claim: a record's new email (domain) replaces the profile's when
+   no other source on the profile may hold the old one, i.e. every other source record on it
+   (``copper-lead:``, ``copper-person:``, ``copper:``, ``planhat:`` anonymous ids; for a Copper
+   record, Planhat's do not count: Planhat mirrors what we send it) is in this batch and none
+   claims the old value. Otherwise the profile keeps it: a conflict.
 
 Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
 ``claims_<kind>`` (claims added), ``merges_<kind>``, ``conflicts_<kind>``.
@@ -92,8 +100,11 @@ def _matches(batch: Batch, k: Kind) -> None:
         f" where value in (select value from rc_{k} where claim = 'anonymous_id');"
         f"create or replace temp table m_{k} as"
         f" select rc.rid, rc.claim, rc.value, sc.hull_id, s.strong, s.created_at,"
-        f" {_precedence_sql()} as prec"
+        # a record's own key before the other anonymous ids it claims (a converted lead's)
+        f" {_precedence_sql()} + case when rc.claim = 'anonymous_id'"
+        " and rc.value <> r.record_key then 1 else 0 end as prec"
         f" from rc_{k} rc join sc_{k} sc using (claim, value) join s_{k} s using (hull_id)"
+        f" join r_{k} r using (rid)"
     )
 
 
@@ -160,13 +171,40 @@ def _merges(batch: Batch, k: Kind) -> None:
         " where not m.strong and m.hull_id <> r.hull_id"
         " qualify row_number() over (partition by m.hull_id"
         " order by r.strong desc, r.hull_id) = 1;"
-        # a merge into a profile that is itself merged follows the chain (never expected)
+        # conversions: the profile of a converted lead merges into its person's, whatever
+        # claims either holds (``in_merges``; the person's profile from the batch or the store)
+        f"create or replace temp table keyed_{k} as select record_key as key, hull_id"
+        f" from res0_{k} union all select value, hull_id from (select hull_id,"
+        f" unnest(anonymous_ids) as value from s_{k}) where value in (select from_key from"
+        f" in_merges where kind = '{k}' union select into_key from in_merges where kind = '{k}')"
+        f" and value not in (select record_key from res0_{k});"
+        f"insert into merges_{k} select f.hull_id, arg_min(i.hull_id, i.hull_id)"
+        f" from in_merges c join keyed_{k} f on f.key = c.from_key"
+        f" join keyed_{k} i on i.key = c.into_key"
+        f" where c.kind = '{k}' and f.hull_id <> i.hull_id"
+        f" and f.hull_id not in (select from_hull_id from merges_{k})"
+        # never merge away another record of the target's object (a lead sharing its email
+        # with a different person): the claim stays a conflict instead
+        f" and not exists (select 1 from keyed_{k} o where o.hull_id = f.hull_id"
+        " and o.key <> c.into_key and split_part(o.key, ':', 1) = split_part(c.into_key, ':', 1))"
+        f" and not exists (select 1 from (select hull_id, unnest(anonymous_ids) as key"
+        f" from s_{k} where hull_id in (select k2.hull_id from keyed_{k} k2"
+        f" join in_merges m2 on m2.from_key = k2.key where m2.kind = '{k}')) o"
+        " where o.hull_id = f.hull_id and o.key <> c.into_key"
+        " and split_part(o.key, ':', 1) = split_part(c.into_key, ':', 1))"
+        " group by f.hull_id;"
+        # a merge into a profile that is itself merged follows the chain
+        f"update merges_{k} set into_hull_id = n.into_hull_id from merges_{k} n"
+        f" where merges_{k}.into_hull_id = n.from_hull_id;"
         f"update merges_{k} set into_hull_id = n.into_hull_id from merges_{k} n"
         f" where merges_{k}.into_hull_id = n.from_hull_id;"
         f"delete from merges_{k} where from_hull_id = into_hull_id;"
         f"create or replace temp table res_{k} as"
-        " select r.rid, r.record_key, coalesce(g.into_hull_id, r.hull_id) as hull_id, r.is_new"
-        f" from res0_{k} r left join merges_{k} g on g.from_hull_id = r.hull_id"
+        " select r.rid, r.record_key, coalesce(g.into_hull_id, r.hull_id) as hull_id,"
+        " case when g.into_hull_id is null then r.is_new"
+        f" else g.into_hull_id not in (select hull_id from s_{k}) end as is_new"
+        f" from res0_{k} r left join merges_{k} g on g.from_hull_id = r.hull_id;"
+        f"drop table keyed_{k}"
     )
 
 
@@ -196,7 +234,11 @@ def _claims(batch: Batch, k: Kind) -> None:
         " and c.value = rc.value"
         " union all select g.into_hull_id, 'anonymous_id', unnest(s.anonymous_ids), false,"
         " 'merge', g.from_hull_id, null, null"
-        f" from merges_{k} g join s_{k} s on s.hull_id = g.from_hull_id;"
+        f" from merges_{k} g join s_{k} s on s.hull_id = g.from_hull_id"
+        " union all select * from (select g.into_hull_id, unnest(['external_id', "
+        f"'{other}']) as claim, unnest([s.external_id, s.{other}]) as value, false, 'merge',"
+        " g.from_hull_id, null::timestamptz, null"
+        f" from merges_{k} g join s_{k} s on s.hull_id = g.from_hull_id) where value is not null;"
         # what the touched profiles hold already
         f"create or replace temp table held_{k} as"
         f" with touched as (select distinct hull_id from cand_{k} where not is_new),"
@@ -222,10 +264,48 @@ def _claims(batch: Batch, k: Kind) -> None:
         " where claim <> 'anonymous_id') h using (hull_id, claim)"
         " where claim <> 'anonymous_id' group by hull_id, claim"
     )
+    _replacements(batch, k)
     # a second value for a single-valued claim, or a value the profile holds differently
     batch.sql(
         f"insert into conflicts_{k} select '{k}', c.record_key, c.claim, c.value, c.hull_id,"
         " null, 'Profile keeps another ' || c.claim"
         f" from fresh_{k} c anti join claims_{k} a using (hull_id, claim, value)"
         " where c.claim <> 'anonymous_id' and c.source_object <> 'merge'"
+    )
+
+
+_SOURCE_KEY = "^(copper-lead|copper-person|copper|planhat):"
+
+
+def _replacements(batch: Batch, k: Kind) -> None:
+    """A record's new email (domain) replaces the profile's own when no other source on the
+    profile may hold the old one (rule 6): added to ``claims_<kind>``."""
+    other = DOMAIN_CLAIM[k]
+    batch.sql(
+        # the latest record's value per profile, where the profile holds another one
+        f"create or replace temp table rep_{k} as select hull_id, claim,"
+        " unnest(arg_max({'value': value, 'source_object': source_object,"
+        " 'source_id': source_id, 'record_key': record_key},"
+        " {'at': coalesce(modified_at, '-infinity'::timestamptz), 'key': record_key,"
+        f" 'value': value}})) from fresh_{k}"
+        f" semi join (select hull_id, claim from held_{k} where claim = '{other}')"
+        " using (hull_id, claim)"
+        f" where claim = '{other}' and source_object <> 'merge' group by hull_id, claim;"
+        # sources on those profiles besides the record itself, and whether they vouch
+        f"create or replace temp table vouch_{k} as select p.hull_id, p.key,"
+        f" p.key in (select r.record_key from r_{k} r join res_{k} x using (rid)"
+        " where not r.is_shell and x.hull_id = p.hull_id) as in_batch,"
+        f" exists (select 1 from r_{k} r join rc_{k} c using (rid)"
+        f" join held_{k} h on h.hull_id = p.hull_id and h.claim = '{other}'"
+        f" where r.record_key = p.key and c.claim = '{other}' and c.value = h.value) as holds"
+        f" from (select s.hull_id, unnest(s.anonymous_ids) as key from s_{k} s"
+        f" semi join rep_{k} using (hull_id)) p"
+        f" join rep_{k} r on r.hull_id = p.hull_id"
+        f" where regexp_matches(p.key, '{_SOURCE_KEY}') and p.key <> r.record_key"
+        # Planhat mirrors what we send it: it does not hold a CRM record's email against it
+        " and not (starts_with(p.key, 'planhat:') and not starts_with(r.record_key, 'planhat:'));"
+        f"insert into claims_{k} select r.hull_id, r.claim, r.value, false, r.source_object,"
+        f" r.source_id from rep_{k} r anti join (select hull_id from vouch_{k}"
+        " where not in_batch or holds) v using (hull_id);"
+        f"drop table rep_{k}; drop table vouch_{k}"
     )

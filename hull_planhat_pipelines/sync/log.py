@@ -12,7 +12,7 @@ import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
 EVENT_NAME = re.compile(
-    r"^(incoming|outgoing)\.(user|account|event|job|user_event)\.(start|success|skip|error|progress)$"
+    r"^(incoming|outgoing)\.(user|account|event|job|user_event)\.(start|success|skip|error|progress|deleted|merged)$"
 )
 
 SYNC_LOG_COLUMNS = [

@@ -18,7 +18,14 @@ import pandas as pd
 from hull_planhat_pipelines.settings import AttributeMap, PlanhatIncoming
 from hull_planhat_pipelines.sync.hull_batch import Batch, quote
 from hull_planhat_pipelines.sync.hull_model import PLANHAT_GROUP
-from hull_planhat_pipelines.sync.hull_sql import JsonFields, canonical_value, unique_names
+from hull_planhat_pipelines.sync.hull_sql import (
+    INVALID_EMAIL,
+    JsonFields,
+    canonical_value,
+    matching_text,
+    unique_names,
+    valid_email,
+)
 from hull_planhat_pipelines.sync.log import SyncEvent
 
 VOLATILE_FIELDS = frozenset({"updatedAt"})
@@ -96,6 +103,7 @@ def _stage(
     _load(batch, "ph_current", current, model)
     _load(batch, "ph_previous", previous, model)
     events = _invalid_records(batch, model)
+    events += _unusable_records(batch, model)
     fields = JsonFields()
     values = {name: fields.planhat_field(field) for field, name in unique_names(attributes).items()}
     watched = [fields.planhat_field(f) for f in attributes if f not in VOLATILE_FIELDS]
@@ -129,20 +137,55 @@ def _stage(
     return events
 
 
+def _unusable_records(batch: Batch, model: _Model) -> list[SyncEvent]:
+    """Rows without ``_id`` (nothing to key them by), and endusers whose email is not an
+    address: each skipped with its reason, never merged into another or sent anywhere.
+    Emails are trimmed and lower-cased as every claim is."""
+    skipped = []
+    missing = batch.frame("select record from ph_current where nullif(trim(_id), '') is null")
+    batch.sql("delete from ph_current where nullif(trim(_id), '') is null")
+    skipped += [
+        SyncEvent(
+            event=f"incoming.{model.kind}.skip",
+            object_type=model.source_object,
+            reason="No _id",
+            details={"record": (row.record or "")[:300]},
+        )
+        for row in missing.itertuples(index=False)
+    ]
+    if "email" in model.claims:
+        email = matching_text("email")
+        batch.sql(f"update ph_current set email = {email}; update ph_previous set email = {email}")
+        invalid = batch.frame(
+            f"select _id from ph_current where email is not null and not {valid_email('email')}"
+            " order by _id"
+        )
+        batch.sql(f"delete from ph_current where email is not null and not {valid_email('email')}")
+        skipped += [
+            SyncEvent(
+                event="incoming.user.skip",
+                object_type=model.source_object,
+                object_id=_id,
+                reason=INVALID_EMAIL,
+            )
+            for _id in invalid["_id"].tolist()
+        ]
+    return skipped
+
+
 def _invalid_records(batch: Batch, model: _Model) -> list[SyncEvent]:
     """Rows whose ``record`` is not JSON: left out (a previous one is simply not compared)."""
     invalid = "record is null or not json_valid(record)"
     bad = batch.frame(f"select _id from ph_current where {invalid} order by _id")
     batch.sql(f"delete from ph_current where {invalid}; delete from ph_previous where {invalid}")
-    if bad.empty:
-        return []
     return [
         SyncEvent(
             event=f"incoming.{model.kind}.error",
             object_type=model.source_object,
+            object_id=_id,
             reason="Invalid record JSON",
-            details={"count": len(bad), "sample_ids": bad["_id"].head(10).tolist()},
         )
+        for _id in bad["_id"].tolist()
     ]
 
 

@@ -63,6 +63,7 @@ from hull_planhat_pipelines.sync.fingerprints import (
     utc_timestamp,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
 
 COMPANIES = "companies"
 ENDUSERS = "endusers"
@@ -812,7 +813,7 @@ def metric_payloads(
 def run_metric_sql(conn: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
     """A metric query's rows over the caller's connection: ``external_id``, ``value`` and
     ``date`` when the query has one. A ValueError names missing columns."""
-    frame = conn.sql(sql).df()
+    frame = run_select(lock_down(conn), sql, "metric query")
     missing = [c for c in METRIC_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"the query has no column {', '.join(missing)}")

@@ -100,10 +100,13 @@ def _frame(
 
 
 def _dedupe(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A listing paged by offset can repeat a record that moved between pages: keep the last."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for record in records:
-        by_id[str(record.get("_id"))] = record
+    """A listing paged by offset can repeat a record that moved between pages: keep the last.
+    Records without an ``_id`` are kept one by one (never collapsed into one): the profile
+    sync skips each with a logged reason."""
+    by_id: dict[Any, dict[str, Any]] = {}
+    for position, record in enumerate(records):
+        _id = record.get("_id")
+        by_id[str(_id) if _id not in (None, "") else ("no _id", position)] = record
     return list(by_id.values())
 
 

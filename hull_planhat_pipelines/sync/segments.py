@@ -6,10 +6,14 @@ the columns of the user's account prefixed ``account_`` (``account_external_id``
 ``account_domain``, ``account_attributes``, ``account_segments``, ...): account segments are
 evaluated first. Each table gets a ``segments`` list column with the names of the predicates
 that are true, in configuration order. A predicate that does not compile or fails raises
-``SegmentError`` naming the segment.
+``SegmentError`` naming the segment. Predicates run with file and network access off
+(``operator_sql``): a segment reads the profiles and nothing else.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import duckdb
 import numpy as np
@@ -24,6 +28,7 @@ from hull_planhat_pipelines.sync.hull_model import (
     empty_store,
     normalize_store,
 )
+from hull_planhat_pipelines.sync.operator_sql import lock_down
 
 _ROW = "__row"
 
@@ -44,6 +49,7 @@ def evaluate_segments(
     users = normalize_store(users, "user")
     accounts = normalize_store(accounts, "account")
     with batch() as work:
+        lock_down(work.con)
         _load(work, "account", accounts)
         account_segments = _evaluate(work, "account", "accounts_v", segments.accounts)
         work.load(
@@ -59,6 +65,13 @@ def evaluate_segments(
         _users_view(work)
         user_segments = _evaluate(work, "user", "users_v", segments.users)
     return _with(users, user_segments), _with(accounts, account_segments)
+
+
+def segments_hash(segments: SegmentSettings) -> str:
+    """A digest of the segment definitions: a changed one re-evaluates membership even when no
+    profile changed."""
+    text = json.dumps(segments.model_dump(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def validate_segments(segments: SegmentSettings) -> None:

@@ -1,0 +1,110 @@
+"""Records gone from Copper detach from their profiles (they are never erased).
+
+A record deleted in Copper leaves ``copper_current.<object>`` at the next full refresh. A
+profile that still carries its anonymous id (``copper-lead:N``, ``copper-person:N``,
+``copper:N``) and the source's group is then detached, the way Hull itself detaches rather than
+erases:
+
+- the source's attribute group is cleared and ``<group>/deleted_at`` set (ISO time of the sync
+  that noticed), e.g. ``copper_person/deleted_at``;
+- the profile, its claims and the anonymous id stay: a record that comes back (restored in
+  Copper, or re-created) lands on the same profile and clears ``deleted_at``;
+- a deleted company's account loses its users (``links`` to no account);
+- a deleted activity's event is removed.
+
+A profile that also carries a living record of the same object (two people with one email,
+one deleted) keeps the group: the living one writes it. Objects whose ``copper_current`` table
+does not exist are not judged at all (nothing was ever fetched, so nothing can be missing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from hull_planhat_pipelines.sync.hull_batch import Batch, quote
+from hull_planhat_pipelines.sync.hull_model import (
+    COPPER_COMPANY_GROUP,
+    COPPER_LEAD_GROUP,
+    COPPER_PERSON_GROUP,
+    canonical_json,
+)
+
+DELETED_AT = "deleted_at"
+DETACHABLE = (
+    # copper_current table, kind, anonymous id prefix, group, source_object
+    ("leads", "user", "copper-lead:", COPPER_LEAD_GROUP, "lead"),
+    ("people", "user", "copper-person:", COPPER_PERSON_GROUP, "person"),
+    ("companies", "account", "copper:", COPPER_COMPANY_GROUP, "company"),
+)
+DETACHABLE_GROUPS = tuple(group for *_, group, _ in DETACHABLE)
+DELETED_COLUMNS = ["kind", "hull_id", "source_object", "source_id", "anonymous_id"]
+
+
+def stage_deletions(batch: Batch, current_ids: Mapping[str, pd.Series], deleted_at: str) -> None:
+    """Stage the detaches of profiles whose Copper record is gone (needs ``s_user`` and
+    ``s_account``): clears in ``in_clears``, ``deleted_at`` in ``in_sets``, detached users in
+    ``in_unlinks``, and one ``deleted`` row per (profile, record)."""
+    stamp = quote(canonical_json(deleted_at))
+    for table, kind, prefix, group, source_object in DETACHABLE:
+        ids = current_ids.get(table)
+        if ids is None:
+            continue
+        batch.load(
+            "_alive", pd.DataFrame({"id": pd.Series(ids, dtype="string")}), "id::varchar as id"
+        )
+        start = len(prefix) + 1
+        batch.sql(
+            "create or replace temp table _held as select hull_id, value as anonymous_id,"
+            f" substr(value, {start}) as source_id,"
+            f" substr(value, {start}) in (select id from _alive) as alive"
+            f" from (select hull_id, unnest(anonymous_ids) as value from s_{kind})"
+            f" where starts_with(value, {quote(prefix)})"
+            # the id part only: 'copper:' must not take 'copper-person:' ids
+            f" and regexp_full_match(substr(value, {start}), '[0-9]+');"
+            "create or replace temp table _gone as select * from _held where not alive"
+            " and hull_id not in (select hull_id from _held where alive)"
+        )
+        if not batch.scalar("select count(*) from _gone"):
+            batch.drop("_alive", "_held", "_gone")
+            continue
+        batch.load_attributes(kind, "select distinct hull_id from _gone")
+        batch.sql(
+            "create or replace temp table _group as select s.hull_id, j.key as attribute"
+            f" from (select * from sa_{kind} semi join _gone using (hull_id)) s,"
+            " json_each(s.attributes) j"
+            f" where starts_with(j.key, {quote(group + '/')})"
+            f" and j.key <> {quote(f'{group}/{DELETED_AT}')} and j.type <> 'NULL';"
+            # one record per profile names the detach (the smallest id when several are gone)
+            "create or replace temp table _detach as select hull_id,"
+            " min(source_id) as source_id, min(anonymous_id) as anonymous_id"
+            " from _gone semi join _group using (hull_id) group by hull_id;"
+            f"insert into in_clears select '{kind}', g.hull_id, g.attribute, '{source_object}',"
+            " d.source_id from _group g join _detach d using (hull_id);"
+            f"insert into in_sets select '{kind}', hull_id, {quote(f'{group}/{DELETED_AT}')},"
+            f" {stamp}, '{source_object}', source_id, anonymous_id from _detach;"
+            f"insert into deleted select '{kind}', hull_id, '{source_object}', source_id,"
+            " anonymous_id from _detach"
+        )
+        if kind == "account":
+            # a person still pointing at a deleted company is not linked to it again
+            batch.sql(
+                "insert into in_unlinks select u.hull_id, 'company', d.source_id"
+                " from s_user u join _detach d on d.hull_id = u.account_hull_id;"
+                "insert into gone_accounts select hull_id from _detach union select hull_id"
+                f" from sa_account semi join _gone using (hull_id) where contains(attributes,"
+                f" {quote(chr(34) + group + '/' + DELETED_AT + chr(34))})"
+            )
+        batch.drop("_alive", "_held", "_gone", "_group", "_detach", f"sa_{kind}")
+
+
+def removed_events(events: pd.DataFrame | None, activity_ids: pd.Series | None) -> pd.DataFrame:
+    """Stored Copper events whose activity is gone from ``copper_current.activities``."""
+    columns = ["event_id", "user_hull_id", "source_id"]
+    if events is None or events.empty or activity_ids is None:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    alive = set(pd.Series(activity_ids).astype(str))
+    copper = events[events["source"] == "copper"]
+    gone = copper[~copper["source_id"].astype(str).isin(alive)]
+    return gone[columns].astype(object).reset_index(drop=True)

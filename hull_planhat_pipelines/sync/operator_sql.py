@@ -1,0 +1,61 @@
+"""Operator SQL (segments, metric queries, destination ``source_sql``) runs locked down.
+
+The configuration file is written by operators, not by us: its SQL may read the warehouse and
+nothing else. So every such query must be one SELECT (no COPY, ATTACH, PRAGMA, SET, INSTALL, no
+second statement), and runs on a connection whose file and network access is off and whose
+configuration is locked, so that a query cannot switch it back on. DuckDB applies those
+settings to the whole database instance: lock only a connection that is yours alone (a
+short-lived read-only one, or an in-memory one).
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+
+class OperatorSqlError(ValueError):
+    """Operator SQL refused before it ran (not one SELECT) or by the lockdown."""
+
+
+def check_select(sql: str, what: str = "query") -> str:
+    """``sql`` when it is exactly one SELECT statement; ``OperatorSqlError`` otherwise."""
+    try:
+        statements = duckdb.connect().extract_statements(sql)
+    except duckdb.Error as exc:
+        raise OperatorSqlError(f"{what}: {str(exc).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise OperatorSqlError(f"{what}: must be one SELECT statement, not {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise OperatorSqlError(f"{what}: must be a SELECT, not {kind.name}")
+    return sql
+
+
+def lock_down(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Turn off file and network access on ``conn``'s database and lock its configuration
+    (again on a locked connection: nothing to do)."""
+    locked = conn.execute("select current_setting('lock_configuration')").fetchone()
+    if locked and str(locked[0]).lower() == "true":
+        return conn
+    conn.execute("set enable_external_access = false")
+    conn.execute("set lock_configuration = true")
+    return conn
+
+
+def locked_memory_connection() -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB, locked down (registered DataFrames still work)."""
+    return lock_down(duckdb.connect())
+
+
+def run_select(conn: duckdb.DuckDBPyConnection, sql: str, what: str = "query") -> pd.DataFrame:
+    """Run one operator SELECT on a locked-down connection and return its rows.
+
+    ``conn`` must already be locked (``lock_down``); a refused file or network access raises
+    ``OperatorSqlError`` saying so.
+    """
+    check_select(sql, what)
+    try:
+        return conn.execute(sql).fetchdf()
+    except duckdb.PermissionException as exc:
+        raise OperatorSqlError(f"{what}: {str(exc).splitlines()[0]}") from None
