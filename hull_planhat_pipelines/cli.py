@@ -1,4 +1,4 @@
-"""The ``hull-planhat`` command: sync, sandbox, demo, check-config, internal-api."""
+"""The ``hull-planhat`` command: sync, sandbox, demo, dev, check-config, internal-api."""
 
 from __future__ import annotations
 
@@ -338,6 +338,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_dev(args: argparse.Namespace) -> int:
+    """The sandbox and ``dagster dev`` together, until Ctrl-C stops both."""
+    from hull_planhat_pipelines.dev import (
+        dagster_dev_command,
+        dev_session,
+        log_tail,
+        start_process_group,
+        stop_process_group,
+        wait_until_served,
+    )
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    url = f"http://{args.host}:{args.port}"
+    with sandboxes(args.seed, args.scale) as running, dev_session(os.environ, running.env) as dev:
+        print("sandbox APIs (export these to reach them from another shell):")
+        for name, value in running.env.items():
+            print(f"  export {name}={value}")
+        kept = (
+            "" if not dev.temporary else " (removed on exit; set HULL_PLANHAT_WAREHOUSE to keep it)"
+        )
+        print(f"warehouse: {dev.warehouse}{kept}")
+        print(f"starting the Dagster UI on {url} ... (Ctrl-C stops everything)", flush=True)
+        print(f"Dagster's log: {dev.log}", flush=True)
+        process = start_process_group(
+            dagster_dev_command(dev.workspace, args.host, args.port),
+            dev.env,
+            dev.dagster_home,
+            dev.log,
+        )
+        threading.Thread(
+            target=wait_until_served,
+            args=(url, process, stop, lambda: print(f"Dagster UI ready: {url}", flush=True)),
+            daemon=True,
+        ).start()
+        try:
+            while not stop.is_set() and process.poll() is None:
+                stop.wait(0.5)
+        finally:
+            crashed = process.poll() is not None and not stop.is_set()
+            code = stop_process_group(process)
+            if crashed:
+                print(f"dagster dev stopped by itself (status {code}):", file=sys.stderr)
+                print(log_tail(dev.log), file=sys.stderr)
+    print("stopped: Dagster UI, daemon and sandbox", flush=True)
+    return code if crashed else 0
+
+
 # -- check-config ----------------------------------------------------------------------------
 def describe_settings(settings: Settings) -> str:
     c, p = settings.copper, settings.planhat
@@ -407,6 +456,13 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--scale", type=float, default=1.0)
         sub.set_defaults(func=func)
+
+    dev = commands.add_parser("dev", help="the sandbox and the Dagster UI, until Ctrl-C")
+    dev.add_argument("--seed", type=int, default=0)
+    dev.add_argument("--scale", type=float, default=1.0)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=cmd_dev)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", nargs="?", default=None)

@@ -1,4 +1,4 @@
-"""The production instance: dagster.yaml on PostgreSQL, a real run and a real daemon sensor tick.
+"""The production instance: deploy/dagster.yaml on PostgreSQL, a real run and a real daemon sensor tick.
 
 A throw-away database is created on the test server and dropped afterwards. Without a server
 the tests are skipped, except in CI, where they fail.
@@ -59,7 +59,7 @@ def production_env(
 ) -> dict[str, str]:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     env = {
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_URL": pg_url,
