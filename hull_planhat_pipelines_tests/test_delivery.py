@@ -106,6 +106,7 @@ def test_bulk_sizes_take_the_minimum_requests(
 def test_mixed_outcomes_per_record_and_failures_never_delivered(
     sandbox: PlanhatSandbox, client: PlanhatClient
 ) -> None:
+    sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     sandbox.add_companies(
         [{"name": "Same", "externalId": "MX-1"}, {"name": "Before", "externalId": "MX-2"}]
     )
@@ -136,6 +137,7 @@ def test_mixed_outcomes_per_record_and_failures_never_delivered(
 def test_an_ignored_enduser_is_not_delivered(
     sandbox: PlanhatSandbox, client: PlanhatClient
 ) -> None:
+    sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     sandbox.add_companies([{"name": "Acme", "externalId": "IG-CO"}])
     payloads = [
         {"email": "ok@acme.example", "externalId": "IG-1", "companyExternalId": "IG-CO"},

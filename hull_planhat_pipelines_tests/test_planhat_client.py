@@ -183,6 +183,7 @@ def test_the_client_throttle_keeps_under_the_rate_limit(
 def test_a_mixed_bulk_answer_becomes_one_outcome_per_item(
     sandbox: PlanhatSandbox, client: PlanhatClient
 ) -> None:
+    sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     sandbox.add_companies(
         [{"name": "Kept", "externalId": "K-1"}, {"name": "Old name", "externalId": "K-2"}]
     )
@@ -214,6 +215,7 @@ def test_a_mixed_bulk_answer_becomes_one_outcome_per_item(
 def test_an_enduser_tied_to_no_company_is_ignored_not_delivered(
     sandbox: PlanhatSandbox, client: PlanhatClient
 ) -> None:
+    sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     company = sandbox.add_companies([{"name": "Home", "externalId": "HOME"}])[0]
     items = [
         {"email": "a@home.example", "externalId": "U-1", "companyExternalId": "HOME"},

@@ -7,9 +7,11 @@ company), and records one row per record; fingerprints advance in the same trans
 for records Planhat accounted for, so a failed record is retried by the next run.
 """
 
+import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import dagster as dg
@@ -17,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.clients.delivery import (
+    FAILED,
     OUTCOME_COLUMNS,
     DeliveryStopped,
     DeliveryTarget,
@@ -25,9 +28,9 @@ from hull_planhat_pipelines.clients.delivery import (
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.fingerprints import (
-    FINGERPRINT_COLUMNS,
-    advance_fingerprints,
+    DELIVERED_STATUSES,
     empty_fingerprints,
+    fresh_fingerprints,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat_payloads import (
@@ -39,7 +42,14 @@ from hull_planhat_pipelines.sync.planhat_payloads import (
     payloads_as_json,
 )
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
+from hull_planhat_pipelines.warehouse import (
+    WarehouseBusy,
+    append_table,
+    connect,
+    delivery_lock,
+    run,
+    table_exists,
+)
 
 OUTGOING_GROUP = "outgoing"
 FINGERPRINTS = "planhat.delivery_fingerprints"
@@ -252,26 +262,98 @@ def delivery_rows(
     return rows
 
 
-def commit_deliveries(database: str, deliveries: pd.DataFrame, fingerprints: pd.DataFrame) -> None:
-    """Delivery rows and the advanced fingerprints, in one transaction."""
+FINGERPRINTS_DDL = f"""
+create table if not exists {FINGERPRINTS} (
+    target varchar, key varchar, fingerprint varchar, fields varchar,
+    delivered_at timestamp with time zone, planhat_id varchar
+);
+alter table {FINGERPRINTS} add column if not exists planhat_id varchar;
+"""
+
+
+def commit_checkpoint(database: str, deliveries: pd.DataFrame, fresh: pd.DataFrame) -> None:
+    """One request's delivery rows and the fingerprints it earned, in one short transaction.
+
+    Fingerprints are upserted by ``(target, key)``; a record whose answer named no Planhat
+    ``_id`` keeps the one stored before. Opened and closed here: no connection is ever held
+    across an HTTP call."""
+    if deliveries.empty and fresh.empty:
+        return
     conn = connect(database)
     try:
         run(conn, "create schema if not exists planhat")
+        for statement in filter(str.strip, FINGERPRINTS_DDL.split(";")):
+            run(conn, statement)
         run(conn, "begin transaction")
         append_table(conn, DELIVERIES, deliveries)
-        conn.register(
-            "_fingerprints",
-            fingerprints[FINGERPRINT_COLUMNS].astype(
-                {c: "string" for c in ("target", "key", "fingerprint", "fields")}
-            ),
-        )
-        run(conn, f"create or replace table {FINGERPRINTS} as select * from _fingerprints")
+        if not fresh.empty:
+            conn.register(
+                "_fresh",
+                fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields")}),
+            )
+            run(
+                conn,
+                "create temp table _merged as select f.target, f.key, f.fingerprint, f.fields, "
+                "f.delivered_at, coalesce(f.planhat_id, o.planhat_id) as planhat_id "
+                f"from _fresh f left join {FINGERPRINTS} o on o.target = f.target and o.key = f.key",
+            )
+            run(
+                conn,
+                f"delete from {FINGERPRINTS} using _fresh f "
+                f"where {FINGERPRINTS}.target = f.target and {FINGERPRINTS}.key = f.key",
+            )
+            run(conn, f"insert into {FINGERPRINTS} by name select * from _merged")
+            run(conn, "drop table _merged")
+            conn.unregister("_fresh")
         run(conn, "commit")
     except Exception:
         run(conn, "rollback")
         raise
     finally:
         conn.close()
+
+
+def make_checkpoint(
+    database: str,
+    records: pd.DataFrame,
+    run_id: str,
+    *,
+    delivered: frozenset[str] = DELIVERED_STATUSES,
+) -> Callable[[pd.DataFrame], None]:
+    """The ``deliver`` checkpoint of one target: commit each request's rows as they come."""
+
+    def checkpoint(outcomes: pd.DataFrame) -> None:
+        now = dt.datetime.now(dt.UTC)
+        part = records.loc[outcomes.index]
+        rows = delivery_rows(outcomes, part, run_id, now)
+        commit_checkpoint(
+            database, rows, fresh_fingerprints(outcomes, part, now, delivered=delivered)
+        )
+
+    return checkpoint
+
+
+NOT_RESENT = frozenset({*DELIVERED_STATUSES, "unknown"})
+"""Analytics posts cannot be read back: one whose answer was lost is not posted again (it may
+have landed; a second post would count it twice). It still fails the delivery check."""
+ANALYTICS_TARGETS = frozenset({"activities", "metrics"})
+
+
+@contextlib.contextmanager
+def step_lock(database: str, run_id: str, *, dry_run: bool) -> Iterator[None]:
+    """Held by every delivering step (a dry run writes nothing: it needs no lock)."""
+    if dry_run:
+        yield
+        return
+    try:
+        lock = delivery_lock(database, run_id)
+        lock.__enter__()
+    except WarehouseBusy as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -283,7 +365,8 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
         pool="warehouse",
         description=(
             "Sends the payloads in bulk and records one row per record: target, key, status, "
-            "error, response excerpt. Fingerprints advance only for delivered records."
+            "error, response excerpt. Each request's rows and fingerprints are committed as "
+            "soon as its answer is read; fingerprints advance only for delivered records."
         ),
     )
     def planhat_deliveries(
@@ -292,80 +375,97 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
         planhat: PlanhatResource,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
-        now = dt.datetime.now(dt.UTC)
-        with warehouse.read_only() as conn:
-            fingerprints = fingerprints_table(conn)
-            payloads = {name: read_table(conn, f"planhat.{name}") for name, _, _ in TARGETS}
-        frames: list[pd.DataFrame] = []
-        summary: dict[str, Any] = {}
-        planned: dict[str, int] = {}
-        events: list[SyncEvent] = []
-        stopped: DeliveryStopped | None = None
-        with planhat.client() as client:
-            for name, target_of, size_key in TARGETS:
-                records = payloads.get(name)
-                if records is None or records.empty:
-                    continue
-                target = target_of()
-                try:
-                    result = deliver(
-                        records,
-                        target,
-                        client,
-                        batch_size=getattr(settings.planhat, size_key),
-                        key_column="key",
-                        dry_run=config.dry_run,
-                    )
-                except DeliveryStopped as exc:
-                    result, stopped = exc.result, exc
-                frames.append(delivery_rows(result.outcomes, records, context.run.run_id, now))
-                summary[target.name] = result.counts()
-                planned[target.name] = len(result.planned)
-                events += _delivery_events(target.name, result.outcomes)
-                if not config.dry_run and stopped is None:
-                    fingerprints = advance_fingerprints(fingerprints, result.outcomes, records, now)
-                if stopped is not None:
-                    break
-            requests = client.attempts()
-            by_kind = client.requests_by_kind()
-        deliveries = (
-            pd.concat(frames)
-            if frames
-            else delivery_rows(
-                pd.DataFrame(columns=DELIVERY_COLUMNS), pd.DataFrame(), context.run.run_id, now
-            )
-        )
-        if not config.dry_run and (frames or stopped):
-            commit_deliveries(warehouse.database, deliveries, fingerprints)
-        counts = record_events(context, events, asset="planhat/deliveries")
-        if stopped is not None:
-            raise dg.Failure(str(stopped), allow_retries=False)
-        total = sum(sum(c.values()) for c in summary.values())
-        failed = sum(c.get("error", 0) + c.get("ignored", 0) for c in summary.values())
-        if total and failed == total and not config.dry_run:
-            raise dg.Failure(f"every one of {total} records failed: {summary}")
-        statuses: dict[str, int] = {}
-        for target_counts in summary.values():
-            for status, n in target_counts.items():
-                statuses[status] = statuses.get(status, 0) + n
-        return dg.MaterializeResult(
-            metadata={
-                "sent": dg.MetadataValue.int(total),
-                "created": dg.MetadataValue.int(statuses.get("created", 0)),
-                "updated": dg.MetadataValue.int(statuses.get("updated", 0)),
-                "unchanged": dg.MetadataValue.int(statuses.get("unchanged", 0)),
-                "failed": dg.MetadataValue.int(failed),
-                "requests": dg.MetadataValue.int(requests),
-                "requests_by_kind": dg.MetadataValue.json(by_kind),
-                "by_target": dg.MetadataValue.json(summary),
-                "dry_run": dg.MetadataValue.bool(config.dry_run),
-                "planned_requests": dg.MetadataValue.json(planned),
-                "analytics": dg.MetadataValue.json(_analytics(deliveries)),
-                "sync_log": dg.MetadataValue.json(counts),
-            }
-        )
+        with step_lock(warehouse.database, context.run.run_id, dry_run=config.dry_run):
+            return _deliver_all(context, config, planhat, warehouse, settings)
 
     return planhat_deliveries
+
+
+def _deliver_all(
+    context: dg.AssetExecutionContext,
+    config: DeliveryConfig,
+    planhat: PlanhatResource,
+    warehouse: WarehouseResource,
+    settings: Settings,
+) -> dg.MaterializeResult:
+    now = dt.datetime.now(dt.UTC)
+    run_id = context.run.run_id
+    with warehouse.read_only() as conn:
+        payloads = {name: read_table(conn, f"planhat.{name}") for name, _, _ in TARGETS}
+    frames: list[pd.DataFrame] = []
+    summary: dict[str, Any] = {}
+    planned: dict[str, list[Any]] = {}
+    events: list[SyncEvent] = []
+    stopped: DeliveryStopped | None = None
+    with planhat.client() as client:
+        for name, target_of, size_key in TARGETS:
+            records = payloads.get(name)
+            if records is None or records.empty:
+                continue
+            target = target_of()
+            delivered = NOT_RESENT if target.name in ANALYTICS_TARGETS else DELIVERED_STATUSES
+            checkpoint = (
+                None
+                if config.dry_run
+                else make_checkpoint(warehouse.database, records, run_id, delivered=delivered)
+            )
+            try:
+                result = deliver(
+                    records,
+                    target,
+                    client,
+                    batch_size=getattr(settings.planhat, size_key),
+                    key_column="key",
+                    dry_run=config.dry_run,
+                    checkpoint=checkpoint,
+                )
+            except DeliveryStopped as exc:
+                result, stopped = exc.result, exc
+            frames.append(delivery_rows(result.outcomes, records, run_id, now))
+            summary[target.name] = result.counts()
+            planned[target.name] = [asdict(p) for p in result.planned]
+            if not config.dry_run:
+                events += _delivery_events(target.name, result.outcomes)
+            if stopped is not None:
+                break
+        requests = client.attempts()
+        by_kind = client.requests_by_kind()
+    deliveries = (
+        pd.concat(frames)
+        if frames
+        else delivery_rows(pd.DataFrame(columns=DELIVERY_COLUMNS), pd.DataFrame(), run_id, now)
+    )
+    counts = record_events(context, events, asset="planhat/deliveries")
+    if stopped is not None:
+        raise dg.Failure(str(stopped), allow_retries=False)
+    total = sum(sum(c.values()) for c in summary.values())
+    failed = sum(sum(c.get(s, 0) for s in FAILED) for c in summary.values())
+    statuses: dict[str, int] = {}
+    for target_counts in summary.values():
+        for status, n in target_counts.items():
+            statuses[status] = statuses.get(status, 0) + n
+    samples = {
+        t: [json.loads(json.dumps(p["body"], default=str)) for p in plans[:3]]
+        for t, plans in planned.items()
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "sent": dg.MetadataValue.int(0 if config.dry_run else total),
+            "would_send": dg.MetadataValue.int(total if config.dry_run else 0),
+            "created": dg.MetadataValue.int(statuses.get("created", 0)),
+            "updated": dg.MetadataValue.int(statuses.get("updated", 0)),
+            "unchanged": dg.MetadataValue.int(statuses.get("unchanged", 0)),
+            "failed": dg.MetadataValue.int(failed),
+            "requests": dg.MetadataValue.int(requests),
+            "requests_by_kind": dg.MetadataValue.json(by_kind),
+            "by_target": dg.MetadataValue.json(summary),
+            "dry_run": dg.MetadataValue.bool(config.dry_run),
+            "planned_requests": dg.MetadataValue.json({t: len(p) for t, p in planned.items()}),
+            "samples": dg.MetadataValue.json(samples if config.dry_run else {}),
+            "analytics": dg.MetadataValue.json(_analytics(deliveries)),
+            "sync_log": dg.MetadataValue.json(counts),
+        }
+    )
 
 
 def _analytics(deliveries: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -393,7 +493,7 @@ def _delivery_events(target: str, outcomes: pd.DataFrame) -> list[SyncEvent]:
     kind = _EVENT_KIND.get(target, "account")
     events = []
     for row in outcomes.itertuples(index=False):
-        if row.status in ("error", "ignored"):
+        if row.status in FAILED:
             events.append(
                 SyncEvent(
                     event=f"outgoing.{kind}.error",
@@ -402,7 +502,7 @@ def _delivery_events(target: str, outcomes: pd.DataFrame) -> list[SyncEvent]:
                     reason=row.error,
                 )
             )
-        elif row.status != "dry_run":
+        elif row.status not in ("dry_run", "pending"):
             events.append(
                 SyncEvent(
                     event=f"outgoing.{kind}.success",

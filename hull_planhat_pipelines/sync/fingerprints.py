@@ -186,6 +186,38 @@ def delivered_keys(
     return {str(key) for key in outcomes.loc[ok, "key"]}
 
 
+def fresh_fingerprints(
+    outcomes: pd.DataFrame,
+    payloads: pd.DataFrame,
+    now: dt.datetime,
+    *,
+    delivered: Collection[str] = DELIVERED_STATUSES,
+) -> pd.DataFrame:
+    """The fingerprint rows one request's ``outcomes`` earn: the payload's fingerprint and
+    fields for each record Planhat accounted for, with the Planhat ``_id`` its answer named
+    (``planhat_id``, None when it named none). What a checkpoint upserts."""
+    ok = outcomes.loc[outcomes["status"].isin(list(delivered))]
+    columns = [*FINGERPRINT_COLUMNS, "planhat_id"]
+    if ok.empty:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    ids = (
+        ok[["target", "key"]]
+        .astype(str)
+        .assign(
+            planhat_id=[
+                None if is_missing(v) else str(v) for v in ok.get("planhat_id", [None] * len(ok))
+            ]
+        )
+    )
+    ids = ids.drop_duplicates(["target", "key"], keep="last")
+    sent = payloads[["target", "key", "fingerprint", "fields"]].astype({"key": str})
+    sent = sent.drop_duplicates(["target", "key"], keep="last")
+    fresh = sent.merge(ids, on=["target", "key"], how="inner")
+    fresh["delivered_at"] = utc_timestamp(now)
+    fresh["delivered_at"] = fresh["delivered_at"].astype("datetime64[us, UTC]")
+    return fresh[columns].reset_index(drop=True)
+
+
 def advance_fingerprints(
     fingerprints: pd.DataFrame | None,
     outcomes: pd.DataFrame,

@@ -1,0 +1,192 @@
+"""A user's bad day, over real HTTP: real ``hull-planhat sync`` processes killed, run twice at
+once, refused part-way, answered ambiguously. What is checked is what Planhat holds."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+from hull_planhat_pipelines.sandbox.server import Fault
+from hull_planhat_pipelines_tests.test_outgoing_assets import Stack, _started
+
+SYNC_TIMEOUT = 600
+"""A hung sync fails the test instead of hanging the suite (not a timing assertion)."""
+
+
+def _sync_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hull_planhat_pipelines.cli", "sync", *args]
+
+
+def _env(stack: Stack) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "HULL_FIREHOSE_URL")}
+    return {**env, **stack.env()}
+
+
+def _sync(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _sync_command(*args),
+        env=_env(stack),
+        capture_output=True,
+        text=True,
+        timeout=SYNC_TIMEOUT,
+        check=False,
+    )
+
+
+def _conversation_keys(planhat: PlanhatSandbox) -> collections.Counter[tuple[Any, ...]]:
+    """What Planhat holds, read back over HTTP as the drill does."""
+    import requests
+
+    rows = requests.get(
+        f"{planhat.rest_url}/conversations",
+        params={"limit": 2000},
+        headers={"Authorization": f"Bearer {planhat.api_token}"},
+        timeout=30,
+    ).json()
+    return collections.Counter(
+        (c.get("subject"), c.get("description"), str(c.get("date")), c.get("companyId"))
+        for c in rows
+    )
+
+
+def _on_write(planhat: PlanhatSandbox, path: str, count: int) -> threading.Event:
+    """An event set when the ``count``-th write to ``path`` arrives (before it is answered)."""
+    reached = threading.Event()
+    seen = [0]
+    lock = threading.Lock()
+    dispatch = planhat.rest.dispatch
+
+    def counting(request):
+        if request.method in ("POST", "PUT") and request.path.startswith(path):
+            with lock:
+                seen[0] += 1
+                if seen[0] >= count:
+                    reached.set()
+        return dispatch(request)
+
+    planhat.rest.dispatch = counting  # type: ignore[method-assign]
+    return reached
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with _started(tmp_path) as started:
+        yield started
+
+
+def test_a_sync_killed_mid_delivery_then_rerun_leaves_every_conversation_once(
+    stack: Stack,
+) -> None:
+    """Case 1: SIGKILL while conversations are being created (one in flight), then a rerun."""
+    stack.planhat.rest.faults.add(Fault(status=0, delay=0.05, path="^/conversations", times=10**6))
+    reached = _on_write(stack.planhat, "/conversations", 3)
+    proc = subprocess.Popen(
+        _sync_command("--full"),
+        env=_env(stack),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert reached.wait(SYNC_TIMEOUT), "the sync never reached the conversations"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(SYNC_TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
+    stack.planhat.rest.faults.clear()
+    killed_with = sum(_conversation_keys(stack.planhat).values())
+    assert killed_with == 3  # two answered, the third landed while its answer was lost
+    stack.planhat.rest.clear_requests()
+    rerun = _sync(stack)
+    assert rerun.returncode == EXIT_OK, rerun.stdout + rerun.stderr
+    held = _conversation_keys(stack.planhat)
+    notes = stack.query("select count(*) from hull.events where name = 'Note'")[0][0]
+    assert held and max(held.values()) == 1, [k for k, n in held.items() if n > 1]
+    assert sum(held.values()) > killed_with
+    assert sum(held.values()) <= notes
+    # The one in flight was read back by its externalId and updated, not created again.
+    assert len(stack.planhat.rest.recorded("GET", r"^/conversations/extid-")) == 1
+    assert len(stack.planhat.rest.recorded("PUT", r"^/conversations/[0-9a-f]{24}$")) == 1
+    again = _sync(stack)
+    assert again.returncode == EXIT_OK
+    assert _conversation_keys(stack.planhat) == held
+
+
+def test_two_syncs_at_once_one_delivers_the_other_is_refused_naming_the_holder(
+    stack: Stack,
+) -> None:
+    """Case 2: two real sync processes on one warehouse; Planhat holds each record once."""
+    stack.planhat.rest.faults.add(Fault(status=0, delay=0.02, path="^/conversations", times=10**6))
+    procs = [
+        subprocess.Popen(
+            _sync_command("--full", "--wait", "0"),
+            env=_env(stack),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=SYNC_TIMEOUT) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [EXIT_OK, EXIT_BUSY], outputs
+    refused = next(err for p, (_, err) in zip(procs, outputs, strict=True) if p.returncode)
+    assert "another sync holds the warehouse" in refused and "pid " in refused
+    assert "run cli-sync-" in refused and "since " in refused
+    held = _conversation_keys(stack.planhat)
+    assert held and max(held.values()) == 1
+    companies = collections.Counter(c.get("externalId") for c in stack.planhat.companies())
+    assert max(n for ext, n in companies.items() if ext) == 1
+
+
+def test_an_auth_failure_part_way_keeps_what_was_accepted(stack: Stack) -> None:
+    """Case 3: a 401 after three conversations; those three are not posted again."""
+    stack.planhat.rest.faults.add(
+        Fault(status=401, path="^/conversations", method="POST", after=3, times=10**6)
+    )
+    first = _sync(stack, "--full")
+    assert first.returncode == 1, first.stdout
+    assert "destination_conversations" in first.stdout and "refused (401)" in first.stdout
+    assert sum(_conversation_keys(stack.planhat).values()) == 3
+    stack.planhat.rest.faults.clear()
+    stack.planhat.rest.clear_requests()
+    second = _sync(stack)
+    assert second.returncode == EXIT_OK, second.stdout + second.stderr
+    held = _conversation_keys(stack.planhat)
+    assert max(held.values()) == 1
+    posted = stack.planhat.rest.recorded("POST", "^/conversations$")
+    assert len(posted) == sum(held.values()) - 3  # the three accepted were not sent again
+
+
+def test_analytics_failing_exits_non_zero_then_recovers_with_zero(stack: Stack) -> None:
+    """Case 6: every analytics write answers 500: the sync says so, then recovers."""
+    stack.planhat.analytics.faults.add(Fault(status=500, path="^/", method="POST", times=10**6))
+    first = _sync(stack, "--full")
+    assert first.returncode == EXIT_RECORDS_FAILED, first.stdout + first.stderr
+    assert "FAILED" in first.stdout and "records_reached_planhat" in first.stdout
+    assert "completed with errors" in first.stdout
+    stack.planhat.analytics.faults.clear()
+    second = _sync(stack)
+    assert second.returncode == EXIT_OK, second.stdout + second.stderr
+    assert stack.planhat.activities and stack.planhat.dimension_data
+
+
+def test_a_dry_run_writes_nothing_records_nothing_and_shows_samples(stack: Stack) -> None:
+    """Case 10: no API write, no delivery rows, no fingerprints; samples per target."""
+    result = _sync(stack, "--full", "--dry-run")
+    assert result.returncode == EXIT_OK, result.stdout + result.stderr
+    assert stack.planhat.write_count() == 0
+    assert "would send to companies" in result.stdout
+    assert "would send to conversations" in result.stdout
+    assert not stack.has_table("planhat", "deliveries")
+    assert not stack.has_table("planhat", "delivery_fingerprints")
