@@ -60,23 +60,32 @@ def _conversation_keys(planhat: PlanhatSandbox) -> collections.Counter[tuple[Any
     )
 
 
-def _on_write(planhat: PlanhatSandbox, path: str, count: int) -> threading.Event:
-    """An event set when the ``count``-th write to ``path`` arrives (before it is answered)."""
-    reached = threading.Event()
+def _on_write(
+    planhat: PlanhatSandbox, path: str, count: int
+) -> tuple[threading.Event, threading.Event]:
+    """Events set when the ``count``-th write to ``path`` arrives (before it is applied and
+    answered) and when it has been applied."""
+    reached, applied = threading.Event(), threading.Event()
     seen = [0]
     lock = threading.Lock()
     dispatch = planhat.rest.dispatch
 
-    def counting(request):
+    def counting(request):  # noqa: ANN001, ANN202 - the server's own signature
+        nth = False
         if request.method in ("POST", "PUT") and request.path.startswith(path):
             with lock:
                 seen[0] += 1
-                if seen[0] >= count:
-                    reached.set()
-        return dispatch(request)
+                nth = seen[0] == count
+            if nth:
+                reached.set()
+        try:
+            return dispatch(request)
+        finally:
+            if nth:
+                applied.set()
 
     planhat.rest.dispatch = counting  # type: ignore[method-assign]
-    return reached
+    return reached, applied
 
 
 @pytest.fixture
@@ -90,7 +99,7 @@ def test_a_sync_killed_mid_delivery_then_rerun_leaves_every_conversation_once(
 ) -> None:
     """Case 1: SIGKILL while conversations are being created (one in flight), then a rerun."""
     stack.planhat.rest.faults.add(Fault(status=0, delay=0.05, path="^/conversations", times=10**6))
-    reached = _on_write(stack.planhat, "/conversations", 3)
+    reached, applied = _on_write(stack.planhat, "/conversations", 3)
     proc = subprocess.Popen(
         _sync_command("--full"),
         env=_env(stack),
@@ -103,6 +112,7 @@ def test_a_sync_killed_mid_delivery_then_rerun_leaves_every_conversation_once(
     finally:
         proc.wait(SYNC_TIMEOUT)
     assert proc.returncode == -signal.SIGKILL
+    assert applied.wait(SYNC_TIMEOUT)
     stack.planhat.rest.faults.clear()
     killed_with = sum(_conversation_keys(stack.planhat).values())
     assert killed_with == 3  # two answered, the third landed while its answer was lost

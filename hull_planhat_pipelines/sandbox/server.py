@@ -383,9 +383,12 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
             for key, value in response.headers.items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload and request.method != "HEAD":
-                self.wfile.write(payload)
+            try:
+                self.end_headers()
+                if payload and request.method != "HEAD":
+                    self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client is gone (killed, or timed out)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
