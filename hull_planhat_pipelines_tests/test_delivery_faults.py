@@ -17,7 +17,7 @@ import pytest
 
 from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
-from hull_planhat_pipelines.sandbox.server import Fault
+from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
 from hull_planhat_pipelines_tests.test_outgoing_assets import Stack, _started
 
 SYNC_TIMEOUT = 600
@@ -70,7 +70,7 @@ def _on_write(
     lock = threading.Lock()
     dispatch = planhat.rest.dispatch
 
-    def counting(request):  # noqa: ANN001, ANN202 - the server's own signature
+    def counting(request: Request) -> Response:
         nth = False
         if request.method in ("POST", "PUT") and request.path.startswith(path):
             with lock:
@@ -200,3 +200,58 @@ def test_a_dry_run_writes_nothing_records_nothing_and_shows_samples(stack: Stack
     assert "would send to conversations" in result.stdout
     assert not stack.has_table("planhat", "deliveries")
     assert not stack.has_table("planhat", "delivery_fingerprints")
+
+
+# -- in process: answers lost, records edited --------------------------------------------------
+def _conversation_events(stack: Stack) -> list[str]:
+    """Event ids of the notes the conversations destination delivered."""
+    rows = stack.query(
+        "select key from planhat.deliveries where target = 'conversations' and status = 'created'"
+    )
+    return [str(r[0]) for r in rows]
+
+
+def test_a_create_whose_answer_is_lost_is_read_back_not_posted_again(stack: Stack) -> None:
+    """Case 4: the second conversation lands but its answer never comes back (reset)."""
+    stack.planhat.rest.faults.add(
+        Fault(status=0, drop=True, path="^/conversations$", method="POST", after=1, times=1)
+    )
+    first = stack.cycle()
+    conversations = [s for s in first.steps if s.step == "planhat/destination_conversations"]
+    assert conversations[0].failed_checks == ["records_reached_planhat"]
+    assert first.exit_status == EXIT_RECORDS_FAILED
+    unknown = stack.query(
+        "select key, error, attempts from planhat.deliveries "
+        "where target = 'conversations' and status = 'unknown'"
+    )
+    assert len(unknown) == 1
+    assert "failed after 1 attempt:" in unknown[0][1] and unknown[0][2] == 1
+    assert "6 attempts" not in unknown[0][1]
+    held = sum(_conversation_keys(stack.planhat).values())
+    stack.planhat.rest.clear_requests()
+    second = stack.cycle()
+    assert second.exit_status == EXIT_OK
+    assert sum(_conversation_keys(stack.planhat).values()) == held
+    assert max(_conversation_keys(stack.planhat).values()) == 1
+    assert len(stack.planhat.rest.recorded("GET", r"^/conversations/extid-")) == 1
+    assert stack.planhat.rest.recorded("POST", "^/conversations$") == []
+
+
+def test_an_edited_note_updates_the_conversation_it_created(stack: Stack) -> None:
+    """Case 5: a Copper note whose text changed becomes an update, not a second record."""
+    stack.cycle()
+    held = _conversation_keys(stack.planhat)
+    event = _conversation_events(stack)[0]
+    activity = stack.copper.record("activities", int(event.rsplit(":", 1)[-1]))
+    assert activity is not None
+    edited = {**activity, "details": "Edited: the contract was signed"}
+    edited["date_modified"] = stack.copper.clock()
+    stack.copper.upsert_records("activities", [edited])
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    after = _conversation_keys(stack.planhat)
+    assert sum(after.values()) == sum(held.values())
+    assert max(after.values()) == 1
+    assert any(description == "Edited: the contract was signed" for _, description, *_ in after)
+    assert stack.planhat.rest.recorded("POST", "^/conversations$") == []
+    assert len(stack.planhat.rest.recorded("PUT", r"^/conversations/[0-9a-f]{24}$")) == 1
