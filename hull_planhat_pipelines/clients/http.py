@@ -324,7 +324,8 @@ class ApiSession:
         except requests.RequestException as exc:
             attempts = max(1, failures.count)
             self.stats.record(label, attempts, ())
-            reason = type(exc).__name__
+            cause = getattr(exc.args[0] if exc.args else None, "reason", None)
+            reason = type(cause if isinstance(cause, Exception) else exc).__name__
             tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
             ambiguous = _maybe_applied(exc)
             doubt = " (no answer: it may have been applied)" if ambiguous else ""
