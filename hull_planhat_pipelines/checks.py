@@ -151,7 +151,7 @@ def hull_checks() -> list[dg.AssetChecksDefinition]:
     ]
 
 
-FAILED_STATUSES = ("error", "ignored", "unknown")
+FAILED_STATUSES = ("error", "ignored", "unknown", "unconfirmed", "dropped")
 """Mirrors ``clients.delivery.FAILED`` (checks read the table, not the client)."""
 
 

@@ -205,7 +205,7 @@ def _detail(metadata: dict[str, Any], default: str) -> str:
     return default
 
 
-FAILURE_STATUSES = ("error", "ignored", "unknown")
+FAILURE_STATUSES = ("error", "ignored", "unknown", "unconfirmed", "dropped")
 
 
 def _counts(target: str, counts: dict[str, int]) -> str:

@@ -18,7 +18,7 @@ import pytest
 from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
-from hull_planhat_pipelines_tests.test_outgoing_assets import Stack, _started
+from hull_planhat_pipelines_tests.test_outgoing_assets import TODAY, Stack, _started
 
 SYNC_TIMEOUT = 600
 """A hung sync fails the test instead of hanging the suite (not a timing assertion)."""
@@ -255,3 +255,77 @@ def test_an_edited_note_updates_the_conversation_it_created(stack: Stack) -> Non
     assert any(description == "Edited: the contract was signed" for _, description, *_ in after)
     assert stack.planhat.rest.recorded("POST", "^/conversations$") == []
     assert len(stack.planhat.rest.recorded("PUT", r"^/conversations/[0-9a-f]{24}$")) == 1
+
+
+def _enduser_key(item: dict[str, Any]) -> str:
+    """The payload key of an enduser: ``external_id:<id>``, else ``email:<email>``."""
+    if item.get("externalId"):
+        return f"external_id:{item['externalId']}"
+    return f"email:{item.get('email')}"
+
+
+def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Stack) -> None:
+    """Case 7: a company deleted in Planhat after our snapshot; Planhat's answer names only
+    ``_id``s and silently drops its endusers. The next delivery confirms the others from the
+    snapshot (not re-sent), recreates the company, then sends its endusers: each once."""
+    stack.prepare()
+    stack.deliver()
+    ours = {
+        str(k)
+        for (k,) in stack.query(
+            "select key from planhat.delivery_fingerprints where target = 'endusers'"
+        )
+    }
+    companies = {c["_id"]: c for c in stack.planhat.companies() if c.get("externalId")}
+    members: dict[str, set[str]] = collections.defaultdict(set)
+    for enduser in stack.planhat.endusers():
+        if _enduser_key(enduser) in ours and enduser["companyId"] in companies:
+            members[enduser["companyId"]].add(_enduser_key(enduser))
+    gone_id = max(members, key=lambda cid: len(members[cid]))
+    gone = companies[gone_id]["externalId"]
+    assert len(members) >= 2  # endusers of other companies share the batch
+    requests_lib().delete(
+        f"{stack.planhat.rest_url}/companies/{gone_id}",
+        headers={"Authorization": f"Bearer {stack.planhat.api_token}"},
+        timeout=10,
+    ).raise_for_status()
+    forced = stack.run(
+        "planhat_delivery", {"ops": {"planhat__enduser_payloads": {"config": {"force": True}}}}
+    )
+    assert forced.success
+    statuses = dict(
+        stack.query(
+            "select key, status from planhat.deliveries where target = 'endusers' and run_id = ?",
+            [forced.run_id],
+        )
+    )
+    assert "unconfirmed" in statuses.values()
+    assert set(statuses.values()) <= {"unconfirmed", "error"}  # errors: refused by name
+    refused = {k for k, v in statuses.items() if v == "error"}
+    check = [c for c in forced.get_asset_check_evaluations() if c.check_name.startswith("records")]
+    assert check and not check[0].passed
+
+    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    stack.planhat.rest.clear_requests()
+    settled = stack.run("planhat_delivery")
+    assert settled.success
+    sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert sorted(_enduser_key(i) for i in sent) == sorted(members[gone_id] | refused)
+    companies_sent = [i for r in stack.planhat.rest.recorded("PUT", "^/companies$") for i in r.body]
+    assert [i["externalId"] for i in companies_sent] == [gone]
+    assert [c.get("externalId") for c in stack.planhat.companies()].count(gone) == 1
+    held = collections.Counter((_enduser_key(e), e["companyId"]) for e in stack.planhat.endusers())
+    assert max(held.values()) == 1
+    assert {_enduser_key(e) for e in stack.planhat.endusers()} >= members[gone_id]
+    dropped = stack.query(
+        "select reason from ops.sync_log where event = 'outgoing.user.error' and run_id = ?",
+        [settled.run_id],
+    )
+    assert dropped and {r[0] for r in dropped} == {"Dropped by Planhat: company not in Planhat"}
+    assert all(c.passed for c in settled.get_asset_check_evaluations())
+
+
+def requests_lib():
+    import requests
+
+    return requests

@@ -27,6 +27,7 @@ from hull_planhat_pipelines.clients.delivery import (
 )
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.delivery_settlement import DROPPED_REASON, settle
 from hull_planhat_pipelines.sync.fingerprints import (
     DELIVERED_STATUSES,
     empty_fingerprints,
@@ -47,6 +48,7 @@ from hull_planhat_pipelines.warehouse import (
     append_table,
     connect,
     delivery_lock,
+    read_only,
     run,
     table_exists,
 )
@@ -54,7 +56,15 @@ from hull_planhat_pipelines.warehouse import (
 OUTGOING_GROUP = "outgoing"
 FINGERPRINTS = "planhat.delivery_fingerprints"
 DELIVERIES = "planhat.deliveries"
-DELIVERY_COLUMNS = ["run_id", "delivered_at", *OUTCOME_COLUMNS, "hull_id", "change"]
+DELIVERY_COLUMNS = [
+    "run_id",
+    "delivered_at",
+    *OUTCOME_COLUMNS,
+    "hull_id",
+    "change",
+    "fingerprint",
+]
+"""``fingerprint``: of the content this row is about (ties a later settlement to it)."""
 
 
 class PayloadConfig(dg.Config):
@@ -142,13 +152,23 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             )
             payloads, _ = company_payloads(_no_profiles(), None, settings, fingerprints)
             return payloads, waiting
-        return company_payloads(accounts, users, settings, fingerprints, force=force)
+        vanished = _vanished_companies(conn, fingerprints)
+        kept = fingerprints[
+            ~((fingerprints["target"] == "companies") & fingerprints["key"].isin(vanished))
+        ]
+        return company_payloads(accounts, users, settings, kept, force=force)
 
     def endusers(conn, fingerprints, force):
         users = read_table(conn, "hull.users")
         accounts = read_table(conn, "hull.accounts")
         users = users if users is not None else _no_profiles()
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
+        vanished = _vanished_companies(conn, fingerprints)
+        if vanished and not force:  # their endusers follow the recreated company
+            every, _ = enduser_payloads(users, accounts, settings, fingerprints, force=True)
+            follow = every["company_external_id"].astype("string").isin(vanished).fillna(False)
+            extra = every[follow.to_numpy() & ~every["key"].isin(payloads["key"]).to_numpy()]
+            payloads = pd.concat([payloads, extra], ignore_index=True)
         kept, skipped = drop_unknown_companies(payloads, _known_company_ids(conn, fingerprints))
         return kept, [*events, *skipped]
 
@@ -219,6 +239,21 @@ def _known_company_ids(
     return known
 
 
+def _vanished_companies(
+    conn: duckdb.DuckDBPyConnection | None, fingerprints: pd.DataFrame
+) -> set[str]:
+    """Companies we delivered that a Planhat snapshot taken after the delivery no longer holds
+    (deleted in Planhat): sent again, recreated, and their endusers with them."""
+    if conn is None or fingerprints.empty:
+        return set()
+    keys, at = _snapshot_keys(conn, "companies")
+    if at is None:
+        return set()
+    ours = fingerprints[fingerprints["target"] == "companies"]
+    before = pd.to_datetime(ours["delivered_at"], utc=True) < at
+    return {str(k) for k in ours.loc[before.to_numpy(), "key"] if str(k) not in keys}
+
+
 def _no_profiles() -> pd.DataFrame:
     return pd.DataFrame(
         {c: pd.Series([], dtype=object) for c in ("hull_id", "external_id", "attributes")}
@@ -249,6 +284,7 @@ def delivery_rows(
     rows = outcomes.copy()
     rows["hull_id"] = payloads["hull_id"].values if "hull_id" in payloads else None
     rows["change"] = payloads["change"].values if "change" in payloads else None
+    rows["fingerprint"] = payloads["fingerprint"].values if "fingerprint" in payloads else None
     rows["run_id"] = run_id
     rows["delivered_at"] = pd.Timestamp(now)
     rows = rows.reindex(columns=DELIVERY_COLUMNS)
@@ -284,6 +320,8 @@ def commit_checkpoint(database: str, deliveries: pd.DataFrame, fresh: pd.DataFra
         run(conn, "create schema if not exists planhat")
         for statement in filter(str.strip, FINGERPRINTS_DDL.split(";")):
             run(conn, statement)
+        if table_exists(conn, "planhat", "deliveries"):  # tables older than the column
+            run(conn, f"alter table {DELIVERIES} add column if not exists fingerprint varchar")
         run(conn, "begin transaction")
         append_table(conn, DELIVERIES, deliveries)
         if not fresh.empty:
@@ -356,6 +394,93 @@ def step_lock(database: str, run_id: str, *, dry_run: bool) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
+SETTLED_TARGETS = ("companies", "endusers")
+
+
+def _settle(
+    database: str, target: str, records: pd.DataFrame, run_id: str
+) -> tuple[pd.DataFrame, list[SyncEvent]]:
+    """Items an earlier bulk answer did not name, settled against the latest snapshot (see
+    ``sync.delivery_settlement``); the confirmed and dropped rows committed at once."""
+    with read_only(database) as conn:
+        if conn is None or not table_exists(conn, "planhat", "deliveries"):
+            return records, []
+        columns = {
+            row[0]
+            for row in conn.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = 'planhat' and table_name = 'deliveries'"
+            ).fetchall()
+        }
+        if "fingerprint" not in columns:
+            return records, []
+        history = conn.execute(
+            "select key, status, fingerprint, delivered_at from planhat.deliveries "
+            "where target = ? and key in (select key from planhat.deliveries where target = ? "
+            "and status in ('unconfirmed', 'ignored', 'dropped'))",
+            [target, target],
+        ).fetchdf()
+        if history.empty:
+            return records, []
+        present, snapshot_at = _snapshot_keys(conn, target)
+        company_at = {}
+        if table_exists(conn, "planhat", "delivery_fingerprints"):
+            company_at = {
+                str(k): pd.Timestamp(v)
+                for k, v in conn.execute(
+                    "select key, delivered_at from planhat.delivery_fingerprints "
+                    "where target = 'companies'"
+                ).fetchall()
+            }
+    history["delivered_at"] = pd.to_datetime(history["delivered_at"], utc=True)
+    settlement = settle(target, records, history, present, snapshot_at, company_at)
+    now = dt.datetime.now(dt.UTC)
+    for frame, status in ((settlement.confirmed, "confirmed"), (settlement.dropped, "dropped")):
+        if frame.empty:
+            continue
+        outcomes = pd.DataFrame(
+            {
+                "target": target,
+                "key": frame["key"].astype(str).values,
+                "status": status,
+                "error": None if status == "confirmed" else DROPPED_REASON.get(target),
+            },
+            index=frame.index,
+        ).reindex(columns=OUTCOME_COLUMNS)
+        rows = delivery_rows(outcomes, frame, run_id, now)
+        fresh = fresh_fingerprints(outcomes, frame, now)
+        commit_checkpoint(database, rows, fresh)
+    return settlement.send, settlement.events
+
+
+def _snapshot_keys(
+    conn: duckdb.DuckDBPyConnection, target: str
+) -> tuple[set[str], pd.Timestamp | None]:
+    """Payload keys the latest Planhat snapshot holds, and when it was taken."""
+    table = "planhat.companies" if target == "companies" else "planhat.endusers"
+    if not table_exists(conn, *table.split(".")):
+        return set(), None
+    latest = (
+        f"from {table} where partition_date = (select max(partition_date) from {table}) "
+        f"and _fetched_at = (select max(_fetched_at) from {table} "
+        f"where partition_date = (select max(partition_date) from {table}))"
+    )
+    row = conn.execute(f"select max(_fetched_at) {latest}").fetchone()
+    at = pd.Timestamp(row[0]) if row and row[0] is not None else None
+    if at is not None and at.tzinfo is None:
+        at = at.tz_localize("UTC")
+    if target == "companies":
+        keys = {str(r[0]) for r in conn.execute(f"select external_id {latest}").fetchall() if r[0]}
+    else:
+        keys = set()
+        for email, external_id in conn.execute(f"select email, external_id {latest}").fetchall():
+            if external_id:
+                keys.add(f"external_id:{external_id}")
+            if email:
+                keys.add(f"email:{email}")
+    return keys, at
+
+
 def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         key=["planhat", "deliveries"],
@@ -403,6 +528,11 @@ def _deliver_all(
             if records is None or records.empty:
                 continue
             target = target_of()
+            if target.name in SETTLED_TARGETS and not config.dry_run:
+                records, settled = _settle(warehouse.database, target.name, records, run_id)
+                events += settled
+                if records.empty:
+                    continue
             delivered = NOT_RESENT if target.name in ANALYTICS_TARGETS else DELIVERED_STATUSES
             checkpoint = (
                 None

@@ -57,7 +57,7 @@ OUTCOME_COLUMNS = [
 EXCERPT_CHARS = 500
 NO_ADDRESS = "no external id to address the record"
 NOT_SENT_AUTH = "not sent: the delivery stopped on an authentication failure"
-FAILED = ("error", "ignored", "unknown")
+FAILED = ("error", "ignored", "unknown", "unconfirmed", "dropped")
 """Statuses of records that did not (or may not) reach Planhat: they fail the delivery check.
 ``unknown``: the call went out and no answer came back."""
 

@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-OutcomeStatus = Literal["created", "updated", "unchanged", "error", "ignored", "sent"]
-DELIVERED: frozenset[str] = frozenset({"created", "updated", "unchanged", "sent"})
+OutcomeStatus = Literal[
+    "created", "updated", "unchanged", "error", "ignored", "sent", "unconfirmed", "confirmed"
+]
+DELIVERED: frozenset[str] = frozenset({"created", "updated", "unchanged", "sent", "confirmed"})
+"""``confirmed``: an item the answer did not name, later found in a Planhat snapshot."""
 
 NOT_APPLIED = "not applied by Planhat (no company?)"
 MATCH_FIELDS = ("_id", "sourceId", "externalId", "email")
@@ -349,8 +352,9 @@ def _settle(
 
     Errors tied to no item put all of them in doubt: error. A refused batch (4xx) with nothing
     applied: error. Counts covering all of them with one kind: that kind; with several kinds:
-    "sent" (applied, kind unknown). Fewer applied than items: "ignored", since which ones were
-    applied is unknown and an unconfirmed item must be retried.
+    "sent" (applied, kind unknown). None applied: "ignored". Some applied: "unconfirmed" (which
+    ones is unknown): the next delivery settles each against a Planhat snapshot instead of
+    sending them all again.
     """
     free = sum(slots.values())
     if untied_errors:
@@ -363,9 +367,9 @@ def _settle(
         return (kinds[0], None) if len(kinds) == 1 else ("sent", None)
     if free == 0:
         return "ignored", NOT_APPLIED
-    return "ignored", (
-        f"not confirmed: Planhat applied {free} of {remaining} items without naming them "
-        f"and dropped the rest (no company?)"
+    return "unconfirmed", (
+        f"not named by Planhat's answer: it applied {free} of {remaining} items and dropped "
+        "the rest (no company?); settled against the next snapshot"
     )
 
 

@@ -36,7 +36,9 @@ import pandas as pd
 
 from hull_planhat_pipelines.sync.batching import is_missing, jsonable
 
-DELIVERED_STATUSES: frozenset[str] = frozenset({"created", "updated", "unchanged", "sent"})
+DELIVERED_STATUSES: frozenset[str] = frozenset(
+    {"created", "updated", "unchanged", "sent", "confirmed"}
+)
 """Outcome statuses Planhat accounted for (``error``, ``ignored``, ``dry_run`` are not)."""
 
 FINGERPRINT_COLUMNS = ["target", "key", "fingerprint", "fields", "delivered_at"]
