@@ -111,6 +111,16 @@ class MetricSettings(_Strict):
     sql: NonEmptyStr
 
 
+class ActivityQuerySettings(_Strict):
+    """User activities from SQL over the warehouse (seed 002 "User Activities"), beside the
+    tracked events. Columns: ``activity_id`` (stable: each is sent once), ``action``, ``email``
+    and/or ``eu_ext_id`` (the enduser's external id); optional ``company_external_id``,
+    ``count``, ``weight``, ``name``, ``date``, ``info`` (JSON)."""
+
+    name: Identifier
+    sql: NonEmptyStr
+
+
 class FailedRecordsCheck(_Strict):
     """The asset check on ``planhat/deliveries`` and each destination: records of the run that
     did not (or may not) reach Planhat. More than ``max_failed`` fails it with ``severity``;
@@ -137,6 +147,7 @@ class PlanhatSettings(_Strict):
     requests_per_minute: Annotated[int, Field(ge=1)] = 200
     """Client-side throttle: Planhat's soft quota is 200 calls a minute."""
     failed_records_check: FailedRecordsCheck = FailedRecordsCheck()
+    activity_queries: list[ActivityQuerySettings] = []
 
     @field_validator("fetch_interval_minutes")
     @classmethod

@@ -448,3 +448,46 @@ def test_rate_limit_headers_are_sent_when_the_quota_is_on(tenant, fake_time: Fak
     ).headers
     assert headers["X-Rate-Limit-Limit"] == "5"
     assert headers["X-Rate-Limit-Remaining"] == "3"
+
+
+def test_activities_from_sql_carry_count_and_the_enduser_external_id(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """Case 9: user activities from configured SQL, with ``count`` and ``euExtId``."""
+    import duckdb
+
+    from hull_planhat_pipelines.settings import ActivityQuerySettings
+    from hull_planhat_pipelines.sync.planhat_payloads import sql_activity_payloads
+
+    sandbox.add_companies([{"name": "Usage", "externalId": "USE-CO"}])
+    sandbox.add_endusers(
+        [{"externalId": "EU-1", "email": "eu1@use.example", "companyExternalId": "USE-CO"}]
+    )
+    conn = duckdb.connect()
+    conn.execute(
+        "create table usage as select * from (values "
+        "('u1', 'Logged in', 'EU-1', null, 'USE-CO', 3), "
+        "('u2', 'Exported', null, 'eu1@use.example', 'USE-CO', 1), "
+        "('u3', 'Orphan', null, null, 'USE-CO', 2)) "
+        "t(activity_id, action, eu_ext_id, email, company_external_id, count)"
+    )
+    query = ActivityQuerySettings(name="usage", sql="select * from usage")
+    payloads, events = sql_activity_payloads(conn, [query], None)
+    assert payloads["key"].tolist() == ["sql:usage:u1", "sql:usage:u2"]
+    assert payloads["payload"].iloc[0] == {
+        "action": "Logged in",
+        "euExtId": "EU-1",
+        "companyExternalId": "USE-CO",
+        "count": 3,
+    }
+    assert "euExtId" not in payloads["payload"].iloc[1]
+    assert [e.reason for e in events] == ["No email or eu_ext_id"]
+    again, _ = sql_activity_payloads(conn, [query], {"sql:usage:u1", "sql:usage:u2"})
+    assert again.empty
+    result = deliver(
+        payloads, DeliveryTarget.activities(), client, batch_size=100, key_column="key"
+    )
+    assert result.outcomes["status"].tolist() == ["sent", "sent"]
+    landed = {a["action"]: a for a in sandbox.activities}
+    assert landed["Logged in"]["count"] == 3
+    assert landed["Logged in"]["endUserId"] == landed["Exported"]["endUserId"]

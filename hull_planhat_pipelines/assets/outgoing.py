@@ -41,6 +41,7 @@ from hull_planhat_pipelines.sync.planhat_payloads import (
     drop_unknown_companies,
     enduser_payloads,
     payloads_as_json,
+    sql_activity_payloads,
 )
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import (
@@ -178,7 +179,15 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if events is None or users is None:
             events, users = _no_events(), _no_profiles()
         accounts = read_table(conn, "hull.accounts")
-        return activity_payloads(events, users, accounts, settings, fingerprints)
+        payloads, logged = activity_payloads(events, users, accounts, settings, fingerprints)
+        if conn is None or not settings.planhat.activity_queries:
+            return payloads, logged
+        extra, more = sql_activity_payloads(conn, settings.planhat.activity_queries, fingerprints)
+        if extra.empty:
+            return payloads, [*logged, *more]
+        if payloads.empty:
+            return extra, [*logged, *more]
+        return pd.concat([payloads, extra], ignore_index=True), [*logged, *more]
 
     def metrics(conn, fingerprints, force):
         if conn is None:

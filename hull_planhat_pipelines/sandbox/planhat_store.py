@@ -1036,7 +1036,8 @@ class PlanhatStore:
 
     def _activity_target(self, item: Record, now: str) -> Record | None:
         """The activity's enduser, created when unknown but its company is named and known."""
-        email, ext = key(item.get("email")), key(item.get("externalId"))
+        email = key(item.get("email"))
+        ext = key(item.get("externalId")) or key(item.get("euExtId"))  # seed 002's bulk name
         if email is None and ext is None:
             return None
         company_ext = key(item.get("companyExternalId"))
