@@ -90,7 +90,8 @@ def _on_write(
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    with _started(tmp_path) as started:
+    # Planhat's soft quota on (with its X-Rate-Limit headers): these tests count requests.
+    with _started(tmp_path, rate_limit_per_minute=200) as started:
         yield started
 
 

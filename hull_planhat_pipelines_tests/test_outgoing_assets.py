@@ -148,11 +148,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def _started(root: Path, edit: Edit | None = None) -> Iterator[Stack]:
+def _started(
+    root: Path, edit: Edit | None = None, *, rate_limit_per_minute: int | None = None
+) -> Iterator[Stack]:
     """Seeded sandboxes serving, the environment pointing the pipeline at them."""
     copper = CopperSandbox(seed=SEED, scale=SCALE).start()
     planhat = PlanhatSandbox(
-        seed=SEED, scale=SCALE, seed_user_ids=planhat_user_ids(SEED, PLANHAT_TEAM_SIZE)
+        seed=SEED,
+        scale=SCALE,
+        seed_user_ids=planhat_user_ids(SEED, PLANHAT_TEAM_SIZE),
+        rate_limit_per_minute=rate_limit_per_minute,
     ).start()
     stack = Stack(copper, planhat, root)
     stack.configure(edit)
@@ -237,7 +242,8 @@ class TwoCycles:
 
 @pytest.fixture(scope="module")
 def two_cycles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoCycles]:
-    with _started(tmp_path_factory.mktemp("two_cycles")) as started:
+    # Planhat's soft quota on: the request counts below are what a real tenant would accept.
+    with _started(tmp_path_factory.mktemp("two_cycles"), rate_limit_per_minute=200) as started:
         yield TwoCycles(started)
 
 
