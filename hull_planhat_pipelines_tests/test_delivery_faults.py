@@ -4,6 +4,7 @@ once, refused part-way, answered ambiguously. What is checked is what Planhat ho
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
+from hull_planhat_pipelines.warehouse import WarehouseBusy, delivery_lock
 from hull_planhat_pipelines_tests.test_outgoing_assets import TODAY, Stack, _started
 
 SYNC_TIMEOUT = 600
@@ -330,3 +332,68 @@ def requests_lib():
     import requests
 
     return requests
+
+
+# -- the lock, beside a Dagster run ------------------------------------------------------------
+HOLD = """
+import sys
+from hull_planhat_pipelines.warehouse import delivery_lock
+with delivery_lock(sys.argv[1], "holder-run-1"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def _held(database: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the warehouse's delivery lock until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(SYNC_TIMEOUT)
+
+
+def test_a_second_deliverer_waits_bounded_then_is_refused_naming_the_holder(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "warehouse.duckdb"
+    clock = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    second = delivery_lock(str(database), "second", wait=5, sleeper=sleep, clock=lambda: clock[0])
+    with _held(database) as holder, pytest.raises(WarehouseBusy) as refused, second:
+        pytest.fail("two deliverers held the lock")
+    assert sum(waits) >= 5 and len(waits) > 1  # it waited (bounded), then gave up
+    message = str(refused.value)
+    assert f"pid {holder.pid}" in message and "run holder-run-1" in message
+    assert "since 20" in message
+    with delivery_lock(str(database), "after"):  # released when the holder ended
+        pass
+
+
+def test_a_dagster_delivery_step_beside_a_running_sync_fails_naming_it(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack.prepare()
+    monkeypatch.setenv("HULL_PLANHAT_LOCK_WAIT", "0")
+    with _held(stack.warehouse) as holder:
+        result = stack.run("planhat_delivery")
+    assert not result.success
+    failures = [e.step_failure_data.error.message for e in result.all_events if e.is_step_failure]
+    assert any(f"pid {holder.pid}" in m and "holder-run-1" in m for m in failures)
+    assert stack.planhat.write_count() == 0
+    assert stack.run("planhat_delivery").success  # free again: it delivers
+    assert stack.planhat.write_count() > 0
