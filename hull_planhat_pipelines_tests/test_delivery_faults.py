@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -63,14 +64,15 @@ def _conversation_keys(planhat: PlanhatSandbox) -> collections.Counter[tuple[Any
 
 
 def _on_write(
-    planhat: PlanhatSandbox, path: str, count: int
+    planhat: PlanhatSandbox, path: str, count: int, *, analytics: bool = False
 ) -> tuple[threading.Event, threading.Event]:
     """Events set when the ``count``-th write to ``path`` arrives (before it is applied and
     answered) and when it has been applied."""
     reached, applied = threading.Event(), threading.Event()
     seen = [0]
     lock = threading.Lock()
-    dispatch = planhat.rest.dispatch
+    server = planhat.analytics if analytics else planhat.rest
+    dispatch = server.dispatch
 
     def counting(request: Request) -> Response:
         nth = False
@@ -86,7 +88,7 @@ def _on_write(
             if nth:
                 applied.set()
 
-    planhat.rest.dispatch = counting  # type: ignore[method-assign]
+    server.dispatch = counting  # type: ignore[method-assign]
     return reached, applied
 
 
@@ -133,6 +135,58 @@ def test_a_sync_killed_mid_delivery_then_rerun_leaves_every_conversation_once(
     again = _sync(stack)
     assert again.returncode == EXIT_OK
     assert _conversation_keys(stack.planhat) == held
+
+
+def test_a_sync_killed_while_posting_activities_never_posts_them_twice(stack: Stack) -> None:
+    """Case 1, activities: killed while the second batch is posted (it lands, its answer is
+    lost). Analytics cannot be read back: that batch is recorded ``unknown`` and not posted
+    again; the rest goes once."""
+
+    def small_batches(config: dict[str, Any]) -> None:
+        config["planhat"]["analytics_batch_size"] = 3
+
+    stack.configure(small_batches)
+    stack.planhat.analytics.faults.add(
+        Fault(status=0, delay=0.05, path="^/analytics/bulk/", times=10**6)
+    )
+    reached, applied = _on_write(stack.planhat, "/analytics/bulk/", 2, analytics=True)
+    proc = subprocess.Popen(
+        _sync_command("--full"),
+        env=_env(stack),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert reached.wait(SYNC_TIMEOUT), "the sync never posted activities"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(SYNC_TIMEOUT)
+    assert applied.wait(SYNC_TIMEOUT)
+    stack.planhat.analytics.faults.clear()
+    rerun = _sync(stack)
+    assert rerun.returncode == EXIT_RECORDS_FAILED, rerun.stdout + rerun.stderr
+    unknown = stack.query(
+        "select count(*) from planhat.deliveries where target = 'activities' and status = 'unknown'"
+    )[0][0]
+    in_flight = stack.planhat.analytics.recorded("POST", r"^/analytics/bulk/")[1].body
+    assert unknown == len(in_flight) >= 1
+    landed = collections.Counter(
+        json.dumps(a, sort_keys=True, default=str)
+        for a in (
+            {k: v for k, v in a.items() if k != "receivedAt"} for a in stack.planhat.activities
+        )
+    )
+    assert landed and max(landed.values()) == 1
+    posted = [
+        json.dumps(item, sort_keys=True)
+        for r in stack.planhat.analytics.recorded("POST", r"^/analytics/bulk/")
+        for item in r.body
+    ]
+    keys = stack.query(
+        "select count(distinct key) from planhat.deliveries where target = 'activities'"
+    )[0][0]
+    assert len(posted) == len(set(posted)) == keys  # every activity posted exactly once
+    assert _sync(stack).returncode == EXIT_OK
 
 
 def test_two_syncs_at_once_one_delivers_the_other_is_refused_naming_the_holder(

@@ -404,6 +404,68 @@ def step_lock(database: str, run_id: str, *, dry_run: bool) -> Iterator[None]:
 
 
 SETTLED_TARGETS = ("companies", "endusers")
+IN_FLIGHT = (
+    "outcome unknown: the run stopped while this was being posted; not posted again "
+    "(a second post could count it twice)"
+)
+
+
+def make_intent(
+    database: str, records: pd.DataFrame, run_id: str
+) -> Callable[[pd.DataFrame], None]:
+    """The ``deliver`` intent of one target: ``pending`` rows committed before a post."""
+
+    def intent(pending: pd.DataFrame) -> None:
+        part = records.iloc[pending.index]
+        rows = delivery_rows(pending.set_axis(part.index), part, run_id, dt.datetime.now(dt.UTC))
+        commit_checkpoint(database, rows, pd.DataFrame())
+
+    return intent
+
+
+def _abandon_in_flight(
+    database: str, target: str, records: pd.DataFrame, run_id: str
+) -> tuple[pd.DataFrame, list[SyncEvent]]:
+    """Analytics items a crashed run left ``pending`` (posted, answer never read): recorded
+    ``unknown`` (not re-sent, failing the check) and taken out of this run's records."""
+    with read_only(database) as conn:
+        if conn is None or not table_exists(conn, "planhat", "deliveries"):
+            return records, []
+        rows = conn.execute(
+            "select key, status from planhat.deliveries where target = ? and key in "
+            "(select key from planhat.deliveries where target = ? and status = 'pending') "
+            "qualify row_number() over (partition by key "
+            "order by delivered_at desc, (status = 'pending')) = 1",
+            [target, target],
+        ).fetchall()
+    stuck = {str(k) for k, status in rows if status == "pending"}
+    if not stuck:
+        return records, []
+    hit = records["key"].astype(str).isin(stuck).to_numpy()
+    part = records.loc[hit]
+    if part.empty:
+        return records, []
+    outcomes = pd.DataFrame(
+        {
+            "target": target,
+            "key": part["key"].astype(str).values,
+            "status": "unknown",
+            "error": IN_FLIGHT,
+        },
+        index=part.index,
+    ).reindex(columns=OUTCOME_COLUMNS)
+    now = dt.datetime.now(dt.UTC)
+    commit_checkpoint(
+        database,
+        delivery_rows(outcomes, part, run_id, now),
+        fresh_fingerprints(outcomes, part, now, delivered=NOT_RESENT),
+    )
+    kind = _EVENT_KIND.get(target, "account")
+    events = [
+        SyncEvent(event=f"outgoing.{kind}.error", object_type=target, object_id=k, reason=IN_FLIGHT)
+        for k in outcomes["key"]
+    ]
+    return records.loc[~hit], events
 
 
 def _settle(
@@ -543,6 +605,15 @@ def _deliver_all(
                 if records.empty:
                     continue
             delivered = NOT_RESENT if target.name in ANALYTICS_TARGETS else DELIVERED_STATUSES
+            intent = None
+            if target.name in ANALYTICS_TARGETS and not config.dry_run:
+                records, abandoned = _abandon_in_flight(
+                    warehouse.database, target.name, records, run_id
+                )
+                events += abandoned
+                intent = make_intent(warehouse.database, records, run_id)
+                if records.empty:
+                    continue
             checkpoint = (
                 None
                 if config.dry_run
@@ -557,6 +628,7 @@ def _deliver_all(
                     key_column="key",
                     dry_run=config.dry_run,
                     checkpoint=checkpoint,
+                    intent=intent,
                 )
             except DeliveryStopped as exc:
                 result, stopped = exc.result, exc

@@ -229,7 +229,8 @@ its answer is read, before the next request goes out and before any error is rai
 request delivered is committed before anything else can happen."""
 Intent = Callable[[pd.DataFrame], None]
 """Called with ``pending`` rows just before a request that may not be repeated blindly goes out
-(a POST that creates a record): a crash during it leaves the records marked in doubt."""
+(a POST that creates a record, an analytics post): a crash during it leaves the records marked
+in doubt."""
 
 ROUTE_COLUMNS = ("method", "path", "read_back")
 """Optional record columns of a one-record target: this record's call, and a path to GET
@@ -379,7 +380,7 @@ def _send_batch(
                 # An earlier create whose answer was lost did land: update it, never re-create.
                 route = ("PUT", f"{target.path.rstrip('/')}/{found['_id']}", None)
                 method = "PUT"
-        if intent is not None and target.kind is TargetKind.SINGLE and method == "POST":
+        if intent is not None and _in_doubt_when_unanswered(target, method):
             pending = _Rows(target.name, keys)
             for position in positions:
                 pending.add(position, "pending", batch=batch, request=result.requests + 1)
