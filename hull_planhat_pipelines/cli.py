@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,10 @@ class SyncSummary:
                     lines.append(f"  would send to {target}: {text[:300]}")
         return "\n".join(lines)
 
-    def table(self) -> str:
+    def table(self, compact: bool = True) -> str:
+        """One line per asset (``compact``: an asset run twice in a cycle, such as Hull after
+        Copper and again after Planhat, shows its last rows and its requests summed)."""
+        steps = merge_steps(self.steps) if compact else self.steps
         frame = pd.DataFrame(
             [
                 {
@@ -79,10 +83,48 @@ class SyncSummary:
                     "requests": "" if s.requests is None else s.requests,
                     "detail": s.detail,
                 }
-                for s in self.steps
+                for s in steps
             ]
         )
         return frame.to_string(index=False)
+
+
+def merge_steps(steps: Sequence[StepSummary]) -> list[StepSummary]:
+    """Steps of the same asset as one: failed if any failed, the last rows, requests summed,
+    the failing (else the last) detail."""
+    merged: dict[str, StepSummary] = {}
+    for step in steps:
+        seen = merged.get(step.step)
+        if seen is None:
+            merged[step.step] = StepSummary(
+                **{**step.__dict__, "failed_checks": [*step.failed_checks]}
+            )
+            continue
+        requests = [r for r in (seen.requests, step.requests) if r is not None]
+        seen.requests = sum(requests) if requests else None
+        seen.rows = step.rows if step.rows is not None else seen.rows
+        if seen.ok or not step.ok:
+            seen.detail = step.detail
+        seen.ok = seen.ok and step.ok
+        seen.failed_checks += [c for c in step.failed_checks if c not in seen.failed_checks]
+        seen.samples = {**seen.samples, **step.samples}
+    return list(merged.values())
+
+
+@contextlib.contextmanager
+def step_progress(name: str, detail: str, stream: Any = None) -> Iterator[None]:
+    """``[hh:mm:ss] name (detail) ...`` then the time it took, on a terminal only: the long
+    steps (a full Copper fetch) show that they are moving; piped output stays the table."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    started = time.monotonic()
+    print(f"[{time.strftime('%H:%M:%S')}] {name} ({detail}) ...", file=stream, flush=True)
+    try:
+        yield
+    finally:
+        print(f"  {name}: {time.monotonic() - started:.1f}s", file=stream, flush=True)
 
 
 def _instance() -> Any:
@@ -131,12 +173,14 @@ def _run_job(
     defs: Any, name: str, tags: dict[str, str], detail: str, ops: dict[str, Any] | None = None
 ) -> list[StepSummary]:
     job = defs.resolve_job_def(name)
-    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    # Warnings and errors only (one line per skip reason); counts go to the summary table.
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     if ops:
         run_config["ops"] = ops
-    result = job.execute_in_process(
-        instance=_instance(), tags=tags, raise_on_error=False, run_config=run_config
-    )
+    with step_progress(name, detail):
+        result = job.execute_in_process(
+            instance=_instance(), tags=tags, raise_on_error=False, run_config=run_config
+        )
     metadata = _materialized_metadata(result)
     failed_checks = _failed_error_checks(result)
     steps = []
@@ -611,7 +655,15 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def quiet_library_warnings() -> None:
+    """Library notices (Dagster marks parameters we use as beta or superseded) are for the
+    project's developers, not for the people running the command."""
+    for pattern in (r".*is currently in (beta|preview)", r".*is superseded", r".*is deprecated"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_library_warnings()
     args = parser().parse_args(argv)
     return int(args.func(args))
 

@@ -26,6 +26,7 @@ from hull_planhat_pipelines.orchestration import (
     planhat_destinations_job,
     planhat_fetch_job,
 )
+from hull_planhat_pipelines.readability import readable
 from hull_planhat_pipelines.resources import (
     WarehouseResource,
     copper_resource,
@@ -54,14 +55,16 @@ def build_definitions(
     }
     database = warehouse_path()
     return dg.Definitions(
-        assets=[
-            *build_copper_assets(settings, copper_days),
-            *build_planhat_assets(settings, partitions),
-            *build_hull_assets(settings),
-            *build_payload_assets(settings),
-            build_delivery_asset(settings),
-            *build_destination_assets(settings),
-        ],
+        assets=readable(
+            [
+                *build_copper_assets(settings, copper_days),
+                *build_planhat_assets(settings, partitions),
+                *build_hull_assets(settings),
+                *build_payload_assets(settings),
+                build_delivery_asset(settings),
+                *build_destination_assets(settings),
+            ]
+        ),
         asset_checks=[
             *build_copper_checks(settings),
             *planhat_checks(),

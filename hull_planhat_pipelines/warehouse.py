@@ -4,8 +4,12 @@ Dagster's DuckDB pandas I/O manager, with three changes a production table needs
 - replacing a partition is one transaction (delete and insert commit together, or neither);
 - an empty frame still creates a correctly typed table, and columns are inserted by name, with
   new columns added, so a schema change never shifts values between columns;
-- assets that declare ``metadata={"current_view": {"key": ..., "order_by": [...]}}`` get a view
-  ``<schema>_current.<table>`` holding the newest row per key across partitions.
+- assets declared with ``keep_current_view`` (or, for callers that predate it, metadata
+  ``{"current_view": {"key": ..., "order_by": [...]}}``) get a view ``<schema>_current.<table>``
+  holding the newest row per key across partitions;
+- partitioned tables are partitioned on ``partition_date`` unless an asset says otherwise
+  (``partition_expr`` metadata).
+Neither is asset metadata by default: the UI shows metadata to users, and these are plumbing.
 """
 
 import datetime as dt
@@ -14,19 +18,21 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
-from dagster import InputContext, OutputContext
+from dagster import InputContext, OutputContext, TableColumn, TableSchema
 from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, TableSlice
 from dagster_duckdb.io_manager import DuckDbClient, DuckDBIOManager, _get_cleanup_statement
 from dagster_duckdb_pandas import DuckDBPandasTypeHandler
 
 WAREHOUSE_ENV_VAR = "HULL_PLANHAT_WAREHOUSE"
+PARTITION_COLUMN = "partition_date"
 DEFAULT_WAREHOUSE = "data/warehouse.duckdb"
 
 
@@ -88,6 +94,20 @@ def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
     return bool(rows and rows[0][0])
 
 
+def column_schema(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, Any]:
+    """The written table's columns as ``dagster/column_schema`` metadata (the UI's Columns)."""
+    rows = run(
+        conn,
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = ? and table_name = ? order by ordinal_position",
+        [schema, table],
+    )
+    if not rows:
+        return {}
+    columns = [TableColumn(name=name, type=dtype.lower()) for name, dtype in rows]
+    return {"dagster/column_schema": TableSchema(columns=columns)}
+
+
 def run(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
     """Execute and consume the result (DuckDB refuses new work while a result is pending)."""
     return conn.execute(sql, params or []).fetchall()
@@ -104,6 +124,47 @@ def current_view_sql(schema: str, table: str, key: str, order_by: Sequence[str])
         f"select * from {schema}.{table} "
         f"qualify row_number() over (partition by {_quote(key)} order by {order}) = 1"
     )
+
+
+@dataclass(frozen=True)
+class CurrentView:
+    key: str
+    order_by: tuple[str, ...]
+
+
+_CURRENT_VIEWS: dict[str, CurrentView] = {}
+
+
+def keep_current_view(asset_key: Sequence[str], key: str, order_by: Sequence[str]) -> None:
+    """Have the I/O manager keep ``<schema>_current.<table>`` (newest row per ``key``, by
+    ``order_by``) for this asset's table after every write."""
+    _CURRENT_VIEWS["/".join(asset_key)] = CurrentView(key, tuple(order_by))
+
+
+def _current_view(context: OutputContext) -> CurrentView | None:
+    declared = (context.definition_metadata or {}).get("current_view")
+    if declared:
+        return CurrentView(declared["key"], tuple(declared["order_by"]))
+    return _CURRENT_VIEWS.get(context.asset_key.to_user_string()) if context.has_asset_key else None
+
+
+class _PartitionColumnDefault:
+    """An output context whose definition metadata names the partition column by default."""
+
+    def __init__(self, context: OutputContext) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    @property
+    def definition_metadata(self) -> Mapping[str, Any]:
+        return {"partition_expr": PARTITION_COLUMN, **(self._context.definition_metadata or {})}
+
+
+class _WarehouseDbIOManager(DbIOManager):
+    def _get_table_slice(self, context, output_context) -> TableSlice:
+        return super()._get_table_slice(context, _PartitionColumnDefault(output_context))
 
 
 class _TransactionalDuckDbClient(DuckDbClient):
@@ -158,21 +219,22 @@ class WarehousePandasTypeHandler(DuckDBPandasTypeHandler):
             if len(frame):
                 run(connection, f"insert into {target} by name select * from _frame")
             connection.unregister("_frame")
-            view = (context.definition_metadata or {}).get("current_view")
+            view = _current_view(context)
             if view:
                 run(connection, f"create schema if not exists {table_slice.schema}_current")
                 run(
                     connection,
                     current_view_sql(
-                        table_slice.schema, table_slice.table, view["key"], view["order_by"]
+                        table_slice.schema, table_slice.table, view.key, list(view.order_by)
                     ),
                 )
+            schema = column_schema(connection, table_slice.schema, table_slice.table)
             run(connection, "commit")
         except Exception:
             run(connection, "rollback")
             raise
         key = "dagster/partition_row_count" if context.has_partition_key else "dagster/row_count"
-        return {key: len(frame)}
+        return {key: len(frame), **schema}
 
     def load_input(
         self, context: InputContext, table_slice: TableSlice, connection
@@ -194,7 +256,7 @@ class WarehouseIOManager(DuckDBIOManager):
         return pd.DataFrame
 
     def create_io_manager(self, context) -> DbIOManager:
-        return DbIOManager(
+        return _WarehouseDbIOManager(
             db_client=_TransactionalDuckDbClient(),
             database=self.database,
             schema=self.schema_,

@@ -20,6 +20,7 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_records import connect_targets, records_frame
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync_log import record_events
+from hull_planhat_pipelines.warehouse import keep_current_view
 
 PREVIEW_COLUMNS = ["id", "name", "primary_email", "date_modified", "partition_date"]
 
@@ -91,8 +92,12 @@ def _fetch(
         "pages_fetched": dg.MetadataValue.int(pages),
         "requests": dg.MetadataValue.int(stats["requests"]),
         "retries": dg.MetadataValue.int(stats["retries"]),
-        "window_start": dg.MetadataValue.text(str(start) if start is not None else "open"),
-        "window_end": dg.MetadataValue.int(end),
+        "window_start": (
+            dg.MetadataValue.timestamp(float(start))
+            if start is not None
+            else dg.MetadataValue.text("open (everything before)")
+        ),
+        "window_end": dg.MetadataValue.timestamp(float(end)),
         "preview": _preview(frame),
     }
 
@@ -105,12 +110,6 @@ def build_copper_asset(
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
         io_manager_key="warehouse_io_manager",
-        metadata={
-            "partition_expr": "partition_date",
-            # the latest fetch holds the current version (an activity moved to an earlier
-            # date keeps an older date_modified than its stale row in the old partition)
-            "current_view": {"key": "id", "order_by": ["_fetched_at", "date_modified"]},
-        },
         group_name="copper",
         kinds={"duckdb"},
         pool="warehouse",
@@ -146,6 +145,9 @@ def build_copper_asset(
         context.add_output_metadata(metadata)
         return frame
 
+    # the latest fetch holds the current version (an activity moved to an earlier date keeps an
+    # older date_modified than its stale row in the old partition)
+    keep_current_view(["copper", obj.name], "id", ["_fetched_at", "date_modified"])
     return _copper_object
 
 

@@ -27,6 +27,7 @@ from hull_planhat_pipelines.sync.planhat_records import (
     users_frame,
 )
 from hull_planhat_pipelines.sync_log import record_events
+from hull_planhat_pipelines.warehouse import keep_current_view
 
 Clock = Callable[[], dt.datetime]
 
@@ -78,10 +79,7 @@ def _auth_failure(context: dg.AssetExecutionContext, asset: str, exc: ApiAuthErr
     return dg.Failure(str(exc), allow_retries=False)
 
 
-SNAPSHOT_METADATA = {
-    "partition_expr": "partition_date",
-    "current_view": {"key": "_id", "order_by": ["partition_date", "_fetched_at"]},
-}
+SNAPSHOT_CURRENT_VIEW = ("_id", ["partition_date", "_fetched_at"])  # newest snapshot's row
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,6 @@ def build_snapshot_asset(
         key=["planhat", snapshot.model],
         partitions_def=partitions_def,
         io_manager_key="warehouse_io_manager",
-        metadata=SNAPSHOT_METADATA,
         group_name="planhat",
         kinds={"duckdb"},
         pool="warehouse",
@@ -147,6 +144,7 @@ def build_snapshot_asset(
             raise _auth_failure(context, asset, exc) from None
         return frame
 
+    keep_current_view(["planhat", snapshot.model], *SNAPSHOT_CURRENT_VIEW)
     return _snapshot
 
 
