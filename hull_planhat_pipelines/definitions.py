@@ -1,5 +1,7 @@
 """The one Definitions object: every asset, check, job, schedule, sensor and resource."""
 
+import warnings
+
 import dagster as dg
 
 from hull_planhat_pipelines.assets.copper import build_copper_assets
@@ -35,6 +37,11 @@ from hull_planhat_pipelines.resources import (
 )
 from hull_planhat_pipelines.settings import Settings, load_settings
 from hull_planhat_pipelines.warehouse import WarehouseIOManager, warehouse_path
+
+# Beta markers on Dagster parameters we rely on (backfill_policy) are for this project's
+# developers: `dagster dev`, the daemon and every run would repeat them to its users.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def build_definitions(
