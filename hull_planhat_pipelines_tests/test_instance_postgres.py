@@ -22,6 +22,7 @@ import pytest
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from hull_planhat_pipelines.definitions import build_definitions
+from hull_planhat_pipelines.dev import stop_process_group
 from hull_planhat_pipelines.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +108,7 @@ def test_the_daemon_ticks_the_sensor_and_its_run_succeeds(production_env: dict) 
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its code server (`dagster api grpc`) is stopped with it
     )
     instance = dg.DagsterInstance.get()
     try:
@@ -119,8 +121,7 @@ def test_the_daemon_ticks_the_sensor_and_its_run_succeeds(production_env: dict) 
                 break
             time.sleep(1)
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+        stop_process_group(daemon, grace=30)
     assert ticks, "the daemon recorded no successful sensor tick"
     assert ticks[0].run_keys, "the first tick requested no run"
     assert runs and all(r.is_success for r in runs), [r.status for r in runs]
