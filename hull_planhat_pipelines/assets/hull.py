@@ -16,6 +16,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.assets import hull_store
 from hull_planhat_pipelines.assets.hull_forwarding import (
     FORWARDED_CHECK,
     OUTBOX_DDL,
@@ -28,8 +29,14 @@ from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseReso
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows
 from hull_planhat_pipelines.sync.hull_apply import apply_changes
-from hull_planhat_pipelines.sync.hull_model import STORE_SQL_TYPES, empty_events, empty_store
-from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, compute_changes
+from hull_planhat_pipelines.sync.hull_model import EVENT_COLUMNS, empty_events, empty_store
+from hull_planhat_pipelines.sync.hull_sync import (
+    Changes,
+    ProfileStore,
+    StoreKeys,
+    StoreSlice,
+    compute_changes,
+)
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
 from hull_planhat_pipelines.sync.segments import evaluate_segments, segments_hash
 from hull_planhat_pipelines.sync_log import record_events
@@ -113,15 +120,7 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         frame = frames.get(key)
         return frame if frame is not None and not frame.empty else None
 
-    # the ids of copper_current.<object> are those of its raw table (the view only keeps the
-    # newest row of each): a distinct scan is cheaper than the view's window
-    current_ids = {
-        name: _frame(conn, f"select distinct id from copper.{name}")["id"]
-        for name in ("leads", "people", "companies", "activities")
-        if table_exists(conn, "copper_current", name) and table_exists(conn, "copper", name)
-    }
-    copper = CopperRows(
-        current_ids=current_ids,
+    copper = CopperRows(  # deletions are judged on the store slice (``hull_store``)
         leads=nonempty("copper.leads"),
         people=nonempty("copper.people"),
         companies=nonempty("copper.companies"),
@@ -135,7 +134,19 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
     return Sources(copper, planhat, new_marks, rows_read)
 
 
-def read_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
+def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
+    stamped = frame.copy()
+    stamped["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
+    stamped["computed_at"] = pd.Series([now] * len(frame), dtype="datetime64[us, UTC]")
+    for column in stamped.columns:
+        if stamped[column].dtype == object:
+            stamped[column] = stamped[column].astype("string")
+    return stamped
+
+
+def _whole_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
+    """Every profile and event (only when every profile's segments must be re-evaluated)."""
+
     def table(name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         if not table_exists(conn, "hull", name):
             return empty()
@@ -149,38 +160,60 @@ def read_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
     )
 
 
-COLUMN_TYPES = {
-    **STORE_SQL_TYPES,
-    "segments": "VARCHAR[]",
-    "event_id": "VARCHAR",
-    "user_hull_id": "VARCHAR",
-    "name": "VARCHAR",
-    "properties": "VARCHAR",
-    "occurred_at": "TIMESTAMPTZ",
-    "source": "VARCHAR",
-    "source_id": "VARCHAR",
-}
-"""Typed even when a frame is empty (an empty object column has no type of its own)."""
+def _changed_ids(changes: Changes, kind: str) -> set[str]:
+    upserts = changes.user_upserts if kind == "user" else changes.account_upserts
+    claims = changes.user_claims if kind == "user" else changes.account_claims
+    ids = set(upserts["hull_id"]) | set(claims["hull_id"])
+    if kind == "user":
+        ids |= set(changes.links["user_hull_id"])
+    return ids
 
 
-def _replace(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    conn.register("_replacement", frame)
-    columns = ", ".join(
-        f'cast("{c}" as {COLUMN_TYPES[c]}) as "{c}"' if c in COLUMN_TYPES else f'"{c}"'
-        for c in frame.columns
+def _merged_away(changes: Changes, kind: str) -> list[str]:
+    merges = changes.merges
+    return merges.loc[merges["kind"] == kind, "from_hull_id"].tolist()
+
+
+def _write_store(
+    conn: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    part: ProfileStore,
+    changes: Changes,
+    now: dt.datetime,
+    *,
+    everything: bool,
+) -> ProfileStore:
+    """Apply ``changes`` to the store in place; returns the profiles read after the changes
+    (the slice, or the whole store) to name them in messages. ``everything``: the store is rewritten with every profile's segments (the
+    first load, or a segment definition changed)."""
+    if everything:
+        store = apply_changes(_whole_store(conn), changes, now)
+        users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
+        hull_store.replace_table(conn, "hull.users", users)
+        hull_store.replace_table(conn, "hull.accounts", accounts)
+        hull_store.replace_table(conn, "hull.events", store.events)
+        return store
+    store = apply_changes(part, changes, now)
+    user_ids, account_ids = _changed_ids(changes, "user"), _changed_ids(changes, "account")
+    users, accounts, moved = hull_store.changed_segments(
+        conn,
+        store.users[store.users["hull_id"].isin(user_ids)],
+        store.accounts[store.accounts["hull_id"].isin(account_ids)],
+        settings.segments,
     )
-    run(conn, f"create or replace table {table} as select {columns} from _replacement")
-    conn.unregister("_replacement")
-
-
-def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
-    stamped = frame.copy()
-    stamped["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
-    stamped["computed_at"] = pd.Series([now] * len(frame), dtype="datetime64[us, UTC]")
-    for column in stamped.columns:
-        if stamped[column].dtype == object:
-            stamped[column] = stamped[column].astype("string")
-    return stamped
+    hull_store.merge_rows(conn, "hull.users", "hull_id", users, _merged_away(changes, "user"))
+    hull_store.merge_rows(
+        conn, "hull.accounts", "hull_id", accounts, _merged_away(changes, "account")
+    )
+    hull_store.update_segments(conn, moved)
+    hull_store.merge_rows(
+        conn,
+        "hull.events",
+        "event_id",
+        changes.events[EVENT_COLUMNS],
+        changes.removed_events["event_id"].tolist(),
+    )
+    return store
 
 
 def apply(
@@ -190,38 +223,49 @@ def apply(
     run_id: str,
     now: dt.datetime,
     forwarding: bool,
-) -> tuple[Changes, ProfileStore, Sources, int]:
+) -> tuple[Changes, Sources, int]:
     """Compute and apply one sync in a single transaction; returns what changed.
 
-    With ``forwarding`` on, the firehose messages of the changes join the outbox in the same
-    transaction; off, nothing is queued (turning it on later forwards changes from then on).
-    Segments are re-evaluated when anything changed, and also when their definitions did (a
-    digest of them is kept in ``ops.hull_state``): a widened segment applies on the next run.
+    Only the slice of the store the fetched rows can touch is read (``hull_store``), and only
+    the changed profiles and events are written back, with their segments (and the users of a
+    changed account theirs). Every profile's segments are re-evaluated when the definitions
+    changed (a digest of them is kept in ``ops.hull_state``): a widened segment applies on the
+    next run. With ``forwarding`` on, the firehose messages of the changes join the outbox in
+    the same transaction; off, nothing is queued (turning it on later forwards changes from
+    then on).
     """
     for statement in STATE_DDL:
         run(conn, statement)
     sources = read_sources(conn)
-    store = read_store(conn)
-    changes = compute_changes(settings, store, sources.copper, sources.planhat, now=now)
     definitions = segments_hash(settings.segments)
     stored = run(conn, "select value from ops.hull_state where key = 'segments_hash'")
     segments_changed = not stored or stored[0][0] != definitions
+    first = not table_exists(conn, "hull", "users")
+    slices: list[ProfileStore] = []
+
+    def reader(keys: StoreKeys) -> StoreSlice:
+        part = hull_store.read_slice(conn, keys)
+        slices.append(part.store)
+        return part
+
+    try:
+        changes = compute_changes(settings, reader, sources.copper, sources.planhat, now=now)
+    finally:
+        hull_store.drop_slice(conn)
     run(conn, "begin transaction")
     try:
         outbox = 0
-        if not changes.is_empty or segments_changed or not table_exists(conn, "hull", "users"):
-            store = apply_changes(store, changes, now)
-            users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
-            store = ProfileStore(users=users, accounts=accounts, events=store.events)
-            _replace(conn, "hull.users", users)
-            _replace(conn, "hull.accounts", accounts)
-            _replace(conn, "hull.events", store.events)
+        if not changes.is_empty or segments_changed or first:
+            part = slices[0] if slices else ProfileStore()
+            applied = _write_store(
+                conn, settings, part, changes, now, everything=segments_changed or first
+            )
             append_table(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
             append_table(
                 conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now)
             )
             if forwarding:  # the messages cost as much as the rest of a first load
-                outbox = queue(conn, changes, users, accounts, run_id=run_id)
+                outbox = queue(conn, changes, applied.users, applied.accounts, run_id=run_id)
         run(
             conn,
             "insert or replace into ops.hull_state values ('segments_hash', ?)",
@@ -237,19 +281,11 @@ def apply(
     except Exception:
         run(conn, "rollback")
         raise
-    return changes, store, sources, outbox
+    return changes, sources, outbox
 
 
 def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in frame[column].value_counts().items()} if len(frame) else {}
-
-
-def _segment_counts(frame: pd.DataFrame) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for names in frame.get("segments", pd.Series([], dtype=object)):
-        for name in names if names is not None else []:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
@@ -301,9 +337,17 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         now = dt.datetime.now(dt.UTC)
         conn = connect(warehouse.database)
         try:
-            changes, store, sources, outbox = apply(
+            changes, sources, outbox = apply(
                 conn, settings, run_id=context.run.run_id, now=now, forwarding=hull_firehose.enabled
             )
+            sizes = {
+                name: hull_store.row_count(conn, f"hull.{name}")
+                for name in ("users", "accounts", "events")
+            }
+            segments = {
+                name: hull_store.segment_counts(conn, f"hull.{name}")
+                for name in ("users", "accounts")
+            }
         finally:
             conn.close()
         forwarded = forward(warehouse.database, hull_firehose, dry_run=config.dry_run)
@@ -335,16 +379,16 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         yield dg.MaterializeResult(
             asset_key=HULL_KEYS["events"],
             metadata={
-                "rows": dg.MetadataValue.int(len(store.events) if store.events is not None else 0),
+                "rows": dg.MetadataValue.int(sizes["events"]),
                 "new_or_changed": dg.MetadataValue.int(len(changes.events)),
             },
         )
-        for kind, frame in (("users", store.users), ("accounts", store.accounts)):
+        for kind in ("users", "accounts"):
             yield dg.MaterializeResult(
                 asset_key=HULL_KEYS[kind],
                 metadata={
-                    "rows": dg.MetadataValue.int(len(frame) if frame is not None else 0),
-                    "segments": dg.MetadataValue.json(_segment_counts(frame)),
+                    "rows": dg.MetadataValue.int(sizes[kind]),
+                    "segments": dg.MetadataValue.json(segments[kind]),
                     "firehose_outbox_added": dg.MetadataValue.int(outbox),
                     "firehose": dg.MetadataValue.json(forwarded.metadata()),
                 },
