@@ -10,6 +10,7 @@ import pytest
 
 from hull_planhat_pipelines.assets import hull_store
 from hull_planhat_pipelines.sync.hull_sync import StoreKeys, StoreSlice
+from hull_planhat_pipelines_tests.test_hull_assets import stack  # noqa: F401
 from hull_planhat_pipelines_tests.test_hull_incoming import Pipeline, pipeline  # noqa: F401
 
 ROW = "select hull_id, email, external_id, anonymous_ids, account_hull_id, attributes,"
@@ -174,3 +175,56 @@ def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> 
     assert sorted(part.current_ids) == ["people"]
     assert list(part.current_ids["people"]) == ["1"]
     conn.close()
+
+
+def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:  # noqa: F811
+    """Two of N companies edited in Planhat (over HTTP): Hull reads those two; an unchanged
+    snapshot hands Hull nothing and writes nothing."""
+    import json
+
+    from hull_planhat_pipelines.clients.planhat import PlanhatClient
+    from hull_planhat_pipelines_tests.test_hull_assets import TODAY, _metadata
+
+    assert stack.sync().success
+    companies = [c for c in stack.planhat.companies() if c.get("phase")]
+    assert len(companies) > 3
+    first, second = companies[0], companies[1]
+    with PlanhatClient(
+        stack.planhat.rest_url,
+        stack.planhat.analytics_url,
+        stack.planhat.api_token,
+        stack.planhat.tenant_token,
+        requests_per_minute=None,
+    ) as client:
+        client.bulk_upsert(
+            "companies",
+            [
+                {"_id": first["_id"], "name": "Renamed in Planhat"},
+                {"_id": second["_id"], "name": "Renamed too"},
+            ],
+        )
+    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    result = stack.run("hull_sync")
+    assert result.success
+    assert _metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
+
+    def attributes(planhat_id: str) -> dict:
+        [(text,)] = stack.query(
+            "select attributes from hull.accounts"
+            f" where list_contains(anonymous_ids, 'planhat:{planhat_id}')"
+        )
+        return json.loads(text)
+
+    assert attributes(first["_id"])["planhat/name"] == "Renamed in Planhat"
+    assert attributes(second["_id"])["planhat/name"] == "Renamed too"
+    assert attributes(companies[2]["_id"])["planhat/name"] == companies[2]["name"]
+
+    copy = stack.query("select count(*) from ops.hull_planhat_companies")
+    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    again = stack.run("hull_sync")
+    assert _metadata(again, "hull/account_upserts")["sources_read"] == {
+        "planhat.companies": 0,
+        "planhat.endusers": 0,
+    }
+    assert _metadata(again, "hull/account_upserts")["rows"] == 0
+    assert stack.query("select count(*) from ops.hull_planhat_companies") == copy

@@ -25,6 +25,7 @@ from hull_planhat_pipelines.assets.hull_forwarding import (
     forwarded_check,
     queue,
 )
+from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember_snapshot
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows
@@ -65,6 +66,8 @@ class Sources:
     planhat: PlanhatRows
     watermarks: dict[str, pd.Timestamp]
     rows_read: dict[str, int]
+    snapshots: list[str]
+    """Planhat snapshots diffed: the applied copy follows them on commit."""
 
 
 def _frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None):
@@ -88,7 +91,8 @@ def _since(
 
 
 def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
-    """Raw rows fetched since the last apply (opportunities: all current ones if any changed)."""
+    """Raw rows fetched since the last apply (opportunities: all current ones if any changed;
+    Planhat: the rows of a new snapshot that differ from the one last applied)."""
     marks = _watermarks(conn)
     frames: dict[str, pd.DataFrame | None] = {}
     for name in COPPER_SOURCES:
@@ -99,15 +103,9 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
     changed_opportunities = frames["copper.opportunities"]
     if changed_opportunities is not None and not changed_opportunities.empty:
         frames["copper.opportunities"] = _frame(conn, "select * from copper_current.opportunities")
-    for name in PLANHAT_SOURCES:
-        latest = (
-            f"partition_date = (select max(partition_date) from planhat.{name})"
-            if table_exists(conn, "planhat", name)
-            else "true"
-        )
-        frames[f"planhat.{name}"] = _since(
-            conn, f"planhat.{name}", marks.get(f"planhat.{name}"), latest
-        )
+    snapshots = {
+        name: diff_snapshot(conn, name, marks.get(f"planhat.{name}")) for name in PLANHAT_SOURCES
+    }
     new_marks = dict(marks)
     rows_read = {}
     for source, frame in frames.items():
@@ -115,6 +113,12 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
             rows_read[source] = len(frame)
             newest = pd.Timestamp(frame["_fetched_at"].max())
             new_marks[source] = max(newest, marks[source]) if source in marks else newest
+    for name, diff in snapshots.items():
+        if diff is not None and diff.fetched_at is not None:
+            source = f"planhat.{name}"
+            rows_read[source] = len(diff.changed) if diff.changed is not None else 0
+            mark = marks.get(source)
+            new_marks[source] = diff.fetched_at if mark is None else max(diff.fetched_at, mark)
 
     def nonempty(key: str) -> pd.DataFrame | None:
         frame = frames.get(key)
@@ -128,10 +132,21 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         activities=nonempty("copper.activities"),
         opportunities_complete=nonempty("copper.opportunities") is not None,
     )
+
+    def snapshot(name: str, previous: bool = False) -> pd.DataFrame | None:
+        diff = snapshots[name]
+        if diff is None or diff.changed is None:
+            return None
+        return diff.previous if previous else diff.changed
+
     planhat = PlanhatRows(
-        companies=nonempty("planhat.companies"), endusers=nonempty("planhat.endusers")
+        companies=snapshot("companies"),
+        endusers=snapshot("endusers"),
+        previous_companies=snapshot("companies", previous=True),
+        previous_endusers=snapshot("endusers", previous=True),
     )
-    return Sources(copper, planhat, new_marks, rows_read)
+    applied = [name for name, diff in snapshots.items() if diff is not None]
+    return Sources(copper, planhat, new_marks, rows_read, applied)
 
 
 def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
@@ -271,6 +286,8 @@ def apply(
             "insert or replace into ops.hull_state values ('segments_hash', ?)",
             [definitions],
         )
+        for name in sources.snapshots:
+            remember_snapshot(conn, name)
         for source, mark in sources.watermarks.items():
             run(
                 conn,
