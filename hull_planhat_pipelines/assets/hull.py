@@ -8,7 +8,6 @@ sources writes nothing.
 """
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +28,6 @@ from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows
-from hull_planhat_pipelines.sync.hull_apply import apply_changes
-from hull_planhat_pipelines.sync.hull_model import EVENT_COLUMNS, empty_events, empty_store
 from hull_planhat_pipelines.sync.hull_sync import (
     Changes,
     ProfileStore,
@@ -39,7 +36,7 @@ from hull_planhat_pipelines.sync.hull_sync import (
     compute_changes,
 )
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
-from hull_planhat_pipelines.sync.segments import evaluate_segments, segments_hash
+from hull_planhat_pipelines.sync.segments import segments_hash
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
@@ -159,78 +156,6 @@ def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame
     return stamped
 
 
-def _whole_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
-    """Every profile and event (only when every profile's segments must be re-evaluated)."""
-
-    def table(name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        if not table_exists(conn, "hull", name):
-            return empty()
-        frame = _frame(conn, f"select * from hull.{name}")
-        return frame.drop(columns=["segments"], errors="ignore")
-
-    return ProfileStore(
-        users=table("users", lambda: empty_store("user")),
-        accounts=table("accounts", lambda: empty_store("account")),
-        events=table("events", empty_events),
-    )
-
-
-def _changed_ids(changes: Changes, kind: str) -> set[str]:
-    upserts = changes.user_upserts if kind == "user" else changes.account_upserts
-    claims = changes.user_claims if kind == "user" else changes.account_claims
-    ids = set(upserts["hull_id"]) | set(claims["hull_id"])
-    if kind == "user":
-        ids |= set(changes.links["user_hull_id"])
-    return ids
-
-
-def _merged_away(changes: Changes, kind: str) -> list[str]:
-    merges = changes.merges
-    return merges.loc[merges["kind"] == kind, "from_hull_id"].tolist()
-
-
-def _write_store(
-    conn: duckdb.DuckDBPyConnection,
-    settings: Settings,
-    part: ProfileStore,
-    changes: Changes,
-    now: dt.datetime,
-    *,
-    everything: bool,
-) -> ProfileStore:
-    """Apply ``changes`` to the store in place; returns the profiles read after the changes
-    (the slice, or the whole store) to name them in messages. ``everything``: the store is rewritten with every profile's segments (the
-    first load, or a segment definition changed)."""
-    if everything:
-        store = apply_changes(_whole_store(conn), changes, now)
-        users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
-        hull_store.replace_table(conn, "hull.users", users)
-        hull_store.replace_table(conn, "hull.accounts", accounts)
-        hull_store.replace_table(conn, "hull.events", store.events)
-        return store
-    store = apply_changes(part, changes, now)
-    user_ids, account_ids = _changed_ids(changes, "user"), _changed_ids(changes, "account")
-    users, accounts, moved = hull_store.changed_segments(
-        conn,
-        store.users[store.users["hull_id"].isin(user_ids)],
-        store.accounts[store.accounts["hull_id"].isin(account_ids)],
-        settings.segments,
-    )
-    hull_store.merge_rows(conn, "hull.users", "hull_id", users, _merged_away(changes, "user"))
-    hull_store.merge_rows(
-        conn, "hull.accounts", "hull_id", accounts, _merged_away(changes, "account")
-    )
-    hull_store.update_segments(conn, moved)
-    hull_store.merge_rows(
-        conn,
-        "hull.events",
-        "event_id",
-        changes.events[EVENT_COLUMNS],
-        changes.removed_events["event_id"].tolist(),
-    )
-    return store
-
-
 def apply(
     conn: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -272,8 +197,8 @@ def apply(
         outbox = 0
         if not changes.is_empty or segments_changed or first:
             part = slices[0] if slices else ProfileStore()
-            applied = _write_store(
-                conn, settings, part, changes, now, everything=segments_changed or first
+            applied = hull_store.write_changes(
+                conn, settings.segments, part, changes, now, everything=segments_changed or first
             )
             append_table(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
             append_table(

@@ -9,10 +9,14 @@ profiles and the users of changed accounts; all profiles only when a definition 
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
+
 import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.settings import SegmentSettings
+from hull_planhat_pipelines.sync.hull_apply import apply_changes
 from hull_planhat_pipelines.sync.hull_deletions import DETACHABLE
 from hull_planhat_pipelines.sync.hull_model import (
     DOMAIN_CLAIM,
@@ -23,7 +27,7 @@ from hull_planhat_pipelines.sync.hull_model import (
     empty_events,
     empty_store,
 )
-from hull_planhat_pipelines.sync.hull_sync import ProfileStore, StoreKeys, StoreSlice
+from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, StoreKeys, StoreSlice
 from hull_planhat_pipelines.sync.segments import evaluate_segments
 from hull_planhat_pipelines.warehouse import run, table_exists
 
@@ -193,6 +197,76 @@ def drop_slice(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 # -- writing -----------------------------------------------------------------------------------
+def _whole_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
+    """Every profile and event (only when every profile's segments must be re-evaluated)."""
+
+    def table(name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        if not table_exists(conn, "hull", name):
+            return empty()
+        frame = conn.execute(f"select * from hull.{name}").fetchdf()
+        return frame.drop(columns=["segments"], errors="ignore")
+
+    return ProfileStore(
+        users=table("users", lambda: empty_store("user")),
+        accounts=table("accounts", lambda: empty_store("account")),
+        events=table("events", empty_events),
+    )
+
+
+def _changed_ids(changes: Changes, kind: str) -> set[str]:
+    upserts = changes.user_upserts if kind == "user" else changes.account_upserts
+    claims = changes.user_claims if kind == "user" else changes.account_claims
+    ids = set(upserts["hull_id"]) | set(claims["hull_id"])
+    if kind == "user":
+        ids |= set(changes.links["user_hull_id"])
+    return ids
+
+
+def _merged_away(changes: Changes, kind: str) -> list[str]:
+    merges = changes.merges
+    return merges.loc[merges["kind"] == kind, "from_hull_id"].tolist()
+
+
+def write_changes(
+    conn: duckdb.DuckDBPyConnection,
+    segments: SegmentSettings,
+    part: ProfileStore,
+    changes: Changes,
+    now: dt.datetime,
+    *,
+    everything: bool,
+) -> ProfileStore:
+    """Apply ``changes`` to the store in place; returns the profiles read after the changes
+    (the slice, or the whole store) to name them in messages. ``everything``: the store is rewritten with every profile's segments (the
+    first load, or a segment definition changed)."""
+    if everything:
+        store = apply_changes(_whole_store(conn), changes, now)
+        users, accounts = evaluate_segments(store.users, store.accounts, segments)
+        replace_table(conn, "hull.users", users)
+        replace_table(conn, "hull.accounts", accounts)
+        replace_table(conn, "hull.events", store.events)
+        return store
+    store = apply_changes(part, changes, now)
+    user_ids, account_ids = _changed_ids(changes, "user"), _changed_ids(changes, "account")
+    users, accounts, moved = changed_segments(
+        conn,
+        store.users[store.users["hull_id"].isin(user_ids)],
+        store.accounts[store.accounts["hull_id"].isin(account_ids)],
+        segments,
+    )
+    merge_rows(conn, "hull.users", "hull_id", users, _merged_away(changes, "user"))
+    merge_rows(conn, "hull.accounts", "hull_id", accounts, _merged_away(changes, "account"))
+    update_segments(conn, moved)
+    merge_rows(
+        conn,
+        "hull.events",
+        "event_id",
+        changes.events[EVENT_COLUMNS],
+        changes.removed_events["event_id"].tolist(),
+    )
+    return store
+
+
 def _typed_select(frame: pd.DataFrame, view: str) -> str:
     columns = ", ".join(
         f'cast("{c}" as {COLUMN_TYPES[c]}) as "{c}"' if c in COLUMN_TYPES else f'"{c}"'
