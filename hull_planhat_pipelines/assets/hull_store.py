@@ -245,6 +245,9 @@ def write_changes(
         replace_table(conn, "hull.users", users)
         replace_table(conn, "hull.accounts", accounts)
         replace_table(conn, "hull.events", store.events)
+        log_changes(
+            conn, {"user": users["hull_id"].tolist(), "account": accounts["hull_id"].tolist()}
+        )
         return store
     store = apply_changes(part, changes, now)
     user_ids, account_ids = _changed_ids(changes, "user"), _changed_ids(changes, "account")
@@ -264,7 +267,62 @@ def write_changes(
         changes.events[EVENT_COLUMNS],
         changes.removed_events["event_id"].tolist(),
     )
+    log_changes(
+        conn,
+        {
+            "user": [*users["hull_id"].tolist(), *moved["hull_id"].tolist()],
+            "account": accounts["hull_id"].tolist(),
+        },
+    )
     return store
+
+
+CHANGES = "ops.hull_changes"
+CHANGES_DDL = (
+    f"create table if not exists {CHANGES} (kind varchar, hull_id varchar, seq bigint,"
+    " primary key (kind, hull_id))"
+)
+"""The change log: per profile, the sequence number of the last apply that rewrote it (its
+content or its segments). Readers keep a watermark of the sequence they have mapped."""
+
+
+def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
+    """The sequence number of the last apply that changed a profile (0: none yet)."""
+    if not _exists(conn, CHANGES):
+        return 0
+    row = conn.execute(f"select coalesce(max(seq), 0) from {CHANGES}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def log_changes(conn: duckdb.DuckDBPyConnection, ids: dict[str, list[str]]) -> int:
+    """Record the profiles one apply rewrote under the next sequence number (inside the
+    caller's transaction); returns that number (unchanged when nothing was rewritten)."""
+    run(conn, CHANGES_DDL)
+    seq = change_seq(conn)
+    frame = pd.DataFrame(
+        {
+            "kind": pd.Series([k for k, v in ids.items() for _ in v], dtype=object),
+            "hull_id": pd.Series([h for v in ids.values() for h in v], dtype=object),
+        }
+    ).drop_duplicates()
+    if frame.empty:
+        return seq
+    conn.register("_changed_profiles", frame)
+    try:
+        run(
+            conn,
+            f"insert or replace into {CHANGES} select kind::varchar, hull_id::varchar, ?"
+            " from _changed_profiles",
+            [seq + 1],
+        )
+    finally:
+        conn.unregister("_changed_profiles")
+    return seq + 1
+
+
+def changed_since(conn: duckdb.DuckDBPyConnection, kind: Kind, seq: int) -> str:
+    """SQL selecting the hull_ids of ``kind`` rewritten after sequence ``seq``."""
+    return f"(select hull_id from {CHANGES} where kind = '{kind}' and seq > {int(seq)})"
 
 
 def _typed_select(frame: pd.DataFrame, view: str) -> str:
