@@ -87,6 +87,23 @@ def _since(
     return _frame(conn, f"select * from {table} where {where} and _fetched_at > ?", [mark])
 
 
+def _copper_since(
+    conn: duckdb.DuckDBPyConnection, name: str, mark: pd.Timestamp | None
+) -> pd.DataFrame | None:
+    """The current rows of ``copper_current.<name>`` fetched after ``mark``. The view keeps the
+    newest fetch of each id, so the newest of an id's rows fetched after ``mark`` is its current
+    row: the window runs over those rows only, not over the whole raw table."""
+    if mark is None or not table_exists(conn, "copper", name):
+        return _since(conn, f"copper_current.{name}", mark)
+    return _frame(
+        conn,
+        f"select * from copper.{name} where _fetched_at > ? qualify row_number() over"
+        " (partition by id order by _fetched_at desc nulls last, date_modified desc nulls last)"
+        " = 1",
+        [mark],
+    )
+
+
 def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
     """Raw rows fetched since the last apply (opportunities: all current ones if any changed;
     Planhat: the rows of a new snapshot that differ from the one last applied)."""
@@ -95,7 +112,7 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
     for name in COPPER_SOURCES:
         schema = "copper_current" if table_exists(conn, "copper_current", name) else None
         frames[f"copper.{name}"] = (
-            _since(conn, f"copper_current.{name}", marks.get(f"copper.{name}")) if schema else None
+            _copper_since(conn, name, marks.get(f"copper.{name}")) if schema else None
         )
     changed_opportunities = frames["copper.opportunities"]
     if changed_opportunities is not None and not changed_opportunities.empty:
