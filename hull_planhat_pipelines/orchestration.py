@@ -5,6 +5,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -280,6 +281,20 @@ ACTIVE = [
 ]
 
 
+DRY_RUN_TAG = "hull_planhat/dry_run"
+
+
+def is_dry_run(run: Any) -> bool:
+    """A run tagged as a dry run, or configured with ``dry_run: true`` on any step."""
+    if (run.tags or {}).get(DRY_RUN_TAG) == "true":
+        return True
+    ops = (run.run_config or {}).get("ops") or {}
+    return any(
+        isinstance(op, dict) and (op.get("config") or {}).get("dry_run") is True
+        for op in ops.values()
+    )
+
+
 def build_chain_sensors(
     jobs: dict[str, UnresolvedAssetJobDefinition],
 ) -> list[dg.RunStatusSensorDefinition]:
@@ -293,6 +308,8 @@ def build_chain_sensors(
             description=f"After a successful {' or '.join(after)} run: {then}.",
         )
         def _chain(context: dg.RunStatusSensorContext):
+            if is_dry_run(context.dagster_run):
+                return dg.SkipReason("a dry run triggers nothing")
             active = context.instance.get_runs(
                 filters=dg.RunsFilter(job_name=then, statuses=ACTIVE), limit=1
             )
