@@ -276,8 +276,8 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
     hull_store.write_changes(conn, settings.segments, sliced[0], changes, NOW, everything=False)
     conn.execute("commit")
     applied = time.perf_counter()
-    users = conn.execute("select count(*) from hull.users").fetchone()[0]  # type: ignore[index]
-    accounts = conn.execute("select count(*) from hull.accounts").fetchone()[0]  # type: ignore[index]
+    users = conn.execute("select count(*) from hull.users").fetchall()[0][0]
+    accounts = conn.execute("select count(*) from hull.accounts").fetchall()[0][0]
     conn.close()
     result = {
         "records": record_count(rows),

@@ -54,7 +54,7 @@ def diff_snapshot(
     fresh = f"{_latest(name)}" + (" and _fetched_at > ?" if mark is not None else "")
     params = [mark.to_pydatetime()] if mark is not None else []
     row = conn.execute(f"select count(*), max(_fetched_at) from {source} where {fresh}", params)
-    count, newest = row.fetchone() or (0, None)
+    count, newest = row.fetchall()[0]
     if not count:
         return None
     copy = applied_table(name)

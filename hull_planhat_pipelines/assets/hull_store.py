@@ -290,7 +290,7 @@ def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
     """The sequence number of the last apply that changed a profile (0: none yet)."""
     if not _exists(conn, CHANGES):
         return 0
-    row = conn.execute(f"select coalesce(max(seq), 0) from {CHANGES}").fetchone()
+    row = conn.execute(f"select coalesce(max(seq), 0) from {CHANGES}").fetchall()[0]
     return int(row[0]) if row else 0
 
 
@@ -420,12 +420,15 @@ def changed_segments(
     new_accounts = seg_accounts[seg_accounts["hull_id"].isin(changed_accounts)]
     evaluated = seg_users[~seg_users["hull_id"].isin(changed_users)][["hull_id", "segments"]]
     before = dict(zip(previous["hull_id"], (list(s) for s in previous["segments"]), strict=True))
-    moved = evaluated[
+    mask = pd.Series(
         [
             list(s) != before.get(h)
             for h, s in zip(evaluated["hull_id"], evaluated["segments"], strict=True)
-        ]
-    ]
+        ],
+        index=evaluated.index,
+        dtype=bool,
+    )
+    moved = evaluated[mask]
     return new_users, new_accounts, moved.reset_index(drop=True)
 
 
@@ -469,5 +472,5 @@ def segment_counts(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, int
 def row_count(conn: duckdb.DuckDBPyConnection, table: str) -> int:
     if not _exists(conn, table):
         return 0
-    row = conn.execute(f"select count(*) from {table}").fetchone()
+    row = conn.execute(f"select count(*) from {table}").fetchall()[0]
     return int(row[0]) if row else 0
