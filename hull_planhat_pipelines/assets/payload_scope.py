@@ -142,6 +142,14 @@ def remember(
     for statement in SCOPE_DDL:
         run(database_conn, statement)
     ids = payloads["hull_id"].dropna().astype(str).unique().tolist() if len(payloads) else []
+    stored = database_conn.execute(
+        f"select seq, digest from {SCOPE} where target = ?", [mapped.target]
+    ).fetchall()
+    pending = database_conn.execute(
+        f"select hull_id from {PENDING} where target = ?", [mapped.target]
+    ).fetchall()
+    if stored == [(mapped.seq, mapped.digest)] and {r[0] for r in pending} == set(ids):
+        return  # nothing moved: nothing written
     run(database_conn, "begin transaction")
     try:
         run(database_conn, f"delete from {PENDING} where target = ?", [mapped.target])
