@@ -3,7 +3,9 @@
 One multi-asset, because applying is one transaction: the upserts of a run, the profiles they
 change, the events, the forwarding outbox and the per-source watermarks commit together or not
 at all. It reads only the raw rows fetched since it last applied (a watermark on ``_fetched_at``
-per source), so a 5-minute poll stays cheap on a large warehouse, and a run over unchanged
+per source; for Planhat, the rows of a new snapshot that differ from the one last applied),
+then only the slice of the store those rows can touch, and writes back only what changed
+(``hull_store``): a 5-minute poll costs the change, not the store, and a run over unchanged
 sources writes nothing.
 """
 
