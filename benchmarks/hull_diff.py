@@ -245,7 +245,7 @@ def write_warehouse(path: str, settings: Settings, store: ProfileStore) -> None:
     users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
     conn = duckdb.connect(path)
     try:
-        conn.execute("create schema if not exists hull")
+        conn.execute("create schema if not exists hull; create schema if not exists ops")
         hull_store.replace_table(conn, "hull.users", users)
         hull_store.replace_table(conn, "hull.accounts", accounts)
         hull_store.replace_table(conn, "hull.events", store.events)
@@ -351,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
                     *("--users", str(args.users), "--accounts", str(args.accounts)),
                     *("--changed", str(args.changed), "--incremental-from", path),
                 ],
-                check=True,
                 capture_output=True,
                 text=True,
             )
+            if child.returncode:
+                print(child.stdout, child.stderr, file=sys.stderr)
+                return child.returncode
             lines = child.stdout.strip().splitlines()
             for line in lines[:-1]:
                 log(line)

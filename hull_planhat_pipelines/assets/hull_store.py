@@ -297,6 +297,7 @@ def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
 def log_changes(conn: duckdb.DuckDBPyConnection, ids: dict[str, list[str]]) -> int:
     """Record the profiles one apply rewrote under the next sequence number (inside the
     caller's transaction); returns that number (unchanged when nothing was rewritten)."""
+    run(conn, "create schema if not exists ops")
     run(conn, CHANGES_DDL)
     seq = change_seq(conn)
     frame = pd.DataFrame(
