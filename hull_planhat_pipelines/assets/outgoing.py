@@ -154,7 +154,9 @@ def _payload_asset(
 
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def companies(conn, fingerprints, force, scopes):
-        mapped = scope(conn, settings, "companies", force=force)
+        vanished = _vanished_companies(conn, fingerprints)
+        # a company deleted in Planhat keeps its fingerprint until re-sent: map them all
+        mapped = scope(conn, settings, "companies", force=force or bool(vanished))
         accounts = read_rows(conn, "hull.accounts", mapped.where)
         if conn is not None and table_exists(conn, "hull", "accounts"):
             scopes["companies"] = mapped
@@ -173,7 +175,6 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             )
             payloads, _ = company_payloads(_no_profiles(), None, settings, fingerprints)
             return payloads, waiting
-        vanished = _vanished_companies(conn, fingerprints)
         kept = fingerprints[
             ~((fingerprints["target"] == "companies") & fingerprints["key"].isin(vanished))
         ]
