@@ -9,13 +9,14 @@ from hull_planhat_pipelines.assets.outgoing import build_delivery_asset, build_p
 from hull_planhat_pipelines.assets.planhat import build_planhat_assets
 from hull_planhat_pipelines.checks import build_copper_checks, hull_checks, planhat_checks
 from hull_planhat_pipelines.orchestration import (
-    build_chain_sensors,
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
+    build_follow_sensor,
     build_planhat_fetch_schedule,
     copper_partitions,
     copper_sync_job,
     daily_partitions,
+    downstream_job,
     hull_sync_job,
     planhat_delivery_job,
     planhat_destinations_job,
@@ -46,24 +47,26 @@ def build_definitions(
         "hull_sync": hull_sync_job(),
         "planhat_delivery": planhat_delivery_job(),
         "planhat_destinations": planhat_destinations_job(),
+        "profiles_and_delivery": downstream_job(),
     }
     database = warehouse_path()
+    assets = [
+        *build_copper_assets(settings, copper_days),
+        *build_planhat_assets(settings, partitions),
+        *build_hull_assets(settings),
+        *build_payload_assets(settings),
+        build_delivery_asset(settings),
+        *build_destination_assets(settings),
+    ]
     return dg.Definitions(
-        assets=[
-            *build_copper_assets(settings, copper_days),
-            *build_planhat_assets(settings, partitions),
-            *build_hull_assets(settings),
-            *build_payload_assets(settings),
-            build_delivery_asset(settings),
-            *build_destination_assets(settings),
-        ],
+        assets=assets,
         asset_checks=[*build_copper_checks(settings), *planhat_checks(), *hull_checks()],
         jobs=list(jobs.values()),
         # Steps of a run share one process: DuckDB takes one writing process per file.
         executor=dg.in_process_executor,
         sensors=[
             build_copper_incremental_sensor(settings, copper_job),
-            *build_chain_sensors(jobs),
+            build_follow_sensor(assets, jobs["profiles_and_delivery"], planhat_job),
         ],
         schedules=[
             build_copper_fetch_all_schedule(settings, copper_job, copper_days),

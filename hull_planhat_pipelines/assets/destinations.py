@@ -81,6 +81,8 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
             dg.AssetKey(["hull", "users"]),
             dg.AssetKey(["hull", "events"]),
             dg.AssetKey(["planhat", "companies"]),
+            # after the delivery (and the snapshot of what it wrote, when it wrote anything)
+            dg.AssetKey(["planhat", "deliveries"]),
         ],
         group_name=OUTGOING_GROUP,
         kinds={"planhat"},
