@@ -1,0 +1,160 @@
+"""Orchestration by assets: whatever materializes an upstream asset brings its downstream along.
+
+Every test uses a real (temporary) Dagster instance, launches real runs against the sandboxes
+(the asset graph's ``__ASSET_JOB`` included) and evaluates the downstream sensor the way the
+daemon does: with the instance, the definitions and the cursor of the previous tick.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from hull_planhat_pipelines.orchestration import (
+    AFTER_DELIVERY,
+    TRIGGER_TAG,
+    range_tags,
+)
+from hull_planhat_pipelines_tests.test_pipeline_assets import (  # noqa: F401
+    LAST,
+    START,
+    TODAY,
+    Pipeline,
+    pipeline,
+)
+
+SENSOR = "downstream_sensor"
+COPPER = [dg.AssetKey(["copper", n]) for n in ("leads", "people", "companies")]
+HULL = {
+    dg.AssetKey(["hull", n])
+    for n in ("users", "accounts", "events", "user_upserts", "account_upserts")
+}
+DELIVERIES = dg.AssetKey(["planhat", "deliveries"])
+DESTINATIONS = dg.AssetKey(["planhat", "destination_conversations"])
+
+
+class Ticks:
+    """The sensor evaluated tick after tick over one instance, its cursor carried along."""
+
+    def __init__(self, pipeline: Pipeline, instance: dg.DagsterInstance) -> None:  # noqa: F811
+        self.pipeline = pipeline
+        self.instance = instance
+        self.defs = pipeline.defs()
+        self.cursor: str | None = None
+
+    def tick(self) -> dg.SensorResult | dg.SkipReason:
+        sensor = self.defs.resolve_sensor_def(SENSOR)
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, definitions=self.defs
+        )
+        result = sensor(context)
+        if isinstance(result, dg.SensorResult) and result.cursor is not None:
+            self.cursor = result.cursor
+        return result
+
+    def requests(self) -> list[dg.RunRequest]:
+        result = self.tick()
+        return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+    def graph_launch(self, keys: list[dg.AssetKey], **kw: Any) -> dg.ExecuteInProcessResult:
+        """What "Materialize" on a selection in the asset graph runs: ``__ASSET_JOB``."""
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(
+            instance=self.instance, asset_selection=keys, raise_on_error=False, **kw
+        )
+        assert result.dagster_run.job_name == "__ASSET_JOB"
+        return result
+
+    def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def(request.job_name)
+        kw: dict[str, Any] = {"tags": dict(request.tags)}
+        if request.asset_selection:
+            kw["asset_selection"] = list(request.asset_selection)
+        if request.partition_key:
+            kw["partition_key"] = request.partition_key
+        return job.execute_in_process(instance=self.instance, raise_on_error=False, **kw)
+
+
+@pytest.fixture
+def ticks(pipeline: Pipeline) -> Iterator[Ticks]:  # noqa: F811
+    with dg.instance_for_test() as instance:
+        pipeline.instance = instance
+        yield Ticks(pipeline, instance)
+
+
+def _copper_range() -> dict[str, str]:
+    return range_tags(START.isoformat(), LAST.isoformat())
+
+
+def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks: Ticks) -> None:
+    assert ticks.requests() == []  # nothing materialized yet: nothing to follow
+    assert ticks.graph_launch(
+        [*COPPER, dg.AssetKey(["copper", "activities"]), dg.AssetKey(["copper", "opportunities"])],
+        tags=_copper_range(),
+    ).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+
+    [downstream] = ticks.requests()
+    selected = set(downstream.asset_selection or [])
+    assert selected >= HULL and DELIVERIES in selected
+    assert DESTINATIONS not in selected  # destinations follow the delivery's outcome
+    assert not any(key.path[0] == "copper" for key in selected)
+    assert ticks.requests() == []  # the same events never ask twice
+    ran = ticks.execute(downstream)
+    assert ran.success
+    delivered = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
+    assert delivered["created"].value > 0
+
+    # The delivery wrote to Planhat: what Planhat now holds comes back first.
+    [snapshot] = ticks.requests()
+    assert snapshot.job_name == "planhat_fetch" and snapshot.partition_key == TODAY.isoformat()
+    assert snapshot.tags[TRIGGER_TAG] == AFTER_DELIVERY
+    assert ticks.execute(snapshot).success
+
+    [back] = ticks.requests()
+    assert back.tags[TRIGGER_TAG] == AFTER_DELIVERY
+    selected = set(back.asset_selection or [])
+    assert selected >= HULL and DESTINATIONS in selected
+    assert DELIVERIES not in selected  # the delivery waits for the next change
+    assert ticks.execute(back).success
+    assert ticks.requests() == []  # settled: no run starts
+
+
+def test_two_copper_runs_in_one_tick_make_one_downstream_run(ticks: Ticks) -> None:
+    today = {"partition_key": TODAY.isoformat()}
+    assert ticks.graph_launch([COPPER[1]], **today).success
+    assert ticks.pipeline.run("copper_sync", partition_key=TODAY.isoformat()).success
+    requests = ticks.requests()
+    assert len(requests) == 1
+    assert set(requests[0].asset_selection or []) >= HULL
+    assert ticks.requests() == []
+
+
+def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: Ticks) -> None:
+    assert ticks.graph_launch(COPPER, partition_key=TODAY.isoformat()).success
+    [first] = ticks.requests()
+    # The requested run is under way when Copper lands again.
+    running = ticks.instance.create_run_for_job(
+        job_def=ticks.defs.resolve_job_def(first.job_name),
+        asset_selection=frozenset(first.asset_selection or []),
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    assert ticks.graph_launch([COPPER[0]], partition_key=TODAY.isoformat()).success
+    waiting = ticks.tick()
+    assert isinstance(waiting, dg.SkipReason) and "in progress" in (waiting.skip_message or "")
+    assert isinstance(ticks.tick(), dg.SkipReason)  # still waiting, still not dropped
+
+    ticks.instance.report_run_failed(running)
+    [later] = ticks.requests()
+    assert set(later.asset_selection or []) >= HULL
+
+
+def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:
+    assert ticks.graph_launch(COPPER, partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    ticks.requests()  # the copper and planhat events are now behind the cursor
+    assert ticks.graph_launch(sorted(HULL, key=str)).success  # Hull alone, from the graph
+    [request] = ticks.requests()
+    selected = set(request.asset_selection or [])
+    assert DELIVERIES in selected and not (HULL & selected)
