@@ -12,7 +12,7 @@ from hull_planhat_pipelines.orchestration import (
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
     build_follow_sensor,
-    build_planhat_fetch_schedule,
+    build_planhat_fetch_sensor,
     copper_partitions,
     copper_sync_job,
     daily_partitions,
@@ -66,11 +66,11 @@ def build_definitions(
         executor=dg.in_process_executor,
         sensors=[
             build_copper_incremental_sensor(settings, copper_job),
+            build_planhat_fetch_sensor(settings, planhat_job),
             build_follow_sensor(assets, jobs["profiles_and_delivery"], planhat_job),
         ],
         schedules=[
             build_copper_fetch_all_schedule(settings, copper_job, copper_days),
-            build_planhat_fetch_schedule(settings, planhat_job),
         ],
         resources={
             "copper": copper_resource(settings.copper.requests_per_minute, progress_bar),

@@ -25,7 +25,6 @@ from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
 from hull_planhat_pipelines.sync.polling import (
     CopperCursor,
     PlannedRun,
-    interval_cron,
     plan_incremental_runs,
 )
 from hull_planhat_pipelines.warehouse import append_sync_log, read_only, table_exists
@@ -277,25 +276,34 @@ def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAsse
     )
 
 
-def build_planhat_fetch_schedule(
-    settings: Settings, job: UnresolvedAssetJobDefinition
-) -> dg.ScheduleDefinition:
-    @dg.schedule(
-        name="planhat_fetch_schedule",
-        cron_schedule=interval_cron(settings.planhat.fetch_interval_minutes),
+def build_planhat_fetch_sensor(
+    settings: Settings,
+    job: UnresolvedAssetJobDefinition,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition:
+    """Today's Planhat snapshot every ``planhat.fetch_interval_minutes`` (5 to 1,440, any
+    value: a sensor's interval, where a cron schedule could keep only divisors of an hour or
+    a day). One run per interval window, whatever the tick timing."""
+    minutes = settings.planhat.fetch_interval_minutes
+
+    @dg.sensor(
+        name="planhat_fetch_sensor",
         job=job,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every planhat.fetch_interval_minutes: today's Planhat snapshot.",
+        minimum_interval_seconds=minutes * 60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Every {minutes} minutes (planhat.fetch_interval_minutes): today's "
+        "Planhat snapshot.",
     )
-    def planhat_fetch_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        moment = context.scheduled_execution_time.astimezone(dt.UTC)
+    def planhat_fetch_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest:
+        now = int(clock())
+        window = now // (minutes * 60)
         return dg.RunRequest(
-            run_key=f"planhat-fetch:{moment.isoformat()}",
-            partition_key=moment.date().isoformat(),
+            run_key=f"planhat-fetch:{minutes}:{window}",
+            partition_key=_utc_day(now).isoformat(),
+            tags={TRIGGER_TAG: f"every {minutes} minutes"},
         )
 
-    return planhat_fetch_schedule
+    return planhat_fetch_sensor
 
 
 def hull_sync_job() -> UnresolvedAssetJobDefinition:

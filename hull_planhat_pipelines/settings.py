@@ -119,7 +119,9 @@ class MetricSettings(_Strict):
 
 
 class PlanhatSettings(_Strict):
-    fetch_interval_minutes: Annotated[int, Field(ge=1)] = 60
+    fetch_interval_minutes: Annotated[int, Field(ge=5, le=1440)] = 60
+    """Minutes between Planhat snapshots: any value from 5 to 1,440 (a sensor interval, not a
+    cron expression, so 300 or 180 are as good as 60)."""
     contact_segments: list[NonEmptyStr] = []
     company_segments: list[NonEmptyStr] = []
     tracking_events: list[NonEmptyStr] = []
@@ -134,15 +136,6 @@ class PlanhatSettings(_Strict):
     analytics_batch_size: Annotated[int, Field(ge=1, le=MAX_ANALYTICS_RECORDS)] = 10_000
     requests_per_minute: Annotated[int, Field(ge=1)] = 200
     """Client-side throttle: Planhat's soft quota is 200 calls a minute."""
-
-    @field_validator("fetch_interval_minutes")
-    @classmethod
-    def _cron_interval(cls, minutes: int) -> int:
-        if (minutes < 60 and 60 % minutes == 0) or (
-            minutes % 60 == 0 and 24 % (minutes // 60) == 0
-        ):
-            return minutes
-        raise ValueError("must divide an hour (1..30) or be whole hours that divide a day")
 
     @field_validator("metrics")
     @classmethod

@@ -37,7 +37,7 @@ DESTINATIONS = dg.AssetKey(["planhat", "destination_conversations"])
 class Ticks:
     """The sensor evaluated tick after tick over one instance, its cursor carried along."""
 
-    def __init__(self, pipeline: Pipeline, instance: dg.DagsterInstance) -> None:  # noqa: F811  # noqa: F811
+    def __init__(self, pipeline: Pipeline, instance: dg.DagsterInstance) -> None:  # noqa: F811
         self.pipeline = pipeline
         self.instance = instance
         self.defs = pipeline.defs()
