@@ -448,8 +448,11 @@ def plan_followers(
         return job_assets(run.job_name)
 
     fresh: dict[dg.AssetKey, Any] = {}
+    materialized: set[dg.AssetKey] = set()
     for record in instance.get_asset_records(graph.keys):
         latest = record.asset_entry.last_materialization_record
+        if latest is not None:
+            materialized.add(record.asset_entry.asset_key)
         name = record.asset_entry.asset_key.to_user_string()
         if latest is not None and latest.storage_id > cursor.get(name, 0):
             fresh[record.asset_entry.asset_key] = latest
@@ -484,6 +487,11 @@ def plan_followers(
         needed |= followers
     if DELIVERIES_KEY in needed:
         needed -= after_delivery  # they follow the delivery's outcome
+    if not set(SNAPSHOT_KEYS) <= materialized:
+        # Before the first Planhat snapshot the chain stops at Hull: owners are validated
+        # against planhat/users and destinations read planhat_current; the snapshot's arrival
+        # asks for the rest.
+        needed -= delivery_branch | after_delivery
     needed = graph.whole(needed)
     advanced = dict(cursor)
     advanced.update({k.to_user_string(): r.storage_id for k, r in fresh.items()})

@@ -10,7 +10,12 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
+from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.orchestration import (
     AFTER_DELIVERY,
     TRIGGER_TAG,
@@ -21,6 +26,7 @@ from hull_planhat_pipelines_tests.test_pipeline_assets import (  # noqa: F401
     START,
     TODAY,
     Pipeline,
+    _sensor_tick,
     pipeline,
 )
 
@@ -158,3 +164,35 @@ def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:
     [request] = ticks.requests()
     selected = set(request.asset_selection or [])
     assert DELIVERIES in selected and not (HULL & selected)
+
+
+def test_the_first_poll_over_empty_copper_tables_fetches_everything(ticks: Ticks) -> None:
+    stack = ticks.pipeline
+    [first] = _sensor_tick(stack, None).run_requests
+    assert first.tags[TRIGGER_TAG] == "first start"
+    assert first.tags[ASSET_PARTITION_RANGE_START_TAG] == START.isoformat()
+    assert first.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST.isoformat()
+    assert {k.path[1] for k in first.asset_selection or []} == set(COPPER_OBJECTS)
+    assert stack.run("copper_sync", tags=dict(first.tags)).success
+    stored = stack.query("select count(*) from copper.leads")[0][0]
+    assert stored == len(stack.copper.records("leads"))  # every lead, not today's only
+
+    # Tables filled: a poll without a cursor asks only for the newest changes.
+    again = _sensor_tick(stack, None).run_requests
+    assert again and all(r.tags[TRIGGER_TAG] != "first start" for r in again)
+
+
+def test_the_first_chain_waits_for_planhat_users_before_payloads(ticks: Ticks) -> None:
+    every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
+    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    [hull_only] = ticks.requests()
+    assert set(hull_only.asset_selection or []) == HULL  # owners cannot be validated yet
+    assert ticks.execute(hull_only).success
+    assert ticks.requests() == []
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    [rest] = ticks.requests()
+    assert DELIVERIES in set(rest.asset_selection or [])
+    ran = ticks.execute(rest)
+    assert ran.success
+    metadata = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
+    assert metadata["created"].value > 0  # the first chain delivers

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.policies import FETCH_RETRY, copper_freshness
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_records import connect_targets, records_frame
@@ -104,6 +105,8 @@ def build_copper_asset(
         key=["copper", obj.name],
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=FETCH_RETRY,
+        freshness_policy=copper_freshness(settings),
         io_manager_key="warehouse_io_manager",
         metadata={
             "partition_expr": "partition_date",
