@@ -149,3 +149,68 @@ def hull_checks() -> list[dg.AssetChecksDefinition]:
             requires=[("hull", "accounts")],
         ),
     ]
+
+
+FAILED_STATUSES = ("error", "ignored", "unknown", "unconfirmed", "dropped")
+"""Mirrors ``clients.delivery.FAILED`` (checks read the table, not the client)."""
+
+
+def _failed_records_check(key: list[str], targets: Callable[[], list[str]], settings: Settings):
+    rule = settings.planhat.failed_records_check
+    severity = dg.AssetCheckSeverity[rule.severity]
+
+    @dg.asset_check(
+        asset=dg.AssetKey(key),
+        name="records_reached_planhat",
+        description=(
+            "Every record this run sent reached Planhat: none refused, ignored or left without "
+            f"an answer (at most {rule.max_failed} allowed). A failed record does not fail the "
+            "step, so the chain goes on; this check says so instead."
+        ),
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> dg.AssetCheckResult:
+        names = targets()
+        with warehouse.read_only() as conn:
+            if conn is None or not names or not table_exists(conn, "planhat", "deliveries"):
+                return dg.AssetCheckResult(passed=True, metadata={"failed": 0})
+            marks = ", ".join("?" for _ in names)
+            failed = conn.execute(
+                "select target, status, coalesce(error, '') as error, key from ("
+                "  select * from planhat.deliveries where run_id = ? and target in "
+                f"  ({marks}) qualify row_number() over (partition by target, key "
+                "  order by delivered_at desc, (status = 'pending')) = 1"
+                f") where status in {FAILED_STATUSES}",
+                [context.run.run_id, *names],
+            ).fetchdf()
+        by_target = failed.groupby("target").size().to_dict() if len(failed) else {}
+        reasons = failed["error"].value_counts().head(5).to_dict() if len(failed) else {}
+        return dg.AssetCheckResult(
+            passed=len(failed) <= rule.max_failed,
+            severity=severity,
+            metadata={
+                "failed": dg.MetadataValue.int(len(failed)),
+                "failed_by_target": dg.MetadataValue.json(
+                    {str(k): int(v) for k, v in by_target.items()}
+                ),
+                "top_reasons": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
+            },
+        )
+
+    return _check
+
+
+def delivery_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    """One failed-records check on ``planhat/deliveries`` and on each destination."""
+    core = ["companies", "endusers", "activities", "metrics"]
+    checks = [_failed_records_check(["planhat", "deliveries"], lambda: core, settings)]
+    for destination in settings.destinations:
+        checks.append(
+            _failed_records_check(
+                ["planhat", f"destination_{destination.name}"],
+                lambda name=destination.name: [name],
+                settings,
+            )
+        )
+    return checks

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +20,14 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import ConfigError, Settings, config_path, load_settings
 
-
 # -- sync ----------------------------------------------------------------------------------------
+EXIT_OK = 0
+EXIT_STEP_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RECORDS_FAILED = 3
+EXIT_BUSY = 75  # EX_TEMPFAIL: try again later
+
+
 @dataclass
 class StepSummary:
     step: str
@@ -27,22 +35,46 @@ class StepSummary:
     rows: int | None = None
     requests: int | None = None
     detail: str = ""
+    failed_checks: list[str] = field(default_factory=list)
+    """ERROR-severity asset checks of this step that failed (records that did not go through)."""
+    samples: dict[str, list[Any]] = field(default_factory=dict)
+    """Dry run: a few payloads per target that would have been sent."""
 
 
 @dataclass
 class SyncSummary:
     steps: list[StepSummary] = field(default_factory=list)
+    dry_run: bool = False
 
     @property
     def ok(self) -> bool:
+        """Every step ran (records may still have failed: see ``exit_status``)."""
         return bool(self.steps) and all(s.ok for s in self.steps)
+
+    @property
+    def exit_status(self) -> int:
+        """0 all went through; 3 every step ran but records failed; 1 a step failed."""
+        if not self.ok:
+            return EXIT_STEP_FAILED
+        if any(s.failed_checks for s in self.steps):
+            return EXIT_RECORDS_FAILED
+        return EXIT_OK
+
+    def samples(self, per_target: int = 3) -> str:
+        lines = []
+        for step in self.steps:
+            for target, bodies in step.samples.items():
+                for body in bodies[:per_target]:
+                    text = json.dumps(body, default=str, ensure_ascii=False)
+                    lines.append(f"  would send to {target}: {text[:300]}")
+        return "\n".join(lines)
 
     def table(self) -> str:
         frame = pd.DataFrame(
             [
                 {
                     "step": s.step,
-                    "status": "ok" if s.ok else "FAILED",
+                    "status": "FAILED" if not s.ok else ("ERRORS" if s.failed_checks else "ok"),
                     "rows": "" if s.rows is None else s.rows,
                     "requests": "" if s.requests is None else s.requests,
                     "detail": s.detail,
@@ -94,7 +126,7 @@ def _run_job(
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     selected = set(asset_selection or job.asset_layer.executable_asset_keys)
     if ops:
-        names = {"__".join(k.path) for k in selected}
+        names = {defs.resolve_assets_def(k).node_def.name for k in selected}
         run_config["ops"] = {op: config for op, config in ops.items() if op in names}
     result = job.execute_in_process(
         instance=instance or _instance(),
@@ -104,32 +136,80 @@ def _run_job(
         asset_selection=list(asset_selection) if asset_selection else None,
     )
     metadata = _materialized_metadata(result)
+    failed_checks = _failed_error_checks(result)
     steps = []
     for key in sorted(k.to_user_string() for k in selected):
         found = metadata.get(key)
+        checks = failed_checks.get(key, [])
+        text = _detail(found, detail) if found else _failure_reason(result, key)
+        if checks:
+            text += f"; failed checks: {', '.join(checks)}"
         steps.append(
             StepSummary(
                 step=key,
                 ok=found is not None,
-                rows=found.get("rows", found.get("sent")) if found else None,
+                rows=_rows(found),
                 requests=found.get("requests") if found else None,
-                detail=_detail(found, detail) if found else _failure_reason(result, key),
+                detail=text,
+                failed_checks=checks,
+                samples=_samples(found, key),
             )
         )
     return steps
 
 
+def _rows(found: dict[str, Any] | None) -> int | None:
+    if not found:
+        return None
+    if found.get("dry_run"):
+        return found.get("would_send")
+    return found.get("rows", found.get("sent"))
+
+
+def _samples(found: dict[str, Any] | None, key: str) -> dict[str, list[Any]]:
+    if not found or not found.get("dry_run"):
+        return {}
+    if found.get("samples"):
+        return dict(found["samples"])
+    if found.get("sample_payload"):
+        return {key.rsplit("/", 1)[-1].removeprefix("destination_"): found["sample_payload"]}
+    return {}
+
+
+def _failed_error_checks(result: Any) -> dict[str, list[str]]:
+    """Asset key -> names of its ERROR-severity checks that failed in this run."""
+    import dagster as dg
+
+    failed: dict[str, list[str]] = {}
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            key = evaluation.asset_key.to_user_string()
+            failed.setdefault(key, []).append(evaluation.check_name)
+    return failed
+
+
 def _detail(metadata: dict[str, Any], default: str) -> str:
-    """Per-target outcome counts for deliveries, the fetched window for the rest."""
+    """Per-target outcome counts for deliveries (failures first), the fetched window else."""
     if "by_target" in metadata:
         targets = metadata["by_target"] or {}
-        text = "; ".join(f"{t}: {counts}" for t, counts in targets.items()) or "nothing to send"
-        return ("dry run: " if metadata.get("dry_run") else "") + text
+        text = "; ".join(_counts(t, c) for t, c in targets.items()) or "nothing to send"
+        return ("dry run, would send: " if metadata.get("dry_run") else "") + text
     if "by_status" in metadata:
-        return f"{metadata['by_status'] or 'nothing to send'}"
+        counts = metadata["by_status"] or {}
+        text = _counts("", counts).strip(": ") if counts else "nothing to send"
+        return ("dry run, would send: " if metadata.get("dry_run") else "") + text
     if metadata.get("skipped_by_reason"):
         return f"skipped: {metadata['skipped_by_reason']}"
     return default
+
+
+FAILURE_STATUSES = ("error", "ignored", "unknown", "unconfirmed", "dropped")
+
+
+def _counts(target: str, counts: dict[str, int]) -> str:
+    failed = sum(int(counts.get(s, 0)) for s in FAILURE_STATUSES)
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+    return f"{target}: {shown}" + (f" ({failed} FAILED)" if failed else "")
 
 
 def delivery_run_config(defs: Any, *, force: bool, dry_run: bool) -> dict[str, Any]:
@@ -145,7 +225,20 @@ def delivery_run_config(defs: Any, *, force: bool, dry_run: bool) -> dict[str, A
         elif name.startswith("planhat__destination_"):
             # --force re-sends payloads; a forced POST would create duplicates in Planhat.
             ops[name] = {"config": {"dry_run": dry_run}}
+    if dry_run and _takes_dry_run(defs, "hull_sync", "hull_profiles"):
+        ops["hull_profiles"] = {"config": {"dry_run": True}}  # no firehose writes either
     return ops
+
+
+def _takes_dry_run(defs: Any, job: str, op: str) -> bool:
+    """Whether ``op`` of ``job`` has a ``dry_run`` config field."""
+    try:
+        node = defs.resolve_job_def(job).graph.node_named(op)
+    except Exception:
+        return False
+    field_ = node.definition.config_field
+    fields = getattr(getattr(field_, "config_type", None), "fields", None) or {}
+    return "dry_run" in fields
 
 
 MAX_FOLLOW_RUNS = 4
@@ -153,24 +246,36 @@ MAX_FOLLOW_RUNS = 4
 delivered); the bound only stops a loop the asset graph should never make."""
 
 
-def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) -> SyncSummary:
+def run_sync(
+    *,
+    full: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    lock_wait: float | None = None,
+) -> SyncSummary:
     """Run the pipeline once, in process, as Dagster would: the same definitions and rules.
 
     The sources are fetched (the Copper range the schedule or the first poll would ask for, and
     today's Planhat snapshot); then, until nothing is out of date, the run the downstream
-    sensor would request: Hull, payloads, delivery, destinations in one run, and after a
-    delivery that wrote to Planhat a snapshot so what Planhat now holds comes back into Hull.
-    A second sync over unchanged sources writes nothing anywhere.
+    sensor would request (``orchestration.plan_followers``): Hull, payloads and delivery in one
+    run; after a delivery that wrote to Planhat a snapshot, so what Planhat now holds comes back
+    into Hull, with the destinations; else the destinations at once. A second sync over
+    unchanged sources writes nothing anywhere.
+
+    The whole cycle holds the warehouse's delivery lock: a second sync (or a Dagster delivery
+    step) waits up to ``lock_wait`` seconds, then is refused with ``WarehouseBusy``.
     """
     from hull_planhat_pipelines.definitions import build_definitions
     from hull_planhat_pipelines.orchestration import (
         AFTER_DELIVERY,
+        DRY_RUN_TAG,
         TRIGGER_TAG,
         AssetGraph,
         copper_fetch_range,
         plan_followers,
         range_tags,
     )
+    from hull_planhat_pipelines.warehouse import delivery_lock, warehouse_path
 
     settings = load_settings()
     defs = build_definitions(settings, progress_bar=sys.stderr.isatty())
@@ -187,44 +292,63 @@ def run_sync(*, full: bool = False, force: bool = False, dry_run: bool = False) 
     summary = SyncSummary()
     snapshot = {"dagster/partition": today.isoformat()}
     ops = delivery_run_config(defs, force=force, dry_run=dry_run)
-    summary.steps += _run_job(
-        defs, "copper_sync", range_tags(first, last), f"{first}..{last}", instance=instance
-    )
-    summary.steps += _run_job(
-        defs, "planhat_fetch", snapshot, f"snapshot {today}", instance=instance
-    )
-    for _ in range(MAX_FOLLOW_RUNS):
-        plan = plan_followers(instance, graph, cursor, job_assets, wait_for_active=False)
-        cursor = plan.cursor
-        if plan.empty:
-            break
-        if plan.assets:
-            summary.steps += _run_job(
-                defs,
-                "profiles_and_delivery",
-                plan.tags,
-                "changed records only",
-                ops,
-                instance=instance,
-                asset_selection=sorted(plan.assets, key=lambda k: k.to_user_string()),
-            )
-        if plan.snapshot:
-            summary.steps += _run_job(
-                defs,
-                "planhat_fetch",
-                {**snapshot, TRIGGER_TAG: AFTER_DELIVERY},
-                f"snapshot {today} (after delivery)",
-                instance=instance,
-            )
+    marks = {DRY_RUN_TAG: "true"} if dry_run else {}
+    summary.dry_run = dry_run
+
+    def follow() -> Any:
+        return plan_followers(
+            instance, graph, cursor, job_assets, wait_for_active=False, follow_dry_runs=True
+        )
+
+    sync_id = f"cli-sync-{uuid.uuid4().hex[:12]}"
+    with delivery_lock(warehouse_path(), sync_id, wait=lock_wait):
+        summary.steps += _run_job(
+            defs,
+            "copper_sync",
+            {**range_tags(first, last), **marks},
+            f"{first}..{last}",
+            instance=instance,
+        )
+        summary.steps += _run_job(
+            defs, "planhat_fetch", {**snapshot, **marks}, f"snapshot {today}", instance=instance
+        )
+        for _ in range(MAX_FOLLOW_RUNS):
+            plan = follow()
+            cursor = plan.cursor
+            if plan.empty:
+                break
+            if plan.assets:
+                summary.steps += _run_job(
+                    defs,
+                    "profiles_and_delivery",
+                    {**plan.tags, **marks},
+                    "changed records only",
+                    ops,
+                    instance=instance,
+                    asset_selection=sorted(plan.assets, key=lambda k: k.to_user_string()),
+                )
+            if plan.snapshot:
+                summary.steps += _run_job(
+                    defs,
+                    "planhat_fetch",
+                    {**snapshot, TRIGGER_TAG: AFTER_DELIVERY, **marks},
+                    f"snapshot {today} (after delivery)",
+                    instance=instance,
+                )
     return summary
 
 
 def _failure_reason(result: Any, key: str) -> str:
+    """The real cause of a failed step: the innermost error, not Dagster's wrapper."""
     for event in result.all_events:
         if event.is_step_failure and event.step_key and key.replace("/", "__") in event.step_key:
             error = event.step_failure_data.error
-            return (error.message if error else "failed").strip().splitlines()[0][:120]
-    return "not materialized"
+            while error is not None and error.cause is not None:
+                error = error.cause
+            message = (error.message if error else "failed").strip()
+            lines = [line for line in message.splitlines() if line.strip()] or ["failed"]
+            return lines[0][:300]
+    return "not materialized (an upstream step failed)"
 
 
 REQUIRED_CREDENTIALS = (
@@ -248,14 +372,27 @@ def cmd_sync(args: argparse.Namespace) -> int:
             "`source sandbox.env`.",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
+    from hull_planhat_pipelines.warehouse import WarehouseBusy
+
     try:
-        summary = run_sync(full=args.full, force=args.force, dry_run=args.dry_run)
+        summary = run_sync(
+            full=args.full, force=args.force, dry_run=args.dry_run, lock_wait=args.wait
+        )
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except WarehouseBusy as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BUSY
     print(summary.table())
-    return 0 if summary.ok else 1
+    if summary.dry_run and summary.samples():
+        print("\ndry run: nothing was written to any API. Samples:")
+        print(summary.samples())
+    status = summary.exit_status
+    if status == EXIT_RECORDS_FAILED:
+        print("\ncompleted with errors: some records did not reach Planhat (see above)")
+    return status
 
 
 # -- sandbox and demo ------------------------------------------------------------------------
@@ -423,6 +560,14 @@ def parser() -> argparse.ArgumentParser:
     sync.add_argument("--full", action="store_true", help="refetch everything")
     sync.add_argument("--force", action="store_true", help="send every in-segment record")
     sync.add_argument("--dry-run", action="store_true", help="compute payloads, write to no API")
+    sync.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for another sync holding the warehouse (default 60, or "
+        "HULL_PLANHAT_LOCK_WAIT); then exit 75",
+    )
     sync.set_defaults(func=cmd_sync)
 
     for name, func, text in (

@@ -7,7 +7,12 @@ from hull_planhat_pipelines.assets.destinations import build_destination_assets
 from hull_planhat_pipelines.assets.hull import build_hull_assets
 from hull_planhat_pipelines.assets.outgoing import build_delivery_asset, build_payload_assets
 from hull_planhat_pipelines.assets.planhat import build_planhat_assets
-from hull_planhat_pipelines.checks import build_copper_checks, hull_checks, planhat_checks
+from hull_planhat_pipelines.checks import (
+    build_copper_checks,
+    delivery_checks,
+    hull_checks,
+    planhat_checks,
+)
 from hull_planhat_pipelines.orchestration import (
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
@@ -60,7 +65,12 @@ def build_definitions(
     ]
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*build_copper_checks(settings), *planhat_checks(), *hull_checks()],
+        asset_checks=[
+            *build_copper_checks(settings),
+            *planhat_checks(),
+            *hull_checks(),
+            *delivery_checks(settings),
+        ],
         jobs=list(jobs.values()),
         # Steps of a run share one process: DuckDB takes one writing process per file.
         executor=dg.in_process_executor,

@@ -353,6 +353,20 @@ ACTIVE = [
 ]
 
 
+DRY_RUN_TAG = "hull_planhat/dry_run"
+
+
+def is_dry_run(run: Any) -> bool:
+    """A run tagged as a dry run, or configured with ``dry_run: true`` on any step."""
+    if (run.tags or {}).get(DRY_RUN_TAG) == "true":
+        return True
+    ops = (run.run_config or {}).get("ops") or {}
+    return any(
+        isinstance(op, dict) and (op.get("config") or {}).get("dry_run") is True
+        for op in ops.values()
+    )
+
+
 class AssetGraph:
     """Who follows whom, from the asset definitions themselves (no job names, no order list)."""
 
@@ -415,11 +429,27 @@ class FollowPlan:
         return not self.assets and not self.snapshot
 
 
+WROTE_STATUSES = frozenset({"created", "updated", "sent", "unconfirmed", "confirmed"})
+"""Outcomes of a record Planhat applied (or may have: an unconfirmed one is settled against
+the next snapshot)."""
+SNAPSHOT_TARGETS = frozenset({"companies", "endusers"})
+"""Targets whose records a Planhat snapshot lists (analytics events and metrics are not)."""
+
+
 def delivered_something(metadata: dict[str, Any]) -> bool:
-    """A delivery that created or updated records in Planhat (not a dry run)."""
+    """A delivery that wrote companies or endusers to Planhat (not a dry run)."""
     value = lambda name: getattr(metadata.get(name), "value", metadata.get(name))  # noqa: E731
     if value("dry_run"):
         return False
+    by_target = value("by_target")
+    if isinstance(by_target, dict):
+        return any(
+            int(count or 0) > 0
+            for target, counts in by_target.items()
+            if target in SNAPSHOT_TARGETS and isinstance(counts, dict)
+            for status, count in counts.items()
+            if status in WROTE_STATUSES
+        )
     return int(value("created") or 0) + int(value("updated") or 0) > 0
 
 
@@ -430,6 +460,7 @@ def plan_followers(
     job_assets: Callable[[str], set[dg.AssetKey]],
     *,
     wait_for_active: bool = True,
+    follow_dry_runs: bool = False,
 ) -> FollowPlan:
     """What the materializations newer than ``cursor`` (storage ids per asset) ask for.
 
@@ -464,6 +495,8 @@ def plan_followers(
     triggers: list[bool] = []  # per contributing event: from a run that followed a delivery?
     for key, latest in fresh.items():
         run = instance.get_run_by_id(latest.run_id)
+        if run is not None and is_dry_run(run) and not follow_dry_runs:
+            continue  # a dry run triggers nothing (the command line's own dry run goes on)
         ran = assets_of(run)
         followers = graph.followers(key) - ran - {key}
         if DELIVERIES_KEY in ran and key != DELIVERIES_KEY:

@@ -118,6 +118,25 @@ class MetricSettings(_Strict):
     sql: NonEmptyStr
 
 
+class ActivityQuerySettings(_Strict):
+    """User activities from SQL over the warehouse (seed 002 "User Activities"), beside the
+    tracked events. Columns: ``activity_id`` (stable: each is sent once), ``action``, ``email``
+    and/or ``eu_ext_id`` (the enduser's external id); optional ``company_external_id``,
+    ``count``, ``weight``, ``name``, ``date``, ``info`` (JSON)."""
+
+    name: Identifier
+    sql: NonEmptyStr
+
+
+class FailedRecordsCheck(_Strict):
+    """The asset check on ``planhat/deliveries`` and each destination: records of the run that
+    did not (or may not) reach Planhat. More than ``max_failed`` fails it with ``severity``;
+    ERROR makes ``hull-planhat sync`` exit 3 ("completed with errors")."""
+
+    severity: Literal["ERROR", "WARN"] = "ERROR"
+    max_failed: Annotated[int, Field(ge=0)] = 0
+
+
 class PlanhatSettings(_Strict):
     fetch_interval_minutes: Annotated[int, Field(ge=5, le=1440)] = 60
     """Minutes between Planhat snapshots: any value from 5 to 1,440 (a sensor interval, not a
@@ -136,6 +155,8 @@ class PlanhatSettings(_Strict):
     analytics_batch_size: Annotated[int, Field(ge=1, le=MAX_ANALYTICS_RECORDS)] = 10_000
     requests_per_minute: Annotated[int, Field(ge=1)] = 200
     """Client-side throttle: Planhat's soft quota is 200 calls a minute."""
+    failed_records_check: FailedRecordsCheck = FailedRecordsCheck()
+    activity_queries: list[ActivityQuerySettings] = []
 
     @field_validator("metrics")
     @classmethod
@@ -167,6 +188,13 @@ class DestinationSettings(_Strict):
     headers: dict[NonEmptyStr, str] = {}
     batch_size: Annotated[int, Field(ge=1, le=MAX_BULK_RECORDS)] = 1
     capture_responses: bool = False
+    on_change: Literal["update", "create", "ignore"] = "update"
+    """A record already delivered whose content changed: update the Planhat record it created
+    (a POST destination: ``PUT <path>/<_id>``), create another one, or send nothing."""
+    stable_key: bool = True
+    """Give each record sent to a collection path an ``externalId`` derived from its key
+    (``<name>-<key>``) unless the SQL returns one: a bulk PUT upserts by it, and a create whose
+    answer was lost is read back by it instead of being posted twice."""
 
     @property
     def is_bulk(self) -> bool:

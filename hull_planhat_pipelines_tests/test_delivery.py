@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -16,7 +17,7 @@ from hull_planhat_pipelines.clients.delivery import (
     TargetKind,
     deliver,
 )
-from hull_planhat_pipelines.clients.http import ApiAuthError
+from hull_planhat_pipelines.clients.http import ApiAuthError, RetryPolicy
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.clients.planhat_outcomes import NOT_APPLIED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
@@ -106,6 +107,7 @@ def test_bulk_sizes_take_the_minimum_requests(
 def test_mixed_outcomes_per_record_and_failures_never_delivered(
     sandbox: PlanhatSandbox, client: PlanhatClient
 ) -> None:
+    sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     sandbox.add_companies(
         [{"name": "Same", "externalId": "MX-1"}, {"name": "Before", "externalId": "MX-2"}]
     )
@@ -136,6 +138,7 @@ def test_mixed_outcomes_per_record_and_failures_never_delivered(
 def test_an_ignored_enduser_is_not_delivered(
     sandbox: PlanhatSandbox, client: PlanhatClient
 ) -> None:
+    sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     sandbox.add_companies([{"name": "Acme", "externalId": "IG-CO"}])
     payloads = [
         {"email": "ok@acme.example", "externalId": "IG-1", "companyExternalId": "IG-CO"},
@@ -323,3 +326,168 @@ def test_an_auth_failure_mid_run_keeps_what_was_delivered(
     assert rows["batch"].tolist() == [1, 2, 3] and rows["request"].tolist()[:1] == [1]
     assert stopped.value.result.delivered["key"].tolist() == ["MR-A"]
     assert "403" in str(stopped.value) and "permission" in str(stopped.value)
+
+
+def test_metrics_processed_short_fail_only_the_tail_and_nothing_lands_twice(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """Case 8: Planhat processed 2 of 5 without naming the rest: the first 2 landed (never
+    posted again), the 3 after them are errors, and the retry completes the set once."""
+    sandbox.metrics_accept_limit = 2
+    metrics = pd.DataFrame(
+        {
+            "key": [f"M-{i}" for i in range(5)],
+            "payload": [
+                {"dimensionId": "seats", "value": i, "externalId": f"M-{i}"} for i in range(5)
+            ],
+        }
+    )
+    first = deliver(metrics, DeliveryTarget.metrics(), client, batch_size=10, key_column="key")
+    assert first.outcomes["status"].tolist() == ["sent"] * 2 + ["error"] * 3
+    assert "2 of 5 metrics processed" in first.outcomes["error"].iloc[4]
+    sandbox.metrics_accept_limit = None
+    retry = metrics[first.outcomes["status"] == "error"]
+    again = deliver(retry, DeliveryTarget.metrics(), client, batch_size=10, key_column="key")
+    assert again.outcomes["status"].tolist() == ["sent"] * 3
+    landed = sorted(d["externalId"] for d in sandbox.dimension_data)
+    assert landed == [f"M-{i}" for i in range(5)]
+
+
+def test_analytics_batches_are_cut_by_size_as_well_as_count(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """Case 9: a count that fits can still be too many bytes: batches stay under the limit."""
+    sandbox.add_companies([{"name": "Big", "externalId": "BIG-CO"}])
+    events = pd.DataFrame(
+        {
+            "event_id": [f"big-{i}" for i in range(12)],
+            "payload": [
+                {
+                    "email": "big@big.example",
+                    "companyExternalId": "BIG-CO",
+                    "action": "Meeting",
+                    "info": {"notes": "x" * 1000, "n": i},
+                }
+                for i in range(12)
+            ],
+        }
+    )
+    result = deliver(
+        events,
+        DeliveryTarget.activities(),
+        client,
+        batch_size=10_000,
+        key_column="event_id",
+        max_bytes=4_000,
+    )
+    posts = sandbox.analytics.recorded("POST", r"^/analytics/bulk/")
+    assert len(posts) == 4 and [len(p.body) for p in posts] == [3, 3, 3, 3]
+    assert all(len(json.dumps(p.body, separators=(",", ":"))) <= 4_000 for p in posts)
+    assert result.outcomes["status"].tolist() == ["sent"] * 12
+    assert result.outcomes["batch"].tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert len(sandbox.activities) == 12
+
+
+def test_an_activity_post_left_unanswered_is_unknown_and_one_attempt(
+    sandbox: PlanhatSandbox, fake_time: FakeTime
+) -> None:
+    """Case 4 (analytics): a read timeout after the post left; the items are ``unknown``
+    (never re-posted blindly), and the message counts the one attempt made."""
+    sandbox.add_companies([{"name": "Slow", "externalId": "SLOW-CO"}])
+    sandbox.analytics.faults.add(status=0, delay=1.0, path="^/analytics/bulk/")
+    policy = RetryPolicy(attempts=6, read_timeout=0.2)
+    events = pd.DataFrame(
+        {
+            "event_id": ["slow-1"],
+            "payload": [{"email": "s@slow.example", "companyExternalId": "SLOW-CO", "action": "A"}],
+        }
+    )
+    with PlanhatClient(
+        sandbox.rest_url,
+        sandbox.analytics_url,
+        API_TOKEN,
+        TENANT_TOKEN,
+        requests_per_minute=None,
+        policy=policy,
+        sleeper=fake_time.sleep,
+        clock=fake_time.monotonic,
+    ) as slow:
+        result = deliver(
+            events, DeliveryTarget.activities(), slow, batch_size=10, key_column="event_id"
+        )
+    row = result.outcomes.iloc[0]
+    assert row["status"] == "unknown" and row["attempts"] == 1
+    assert "failed after 1 attempt: ReadTimeout" in row["error"]
+    assert "it may have been applied" in row["error"]
+    assert len(sandbox.analytics.recorded("POST", r"^/analytics/bulk/")) <= 1
+
+
+def test_a_permission_error_item_is_refused_alone(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    sandbox.deny_items("companies", lambda item: item.get("externalId") == "PE-2", "No access")
+    result = deliver(
+        company_records(3, "PE"), COMPANIES, client, batch_size=10, key_column="external_id"
+    )
+    statuses = dict(zip(result.outcomes["key"], result.outcomes["status"], strict=True))
+    assert statuses["PE-2"] == "error" and statuses["PE-0"] == statuses["PE-1"] == "created"
+    assert "No access" in result.outcomes.set_index("key").loc["PE-2", "error"]
+    assert put_requests(sandbox, client) == [3]
+
+
+def test_rate_limit_headers_are_sent_when_the_quota_is_on(tenant, fake_time: FakeTime) -> None:
+    limited = tenant(rate_limit_per_minute=5)
+    with make_client(limited, fake_time) as client:
+        client.list_users()
+    answer = limited.rest.recorded()[0]
+    assert answer.status == 200
+    import requests
+
+    headers = requests.get(
+        f"{limited.rest_url}/users", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5
+    ).headers
+    assert headers["X-Rate-Limit-Limit"] == "5"
+    assert headers["X-Rate-Limit-Remaining"] == "3"
+
+
+def test_activities_from_sql_carry_count_and_the_enduser_external_id(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """Case 9: user activities from configured SQL, with ``count`` and ``euExtId``."""
+    import duckdb
+
+    from hull_planhat_pipelines.settings import ActivityQuerySettings
+    from hull_planhat_pipelines.sync.planhat_payloads import sql_activity_payloads
+
+    sandbox.add_companies([{"name": "Usage", "externalId": "USE-CO"}])
+    sandbox.add_endusers(
+        [{"externalId": "EU-1", "email": "eu1@use.example", "companyExternalId": "USE-CO"}]
+    )
+    conn = duckdb.connect()
+    conn.execute(
+        "create table usage as select * from (values "
+        "('u1', 'Logged in', 'EU-1', null, 'USE-CO', 3), "
+        "('u2', 'Exported', null, 'eu1@use.example', 'USE-CO', 1), "
+        "('u3', 'Orphan', null, null, 'USE-CO', 2)) "
+        "t(activity_id, action, eu_ext_id, email, company_external_id, count)"
+    )
+    query = ActivityQuerySettings(name="usage", sql="select * from usage")
+    payloads, events = sql_activity_payloads(conn, [query], None)
+    assert payloads["key"].tolist() == ["sql:usage:u1", "sql:usage:u2"]
+    assert payloads["payload"].iloc[0] == {
+        "action": "Logged in",
+        "euExtId": "EU-1",
+        "companyExternalId": "USE-CO",
+        "count": 3,
+    }
+    assert "euExtId" not in payloads["payload"].iloc[1]
+    assert [e.reason for e in events] == ["No email or eu_ext_id"]
+    again, _ = sql_activity_payloads(conn, [query], {"sql:usage:u1", "sql:usage:u2"})
+    assert again.empty
+    result = deliver(
+        payloads, DeliveryTarget.activities(), client, batch_size=100, key_column="key"
+    )
+    assert result.outcomes["status"].tolist() == ["sent", "sent"]
+    landed = {a["action"]: a for a in sandbox.activities}
+    assert landed["Logged in"]["count"] == 3
+    assert landed["Logged in"]["endUserId"] == landed["Exported"]["endUserId"]

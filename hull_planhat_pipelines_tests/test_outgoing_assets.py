@@ -148,11 +148,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def _started(root: Path, edit: Edit | None = None) -> Iterator[Stack]:
+def _started(
+    root: Path, edit: Edit | None = None, *, rate_limit_per_minute: int | None = None
+) -> Iterator[Stack]:
     """Seeded sandboxes serving, the environment pointing the pipeline at them."""
     copper = CopperSandbox(seed=SEED, scale=SCALE).start()
     planhat = PlanhatSandbox(
-        seed=SEED, scale=SCALE, seed_user_ids=planhat_user_ids(SEED, PLANHAT_TEAM_SIZE)
+        seed=SEED,
+        scale=SCALE,
+        seed_user_ids=planhat_user_ids(SEED, PLANHAT_TEAM_SIZE),
+        rate_limit_per_minute=rate_limit_per_minute,
     ).start()
     stack = Stack(copper, planhat, root)
     stack.configure(edit)
@@ -237,7 +242,8 @@ class TwoCycles:
 
 @pytest.fixture(scope="module")
 def two_cycles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoCycles]:
-    with _started(tmp_path_factory.mktemp("two_cycles")) as started:
+    # Planhat's soft quota on: the request counts below are what a real tenant would accept.
+    with _started(tmp_path_factory.mktemp("two_cycles"), rate_limit_per_minute=200) as started:
         yield TwoCycles(started)
 
 
@@ -533,7 +539,7 @@ def test_configured_destinations_send_each_method_dry_run_and_test_mode(stack: S
         "where destination = 'conversations'"
     )
     assert len(captured) == len(posts)
-    assert all(m == "POST" and p == "/conversations" and s == "sent" for m, p, s, _ in captured)
+    assert all(m == "POST" and p == "/conversations" and s == "created" for m, p, s, _ in captured)
     assert all('"_id"' in response for *_, response in captured)
 
     puts = rest.recorded("PUT", r"^/licenses$")
@@ -550,14 +556,19 @@ def test_configured_destinations_send_each_method_dry_run_and_test_mode(stack: S
     dry = stack.run("planhat_destinations", _destination_ops(dry_run=True, force=True))
     assert dry.success, _failures(dry)
     assert stack.planhat.write_count() == 0
-    assert _metadata(dry, "planhat/destination_licenses")["sent"] == len(companies)
+    assert _metadata(dry, "planhat/destination_licenses")["would_send"] == len(companies)
+    assert _metadata(dry, "planhat/destination_licenses")["sent"] == 0
 
     before = {kind: len(rest.recorded(*kind)) for kind in (("POST",), ("PUT",), ("PATCH",))}
     test = stack.run("planhat_destinations", _destination_ops(test_mode=True))
     assert test.success, _failures(test)
     assert stack.planhat.write_count() == 3  # one record per destination
+    # The sample conversation was created by the cycle: it is updated (PUT to the _id its
+    # create returned), never created a second time.
+    after = {("POST",): 0, ("PUT",): 2, ("PATCH",): 1}
     for kind, count in before.items():
-        assert len(rest.recorded(*kind)) == count + 1
+        assert len(rest.recorded(*kind)) == count + after[kind]
+    assert len(rest.recorded("PUT", r"^/conversations/[0-9a-f]{24}$")) == 1
     assert len(rest.recorded("PUT", r"^/licenses$")[-1].body) == 1
     for name in ("conversations", "licenses", "company_phase"):
         metadata = _metadata(test, f"planhat/destination_{name}")

@@ -251,10 +251,17 @@ def test_bulk_of_nothing_and_of_one(api: Api) -> None:
     assert empty.status_code == 200 and list(empty.json()) == BULK_KEYS
     assert empty.json()["created"] == 0
     one = api.put("/companies", [{"name": "Solo", "externalId": "SOLO"}]).json()
-    assert one["created"] == 1 and one["insertsKeys"] == [
-        {"_id": one["upsertedIds"][0], "externalId": "SOLO"}
-    ]
+    # Planhat's documented key entries hold only the _id.
+    assert one["created"] == 1 and one["insertsKeys"] == [{"_id": one["upsertedIds"][0]}]
     assert api.put("/companies", {"name": "not an array"}).status_code == 400
+
+
+def test_bulk_key_entries_name_external_ids_only_when_asked(
+    planhat_sandbox: PlanhatSandbox, api: Api
+) -> None:
+    planhat_sandbox.bulk_keys = "full"
+    one = api.put("/companies", [{"name": "Solo", "externalId": "SOLO"}]).json()
+    assert one["insertsKeys"] == [{"_id": one["upsertedIds"][0], "externalId": "SOLO"}]
 
 
 def test_bulk_of_5000_applies_fast_and_5001_is_refused(
@@ -276,6 +283,7 @@ def test_bulk_of_5000_applies_fast_and_5001_is_refused(
 def test_mixed_bulk_answers_206_with_every_outcome(
     planhat_sandbox: PlanhatSandbox, api: Api
 ) -> None:
+    planhat_sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     company = _company(planhat_sandbox, externalId=True)
     owner = planhat_sandbox.users()[0]["_id"]
     items: list[Any] = [

@@ -90,6 +90,7 @@ def test_post_refusals(sandbox: PlanhatSandbox, api: Api) -> None:
 
 
 def test_bulk_licenses_create_then_update_or_not(sandbox: PlanhatSandbox, api: Api) -> None:
+    sandbox.bulk_keys = "full"  # the kinder key shape, asked for explicitly
     company = _company(sandbox)
     first = api.call("PUT", "/licenses", _licenses(company["externalId"]))
     assert first.status_code == 200, first.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -186,6 +187,18 @@ def test_custom_fields_listed_as_identity_capable_may_feed_any_claim(example: di
             "one SELECT statement",
         ),
         (
+            ("planhat", "activity_queries"),
+            [{"name": "usage", "sql": "copy (select * from hull.users) to 'users.csv'"}],
+            "planhat.activity_queries.0.sql",
+            "must be a SELECT, not COPY",
+        ),
+        (
+            ("planhat", "activity_queries"),
+            [{"name": "usage", "sql": "select event_id as activity_id from hull.events"}],
+            "planhat.activity_queries.0.sql",
+            "no column action",
+        ),
+        (
             ("destinations", 0, "source_sql"),
             "copy (select * from hull.users) to 'users.csv'",
             "destinations.0.source_sql",
@@ -204,7 +217,7 @@ def test_check_config_compiles_every_query_against_the_table_schemas(
     example: dict,
     capsys: pytest.CaptureFixture[str],
     path: tuple,
-    value: str,
+    value: Any,
     key_path: str,
     message: str,
 ) -> None:

@@ -17,19 +17,25 @@ import pandas as pd
 
 from hull_planhat_pipelines.assets.outgoing import (
     OUTGOING_GROUP,
-    commit_deliveries,
+    commit_checkpoint,
     delivery_rows,
     fingerprints_table,
+    make_checkpoint,
+    step_lock,
 )
-from hull_planhat_pipelines.clients.delivery import DeliveryStopped, DeliveryTarget, deliver
+from hull_planhat_pipelines.clients.delivery import (
+    FAILED,
+    DeliveryStopped,
+    DeliveryTarget,
+    deliver,
+)
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import DestinationSettings, Settings
 from hull_planhat_pipelines.sync.destinations import destination_records
-from hull_planhat_pipelines.sync.fingerprints import advance_fingerprints
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import append_table, connect
+from hull_planhat_pipelines.warehouse import append_table, connect, table_exists
 
 API_RESPONSES = "planhat.api_responses"
 
@@ -100,82 +106,145 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
         planhat: PlanhatResource,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
-        now = dt.datetime.now(dt.UTC)
-        with warehouse.read_only() as conn:
-            if conn is None:
-                raise dg.Failure("the warehouse is empty: run the Hull sync first")
-            try:
-                source = run_select(lock_down(conn), destination.source_sql, destination.name)
-            except duckdb.CatalogException as exc:
-                # A table the SQL reads has not been materialized yet (first runs): wait.
-                context.log.warning(f"destination {destination.name} waits: {exc}")
-                return dg.MaterializeResult(
-                    metadata={"sent": 0, "waiting_for": dg.MetadataValue.text(str(exc))}
-                )
-            except duckdb.Error as exc:
-                raise dg.Failure(
-                    f"destination {destination.name}: its source_sql failed: {exc}",
-                    allow_retries=False,
-                ) from None
-            fingerprints = fingerprints_table(conn)
-        records, skipped = destination_records(
-            source, destination, fingerprints, force=config.force or config.test_mode
-        )
-        if config.test_mode:
-            records = records.head(1)
-        sample = [json.loads(p) for p in records["payload"].head(3)] if len(records) else []
-        with planhat.client() as client:
-            try:
-                result = deliver(
-                    records,
-                    target,
-                    client,
-                    batch_size=destination.batch_size,
-                    key_column="key",
-                    dry_run=config.dry_run,
-                )
-            except DeliveryStopped as exc:
-                raise dg.Failure(str(exc), allow_retries=False) from None
-            requests = client.attempts()
-        deliveries = delivery_rows(result.outcomes, records, context.run.run_id, now)
-        if not (config.dry_run or config.test_mode) and len(records):
-            advanced = advance_fingerprints(fingerprints, result.outcomes, records, now)
-            commit_deliveries(warehouse.database, deliveries, advanced)
-        if destination.capture_responses and not config.dry_run and len(records):
-            _capture(
-                warehouse.database,
-                _responses(destination, result.outcomes, context.run.run_id, now),
-            )
-        events = [
-            SyncEvent(
-                event="outgoing.event.error" if row.status == "error" else "outgoing.event.success",
-                object_type=destination.name,
-                object_id=row.key,
-                reason=row.error or row.status,
-            )
-            for row in result.outcomes.itertuples(index=False)
-            if row.status != "dry_run"
-        ]
-        counts = record_events(
-            context, [*skipped, *events], asset=f"destination/{destination.name}"
-        )
-        metadata: dict[str, Any] = {
-            "rows_from_sql": dg.MetadataValue.int(len(source)),
-            "sent": dg.MetadataValue.int(len(records)),
-            "by_status": dg.MetadataValue.json(result.counts()),
-            "requests": dg.MetadataValue.int(requests),
-            "sample_payload": dg.MetadataValue.json(sample),
-            "dry_run": dg.MetadataValue.bool(config.dry_run),
-            "test_mode": dg.MetadataValue.bool(config.test_mode),
-            "sync_log": dg.MetadataValue.json(counts),
-        }
-        if config.test_mode and len(result.outcomes):
-            metadata["test_response"] = dg.MetadataValue.text(
-                str(result.outcomes["response"].iloc[0])
-            )
-        return dg.MaterializeResult(metadata=metadata)
+        dry_run = config.dry_run
+        with step_lock(warehouse.database, context.run.run_id, dry_run=dry_run):
+            return _deliver_destination(context, config, planhat, warehouse, destination, target)
 
     return _destination
+
+
+def _previous(conn: duckdb.DuckDBPyConnection, name: str) -> tuple[dict[str, str], set[str]]:
+    """(key -> Planhat ``_id`` its create returned, keys whose last call had no answer)."""
+    ids: dict[str, str] = {}
+    if table_exists(conn, "planhat", "delivery_fingerprints"):
+        columns = {
+            row[0]
+            for row in conn.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = 'planhat' and table_name = 'delivery_fingerprints'"
+            ).fetchall()
+        }
+        if "planhat_id" in columns:
+            ids = dict(
+                conn.execute(
+                    "select key, planhat_id from planhat.delivery_fingerprints "
+                    "where target = ? and planhat_id is not null",
+                    [name],
+                ).fetchall()
+            )
+    doubt: set[str] = set()
+    if table_exists(conn, "planhat", "deliveries"):
+        doubt = {
+            str(row[0])
+            for row in conn.execute(
+                "select key, status from planhat.deliveries where target = ? "
+                "qualify row_number() over (partition by key "
+                "order by delivered_at desc, (status = 'pending')) = 1",
+                [name],
+            ).fetchall()
+            if row[1] in ("pending", "unknown")
+        }
+    return ids, doubt
+
+
+def _deliver_destination(
+    context: dg.AssetExecutionContext,
+    config: DestinationConfig,
+    planhat: PlanhatResource,
+    warehouse: WarehouseResource,
+    destination: DestinationSettings,
+    target: DeliveryTarget,
+) -> dg.MaterializeResult:
+    now = dt.datetime.now(dt.UTC)
+    run_id = context.run.run_id
+    with warehouse.read_only() as conn:
+        if conn is None:
+            raise dg.Failure("the warehouse is empty: run the Hull sync first")
+        try:
+            source = run_select(lock_down(conn), destination.source_sql, destination.name)
+        except duckdb.CatalogException as exc:
+            # A table the SQL reads has not been materialized yet (first runs): wait.
+            context.log.warning(f"destination {destination.name} waits: {exc}")
+            return dg.MaterializeResult(
+                metadata={"sent": 0, "waiting_for": dg.MetadataValue.text(str(exc))}
+            )
+        except duckdb.Error as exc:
+            raise dg.Failure(
+                f"destination {destination.name}: its source_sql failed: {exc}",
+                allow_retries=False,
+            ) from None
+        fingerprints = fingerprints_table(conn)
+        planhat_ids, in_doubt = _previous(conn, destination.name)
+    records, skipped = destination_records(
+        source,
+        destination,
+        fingerprints,
+        force=config.force or config.test_mode,
+        planhat_ids=planhat_ids,
+        in_doubt=in_doubt,
+    )
+    if config.test_mode:
+        records = records.head(1)
+    records = records.reset_index(drop=True)
+    sample = [json.loads(p) for p in records["payload"].head(3)] if len(records) else []
+    recording = not (config.dry_run or config.test_mode)
+    checkpoint = make_checkpoint(warehouse.database, records, run_id) if recording else None
+
+    def intent(pending: pd.DataFrame) -> None:
+        part = records.loc[pending.index]
+        rows = delivery_rows(pending, part, run_id, dt.datetime.now(dt.UTC))
+        commit_checkpoint(warehouse.database, rows, pd.DataFrame())
+
+    stopped: DeliveryStopped | None = None
+    with planhat.client() as client:
+        try:
+            result = deliver(
+                records,
+                target,
+                client,
+                batch_size=destination.batch_size,
+                key_column="key",
+                dry_run=config.dry_run,
+                checkpoint=checkpoint,
+                intent=intent if recording else None,
+            )
+        except DeliveryStopped as exc:
+            result, stopped = exc.result, exc
+        requests = client.attempts()
+    if destination.capture_responses and not config.dry_run and len(records):
+        _capture(
+            warehouse.database,
+            _responses(destination, result.outcomes, run_id, now),
+        )
+    events = [
+        SyncEvent(
+            event="outgoing.event.error" if row.status in FAILED else "outgoing.event.success",
+            object_type=destination.name,
+            object_id=row.key,
+            reason=row.error or row.status,
+        )
+        for row in result.outcomes.itertuples(index=False)
+        if row.status not in ("dry_run", "pending")
+    ]
+    counts = record_events(context, [*skipped, *events], asset=f"destination/{destination.name}")
+    if stopped is not None:
+        raise dg.Failure(str(stopped), allow_retries=False)
+    by_status = result.counts()
+    metadata: dict[str, Any] = {
+        "rows_from_sql": dg.MetadataValue.int(len(source)),
+        "sent": dg.MetadataValue.int(0 if config.dry_run else len(records)),
+        "would_send": dg.MetadataValue.int(len(records) if config.dry_run else 0),
+        "failed": dg.MetadataValue.int(sum(by_status.get(s, 0) for s in FAILED)),
+        "by_status": dg.MetadataValue.json(by_status),
+        "requests": dg.MetadataValue.int(requests),
+        "sample_payload": dg.MetadataValue.json(sample),
+        "dry_run": dg.MetadataValue.bool(config.dry_run),
+        "test_mode": dg.MetadataValue.bool(config.test_mode),
+        "sync_log": dg.MetadataValue.json(counts),
+    }
+    if config.test_mode and len(result.outcomes):
+        metadata["test_response"] = dg.MetadataValue.text(str(result.outcomes["response"].iloc[0]))
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def build_destination_assets(settings: Settings) -> list[dg.AssetsDefinition]:

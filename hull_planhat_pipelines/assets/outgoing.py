@@ -7,9 +7,11 @@ company), and records one row per record; fingerprints advance in the same trans
 for records Planhat accounted for, so a failed record is retried by the next run.
 """
 
+import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import dagster as dg
@@ -17,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.clients.delivery import (
+    FAILED,
     OUTCOME_COLUMNS,
     DeliveryStopped,
     DeliveryTarget,
@@ -24,10 +27,11 @@ from hull_planhat_pipelines.clients.delivery import (
 )
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.delivery_settlement import DROPPED_REASON, settle
 from hull_planhat_pipelines.sync.fingerprints import (
-    FINGERPRINT_COLUMNS,
-    advance_fingerprints,
+    DELIVERED_STATUSES,
     empty_fingerprints,
+    fresh_fingerprints,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat_payloads import (
@@ -37,14 +41,31 @@ from hull_planhat_pipelines.sync.planhat_payloads import (
     drop_unknown_companies,
     enduser_payloads,
     payloads_as_json,
+    sql_activity_payloads,
 )
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
+from hull_planhat_pipelines.warehouse import (
+    WarehouseBusy,
+    append_table,
+    connect,
+    delivery_lock,
+    read_only,
+    run,
+    table_exists,
+)
 
 OUTGOING_GROUP = "outgoing"
 FINGERPRINTS = "planhat.delivery_fingerprints"
 DELIVERIES = "planhat.deliveries"
-DELIVERY_COLUMNS = ["run_id", "delivered_at", *OUTCOME_COLUMNS, "hull_id", "change"]
+DELIVERY_COLUMNS = [
+    "run_id",
+    "delivered_at",
+    *OUTCOME_COLUMNS,
+    "hull_id",
+    "change",
+    "fingerprint",
+]
+"""``fingerprint``: of the content this row is about (ties a later settlement to it)."""
 
 
 class PayloadConfig(dg.Config):
@@ -132,13 +153,23 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             )
             payloads, _ = company_payloads(_no_profiles(), None, settings, fingerprints)
             return payloads, waiting
-        return company_payloads(accounts, users, settings, fingerprints, force=force)
+        vanished = _vanished_companies(conn, fingerprints)
+        kept = fingerprints[
+            ~((fingerprints["target"] == "companies") & fingerprints["key"].isin(vanished))
+        ]
+        return company_payloads(accounts, users, settings, kept, force=force)
 
     def endusers(conn, fingerprints, force):
         users = read_table(conn, "hull.users")
         accounts = read_table(conn, "hull.accounts")
         users = users if users is not None else _no_profiles()
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
+        vanished = _vanished_companies(conn, fingerprints)
+        if vanished and not force:  # their endusers follow the recreated company
+            every, _ = enduser_payloads(users, accounts, settings, fingerprints, force=True)
+            follow = every["company_external_id"].astype("string").isin(vanished).fillna(False)
+            extra = every[follow.to_numpy() & ~every["key"].isin(payloads["key"]).to_numpy()]
+            payloads = pd.concat([payloads, extra], ignore_index=True)
         kept, skipped = drop_unknown_companies(payloads, _known_company_ids(conn, fingerprints))
         return kept, [*events, *skipped]
 
@@ -148,7 +179,15 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if events is None or users is None:
             events, users = _no_events(), _no_profiles()
         accounts = read_table(conn, "hull.accounts")
-        return activity_payloads(events, users, accounts, settings, fingerprints)
+        payloads, logged = activity_payloads(events, users, accounts, settings, fingerprints)
+        if conn is None or not settings.planhat.activity_queries:
+            return payloads, logged
+        extra, more = sql_activity_payloads(conn, settings.planhat.activity_queries, fingerprints)
+        if extra.empty:
+            return payloads, [*logged, *more]
+        if payloads.empty:
+            return extra, [*logged, *more]
+        return pd.concat([payloads, extra], ignore_index=True), [*logged, *more]
 
     def metrics(conn, fingerprints, force):
         if conn is None:
@@ -209,6 +248,21 @@ def _known_company_ids(
     return known
 
 
+def _vanished_companies(
+    conn: duckdb.DuckDBPyConnection | None, fingerprints: pd.DataFrame
+) -> set[str]:
+    """Companies we delivered that a Planhat snapshot taken after the delivery no longer holds
+    (deleted in Planhat): sent again, recreated, and their endusers with them."""
+    if conn is None or fingerprints.empty:
+        return set()
+    keys, at = _snapshot_keys(conn, "companies")
+    if at is None:
+        return set()
+    ours = fingerprints[fingerprints["target"] == "companies"]
+    before = pd.to_datetime(ours["delivered_at"], utc=True) < at
+    return {str(k) for k in ours.loc[before.to_numpy(), "key"] if str(k) not in keys}
+
+
 def _no_profiles() -> pd.DataFrame:
     return pd.DataFrame(
         {c: pd.Series([], dtype=object) for c in ("hull_id", "external_id", "attributes")}
@@ -239,6 +293,7 @@ def delivery_rows(
     rows = outcomes.copy()
     rows["hull_id"] = payloads["hull_id"].values if "hull_id" in payloads else None
     rows["change"] = payloads["change"].values if "change" in payloads else None
+    rows["fingerprint"] = payloads["fingerprint"].values if "fingerprint" in payloads else None
     rows["run_id"] = run_id
     rows["delivered_at"] = pd.Timestamp(now)
     rows = rows.reindex(columns=DELIVERY_COLUMNS)
@@ -252,26 +307,249 @@ def delivery_rows(
     return rows
 
 
-def commit_deliveries(database: str, deliveries: pd.DataFrame, fingerprints: pd.DataFrame) -> None:
-    """Delivery rows and the advanced fingerprints, in one transaction."""
+FINGERPRINTS_DDL = f"""
+create table if not exists {FINGERPRINTS} (
+    target varchar, key varchar, fingerprint varchar, fields varchar,
+    delivered_at timestamp with time zone, planhat_id varchar
+);
+alter table {FINGERPRINTS} add column if not exists planhat_id varchar;
+"""
+
+
+def commit_checkpoint(database: str, deliveries: pd.DataFrame, fresh: pd.DataFrame) -> None:
+    """One request's delivery rows and the fingerprints it earned, in one short transaction.
+
+    Fingerprints are upserted by ``(target, key)``; a record whose answer named no Planhat
+    ``_id`` keeps the one stored before. Opened and closed here: no connection is ever held
+    across an HTTP call."""
+    if deliveries.empty and fresh.empty:
+        return
     conn = connect(database)
     try:
         run(conn, "create schema if not exists planhat")
+        for statement in filter(str.strip, FINGERPRINTS_DDL.split(";")):
+            run(conn, statement)
+        if table_exists(conn, "planhat", "deliveries"):  # tables older than the column
+            run(conn, f"alter table {DELIVERIES} add column if not exists fingerprint varchar")
         run(conn, "begin transaction")
         append_table(conn, DELIVERIES, deliveries)
-        conn.register(
-            "_fingerprints",
-            fingerprints[FINGERPRINT_COLUMNS].astype(
-                {c: "string" for c in ("target", "key", "fingerprint", "fields")}
-            ),
-        )
-        run(conn, f"create or replace table {FINGERPRINTS} as select * from _fingerprints")
+        if not fresh.empty:
+            conn.register(
+                "_fresh",
+                fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields")}),
+            )
+            run(
+                conn,
+                "create temp table _merged as select f.target, f.key, f.fingerprint, f.fields, "
+                "f.delivered_at, coalesce(f.planhat_id, o.planhat_id) as planhat_id "
+                f"from _fresh f left join {FINGERPRINTS} o on o.target = f.target and o.key = f.key",
+            )
+            run(
+                conn,
+                f"delete from {FINGERPRINTS} using _fresh f "
+                f"where {FINGERPRINTS}.target = f.target and {FINGERPRINTS}.key = f.key",
+            )
+            run(conn, f"insert into {FINGERPRINTS} by name select * from _merged")
+            run(conn, "drop table _merged")
+            conn.unregister("_fresh")
         run(conn, "commit")
     except Exception:
         run(conn, "rollback")
         raise
     finally:
         conn.close()
+
+
+def make_checkpoint(
+    database: str,
+    records: pd.DataFrame,
+    run_id: str,
+    *,
+    delivered: frozenset[str] = DELIVERED_STATUSES,
+) -> Callable[[pd.DataFrame], None]:
+    """The ``deliver`` checkpoint of one target: commit each request's rows as they come."""
+
+    def checkpoint(outcomes: pd.DataFrame) -> None:
+        now = dt.datetime.now(dt.UTC)
+        part = records.loc[outcomes.index]
+        rows = delivery_rows(outcomes, part, run_id, now)
+        commit_checkpoint(
+            database, rows, fresh_fingerprints(outcomes, part, now, delivered=delivered)
+        )
+
+    return checkpoint
+
+
+NOT_RESENT = frozenset({*DELIVERED_STATUSES, "unknown"})
+"""Analytics posts cannot be read back: one whose answer was lost is not posted again (it may
+have landed; a second post would count it twice). It still fails the delivery check."""
+ANALYTICS_TARGETS = frozenset({"activities", "metrics"})
+
+
+@contextlib.contextmanager
+def step_lock(database: str, run_id: str, *, dry_run: bool) -> Iterator[None]:
+    """Held by every delivering step (a dry run writes nothing: it needs no lock)."""
+    if dry_run:
+        yield
+        return
+    try:
+        lock = delivery_lock(database, run_id)
+        lock.__enter__()
+    except WarehouseBusy as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+SETTLED_TARGETS = ("companies", "endusers")
+IN_FLIGHT = (
+    "outcome unknown: the run stopped while this was being posted; not posted again "
+    "(a second post could count it twice)"
+)
+
+
+def make_intent(
+    database: str, records: pd.DataFrame, run_id: str
+) -> Callable[[pd.DataFrame], None]:
+    """The ``deliver`` intent of one target: ``pending`` rows committed before a post."""
+
+    def intent(pending: pd.DataFrame) -> None:
+        part = records.iloc[pending.index]
+        rows = delivery_rows(pending.set_axis(part.index), part, run_id, dt.datetime.now(dt.UTC))
+        commit_checkpoint(database, rows, pd.DataFrame())
+
+    return intent
+
+
+def _abandon_in_flight(
+    database: str, target: str, records: pd.DataFrame, run_id: str
+) -> tuple[pd.DataFrame, list[SyncEvent]]:
+    """Analytics items a crashed run left ``pending`` (posted, answer never read): recorded
+    ``unknown`` (not re-sent, failing the check) and taken out of this run's records."""
+    with read_only(database) as conn:
+        if conn is None or not table_exists(conn, "planhat", "deliveries"):
+            return records, []
+        rows = conn.execute(
+            "select key, status from planhat.deliveries where target = ? and key in "
+            "(select key from planhat.deliveries where target = ? and status = 'pending') "
+            "qualify row_number() over (partition by key "
+            "order by delivered_at desc, (status = 'pending')) = 1",
+            [target, target],
+        ).fetchall()
+    stuck = {str(k) for k, status in rows if status == "pending"}
+    if not stuck:
+        return records, []
+    hit = records["key"].astype(str).isin(stuck).to_numpy()
+    part = records.loc[hit]
+    if part.empty:
+        return records, []
+    outcomes = pd.DataFrame(
+        {
+            "target": target,
+            "key": part["key"].astype(str).values,
+            "status": "unknown",
+            "error": IN_FLIGHT,
+        },
+        index=part.index,
+    ).reindex(columns=OUTCOME_COLUMNS)
+    now = dt.datetime.now(dt.UTC)
+    commit_checkpoint(
+        database,
+        delivery_rows(outcomes, part, run_id, now),
+        fresh_fingerprints(outcomes, part, now, delivered=NOT_RESENT),
+    )
+    kind = _EVENT_KIND.get(target, "account")
+    events = [
+        SyncEvent(event=f"outgoing.{kind}.error", object_type=target, object_id=k, reason=IN_FLIGHT)
+        for k in outcomes["key"]
+    ]
+    return records.loc[~hit], events
+
+
+def _settle(
+    database: str, target: str, records: pd.DataFrame, run_id: str
+) -> tuple[pd.DataFrame, list[SyncEvent]]:
+    """Items an earlier bulk answer did not name, settled against the latest snapshot (see
+    ``sync.delivery_settlement``); the confirmed and dropped rows committed at once."""
+    with read_only(database) as conn:
+        if conn is None or not table_exists(conn, "planhat", "deliveries"):
+            return records, []
+        columns = {
+            row[0]
+            for row in conn.execute(
+                "select column_name from information_schema.columns "
+                "where table_schema = 'planhat' and table_name = 'deliveries'"
+            ).fetchall()
+        }
+        if "fingerprint" not in columns:
+            return records, []
+        history = conn.execute(
+            "select key, status, fingerprint, delivered_at from planhat.deliveries "
+            "where target = ? and key in (select key from planhat.deliveries where target = ? "
+            "and status in ('unconfirmed', 'ignored', 'dropped'))",
+            [target, target],
+        ).fetchdf()
+        if history.empty:
+            return records, []
+        present, snapshot_at = _snapshot_keys(conn, target)
+        company_at = {}
+        if table_exists(conn, "planhat", "delivery_fingerprints"):
+            company_at = {
+                str(k): pd.Timestamp(v)
+                for k, v in conn.execute(
+                    "select key, delivered_at from planhat.delivery_fingerprints "
+                    "where target = 'companies'"
+                ).fetchall()
+            }
+    history["delivered_at"] = pd.to_datetime(history["delivered_at"], utc=True)
+    settlement = settle(target, records, history, present, snapshot_at, company_at)
+    now = dt.datetime.now(dt.UTC)
+    for frame, status in ((settlement.confirmed, "confirmed"), (settlement.dropped, "dropped")):
+        if frame.empty:
+            continue
+        outcomes = pd.DataFrame(
+            {
+                "target": target,
+                "key": frame["key"].astype(str).values,
+                "status": status,
+                "error": None if status == "confirmed" else DROPPED_REASON.get(target),
+            },
+            index=frame.index,
+        ).reindex(columns=OUTCOME_COLUMNS)
+        rows = delivery_rows(outcomes, frame, run_id, now)
+        fresh = fresh_fingerprints(outcomes, frame, now)
+        commit_checkpoint(database, rows, fresh)
+    return settlement.send, settlement.events
+
+
+def _snapshot_keys(
+    conn: duckdb.DuckDBPyConnection, target: str
+) -> tuple[set[str], pd.Timestamp | None]:
+    """Payload keys the latest Planhat snapshot holds, and when it was taken."""
+    table = "planhat.companies" if target == "companies" else "planhat.endusers"
+    if not table_exists(conn, *table.split(".")):
+        return set(), None
+    latest = (
+        f"from {table} where partition_date = (select max(partition_date) from {table}) "
+        f"and _fetched_at = (select max(_fetched_at) from {table} "
+        f"where partition_date = (select max(partition_date) from {table}))"
+    )
+    row = conn.execute(f"select max(_fetched_at) {latest}").fetchone()
+    at = pd.Timestamp(row[0]) if row and row[0] is not None else None
+    if at is not None and at.tzinfo is None:
+        at = at.tz_localize("UTC")
+    if target == "companies":
+        keys = {str(r[0]) for r in conn.execute(f"select external_id {latest}").fetchall() if r[0]}
+    else:
+        keys = set()
+        for email, external_id in conn.execute(f"select email, external_id {latest}").fetchall():
+            if external_id:
+                keys.add(f"external_id:{external_id}")
+            if email:
+                keys.add(f"email:{email}")
+    return keys, at
 
 
 def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
@@ -283,7 +561,8 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
         pool="warehouse",
         description=(
             "Sends the payloads in bulk and records one row per record: target, key, status, "
-            "error, response excerpt. Fingerprints advance only for delivered records."
+            "error, response excerpt. Each request's rows and fingerprints are committed as "
+            "soon as its answer is read; fingerprints advance only for delivered records."
         ),
     )
     def planhat_deliveries(
@@ -292,80 +571,112 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
         planhat: PlanhatResource,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
-        now = dt.datetime.now(dt.UTC)
-        with warehouse.read_only() as conn:
-            fingerprints = fingerprints_table(conn)
-            payloads = {name: read_table(conn, f"planhat.{name}") for name, _, _ in TARGETS}
-        frames: list[pd.DataFrame] = []
-        summary: dict[str, Any] = {}
-        planned: dict[str, int] = {}
-        events: list[SyncEvent] = []
-        stopped: DeliveryStopped | None = None
-        with planhat.client() as client:
-            for name, target_of, size_key in TARGETS:
-                records = payloads.get(name)
-                if records is None or records.empty:
-                    continue
-                target = target_of()
-                try:
-                    result = deliver(
-                        records,
-                        target,
-                        client,
-                        batch_size=getattr(settings.planhat, size_key),
-                        key_column="key",
-                        dry_run=config.dry_run,
-                    )
-                except DeliveryStopped as exc:
-                    result, stopped = exc.result, exc
-                frames.append(delivery_rows(result.outcomes, records, context.run.run_id, now))
-                summary[target.name] = result.counts()
-                planned[target.name] = len(result.planned)
-                events += _delivery_events(target.name, result.outcomes)
-                if not config.dry_run and stopped is None:
-                    fingerprints = advance_fingerprints(fingerprints, result.outcomes, records, now)
-                if stopped is not None:
-                    break
-            requests = client.attempts()
-            by_kind = client.requests_by_kind()
-        deliveries = (
-            pd.concat(frames)
-            if frames
-            else delivery_rows(
-                pd.DataFrame(columns=DELIVERY_COLUMNS), pd.DataFrame(), context.run.run_id, now
-            )
-        )
-        if not config.dry_run and (frames or stopped):
-            commit_deliveries(warehouse.database, deliveries, fingerprints)
-        counts = record_events(context, events, asset="planhat/deliveries")
-        if stopped is not None:
-            raise dg.Failure(str(stopped), allow_retries=False)
-        total = sum(sum(c.values()) for c in summary.values())
-        failed = sum(c.get("error", 0) + c.get("ignored", 0) for c in summary.values())
-        if total and failed == total and not config.dry_run:
-            raise dg.Failure(f"every one of {total} records failed: {summary}")
-        statuses: dict[str, int] = {}
-        for target_counts in summary.values():
-            for status, n in target_counts.items():
-                statuses[status] = statuses.get(status, 0) + n
-        return dg.MaterializeResult(
-            metadata={
-                "sent": dg.MetadataValue.int(total),
-                "created": dg.MetadataValue.int(statuses.get("created", 0)),
-                "updated": dg.MetadataValue.int(statuses.get("updated", 0)),
-                "unchanged": dg.MetadataValue.int(statuses.get("unchanged", 0)),
-                "failed": dg.MetadataValue.int(failed),
-                "requests": dg.MetadataValue.int(requests),
-                "requests_by_kind": dg.MetadataValue.json(by_kind),
-                "by_target": dg.MetadataValue.json(summary),
-                "dry_run": dg.MetadataValue.bool(config.dry_run),
-                "planned_requests": dg.MetadataValue.json(planned),
-                "analytics": dg.MetadataValue.json(_analytics(deliveries)),
-                "sync_log": dg.MetadataValue.json(counts),
-            }
-        )
+        with step_lock(warehouse.database, context.run.run_id, dry_run=config.dry_run):
+            return _deliver_all(context, config, planhat, warehouse, settings)
 
     return planhat_deliveries
+
+
+def _deliver_all(
+    context: dg.AssetExecutionContext,
+    config: DeliveryConfig,
+    planhat: PlanhatResource,
+    warehouse: WarehouseResource,
+    settings: Settings,
+) -> dg.MaterializeResult:
+    now = dt.datetime.now(dt.UTC)
+    run_id = context.run.run_id
+    with warehouse.read_only() as conn:
+        payloads = {name: read_table(conn, f"planhat.{name}") for name, _, _ in TARGETS}
+    frames: list[pd.DataFrame] = []
+    summary: dict[str, Any] = {}
+    planned: dict[str, list[Any]] = {}
+    events: list[SyncEvent] = []
+    stopped: DeliveryStopped | None = None
+    with planhat.client() as client:
+        for name, target_of, size_key in TARGETS:
+            records = payloads.get(name)
+            if records is None or records.empty:
+                continue
+            target = target_of()
+            if target.name in SETTLED_TARGETS and not config.dry_run:
+                records, settled = _settle(warehouse.database, target.name, records, run_id)
+                events += settled
+                if records.empty:
+                    continue
+            delivered = NOT_RESENT if target.name in ANALYTICS_TARGETS else DELIVERED_STATUSES
+            intent = None
+            if target.name in ANALYTICS_TARGETS and not config.dry_run:
+                records, abandoned = _abandon_in_flight(
+                    warehouse.database, target.name, records, run_id
+                )
+                events += abandoned
+                intent = make_intent(warehouse.database, records, run_id)
+                if records.empty:
+                    continue
+            checkpoint = (
+                None
+                if config.dry_run
+                else make_checkpoint(warehouse.database, records, run_id, delivered=delivered)
+            )
+            try:
+                result = deliver(
+                    records,
+                    target,
+                    client,
+                    batch_size=getattr(settings.planhat, size_key),
+                    key_column="key",
+                    dry_run=config.dry_run,
+                    checkpoint=checkpoint,
+                    intent=intent,
+                )
+            except DeliveryStopped as exc:
+                result, stopped = exc.result, exc
+            frames.append(delivery_rows(result.outcomes, records, run_id, now))
+            summary[target.name] = result.counts()
+            planned[target.name] = [asdict(p) for p in result.planned]
+            if not config.dry_run:
+                events += _delivery_events(target.name, result.outcomes)
+            if stopped is not None:
+                break
+        requests = client.attempts()
+        by_kind = client.requests_by_kind()
+    deliveries = (
+        pd.concat(frames)
+        if frames
+        else delivery_rows(pd.DataFrame(columns=DELIVERY_COLUMNS), pd.DataFrame(), run_id, now)
+    )
+    counts = record_events(context, events, asset="planhat/deliveries")
+    if stopped is not None:
+        raise dg.Failure(str(stopped), allow_retries=False)
+    total = sum(sum(c.values()) for c in summary.values())
+    failed = sum(sum(c.get(s, 0) for s in FAILED) for c in summary.values())
+    statuses: dict[str, int] = {}
+    for target_counts in summary.values():
+        for status, n in target_counts.items():
+            statuses[status] = statuses.get(status, 0) + n
+    samples = {
+        t: [json.loads(json.dumps(p["body"], default=str)) for p in plans[:3]]
+        for t, plans in planned.items()
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "sent": dg.MetadataValue.int(0 if config.dry_run else total),
+            "would_send": dg.MetadataValue.int(total if config.dry_run else 0),
+            "created": dg.MetadataValue.int(statuses.get("created", 0)),
+            "updated": dg.MetadataValue.int(statuses.get("updated", 0)),
+            "unchanged": dg.MetadataValue.int(statuses.get("unchanged", 0)),
+            "failed": dg.MetadataValue.int(failed),
+            "requests": dg.MetadataValue.int(requests),
+            "requests_by_kind": dg.MetadataValue.json(by_kind),
+            "by_target": dg.MetadataValue.json(summary),
+            "dry_run": dg.MetadataValue.bool(config.dry_run),
+            "planned_requests": dg.MetadataValue.json({t: len(p) for t, p in planned.items()}),
+            "samples": dg.MetadataValue.json(samples if config.dry_run else {}),
+            "analytics": dg.MetadataValue.json(_analytics(deliveries)),
+            "sync_log": dg.MetadataValue.json(counts),
+        }
+    )
 
 
 def _analytics(deliveries: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -393,7 +704,7 @@ def _delivery_events(target: str, outcomes: pd.DataFrame) -> list[SyncEvent]:
     kind = _EVENT_KIND.get(target, "account")
     events = []
     for row in outcomes.itertuples(index=False):
-        if row.status in ("error", "ignored"):
+        if row.status in FAILED:
             events.append(
                 SyncEvent(
                     event=f"outgoing.{kind}.error",
@@ -402,7 +713,7 @@ def _delivery_events(target: str, outcomes: pd.DataFrame) -> list[SyncEvent]:
                     reason=row.error,
                 )
             )
-        elif row.status != "dry_run":
+        elif row.status not in ("dry_run", "pending"):
             events.append(
                 SyncEvent(
                     event=f"outgoing.{kind}.success",

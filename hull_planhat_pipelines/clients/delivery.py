@@ -9,7 +9,7 @@ still goes out; an auth failure stops everything (every later call would fail th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -25,17 +25,20 @@ from hull_planhat_pipelines.clients.planhat import (
     RecordOutcome,
     render_path,
 )
-from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED
+from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, OutcomeStatus
 from hull_planhat_pipelines.settings import (
     MAX_ANALYTICS_RECORDS,
     MAX_BULK_RECORDS,
     DestinationSettings,
 )
 from hull_planhat_pipelines.sync.batching import (
+    MAX_ANALYTICS_BYTES,
     batch_bounds,
     check_batch_size,
     is_missing,
+    json_size,
     record_payloads,
+    split_by_size,
 )
 
 OUTCOME_COLUMNS = [
@@ -54,6 +57,9 @@ OUTCOME_COLUMNS = [
 EXCERPT_CHARS = 500
 NO_ADDRESS = "no external id to address the record"
 NOT_SENT_AUTH = "not sent: the delivery stopped on an authentication failure"
+FAILED = ("error", "ignored", "unknown", "unconfirmed", "dropped")
+"""Statuses of records that did not (or may not) reach Planhat: they fail the delivery check.
+``unknown``: the call went out and no answer came back."""
 
 
 class TargetKind(StrEnum):
@@ -152,7 +158,7 @@ class DeliveryResult:
 
     @property
     def failed(self) -> pd.DataFrame:
-        return self.outcomes[self.outcomes["status"].isin(["error", "ignored"])]
+        return self.outcomes[self.outcomes["status"].isin(FAILED)]
 
 
 class DeliveryStopped(ApiAuthError):
@@ -217,6 +223,20 @@ def _record_key(value: Any) -> str | None:
     return None if is_missing(value) else str(value)
 
 
+Checkpoint = Callable[[pd.DataFrame], None]
+"""Called with the outcome rows of each request (indexed like the input records) as soon as
+its answer is read, before the next request goes out and before any error is raised: what a
+request delivered is committed before anything else can happen."""
+Intent = Callable[[pd.DataFrame], None]
+"""Called with ``pending`` rows just before a request that may not be repeated blindly goes out
+(a POST that creates a record, an analytics post): a crash during it leaves the records marked
+in doubt."""
+
+ROUTE_COLUMNS = ("method", "path", "read_back")
+"""Optional record columns of a one-record target: this record's call, and a path to GET
+first (the record may exist already: an earlier call's outcome is unknown)."""
+
+
 def deliver(
     records: pd.DataFrame,
     target: DeliveryTarget,
@@ -225,12 +245,18 @@ def deliver(
     batch_size: int,
     key_column: str,
     dry_run: bool = False,
+    checkpoint: Checkpoint | None = None,
+    intent: Intent | None = None,
+    max_bytes: int | None = None,
 ) -> DeliveryResult:
     """Send ``records`` to ``target`` in batches of ``batch_size``, one request at a time.
 
-    Returns one outcome row per record (see ``OUTCOME_COLUMNS``), in input order. An
-    ``ApiAuthError`` stops the delivery and is raised as ``DeliveryStopped`` carrying the rows so
-    far; any other ``ApiError`` marks its batch's records as errors and the next batch goes out.
+    Returns one outcome row per record (see ``OUTCOME_COLUMNS``), in input order, and hands
+    each request's rows to ``checkpoint`` as soon as they are known. An ``ApiAuthError`` stops
+    the delivery and is raised as ``DeliveryStopped`` carrying the rows so far (the failed and
+    unsent records checkpointed first); any other ``ApiError`` marks its batch's records as
+    errors (``unknown`` when the call may have been applied and may not be repeated) and the
+    next batch goes out. Analytics batches are also cut below ``max_bytes`` of JSON.
     ``dry_run`` sends nothing and lists the would-be requests in ``planned``.
     """
     check_batch_size(batch_size, target.max_batch_size)
@@ -238,26 +264,58 @@ def deliver(
         if column is not None and column not in records.columns:
             raise ValueError(f"column {column!r} is not among the record columns")
     payloads = record_payloads(
-        records, payload_column=target.payload_column, key_column=key_column, exclude=target.exclude
+        records,
+        payload_column=target.payload_column,
+        key_column=key_column,
+        exclude=(*target.exclude, *(c for c in ROUTE_COLUMNS if target.payload_column is None)),
     )
     keys = [_record_key(value) for value in records[key_column].tolist()]
+    routes = _routes(records, target)
     rows = _Rows(target.name, keys)
     result = DeliveryResult(target.name, pd.DataFrame(columns=OUTCOME_COLUMNS), dry_run=dry_run)
     bounds = batch_bounds(len(payloads), batch_size, target.max_batch_size)
+    if target.kind in (TargetKind.ACTIVITIES, TargetKind.DIMENSION_DATA):
+        limit = max_bytes or MAX_ANALYTICS_BYTES
+        bounds = split_by_size(bounds, [json_size(item) for item in payloads], limit)
+    batch_of = {p: n for n, bound in enumerate(bounds, start=1) for p in bound}
     for batch, positions in enumerate(bounds, start=1):
         items = payloads[positions.start : positions.stop]
         if dry_run:
-            _plan(result, rows, target, batch, positions, items, keys)
+            _plan(result, rows, target, batch, positions, items, keys, routes)
             continue
         try:
-            _send_batch(result, rows, client, target, batch, positions, items, keys)
+            _send_batch(result, rows, client, target, batch, positions, items, keys, routes, intent)
         except ApiAuthError as exc:
             for position in range(positions.start, len(payloads)):
-                rows.add(position, "error", error=NOT_SENT_AUTH, batch=1 + position // batch_size)
+                if rows.columns["status"][position] is None:
+                    rows.add(position, "error", error=NOT_SENT_AUTH, batch=batch_of[position])
             result.outcomes = rows.frame(records.index)
+            if checkpoint is not None:
+                checkpoint(result.outcomes.iloc[positions.start :])
             raise DeliveryStopped(exc, result) from None
+        if checkpoint is not None:
+            checkpoint(rows.frame(records.index).iloc[positions.start : positions.stop])
     result.outcomes = rows.frame(records.index)
     return result
+
+
+Route = tuple[str, str, str | None]
+
+
+def _routes(records: pd.DataFrame, target: DeliveryTarget) -> list[Route] | None:
+    """Per-record (method, path, read-back path) of a one-record target, when given."""
+    if target.kind is not TargetKind.SINGLE or "path" not in records.columns:
+        return None
+    methods = records["method"] if "method" in records.columns else [target.method] * len(records)
+    backs = records["read_back"] if "read_back" in records.columns else [None] * len(records)
+    return [
+        (
+            str(method) if not is_missing(method) else target.method,
+            str(path) if not is_missing(path) else target.path,
+            None if is_missing(back) else str(back),
+        )
+        for method, path, back in zip(methods, records["path"], backs, strict=True)
+    ]
 
 
 def _plan(
@@ -268,22 +326,32 @@ def _plan(
     positions: range,
     items: list[dict[str, Any]],
     keys: list[str | None],
+    routes: list[Route] | None,
 ) -> None:
     key = keys[positions.start]
-    if _unaddressable(target, key):
+    if routes is None and _unaddressable(target, key):
         rows.add(positions.start, "error", error=NO_ADDRESS, batch=batch)
         return
-    path = target.path
-    if target.kind is TargetKind.SINGLE and key is not None:
+    method, path = target.method, target.path
+    if routes is not None:
+        method, path, _ = routes[positions.start]
+    elif target.kind is TargetKind.SINGLE and key is not None:
         path = render_path(target.path, key)
     body: Any = items[0] if target.kind is TargetKind.SINGLE else items
-    result.planned.append(PlannedRequest(batch, target.method, path, len(items), body))
+    result.planned.append(PlannedRequest(batch, method, path, len(items), body))
     for position in positions:
         rows.add(position, "dry_run", batch=batch)
 
 
 def _unaddressable(target: DeliveryTarget, key: str | None) -> bool:
     return target.kind is TargetKind.SINGLE and "{external_id}" in target.path and key is None
+
+
+def _in_doubt_when_unanswered(target: DeliveryTarget, method: str) -> bool:
+    """Calls that may not be repeated blindly: a create (POST) and the analytics posts."""
+    if target.kind in (TargetKind.ACTIVITIES, TargetKind.DIMENSION_DATA):
+        return True
+    return target.kind is TargetKind.SINGLE and method == "POST"
 
 
 def _send_batch(
@@ -295,16 +363,31 @@ def _send_batch(
     positions: range,
     items: list[dict[str, Any]],
     keys: list[str | None],
+    routes: list[Route] | None,
+    intent: Intent | None,
 ) -> None:
     """One request for one batch; its records' rows, whatever the outcome (auth aside)."""
-    if _unaddressable(target, keys[positions.start]):
+    route = routes[positions.start] if routes is not None else None
+    if route is None and _unaddressable(target, keys[positions.start]):
         rows.add(positions.start, "error", error=NO_ADDRESS, batch=batch)
         return
-    result.requests += 1
-    request = result.requests
     before = client.attempts()
+    method = route[0] if route is not None else target.method
     try:
-        outcomes, summary = _call(client, target, items, keys[positions.start])
+        if route is not None and route[2] is not None:
+            found = client.read(route[2])
+            if found is not None and found.get("_id"):
+                # An earlier create whose answer was lost did land: update it, never re-create.
+                route = ("PUT", f"{target.path.rstrip('/')}/{found['_id']}", None)
+                method = "PUT"
+        if intent is not None and _in_doubt_when_unanswered(target, method):
+            pending = _Rows(target.name, keys)
+            for position in positions:
+                pending.add(position, "pending", batch=batch, request=result.requests + 1)
+            intent(pending.frame(pd.RangeIndex(len(keys))).iloc[positions.start : positions.stop])
+        result.requests += 1
+        request = result.requests
+        outcomes, summary = _call(client, target, items, keys[positions.start], route)
     except ApiAuthError:
         result.attempts += client.attempts() - before
         raise
@@ -312,13 +395,17 @@ def _send_batch(
         attempts = client.attempts() - before
         result.attempts += attempts
         response = _excerpt(client, exc.body)
+        unanswered = exc.ambiguous or (exc.status is not None and exc.status >= 500)
+        in_doubt = unanswered and _in_doubt_when_unanswered(target, method)
+        if exc.status is not None and exc.status >= 500 and target.kind is not TargetKind.SINGLE:
+            in_doubt = False  # an analytics 5xx answer: not applied, sent again next run
         for position in positions:
             rows.add(
                 position,
-                "error",
+                "unknown" if in_doubt else "error",
                 error=client.redact(str(exc)),
                 response=response,
-                request=request,
+                request=result.requests,
                 attempts=attempts,
                 batch=batch,
             )
@@ -345,6 +432,7 @@ def _call(
     target: DeliveryTarget,
     items: Sequence[dict[str, Any]],
     first_key: str | None,
+    route: Route | None = None,
 ) -> tuple[Sequence[RecordOutcome], Any]:
     """The client call for one batch -> (outcomes by position in the batch, batch summary)."""
     result: BulkResult | AnalyticsResult
@@ -360,11 +448,17 @@ def _call(
     elif target.kind is TargetKind.DIMENSION_DATA:
         result = client.dimension_data(items)
     else:
-        path = render_path(target.path, first_key) if first_key is not None else target.path
-        sent = client.send(
-            target.method, path, items[0], target.headers, kind=f"{target.method} {target.path}"
-        )
-        return [RecordOutcome(0, _response_id(sent.body), "sent")], {
+        method, path = target.method, target.path
+        if route is not None:
+            method, path = route[0], route[1]
+        elif first_key is not None:
+            path = render_path(target.path, first_key)
+        kind = f"{method} {target.path}" + ("/{id}" if path != target.path else "")
+        sent = client.send(method, path, items[0], target.headers, kind=kind)
+        status: OutcomeStatus = "sent"
+        if route is not None:
+            status = "created" if method == "POST" else "updated"
+        return [RecordOutcome(0, _response_id(sent.body), status)], {
             "status": sent.status,
             "body": sent.body,
         }

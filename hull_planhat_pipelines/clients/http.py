@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
@@ -26,10 +27,23 @@ Clock = Callable[[], float]
 class ApiError(RuntimeError):
     """A request that did not succeed; the message never contains a credential."""
 
-    def __init__(self, api: str, message: str, status: int | None = None, body: Any = None):
+    def __init__(
+        self,
+        api: str,
+        message: str,
+        status: int | None = None,
+        body: Any = None,
+        *,
+        ambiguous: bool = False,
+        attempts: int | None = None,
+    ):
         self.api = api
         self.status = status
         self.body = body
+        self.ambiguous = ambiguous
+        """No answer came back after the request left (read timeout, connection reset): the
+        server may have applied it. A non-idempotent call must not be re-sent blindly."""
+        self.attempts = attempts
         super().__init__(f"{api}: {message}")
 
 
@@ -122,15 +136,28 @@ class SlidingWindowLimiter:
             self._sent.append(now)
 
 
+class _Failures(threading.local):
+    """Failed tries of the current call, per thread (urllib3 keeps them on the Retry object,
+    which an exception does not carry back): the attempts an error message reports."""
+
+    count = 0
+
+
 class _Retry(Retry):
     """urllib3 Retry whose waits go through an injected sleeper."""
 
     sleeper: Sleeper = staticmethod(time.sleep)
+    failures: _Failures = _Failures()
 
     def new(self, **kw: Any) -> _Retry:
         retry = super().new(**kw)
         retry.sleeper = self.sleeper
+        retry.failures = self.failures
         return retry
+
+    def increment(self, *args: Any, **kw: Any) -> Retry:
+        self.failures.count += 1
+        return super().increment(*args, **kw)
 
     def sleep_for_retry(self, response: Any) -> bool:
         retry_after = self.get_retry_after(response)
@@ -150,6 +177,17 @@ class _Retry(Retry):
         backoff = self.get_backoff_time()
         if backoff > 0:
             self.sleeper(backoff)
+
+
+def _maybe_applied(exc: requests.RequestException) -> bool:
+    """Whether the request may have reached the server: everything but a connection that was
+    never made (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    never_sent = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+    return not isinstance(reason, never_sent)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -213,6 +251,7 @@ class ApiSession:
             retry_after_max=int(policy.retry_after_max),
         )
         retry.sleeper = sleeper
+        retry.failures = _Failures()
         return retry
 
     @staticmethod
@@ -222,6 +261,12 @@ class ApiSession:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
+
+    @staticmethod
+    def _failures(session: requests.Session) -> _Failures:
+        adapter = session.get_adapter("http://")
+        retry = getattr(adapter, "max_retries", None)
+        return getattr(retry, "failures", None) or _Failures()
 
     def close(self) -> None:
         self.session.close()
@@ -264,8 +309,11 @@ class ApiSession:
         if json_body is not None:
             data = json.dumps(json_body, separators=(",", ":"), default=str).encode()
             send_headers.setdefault("Content-Type", "application/json")
+        session = self.session if idempotent else self._once
+        failures = self._failures(session)
+        failures.count = 0
         try:
-            response = (self.session if idempotent else self._once).request(
+            response = session.request(
                 method,
                 self.url(path),
                 data=data,
@@ -274,13 +322,18 @@ class ApiSession:
                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
             )
         except requests.RequestException as exc:
-            self.stats.record(label, self.policy.attempts, ())
-            reason = type(exc).__name__
+            attempts = max(1, failures.count)
+            self.stats.record(label, attempts, ())
+            cause = getattr(exc.args[0] if exc.args else None, "reason", None)
+            reason = type(cause if isinstance(cause, Exception) else exc).__name__
+            tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+            ambiguous = _maybe_applied(exc)
+            doubt = " (no answer: it may have been applied)" if ambiguous else ""
             raise ApiError(
                 self.api,
-                self._safe(
-                    f"{method} {path} failed after {self.policy.attempts} attempts: {reason}"
-                ),
+                self._safe(f"{method} {path} failed after {tries}: {reason}{doubt}"),
+                ambiguous=ambiguous,
+                attempts=attempts,
             ) from None
         history = getattr(getattr(response.raw, "retries", None), "history", ()) or ()
         statuses = [h.status for h in history if h.status] + [response.status_code]

@@ -314,6 +314,16 @@ class PlanhatClient:
             raise ApiResponseError(self.api, f"{kind} answered no object", response.status_code)
         return record
 
+    def read(self, path: str) -> dict[str, Any] | None:
+        """``GET`` one record by its REST path (``/conversations/extid-…``); None if unknown."""
+        _check_destination(path, None)
+        kind = "GET " + path.rsplit("/", 1)[0] + "/{id}"
+        response = self._request(self.rest, "GET", path, kind=kind, ok_statuses=(404,))
+        if response.status_code == 404:
+            return None
+        record = self._decode(self.rest, response, kind)
+        return record if isinstance(record, dict) else None
+
     def get_company(self, key: str) -> dict[str, Any] | None:
         """One company by ``_id``, ``extid-…`` (see ``external_key``) or ``srcid-…``; None if unknown."""
         return self._get_one("companies", key)

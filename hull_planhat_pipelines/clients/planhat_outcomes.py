@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-OutcomeStatus = Literal["created", "updated", "unchanged", "error", "ignored", "sent"]
-DELIVERED: frozenset[str] = frozenset({"created", "updated", "unchanged", "sent"})
+OutcomeStatus = Literal[
+    "created", "updated", "unchanged", "error", "ignored", "sent", "unconfirmed", "confirmed"
+]
+DELIVERED: frozenset[str] = frozenset({"created", "updated", "unchanged", "sent", "confirmed"})
+"""``confirmed``: an item the answer did not name, later found in a Planhat snapshot."""
 
 NOT_APPLIED = "not applied by Planhat (no company?)"
 MATCH_FIELDS = ("_id", "sourceId", "externalId", "email")
@@ -349,8 +352,9 @@ def _settle(
 
     Errors tied to no item put all of them in doubt: error. A refused batch (4xx) with nothing
     applied: error. Counts covering all of them with one kind: that kind; with several kinds:
-    "sent" (applied, kind unknown). Fewer applied than items: "ignored", since which ones were
-    applied is unknown and an unconfirmed item must be retried.
+    "sent" (applied, kind unknown). None applied: "ignored". Some applied: "unconfirmed" (which
+    ones is unknown): the next delivery settles each against a Planhat snapshot instead of
+    sending them all again.
     """
     free = sum(slots.values())
     if untied_errors:
@@ -363,9 +367,9 @@ def _settle(
         return (kinds[0], None) if len(kinds) == 1 else ("sent", None)
     if free == 0:
         return "ignored", NOT_APPLIED
-    return "ignored", (
-        f"not confirmed: Planhat applied {free} of {remaining} items without naming them "
-        f"and dropped the rest (no company?)"
+    return "unconfirmed", (
+        f"not named by Planhat's answer: it applied {free} of {remaining} items and dropped "
+        "the rest (no company?); settled against the next snapshot"
     )
 
 
@@ -377,9 +381,12 @@ def reconcile_metrics(
 ) -> tuple[list[RecordOutcome], int | None, int]:
     """Dimension data: ``{"processed": N, "errors": [{"item": ..., "error": ...}]}``.
 
-    Error entries are tied to the sent items by content; the others are "sent" when
-    ``processed`` accounts for them (or the body says nothing), else errors: Planhat accepted
-    fewer than it got and did not say which.
+    Error entries are tied to the sent items by content. The others are "sent" when
+    ``processed`` accounts for them (or the body says nothing). When ``processed`` falls short
+    with no error naming the rest, Planhat stopped part-way through the array, which it handles
+    in order: the first ``processed`` of them landed ("sent", never posted again: a second post
+    would count a data point twice), and only the ones after them, which cannot have landed,
+    are errors to send again. Errors tied to no item leave every unnamed item in doubt: errors.
     """
     body = body if isinstance(body, Mapping) else {}
     entries = _entries(body, "errors")
@@ -394,15 +401,17 @@ def reconcile_metrics(
         for position in positions:
             outcomes[position] = RecordOutcome(position, None, "error", error_message(entry), entry)
     remaining = [p for p in range(len(items)) if p not in outcomes]
-    confirmed = not untied and (processed < 0 or processed >= len(remaining))
-    message = None
-    if not confirmed:
-        message = f"Planhat processed {max(processed, 0)} of {len(items)} metrics"
-        if untied:
-            message += f"; errors tied to no item: {'; '.join(dict.fromkeys(untied))[:300]}"
-    for position in remaining:
-        status: OutcomeStatus = "sent" if confirmed else "error"
-        outcomes[position] = RecordOutcome(position, None, status, message)
+    landed = len(remaining) if processed < 0 else min(processed, len(remaining))
+    if untied:
+        landed = 0
+    message = f"not processed by Planhat ({max(processed, 0)} of {len(items)} metrics processed)"
+    if untied:
+        message += f"; errors tied to no item: {'; '.join(dict.fromkeys(untied))[:300]}"
+    for order, position in enumerate(remaining):
+        if order < landed:
+            outcomes[position] = RecordOutcome(position, None, "sent")
+        else:
+            outcomes[position] = RecordOutcome(position, None, "error", message)
     return (
         [outcomes[p] for p in range(len(items))],
         processed if processed >= 0 else None,

@@ -155,7 +155,16 @@ class PlanhatSandbox:
         clock: Callable[[], datetime] | None = None,
         port: int = 0,
         analytics_port: int = 0,
+        bulk_keys: str = "id",
+        metrics_accept_limit: int | None = None,
     ) -> None:
+        if bulk_keys not in ("id", "full"):
+            raise ValueError("bulk_keys must be 'id' (Planhat's documented answer) or 'full'")
+        self.bulk_keys = bulk_keys
+        """``id``: ``insertsKeys``/``updatesKeys`` entries hold only ``_id``, as documented;
+        ``full``: they also name ``externalId``/``sourceId`` (kinder: only when asked)."""
+        self.metrics_accept_limit = metrics_accept_limit
+        """Keep at most this many valid metric items per request, the rest dropped silently."""
         self.api_token = api_token
         self.tenant_token = tenant_token
         self._clock = clock or _utc_now
@@ -258,6 +267,11 @@ class PlanhatSandbox:
         For the generic models (conversations, licenses, ...) single writes (``POST``, ``PUT``/
         ``PATCH`` one) matching it are refused too, with a 400."""
         self.store.inject(model, predicate, message, times)
+
+    def deny_items(self, model: str, predicate: Callable[[Record], bool], message: str) -> None:
+        """Refuse bulk items matching ``predicate`` as ``permissionErrors`` (403 when nothing
+        else of the request applies, else 206)."""
+        self.store.deny(model, predicate, message)
 
     @property
     def activities(self) -> list[Record]:
@@ -363,7 +377,7 @@ class PlanhatSandbox:
                 return error(400, "body must be a JSON array of records")
             if len(items) > BULK_MAX_ITEMS:
                 return error(400, f"at most {BULK_MAX_ITEMS} items per request, got {len(items)}")
-            result = self.store.bulk_upsert(model, items)
+            result = self.store.bulk_upsert(model, items, full_keys=self.bulk_keys == "full")
             return Response(result.status, result.body())
 
         return handle
@@ -406,7 +420,8 @@ class PlanhatSandbox:
         body = request.body
         if not isinstance(body, dict | list):
             return error(400, "body must be a metric object or an array of them")
-        return Response(200, self.store.record_metrics(body if isinstance(body, list) else [body]))
+        items = body if isinstance(body, list) else [body]
+        return Response(200, self.store.record_metrics(items, self.metrics_accept_limit))
 
 
 # -- seed -------------------------------------------------------------------------------------

@@ -410,15 +410,21 @@ class BulkResult:
     upsertedIds: list[str] = field(default_factory=list)
     permissionErrors: list[Any] = field(default_factory=list)
     created_ids: set[str] = field(default_factory=set)
+    full_keys: bool = False
+    """Key entries name ``externalId``/``sourceId`` too (kinder than Planhat's documented
+    ``{_id}``-only entries: only on request)."""
+
+    def _keys(self, rec: Record) -> Record:
+        return keys_of(rec) if self.full_keys else {"_id": rec["_id"]}
 
     def add_created(self, rec: Record) -> None:
         self.created += 1
         self.created_ids.add(rec["_id"])
-        self.insertsKeys.append(keys_of(rec))
+        self.insertsKeys.append(self._keys(rec))
         self.upsertedIds.append(rec["_id"])
 
     def add_matched(self, rec: Record, changed: bool) -> None:
-        self.updatesKeys.append(keys_of(rec))
+        self.updatesKeys.append(self._keys(rec))
         if changed:
             self.updated += 1
             self.modified.append(rec["_id"])
@@ -429,6 +435,9 @@ class BulkResult:
     def status(self) -> int:
         errors = len(self.createdErrors) + len(self.updatedErrors)
         applied = self.created + self.updated + self.nonupdates
+        if self.permissionErrors and not applied:
+            return 403
+        errors += len(self.permissionErrors)
         if errors and not applied:
             return 400
         return 206 if errors else 200
@@ -511,6 +520,7 @@ class PlanhatStore:
         self.activities: list[Record] = []
         self.dimension_data: list[Record] = []
         self._injected: dict[str, list[Injected]] = {name: [] for name in LIST_CAPS}
+        self._denials: dict[str, list[tuple[Callable[[Record], bool], str]]] = {}
         self._sorted: dict[tuple[str, str], tuple[int, list[Record]]] = {}
         self.lock = threading.RLock()
 
@@ -842,6 +852,16 @@ class PlanhatStore:
             raise ItemError(f"externalId {ext!r} is held by several endusers: name the company")
         return table.one(ids)
 
+    def deny(self, model: str, predicate: Callable[[Record], bool], message: str) -> None:
+        """Bulk items matching ``predicate`` are refused as ``permissionErrors``."""
+        self._denials.setdefault(model_name(model), []).append((predicate, message))
+
+    def _denied(self, model: str, item: Record) -> str | None:
+        for predicate, message in self._denials.get(model, ()):
+            if predicate(item):
+                return message
+        return None
+
     def _take_injected(self, model: str, item: Record) -> None:
         for rule in self._injected.get(model, ()):
             if (rule.times is None or rule.times > 0) and rule.predicate(item):
@@ -889,9 +909,9 @@ class PlanhatStore:
         return new, changed
 
     # -- bulk upsert --------------------------------------------------------------------------
-    def bulk_upsert(self, model: str, items: list[Any]) -> BulkResult:
+    def bulk_upsert(self, model: str, items: list[Any], *, full_keys: bool = False) -> BulkResult:
         """``PUT /companies|/endusers``: each item created, updated or refused on its own."""
-        result = BulkResult()
+        result = BulkResult(full_keys=full_keys)
         with self.lock:
             now = self.now()
             for item in items:
@@ -909,6 +929,10 @@ class PlanhatStore:
                 existing = None
                 raise ItemError("duplicated: another item of this request creates the same record")
             self._take_injected(model, item)
+            denied = self._denied(model, item)
+            if denied is not None:
+                result.permissionErrors.append({"item": item, "error": denied})
+                return
             if existing is None:
                 created = self._create(model, item, named, company_id, now)
                 if created is not None:  # an enduser tied to no company is silently ignored
@@ -1012,7 +1036,8 @@ class PlanhatStore:
 
     def _activity_target(self, item: Record, now: str) -> Record | None:
         """The activity's enduser, created when unknown but its company is named and known."""
-        email, ext = key(item.get("email")), key(item.get("externalId"))
+        email = key(item.get("email"))
+        ext = key(item.get("externalId")) or key(item.get("euExtId"))  # seed 002's bulk name
         if email is None and ext is None:
             return None
         company_ext = key(item.get("companyExternalId"))
@@ -1039,8 +1064,11 @@ class PlanhatStore:
                 return table.oldest(primary or ids)
         return None
 
-    def record_metrics(self, items: list[Any]) -> Record:
-        """``POST /dimensiondata``: ``{"processed": accepted, "errors": [...]}``."""
+    def record_metrics(self, items: list[Any], limit: int | None = None) -> Record:
+        """``POST /dimensiondata``: ``{"processed": accepted, "errors": [...]}``.
+
+        ``limit``: at most that many valid items are kept, in order; the rest are dropped with
+        no error item (a partial ``processed``, as Planhat may answer)."""
         errors: list[Record] = []
         processed = 0
         with self.lock:
@@ -1049,6 +1077,8 @@ class PlanhatStore:
                 problem = metric_error(item)
                 if problem:
                     errors.append({"item": item, "error": problem})
+                    continue
+                if limit is not None and processed >= limit:
                     continue
                 self.dimension_data.append(
                     {

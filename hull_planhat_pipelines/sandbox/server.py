@@ -75,11 +75,21 @@ class Fault:
     """Seconds to wait before answering (with ``status`` 0: wait, then answer normally)."""
     raw_body: str | None = None
     """Sent instead of the JSON error body, e.g. malformed JSON with status 200."""
+    after: int = 0
+    """Matching requests let through untouched before the fault starts (e.g. a 401 on the
+    fourth call of a run)."""
+    drop: bool = False
+    """With ``status`` 0: apply the request, then close the connection without an answer (a
+    reset after the write landed: the client cannot know it did)."""
 
     def matches(self, request: Request) -> bool:
         if self.method and self.method.upper() != request.method:
             return False
         return re.search(self.path, request.path) is not None
+
+
+class DropConnection(Exception):
+    """Raised by dispatch: close the connection without writing any answer."""
 
 
 class FaultPlan:
@@ -101,6 +111,9 @@ class FaultPlan:
         with self._lock:
             for fault in self._faults:
                 if fault.times > 0 and fault.matches(request):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        continue
                     fault.times -= 1
                     return fault
         return None
@@ -132,6 +145,7 @@ class RateLimit:
         self._lock = threading.Lock()
 
     def check(self) -> Response | None:
+        """None to let the request through (``headers`` then says what is left), else a 429."""
         if not self.per_minute:
             return None
         with self._lock:
@@ -139,12 +153,25 @@ class RateLimit:
             while self._times and now - self._times[0] >= 60:
                 self._times.popleft()
             if len(self._times) >= self.per_minute:
-                headers = {}
+                headers = self._headers(0)
                 if self.retry_after:
                     headers["Retry-After"] = str(max(1, int(60 - (now - self._times[0])) + 1))
                 return Response(429, {"error": "Too Many Requests"}, headers)
             self._times.append(now)
         return None
+
+    def headers(self) -> dict[str, str]:
+        """``X-Rate-Limit-Limit`` / ``-Remaining`` (Planhat's older documented headers)."""
+        if not self.per_minute:
+            return {}
+        with self._lock:
+            return self._headers(max(0, self.per_minute - len(self._times)))
+
+    def _headers(self, remaining: int) -> dict[str, str]:
+        return {
+            "X-Rate-Limit-Limit": str(self.per_minute),
+            "X-Rate-Limit-Remaining": str(remaining),
+        }
 
 
 class SandboxServer:
@@ -281,6 +308,9 @@ class SandboxServer:
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
+            if fault.drop and not fault.status:
+                self._route(request)  # the write lands; its answer never leaves
+                raise DropConnection()
             if fault.status:
                 headers = {}
                 if fault.retry_after is not None:
@@ -291,6 +321,11 @@ class SandboxServer:
         limited = self.rate_limit.check()
         if limited is not None:
             return limited
+        response = self._route(request)
+        response.headers = {**self.rate_limit.headers(), **response.headers}
+        return response
+
+    def _route(self, request: Request) -> Response:
         if self._auth is not None:
             refused = self._auth(request)
             if refused is not None:
@@ -336,6 +371,10 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
             request.body = body
             try:
                 response = server.dispatch(request)
+            except DropConnection:
+                server._record(request, 0)
+                self.close_connection = True
+                return
             except Exception as exc:  # an emulator bug must surface as a 500, not a hang
                 response = error(500, f"sandbox error: {type(exc).__name__}: {exc}")
             self._send(request, response)
@@ -352,9 +391,12 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
             for key, value in response.headers.items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if payload and request.method != "HEAD":
-                self.wfile.write(payload)
+            try:
+                self.end_headers()
+                if payload and request.method != "HEAD":
+                    self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client is gone (killed, or timed out)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -41,6 +41,34 @@ def batch_bounds(total: int, batch_size: int, max_size: int = MAX_BULK_RECORDS) 
     return [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
 
 
+MAX_ANALYTICS_BYTES = 30 * 1024 * 1024
+"""Planhat's analytics host refuses bodies over 32 MB: batches stay under 30 MB, leaving room
+for the array's brackets and commas and any difference in JSON spacing."""
+
+
+def json_size(item: Any) -> int:
+    """Bytes of ``item`` as the client sends it (compact JSON, UTF-8)."""
+    return len(json.dumps(item, separators=(",", ":"), default=str).encode())
+
+
+def split_by_size(bounds: Sequence[range], sizes: Sequence[int], max_bytes: int) -> list[range]:
+    """``bounds`` with every batch whose items add up to more than ``max_bytes`` cut further,
+    order kept. An item alone above the limit stays a batch of one (the API refuses it, and
+    only it)."""
+    out: list[range] = []
+    for bound in bounds:
+        start, total = bound.start, 0
+        for position in bound:
+            size = sizes[position] + 1  # the comma between items
+            if position > start and total + size > max_bytes:
+                out.append(range(start, position))
+                start, total = position, 0
+            total += size
+        if start < bound.stop:
+            out.append(range(start, bound.stop))
+    return out
+
+
 @overload
 def batches(
     records: pd.DataFrame, batch_size: int, *, max_size: int = ...

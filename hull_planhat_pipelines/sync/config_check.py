@@ -25,6 +25,7 @@ from hull_planhat_pipelines.sync.hull_model import (
     USER_UPSERT_COLUMNS,
 )
 from hull_planhat_pipelines.sync.operator_sql import OperatorSqlError, lock_down, run_select
+from hull_planhat_pipelines.sync.planhat_payloads import ACTIVITY_SQL_REQUIRED
 from hull_planhat_pipelines.sync.planhat_records import (
     companies_frame,
     endusers_frame,
@@ -94,13 +95,20 @@ def sql_problems(settings: Settings) -> list[tuple[str, str]]:
                 problems.append((f"segments.{group}.{name}", str(exc)))
     conn = contract_database()
     try:
-        queries = [
-            (f"planhat.metrics.{i}.sql", metric.sql, ("external_id", "value"))
-            for i, metric in enumerate(settings.planhat.metrics)
-        ] + [
-            (f"destinations.{i}.source_sql", destination.source_sql, ())
-            for i, destination in enumerate(settings.destinations)
-        ]
+        queries = (
+            [
+                (f"planhat.metrics.{i}.sql", metric.sql, ("external_id", "value"))
+                for i, metric in enumerate(settings.planhat.metrics)
+            ]
+            + [
+                (f"planhat.activity_queries.{i}.sql", query.sql, ACTIVITY_SQL_REQUIRED)
+                for i, query in enumerate(settings.planhat.activity_queries)
+            ]
+            + [
+                (f"destinations.{i}.source_sql", destination.source_sql, ())
+                for i, destination in enumerate(settings.destinations)
+            ]
+        )
         for path, sql, required in queries:
             try:
                 frame = run_select(conn, sql, path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -16,6 +18,46 @@ KEY_COLUMNS = ("event_id", "external_id", "id", "hull_id")
 """A record's key: the first of these the SQL returns (else its content's fingerprint)."""
 NO_EXTERNAL_ID = "No external_id for the path"
 RECORD_COLUMNS = ["target", "key", "hull_id", "payload", "fingerprint", "fields", "change"]
+ROUTE_COLUMNS = ["method", "path", "read_back"]
+ON_CHANGE_IGNORED = "Changed since delivered; on_change: ignore"
+
+
+def stable_external_id(destination: DestinationSettings, key: str, digest: str) -> str:
+    """The ``externalId`` a destination gives a record: from its key, so a resend names the
+    same record; with ``on_change: create`` each content version is its own record."""
+    if destination.on_change == "create":
+        return f"{destination.name}-{key}-{digest[:12]}"
+    return f"{destination.name}-{key}"
+
+
+def _record_path(collection: str, ref: str) -> str:
+    return f"{collection.rstrip('/')}/{quote(ref, safe='!$&()*+,;=:@')}"
+
+
+def is_collection(destination: DestinationSettings) -> bool:
+    return "{" not in destination.path
+
+
+def _route(
+    destination: DestinationSettings,
+    row: Mapping[str, Any],
+    planhat_ids: Mapping[str, str],
+    in_doubt: Collection[str],
+) -> tuple[str, str, str | None]:
+    """(method, path, read-back path) of one record of a POST-to-collection destination.
+
+    New: POST, read back first when an earlier create's outcome is unknown. Changed (or
+    forced): with ``on_change: update``, PUT to the record it created (its ``_id``, kept from
+    the create's answer); without a known ``_id``, read back by ``externalId`` then create."""
+    key, path = str(row["key"]), destination.path
+    ext = json.loads(row["payload"]).get("externalId")
+    read_back = _record_path(path, f"extid-{ext}") if ext not in (None, "") else None
+    if row["change"] != "new" and destination.on_change == "update":
+        known = planhat_ids.get(key)
+        if known:
+            return "PUT", _record_path(path, known), None
+        return "POST", path, read_back
+    return "POST", path, read_back if key in in_doubt else None
 
 
 def _key(row: dict[str, Any], needs_external_id: bool, digest: str) -> str | None:
@@ -34,11 +76,19 @@ def destination_records(
     fingerprints: pd.DataFrame | None,
     *,
     force: bool = False,
+    planhat_ids: Mapping[str, str] | None = None,
+    in_doubt: Collection[str] = (),
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """The rows to send (``payload`` as JSON text, excluded attributes removed) that changed
     since their last successful delivery; a row whose path needs an external id and has none
-    is skipped with its reason."""
+    is skipped with its reason.
+
+    A collection path gives each record a stable ``externalId`` (``stable_key``); a POST
+    destination's rows carry their own call (``ROUTE_COLUMNS``): see ``_route``. ``planhat_ids``
+    maps keys to the Planhat ``_id`` their create returned; ``in_doubt`` holds keys whose last
+    call went out without an answer."""
     needs_external_id = "{external_id}" in destination.path
+    keyed = destination.stable_key and is_collection(destination)
     excluded = set(destination.exclude)
     rows: dict[str, dict[str, Any]] = {}
     events: list[SyncEvent] = []
@@ -57,6 +107,8 @@ def destination_records(
                 )
             )
             continue
+        if keyed and payload.get("externalId") in (None, ""):
+            payload = {**payload, "externalId": stable_external_id(destination, key, digest)}
         rows[key] = {
             "target": destination.name,
             "key": key,
@@ -67,4 +119,27 @@ def destination_records(
         }
     candidates = pd.DataFrame(list(rows.values()), columns=RECORD_COLUMNS[:-1])
     selected = select_changed(candidates, fingerprints, destination.name, force=force)
-    return selected.reindex(columns=RECORD_COLUMNS), events
+    selected = selected.reindex(columns=RECORD_COLUMNS)
+    if destination.on_change == "ignore":
+        ignored = selected["change"] == "changed"
+        events += [
+            SyncEvent(
+                event="outgoing.event.skip",
+                object_type=destination.name,
+                object_id=str(key),
+                reason=ON_CHANGE_IGNORED,
+            )
+            for key in selected.loc[ignored, "key"]
+        ]
+        selected = selected.loc[~ignored].reset_index(drop=True)
+    if destination.method == "POST" and is_collection(destination):
+        routes = [
+            _route(destination, row, planhat_ids or {}, set(in_doubt))
+            for row in selected.to_dict("records")
+        ]
+        return selected.assign(
+            method=[r[0] for r in routes],
+            path=[r[1] for r in routes],
+            read_back=[r[2] for r in routes],
+        ), events
+    return selected, events

@@ -36,7 +36,9 @@ import pandas as pd
 
 from hull_planhat_pipelines.sync.batching import is_missing, jsonable
 
-DELIVERED_STATUSES: frozenset[str] = frozenset({"created", "updated", "unchanged", "sent"})
+DELIVERED_STATUSES: frozenset[str] = frozenset(
+    {"created", "updated", "unchanged", "sent", "confirmed"}
+)
 """Outcome statuses Planhat accounted for (``error``, ``ignored``, ``dry_run`` are not)."""
 
 FINGERPRINT_COLUMNS = ["target", "key", "fingerprint", "fields", "delivered_at"]
@@ -184,6 +186,38 @@ def delivered_keys(
     """Keys of the outcome rows Planhat accounted for."""
     ok = outcomes["status"].isin(list(delivered)) & outcomes["key"].notna()
     return {str(key) for key in outcomes.loc[ok, "key"]}
+
+
+def fresh_fingerprints(
+    outcomes: pd.DataFrame,
+    payloads: pd.DataFrame,
+    now: dt.datetime,
+    *,
+    delivered: Collection[str] = DELIVERED_STATUSES,
+) -> pd.DataFrame:
+    """The fingerprint rows one request's ``outcomes`` earn: the payload's fingerprint and
+    fields for each record Planhat accounted for, with the Planhat ``_id`` its answer named
+    (``planhat_id``, None when it named none). What a checkpoint upserts."""
+    ok = outcomes.loc[outcomes["status"].isin(list(delivered))]
+    columns = [*FINGERPRINT_COLUMNS, "planhat_id"]
+    if ok.empty:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    ids = (
+        ok[["target", "key"]]
+        .astype(str)
+        .assign(
+            planhat_id=[
+                None if is_missing(v) else str(v) for v in ok.get("planhat_id", [None] * len(ok))
+            ]
+        )
+    )
+    ids = ids.drop_duplicates(["target", "key"], keep="last")
+    sent = payloads[["target", "key", "fingerprint", "fields"]].astype({"key": str})
+    sent = sent.drop_duplicates(["target", "key"], keep="last")
+    fresh = sent.merge(ids, on=["target", "key"], how="inner")
+    fresh["delivered_at"] = utc_timestamp(now)
+    fresh["delivered_at"] = fresh["delivered_at"].astype("datetime64[us, UTC]")
+    return fresh[columns].reset_index(drop=True)
 
 
 def advance_fingerprints(

@@ -51,7 +51,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from hull_planhat_pipelines.settings import AttributeMap, MetricSettings, Settings
+from hull_planhat_pipelines.settings import (
+    ActivityQuerySettings,
+    AttributeMap,
+    MetricSettings,
+    Settings,
+)
 from hull_planhat_pipelines.sync.batching import is_missing, jsonable
 from hull_planhat_pipelines.sync.fingerprints import (
     PAYLOAD_COLUMNS,
@@ -695,6 +700,86 @@ def _activity_rows(
             }
         )
     return skips, rows
+
+
+ACTIVITY_SQL_REQUIRED = ("activity_id", "action")
+ACTIVITY_NO_IDENTITY = "No email or eu_ext_id"
+ACTIVITY_QUERY_FAILED = "Activity query failed"
+
+
+def sql_activity_payloads(
+    conn: duckdb.DuckDBPyConnection,
+    queries: Sequence[ActivityQuerySettings],
+    sent_event_ids: SentEventIds,
+) -> Payloads:
+    """User activities from configured SQL, each ``activity_id`` sent once (key
+    ``sql:<query>:<activity_id>``). An item names its enduser by ``email`` or, without one, by
+    ``euExtId``; ``count`` says how many times the action happened. A failing query is logged
+    (``outgoing.event.error``) and the others still go."""
+    extra = ("user_hull_id", "occurred_at")
+    sent = sent_ids(sent_event_ids)
+    rows: list[dict[str, Any]] = []
+    events: list[SyncEvent] = []
+    for query in queries:
+        try:
+            frame = run_select(lock_down(conn), query.sql, f"activity query {query.name}")
+            missing = [c for c in ACTIVITY_SQL_REQUIRED if c not in frame.columns]
+            if missing:
+                raise ValueError(f"the query has no column {', '.join(missing)}")
+        except (duckdb.Error, ValueError) as exc:
+            events.append(
+                SyncEvent(
+                    event="outgoing.event.error",
+                    object_type="activity_query",
+                    object_id=query.name,
+                    reason=ACTIVITY_QUERY_FAILED,
+                    details={"error": str(exc).splitlines()[0][:300]},
+                )
+            )
+            continue
+        dates = _iso_ms(frame["date"]).tolist() if "date" in frame.columns else [None] * len(frame)
+        for record, date in zip(frame.to_dict("records"), dates, strict=True):
+            cell = {k: jsonable(v) for k, v in record.items()}
+            key = f"sql:{query.name}:{cell['activity_id']}"
+            if key in sent:
+                continue
+            email, eu_ext_id = cell.get("email"), cell.get("eu_ext_id")
+            if email in (None, "") and eu_ext_id in (None, ""):
+                events.append(_skip("outgoing.event.skip", "event", key, ACTIVITY_NO_IDENTITY))
+                continue
+            info = cell.get("info")
+            if isinstance(info, str):
+                try:
+                    info = json.loads(info)
+                except ValueError:
+                    info = {"value": info}
+            item: dict[str, Any] = {"action": cell["action"]}
+            optional = {
+                "email": email or None,
+                "euExtId": None if email else eu_ext_id,
+                "companyExternalId": cell.get("company_external_id"),
+                "count": cell.get("count"),
+                "weight": cell.get("weight"),
+                "name": cell.get("name"),
+                "date": date,
+                "info": info,
+            }
+            item.update({k: v for k, v in optional.items() if v not in (None, "")})
+            rows.append(
+                {
+                    "target": ACTIVITIES,
+                    "key": key,
+                    "hull_id": None,
+                    "payload": item,
+                    "fingerprint": fingerprint(item),
+                    "fields": fields_text(()),
+                    "change": "new",
+                    "user_hull_id": None,
+                    "occurred_at": date,
+                }
+            )
+    payloads = pd.DataFrame(rows, columns=[*PAYLOAD_COLUMNS, *extra])
+    return (payloads if not payloads.empty else _empty_payloads(extra)), events
 
 
 # -- metrics ---------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Settling bulk-upsert items Planhat's answer did not name, against what Planhat holds.
+
+Planhat's bulk answer names created and updated records by ``_id`` only, and silently drops an
+enduser whose company it does not have: when its counts fall short, the items it did not
+account for are ``unconfirmed``. They are not re-sent blindly; the next delivery, after a newer
+Planhat snapshot, looks each one up there:
+
+- present (and the content we would send is what was sent): ``confirmed``, delivered, its
+  fingerprint advances, nothing is sent;
+- absent: ``dropped`` (logged with its reason) and sent again, at most ``max_retries`` times
+  for the same content; after that it is skipped until its content changes or its company is
+  delivered again;
+- no snapshot newer than the attempt yet: held (neither sent nor settled) until there is one.
+
+Pure: frames in, frames out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from hull_planhat_pipelines.sync.log import SyncEvent
+
+UNCONFIRMED = "unconfirmed"
+CONFIRMED = "confirmed"
+DROPPED = "dropped"
+MAX_DROPPED_RETRIES = 3
+DROPPED_REASON = {
+    "endusers": "Dropped by Planhat: company not in Planhat",
+    "companies": "Dropped by Planhat: not in its records after the upsert",
+}
+SKIPPED_REASON = "Dropped by Planhat {n} times: skipped until it or its account changes"
+
+
+@dataclass
+class Settlement:
+    """What to do with one target's payload rows before sending."""
+
+    send: pd.DataFrame
+    """The payload rows to send now (index kept)."""
+    confirmed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Payload rows found in Planhat: recorded as delivered, not sent."""
+    dropped: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Payload rows Planhat dropped: recorded as failed, and sent again."""
+    events: list[SyncEvent] = field(default_factory=list)
+
+
+def settle(
+    target: str,
+    payloads: pd.DataFrame,
+    history: pd.DataFrame,
+    present: Collection[str],
+    snapshot_at: pd.Timestamp | None,
+    company_delivered_at: Mapping[str, pd.Timestamp] | None = None,
+    *,
+    max_retries: int = MAX_DROPPED_RETRIES,
+) -> Settlement:
+    """Split ``payloads`` (``key``, ``fingerprint``, optional ``company_external_id``).
+
+    ``history``: this target's delivery rows (``key``, ``status``, ``fingerprint``,
+    ``delivered_at``); ``present``: keys the latest snapshot (taken at ``snapshot_at``) holds;
+    ``company_delivered_at``: when each company was last delivered (a company delivered after
+    a drop resets the drop count of its endusers).
+    """
+    kind = "user" if target == "endusers" else "account"
+    if payloads.empty or history.empty:
+        return Settlement(payloads)
+    ordered = history.sort_values("delivered_at", kind="stable")
+    latest = ordered.drop_duplicates("key", keep="last").set_index("key")
+    send, confirmed, dropped = [], [], []
+    events: list[SyncEvent] = []
+    company_at = company_delivered_at or {}
+    for index, row in payloads.iterrows():
+        key = str(row["key"])
+        last = latest.loc[key] if key in latest.index else None
+        if last is None or last["status"] not in (UNCONFIRMED, DROPPED):
+            send.append(index)
+            continue
+        if snapshot_at is None or snapshot_at <= last["delivered_at"]:
+            continue  # held: wait for a snapshot taken after the attempt
+        if key in present:
+            if last["fingerprint"] == row["fingerprint"]:
+                confirmed.append(index)
+            else:
+                send.append(index)  # it landed, and has changed since: send the change
+            continue
+        since = company_at.get(str(row.get("company_external_id")))
+        drops = ordered[
+            (ordered["key"] == key)
+            & (ordered["status"] == DROPPED)
+            & (ordered["fingerprint"] == row["fingerprint"])
+        ]
+        if since is not None:
+            drops = drops[drops["delivered_at"] > since]
+        reason = DROPPED_REASON.get(target, "Dropped by Planhat")
+        if len(drops) >= max_retries:
+            events.append(
+                SyncEvent(
+                    event=f"outgoing.{kind}.skip",
+                    object_type=target,
+                    object_id=key,
+                    reason=SKIPPED_REASON.format(n=len(drops)),
+                )
+            )
+            continue
+        dropped.append(index)
+        send.append(index)
+        events.append(
+            SyncEvent(
+                event=f"outgoing.{kind}.error", object_type=target, object_id=key, reason=reason
+            )
+        )
+    return Settlement(payloads.loc[send], payloads.loc[confirmed], payloads.loc[dropped], events)

@@ -1,0 +1,74 @@
+"""Settling unnamed bulk items against a snapshot (pure)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from hull_planhat_pipelines.sync.delivery_settlement import (
+    DROPPED,
+    MAX_DROPPED_RETRIES,
+    UNCONFIRMED,
+    settle,
+)
+
+T0 = pd.Timestamp("2026-01-01T10:00:00Z")
+
+
+def _payloads(*keys: str, fingerprint: str = "f1") -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "key": list(keys),
+            "fingerprint": [fingerprint] * len(keys),
+            "company_external_id": ["C"] * len(keys),
+        },
+        index=[10 + i for i in range(len(keys))],
+    )
+
+
+def _history(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"key": k, "status": s, "fingerprint": f, "delivered_at": T0 + pd.Timedelta(minutes=m)}
+            for k, s, f, m in rows
+        ]
+    )
+
+
+def test_present_is_confirmed_absent_is_dropped_and_sent_again_others_go_as_usual() -> None:
+    history = _history(
+        [("a", UNCONFIRMED, "f1", 0), ("b", UNCONFIRMED, "f1", 0), ("c", "created", "f0", 0)]
+    )
+    result = settle(
+        "endusers", _payloads("a", "b", "c"), history, {"a"}, T0 + pd.Timedelta(hours=1)
+    )
+    assert result.confirmed["key"].tolist() == ["a"]
+    assert result.dropped["key"].tolist() == ["b"]
+    assert sorted(result.send["key"]) == ["b", "c"]
+    assert result.send.index.tolist() == [11, 12]
+    assert [(e.event, e.reason) for e in result.events] == [
+        ("outgoing.user.error", "Dropped by Planhat: company not in Planhat")
+    ]
+
+
+def test_no_newer_snapshot_holds_the_record_and_a_changed_one_is_sent() -> None:
+    history = _history([("a", UNCONFIRMED, "f1", 0), ("b", UNCONFIRMED, "f0", 0)])
+    held = settle("endusers", _payloads("a"), history, set(), T0)
+    assert held.send.empty and held.dropped.empty and held.confirmed.empty
+    changed = settle("endusers", _payloads("b"), history, {"b"}, T0 + pd.Timedelta(hours=1))
+    assert changed.send["key"].tolist() == ["b"] and changed.confirmed.empty
+
+
+def test_retries_are_bounded_then_skipped_until_the_company_is_delivered_again() -> None:
+    drops = [("a", DROPPED, "f1", i) for i in range(MAX_DROPPED_RETRIES)]
+    history = _history([*drops, ("a", UNCONFIRMED, "f1", 10)])
+    later = T0 + pd.Timedelta(hours=1)
+    skipped = settle("endusers", _payloads("a"), history, set(), later)
+    assert skipped.send.empty and skipped.dropped.empty
+    assert skipped.events[0].event == "outgoing.user.skip"
+    assert "skipped until it or its account changes" in skipped.events[0].reason
+    again = settle(
+        "endusers", _payloads("a"), history, set(), later, {"C": T0 + pd.Timedelta(minutes=5)}
+    )
+    assert again.send["key"].tolist() == ["a"]
+    edited = settle("endusers", _payloads("a", fingerprint="f2"), history, set(), later)
+    assert edited.send["key"].tolist() == ["a"]
