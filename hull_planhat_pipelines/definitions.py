@@ -11,6 +11,7 @@ from hull_planhat_pipelines.checks import (
     build_copper_checks,
     delivery_checks,
     hull_checks,
+    owner_checks,
     planhat_checks,
 )
 from hull_planhat_pipelines.orchestration import (
@@ -69,6 +70,7 @@ def build_definitions(
             *build_copper_checks(settings),
             *planhat_checks(),
             *hull_checks(),
+            *owner_checks(settings),
             *delivery_checks(settings),
         ],
         jobs=list(jobs.values()),

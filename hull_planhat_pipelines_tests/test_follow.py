@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+import duckdb
 import pytest
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -197,3 +198,47 @@ def test_the_first_chain_waits_for_planhat_users_before_payloads(ticks: Ticks) -
     assert ran.success
     metadata = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
     assert delivered_something(dict(metadata)), metadata["by_target"]  # the first chain delivers
+
+
+def _check(result: dg.ExecuteInProcessResult, asset: str, name: str) -> Any:
+    [evaluation] = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.to_user_string() == asset and e.check_name == name
+    ]
+    return evaluation
+
+
+def test_owner_validity_warns_and_a_broken_identity_stops_the_delivery(ticks: Ticks) -> None:
+    every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
+    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    [downstream] = ticks.requests()
+    first = ticks.execute(downstream)
+    assert first.success
+    before = _check(first, "hull/accounts", "valid_owner")  # the seed has a few bad owners
+    assert "nobody-we-know" not in before.metadata["offending_sample"].value
+    job = ticks.defs.resolve_job_def("profiles_and_delivery")
+
+    with duckdb.connect(str(ticks.pipeline.warehouse)) as conn:
+        conn.execute(
+            "update hull.accounts set attributes = json_merge_patch(attributes, "
+            """'{"copper/owner_planhat_id": "nobody-we-know"}') where hull_id = """
+            "(select hull_id from hull.accounts where len(segments) > 0 order by hull_id limit 1)"
+        )
+    unknown_owner = job.execute_in_process(instance=ticks.instance, raise_on_error=False)
+    owner = _check(unknown_owner, "hull/accounts", "valid_owner")
+    assert not owner.passed and owner.severity == dg.AssetCheckSeverity.WARN
+    assert "nobody-we-know" in owner.metadata["offending_sample"].value
+    assert unknown_owner.success  # a warning: the delivery skips that company alone
+
+    with duckdb.connect(str(ticks.pipeline.warehouse)) as conn:
+        conn.execute(
+            "insert into hull.users select * replace ('twin-' || hull_id as hull_id) "
+            "from hull.users where email is not null order by hull_id limit 1"
+        )
+    broken = job.execute_in_process(instance=ticks.instance, raise_on_error=False)
+    assert not _check(broken, "hull/users", "unique_email").passed
+    assert not broken.success
+    delivered = [m for m in broken.get_asset_materialization_events() if m.asset_key == DELIVERIES]
+    assert delivered == []  # the blocking check stopped the delivery
