@@ -17,6 +17,7 @@ from hull_planhat_pipelines.checks import (
 from hull_planhat_pipelines.orchestration import (
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
+    build_failure_webhook_sensor,
     build_follow_sensor,
     build_planhat_fetch_sensor,
     copper_partitions,
@@ -79,6 +80,7 @@ def build_definitions(
         sensors=[
             build_copper_incremental_sensor(settings, copper_job),
             build_planhat_fetch_sensor(settings, planhat_job),
+            build_failure_webhook_sensor(),
             build_follow_sensor(assets, jobs["profiles_and_delivery"], planhat_job),
         ],
         schedules=[

@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dagster._core.storage.tags import (
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError, post_alert
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
@@ -613,3 +615,43 @@ def downstream_job() -> UnresolvedAssetJobDefinition:
             "destinations. Launched by downstream_sensor with the part that is out of date."
         ),
     )
+
+
+# -- alerts ------------------------------------------------------------------------------------
+def failure_text(run: dg.DagsterRun, error: str | None) -> str:
+    """The alert's text: which job failed, what triggered it, the first line of the error."""
+    trigger = run.tags.get(TRIGGER_TAG)
+    first = error.strip().splitlines()[0][:300] if error and error.strip() else "failed"
+    return (
+        f":rotating_light: hull_planhat_pipelines: run `{run.run_id[:8]}` of `{run.job_name}` "
+        f"failed{f' (trigger: {trigger})' if trigger else ''}: {first}"
+    )
+
+
+def build_failure_webhook_sensor(
+    url: Callable[[], str | None] = lambda: os.environ.get(WEBHOOK_ENV_VAR) or None,
+) -> dg.SensorDefinition:
+    """Posts every failed run to ``HULL_PLANHAT_ALERT_WEBHOOK_URL`` (Slack-compatible JSON);
+    does nothing while it is unset."""
+
+    @dg.run_failure_sensor(
+        name="run_failure_webhook",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Posts each failed run to the chat webhook in {WEBHOOK_ENV_VAR} (Slack-compatible "
+            '`{"text": ...}`); off while that variable is unset.'
+        ),
+    )
+    def run_failure_webhook(context: dg.RunFailureSensorContext) -> dg.SkipReason | None:
+        target = url()
+        if not target:
+            return dg.SkipReason(f"{WEBHOOK_ENV_VAR} is not set: alerts are off")
+        error = context.failure_event.message if context.failure_event else None
+        try:
+            post_alert(target, failure_text(context.dagster_run, error))
+        except WebhookError as exc:
+            context.log.warning(str(exc))
+            return dg.SkipReason(str(exc))
+        return None
+
+    return run_failure_webhook
