@@ -24,6 +24,8 @@ from hull_planhat_pipelines.orchestration import (
     copper_sync_job,
     daily_partitions,
     downstream_job,
+    dry_run_job,
+    forced_send_job,
     hull_sync_job,
     planhat_delivery_job,
     planhat_destinations_job,
@@ -65,6 +67,8 @@ def build_definitions(
         build_delivery_asset(settings),
         *build_destination_assets(settings),
     ]
+    jobs["planhat_forced_send"] = forced_send_job(assets)
+    jobs["planhat_dry_run"] = dry_run_job(assets)
     return dg.Definitions(
         assets=assets,
         asset_checks=[

@@ -606,6 +606,53 @@ def build_follow_sensor(
     return downstream_sensor
 
 
+def _op_names(assets: Sequence[dg.AssetsDefinition], selection: dg.AssetSelection) -> dict:
+    keys = selection.resolve(assets)
+    return {a.node_def.name: a for a in assets if set(a.keys) & keys}
+
+
+def forced_send_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
+    """A preset: every in-segment record sent to Planhat, changed or not."""
+    selection = dg.AssetSelection.groups("outgoing") - DESTINATIONS
+    ops = {
+        name: {"config": {"force": True}}
+        for name in _op_names(assets, selection)
+        if name.endswith("_payloads")
+    }
+    return dg.define_asset_job(
+        "planhat_forced_send",
+        selection=selection,
+        config={"ops": ops},
+        description=(
+            "Forced batch send: payloads with `force: true` (every in-segment record, changed "
+            "or not) and their delivery. Each payload step's `force` field can be switched "
+            "off in the launchpad."
+        ),
+    )
+
+
+def dry_run_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
+    """A preset: everything after the sources computed and reported, nothing written."""
+    selection = SOURCES.downstream(include_self=False)
+    ops: dict[str, Any] = {}
+    for name, asset in _op_names(assets, selection).items():
+        fields = getattr(asset.op.config_schema, "config_type", None)
+        names = set(getattr(fields, "fields", {}) or {})
+        if "dry_run" in names:
+            ops[name] = {"config": {"dry_run": True}}
+    return dg.define_asset_job(
+        "planhat_dry_run",
+        selection=selection,
+        config={"ops": ops},
+        tags={DRY_RUN_TAG: "true"},
+        description=(
+            "Dry run: Hull applied, payloads computed, every delivery and destination with "
+            "`dry_run: true` (requests built and shown as metadata samples, nothing sent, no "
+            "fingerprint advanced, nothing forwarded to a Hull firehose). Triggers nothing."
+        ),
+    )
+
+
 def downstream_job() -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         "profiles_and_delivery",

@@ -242,3 +242,36 @@ def test_owner_validity_warns_and_a_broken_identity_stops_the_delivery(ticks: Ti
     assert not broken.success
     delivered = [m for m in broken.get_asset_materialization_events() if m.asset_key == DELIVERIES]
     assert delivered == []  # the blocking check stopped the delivery
+
+
+def _settle(ticks: Ticks) -> None:
+    """Run what the sensor asks for until it asks for nothing."""
+    for _ in range(4):
+        requests = ticks.requests()
+        if not requests:
+            return
+        for request in requests:
+            assert ticks.execute(request).success
+    raise AssertionError("the chain did not settle")
+
+
+def test_dry_run_and_forced_send_presets(ticks: Ticks) -> None:
+    every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
+    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    _settle(ticks)
+    planhat = ticks.pipeline.planhat
+    writes = planhat.write_count()
+
+    dry = ticks.pipeline.run("planhat_dry_run")  # the preset, launched as is
+    assert dry.success
+    assert planhat.write_count() == writes  # nothing written
+    metadata = dry.asset_materializations_for_node("planhat__deliveries")[0].metadata
+    assert metadata["dry_run"].value is True
+    assert ticks.requests() == []  # a dry run triggers nothing
+
+    forced = ticks.pipeline.run("planhat_forced_send")
+    assert forced.success
+    payloads = forced.asset_materializations_for_node("planhat__company_payloads")[0].metadata
+    assert payloads["forced"].value is True and payloads["rows"].value > 0
+    assert planhat.write_count() > writes  # every in-segment company sent again
