@@ -149,7 +149,7 @@ def _run_job(
                 step=key,
                 ok=found is not None,
                 rows=_rows(found),
-                requests=found.get("requests") if found else None,
+                requests=found.get("run_requests", found.get("requests")) if found else None,
                 detail=text,
                 failed_checks=checks,
                 samples=_samples(found, key),
@@ -163,7 +163,7 @@ def _rows(found: dict[str, Any] | None) -> int | None:
         return None
     if found.get("dry_run"):
         return found.get("would_send")
-    return found.get("rows", found.get("sent"))
+    return found.get("run_rows", found.get("rows", found.get("sent")))
 
 
 def _samples(found: dict[str, Any] | None, key: str) -> dict[str, list[Any]]:

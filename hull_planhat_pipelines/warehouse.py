@@ -171,8 +171,11 @@ class WarehousePandasTypeHandler(DuckDBPandasTypeHandler):
         except Exception:
             run(connection, "rollback")
             raise
-        key = "dagster/partition_row_count" if context.has_partition_key else "dagster/row_count"
-        return {key: len(frame)}
+        if context.has_asset_partitions:
+            if not context.has_partition_key:
+                return {}  # a range: the asset reports each partition's own count
+            return {"dagster/partition_row_count": len(frame)}
+        return {"dagster/row_count": len(frame)}
 
     def load_input(
         self, context: InputContext, table_slice: TableSlice, connection

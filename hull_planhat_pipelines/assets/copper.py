@@ -88,14 +88,37 @@ def _fetch(
     )
     stats = client.stats.snapshot()
     return frame, {
-        "rows": dg.MetadataValue.int(len(frame)),
-        "pages_fetched": dg.MetadataValue.int(pages),
-        "requests": dg.MetadataValue.int(stats["requests"]),
-        "retries": dg.MetadataValue.int(stats["retries"]),
-        "window_start": dg.MetadataValue.text(str(start) if start is not None else "open"),
-        "window_end": dg.MetadataValue.int(end),
-        "preview": _preview(frame),
+        "run_rows": dg.MetadataValue.int(len(frame)),
+        "run_pages_fetched": dg.MetadataValue.int(pages),
+        "run_requests": dg.MetadataValue.int(stats["requests"]),
+        "run_retries": dg.MetadataValue.int(stats["retries"]),
+        "run_window_start": dg.MetadataValue.text(
+            dt.datetime.fromtimestamp(start, dt.UTC).isoformat() if start is not None else "open"
+        ),
+        "run_window_end": dg.MetadataValue.text(dt.datetime.fromtimestamp(end, dt.UTC).isoformat()),
     }
+
+
+def partition_metadata(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Per partition of a run: its own row count and preview, never the run's totals.
+
+    A range run (a backfill, "fetch all") materializes every partition of its range at once;
+    each partition's metadata counts the rows of that UTC day only (the ``run_*`` entries are
+    the run's figures, the same on every partition of the run)."""
+    days = frame["partition_date"].astype(str) if len(frame) else pd.Series(dtype=str)
+    groups = {day: rows for day, rows in frame.groupby(days)} if len(frame) else {}
+    found: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        rows = groups.get(key)
+        count = 0 if rows is None else len(rows)
+        entry: dict[str, Any] = {
+            "rows": dg.MetadataValue.int(count),
+            "dagster/partition_row_count": dg.MetadataValue.int(count),
+        }
+        if rows is not None:
+            entry["preview"] = _preview(rows)
+        found[key] = entry
+    return found
 
 
 def build_copper_asset(
@@ -146,7 +169,9 @@ def build_copper_asset(
                 asset=asset,
             )
             raise
-        context.add_output_metadata(metadata)
+        context.add_asset_metadata(metadata)  # the run's figures, on each partition
+        for key, entry in partition_metadata(frame, list(context.partition_keys)).items():
+            context.add_asset_metadata(entry, partition_key=key)
         return frame
 
     return _copper_object
