@@ -1,6 +1,7 @@
 """The whole cycle, three times, against both sandboxes in process: full, 1% changed, unchanged.
 
     python benchmarks/end_to_end.py [--scale 100] [--change 0.01] [--seed 0] [--start-date D]
+    python benchmarks/end_to_end.py --compare   # scale 10 at 1% against scale 100 at 0.1%
 
 ``--scale`` is the Copper sandbox's (1.0: 1,000 leads, 1,000 people, 100 companies, 300
 opportunities, 2,000 activities); the default 100 is 100,000 people and 10,000 companies. Planhat
@@ -24,6 +25,11 @@ the incremental passes it also says how many records changed since the previous 
 and how few searches would fetch only those. Hull upserts and deliveries per run come from the
 warehouse. Peak memory is the process's resident high-water mark (Linux ``VmHWM``, reset before
 each job), so it includes both sandboxes' data.
+
+``--compare`` runs scale 10 with ``--change 0.01`` and scale 100 with ``--change 0.001`` (the
+same 100 changed people) and compares the incremental passes' cycle: every job but the Planhat
+snapshot (a full list by nature), seconds summed and the highest peak above the resident
+memory the pass began with; it fails above x1.5.
 
 The run is as the command line does it (``run_sync``), with these differences, all printed:
 a temporary warehouse and Dagster instance; the packaged configuration with the client
@@ -341,6 +347,23 @@ def timed_jobs(jobs: list[dict[str, Any]]) -> Iterator[None]:
         cli._run_job = original
 
 
+SNAPSHOT_JOBS = ("planhat_fetch",)
+"""Jobs that take a Planhat snapshot: a full list by nature, left out of the cycle's cost."""
+
+
+def cycle_cost(jobs: list[dict[str, Any]], baseline_mb: float | None) -> dict[str, Any]:
+    """Every job of the pass but the Planhat snapshots: seconds summed, and the highest peak
+    above the resident memory the pass began with."""
+    kept = [j for j in jobs if not any(name in j["job"] for name in SNAPSHOT_JOBS)]
+    peaks = [j["peak_mb"] for j in kept if j["peak_mb"] is not None]
+    above = max(peaks) - baseline_mb if peaks and baseline_mb is not None else None
+    return {
+        "jobs": [j["job"] for j in kept],
+        "seconds": round(sum(j["seconds"] for j in kept), 2),
+        "mb_above_baseline": round(max(above, 0.0), 1) if above is not None else None,
+    }
+
+
 # -- the warehouse ---------------------------------------------------------------------------
 def warehouse_counts(database: str) -> dict[str, dict[str, Any]]:
     """Rows per run of the append-only tables: Hull upserts and Planhat deliveries."""
@@ -413,6 +436,7 @@ def one_pass(
     tables_before = warehouse_counts(database)
 
     jobs: list[dict[str, Any]] = []
+    baseline_mb = _rss_mb("VmRSS")
     began = time.perf_counter()
     with timed_jobs(jobs):
         summary = run_sync(full=full)
@@ -505,6 +529,8 @@ def one_pass(
         "planhat_before": planhat_before,
         "planhat_after": planhat_after,
         "jobs": jobs,
+        "baseline_mb": round(baseline_mb, 1) if baseline_mb is not None else None,
+        "cycle": cycle_cost(jobs, baseline_mb),
     }
     print_pass(result)
     return result
@@ -514,6 +540,12 @@ def print_pass(p: dict[str, Any]) -> None:
     status = "ok" if p["ok"] else f"FAILED ({'; '.join(p['failed_steps'])})"
     peak = f"{p['peak_mb']} MB peak RSS" if p["peak_mb"] is not None else "peak RSS n/a"
     print(f"\n== pass {p['pass']}: {p['seconds']:.1f} s, {peak}, {status}")
+    cycle = p.get("cycle")
+    if cycle:
+        print(
+            f"   cycle without Planhat snapshots: {cycle['seconds']:.1f} s,"
+            f" +{cycle['mb_above_baseline']} MB above the pass's {p['baseline_mb']} MB"
+        )
     if p["jobs"]:
         print(
             "   jobs: "
@@ -648,8 +680,62 @@ def run(scale: float, change: float, seed: int, start_date: dt.date | None) -> d
     }
 
 
+COMPARE = ((10.0, 0.01), (100.0, 0.001))
+"""The same 100 changed people on a warehouse ten times larger."""
+COMPARE_LIMIT = 1.5
+
+
+def compare(seed: int, start_date: dt.date | None) -> dict[str, Any]:
+    """Scale 10 with 1% changed against scale 100 with 0.1% changed: the incremental passes'
+    cycle (every job but the Planhat snapshots), time and memory above the pass's baseline."""
+    runs = [run(scale, change, seed, start_date) for scale, change in COMPARE]
+    rows = []
+    for index, label in ((1, "100 changed"), (2, "unchanged")):
+        small, large = (r["passes"][index]["cycle"] for r in runs)
+        ratio = {
+            key: round(large[key] / small[key], 2) if small[key] else None
+            for key in ("seconds", "mb_above_baseline")
+        }
+        rows.append({"pass": label, "scale_10": small, "scale_100": large, "ratio": ratio})
+    print()
+    for row in rows:
+        small, large, ratio = row["scale_10"], row["scale_100"], row["ratio"]
+        print(
+            f"{row['pass']:>12}: {small['seconds']:.1f} s -> {large['seconds']:.1f} s"
+            f" (x{ratio['seconds']}), +{small['mb_above_baseline']} MB ->"
+            f" +{large['mb_above_baseline']} MB (x{ratio['mb_above_baseline']})"
+        )
+    problems = [
+        f"{row['pass']} {key} x{value} > x{COMPARE_LIMIT}"
+        for row in rows
+        for key, value in row["ratio"].items()
+        if value is not None and value > COMPARE_LIMIT
+    ]
+    for r in runs:
+        last = r["passes"][-1]
+        if last["requests"]["planhat_writes"] or last["hull_user_upserts"]:
+            problems.append(f"the unchanged pass at scale {r['scale']:g} wrote")
+        problems += [
+            f"scale {r['scale']:g} pass {p['pass']} failed" for p in r["passes"] if not p["ok"]
+        ]
+    return {
+        "benchmark": "end_to_end_compare",
+        "comparison": rows,
+        "limit": COMPARE_LIMIT,
+        "runs": [{k: v for k, v in r.items() if k != "passes"} for r in runs],
+        "passes": {r["scale"]: r["passes"] for r in runs},
+        "ok": not problems,
+        "problems": problems,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="scale 10 --change 0.01 against scale 100 --change 0.001 (same 100 people)",
+    )
     parser.add_argument("--scale", type=float, default=100.0)
     parser.add_argument("--change", type=float, default=0.01, help="share of people/companies")
     parser.add_argument("--seed", type=int, default=0)
@@ -664,6 +750,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scale must be > 0")
     if not 0 <= args.change <= 1:
         parser.error("--change must be within 0..1")
+    if args.compare:
+        compared = compare(args.seed, args.start_date)
+        if compared["problems"]:
+            print("FAILED: " + "; ".join(compared["problems"]))
+        print(json.dumps(compared, default=str))
+        return 0 if compared["ok"] else 1
     result = run(args.scale, args.change, args.seed, args.start_date)
     last = result["passes"][-1]
     problems = [f"pass {p['pass']} failed" for p in result["passes"] if not p["ok"]]

@@ -10,6 +10,11 @@ Phases, each timed (compute = map + resolve + diff; apply = next store):
    activities) against the store of phase 1.
 3. full_refresh: the same changes, but every current row passed (what a "fetch all" does),
    opportunities complete (deleted-opportunity clears computed).
+The incremental phase runs as the asset does: the store of phase 1 is written to a DuckDB
+warehouse file, and a fresh process (so that phase 1's memory is not counted) reads only the
+slice of the store the changed records touch and merges the changed profiles back in place
+(``assets/hull_store``), inside one transaction. ``--in-memory`` measures the pure core over a
+store held in pandas instead (what the asset did before).
 Peak memory is the process's resident high-water mark during the phase (Linux ``VmHWM`` reset
 through ``/proc/self/clear_refs`` before it, so the inputs built beforehand count as resident
 but their construction does not; elsewhere ``ru_maxrss``, the peak since process start). The
@@ -20,9 +25,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import re
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -227,12 +236,87 @@ def measure(
     return after, result
 
 
+def write_warehouse(path: str, settings: Settings, store: ProfileStore) -> None:
+    """The store as the asset keeps it: ``hull.users`` / ``hull.accounts`` with segments,
+    ``hull.events``."""
+    from hull_planhat_pipelines.assets import hull_store
+    from hull_planhat_pipelines.sync.segments import evaluate_segments
+
+    users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
+    conn = duckdb.connect(path)
+    try:
+        conn.execute("create schema if not exists hull; create schema if not exists ops")
+        hull_store.replace_table(conn, "hull.users", users)
+        hull_store.replace_table(conn, "hull.accounts", accounts)
+        hull_store.replace_table(conn, "hull.events", store.events)
+    finally:
+        conn.close()
+
+
+def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) -> dict[str, Any]:
+    """The incremental phase against the warehouse file: slice read, compute, merge."""
+    from hull_planhat_pipelines.assets import hull_store
+
+    settings = load_settings(default_config_path())
+    rows = copper_rows(scale, 1, only_changed=True)
+    conn = duckdb.connect(path)
+    gc.collect()
+    exact = _reset_peak()
+    started = time.perf_counter()
+    sliced: list[ProfileStore] = []
+
+    def reader(keys: Any) -> Any:
+        part = hull_store.read_slice(conn, keys)
+        sliced.append(part.store)
+        return part
+
+    changes: Changes = compute_changes(settings, reader, rows, now=NOW)
+    computed = time.perf_counter()
+    conn.execute("begin transaction")
+    hull_store.write_changes(conn, settings.segments, sliced[0], changes, NOW, everything=False)
+    conn.execute("commit")
+    applied = time.perf_counter()
+    users = conn.execute("select count(*) from hull.users").fetchall()[0][0]
+    accounts = conn.execute("select count(*) from hull.accounts").fetchall()[0][0]
+    conn.close()
+    result = {
+        "records": record_count(rows),
+        "seconds": round(applied - started, 2),
+        "compute_seconds": round(computed - started, 2),
+        "apply_seconds": round(applied - computed, 2),
+        "peak_mb": round(_peak_mb(), 1),
+        "peak_exact": exact,
+        "slice_users": len(sliced[0].users),
+        "slice_accounts": len(sliced[0].accounts),
+        "user_upserts": len(changes.user_upserts),
+        "account_upserts": len(changes.account_upserts),
+        "claims": len(changes.user_claims) + len(changes.account_claims),
+        "links": len(changes.links),
+        "events": len(changes.events),
+        "users": int(users),
+        "accounts": int(accounts),
+    }
+    log(
+        f"{'incremental':>13}: {result['records']:>9,} records  {result['seconds']:>7.2f} s"
+        f" (compute {result['compute_seconds']:.2f}, merge {result['apply_seconds']:.2f})"
+        f"  peak {result['peak_mb']:>8.1f} MB  slice {result['slice_users']:,} users /"
+        f" {result['slice_accounts']:,} accounts; upserts {result['user_upserts']:,} users /"
+        f" {result['account_upserts']:,} accounts, {result['events']:,} events;"
+        f" store {result['users']:,} users / {result['accounts']:,} accounts"
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--changed", type=int, default=10_000)
     parser.add_argument("--skip-full-refresh", action="store_true")
+    parser.add_argument(
+        "--in-memory", action="store_true", help="the pure core over a store held in pandas"
+    )
+    parser.add_argument("--incremental-from", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     settings = load_settings(default_config_path())  # the example configuration
     scale = Scale(args.users, args.accounts, args.changed)
@@ -240,15 +324,43 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
+    if args.incremental_from:
+        print(json.dumps(incremental_in_warehouse(args.incremental_from, scale, log)))
+        return 0
+
     started = time.perf_counter()
     first_rows = copper_rows(scale, 0, only_changed=False)
     log(f"built first-load rows in {time.perf_counter() - started:.1f} s")
     store, first = measure("first_load", settings, ProfileStore(), first_rows, log)
     del first_rows
 
-    incremental_rows = copper_rows(scale, 1, only_changed=True)
-    _, incremental = measure("incremental", settings, store, incremental_rows, log)
-    del incremental_rows
+    with tempfile.TemporaryDirectory(prefix="hull_diff-") as tmp:
+        if args.in_memory:
+            incremental_rows = copper_rows(scale, 1, only_changed=True)
+            _, incremental = measure("incremental", settings, store, incremental_rows, log)
+            del incremental_rows
+        else:
+            path = str(Path(tmp) / "warehouse.duckdb")
+            began = time.perf_counter()
+            write_warehouse(path, settings, store)
+            log(f"wrote the store to a warehouse in {time.perf_counter() - began:.1f} s")
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    *("--users", str(args.users), "--accounts", str(args.accounts)),
+                    *("--changed", str(args.changed), "--incremental-from", path),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if child.returncode:
+                print(child.stdout, child.stderr, file=sys.stderr)
+                return child.returncode
+            lines = child.stdout.strip().splitlines()
+            for line in lines[:-1]:
+                log(line)
+            incremental = json.loads(lines[-1])
 
     phases = {"first_load": first, "incremental": incremental}
     if not args.skip_full_refresh:

@@ -3,12 +3,13 @@
 One multi-asset, because applying is one transaction: the upserts of a run, the profiles they
 change, the events, the forwarding outbox and the per-source watermarks commit together or not
 at all. It reads only the raw rows fetched since it last applied (a watermark on ``_fetched_at``
-per source), so a 5-minute poll stays cheap on a large warehouse, and a run over unchanged
+per source; for Planhat, the rows of a new snapshot that differ from the one last applied),
+then only the slice of the store those rows can touch, and writes back only what changed
+(``hull_store``): a 5-minute poll costs the change, not the store, and a run over unchanged
 sources writes nothing.
 """
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.assets import hull_store
 from hull_planhat_pipelines.assets.hull_forwarding import (
     FORWARDED_CHECK,
     OUTBOX_DDL,
@@ -24,14 +26,19 @@ from hull_planhat_pipelines.assets.hull_forwarding import (
     forwarded_check,
     queue,
 )
+from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember_snapshot
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows
-from hull_planhat_pipelines.sync.hull_apply import apply_changes
-from hull_planhat_pipelines.sync.hull_model import STORE_SQL_TYPES, empty_events, empty_store
-from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, compute_changes
+from hull_planhat_pipelines.sync.hull_sync import (
+    Changes,
+    ProfileStore,
+    StoreKeys,
+    StoreSlice,
+    compute_changes,
+)
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
-from hull_planhat_pipelines.sync.segments import evaluate_segments, segments_hash
+from hull_planhat_pipelines.sync.segments import segments_hash
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
@@ -58,6 +65,8 @@ class Sources:
     planhat: PlanhatRows
     watermarks: dict[str, pd.Timestamp]
     rows_read: dict[str, int]
+    snapshots: list[str]
+    """Planhat snapshots diffed: the applied copy follows them on commit."""
 
 
 def _frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None):
@@ -80,27 +89,39 @@ def _since(
     return _frame(conn, f"select * from {table} where {where} and _fetched_at > ?", [mark])
 
 
+def _copper_since(
+    conn: duckdb.DuckDBPyConnection, name: str, mark: pd.Timestamp | None
+) -> pd.DataFrame | None:
+    """The current rows of ``copper_current.<name>`` fetched after ``mark``. The view keeps the
+    newest fetch of each id, so the newest of an id's rows fetched after ``mark`` is its current
+    row: the window runs over those rows only, not over the whole raw table."""
+    if mark is None or not table_exists(conn, "copper", name):
+        return _since(conn, f"copper_current.{name}", mark)
+    return _frame(
+        conn,
+        f"select * from copper.{name} where _fetched_at > ? qualify row_number() over"
+        " (partition by id order by _fetched_at desc nulls last, date_modified desc nulls last)"
+        " = 1",
+        [mark],
+    )
+
+
 def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
-    """Raw rows fetched since the last apply (opportunities: all current ones if any changed)."""
+    """Raw rows fetched since the last apply (opportunities: all current ones if any changed;
+    Planhat: the rows of a new snapshot that differ from the one last applied)."""
     marks = _watermarks(conn)
     frames: dict[str, pd.DataFrame | None] = {}
     for name in COPPER_SOURCES:
         schema = "copper_current" if table_exists(conn, "copper_current", name) else None
         frames[f"copper.{name}"] = (
-            _since(conn, f"copper_current.{name}", marks.get(f"copper.{name}")) if schema else None
+            _copper_since(conn, name, marks.get(f"copper.{name}")) if schema else None
         )
     changed_opportunities = frames["copper.opportunities"]
     if changed_opportunities is not None and not changed_opportunities.empty:
         frames["copper.opportunities"] = _frame(conn, "select * from copper_current.opportunities")
-    for name in PLANHAT_SOURCES:
-        latest = (
-            f"partition_date = (select max(partition_date) from planhat.{name})"
-            if table_exists(conn, "planhat", name)
-            else "true"
-        )
-        frames[f"planhat.{name}"] = _since(
-            conn, f"planhat.{name}", marks.get(f"planhat.{name}"), latest
-        )
+    snapshots = {
+        name: diff_snapshot(conn, name, marks.get(f"planhat.{name}")) for name in PLANHAT_SOURCES
+    }
     new_marks = dict(marks)
     rows_read = {}
     for source, frame in frames.items():
@@ -108,20 +129,18 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
             rows_read[source] = len(frame)
             newest = pd.Timestamp(frame["_fetched_at"].max())
             new_marks[source] = max(newest, marks[source]) if source in marks else newest
+    for name, diff in snapshots.items():
+        if diff is not None and diff.fetched_at is not None:
+            source = f"planhat.{name}"
+            rows_read[source] = len(diff.changed) if diff.changed is not None else 0
+            mark = marks.get(source)
+            new_marks[source] = diff.fetched_at if mark is None else max(diff.fetched_at, mark)
 
     def nonempty(key: str) -> pd.DataFrame | None:
         frame = frames.get(key)
         return frame if frame is not None and not frame.empty else None
 
-    # the ids of copper_current.<object> are those of its raw table (the view only keeps the
-    # newest row of each): a distinct scan is cheaper than the view's window
-    current_ids = {
-        name: _frame(conn, f"select distinct id from copper.{name}")["id"]
-        for name in ("leads", "people", "companies", "activities")
-        if table_exists(conn, "copper_current", name) and table_exists(conn, "copper", name)
-    }
-    copper = CopperRows(
-        current_ids=current_ids,
+    copper = CopperRows(  # deletions are judged on the store slice (``hull_store``)
         leads=nonempty("copper.leads"),
         people=nonempty("copper.people"),
         companies=nonempty("copper.companies"),
@@ -129,48 +148,21 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         activities=nonempty("copper.activities"),
         opportunities_complete=nonempty("copper.opportunities") is not None,
     )
+
+    def snapshot(name: str, previous: bool = False) -> pd.DataFrame | None:
+        diff = snapshots[name]
+        if diff is None or diff.changed is None:
+            return None
+        return diff.previous if previous else diff.changed
+
     planhat = PlanhatRows(
-        companies=nonempty("planhat.companies"), endusers=nonempty("planhat.endusers")
+        companies=snapshot("companies"),
+        endusers=snapshot("endusers"),
+        previous_companies=snapshot("companies", previous=True),
+        previous_endusers=snapshot("endusers", previous=True),
     )
-    return Sources(copper, planhat, new_marks, rows_read)
-
-
-def read_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
-    def table(name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        if not table_exists(conn, "hull", name):
-            return empty()
-        frame = _frame(conn, f"select * from hull.{name}")
-        return frame.drop(columns=["segments"], errors="ignore")
-
-    return ProfileStore(
-        users=table("users", lambda: empty_store("user")),
-        accounts=table("accounts", lambda: empty_store("account")),
-        events=table("events", empty_events),
-    )
-
-
-COLUMN_TYPES = {
-    **STORE_SQL_TYPES,
-    "segments": "VARCHAR[]",
-    "event_id": "VARCHAR",
-    "user_hull_id": "VARCHAR",
-    "name": "VARCHAR",
-    "properties": "VARCHAR",
-    "occurred_at": "TIMESTAMPTZ",
-    "source": "VARCHAR",
-    "source_id": "VARCHAR",
-}
-"""Typed even when a frame is empty (an empty object column has no type of its own)."""
-
-
-def _replace(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    conn.register("_replacement", frame)
-    columns = ", ".join(
-        f'cast("{c}" as {COLUMN_TYPES[c]}) as "{c}"' if c in COLUMN_TYPES else f'"{c}"'
-        for c in frame.columns
-    )
-    run(conn, f"create or replace table {table} as select {columns} from _replacement")
-    conn.unregister("_replacement")
+    applied = [name for name, diff in snapshots.items() if diff is not None]
+    return Sources(copper, planhat, new_marks, rows_read, applied)
 
 
 def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
@@ -190,43 +182,56 @@ def apply(
     run_id: str,
     now: dt.datetime,
     forwarding: bool,
-) -> tuple[Changes, ProfileStore, Sources, int]:
+) -> tuple[Changes, Sources, int]:
     """Compute and apply one sync in a single transaction; returns what changed.
 
-    With ``forwarding`` on, the firehose messages of the changes join the outbox in the same
-    transaction; off, nothing is queued (turning it on later forwards changes from then on).
-    Segments are re-evaluated when anything changed, and also when their definitions did (a
-    digest of them is kept in ``ops.hull_state``): a widened segment applies on the next run.
+    Only the slice of the store the fetched rows can touch is read (``hull_store``), and only
+    the changed profiles and events are written back, with their segments (and the users of a
+    changed account theirs). Every profile's segments are re-evaluated when the definitions
+    changed (a digest of them is kept in ``ops.hull_state``): a widened segment applies on the
+    next run. With ``forwarding`` on, the firehose messages of the changes join the outbox in
+    the same transaction; off, nothing is queued (turning it on later forwards changes from
+    then on).
     """
     for statement in STATE_DDL:
         run(conn, statement)
     sources = read_sources(conn)
-    store = read_store(conn)
-    changes = compute_changes(settings, store, sources.copper, sources.planhat, now=now)
     definitions = segments_hash(settings.segments)
     stored = run(conn, "select value from ops.hull_state where key = 'segments_hash'")
     segments_changed = not stored or stored[0][0] != definitions
+    first = not table_exists(conn, "hull", "users")
+    slices: list[ProfileStore] = []
+
+    def reader(keys: StoreKeys) -> StoreSlice:
+        part = hull_store.read_slice(conn, keys)
+        slices.append(part.store)
+        return part
+
+    try:
+        changes = compute_changes(settings, reader, sources.copper, sources.planhat, now=now)
+    finally:
+        hull_store.drop_slice(conn)
     run(conn, "begin transaction")
     try:
         outbox = 0
-        if not changes.is_empty or segments_changed or not table_exists(conn, "hull", "users"):
-            store = apply_changes(store, changes, now)
-            users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
-            store = ProfileStore(users=users, accounts=accounts, events=store.events)
-            _replace(conn, "hull.users", users)
-            _replace(conn, "hull.accounts", accounts)
-            _replace(conn, "hull.events", store.events)
+        if not changes.is_empty or segments_changed or first:
+            part = slices[0] if slices else ProfileStore()
+            applied = hull_store.write_changes(
+                conn, settings.segments, part, changes, now, everything=segments_changed or first
+            )
             append_table(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
             append_table(
                 conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now)
             )
             if forwarding:  # the messages cost as much as the rest of a first load
-                outbox = queue(conn, changes, users, accounts, run_id=run_id)
+                outbox = queue(conn, changes, applied.users, applied.accounts, run_id=run_id)
         run(
             conn,
             "insert or replace into ops.hull_state values ('segments_hash', ?)",
             [definitions],
         )
+        for name in sources.snapshots:
+            remember_snapshot(conn, name)
         for source, mark in sources.watermarks.items():
             run(
                 conn,
@@ -237,19 +242,11 @@ def apply(
     except Exception:
         run(conn, "rollback")
         raise
-    return changes, store, sources, outbox
+    return changes, sources, outbox
 
 
 def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in frame[column].value_counts().items()} if len(frame) else {}
-
-
-def _segment_counts(frame: pd.DataFrame) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for names in frame.get("segments", pd.Series([], dtype=object)):
-        for name in names if names is not None else []:
-            counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
@@ -301,9 +298,17 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         now = dt.datetime.now(dt.UTC)
         conn = connect(warehouse.database)
         try:
-            changes, store, sources, outbox = apply(
+            changes, sources, outbox = apply(
                 conn, settings, run_id=context.run.run_id, now=now, forwarding=hull_firehose.enabled
             )
+            sizes = {
+                name: hull_store.row_count(conn, f"hull.{name}")
+                for name in ("users", "accounts", "events")
+            }
+            segments = {
+                name: hull_store.segment_counts(conn, f"hull.{name}")
+                for name in ("users", "accounts")
+            }
         finally:
             conn.close()
         forwarded = forward(warehouse.database, hull_firehose, dry_run=config.dry_run)
@@ -335,16 +340,16 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         yield dg.MaterializeResult(
             asset_key=HULL_KEYS["events"],
             metadata={
-                "rows": dg.MetadataValue.int(len(store.events) if store.events is not None else 0),
+                "rows": dg.MetadataValue.int(sizes["events"]),
                 "new_or_changed": dg.MetadataValue.int(len(changes.events)),
             },
         )
-        for kind, frame in (("users", store.users), ("accounts", store.accounts)):
+        for kind in ("users", "accounts"):
             yield dg.MaterializeResult(
                 asset_key=HULL_KEYS[kind],
                 metadata={
-                    "rows": dg.MetadataValue.int(len(frame) if frame is not None else 0),
-                    "segments": dg.MetadataValue.json(_segment_counts(frame)),
+                    "rows": dg.MetadataValue.int(sizes[kind]),
+                    "segments": dg.MetadataValue.json(segments[kind]),
                     "firehose_outbox_added": dg.MetadataValue.int(outbox),
                     "firehose": dg.MetadataValue.json(forwarded.metadata()),
                 },

@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 from pydantic import Field
 
+from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     OUTCOME_COLUMNS,
@@ -83,6 +84,15 @@ class DeliveryConfig(dg.Config):
     )
 
 
+def read_rows(
+    conn: duckdb.DuckDBPyConnection | None, table: str, where: str | None
+) -> pd.DataFrame | None:
+    """The rows of ``table`` matching ``where`` (None: all of them)."""
+    if where is None or conn is None or not table_exists(conn, *table.split(".")):
+        return read_table(conn, table)
+    return conn.execute(f"select * from {table} where {where}").fetchdf()
+
+
 def read_table(conn: duckdb.DuckDBPyConnection | None, table: str) -> pd.DataFrame | None:
     if conn is None or not table_exists(conn, *table.split(".")):
         return None
@@ -106,7 +116,7 @@ def _payload_asset(
     name: str,
     deps: list[list[str]],
     description: str,
-    build: Callable[[duckdb.DuckDBPyConnection | None, pd.DataFrame, bool], tuple],
+    build: Callable[..., tuple],
 ) -> dg.AssetsDefinition:
     @dg.asset(
         key=["planhat", name],
@@ -120,8 +130,15 @@ def _payload_asset(
     def _payloads(
         context: dg.AssetExecutionContext, config: PayloadConfig, warehouse: WarehouseResource
     ) -> pd.DataFrame:
+        scopes: dict[str, Scope] = {}
         with warehouse.read_only() as conn:
-            payloads, events = build(conn, fingerprints_table(conn), config.force)
+            payloads, events = build(conn, fingerprints_table(conn), config.force, scopes)
+        for mapped in scopes.values():  # the next run maps what changed after this one
+            writer = connect(warehouse.database)
+            try:
+                remember(writer, mapped, payloads)
+            finally:
+                writer.close()
         counts = record_events(context, events, asset=f"planhat/{name}")
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
         sample = payloads["payload"].head(3).tolist() if len(payloads) else []
@@ -141,8 +158,13 @@ def _payload_asset(
 
 
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    def companies(conn, fingerprints, force):
-        accounts = read_table(conn, "hull.accounts")
+    def companies(conn, fingerprints, force, scopes):
+        vanished = _vanished_companies(conn, fingerprints)
+        # a company deleted in Planhat keeps its fingerprint until re-sent: map them all
+        mapped = scope(conn, settings, "companies", force=force or bool(vanished))
+        accounts = read_rows(conn, "hull.accounts", mapped.where)
+        if conn is not None and table_exists(conn, "hull", "accounts"):
+            scopes["companies"] = mapped
         users = read_table(conn, "planhat.users")
         if accounts is None or (users is None and settings.planhat.owner_attribute):
             waiting = (
@@ -158,18 +180,26 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             )
             payloads, _ = company_payloads(_no_profiles(), None, settings, fingerprints)
             return payloads, waiting
-        vanished = _vanished_companies(conn, fingerprints)
         kept = fingerprints[
             ~((fingerprints["target"] == "companies") & fingerprints["key"].isin(vanished))
         ]
         return company_payloads(accounts, users, settings, kept, force=force)
 
-    def endusers(conn, fingerprints, force):
-        users = read_table(conn, "hull.users")
-        accounts = read_table(conn, "hull.accounts")
+    def endusers(conn, fingerprints, force, scopes):
+        vanished = _vanished_companies(conn, fingerprints)
+        mapped = scope(conn, settings, "endusers", force=force or bool(vanished))
+        users = read_rows(conn, "hull.users", mapped.where)
+        their = (  # the accounts of the users mapped
+            None
+            if mapped.where is None
+            else "hull_id in (select account_hull_id from hull.users where "
+            f"account_hull_id is not null and ({mapped.where}))"
+        )
+        accounts = read_rows(conn, "hull.accounts", their)
+        if conn is not None and table_exists(conn, "hull", "users"):
+            scopes["endusers"] = mapped
         users = users if users is not None else _no_profiles()
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
-        vanished = _vanished_companies(conn, fingerprints)
         if vanished and not force:  # their endusers follow the recreated company
             every, _ = enduser_payloads(users, accounts, settings, fingerprints, force=True)
             follow = every["company_external_id"].astype("string").isin(vanished).fillna(False)
@@ -178,7 +208,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         kept, skipped = drop_unknown_companies(payloads, _known_company_ids(conn, fingerprints))
         return kept, [*events, *skipped]
 
-    def activities(conn, fingerprints, force):
+    def activities(conn, fingerprints, force, scopes):
         events = read_table(conn, "hull.events")
         users = read_table(conn, "hull.users")
         if events is None or users is None:
@@ -194,7 +224,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             return extra, [*logged, *more]
         return pd.concat([payloads, extra], ignore_index=True), [*logged, *more]
 
-    def metrics(conn, fingerprints, force):
+    def metrics(conn, fingerprints, force, scopes):
         if conn is None:
             return all_metric_payloads(duckdb.connect(), [], dt.datetime.now(dt.UTC))
         return all_metric_payloads(

@@ -10,12 +10,17 @@ gives no rows at all.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.copper_mapping import CopperRows, map_copper
+from hull_planhat_pipelines.sync.copper_mapping import (
+    CopperRows,
+    map_copper,
+    stage_opportunity_clears,
+)
 from hull_planhat_pipelines.sync.diff import diff_attributes, diff_events, diff_links
 from hull_planhat_pipelines.sync.hull_batch import Batch, batch
 from hull_planhat_pipelines.sync.hull_deletions import (
@@ -103,9 +108,57 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
 
 
+@dataclass(frozen=True)
+class StoreKeys:
+    """What the staged records name, for reading only the part of a large store a sync needs.
+
+    ``claims(kind, claim, value)``: every identity value the records claim (their own record
+    keys and the keys of conversions as ``anonymous_id``), matched the way the store is
+    (emails and domains trimmed and lower-cased); ``event_ids``: the staged events;
+    ``opportunities``: opportunity groups are re-judged (every profile holding one is needed).
+    """
+
+    claims: pd.DataFrame
+    event_ids: pd.Series
+    opportunities: bool
+
+
+@dataclass(frozen=True)
+class StoreSlice:
+    """The profiles, links and events a sync can touch, read from a store too large to load.
+
+    It must hold every profile matching a key of ``StoreKeys``, every profile holding an
+    anonymous id of a Copper record gone from ``copper_current``, the users of those accounts
+    and the accounts of those users, the stored events of those users and of the staged event
+    ids, and every stored Copper event whose activity is gone. ``current_ids`` are then the
+    living ids among the Copper anonymous ids (and event activity ids) the slice holds, per
+    ``copper_current`` table that exists: judging the slice judges the whole store.
+    """
+
+    store: ProfileStore
+    current_ids: Mapping[str, pd.Series]
+
+
+StoreReader = Callable[[StoreKeys], StoreSlice]
+"""Reads the ``StoreSlice`` for the staged keys (the asset reads it from the warehouse in SQL)."""
+
+
+def _store_keys(work: Batch, opportunities: bool) -> StoreKeys:
+    claims = work.frame(
+        "select distinct kind, claim, value from ("
+        " select kind, claim, value from in_claims"
+        " union all select kind, 'anonymous_id', record_key from in_records"
+        " union all select kind, 'anonymous_id', from_key from in_merges"
+        " union all select kind, 'anonymous_id', into_key from in_merges"
+        ") where nullif(value, '') is not null"
+    )
+    events = work.frame("select distinct event_id from in_events")["event_id"]
+    return StoreKeys(claims=claims, event_ids=events, opportunities=opportunities)
+
+
 def compute_changes(
     settings: Settings,
-    store: ProfileStore,
+    store: ProfileStore | StoreReader,
     copper: CopperRows | None = None,
     planhat: PlanhatRows | None = None,
     *,
@@ -113,17 +166,28 @@ def compute_changes(
     now: dt.datetime | None = None,
 ) -> Changes:
     """Map the given sources, resolve identities and diff against the store. ``now`` stamps
-    ``<group>/deleted_at`` of records gone from Copper (default: the wall clock)."""
+    ``<group>/deleted_at`` of records gone from Copper (default: the wall clock).
+
+    ``store`` is the whole store, or a ``StoreReader`` asked, once the sources are staged, for
+    the slice of it they can touch (the changes are the same; the cost is the slice's)."""
     now = now or dt.datetime.now(dt.UTC)
+    clear_opportunities = (
+        copper is not None and copper.opportunities is not None and copper.opportunities_complete
+    )
     with batch(threads) as work:
-        for kind, frame in (("user", store.users), ("account", store.accounts)):
-            work.load_store(kind, normalize_store(frame, kind))
         log: list[SyncEvent] = []
-        if copper is not None:
-            log += map_copper(work, copper, settings.copper)
+        if copper is not None:  # the store is loaded after: mapping never reads it
+            log += map_copper(work, replace(copper, opportunities_complete=False), settings.copper)
         if planhat is not None:
             log += map_planhat(work, planhat, settings.planhat.incoming)
         current_ids = copper.current_ids if copper is not None else None
+        if not isinstance(store, ProfileStore):
+            part = store(_store_keys(work, clear_opportunities))
+            store, current_ids = part.store, part.current_ids
+        for kind, frame in (("user", store.users), ("account", store.accounts)):
+            work.load_store(kind, normalize_store(frame, kind))
+        if clear_opportunities:
+            stage_opportunity_clears(work, settings.copper.attributes.opportunity)
         if current_ids:
             stage_deletions(work, current_ids, now.astimezone(dt.UTC).isoformat())
         work.sql(

@@ -1,0 +1,101 @@
+"""Planhat back-sync by difference: a new snapshot is compared in SQL with the one last applied.
+
+Planhat cannot filter by time, so each fetch is the whole list, and today's partition holds
+only the latest snapshot of the day. The rows Hull last applied are kept in
+``ops.hull_planhat_<name>`` (the snapshot's own columns); a new snapshot hands Hull only its
+rows that are new or whose ``record`` changed, with their previous version (a field Planhat
+stopped sending was cleared). Rows without ``_id`` are always handed over (the sync logs their
+skip). After the apply the copy takes the changed rows and drops those gone from Planhat, in
+the same transaction: an unchanged snapshot writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.warehouse import run, table_exists
+
+
+def applied_table(name: str) -> str:
+    return f"ops.hull_planhat_{name}"
+
+
+def _latest(name: str) -> str:
+    return f"partition_date = (select max(partition_date) from planhat.{name})"
+
+
+def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [row[0] for row in conn.execute(f"select * from {table} limit 0").description or []]
+
+
+@dataclass
+class SnapshotDiff:
+    """The rows of a new snapshot Hull has to see, and what it changes in the copy."""
+
+    name: str
+    changed: pd.DataFrame | None
+    previous: pd.DataFrame | None
+    fetched_at: pd.Timestamp | None
+    snapshot_rows: int
+
+
+def diff_snapshot(
+    conn: duckdb.DuckDBPyConnection, name: str, mark: pd.Timestamp | None
+) -> SnapshotDiff | None:
+    """The changed rows of the latest snapshot fetched after ``mark`` (None: no new snapshot).
+
+    Leaves ``_ph_changed_<name>`` (the changed ``_id``s) for ``remember_snapshot``."""
+    if not table_exists(conn, "planhat", name):
+        return None
+    source = f"planhat.{name}"
+    fresh = f"{_latest(name)}" + (" and _fetched_at > ?" if mark is not None else "")
+    params = [mark.to_pydatetime()] if mark is not None else []
+    row = conn.execute(f"select count(*), max(_fetched_at) from {source} where {fresh}", params)
+    count, newest = row.fetchall()[0]
+    if not count:
+        return None
+    copy = applied_table(name)
+    same_shape = table_exists(conn, "ops", f"hull_planhat_{name}") and _columns(
+        conn, copy
+    ) == _columns(conn, source)
+    if not same_shape:  # first snapshot (or Planhat's columns moved): every row is new
+        run(conn, f"drop table if exists {copy}")
+        run(conn, f"create table {copy} as select * from {source} where false")
+    run(
+        conn,
+        f"create or replace temp table _ph_changed_{name} as select n._id from {source} n"
+        f" anti join {copy} a on a._id = n._id and a.record is not distinct from n.record"
+        f" where n.{_latest(name)} and n._id is not null",
+    )
+    changed = conn.execute(
+        f"select * from {source} where {_latest(name)} and (_id is null"
+        f" or _id in (select _id from _ph_changed_{name}))"
+    ).fetchdf()
+    previous = conn.execute(
+        f"select * from {copy} where _id in (select _id from _ph_changed_{name})"
+    ).fetchdf()
+    return SnapshotDiff(
+        name=name,
+        changed=changed if len(changed) else None,
+        previous=previous if same_shape else None,
+        fetched_at=pd.Timestamp(newest) if newest is not None else None,
+        snapshot_rows=int(count),
+    )
+
+
+def remember_snapshot(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    """The copy becomes the snapshot just applied (inside the caller's transaction): changed
+    rows replaced, rows gone from Planhat removed; nothing written when nothing moved."""
+    copy, source = applied_table(name), f"planhat.{name}"
+    changed = f"_ph_changed_{name}"
+    run(
+        conn,
+        f"delete from {copy} where _id in (select _id from {changed})"
+        f" or _id not in (select _id from {source} where {_latest(name)} and _id is not null);"
+        f"insert into {copy} select * from {source}"
+        f" where {_latest(name)} and _id in (select _id from {changed});"
+        f"drop table {changed}",
+    )

@@ -1,0 +1,477 @@
+"""The profile store in the warehouse, read and written by the change, not by its size.
+
+A sync reads the slice of ``hull.users`` / ``hull.accounts`` / ``hull.events`` its staged
+records can touch (``StoreSlice``: the keys are joined against the store in SQL, so nothing
+else leaves DuckDB) and merges back the rows that changed (delete and insert of the changed
+keys, inside the caller's transaction). Segment membership is recomputed for the changed
+profiles and the users of changed accounts; all profiles only when a definition changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.settings import SegmentSettings
+from hull_planhat_pipelines.sync.hull_apply import apply_changes
+from hull_planhat_pipelines.sync.hull_deletions import DETACHABLE
+from hull_planhat_pipelines.sync.hull_model import (
+    DOMAIN_CLAIM,
+    EVENT_COLUMNS,
+    STORE_COLUMNS,
+    STORE_SQL_TYPES,
+    Kind,
+    empty_events,
+    empty_store,
+)
+from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, StoreKeys, StoreSlice
+from hull_planhat_pipelines.sync.segments import evaluate_segments
+from hull_planhat_pipelines.warehouse import run, table_exists
+
+TABLES: dict[Kind, str] = {"user": "hull.users", "account": "hull.accounts"}
+COLUMN_TYPES = {
+    **STORE_SQL_TYPES,
+    "segments": "VARCHAR[]",
+    "event_id": "VARCHAR",
+    "user_hull_id": "VARCHAR",
+    "name": "VARCHAR",
+    "properties": "VARCHAR",
+    "occurred_at": "TIMESTAMPTZ",
+    "source": "VARCHAR",
+    "source_id": "VARCHAR",
+}
+"""Typed even when a frame is empty (an empty object column has no type of its own)."""
+
+
+def _exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    schema, name = table.split(".")
+    return table_exists(conn, schema, name)
+
+
+def _alive_ids(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """SQL for the ids of a ``copper_current`` table (those of its raw table: a distinct scan
+    is cheaper than the view's window); None when the object was never fetched."""
+    if not (_exists(conn, f"copper_current.{table}") and _exists(conn, f"copper.{table}")):
+        return None
+    return f"(select distinct id::varchar as id from copper.{table})"
+
+
+def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
+    """The ``StoreSlice`` for ``keys`` (see ``hull_sync.StoreSlice`` for what it holds)."""
+    has = {kind: _exists(conn, table) for kind, table in TABLES.items()}
+    conn.register("_keys_frame", keys.claims[["kind", "claim", "value"]])
+    conn.register("_event_ids_frame", pd.DataFrame({"event_id": keys.event_ids.astype(object)}))
+    try:
+        run(
+            conn,
+            "create or replace temp table _keys as select kind::varchar as kind,"
+            " claim::varchar as claim, value::varchar as value from _keys_frame",
+        )
+        run(
+            conn,
+            "create or replace temp table _event_ids as"
+            " select event_id::varchar as event_id from _event_ids_frame",
+        )
+    finally:
+        conn.unregister("_keys_frame")
+        conn.unregister("_event_ids_frame")
+    for kind, table in TABLES.items():
+        run(conn, f"create or replace temp table _ids_{kind} (hull_id varchar)")
+        if not has[kind]:
+            continue
+        other = DOMAIN_CLAIM[kind]
+        claims = f"(select value from _keys where kind = '{kind}' and claim = '%s')"
+        run(
+            conn,
+            f"insert into _ids_{kind} select hull_id from {table}"
+            f" where nullif(lower(trim({other})), '') in {claims % other}"
+            f" union select hull_id from {table} where external_id in {claims % 'external_id'}"
+            f" union select hull_id from (select hull_id, unnest(anonymous_ids) as v from {table})"
+            f" where v in {claims % 'anonymous_id'}",
+        )
+        if keys.opportunities:  # every holder of an opportunity group is re-judged
+            run(
+                conn,
+                f"insert into _ids_{kind} select hull_id from {table}"
+                " where contains(attributes, '\"copper_opportunity_')",
+            )
+    current: dict[str, str] = {}
+    for source_table, kind, prefix, _, _ in DETACHABLE:
+        alive = _alive_ids(conn, source_table)
+        if alive is None:
+            continue
+        start = len(prefix) + 1
+        current[source_table] = alive
+        if has[kind]:  # profiles holding a record gone from Copper
+            run(
+                conn,
+                f"insert into _ids_{kind} select hull_id from (select hull_id,"
+                f" unnest(anonymous_ids) as v from {TABLES[kind]})"
+                f" where starts_with(v, '{prefix}') and regexp_full_match(substr(v, {start}),"
+                f" '[0-9]+') and substr(v, {start}) not in {alive}",
+            )
+    if has["user"] and has["account"]:
+        # the users of those accounts (links, detaches), then the accounts of those users
+        run(
+            conn,
+            "insert into _ids_user select hull_id from hull.users"
+            " where account_hull_id in (select hull_id from _ids_account);"
+            "insert into _ids_account select account_hull_id from hull.users"
+            " where hull_id in (select hull_id from _ids_user) and account_hull_id is not null",
+        )
+    profiles = {
+        kind: (
+            conn.execute(
+                f"select * exclude (segments) from {TABLES[kind]}"
+                f" where hull_id in (select hull_id from _ids_{kind})"
+            ).fetchdf()
+            if has[kind]
+            else empty_store(kind)
+        )
+        for kind in TABLES
+    }
+    events = empty_events()
+    activities = _alive_ids(conn, "activities")
+    if _exists(conn, "hull.events"):
+        gone = (
+            f" or (source = 'copper' and source_id::varchar not in {activities})"
+            if activities
+            else ""
+        )
+        events = conn.execute(
+            f"select {', '.join(EVENT_COLUMNS)} from hull.events"
+            " where event_id in (select event_id from _event_ids)"
+            f" or user_hull_id in (select hull_id from _ids_user){gone}"
+        ).fetchdf()
+    current_ids = {
+        table: _held_alive(conn, kind_of(table), prefix_of(table), alive)
+        for table, alive in current.items()
+    }
+    if activities:
+        current_ids["activities"] = pd.Series(
+            [
+                row[0]
+                for row in conn.execute(
+                    f"select id from {activities} where id in"
+                    " (select source_id::varchar from hull.events where event_id in"
+                    " (select event_id from _event_ids) or user_hull_id in"
+                    " (select hull_id from _ids_user))"
+                    if _exists(conn, "hull.events")
+                    else "select null::varchar where false"
+                ).fetchall()
+            ],
+            dtype=object,
+        )
+    run(conn, "drop table if exists _keys; drop table if exists _event_ids")
+    store = ProfileStore(users=profiles["user"], accounts=profiles["account"], events=events)
+    return StoreSlice(store=store, current_ids=current_ids)
+
+
+def kind_of(table: str) -> Kind:
+    return next(kind for source, kind, *_ in DETACHABLE if source == table)
+
+
+def prefix_of(table: str) -> str:
+    return next(prefix for source, _, prefix, *_ in DETACHABLE if source == table)
+
+
+def _held_alive(conn: duckdb.DuckDBPyConnection, kind: Kind, prefix: str, alive: str) -> pd.Series:
+    """The living ids among the Copper anonymous ids of one prefix the slice holds."""
+    start = len(prefix) + 1
+    if not _exists(conn, TABLES[kind]):
+        return pd.Series([], dtype=object)
+    rows = conn.execute(
+        f"select distinct substr(v, {start}) from (select unnest(anonymous_ids) as v"
+        f" from {TABLES[kind]} where hull_id in (select hull_id from _ids_{kind}))"
+        f" where starts_with(v, '{prefix}') and substr(v, {start}) in {alive}"
+    ).fetchall()
+    return pd.Series([row[0] for row in rows], dtype=object)
+
+
+def drop_slice(conn: duckdb.DuckDBPyConnection) -> None:
+    for kind in TABLES:
+        run(conn, f"drop table if exists _ids_{kind}")
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _whole_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
+    """Every profile and event (only when every profile's segments must be re-evaluated)."""
+
+    def table(name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        if not table_exists(conn, "hull", name):
+            return empty()
+        frame = conn.execute(f"select * from hull.{name}").fetchdf()
+        return frame.drop(columns=["segments"], errors="ignore")
+
+    return ProfileStore(
+        users=table("users", lambda: empty_store("user")),
+        accounts=table("accounts", lambda: empty_store("account")),
+        events=table("events", empty_events),
+    )
+
+
+def _changed_ids(changes: Changes, kind: str) -> set[str]:
+    upserts = changes.user_upserts if kind == "user" else changes.account_upserts
+    claims = changes.user_claims if kind == "user" else changes.account_claims
+    ids = set(upserts["hull_id"]) | set(claims["hull_id"])
+    if kind == "user":
+        ids |= set(changes.links["user_hull_id"])
+    return ids
+
+
+def _merged_away(changes: Changes, kind: str) -> list[str]:
+    merges = changes.merges
+    return merges.loc[merges["kind"] == kind, "from_hull_id"].tolist()
+
+
+def write_changes(
+    conn: duckdb.DuckDBPyConnection,
+    segments: SegmentSettings,
+    part: ProfileStore,
+    changes: Changes,
+    now: dt.datetime,
+    *,
+    everything: bool,
+) -> ProfileStore:
+    """Apply ``changes`` to the store in place; returns the profiles read after the changes
+    (the slice, or the whole store) to name them in messages. ``everything``: the store is rewritten with every profile's segments (the
+    first load, or a segment definition changed)."""
+    if everything:
+        store = apply_changes(_whole_store(conn), changes, now)
+        users, accounts = evaluate_segments(store.users, store.accounts, segments)
+        replace_table(conn, "hull.users", users)
+        replace_table(conn, "hull.accounts", accounts)
+        replace_table(conn, "hull.events", store.events)
+        log_changes(
+            conn, {"user": users["hull_id"].tolist(), "account": accounts["hull_id"].tolist()}
+        )
+        return store
+    store = apply_changes(part, changes, now)
+    user_ids, account_ids = _changed_ids(changes, "user"), _changed_ids(changes, "account")
+    users, accounts, moved = changed_segments(
+        conn,
+        store.users[store.users["hull_id"].isin(user_ids)],
+        store.accounts[store.accounts["hull_id"].isin(account_ids)],
+        segments,
+    )
+    merge_rows(conn, "hull.users", "hull_id", users, _merged_away(changes, "user"))
+    merge_rows(conn, "hull.accounts", "hull_id", accounts, _merged_away(changes, "account"))
+    update_segments(conn, moved)
+    merge_rows(
+        conn,
+        "hull.events",
+        "event_id",
+        changes.events[EVENT_COLUMNS],
+        changes.removed_events["event_id"].tolist(),
+    )
+    log_changes(
+        conn,
+        {
+            "user": [*users["hull_id"].tolist(), *moved["hull_id"].tolist()],
+            "account": accounts["hull_id"].tolist(),
+        },
+    )
+    return store
+
+
+CHANGES = "ops.hull_changes"
+CHANGES_DDL = (
+    f"create table if not exists {CHANGES} (kind varchar, hull_id varchar, seq bigint,"
+    " primary key (kind, hull_id))"
+)
+"""The change log: per profile, the sequence number of the last apply that rewrote it (its
+content or its segments). Readers keep a watermark of the sequence they have mapped."""
+
+
+def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
+    """The sequence number of the last apply that changed a profile (0: none yet)."""
+    if not _exists(conn, CHANGES):
+        return 0
+    row = conn.execute(f"select coalesce(max(seq), 0) from {CHANGES}").fetchall()[0]
+    return int(row[0]) if row else 0
+
+
+def log_changes(conn: duckdb.DuckDBPyConnection, ids: dict[str, list[str]]) -> int:
+    """Record the profiles one apply rewrote under the next sequence number (inside the
+    caller's transaction); returns that number (unchanged when nothing was rewritten)."""
+    run(conn, "create schema if not exists ops")
+    run(conn, CHANGES_DDL)
+    seq = change_seq(conn)
+    frame = pd.DataFrame(
+        {
+            "kind": pd.Series([k for k, v in ids.items() for _ in v], dtype=object),
+            "hull_id": pd.Series([h for v in ids.values() for h in v], dtype=object),
+        }
+    ).drop_duplicates()
+    if frame.empty:
+        return seq
+    conn.register("_changed_profiles", frame)
+    try:
+        run(
+            conn,
+            f"insert or replace into {CHANGES} select kind::varchar, hull_id::varchar, ?"
+            " from _changed_profiles",
+            [seq + 1],
+        )
+    finally:
+        conn.unregister("_changed_profiles")
+    return seq + 1
+
+
+def changed_since(conn: duckdb.DuckDBPyConnection, kind: Kind, seq: int) -> str:
+    """SQL selecting the hull_ids of ``kind`` rewritten after sequence ``seq``."""
+    return f"(select hull_id from {CHANGES} where kind = '{kind}' and seq > {int(seq)})"
+
+
+def _typed_select(frame: pd.DataFrame, view: str) -> str:
+    columns = ", ".join(
+        f'cast("{c}" as {COLUMN_TYPES[c]}) as "{c}"' if c in COLUMN_TYPES else f'"{c}"'
+        for c in frame.columns
+    )
+    return f"select {columns} from {view}"
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """The whole table (a first load, or every profile after a segment definition changed)."""
+    conn.register("_replacement", frame)
+    try:
+        run(conn, f"create or replace table {table} as {_typed_select(frame, '_replacement')}")
+    finally:
+        conn.unregister("_replacement")
+
+
+def merge_rows(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    key: str,
+    rows: pd.DataFrame,
+    removed: list[str] | None = None,
+) -> None:
+    """Rows of ``table`` with the keys of ``rows`` replaced by them, and ``removed`` keys gone."""
+    gone = pd.DataFrame({key: pd.Series([*rows[key].tolist(), *(removed or [])], dtype=object)})
+    if gone.empty:
+        return
+    conn.register("_gone_keys", gone)
+    try:
+        run(conn, f"delete from {table} where {key} in (select {key}::varchar from _gone_keys)")
+    finally:
+        conn.unregister("_gone_keys")
+    if rows.empty:
+        return
+    conn.register("_merged", rows)
+    try:
+        columns = ", ".join(f'"{c}"' for c in rows.columns)
+        run(conn, f"insert into {table} ({columns}) {_typed_select(rows, '_merged')}")
+    finally:
+        conn.unregister("_merged")
+
+
+def read_profiles(conn: duckdb.DuckDBPyConnection, kind: Kind, where: str) -> pd.DataFrame:
+    """Stored profiles of one kind matching ``where`` (with their ``segments``)."""
+    if not _exists(conn, TABLES[kind]):
+        return empty_store(kind).assign(segments=pd.Series([], dtype=object))
+    return conn.execute(f"select * from {TABLES[kind]} where {where}").fetchdf()
+
+
+def changed_segments(
+    conn: duckdb.DuckDBPyConnection,
+    users: pd.DataFrame,
+    accounts: pd.DataFrame,
+    segments: SegmentSettings,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Segments of the changed ``users`` and ``accounts`` (their new rows), plus the stored users
+    of changed accounts whose membership moved: ``(users, accounts, moved)``; ``moved`` holds
+    ``hull_id`` and the new ``segments``."""
+    accounts = accounts[STORE_COLUMNS["account"]]
+    users = users[STORE_COLUMNS["user"]]
+    changed_accounts = set(accounts["hull_id"])
+    changed_users = set(users["hull_id"])
+    conn.register(
+        "_changed_accounts", pd.DataFrame({"hull_id": list(changed_accounts)}, dtype=object)
+    )
+    conn.register("_changed_users", pd.DataFrame({"hull_id": list(changed_users)}, dtype=object))
+    try:
+        others = read_profiles(
+            conn,
+            "user",
+            "account_hull_id in (select hull_id::varchar from _changed_accounts)"
+            " and hull_id not in (select hull_id::varchar from _changed_users)",
+        )
+        wanted = set(users["account_hull_id"].dropna()) | set(others["account_hull_id"].dropna())
+        context = _accounts_by_id(conn, wanted - changed_accounts)
+    finally:
+        conn.unregister("_changed_accounts")
+        conn.unregister("_changed_users")
+    all_accounts = (
+        pd.concat([accounts, context[STORE_COLUMNS["account"]]], ignore_index=True)
+        if len(context)
+        else accounts
+    )
+    previous = others[["hull_id", "segments"]]
+    all_users = (
+        pd.concat([users, others[STORE_COLUMNS["user"]]], ignore_index=True)
+        if len(others)
+        else users
+    )
+    seg_users, seg_accounts = evaluate_segments(all_users, all_accounts, segments)
+    new_users = seg_users[seg_users["hull_id"].isin(changed_users)]
+    new_accounts = seg_accounts[seg_accounts["hull_id"].isin(changed_accounts)]
+    evaluated = seg_users[~seg_users["hull_id"].isin(changed_users)][["hull_id", "segments"]]
+    before = dict(zip(previous["hull_id"], (list(s) for s in previous["segments"]), strict=True))
+    mask = pd.Series(
+        [
+            list(s) != before.get(h)
+            for h, s in zip(evaluated["hull_id"], evaluated["segments"], strict=True)
+        ],
+        index=evaluated.index,
+        dtype=bool,
+    )
+    moved = evaluated[mask]
+    return new_users, new_accounts, moved.reset_index(drop=True)
+
+
+def _accounts_by_id(conn: duckdb.DuckDBPyConnection, ids: set[str]) -> pd.DataFrame:
+    if not ids:
+        return empty_store("account")
+    conn.register("_wanted_accounts", pd.DataFrame({"hull_id": sorted(ids)}, dtype=object))
+    try:
+        return read_profiles(
+            conn, "account", "hull_id in (select hull_id::varchar from _wanted_accounts)"
+        )
+    finally:
+        conn.unregister("_wanted_accounts")
+
+
+def update_segments(conn: duckdb.DuckDBPyConnection, moved: pd.DataFrame) -> None:
+    """New ``segments`` for stored users whose account changed (their own row did not)."""
+    if moved.empty:
+        return
+    conn.register("_moved", moved)
+    try:
+        run(
+            conn,
+            "update hull.users set segments = m.segments::varchar[] from _moved m"
+            " where hull.users.hull_id = m.hull_id::varchar",
+        )
+    finally:
+        conn.unregister("_moved")
+
+
+def segment_counts(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, int]:
+    """Profiles per segment, counted in SQL."""
+    if not _exists(conn, table):
+        return {}
+    rows = conn.execute(
+        f"select s, count(*) from (select unnest(segments) as s from {table}) group by s order by s"
+    ).fetchall()
+    return {str(name): int(n) for name, n in rows}
+
+
+def row_count(conn: duckdb.DuckDBPyConnection, table: str) -> int:
+    if not _exists(conn, table):
+        return 0
+    row = conn.execute(f"select count(*) from {table}").fetchall()[0]
+    return int(row[0]) if row else 0

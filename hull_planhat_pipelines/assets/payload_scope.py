@@ -1,0 +1,174 @@
+"""Which profiles a payload asset maps: the ones that may differ from what Planhat was sent.
+
+Mapping and fingerprinting every in-segment profile each cycle costs the store, not the change.
+A payload asset instead maps, per target (``companies``, ``endusers``):
+
+- the profiles the change log (``ops.hull_changes``) says were rewritten since the sequence it
+  mapped last (content or segments; for endusers also the users of a rewritten account: their
+  ``companyExternalId`` comes from it);
+- the profiles of its previous payloads (``ops.payload_pending``: not yet delivered, or refused,
+  they are compared again);
+- in-segment profiles whose key has no fingerprint (never delivered, or a fingerprint the
+  settlement dropped);
+- the profiles sharing a key with any of those (one row per key is chosen among them).
+
+Everything else has, by construction, the fingerprint of its current content. Every profile is
+mapped when there is no previous scope, the mapping settings changed (their digest), a forced
+send is asked for, or (companies) the Planhat users that owners are checked against changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.assets.hull_store import CHANGES, change_seq
+from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.hull_batch import quote
+from hull_planhat_pipelines.warehouse import run, table_exists
+
+SCOPE = "ops.payload_scope"
+PENDING = "ops.payload_pending"
+SCOPE_DDL = [
+    "create schema if not exists ops",
+    f"create table if not exists {SCOPE} (target varchar primary key, seq bigint, digest varchar)",
+    f"create table if not exists {PENDING} (target varchar, hull_id varchar)",
+]
+FINGERPRINTS = "planhat.delivery_fingerprints"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """``where``: SQL over the profile table selecting the rows to map (None: all)."""
+
+    target: str
+    where: str | None
+    seq: int
+    digest: str
+
+
+def _exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return table_exists(conn, *table.split("."))
+
+
+def _digest(conn: duckdb.DuckDBPyConnection, settings: Settings, target: str) -> str:
+    """The settings a target's mapping depends on (and, for companies, the owners' list)."""
+    planhat = settings.planhat.model_dump(mode="json")
+    parts: list[object] = [target, planhat]
+    if target == "companies" and _exists(conn, "planhat.users"):
+        columns = [
+            row[0] for row in conn.execute("select * from planhat.users limit 0").description or []
+        ]
+        kept = ", ".join(f'"{c}"' for c in columns if c not in ("_fetched_at", "partition_date"))
+        latest = (
+            "where partition_date = (select max(partition_date) from planhat.users)"
+            if "partition_date" in columns
+            else ""
+        )
+        rows = conn.execute(
+            "select md5(coalesce(string_agg(t::varchar, '|' order by t::varchar), ''))"
+            f" from (select {kept} from planhat.users {latest}) t"
+        ).fetchall()
+        parts.append(rows[0][0])
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _in_segment(names: list[str]) -> str:
+    listed = "[" + ", ".join(quote(n) for n in names) + "]::varchar[]"
+    return f"list_has_any(coalesce(segments, []), {listed})"
+
+
+def scope(
+    conn: duckdb.DuckDBPyConnection | None, settings: Settings, target: str, *, force: bool
+) -> Scope:
+    """What ``target``'s payload asset maps this run (see the module)."""
+    if conn is None:
+        return Scope(target, None, 0, "")
+    digest = _digest(conn, settings, target)
+    seq = change_seq(conn)
+    if force or not (_exists(conn, SCOPE) and _exists(conn, CHANGES)):
+        return Scope(target, None, seq, digest)
+    rows = conn.execute(f"select seq, digest from {SCOPE} where target = ?", [target]).fetchall()
+    if not rows or rows[0][1] != digest:
+        return Scope(target, None, seq, digest)
+    last = int(rows[0][0])
+    kind = "account" if target == "companies" else "user"
+    fingerprinted = (
+        f"(select key from {FINGERPRINTS} where target = {quote(target)})"
+        if _exists(conn, FINGERPRINTS)
+        else "(select null::varchar as key where false)"
+    )
+    changed = f"(select hull_id from {CHANGES} where kind = '{kind}' and seq > {last})"
+    pending = f"(select hull_id from {PENDING} where target = {quote(target)})"
+    if target == "companies":
+        key = "nullif(trim(external_id), '')"
+        segment = _in_segment(list(settings.planhat.company_segments))
+        seed = (
+            f"hull_id in {changed} or hull_id in {pending}"
+            f" or ({segment} and {key} is not null and external_id not in {fingerprinted})"
+        )
+        where = (
+            f"({seed}) or external_id in (select external_id from hull.accounts"
+            f" where external_id is not null and ({seed}))"
+        )
+        return Scope(target, where, seq, digest)
+    accounts = f"(select hull_id from {CHANGES} where kind = 'account' and seq > {last})"
+    key = (
+        "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
+        " when nullif(trim(email), '') is not null then 'email:' || email end"
+    )
+    segment = _in_segment(list(settings.planhat.contact_segments))
+    seed = (
+        f"hull_id in {changed} or hull_id in {pending} or account_hull_id in {accounts}"
+        f" or ({segment} and {key} not in {fingerprinted})"
+    )
+    where = (
+        f"({seed}) or external_id in (select external_id from hull.users"
+        f" where external_id is not null and ({seed})) or email in (select email"
+        f" from hull.users where email is not null and ({seed}))"
+    )
+    return Scope(target, where, seq, digest)
+
+
+def remember(
+    database_conn: duckdb.DuckDBPyConnection, mapped: Scope, payloads: pd.DataFrame
+) -> None:
+    """The sequence mapped and the profiles whose payloads are now pending delivery."""
+    for statement in SCOPE_DDL:
+        run(database_conn, statement)
+    ids = payloads["hull_id"].dropna().astype(str).unique().tolist() if len(payloads) else []
+    stored = database_conn.execute(
+        f"select seq, digest from {SCOPE} where target = ?", [mapped.target]
+    ).fetchall()
+    pending = database_conn.execute(
+        f"select hull_id from {PENDING} where target = ?", [mapped.target]
+    ).fetchall()
+    if stored == [(mapped.seq, mapped.digest)] and {r[0] for r in pending} == set(ids):
+        return  # nothing moved: nothing written
+    run(database_conn, "begin transaction")
+    try:
+        run(database_conn, f"delete from {PENDING} where target = ?", [mapped.target])
+        if ids:
+            database_conn.register("_pending", pd.DataFrame({"hull_id": ids}, dtype=object))
+            try:
+                run(
+                    database_conn,
+                    f"insert into {PENDING} select ?, hull_id::varchar from _pending",
+                    [mapped.target],
+                )
+            finally:
+                database_conn.unregister("_pending")
+        run(
+            database_conn,
+            f"insert or replace into {SCOPE} values (?, ?, ?)",
+            [mapped.target, mapped.seq, mapped.digest],
+        )
+        run(database_conn, "commit")
+    except Exception:
+        run(database_conn, "rollback")
+        raise

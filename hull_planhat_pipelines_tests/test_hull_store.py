@@ -1,0 +1,230 @@
+"""The profile store is read and written by the change: an incremental sync reads the slice of
+the store its records can touch and rewrites only the profiles that changed (and the segments
+of the users of a changed account). Copper over real HTTP, as in ``test_hull_incoming``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hull_planhat_pipelines.assets import hull_store
+from hull_planhat_pipelines.sync.hull_sync import StoreKeys, StoreSlice
+from hull_planhat_pipelines_tests.test_hull_assets import stack  # noqa: F401
+from hull_planhat_pipelines_tests.test_hull_incoming import Pipeline, pipeline  # noqa: F401
+
+ROW = "select hull_id, email, external_id, anonymous_ids, account_hull_id, attributes,"
+USERS = f"{ROW} created_at, updated_at, segments from hull.users"
+ACCOUNTS = (
+    "select hull_id, domain, external_id, anonymous_ids, attributes, created_at, updated_at,"
+    " segments from hull.accounts"
+)
+
+
+def _rows(target: Pipeline, sql: str) -> dict[str, tuple]:
+    return {row[0]: row for row in target.query(sql)}
+
+
+@pytest.fixture
+def slices(monkeypatch: pytest.MonkeyPatch) -> list[StoreSlice]:
+    """Every slice the asset reads."""
+    seen: list[StoreSlice] = []
+    read = hull_store.read_slice
+
+    def spy(conn: Any, keys: StoreKeys) -> StoreSlice:
+        part = read(conn, keys)
+        seen.append(part)
+        return part
+
+    monkeypatch.setattr(hull_store, "read_slice", spy)
+    return seen
+
+
+def test_one_edited_person_reads_its_slice_and_rewrites_its_row_only(
+    pipeline: Pipeline,  # noqa: F811
+    slices: list[StoreSlice],
+) -> None:
+    copper = pipeline.copper
+    pipeline.full_refresh()
+    person = next(
+        r for r in copper.records("people") if r.get("emails") and r["company_id"] is not None
+    )
+    profile = pipeline.user(f"copper-person:{person['id']}")
+    users, accounts = _rows(pipeline, USERS), _rows(pipeline, ACCOUNTS)
+    events = pipeline.query("select * from hull.events order by event_id")
+    slices.clear()
+
+    copper.edit("people", person["id"], {"title": "Chief Benchmark Officer"})
+    pipeline.incremental()
+
+    # the slice: the profiles of the records fetched again (today's), the person's among them,
+    # with its account; not the store
+    [part] = slices
+    assert profile["hull_id"] in set(part.store.users["hull_id"])
+    assert profile["account_hull_id"] in set(part.store.accounts["hull_id"])
+    assert len(part.store.users) < len(users)
+    run = "(select run_id from hull.user_upserts order by computed_at desc limit 1)"
+    upserted = {
+        r[0] for r in pipeline.query(f"select hull_id from hull.user_upserts where run_id = {run}")
+    }
+
+    after = _rows(pipeline, USERS)
+    assert after.keys() == users.keys()
+    changed = {h for h in users if after[h] != users[h]}
+    assert profile["hull_id"] in changed
+    assert changed <= upserted  # no other row rewritten
+    assert pipeline.user(f"copper-person:{person['id']}")["attributes"]["copper_person/title"] == (
+        "Chief Benchmark Officer"
+    )
+    accounts_after = _rows(pipeline, ACCOUNTS)
+    account_run = "(select run_id from hull.account_upserts order by computed_at desc limit 1)"
+    upserted_accounts = {
+        r[0]
+        for r in pipeline.query(
+            f"select hull_id from hull.account_upserts where run_id = {account_run}"
+        )
+    }
+    assert {h for h in accounts if accounts_after[h] != accounts[h]} <= upserted_accounts
+    assert pipeline.query("select * from hull.events order by event_id") == events
+
+    # nothing changed: no slice worth writing, not one row rewritten
+    pipeline.incremental()
+    assert _rows(pipeline, USERS) == after
+
+
+def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
+    pipeline: Pipeline,  # noqa: F811
+    slices: list[StoreSlice],
+) -> None:
+    copper = pipeline.copper
+    pipeline.full_refresh()
+    members = pipeline.query(
+        "select u.hull_id, a.hull_id, a.anonymous_ids from hull.users u"
+        " join hull.accounts a on a.hull_id = u.account_hull_id"
+        " where list_contains(u.segments, 'Customers')"
+    )
+    assert members, "the sandbox seed has customers"
+    account_id, anonymous_ids = members[0][1], members[0][2]
+    company_id = int(next(a for a in anonymous_ids if a.startswith("copper:")).split(":")[1])
+    customers = {h for h, a, _ in members if a == account_id}
+    other = next(t["id"] for t in copper.metadata.contact_types if t["name"] != "Customer")
+    users = _rows(pipeline, USERS)
+
+    copper.edit("companies", company_id, {"contact_type_id": other})
+    pipeline.incremental()
+
+    after = _rows(pipeline, USERS)
+    for hull_id in customers:
+        assert "Customers" not in list(after[hull_id][8])
+        # the user's own row is as it was: only its membership moved
+        assert after[hull_id][:8] == users[hull_id][:8]
+    account = pipeline.query("select segments from hull.accounts where hull_id = ?", [account_id])
+    assert "Customer accounts" not in list(account[0][0])
+    untouched = {h for h, row in users.items() if row[4] != account_id}
+    assert {h: after[h] for h in untouched} == {h: users[h] for h in untouched}
+
+
+def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> None:
+    """Matches by email, domain and anonymous id, profiles holding a deleted record, the
+    users of a matched account and those users' accounts; nothing else."""
+    import duckdb
+    import pandas as pd
+
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    conn.execute(
+        "create schema hull; create schema copper; create schema copper_current;"
+        "create table hull.users (hull_id varchar, email varchar, external_id varchar,"
+        " anonymous_ids varchar[], account_hull_id varchar, attributes varchar,"
+        " created_at timestamptz, updated_at timestamptz, segments varchar[]);"
+        "create table hull.accounts (hull_id varchar, domain varchar, external_id varchar,"
+        " anonymous_ids varchar[], attributes varchar, created_at timestamptz,"
+        " updated_at timestamptz, segments varchar[]);"
+        "create table hull.events (event_id varchar, user_hull_id varchar, name varchar,"
+        " properties varchar, occurred_at timestamptz, source varchar, source_id varchar);"
+        "create table copper.people as select 1::bigint as id;"
+        "create view copper_current.people as select * from copper.people;"
+        "insert into hull.users values"
+        " ('u1', null, null, ['copper-person:1'], null, '{}', null, null, []),"
+        " ('u2', null, null, ['copper-person:2'], 'a2', '{}', null, null, []),"
+        " ('u3', 'A@x.io ', null, ['planhat:z'], null, '{}', null, null, []),"
+        " ('u4', 'b@y.io', null, ['copper-lead:9'], 'a3', '{}', null, null, []),"
+        " ('u5', null, 'e5', [], 'a1', '{}', null, null, []);"
+        "insert into hull.accounts values"
+        " ('a1', 'x.io', null, ['copper:7'], '{}', null, null, []),"
+        " ('a2', 'z.io', null, [], '{}', null, null, []),"
+        " ('a3', 'y.io', null, [], '{}', null, null, []);"
+        "insert into hull.events values"
+        " ('ev5', 'u5', 'Note', '{}', null, 'copper', '55'),"
+        " ('ev4', 'u4', 'Note', '{}', null, 'copper', '44')"
+    )
+    keys = StoreKeys(
+        claims=pd.DataFrame(
+            {
+                "kind": ["user", "account", "user"],
+                "claim": ["email", "domain", "anonymous_id"],
+                "value": ["a@x.io", "x.io", "copper-person:1"],
+            }
+        ),
+        event_ids=pd.Series(["ev-new"], dtype=object),
+        opportunities=False,
+    )
+    part = hull_store.read_slice(conn, keys)
+    assert sorted(part.store.users["hull_id"]) == ["u1", "u2", "u3", "u5"]
+    assert sorted(part.store.accounts["hull_id"]) == ["a1", "a2"]
+    assert sorted(part.store.events["event_id"]) == ["ev5"]
+    assert sorted(part.current_ids) == ["people"]
+    assert list(part.current_ids["people"]) == ["1"]
+    conn.close()
+
+
+def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:  # noqa: F811
+    """Two of N companies edited in Planhat (over HTTP): Hull reads those two; an unchanged
+    snapshot hands Hull nothing and writes nothing."""
+    import json
+
+    from hull_planhat_pipelines.clients.planhat import PlanhatClient
+    from hull_planhat_pipelines_tests.test_hull_assets import TODAY, _metadata
+
+    assert stack.sync().success
+    companies = [c for c in stack.planhat.companies() if c.get("phase")]
+    assert len(companies) > 3
+    first, second = companies[0], companies[1]
+    with PlanhatClient(
+        stack.planhat.rest_url,
+        stack.planhat.analytics_url,
+        stack.planhat.api_token,
+        stack.planhat.tenant_token,
+        requests_per_minute=None,
+    ) as client:
+        client.bulk_upsert(
+            "companies",
+            [
+                {"_id": first["_id"], "name": "Renamed in Planhat"},
+                {"_id": second["_id"], "name": "Renamed too"},
+            ],
+        )
+    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    result = stack.run("hull_sync")
+    assert result.success
+    assert _metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
+
+    def attributes(planhat_id: str) -> dict:
+        [(text,)] = stack.query(
+            "select attributes from hull.accounts"
+            f" where list_contains(anonymous_ids, 'planhat:{planhat_id}')"
+        )
+        return json.loads(text)
+
+    assert attributes(first["_id"])["planhat/name"] == "Renamed in Planhat"
+    assert attributes(second["_id"])["planhat/name"] == "Renamed too"
+    assert attributes(companies[2]["_id"])["planhat/name"] == companies[2]["name"]
+
+    copy = stack.query("select count(*) from ops.hull_planhat_companies")
+    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    again = stack.run("hull_sync")
+    assert _metadata(again, "hull/account_upserts")["sources_read"] == {
+        "planhat.companies": 0,
+        "planhat.endusers": 0,
+    }
+    assert _metadata(again, "hull/account_upserts")["rows"] == 0
+    assert stack.query("select count(*) from ops.hull_planhat_companies") == copy
