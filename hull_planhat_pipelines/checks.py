@@ -18,11 +18,15 @@ def _sql_check(
     description: str,
     sql: Callable[[], str],
     requires: Sequence[tuple[str, str]] = (),
+    *,
+    blocking: bool = False,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
 ) -> dg.AssetChecksDefinition:
-    """A check that passes when ``sql`` returns no rows (the offending rows, sampled)."""
+    """A check that passes when ``sql`` returns no rows (the offending rows, sampled).
+    A blocking check that fails stops the assets downstream of its asset in the same run."""
     schema, table = key
 
-    @dg.asset_check(asset=dg.AssetKey(key), name=name, description=description)
+    @dg.asset_check(asset=dg.AssetKey(key), name=name, description=description, blocking=blocking)
     def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with warehouse.read_only() as conn:
             needed = [(schema, table), *requires]
@@ -32,7 +36,7 @@ def _sql_check(
             total = conn.execute(f"select count(*) from {schema}.{table}").fetchone()[0]
         return dg.AssetCheckResult(
             passed=offenders.empty,
-            severity=dg.AssetCheckSeverity.ERROR,
+            severity=severity,
             metadata={
                 "rows_checked": dg.MetadataValue.int(int(total)),
                 "offending_sample": dg.MetadataValue.md(
@@ -116,14 +120,16 @@ def hull_checks() -> list[dg.AssetChecksDefinition]:
         _sql_check(
             ["hull", "users"],
             "unique_email",
-            "No two users share an email.",
+            "No two users share an email. Blocking: a broken identity stops the delivery.",
             duplicates("users", "email"),
+            blocking=True,
         ),
         _sql_check(
             ["hull", "users"],
             "unique_external_id",
-            "No two users share an external id.",
+            "No two users share an external id. Blocking: a broken identity stops the delivery.",
             duplicates("users", "external_id"),
+            blocking=True,
         ),
         _sql_check(
             ["hull", "accounts"],
@@ -134,8 +140,9 @@ def hull_checks() -> list[dg.AssetChecksDefinition]:
         _sql_check(
             ["hull", "accounts"],
             "unique_external_id",
-            "No two accounts share an external id.",
+            "No two accounts share an external id. Blocking: a broken identity stops the delivery.",
             duplicates("accounts", "external_id"),
+            blocking=True,
         ),
         _sql_check(
             ["hull", "users"],
@@ -214,3 +221,59 @@ def delivery_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
             )
         )
     return checks
+
+
+def owner_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    """Owners (and co-owners) of the accounts sent to Planhat must be Planhat team members.
+
+    A warning, not a stop: the delivery skips each such company with ``Invalid Owner ID``;
+    the check shows how many wait and which owner ids are unknown."""
+    attributes = [
+        (label, attribute)
+        for label, attribute in (
+            ("owner", settings.planhat.owner_attribute),
+            ("co_owner", settings.planhat.co_owner_attribute),
+        )
+        if attribute
+    ]
+    if not attributes:
+        return []
+    segments = settings.planhat.company_segments
+    in_segment = (
+        "and list_has_any(a.segments, [" + ", ".join(_literal(s) for s in segments) + "])"
+        if segments
+        else ""
+    )
+
+    def sql() -> str:
+        unions = [
+            f"select a.hull_id, a.external_id, '{label}' as field, "
+            f"json_extract_string(a.attributes, {_literal('$.' + _json_key(attribute))}) as value "
+            f"from hull.accounts a where true {in_segment}"
+            for label, attribute in attributes
+        ]
+        return (
+            f"select * from ({' union all '.join(unions)}) o where o.value is not null "
+            "and o.value not in (select _id from planhat.users "
+            "where _id is not null and not coalesce(removed, false))"
+        )
+
+    return [
+        _sql_check(
+            ["hull", "accounts"],
+            "valid_owner",
+            "Every owner and co-owner id of an in-segment account is a Planhat team member "
+            "(planhat/users); the others are skipped by the delivery with Invalid Owner ID.",
+            sql,
+            requires=[("planhat", "users")],
+            severity=dg.AssetCheckSeverity.WARN,
+        )
+    ]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_key(name: str) -> str:
+    return '"' + name.replace('"', '\\"') + '"'

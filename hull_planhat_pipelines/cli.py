@@ -138,26 +138,10 @@ def _instance() -> Any:
 
 
 def incremental_start(settings: Settings, today: dt.date) -> dt.date:
-    """First day an incremental sync refetches: the oldest of each table's newest partition."""
-    from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
-    from hull_planhat_pipelines.warehouse import read_only, table_exists
+    """First day an incremental sync refetches (the rule the poll and the schedule share)."""
+    from hull_planhat_pipelines.orchestration import newest_partitions_start
 
-    start = settings.copper.start_date
-    newest: list[dt.date] = []
-    with read_only() as conn:
-        if conn is None:
-            return start
-        for name in COPPER_OBJECTS:
-            if not table_exists(conn, "copper", name):
-                return start
-            row = conn.execute(f"select max(partition_date) from copper.{name}").fetchone()
-            if row is None or row[0] is None:
-                return start
-            day = row[0]
-            if name == "activities":
-                day = day - dt.timedelta(days=settings.copper.activity_rescan_days)
-            newest.append(day)
-    return max(start, min([*newest, today]))
+    return newest_partitions_start(settings, today)
 
 
 def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
@@ -170,21 +154,35 @@ def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
 
 
 def _run_job(
-    defs: Any, name: str, tags: dict[str, str], detail: str, ops: dict[str, Any] | None = None
+    defs: Any,
+    name: str,
+    tags: dict[str, str],
+    detail: str,
+    ops: dict[str, Any] | None = None,
+    *,
+    instance: Any = None,
+    asset_selection: Sequence[Any] | None = None,
 ) -> list[StepSummary]:
+    """Execute a job of the definitions (or the part of it in ``asset_selection``)."""
     job = defs.resolve_job_def(name)
     # Warnings and errors only (one line per skip reason); counts go to the summary table.
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    selected = set(asset_selection or job.asset_layer.executable_asset_keys)
     if ops:
-        run_config["ops"] = ops
+        names = {defs.resolve_assets_def(k).node_def.name for k in selected}
+        run_config["ops"] = {op: config for op, config in ops.items() if op in names}
     with step_progress(name, detail):
         result = job.execute_in_process(
-            instance=_instance(), tags=tags, raise_on_error=False, run_config=run_config
+            instance=instance or _instance(),
+            tags=tags,
+            raise_on_error=False,
+            run_config=run_config,
+            asset_selection=list(asset_selection) if asset_selection else None,
         )
     metadata = _materialized_metadata(result)
     failed_checks = _failed_error_checks(result)
     steps = []
-    for key in sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys):
+    for key in sorted(k.to_user_string() for k in selected):
         found = metadata.get(key)
         checks = failed_checks.get(key, [])
         text = _detail(found, detail) if found else _failure_reason(result, key)
@@ -195,7 +193,7 @@ def _run_job(
                 step=key,
                 ok=found is not None,
                 rows=_rows(found),
-                requests=found.get("requests") if found else None,
+                requests=found.get("run_requests", found.get("requests")) if found else None,
                 detail=text,
                 failed_checks=checks,
                 samples=_samples(found, key),
@@ -209,7 +207,7 @@ def _rows(found: dict[str, Any] | None) -> int | None:
         return None
     if found.get("dry_run"):
         return found.get("would_send")
-    return found.get("rows", found.get("sent"))
+    return found.get("run_rows", found.get("rows", found.get("sent")))
 
 
 def _samples(found: dict[str, Any] | None, key: str) -> dict[str, list[Any]]:
@@ -258,19 +256,10 @@ def _counts(target: str, counts: dict[str, int]) -> str:
     return f"{target}: {shown}" + (f" ({failed} FAILED)" if failed else "")
 
 
-def _ops_for(defs: Any, job: str, ops: dict[str, Any]) -> dict[str, Any]:
-    keys = {"__".join(k.path) for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
-    return {name: config for name, config in ops.items() if name in keys}
-
-
 def delivery_run_config(defs: Any, *, force: bool, dry_run: bool) -> dict[str, Any]:
     """Run config of the outgoing assets for ``--force`` / ``--dry-run``."""
     ops: dict[str, Any] = {}
-    keys = [
-        key
-        for job in ("planhat_delivery", "planhat_destinations")
-        for key in defs.resolve_job_def(job).asset_layer.executable_asset_keys
-    ]
+    keys = defs.resolve_job_def("profiles_and_delivery").asset_layer.executable_asset_keys
     for key in keys:
         name = "__".join(key.path)
         if name.endswith("_payloads"):
@@ -296,6 +285,11 @@ def _takes_dry_run(defs: Any, job: str, op: str) -> bool:
     return "dry_run" in fields
 
 
+MAX_FOLLOW_RUNS = 4
+"""A cycle settles in two follow-up runs (after the sources, after the snapshot of what was
+delivered); the bound only stops a loop the asset graph should never make."""
+
+
 def run_sync(
     *,
     full: bool = False,
@@ -303,47 +297,88 @@ def run_sync(
     dry_run: bool = False,
     lock_wait: float | None = None,
 ) -> SyncSummary:
-    """Run the pipeline once, in process, in dependency order: a full cycle.
+    """Run the pipeline once, in process, as Dagster would: the same definitions and rules.
+
+    The sources are fetched (the Copper range the schedule or the first poll would ask for, and
+    today's Planhat snapshot); then, until nothing is out of date, the run the downstream
+    sensor would request (``orchestration.plan_followers``): Hull, payloads and delivery in one
+    run; after a delivery that wrote to Planhat a snapshot, so what Planhat now holds comes back
+    into Hull, with the destinations; else the destinations at once. A second sync over
+    unchanged sources writes nothing anywhere.
 
     The whole cycle holds the warehouse's delivery lock: a second sync (or a Dagster delivery
     step) waits up to ``lock_wait`` seconds, then is refused with ``WarehouseBusy``.
-
-    Copper and Planhat are fetched and applied to Hull; the changes go to Planhat; Planhat is
-    fetched again so what it now holds (ids, its own fields) comes back into Hull; then the
-    configured destinations. A second sync over unchanged sources writes nothing anywhere.
     """
     from hull_planhat_pipelines.definitions import build_definitions
-    from hull_planhat_pipelines.orchestration import DRY_RUN_TAG, range_tags
+    from hull_planhat_pipelines.orchestration import (
+        AFTER_DELIVERY,
+        DRY_RUN_TAG,
+        TRIGGER_TAG,
+        AssetGraph,
+        copper_fetch_range,
+        plan_followers,
+        range_tags,
+    )
     from hull_planhat_pipelines.warehouse import delivery_lock, warehouse_path
 
     settings = load_settings()
     defs = build_definitions(settings, progress_bar=sys.stderr.isatty())
+    instance = _instance()
+    graph = AssetGraph(list(defs.assets or []))  # type: ignore[arg-type]
+
+    def job_assets(name: str) -> set[Any]:
+        return set(defs.resolve_job_def(name).asset_layer.executable_asset_keys)
+
+    # Only what this sync materializes counts: start from what the instance already holds.
+    cursor = plan_followers(instance, graph, {}, job_assets, wait_for_active=False).cursor
     today = dt.datetime.now(dt.UTC).date()
-    first = settings.copper.start_date if full else incremental_start(settings, today)
-    ahead = today + dt.timedelta(days=settings.copper.activity_horizon_days)  # planned activities
+    first, last = copper_fetch_range(settings, today, full=full)
     summary = SyncSummary()
-    partition = {"dagster/partition": today.isoformat()}
+    snapshot = {"dagster/partition": today.isoformat()}
     ops = delivery_run_config(defs, force=force, dry_run=dry_run)
-    if dry_run:
-        partition = {**partition, DRY_RUN_TAG: "true"}
-    steps: list[tuple[str, dict[str, str], str]] = [
-        ("copper_sync", range_tags(first.isoformat(), ahead.isoformat()), f"{first}..{ahead}"),
-        ("planhat_fetch", partition, f"snapshot {today}"),
-        ("hull_sync", {}, "rows fetched since the last apply"),
-        ("planhat_delivery", {}, "changed records only"),
-        ("planhat_fetch", partition, f"snapshot {today} (after delivery)"),
-        ("hull_sync", {}, "Planhat's records back into Hull"),
-        ("planhat_destinations", {}, "changed records only"),
-    ]
+    marks = {DRY_RUN_TAG: "true"} if dry_run else {}
     summary.dry_run = dry_run
+
+    def follow() -> Any:
+        return plan_followers(
+            instance, graph, cursor, job_assets, wait_for_active=False, follow_dry_runs=True
+        )
+
     sync_id = f"cli-sync-{uuid.uuid4().hex[:12]}"
     with delivery_lock(warehouse_path(), sync_id, wait=lock_wait):
-        for name, tags, detail in steps:
-            if name == "planhat_destinations" and not settings.destinations:
-                continue
-            if dry_run:
-                tags = {**tags, DRY_RUN_TAG: "true"}
-            summary.steps += _run_job(defs, name, tags, detail, _ops_for(defs, name, ops))
+        summary.steps += _run_job(
+            defs,
+            "copper_sync",
+            {**range_tags(first, last), **marks},
+            f"{first}..{last}",
+            instance=instance,
+        )
+        summary.steps += _run_job(
+            defs, "planhat_fetch", {**snapshot, **marks}, f"snapshot {today}", instance=instance
+        )
+        for _ in range(MAX_FOLLOW_RUNS):
+            plan = follow()
+            cursor = plan.cursor
+            if plan.empty:
+                break
+            if plan.assets:
+                summary.steps += _run_job(
+                    defs,
+                    "profiles_and_delivery",
+                    {**plan.tags, **marks},
+                    "changed records only",
+                    ops,
+                    instance=instance,
+                    asset_selection=sorted(plan.assets, key=lambda k: k.to_user_string()),
+                )
+            if plan.snapshot:
+                summary.steps += _run_job(
+                    defs,
+                    "planhat_fetch",
+                    {**snapshot, TRIGGER_TAG: AFTER_DELIVERY, **marks},
+                    f"snapshot {today} (after delivery)",
+                    instance=instance,
+                )
     return summary
 
 

@@ -13,16 +13,21 @@ from hull_planhat_pipelines.checks import (
     build_copper_checks,
     delivery_checks,
     hull_checks,
+    owner_checks,
     planhat_checks,
 )
 from hull_planhat_pipelines.orchestration import (
-    build_chain_sensors,
     build_copper_fetch_all_schedule,
     build_copper_incremental_sensor,
-    build_planhat_fetch_schedule,
+    build_failure_webhook_sensor,
+    build_follow_sensor,
+    build_planhat_fetch_sensor,
     copper_partitions,
     copper_sync_job,
     daily_partitions,
+    downstream_job,
+    dry_run_job,
+    forced_send_job,
     hull_sync_job,
     planhat_delivery_job,
     planhat_destinations_job,
@@ -59,23 +64,26 @@ def build_definitions(
         "hull_sync": hull_sync_job(),
         "planhat_delivery": planhat_delivery_job(),
         "planhat_destinations": planhat_destinations_job(),
+        "profiles_and_delivery": downstream_job(),
     }
     database = warehouse_path()
+    assets = [
+        *build_copper_assets(settings, copper_days),
+        *build_planhat_assets(settings, partitions),
+        *build_hull_assets(settings),
+        *build_payload_assets(settings),
+        build_delivery_asset(settings),
+        *build_destination_assets(settings),
+    ]
+    jobs["planhat_forced_send"] = forced_send_job(assets)
+    jobs["planhat_dry_run"] = dry_run_job(assets)
     return dg.Definitions(
-        assets=readable(
-            [
-                *build_copper_assets(settings, copper_days),
-                *build_planhat_assets(settings, partitions),
-                *build_hull_assets(settings),
-                *build_payload_assets(settings),
-                build_delivery_asset(settings),
-                *build_destination_assets(settings),
-            ]
-        ),
+        assets=readable(assets),
         asset_checks=[
             *build_copper_checks(settings),
             *planhat_checks(),
             *hull_checks(),
+            *owner_checks(settings),
             *delivery_checks(settings),
         ],
         jobs=list(jobs.values()),
@@ -83,11 +91,12 @@ def build_definitions(
         executor=dg.in_process_executor,
         sensors=[
             build_copper_incremental_sensor(settings, copper_job),
-            *build_chain_sensors(jobs),
+            build_planhat_fetch_sensor(settings, planhat_job),
+            build_failure_webhook_sensor(),
+            build_follow_sensor(assets, jobs["profiles_and_delivery"], planhat_job),
         ],
         schedules=[
             build_copper_fetch_all_schedule(settings, copper_job, copper_days),
-            build_planhat_fetch_schedule(settings, planhat_job),
         ],
         resources={
             "copper": copper_resource(settings.copper.requests_per_minute, progress_bar),

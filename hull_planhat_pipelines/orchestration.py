@@ -3,8 +3,10 @@
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -18,11 +20,16 @@ from dagster._core.storage.tags import (
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError, post_alert
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
-from hull_planhat_pipelines.sync.polling import CopperCursor, interval_cron, plan_incremental_runs
-from hull_planhat_pipelines.warehouse import append_sync_log
+from hull_planhat_pipelines.sync.polling import (
+    CopperCursor,
+    PlannedRun,
+    plan_incremental_runs,
+)
+from hull_planhat_pipelines.warehouse import append_sync_log, read_only, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,10 @@ def copper_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     )
 
 
+def _utc_day(ts: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date()
+
+
 def copper_keys(names: Sequence[str] | None = None) -> list[dg.AssetKey]:
     return [dg.AssetKey(["copper", n]) for n in (names or list(COPPER_OBJECTS))]
 
@@ -59,6 +70,48 @@ def copper_keys(names: Sequence[str] | None = None) -> list[dg.AssetKey]:
 def range_tags(first: str, last: str) -> dict[str, str]:
     """Tags that make one run cover a partition range (what a single-run backfill does)."""
     return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+
+
+def copper_fetch_range(settings: Settings, today: dt.date, *, full: bool) -> tuple[str, str]:
+    """First and last Copper partition a catch-up fetches: every partition for a full fetch or
+    while any Copper table is still empty (a first start fetches everything, not only today);
+    otherwise from the oldest of each table's newest partition (activities: minus the re-scan
+    window) up to the activity horizon. Used by the first poll and by the command line."""
+    last = today + dt.timedelta(days=settings.copper.activity_horizon_days)
+    first = settings.copper.start_date if full else newest_partitions_start(settings, today)
+    return first.isoformat(), last.isoformat()
+
+
+def newest_partitions_start(settings: Settings, today: dt.date) -> dt.date:
+    start = settings.copper.start_date
+    newest: list[dt.date] = []
+    with read_only() as conn:
+        if conn is None:
+            return start
+        for name in COPPER_OBJECTS:
+            if not table_exists(conn, "copper", name):
+                return start
+            row = conn.execute(f"select max(partition_date) from copper.{name}").fetchone()
+            if row is None or row[0] is None:
+                return start
+            day = row[0]
+            if name == "activities":
+                day = day - dt.timedelta(days=settings.copper.activity_rescan_days)
+            newest.append(day)
+    return max(start, min([*newest, today]))
+
+
+def copper_tables_empty() -> bool:
+    """True while no Copper table holds a row yet (a first start)."""
+    with read_only() as conn:
+        if conn is None:
+            return True
+        for name in COPPER_OBJECTS:
+            if table_exists(conn, "copper", name):
+                row = conn.execute(f"select count(*) from copper.{name}").fetchone()
+                if row and row[0]:
+                    return False
+    return True
 
 
 def copper_sync_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
@@ -154,6 +207,18 @@ def build_copper_incremental_sensor(
             horizon_days=settings.copper.activity_horizon_days,
         )
         fingerprint = json.dumps(newest, sort_keys=True)
+        if not cursor.newest and copper_tables_empty():
+            # A first start: everything, not only the day of the newest change.
+            first, last = copper_fetch_range(settings, _utc_day(now), full=True)
+            context.log.info(f"first start: every Copper object, {first}..{last}")
+            runs = [
+                PlannedRun(
+                    tuple(COPPER_OBJECTS),
+                    dt.date.fromisoformat(first),
+                    dt.date.fromisoformat(last),
+                    "first start",
+                )
+            ]
         requests = []
         for run in runs:
             key = run.run_key(fingerprint if run.reason == "modified records" else str(now))
@@ -213,25 +278,34 @@ def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAsse
     )
 
 
-def build_planhat_fetch_schedule(
-    settings: Settings, job: UnresolvedAssetJobDefinition
-) -> dg.ScheduleDefinition:
-    @dg.schedule(
-        name="planhat_fetch_schedule",
-        cron_schedule=interval_cron(settings.planhat.fetch_interval_minutes),
+def build_planhat_fetch_sensor(
+    settings: Settings,
+    job: UnresolvedAssetJobDefinition,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition:
+    """Today's Planhat snapshot every ``planhat.fetch_interval_minutes`` (5 to 1,440, any
+    value: a sensor's interval, where a cron schedule could keep only divisors of an hour or
+    a day). One run per interval window, whatever the tick timing."""
+    minutes = settings.planhat.fetch_interval_minutes
+
+    @dg.sensor(
+        name="planhat_fetch_sensor",
         job=job,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every planhat.fetch_interval_minutes: today's Planhat snapshot.",
+        minimum_interval_seconds=minutes * 60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Every {minutes} minutes (planhat.fetch_interval_minutes): today's "
+        "Planhat snapshot.",
     )
-    def planhat_fetch_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        moment = context.scheduled_execution_time.astimezone(dt.UTC)
+    def planhat_fetch_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest:
+        now = int(clock())
+        window = now // (minutes * 60)
         return dg.RunRequest(
-            run_key=f"planhat-fetch:{moment.isoformat()}",
-            partition_key=moment.date().isoformat(),
+            run_key=f"planhat-fetch:{minutes}:{window}",
+            partition_key=_utc_day(now).isoformat(),
+            tags={TRIGGER_TAG: f"every {minutes} minutes"},
         )
 
-    return planhat_fetch_schedule
+    return planhat_fetch_sensor
 
 
 def hull_sync_job() -> UnresolvedAssetJobDefinition:
@@ -263,21 +337,21 @@ def planhat_destinations_job() -> UnresolvedAssetJobDefinition:
     )
 
 
-# -- what runs after what ----------------------------------------------------------------------
-CHAIN = [
-    ("hull_after_sources", ("copper_sync", "planhat_fetch"), "hull_sync"),
-    ("planhat_after_hull", ("hull_sync",), "planhat_delivery"),
-    ("destinations_after_delivery", ("planhat_delivery",), "planhat_destinations"),
-]
-"""Explicit chaining, not declarative automation: a successful run of the jobs on the left
-requests the job on the right. Each step reads what changed since it last ran, so one run
-catches up with any number of upstream runs; a run already queued or running is enough."""
+# -- what runs after what: by assets, whoever materialized them -------------------------------
+SNAPSHOT_KEYS = [dg.AssetKey(["planhat", m]) for m in ("companies", "endusers", "users")]
+DELIVERIES_KEY = dg.AssetKey(["planhat", "deliveries"])
+SOURCES = dg.AssetSelection.groups(COPPER_GROUP) | dg.AssetSelection.assets(*SNAPSHOT_KEYS)
+"""What the poll and the schedules fetch; everything else follows them by the asset graph."""
+
+TRIGGER_TAG = "hull_planhat/trigger"
+AFTER_DELIVERY = "delivered to Planhat"
 
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
 ]
 
 
@@ -295,28 +369,336 @@ def is_dry_run(run: Any) -> bool:
     )
 
 
-def build_chain_sensors(
-    jobs: dict[str, UnresolvedAssetJobDefinition],
-) -> list[dg.RunStatusSensorDefinition]:
-    def build(name: str, after: tuple[str, ...], then: str) -> dg.RunStatusSensorDefinition:
-        @dg.run_status_sensor(
-            name=name,
-            run_status=dg.DagsterRunStatus.SUCCESS,
-            monitored_jobs=[jobs[a] for a in after],
-            request_job=jobs[then],
-            default_status=dg.DefaultSensorStatus.RUNNING,
-            description=f"After a successful {' or '.join(after)} run: {then}.",
+class AssetGraph:
+    """Who follows whom, from the asset definitions themselves (no job names, no order list)."""
+
+    def __init__(self, assets: Sequence[dg.AssetsDefinition]) -> None:
+        self.assets = list(assets)
+        self.downstream: dict[dg.AssetKey, set[dg.AssetKey]] = {}
+        self.upstream: dict[dg.AssetKey, set[dg.AssetKey]] = {}
+        self.together: dict[dg.AssetKey, set[dg.AssetKey]] = {}
+        for asset in self.assets:
+            keys = set(asset.keys)
+            for key in keys:
+                self.together[key] = keys if not asset.can_subset else {key}
+                for dep in asset.asset_deps.get(key, ()):
+                    self.downstream.setdefault(dep, set()).add(key)
+                    self.upstream.setdefault(key, set()).add(dep)
+
+    @property
+    def keys(self) -> list[dg.AssetKey]:
+        return sorted(self.together, key=lambda k: k.to_user_string())
+
+    def _closure(self, start: set[dg.AssetKey], edges: dict) -> set[dg.AssetKey]:
+        seen, todo = set(), list(start)
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    def followers(self, key: dg.AssetKey) -> set[dg.AssetKey]:
+        """Every asset downstream of ``key`` (not ``key`` itself)."""
+        return self._closure({key}, self.downstream)
+
+    def ancestors(self, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+        return self._closure(set(keys), self.upstream)
+
+    def whole(self, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+        """``keys`` with the other outputs of multi-assets that cannot run in part."""
+        return {k for key in keys for k in self.together.get(key, {key})}
+
+
+@dataclass(frozen=True)
+class FollowPlan:
+    """What new materializations ask for: one downstream run and/or a Planhat snapshot."""
+
+    assets: frozenset[dg.AssetKey]
+    snapshot: bool
+    cursor: dict[str, int]
+    waiting: str = ""
+    after_delivery: bool = False
+    """Only what follows a snapshot of a delivery: its run carries the tag, so its own
+    materializations do not ask for another delivery."""
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {TRIGGER_TAG: AFTER_DELIVERY if self.after_delivery else "upstream materialized"}
+
+    @property
+    def empty(self) -> bool:
+        return not self.assets and not self.snapshot
+
+
+WROTE_STATUSES = frozenset({"created", "updated", "sent", "unconfirmed", "confirmed"})
+"""Outcomes of a record Planhat applied (or may have: an unconfirmed one is settled against
+the next snapshot)."""
+SNAPSHOT_TARGETS = frozenset({"companies", "endusers"})
+"""Targets whose records a Planhat snapshot lists (analytics events and metrics are not)."""
+
+
+def delivered_something(metadata: dict[str, Any]) -> bool:
+    """A delivery that wrote companies or endusers to Planhat (not a dry run)."""
+    value = lambda name: getattr(metadata.get(name), "value", metadata.get(name))  # noqa: E731
+    if value("dry_run"):
+        return False
+    by_target = value("by_target")
+    if isinstance(by_target, dict):
+        return any(
+            int(count or 0) > 0
+            for target, counts in by_target.items()
+            if target in SNAPSHOT_TARGETS and isinstance(counts, dict)
+            for status, count in counts.items()
+            if status in WROTE_STATUSES
         )
-        def _chain(context: dg.RunStatusSensorContext):
-            if is_dry_run(context.dagster_run):
-                return dg.SkipReason("a dry run triggers nothing")
-            active = context.instance.get_runs(
-                filters=dg.RunsFilter(job_name=then, statuses=ACTIVE), limit=1
+    return int(value("created") or 0) + int(value("updated") or 0) > 0
+
+
+def plan_followers(
+    instance: dg.DagsterInstance,
+    graph: AssetGraph,
+    cursor: dict[str, int],
+    job_assets: Callable[[str], set[dg.AssetKey]],
+    *,
+    wait_for_active: bool = True,
+    follow_dry_runs: bool = False,
+) -> FollowPlan:
+    """What the materializations newer than ``cursor`` (storage ids per asset) ask for.
+
+    Each new materialization asks for every asset downstream of it that its own run did not
+    also cover, whichever job, backfill or graph launch (``__ASSET_JOB``) produced it. Any number
+    of new events become one request. While a run is in progress on those assets or on their
+    sources, nothing is requested and the cursor stays: the events are seen again next time, so
+    an update that lands while the downstream run is running is never dropped.
+    """
+
+    def assets_of(run: dg.DagsterRun | None) -> set[dg.AssetKey]:
+        if run is None:
+            return set()
+        if run.asset_selection is not None:
+            return set(run.asset_selection)
+        return job_assets(run.job_name)
+
+    fresh: dict[dg.AssetKey, Any] = {}
+    materialized: set[dg.AssetKey] = set()
+    for record in instance.get_asset_records(graph.keys):
+        latest = record.asset_entry.last_materialization_record
+        if latest is not None:
+            materialized.add(record.asset_entry.asset_key)
+        name = record.asset_entry.asset_key.to_user_string()
+        if latest is not None and latest.storage_id > cursor.get(name, 0):
+            fresh[record.asset_entry.asset_key] = latest
+    needed: set[dg.AssetKey] = set()
+    snapshot = False
+    after_delivery = graph.followers(DELIVERIES_KEY)
+    delivery_branch = graph.ancestors({DELIVERIES_KEY}) - graph.ancestors(set(SNAPSHOT_KEYS))
+    delivery_branch = {k for k in delivery_branch | {DELIVERIES_KEY} if k.path[0] == "planhat"}
+    triggers: list[bool] = []  # per contributing event: from a run that followed a delivery?
+    for key, latest in fresh.items():
+        run = instance.get_run_by_id(latest.run_id)
+        if run is not None and is_dry_run(run) and not follow_dry_runs:
+            continue  # a dry run triggers nothing (the command line's own dry run goes on)
+        ran = assets_of(run)
+        followers = graph.followers(key) - ran - {key}
+        if DELIVERIES_KEY in ran and key != DELIVERIES_KEY:
+            followers -= after_delivery  # the delivery's outcome decides when they follow
+        if key == DELIVERIES_KEY:
+            materialization = latest.asset_materialization
+            wrote = materialization is not None and delivered_something(
+                dict(materialization.metadata)
             )
-            if active:
-                return dg.SkipReason(f"{then} is already queued or running")
-            return dg.RunRequest(run_key=f"{then}:after:{context.dagster_run.run_id}")
+            # What Planhat now holds comes back first; its followers include the destinations.
+            snapshot = snapshot or wrote
+            if wrote:
+                followers -= after_delivery
+        quiet = run is not None and run.tags.get(TRIGGER_TAG) == AFTER_DELIVERY
+        if quiet:
+            # A snapshot of what was just delivered brings Planhat's side into Hull and the
+            # destinations; the delivery itself waits for the next change.
+            followers -= delivery_branch
+        if followers:
+            triggers.append(quiet)
+        needed |= followers
+    if DELIVERIES_KEY in needed:
+        needed -= after_delivery  # they follow the delivery's outcome
+    if not set(SNAPSHOT_KEYS) <= materialized:
+        # Before the first Planhat snapshot the chain stops at Hull: owners are validated
+        # against planhat/users and destinations read planhat_current; the snapshot's arrival
+        # asks for the rest.
+        needed -= delivery_branch | after_delivery
+    needed = graph.whole(needed)
+    advanced = dict(cursor)
+    advanced.update({k.to_user_string(): r.storage_id for k, r in fresh.items()})
+    if not needed and not snapshot:
+        return FollowPlan(frozenset(), False, advanced)
+    busy: set[dg.AssetKey] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE)) if wait_for_active else []:
+        busy |= assets_of(run)
+    watched = needed | graph.ancestors(needed) | (set(SNAPSHOT_KEYS) if snapshot else set())
+    overlap = busy & watched
+    if overlap:
+        names = ", ".join(sorted(k.to_user_string() for k in overlap)[:5])
+        return FollowPlan(frozenset(), False, cursor, waiting=f"in progress: {names}")
+    return FollowPlan(frozenset(needed), snapshot, advanced, after_delivery=all(triggers))
 
-        return _chain
 
-    return [build(name, after, then) for name, after, then in CHAIN]
+def _run_key(plan: FollowPlan) -> str:
+    return "follow:" + ",".join(f"{k}={v}" for k, v in sorted(plan.cursor.items()))
+
+
+def build_follow_sensor(
+    assets: Sequence[dg.AssetsDefinition],
+    downstream_job: UnresolvedAssetJobDefinition,
+    snapshot_job: UnresolvedAssetJobDefinition,
+    interval_seconds: int = 30,
+) -> dg.SensorDefinition:
+    """One sensor that keeps everything downstream of a new materialization up to date."""
+    graph = AssetGraph(assets)
+
+    @dg.sensor(
+        name="downstream_sensor",
+        jobs=[downstream_job, snapshot_job],
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Watches every asset's materializations, whoever launched them (a job, the asset "
+            "graph, a backfill, a schedule) and requests one run of everything downstream not "
+            "yet brought up to date; after a delivery that wrote to Planhat, a Planhat snapshot "
+            "so Planhat's ids and fields come back. Waits while those assets are in progress."
+        ),
+    )
+    def downstream_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        cursor = json.loads(context.cursor) if context.cursor else {}
+
+        def job_assets(name: str) -> set[dg.AssetKey]:
+            repository = context.repository_def
+            if repository is None or not repository.has_job(name):
+                return set()
+            return set(repository.get_job(name).asset_layer.executable_asset_keys)
+
+        plan = plan_followers(context.instance, graph, cursor, job_assets)
+        if plan.waiting:
+            return dg.SkipReason(f"Waiting: {plan.waiting}; asked again next tick.")
+        requests = []
+        if plan.assets:
+            requests.append(
+                dg.RunRequest(
+                    run_key=_run_key(plan),
+                    job_name=downstream_job.name,
+                    asset_selection=sorted(plan.assets, key=lambda k: k.to_user_string()),
+                    tags=plan.tags,
+                )
+            )
+        if plan.snapshot:
+            requests.append(
+                dg.RunRequest(
+                    run_key=_run_key(plan) + ":snapshot",
+                    job_name=snapshot_job.name,
+                    partition_key=dt.datetime.now(dt.UTC).date().isoformat(),
+                    tags={TRIGGER_TAG: AFTER_DELIVERY},
+                )
+            )
+        return dg.SensorResult(
+            run_requests=requests, cursor=json.dumps(plan.cursor, sort_keys=True)
+        )
+
+    return downstream_sensor
+
+
+def _op_names(assets: Sequence[dg.AssetsDefinition], selection: dg.AssetSelection) -> dict:
+    keys = selection.resolve(assets)
+    return {a.node_def.name: a for a in assets if set(a.keys) & keys}
+
+
+def forced_send_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
+    """A preset: every in-segment record sent to Planhat, changed or not."""
+    selection = dg.AssetSelection.groups("outgoing") - DESTINATIONS
+    ops = {
+        name: {"config": {"force": True}}
+        for name in _op_names(assets, selection)
+        if name.endswith("_payloads")
+    }
+    return dg.define_asset_job(
+        "planhat_forced_send",
+        selection=selection,
+        config={"ops": ops},
+        description=(
+            "Forced batch send: payloads with `force: true` (every in-segment record, changed "
+            "or not) and their delivery. Each payload step's `force` field can be switched "
+            "off in the launchpad."
+        ),
+    )
+
+
+def dry_run_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
+    """A preset: everything after the sources computed and reported, nothing written."""
+    selection = SOURCES.downstream(include_self=False)
+    ops: dict[str, Any] = {}
+    for name, asset in _op_names(assets, selection).items():
+        fields = getattr(asset.op.config_schema, "config_type", None)
+        names = set(getattr(fields, "fields", {}) or {})
+        if "dry_run" in names:
+            ops[name] = {"config": {"dry_run": True}}
+    return dg.define_asset_job(
+        "planhat_dry_run",
+        selection=selection,
+        config={"ops": ops},
+        tags={DRY_RUN_TAG: "true"},
+        description=(
+            "Dry run: Hull applied, payloads computed, every delivery and destination with "
+            "`dry_run: true` (requests built and shown as metadata samples, nothing sent, no "
+            "fingerprint advanced, nothing forwarded to a Hull firehose). Triggers nothing."
+        ),
+    )
+
+
+def downstream_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "profiles_and_delivery",
+        selection=SOURCES.downstream(include_self=False),
+        description=(
+            "Everything that follows the sources: Hull profiles, payloads, delivery, "
+            "destinations. Launched by downstream_sensor with the part that is out of date."
+        ),
+    )
+
+
+# -- alerts ------------------------------------------------------------------------------------
+def failure_text(run: dg.DagsterRun, error: str | None) -> str:
+    """The alert's text: which job failed, what triggered it, the first line of the error."""
+    trigger = run.tags.get(TRIGGER_TAG)
+    first = error.strip().splitlines()[0][:300] if error and error.strip() else "failed"
+    return (
+        f":rotating_light: hull_planhat_pipelines: run `{run.run_id[:8]}` of `{run.job_name}` "
+        f"failed{f' (trigger: {trigger})' if trigger else ''}: {first}"
+    )
+
+
+def build_failure_webhook_sensor(
+    url: Callable[[], str | None] = lambda: os.environ.get(WEBHOOK_ENV_VAR) or None,
+) -> dg.SensorDefinition:
+    """Posts every failed run to ``HULL_PLANHAT_ALERT_WEBHOOK_URL`` (Slack-compatible JSON);
+    does nothing while it is unset."""
+
+    @dg.run_failure_sensor(
+        name="run_failure_webhook",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Posts each failed run to the chat webhook in {WEBHOOK_ENV_VAR} (Slack-compatible "
+            '`{"text": ...}`); off while that variable is unset.'
+        ),
+    )
+    def run_failure_webhook(context: dg.RunFailureSensorContext) -> dg.SkipReason | None:
+        target = url()
+        if not target:
+            return dg.SkipReason(f"{WEBHOOK_ENV_VAR} is not set: alerts are off")
+        error = context.failure_event.message if context.failure_event else None
+        try:
+            post_alert(target, failure_text(context.dagster_run, error))
+        except WebhookError as exc:
+            context.log.warning(str(exc))
+            return dg.SkipReason(str(exc))
+        return None
+
+    return run_failure_webhook

@@ -138,7 +138,9 @@ class FailedRecordsCheck(_Strict):
 
 
 class PlanhatSettings(_Strict):
-    fetch_interval_minutes: Annotated[int, Field(ge=1)] = 60
+    fetch_interval_minutes: Annotated[int, Field(ge=5, le=1440)] = 60
+    """Minutes between Planhat snapshots: any value from 5 to 1,440 (a sensor interval, not a
+    cron expression, so 300 or 180 are as good as 60)."""
     contact_segments: list[NonEmptyStr] = []
     company_segments: list[NonEmptyStr] = []
     tracking_events: list[NonEmptyStr] = []
@@ -155,15 +157,6 @@ class PlanhatSettings(_Strict):
     """Client-side throttle: Planhat's soft quota is 200 calls a minute."""
     failed_records_check: FailedRecordsCheck = FailedRecordsCheck()
     activity_queries: list[ActivityQuerySettings] = []
-
-    @field_validator("fetch_interval_minutes")
-    @classmethod
-    def _cron_interval(cls, minutes: int) -> int:
-        if (minutes < 60 and 60 % minutes == 0) or (
-            minutes % 60 == 0 and 24 % (minutes // 60) == 0
-        ):
-            return minutes
-        raise ValueError("must divide an hour (1..30) or be whole hours that divide a day")
 
     @field_validator("metrics")
     @classmethod

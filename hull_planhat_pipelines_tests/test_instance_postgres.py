@@ -56,7 +56,11 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def production_env(
-    tmp_path: Path, pg_url: str, copper_sandbox, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    pg_url: str,
+    copper_sandbox,
+    planhat_sandbox,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -68,6 +72,8 @@ def production_env(
         "COPPER_API_URL": copper_sandbox.base_url,
         "COPPER_API_KEY": copper_sandbox.api_key,
         "COPPER_USER_EMAIL": copper_sandbox.user_email,
+        # The Planhat sensor takes its first snapshot at once: it needs its API too.
+        **planhat_sandbox.env(),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -90,7 +96,7 @@ def test_a_materialization_is_stored_in_postgres_and_read_back(production_env: d
     event = reread.get_latest_materialization_event(dg.AssetKey(["copper", "leads"]))
     assert event is not None and event.run_id == result.run_id
     assert event.asset_materialization.partition == today
-    assert "requests" in event.asset_materialization.metadata
+    assert "run_requests" in event.asset_materialization.metadata
 
 
 def _ticks(instance: dg.DagsterInstance) -> list:
@@ -100,6 +106,7 @@ def _ticks(instance: dg.DagsterInstance) -> list:
     return ticks
 
 
+@pytest.mark.timeout(600)
 def test_the_daemon_ticks_the_sensor_and_its_run_succeeds(production_env: dict) -> None:
     env = {**os.environ, **production_env}
     daemon = subprocess.Popen(
@@ -112,7 +119,9 @@ def test_the_daemon_ticks_the_sensor_and_its_run_succeeds(production_env: dict) 
     )
     instance = dg.DagsterInstance.get()
     try:
-        deadline = time.monotonic() + 150
+        # The sensors start a chain (Copper and Planhat, then Hull and Planhat delivery, then
+        # the snapshot of what was delivered), one run at a time (the warehouse pool).
+        deadline = time.monotonic() + 540
         runs: list = []
         while time.monotonic() < deadline:
             ticks = [t for t in _ticks(instance) if t.status == TickStatus.SUCCESS]
@@ -124,6 +133,6 @@ def test_the_daemon_ticks_the_sensor_and_its_run_succeeds(production_env: dict) 
         stop_process_group(daemon, grace=30)
     assert ticks, "the daemon recorded no successful sensor tick"
     assert ticks[0].run_keys, "the first tick requested no run"
-    assert runs and all(r.is_success for r in runs), [r.status for r in runs]
+    assert runs and all(r.is_success for r in runs), [(r.job_name, r.status, r.tags) for r in runs]
     with duckdb.connect(production_env["HULL_PLANHAT_WAREHOUSE"], read_only=True) as conn:
         assert conn.execute("select count(*) from copper.activities").fetchone()[0] >= 0

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dagster as dg
 import pytest
 
-from hull_planhat_pipelines.sync.polling import CopperCursor, interval_cron, plan_incremental_runs
+from hull_planhat_pipelines.orchestration import (
+    build_planhat_fetch_sensor,
+    daily_partitions,
+    planhat_fetch_job,
+)
+from hull_planhat_pipelines.settings import load_settings
+from hull_planhat_pipelines.sync.polling import CopperCursor, plan_incremental_runs
 
 START = dt.date(2024, 1, 1)
 NOW = int(dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC).timestamp())
@@ -84,23 +91,26 @@ def test_cursor_round_trips() -> None:
     assert CopperCursor.parse(None) == CopperCursor()
 
 
-@pytest.mark.parametrize(
-    ("minutes", "cron"),
-    [
-        (1, "* * * * *"),
-        (5, "*/5 * * * *"),
-        (60, "0 * * * *"),
-        (180, "0 */3 * * *"),
-        (1440, "0 0 * * *"),
-    ],
-)
-def test_interval_cron(minutes: int, cron: str) -> None:
-    assert interval_cron(minutes) == cron
+@pytest.mark.parametrize("minutes", [5, 7, 180, 300, 1440])
+def test_planhat_snapshots_follow_any_interval_from_5_to_1440_minutes(minutes: int) -> None:
+    base = load_settings()
+    planhat = base.planhat.model_copy(update={"fetch_interval_minutes": minutes})
+    settings = base.model_copy(update={"planhat": planhat})
+    clock = [float(NOW)]
+    sensor = build_planhat_fetch_sensor(
+        settings, planhat_fetch_job(daily_partitions(settings)), clock=lambda: clock[0]
+    )
+    assert sensor.minimum_interval_seconds == minutes * 60
 
+    def tick() -> dg.RunRequest:
+        return sensor(dg.build_sensor_context())
 
-def test_interval_cron_refuses_what_cron_cannot_keep() -> None:
-    with pytest.raises(ValueError):
-        interval_cron(7)
+    first = tick()
+    assert first.partition_key == "2026-11-23"
+    clock[0] += 1  # a tick within the same interval asks for the same run (its key)
+    assert tick().run_key == first.run_key
+    clock[0] += minutes * 60
+    assert tick().run_key != first.run_key
 
 
 def test_the_rescan_reaches_the_activity_horizon_ahead() -> None:

@@ -261,8 +261,9 @@ def test_a_second_cycle_over_unchanged_sources_writes_nothing(two_cycles: TwoCyc
     ]
     assert all(r.method == "GET" for r in two_cycles.second_requests)
     second = two_cycles.second
-    assert _step_rows(second, "hull/user_upserts") == [0, 0]
-    assert _step_rows(second, "hull/account_upserts") == [0, 0]
+    # Nothing was delivered, so no Planhat snapshot follows: Hull runs once, and writes nothing.
+    assert _step_rows(second, "hull/user_upserts") == [0]
+    assert _step_rows(second, "hull/account_upserts") == [0]
     for step in ("planhat/deliveries", "planhat/destination_conversations"):
         assert _step_rows(second, step) == [0]
 
@@ -430,8 +431,9 @@ def test_only_the_changed_company_is_sent_and_a_forced_run_sends_all(stack: Stac
     forced = stack.cycle(force=True)
     resent = [item["externalId"] for item in stack.company_items()]
     assert sorted(resent) == sorted(first)
-    assert _step_rows(forced, "hull/user_upserts") == [0, 0]
-    assert _step_rows(forced, "hull/account_upserts") == [0, 0]
+    # Planhat answered "unchanged" for each: no snapshot follows, Hull runs once and writes nothing.
+    assert _step_rows(forced, "hull/user_upserts") == [0]
+    assert _step_rows(forced, "hull/account_upserts") == [0]
 
 
 def test_a_record_refused_in_a_bulk_answer_alone_is_retried(stack: Stack) -> None:

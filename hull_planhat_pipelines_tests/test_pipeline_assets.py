@@ -120,9 +120,29 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
         rows = pipeline.query(f"select id from copper.{name}")
         assert sorted(r[0] for r in rows) == sorted(expected)
     metadata = _metadata(result, "copper/leads")
-    assert metadata["rows"] == pipeline.copper.count("leads")
-    assert metadata["requests"] >= metadata["pages_fetched"] >= 1
-    assert metadata["preview"].splitlines()[0].split("|")[1].strip() == "id"
+    assert metadata["run_rows"] == pipeline.copper.count("leads")
+    assert metadata["run_requests"] >= metadata["run_pages_fetched"] >= 1
+    # Each partition counts its own day's rows, not the run's totals.
+    per_day = dict(
+        pipeline.query("select partition_date::varchar, count(*) from copper.leads group by 1")
+    )
+    partitions = [
+        e.step_materialization_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.step_materialization_data.materialization.asset_key == dg.AssetKey(["copper", "leads"])
+    ]
+    assert len(partitions) == (TODAY - START).days + 1
+    for materialization in partitions:
+        rows = materialization.metadata["rows"].value
+        assert rows == per_day.get(materialization.partition, 0), materialization.partition
+        assert materialization.metadata["dagster/partition_row_count"].value == rows
+        if rows:
+            preview = materialization.metadata["preview"].value
+            assert preview.splitlines()[0].split("|")[1].strip() == "id"
+            lines = preview.splitlines()[2:]  # below the header and its rule
+            assert len(lines) == min(rows, 10)
+            assert all(line.split("|")[-2].strip() == materialization.partition for line in lines)
+    assert sum(m.metadata["rows"].value for m in partitions) == pipeline.copper.count("leads")
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks), [
         (c.asset_key, c.check_name) for c in checks if not c.passed

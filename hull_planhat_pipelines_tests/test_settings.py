@@ -55,7 +55,8 @@ def test_the_shared_example_loads_exactly_as_it_stands() -> None:
         (("copper", "link_person_to_account"), "perhaps", "copper.link_person_to_account"),
         (("planhat", "batch_size"), 5001, "planhat.batch_size"),
         (("planhat", "batch_size"), 0, "planhat.batch_size"),
-        (("planhat", "fetch_interval_minutes"), 7, "planhat.fetch_interval_minutes"),
+        (("planhat", "fetch_interval_minutes"), 4, "planhat.fetch_interval_minutes"),
+        (("planhat", "fetch_interval_minutes"), 1441, "planhat.fetch_interval_minutes"),
         (
             ("planhat", "metrics", 0, "dimension_id"),
             "open pipeline",

@@ -316,20 +316,15 @@ def _assert_the_chain_follows(instance, copper_run, screenshot) -> None:
         runs = [r for r in _runs_of(instance, key) if r.create_timestamp.timestamp() > moment]
         return runs[0] if runs and runs[0].dagster_run.is_finished else None
 
-    try:
-        hull = _wait(
-            "a Hull run after Copper", lambda: after("hull/users", copper_end), 240, screenshot
-        )
-        delivery = _wait(
-            "a Planhat delivery after Hull",
-            lambda: after("planhat/deliveries", hull.create_timestamp.timestamp()),
-            240,
-            screenshot,
-        )
-    except AssertionError as exc:
-        pytest.xfail(
-            "launches from the asset graph do not bring Hull and Planhat up to date until the "
-            f"orchestration by assets lands: {exc}"
-        )
+    hull = _wait(
+        "a Hull run after Copper", lambda: after("hull/users", copper_end), 240, screenshot
+    )
+    # the delivery may be a step of the same run as Hull (one downstream run a cycle)
+    delivery = _wait(
+        "a Planhat delivery from Hull's run or after it",
+        lambda: after("planhat/deliveries", hull.create_timestamp.timestamp() - 0.001),
+        240,
+        screenshot,
+    )
     assert hull.dagster_run.is_success, hull.dagster_run.status
     assert delivery.dagster_run.is_success, delivery.dagster_run.status

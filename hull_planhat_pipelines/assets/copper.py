@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.policies import FETCH_RETRY, copper_freshness
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_records import connect_targets, records_frame
@@ -88,18 +89,39 @@ def _fetch(
     )
     stats = client.stats.snapshot()
     return frame, {
-        "rows": dg.MetadataValue.int(len(frame)),
-        "pages_fetched": dg.MetadataValue.int(pages),
-        "requests": dg.MetadataValue.int(stats["requests"]),
-        "retries": dg.MetadataValue.int(stats["retries"]),
-        "window_start": (
+        "run_rows": dg.MetadataValue.int(len(frame)),
+        "run_pages_fetched": dg.MetadataValue.int(pages),
+        "run_requests": dg.MetadataValue.int(stats["requests"]),
+        "run_retries": dg.MetadataValue.int(stats["retries"]),
+        "run_window_start": (
             dg.MetadataValue.timestamp(float(start))
             if start is not None
             else dg.MetadataValue.text("open (everything before)")
         ),
-        "window_end": dg.MetadataValue.timestamp(float(end)),
-        "preview": _preview(frame),
+        "run_window_end": dg.MetadataValue.timestamp(float(end)),
     }
+
+
+def partition_metadata(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Per partition of a run: its own row count and preview, never the run's totals.
+
+    A range run (a backfill, "fetch all") materializes every partition of its range at once;
+    each partition's metadata counts the rows of that UTC day only (the ``run_*`` entries are
+    the run's figures, the same on every partition of the run)."""
+    days = frame["partition_date"].astype(str) if len(frame) else pd.Series(dtype=str)
+    groups = {day: rows for day, rows in frame.groupby(days)} if len(frame) else {}
+    found: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        rows = groups.get(key)
+        count = 0 if rows is None else len(rows)
+        entry: dict[str, Any] = {
+            "rows": dg.MetadataValue.int(count),
+            "dagster/partition_row_count": dg.MetadataValue.int(count),
+        }
+        if rows is not None:
+            entry["preview"] = _preview(rows)
+        found[key] = entry
+    return found
 
 
 def build_copper_asset(
@@ -109,6 +131,8 @@ def build_copper_asset(
         key=["copper", obj.name],
         partitions_def=partitions_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=FETCH_RETRY,
+        freshness_policy=copper_freshness(settings),
         io_manager_key="warehouse_io_manager",
         group_name="copper",
         kinds={"duckdb"},
@@ -142,7 +166,9 @@ def build_copper_asset(
                 asset=asset,
             )
             raise
-        context.add_output_metadata(metadata)
+        context.add_asset_metadata(metadata)  # the run's figures, on each partition
+        for key, entry in partition_metadata(frame, list(context.partition_keys)).items():
+            context.add_asset_metadata(entry, partition_key=key)
         return frame
 
     # the latest fetch holds the current version (an activity moved to an earlier date keeps an

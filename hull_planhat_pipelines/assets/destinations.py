@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 import pandas as pd
+from pydantic import Field
 
 from hull_planhat_pipelines.assets.outgoing import (
     OUTGOING_GROUP,
@@ -41,12 +42,13 @@ API_RESPONSES = "planhat.api_responses"
 
 
 class DestinationConfig(dg.Config):
-    force: bool = False
-    """Send every record, changed or not."""
-    dry_run: bool = False
-    """Build the requests, send nothing."""
-    test_mode: bool = False
-    """Send exactly one sample record and report Planhat's answer (fingerprints untouched)."""
+    force: bool = Field(default=False, description="Send every record, changed or not.")
+    dry_run: bool = Field(default=False, description="Build the requests, send nothing.")
+    test_mode: bool = Field(
+        default=False,
+        description="Send exactly one sample record and report Planhat's answer "
+        "(fingerprints untouched).",
+    )
 
 
 def _capture(database: str, rows: pd.DataFrame) -> None:
@@ -87,6 +89,8 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
             dg.AssetKey(["hull", "users"]),
             dg.AssetKey(["hull", "events"]),
             dg.AssetKey(["planhat", "companies"]),
+            # after the delivery (and the snapshot of what it wrote, when it wrote anything)
+            dg.AssetKey(["planhat", "deliveries"]),
         ],
         group_name=OUTGOING_GROUP,
         kinds={"planhat"},

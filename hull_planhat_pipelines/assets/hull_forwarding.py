@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import dagster as dg
 import duckdb
 import pandas as pd
+from pydantic import Field
 
 from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.hull import FirehoseMessage, HullFirehoseClient
@@ -246,9 +247,11 @@ def _drain(
 class HullProfilesConfig(dg.Config):
     """Run configuration of ``hull_profiles``."""
 
-    dry_run: bool = False
-    """Apply the sync to the profile store but send nothing to the firehose (changes stay
-    queued for the next real run)."""
+    dry_run: bool = Field(
+        default=False,
+        description="Apply the sync to the profile store but send nothing to the Hull "
+        "firehose (changes stay queued for the next real run).",
+    )
 
 
 def forwarded_check(forwarded: Forwarded) -> dg.AssetCheckResult:

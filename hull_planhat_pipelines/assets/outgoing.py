@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 import pandas as pd
+from pydantic import Field
 
 from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
 from hull_planhat_pipelines.clients.delivery import (
@@ -70,13 +71,17 @@ DELIVERY_COLUMNS = [
 
 
 class PayloadConfig(dg.Config):
-    force: bool = False
-    """Send every in-segment record, changed or not (the seed's "batch send")."""
+    force: bool = Field(
+        default=False,
+        description="Send every in-segment record, changed or not (a forced batch send).",
+    )
 
 
 class DeliveryConfig(dg.Config):
-    dry_run: bool = False
-    """Compute the requests and report them; send nothing, advance nothing."""
+    dry_run: bool = Field(
+        default=False,
+        description="Compute the requests and report them; send nothing, advance nothing.",
+    )
 
 
 def read_rows(

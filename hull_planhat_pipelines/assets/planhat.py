@@ -16,6 +16,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.policies import FETCH_RETRY, planhat_freshness
 from hull_planhat_pipelines.resources import PlanhatResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
@@ -126,6 +127,8 @@ def build_snapshot_asset(
         key=["planhat", snapshot.model],
         partitions_def=partitions_def,
         io_manager_key="warehouse_io_manager",
+        retry_policy=FETCH_RETRY,
+        freshness_policy=planhat_freshness(settings),
         group_name="planhat",
         kinds={"duckdb"},
         pool="warehouse",
@@ -156,6 +159,8 @@ def build_planhat_assets(
     @dg.asset(
         key=["planhat", "users"],
         io_manager_key="warehouse_io_manager",
+        retry_policy=FETCH_RETRY,
+        freshness_policy=planhat_freshness(settings),
         group_name="planhat",
         kinds={"duckdb"},
         pool="warehouse",

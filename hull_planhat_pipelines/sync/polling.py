@@ -116,13 +116,3 @@ def plan_incremental_runs(
         runs.append(PlannedRun(("activities",), clamp(_day(since)), clamp(today), "new activities"))
     advanced.activities_checked = now
     return runs, advanced
-
-
-def interval_cron(minutes: int) -> str:
-    """A cron expression firing every ``minutes`` (a divisor of an hour, or whole hours of a day)."""
-    if minutes < 60 and 60 % minutes == 0:
-        return f"*/{minutes} * * * *" if minutes > 1 else "* * * * *"
-    hours, rest = divmod(minutes, 60)
-    if rest == 0 and 24 % hours == 0:
-        return "0 * * * *" if hours == 1 else f"0 */{hours} * * *" if hours < 24 else "0 0 * * *"
-    raise ValueError(f"{minutes} minutes is not an interval a cron schedule can keep")

@@ -1,0 +1,32 @@
+"""Retry and freshness policies of the source assets: how hard a fetch tries, how old is late."""
+
+import datetime as dt
+
+import dagster as dg
+
+from hull_planhat_pipelines.settings import Settings
+
+FETCH_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+"""A fetch that failed past its client's own retries (an outage, not a 429) is tried again
+after about 30 s, 1 min and 2 min. Refused credentials and past Planhat partitions are raised
+with ``allow_retries=False``: retrying cannot fix them."""
+
+
+def copper_freshness(settings: Settings) -> dg.FreshnessPolicy:
+    """Copper runs only when something changed, so a quiet day is no sign of trouble; the
+    weekly "fetch all" must land, though: late after 8 days, a warning after 2."""
+    del settings  # the windows follow the weekly fetch-all, not the poll
+    return dg.FreshnessPolicy.time_window(
+        fail_window=dt.timedelta(days=8), warn_window=dt.timedelta(days=2)
+    )
+
+
+def planhat_freshness(settings: Settings) -> dg.FreshnessPolicy:
+    """A Planhat snapshot is taken every ``planhat.fetch_interval_minutes``: warn after two
+    missed intervals, fail after three."""
+    minutes = settings.planhat.fetch_interval_minutes
+    return dg.FreshnessPolicy.time_window(
+        fail_window=dt.timedelta(minutes=3 * minutes), warn_window=dt.timedelta(minutes=2 * minutes)
+    )

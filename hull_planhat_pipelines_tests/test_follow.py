@@ -1,0 +1,277 @@
+"""Orchestration by assets: whatever materializes an upstream asset brings its downstream along.
+
+Every test uses a real (temporary) Dagster instance, launches real runs against the sandboxes
+(the asset graph's ``__ASSET_JOB`` included) and evaluates the downstream sensor the way the
+daemon does: with the instance, the definitions and the cursor of the previous tick.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pytest
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
+from hull_planhat_pipelines.orchestration import (
+    AFTER_DELIVERY,
+    TRIGGER_TAG,
+    delivered_something,
+    range_tags,
+)
+from hull_planhat_pipelines_tests.test_pipeline_assets import (  # noqa: F401
+    LAST,
+    START,
+    TODAY,
+    Pipeline,
+    _sensor_tick,
+    pipeline,
+)
+
+SENSOR = "downstream_sensor"
+COPPER = [dg.AssetKey(["copper", n]) for n in ("leads", "people", "companies")]
+HULL = {
+    dg.AssetKey(["hull", n])
+    for n in ("users", "accounts", "events", "user_upserts", "account_upserts")
+}
+DELIVERIES = dg.AssetKey(["planhat", "deliveries"])
+DESTINATIONS = dg.AssetKey(["planhat", "destination_conversations"])
+
+
+class Ticks:
+    """The sensor evaluated tick after tick over one instance, its cursor carried along."""
+
+    def __init__(self, pipeline: Pipeline, instance: dg.DagsterInstance) -> None:  # noqa: F811
+        self.pipeline = pipeline
+        self.instance = instance
+        self.defs = pipeline.defs()
+        self.cursor: str | None = None
+
+    def tick(self) -> dg.SensorResult | dg.SkipReason:
+        sensor = self.defs.resolve_sensor_def(SENSOR)
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, definitions=self.defs
+        )
+        result = sensor(context)
+        if isinstance(result, dg.SensorResult) and result.cursor is not None:
+            self.cursor = result.cursor
+        return result
+
+    def requests(self) -> list[dg.RunRequest]:
+        result = self.tick()
+        return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+    def graph_launch(self, keys: list[dg.AssetKey], **kw: Any) -> dg.ExecuteInProcessResult:
+        """What "Materialize" on a selection in the asset graph runs: ``__ASSET_JOB``."""
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(
+            instance=self.instance, asset_selection=keys, raise_on_error=False, **kw
+        )
+        assert result.dagster_run.job_name == "__ASSET_JOB"
+        return result
+
+    def execute(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def(request.job_name)
+        kw: dict[str, Any] = {"tags": dict(request.tags)}
+        if request.asset_selection:
+            kw["asset_selection"] = list(request.asset_selection)
+        if request.partition_key:
+            kw["partition_key"] = request.partition_key
+        return job.execute_in_process(instance=self.instance, raise_on_error=False, **kw)
+
+
+@pytest.fixture
+def ticks(pipeline: Pipeline) -> Iterator[Ticks]:  # noqa: F811
+    with dg.instance_for_test() as instance:
+        pipeline.instance = instance
+        yield Ticks(pipeline, instance)
+
+
+def _copper_range() -> dict[str, str]:
+    return range_tags(START.isoformat(), LAST.isoformat())
+
+
+def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks: Ticks) -> None:
+    assert ticks.requests() == []  # nothing materialized yet: nothing to follow
+    assert ticks.graph_launch(
+        [*COPPER, dg.AssetKey(["copper", "activities"]), dg.AssetKey(["copper", "opportunities"])],
+        tags=_copper_range(),
+    ).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+
+    [downstream] = ticks.requests()
+    selected = set(downstream.asset_selection or [])
+    assert selected >= HULL and DELIVERIES in selected
+    assert DESTINATIONS not in selected  # destinations follow the delivery's outcome
+    assert not any(key.path[0] == "copper" for key in selected)
+    assert ticks.requests() == []  # the same events never ask twice
+    ran = ticks.execute(downstream)
+    assert ran.success
+    delivered = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
+    assert delivered_something(dict(delivered)), delivered["by_target"]
+
+    # The delivery wrote to Planhat: what Planhat now holds comes back first.
+    [snapshot] = ticks.requests()
+    assert snapshot.job_name == "planhat_fetch" and snapshot.partition_key == TODAY.isoformat()
+    assert snapshot.tags[TRIGGER_TAG] == AFTER_DELIVERY
+    assert ticks.execute(snapshot).success
+
+    [back] = ticks.requests()
+    assert back.tags[TRIGGER_TAG] == AFTER_DELIVERY
+    selected = set(back.asset_selection or [])
+    assert selected >= HULL and DESTINATIONS in selected
+    assert DELIVERIES not in selected  # the delivery waits for the next change
+    assert ticks.execute(back).success
+    assert ticks.requests() == []  # settled: no run starts
+
+
+def test_two_copper_runs_in_one_tick_make_one_downstream_run(ticks: Ticks) -> None:
+    today = {"partition_key": TODAY.isoformat()}
+    assert ticks.graph_launch([COPPER[1]], **today).success
+    assert ticks.pipeline.run("copper_sync", partition_key=TODAY.isoformat()).success
+    requests = ticks.requests()
+    assert len(requests) == 1
+    assert set(requests[0].asset_selection or []) >= HULL
+    assert ticks.requests() == []
+
+
+def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: Ticks) -> None:
+    assert ticks.graph_launch(COPPER, partition_key=TODAY.isoformat()).success
+    [first] = ticks.requests()
+    # The requested run is under way when Copper lands again.
+    running = ticks.instance.create_run_for_job(
+        job_def=ticks.defs.resolve_job_def(first.job_name),
+        asset_selection=frozenset(first.asset_selection or []),
+        status=dg.DagsterRunStatus.STARTED,
+    )
+    assert ticks.graph_launch([COPPER[0]], partition_key=TODAY.isoformat()).success
+    waiting = ticks.tick()
+    assert isinstance(waiting, dg.SkipReason) and "in progress" in (waiting.skip_message or "")
+    assert isinstance(ticks.tick(), dg.SkipReason)  # still waiting, still not dropped
+
+    ticks.instance.report_run_failed(running)
+    [later] = ticks.requests()
+    assert set(later.asset_selection or []) >= HULL
+
+
+def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:
+    assert ticks.graph_launch(COPPER, partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    ticks.requests()  # the copper and planhat events are now behind the cursor
+    assert ticks.graph_launch(sorted(HULL, key=str)).success  # Hull alone, from the graph
+    [request] = ticks.requests()
+    selected = set(request.asset_selection or [])
+    assert DELIVERIES in selected and not (HULL & selected)
+
+
+def test_the_first_poll_over_empty_copper_tables_fetches_everything(ticks: Ticks) -> None:
+    stack = ticks.pipeline
+    [first] = _sensor_tick(stack, None).run_requests
+    assert first.tags[TRIGGER_TAG] == "first start"
+    assert first.tags[ASSET_PARTITION_RANGE_START_TAG] == START.isoformat()
+    assert first.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST.isoformat()
+    assert {k.path[1] for k in first.asset_selection or []} == set(COPPER_OBJECTS)
+    assert stack.run("copper_sync", tags=dict(first.tags)).success
+    stored = stack.query("select count(*) from copper.leads")[0][0]
+    assert stored == len(stack.copper.records("leads"))  # every lead, not today's only
+
+    # Tables filled: a poll without a cursor asks only for the newest changes.
+    again = _sensor_tick(stack, None).run_requests
+    assert again and all(r.tags[TRIGGER_TAG] != "first start" for r in again)
+
+
+def test_the_first_chain_waits_for_planhat_users_before_payloads(ticks: Ticks) -> None:
+    every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
+    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    [hull_only] = ticks.requests()
+    assert set(hull_only.asset_selection or []) == HULL  # owners cannot be validated yet
+    assert ticks.execute(hull_only).success
+    assert ticks.requests() == []
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    [rest] = ticks.requests()
+    assert DELIVERIES in set(rest.asset_selection or [])
+    ran = ticks.execute(rest)
+    assert ran.success
+    metadata = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
+    assert delivered_something(dict(metadata)), metadata["by_target"]  # the first chain delivers
+
+
+def _check(result: dg.ExecuteInProcessResult, asset: str, name: str) -> Any:
+    [evaluation] = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.to_user_string() == asset and e.check_name == name
+    ]
+    return evaluation
+
+
+def test_owner_validity_warns_and_a_broken_identity_stops_the_delivery(ticks: Ticks) -> None:
+    every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
+    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    [downstream] = ticks.requests()
+    first = ticks.execute(downstream)
+    assert first.success
+    before = _check(first, "hull/accounts", "valid_owner")  # the seed has a few bad owners
+    assert "nobody-we-know" not in before.metadata["offending_sample"].value
+    job = ticks.defs.resolve_job_def("profiles_and_delivery")
+
+    with duckdb.connect(str(ticks.pipeline.warehouse)) as conn:
+        conn.execute(
+            "update hull.accounts set attributes = json_merge_patch(attributes, "
+            """'{"copper/owner_planhat_id": "nobody-we-know"}') where hull_id = """
+            "(select hull_id from hull.accounts where len(segments) > 0 order by hull_id limit 1)"
+        )
+    unknown_owner = job.execute_in_process(instance=ticks.instance, raise_on_error=False)
+    owner = _check(unknown_owner, "hull/accounts", "valid_owner")
+    assert not owner.passed and owner.severity == dg.AssetCheckSeverity.WARN
+    assert "nobody-we-know" in owner.metadata["offending_sample"].value
+    assert unknown_owner.success  # a warning: the delivery skips that company alone
+
+    with duckdb.connect(str(ticks.pipeline.warehouse)) as conn:
+        conn.execute(
+            "insert into hull.users select * replace ('twin-' || hull_id as hull_id) "
+            "from hull.users where email is not null order by hull_id limit 1"
+        )
+    broken = job.execute_in_process(instance=ticks.instance, raise_on_error=False)
+    assert not _check(broken, "hull/users", "unique_email").passed
+    assert not broken.success
+    delivered = [m for m in broken.get_asset_materialization_events() if m.asset_key == DELIVERIES]
+    assert delivered == []  # the blocking check stopped the delivery
+
+
+def _settle(ticks: Ticks) -> None:
+    """Run what the sensor asks for until it asks for nothing."""
+    for _ in range(4):
+        requests = ticks.requests()
+        if not requests:
+            return
+        for request in requests:
+            assert ticks.execute(request).success
+    raise AssertionError("the chain did not settle")
+
+
+def test_dry_run_and_forced_send_presets(ticks: Ticks) -> None:
+    every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
+    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    _settle(ticks)
+    planhat = ticks.pipeline.planhat
+    writes = planhat.write_count()
+
+    dry = ticks.pipeline.run("planhat_dry_run")  # the preset, launched as is
+    assert dry.success
+    assert planhat.write_count() == writes  # nothing written
+    metadata = dry.asset_materializations_for_node("planhat__deliveries")[0].metadata
+    assert metadata["dry_run"].value is True
+    assert ticks.requests() == []  # a dry run triggers nothing
+
+    forced = ticks.pipeline.run("planhat_forced_send")
+    assert forced.success
+    payloads = forced.asset_materializations_for_node("planhat__company_payloads")[0].metadata
+    assert payloads["forced"].value is True and payloads["rows"].value > 0
+    assert planhat.write_count() > writes  # every in-segment company sent again
