@@ -286,7 +286,7 @@ def test_the_ui_shows_the_graph_and_a_launch_from_it_carries_through(
 
         # The asset page: metadata of the materialization (columns, counts) and the checks.
         page.goto(f"{dev_session.url}/assets/copper/leads")
-        expect(page.get_by_text("requests", exact=True).first).to_be_visible()
+        expect(page.get_by_text("run_requests", exact=True).first).to_be_visible()
         expect(page.get_by_text("Columns").first).to_be_visible()
         expect(page.get_by_text("primary_email", exact=True).first).to_be_visible()
         screenshot("leads-overview")
