@@ -456,8 +456,9 @@ def test_activities_from_sql_carry_count_and_the_enduser_external_id(
     """Case 9: user activities from configured SQL, with ``count`` and ``euExtId``."""
     import duckdb
 
+    from hull_planhat_pipelines.assets.planhat_queries import activity_answers
     from hull_planhat_pipelines.settings import ActivityQuerySettings
-    from hull_planhat_pipelines.sync.planhat_payloads import sql_activity_payloads
+    from hull_planhat_pipelines.sync.planhat.activities import sql_activity_payloads
 
     sandbox.add_companies([{"name": "Usage", "externalId": "USE-CO"}])
     sandbox.add_endusers(
@@ -472,7 +473,7 @@ def test_activities_from_sql_carry_count_and_the_enduser_external_id(
         "t(activity_id, action, eu_ext_id, email, company_external_id, count)"
     )
     query = ActivityQuerySettings(name="usage", sql="select * from usage")
-    payloads, events = sql_activity_payloads(conn, [query], None)
+    payloads, events = sql_activity_payloads(activity_answers(conn, [query]), None)
     assert payloads["key"].tolist() == ["sql:usage:u1", "sql:usage:u2"]
     assert payloads["payload"].iloc[0] == {
         "action": "Logged in",
@@ -482,7 +483,9 @@ def test_activities_from_sql_carry_count_and_the_enduser_external_id(
     }
     assert "euExtId" not in payloads["payload"].iloc[1]
     assert [e.reason for e in events] == ["No email or eu_ext_id"]
-    again, _ = sql_activity_payloads(conn, [query], {"sql:usage:u1", "sql:usage:u2"})
+    again, _ = sql_activity_payloads(
+        activity_answers(conn, [query]), {"sql:usage:u1", "sql:usage:u2"}
+    )
     assert again.empty
     result = deliver(
         payloads, DeliveryTarget.activities(), client, batch_size=100, key_column="key"

@@ -14,6 +14,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from hull_planhat_pipelines.assets.planhat_queries import metric_answers
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
 from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, reconcile_bulk
 from hull_planhat_pipelines.sandbox.planhat_store import PlanhatStore
@@ -28,21 +29,29 @@ from hull_planhat_pipelines.sync.fingerprints import (
     fingerprint,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat_payloads import (
-    ACCOUNT_NO_EXTERNAL_ID,
-    DUPLICATE_EXTERNAL_ID,
+from hull_planhat_pipelines.sync.planhat.activities import (
     EVENT_NO_USER_IDENTITY,
+    activity_payloads,
+)
+from hull_planhat_pipelines.sync.planhat.companies import (
+    DUPLICATE_EXTERNAL_ID,
     INVALID_CO_OWNER,
     INVALID_OWNER,
-    METRIC_NOT_A_NUMBER,
-    NO_EXTERNAL_ID,
-    NO_USER_IDENTITY,
-    activity_payloads,
-    all_metric_payloads,
     company_payloads,
-    compile_fields,
+)
+from hull_planhat_pipelines.sync.planhat.endusers import (
+    ACCOUNT_NO_EXTERNAL_ID,
+    NO_USER_IDENTITY,
     enduser_payloads,
+)
+from hull_planhat_pipelines.sync.planhat.metrics import (
+    METRIC_NOT_A_NUMBER,
+    all_metric_payloads,
     metric_payloads,
+)
+from hull_planhat_pipelines.sync.planhat.shared import (
+    NO_EXTERNAL_ID,
+    compile_fields,
     payloads_as_json,
 )
 
@@ -629,7 +638,7 @@ def test_metric_queries_run_on_the_callers_connection() -> None:
         MetricSettings(dimension_id="broken", model="EndUser", sql="select * from missing"),
         MetricSettings(dimension_id="no_value", sql="select external_id from t"),
     ]
-    payloads, events = all_metric_payloads(conn, metrics, NOW)
+    payloads, events = all_metric_payloads(metric_answers(conn, metrics), NOW)
     assert [p["value"] for p in payloads["payload"]] == [3.0]
     errors = {e.object_id: e.event for e in events if e.event.endswith(".error")}
     assert errors == {"broken": "outgoing.user.error", "no_value": "outgoing.account.error"}

@@ -20,6 +20,7 @@ import pandas as pd
 from pydantic import Field
 
 from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
+from hull_planhat_pipelines.assets.planhat_queries import activity_answers, metric_answers
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     OUTCOME_COLUMNS,
@@ -36,15 +37,14 @@ from hull_planhat_pipelines.sync.fingerprints import (
     fresh_fingerprints,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat_payloads import (
+from hull_planhat_pipelines.sync.planhat.activities import (
     activity_payloads,
-    all_metric_payloads,
-    company_payloads,
-    drop_unknown_companies,
-    enduser_payloads,
-    payloads_as_json,
     sql_activity_payloads,
 )
+from hull_planhat_pipelines.sync.planhat.companies import company_payloads
+from hull_planhat_pipelines.sync.planhat.endusers import drop_unknown_companies, enduser_payloads
+from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
+from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import (
     WarehouseBusy,
@@ -217,7 +217,8 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         payloads, logged = activity_payloads(events, users, accounts, settings, fingerprints)
         if conn is None or not settings.planhat.activity_queries:
             return payloads, logged
-        extra, more = sql_activity_payloads(conn, settings.planhat.activity_queries, fingerprints)
+        answers = activity_answers(conn, settings.planhat.activity_queries)
+        extra, more = sql_activity_payloads(answers, fingerprints)
         if extra.empty:
             return payloads, [*logged, *more]
         if payloads.empty:
@@ -226,10 +227,9 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
 
     def metrics(conn, fingerprints, force, scopes):
         if conn is None:
-            return all_metric_payloads(duckdb.connect(), [], dt.datetime.now(dt.UTC))
+            return all_metric_payloads([], dt.datetime.now(dt.UTC))
         return all_metric_payloads(
-            conn,
-            settings.planhat.metrics,
+            metric_answers(conn, settings.planhat.metrics),
             dt.datetime.now(dt.UTC),
             fingerprints=fingerprints,
             force=force,

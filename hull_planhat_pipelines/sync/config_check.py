@@ -25,7 +25,7 @@ from hull_planhat_pipelines.sync.hull_model import (
     USER_UPSERT_COLUMNS,
 )
 from hull_planhat_pipelines.sync.operator_sql import OperatorSqlError, lock_down, run_select
-from hull_planhat_pipelines.sync.planhat_payloads import ACTIVITY_SQL_REQUIRED
+from hull_planhat_pipelines.sync.planhat.activities import ACTIVITY_SQL_REQUIRED
 from hull_planhat_pipelines.sync.planhat_records import (
     companies_frame,
     endusers_frame,

@@ -1,0 +1,154 @@
+"""Hull users -> Planhat enduser upserts (key: ``external_id:<id>``, else ``email:<email>``).
+
+Only users in ``planhat.contact_segments`` become endusers. Each carries ``email`` and/or
+``externalId`` and ``companyExternalId`` (its account's external id): Planhat silently drops an
+enduser it cannot tie to a company, so such users are skipped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import pandas as pd
+
+from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat.shared import (
+    ENDUSERS,
+    Candidates,
+    Payloads,
+    as_text,
+    column_values,
+    compile_fields,
+    dedupe,
+    finish,
+    in_segments,
+    map_attributes,
+    parse_attributes,
+    progress_event,
+    skip_event,
+    updated_rank,
+)
+
+NO_USER_IDENTITY = "Neither email nor external id"
+ACCOUNT_NO_EXTERNAL_ID = "Account has no external_id"
+DUPLICATE_USER_KEY = "Duplicate email or external id"
+ENDUSER_IDENTITY = frozenset({"email", "externalId", "companyExternalId", "companyId"})
+
+
+def enduser_key(email: str | None, external_id: str | None) -> str | None:
+    """``external_id:<id>`` when there is one (Planhat matches it first), else ``email:<email>``."""
+    if external_id is not None:
+        return f"external_id:{external_id}"
+    return f"email:{email}" if email is not None else None
+
+
+def account_external_ids(users: pd.DataFrame, accounts: pd.DataFrame | None) -> list[Any]:
+    """Each user's account external id (None: no account, unknown account, or none set)."""
+    if accounts is None or accounts.empty or "account_hull_id" not in users.columns:
+        return [None] * len(users)
+    by_hull_id = accounts.drop_duplicates("hull_id").set_index("hull_id")["external_id"]
+    return users["account_hull_id"].map(by_hull_id).tolist()
+
+
+def enduser_payloads(
+    users: pd.DataFrame,
+    accounts: pd.DataFrame | None,
+    settings: Settings,
+    fingerprints: pd.DataFrame | None,
+    *,
+    force: bool = False,
+) -> Payloads:
+    """Enduser upserts for the in-segment users whose mapped content changed.
+
+    Columns: ``PAYLOAD_COLUMNS`` + ``email``, ``external_id``, ``company_external_id``.
+    A user whose account is missing or has no external id is skipped: Planhat silently drops
+    an enduser it cannot tie to a company.
+    """
+    config = settings.planhat
+    fields = compile_fields(config.user_attributes, reserved=ENDUSER_IDENTITY)
+    inside = users.loc[in_segments(users["segments"], config.contact_segments)]
+    extra = ("email", "external_id", "company_external_id")
+    events: list[SyncEvent] = []
+    rows: list[dict[str, Any]] = []
+    for hull_id, email_value, external_value, company_value, raw, rank in zip(
+        column_values(inside, "hull_id"),
+        column_values(inside, "email"),
+        column_values(inside, "external_id"),
+        account_external_ids(inside, accounts),
+        column_values(inside, "attributes"),
+        updated_rank(inside),
+        strict=True,
+    ):
+        email, external_id = as_text(email_value), as_text(external_value)
+        company = as_text(company_value)
+        key = enduser_key(email, external_id)
+        if key is None:
+            events.append(skip_event("outgoing.user.skip", "user", hull_id, NO_USER_IDENTITY))
+            continue
+        if company is None:
+            events.append(
+                skip_event("outgoing.user.skip", "user", hull_id, ACCOUNT_NO_EXTERNAL_ID, key=key)
+            )
+            continue
+        payload, present = map_attributes(parse_attributes(raw), fields)
+        identity = {"email": email, "externalId": external_id, "companyExternalId": company}
+        payload.update({k: v for k, v in identity.items() if v is not None})
+        rows.append(
+            {
+                "key": key,
+                "hull_id": hull_id,
+                "payload": payload,
+                "present": present,
+                "order": rank,
+                "email": email,
+                "external_id": external_id,
+                "company_external_id": company,
+            }
+        )
+    candidates, duplicates = dedupe(
+        Candidates(extra, rows).frame(), "outgoing.user.skip", "user", DUPLICATE_USER_KEY
+    )
+    events += duplicates
+    payloads, unchanged = finish(
+        candidates, fingerprints, ENDUSERS, fields, force=force, extra=extra
+    )
+    events.append(
+        progress_event(
+            "outgoing.user.progress",
+            users=len(users),
+            in_segment=len(inside),
+            skipped=len(events),
+            unchanged=unchanged,
+            selected=len(payloads),
+            forced=force,
+        )
+    )
+    return payloads, events
+
+
+COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"
+
+
+def drop_unknown_companies(payloads: pd.DataFrame, known_company_ids: Collection[str]) -> Payloads:
+    """Endusers whose company Planhat does not have, and is not being sent, are skipped.
+
+    Planhat silently ignores an enduser it cannot tie to a company; sent anyway, such a record
+    is never confirmed and would be retried by every run.
+    """
+    if payloads.empty:
+        return payloads, []
+    known = {str(k) for k in known_company_ids}
+    keep = payloads["company_external_id"].astype("string").isin(known).fillna(False).to_numpy()
+    events = [
+        skip_event(
+            "outgoing.user.skip",
+            "user",
+            row.hull_id,
+            COMPANY_NOT_IN_PLANHAT,
+            company_external_id=row.company_external_id,
+        )
+        for row in payloads.loc[~keep].itertuples(index=False)
+    ]
+    return payloads.loc[keep].reset_index(drop=True), events

@@ -1,0 +1,194 @@
+"""Operator metric query rows -> Planhat dimension data items.
+
+A metric's item is keyed ``<dimension_id>:<model>:<external_id>:<date>`` and re-sent only when
+its value changed since its last delivery (a metric re-sent unchanged would pile up data
+points). The queries themselves run in the warehouse layer; this module reads their answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from hull_planhat_pipelines.settings import MetricSettings
+from hull_planhat_pipelines.sync.batching import is_missing
+from hull_planhat_pipelines.sync.fingerprints import utc_timestamp
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat.shared import (
+    METRICS,
+    NO_EXTERNAL_ID,
+    Candidates,
+    Payloads,
+    QueryAnswer,
+    as_number,
+    as_text,
+    dedupe,
+    empty_payloads,
+    finish,
+    iso_ms,
+    progress_event,
+    require_columns,
+    skip_event,
+)
+
+METRIC_NOT_A_NUMBER = "Value is not a number"
+METRIC_BAD_DATE = "Invalid date"
+METRIC_DUPLICATE = "Duplicate row for this key"
+METRIC_QUERY_FAILED = "Metric query failed"
+METRIC_COLUMNS = ("external_id", "value")
+
+
+def _metric_event(model: str, kind: str) -> str:
+    subject = {"Company": "account", "EndUser": "user"}.get(model, "job")
+    return f"outgoing.{subject}.{kind}"
+
+
+def _metric_dates(values: pd.Series, default: str) -> list[str | None]:
+    """ISO dates with ms and ``Z`` (midnight for a plain date); a missing cell takes
+    ``default``; None where the cell holds something that is no date."""
+    text = iso_ms(values).tolist()
+    missing = [is_missing(v) or (isinstance(v, str) and not v.strip()) for v in values]
+    return [default if gone else iso for iso, gone in zip(text, missing, strict=True)]
+
+
+def metric_payloads(
+    rows: pd.DataFrame,
+    metric: MetricSettings,
+    now: dt.datetime,
+    *,
+    fingerprints: pd.DataFrame | None = None,
+    force: bool = False,
+) -> Payloads:
+    """Dimension data items from one metric's query rows (``external_id, value[, date]``).
+
+    ``date`` defaults to today (UTC midnight), so a rerun the same day has the same key.
+    With ``fingerprints`` only items whose value changed since their last delivery are kept
+    (a metric re-sent unchanged every run would pile up data points). Columns:
+    ``PAYLOAD_COLUMNS`` + ``dimension_id``, ``model``, ``external_id``, ``date``, ``value``.
+    """
+    extra = ("dimension_id", "model", "external_id", "date", "value")
+    missing = [c for c in METRIC_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"metric {metric.dimension_id!r}: query lacks {', '.join(missing)}")
+    today = utc_timestamp(now).normalize()
+    default_date = today.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    dates = _metric_dates(
+        rows["date"] if "date" in rows.columns else pd.Series([None] * len(rows)),
+        default_date,
+    )
+    skip_name = _metric_event(metric.model, "skip")
+    events: list[SyncEvent] = []
+    candidates: list[dict[str, Any]] = []
+    for position, (external_value, raw_value, date) in enumerate(
+        zip(rows["external_id"].tolist(), rows["value"].tolist(), dates, strict=True)
+    ):
+        external_id = as_text(external_value)
+        value = as_number(raw_value)
+        problem = (
+            NO_EXTERNAL_ID
+            if external_id is None
+            else METRIC_NOT_A_NUMBER
+            if value is None
+            else METRIC_BAD_DATE
+            if date is None
+            else None
+        )
+        if problem is not None:
+            events.append(
+                skip_event(
+                    skip_name,
+                    "metric",
+                    external_id,
+                    problem,
+                    dimension_id=metric.dimension_id,
+                    model=metric.model,
+                    value=None if value is not None else repr(raw_value)[:100],
+                )
+            )
+            continue
+        item = {
+            "dimensionId": metric.dimension_id,
+            "value": value,
+            "externalId": external_id,
+            "model": metric.model,
+            "date": date,
+        }
+        candidates.append(
+            {
+                "key": f"{metric.dimension_id}:{metric.model}:{external_id}:{date}",
+                "hull_id": None,
+                "payload": item,
+                "present": [],
+                "order": position,
+                "dimension_id": metric.dimension_id,
+                "model": metric.model,
+                "external_id": external_id,
+                "date": date,
+                "value": value,
+            }
+        )
+    frame, duplicates = dedupe(
+        Candidates(extra, candidates).frame(),
+        skip_name,
+        "metric",
+        METRIC_DUPLICATE,
+        id_column="external_id",
+    )
+    events += duplicates
+    payloads, unchanged = finish(frame, fingerprints, METRICS, (), force=force, extra=extra)
+    events.append(
+        progress_event(
+            _metric_event(metric.model, "progress"),
+            dimension_id=metric.dimension_id,
+            model=metric.model,
+            rows=len(rows),
+            skipped=len(events),
+            unchanged=unchanged,
+            selected=len(payloads),
+        )
+    )
+    return payloads, events
+
+
+def metric_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """A metric query's columns: ``external_id``, ``value`` and ``date`` when the query has
+    one. A ValueError names the required columns it lacks."""
+    require_columns(frame, METRIC_COLUMNS)
+    return frame[[c for c in (*METRIC_COLUMNS, "date") if c in frame.columns]]
+
+
+def all_metric_payloads(
+    answers: Sequence[tuple[MetricSettings, QueryAnswer]],
+    now: dt.datetime,
+    *,
+    fingerprints: pd.DataFrame | None = None,
+    force: bool = False,
+) -> Payloads:
+    """Every configured metric from its query's answer: a failed query is logged
+    (``outgoing.*.error``) and the others still go."""
+    frames: list[pd.DataFrame] = []
+    events: list[SyncEvent] = []
+    for metric, answer in answers:
+        checked = answer.checked(METRIC_COLUMNS)
+        if checked.rows is None:
+            events.append(
+                SyncEvent(
+                    event=_metric_event(metric.model, "error"),
+                    object_type="metric",
+                    object_id=metric.dimension_id,
+                    reason=METRIC_QUERY_FAILED,
+                    details={"error": checked.error, "model": metric.model},
+                )
+            )
+            continue
+        payloads, skipped = metric_payloads(
+            metric_rows(checked.rows), metric, now, fingerprints=fingerprints, force=force
+        )
+        frames.append(payloads)
+        events += skipped
+    if not frames:
+        return empty_payloads(("dimension_id", "model", "external_id", "date", "value")), events
+    return pd.concat(frames, ignore_index=True), events
