@@ -23,6 +23,7 @@ from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError, post_alert
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.canonical import canonical_json
 from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
 from hull_planhat_pipelines.sync.polling import (
     CopperCursor,
@@ -206,7 +207,7 @@ def build_copper_incremental_sensor(
             rescan_minutes=settings.copper.activity_rescan_minutes,
             horizon_days=settings.copper.activity_horizon_days,
         )
-        fingerprint = json.dumps(newest, sort_keys=True)
+        fingerprint = canonical_json(newest)
         if not cursor.newest and copper_tables_empty():
             # A first start: everything, not only the day of the newest change.
             first, last = copper_fetch_range(settings, _utc_day(now), full=True)
@@ -599,9 +600,7 @@ def build_follow_sensor(
                     tags={TRIGGER_TAG: AFTER_DELIVERY},
                 )
             )
-        return dg.SensorResult(
-            run_requests=requests, cursor=json.dumps(plan.cursor, sort_keys=True)
-        )
+        return dg.SensorResult(run_requests=requests, cursor=canonical_json(plan.cursor))
 
     return downstream_sensor
 

@@ -19,8 +19,6 @@ send is asked for, or (companies) the Planhat users that owners are checked agai
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import duckdb
@@ -28,6 +26,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.assets.hull_store import CHANGES, change_seq
 from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull_batch import quote
 from hull_planhat_pipelines.warehouse import run, table_exists
 
@@ -74,8 +73,7 @@ def _digest(conn: duckdb.DuckDBPyConnection, settings: Settings, target: str) ->
             f" from (select {kept} from planhat.users {latest}) t"
         ).fetchall()
         parts.append(rows[0][0])
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return canonical_hash(parts)
 
 
 def _in_segment(names: list[str]) -> str:

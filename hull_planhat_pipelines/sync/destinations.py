@@ -11,6 +11,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.batching import jsonable
+from hull_planhat_pipelines.sync.canonical import canonical_json
 from hull_planhat_pipelines.sync.fingerprints import fields_text, fingerprint, select_changed
 from hull_planhat_pipelines.sync.log import SyncEvent
 
@@ -113,7 +114,7 @@ def destination_records(
             "target": destination.name,
             "key": key,
             "hull_id": row.get("hull_id") or row.get("user_hull_id"),
-            "payload": json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False),
+            "payload": canonical_json(payload),
             "fingerprint": digest,
             "fields": fields_text(sorted(payload)),
         }

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from hull_planhat_pipelines.sync.canonical import canonical_json
+
 OUTBOX_COLUMNS = [
     "message_key",
     "kind",
@@ -62,7 +64,7 @@ def _traits(
                 "kind": f"{kind}_traits",
                 "user_claims": json.dumps(who) if kind == "user" else None,
                 "account_claims": json.dumps(who) if kind == "account" else None,
-                "body": json.dumps(attributes, sort_keys=True, default=str),
+                "body": canonical_json(attributes),
                 "revision": revision,
             }
         )
@@ -118,7 +120,7 @@ def outbox_rows(
                 "kind": "track",
                 "user_claims": json.dumps(user),
                 "account_claims": None,
-                "body": json.dumps(body, sort_keys=True, default=str),
+                "body": canonical_json(body),
                 "revision": revision,
             }
         )

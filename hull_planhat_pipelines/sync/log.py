@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
+
+from hull_planhat_pipelines.sync.canonical import canonical_json
 
 EVENT_NAME = re.compile(
     r"^(incoming|outgoing)\.(user|account|event|job|user_event)\.(start|success|skip|error|progress|deleted|merged)$"
@@ -69,7 +70,7 @@ def events_frame(
             "object_type": e.object_type,
             "object_id": e.object_id,
             "reason": e.reason,
-            "details": json.dumps(e.details, default=str, sort_keys=True),
+            "details": canonical_json(e.details),
         }
         for e in events
     ]

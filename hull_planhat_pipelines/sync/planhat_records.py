@@ -8,11 +8,12 @@ shapes are reduced to the id here.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+
+from hull_planhat_pipelines.sync.canonical import canonical_json
 
 COMPANY_FIELDS = (
     "_id",
@@ -71,7 +72,7 @@ def _text(values: Sequence[Any]) -> pd.Series:
 
 def _json(records: Sequence[dict[str, Any]]) -> pd.Series:
     return pd.Series(
-        [json.dumps(r, sort_keys=True, default=str, ensure_ascii=False) for r in records],
+        [canonical_json(r) for r in records],
         dtype="string",
     )
 

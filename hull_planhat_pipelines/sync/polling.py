@@ -6,6 +6,8 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
+from hull_planhat_pipelines.sync.canonical import canonical_json
+
 
 @dataclass
 class CopperCursor:
@@ -27,13 +29,12 @@ class CopperCursor:
         )
 
     def dumps(self) -> str:
-        return json.dumps(
+        return canonical_json(
             {
                 "newest": self.newest,
                 "activities_checked": self.activities_checked,
                 "activities_rescanned": self.activities_rescanned,
-            },
-            sort_keys=True,
+            }
         )
 
 

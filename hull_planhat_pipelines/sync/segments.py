@@ -12,14 +12,12 @@ that are true, in configuration order. A predicate that does not compile or fail
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import duckdb
 import numpy as np
 import pandas as pd
 
 from hull_planhat_pipelines.settings import SegmentSettings
+from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull_batch import Batch, batch, ident, quote
 from hull_planhat_pipelines.sync.hull_model import (
     STORE_COLUMNS,
@@ -70,8 +68,7 @@ def evaluate_segments(
 def segments_hash(segments: SegmentSettings) -> str:
     """A digest of the segment definitions: a changed one re-evaluates membership even when no
     profile changed."""
-    text = json.dumps(segments.model_dump(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return canonical_hash(segments.model_dump())
 
 
 def validate_segments(segments: SegmentSettings) -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import AttributeMap
 from hull_planhat_pipelines.sync.batching import is_missing, jsonable
+from hull_planhat_pipelines.sync.canonical import canonical_json
 from hull_planhat_pipelines.sync.fingerprints import (
     PAYLOAD_COLUMNS,
     VOLATILE_FIELDS,
@@ -277,12 +278,7 @@ def payloads_as_json(payloads: pd.DataFrame) -> pd.DataFrame:
     A DuckDB table built from a column of dicts stores their Python repr, which is not JSON;
     JSON text is stored as is and the delivery engine reads it back (nulls kept: they clear).
     """
-    text = [
-        p
-        if isinstance(p, str)
-        else json.dumps(jsonable(p), ensure_ascii=False, separators=(",", ":"))
-        for p in payloads["payload"]
-    ]
+    text = [p if isinstance(p, str) else canonical_json(jsonable(p)) for p in payloads["payload"]]
     return payloads.assign(payload=pd.Series(text, index=payloads.index, dtype=object))
 
 
