@@ -321,11 +321,6 @@ def log_changes(conn: duckdb.DuckDBPyConnection, ids: dict[str, list[str]]) -> i
     return seq + 1
 
 
-def changed_since(conn: duckdb.DuckDBPyConnection, kind: Kind, seq: int) -> str:
-    """SQL selecting the hull_ids of ``kind`` rewritten after sequence ``seq``."""
-    return f"(select hull_id from {CHANGES} where kind = '{kind}' and seq > {int(seq)})"
-
-
 def _typed_select(frame: pd.DataFrame, view: str) -> str:
     columns = ", ".join(
         f'cast("{c}" as {COLUMN_TYPES[c]}) as "{c}"' if c in COLUMN_TYPES else f'"{c}"'

@@ -119,7 +119,6 @@ class SlidingWindowLimiter:
         self._sleeper = sleeper
         self._sent: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
-        self.waited = 0.0
 
     def acquire(self) -> None:
         with self._lock:
@@ -129,7 +128,6 @@ class SlidingWindowLimiter:
             if len(self._sent) >= self.max_requests:
                 pause = self.window - (now - self._sent[0])
                 if pause > 0:
-                    self.waited += pause
                     self._sleeper(pause)
                 now = self._clock()
                 self._sent.popleft()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -328,9 +328,6 @@ class PlanhatClient:
         """One company by ``_id``, ``extid-…`` (see ``external_key``) or ``srcid-…``; None if unknown."""
         return self._get_one("companies", key)
 
-    def get_enduser(self, key: str) -> dict[str, Any] | None:
-        return self._get_one("endusers", key)
-
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         return self._get_one("users", user_id)
 
@@ -520,9 +517,3 @@ class PlanhatClient:
             attempts=_attempts(response),
             summary={"status": response.status_code, "processed": processed, "errors": errors},
         )
-
-
-def iter_records(pages: Iterable[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-    """Flatten pages into records (for callers that do not care about page boundaries)."""
-    for page in pages:
-        yield from page

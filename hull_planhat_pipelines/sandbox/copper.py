@@ -377,9 +377,6 @@ class _Table:
             return rows
         return rows[~np.isin(rows, np.fromiter(self._stubs, dtype=np.int64))]
 
-    def is_stub(self, row: int) -> bool:
-        return row in self._stubs
-
     def count(self) -> int:
         return int(np.count_nonzero(self._alive)) - len(self._stubs)
 

@@ -268,12 +268,6 @@ class CopperSeedMetadata:
                 return item["id"]
         raise KeyError(f"{field_name!r} has no option {option!r}")
 
-    def option_name(self, definition_id: int, option_id: int) -> str:
-        for definition in self.custom_field_definitions:
-            if definition["id"] == definition_id:
-                return next(o["name"] for o in definition["options"] if o["id"] == option_id)
-        raise KeyError(definition_id)
-
     def activity_type(self, name: str) -> dict[str, Any]:
         for item in [*self.activity_types["user"], *self.activity_types["system"]]:
             if item["name"] == name:

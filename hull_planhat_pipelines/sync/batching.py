@@ -85,13 +85,6 @@ def batches(
     return (list(records[b.start : b.stop]) for b in bounds)
 
 
-def split_missing(frame: pd.DataFrame, column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows with a value in ``column``, rows without): a record without its key cannot be
-    addressed, so it is reported, never sent."""
-    present = frame[column].map(lambda value: not is_missing(value) and str(value).strip() != "")
-    return frame[present], frame[~present]
-
-
 def is_missing(value: Any) -> bool:
     """None, NaN, NaT or pandas NA (containers are values, even empty ones)."""
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))

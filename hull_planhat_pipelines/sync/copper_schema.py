@@ -200,11 +200,6 @@ class CopperMetadata(_Tolerant):
     def user_emails(self) -> dict[int, str | None]:
         return {u.id: u.email for u in self.users}
 
-    def user_activity_type_ids(self, names: list[str]) -> list[int]:
-        """Ids of the user activity types named in the configuration (unknown names skipped)."""
-        wanted = set(names)
-        return [t.id for t in self.activity_types.user if t.name in wanted]
-
 
 def _names(items: list[Any]) -> dict[int, str]:
     return {item.id: item.name for item in items}

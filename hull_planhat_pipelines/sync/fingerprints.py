@@ -180,14 +180,6 @@ def select_changed(
     return merged.loc[keep].drop(columns="previous_fingerprint").reset_index(drop=True)
 
 
-def delivered_keys(
-    outcomes: pd.DataFrame, *, delivered: Collection[str] = DELIVERED_STATUSES
-) -> set[str]:
-    """Keys of the outcome rows Planhat accounted for."""
-    ok = outcomes["status"].isin(list(delivered)) & outcomes["key"].notna()
-    return {str(key) for key in outcomes.loc[ok, "key"]}
-
-
 def fresh_fingerprints(
     outcomes: pd.DataFrame,
     payloads: pd.DataFrame,

@@ -31,27 +31,6 @@ COPPER_OPPORTUNITY_GROUP_PREFIX = "copper_opportunity_"
 PLANHAT_GROUP = "planhat"
 
 
-def copper_lead_key(lead_id: int | str) -> str:
-    return f"copper-lead:{lead_id}"
-
-
-def copper_person_key(person_id: int | str) -> str:
-    return f"copper-person:{person_id}"
-
-
-def copper_company_key(company_id: int | str) -> str:
-    return f"copper:{company_id}"
-
-
-def planhat_key(planhat_id: str) -> str:
-    return f"planhat:{planhat_id}"
-
-
-def opportunity_group(opportunity_type: str) -> str:
-    """The group of an opportunity type, the type kept as it is (spaces included)."""
-    return f"{COPPER_OPPORTUNITY_GROUP_PREFIX}{opportunity_type}"
-
-
 # -- identity --------------------------------------------------------------------------------
 DOMAIN_CLAIM = {"user": "email", "account": "domain"}
 """The claim each kind has besides ``external_id`` and ``anonymous_id``."""
@@ -240,12 +219,3 @@ def _attributes_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return canonical_json({k: v for k, v in dict(value).items() if v is not None})
-
-
-def attributes_dict(value: Any) -> dict[str, Any]:
-    """A profile's attributes as a dict, whichever form the frame holds (for tests and callers)."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        return json.loads(value)
-    return dict(value)

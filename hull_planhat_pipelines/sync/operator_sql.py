@@ -43,11 +43,6 @@ def lock_down(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return conn
 
 
-def locked_memory_connection() -> duckdb.DuckDBPyConnection:
-    """A fresh in-memory DuckDB, locked down (registered DataFrames still work)."""
-    return lock_down(duckdb.connect())
-
-
 def run_select(conn: duckdb.DuckDBPyConnection, sql: str, what: str = "query") -> pd.DataFrame:
     """Run one operator SELECT on a locked-down connection and return its rows.
 
