@@ -18,21 +18,8 @@ from hull_planhat_pipelines.settings import ActivityQuerySettings, AttributeMap,
 from hull_planhat_pipelines.sync.batching import jsonable
 from hull_planhat_pipelines.sync.fingerprints import PAYLOAD_COLUMNS, fields_text, fingerprint
 from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat import shared
 from hull_planhat_pipelines.sync.planhat.endusers import account_external_ids
-from hull_planhat_pipelines.sync.planhat.shared import (
-    ACTIVITIES,
-    Payloads,
-    QueryAnswer,
-    as_text,
-    column_values,
-    empty_payloads,
-    in_segments,
-    iso_ms,
-    parse_attributes,
-    progress_event,
-    rows_of,
-    skip_event,
-)
 
 EVENT_NO_USER_IDENTITY = "User has neither email nor external id"
 EVENT_NO_DATE = "Event has no occurred_at"
@@ -62,7 +49,7 @@ def name_sources(user_attributes: AttributeMap) -> tuple[tuple[str, ...], ...]:
 def display_name(attributes: Mapping[str, Any], sources: Sequence[tuple[str, ...]]) -> str | None:
     """The first source with text, its parts joined by a space."""
     for source in sources:
-        parts = [as_text(attributes.get(a)) for a in source]
+        parts = [shared.as_text(attributes.get(a)) for a in source]
         words = [p.strip() for p in parts if isinstance(p, str) and p.strip()]
         if words:
             return " ".join(words)
@@ -83,24 +70,24 @@ def sent_ids(sent_event_ids: SentEventIds) -> set[str]:
             values = frame["event_id"]
         else:
             if "target" in frame.columns:
-                frame = frame.loc[frame["target"] == ACTIVITIES]
+                frame = frame.loc[frame["target"] == shared.ACTIVITIES]
             values = frame["key"]
-        return {str(v) for v in values if as_text(v) is not None}
-    return {str(v) for v in sent_event_ids if as_text(v) is not None}
+        return {str(v) for v in values if shared.as_text(v) is not None}
+    return {str(v) for v in sent_event_ids if shared.as_text(v) is not None}
 
 
 def _people(
     users: pd.DataFrame, accounts: pd.DataFrame | None, segments: Collection[str]
 ) -> pd.DataFrame:
     """In-segment users by ``hull_id``: the identity and name an activity carries."""
-    people = users.loc[in_segments(users["segments"], segments)]
+    people = users.loc[shared.in_segments(users["segments"], segments)]
     people = people.drop_duplicates("hull_id")
     columns = {
-        "user_hull_id": column_values(people, "hull_id"),
-        "_email": [as_text(v) for v in column_values(people, "email")],
-        "_external_id": [as_text(v) for v in column_values(people, "external_id")],
-        "_company": [as_text(v) for v in account_external_ids(people, accounts)],
-        "_attributes": column_values(people, "attributes"),
+        "user_hull_id": shared.column_values(people, "hull_id"),
+        "_email": [shared.as_text(v) for v in shared.column_values(people, "email")],
+        "_external_id": [shared.as_text(v) for v in shared.column_values(people, "external_id")],
+        "_company": [shared.as_text(v) for v in account_external_ids(people, accounts)],
+        "_attributes": shared.column_values(people, "attributes"),
     }
     return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
 
@@ -111,7 +98,7 @@ def activity_payloads(
     accounts: pd.DataFrame | None,
     settings: Settings,
     sent_event_ids: SentEventIds,
-) -> Payloads:
+) -> shared.Payloads:
     """User activities for tracked events of in-segment users, each event sent once.
 
     Columns: ``PAYLOAD_COLUMNS`` + ``user_hull_id``, ``occurred_at``; ``key`` is the event id
@@ -131,14 +118,14 @@ def activity_payloads(
     people = _people(users, accounts, config.contact_segments)
     fresh = fresh.assign(user_hull_id=fresh["user_hull_id"].astype(object))
     selected = fresh.merge(people, on="user_hull_id", how="inner")
-    selected = selected.assign(date=iso_ms(selected["occurred_at"]))
+    selected = selected.assign(date=shared.iso_ms(selected["occurred_at"]))
     selected = selected.sort_values(["occurred_at", "event_id"], kind="stable")
     skips, rows = _activity_rows(selected, name_sources(config.user_attributes))
     payloads = pd.DataFrame(rows, columns=[*PAYLOAD_COLUMNS, *extra])
     if payloads.empty:
-        payloads = empty_payloads(extra)
+        payloads = shared.empty_payloads(extra)
     skips.append(
-        progress_event(
+        shared.progress_event(
             "outgoing.event.progress",
             events=len(events),
             not_tracked=int((~is_tracked).sum()),
@@ -161,7 +148,7 @@ def _activity_rows(
     rows: list[dict[str, Any]] = []
     columns = ["event_id", "user_hull_id", "name", "properties", "occurred_at", "date"]
     columns += ["_email", "_external_id", "_company", "_attributes"]
-    for row in rows_of(selected, columns):
+    for row in shared.rows_of(selected, columns):
         event_id, user, action, properties, occurred_at, date = row[:6]
         email, external_id, company, raw = row[6:]
         reason = (
@@ -173,14 +160,16 @@ def _activity_rows(
         )
         if reason is not None:
             skips.append(
-                skip_event("outgoing.event.skip", "event", event_id, reason, user_hull_id=user)
+                shared.skip_event(
+                    "outgoing.event.skip", "event", event_id, reason, user_hull_id=user
+                )
             )
             continue
         if user not in names:
-            names[user] = display_name(parse_attributes(raw), sources)
+            names[user] = display_name(shared.parse_attributes(raw), sources)
         item: dict[str, Any] = {
             "action": action,
-            "info": parse_attributes(properties),
+            "info": shared.parse_attributes(properties),
             "date": date,
         }
         optional = {
@@ -192,7 +181,7 @@ def _activity_rows(
         item.update({k: v for k, v in optional.items() if v is not None})
         rows.append(
             {
-                "target": ACTIVITIES,
+                "target": shared.ACTIVITIES,
                 "key": str(event_id),
                 "hull_id": user,
                 "payload": item,
@@ -212,9 +201,9 @@ ACTIVITY_QUERY_FAILED = "Activity query failed"
 
 
 def sql_activity_payloads(
-    answers: Sequence[tuple[ActivityQuerySettings, QueryAnswer]],
+    answers: Sequence[tuple[ActivityQuerySettings, shared.QueryAnswer]],
     sent_event_ids: SentEventIds,
-) -> Payloads:
+) -> shared.Payloads:
     """User activities from the answers of the configured SQL queries, each ``activity_id``
     sent once (key ``sql:<query>:<activity_id>``). An item names its enduser by ``email`` or,
     without one, by ``euExtId``; ``count`` says how many times the action happened. A failed
@@ -237,7 +226,11 @@ def sql_activity_payloads(
                 )
             )
             continue
-        dates = iso_ms(frame["date"]).tolist() if "date" in frame.columns else [None] * len(frame)
+        dates = (
+            shared.iso_ms(frame["date"]).tolist()
+            if "date" in frame.columns
+            else [None] * len(frame)
+        )
         for record, date in zip(frame.to_dict("records"), dates, strict=True):
             cell = {k: jsonable(v) for k, v in record.items()}
             key = f"sql:{query.name}:{cell['activity_id']}"
@@ -245,7 +238,9 @@ def sql_activity_payloads(
                 continue
             email, eu_ext_id = cell.get("email"), cell.get("eu_ext_id")
             if email in (None, "") and eu_ext_id in (None, ""):
-                events.append(skip_event("outgoing.event.skip", "event", key, ACTIVITY_NO_IDENTITY))
+                events.append(
+                    shared.skip_event("outgoing.event.skip", "event", key, ACTIVITY_NO_IDENTITY)
+                )
                 continue
             info = cell.get("info")
             if isinstance(info, str):
@@ -267,7 +262,7 @@ def sql_activity_payloads(
             item.update({k: v for k, v in optional.items() if v not in (None, "")})
             rows.append(
                 {
-                    "target": ACTIVITIES,
+                    "target": shared.ACTIVITIES,
                     "key": key,
                     "hull_id": None,
                     "payload": item,
@@ -279,4 +274,4 @@ def sql_activity_payloads(
                 }
             )
     payloads = pd.DataFrame(rows, columns=[*PAYLOAD_COLUMNS, *extra])
-    return (payloads if not payloads.empty else empty_payloads(extra)), events
+    return (payloads if not payloads.empty else shared.empty_payloads(extra)), events

@@ -14,23 +14,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat.shared import (
-    COMPANIES,
-    NO_EXTERNAL_ID,
-    Candidates,
-    Payloads,
-    as_text,
-    column_values,
-    compile_fields,
-    dedupe,
-    finish,
-    in_segments,
-    map_attributes,
-    parse_attributes,
-    progress_event,
-    skip_event,
-    updated_rank,
-)
+from hull_planhat_pipelines.sync.planhat import shared
 
 INVALID_OWNER = "Invalid Owner ID"
 INVALID_CO_OWNER = "Invalid Co-Owner ID"
@@ -45,7 +29,7 @@ def valid_owner_ids(planhat_users: pd.DataFrame | None) -> frozenset[str]:
     removed = planhat_users.get("removed", pd.Series(False, index=planhat_users.index))
     removed = removed.astype("boolean").fillna(False).to_numpy(dtype=bool)
     ids = planhat_users.loc[~removed, "_id"]
-    return frozenset(str(value) for value in ids if as_text(value) is not None)
+    return frozenset(str(value) for value in ids if shared.as_text(value) is not None)
 
 
 def _owner(
@@ -54,7 +38,7 @@ def _owner(
     """(owner id to send, valid?) from the owner attribute; no value is valid (no field)."""
     if attribute is None:
         return None, True
-    value = as_text(attributes.get(attribute))
+    value = shared.as_text(attributes.get(attribute))
     if value is None:
         return None, True
     return value, value in valid
@@ -67,36 +51,40 @@ def company_payloads(
     fingerprints: pd.DataFrame | None,
     *,
     force: bool = False,
-) -> Payloads:
+) -> shared.Payloads:
     """Company upserts for the in-segment accounts whose mapped content changed.
 
     Columns: ``PAYLOAD_COLUMNS`` + ``external_id``; ``key`` is the external id.
     """
     config = settings.planhat
-    fields = compile_fields(config.account_attributes, reserved=COMPANY_IDENTITY)
+    fields = shared.compile_fields(config.account_attributes, reserved=COMPANY_IDENTITY)
     valid = valid_owner_ids(planhat_users)
-    inside = accounts.loc[in_segments(accounts["segments"], config.company_segments)]
+    inside = accounts.loc[shared.in_segments(accounts["segments"], config.company_segments)]
     events: list[SyncEvent] = []
     rows: list[dict[str, Any]] = []
-    ranks = updated_rank(inside)
+    ranks = shared.updated_rank(inside)
     for hull_id, external_id, raw, rank in zip(
-        column_values(inside, "hull_id"),
-        column_values(inside, "external_id"),
-        column_values(inside, "attributes"),
+        shared.column_values(inside, "hull_id"),
+        shared.column_values(inside, "external_id"),
+        shared.column_values(inside, "attributes"),
         ranks,
         strict=True,
     ):
-        key = as_text(external_id)
+        key = shared.as_text(external_id)
         if key is None:
-            events.append(skip_event("outgoing.account.skip", "account", hull_id, NO_EXTERNAL_ID))
+            events.append(
+                shared.skip_event(
+                    "outgoing.account.skip", "account", hull_id, shared.NO_EXTERNAL_ID
+                )
+            )
             continue
-        attributes = parse_attributes(raw)
+        attributes = shared.parse_attributes(raw)
         owner, owner_ok = _owner(attributes, config.owner_attribute, valid)
         co_owner, co_owner_ok = _owner(attributes, config.co_owner_attribute, valid)
         if not (owner_ok and co_owner_ok):
             reason = INVALID_OWNER if not owner_ok else INVALID_CO_OWNER
             events.append(
-                skip_event(
+                shared.skip_event(
                     "outgoing.account.skip",
                     "account",
                     hull_id,
@@ -107,7 +95,7 @@ def company_payloads(
                 )
             )
             continue
-        payload, present = map_attributes(attributes, fields)
+        payload, present = shared.map_attributes(attributes, fields)
         payload["externalId"] = key
         if owner is not None:
             payload["owner"] = owner
@@ -123,25 +111,16 @@ def company_payloads(
                 "external_id": key,
             }
         )
-    candidates, duplicates = dedupe(
-        Candidates(("external_id",), rows).frame(),
-        "outgoing.account.skip",
-        "account",
-        DUPLICATE_EXTERNAL_ID,
+    return shared.select_upserts(
+        rows,
+        events,
+        target=shared.COMPANIES,
+        subject="outgoing.account",
+        object_type="account",
+        duplicate=DUPLICATE_EXTERNAL_ID,
+        extra=("external_id",),
+        fields=fields,
+        fingerprints=fingerprints,
+        force=force,
+        counts={"accounts": len(accounts), "in_segment": len(inside), "forced": force},
     )
-    events += duplicates
-    payloads, unchanged = finish(
-        candidates, fingerprints, COMPANIES, fields, force=force, extra=("external_id",)
-    )
-    events.append(
-        progress_event(
-            "outgoing.account.progress",
-            accounts=len(accounts),
-            in_segment=len(inside),
-            skipped=len(events),
-            unchanged=unchanged,
-            selected=len(payloads),
-            forced=force,
-        )
-    )
-    return payloads, events

@@ -14,22 +14,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat.shared import (
-    ENDUSERS,
-    Candidates,
-    Payloads,
-    as_text,
-    column_values,
-    compile_fields,
-    dedupe,
-    finish,
-    in_segments,
-    map_attributes,
-    parse_attributes,
-    progress_event,
-    skip_event,
-    updated_rank,
-)
+from hull_planhat_pipelines.sync.planhat import shared
 
 NO_USER_IDENTITY = "Neither email nor external id"
 ACCOUNT_NO_EXTERNAL_ID = "Account has no external_id"
@@ -59,7 +44,7 @@ def enduser_payloads(
     fingerprints: pd.DataFrame | None,
     *,
     force: bool = False,
-) -> Payloads:
+) -> shared.Payloads:
     """Enduser upserts for the in-segment users whose mapped content changed.
 
     Columns: ``PAYLOAD_COLUMNS`` + ``email``, ``external_id``, ``company_external_id``.
@@ -67,32 +52,36 @@ def enduser_payloads(
     an enduser it cannot tie to a company.
     """
     config = settings.planhat
-    fields = compile_fields(config.user_attributes, reserved=ENDUSER_IDENTITY)
-    inside = users.loc[in_segments(users["segments"], config.contact_segments)]
+    fields = shared.compile_fields(config.user_attributes, reserved=ENDUSER_IDENTITY)
+    inside = users.loc[shared.in_segments(users["segments"], config.contact_segments)]
     extra = ("email", "external_id", "company_external_id")
     events: list[SyncEvent] = []
     rows: list[dict[str, Any]] = []
     for hull_id, email_value, external_value, company_value, raw, rank in zip(
-        column_values(inside, "hull_id"),
-        column_values(inside, "email"),
-        column_values(inside, "external_id"),
+        shared.column_values(inside, "hull_id"),
+        shared.column_values(inside, "email"),
+        shared.column_values(inside, "external_id"),
         account_external_ids(inside, accounts),
-        column_values(inside, "attributes"),
-        updated_rank(inside),
+        shared.column_values(inside, "attributes"),
+        shared.updated_rank(inside),
         strict=True,
     ):
-        email, external_id = as_text(email_value), as_text(external_value)
-        company = as_text(company_value)
+        email, external_id = shared.as_text(email_value), shared.as_text(external_value)
+        company = shared.as_text(company_value)
         key = enduser_key(email, external_id)
         if key is None:
-            events.append(skip_event("outgoing.user.skip", "user", hull_id, NO_USER_IDENTITY))
+            events.append(
+                shared.skip_event("outgoing.user.skip", "user", hull_id, NO_USER_IDENTITY)
+            )
             continue
         if company is None:
             events.append(
-                skip_event("outgoing.user.skip", "user", hull_id, ACCOUNT_NO_EXTERNAL_ID, key=key)
+                shared.skip_event(
+                    "outgoing.user.skip", "user", hull_id, ACCOUNT_NO_EXTERNAL_ID, key=key
+                )
             )
             continue
-        payload, present = map_attributes(parse_attributes(raw), fields)
+        payload, present = shared.map_attributes(shared.parse_attributes(raw), fields)
         identity = {"email": email, "externalId": external_id, "companyExternalId": company}
         payload.update({k: v for k, v in identity.items() if v is not None})
         rows.append(
@@ -107,31 +96,27 @@ def enduser_payloads(
                 "company_external_id": company,
             }
         )
-    candidates, duplicates = dedupe(
-        Candidates(extra, rows).frame(), "outgoing.user.skip", "user", DUPLICATE_USER_KEY
+    return shared.select_upserts(
+        rows,
+        events,
+        target=shared.ENDUSERS,
+        subject="outgoing.user",
+        object_type="user",
+        duplicate=DUPLICATE_USER_KEY,
+        extra=extra,
+        fields=fields,
+        fingerprints=fingerprints,
+        force=force,
+        counts={"users": len(users), "in_segment": len(inside), "forced": force},
     )
-    events += duplicates
-    payloads, unchanged = finish(
-        candidates, fingerprints, ENDUSERS, fields, force=force, extra=extra
-    )
-    events.append(
-        progress_event(
-            "outgoing.user.progress",
-            users=len(users),
-            in_segment=len(inside),
-            skipped=len(events),
-            unchanged=unchanged,
-            selected=len(payloads),
-            forced=force,
-        )
-    )
-    return payloads, events
 
 
 COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"
 
 
-def drop_unknown_companies(payloads: pd.DataFrame, known_company_ids: Collection[str]) -> Payloads:
+def drop_unknown_companies(
+    payloads: pd.DataFrame, known_company_ids: Collection[str]
+) -> shared.Payloads:
     """Endusers whose company Planhat does not have, and is not being sent, are skipped.
 
     Planhat silently ignores an enduser it cannot tie to a company; sent anyway, such a record
@@ -142,7 +127,7 @@ def drop_unknown_companies(payloads: pd.DataFrame, known_company_ids: Collection
     known = {str(k) for k in known_company_ids}
     keep = payloads["company_external_id"].astype("string").isin(known).fillna(False).to_numpy()
     events = [
-        skip_event(
+        shared.skip_event(
             "outgoing.user.skip",
             "user",
             row.hull_id,

@@ -17,22 +17,7 @@ from hull_planhat_pipelines.settings import MetricSettings
 from hull_planhat_pipelines.sync.batching import is_missing
 from hull_planhat_pipelines.sync.fingerprints import utc_timestamp
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat.shared import (
-    METRICS,
-    NO_EXTERNAL_ID,
-    Candidates,
-    Payloads,
-    QueryAnswer,
-    as_number,
-    as_text,
-    dedupe,
-    empty_payloads,
-    finish,
-    iso_ms,
-    progress_event,
-    require_columns,
-    skip_event,
-)
+from hull_planhat_pipelines.sync.planhat import shared
 
 METRIC_NOT_A_NUMBER = "Value is not a number"
 METRIC_BAD_DATE = "Invalid date"
@@ -41,15 +26,16 @@ METRIC_QUERY_FAILED = "Metric query failed"
 METRIC_COLUMNS = ("external_id", "value")
 
 
-def _metric_event(model: str, kind: str) -> str:
-    subject = {"Company": "account", "EndUser": "user"}.get(model, "job")
-    return f"outgoing.{subject}.{kind}"
+def _metric_subject(model: str) -> str:
+    """The log events of a metric name what it measures: ``outgoing.account`` (companies),
+    ``outgoing.user`` (endusers), else ``outgoing.job``."""
+    return "outgoing." + {"Company": "account", "EndUser": "user"}.get(model, "job")
 
 
 def _metric_dates(values: pd.Series, default: str) -> list[str | None]:
     """ISO dates with ms and ``Z`` (midnight for a plain date); a missing cell takes
     ``default``; None where the cell holds something that is no date."""
-    text = iso_ms(values).tolist()
+    text = shared.iso_ms(values).tolist()
     missing = [is_missing(v) or (isinstance(v, str) and not v.strip()) for v in values]
     return [default if gone else iso for iso, gone in zip(text, missing, strict=True)]
 
@@ -61,7 +47,7 @@ def metric_payloads(
     *,
     fingerprints: pd.DataFrame | None = None,
     force: bool = False,
-) -> Payloads:
+) -> shared.Payloads:
     """Dimension data items from one metric's query rows (``external_id, value[, date]``).
 
     ``date`` defaults to today (UTC midnight), so a rerun the same day has the same key.
@@ -79,16 +65,16 @@ def metric_payloads(
         rows["date"] if "date" in rows.columns else pd.Series([None] * len(rows)),
         default_date,
     )
-    skip_name = _metric_event(metric.model, "skip")
+    skip_name = f"{_metric_subject(metric.model)}.skip"
     events: list[SyncEvent] = []
     candidates: list[dict[str, Any]] = []
     for position, (external_value, raw_value, date) in enumerate(
         zip(rows["external_id"].tolist(), rows["value"].tolist(), dates, strict=True)
     ):
-        external_id = as_text(external_value)
-        value = as_number(raw_value)
+        external_id = shared.as_text(external_value)
+        value = shared.as_number(raw_value)
         problem = (
-            NO_EXTERNAL_ID
+            shared.NO_EXTERNAL_ID
             if external_id is None
             else METRIC_NOT_A_NUMBER
             if value is None
@@ -98,7 +84,7 @@ def metric_payloads(
         )
         if problem is not None:
             events.append(
-                skip_event(
+                shared.skip_event(
                     skip_name,
                     "metric",
                     external_id,
@@ -130,43 +116,36 @@ def metric_payloads(
                 "value": value,
             }
         )
-    frame, duplicates = dedupe(
-        Candidates(extra, candidates).frame(),
-        skip_name,
-        "metric",
-        METRIC_DUPLICATE,
+    return shared.select_upserts(
+        candidates,
+        events,
+        target=shared.METRICS,
+        subject=_metric_subject(metric.model),
+        object_type="metric",
+        duplicate=METRIC_DUPLICATE,
+        extra=extra,
+        fields=(),
+        fingerprints=fingerprints,
+        force=force,
+        counts={"dimension_id": metric.dimension_id, "model": metric.model, "rows": len(rows)},
         id_column="external_id",
     )
-    events += duplicates
-    payloads, unchanged = finish(frame, fingerprints, METRICS, (), force=force, extra=extra)
-    events.append(
-        progress_event(
-            _metric_event(metric.model, "progress"),
-            dimension_id=metric.dimension_id,
-            model=metric.model,
-            rows=len(rows),
-            skipped=len(events),
-            unchanged=unchanged,
-            selected=len(payloads),
-        )
-    )
-    return payloads, events
 
 
 def metric_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """A metric query's columns: ``external_id``, ``value`` and ``date`` when the query has
     one. A ValueError names the required columns it lacks."""
-    require_columns(frame, METRIC_COLUMNS)
+    shared.require_columns(frame, METRIC_COLUMNS)
     return frame[[c for c in (*METRIC_COLUMNS, "date") if c in frame.columns]]
 
 
 def all_metric_payloads(
-    answers: Sequence[tuple[MetricSettings, QueryAnswer]],
+    answers: Sequence[tuple[MetricSettings, shared.QueryAnswer]],
     now: dt.datetime,
     *,
     fingerprints: pd.DataFrame | None = None,
     force: bool = False,
-) -> Payloads:
+) -> shared.Payloads:
     """Every configured metric from its query's answer: a failed query is logged
     (``outgoing.*.error``) and the others still go."""
     frames: list[pd.DataFrame] = []
@@ -176,7 +155,7 @@ def all_metric_payloads(
         if checked.rows is None:
             events.append(
                 SyncEvent(
-                    event=_metric_event(metric.model, "error"),
+                    event=f"{_metric_subject(metric.model)}.error",
                     object_type="metric",
                     object_id=metric.dimension_id,
                     reason=METRIC_QUERY_FAILED,
@@ -190,5 +169,7 @@ def all_metric_payloads(
         frames.append(payloads)
         events += skipped
     if not frames:
-        return empty_payloads(("dimension_id", "model", "external_id", "date", "value")), events
+        return shared.empty_payloads(
+            ("dimension_id", "model", "external_id", "date", "value")
+        ), events
     return pd.concat(frames, ignore_index=True), events

@@ -197,7 +197,7 @@ def empty_payloads(extra: Sequence[str]) -> pd.DataFrame:
 
 
 @dataclass
-class Candidates:
+class _Candidates:
     """Mapped records before change detection; ``order`` ranks duplicates (lower wins)."""
 
     extra: tuple[str, ...]
@@ -208,7 +208,7 @@ class Candidates:
         return pd.DataFrame(self.rows, columns=columns)
 
 
-def dedupe(
+def _dedupe(
     frame: pd.DataFrame, event: str, object_type: str, reason: str, *, id_column: str = "hull_id"
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """One row per key: the lowest ``order`` wins; the others are skipped (``id_column``
@@ -225,7 +225,7 @@ def dedupe(
     return frame.loc[~frame.index.isin(ranked.index[duplicate])], events
 
 
-def finish(
+def _finish(
     candidates: pd.DataFrame,
     fingerprints: pd.DataFrame | None,
     target: str,
@@ -265,6 +265,46 @@ def updated_rank(frame: pd.DataFrame) -> np.ndarray:
     stamps = pd.to_datetime(frame["updated_at"], utc=True, errors="coerce")
     ranks = stamps.rank(method="first", ascending=False, na_option="bottom")
     return ranks.to_numpy(dtype="int64")
+
+
+def select_upserts(
+    rows: list[dict[str, Any]],
+    events: list[SyncEvent],
+    *,
+    target: str,
+    subject: str,
+    object_type: str,
+    duplicate: str,
+    extra: Sequence[str],
+    fields: Sequence[FieldMap],
+    fingerprints: pd.DataFrame | None,
+    force: bool,
+    counts: Mapping[str, Any],
+    id_column: str = "hull_id",
+) -> Payloads:
+    """A builder's mapped records as payloads: one per key (the others skipped as
+    ``duplicate``), only those changed since their last delivery (all when forced), clears
+    added. The events gain the duplicates and, last, ``<subject>.progress``: ``counts`` and
+    how many were skipped, unchanged and selected."""
+    frame, duplicates = _dedupe(
+        _Candidates(tuple(extra), rows).frame(),
+        f"{subject}.skip",
+        object_type,
+        duplicate,
+        id_column=id_column,
+    )
+    logged = [*events, *duplicates]
+    payloads, unchanged = _finish(frame, fingerprints, target, fields, force=force, extra=extra)
+    logged.append(
+        progress_event(
+            f"{subject}.progress",
+            **counts,
+            skipped=len(logged),
+            unchanged=unchanged,
+            selected=len(payloads),
+        )
+    )
+    return payloads, logged
 
 
 def progress_event(event: str, **counts: Any) -> SyncEvent:
