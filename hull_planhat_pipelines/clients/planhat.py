@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from hull_planhat_pipelines.clients.http import (
     Clock,
     RetryPolicy,
     Sleeper,
+    SlidingWindowLimiter,
     redact,
 )
 from hull_planhat_pipelines.clients.planhat_outcomes import (
@@ -37,7 +38,7 @@ from hull_planhat_pipelines.clients.planhat_outcomes import (
     reconcile_bulk,
     reconcile_metrics,
 )
-from hull_planhat_pipelines.settings import MAX_ANALYTICS_RECORDS, MAX_BULK_RECORDS
+from hull_planhat_pipelines.sync.batching import MAX_ANALYTICS_RECORDS, MAX_BULK_RECORDS
 
 __all__ = [
     "COMPANY_PAGE_CAP",
@@ -148,7 +149,10 @@ class PlanhatClient:
         policy: RetryPolicy = DEFAULT_POLICY,
         sleeper: Sleeper = time.sleep,
         clock: Clock = time.monotonic,
+        limiter: SlidingWindowLimiter | None = None,
     ) -> None:
+        """``limiter``: the REST quota shared across clients of the tenant (``RateLimiters``);
+        the analytics host is not subject to it."""
         if not api_token:
             raise ValueError("a Planhat API token is required")
         self._secrets = [s for s in (api_token, tenant_token, quote(tenant_token or "")) if s]
@@ -161,6 +165,7 @@ class PlanhatClient:
             secrets=self._secrets,
             policy=policy,
             requests_per_minute=requests_per_minute,
+            limiter=limiter,
             sleeper=sleeper,
             clock=clock,
         )
@@ -327,9 +332,6 @@ class PlanhatClient:
     def get_company(self, key: str) -> dict[str, Any] | None:
         """One company by ``_id``, ``extid-…`` (see ``external_key``) or ``srcid-…``; None if unknown."""
         return self._get_one("companies", key)
-
-    def get_enduser(self, key: str) -> dict[str, Any] | None:
-        return self._get_one("endusers", key)
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         return self._get_one("users", user_id)
@@ -520,9 +522,3 @@ class PlanhatClient:
             attempts=_attempts(response),
             summary={"status": response.status_code, "processed": processed, "errors": errors},
         )
-
-
-def iter_records(pages: Iterable[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-    """Flatten pages into records (for callers that do not care about page boundaries)."""
-    for page in pages:
-        yield from page
