@@ -9,7 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from hull_planhat_pipelines.assets.outgoing import build_delivery_asset
+from hull_planhat_pipelines.assets.outgoing import build_delivery_asset, build_payload_assets
 from hull_planhat_pipelines.clients.planhat_targets import (
     PLANHAT_TARGETS,
     DeliveryTarget,
@@ -126,3 +126,12 @@ def test_an_extra_target_is_delivered_by_the_delivery_asset(
         "Asset one"
     )
     assert len(sandbox.records("assets")) == 3
+
+
+def test_every_declared_target_is_fed_by_a_payload_asset() -> None:
+    settings = parse_settings({"copper": {"start_date": "2024-01-01"}})
+    built = {key for asset in build_payload_assets(settings) for key in asset.keys}
+    assert {dg.AssetKey(["planhat", t.payloads]) for t in PLANHAT_TARGETS} == built
+    deliveries = build_delivery_asset(settings)
+    assert deliveries.dependency_keys == built
+    assert [t.name for t in PLANHAT_TARGETS] == ["companies", "endusers", "activities", "metrics"]
