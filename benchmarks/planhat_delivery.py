@@ -21,8 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from hull_planhat_pipelines.clients.delivery import DeliveryResult, DeliveryTarget, deliver
+from hull_planhat_pipelines.clients.delivery import DeliveryResult, deliver
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.clients.planhat_targets import COMPANIES
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import MAX_BULK_RECORDS
 from hull_planhat_pipelines.sync.batching import batch_count
@@ -55,7 +56,7 @@ def one_pass(client: PlanhatClient, records: pd.DataFrame) -> tuple[DeliveryResu
     began = time.perf_counter()
     result = deliver(
         records,
-        DeliveryTarget.companies(),
+        COMPANIES,
         client,
         batch_size=MAX_BULK_RECORDS,
         key_column="external_id",

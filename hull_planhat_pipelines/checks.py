@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperObject
+from hull_planhat_pipelines.clients.planhat_targets import PLANHAT_TARGETS
 from hull_planhat_pipelines.resources import WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.warehouse import table_exists
@@ -210,7 +211,7 @@ def _failed_records_check(key: list[str], targets: Callable[[], list[str]], sett
 
 def delivery_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
     """One failed-records check on ``planhat/deliveries`` and on each destination."""
-    core = ["companies", "endusers", "activities", "metrics"]
+    core = [target.name for target in PLANHAT_TARGETS]
     checks = [_failed_records_check(["planhat", "deliveries"], lambda: core, settings)]
     for destination in settings.destinations:
         checks.append(

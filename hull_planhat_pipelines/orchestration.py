@@ -20,6 +20,7 @@ from dagster._core.storage.tags import (
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.clients.planhat_targets import PLANHAT_TARGETS
 from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError, post_alert
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
@@ -435,7 +436,7 @@ class FollowPlan:
 WROTE_STATUSES = frozenset({"created", "updated", "sent", "unconfirmed", "confirmed"})
 """Outcomes of a record Planhat applied (or may have: an unconfirmed one is settled against
 the next snapshot)."""
-SNAPSHOT_TARGETS = frozenset({"companies", "endusers"})
+SNAPSHOT_TARGETS = frozenset(t.name for t in PLANHAT_TARGETS if t.settled_by_snapshot)
 """Targets whose records a Planhat snapshot lists (analytics events and metrics are not)."""
 
 

@@ -1,7 +1,9 @@
 """Dagster resources that build the API clients from environment settings.
 
 Credentials reach the resources as ``dg.EnvVar`` so neither the UI nor a run's configuration
-ever shows them; base URLs are plain configuration with the public APIs as defaults.
+ever shows them; base URLs are plain configuration with the public APIs as defaults. Every
+client of one account in this process draws from one rate limiter (``PROCESS_LIMITERS``): a
+quota is per account, so the assets and sensors of a run share its window.
 """
 
 import os
@@ -12,6 +14,7 @@ import dagster as dg
 import duckdb
 
 from hull_planhat_pipelines.clients.copper import SHARED_METADATA, CopperClient
+from hull_planhat_pipelines.clients.http import PROCESS_LIMITERS
 from hull_planhat_pipelines.clients.hull import HullFirehoseClient, check_connector_id
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.settings import ConfigError
@@ -33,12 +36,17 @@ class CopperResource(dg.ConfigurableResource):
     """Draw a progress bar on the terminal while fetching (the command line turns it on)."""
 
     def client(self) -> CopperClient:
+        """A client on the process's shared metadata cache and the account's shared limiter."""
+        limiter = PROCESS_LIMITERS.get(
+            ("copper", self.api_url, self.user_email), self.requests_per_minute
+        )
         return CopperClient(
             self.api_url,
             self.api_key,
             self.user_email,
             requests_per_minute=self.requests_per_minute,
             metadata_cache=SHARED_METADATA,
+            limiter=limiter,
         )
 
 
@@ -52,12 +60,17 @@ class PlanhatResource(dg.ConfigurableResource):
     requests_per_minute: int = 200
 
     def client(self) -> PlanhatClient:
+        """A client on the tenant's shared REST limiter (Planhat's 200-a-minute soft quota)."""
+        limiter = PROCESS_LIMITERS.get(
+            ("planhat", self.api_url, self.api_token), self.requests_per_minute
+        )
         return PlanhatClient(
             self.api_url,
             self.analytics_url,
             self.api_token,
             self.tenant_token,
             requests_per_minute=self.requests_per_minute,
+            limiter=limiter,
         )
 
 
@@ -100,6 +113,8 @@ class HullFirehoseResource(dg.ConfigurableResource):
     organization: str | None = None
     connector_id: str | None = None
     connector_secret: str | None = None
+    requests_per_minute: int | None = None
+    """Hull documents no firehose quota: no throttle unless set (then shared per organization)."""
 
     @property
     def enabled(self) -> bool:
@@ -117,8 +132,11 @@ class HullFirehoseResource(dg.ConfigurableResource):
                 + ", ".join(f"HULL_{m.upper()}" for m in missing),
                 allow_retries=False,
             )
+        limiter = PROCESS_LIMITERS.get(
+            ("hull", self.url or "", self.organization or ""), self.requests_per_minute
+        )
         return HullFirehoseClient(
-            self.url, self.organization, self.connector_id, self.connector_secret
+            self.url, self.organization, self.connector_id, self.connector_secret, limiter=limiter
         )
 
 

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hull_planhat_pipelines.sync.batching import MAX_ANALYTICS_RECORDS, MAX_BULK_RECORDS
+
 CONFIG_ENV_VAR = "HULL_PLANHAT_CONFIG"
-MAX_BULK_RECORDS = 5000
-MAX_ANALYTICS_RECORDS = 100_000
 
 
 class ConfigError(ValueError):
@@ -157,6 +157,11 @@ class PlanhatSettings(_Strict):
     """Client-side throttle: Planhat's soft quota is 200 calls a minute."""
     failed_records_check: FailedRecordsCheck = FailedRecordsCheck()
     activity_queries: list[ActivityQuerySettings] = []
+
+    def batch_size_for(self, host: Literal["rest", "analytics"]) -> int:
+        """The configured batch size of a Planhat target by the host it writes to: REST bulk
+        upserts share ``batch_size``, analytics posts ``analytics_batch_size``."""
+        return self.analytics_batch_size if host == "analytics" else self.batch_size
 
     @field_validator("metrics")
     @classmethod

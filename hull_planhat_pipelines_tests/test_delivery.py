@@ -14,12 +14,18 @@ from hull_planhat_pipelines.clients.delivery import (
     OUTCOME_COLUMNS,
     DeliveryStopped,
     DeliveryTarget,
-    TargetKind,
+    configured_target,
     deliver,
 )
 from hull_planhat_pipelines.clients.http import ApiAuthError, RetryPolicy
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.clients.planhat_outcomes import NOT_APPLIED
+from hull_planhat_pipelines.clients.planhat_targets import (
+    ACTIVITIES,
+    COMPANIES,
+    ENDUSERS,
+    METRICS,
+)
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.batching import (
@@ -36,7 +42,17 @@ from hull_planhat_pipelines_tests.planhat_support import (
     make_client,
 )
 
-COMPANIES = DeliveryTarget.companies()
+
+def destination_target(destination: DestinationSettings) -> DeliveryTarget:
+    """A configured destination whose rows are the payloads (minus ``exclude``)."""
+    return configured_target(
+        destination.name,
+        destination.method,
+        destination.path,
+        headers=destination.headers,
+        payload_column=None,
+        exclude=destination.exclude,
+    )
 
 
 def company_records(count: int, prefix: str) -> pd.DataFrame:
@@ -145,9 +161,7 @@ def test_an_ignored_enduser_is_not_delivered(
         {"email": "lost@void.example", "externalId": "IG-2", "companyExternalId": "IG-NONE"},
     ]
     records = pd.DataFrame({"external_id": ["IG-1", "IG-2"], "payload": payloads})
-    result = deliver(
-        records, DeliveryTarget.endusers(), client, batch_size=2, key_column="external_id"
-    )
+    result = deliver(records, ENDUSERS, client, batch_size=2, key_column="external_id")
     assert result.outcomes["status"].tolist() == ["created", "ignored"]
     assert result.outcomes["error"].tolist()[1] == NOT_APPLIED
     assert result.delivered["key"].tolist() == ["IG-1"]
@@ -228,8 +242,8 @@ def test_single_record_destination_addresses_records_by_external_id(
         exclude=["note"],
         headers={"X-Source": "hull-planhat"},
     )
-    target = DeliveryTarget.from_destination(destination)
-    assert target.kind is TargetKind.SINGLE
+    target = destination_target(destination)
+    assert target.one_record and target.max_batch == 1
     records = pd.DataFrame(
         {
             "external_id": ["SR/1", None, "SR-missing"],
@@ -267,7 +281,7 @@ def test_bulk_put_destination_reads_the_bulk_answer(
     )
     result = deliver(
         records,
-        DeliveryTarget.from_destination(destination),
+        destination_target(destination),
         client,
         batch_size=100,
         key_column="key",
@@ -288,9 +302,7 @@ def test_activities_are_only_sent_and_metrics_carry_errors(
             ],
         }
     )
-    sent = deliver(
-        events, DeliveryTarget.activities(), client, batch_size=10_000, key_column="event_id"
-    )
+    sent = deliver(events, ACTIVITIES, client, batch_size=10_000, key_column="event_id")
     assert sent.outcomes["status"].tolist() == ["sent"] * 3
     assert "no per-item outcome" in sent.outcomes["response"].iloc[0]
     metrics = pd.DataFrame(
@@ -302,9 +314,7 @@ def test_activities_are_only_sent_and_metrics_carry_errors(
             ],
         }
     )
-    result = deliver(
-        metrics, DeliveryTarget.metrics(), client, batch_size=2, key_column="external_id"
-    )
+    result = deliver(metrics, METRICS, client, batch_size=2, key_column="external_id")
     assert result.outcomes["status"].tolist() == ["sent", "error"]
     assert "dimensionId" in result.outcomes["error"].iloc[1]
     assert TENANT_TOKEN not in result.outcomes.to_json()
@@ -315,9 +325,7 @@ def test_an_auth_failure_mid_run_keeps_what_was_delivered(
 ) -> None:
     sandbox.add_companies([{"name": n, "externalId": n} for n in ("MR-A", "MR-B", "MR-C")])
     sandbox.rest.faults.add(status=403, path="extid-MR-B$")
-    target = DeliveryTarget(
-        "phase", TargetKind.SINGLE, "/companies/{external_id}", payload_column=None
-    )
+    target = configured_target("phase", "PUT", "/companies/{external_id}", payload_column=None)
     records = pd.DataFrame({"external_id": ["MR-A", "MR-B", "MR-C"], "phase": ["P1", "P2", "P3"]})
     with pytest.raises(DeliveryStopped) as stopped:
         deliver(records, target, client, batch_size=1, key_column="external_id")
@@ -342,12 +350,12 @@ def test_metrics_processed_short_fail_only_the_tail_and_nothing_lands_twice(
             ],
         }
     )
-    first = deliver(metrics, DeliveryTarget.metrics(), client, batch_size=10, key_column="key")
+    first = deliver(metrics, METRICS, client, batch_size=10, key_column="key")
     assert first.outcomes["status"].tolist() == ["sent"] * 2 + ["error"] * 3
     assert "2 of 5 metrics processed" in first.outcomes["error"].iloc[4]
     sandbox.metrics_accept_limit = None
     retry = metrics[first.outcomes["status"] == "error"]
-    again = deliver(retry, DeliveryTarget.metrics(), client, batch_size=10, key_column="key")
+    again = deliver(retry, METRICS, client, batch_size=10, key_column="key")
     assert again.outcomes["status"].tolist() == ["sent"] * 3
     landed = sorted(d["externalId"] for d in sandbox.dimension_data)
     assert landed == [f"M-{i}" for i in range(5)]
@@ -374,7 +382,7 @@ def test_analytics_batches_are_cut_by_size_as_well_as_count(
     )
     result = deliver(
         events,
-        DeliveryTarget.activities(),
+        ACTIVITIES,
         client,
         batch_size=10_000,
         key_column="event_id",
@@ -412,9 +420,7 @@ def test_an_activity_post_left_unanswered_is_unknown_and_one_attempt(
         sleeper=fake_time.sleep,
         clock=fake_time.monotonic,
     ) as slow:
-        result = deliver(
-            events, DeliveryTarget.activities(), slow, batch_size=10, key_column="event_id"
-        )
+        result = deliver(events, ACTIVITIES, slow, batch_size=10, key_column="event_id")
     row = result.outcomes.iloc[0]
     assert row["status"] == "unknown" and row["attempts"] == 1
     assert "failed after 1 attempt: ReadTimeout" in row["error"]
@@ -487,9 +493,7 @@ def test_activities_from_sql_carry_count_and_the_enduser_external_id(
         activity_answers(conn, [query]), {"sql:usage:u1", "sql:usage:u2"}
     )
     assert again.empty
-    result = deliver(
-        payloads, DeliveryTarget.activities(), client, batch_size=100, key_column="key"
-    )
+    result = deliver(payloads, ACTIVITIES, client, batch_size=100, key_column="key")
     assert result.outcomes["status"].tolist() == ["sent", "sent"]
     landed = {a["action"]: a for a in sandbox.activities}
     assert landed["Logged in"]["count"] == 3

@@ -8,7 +8,6 @@ sample record and reports the answer; ``dry_run`` sends nothing.
 
 import datetime as dt
 import json
-from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -28,6 +27,7 @@ from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     DeliveryStopped,
     DeliveryTarget,
+    configured_target,
     deliver,
 )
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
@@ -79,8 +79,8 @@ def _responses(
 
 def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefinition:
     # The engine sends our prebuilt payload column (exclusions applied, fingerprinted).
-    target = replace(
-        DeliveryTarget.from_destination(destination), payload_column="payload", exclude=()
+    target = configured_target(
+        destination.name, destination.method, destination.path, headers=destination.headers
     )
 
     @dg.asset(

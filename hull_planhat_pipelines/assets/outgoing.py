@@ -10,7 +10,7 @@ for records Planhat accounted for, so a failed record is retried by the next run
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -24,6 +24,7 @@ from hull_planhat_pipelines.assets.planhat_queries import activity_answers, metr
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     OUTCOME_COLUMNS,
+    PLANHAT_TARGETS,
     DeliveryStopped,
     DeliveryTarget,
     deliver,
@@ -314,14 +315,6 @@ def _no_events() -> pd.DataFrame:
     )
 
 
-TARGETS: list[tuple[str, Callable[[], DeliveryTarget], str]] = [
-    ("company_payloads", DeliveryTarget.companies, "batch_size"),
-    ("enduser_payloads", DeliveryTarget.endusers, "batch_size"),
-    ("activity_payloads", DeliveryTarget.activities, "analytics_batch_size"),
-    ("metric_payloads", DeliveryTarget.metrics, "analytics_batch_size"),
-]
-
-
 def delivery_rows(
     outcomes: pd.DataFrame, payloads: pd.DataFrame, run_id: str, now: dt.datetime
 ) -> pd.DataFrame:
@@ -438,7 +431,6 @@ def step_lock(database: str, run_id: str, *, dry_run: bool) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
-SETTLED_TARGETS = ("companies", "endusers")
 IN_FLIGHT = (
     "outcome unknown: the run stopped while this was being posted; not posted again "
     "(a second post could count it twice)"
@@ -459,7 +451,7 @@ def make_intent(
 
 
 def _abandon_in_flight(
-    database: str, target: str, records: pd.DataFrame, run_id: str
+    database: str, target: str, records: pd.DataFrame, run_id: str, *, kind: str
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Analytics items a crashed run left ``pending`` (posted, answer never read): recorded
     ``unknown`` (not re-sent, failing the check) and taken out of this run's records."""
@@ -495,7 +487,6 @@ def _abandon_in_flight(
         delivery_rows(outcomes, part, run_id, now),
         fresh_fingerprints(outcomes, part, now, delivered=NOT_RESENT),
     )
-    kind = _EVENT_KIND.get(target, "account")
     events = [
         SyncEvent(event=f"outgoing.{kind}.error", object_type=target, object_id=k, reason=IN_FLIGHT)
         for k in outcomes["key"]
@@ -587,10 +578,14 @@ def _snapshot_keys(
     return keys, at
 
 
-def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
+def build_delivery_asset(
+    settings: Settings, targets: Sequence[DeliveryTarget] = PLANHAT_TARGETS
+) -> dg.AssetsDefinition:
+    """``planhat/deliveries`` over ``targets``, in order (each reads ``planhat.<payloads>``)."""
+
     @dg.asset(
         key=["planhat", "deliveries"],
-        deps=[dg.AssetKey(["planhat", name]) for name, _, _ in TARGETS],
+        deps=[dg.AssetKey(["planhat", t.payloads]) for t in targets if t.payloads],
         group_name=OUTGOING_GROUP,
         kinds={"duckdb"},
         pool="warehouse",
@@ -607,7 +602,7 @@ def build_delivery_asset(settings: Settings) -> dg.AssetsDefinition:
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         with step_lock(warehouse.database, context.run.run_id, dry_run=config.dry_run):
-            return _deliver_all(context, config, planhat, warehouse, settings)
+            return _deliver_all(context, config, planhat, warehouse, settings, targets)
 
     return planhat_deliveries
 
@@ -618,32 +613,32 @@ def _deliver_all(
     planhat: PlanhatResource,
     warehouse: WarehouseResource,
     settings: Settings,
+    targets: Sequence[DeliveryTarget],
 ) -> dg.MaterializeResult:
     now = dt.datetime.now(dt.UTC)
     run_id = context.run.run_id
     with warehouse.read_only() as conn:
-        payloads = {name: read_table(conn, f"planhat.{name}") for name, _, _ in TARGETS}
+        payloads = {t.name: read_table(conn, f"planhat.{t.payloads}") for t in targets}
     frames: list[pd.DataFrame] = []
     summary: dict[str, Any] = {}
     planned: dict[str, list[Any]] = {}
     events: list[SyncEvent] = []
     stopped: DeliveryStopped | None = None
     with planhat.client() as client:
-        for name, target_of, size_key in TARGETS:
-            records = payloads.get(name)
+        for target in targets:
+            records = payloads.get(target.name)
             if records is None or records.empty:
                 continue
-            target = target_of()
-            if target.name in SETTLED_TARGETS and not config.dry_run:
+            if target.settled_by_snapshot and not config.dry_run:
                 records, settled = _settle(warehouse.database, target.name, records, run_id)
                 events += settled
                 if records.empty:
                     continue
-            delivered = NOT_RESENT if target.name in ANALYTICS_TARGETS else DELIVERED_STATUSES
+            delivered = DELIVERED_STATUSES if target.repeatable else NOT_RESENT
             intent = None
-            if target.name in ANALYTICS_TARGETS and not config.dry_run:
+            if not target.repeatable and not config.dry_run:
                 records, abandoned = _abandon_in_flight(
-                    warehouse.database, target.name, records, run_id
+                    warehouse.database, target.name, records, run_id, kind=target.event_kind
                 )
                 events += abandoned
                 intent = make_intent(warehouse.database, records, run_id)
@@ -659,8 +654,7 @@ def _deliver_all(
                     records,
                     target,
                     client,
-                    batch_size=getattr(settings.planhat, size_key),
-                    key_column="key",
+                    batch_size=min(settings.planhat.batch_size_for(target.host), target.max_batch),
                     dry_run=config.dry_run,
                     checkpoint=checkpoint,
                     intent=intent,
@@ -671,7 +665,7 @@ def _deliver_all(
             summary[target.name] = result.counts()
             planned[target.name] = [asdict(p) for p in result.planned]
             if not config.dry_run:
-                events += _delivery_events(target.name, result.outcomes)
+                events += _delivery_events(target, result.outcomes)
             if stopped is not None:
                 break
         requests = client.attempts()
@@ -708,16 +702,18 @@ def _deliver_all(
             "dry_run": dg.MetadataValue.bool(config.dry_run),
             "planned_requests": dg.MetadataValue.json({t: len(p) for t, p in planned.items()}),
             "samples": dg.MetadataValue.json(samples if config.dry_run else {}),
-            "analytics": dg.MetadataValue.json(_analytics(deliveries)),
+            "analytics": dg.MetadataValue.json(_analytics(deliveries, targets)),
             "sync_log": dg.MetadataValue.json(counts),
         }
     )
 
 
-def _analytics(deliveries: pd.DataFrame) -> dict[str, dict[str, int]]:
+def _analytics(
+    deliveries: pd.DataFrame, targets: Sequence[DeliveryTarget]
+) -> dict[str, dict[str, int]]:
     """Planhat's analytics answers: ``processed`` (accepted) and ``errors`` per endpoint."""
     found = {}
-    for target in ("activities", "metrics"):
+    for target in (t.name for t in targets if t.host == "analytics"):
         rows = deliveries[deliveries["target"] == target]
         if len(rows):
             found[target] = {
@@ -727,23 +723,15 @@ def _analytics(deliveries: pd.DataFrame) -> dict[str, dict[str, int]]:
     return found
 
 
-_EVENT_KIND = {
-    "companies": "account",
-    "endusers": "user",
-    "activities": "event",
-    "metrics": "account",
-}
-
-
-def _delivery_events(target: str, outcomes: pd.DataFrame) -> list[SyncEvent]:
-    kind = _EVENT_KIND.get(target, "account")
+def _delivery_events(target: DeliveryTarget, outcomes: pd.DataFrame) -> list[SyncEvent]:
+    kind = target.event_kind
     events = []
     for row in outcomes.itertuples(index=False):
         if row.status in FAILED:
             events.append(
                 SyncEvent(
                     event=f"outgoing.{kind}.error",
-                    object_type=target,
+                    object_type=target.name,
                     object_id=row.key,
                     reason=row.error,
                 )
@@ -752,7 +740,7 @@ def _delivery_events(target: str, outcomes: pd.DataFrame) -> list[SyncEvent]:
             events.append(
                 SyncEvent(
                     event=f"outgoing.{kind}.success",
-                    object_type=target,
+                    object_type=target.name,
                     object_id=row.key,
                     reason=row.status,
                 )

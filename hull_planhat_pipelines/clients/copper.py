@@ -32,6 +32,7 @@ from hull_planhat_pipelines.clients.http import (
     RequestStats,
     RetryPolicy,
     Sleeper,
+    SlidingWindowLimiter,
 )
 from hull_planhat_pipelines.sync.copper_schema import (
     COPPER_OBJECTS,
@@ -227,7 +228,9 @@ class CopperClient:
         clock: Clock = time.monotonic,
         page_size: int = MAX_PAGE_SIZE,
         metadata_cache: MetadataCache | None = None,
+        limiter: SlidingWindowLimiter | None = None,
     ) -> None:
+        """``limiter``: the account's throttle shared across clients (see ``RateLimiters``)."""
         self._metadata_cache = metadata_cache
         self._cache_key = (base_url.rstrip("/"), user_email)
         self.refused_flags: set[str] = set()
@@ -247,6 +250,7 @@ class CopperClient:
             secrets=[api_key, user_email],
             policy=policy,
             requests_per_minute=requests_per_minute,
+            limiter=limiter,
             sleeper=sleeper,
             clock=clock,
         )

@@ -9,30 +9,22 @@ still goes out; an auth failure stops everything (every later call would fail th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import pandas as pd
 
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
-from hull_planhat_pipelines.clients.planhat import (
-    BULK_MODELS,
-    AnalyticsResult,
-    BulkResult,
-    PlanhatClient,
-    RecordOutcome,
-    render_path,
-)
-from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, OutcomeStatus
-from hull_planhat_pipelines.settings import (
-    MAX_ANALYTICS_RECORDS,
-    MAX_BULK_RECORDS,
-    DestinationSettings,
+from hull_planhat_pipelines.clients.planhat import PlanhatClient, render_path
+from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED
+from hull_planhat_pipelines.clients.planhat_targets import (
+    PLANHAT_TARGETS,
+    DeliveryTarget,
+    Route,
+    configured_target,
 )
 from hull_planhat_pipelines.sync.batching import (
-    MAX_ANALYTICS_BYTES,
     batch_bounds,
     check_batch_size,
     is_missing,
@@ -40,6 +32,18 @@ from hull_planhat_pipelines.sync.batching import (
     record_payloads,
     split_by_size,
 )
+
+__all__ = [
+    "FAILED",
+    "OUTCOME_COLUMNS",
+    "PLANHAT_TARGETS",
+    "DeliveryResult",
+    "DeliveryStopped",
+    "DeliveryTarget",
+    "PlannedRequest",
+    "configured_target",
+    "deliver",
+]
 
 OUTCOME_COLUMNS = [
     "target",
@@ -60,70 +64,6 @@ NOT_SENT_AUTH = "not sent: the delivery stopped on an authentication failure"
 FAILED = ("error", "ignored", "unknown", "unconfirmed", "dropped")
 """Statuses of records that did not (or may not) reach Planhat: they fail the delivery check.
 ``unknown``: the call went out and no answer came back."""
-
-
-class TargetKind(StrEnum):
-    BULK_UPSERT = "bulk_upsert"
-    """``PUT /companies`` / ``PUT /endusers``: per-record outcomes from the response."""
-    BULK_PUT = "bulk_put"
-    """A configured bulk PUT to a collection path (``/licenses`` ...): same response shape."""
-    ACTIVITIES = "activities"
-    """User activities: Planhat answers 200 whatever it keeps, so records are only "sent"."""
-    DIMENSION_DATA = "dimension_data"
-    """Metrics: per-record errors, the rest "sent" when ``processed`` accounts for them."""
-    SINGLE = "single"
-    """One record per call: ``method`` to ``path`` with ``{external_id}`` -> ``extid-<key>``."""
-
-
-@dataclass(frozen=True)
-class DeliveryTarget:
-    """Where a set of records goes and how their bodies are built (a declaration, not code)."""
-
-    name: str
-    kind: TargetKind
-    path: str
-    method: str = "PUT"
-    headers: Mapping[str, str] = field(default_factory=dict)
-    payload_column: str | None = "payload"
-    """Column holding each record's body; None: the row itself minus key and ``exclude``."""
-    exclude: tuple[str, ...] = ()
-
-    @property
-    def max_batch_size(self) -> int:
-        if self.kind is TargetKind.SINGLE:
-            return 1
-        if self.kind in (TargetKind.ACTIVITIES, TargetKind.DIMENSION_DATA):
-            return MAX_ANALYTICS_RECORDS
-        return MAX_BULK_RECORDS
-
-    @classmethod
-    def companies(cls) -> DeliveryTarget:
-        return cls("companies", TargetKind.BULK_UPSERT, "/companies")
-
-    @classmethod
-    def endusers(cls) -> DeliveryTarget:
-        return cls("endusers", TargetKind.BULK_UPSERT, "/endusers")
-
-    @classmethod
-    def activities(cls) -> DeliveryTarget:
-        return cls("activities", TargetKind.ACTIVITIES, "/analytics/bulk", method="POST")
-
-    @classmethod
-    def metrics(cls) -> DeliveryTarget:
-        return cls("metrics", TargetKind.DIMENSION_DATA, "/dimensiondata", method="POST")
-
-    @classmethod
-    def from_destination(cls, destination: DestinationSettings) -> DeliveryTarget:
-        """A configured destination: its rows are the payloads (minus ``exclude``)."""
-        return cls(
-            destination.name,
-            TargetKind.BULK_PUT if destination.is_bulk else TargetKind.SINGLE,
-            destination.path,
-            method=destination.method,
-            headers=dict(destination.headers),
-            payload_column=None,
-            exclude=tuple(destination.exclude),
-        )
 
 
 @dataclass(frozen=True)
@@ -243,7 +183,7 @@ def deliver(
     client: PlanhatClient,
     *,
     batch_size: int,
-    key_column: str,
+    key_column: str | None = None,
     dry_run: bool = False,
     checkpoint: Checkpoint | None = None,
     intent: Intent | None = None,
@@ -256,10 +196,12 @@ def deliver(
     the delivery and is raised as ``DeliveryStopped`` carrying the rows so far (the failed and
     unsent records checkpointed first); any other ``ApiError`` marks its batch's records as
     errors (``unknown`` when the call may have been applied and may not be repeated) and the
-    next batch goes out. Analytics batches are also cut below ``max_bytes`` of JSON.
-    ``dry_run`` sends nothing and lists the would-be requests in ``planned``.
+    next batch goes out. A target with ``max_bytes`` (analytics) has its batches also cut below
+    that many bytes of JSON (``max_bytes`` here overrides it). ``key_column`` defaults to the
+    target's ``key``. ``dry_run`` sends nothing and lists the would-be requests in ``planned``.
     """
-    check_batch_size(batch_size, target.max_batch_size)
+    key_column = key_column or target.key
+    check_batch_size(batch_size, target.max_batch)
     for column in (key_column, target.payload_column):
         if column is not None and column not in records.columns:
             raise ValueError(f"column {column!r} is not among the record columns")
@@ -273,9 +215,9 @@ def deliver(
     routes = _routes(records, target)
     rows = _Rows(target.name, keys)
     result = DeliveryResult(target.name, pd.DataFrame(columns=OUTCOME_COLUMNS), dry_run=dry_run)
-    bounds = batch_bounds(len(payloads), batch_size, target.max_batch_size)
-    if target.kind in (TargetKind.ACTIVITIES, TargetKind.DIMENSION_DATA):
-        limit = max_bytes or MAX_ANALYTICS_BYTES
+    bounds = batch_bounds(len(payloads), batch_size, target.max_batch)
+    limit = max_bytes or target.max_bytes
+    if limit is not None:
         bounds = split_by_size(bounds, [json_size(item) for item in payloads], limit)
     batch_of = {p: n for n, bound in enumerate(bounds, start=1) for p in bound}
     for batch, positions in enumerate(bounds, start=1):
@@ -299,12 +241,9 @@ def deliver(
     return result
 
 
-Route = tuple[str, str, str | None]
-
-
 def _routes(records: pd.DataFrame, target: DeliveryTarget) -> list[Route] | None:
     """Per-record (method, path, read-back path) of a one-record target, when given."""
-    if target.kind is not TargetKind.SINGLE or "path" not in records.columns:
+    if not target.one_record or "path" not in records.columns:
         return None
     methods = records["method"] if "method" in records.columns else [target.method] * len(records)
     backs = records["read_back"] if "read_back" in records.columns else [None] * len(records)
@@ -335,23 +274,23 @@ def _plan(
     method, path = target.method, target.path
     if routes is not None:
         method, path, _ = routes[positions.start]
-    elif target.kind is TargetKind.SINGLE and key is not None:
+    elif target.one_record and key is not None:
         path = render_path(target.path, key)
-    body: Any = items[0] if target.kind is TargetKind.SINGLE else items
+    body: Any = items[0] if target.one_record else items
     result.planned.append(PlannedRequest(batch, method, path, len(items), body))
     for position in positions:
         rows.add(position, "dry_run", batch=batch)
 
 
 def _unaddressable(target: DeliveryTarget, key: str | None) -> bool:
-    return target.kind is TargetKind.SINGLE and "{external_id}" in target.path and key is None
+    return target.one_record and "{external_id}" in target.path and key is None
 
 
 def _in_doubt_when_unanswered(target: DeliveryTarget, method: str) -> bool:
     """Calls that may not be repeated blindly: a create (POST) and the analytics posts."""
-    if target.kind in (TargetKind.ACTIVITIES, TargetKind.DIMENSION_DATA):
+    if not target.repeatable:
         return True
-    return target.kind is TargetKind.SINGLE and method == "POST"
+    return target.one_record and method == "POST"
 
 
 def _send_batch(
@@ -387,7 +326,7 @@ def _send_batch(
             intent(pending.frame(pd.RangeIndex(len(keys))).iloc[positions.start : positions.stop])
         result.requests += 1
         request = result.requests
-        outcomes, summary = _call(client, target, items, keys[positions.start], route)
+        outcomes, summary = target.send(client, target, items, keys[positions.start], route)
     except ApiAuthError:
         result.attempts += client.attempts() - before
         raise
@@ -397,7 +336,7 @@ def _send_batch(
         response = _excerpt(client, exc.body)
         unanswered = exc.ambiguous or (exc.status is not None and exc.status >= 500)
         in_doubt = unanswered and _in_doubt_when_unanswered(target, method)
-        if exc.status is not None and exc.status >= 500 and target.kind is not TargetKind.SINGLE:
+        if exc.status is not None and exc.status >= 500 and not target.one_record:
             in_doubt = False  # an analytics 5xx answer: not applied, sent again next run
         for position in positions:
             rows.add(
@@ -425,45 +364,3 @@ def _send_batch(
             batch=batch,
             planhat_id=outcome.key,
         )
-
-
-def _call(
-    client: PlanhatClient,
-    target: DeliveryTarget,
-    items: Sequence[dict[str, Any]],
-    first_key: str | None,
-    route: Route | None = None,
-) -> tuple[Sequence[RecordOutcome], Any]:
-    """The client call for one batch -> (outcomes by position in the batch, batch summary)."""
-    result: BulkResult | AnalyticsResult
-    if target.kind is TargetKind.BULK_UPSERT:
-        model = target.path.strip("/")
-        if model not in BULK_MODELS:
-            raise ValueError(f"bulk upsert target path must be one of {BULK_MODELS}: {target.path}")
-        result = client.bulk_upsert(model, items)  # type: ignore[arg-type]
-    elif target.kind is TargetKind.BULK_PUT:
-        result = client.bulk_put(target.path, items, headers=target.headers)
-    elif target.kind is TargetKind.ACTIVITIES:
-        result = client.bulk_activities(items)
-    elif target.kind is TargetKind.DIMENSION_DATA:
-        result = client.dimension_data(items)
-    else:
-        method, path = target.method, target.path
-        if route is not None:
-            method, path = route[0], route[1]
-        elif first_key is not None:
-            path = render_path(target.path, first_key)
-        kind = f"{method} {target.path}" + ("/{id}" if path != target.path else "")
-        sent = client.send(method, path, items[0], target.headers, kind=kind)
-        status: OutcomeStatus = "sent"
-        if route is not None:
-            status = "created" if method == "POST" else "updated"
-        return [RecordOutcome(0, _response_id(sent.body), status)], {
-            "status": sent.status,
-            "body": sent.body,
-        }
-    return result.outcomes, result.summary
-
-
-def _response_id(body: Any) -> str | None:
-    return str(body["_id"]) if isinstance(body, Mapping) and body.get("_id") else None

@@ -8,6 +8,7 @@ wait for real time. Secrets are redacted from every message this module produces
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import threading
 import time
@@ -134,6 +135,42 @@ class SlidingWindowLimiter:
             self._sent.append(now)
 
 
+class RateLimiters:
+    """One limiter per API account per process: every client of that account shares it.
+
+    A quota is per account (Copper: 180 requests a minute), not per client, so the assets and
+    sensors of one process draw from one window. ``key`` names the account (API, base URL,
+    who); it is kept hashed, so no credential stays in memory in the clear here.
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleeper: Sleeper = time.sleep) -> None:
+        self._clock = clock
+        self._sleeper = sleeper
+        self._limiters: dict[str, SlidingWindowLimiter] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, key: Iterable[str], requests_per_minute: int | None
+    ) -> SlidingWindowLimiter | None:
+        """The shared limiter of ``key`` at ``requests_per_minute`` (None: no throttle)."""
+        if not requests_per_minute:
+            return None
+        digest = hashlib.sha256("\x1f".join(key).encode()).hexdigest()
+        name = f"{digest}:{requests_per_minute}"
+        with self._lock:
+            limiter = self._limiters.get(name)
+            if limiter is None:
+                limiter = SlidingWindowLimiter(
+                    requests_per_minute, clock=self._clock, sleeper=self._sleeper
+                )
+                self._limiters[name] = limiter
+            return limiter
+
+
+PROCESS_LIMITERS = RateLimiters()
+"""The limiters of this process (the Dagster resources draw from it)."""
+
+
 class _Failures(threading.local):
     """Failed tries of the current call, per thread (urllib3 keeps them on the Retry object,
     which an exception does not carry back): the attempts an error message reports."""
@@ -208,15 +245,18 @@ class ApiSession:
         secrets: Iterable[str] = (),
         policy: RetryPolicy = RetryPolicy(),
         requests_per_minute: int | None = None,
+        limiter: SlidingWindowLimiter | None = None,
         sleeper: Sleeper = time.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
+        """``limiter``: a throttle shared with other sessions of the same account (it wins
+        over ``requests_per_minute``, which builds one for this session alone)."""
         self.api = api
         self.base_url = base_url.rstrip("/")
         self.policy = policy
         self.secrets = [s for s in secrets if s]
         self.stats = RequestStats()
-        self.limiter = (
+        self.limiter = limiter or (
             SlidingWindowLimiter(requests_per_minute, clock=clock, sleeper=sleeper)
             if requests_per_minute
             else None

@@ -38,6 +38,7 @@ from hull_planhat_pipelines.clients.http import (
     Clock,
     RetryPolicy,
     Sleeper,
+    SlidingWindowLimiter,
     redact,
 )
 from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, OutcomeStatus
@@ -270,7 +271,10 @@ class HullFirehoseClient:
         policy: RetryPolicy = DEFAULT_POLICY,
         sleeper: Sleeper = time.sleep,
         clock: Clock = time.time,
+        limiter: SlidingWindowLimiter | None = None,
     ) -> None:
+        """``limiter``: a throttle shared by every client of the organization (Hull documents
+        no firehose quota: None unless one is configured)."""
         for name, value in (("organization", organization), ("connector secret", connector_secret)):
             if not value:
                 raise ValueError(f"a Hull {name} is required to forward to a firehose")
@@ -291,6 +295,7 @@ class HullFirehoseClient:
             },
             secrets=[connector_secret],
             policy=policy,
+            limiter=limiter,
             sleeper=sleeper,
         )
 

@@ -26,6 +26,7 @@ from hull_planhat_pipelines.clients.http import (
     Clock,
     RetryPolicy,
     Sleeper,
+    SlidingWindowLimiter,
     redact,
 )
 from hull_planhat_pipelines.clients.planhat_outcomes import (
@@ -37,7 +38,7 @@ from hull_planhat_pipelines.clients.planhat_outcomes import (
     reconcile_bulk,
     reconcile_metrics,
 )
-from hull_planhat_pipelines.settings import MAX_ANALYTICS_RECORDS, MAX_BULK_RECORDS
+from hull_planhat_pipelines.sync.batching import MAX_ANALYTICS_RECORDS, MAX_BULK_RECORDS
 
 __all__ = [
     "COMPANY_PAGE_CAP",
@@ -148,7 +149,10 @@ class PlanhatClient:
         policy: RetryPolicy = DEFAULT_POLICY,
         sleeper: Sleeper = time.sleep,
         clock: Clock = time.monotonic,
+        limiter: SlidingWindowLimiter | None = None,
     ) -> None:
+        """``limiter``: the REST quota shared across clients of the tenant (``RateLimiters``);
+        the analytics host is not subject to it."""
         if not api_token:
             raise ValueError("a Planhat API token is required")
         self._secrets = [s for s in (api_token, tenant_token, quote(tenant_token or "")) if s]
@@ -161,6 +165,7 @@ class PlanhatClient:
             secrets=self._secrets,
             policy=policy,
             requests_per_minute=requests_per_minute,
+            limiter=limiter,
             sleeper=sleeper,
             clock=clock,
         )

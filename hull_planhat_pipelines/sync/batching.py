@@ -16,9 +16,12 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import pandas as pd
 
-from hull_planhat_pipelines.settings import MAX_BULK_RECORDS
-
 T = TypeVar("T")
+
+MAX_BULK_RECORDS = 5000
+"""Planhat's cap on one bulk upsert (any model's collection path)."""
+MAX_ANALYTICS_RECORDS = 100_000
+"""The most items one analytics post (activities, dimension data) takes."""
 
 
 def check_batch_size(batch_size: int, max_size: int = MAX_BULK_RECORDS) -> int:
