@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as dt
 import json
 import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,141 +40,28 @@ import numpy as np
 
 from hull_planhat_pipelines.sandbox.copper_seed import (
     CATEGORIES,
-    OBJECTS,
+    PAGING_KEYS,
     PARENT_TYPES,
+    SEED_OBJECTS,
+    SORT_KEYS,
     STATUSES,
     CopperSeed,
     CopperSeedMetadata,
+    Record,
+    SeedObject,
     SeedTable,
+    close_date_of,
+    field_of,
 )
 from hull_planhat_pipelines.sandbox.server import Request, Response, SandboxServer
 
 __all__ = ["CopperSandbox", "CopperSeedMetadata"]
 
-Record = dict[str, Any]
 RecordFilter = Callable[[Record], bool]
 ColumnMask = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
 
-PAGING_KEYS = frozenset({"page_number", "page_size"})
-SORT_KEYS = frozenset({"sort_by", "sort_direction"})
-_COMMON_KEYS = PAGING_KEYS | SORT_KEYS | {
-    "ids", "name", "tags", "followed", "age", "assignee_ids", "custom_fields",
-    "minimum_interaction_count", "maximum_interaction_count",
-    "minimum_interaction_date", "maximum_interaction_date",
-    "minimum_created_date", "maximum_created_date",
-    "minimum_modified_date", "maximum_modified_date",
-}  # fmt: skip
-_ADDRESS_KEYS = {"phone_number", "city", "state", "postal_code", "country"}
-SEARCH_KEYS: dict[str, frozenset[str]] = {
-    "leads": frozenset(_COMMON_KEYS | _ADDRESS_KEYS | {
-        "emails", "status_ids", "customer_source_ids", "include_converted_leads",
-        "minimum_monetary_value", "maximum_monetary_value",
-    }),
-    "people": frozenset(_COMMON_KEYS | _ADDRESS_KEYS | {
-        "emails", "contact_type_ids", "company_ids", "opportunity_ids",
-    }),
-    "companies": frozenset(_COMMON_KEYS | _ADDRESS_KEYS | {"email_domains", "contact_type_ids"}),
-    "opportunities": frozenset(_COMMON_KEYS | {
-        "status_ids", "pipeline_ids", "pipeline_stage_ids", "priority_ids", "priorities",
-        "customer_source_ids", "loss_reason_ids", "company_ids", "primary_contact_ids",
-        "minimum_monetary_value", "maximum_monetary_value",
-        "minimum_close_date", "maximum_close_date",
-        "minimum_stage_change_date", "maximum_stage_change_date",
-    }),
-    # Activities have their own, smaller set. Sorting is not documented: Hull sent sort_by
-    # anyway and it is accepted here, but ignored (results come by activity_date, then id).
-    "activities": frozenset(PAGING_KEYS | SORT_KEYS | {
-        "parent", "activity_types", "minimum_activity_date", "maximum_activity_date",
-        "full_result",
-    }),
-    "users": frozenset(PAGING_KEYS | SORT_KEYS),
-}  # fmt: skip
-"""Documented body keys of each search; anything else is a 422, as in Copper."""
-
-DEFAULT_SORT = {
-    "leads": "name",
-    "people": "first_name",
-    "companies": "date_modified",
-    "opportunities": "name",
-}
-
-
-def _first(items: list[Any] | None, key: str) -> Any:
-    return items[0].get(key) if items else None
-
-
-def _address(part: str) -> Callable[[Record], Any]:
-    return lambda r: (r.get("address") or {}).get(part)
-
-
-def _email_of(record: Record) -> str | None:
-    if "emails" in record:
-        return _first(record.get("emails"), "email")
-    return (record.get("email") or {}).get("email")
-
-
-def _parse_close_date(text: Any, fmt: str = "M/D/YYYY") -> int | None:
-    """``"M/D/YYYY"`` (or ``"D/M/YYYY"``) text -> Unix seconds at UTC midnight, else ``None``."""
-    try:
-        first, second, year = (int(part) for part in str(text).split("/"))
-        month, day = (second, first) if fmt == "D/M/YYYY" else (first, second)
-        return int(dt.datetime(year, month, day, tzinfo=dt.UTC).timestamp())
-    except (TypeError, ValueError):
-        return None
-
-
-def _close_date(fmt: str) -> Callable[[Record], Any]:
-    return lambda r: _parse_close_date(r.get("close_date"), fmt)
-
-
-def _field(name: str) -> Callable[[Record], Any]:
-    return lambda r: r.get(name)
-
-
-_PERSONISH_SORTS: dict[str, Callable[[Record], Any]] = {
-    "name": _field("name"),
-    "first_name": _field("first_name"),
-    "last_name": _field("last_name"),
-    "title": _field("title"),
-    "email": _email_of,
-    "phone": lambda r: _first(r.get("phone_numbers"), "number"),
-    "city": _address("city"),
-    "state": _address("state"),
-    "country": _address("country"),
-    "zip": _address("postal_code"),
-}
-SORTS: dict[str, dict[str, Callable[[Record], Any]]] = {
-    "leads": _PERSONISH_SORTS | {
-        "company_name": _field("company_name"),
-        "value": _field("monetary_value"),
-        "inactive_days": _field("date_last_contacted"),
-    },
-    "people": _PERSONISH_SORTS,
-    "companies": {
-        **{k: _PERSONISH_SORTS[k] for k in ("name", "phone", "city", "state", "country", "zip")},
-        "email_domain": _field("email_domain"),
-        "assignee": _field("assignee_id"),
-        "contact": _field("primary_contact_id"),
-        "contact_group": _field("contact_type_id"),
-        "interaction_count": _field("interaction_count"),
-        "primary_website": lambda r: _first(r.get("websites"), "url"),
-    },
-    "opportunities": {
-        "name": _field("name"),
-        "company_name": _field("company_name"),
-        "value": _field("monetary_value"),
-        "assignee": _field("assignee_id"),
-        "customer_source_id": _field("customer_source_id"),
-        "contact": _field("primary_contact_id"),
-        "stage": _field("pipeline_stage_id"),
-        "status": _field("status"),
-        "close_date": _close_date("M/D/YYYY"),  # see _records_query for D/M/YYYY accounts
-        "priority": _field("priority"),
-        "interaction_count": _field("interaction_count"),
-        "win_probability": _field("win_probability"),
-    },
-}  # fmt: skip
-"""Documented ``sort_by`` values besides ``date_modified``/``date_created`` (column sorts)."""
+USER_SEARCH_KEYS = PAGING_KEYS | SORT_KEYS
+"""Documented body keys of ``/users/search``; each object's are in its ``SeedObject``."""
 
 ID_FILTERS = {
     "assignee_ids": "assignee_id",
@@ -189,11 +75,11 @@ ID_FILTERS = {
 }
 """``*_ids`` body keys -> record field; ``-2`` in the list matches an empty field."""
 RECORD_RANGES: dict[str, Callable[[Record], Any]] = {
-    "monetary_value": _field("monetary_value"),
-    "interaction_count": _field("interaction_count"),
-    "interaction_date": _field("date_last_contacted"),
-    "close_date": _close_date("M/D/YYYY"),
-    "stage_change_date": _field("date_stage_changed"),
+    "monetary_value": field_of("monetary_value"),
+    "interaction_count": field_of("interaction_count"),
+    "interaction_date": field_of("date_last_contacted"),
+    "close_date": close_date_of("M/D/YYYY"),
+    "stage_change_date": field_of("date_stage_changed"),
 }
 COLUMN_RANGES = {"created_date": "date_created", "modified_date": "date_modified"}
 
@@ -275,31 +161,21 @@ _COLUMN_DTYPES: dict[str, type] = {
     "type_id": np.int64,
     "converted": np.int8,
 }
-_ACTIVITY_COLUMNS = ("activity_date", "parent_type", "parent_id", "type_category", "type_id")
 
 
 def _code(values: tuple[str, ...], value: Any) -> int:
     return values.index(value) if value in values else -1
 
 
-def _columns_of(object_name: str, record: Record) -> dict[str, int]:
+def _columns_of(spec: SeedObject, record: Record) -> dict[str, int]:
     """The searchable columns of an explicit record."""
     cols = {
         "id": int(record["id"]),
         "date_created": int(record["date_created"]),
         "date_modified": int(record["date_modified"]),
     }
-    if object_name == "leads":
-        cols["converted"] = int(record.get("converted_contact_id") is not None)
-    if object_name == "activities":
-        parent, kind = record.get("parent") or {}, record.get("type") or {}
-        cols |= {
-            "activity_date": int(record.get("activity_date") or record["date_created"]),
-            "parent_type": _code(PARENT_TYPES, parent.get("type")),
-            "parent_id": int(parent.get("id") or 0),
-            "type_category": _code(CATEGORIES, kind.get("category")),
-            "type_id": int(kind.get("id") or 0),
-        }
+    if spec.record_columns is not None:
+        cols |= spec.record_columns(record)
     return cols
 
 
@@ -324,8 +200,9 @@ class _Table:
 
     query_cache_size = 32
 
-    def __init__(self, name: str, seed_table: SeedTable | None) -> None:
-        self.name = name
+    def __init__(self, spec: SeedObject, seed_table: SeedTable | None) -> None:
+        self.spec = spec
+        self.name = spec.name
         self._generate = seed_table.record if seed_table else None
         self._text_key = seed_table.text_key if seed_table else None
         self._n_base = len(seed_table) if seed_table else 0
@@ -340,8 +217,7 @@ class _Table:
         self.lock = threading.RLock()
 
     def _column_names(self) -> tuple[str, ...]:
-        extra = {"activities": _ACTIVITY_COLUMNS, "leads": ("converted",)}.get(self.name, ())
-        return ("id", "date_created", "date_modified", *extra)
+        return ("id", "date_created", "date_modified", *self.spec.search_columns)
 
     @staticmethod
     def _empty(key: str) -> np.ndarray:
@@ -499,7 +375,7 @@ class _Table:
                     fresh.append(record)
                     continue
                 self._explicit[row] = record
-                for key, value in _columns_of(self.name, record).items():
+                for key, value in _columns_of(self.spec, record).items():
                     self._cols[key][row] = value
             self._append(fresh)
             self._changed()
@@ -508,7 +384,7 @@ class _Table:
         if not records:
             return
         start = len(self._alive)
-        rows = [_columns_of(self.name, r) for r in records]
+        rows = [_columns_of(self.spec, r) for r in records]
         for key in self._cols:
             added = np.asarray([r[key] for r in rows], dtype=_COLUMN_DTYPES[key])
             self._cols[key] = np.concatenate([self._cols[key], added])
@@ -571,6 +447,7 @@ class CopperSandbox:
         now: int | None = None,
         port: int = 0,
         close_date_format: str = "M/D/YYYY",
+        objects: Mapping[str, SeedObject] | None = None,
     ) -> None:
         self.seed = seed
         self.scale = scale
@@ -578,13 +455,22 @@ class CopperSandbox:
         self.user_email = user_email
         self._fixed_now = now
         self.now = int(time.time()) if now is None else int(now)
+        self.objects: Mapping[str, SeedObject] = SEED_OBJECTS if objects is None else objects
+        """Name -> how each object is seeded and searched (``seed_objects(extra)`` adds some)."""
         generated = CopperSeed(
-            seed, scale, self.now, user_email=user_email, close_date_format=close_date_format
+            seed,
+            scale,
+            self.now,
+            user_email=user_email,
+            close_date_format=close_date_format,
+            objects=self.objects,
         )
         self.metadata: CopperSeedMetadata = generated.metadata
         self.edge_cases: dict[str, Any] = generated.edge_cases
         """Ids of the seeded edge cases (see ``CopperSeed._edge_cases``)."""
-        self._tables = {name: _Table(name, generated.tables[name]) for name in OBJECTS}
+        self._tables = {
+            name: _Table(spec, generated.tables[name]) for name, spec in self.objects.items()
+        }
         self._users_lock = threading.Lock()
         self._churn: dict[str, int] = {}
         """Object -> records edited after each search page served (see :meth:`churn`)."""
@@ -634,7 +520,8 @@ class CopperSandbox:
     # -- data access for tests ---------------------------------------------------------------------
     def _table(self, object_name: str) -> _Table:
         if object_name not in self._tables:
-            raise KeyError(f"unknown Copper object {object_name!r}; one of {OBJECTS} or 'users'")
+            known = ", ".join(self._tables)
+            raise KeyError(f"unknown Copper object {object_name!r}; one of {known} or 'users'")
         return self._tables[object_name]
 
     def _normalized(self, object_name: str, records: list[Record]) -> list[Record]:
@@ -788,7 +675,7 @@ class CopperSandbox:
 
     # -- the control surface (``/_sandbox/copper/...``, for tests and demos in other processes)
     def _control_routes(self) -> list[tuple[str, str, Callable[[Request], Response]]]:
-        objects = "|".join(OBJECTS)
+        objects = "|".join(self._tables)
         one = rf"/_sandbox/copper/(?P<object>{objects})/(?P<id>\d+)"
         return [
             ("POST", rf"/_sandbox/copper/(?P<object>{objects})", self._control_create),
@@ -871,7 +758,7 @@ class CopperSandbox:
     # -- HTTP ------------------------------------------------------------------------------------
     def _routes(self) -> list[tuple[str, str, Callable[[Request], Response]]]:
         routes: list[tuple[str, str, Callable[[Request], Response]]] = []
-        for name in OBJECTS:
+        for name in self._tables:
             routes.append(("POST", f"/{name}/search", self._search_route(name)))
             routes.append(("GET", rf"/{name}/(?P<id>\d+)", self._get_route(name)))
         routes.append(("POST", "/users/search", self._search_users))
@@ -909,16 +796,18 @@ class CopperSandbox:
         return get
 
     def _search_route(self, object_name: str) -> Callable[[Request], Response]:
+        spec = self.objects[object_name]
+
         def search(request: Request) -> Response:
             try:
-                body = _search_body(request, SEARCH_KEYS[object_name])
+                body = _search_body(request, spec.search_keys)
                 page_number, page_size = self._paging(request, body)
                 if object_name == "activities":
                     query = _activities_query(body)
                     extract = None
                 else:
                     query, extract = _records_query(
-                        object_name,
+                        spec,
                         body,
                         self.clock(),
                         self.metadata.close_date_format,
@@ -944,7 +833,7 @@ class CopperSandbox:
 
     def _search_users(self, request: Request) -> Response:
         try:
-            body = _search_body(request, SEARCH_KEYS["users"])
+            body = _search_body(request, USER_SEARCH_KEYS)
             page_number, page_size = self._paging(request, body)
             sort_by = body.get("sort_by", "id")
             if sort_by not in ("id", "name", "email"):
@@ -1053,7 +942,7 @@ def _ids_mask(ids: list[int]) -> ColumnMask:
 
 
 def _records_query(
-    object_name: str,
+    spec: SeedObject,
     body: dict[str, Any],
     now: int,
     close_date_format: str = "M/D/YYYY",
@@ -1065,10 +954,11 @@ def _records_query(
     applied (documented, rarely used, not needed by the pipeline): ``followed``,
     ``opportunity_ids``, ``priority_ids``.
     """
-    sort_by = body.get("sort_by", DEFAULT_SORT[object_name])
-    extract = SORTS[object_name].get(sort_by)
+    object_name = spec.name
+    sort_by = body.get("sort_by", spec.default_sort)
+    extract = spec.sorts.get(sort_by)
     if sort_by == "close_date":
-        extract = _close_date(close_date_format)
+        extract = close_date_of(close_date_format)
     if sort_by not in ("date_modified", "date_created") and extract is None:
         raise _Invalid("Sort by: is not included in the list")
     query = Query(sort=sort_by, descending=_direction(body))
@@ -1089,21 +979,20 @@ def _records_query(
             raise _Invalid("Include converted leads: must be a boolean")
         if not include:  # a converted lead leaves the default search
             query.masks.append(lambda cols, rows: cols["converted"][rows] == 0)
-    query.record_filters.extend(_record_filters(object_name, body, close_date_format))
+    query.record_filters.extend(_record_filters(spec, body, close_date_format))
     if body.get("custom_fields") is not None:
-        query.record_filters.extend(
-            _custom_field_filters(body["custom_fields"], object_name, definitions)
-        )
+        query.record_filters.extend(_custom_field_filters(body["custom_fields"], spec, definitions))
     return query, extract
 
 
 def _record_filters(
-    object_name: str, body: dict[str, Any], close_date_format: str
+    spec: SeedObject, body: dict[str, Any], close_date_format: str
 ) -> list[RecordFilter]:
+    object_name = spec.name
     filters: list[RecordFilter] = []
-    getters = RECORD_RANGES | {"close_date": _close_date(close_date_format)}
+    getters = RECORD_RANGES | {"close_date": close_date_of(close_date_format)}
     for suffix, getter in getters.items():
-        window = _range(body, suffix) if f"minimum_{suffix}" in SEARCH_KEYS[object_name] else None
+        window = _range(body, suffix) if f"minimum_{suffix}" in spec.search_keys else None
         if window is not None:
             filters.append(lambda r, g=getter, w=window: _within(g(r), *w))
     for key, fld in ID_FILTERS.items():
@@ -1147,13 +1036,11 @@ def _record_filters(
     return filters
 
 
-_RECORD_TYPES = {"leads": "lead", "people": "person", "companies": "company",
-                 "opportunities": "opportunity"}  # fmt: skip
 _RANGE_TYPES = ("Date", "Float", "Percentage", "Currency")
 
 
 def _custom_field_filters(
-    items: Any, object_name: str, definitions: list[dict[str, Any]] | None
+    items: Any, spec: SeedObject, definitions: list[dict[str, Any]] | None
 ) -> list[RecordFilter]:
     """Copper's custom field search: dropdowns and multi-selects by option ids (``option``
     ANY/ALL/NONE for multi-selects, ``allow_empty`` to match unset values too), checkboxes by
@@ -1167,9 +1054,9 @@ def _custom_field_filters(
         if not isinstance(item, dict) or "custom_field_definition_id" not in item:
             raise _Invalid("Custom fields: each needs a custom_field_definition_id")
         definition = by_id.get(_as_int(item["custom_field_definition_id"], "custom_fields"))
-        if definition is None or _RECORD_TYPES[object_name] not in definition["available_on"]:
+        if definition is None or spec.record_type not in definition["available_on"]:
             raise _Invalid(
-                f"Custom fields: no field {item['custom_field_definition_id']} on {object_name}"
+                f"Custom fields: no field {item['custom_field_definition_id']} on {spec.name}"
             )
         kind, key = definition["data_type"], definition["id"]
         allow_empty = bool(item.get("allow_empty", False))
