@@ -51,6 +51,7 @@ from hull_planhat_pipelines.sandbox.copper_seed import (
     SeedObject,
     SeedTable,
     close_date_of,
+    code_of,
     field_of,
 )
 from hull_planhat_pipelines.sandbox.server import Request, Response, SandboxServer
@@ -161,10 +162,6 @@ _COLUMN_DTYPES: dict[str, type] = {
     "type_id": np.int64,
     "converted": np.int8,
 }
-
-
-def _code(values: tuple[str, ...], value: Any) -> int:
-    return values.index(value) if value in values else -1
 
 
 def _columns_of(spec: SeedObject, record: Record) -> dict[str, int]:
@@ -1004,7 +1001,7 @@ def _record_filters(
     if body.get("status_ids") is not None:
         statuses = set(_as_int_list(body["status_ids"], "status_ids"))
         if object_name == "opportunities":  # 0 Open, 1 Won, 2 Lost, 3 Abandoned
-            filters.append(lambda r: _code(STATUSES, r.get("status")) in statuses)
+            filters.append(lambda r: code_of(STATUSES, r.get("status")) in statuses)
         else:
             filters.append(lambda r: r.get("status_id") in statuses)
     if body.get("priorities") is not None:

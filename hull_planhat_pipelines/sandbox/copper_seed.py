@@ -1276,14 +1276,15 @@ def _activity_record_columns(record: Record) -> dict[str, int]:
     parent, kind = record.get("parent") or {}, record.get("type") or {}
     return {
         "activity_date": int(record.get("activity_date") or record["date_created"]),
-        "parent_type": _code(PARENT_TYPES, parent.get("type")),
+        "parent_type": code_of(PARENT_TYPES, parent.get("type")),
         "parent_id": int(parent.get("id") or 0),
-        "type_category": _code(CATEGORIES, kind.get("category")),
+        "type_category": code_of(CATEGORIES, kind.get("category")),
         "type_id": int(kind.get("id") or 0),
     }
 
 
-def _code(values: tuple[str, ...], value: Any) -> int:
+def code_of(values: tuple[str, ...], value: Any) -> int:
+    """The index of ``value`` in a code list (``PARENT_TYPES``, ...), -1 when absent."""
     return values.index(value) if value in values else -1
 
 
