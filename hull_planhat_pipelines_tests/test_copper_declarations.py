@@ -34,10 +34,16 @@ from hull_planhat_pipelines.sandbox.copper_seed import (
     field_of,
     seed_objects,
 )
-from hull_planhat_pipelines.sync.copper_records import duckdb_types, frame_columns
+from hull_planhat_pipelines.sync.copper_records import (
+    Problem,
+    duckdb_types,
+    frame_columns,
+    normalize,
+)
 from hull_planhat_pipelines.sync.copper_schema import (
     COPPER_OBJECTS,
     Column,
+    CopperMetadata,
     Lookup,
     copper_objects,
     modified_object,
@@ -235,3 +241,19 @@ def test_the_default_registries_are_unchanged_and_names_are_declared_once() -> N
         "due_date",
         "completed_date",
     ]
+
+
+def test_lookups_come_from_the_declaration_alone() -> None:
+    """An object without lookups normalizes (no table of lookups to forget: that was a KeyError
+    on every record); a declared lookup resolves its id or reports it unknown."""
+    metadata = CopperMetadata.model_validate({"users": [{"id": 7, "email": "ann@example.com"}]})
+    record = {"id": 1, "name": "Call back", "assignee_id": 7, "status": "Open"}
+    bare = modified_object("notes", "note")
+    assert normalize(bare, record, metadata) == record
+    problems: list[Problem] = []
+    assert normalize(TASKS, record, metadata, problems=problems)["assignee_email"] == (
+        "ann@example.com"
+    )
+    unknown = normalize(TASKS, {**record, "assignee_id": 8}, metadata, problems=problems)
+    assert unknown["assignee_email"] is None
+    assert [str(p) for p in problems] == ["assignee_email: unknown assignee_id 8"]
