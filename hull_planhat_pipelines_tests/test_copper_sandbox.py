@@ -13,13 +13,16 @@ import requests
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import (
     PLANHAT_TEAM_SIZE,
+    SEED_OBJECTS,
     CopperSeed,
     planhat_user_ids,
 )
+from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
 
 Factory = Callable[..., CopperSandbox]
 NOW = 1_767_225_600 + 13 * 3600  # 2026-01-01T13:00:00Z
 START_2024 = 1_704_067_200
+SORTED_OBJECTS = [name for name, obj in COPPER_OBJECTS.items() if obj.sort_by is not None]
 
 
 def headers(sandbox: CopperSandbox, **override: str | None) -> dict[str, str]:
@@ -434,11 +437,21 @@ def test_planhat_owner_ids_are_deterministic_and_prefix_stable() -> None:
 
 
 # -- the seed ------------------------------------------------------------------------------------
+def test_the_sandbox_seeds_every_object_the_pipeline_declares() -> None:
+    """One seed entry per pipeline declaration, under the same name and record type."""
+    assert list(SEED_OBJECTS) == list(COPPER_OBJECTS)
+    for name, obj in COPPER_OBJECTS.items():
+        assert SEED_OBJECTS[name].record_type == obj.record_type
+        assert obj.min_key in SEED_OBJECTS[name].search_keys
+        assert obj.max_key in SEED_OBJECTS[name].search_keys
+        assert {key for key, _ in obj.search_flags} <= SEED_OBJECTS[name].search_keys
+
+
 def test_same_seed_same_data(copper_sandbox_factory: Factory) -> None:
     first = copper_sandbox_factory(seed=7, now=NOW)
     second = copper_sandbox_factory(seed=7, now=NOW)
     other = copper_sandbox_factory(seed=8, now=NOW)
-    for obj in ("leads", "people", "companies", "opportunities", "activities"):
+    for obj in COPPER_OBJECTS:
         assert first.records(obj) == second.records(obj)
         assert first.records(obj) != other.records(obj)
     assert first.metadata == second.metadata
@@ -458,10 +471,7 @@ def full_seed() -> CopperSandbox:
 
 
 def test_scale_one_has_the_documented_sizes(full_seed: CopperSandbox) -> None:
-    counts = {
-        obj: full_seed.count(obj)
-        for obj in ("leads", "people", "companies", "opportunities", "activities")
-    }
+    counts = {obj: full_seed.count(obj) for obj in COPPER_OBJECTS}
     assert counts == {
         "leads": 1000,
         "people": 1000,
@@ -558,7 +568,7 @@ def test_edge_cases_at_scale_one(full_seed: CopperSandbox) -> None:
 
 def test_dates_spread_from_before_2024_to_today(full_seed: CopperSandbox) -> None:
     today = NOW - NOW % 86_400
-    for obj in ("leads", "people", "companies", "opportunities"):
+    for obj in SORTED_OBJECTS:
         modified = [r["date_modified"] for r in full_seed.records(obj)]
         assert min(modified) < START_2024 and max(modified) <= NOW
         assert any(today <= m for m in modified), obj

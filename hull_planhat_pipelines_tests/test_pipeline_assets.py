@@ -22,6 +22,7 @@ from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
+from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
 
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=20)
@@ -285,7 +286,7 @@ def _user_activity(pipeline: Pipeline) -> dict:
     )
 
 
-@pytest.mark.parametrize("name", ["leads", "people", "companies", "opportunities", "activities"])
+@pytest.mark.parametrize("name", list(COPPER_OBJECTS))
 def test_a_full_refresh_leaves_records_deleted_in_copper_out_of_every_partition(
     pipeline: Pipeline, name: str
 ) -> None:
@@ -407,7 +408,7 @@ def _current(path: Path) -> dict[str, list[tuple]]:
             name: conn.execute(
                 f"select id, record from copper_current.{name} order by id"
             ).fetchall()
-            for name in ("leads", "people", "companies", "opportunities", "activities")
+            for name in COPPER_OBJECTS
         }
 
 

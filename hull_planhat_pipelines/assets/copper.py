@@ -1,12 +1,13 @@
 """Copper raw tables: ``copper/{leads,people,companies,opportunities,activities}``.
 
 One asset per declared Copper object, all built by one factory: an object is added by a
-declaration in ``clients/copper.py``, not by a new fetch loop. Each partition is one UTC day of
+declaration in ``sync/copper_schema.py``, not by a new fetch loop. Each partition is one UTC day of
 the object's windowing date; a run over a partition range (a backfill, "fetch all") walks the
 whole range with one date cursor instead of one search per day.
 """
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 import dagster as dg
@@ -65,7 +66,7 @@ def _fetch(
     pages = 0
     bar = tqdm(desc=f"copper/{obj.name}", unit=" records", disable=not progress_bar, leave=False)
     with bar:
-        for page in client.search(obj.name, start=start, end=end, activity_type_ids=type_ids):
+        for page in client.search(obj, start=start, end=end, activity_type_ids=type_ids):
             pages += 1
             records.extend(page.records)
             if page.total is not None:
@@ -75,10 +76,10 @@ def _fetch(
             context.log.info(
                 f"copper/{obj.name}: page {page.number}, {len(records)} records so far{of_total}"
             )
-    targets = connect_targets(obj.name, records, metadata)
+    targets = connect_targets(obj, records, metadata)
     record_names = {kind: client.names(kind, sorted(ids)) for kind, ids in targets.items()}
     frame = records_frame(
-        obj.name,
+        obj,
         records,
         metadata,
         record_names=record_names,
@@ -178,6 +179,10 @@ def build_copper_asset(
 
 
 def build_copper_assets(
-    settings: Settings, partitions_def: dg.PartitionsDefinition
+    settings: Settings,
+    partitions_def: dg.PartitionsDefinition,
+    objects: Iterable[CopperObject] | None = None,
 ) -> list[dg.AssetsDefinition]:
-    return [build_copper_asset(obj, settings, partitions_def) for obj in COPPER_OBJECTS.values()]
+    """One asset per declared object (default: ``COPPER_OBJECTS``)."""
+    chosen = COPPER_OBJECTS.values() if objects is None else objects
+    return [build_copper_asset(obj, settings, partitions_def) for obj in chosen]

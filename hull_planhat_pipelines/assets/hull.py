@@ -30,6 +30,7 @@ from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows
+from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
 from hull_planhat_pipelines.sync.hull_sync import (
     Changes,
     ProfileStore,
@@ -42,7 +43,8 @@ from hull_planhat_pipelines.sync.segments import segments_hash
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
-COPPER_SOURCES = ("leads", "people", "companies", "opportunities", "activities")
+COPPER_SOURCES = tuple(name for name, obj in COPPER_OBJECTS.items() if obj.hull_source)
+"""The Copper tables Hull reads: every declared object that says it feeds Hull."""
 PLANHAT_SOURCES = ("companies", "endusers")
 HULL_KEYS = {
     name: dg.AssetKey(["hull", name])

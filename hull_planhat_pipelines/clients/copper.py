@@ -1,10 +1,12 @@
 """Copper developer API client: searches walked by date, and the account metadata.
 
-Each searchable object is a declaration (``COPPER_OBJECTS``); one loop fetches them all. Paging
-follows Copper's documented rules: ``page_size`` (max 200) and ``page_number`` in the JSON body,
-only documented snake_case keys (an unknown key answers 422), stop on a short page. Copper's
-``X-PW-TOTAL`` header is an estimate: it drives progress reports and never decides when a walk
-ends (a header that undercounts would otherwise lose records silently).
+Each searchable object is a declaration (``COPPER_OBJECTS``, from ``sync.copper_schema``); one
+loop fetches them all, and ``search`` takes a name or a declaration (an object declared outside
+the default registry). Paging follows Copper's documented rules: ``page_size`` (max 200) and
+``page_number`` in the JSON body, only documented snake_case keys (an unknown key answers 422),
+stop on a short page. Copper's ``X-PW-TOTAL`` header is an estimate: it drives progress reports
+and never decides when a walk ends (a header that undercounts would otherwise lose records
+silently).
 
 Objects sorted by date are walked with a value cursor, never by page offset: records move to
 the end of a ``date_modified`` sort whenever someone saves them, and an offset walk then skips
@@ -110,34 +112,29 @@ def value_cursor_searches(keys: Sequence[tuple[int, int]], page_size: int = MAX_
     page is walked by ``date_created``, and one over a page in both dates by page number plus
     one verification pass. The offset walk's minimum is ``search_requests``; the difference
     is what never skipping a record costs."""
-    modified = [k[0] for k in keys]
+    return _value_walk(keys, 0, page_size)
+
+
+def _value_walk(keys: Sequence[tuple[int, ...]], level: int, page_size: int) -> int:
+    """Requests of a value-cursor walk by the ``level``-th date of ``keys``: a page sharing one
+    date is walked by the next date, and when no date is left by page number (the walk that
+    finds more than a page, then a verification pass)."""
+    values = [k[level] for k in keys]
     requests, at = 0, 0
     while True:
-        page = modified[at : at + page_size]
+        page = values[at : at + page_size]
         requests += 1
         if len(page) < page_size:
             return requests
         if page[0] != page[-1]:
-            at = bisect.bisect_left(modified, page[-1], lo=at)
+            at = bisect.bisect_left(values, page[-1], lo=at)
             continue
-        stop = bisect.bisect_right(modified, page[-1], lo=at)
-        requests += _created_walk([k[1] for k in keys[at:stop]], page_size)
-        at = stop
-
-
-def _created_walk(created: list[int], page_size: int) -> int:
-    requests, at = 0, 0
-    while True:
-        page = created[at : at + page_size]
-        requests += 1
-        if len(page) < page_size:
-            return requests
-        if page[0] != page[-1]:
-            at = bisect.bisect_left(created, page[-1], lo=at)
-            continue
-        stop = bisect.bisect_right(created, page[-1], lo=at)
-        passes = 2 if stop - at > page_size else 1  # a walk that found more, then a check
-        requests += passes * search_requests(stop - at, page_size)
+        stop = bisect.bisect_right(values, page[-1], lo=at)
+        if level + 1 < len(keys[at]):
+            requests += _value_walk(keys[at:stop], level + 1, page_size)
+        else:
+            passes = 2 if stop - at > page_size else 1  # a walk that found more, then a check
+            requests += passes * search_requests(stop - at, page_size)
         at = stop
 
 
@@ -271,7 +268,7 @@ class CopperClient:
     # -- searching ---------------------------------------------------------------------------
     def search(
         self,
-        object_name: str,
+        object_name: str | CopperObject,
         *,
         start: int | None,
         end: int | None,
@@ -293,18 +290,18 @@ class CopperClient:
         """
         obj = copper_object(object_name)  # unknown names fail here, not at the first next()
         if activity_type_ids is not None and obj.sort_by is not None:
-            raise ValueError(f"activity_type_ids filter activities, not {object_name}")
+            raise ValueError(f"activity_type_ids filter activities, not {obj.name}")
         empty_types = activity_type_ids is not None and len(activity_type_ids) == 0
         if empty_types or (start is not None and end is not None and start > end):
             return iter(())
         return _Walk(self, obj, activity_type_ids, on_page).pages(start, end)
 
-    def newest_modified(self, object_name: str) -> int | None:
+    def newest_modified(self, object_name: str | CopperObject) -> int | None:
         """The newest ``date_modified`` of an object (None if it has no records): one request of
         one record, cheap enough for a sensor tick."""
         obj = copper_object(object_name)
         if obj.sort_by is None:
-            raise ValueError(f"{object_name} cannot be sorted; use activity_exists_since")
+            raise ValueError(f"{obj.name} cannot be sorted; use activity_exists_since")
         body = {
             "page_size": 1,
             "page_number": 1,

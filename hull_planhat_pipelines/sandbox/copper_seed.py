@@ -22,7 +22,7 @@ import html
 import re
 import unicodedata
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,16 +33,6 @@ T = TypeVar("T")
 SEED_START = 1696118400
 """2023-10-01T00:00:00Z: the oldest generated date, three months before the example start_date."""
 DAY = 86_400
-OBJECTS = ("leads", "people", "companies", "opportunities", "activities")
-BASE_COUNTS = {
-    "leads": 1000,
-    "people": 1000,
-    "companies": 100,
-    "opportunities": 300,
-    "activities": 2000,
-}
-MIN_COUNTS = {"leads": 10, "people": 12, "companies": 5, "opportunities": 8, "activities": 12}
-"""Enough rows for every pinned edge case, whatever the scale."""
 PLANHAT_TEAM_SIZE = 8
 """Planhat team members whose ids companies carry in ``assignee_planhat_id``."""
 PARENT_TYPES = ("person", "lead", "company", "opportunity", "project", "task")
@@ -542,12 +532,16 @@ class CopperSeed:
         *,
         user_email: str = "sandbox@example.com",
         close_date_format: str = "M/D/YYYY",
+        objects: Mapping[str, SeedObject] | None = None,
     ) -> None:
         self.seed = seed
         self.now = now
+        self.objects: Mapping[str, SeedObject] = SEED_OBJECTS if objects is None else objects
+        """Name -> how each object is seeded (default: ``SEED_OBJECTS``)."""
         self.metadata = build_metadata(seed, scale, user_email, close_date_format)
         self.counts = {
-            name: max(MIN_COUNTS[name], round(BASE_COUNTS[name] * scale)) for name in OBJECTS
+            name: max(spec.min_count, round(spec.base_count * scale))
+            for name, spec in self.objects.items()
         }
         self._user_ids = tuple(user["id"] for user in self.metadata.users)
         """Frozen: tests may replace the users list without changing generated records."""
@@ -556,35 +550,27 @@ class CopperSeed:
             for kind in ("lead", "person", "company", "opportunity")
         }
         self._build_columns()
-        self.tables = {
-            "leads": SeedTable("leads", self._cols["leads"], self.lead, self._lead_names.text_key),
-            "people": SeedTable(
-                "people", self._cols["people"], self.person, self._person_names.text_key
-            ),
-            "companies": SeedTable("companies", self._cols["companies"], self.company),
-            "opportunities": SeedTable(
-                "opportunities", self._cols["opportunities"], self.opportunity
-            ),
-            "activities": SeedTable("activities", self._cols["activities"], self.activity),
-        }
+        self.tables = {name: self._seed_table(spec) for name, spec in self.objects.items()}
         self.edge_cases = self._edge_cases()
+
+    def _seed_table(self, spec: SeedObject) -> SeedTable:
+        text_key = spec.text_key
+        return SeedTable(
+            spec.name,
+            self._cols[spec.name],
+            functools.partial(spec.record, self),
+            (lambda fld, rows: text_key(self, fld, rows)) if text_key else lambda fld, rows: None,
+        )
 
     # -- columns -------------------------------------------------------------------------------
     def _build_columns(self) -> None:
         s, now, n = self.seed, self.now, self.counts
-        bases = {
-            "leads": 70_100_000,
-            "people": 70_100_000,  # the same base: lead and person ids overlap, like Copper's
-            "companies": 60_400_000,
-            "opportunities": 30_200_000,
-            "activities": 6_300_000_000,
-        }
         self._cols: dict[str, dict[str, np.ndarray]] = {}
-        for name in OBJECTS:
-            burst = min(250, n[name] // 4) if name != "activities" else 0
+        for name, spec in self.objects.items():
+            burst = min(250, n[name] // 4) if spec.mass_update else 0
             created, modified = _timeline(s, name, n[name], now, burst)
             self._cols[name] = {
-                "id": _ids(s, name, bases[name], n[name]),
+                "id": _ids(s, name, spec.id_base, n[name]),
                 "date_created": created,
                 "date_modified": modified,
             }
@@ -602,11 +588,9 @@ class CopperSeed:
         self._company_of_person = _pick(s, "people:company", n["people"], n["companies"]).astype(
             np.int32
         )
-        self._activity_columns()
-        lead_rows = np.arange(n["leads"])
-        self._cols["leads"]["converted"] = (
-            (lead_rows < n["people"]) & ((lead_rows == 4) | (lead_rows % 25 == 4))
-        ).astype(np.int8)  # the rule of _converted_into, vectorised
+        for name, spec in self.objects.items():
+            if spec.columns is not None:
+                self._cols[name].update(spec.columns(self))
         self._partner_company = np.where(
             np.arange(n["opportunities"]) % 9 == 2,
             _pick(s, "opportunities:partner", n["opportunities"], n["companies"]),
@@ -614,7 +598,14 @@ class CopperSeed:
         )
         self._partner_opps: dict[int, list[int]] | None = None
 
-    def _activity_columns(self) -> None:
+    def _lead_columns(self) -> dict[str, np.ndarray]:
+        """Whether each lead is converted: converted leads leave the default search."""
+        n = self.counts
+        lead_rows = np.arange(n["leads"])
+        converted = (lead_rows < n["people"]) & ((lead_rows == 4) | (lead_rows % 25 == 4))
+        return {"converted": converted.astype(np.int8)}  # the rule of _converted_into, vectorised
+
+    def _activity_columns(self) -> dict[str, np.ndarray]:
         """Parents, types and the activity date: what the activities search filters on."""
         s, n, cols = self.seed, self.counts["activities"], self._cols["activities"]
         user_types = [t["id"] for t in self.metadata.activity_types["user"]]
@@ -645,7 +636,7 @@ class CopperSeed:
         back[-1] = True  # the newest row: a meeting logged now, dated six days ago
         shift[-1] = 6 * DAY + 3600
         activity_date = np.where(back, created - shift, created)
-        cols.update(
+        return dict(
             activity_date=activity_date,
             # Copper: a user activity's date_modified is its activity_date, not the edit time.
             date_modified=np.where(category == 0, activity_date, created),
@@ -684,13 +675,20 @@ class CopperSeed:
         parent_type[last], parent_id[last] = 0, self.ids["people"][3]
         category[last], type_id[last] = 0, meeting
 
-    # -- shared pieces ---------------------------------------------------------------------------
-    def _dice(self, obj: str, row: int) -> Dice:
-        return Dice(self.seed, _salt(obj), row)
+    # -- shared pieces (also for records of objects declared elsewhere) ----------------------------
+    def dice(self, label: str, row: int) -> Dice:
+        """The random stream of one record: keyed by the seed, a label and the row."""
+        return Dice(self.seed, _salt(label), row)
 
-    def _dates(self, obj: str, row: int) -> tuple[int, int]:
+    def dates(self, obj: str, row: int) -> tuple[int, int]:
+        """``(date_created, date_modified)`` of a row of ``obj``, as generated."""
         cols = self._cols[obj]
         return int(cols["date_created"][row]), int(cols["date_modified"][row])
+
+    @property
+    def user_ids(self) -> tuple[int, ...]:
+        """The Copper users' ids records are assigned to."""
+        return self._user_ids
 
     def _assignee(self, dice: Dice) -> int | None:
         return None if dice.chance(0.1) else dice.choice(self._user_ids)
@@ -796,8 +794,8 @@ class CopperSeed:
     def lead(self, row: int) -> dict[str, Any]:
         """A lead: ``email`` is one object or null (rows 2, 5, 14, ...); rows 0-1 unicode names;
         rows 4, 29, 54, ... converted into the person of their row (out of default searches)."""
-        dice = self._dice("lead", row)
-        created, modified = self._dates("leads", row)
+        dice = self.dice("lead", row)
+        created, modified = self.dates("leads", row)
         first, last, name = self._lead_names.parts(row)
         status = dice.choice(self.metadata.lead_statuses)
         email = self.lead_email(row)
@@ -868,8 +866,8 @@ class CopperSeed:
     def person(self, row: int) -> dict[str, Any]:
         """A person: ``emails`` may be empty; the company may be null or not a seeded company;
         rows 3, 13, 23, ... share the e-mail of the lead of the same row."""
-        dice = self._dice("person", row)
-        created, modified = self._dates("people", row)
+        dice = self.dice("person", row)
+        created, modified = self.dates("people", row)
         first, last, name = self._person_names.parts(row)
         company_id = self._person_company(row)
         known = company_id is not None and company_id < UNKNOWN_COMPANY_BASE
@@ -937,8 +935,8 @@ class CopperSeed:
     def company(self, row: int) -> dict[str, Any]:
         """A company: ``email_domain`` may be null; ``assignee_planhat_id`` holds a team member's
         Planhat id, an id Planhat does not know (rows 2, 25, 48, ...), null, or is missing."""
-        dice = self._dice("company", row)
-        created, modified = self._dates("companies", row)
+        dice = self.dice("company", row)
+        created, modified = self.dates("companies", row)
         owners = self.metadata.planhat_owner_ids
         owner: Any = owners[row % len(owners)]
         if row == 2 or row % 23 == 2:
@@ -999,8 +997,8 @@ class CopperSeed:
 
     def opportunity(self, row: int) -> dict[str, Any]:
         """An opportunity: ``close_date`` is locale text; some have a blank type (skipped)."""
-        dice = self._dice("opportunity", row)
-        created, modified = self._dates("opportunities", row)
+        dice = self.dice("opportunity", row)
+        created, modified = self.dates("opportunities", row)
         company_row = 0 if row in (0, 6) else dice.below(self.counts["companies"])
         pipeline = dice.choice(self.metadata.pipelines)
         stage = dice.choice(pipeline["stages"])
@@ -1058,7 +1056,7 @@ class CopperSeed:
 
     def activity(self, row: int) -> dict[str, Any]:
         """An activity: parent and type from the columns; ``details`` HTML-escaped, as Copper's."""
-        dice = self._dice("activity", row)
+        dice = self.dice("activity", row)
         cols = self._cols["activities"]
         category = CATEGORIES[cols["type_category"][row]]
         type_id = int(cols["type_id"][row])
@@ -1091,7 +1089,7 @@ class CopperSeed:
     # -- documentation of the edge cases ----------------------------------------------------------
     def _edge_cases(self) -> dict[str, Any]:
         """Where each edge case lives (ids), for tests and for people reading the demo."""
-        ids = {name: [int(i) for i in self.ids[name][:12]] for name in OBJECTS}
+        ids = {name: [int(i) for i in self.ids[name][:12]] for name in self.objects}
         acts = ids["activities"]
         leads_cols = self._cols["leads"]
         burst_at = SEED_START + int(max(self.now - SEED_START, DAY) * 0.62)
@@ -1164,3 +1162,218 @@ class _Absent:
 
 
 _ABSENT: Any = _Absent()
+
+
+# -- the objects: one declaration each -------------------------------------------------------------
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SeedObject:
+    """How the sandbox seeds and searches one Copper object: everything it knows of it.
+
+    The pipeline's declaration (``sync.copper_schema.CopperObject``) says how the object is
+    fetched; this one says how the emulated API generates and serves it. Keyed by the same name.
+    """
+
+    name: str
+    record_type: str
+    """Singular, as in custom fields' ``available_on``: ``lead``."""
+    base_count: int
+    """Rows at scale 1."""
+    min_count: int
+    """Rows at any scale: enough for every edge case pinned to the first rows."""
+    id_base: int
+    """The first row's id; ids then rise with the row, with gaps."""
+    record: Callable[[CopperSeed, int], Record]
+    """Row -> record, from the seed's columns (``ids``, ``dates``) and its ``dice``."""
+    search_keys: frozenset[str]
+    """Documented body keys of its search: anything else is a 422, as in Copper."""
+    default_sort: str = "date_modified"
+    sorts: Mapping[str, Callable[[Record], Any]] = field(default_factory=dict)
+    """Documented ``sort_by`` values besides the column sorts (``date_modified``, ...)."""
+    mass_update: bool = True
+    """Rows touched by one mass update in the same second: a tie group larger than a page."""
+    search_columns: tuple[str, ...] = ()
+    """Searchable columns besides id and dates (kept as arrays, filtered vectorised)."""
+    columns: Callable[[CopperSeed], dict[str, np.ndarray]] | None = None
+    """The generated rows' ``search_columns``, built once every object has its ids."""
+    record_columns: Callable[[Record], dict[str, int]] | None = None
+    """The ``search_columns`` of a record given explicitly (by a test or the control surface)."""
+    text_key: Callable[[CopperSeed, str, np.ndarray], list[str] | None] | None = None
+    """Sort keys of a text field for rows, without building records (name sorts)."""
+
+
+def first_of(items: list[Any] | None, key: str) -> Any:
+    return items[0].get(key) if items else None
+
+
+def _address_part(part: str) -> Callable[[Record], Any]:
+    return lambda r: (r.get("address") or {}).get(part)
+
+
+def _email_of(record: Record) -> str | None:
+    if "emails" in record:
+        return first_of(record.get("emails"), "email")
+    return (record.get("email") or {}).get("email")
+
+
+def parse_close_date(text: Any, fmt: str = "M/D/YYYY") -> int | None:
+    """``"M/D/YYYY"`` (or ``"D/M/YYYY"``) text -> Unix seconds at UTC midnight, else ``None``."""
+    try:
+        first, second, year = (int(part) for part in str(text).split("/"))
+        month, day = (second, first) if fmt == "D/M/YYYY" else (first, second)
+        return int(dt.datetime(year, month, day, tzinfo=dt.UTC).timestamp())
+    except (TypeError, ValueError):
+        return None
+
+
+def close_date_of(fmt: str) -> Callable[[Record], Any]:
+    return lambda r: parse_close_date(r.get("close_date"), fmt)
+
+
+def field_of(name: str) -> Callable[[Record], Any]:
+    return lambda r: r.get(name)
+
+
+PAGING_KEYS = frozenset({"page_number", "page_size"})
+SORT_KEYS = frozenset({"sort_by", "sort_direction"})
+COMMON_SEARCH_KEYS = PAGING_KEYS | SORT_KEYS | {
+    "ids", "name", "tags", "followed", "age", "assignee_ids", "custom_fields",
+    "minimum_interaction_count", "maximum_interaction_count",
+    "minimum_interaction_date", "maximum_interaction_date",
+    "minimum_created_date", "maximum_created_date",
+    "minimum_modified_date", "maximum_modified_date",
+}  # fmt: skip
+"""Body keys every record search documents (leads, people, companies, opportunities)."""
+_ADDRESS_KEYS = {"phone_number", "city", "state", "postal_code", "country"}
+
+_PERSONISH_SORTS: dict[str, Callable[[Record], Any]] = {
+    "name": field_of("name"),
+    "first_name": field_of("first_name"),
+    "last_name": field_of("last_name"),
+    "title": field_of("title"),
+    "email": _email_of,
+    "phone": lambda r: first_of(r.get("phone_numbers"), "number"),
+    "city": _address_part("city"),
+    "state": _address_part("state"),
+    "country": _address_part("country"),
+    "zip": _address_part("postal_code"),
+}
+
+
+def _lead_record_columns(record: Record) -> dict[str, int]:
+    return {"converted": int(record.get("converted_contact_id") is not None)}
+
+
+def _activity_record_columns(record: Record) -> dict[str, int]:
+    parent, kind = record.get("parent") or {}, record.get("type") or {}
+    return {
+        "activity_date": int(record.get("activity_date") or record["date_created"]),
+        "parent_type": code_of(PARENT_TYPES, parent.get("type")),
+        "parent_id": int(parent.get("id") or 0),
+        "type_category": code_of(CATEGORIES, kind.get("category")),
+        "type_id": int(kind.get("id") or 0),
+    }
+
+
+def code_of(values: tuple[str, ...], value: Any) -> int:
+    """The index of ``value`` in a code list (``PARENT_TYPES``, ...), -1 when absent."""
+    return values.index(value) if value in values else -1
+
+
+DEFAULT_SEED_OBJECTS: tuple[SeedObject, ...] = (
+    SeedObject(
+        "leads", "lead", 1000, 10, 70_100_000, CopperSeed.lead,
+        frozenset(COMMON_SEARCH_KEYS | _ADDRESS_KEYS | {
+            "emails", "status_ids", "customer_source_ids", "include_converted_leads",
+            "minimum_monetary_value", "maximum_monetary_value",
+        }),
+        default_sort="name",
+        sorts=_PERSONISH_SORTS | {
+            "company_name": field_of("company_name"),
+            "value": field_of("monetary_value"),
+            "inactive_days": field_of("date_last_contacted"),
+        },
+        search_columns=("converted",),
+        columns=CopperSeed._lead_columns,
+        record_columns=_lead_record_columns,
+        text_key=lambda seed, fld, rows: seed._lead_names.text_key(fld, rows),
+    ),
+    # The same id base as leads: lead and person ids overlap, like Copper's.
+    SeedObject(
+        "people", "person", 1000, 12, 70_100_000, CopperSeed.person,
+        frozenset(COMMON_SEARCH_KEYS | _ADDRESS_KEYS | {
+            "emails", "contact_type_ids", "company_ids", "opportunity_ids",
+        }),
+        default_sort="first_name",
+        sorts=_PERSONISH_SORTS,
+        text_key=lambda seed, fld, rows: seed._person_names.text_key(fld, rows),
+    ),
+    SeedObject(
+        "companies", "company", 100, 5, 60_400_000, CopperSeed.company,
+        frozenset(COMMON_SEARCH_KEYS | _ADDRESS_KEYS | {"email_domains", "contact_type_ids"}),
+        sorts={
+            **{k: _PERSONISH_SORTS[k] for k in ("name", "phone", "city", "state", "country", "zip")},
+            "email_domain": field_of("email_domain"),
+            "assignee": field_of("assignee_id"),
+            "contact": field_of("primary_contact_id"),
+            "contact_group": field_of("contact_type_id"),
+            "interaction_count": field_of("interaction_count"),
+            "primary_website": lambda r: first_of(r.get("websites"), "url"),
+        },
+    ),
+    SeedObject(
+        "opportunities", "opportunity", 300, 8, 30_200_000, CopperSeed.opportunity,
+        frozenset(COMMON_SEARCH_KEYS | {
+            "status_ids", "pipeline_ids", "pipeline_stage_ids", "priority_ids", "priorities",
+            "customer_source_ids", "loss_reason_ids", "company_ids", "primary_contact_ids",
+            "minimum_monetary_value", "maximum_monetary_value",
+            "minimum_close_date", "maximum_close_date",
+            "minimum_stage_change_date", "maximum_stage_change_date",
+        }),
+        default_sort="name",
+        sorts={
+            "name": field_of("name"),
+            "company_name": field_of("company_name"),
+            "value": field_of("monetary_value"),
+            "assignee": field_of("assignee_id"),
+            "customer_source_id": field_of("customer_source_id"),
+            "contact": field_of("primary_contact_id"),
+            "stage": field_of("pipeline_stage_id"),
+            "status": field_of("status"),
+            "close_date": close_date_of("M/D/YYYY"),  # D/M/YYYY accounts: see the sandbox
+            "priority": field_of("priority"),
+            "interaction_count": field_of("interaction_count"),
+            "win_probability": field_of("win_probability"),
+        },
+    ),
+    # Activities have their own, smaller set. Sorting is not documented: Hull sent sort_by
+    # anyway and it is accepted, but ignored (results come by activity_date, then id).
+    SeedObject(
+        "activities", "activity", 2000, 12, 6_300_000_000, CopperSeed.activity,
+        frozenset(PAGING_KEYS | SORT_KEYS | {
+            "parent", "activity_types", "minimum_activity_date", "maximum_activity_date",
+            "full_result",
+        }),
+        default_sort="activity_date",
+        mass_update=False,
+        search_columns=("activity_date", "parent_type", "parent_id", "type_category", "type_id"),
+        columns=CopperSeed._activity_columns,
+        record_columns=_activity_record_columns,
+    ),
+)  # fmt: skip
+"""How the sandbox seeds the pipeline's objects (``sync.copper_schema.DEFAULT_OBJECTS``)."""
+
+
+def seed_objects(extra: Iterable[SeedObject] = ()) -> dict[str, SeedObject]:
+    """Name -> seed declaration: the default objects plus ``extra`` (each name once)."""
+    registry = {o.name: o for o in DEFAULT_SEED_OBJECTS}
+    for spec in extra:
+        if spec.name in registry:
+            raise ValueError(f"sandbox Copper object {spec.name!r} is declared twice")
+        registry[spec.name] = spec
+    return registry
+
+
+SEED_OBJECTS: dict[str, SeedObject] = seed_objects()

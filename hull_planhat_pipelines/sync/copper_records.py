@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hull_planhat_pipelines.sync.copper_schema import (
+    Column,
     CopperMetadata,
     CopperObject,
     CustomFieldDefinition,
@@ -64,45 +65,27 @@ Report = Callable[[str, str], None]
 
 
 # -- standard and derived fields ---------------------------------------------------------------
-_LOOKUPS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    # record type -> (derived field, id field, CopperMetadata lookup)
-    "lead": (
-        ("status", "status_id", "lead_status_names"),
-        ("customer_source", "customer_source_id", "customer_source_names"),
-        ("assignee_email", "assignee_id", "user_emails"),
-    ),
-    "person": (
-        ("contact_type", "contact_type_id", "contact_type_names"),
-        ("assignee_email", "assignee_id", "user_emails"),
-    ),
-    "company": (
-        ("contact_type", "contact_type_id", "contact_type_names"),
-        ("assignee_email", "assignee_id", "user_emails"),
-    ),
-    "opportunity": (
-        ("customer_source", "customer_source_id", "customer_source_names"),
-        ("pipeline", "pipeline_id", "pipeline_names"),
-        ("pipeline_stage", "pipeline_stage_id", "stage_names"),
-        ("loss_reason", "loss_reason_id", "loss_reason_names"),
-        ("assignee_email", "assignee_id", "user_emails"),
-    ),
-    "activity": (("user_email", "user_id", "user_emails"),),
-}
 _ADDRESS_PARTS = ("street", "city", "state", "postal_code", "country")
 
 
 def _resolve_ids(
-    record: Mapping[str, Any], out: dict[str, Any], meta: CopperMetadata, kind: str, report: Report
+    record: Mapping[str, Any],
+    out: dict[str, Any],
+    meta: CopperMetadata,
+    obj: CopperObject,
+    report: Report,
 ) -> None:
-    """Id fields -> names. A label the record already carries (a lead's ``status``) wins."""
-    for field, id_field, lookup in _LOOKUPS[kind]:
+    """Id fields -> names, as the object declares them. A label the record already carries (a
+    lead's ``status``) wins."""
+    for lookup in obj.lookups:
+        field, id_field = lookup.field, lookup.id_field
         if out.get(field) is not None or id_field not in record:
             continue
         key = record[id_field]
         if key is None:
             out[field] = None
             continue
-        table: Mapping[int, Any] = getattr(meta, lookup)
+        table: Mapping[int, Any] = getattr(meta, lookup.table)
         if key in table:
             out[field] = table[key]
         else:
@@ -230,7 +213,7 @@ def _connect(d: CustomFieldDefinition, value: Any, ctx: _Context) -> dict[str, l
 
 
 def connect_targets(
-    object_name: str, records: Iterable[Mapping[str, Any]], metadata: CopperMetadata
+    object_name: str | CopperObject, records: Iterable[Mapping[str, Any]], metadata: CopperMetadata
 ) -> dict[str, set[int]]:
     """Record type -> ids the records' Connect fields point to: the names the resolver needs.
     A field whose partner definition is unknown names no target and is left unresolved."""
@@ -311,7 +294,7 @@ def _custom_fields(record: Mapping[str, Any], out: dict[str, Any], ctx: _Context
 
 # -- normalize ---------------------------------------------------------------------------------
 def normalize(
-    object_name: str,
+    object_name: str | CopperObject,
     record: Mapping[str, Any],
     metadata: CopperMetadata,
     *,
@@ -326,7 +309,8 @@ def normalize(
     and ``parent_*``) and ``custom:<name>`` per custom field. Unresolvable values become None and
     are appended to ``problems`` when a list is given.
     """
-    kind = copper_object(object_name).record_type
+    obj = copper_object(object_name)
+    kind = obj.record_type
 
     def report(field: str, message: str) -> None:
         if problems is not None:
@@ -340,7 +324,7 @@ def normalize(
         out["phone"] = _first(record["phone_numbers"], "number")
     if "address" in record:
         _flatten_address(record["address"], out)
-    _resolve_ids(record, out, metadata, kind, report)
+    _resolve_ids(record, out, metadata, obj, report)
     if "close_date" in record:
         try:
             out["close_date"] = parse_close_date(record["close_date"], close_date_format)
@@ -367,12 +351,6 @@ def field_value(normalized: Mapping[str, Any], field_name: str) -> Any:
 
 
 # -- the raw table frame -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Column:
-    name: str
-    kind: Literal["id", "int", "float", "text", "timestamp", "date"]
-
-
 _PANDAS_DTYPES: dict[str, Any] = {
     "id": "int64",
     "int": "Int64",
@@ -396,31 +374,6 @@ _HEAD = (
     Column("date_created", "timestamp"),
     Column("date_modified", "timestamp"),
 )
-_SPECIFIC: dict[str, tuple[Column, ...]] = {
-    "leads": (
-        Column("status", "text"),
-        Column("monetary_value", "float"),
-        Column("converted_contact_id", "int"),
-        Column("converted_at", "timestamp"),
-    ),
-    "people": (Column("company_id", "int"),),
-    "companies": (Column("email_domain", "text"), Column("primary_contact_id", "int")),
-    "opportunities": (
-        Column("company_id", "int"),
-        Column("primary_contact_id", "int"),
-        Column("status", "text"),
-        Column("monetary_value", "float"),
-        Column("opportunity_type", "text"),
-    ),
-    "activities": (
-        Column("parent_type", "text"),
-        Column("parent_id", "int"),
-        Column("type_id", "int"),
-        Column("type_category", "text"),
-        Column("type_name", "text"),
-        Column("activity_date", "timestamp"),
-    ),
-}
 _TAIL = (
     Column("partition_date", "date"),
     Column("record", "text"),
@@ -430,17 +383,16 @@ _TAIL = (
 )
 
 
-def frame_columns(object_name: str) -> tuple[Column, ...]:
+def frame_columns(object_name: str | CopperObject) -> tuple[Column, ...]:
     """The columns of ``copper.<object>``, in order: the same whatever the records."""
-    copper_object(object_name)
-    return (*_HEAD, *_SPECIFIC[object_name], *_TAIL)
+    return (*_HEAD, *copper_object(object_name).columns, *_TAIL)
 
 
-def frame_dtypes(object_name: str) -> dict[str, Any]:
+def frame_dtypes(object_name: str | CopperObject) -> dict[str, Any]:
     return {c.name: _PANDAS_DTYPES[c.kind] for c in frame_columns(object_name)}
 
 
-def duckdb_types(object_name: str) -> dict[str, str]:
+def duckdb_types(object_name: str | CopperObject) -> dict[str, str]:
     """Column -> DuckDB type. pandas has no date dtype (without pyarrow): ``partition_date`` is
     an object column of dates, typed DATE only when rows exist, so create tables from this."""
     return {c.name: _DUCKDB_TYPES[c.kind] for c in frame_columns(object_name)}
@@ -451,7 +403,7 @@ _JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def records_frame(
-    object_name: str,
+    object_name: str | CopperObject,
     records: Iterable[Mapping[str, Any]],
     metadata: CopperMetadata,
     *,
@@ -468,20 +420,20 @@ def records_frame(
     (JSON, null when none). ``fetched_at`` must be timezone-aware (naive is taken as UTC).
     """
     obj = copper_object(object_name)
-    kept = _newest_per_id(without_deleted(object_name, records), obj)
-    typed = (*_HEAD, *_SPECIFIC[object_name])
+    kept = _newest_per_id(without_deleted(obj.name, records), obj)
+    typed = (*_HEAD, *obj.columns)
     values: dict[str, list[Any]] = {c.name: [] for c in (*typed, *_TAIL)}
     for record in kept:  # one pass; each normalized dict is dropped once encoded (memory)
         found: list[Problem] = []
         row = normalize(
-            object_name,
+            obj,
             record,
             metadata,
             close_date_format=close_date_format,
             record_names=record_names,
             problems=found,
         )
-        if object_name == "opportunities":  # the value naming the opportunity's attribute group
+        if obj.name == "opportunities":  # the value naming the opportunity's attribute group
             kind = field_value(row, opportunity_type_field) if opportunity_type_field else None
             row["opportunity_type"] = _text(kind)
         for column in typed:
@@ -490,13 +442,13 @@ def records_frame(
         values["record"].append(_JSON.encode(record))
         values["fields"].append(_JSON.encode(row))
         values["problems"].append(_JSON.encode([str(p) for p in found]) if found else None)
-    _log_problems(object_name, values["problems"])
+    _log_problems(obj.name, values["problems"])
     columns = {c.name: _typed(c, values.pop(c.name)) for c in typed}
     columns["partition_date"] = _partition_dates(values.pop("partition_date"), partition_start)
     for name in ("record", "fields", "problems"):
         columns[name] = pd.array(values.pop(name), dtype="string")
     columns["_fetched_at"] = _fetched_at_column(fetched_at, len(kept))
-    return pd.DataFrame(columns).astype(frame_dtypes(object_name), copy=False)
+    return pd.DataFrame(columns).astype(frame_dtypes(obj), copy=False)
 
 
 def is_deleted_stub(record: Mapping[str, Any]) -> bool:

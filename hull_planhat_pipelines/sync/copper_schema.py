@@ -1,6 +1,7 @@
 """What Copper's data looks like: the searchable objects, and the account metadata.
 
-Declared once here, in ``sync/`` (pure), because both the client (which searches) and the frame
+Each object is one ``CopperObject`` declaration (search path, date and sort fields, typed
+columns, id lookups). Declared once here, in ``sync/`` (pure), because both the client (which searches) and the frame
 builder (which windows and resolves) read them, and ``sync`` may not import the HTTP clients.
 ``clients.copper`` re-exports everything. Metadata models accept extra keys: Copper adds fields
 over time and a new field must not break a sync.
@@ -9,15 +10,43 @@ over time and a new field must not break a sync.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
+
+ColumnKind = Literal["id", "int", "float", "text", "timestamp", "date"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One typed column of a raw ``copper.<object>`` table, read from the normalized record."""
+
+    name: str
+    kind: ColumnKind
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """An id field resolved to a name: ``status_id`` -> ``status`` via a metadata table."""
+
+    field: str
+    """The derived field: ``status``."""
+    id_field: str
+    """The record's id field: ``status_id``."""
+    table: str
+    """The ``CopperMetadata`` property mapping ids to names: ``lead_status_names``."""
 
 
 @dataclass(frozen=True)
 class CopperObject:
-    """One searchable Copper object: where it is searched and which date windows it."""
+    """Everything the pipeline knows of one searchable Copper object, in one place: where it is
+    searched, which date windows it, its typed columns and the ids resolved to names.
+
+    The Copper assets, checks, raw tables and the client all derive from these declarations; the
+    sandbox declares how it seeds each object separately (the pipeline never imports it).
+    """
 
     name: str
     """Plural, as in the asset keys: ``leads``."""
@@ -31,9 +60,26 @@ class CopperObject:
     """None: no documented sort (activities); records come as returned."""
     search_flags: tuple[tuple[str, Any], ...] = ()
     """Body keys every search of the object sends (leads: converted ones included)."""
+    columns: tuple[Column, ...] = ()
+    """Typed columns of its table besides the common ones (id, name, dates, record, ...)."""
+    lookups: tuple[Lookup, ...] = ()
+    """Id fields resolved to names by ``copper_records.normalize``."""
+    hull_source: bool = True
+    """Whether Hull reads it (leads, people, companies, opportunities, activities); an object
+    declared only to land as a table (tasks) is not."""
 
 
-def _modified(name: str, record_type: str, flags: tuple[tuple[str, Any], ...] = ()) -> CopperObject:
+def modified_object(
+    name: str,
+    record_type: str,
+    *,
+    columns: tuple[Column, ...] = (),
+    lookups: tuple[Lookup, ...] = (),
+    search_flags: tuple[tuple[str, Any], ...] = (),
+    hull_source: bool = True,
+) -> CopperObject:
+    """An object searched at ``/<name>/search`` and windowed and sorted by ``date_modified``:
+    every Copper object but activities."""
     return CopperObject(
         name,
         record_type,
@@ -42,33 +88,108 @@ def _modified(name: str, record_type: str, flags: tuple[tuple[str, Any], ...] = 
         "minimum_modified_date",
         "maximum_modified_date",
         "date_modified",
-        flags,
+        search_flags,
+        columns,
+        lookups,
+        hull_source,
     )
 
 
-COPPER_OBJECTS: dict[str, CopperObject] = {
-    o.name: o
-    for o in (
-        # A converted lead leaves the default search; it is a merge into a person, not a
-        # deletion, so the pipeline asks for converted leads too.
-        _modified("leads", "lead", (("include_converted_leads", True),)),
-        _modified("people", "person"),
-        _modified("companies", "company"),
-        _modified("opportunities", "opportunity"),
-        CopperObject(
-            "activities",
-            "activity",
-            "/activities/search",
-            "activity_date",
-            "minimum_activity_date",
-            "maximum_activity_date",
-            None,
+_ASSIGNEE = Lookup("assignee_email", "assignee_id", "user_emails")
+_CONTACT_TYPE = Lookup("contact_type", "contact_type_id", "contact_type_names")
+_CUSTOMER_SOURCE = Lookup("customer_source", "customer_source_id", "customer_source_names")
+
+DEFAULT_OBJECTS: tuple[CopperObject, ...] = (
+    # A converted lead leaves the default search; it is a merge into a person, not a
+    # deletion, so the pipeline asks for converted leads too.
+    modified_object(
+        "leads",
+        "lead",
+        search_flags=(("include_converted_leads", True),),
+        columns=(
+            Column("status", "text"),
+            Column("monetary_value", "float"),
+            Column("converted_contact_id", "int"),
+            Column("converted_at", "timestamp"),
         ),
-    )
-}
+        lookups=(
+            Lookup("status", "status_id", "lead_status_names"),
+            _CUSTOMER_SOURCE,
+            _ASSIGNEE,
+        ),
+    ),
+    modified_object(
+        "people",
+        "person",
+        columns=(Column("company_id", "int"),),
+        lookups=(_CONTACT_TYPE, _ASSIGNEE),
+    ),
+    modified_object(
+        "companies",
+        "company",
+        columns=(Column("email_domain", "text"), Column("primary_contact_id", "int")),
+        lookups=(_CONTACT_TYPE, _ASSIGNEE),
+    ),
+    modified_object(
+        "opportunities",
+        "opportunity",
+        columns=(
+            Column("company_id", "int"),
+            Column("primary_contact_id", "int"),
+            Column("status", "text"),
+            Column("monetary_value", "float"),
+            Column("opportunity_type", "text"),
+        ),
+        lookups=(
+            _CUSTOMER_SOURCE,
+            Lookup("pipeline", "pipeline_id", "pipeline_names"),
+            Lookup("pipeline_stage", "pipeline_stage_id", "stage_names"),
+            Lookup("loss_reason", "loss_reason_id", "loss_reason_names"),
+            _ASSIGNEE,
+        ),
+    ),
+    CopperObject(
+        "activities",
+        "activity",
+        "/activities/search",
+        "activity_date",
+        "minimum_activity_date",
+        "maximum_activity_date",
+        None,
+        columns=(
+            Column("parent_type", "text"),
+            Column("parent_id", "int"),
+            Column("type_id", "int"),
+            Column("type_category", "text"),
+            Column("type_name", "text"),
+            Column("activity_date", "timestamp"),
+        ),
+        lookups=(Lookup("user_email", "user_id", "user_emails"),),
+    ),
+)
+"""The objects the pipeline syncs. Another object is one more declaration (see
+``docs/extending.md``); ``copper_objects`` builds a registry with extra ones."""
 
 
-def copper_object(object_name: str) -> CopperObject:
+def copper_objects(extra: Iterable[CopperObject] = ()) -> dict[str, CopperObject]:
+    """Name -> declaration: the default objects plus ``extra`` (a name declared twice is an
+    error, so an extra object cannot silently replace a default one)."""
+    registry = {o.name: o for o in DEFAULT_OBJECTS}
+    for obj in extra:
+        if obj.name in registry:
+            raise ValueError(f"Copper object {obj.name!r} is declared twice")
+        registry[obj.name] = obj
+    return registry
+
+
+COPPER_OBJECTS: dict[str, CopperObject] = copper_objects()
+
+
+def copper_object(object_name: str | CopperObject) -> CopperObject:
+    """The declaration of a default object by name; a declaration is returned as it is, so
+    callers may pass objects declared outside the default registry."""
+    if isinstance(object_name, CopperObject):
+        return object_name
     try:
         return COPPER_OBJECTS[object_name]
     except KeyError:
