@@ -19,25 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import dagster as dg
-import duckdb
-import pandas as pd
 from pydantic import Field
 
 from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.hull import FirehoseMessage, HullFirehoseClient
-from hull_planhat_pipelines.sync.hull_outbox import OUTBOX_COLUMNS, outbox_rows
-from hull_planhat_pipelines.sync.hull_sync import Changes
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
+from hull_planhat_pipelines.warehouse import outbox
+from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL as OUTBOX_DDL  # for the apply
+from hull_planhat_pipelines.warehouse.outbox import queue as queue  # that fills the outbox
 
-OUTBOX = "hull.firehose_outbox"
-OUTBOX_DDL = [
-    f"create table if not exists {OUTBOX} (message_key varchar, kind varchar, "
-    "user_claims varchar, account_claims varchar, body varchar, revision varchar, seq bigint)",
-    # outboxes written before rows were numbered: number them, older than any new row
-    f"alter table {OUTBOX} add column if not exists seq bigint",
-    f"update {OUTBOX} set seq = rowid - (select max(rowid) + 1 from {OUTBOX}) where seq is null",
-]
 FORWARDED_CHECK = dg.AssetCheckSpec(
     "hull_firehose_forwarded",
     asset=dg.AssetKey(["hull", "users"]),
@@ -53,34 +43,6 @@ class Firehose(Protocol):
     def enabled(self) -> bool: ...
 
     def client(self) -> HullFirehoseClient: ...
-
-
-def queue(
-    conn: duckdb.DuckDBPyConnection,
-    changes: Changes,
-    users: pd.DataFrame,
-    accounts: pd.DataFrame,
-    *,
-    run_id: str,
-) -> int:
-    """Add the messages of applied ``changes`` to the outbox (inside the caller's transaction),
-    numbered after every row already queued; returns how many."""
-    messages = outbox_rows(
-        changes.user_upserts,
-        changes.account_upserts,
-        changes.links,
-        changes.events,
-        users,
-        accounts,
-        revision=run_id,
-    )
-    if messages.empty:
-        return 0
-    last = conn.execute(f"select greatest(coalesce(max(seq), 0), 0) from {OUTBOX}").fetchone()
-    first = int(last[0] if last else 0) + 1
-    messages["seq"] = pd.Series(range(first, first + len(messages)), dtype="int64")
-    append_table(conn, OUTBOX, messages)
-    return len(messages)
 
 
 @dataclass
@@ -122,27 +84,6 @@ class Forwarded:
         }
 
 
-def _pending(database: str) -> pd.DataFrame:
-    conn = connect(database)
-    try:
-        if not table_exists(conn, "hull", "firehose_outbox"):
-            return pd.DataFrame(columns=[*OUTBOX_COLUMNS, "seq"])
-        columns = ", ".join(OUTBOX_COLUMNS)
-        return conn.execute(f"select seq, {columns} from {OUTBOX} order by seq").fetchdf()
-    finally:
-        conn.close()
-
-
-def _checkpoint(database: str, seqs: list[int]) -> None:
-    """The rows of a delivered batch leave the outbox, committed before the next batch."""
-    conn = connect(database)
-    try:
-        conn.register("_sent", pd.DataFrame({"seq": pd.Series(seqs, dtype="int64")}))
-        run(conn, f"delete from {OUTBOX} where seq in (select seq from _sent)")
-    finally:
-        conn.close()
-
-
 def message(client: HullFirehoseClient, row: Any) -> FirehoseMessage:
     """The firehose message of one outbox row."""
     user = json.loads(row.user_claims) if row.user_claims else None
@@ -178,7 +119,7 @@ def forward(database: str, firehose: Firehose, *, dry_run: bool = False) -> Forw
     """Drain the outbox in order, one checkpointed batch at a time; a dry run sends nothing."""
     if not firehose.enabled:
         return Forwarded()
-    pending = _pending(database)
+    pending = outbox.pending(database)
     result = Forwarded(enabled=True, dry_run=dry_run, pending=len(pending))
     result.by_kind = {str(k): int(v) for k, v in Counter(pending["kind"]).items()}
     if pending.empty or dry_run:
@@ -233,7 +174,7 @@ def _drain(
             result.events.append(_error(None, f"Unauthorized (firehose): {result.stopped}"))
             return
         if sent.delivered:
-            _checkpoint(database, [seq for seq, _, _ in batch])
+            outbox.checkpoint(database, [seq for seq, _, _ in batch])
             result.sent += len(batch)
             continue
         result.failed += len(batch)
