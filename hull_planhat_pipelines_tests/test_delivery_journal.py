@@ -203,3 +203,9 @@ def test_updates_need_no_intents_and_commit_a_group_at_a_time(database: str) -> 
 def test_a_journal_groups_at_least_one_record(database: str) -> None:
     with pytest.raises(ValueError, match="at least one record"):
         DeliveryJournal(database, "conversations", pd.DataFrame(), "run-1", every=0)
+
+
+def test_a_journal_refuses_records_not_indexed_by_position(database: str) -> None:
+    records = _records(database).head(3).set_axis([7, 8, 9])
+    with pytest.raises(ValueError, match="reset_index"):
+        DeliveryJournal(database, "conversations", records, "run-1", every=2)

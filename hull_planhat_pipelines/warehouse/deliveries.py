@@ -393,6 +393,9 @@ class DeliveryJournal:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"a journal groups at least one record, not {self.every}")
+        if not self.records.index.equals(pd.RangeIndex(len(self.records))):
+            # ``deliver`` names an intent's records by position, a checkpoint's by label
+            raise ValueError("a journal's records are indexed 0..n-1 (reset_index first)")
 
     def _position(self, index: object) -> int:
         return int(self.records.index.get_loc(index))
