@@ -159,6 +159,24 @@ def test_the_outbox_drains_in_checkpointed_batches_and_a_refused_one_stays(
     assert len({m.user["email"] for m in hull_firehose.messages if m.user}) == 120
 
 
+def test_the_outbox_is_read_a_batch_at_a_time(
+    firehose: Firehose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(firehose.database, [traits_row(f"p{i}@example.com", {"n": i}) for i in range(120)])
+    pages: list[int] = []
+    real_page = outbox_store.page
+
+    def counted(database: str, after: int | None, limit: int) -> pd.DataFrame:
+        rows = real_page(database, after, limit)
+        pages.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(outbox_store, "page", counted)
+    assert forward(firehose.database, firehose).ok
+    assert pages == [50, 50, 20]  # never the whole outbox in memory
+    assert firehose.seen == [(0, 120), (0, 70), (0, 20)]
+
+
 def test_another_process_writes_the_warehouse_while_a_batch_is_on_the_wire(
     hull_firehose: HullFirehoseSandbox, warehouse: str
 ) -> None:

@@ -52,14 +52,31 @@ def queue(
     return len(messages)
 
 
-def pending(database: str) -> pd.DataFrame:
-    """Every queued message, oldest first (opened and closed here)."""
+def counts_by_kind(database: str) -> dict[str, int]:
+    """How many messages are queued, by kind (opened and closed here)."""
     conn = connect(database)
     try:
         if not table_exists(conn, "hull", "firehose_outbox"):
-            return pd.DataFrame(columns=[*OUTBOX_COLUMNS, "seq"])
+            return {}
+        rows = run(conn, f"select kind, count(*) from {OUTBOX} group by kind order by kind")
+        return {str(kind): int(n) for kind, n in rows}
+    finally:
+        conn.close()
+
+
+def page(database: str, after: int | None, limit: int) -> pd.DataFrame:
+    """Up to ``limit`` queued messages numbered after ``after``, oldest first: one batch's
+    worth read in a connection closed before the batch is sent."""
+    conn = connect(database)
+    try:
+        if not table_exists(conn, "hull", "firehose_outbox"):
+            return pd.DataFrame(columns=["seq", *OUTBOX_COLUMNS])
         columns = ", ".join(OUTBOX_COLUMNS)
-        return conn.execute(f"select seq, {columns} from {OUTBOX} order by seq").fetchdf()
+        where = "" if after is None else "where seq > ?"
+        return conn.execute(
+            f"select seq, {columns} from {OUTBOX} {where} order by seq limit {int(limit)}",
+            [] if after is None else [after],
+        ).fetchdf()
     finally:
         conn.close()
 
