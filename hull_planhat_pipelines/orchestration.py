@@ -7,16 +7,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
 import duckdb
 import pandas as pd
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
@@ -34,6 +29,19 @@ from hull_planhat_pipelines.sync.polling import (
 from hull_planhat_pipelines.warehouse import append_sync_log, read_only, table_exists
 
 log = logging.getLogger(__name__)
+
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+"""The run tags of a single-run backfill over a partition range (Dagster's own tag names)."""
+
+
+class AssetJob(Protocol):
+    """What ``dg.define_asset_job`` returns: a job resolved when the Definitions load (its
+    class is not a public Dagster name; sensors and schedules take it as ``job``)."""
+
+    @property
+    def name(self) -> str: ...
+
 
 COPPER_GROUP = "copper"
 PLANHAT_GROUP = "planhat"
@@ -116,7 +124,7 @@ def copper_tables_empty() -> bool:
     return True
 
 
-def copper_sync_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
+def copper_sync_job(partitions_def: dg.PartitionsDefinition) -> AssetJob:
     return dg.define_asset_job(
         "copper_sync",
         selection=dg.AssetSelection.groups(COPPER_GROUP),
@@ -164,7 +172,7 @@ def log_sensor_error(
 
 def build_copper_incremental_sensor(
     settings: Settings,
-    job: UnresolvedAssetJobDefinition,
+    job: AssetJob,
     clock: Callable[[], float] = time.time,
     sleeper: Callable[[float], None] = time.sleep,
 ) -> dg.SensorDefinition:
@@ -244,7 +252,7 @@ def build_copper_incremental_sensor(
 
 def build_copper_fetch_all_schedule(
     settings: Settings,
-    job: UnresolvedAssetJobDefinition,
+    job: AssetJob,
     partitions_def: dg.TimeWindowPartitionsDefinition,
 ) -> dg.ScheduleDefinition:
     @dg.schedule(
@@ -268,7 +276,7 @@ def build_copper_fetch_all_schedule(
 # -- Planhat snapshots -------------------------------------------------------------------------
 
 
-def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
+def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> AssetJob:
     return dg.define_asset_job(
         "planhat_fetch",
         selection=dg.AssetSelection.groups(PLANHAT_GROUP)
@@ -282,7 +290,7 @@ def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAsse
 
 def build_planhat_fetch_sensor(
     settings: Settings,
-    job: UnresolvedAssetJobDefinition,
+    job: AssetJob,
     clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
     """Today's Planhat snapshot every ``planhat.fetch_interval_minutes`` (5 to 1,440, any
@@ -310,7 +318,7 @@ def build_planhat_fetch_sensor(
     return planhat_fetch_sensor
 
 
-def hull_sync_job() -> UnresolvedAssetJobDefinition:
+def hull_sync_job() -> AssetJob:
     return dg.define_asset_job(
         "hull_sync",
         selection=dg.AssetSelection.groups("hull"),
@@ -318,7 +326,7 @@ def hull_sync_job() -> UnresolvedAssetJobDefinition:
     )
 
 
-def planhat_delivery_job() -> UnresolvedAssetJobDefinition:
+def planhat_delivery_job() -> AssetJob:
     return dg.define_asset_job(
         "planhat_delivery",
         selection=dg.AssetSelection.groups("outgoing") - DESTINATIONS,
@@ -331,7 +339,7 @@ DESTINATIONS = dg.AssetSelection.groups("outgoing") & dg.AssetSelection.tag(
 )
 
 
-def planhat_destinations_job() -> UnresolvedAssetJobDefinition:
+def planhat_destinations_job() -> AssetJob:
     return dg.define_asset_job(
         "planhat_destinations",
         selection=DESTINATIONS,
@@ -551,8 +559,8 @@ def _run_key(plan: FollowPlan) -> str:
 
 def build_follow_sensor(
     assets: Sequence[dg.AssetsDefinition],
-    downstream_job: UnresolvedAssetJobDefinition,
-    snapshot_job: UnresolvedAssetJobDefinition,
+    downstream_job: AssetJob,
+    snapshot_job: AssetJob,
     interval_seconds: int = 30,
 ) -> dg.SensorDefinition:
     """One sensor that keeps everything downstream of a new materialization up to date."""
@@ -611,7 +619,7 @@ def _op_names(assets: Sequence[dg.AssetsDefinition], selection: dg.AssetSelectio
     return {a.node_def.name: a for a in assets if set(a.keys) & keys}
 
 
-def forced_send_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
+def forced_send_job(assets: Sequence[dg.AssetsDefinition]) -> AssetJob:
     """A preset: every in-segment record sent to Planhat, changed or not."""
     selection = dg.AssetSelection.groups("outgoing") - DESTINATIONS
     ops = {
@@ -631,7 +639,7 @@ def forced_send_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJob
     )
 
 
-def dry_run_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
+def dry_run_job(assets: Sequence[dg.AssetsDefinition]) -> AssetJob:
     """A preset: everything after the sources computed and reported, nothing written."""
     selection = SOURCES.downstream(include_self=False)
     ops: dict[str, Any] = {}
@@ -653,7 +661,7 @@ def dry_run_job(assets: Sequence[dg.AssetsDefinition]) -> UnresolvedAssetJobDefi
     )
 
 
-def downstream_job() -> UnresolvedAssetJobDefinition:
+def downstream_job() -> AssetJob:
     return dg.define_asset_job(
         "profiles_and_delivery",
         selection=SOURCES.downstream(include_self=False),

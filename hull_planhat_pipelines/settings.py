@@ -200,6 +200,11 @@ class DestinationSettings(_Strict):
     """Give each record sent to a collection path an ``externalId`` derived from its key
     (``<name>-<key>``) unless the SQL returns one: a bulk PUT upserts by it, and a create whose
     answer was lost is read back by it instead of being posted twice."""
+    journal_every: Annotated[int, Field(ge=1, le=MAX_BULK_RECORDS)] = 50
+    """Records per warehouse transaction of a one-record destination's intents and outcomes
+    (two transactions a record cost minutes at scale). After a crash, at most this many
+    records are read back (creates) or sent again (updates); a create that cannot be read back
+    (no stable external id) keeps one intent per record whatever this says."""
 
     @property
     def is_bulk(self) -> bool:

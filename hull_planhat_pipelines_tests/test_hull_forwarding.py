@@ -4,6 +4,8 @@ order per record, dry runs, and a full sync against the sandbox firehose."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hull_planhat_pipelines.assets import hull_forwarding
-from hull_planhat_pipelines.assets.hull_forwarding import OUTBOX_DDL, forward
+from hull_planhat_pipelines.assets.hull_forwarding import forward
 from hull_planhat_pipelines.cli import run_sync, sandboxes
 from hull_planhat_pipelines.clients.http import RetryPolicy
 from hull_planhat_pipelines.clients.hull import HullFirehoseClient
@@ -24,6 +25,8 @@ from hull_planhat_pipelines.resources import hull_firehose_resource
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
 from hull_planhat_pipelines.settings import ConfigError, default_config_path
 from hull_planhat_pipelines.warehouse import append_table
+from hull_planhat_pipelines.warehouse import outbox as outbox_store
+from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL
 from hull_planhat_pipelines_tests.fake_time import FakeTime
 from hull_planhat_pipelines_tests.test_hull_assets import (  # noqa: F401  (stack: a fixture)
     START,
@@ -88,7 +91,7 @@ def firehose(
     hull_firehose: HullFirehoseSandbox, warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> Firehose:
     target = Firehose(hull_firehose, warehouse)
-    real_connect = hull_forwarding.connect
+    real_connect = outbox_store.connect
 
     class Counted:
         def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
@@ -102,7 +105,7 @@ def firehose(
             target.open_connections -= 1
             self._conn.close()
 
-    monkeypatch.setattr(hull_forwarding, "connect", lambda path: Counted(real_connect(path)))
+    monkeypatch.setattr(outbox_store, "connect", lambda path: Counted(real_connect(path)))
     return target
 
 
@@ -154,6 +157,67 @@ def test_the_outbox_drains_in_checkpointed_batches_and_a_refused_one_stays(
     assert (retry.sent, retry.failed, retry.left, retry.ok) == (50, 0, 0, True)
     assert outbox(firehose.database) == []
     assert len({m.user["email"] for m in hull_firehose.messages if m.user}) == 120
+
+
+def test_the_outbox_is_read_a_batch_at_a_time(
+    firehose: Firehose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(firehose.database, [traits_row(f"p{i}@example.com", {"n": i}) for i in range(120)])
+    pages: list[int] = []
+    real_page = outbox_store.page
+
+    def counted(database: str, after: int | None, limit: int) -> pd.DataFrame:
+        rows = real_page(database, after, limit)
+        pages.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(outbox_store, "page", counted)
+    assert forward(firehose.database, firehose).ok
+    assert pages == [50, 50, 20]  # never the whole outbox in memory
+    assert firehose.seen == [(0, 120), (0, 70), (0, 20)]
+
+
+def test_another_process_writes_the_warehouse_while_a_batch_is_on_the_wire(
+    hull_firehose: HullFirehoseSandbox, warehouse: str
+) -> None:
+    """DuckDB lets one process write a file at a time: a forwarding that held its connection
+    across the request (or its backoff) would lock out every other writer meanwhile."""
+    writes: list[int] = []
+    script = (
+        "import sys, duckdb\n"
+        "conn = duckdb.connect(sys.argv[1])\n"
+        "conn.execute('create table if not exists main.during (batch int)')\n"
+        "conn.execute('insert into main.during values (?)', [int(sys.argv[2])])\n"
+        "conn.close()\n"
+    )
+
+    class WritingDuringRequests(Firehose):
+        def client(self) -> HullFirehoseClient:
+            inner = super().client()
+            real_send = inner.send_batch
+
+            def send_batch(batch: Any, number: int = 1) -> Any:
+                done = subprocess.run(
+                    [sys.executable, "-c", script, warehouse, str(number)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert done.returncode == 0, done.stderr  # the file was not locked
+                writes.append(number)
+                return real_send(batch, number)
+
+            inner.send_batch = send_batch  # type: ignore[method-assign]
+            return inner
+
+    enqueue(warehouse, [traits_row(f"w{i}@example.com", {"n": i}) for i in range(60)])
+    hull_firehose.refuse_batches(1, after=1)  # the second batch is refused: a retry follows
+    result = forward(warehouse, WritingDuringRequests(hull_firehose, warehouse))
+    assert (result.sent, result.failed) == (50, 10)
+    assert writes == [1, 2]
+    with duckdb.connect(warehouse) as conn:
+        assert conn.execute("select batch from main.during order by 1").fetchall() == [(1,), (2,)]
+        assert conn.execute("select count(*) from hull.firehose_outbox").fetchone() == (10,)
 
 
 def test_later_messages_about_a_refused_record_wait_behind_it(
@@ -208,11 +272,11 @@ def test_a_resend_after_a_crash_before_the_checkpoint_is_harmless(
     def crash(database: str, seqs: list[int]) -> None:
         raise RuntimeError("killed before the checkpoint")
 
-    checkpoint = hull_forwarding._checkpoint
-    monkeypatch.setattr(hull_forwarding, "_checkpoint", crash)
+    checkpoint = outbox_store.checkpoint
+    monkeypatch.setattr(outbox_store, "checkpoint", crash)
     with pytest.raises(RuntimeError):
         forward(firehose.database, firehose)
-    monkeypatch.setattr(hull_forwarding, "_checkpoint", checkpoint)
+    monkeypatch.setattr(outbox_store, "checkpoint", checkpoint)
     assert len(outbox(firehose.database)) == 2
 
     assert forward(firehose.database, firehose).ok

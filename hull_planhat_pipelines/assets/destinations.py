@@ -15,14 +15,6 @@ import duckdb
 import pandas as pd
 from pydantic import Field
 
-from hull_planhat_pipelines.assets.outgoing import (
-    OUTGOING_GROUP,
-    commit_checkpoint,
-    delivery_rows,
-    fingerprints_table,
-    make_checkpoint,
-    step_lock,
-)
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     DeliveryStopped,
@@ -32,13 +24,20 @@ from hull_planhat_pipelines.clients.delivery import (
 )
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import DestinationSettings, Settings
-from hull_planhat_pipelines.sync.destinations import destination_records
+from hull_planhat_pipelines.sync.destinations import destination_records, is_collection
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import append_table, connect, table_exists
+from hull_planhat_pipelines.warehouse.deliveries import (
+    capture_responses,
+    fingerprints_table,
+    in_doubt_keys,
+    journal,
+    planhat_ids,
+    step_lock,
+)
 
-API_RESPONSES = "planhat.api_responses"
+OUTGOING_GROUP = "outgoing"
 
 
 class DestinationConfig(dg.Config):
@@ -49,14 +48,6 @@ class DestinationConfig(dg.Config):
         description="Send exactly one sample record and report Planhat's answer "
         "(fingerprints untouched).",
     )
-
-
-def _capture(database: str, rows: pd.DataFrame) -> None:
-    conn = connect(database)
-    try:
-        append_table(conn, API_RESPONSES, rows)
-    finally:
-        conn.close()
 
 
 def _responses(
@@ -115,38 +106,14 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
     return _destination
 
 
-def _previous(conn: duckdb.DuckDBPyConnection, name: str) -> tuple[dict[str, str], set[str]]:
-    """(key -> Planhat ``_id`` its create returned, keys whose last call had no answer)."""
-    ids: dict[str, str] = {}
-    if table_exists(conn, "planhat", "delivery_fingerprints"):
-        columns = {
-            row[0]
-            for row in conn.execute(
-                "select column_name from information_schema.columns "
-                "where table_schema = 'planhat' and table_name = 'delivery_fingerprints'"
-            ).fetchall()
-        }
-        if "planhat_id" in columns:
-            ids = dict(
-                conn.execute(
-                    "select key, planhat_id from planhat.delivery_fingerprints "
-                    "where target = ? and planhat_id is not null",
-                    [name],
-                ).fetchall()
-            )
-    doubt: set[str] = set()
-    if table_exists(conn, "planhat", "deliveries"):
-        doubt = {
-            str(row[0])
-            for row in conn.execute(
-                "select key, status from planhat.deliveries where target = ? "
-                "qualify row_number() over (partition by key "
-                "order by delivered_at desc, (status = 'pending')) = 1",
-                [name],
-            ).fetchall()
-            if row[1] in ("pending", "unknown")
-        }
-    return ids, doubt
+def _read_back_when_in_doubt(destination: DestinationSettings) -> bool:
+    """Whether a record left in doubt by a crash is safe to journal in groups: an update is
+    idempotent, and a create into a collection with stable external ids is read back before
+    it is repeated. Other creates keep one intent per record (a crash may repeat only the one
+    in flight)."""
+    if destination.method != "POST":
+        return True
+    return is_collection(destination) and destination.stable_key
 
 
 def _deliver_destination(
@@ -176,13 +143,14 @@ def _deliver_destination(
                 allow_retries=False,
             ) from None
         fingerprints = fingerprints_table(conn)
-        planhat_ids, in_doubt = _previous(conn, destination.name)
+        known_ids = planhat_ids(conn, destination.name)
+        in_doubt = in_doubt_keys(conn, destination.name)
     records, skipped = destination_records(
         source,
         destination,
         fingerprints,
         force=config.force or config.test_mode,
-        planhat_ids=planhat_ids,
+        planhat_ids=known_ids,
         in_doubt=in_doubt,
     )
     if config.test_mode:
@@ -190,15 +158,15 @@ def _deliver_destination(
     records = records.reset_index(drop=True)
     sample = [json.loads(p) for p in records["payload"].head(3)] if len(records) else []
     recording = not (config.dry_run or config.test_mode)
-    checkpoint = make_checkpoint(warehouse.database, records, run_id) if recording else None
-
-    def intent(pending: pd.DataFrame) -> None:
-        part = records.loc[pending.index]
-        rows = delivery_rows(pending, part, run_id, dt.datetime.now(dt.UTC))
-        commit_checkpoint(warehouse.database, rows, pd.DataFrame())
-
+    creates = destination.method == "POST"
+    every = destination.journal_every if _read_back_when_in_doubt(destination) else 1
     stopped: DeliveryStopped | None = None
-    with planhat.client() as client:
+    with (
+        planhat.client() as client,
+        journal(
+            warehouse.database, destination.name, records, run_id, every=every, intents=creates
+        ) as kept,
+    ):
         try:
             result = deliver(
                 records,
@@ -207,17 +175,14 @@ def _deliver_destination(
                 batch_size=destination.batch_size,
                 key_column="key",
                 dry_run=config.dry_run,
-                checkpoint=checkpoint,
-                intent=intent if recording else None,
+                checkpoint=kept.checkpoint if recording else None,
+                intent=kept.intent if recording else None,
             )
         except DeliveryStopped as exc:
             result, stopped = exc.result, exc
         requests = client.attempts()
     if destination.capture_responses and not config.dry_run and len(records):
-        _capture(
-            warehouse.database,
-            _responses(destination, result.outcomes, run_id, now),
-        )
+        capture_responses(warehouse.database, _responses(destination, result.outcomes, run_id, now))
     events = [
         SyncEvent(
             event="outgoing.event.error" if row.status in FAILED else "outgoing.event.success",

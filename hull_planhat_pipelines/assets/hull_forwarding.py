@@ -1,10 +1,11 @@
 """Forwarding the outbox of applied changes to a Hull firehose, batch by batch.
 
 The outbox (``hull.firehose_outbox``) is filled in the transaction that applies a sync; here it
-drains in order, one firehose batch at a time: after each batch the firehose took, its rows leave
-the outbox in a short transaction of their own (a checkpoint), so a run killed midway resends at
-most one batch, which is harmless (traits are idempotent, a track is keyed by its event_id).
-No warehouse connection is held while a request or its backoff is under way.
+drains in order, one firehose batch at a time, each read just before it is sent: after each
+batch the firehose took, its rows leave the outbox in a short transaction of their own (a
+checkpoint), so a run killed midway resends at most one batch, which is harmless (traits are
+idempotent, a track is keyed by its event_id). No warehouse connection is held while a request
+or its backoff is under way (see ``warehouse.outbox``).
 
 A refused batch stays queued for the next run; later messages about the same record wait behind
 it, so a record's changes never arrive out of order. A firehose that is down (5xx or timeouts
@@ -14,30 +15,20 @@ after the retries) or refuses the credentials ends the forwarding of this run.
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import dagster as dg
-import duckdb
-import pandas as pd
 from pydantic import Field
 
 from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.hull import FirehoseMessage, HullFirehoseClient
-from hull_planhat_pipelines.sync.hull_outbox import OUTBOX_COLUMNS, outbox_rows
-from hull_planhat_pipelines.sync.hull_sync import Changes
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
+from hull_planhat_pipelines.warehouse import outbox
+from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL as OUTBOX_DDL  # for the apply
+from hull_planhat_pipelines.warehouse.outbox import queue as queue  # that fills the outbox
 
-OUTBOX = "hull.firehose_outbox"
-OUTBOX_DDL = [
-    f"create table if not exists {OUTBOX} (message_key varchar, kind varchar, "
-    "user_claims varchar, account_claims varchar, body varchar, revision varchar, seq bigint)",
-    # outboxes written before rows were numbered: number them, older than any new row
-    f"alter table {OUTBOX} add column if not exists seq bigint",
-    f"update {OUTBOX} set seq = rowid - (select max(rowid) + 1 from {OUTBOX}) where seq is null",
-]
 FORWARDED_CHECK = dg.AssetCheckSpec(
     "hull_firehose_forwarded",
     asset=dg.AssetKey(["hull", "users"]),
@@ -53,34 +44,6 @@ class Firehose(Protocol):
     def enabled(self) -> bool: ...
 
     def client(self) -> HullFirehoseClient: ...
-
-
-def queue(
-    conn: duckdb.DuckDBPyConnection,
-    changes: Changes,
-    users: pd.DataFrame,
-    accounts: pd.DataFrame,
-    *,
-    run_id: str,
-) -> int:
-    """Add the messages of applied ``changes`` to the outbox (inside the caller's transaction),
-    numbered after every row already queued; returns how many."""
-    messages = outbox_rows(
-        changes.user_upserts,
-        changes.account_upserts,
-        changes.links,
-        changes.events,
-        users,
-        accounts,
-        revision=run_id,
-    )
-    if messages.empty:
-        return 0
-    last = conn.execute(f"select greatest(coalesce(max(seq), 0), 0) from {OUTBOX}").fetchone()
-    first = int(last[0] if last else 0) + 1
-    messages["seq"] = pd.Series(range(first, first + len(messages)), dtype="int64")
-    append_table(conn, OUTBOX, messages)
-    return len(messages)
 
 
 @dataclass
@@ -122,27 +85,6 @@ class Forwarded:
         }
 
 
-def _pending(database: str) -> pd.DataFrame:
-    conn = connect(database)
-    try:
-        if not table_exists(conn, "hull", "firehose_outbox"):
-            return pd.DataFrame(columns=[*OUTBOX_COLUMNS, "seq"])
-        columns = ", ".join(OUTBOX_COLUMNS)
-        return conn.execute(f"select seq, {columns} from {OUTBOX} order by seq").fetchdf()
-    finally:
-        conn.close()
-
-
-def _checkpoint(database: str, seqs: list[int]) -> None:
-    """The rows of a delivered batch leave the outbox, committed before the next batch."""
-    conn = connect(database)
-    try:
-        conn.register("_sent", pd.DataFrame({"seq": pd.Series(seqs, dtype="int64")}))
-        run(conn, f"delete from {OUTBOX} where seq in (select seq from _sent)")
-    finally:
-        conn.close()
-
-
 def message(client: HullFirehoseClient, row: Any) -> FirehoseMessage:
     """The firehose message of one outbox row."""
     user = json.loads(row.user_claims) if row.user_claims else None
@@ -175,42 +117,62 @@ def _error(key: str | None, reason: str | None) -> SyncEvent:
 
 
 def forward(database: str, firehose: Firehose, *, dry_run: bool = False) -> Forwarded:
-    """Drain the outbox in order, one checkpointed batch at a time; a dry run sends nothing."""
+    """Drain the outbox in order, one checkpointed batch at a time; a dry run sends nothing.
+
+    Each batch is read in a connection of its own, closed before the batch goes out, and its
+    outcome is recorded in another: no connection is held across a request or its backoff."""
     if not firehose.enabled:
         return Forwarded()
-    pending = _pending(database)
-    result = Forwarded(enabled=True, dry_run=dry_run, pending=len(pending))
-    result.by_kind = {str(k): int(v) for k, v in Counter(pending["kind"]).items()}
-    if pending.empty or dry_run:
+    kinds = outbox.counts_by_kind(database)
+    result = Forwarded(enabled=True, dry_run=dry_run, pending=sum(kinds.values()), by_kind=kinds)
+    if not result.pending or dry_run:
         return result
     with firehose.client() as client:
-        queue_: list[tuple[int, str, FirehoseMessage]] = []
         held: set[str] = set()
-        for row in pending.itertuples(index=False):
+        _drain(database, client, _queued(database, client, held, result), held, result)
+        result.requests = client.attempts()
+    return result
+
+
+Queued = tuple[int, str, FirehoseMessage]
+
+
+def _queued(
+    database: str, client: HullFirehoseClient, held: set[str], result: Forwarded
+) -> Iterator[Queued]:
+    """The outbox's messages in order, read a batch's worth at a time; a row that cannot
+    become a message stays queued, reported, and holds back its record's later messages."""
+    after: int | None = None
+    while True:
+        rows = outbox.page(database, after, client.batch_size)
+        for row in rows.itertuples(index=False):
+            after = int(row.seq)
             try:
-                queue_.append((int(row.seq), row.message_key, message(client, row)))
-            except (ValueError, KeyError, TypeError) as exc:  # stays queued, reported
+                yield after, row.message_key, message(client, row)
+            except (ValueError, KeyError, TypeError) as exc:
                 result.failed += 1
                 held.add(row.message_key)
                 result.events.append(_error(row.message_key, f"cannot build message: {exc}"))
-        _drain(database, client, queue_, held, result)
-        result.requests = client.attempts()
-    return result
+        if len(rows) < client.batch_size:
+            return
 
 
 def _drain(
     database: str,
     client: HullFirehoseClient,
-    queue_: list[tuple[int, str, FirehoseMessage]],
+    queued: Iterator[Queued],
     held: set[str],
     result: Forwarded,
 ) -> None:
-    position, number = 0, 0
-    while position < len(queue_):
-        batch: list[tuple[int, str, FirehoseMessage]] = []
-        while position < len(queue_) and len(batch) < client.batch_size:
-            item = queue_[position]
-            position += 1
+    number = 0
+    exhausted = False
+    while not exhausted:
+        batch: list[Queued] = []
+        while len(batch) < client.batch_size:
+            item = next(queued, None)
+            if item is None:
+                exhausted = True
+                break
             if item[1] in held:
                 result.held += 1
                 result.events.append(
@@ -233,7 +195,7 @@ def _drain(
             result.events.append(_error(None, f"Unauthorized (firehose): {result.stopped}"))
             return
         if sent.delivered:
-            _checkpoint(database, [seq for seq, _, _ in batch])
+            outbox.checkpoint(database, [seq for seq, _, _ in batch])
             result.sent += len(batch)
             continue
         result.failed += len(batch)

@@ -7,10 +7,9 @@ company), and records one row per record; fingerprints advance in the same trans
 for records Planhat accounted for, so a failed record is retried by the next run.
 """
 
-import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -23,7 +22,6 @@ from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
 from hull_planhat_pipelines.assets.planhat_queries import activity_answers, metric_answers
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
-    OUTCOME_COLUMNS,
     PLANHAT_TARGETS,
     DeliveryStopped,
     DeliveryTarget,
@@ -32,11 +30,7 @@ from hull_planhat_pipelines.clients.delivery import (
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.delivery_settlement import DROPPED_REASON, settle
-from hull_planhat_pipelines.sync.fingerprints import (
-    DELIVERED_STATUSES,
-    empty_fingerprints,
-    fresh_fingerprints,
-)
+from hull_planhat_pipelines.sync.fingerprints import DELIVERED_STATUSES
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat.activities import (
     activity_payloads,
@@ -47,28 +41,19 @@ from hull_planhat_pipelines.sync.planhat.endusers import drop_unknown_companies,
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import (
-    WarehouseBusy,
-    append_table,
-    connect,
-    delivery_lock,
-    read_only,
-    run,
-    table_exists,
+from hull_planhat_pipelines.warehouse import connect, deliveries, read_only, table_exists
+from hull_planhat_pipelines.warehouse.deliveries import (
+    DELIVERY_COLUMNS,
+    delivery_rows,
+    fingerprints_table,
+    make_checkpoint,
+    make_intent,
+    read_rows,
+    read_table,
+    step_lock,
 )
 
 OUTGOING_GROUP = "outgoing"
-FINGERPRINTS = "planhat.delivery_fingerprints"
-DELIVERIES = "planhat.deliveries"
-DELIVERY_COLUMNS = [
-    "run_id",
-    "delivered_at",
-    *OUTCOME_COLUMNS,
-    "hull_id",
-    "change",
-    "fingerprint",
-]
-"""``fingerprint``: of the content this row is about (ties a later settlement to it)."""
 
 
 class PayloadConfig(dg.Config):
@@ -83,26 +68,6 @@ class DeliveryConfig(dg.Config):
         default=False,
         description="Compute the requests and report them; send nothing, advance nothing.",
     )
-
-
-def read_rows(
-    conn: duckdb.DuckDBPyConnection | None, table: str, where: str | None
-) -> pd.DataFrame | None:
-    """The rows of ``table`` matching ``where`` (None: all of them)."""
-    if where is None or conn is None or not table_exists(conn, *table.split(".")):
-        return read_table(conn, table)
-    return conn.execute(f"select * from {table} where {where}").fetchdf()
-
-
-def read_table(conn: duckdb.DuckDBPyConnection | None, table: str) -> pd.DataFrame | None:
-    if conn is None or not table_exists(conn, *table.split(".")):
-        return None
-    return conn.execute(f"select * from {table}").fetchdf()
-
-
-def fingerprints_table(conn: duckdb.DuckDBPyConnection | None) -> pd.DataFrame:
-    frame = read_table(conn, FINGERPRINTS)
-    return frame if frame is not None else empty_fingerprints()
 
 
 def _skip_counts(events: list[SyncEvent]) -> dict[str, int]:
@@ -271,17 +236,7 @@ def _known_company_ids(
 ) -> set[str]:
     """External ids Planhat has (latest snapshot), was sent before, or is being sent now."""
     known = set(fingerprints.loc[fingerprints["target"] == "companies", "key"].astype(str))
-    queries = {
-        ("planhat", "company_payloads"): "select key from planhat.company_payloads",
-        ("planhat", "companies"): (
-            "select external_id from planhat.companies where external_id is not null "
-            "and partition_date = (select max(partition_date) from planhat.companies)"
-        ),
-    }
-    for table, sql in queries.items():
-        if conn is not None and table_exists(conn, *table):
-            known |= {str(row[0]) for row in conn.execute(sql).fetchall() if row[0] is not None}
-    return known
+    return known | deliveries.known_company_ids(conn)
 
 
 def _vanished_companies(
@@ -291,7 +246,7 @@ def _vanished_companies(
     (deleted in Planhat): sent again, recreated, and their endusers with them."""
     if conn is None or fingerprints.empty:
         return set()
-    keys, at = _snapshot_keys(conn, "companies")
+    keys, at = deliveries.snapshot_keys(conn, "companies")
     if at is None:
         return set()
     ours = fingerprints[fingerprints["target"] == "companies"]
@@ -315,120 +270,10 @@ def _no_events() -> pd.DataFrame:
     )
 
 
-def delivery_rows(
-    outcomes: pd.DataFrame, payloads: pd.DataFrame, run_id: str, now: dt.datetime
-) -> pd.DataFrame:
-    rows = outcomes.copy()
-    rows["hull_id"] = payloads["hull_id"].values if "hull_id" in payloads else None
-    rows["change"] = payloads["change"].values if "change" in payloads else None
-    rows["fingerprint"] = payloads["fingerprint"].values if "fingerprint" in payloads else None
-    rows["run_id"] = run_id
-    rows["delivered_at"] = pd.Timestamp(now)
-    rows = rows.reindex(columns=DELIVERY_COLUMNS)
-    for column in DELIVERY_COLUMNS:
-        if column in ("request", "attempts", "batch"):
-            rows[column] = pd.to_numeric(rows[column], errors="coerce").astype("Int64")
-        elif column == "delivered_at":
-            rows[column] = pd.to_datetime(rows[column], utc=True)
-        else:
-            rows[column] = rows[column].astype("string")
-    return rows
-
-
-FINGERPRINTS_DDL = f"""
-create table if not exists {FINGERPRINTS} (
-    target varchar, key varchar, fingerprint varchar, fields varchar,
-    delivered_at timestamp with time zone, planhat_id varchar
-);
-alter table {FINGERPRINTS} add column if not exists planhat_id varchar;
-"""
-
-
-def commit_checkpoint(database: str, deliveries: pd.DataFrame, fresh: pd.DataFrame) -> None:
-    """One request's delivery rows and the fingerprints it earned, in one short transaction.
-
-    Fingerprints are upserted by ``(target, key)``; a record whose answer named no Planhat
-    ``_id`` keeps the one stored before. Opened and closed here: no connection is ever held
-    across an HTTP call."""
-    if deliveries.empty and fresh.empty:
-        return
-    conn = connect(database)
-    try:
-        run(conn, "create schema if not exists planhat")
-        for statement in filter(str.strip, FINGERPRINTS_DDL.split(";")):
-            run(conn, statement)
-        if table_exists(conn, "planhat", "deliveries"):  # tables older than the column
-            run(conn, f"alter table {DELIVERIES} add column if not exists fingerprint varchar")
-        run(conn, "begin transaction")
-        append_table(conn, DELIVERIES, deliveries)
-        if not fresh.empty:
-            conn.register(
-                "_fresh",
-                fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields")}),
-            )
-            run(
-                conn,
-                "create temp table _merged as select f.target, f.key, f.fingerprint, f.fields, "
-                "f.delivered_at, coalesce(f.planhat_id, o.planhat_id) as planhat_id "
-                f"from _fresh f left join {FINGERPRINTS} o on o.target = f.target and o.key = f.key",
-            )
-            run(
-                conn,
-                f"delete from {FINGERPRINTS} using _fresh f "
-                f"where {FINGERPRINTS}.target = f.target and {FINGERPRINTS}.key = f.key",
-            )
-            run(conn, f"insert into {FINGERPRINTS} by name select * from _merged")
-            run(conn, "drop table _merged")
-            conn.unregister("_fresh")
-        run(conn, "commit")
-    except Exception:
-        run(conn, "rollback")
-        raise
-    finally:
-        conn.close()
-
-
-def make_checkpoint(
-    database: str,
-    records: pd.DataFrame,
-    run_id: str,
-    *,
-    delivered: frozenset[str] = DELIVERED_STATUSES,
-) -> Callable[[pd.DataFrame], None]:
-    """The ``deliver`` checkpoint of one target: commit each request's rows as they come."""
-
-    def checkpoint(outcomes: pd.DataFrame) -> None:
-        now = dt.datetime.now(dt.UTC)
-        part = records.loc[outcomes.index]
-        rows = delivery_rows(outcomes, part, run_id, now)
-        commit_checkpoint(
-            database, rows, fresh_fingerprints(outcomes, part, now, delivered=delivered)
-        )
-
-    return checkpoint
-
-
 NOT_RESENT = frozenset({*DELIVERED_STATUSES, "unknown"})
 """Analytics posts cannot be read back: one whose answer was lost is not posted again (it may
 have landed; a second post would count it twice). It still fails the delivery check."""
 ANALYTICS_TARGETS = frozenset({"activities", "metrics"})
-
-
-@contextlib.contextmanager
-def step_lock(database: str, run_id: str, *, dry_run: bool) -> Iterator[None]:
-    """Held by every delivering step (a dry run writes nothing: it needs no lock)."""
-    if dry_run:
-        yield
-        return
-    try:
-        lock = delivery_lock(database, run_id)
-        lock.__enter__()
-    except WarehouseBusy as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 IN_FLIGHT = (
@@ -437,55 +282,22 @@ IN_FLIGHT = (
 )
 
 
-def make_intent(
-    database: str, records: pd.DataFrame, run_id: str
-) -> Callable[[pd.DataFrame], None]:
-    """The ``deliver`` intent of one target: ``pending`` rows committed before a post."""
-
-    def intent(pending: pd.DataFrame) -> None:
-        part = records.iloc[pending.index]
-        rows = delivery_rows(pending.set_axis(part.index), part, run_id, dt.datetime.now(dt.UTC))
-        commit_checkpoint(database, rows, pd.DataFrame())
-
-    return intent
-
-
 def _abandon_in_flight(
     database: str, target: str, records: pd.DataFrame, run_id: str, *, kind: str
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Analytics items a crashed run left ``pending`` (posted, answer never read): recorded
     ``unknown`` (not re-sent, failing the check) and taken out of this run's records."""
     with read_only(database) as conn:
-        if conn is None or not table_exists(conn, "planhat", "deliveries"):
-            return records, []
-        rows = conn.execute(
-            "select key, status from planhat.deliveries where target = ? and key in "
-            "(select key from planhat.deliveries where target = ? and status = 'pending') "
-            "qualify row_number() over (partition by key "
-            "order by delivered_at desc, (status = 'pending')) = 1",
-            [target, target],
-        ).fetchall()
-    stuck = {str(k) for k, status in rows if status == "pending"}
+        latest = deliveries.latest_statuses(conn, target, among=("pending",))
+    stuck = {key for key, status in latest.items() if status == "pending"}
     if not stuck:
         return records, []
     hit = records["key"].astype(str).isin(stuck).to_numpy()
     part = records.loc[hit]
     if part.empty:
         return records, []
-    outcomes = pd.DataFrame(
-        {
-            "target": target,
-            "key": part["key"].astype(str).values,
-            "status": "unknown",
-            "error": IN_FLIGHT,
-        },
-        index=part.index,
-    ).reindex(columns=OUTCOME_COLUMNS)
-    now = dt.datetime.now(dt.UTC)
-    commit_checkpoint(
-        database,
-        delivery_rows(outcomes, part, run_id, now),
-        fresh_fingerprints(outcomes, part, now, delivered=NOT_RESENT),
+    outcomes = deliveries.commit_statuses(
+        database, target, part, "unknown", run_id, error=IN_FLIGHT, delivered=NOT_RESENT
     )
     events = [
         SyncEvent(event=f"outgoing.{kind}.error", object_type=target, object_id=k, reason=IN_FLIGHT)
@@ -500,82 +312,17 @@ def _settle(
     """Items an earlier bulk answer did not name, settled against the latest snapshot (see
     ``sync.delivery_settlement``); the confirmed and dropped rows committed at once."""
     with read_only(database) as conn:
-        if conn is None or not table_exists(conn, "planhat", "deliveries"):
-            return records, []
-        columns = {
-            row[0]
-            for row in conn.execute(
-                "select column_name from information_schema.columns "
-                "where table_schema = 'planhat' and table_name = 'deliveries'"
-            ).fetchall()
-        }
-        if "fingerprint" not in columns:
-            return records, []
-        history = conn.execute(
-            "select key, status, fingerprint, delivered_at from planhat.deliveries "
-            "where target = ? and key in (select key from planhat.deliveries where target = ? "
-            "and status in ('unconfirmed', 'ignored', 'dropped'))",
-            [target, target],
-        ).fetchdf()
+        history = deliveries.settlement_history(conn, target)
         if history.empty:
             return records, []
-        present, snapshot_at = _snapshot_keys(conn, target)
-        company_at = {}
-        if table_exists(conn, "planhat", "delivery_fingerprints"):
-            company_at = {
-                str(k): pd.Timestamp(v)
-                for k, v in conn.execute(
-                    "select key, delivered_at from planhat.delivery_fingerprints "
-                    "where target = 'companies'"
-                ).fetchall()
-            }
-    history["delivered_at"] = pd.to_datetime(history["delivered_at"], utc=True)
+        present, snapshot_at = deliveries.snapshot_keys(conn, target)
+        company_at = deliveries.delivered_at(conn, "companies")
     settlement = settle(target, records, history, present, snapshot_at, company_at)
-    now = dt.datetime.now(dt.UTC)
     for frame, status in ((settlement.confirmed, "confirmed"), (settlement.dropped, "dropped")):
-        if frame.empty:
-            continue
-        outcomes = pd.DataFrame(
-            {
-                "target": target,
-                "key": frame["key"].astype(str).values,
-                "status": status,
-                "error": None if status == "confirmed" else DROPPED_REASON.get(target),
-            },
-            index=frame.index,
-        ).reindex(columns=OUTCOME_COLUMNS)
-        rows = delivery_rows(outcomes, frame, run_id, now)
-        fresh = fresh_fingerprints(outcomes, frame, now)
-        commit_checkpoint(database, rows, fresh)
+        if not frame.empty:
+            error = None if status == "confirmed" else DROPPED_REASON.get(target)
+            deliveries.commit_statuses(database, target, frame, status, run_id, error=error)
     return settlement.send, settlement.events
-
-
-def _snapshot_keys(
-    conn: duckdb.DuckDBPyConnection, target: str
-) -> tuple[set[str], pd.Timestamp | None]:
-    """Payload keys the latest Planhat snapshot holds, and when it was taken."""
-    table = "planhat.companies" if target == "companies" else "planhat.endusers"
-    if not table_exists(conn, *table.split(".")):
-        return set(), None
-    latest = (
-        f"from {table} where partition_date = (select max(partition_date) from {table}) "
-        f"and _fetched_at = (select max(_fetched_at) from {table} "
-        f"where partition_date = (select max(partition_date) from {table}))"
-    )
-    row = conn.execute(f"select max(_fetched_at) {latest}").fetchone()
-    at = pd.Timestamp(row[0]) if row and row[0] is not None else None
-    if at is not None and at.tzinfo is None:
-        at = at.tz_localize("UTC")
-    if target == "companies":
-        keys = {str(r[0]) for r in conn.execute(f"select external_id {latest}").fetchall() if r[0]}
-    else:
-        keys = set()
-        for email, external_id in conn.execute(f"select email, external_id {latest}").fetchall():
-            if external_id:
-                keys.add(f"external_id:{external_id}")
-            if email:
-                keys.add(f"email:{email}")
-    return keys, at
 
 
 def build_delivery_asset(

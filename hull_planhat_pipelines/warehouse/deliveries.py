@@ -1,0 +1,504 @@
+"""The delivery tables: ``planhat.deliveries``, ``planhat.delivery_fingerprints`` and
+``planhat.api_responses``, every read and write of them in one place.
+
+Writes are short transactions of their own (``connect``, write, commit, close): no connection
+is ever held across an HTTP call. ``DeliveryJournal`` groups the intents and outcomes of
+one-record requests so that a thousand records cost a few dozen transactions, not two thousand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
+from hull_planhat_pipelines.sync.fingerprints import (
+    DELIVERED_STATUSES,
+    empty_fingerprints,
+    fresh_fingerprints,
+)
+from hull_planhat_pipelines.warehouse import (
+    WarehouseBusy,
+    append_table,
+    connect,
+    delivery_lock,
+    run,
+    table_exists,
+)
+
+FINGERPRINTS = "planhat.delivery_fingerprints"
+DELIVERIES = "planhat.deliveries"
+API_RESPONSES = "planhat.api_responses"
+DELIVERY_COLUMNS = [
+    "run_id",
+    "delivered_at",
+    *OUTCOME_COLUMNS,
+    "hull_id",
+    "change",
+    "fingerprint",
+]
+"""``fingerprint``: of the content this row is about (ties a later settlement to it)."""
+IN_DOUBT = ("pending", "unknown")
+"""Latest statuses of a record whose last call went out without an answer."""
+
+FINGERPRINTS_DDL = f"""
+create table if not exists {FINGERPRINTS} (
+    target varchar, key varchar, fingerprint varchar, fields varchar,
+    delivered_at timestamp with time zone, planhat_id varchar
+);
+alter table {FINGERPRINTS} add column if not exists planhat_id varchar;
+"""
+
+
+# -- reads ----------------------------------------------------------------------------------------
+def read_table(conn: duckdb.DuckDBPyConnection | None, table: str) -> pd.DataFrame | None:
+    """Every row of ``table``; ``None`` while the table (or the warehouse) does not exist."""
+    if conn is None or not table_exists(conn, *table.split(".")):
+        return None
+    return conn.execute(f"select * from {table}").fetchdf()
+
+
+def read_rows(
+    conn: duckdb.DuckDBPyConnection | None, table: str, where: str | None
+) -> pd.DataFrame | None:
+    """The rows of ``table`` matching ``where`` (None: all of them)."""
+    if where is None or conn is None or not table_exists(conn, *table.split(".")):
+        return read_table(conn, table)
+    return conn.execute(f"select * from {table} where {where}").fetchdf()
+
+
+def fingerprints_table(conn: duckdb.DuckDBPyConnection | None) -> pd.DataFrame:
+    """What was last delivered per (target, key); empty before any delivery."""
+    frame = read_table(conn, FINGERPRINTS)
+    return frame if frame is not None else empty_fingerprints()
+
+
+def has_column(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether ``table`` exists with ``column`` (tables written before the column lack it)."""
+    schema, name = table.split(".")
+    rows = run(
+        conn,
+        "select count(*) from information_schema.columns "
+        "where table_schema = ? and table_name = ? and column_name = ?",
+        [schema, name, column],
+    )
+    return bool(rows and rows[0][0])
+
+
+def latest_statuses(
+    conn: duckdb.DuckDBPyConnection | None, target: str, *, among: Collection[str] = ()
+) -> dict[str, str]:
+    """The latest delivery status of each key of ``target`` (a ``pending`` intent and the
+    outcome committed at the same instant: the outcome wins). ``among``: only keys that ever
+    had one of these statuses (empty: every key)."""
+    if conn is None or not table_exists(conn, "planhat", "deliveries"):
+        return {}
+    params: list[object] = [target]
+    where = "target = ?"
+    if among:
+        marks = ", ".join("?" for _ in among)
+        where += (
+            " and key in (select key from planhat.deliveries "
+            f"where target = ? and status in ({marks}))"
+        )
+        params += [target, *among]
+    rows = run(
+        conn,
+        f"select key, status from {DELIVERIES} where {where} "
+        "qualify row_number() over (partition by key "
+        "order by delivered_at desc, (status = 'pending')) = 1",
+        params,
+    )
+    return {str(key): str(status) for key, status in rows}
+
+
+def in_doubt_keys(conn: duckdb.DuckDBPyConnection | None, target: str) -> set[str]:
+    """Keys whose last call went out and was never answered (see ``IN_DOUBT``)."""
+    return {k for k, s in latest_statuses(conn, target, among=IN_DOUBT).items() if s in IN_DOUBT}
+
+
+def planhat_ids(conn: duckdb.DuckDBPyConnection | None, target: str) -> dict[str, str]:
+    """key -> the Planhat ``_id`` an earlier answer named, for ``target``."""
+    if conn is None or not has_column(conn, FINGERPRINTS, "planhat_id"):
+        return {}
+    rows = run(
+        conn,
+        f"select key, planhat_id from {FINGERPRINTS} where target = ? and planhat_id is not null",
+        [target],
+    )
+    return {str(key): str(value) for key, value in rows}
+
+
+def delivered_at(conn: duckdb.DuckDBPyConnection | None, target: str) -> dict[str, pd.Timestamp]:
+    """key -> when its fingerprint last advanced, for ``target``."""
+    if conn is None or not table_exists(conn, "planhat", "delivery_fingerprints"):
+        return {}
+    rows = run(conn, f"select key, delivered_at from {FINGERPRINTS} where target = ?", [target])
+    return {str(key): pd.Timestamp(value) for key, value in rows}
+
+
+def settlement_history(conn: duckdb.DuckDBPyConnection | None, target: str) -> pd.DataFrame:
+    """Every delivery row of the keys an answer left unsettled (unconfirmed, ignored, dropped);
+    empty when there are none (or the table predates fingerprints on its rows)."""
+    if conn is None or not has_column(conn, DELIVERIES, "fingerprint"):
+        return pd.DataFrame(columns=["key", "status", "fingerprint", "delivered_at"])
+    history = conn.execute(
+        "select key, status, fingerprint, delivered_at from planhat.deliveries "
+        "where target = ? and key in (select key from planhat.deliveries where target = ? "
+        "and status in ('unconfirmed', 'ignored', 'dropped'))",
+        [target, target],
+    ).fetchdf()
+    history["delivered_at"] = pd.to_datetime(history["delivered_at"], utc=True)
+    return history
+
+
+def snapshot_keys(
+    conn: duckdb.DuckDBPyConnection, target: str
+) -> tuple[set[str], pd.Timestamp | None]:
+    """Payload keys the latest Planhat snapshot holds, and when it was taken."""
+    table = "planhat.companies" if target == "companies" else "planhat.endusers"
+    if not table_exists(conn, *table.split(".")):
+        return set(), None
+    latest = (
+        f"from {table} where partition_date = (select max(partition_date) from {table}) "
+        f"and _fetched_at = (select max(_fetched_at) from {table} "
+        f"where partition_date = (select max(partition_date) from {table}))"
+    )
+    row = conn.execute(f"select max(_fetched_at) {latest}").fetchone()
+    at = pd.Timestamp(row[0]) if row and row[0] is not None else None
+    if at is not None and at.tzinfo is None:
+        at = at.tz_localize("UTC")
+    if target == "companies":
+        keys = {str(r[0]) for r in conn.execute(f"select external_id {latest}").fetchall() if r[0]}
+    else:
+        keys = set()
+        for email, external_id in conn.execute(f"select email, external_id {latest}").fetchall():
+            if external_id:
+                keys.add(f"external_id:{external_id}")
+            if email:
+                keys.add(f"email:{email}")
+    return keys, at
+
+
+def known_company_ids(conn: duckdb.DuckDBPyConnection | None) -> set[str]:
+    """External ids Planhat has (latest snapshot) or that are being sent now."""
+    queries = {
+        ("planhat", "company_payloads"): "select key from planhat.company_payloads",
+        ("planhat", "companies"): (
+            "select external_id from planhat.companies where external_id is not null "
+            "and partition_date = (select max(partition_date) from planhat.companies)"
+        ),
+    }
+    known: set[str] = set()
+    for table, sql in queries.items():
+        if conn is not None and table_exists(conn, *table):
+            known |= {str(row[0]) for row in conn.execute(sql).fetchall() if row[0] is not None}
+    return known
+
+
+# -- rows -----------------------------------------------------------------------------------------
+def delivery_rows(
+    outcomes: pd.DataFrame, payloads: pd.DataFrame, run_id: str, now: dt.datetime
+) -> pd.DataFrame:
+    """``planhat.deliveries`` rows: the outcomes beside their payloads' hull id, change and
+    fingerprint, typed the same whatever the outcomes hold."""
+    rows = outcomes.copy()
+    rows["hull_id"] = payloads["hull_id"].values if "hull_id" in payloads else None
+    rows["change"] = payloads["change"].values if "change" in payloads else None
+    rows["fingerprint"] = payloads["fingerprint"].values if "fingerprint" in payloads else None
+    rows["run_id"] = run_id
+    rows["delivered_at"] = pd.Timestamp(now)
+    rows = rows.reindex(columns=DELIVERY_COLUMNS)
+    for column in DELIVERY_COLUMNS:
+        if column in ("request", "attempts", "batch"):
+            rows[column] = pd.to_numeric(rows[column], errors="coerce").astype("Int64")
+        elif column == "delivered_at":
+            rows[column] = pd.to_datetime(rows[column], utc=True)
+        else:
+            rows[column] = rows[column].astype("string")
+    return rows
+
+
+def status_rows(
+    target: str, records: pd.DataFrame, status: str, error: str | None = None
+) -> pd.DataFrame:
+    """Outcome rows giving every record of ``records`` the same status (indexed like them)."""
+    return pd.DataFrame(
+        {
+            "target": target,
+            "key": records["key"].astype(str).values,
+            "status": status,
+            "error": error,
+        },
+        index=records.index,
+    ).reindex(columns=OUTCOME_COLUMNS)
+
+
+# -- writes ---------------------------------------------------------------------------------------
+def _ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    run(conn, "create schema if not exists planhat")
+    for statement in filter(str.strip, FINGERPRINTS_DDL.split(";")):
+        run(conn, statement)
+    if table_exists(conn, "planhat", "deliveries"):  # tables older than the column
+        run(conn, f"alter table {DELIVERIES} add column if not exists fingerprint varchar")
+
+
+def _upsert_fingerprints(conn: duckdb.DuckDBPyConnection, fresh: pd.DataFrame) -> None:
+    conn.register(
+        "_fresh",
+        fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields")}),
+    )
+    try:
+        run(
+            conn,
+            "create temp table _merged as select f.target, f.key, f.fingerprint, f.fields, "
+            "f.delivered_at, coalesce(f.planhat_id, o.planhat_id) as planhat_id "
+            f"from _fresh f left join {FINGERPRINTS} o on o.target = f.target and o.key = f.key",
+        )
+        run(
+            conn,
+            f"delete from {FINGERPRINTS} using _fresh f "
+            f"where {FINGERPRINTS}.target = f.target and {FINGERPRINTS}.key = f.key",
+        )
+        run(conn, f"insert into {FINGERPRINTS} by name select * from _merged")
+        run(conn, "drop table _merged")
+    finally:
+        conn.unregister("_fresh")
+
+
+def commit_checkpoint(
+    database: str, deliveries: pd.DataFrame, fresh: pd.DataFrame, *, ensure: bool = True
+) -> None:
+    """Delivery rows and the fingerprints they earned, in one short transaction.
+
+    Fingerprints are upserted by ``(target, key)``; a record whose answer named no Planhat
+    ``_id`` keeps the one stored before. Opened and closed here: no connection is ever held
+    across an HTTP call. ``ensure=False`` skips the table set-up (done once per journal)."""
+    if deliveries.empty and fresh.empty:
+        return
+    conn = connect(database)
+    try:
+        if ensure:
+            _ensure_tables(conn)
+        run(conn, "begin transaction")
+        append_table(conn, DELIVERIES, deliveries)
+        if not fresh.empty:
+            _upsert_fingerprints(conn, fresh)
+        run(conn, "commit")
+    except Exception:
+        run(conn, "rollback")
+        raise
+    finally:
+        conn.close()
+
+
+def ensure_delivery_tables(database: str) -> None:
+    """Create (or bring up to date) the delivery tables, once before a journal writes."""
+    conn = connect(database)
+    try:
+        _ensure_tables(conn)
+    finally:
+        conn.close()
+
+
+def make_checkpoint(
+    database: str,
+    records: pd.DataFrame,
+    run_id: str,
+    *,
+    delivered: frozenset[str] = DELIVERED_STATUSES,
+) -> Callable[[pd.DataFrame], None]:
+    """The ``deliver`` checkpoint of one target: commit each request's rows as they come."""
+
+    def checkpoint(outcomes: pd.DataFrame) -> None:
+        now = dt.datetime.now(dt.UTC)
+        part = records.loc[outcomes.index]
+        rows = delivery_rows(outcomes, part, run_id, now)
+        commit_checkpoint(
+            database, rows, fresh_fingerprints(outcomes, part, now, delivered=delivered)
+        )
+
+    return checkpoint
+
+
+def make_intent(
+    database: str, records: pd.DataFrame, run_id: str
+) -> Callable[[pd.DataFrame], None]:
+    """The ``deliver`` intent of one target: ``pending`` rows committed before a post."""
+
+    def intent(pending: pd.DataFrame) -> None:
+        part = records.iloc[pending.index]
+        rows = delivery_rows(pending.set_axis(part.index), part, run_id, dt.datetime.now(dt.UTC))
+        commit_checkpoint(database, rows, pd.DataFrame())
+
+    return intent
+
+
+def commit_statuses(
+    database: str,
+    target: str,
+    records: pd.DataFrame,
+    status: str,
+    run_id: str,
+    *,
+    error: str | None = None,
+    delivered: Collection[str] = DELIVERED_STATUSES,
+) -> pd.DataFrame:
+    """Give ``records`` one status (their fingerprints advance when it counts as delivered),
+    committed at once; returns the outcome rows."""
+    outcomes = status_rows(target, records, status, error)
+    now = dt.datetime.now(dt.UTC)
+    commit_checkpoint(
+        database,
+        delivery_rows(outcomes, records, run_id, now),
+        fresh_fingerprints(outcomes, records, now, delivered=delivered),
+    )
+    return outcomes
+
+
+@dataclass
+class DeliveryJournal:
+    """Intents and outcomes of a one-record-per-request delivery, ``every`` records a
+    transaction instead of two transactions a record.
+
+    Before the first request of each group of ``every`` records, the whole group is committed
+    ``pending`` (with the outcomes of the group before it, in the same transaction): an intent
+    is durable before its request is sent. Outcomes are kept in memory until the group ends,
+    then committed. A process killed mid-group leaves the group's records ``pending``: the next
+    run treats them as in doubt (a create is read back before it is repeated; an update, being
+    idempotent, is sent again), so nothing is duplicated and nothing is lost.
+
+    ``intents=False``: requests that may be repeated (updates): outcomes only, ``every`` a
+    transaction; a crash sends at most that many updates again.
+    """
+
+    database: str
+    target: str
+    records: pd.DataFrame
+    run_id: str
+    every: int
+    intents: bool = True
+    delivered: frozenset[str] = DELIVERED_STATUSES
+    transactions: int = 0
+    _covered: int = 0
+    _outcomes: list[pd.DataFrame] = field(default_factory=list)
+    _ready: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"a journal groups at least one record, not {self.every}")
+        if not self.records.index.equals(pd.RangeIndex(len(self.records))):
+            # ``deliver`` names an intent's records by position, a checkpoint's by label
+            raise ValueError("a journal's records are indexed 0..n-1 (reset_index first)")
+
+    def _position(self, index: object) -> int:
+        return int(self.records.index.get_loc(index))
+
+    def _pending(self, start: int) -> pd.DataFrame:
+        """The ``pending`` rows of the group starting at ``start``; covers it."""
+        group = self.records.iloc[start : start + self.every]
+        self._covered = start + len(group)
+        return status_rows(self.target, group, "pending")
+
+    def _commit(self, next_group: int | None) -> None:
+        """The outcomes held, with the intents of the group at ``next_group``, in one
+        transaction."""
+        now = dt.datetime.now(dt.UTC)
+        frames, fresh = [], []
+        for outcomes in self._outcomes:
+            part = self.records.loc[outcomes.index]
+            frames.append(delivery_rows(outcomes, part, self.run_id, now))
+            fresh.append(fresh_fingerprints(outcomes, part, now, delivered=self.delivered))
+        if next_group is not None and self.intents:
+            pending = self._pending(next_group)
+            if not pending.empty:
+                part = self.records.loc[pending.index]
+                frames.append(delivery_rows(pending, part, self.run_id, now))
+        self._outcomes = []
+        rows = pd.concat(frames) if frames else pd.DataFrame()
+        earned = [f for f in fresh if not f.empty]
+        fingerprints = pd.concat(earned) if earned else pd.DataFrame()
+        if rows.empty and fingerprints.empty:
+            return
+        if not self._ready:
+            ensure_delivery_tables(self.database)
+            self._ready = True
+        commit_checkpoint(self.database, rows, fingerprints, ensure=False)
+        self.transactions += 1
+
+    def intent(self, pending: pd.DataFrame) -> None:
+        """``deliver``'s intent: the request's records are durable ``pending`` already, or
+        their group is committed now."""
+        if pending.empty:
+            return
+        start = int(pending.index[0])
+        if start >= self._covered:
+            self._commit(start)
+
+    def checkpoint(self, outcomes: pd.DataFrame) -> None:
+        """``deliver``'s checkpoint: held until the group ends; its end commits the group's
+        outcomes and the next group's intents together."""
+        if outcomes.empty:
+            return
+        self._outcomes.append(outcomes)
+        after = self._position(outcomes.index[-1]) + 1
+        held = sum(len(o) for o in self._outcomes)
+        if self.intents and after >= self._covered and self._covered:
+            self._commit(after if after < len(self.records) else None)
+        elif held >= self.every and (not self.intents or after >= self._covered):
+            self._commit(None)
+
+    def flush(self) -> None:
+        """Commit the outcomes still held (the end of the delivery, or its failure)."""
+        if self._outcomes:
+            self._commit(None)
+
+
+@contextlib.contextmanager
+def journal(
+    database: str,
+    target: str,
+    records: pd.DataFrame,
+    run_id: str,
+    *,
+    every: int,
+    intents: bool = True,
+) -> Iterator[DeliveryJournal]:
+    """A ``DeliveryJournal`` whose held outcomes are committed however the delivery ends."""
+    kept = DeliveryJournal(database, target, records, run_id, every=every, intents=intents)
+    try:
+        yield kept
+    finally:
+        kept.flush()
+
+
+def capture_responses(database: str, rows: pd.DataFrame) -> None:
+    """Append Planhat's answers to ``planhat.api_responses`` (one short write)."""
+    conn = connect(database)
+    try:
+        append_table(conn, API_RESPONSES, rows)
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def step_lock(database: str, run_id: str, *, dry_run: bool) -> Iterator[None]:
+    """Held by every delivering step (a dry run writes nothing: it needs no lock)."""
+    if dry_run:
+        yield
+        return
+    try:
+        lock = delivery_lock(database, run_id)
+        lock.__enter__()
+    except WarehouseBusy as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)

@@ -1,0 +1,211 @@
+"""Grouped delivery journal of one-record destinations: a transaction per group of records, an
+intent durable before its request, and a crash mid-group that neither duplicates nor loses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pytest
+
+from hull_planhat_pipelines.clients.delivery import DeliveryTarget, deliver
+from hull_planhat_pipelines.settings import DestinationSettings
+from hull_planhat_pipelines.sync.destinations import destination_records
+from hull_planhat_pipelines.warehouse import deliveries, read_only
+from hull_planhat_pipelines.warehouse.deliveries import DeliveryJournal, journal
+
+NOTES = 120
+EVERY = 50
+DESTINATION = DestinationSettings(
+    name="conversations",
+    method="POST",
+    path="/conversations",
+    source_sql="select * from notes",
+    journal_every=EVERY,
+)
+TARGET = replace(DeliveryTarget.from_destination(DESTINATION), payload_column="payload", exclude=())
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no flush, no rollback)."""
+
+
+class FakePlanhat:
+    """Conversations by ``_id``; creates, reads back by ``extid-``, updates; can be killed
+    right after the n-th create landed (its answer never read)."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.held: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.kill_after_creates: int | None = None
+        self.doubt_seen: list[bool] = []
+
+    def attempts(self) -> int:
+        return len(self.calls)
+
+    def redact(self, text: str) -> str:
+        return text
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        self.calls.append(("GET", path))
+        ext = path.rsplit("/extid-", 1)[1]
+        return next(({"_id": i} for i, c in self.held.items() if c["externalId"] == ext), None)
+
+    def send(self, method: str, path: str, body: Any, headers: Any = None, *, kind: Any = None):
+        self.calls.append((method, path))
+        if method == "POST":
+            # the intent of this create is durable before it goes out
+            with duckdb.connect(self.database, read_only=True) as conn:
+                self.doubt_seen.append(
+                    str(body["event_id"]) in deliveries.in_doubt_keys(conn, "conversations")
+                )
+            planhat_id = f"{len(self.held):024x}"
+            self.held[planhat_id] = body
+            if len([c for c in self.calls if c[0] == "POST"]) == self.kill_after_creates:
+                raise Killed
+            return SimpleNamespace(status=201, body={"_id": planhat_id}, attempts=1)
+        planhat_id = path.rsplit("/", 1)[1]
+        self.held[planhat_id] = body
+        return SimpleNamespace(status=200, body={"_id": planhat_id}, attempts=1)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[str]:
+    yield str(tmp_path / "warehouse.duckdb")
+
+
+def _records(database: str) -> pd.DataFrame:
+    source = pd.DataFrame(
+        {
+            "event_id": [f"n{i:03d}" for i in range(NOTES)],
+            "subject": [f"note {i}" for i in range(NOTES)],
+        }
+    )
+    with read_only(database) as conn:
+        fingerprints = deliveries.fingerprints_table(conn)
+        in_doubt = deliveries.in_doubt_keys(conn, "conversations")
+        ids = deliveries.planhat_ids(conn, "conversations")
+    records, _ = destination_records(
+        source, DESTINATION, fingerprints, planhat_ids=ids, in_doubt=in_doubt
+    )
+    return records.reset_index(drop=True)
+
+
+def _deliver(planhat: FakePlanhat, records: pd.DataFrame, kept: DeliveryJournal) -> Any:
+    return deliver(
+        records,
+        TARGET,
+        planhat,  # type: ignore[arg-type]
+        batch_size=1,
+        key_column="key",
+        checkpoint=kept.checkpoint,
+        intent=kept.intent,
+    )
+
+
+def _latest(database: str) -> dict[str, str]:
+    with duckdb.connect(database, read_only=True) as conn:
+        return deliveries.latest_statuses(conn, "conversations")
+
+
+def test_a_group_of_records_costs_one_transaction_and_each_intent_precedes_its_create(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+    real = deliveries.commit_checkpoint
+
+    def counted(database: str, rows: pd.DataFrame, fresh: pd.DataFrame, **kw: Any) -> None:
+        commits.append(len(rows))
+        real(database, rows, fresh, **kw)
+
+    monkeypatch.setattr(deliveries, "commit_checkpoint", counted)
+    planhat = FakePlanhat(database)
+    records = _records(database)
+    with journal(database, "conversations", records, "run-1", every=EVERY) as kept:
+        result = _deliver(planhat, records, kept)
+    assert result.counts() == {"created": NOTES}
+    # 120 creates: the first group's intents, then each group's outcomes with the next
+    # group's intents, then the last outcomes (two transactions a record took 240)
+    assert commits == [50, 100, 70, 20]
+    assert kept.transactions == len(commits) == 4
+    assert planhat.doubt_seen == [True] * NOTES
+    assert set(_latest(database).values()) == {"created"}
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("select count(*) from planhat.delivery_fingerprints").fetchone() == (
+            NOTES,
+        )
+    assert len(planhat.held) == NOTES
+
+
+def test_one_record_per_group_keeps_every_intent_before_its_create(database: str) -> None:
+    planhat = FakePlanhat(database)
+    records = _records(database).head(5)
+    with journal(database, "conversations", records, "run-1", every=1) as kept:
+        _deliver(planhat, records, kept)
+    assert kept.transactions == 6 and planhat.doubt_seen == [True] * 5
+
+
+def test_killed_mid_group_the_rerun_reads_back_the_group_and_duplicates_nothing(
+    database: str,
+) -> None:
+    planhat = FakePlanhat(database)
+    planhat.kill_after_creates = 58  # eight creates of the second group landed
+    records = _records(database)
+    kept = DeliveryJournal(database, "conversations", records, "run-1", every=EVERY)
+    with pytest.raises(Killed):
+        _deliver(planhat, records, kept)  # killed: the journal is never flushed
+    statuses = _latest(database)
+    assert sorted(k for k, s in statuses.items() if s == "created") == [
+        f"n{i:03d}" for i in range(50)
+    ]
+    in_doubt = sorted(k for k, s in statuses.items() if s == "pending")
+    assert in_doubt == [f"n{i:03d}" for i in range(50, 100)]
+    assert len(planhat.held) == 58
+
+    planhat.calls.clear()
+    planhat.kill_after_creates = None
+    rerun = _records(database)
+    assert sorted(rerun["key"]) == [f"n{i:03d}" for i in range(50, NOTES)]
+    with journal(database, "conversations", rerun, "run-2", every=EVERY) as kept:
+        result = _deliver(planhat, rerun, kept)
+    assert result.counts() == {"created": 62, "updated": 8}
+    # the group in doubt is read back; what landed is updated, the rest created, once each
+    assert sorted(p for m, p in planhat.calls if m == "GET") == [
+        f"/conversations/extid-conversations-n{i:03d}" for i in range(50, 100)
+    ]
+    assert len([1 for m, _ in planhat.calls if m == "PUT"]) == 8
+    assert len([1 for m, _ in planhat.calls if m == "POST"]) == NOTES - 58
+    assert len(planhat.held) == NOTES
+    held = sorted(c["externalId"] for c in planhat.held.values())
+    assert held == sorted(f"conversations-n{i:03d}" for i in range(NOTES))
+    assert set(_latest(database).values()) == {"created", "updated"}
+    assert _records(database).empty  # nothing left to send
+
+
+def test_updates_need_no_intents_and_commit_a_group_at_a_time(database: str) -> None:
+    records = _records(database).head(7)
+    kept = DeliveryJournal(database, "conversations", records, "run-1", every=3, intents=False)
+    for position in range(7):
+        outcomes = deliveries.status_rows("conversations", records.iloc[[position]], "updated")
+        kept.checkpoint(outcomes)
+    assert kept.transactions == 2  # records 0-2 and 3-5; the seventh is held ...
+    kept.flush()
+    assert kept.transactions == 3  # ... until the delivery ends
+    assert set(_latest(database).values()) == {"updated"} and len(_latest(database)) == 7
+
+
+def test_a_journal_groups_at_least_one_record(database: str) -> None:
+    with pytest.raises(ValueError, match="at least one record"):
+        DeliveryJournal(database, "conversations", pd.DataFrame(), "run-1", every=0)
+
+
+def test_a_journal_refuses_records_not_indexed_by_position(database: str) -> None:
+    records = _records(database).head(3).set_axis([7, 8, 9])
+    with pytest.raises(ValueError, match="reset_index"):
+        DeliveryJournal(database, "conversations", records, "run-1", every=2)
