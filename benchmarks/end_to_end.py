@@ -29,7 +29,8 @@ each job), so it includes both sandboxes' data.
 ``--compare`` runs scale 10 with ``--change 0.01`` and scale 100 with ``--change 0.001`` (the
 same 100 changed people) and compares the incremental passes' cycle: every job but the Planhat
 snapshot (a full list by nature), seconds summed and the highest peak above the resident
-memory the pass began with; it fails above x1.5.
+memory the pass began with; it fails above x1.5, when a pass makes more requests than its
+minimum, or when the unchanged pass writes to Planhat or upserts in Hull.
 
 The run is as the command line does it (``run_sync``), with these differences, all printed:
 a temporary warehouse and Dagster instance; the packaged configuration with the client
@@ -712,11 +713,28 @@ def compare(seed: int, start_date: dt.date | None) -> dict[str, Any]:
         if value is not None and value > COMPARE_LIMIT
     ]
     for r in runs:
+        for p in r["passes"]:
+            print(
+                f"scale {r['scale']:g} pass {p['pass']}: {p['seconds']:.1f} s, peak"
+                f" {p['peak_mb']} MB, {p['requests']['total']} requests (minimum"
+                f" {p['minimum_requests']['total']}), {p['requests']['planhat_writes']}"
+                " Planhat writes"
+            )
         last = r["passes"][-1]
-        if last["requests"]["planhat_writes"] or last["hull_user_upserts"]:
+        if (
+            last["requests"]["planhat_writes"]
+            or last["hull_user_upserts"]
+            or last["hull_account_upserts"]
+        ):
             problems.append(f"the unchanged pass at scale {r['scale']:g} wrote")
         problems += [
             f"scale {r['scale']:g} pass {p['pass']} failed" for p in r["passes"] if not p["ok"]
+        ]
+        problems += [
+            f"scale {r['scale']:g} pass {p['pass']} made {p['requests']['total']} requests"
+            f" (minimum {p['minimum_requests']['total']})"
+            for p in r["passes"]
+            if p["requests"]["total"] > p["minimum_requests"]["total"]
         ]
     return {
         "benchmark": "end_to_end_compare",

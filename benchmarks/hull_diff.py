@@ -15,7 +15,8 @@ warehouse file, and a fresh process (so that phase 1's memory is not counted) re
 slice of the store the changed records touch and merges the changed profiles back in place
 (``assets/hull_store``), inside one transaction. ``--in-memory`` measures the pure core over a
 store held in pandas instead (what the asset did before).
-Peak memory is the process's resident high-water mark during the phase (Linux ``VmHWM`` reset
+The incremental phase also reports its CPU seconds (every thread: on a shared machine its wall
+time includes waiting for the cores). Peak memory is the process's resident high-water mark during the phase (Linux ``VmHWM`` reset
 through ``/proc/self/clear_refs`` before it, so the inputs built beforehand count as resident
 but their construction does not; elsewhere ``ru_maxrss``, the peak since process start). The
 last line is one JSON object; the headline numbers are the incremental phase's.
@@ -68,6 +69,13 @@ def _peak_mb() -> float:
         return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
     except (OSError, AttributeError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_seconds() -> float:
+    """CPU time of the process, every thread (on a shared machine, wall time also counts the
+    time other processes held the cores)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- synthetic Copper rows -------------------------------------------------------------------
@@ -262,7 +270,7 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
     conn = duckdb.connect(path)
     gc.collect()
     exact = _reset_peak()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     sliced: list[ProfileStore] = []
 
     def reader(keys: Any) -> Any:
@@ -275,7 +283,7 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
     conn.execute("begin transaction")
     hull_store.write_changes(conn, settings.segments, sliced[0], changes, NOW, everything=False)
     conn.execute("commit")
-    applied = time.perf_counter()
+    applied, cpu = time.perf_counter(), _cpu_seconds() - cpu_started
     users = conn.execute("select count(*) from hull.users").fetchall()[0][0]
     accounts = conn.execute("select count(*) from hull.accounts").fetchall()[0][0]
     conn.close()
@@ -284,6 +292,7 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
         "seconds": round(applied - started, 2),
         "compute_seconds": round(computed - started, 2),
         "apply_seconds": round(applied - computed, 2),
+        "cpu_seconds": round(cpu, 2),
         "peak_mb": round(_peak_mb(), 1),
         "peak_exact": exact,
         "slice_users": len(sliced[0].users),
@@ -298,8 +307,8 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
     }
     log(
         f"{'incremental':>13}: {result['records']:>9,} records  {result['seconds']:>7.2f} s"
-        f" (compute {result['compute_seconds']:.2f}, merge {result['apply_seconds']:.2f})"
-        f"  peak {result['peak_mb']:>8.1f} MB  slice {result['slice_users']:,} users /"
+        f" (compute {result['compute_seconds']:.2f}, merge {result['apply_seconds']:.2f};"
+        f" CPU {result['cpu_seconds']:.2f})  peak {result['peak_mb']:>8.1f} MB  slice {result['slice_users']:,} users /"
         f" {result['slice_accounts']:,} accounts; upserts {result['user_upserts']:,} users /"
         f" {result['account_upserts']:,} accounts, {result['events']:,} events;"
         f" store {result['users']:,} users / {result['accounts']:,} accounts"

@@ -125,8 +125,8 @@ def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
 
 
 def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> None:
-    """Matches by email, domain and anonymous id, profiles holding a deleted record, the
-    users of a matched account and those users' accounts; nothing else."""
+    """Matches by email, domain (trimmed, lower-cased) and anonymous id, profiles holding a
+    deleted record, the users of a matched account and those users' accounts; nothing else."""
     import duckdb
     import pandas as pd
 
@@ -148,11 +148,14 @@ def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> 
         " ('u2', null, null, ['copper-person:2'], 'a2', '{}', null, null, []),"
         " ('u3', 'A@x.io ', null, ['planhat:z'], null, '{}', null, null, []),"
         " ('u4', 'b@y.io', null, ['copper-lead:9'], 'a3', '{}', null, null, []),"
-        " ('u5', null, 'e5', [], 'a1', '{}', null, null, []);"
+        " ('u5', null, 'e5', [], 'a1', '{}', null, null, []),"
+        " ('u6', '  A@X.io', null, [], null, '{}', null, null, []),"
+        " ('u7', 'A@x.io.org', null, [], null, '{}', null, null, []);"
         "insert into hull.accounts values"
         " ('a1', 'x.io', null, ['copper:7'], '{}', null, null, []),"
         " ('a2', 'z.io', null, [], '{}', null, null, []),"
-        " ('a3', 'y.io', null, [], '{}', null, null, []);"
+        " ('a3', 'y.io', null, [], '{}', null, null, []),"
+        " ('a4', ' X.IO', null, [], '{}', null, null, []);"
         "insert into hull.events values"
         " ('ev5', 'u5', 'Note', '{}', null, 'copper', '55'),"
         " ('ev4', 'u4', 'Note', '{}', null, 'copper', '44')"
@@ -169,8 +172,8 @@ def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> 
         opportunities=False,
     )
     part = hull_store.read_slice(conn, keys)
-    assert sorted(part.store.users["hull_id"]) == ["u1", "u2", "u3", "u5"]
-    assert sorted(part.store.accounts["hull_id"]) == ["a1", "a2"]
+    assert sorted(part.store.users["hull_id"]) == ["u1", "u2", "u3", "u5", "u6"]
+    assert sorted(part.store.accounts["hull_id"]) == ["a1", "a2", "a4"]
     assert sorted(part.store.events["event_id"]) == ["ev5"]
     assert sorted(part.current_ids) == ["people"]
     assert list(part.current_ids["people"]) == ["1"]

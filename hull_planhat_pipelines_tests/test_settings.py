@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import yaml
 
@@ -16,6 +17,7 @@ from hull_planhat_pipelines.settings import (
     load_settings,
     parse_settings,
 )
+from hull_planhat_pipelines.sync.planhat_payloads import run_metric_sql
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "examples" / "hull_planhat.yaml"
 
@@ -40,11 +42,54 @@ def test_the_shared_example_loads_exactly_as_it_stands() -> None:
     sandbox_only = {
         "destinations": True,
         "copper": {"requests_per_minute"},
-        "planhat": {"requests_per_minute"},
+        "planhat": {"requests_per_minute": True, "metrics": {"__all__": {"sql"}}},
     }
     assert example.model_dump(exclude=sandbox_only) == packaged.model_dump(exclude=sandbox_only)
     assert example.copper.requests_per_minute == 180
     assert [d.name for d in example.destinations] == [d.name for d in packaged.destinations]
+    assert [m.dimension_id for m in example.planhat.metrics] == [
+        m.dimension_id for m in packaged.planhat.metrics
+    ]
+
+
+METRIC_DATA = """
+create schema hull; create schema copper_current;
+create table hull.accounts (hull_id varchar, external_id varchar, anonymous_ids varchar[]);
+insert into hull.accounts values
+  ('a1', 'ACC1', ['copper:1']),
+  ('a2', 'ACC2', ['copper:2', 'copper:3', 'planhat:p2']),  -- merged: two companies
+  ('a3', 'ACC3', ['copper:4', 'copper:4']),                 -- an id held twice
+  ('a4', null, ['copper:5']),                               -- not in Planhat
+  ('a5', 'ACC5', []),
+  ('a6', 'ACC6', null),
+  ('a7', 'ACC7', ['copper:7']),                             -- two profiles, one external id
+  ('a8', 'ACC7', ['copper:8']),
+  ('a9', 'ACC9', ['copper:10', 'copper:1']);                -- a company claimed twice
+create table copper_current.opportunities (id bigint, company_id bigint,
+  monetary_value double, status varchar);
+insert into copper_current.opportunities values
+  (1, 1, 100, 'Open'), (2, 1, 50, 'Open'), (3, 2, 10, 'Open'), (4, 3, 5, 'Open'),
+  (5, 3, 1000, 'Won'), (6, 4, 7, 'Open'), (7, 5, 9, 'Open'), (8, 6, 11, 'Open'),
+  (9, null, 13, 'Open'), (10, 7, 1, 'Open'), (11, 8, 2, 'Open'), (12, 10, 3, 'Open'),
+  (13, 2, null, 'Open');
+"""
+
+
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="the shared example is not beside the project")
+def test_the_packaged_metric_queries_return_the_shared_examples_rows() -> None:
+    """The packaged metric SQL may be faster than the example's (a join on unnested ids, not a
+    ``list_contains`` nested loop), never different: same rows on the same data."""
+    example, packaged = load_settings(EXAMPLE), load_settings(default_config_path())
+    for ours, theirs in zip(packaged.planhat.metrics, example.planhat.metrics, strict=True):
+        rows = []
+        for metric in (ours, theirs):
+            conn = duckdb.connect()
+            conn.execute(METRIC_DATA)
+            frame = run_metric_sql(conn, metric.sql)
+            rows.append(sorted(frame.itertuples(index=False, name=None), key=str))
+            conn.close()
+        assert rows[0] == rows[1]
+        assert len(rows[0]) >= 5  # the data exercises the query
 
 
 @pytest.mark.parametrize(

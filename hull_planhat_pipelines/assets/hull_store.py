@@ -86,8 +86,7 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         claims = f"(select value from _keys where kind = '{kind}' and claim = '%s')"
         run(
             conn,
-            f"insert into _ids_{kind} select hull_id from {table}"
-            f" where nullif(lower(trim({other})), '') in {claims % other}"
+            f"insert into _ids_{kind} {_matching_ids(table, other, claims % other)}"
             f" union select hull_id from {table} where external_id in {claims % 'external_id'}"
             f" union select hull_id from (select hull_id, unnest(anonymous_ids) as v from {table})"
             f" where v in {claims % 'anonymous_id'}",
@@ -124,10 +123,12 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         )
     profiles = {
         kind: (
-            conn.execute(
-                f"select * exclude (segments) from {TABLES[kind]}"
-                f" where hull_id in (select hull_id from _ids_{kind})"
-            ).fetchdf()
+            _utc(
+                conn.execute(
+                    f"select * exclude (segments) from {TABLES[kind]}"
+                    f" where hull_id in (select hull_id from _ids_{kind})"
+                ).fetchdf()
+            )
             if has[kind]
             else empty_store(kind)
         )
@@ -141,11 +142,13 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
             if activities
             else ""
         )
-        events = conn.execute(
-            f"select {', '.join(EVENT_COLUMNS)} from hull.events"
-            " where event_id in (select event_id from _event_ids)"
-            f" or user_hull_id in (select hull_id from _ids_user){gone}"
-        ).fetchdf()
+        events = _utc(
+            conn.execute(
+                f"select {', '.join(EVENT_COLUMNS)} from hull.events"
+                " where event_id in (select event_id from _event_ids)"
+                f" or user_hull_id in (select hull_id from _ids_user){gone}"
+            ).fetchdf()
+        )
     current_ids = {
         table: _held_alive(conn, kind_of(table), prefix_of(table), alive)
         for table, alive in current.items()
@@ -168,6 +171,28 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
     run(conn, "drop table if exists _keys; drop table if exists _event_ids")
     store = ProfileStore(users=profiles["user"], accounts=profiles["account"], events=events)
     return StoreSlice(store=store, current_ids=current_ids)
+
+
+def _matching_ids(table: str, column: str, values: str) -> str:
+    """SQL for the profiles whose ``column`` matches one of ``values`` (non-blank, trimmed and
+    lower-cased, as claims are) the way claims match: ``lower(trim(column))``. Trimming a
+    million values costs more than the rest of the slice; only values with a leading or
+    trailing space need it (``trim`` strips spaces only), the rest are just lower-cased."""
+    return (
+        f"select hull_id from {table} where lower({column}) in {values}"
+        f" union select hull_id from {table}"
+        f" where (starts_with({column}, ' ') or ends_with({column}, ' '))"
+        f" and lower(trim({column})) in {values}"
+    )
+
+
+def _utc(frame: pd.DataFrame) -> pd.DataFrame:
+    """Timestamps as the core makes them (``datetime64[ns, UTC]``): DuckDB returns them in its
+    session zone (``Etc/UTC``), and concatenating the two zones falls back to objects."""
+    for column in ("created_at", "updated_at", "occurred_at"):
+        if column in frame.columns and isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+            frame[column] = frame[column].dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    return frame
 
 
 def kind_of(table: str) -> Kind:
@@ -368,7 +393,7 @@ def read_profiles(conn: duckdb.DuckDBPyConnection, kind: Kind, where: str) -> pd
     """Stored profiles of one kind matching ``where`` (with their ``segments``)."""
     if not _exists(conn, TABLES[kind]):
         return empty_store(kind).assign(segments=pd.Series([], dtype=object))
-    return conn.execute(f"select * from {TABLES[kind]} where {where}").fetchdf()
+    return _utc(conn.execute(f"select * from {TABLES[kind]} where {where}").fetchdf())
 
 
 def changed_segments(
