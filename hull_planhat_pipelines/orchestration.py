@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,8 @@ from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
 from hull_planhat_pipelines.sync.polling import (
+    COPPER_SINCE_TAG,
+    COPPER_UNTIL_TAG,
     CopperCursor,
     PlannedRun,
     plan_incremental_runs,
@@ -46,16 +48,36 @@ def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     )
 
 
-def copper_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
-    """Copper's UTC days: from ``copper.start_date`` up to ``copper.activity_horizon_days``
-    after today. Activities are windowed by their date and a meeting planned for next week is
-    dated next week: its day must exist to hold it. The other objects are windowed by
-    ``date_modified``, never in the future, so their days ahead stay empty (cheap: a range run
-    walks its whole range with one cursor, not one search per day)."""
-    return dg.DailyPartitionsDefinition(
-        start_date=settings.copper.start_date.isoformat(),
+def copper_months_ahead(horizon_days: int) -> int:
+    """Months after the current one that ``horizon_days`` after some day can reach: the most
+    over every start day of a four-year leap cycle (a fixed ``end_offset``, never short)."""
+    first = dt.date(2024, 1, 1)
+    most = 0
+    for offset in range(1461):
+        day = first + dt.timedelta(days=offset)
+        ahead = day + dt.timedelta(days=horizon_days)
+        most = max(most, (ahead.year - day.year) * 12 + ahead.month - day.month)
+    return most
+
+
+def copper_partitions(settings: Settings) -> dg.MonthlyPartitionsDefinition:
+    """Copper's UTC months: from the month of ``copper.start_date`` up to the month that holds
+    ``copper.activity_horizon_days`` after today.
+
+    Monthly, not daily: about a dozen partitions a year instead of 365, so a backfill or "fetch
+    all" plans, runs and records a few dozen partitions however old the account, and the UI's
+    backfill dialog stays short. Per-day idempotency is kept per record instead: the 5-minute
+    poll fetches only what changed since its cursor and upserts it by id into the current
+    month (see ``copper_window_tags``); a range run replaces its months whole. Activities are
+    windowed by their date and a meeting planned for next month is dated next month: its
+    month must exist to hold it (the fetch itself stops at the horizon's day). The other
+    objects are windowed by ``date_modified``, never in the future, so their months ahead stay
+    empty."""
+    start = settings.copper.start_date.replace(day=1)
+    return dg.MonthlyPartitionsDefinition(
+        start_date=start.isoformat(),
         timezone="UTC",
-        end_offset=1 + settings.copper.activity_horizon_days,
+        end_offset=1 + copper_months_ahead(settings.copper.activity_horizon_days),
     )
 
 
@@ -72,14 +94,58 @@ def range_tags(first: str, last: str) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
 
 
+def month_key(day: dt.date) -> str:
+    """The key of the Copper partition (a UTC month) that holds ``day``."""
+    return day.replace(day=1).isoformat()
+
+
+def copper_window_tags(
+    first: dt.date, last: dt.date, since: int | Mapping[str, int] | None, until: int | None
+) -> dict[str, str]:
+    """Tags of a Copper run over the months of ``first``..``last``: replace them whole when
+    ``since`` is ``None``, else upsert the records dated in [``since``, ``until``] (``since``
+    per object when a mapping)."""
+    tags = range_tags(month_key(first), month_key(last))
+    if since is not None:
+        tags[COPPER_SINCE_TAG] = (
+            str(since) if isinstance(since, int) else json.dumps(dict(since), sort_keys=True)
+        )
+        if until is not None:
+            tags[COPPER_UNTIL_TAG] = str(until)
+    return tags
+
+
+def day_start(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
+
+
+def day_end(day: dt.date) -> int:
+    """The last second of ``day`` (UTC)."""
+    return day_start(day + dt.timedelta(days=1)) - 1
+
+
 def copper_fetch_range(settings: Settings, today: dt.date, *, full: bool) -> tuple[str, str]:
-    """First and last Copper partition a catch-up fetches: every partition for a full fetch or
-    while any Copper table is still empty (a first start fetches everything, not only today);
-    otherwise from the oldest of each table's newest partition (activities: minus the re-scan
-    window) up to the activity horizon. Used by the first poll and by the command line."""
+    """First and last Copper partition (month keys) a catch-up fetches: every partition for a
+    full fetch or while any Copper table is still empty (a first start fetches everything,
+    not only today); otherwise the months from the oldest of each table's newest day
+    (activities: minus the re-scan window) up to the activity horizon."""
+    tags = copper_fetch_tags(settings, today, full=full)
+    return tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
+
+
+def copper_fetch_tags(settings: Settings, today: dt.date, *, full: bool) -> dict[str, str]:
+    """The run tags of a catch-up fetch (the command line's, and a first start's).
+
+    A full fetch (or a first start) replaces every month since ``copper.start_date``; a
+    catch-up upserts only the records dated from the oldest of each table's newest day
+    (activities: minus the re-scan window) up to the activity horizon, so it costs what
+    changed, not whole months."""
     last = today + dt.timedelta(days=settings.copper.activity_horizon_days)
-    first = settings.copper.start_date if full else newest_partitions_start(settings, today)
-    return first.isoformat(), last.isoformat()
+    start = settings.copper.start_date
+    first = start if full else newest_partitions_start(settings, today)
+    if full or first <= start:
+        return copper_window_tags(start, last, None, None)
+    return copper_window_tags(first, last, day_start(first), day_end(last))
 
 
 def newest_partitions_start(settings: Settings, today: dt.date) -> dt.date:
@@ -95,6 +161,8 @@ def newest_partitions_start(settings: Settings, today: dt.date) -> dt.date:
             if row is None or row[0] is None:
                 return start
             day = row[0]
+            if isinstance(day, dt.datetime):
+                day = day.date()
             if name == "activities":
                 day = day - dt.timedelta(days=settings.copper.activity_rescan_days)
             newest.append(day)
@@ -119,7 +187,10 @@ def copper_sync_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJ
         "copper_sync",
         selection=dg.AssetSelection.groups(COPPER_GROUP),
         partitions_def=partitions_def,
-        description="Fetch Copper objects into their daily partitions.",
+        description=(
+            "Fetch Copper objects into their monthly partitions: a range replaces its months "
+            "in one write; a run tagged with a since/until window upserts only those records."
+        ),
     )
 
 
@@ -209,30 +280,23 @@ def build_copper_incremental_sensor(
         fingerprint = json.dumps(newest, sort_keys=True)
         if not cursor.newest and copper_tables_empty():
             # A first start: everything, not only the day of the newest change.
-            first, last = copper_fetch_range(settings, _utc_day(now), full=True)
+            last = _utc_day(now) + dt.timedelta(days=settings.copper.activity_horizon_days)
+            first = settings.copper.start_date
             context.log.info(f"first start: every Copper object, {first}..{last}")
-            runs = [
-                PlannedRun(
-                    tuple(COPPER_OBJECTS),
-                    dt.date.fromisoformat(first),
-                    dt.date.fromisoformat(last),
-                    "first start",
-                )
-            ]
+            runs = [PlannedRun(tuple(COPPER_OBJECTS), first, last, "first start")]
         requests = []
         for run in runs:
             key = run.run_key(fingerprint if run.reason == "modified records" else str(now))
             context.log.info(
                 f"{run.reason}: {', '.join(run.objects)} {run.first_day}..{run.last_day}"
+                + (" (changed records only)" if run.since is not None else "")
             )
+            window = copper_window_tags(run.first_day, run.last_day, run.since, run.until)
             requests.append(
                 dg.RunRequest(
                     run_key=key,
                     asset_selection=copper_keys(run.objects),
-                    tags={
-                        **range_tags(run.first_day.isoformat(), run.last_day.isoformat()),
-                        "hull_planhat/trigger": run.reason,
-                    },
+                    tags={**window, "hull_planhat/trigger": run.reason},
                 )
             )
         return dg.SensorResult(run_requests=requests, cursor=advanced.dumps())
