@@ -115,6 +115,11 @@ def copper_window_tags(
     return tags
 
 
+def copper_range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
+    """Tags of one run that replaces the Copper months holding ``first``..``last``."""
+    return copper_window_tags(first, last, None, None)
+
+
 def day_start(day: dt.date) -> int:
     return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
 
