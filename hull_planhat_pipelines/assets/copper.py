@@ -12,6 +12,7 @@ transaction per run, whatever the number of partitions.
 """
 
 import datetime as dt
+import time
 from typing import Any
 
 import dagster as dg
@@ -34,6 +35,8 @@ from hull_planhat_pipelines.sync.polling import parse_window
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import CopperSlice, CurrentView, write_copper_table
 
+PROGRESS_LOG_SECONDS = 15.0
+"""A long fetch logs its progress this often (the progress bar, when shown, follows each page)."""
 PREVIEW_COLUMNS = ["id", "name", "primary_email", "date_modified", "partition_date"]
 
 
@@ -93,6 +96,8 @@ def _fetch(
     type_ids = _activity_type_ids(metadata) if obj.name == "activities" else None
     records: list[dict[str, Any]] = []
     pages = 0
+    logged = time.monotonic()
+    of_total = ""
     bar = tqdm(desc=f"copper/{obj.name}", unit=" records", disable=not progress_bar, leave=False)
     with bar:
         for page in client.search(obj.name, start=start, end=end, activity_type_ids=type_ids):
@@ -102,9 +107,14 @@ def _fetch(
                 bar.total = page.total
             bar.update(len(page.records))
             of_total = f" of about {page.total}" if page.total is not None else ""
-            context.log.info(
-                f"copper/{obj.name}: page {page.number}, {len(records)} records so far{of_total}"
-            )
+            if time.monotonic() - logged >= PROGRESS_LOG_SECONDS:
+                # each Dagster log line is an event-log write: progress, not one per page
+                logged = time.monotonic()
+                context.log.info(
+                    f"copper/{obj.name}: page {page.number}, {len(records)} records so far"
+                    f"{of_total}"
+                )
+    context.log.info(f"copper/{obj.name}: {pages} pages, {len(records)} records")
     gone = sorted({int(r["id"]) for r in records if is_deleted_stub(r) and r.get("id") is not None})
     targets = connect_targets(obj.name, records, metadata)
     record_names = {kind: client.names(kind, sorted(ids)) for kind, ids in targets.items()}
