@@ -48,37 +48,39 @@ def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     )
 
 
-def copper_months_ahead(horizon_days: int) -> int:
-    """Months after the current one that ``horizon_days`` after some day can reach: the most
-    over every start day of a four-year leap cycle (a fixed ``end_offset``, never short)."""
-    first = dt.date(2024, 1, 1)
-    most = 0
-    for offset in range(1461):
-        day = first + dt.timedelta(days=offset)
-        ahead = day + dt.timedelta(days=horizon_days)
-        most = max(most, (ahead.year - day.year) * 12 + ahead.month - day.month)
-    return most
+def copper_years_ahead(horizon_days: int) -> int:
+    """Years after the current one that ``horizon_days`` after some day can reach."""
+    return (dt.date(2024, 12, 31) + dt.timedelta(days=horizon_days)).year - 2024
 
 
-def copper_partitions(settings: Settings) -> dg.MonthlyPartitionsDefinition:
-    """Copper's UTC months: from the month of ``copper.start_date`` up to the month that holds
-    ``copper.activity_horizon_days`` after today.
+def copper_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
+    """Copper's UTC years (keys ``2024``, ``2025``, ...): from the year of
+    ``copper.start_date`` up to the year that holds ``copper.activity_horizon_days`` after
+    today.
 
-    Monthly, not daily: about a dozen partitions a year instead of 365, so a backfill or "fetch
-    all" plans, runs and records a few dozen partitions however old the account, and the UI's
-    backfill dialog stays short. Per-day idempotency is kept per record instead: the 5-minute
-    poll fetches only what changed since its cursor and upserts it by id into the current
-    month (see ``copper_window_tags``); a range run replaces its months whole. Activities are
-    windowed by their date and a meeting planned for next month is dated next month: its
-    month must exist to hold it (the fetch itself stops at the horizon's day). The other
-    objects are windowed by ``date_modified``, never in the future, so their months ahead stay
+    Years, not days (nor months): every partition of a run costs Dagster a "planned" event
+    when the run is created and a materialization event when it ends, each a write to the
+    instance's event log (about 0.1 s on SQLite under load), so a backfill or "fetch all"
+    over 1,064 days paid minutes of bookkeeping and 47 months still paid about 35 s. A year
+    per partition keeps it to a handful whatever the account's age (one more a year), and the
+    backfill dialog short. Per-day idempotency is kept per record instead: the 5-minute poll
+    fetches only what changed since its cursor and upserts it by id into the current year
+    (see ``copper_window_tags``); a range run replaces its years whole. Activities are
+    windowed by their date and a meeting planned for next January is dated next year: its
+    year must exist to hold it (the fetch itself stops at the horizon's day). The other
+    objects are windowed by ``date_modified``, never in the future, so their years ahead stay
     empty."""
-    start = settings.copper.start_date.replace(day=1)
-    return dg.MonthlyPartitionsDefinition(
-        start_date=start.isoformat(),
+    start = dt.datetime(settings.copper.start_date.year, 1, 1, tzinfo=dt.UTC)
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule="0 0 1 1 *",
+        start=start,
+        fmt=COPPER_KEY_FORMAT,
         timezone="UTC",
-        end_offset=1 + copper_months_ahead(settings.copper.activity_horizon_days),
+        end_offset=1 + copper_years_ahead(settings.copper.activity_horizon_days),
     )
+
+
+COPPER_KEY_FORMAT = "%Y"
 
 
 def _utc_day(ts: int) -> dt.date:
@@ -94,18 +96,18 @@ def range_tags(first: str, last: str) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
 
 
-def month_key(day: dt.date) -> str:
-    """The key of the Copper partition (a UTC month) that holds ``day``."""
-    return day.replace(day=1).isoformat()
+def copper_partition_key(day: dt.date) -> str:
+    """The key of the Copper partition (a UTC year) that holds ``day``."""
+    return day.strftime(COPPER_KEY_FORMAT)
 
 
 def copper_window_tags(
     first: dt.date, last: dt.date, since: int | Mapping[str, int] | None, until: int | None
 ) -> dict[str, str]:
-    """Tags of a Copper run over the months of ``first``..``last``: replace them whole when
+    """Tags of a Copper run over the years of ``first``..``last``: replace them whole when
     ``since`` is ``None``, else upsert the records dated in [``since``, ``until``] (``since``
     per object when a mapping)."""
-    tags = range_tags(month_key(first), month_key(last))
+    tags = range_tags(copper_partition_key(first), copper_partition_key(last))
     if since is not None:
         tags[COPPER_SINCE_TAG] = (
             str(since) if isinstance(since, int) else json.dumps(dict(since), sort_keys=True)
@@ -116,7 +118,7 @@ def copper_window_tags(
 
 
 def copper_range_tags(first: dt.date, last: dt.date) -> dict[str, str]:
-    """Tags of one run that replaces the Copper months holding ``first``..``last``."""
+    """Tags of one run that replaces the Copper years holding ``first``..``last``."""
     return copper_window_tags(first, last, None, None)
 
 
@@ -130,9 +132,9 @@ def day_end(day: dt.date) -> int:
 
 
 def copper_fetch_range(settings: Settings, today: dt.date, *, full: bool) -> tuple[str, str]:
-    """First and last Copper partition (month keys) a catch-up fetches: every partition for a
+    """First and last Copper partition (year keys) a catch-up fetches: every partition for a
     full fetch or while any Copper table is still empty (a first start fetches everything,
-    not only today); otherwise the months from the oldest of each table's newest day
+    not only today); otherwise the years from the oldest of each table's newest day
     (activities: minus the re-scan window) up to the activity horizon."""
     tags = copper_fetch_tags(settings, today, full=full)
     return tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
@@ -141,10 +143,10 @@ def copper_fetch_range(settings: Settings, today: dt.date, *, full: bool) -> tup
 def copper_fetch_tags(settings: Settings, today: dt.date, *, full: bool) -> dict[str, str]:
     """The run tags of a catch-up fetch (the command line's, and a first start's).
 
-    A full fetch (or a first start) replaces every month since ``copper.start_date``; a
+    A full fetch (or a first start) replaces every year since ``copper.start_date``; a
     catch-up upserts only the records dated from the oldest of each table's newest day
     (activities: minus the re-scan window) up to the activity horizon, so it costs what
-    changed, not whole months."""
+    changed, not whole years."""
     last = today + dt.timedelta(days=settings.copper.activity_horizon_days)
     start = settings.copper.start_date
     first = start if full else newest_partitions_start(settings, today)
@@ -193,7 +195,7 @@ def copper_sync_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJ
         selection=dg.AssetSelection.groups(COPPER_GROUP),
         partitions_def=partitions_def,
         description=(
-            "Fetch Copper objects into their monthly partitions: a range replaces its months "
+            "Fetch Copper objects into their yearly partitions: a range replaces its years "
             "in one write; a run tagged with a since/until window upserts only those records."
         ),
     )

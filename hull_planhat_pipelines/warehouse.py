@@ -437,7 +437,7 @@ class CopperSlice:
     Without ``date_column`` they are replaced whole (a range run: a backfill, "fetch all").
     With it, only rows whose ``date_column`` lies in ``[since, until]`` (epoch seconds; ``since``
     ``None`` is open below) are replaced: an incremental run upserts what changed, and a record
-    deleted in Copper inside that window leaves with it, without touching the rest of the month.
+    deleted in Copper inside that window leaves with it, without touching the rest of the partition.
     """
 
     first: dt.date
@@ -477,8 +477,9 @@ def write_copper_table(
     One statement pair for a whole range, whatever the number of partitions; deleting by id
     keeps one row per record even when its date moved to another partition. The table is
     created with ``types`` (column -> DuckDB type; the frame's own types for the others, so an
-    empty frame still makes a typed table) and new columns are added; inserts go by name. Returns ``{"counts": {month start: rows stored}, "schema": column metadata}``
-    for the run's partitions, read back after the write.
+    empty frame still makes a typed table) and new columns are added; inserts go by name.
+    Returns ``{"counts": {year start: rows stored}, "schema": column metadata}`` for the run's
+    partitions (UTC years), read back after the write.
     """
     schema, name = table.split(".")
     target = f"{schema}.{_quote(name)}"
@@ -535,7 +536,7 @@ def write_copper_table(
                 conn.unregister(view)  # a name never registered is ignored
         rows = run(
             conn,
-            f"select date_trunc('month', {_quote(PARTITION_COLUMN)})::date, count(*) "
+            f"select date_trunc('year', {_quote(PARTITION_COLUMN)})::date, count(*) "
             f"from {target} where {_quote(PARTITION_COLUMN)} >= ? "
             f"and {_quote(PARTITION_COLUMN)} < ? group by 1",
             [where.first, where.end],

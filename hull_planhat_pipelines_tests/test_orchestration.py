@@ -9,9 +9,9 @@ import pytest
 
 from hull_planhat_pipelines.orchestration import (
     build_planhat_fetch_sensor,
-    copper_months_ahead,
     copper_partitions,
     copper_window_tags,
+    copper_years_ahead,
     daily_partitions,
     planhat_fetch_job,
 )
@@ -158,27 +158,30 @@ def test_a_newest_change_in_the_second_of_the_last_tick_is_fetched_once_more() -
     assert again == []  # once
 
 
-def test_copper_partitions_are_months_from_the_start_to_the_horizon() -> None:
+def test_copper_partitions_are_years_from_the_start_to_the_horizon() -> None:
     base = load_settings()
     copper = base.copper.model_copy(
-        update={"start_date": dt.date(2024, 1, 15), "activity_horizon_days": 365}
+        update={"start_date": dt.date(2024, 3, 15), "activity_horizon_days": 365}
     )
     settings = base.model_copy(update={"copper": copper})
     now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
     keys = copper_partitions(settings).get_partition_keys(current_time=now)
-    assert keys[0] == "2024-01-01"  # the start date's month
-    assert keys[-1] >= "2027-11-01"  # the month of the horizon's day (2027-11-23)
-    assert len(keys) == 35 + 12  # 35 months to November 2026, then twelve ahead
-    assert copper_months_ahead(0) == 0 and copper_months_ahead(1) == 1
-    assert copper_months_ahead(365) == 12 and copper_months_ahead(31) == 2
-    daily = (now.date() + dt.timedelta(days=365) - dt.date(2024, 1, 15)).days + 1
-    assert daily > 29 * len(keys)  # 1,409 daily partitions against 47
+    # the start date's year up to the year of the horizon's day (2027-11-23): four partitions
+    # where days were 1,349 (and months 45)
+    assert keys == ["2024", "2025", "2026", "2027"]
+    late = dt.datetime(2026, 12, 31, 12, tzinfo=dt.UTC)  # the horizon reaches 2027 from any day
+    assert copper_partitions(settings).get_partition_keys(current_time=late)[-1] == "2027"
+    assert copper_years_ahead(0) == 0 and copper_years_ahead(1) == 1
+    assert copper_years_ahead(365) == 1 and copper_years_ahead(366) == 2
 
 
 def test_window_tags_round_trip_per_object() -> None:
     tags = copper_window_tags(dt.date(2026, 11, 3), dt.date(2026, 12, 1), {"leads": 5}, 9)
-    assert tags["dagster/asset_partition_range_start"] == "2026-11-01"
-    assert tags["dagster/asset_partition_range_end"] == "2026-12-01"
+    assert tags["dagster/asset_partition_range_start"] == "2026"
+    assert tags["dagster/asset_partition_range_end"] == "2026"
+    spanning = copper_window_tags(dt.date(2025, 12, 30), dt.date(2027, 1, 2), None, None)
+    assert spanning["dagster/asset_partition_range_start"] == "2025"
+    assert spanning["dagster/asset_partition_range_end"] == "2027"
     assert parse_window(tags, "leads") == (5, 9, True)
     assert parse_window(tags, "people") == (None, 9, True)
     whole = copper_window_tags(dt.date(2026, 1, 9), dt.date(2026, 2, 1), None, None)

@@ -19,8 +19,8 @@ from hull_planhat_pipelines.assets import copper as copper_assets
 from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import (
     SENSOR_LOG_WAITS,
+    copper_partition_key,
     log_sensor_error,
-    month_key,
     range_tags,
 )
 from hull_planhat_pipelines.resources import CopperResource
@@ -30,9 +30,9 @@ from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 
 TODAY = dt.datetime.now(dt.UTC).date()
-START = TODAY - dt.timedelta(days=40)
-"""A short partition range over two months at least (partitions are UTC months): a range run
-records one materialization per partition."""
+START = TODAY - dt.timedelta(days=400)
+"""A partition range over two years at least (partitions are UTC years): a range run records
+one materialization per partition."""
 HORIZON = 15
 LAST = TODAY + dt.timedelta(days=HORIZON)
 """The last Copper partition: activities are fetched up to ``HORIZON`` days ahead."""
@@ -56,7 +56,9 @@ class Pipeline:
         )
 
     def full_copper(self, last: dt.date = TODAY) -> dg.ExecuteInProcessResult:
-        return self.run("copper_sync", tags=range_tags(month_key(START), month_key(last)))
+        return self.run(
+            "copper_sync", tags=range_tags(copper_partition_key(START), copper_partition_key(last))
+        )
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as conn:
@@ -107,16 +109,12 @@ def _in_window(records: list[dict], field: str, first: dt.date, last: dt.date) -
     return found
 
 
-def _months(first: dt.date, last: dt.date) -> list[str]:
-    keys, month = [], first.replace(day=1)
-    while month <= last:
-        keys.append(month.isoformat())
-        month = (month + dt.timedelta(days=32)).replace(day=1)
-    return keys
+def _years(first: dt.date, last: dt.date) -> list[str]:
+    return [str(year) for year in range(first.year, last.year + 1)]
 
 
-def _month_end(day: dt.date) -> dt.date:
-    return (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+def _year_end(day: dt.date) -> dt.date:
+    return dt.date(day.year, 12, 31)
 
 
 def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
@@ -135,8 +133,8 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
     assert len(pipeline.instance.get_runs()) == 1
     # one write per table for the whole range, however many partitions it covers
     assert sorted(writes) == sorted(f"copper.{n}" for n in copper_assets.COPPER_OBJECTS)
-    # the run reaches the end of today's month, but never past the activity horizon
-    last = min(_month_end(TODAY), TODAY + dt.timedelta(days=HORIZON))
+    # the run reaches the end of today's year, but never past the activity horizon
+    last = min(_year_end(TODAY), TODAY + dt.timedelta(days=HORIZON))
     for name, field in [("leads", "date_modified"), ("activities", "activity_date")]:
         expected = _in_window(pipeline.copper.records(name), field, START, last)
         if name == "activities":  # user activity types only (events are chosen downstream)
@@ -153,11 +151,10 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
     metadata = _metadata(result, "copper/leads")
     assert metadata["run_rows"] == pipeline.copper.count("leads")
     assert metadata["run_requests"] >= metadata["run_pages_fetched"] >= 1
-    # Each partition counts its own month's rows, not the run's totals.
-    per_month = dict(
+    # Each partition counts its own year's rows, not the run's totals.
+    per_year = dict(
         pipeline.query(
-            "select strftime(date_trunc('month', partition_date), '%Y-%m-%d'), count(*) "
-            "from copper.leads group by 1"
+            "select strftime(partition_date, '%Y'), count(*) from copper.leads group by 1"
         )
     )
     partitions = [
@@ -165,11 +162,11 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
         for e in result.get_asset_materialization_events()
         if e.step_materialization_data.materialization.asset_key == dg.AssetKey(["copper", "leads"])
     ]
-    assert [m.partition for m in partitions] == _months(START, TODAY)
+    assert [m.partition for m in partitions] == _years(START, TODAY)
     assert len(partitions) >= 2
     for materialization in partitions:
         rows = materialization.metadata["rows"].value
-        assert rows == per_month.get(materialization.partition, 0), materialization.partition
+        assert rows == per_year.get(materialization.partition, 0), materialization.partition
         assert materialization.metadata["dagster/partition_row_count"].value == rows
         assert materialization.metadata["rows_written"].value == rows  # a range replaces
         assert "dagster/column_schema" in materialization.metadata
@@ -178,8 +175,8 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
             assert preview.splitlines()[0].split("|")[1].strip() == "id"
             lines = preview.splitlines()[2:]  # below the header and its rule
             assert len(lines) == min(rows, 10)
-            month = materialization.partition[:7]
-            assert all(line.split("|")[-2].strip()[:7] == month for line in lines)
+            year = materialization.partition
+            assert all(line.split("|")[-2].strip()[:4] == year for line in lines)
     assert sum(m.metadata["rows"].value for m in partitions) == pipeline.copper.count("leads")
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks), [
@@ -194,12 +191,12 @@ def test_rerunning_a_partition_replaces_it_and_the_current_view_keeps_the_newest
     before = pipeline.query("select count(*) from copper.people")[0][0]
     lead = pipeline.copper.records("people")[0]
     pipeline.copper.touch("people", [lead["id"]])
-    today = pipeline.run("copper_sync", partition_key=month_key(TODAY))
+    today = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
     assert today.success
     stored = pipeline.query("select id, partition_date, record from copper.people order by id")
-    again = pipeline.run("copper_sync", partition_key=month_key(TODAY))
+    again = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
     assert again.success
-    # re-running the month is idempotent: the same rows, once each
+    # re-running the partition is idempotent: the same rows, once each
     assert pipeline.query("select id, partition_date, record from copper.people order by id") == (
         stored
     )
@@ -228,7 +225,7 @@ def test_wrong_credentials_stop_the_run_and_log_unauthorized_without_the_key(
 ) -> None:
     secret = "wrong-key-1f9a7c3e5d"
     monkeypatch.setenv("COPPER_API_KEY", secret)
-    result = pipeline.run("copper_sync", partition_key=month_key(TODAY))
+    result = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
     assert not result.success
     messages = [e.message or "" for e in pipeline.instance.all_logs(result.run_id)] + [
         json.dumps(str(e.dagster_event)) for e in pipeline.instance.all_logs(result.run_id)
@@ -278,8 +275,8 @@ def test_the_sensor_requests_only_changed_days_and_a_repeated_tick_is_harmless(
     ]
     assert len(changed) == 1
     assert changed[0].asset_selection == [dg.AssetKey(["copper", "companies"])]
-    assert changed[0].tags["dagster/asset_partition_range_end"] == month_key(TODAY)
-    # only what changed since the previous newest change is fetched, not the whole month
+    assert changed[0].tags["dagster/asset_partition_range_end"] == copper_partition_key(TODAY)
+    # only what changed since the previous newest change is fetched, not the whole year
     since = json.loads(changed[0].tags["hull_planhat/copper_since"])
     assert since == {"companies": json.loads(second.cursor)["newest"]["companies"]}
     assert (
@@ -288,15 +285,15 @@ def test_the_sensor_requests_only_changed_days_and_a_repeated_tick_is_harmless(
     )
 
 
-def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_month(
+def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_partition(
     pipeline: Pipeline,
 ) -> None:
     assert pipeline.full_copper(LAST).success
     cursor = _sensor_tick(pipeline, None).cursor
     stored = dict(pipeline.query("select id, _fetched_at from copper.people"))
-    month = pipeline.query(
-        "select count(*) from copper.people where date_trunc('month', partition_date) = "
-        f"date '{month_key(TODAY)}'"
+    in_year = pipeline.query(
+        "select count(*) from copper.people where year(partition_date) = "
+        f"{copper_partition_key(TODAY)}"
     )[0][0]
     person = pipeline.copper.records("people")[0]["id"]
     _control(pipeline, "PATCH", f"people/{person}", {"title": "Head of Upserts"})
@@ -309,7 +306,7 @@ def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_mont
         "copper_sync", tags=changed[0].tags, asset_selection=changed[0].asset_selection
     )
     assert result.success
-    # a search of the changed records only: one short page (plus the metadata), not the month
+    # a search of the changed records only: one short page (plus the metadata), not the year
     assert len(pipeline.copper.server.recorded()) - before <= 4
     after = dict(pipeline.query("select id, _fetched_at from copper.people"))
     assert set(after) == set(stored)  # nothing dropped, one row per id
@@ -319,17 +316,17 @@ def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_mont
                            f"where id = {person}")  # fmt: skip
     assert title == [("Head of Upserts",)]
     assert pipeline.query(
-        "select count(*) from copper.people where date_trunc('month', partition_date) = "
-        f"date '{month_key(TODAY)}'"
-    )[0][0] in (month, month + 1)
+        "select count(*) from copper.people where year(partition_date) = "
+        f"{copper_partition_key(TODAY)}"
+    )[0][0] in (in_year, in_year + 1)
     partitions = [
         e.step_materialization_data.materialization
         for e in result.get_asset_materialization_events()
     ]
-    assert [m.partition for m in partitions] == [month_key(TODAY)]
+    assert [m.partition for m in partitions] == [copper_partition_key(TODAY)]
     metadata = partitions[0].metadata
     assert metadata["rows_written"].value == len(rewritten)
-    assert metadata["rows"].value == metadata["dagster/partition_row_count"].value >= month
+    assert metadata["rows"].value == metadata["dagster/partition_row_count"].value >= in_year
     assert "upsert" in metadata["write"].value
     # the same poll run again writes the same rows: per-record idempotency
     assert pipeline.run(
@@ -405,7 +402,7 @@ def test_a_converted_lead_is_kept_with_its_conversion(pipeline: Pipeline) -> Non
     lead = next(r for r in pipeline.copper.records("leads") if r["converted_contact_id"] is None)
     person = pipeline.copper.records("people")[0]
     _control(pipeline, "POST", f"leads/{lead['id']}/convert", {"person_id": person["id"]})
-    assert pipeline.run("copper_sync", partition_key=month_key(TODAY)).success
+    assert pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY)).success
     rows = pipeline.query(
         "select converted_contact_id, epoch(converted_at), record from copper_current.leads "
         f"where id = {lead['id']}"
@@ -459,7 +456,9 @@ def test_activities_planned_ahead_are_fetched_up_to_the_horizon(pipeline: Pipeli
     assert planned[HORIZON + 2] not in rows  # beyond the horizon
     tick = _sensor_tick(pipeline, None)
     rescan = [r for r in tick.run_requests if r.tags["hull_planhat/trigger"].startswith("trailing")]
-    assert rescan and rescan[0].tags["dagster/asset_partition_range_end"] == month_key(LAST)
+    assert rescan and rescan[0].tags["dagster/asset_partition_range_end"] == copper_partition_key(
+        LAST
+    )
     until = dt.datetime.fromtimestamp(int(rescan[0].tags["hull_planhat/copper_until"]), dt.UTC)
     assert until.date() == LAST
 

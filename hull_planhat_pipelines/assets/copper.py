@@ -1,13 +1,13 @@
 """Copper raw tables: ``copper/{leads,people,companies,opportunities,activities}``.
 
 One asset per declared Copper object, all built by one factory: an object is added by a
-declaration in ``clients/copper.py``, not by a new fetch loop. Each partition is one UTC month
+declaration in ``clients/copper.py``, not by a new fetch loop. Each partition is one UTC year
 of the object's windowing date (each row keeps its own UTC day in ``partition_date``).
 
 A run over a partition range (a backfill, "fetch all") walks the whole range with one date
-cursor and replaces those months in one write; a run tagged with a since/until window (the
+cursor and replaces those years in one write; a run tagged with a since/until window (the
 poll's) fetches only the records dated in it and upserts them by id, leaving the rest of the
-month alone. The table is written by ``warehouse.write_copper_table``, not an I/O manager: one
+year alone. The table is written by ``warehouse.write_copper_table``, not an I/O manager: one
 transaction per run, whatever the number of partitions.
 """
 
@@ -54,7 +54,7 @@ def fetch_window(
 ) -> tuple[int | None, int]:
     """Inclusive Unix-second bounds of a run's fetch: its partitions' window (the first
     partition is open below), no later than ``horizon_end`` (the activity horizon's last
-    second: a month reaches past it), narrowed to [``since``, ``until``] for an incremental run.
+    second: a year reaches past it), narrowed to [``since``, ``until``] for an incremental run.
     """
     start = None if window.start <= first_partition_start else _unix(window.start)
     end = _unix(window.end) - 1
@@ -154,31 +154,31 @@ def partition_metadata(
     *,
     incremental: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Per partition (UTC month) of a run: its own figures, never the run's totals.
+    """Per partition (UTC year) of a run: its own figures, never the run's totals.
 
     ``rows`` and ``dagster/partition_row_count`` are the rows the partition holds after the
     write (read back from the table); ``rows_written`` are the rows this run wrote into it:
-    all of them after a range run, which replaces its months, and only the changed records
+    all of them after a range run, which replaces its years, and only the changed records
     after an incremental run, which upserts them (``write`` says which). The preview shows
-    the rows this run wrote into that month."""
+    the rows this run wrote into that year."""
     if len(frame):
-        months = pd.to_datetime(frame["partition_date"]).dt.strftime("%Y-%m-01")
-        groups = {month: rows for month, rows in frame.groupby(months)}
+        years = pd.to_datetime(frame["partition_date"]).dt.strftime("%Y")
+        groups = {year: rows for year, rows in frame.groupby(years)}
     else:
         groups = {}
     found: dict[str, dict[str, Any]] = {}
     for key in keys:
         rows = groups.get(key)
         written = 0 if rows is None else len(rows)
-        count = stored.get(dt.date.fromisoformat(key), 0)
+        count = stored.get(dt.date(int(key), 1, 1), 0)
         entry: dict[str, Any] = {
             "rows": dg.MetadataValue.int(count),
             "dagster/partition_row_count": dg.MetadataValue.int(count),
             "rows_written": dg.MetadataValue.int(written),
             "write": dg.MetadataValue.text(
-                "upsert of the records changed in the run's window (the month's other rows kept)"
+                "upsert of the records changed in the run's window (the year's other rows kept)"
                 if incremental
-                else "replaced (the whole month)"
+                else "replaced (the whole year)"
             ),
         }
         if rows is not None:
@@ -201,8 +201,8 @@ def build_copper_asset(
         pool="warehouse",
         description=(
             f"Copper {obj.name}: one row per record whose {obj.date_field} falls in the "
-            "partition's UTC month (`partition_date` is the row's UTC day; the first partition "
-            "also holds everything older). A range run replaces its months; the poll's runs "
+            "partition's UTC year (`partition_date` is the row's UTC day; the first partition "
+            "also holds everything older). A range run replaces its years; the poll's runs "
             "upsert the changed records by id. Typed columns, the source record whole "
             "(`record`) and its resolved fields (`fields`)."
         ),

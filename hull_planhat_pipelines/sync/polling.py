@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 COPPER_SINCE_TAG = "hull_planhat/copper_since"
 COPPER_UNTIL_TAG = "hull_planhat/copper_until"
 """Run tags (Unix seconds) that make a Copper run incremental: only records dated in
-[since, until] are fetched and upserted by id; the rest of their months stays. ``since`` is
+[since, until] are fetched and upserted by id; the rest of their partitions stays. ``since`` is
 one number for every object or a JSON object per object name."""
 
 
