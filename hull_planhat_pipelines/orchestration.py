@@ -251,7 +251,8 @@ def build_copper_incremental_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Asks Copper one cheap question per object (its newest change, page size 1) and "
-            "requests runs only for the day partitions that changed."
+            "requests a run that fetches only the records changed since then and upserts them "
+            "by id (a since/until window on the year's partition)."
         ),
     )
     def copper_incremental_sensor(
