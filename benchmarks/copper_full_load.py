@@ -105,6 +105,7 @@ def theirs(sandbox: CopperSandbox) -> dict[str, Any]:
         "user_email": sandbox.user_email,
         "start_date": "2000-01-01T00:00:00Z",
         "page_size": PAGE_SIZE,
+        "base_url": sandbox.base_url,  # discovery's authorization checks ask the sandbox too
     }
     before = len(sandbox.server.recorded())
     began = time.perf_counter()

@@ -312,12 +312,13 @@ def run_sync(
     from hull_planhat_pipelines.definitions import build_definitions
     from hull_planhat_pipelines.orchestration import (
         AFTER_DELIVERY,
+        COPPER_SINCE_TAG,
         DRY_RUN_TAG,
         TRIGGER_TAG,
         AssetGraph,
         copper_fetch_range,
+        copper_fetch_tags,
         plan_followers,
-        range_tags,
     )
     from hull_planhat_pipelines.warehouse import delivery_lock, warehouse_path
 
@@ -333,6 +334,7 @@ def run_sync(
     cursor = plan_followers(instance, graph, {}, job_assets, wait_for_active=False).cursor
     today = dt.datetime.now(dt.UTC).date()
     first, last = copper_fetch_range(settings, today, full=full)
+    copper_tags = copper_fetch_tags(settings, today, full=full)
     summary = SyncSummary()
     snapshot = {"dagster/partition": today.isoformat()}
     ops = delivery_run_config(defs, force=force, dry_run=dry_run)
@@ -349,8 +351,8 @@ def run_sync(
         summary.steps += _run_job(
             defs,
             "copper_sync",
-            {**range_tags(first, last), **marks},
-            f"{first}..{last}",
+            {**copper_tags, **marks},
+            f"{first}..{last}" + (" (changed records)" if COPPER_SINCE_TAG in copper_tags else ""),
             instance=instance,
         )
         summary.steps += _run_job(

@@ -20,8 +20,9 @@ from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.orchestration import (
     AFTER_DELIVERY,
     TRIGGER_TAG,
+    copper_partition_key,
+    copper_range_tags,
     delivered_something,
-    range_tags,
 )
 from hull_planhat_pipelines_tests.test_pipeline_assets import (  # noqa: F401
     LAST,
@@ -92,7 +93,7 @@ def ticks(pipeline: Pipeline) -> Iterator[Ticks]:  # noqa: F811
 
 
 def _copper_range() -> dict[str, str]:
-    return range_tags(START.isoformat(), LAST.isoformat())
+    return copper_range_tags(START, LAST)
 
 
 def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks: Ticks) -> None:
@@ -130,9 +131,9 @@ def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks
 
 
 def test_two_copper_runs_in_one_tick_make_one_downstream_run(ticks: Ticks) -> None:
-    today = {"partition_key": TODAY.isoformat()}
+    today = {"partition_key": copper_partition_key(TODAY)}
     assert ticks.graph_launch([COPPER[1]], **today).success
-    assert ticks.pipeline.run("copper_sync", partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY)).success
     requests = ticks.requests()
     assert len(requests) == 1
     assert set(requests[0].asset_selection or []) >= HULL
@@ -140,7 +141,7 @@ def test_two_copper_runs_in_one_tick_make_one_downstream_run(ticks: Ticks) -> No
 
 
 def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: Ticks) -> None:
-    assert ticks.graph_launch(COPPER, partition_key=TODAY.isoformat()).success
+    assert ticks.graph_launch(COPPER, partition_key=copper_partition_key(TODAY)).success
     [first] = ticks.requests()
     # The requested run is under way when Copper lands again.
     running = ticks.instance.create_run_for_job(
@@ -148,7 +149,7 @@ def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: 
         asset_selection=frozenset(first.asset_selection or []),
         status=dg.DagsterRunStatus.STARTED,
     )
-    assert ticks.graph_launch([COPPER[0]], partition_key=TODAY.isoformat()).success
+    assert ticks.graph_launch([COPPER[0]], partition_key=copper_partition_key(TODAY)).success
     waiting = ticks.tick()
     assert isinstance(waiting, dg.SkipReason) and "in progress" in (waiting.skip_message or "")
     assert isinstance(ticks.tick(), dg.SkipReason)  # still waiting, still not dropped
@@ -159,7 +160,7 @@ def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: 
 
 
 def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:
-    assert ticks.graph_launch(COPPER, partition_key=TODAY.isoformat()).success
+    assert ticks.graph_launch(COPPER, partition_key=copper_partition_key(TODAY)).success
     assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
     ticks.requests()  # the copper and planhat events are now behind the cursor
     assert ticks.graph_launch(sorted(HULL, key=str)).success  # Hull alone, from the graph
@@ -172,8 +173,9 @@ def test_the_first_poll_over_empty_copper_tables_fetches_everything(ticks: Ticks
     stack = ticks.pipeline
     [first] = _sensor_tick(stack, None).run_requests
     assert first.tags[TRIGGER_TAG] == "first start"
-    assert first.tags[ASSET_PARTITION_RANGE_START_TAG] == START.isoformat()
-    assert first.tags[ASSET_PARTITION_RANGE_END_TAG] == LAST.isoformat()
+    assert first.tags[ASSET_PARTITION_RANGE_START_TAG] == copper_partition_key(START)
+    assert first.tags[ASSET_PARTITION_RANGE_END_TAG] == copper_partition_key(LAST)
+    assert "hull_planhat/copper_since" not in first.tags  # a range run: its months replaced
     assert {k.path[1] for k in first.asset_selection or []} == set(COPPER_OBJECTS)
     assert stack.run("copper_sync", tags=dict(first.tags)).success
     stored = stack.query("select count(*) from copper.leads")[0][0]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from hull_planhat_pipelines.definitions import build_definitions
-from hull_planhat_pipelines.orchestration import range_tags
+from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
@@ -36,9 +36,7 @@ class Stack:
         )
 
     def sync(self) -> dg.ExecuteInProcessResult:
-        assert self.run(
-            "copper_sync", tags=range_tags(START.isoformat(), TODAY.isoformat())
-        ).success
+        assert self.run("copper_sync", tags=copper_range_tags(START, TODAY)).success
         assert self.run("planhat_fetch", partition_key=TODAY.isoformat()).success
         return self.run("hull_sync")
 

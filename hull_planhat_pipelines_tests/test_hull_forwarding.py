@@ -20,7 +20,7 @@ from hull_planhat_pipelines.assets.hull_forwarding import forward
 from hull_planhat_pipelines.cli import run_sync, sandboxes
 from hull_planhat_pipelines.clients.http import RetryPolicy
 from hull_planhat_pipelines.clients.hull import HullFirehoseClient
-from hull_planhat_pipelines.orchestration import range_tags
+from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.resources import hull_firehose_resource
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
 from hull_planhat_pipelines.settings import ConfigError, default_config_path
@@ -463,7 +463,7 @@ def test_a_dry_run_sync_writes_nothing_to_the_firehose(stack: Stack) -> None:  #
 
 
 def _range() -> dict[str, str]:
-    return range_tags(START.isoformat(), TODAY.isoformat())
+    return copper_range_tags(START, TODAY)
 
 
 # -- start-up ------------------------------------------------------------------------------------

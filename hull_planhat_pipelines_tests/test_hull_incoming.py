@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from hull_planhat_pipelines.definitions import build_definitions
-from hull_planhat_pipelines.orchestration import range_tags
+from hull_planhat_pipelines.orchestration import copper_partition_key, copper_range_tags
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 
@@ -36,14 +36,14 @@ class Pipeline:
         )
 
     def full_refresh(self) -> dg.ExecuteInProcessResult:
-        fetched = self.run("copper_sync", tags=range_tags(START.isoformat(), TODAY.isoformat()))
+        fetched = self.run("copper_sync", tags=copper_range_tags(START, TODAY))
         assert fetched.success
         result = self.run("hull_sync")
         assert result.success
         return result
 
     def incremental(self) -> dg.ExecuteInProcessResult:
-        assert self.run("copper_sync", partition_key=TODAY.isoformat()).success
+        assert self.run("copper_sync", partition_key=copper_partition_key(TODAY)).success
         result = self.run("hull_sync")
         assert result.success
         return result

@@ -86,7 +86,7 @@ def test_a_materialization_is_stored_in_postgres_and_read_back(production_env: d
     assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
     assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
     defs = build_definitions(load_settings())
-    today = dt.datetime.now(dt.UTC).date().isoformat()
+    today = dt.datetime.now(dt.UTC).date().replace(day=1).isoformat()  # this month
     result = defs.resolve_job_def("copper_sync").execute_in_process(
         instance=instance, partition_key=today
     )

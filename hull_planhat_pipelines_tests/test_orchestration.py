@@ -9,11 +9,18 @@ import pytest
 
 from hull_planhat_pipelines.orchestration import (
     build_planhat_fetch_sensor,
+    copper_partitions,
+    copper_window_tags,
+    copper_years_ahead,
     daily_partitions,
     planhat_fetch_job,
 )
 from hull_planhat_pipelines.settings import load_settings
-from hull_planhat_pipelines.sync.polling import CopperCursor, plan_incremental_runs
+from hull_planhat_pipelines.sync.polling import (
+    CopperCursor,
+    parse_window,
+    plan_incremental_runs,
+)
 
 START = dt.date(2024, 1, 1)
 NOW = int(dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC).timestamp())
@@ -38,6 +45,9 @@ def test_first_tick_fetches_the_newest_day_and_rescans_activities() -> None:
         (("leads",), dt.date(2026, 11, 23), dt.date(2026, 11, 23)),
         (("activities",), dt.date(2026, 11, 16), dt.date(2026, 11, 23)),
     ]
+    day = int(dt.datetime(2026, 11, 23, tzinfo=dt.UTC).timestamp())
+    assert runs[0].since == {"leads": day}  # the newest change's whole day
+    assert runs[1].since == {"activities": day - 7 * DAY} and runs[1].until == day + DAY - 1
     assert cursor.newest == {"leads": NOW - 60}
     assert cursor.activities_rescanned == NOW and cursor.activities_checked == NOW
 
@@ -52,6 +62,8 @@ def test_only_changed_objects_and_days_are_requested() -> None:
     assert [(r.objects, r.first_day, r.last_day) for r in runs] == [
         (("leads",), dt.date(2026, 11, 20), dt.date(2026, 11, 23))
     ]
+    # only the records modified from the previous newest change on (that second included)
+    assert runs[0].since == {"leads": NOW - 3 * DAY} and runs[0].until is None
     assert advanced.newest == {"leads": NOW - 10, "people": NOW - 100}
 
 
@@ -141,5 +153,37 @@ def test_a_newest_change_in_the_second_of_the_last_tick_is_fetched_once_more() -
     assert [(r.objects, r.first_day, r.last_day, r.reason) for r in runs] == [
         (("leads",), dt.date(2026, 11, 23), dt.date(2026, 11, 23), "same-second re-check")
     ]
+    assert runs[0].since == {"leads": NOW - 300}
     again, _ = _plan(advanced, {"leads": NOW - 300, "people": NOW - 3 * DAY}, now=NOW + 300)
     assert again == []  # once
+
+
+def test_copper_partitions_are_years_from_the_start_to_the_horizon() -> None:
+    base = load_settings()
+    copper = base.copper.model_copy(
+        update={"start_date": dt.date(2024, 3, 15), "activity_horizon_days": 365}
+    )
+    settings = base.model_copy(update={"copper": copper})
+    now = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+    keys = copper_partitions(settings).get_partition_keys(current_time=now)
+    # the start date's year up to the year of the horizon's day (2027-11-23): four partitions
+    # where days were 1,349 (and months 45)
+    assert keys == ["2024", "2025", "2026", "2027"]
+    late = dt.datetime(2026, 12, 31, 12, tzinfo=dt.UTC)  # the horizon reaches 2027 from any day
+    assert copper_partitions(settings).get_partition_keys(current_time=late)[-1] == "2027"
+    assert copper_years_ahead(0) == 0 and copper_years_ahead(1) == 1
+    assert copper_years_ahead(365) == 1 and copper_years_ahead(366) == 2
+
+
+def test_window_tags_round_trip_per_object() -> None:
+    tags = copper_window_tags(dt.date(2026, 11, 3), dt.date(2026, 12, 1), {"leads": 5}, 9)
+    assert tags["dagster/asset_partition_range_start"] == "2026"
+    assert tags["dagster/asset_partition_range_end"] == "2026"
+    spanning = copper_window_tags(dt.date(2025, 12, 30), dt.date(2027, 1, 2), None, None)
+    assert spanning["dagster/asset_partition_range_start"] == "2025"
+    assert spanning["dagster/asset_partition_range_end"] == "2027"
+    assert parse_window(tags, "leads") == (5, 9, True)
+    assert parse_window(tags, "people") == (None, 9, True)
+    whole = copper_window_tags(dt.date(2026, 1, 9), dt.date(2026, 2, 1), None, None)
+    assert parse_window(whole, "leads") == (None, None, False)
+    assert parse_window(copper_window_tags(START, START, 7, None), "x") == (7, None, True)

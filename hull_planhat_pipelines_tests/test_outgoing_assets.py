@@ -22,7 +22,7 @@ import yaml
 
 from hull_planhat_pipelines.cli import SyncSummary, run_sync
 from hull_planhat_pipelines.definitions import build_definitions
-from hull_planhat_pipelines.orchestration import range_tags
+from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
@@ -91,7 +91,7 @@ class Stack:
 
     def prepare(self) -> None:
         """Copper and Planhat fetched and applied to Hull: what a delivery reads."""
-        tags = range_tags(START.isoformat(), TODAY.isoformat())
+        tags = copper_range_tags(START, TODAY)
         assert self.run("copper_sync", tags=tags).success
         assert self.run("planhat_fetch", partition_key=TODAY.isoformat()).success
         assert self.run("hull_sync").success

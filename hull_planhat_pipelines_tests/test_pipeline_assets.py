@@ -15,8 +15,14 @@ import requests
 import yaml
 
 from hull_planhat_pipelines import orchestration
+from hull_planhat_pipelines.assets import copper as copper_assets
 from hull_planhat_pipelines.definitions import build_definitions
-from hull_planhat_pipelines.orchestration import SENSOR_LOG_WAITS, log_sensor_error, range_tags
+from hull_planhat_pipelines.orchestration import (
+    SENSOR_LOG_WAITS,
+    copper_partition_key,
+    log_sensor_error,
+    range_tags,
+)
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
@@ -25,8 +31,9 @@ from hull_planhat_pipelines.settings import default_config_path, load_settings
 from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
 
 TODAY = dt.datetime.now(dt.UTC).date()
-START = TODAY - dt.timedelta(days=20)
-"""A short partition range: a range run records one materialization per partition."""
+START = TODAY - dt.timedelta(days=400)
+"""A partition range over two years at least (partitions are UTC years): a range run records
+one materialization per partition."""
 HORIZON = 15
 LAST = TODAY + dt.timedelta(days=HORIZON)
 """The last Copper partition: activities are fetched up to ``HORIZON`` days ahead."""
@@ -50,7 +57,9 @@ class Pipeline:
         )
 
     def full_copper(self, last: dt.date = TODAY) -> dg.ExecuteInProcessResult:
-        return self.run("copper_sync", tags=range_tags(START.isoformat(), last.isoformat()))
+        return self.run(
+            "copper_sync", tags=range_tags(copper_partition_key(START), copper_partition_key(last))
+        )
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as conn:
@@ -101,14 +110,34 @@ def _in_window(records: list[dict], field: str, first: dt.date, last: dt.date) -
     return found
 
 
+def _years(first: dt.date, last: dt.date) -> list[str]:
+    return [str(year) for year in range(first.year, last.year + 1)]
+
+
+def _year_end(day: dt.date) -> dt.date:
+    return dt.date(day.year, 12, 31)
+
+
 def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
-    pipeline: Pipeline,
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    writes: list[str] = []
+    write = copper_assets.write_copper_table
+
+    def counted(path: str, table: str, *args: Any, **kw: Any) -> dict:
+        writes.append(table)
+        return write(path, table, *args, **kw)
+
+    monkeypatch.setattr(copper_assets, "write_copper_table", counted)
     result = pipeline.full_copper()
     assert result.success
     assert len(pipeline.instance.get_runs()) == 1
+    # one write per table for the whole range, however many partitions it covers
+    assert sorted(writes) == sorted(f"copper.{n}" for n in copper_assets.COPPER_OBJECTS)
+    # the run reaches the end of today's year, but never past the activity horizon
+    last = min(_year_end(TODAY), TODAY + dt.timedelta(days=HORIZON))
     for name, field in [("leads", "date_modified"), ("activities", "activity_date")]:
-        expected = _in_window(pipeline.copper.records(name), field, START, TODAY)
+        expected = _in_window(pipeline.copper.records(name), field, START, last)
         if name == "activities":  # user activity types only (events are chosen downstream)
             user_types = {t["id"] for t in pipeline.copper.metadata.activity_types["user"]}
             expected = {
@@ -123,26 +152,32 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
     metadata = _metadata(result, "copper/leads")
     assert metadata["run_rows"] == pipeline.copper.count("leads")
     assert metadata["run_requests"] >= metadata["run_pages_fetched"] >= 1
-    # Each partition counts its own day's rows, not the run's totals.
-    per_day = dict(
-        pipeline.query("select partition_date::varchar, count(*) from copper.leads group by 1")
+    # Each partition counts its own year's rows, not the run's totals.
+    per_year = dict(
+        pipeline.query(
+            "select strftime(partition_date, '%Y'), count(*) from copper.leads group by 1"
+        )
     )
     partitions = [
         e.step_materialization_data.materialization
         for e in result.get_asset_materialization_events()
         if e.step_materialization_data.materialization.asset_key == dg.AssetKey(["copper", "leads"])
     ]
-    assert len(partitions) == (TODAY - START).days + 1
+    assert [m.partition for m in partitions] == _years(START, TODAY)
+    assert len(partitions) >= 2
     for materialization in partitions:
         rows = materialization.metadata["rows"].value
-        assert rows == per_day.get(materialization.partition, 0), materialization.partition
+        assert rows == per_year.get(materialization.partition, 0), materialization.partition
         assert materialization.metadata["dagster/partition_row_count"].value == rows
+        assert materialization.metadata["rows_written"].value == rows  # a range replaces
+        assert "dagster/column_schema" in materialization.metadata
         if rows:
             preview = materialization.metadata["preview"].value
             assert preview.splitlines()[0].split("|")[1].strip() == "id"
             lines = preview.splitlines()[2:]  # below the header and its rule
             assert len(lines) == min(rows, 10)
-            assert all(line.split("|")[-2].strip() == materialization.partition for line in lines)
+            year = materialization.partition
+            assert all(line.split("|")[-2].strip()[:4] == year for line in lines)
     assert sum(m.metadata["rows"].value for m in partitions) == pipeline.copper.count("leads")
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks), [
@@ -157,15 +192,21 @@ def test_rerunning_a_partition_replaces_it_and_the_current_view_keeps_the_newest
     before = pipeline.query("select count(*) from copper.people")[0][0]
     lead = pipeline.copper.records("people")[0]
     pipeline.copper.touch("people", [lead["id"]])
-    today = pipeline.run("copper_sync", partition_key=TODAY.isoformat())
+    today = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
     assert today.success
-    again = pipeline.run("copper_sync", partition_key=TODAY.isoformat())
+    stored = pipeline.query("select id, partition_date, record from copper.people order by id")
+    again = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
     assert again.success
+    # re-running the partition is idempotent: the same rows, once each
+    assert pipeline.query("select id, partition_date, record from copper.people order by id") == (
+        stored
+    )
     rows = pipeline.query(
         f"select partition_date, count(*) from copper.people where id = {lead['id']} group by 1"
     )
     assert all(n == 1 for _, n in rows)  # at most one row per partition: no duplicates
     assert pipeline.query("select count(*) from copper.people")[0][0] in (before, before + 1)
+    assert pipeline.query(f"select count(*) from copper.people where id = {lead['id']}") == [(1,)]
     newest = pipeline.query(
         f"select cast(partition_date as date) from copper_current.people where id = {lead['id']}"
     )
@@ -185,7 +226,7 @@ def test_wrong_credentials_stop_the_run_and_log_unauthorized_without_the_key(
 ) -> None:
     secret = "wrong-key-1f9a7c3e5d"
     monkeypatch.setenv("COPPER_API_KEY", secret)
-    result = pipeline.run("copper_sync", partition_key=TODAY.isoformat())
+    result = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
     assert not result.success
     messages = [e.message or "" for e in pipeline.instance.all_logs(result.run_id)] + [
         json.dumps(str(e.dagster_event)) for e in pipeline.instance.all_logs(result.run_id)
@@ -235,11 +276,64 @@ def test_the_sensor_requests_only_changed_days_and_a_repeated_tick_is_harmless(
     ]
     assert len(changed) == 1
     assert changed[0].asset_selection == [dg.AssetKey(["copper", "companies"])]
-    assert changed[0].tags["dagster/asset_partition_range_end"] == TODAY.isoformat()
+    assert changed[0].tags["dagster/asset_partition_range_end"] == copper_partition_key(TODAY)
+    # only what changed since the previous newest change is fetched, not the whole year
+    since = json.loads(changed[0].tags["hull_planhat/copper_since"])
+    assert since == {"companies": json.loads(second.cursor)["newest"]["companies"]}
     assert (
         json.loads(third.cursor)["newest"]["companies"]
         > json.loads(second.cursor)["newest"]["companies"]
     )
+
+
+def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_partition(
+    pipeline: Pipeline,
+) -> None:
+    assert pipeline.full_copper(LAST).success
+    cursor = _sensor_tick(pipeline, None).cursor
+    stored = dict(pipeline.query("select id, _fetched_at from copper.people"))
+    in_year = pipeline.query(
+        "select count(*) from copper.people where year(partition_date) = "
+        f"{copper_partition_key(TODAY)}"
+    )[0][0]
+    person = pipeline.copper.records("people")[0]["id"]
+    _control(pipeline, "PATCH", f"people/{person}", {"title": "Head of Upserts"})
+    tick = _sensor_tick(pipeline, cursor)
+    changed = [r for r in tick.run_requests if r.tags["hull_planhat/trigger"] == "modified records"]
+    assert [r.asset_selection for r in changed] == [[dg.AssetKey(["copper", "people"])]]
+    assert "hull_planhat/copper_since" in changed[0].tags
+    before = len(pipeline.copper.server.recorded())
+    result = pipeline.run(
+        "copper_sync", tags=changed[0].tags, asset_selection=changed[0].asset_selection
+    )
+    assert result.success
+    # a search of the changed records only: one short page (plus the metadata), not the year
+    assert len(pipeline.copper.server.recorded()) - before <= 4
+    after = dict(pipeline.query("select id, _fetched_at from copper.people"))
+    assert set(after) == set(stored)  # nothing dropped, one row per id
+    rewritten = {i for i in after if after[i] != stored[i]}
+    assert person in rewritten and len(rewritten) <= 2  # the edit (and a same-second peer)
+    title = pipeline.query(f"select json_extract_string(record, '$.title') from copper.people "
+                           f"where id = {person}")  # fmt: skip
+    assert title == [("Head of Upserts",)]
+    assert pipeline.query(
+        "select count(*) from copper.people where year(partition_date) = "
+        f"{copper_partition_key(TODAY)}"
+    )[0][0] in (in_year, in_year + 1)
+    partitions = [
+        e.step_materialization_data.materialization
+        for e in result.get_asset_materialization_events()
+    ]
+    assert [m.partition for m in partitions] == [copper_partition_key(TODAY)]
+    metadata = partitions[0].metadata
+    assert metadata["rows_written"].value == len(rewritten)
+    assert metadata["rows"].value == metadata["dagster/partition_row_count"].value >= in_year
+    assert "upsert" in metadata["write"].value
+    # the same poll run again writes the same rows: per-record idempotency
+    assert pipeline.run(
+        "copper_sync", tags=changed[0].tags, asset_selection=changed[0].asset_selection
+    ).success
+    assert pipeline.query("select count(*) from copper.people")[0][0] == len(after)
 
 
 def test_planhat_snapshots_today_and_refuses_the_past(pipeline: Pipeline) -> None:
@@ -309,7 +403,7 @@ def test_a_converted_lead_is_kept_with_its_conversion(pipeline: Pipeline) -> Non
     lead = next(r for r in pipeline.copper.records("leads") if r["converted_contact_id"] is None)
     person = pipeline.copper.records("people")[0]
     _control(pipeline, "POST", f"leads/{lead['id']}/convert", {"person_id": person["id"]})
-    assert pipeline.run("copper_sync", partition_key=TODAY.isoformat()).success
+    assert pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY)).success
     rows = pipeline.query(
         "select converted_contact_id, epoch(converted_at), record from copper_current.leads "
         f"where id = {lead['id']}"
@@ -363,7 +457,11 @@ def test_activities_planned_ahead_are_fetched_up_to_the_horizon(pipeline: Pipeli
     assert planned[HORIZON + 2] not in rows  # beyond the horizon
     tick = _sensor_tick(pipeline, None)
     rescan = [r for r in tick.run_requests if r.tags["hull_planhat/trigger"].startswith("trailing")]
-    assert rescan and rescan[0].tags["dagster/asset_partition_range_end"] == LAST.isoformat()
+    assert rescan and rescan[0].tags["dagster/asset_partition_range_end"] == copper_partition_key(
+        LAST
+    )
+    until = dt.datetime.fromtimestamp(int(rescan[0].tags["hull_planhat/copper_until"]), dt.UTC)
+    assert until.date() == LAST
 
 
 def test_a_401_at_the_sensor_is_logged_skipped_and_recovered_by_itself(

@@ -10,7 +10,13 @@ import duckdb
 import pandas as pd
 import pytest
 
-from hull_planhat_pipelines.warehouse import WarehouseIOManager, connect
+from hull_planhat_pipelines.warehouse import (
+    CopperSlice,
+    CurrentView,
+    WarehouseIOManager,
+    connect,
+    write_copper_table,
+)
 
 PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-01-05")
 
@@ -158,3 +164,115 @@ def test_a_lock_held_past_the_wait_raises(tmp_path: Path) -> None:
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
+
+
+# -- the Copper write: one transaction per run, replace a range or upsert a window -------------
+def _copper(days_ids: list[tuple[str, int]], version: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": pd.Series([i for _, i in days_ids], dtype="Int64"),
+            "name": pd.Series([f"v{version}-{i}" for _, i in days_ids], dtype="string"),
+            "date_modified": pd.Series(
+                [pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=12) for day, _ in days_ids],
+                dtype="datetime64[us, UTC]",
+            ),
+            "partition_date": pd.Series(
+                [dt.date.fromisoformat(day) for day, _ in days_ids], dtype=object
+            ),
+        }
+    )
+
+
+MONTHS = CopperSlice(first=dt.date(2026, 1, 1), end=dt.date(2026, 3, 1))
+"""January and February, replaced whole."""
+TYPES = {"partition_date": "DATE"}
+
+
+def test_a_range_write_replaces_its_months_in_one_write_and_counts_each(tmp_path: Path) -> None:
+    database = str(tmp_path / "w.duckdb")
+    first = _copper([("2026-01-03", 1), ("2026-01-20", 2), ("2026-02-02", 3), ("2026-03-05", 4)], 1)
+    written = write_copper_table(
+        database,
+        "copper.things",
+        first,
+        CopperSlice(first=dt.date(2026, 1, 1), end=dt.date(2026, 4, 1)),
+        types=TYPES,
+        current_view=CurrentView("id", ("date_modified",)),
+    )
+    assert written["counts"] == {dt.date(2026, 1, 1): 4}  # by year: the partitions
+    assert "dagster/column_schema" in written["schema"]
+    # January and February again: 2 deleted in Copper, 3 moved into January; March untouched
+    again = _copper([("2026-01-03", 1), ("2026-01-25", 3)], 2)
+    written = write_copper_table(database, "copper.things", again, MONTHS, types=TYPES)
+    assert written["counts"] == {dt.date(2026, 1, 1): 2}  # within the slice written
+    assert _query(Path(database), "select id, name from copper.things order by id") == [
+        (1, "v2-1"),
+        (3, "v2-3"),
+        (4, "v1-4"),
+    ]
+    assert _query(Path(database), "select count(*) from copper_current.things") == [(3,)]
+    # the same range again is idempotent
+    write_copper_table(database, "copper.things", again, MONTHS, types=TYPES)
+    assert _query(Path(database), "select id, name from copper.things order by id") == [
+        (1, "v2-1"),
+        (3, "v2-3"),
+        (4, "v1-4"),
+    ]
+
+
+def test_an_upsert_touches_only_its_window_and_its_ids(tmp_path: Path) -> None:
+    database = str(tmp_path / "w.duckdb")
+    stored = _copper(
+        [("2026-02-01", 1), ("2026-02-10", 2), ("2026-02-20", 3), ("2026-02-21", 4)], 1
+    )
+    february = CopperSlice(first=dt.date(2026, 2, 1), end=dt.date(2026, 3, 1))
+    write_copper_table(database, "copper.things", stored, february, types=TYPES)
+    since = int(dt.datetime(2026, 2, 20, tzinfo=dt.UTC).timestamp())
+    window = CopperSlice(
+        first=dt.date(2026, 2, 1),
+        end=dt.date(2026, 3, 1),
+        date_column="date_modified",
+        since=since,
+        until=since + 2 * 86_400 - 1,
+    )
+    # 1 edited (moves from Feb 1 to Feb 21), 4 deleted in Copper (inside the window), 5 new;
+    # 2 and 3: 2 is outside the window and kept; 3 inside it, but a deletion stub says it went
+    changed = _copper([("2026-02-21", 1), ("2026-02-21", 5)], 2)
+    written = write_copper_table(
+        database, "copper.things", changed, window, gone_ids=[3], types=TYPES
+    )
+    assert _query(Path(database), "select id, name from copper.things order by id") == [
+        (1, "v2-1"),
+        (2, "v1-2"),
+        (5, "v2-5"),
+    ]
+    assert written["counts"] == {dt.date(2026, 1, 1): 3}  # the year 2026, within the slice
+    write_copper_table(database, "copper.things", changed, window, gone_ids=[3], types=TYPES)
+    assert _query(Path(database), "select count(*), count(distinct id) from copper.things") == [
+        (3, 3)
+    ]
+
+
+def test_a_failed_copper_write_leaves_the_table_as_it_was(tmp_path: Path) -> None:
+    database = str(tmp_path / "w.duckdb")
+    write_copper_table(database, "copper.things", _copper([("2026-01-03", 1)], 1), MONTHS)
+    broken = _copper([("2026-01-04", 2)], 2)
+    # the range's delete runs, then the insert fails: a text into the TIMESTAMPTZ column
+    broken["date_modified"] = pd.Series(["not a date"], dtype="string")
+    with pytest.raises(duckdb.Error):
+        write_copper_table(database, "copper.things", broken, MONTHS)
+    assert _query(Path(database), "select id, name from copper.things") == [(1, "v1-1")]
+
+
+def test_an_empty_first_write_creates_a_typed_table(tmp_path: Path) -> None:
+    database = str(tmp_path / "w.duckdb")
+    written = write_copper_table(database, "copper.things", _copper([], 1), MONTHS, types=TYPES)
+    assert written["counts"] == {}
+    types = dict(
+        _query(
+            Path(database),
+            "select column_name, data_type from information_schema.columns "
+            "where table_name = 'things'",
+        )
+    )
+    assert types["partition_date"] == "DATE" and types["id"] == "BIGINT"

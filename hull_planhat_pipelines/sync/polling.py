@@ -8,6 +8,29 @@ from dataclasses import dataclass, field
 
 from hull_planhat_pipelines.sync.canonical import canonical_json
 
+COPPER_SINCE_TAG = "hull_planhat/copper_since"
+COPPER_UNTIL_TAG = "hull_planhat/copper_until"
+"""Run tags (Unix seconds) that make a Copper run incremental: only records dated in
+[since, until] are fetched and upserted by id; the rest of their partitions stays. ``since`` is
+one number for every object or a JSON object per object name."""
+
+
+def parse_window(tags: dict[str, str], object_name: str) -> tuple[int | None, int | None, bool]:
+    """``(since, until, incremental)`` for ``object_name`` from a run's tags (pure).
+
+    An incremental run that names other objects but not this one replaces nothing of it:
+    it is then given ``since=None`` with ``incremental`` true and fetches its whole window."""
+    raw = tags.get(COPPER_SINCE_TAG)
+    if raw is None:
+        return None, None, False
+    until_raw = tags.get(COPPER_UNTIL_TAG)
+    until = int(until_raw) if until_raw else None
+    value = json.loads(raw)
+    if isinstance(value, dict):
+        found = value.get(object_name)
+        return (int(found) if found is not None else None), until, True
+    return int(value), until, True
+
 
 @dataclass
 class CopperCursor:
@@ -40,10 +63,19 @@ class CopperCursor:
 
 @dataclass(frozen=True)
 class PlannedRun:
+    """One Copper run: its objects, the days its records are dated in (which decide its
+    partitions) and, for an incremental run, the window to fetch and upsert.
+
+    ``since`` maps each object to the first second to fetch (inclusive); ``until`` is the last
+    (``None``: up to the end of the run's partitions). Without ``since`` the run replaces its
+    partitions whole (a first start, "fetch all")."""
+
     objects: tuple[str, ...]
     first_day: dt.date
     last_day: dt.date
     reason: str
+    since: dict[str, int] | None = None
+    until: int | None = None
 
     def run_key(self, fingerprint: str) -> str:
         return f"copper:{'+'.join(self.objects)}:{self.first_day}:{self.last_day}:{fingerprint}"
@@ -51,6 +83,14 @@ class PlannedRun:
 
 def _day(ts: int) -> dt.date:
     return dt.datetime.fromtimestamp(ts, dt.UTC).date()
+
+
+def _day_start(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
+
+
+def _day_end(day: dt.date) -> int:
+    return _day_start(day + dt.timedelta(days=1)) - 1
 
 
 def plan_incremental_runs(
@@ -64,10 +104,11 @@ def plan_incremental_runs(
     rescan_minutes: int,
     horizon_days: int = 0,
 ) -> tuple[list[PlannedRun], CopperCursor]:
-    """Which day partitions changed since the cursor, and the advanced cursor (pure).
+    """Which records changed since the cursor, and the advanced cursor (pure).
 
-    A changed object needs the days from its previous newest change to its new one; on the
-    first tick only the day of the newest change. Activities have no sort: a cheap "anything
+    A changed object needs the records modified from its previous newest change on (that
+    second included: Copper filters inclusively), upserted into the partitions of those days;
+    on the first tick the day of the newest change. Activities have no sort: a cheap "anything
     dated since the last check?" question covers new ones, and a trailing window of days is
     re-fetched every ``rescan_minutes`` for back-dated ones, together with the
     ``horizon_days`` ahead (activities planned in the future: asking "anything dated up to the
@@ -80,6 +121,7 @@ def plan_incremental_runs(
     today = _day(now)
     clamp = lambda day: max(day, start_date)  # noqa: E731
     changed: dict[str, tuple[dt.date, dt.date]] = {}
+    since: dict[str, int] = {}
     advanced = CopperCursor(
         dict(cursor.newest), cursor.activities_checked, cursor.activities_rescanned
     )
@@ -92,6 +134,7 @@ def plan_incremental_runs(
         if previous is None or value > previous:
             first = _day(previous) if previous is not None else _day(value)
             changed[name] = (clamp(first), clamp(_day(value)))
+            since[name] = previous if previous is not None else _day_start(_day(value))
             advanced.newest[name] = value
         elif value == previous and last_tick is not None and last_tick - 1 <= previous <= last_tick:
             racing.append(name)
@@ -99,10 +142,15 @@ def plan_incremental_runs(
     if changed:
         first_day = min(first for first, _ in changed.values())
         last_day = max(last for _, last in changed.values())
-        runs.append(PlannedRun(tuple(sorted(changed)), first_day, last_day, "modified records"))
+        runs.append(
+            PlannedRun(tuple(sorted(changed)), first_day, last_day, "modified records", since=since)
+        )
     if racing:
         day = clamp(_day(max(cursor.newest[name] for name in racing)))
-        runs.append(PlannedRun(tuple(sorted(racing)), day, day, "same-second re-check"))
+        again = {name: cursor.newest[name] for name in racing}
+        runs.append(
+            PlannedRun(tuple(sorted(racing)), day, day, "same-second re-check", since=again)
+        )
     rescan_due = (
         cursor.activities_rescanned is None
         or now - cursor.activities_rescanned >= rescan_minutes * 60
@@ -110,10 +158,28 @@ def plan_incremental_runs(
     if rescan_due:
         first = clamp(today - dt.timedelta(days=rescan_days))
         last = clamp(today + dt.timedelta(days=horizon_days))
-        runs.append(PlannedRun(("activities",), first, last, "trailing activity re-scan"))
+        runs.append(
+            PlannedRun(
+                ("activities",),
+                first,
+                last,
+                "trailing activity re-scan",
+                since={"activities": _day_start(first)},
+                until=_day_end(last),
+            )
+        )
         advanced.activities_rescanned = now
     elif activities_changed:
-        since = cursor.activities_checked or now
-        runs.append(PlannedRun(("activities",), clamp(_day(since)), clamp(today), "new activities"))
+        first = clamp(_day(cursor.activities_checked or now))
+        runs.append(
+            PlannedRun(
+                ("activities",),
+                first,
+                clamp(today),
+                "new activities",
+                since={"activities": _day_start(first)},
+                until=_day_end(clamp(today)),
+            )
+        )
     advanced.activities_checked = now
     return runs, advanced
