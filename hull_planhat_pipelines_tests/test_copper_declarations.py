@@ -21,8 +21,8 @@ import requests
 
 from hull_planhat_pipelines.assets.copper import build_copper_assets
 from hull_planhat_pipelines.clients.copper import CopperClient
-from hull_planhat_pipelines.orchestration import range_tags
-from hull_planhat_pipelines.resources import CopperResource
+from hull_planhat_pipelines.orchestration import copper_partitions, copper_range_tags
+from hull_planhat_pipelines.resources import CopperResource, WarehouseResource
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import (
     COMMON_SEARCH_KEYS,
@@ -48,7 +48,6 @@ from hull_planhat_pipelines.sync.copper_schema import (
     copper_objects,
     modified_object,
 )
-from hull_planhat_pipelines.warehouse import WarehouseIOManager
 from hull_planhat_pipelines_tests.hull_support import settings_with
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -132,8 +131,7 @@ def test_materializing_a_declared_object_lands_every_record(
 ) -> None:
     database = tmp_path / "warehouse.duckdb"
     settings = settings_with(start_date=START.isoformat())
-    days = dg.DailyPartitionsDefinition(start_date=START.isoformat(), end_offset=1)
-    (asset,) = build_copper_assets(settings, days, objects=[TASKS])
+    (asset,) = build_copper_assets(settings, copper_partitions(settings), objects=[TASKS])
     assert asset.key == dg.AssetKey(["copper", "tasks"])
 
     result = dg.materialize(
@@ -145,9 +143,9 @@ def test_materializing_a_declared_object_lands_every_record(
                 user_email=sandbox.user_email,
                 requests_per_minute=100_000,
             ),
-            "warehouse_io_manager": WarehouseIOManager(database=str(database)),
+            "warehouse": WarehouseResource(database=str(database)),
         },
-        tags=range_tags(START.isoformat(), TODAY.isoformat()),
+        tags=copper_range_tags(START, TODAY),
     )
     assert result.success
 
