@@ -266,14 +266,10 @@ def build_copper_fetch_all_schedule(
 # -- Planhat snapshots -------------------------------------------------------------------------
 
 
-def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> UnresolvedAssetJobDefinition:
+def planhat_fetch_job() -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         "planhat_fetch",
-        selection=dg.AssetSelection.groups(PLANHAT_GROUP)
-        & dg.AssetSelection.assets(
-            ["planhat", "companies"], ["planhat", "endusers"], ["planhat", "users"]
-        ),
-        partitions_def=partitions_def,
+        selection=dg.AssetSelection.assets(*SNAPSHOT_KEYS),
         description="Full snapshot of Planhat companies, endusers and team members.",
     )
 
@@ -283,7 +279,7 @@ def build_planhat_fetch_sensor(
     job: UnresolvedAssetJobDefinition,
     clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
-    """Today's Planhat snapshot every ``planhat.fetch_interval_minutes`` (5 to 1,440, any
+    """A Planhat snapshot every ``planhat.fetch_interval_minutes`` (5 to 1,440, any
     value: a sensor's interval, where a cron schedule could keep only divisors of an hour or
     a day). One run per interval window, whatever the tick timing."""
     minutes = settings.planhat.fetch_interval_minutes
@@ -293,7 +289,7 @@ def build_planhat_fetch_sensor(
         job=job,
         minimum_interval_seconds=minutes * 60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Every {minutes} minutes (planhat.fetch_interval_minutes): today's "
+        description=f"Every {minutes} minutes (planhat.fetch_interval_minutes): a full "
         "Planhat snapshot.",
     )
     def planhat_fetch_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest:
@@ -301,7 +297,6 @@ def build_planhat_fetch_sensor(
         window = now // (minutes * 60)
         return dg.RunRequest(
             run_key=f"planhat-fetch:{minutes}:{window}",
-            partition_key=_utc_day(now).isoformat(),
             tags={TRIGGER_TAG: f"every {minutes} minutes"},
         )
 
@@ -338,7 +333,9 @@ def planhat_destinations_job() -> UnresolvedAssetJobDefinition:
 
 
 # -- what runs after what: by assets, whoever materialized them -------------------------------
-SNAPSHOT_KEYS = [dg.AssetKey(["planhat", m]) for m in ("companies", "endusers", "users")]
+SNAPSHOT_KEYS = [
+    dg.AssetKey(["planhat", m]) for m in ("company_snapshots", "enduser_snapshots", "team_members")
+]
 DELIVERIES_KEY = dg.AssetKey(["planhat", "deliveries"])
 SOURCES = dg.AssetSelection.groups(COPPER_GROUP) | dg.AssetSelection.assets(*SNAPSHOT_KEYS)
 """What the poll and the schedules fetch; everything else follows them by the asset graph."""
@@ -524,7 +521,7 @@ def plan_followers(
         needed -= after_delivery  # they follow the delivery's outcome
     if not set(SNAPSHOT_KEYS) <= materialized:
         # Before the first Planhat snapshot the chain stops at Hull: owners are validated
-        # against planhat/users and destinations read planhat_current; the snapshot's arrival
+        # against planhat/team_members and destinations read planhat_current; the snapshot's arrival
         # asks for the rest.
         needed -= delivery_branch | after_delivery
     needed = graph.whole(needed)
@@ -595,7 +592,6 @@ def build_follow_sensor(
                 dg.RunRequest(
                     run_key=_run_key(plan) + ":snapshot",
                     job_name=snapshot_job.name,
-                    partition_key=dt.datetime.now(dt.UTC).date().isoformat(),
                     tags={TRIGGER_TAG: AFTER_DELIVERY},
                 )
             )

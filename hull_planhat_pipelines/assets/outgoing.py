@@ -27,6 +27,7 @@ from hull_planhat_pipelines.clients.delivery import (
     DeliveryTarget,
     deliver,
 )
+from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.delivery_settlement import DROPPED_REASON, settle
@@ -49,6 +50,7 @@ from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import (
     WarehouseBusy,
     append_table,
+    column_schema,
     connect,
     delivery_lock,
     read_only,
@@ -165,7 +167,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         accounts = read_rows(conn, "hull.accounts", mapped.where)
         if conn is not None and table_exists(conn, "hull", "accounts"):
             scopes["companies"] = mapped
-        users = read_table(conn, "planhat.users")
+        users = read_table(conn, "planhat.team_members")
         if accounts is None or (users is None and settings.planhat.owner_attribute):
             waiting = (
                 []
@@ -238,7 +240,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     return [
         _payload_asset(
             "company_payloads",
-            [["hull", "accounts"], ["planhat", "users"]],
+            [["hull", "accounts"], ["planhat", "team_members"]],
             "Accounts in planhat.company_segments whose mapped company changed since it was "
             "last delivered; owner and co-owner must be Planhat user ids.",
             companies,
@@ -272,9 +274,8 @@ def _known_company_ids(
     known = set(fingerprints.loc[fingerprints["target"] == "companies", "key"].astype(str))
     queries = {
         ("planhat", "company_payloads"): "select key from planhat.company_payloads",
-        ("planhat", "companies"): (
-            "select external_id from planhat.companies where external_id is not null "
-            "and partition_date = (select max(partition_date) from planhat.companies)"
+        ("planhat_current", "companies"): (
+            "select external_id from planhat_current.companies where external_id is not null"
         ),
     }
     for table, sql in queries.items():
@@ -563,14 +564,10 @@ def _snapshot_keys(
     conn: duckdb.DuckDBPyConnection, target: str
 ) -> tuple[set[str], pd.Timestamp | None]:
     """Payload keys the latest Planhat snapshot holds, and when it was taken."""
-    table = "planhat.companies" if target == "companies" else "planhat.endusers"
+    table = f"planhat_current.{target}"  # the latest snapshot
     if not table_exists(conn, *table.split(".")):
         return set(), None
-    latest = (
-        f"from {table} where partition_date = (select max(partition_date) from {table}) "
-        f"and _fetched_at = (select max(_fetched_at) from {table} "
-        f"where partition_date = (select max(partition_date) from {table}))"
-    )
+    latest = f"from {table}"
     row = conn.execute(f"select max(_fetched_at) {latest}").fetchone()
     at = pd.Timestamp(row[0]) if row and row[0] is not None else None
     if at is not None and at.tzinfo is None:
@@ -694,8 +691,11 @@ def _deliver_all(
         t: [json.loads(json.dumps(p["body"], default=str)) for p in plans[:3]]
         for t, plans in planned.items()
     }
+    with warehouse.read_only() as conn:  # the table as written; a dry run's rows otherwise
+        columns = column_schema(conn, "planhat", "deliveries") if conn is not None else {}
     return dg.MaterializeResult(
         metadata={
+            **(columns or frame_column_schema(deliveries)),
             "sent": dg.MetadataValue.int(0 if config.dry_run else total),
             "would_send": dg.MetadataValue.int(total if config.dry_run else 0),
             "created": dg.MetadataValue.int(statuses.get("created", 0)),
