@@ -274,6 +274,9 @@ def planhat_fetch_job() -> UnresolvedAssetJobDefinition:
     )
 
 
+PLANHAT_CREDENTIALS = ("PLANHAT_API_TOKEN", "PLANHAT_TENANT_TOKEN")
+
+
 def build_planhat_fetch_sensor(
     settings: Settings,
     job: UnresolvedAssetJobDefinition,
@@ -292,7 +295,13 @@ def build_planhat_fetch_sensor(
         description=f"Every {minutes} minutes (planhat.fetch_interval_minutes): a full "
         "Planhat snapshot.",
     )
-    def planhat_fetch_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest:
+    def planhat_fetch_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        missing = [name for name in PLANHAT_CREDENTIALS if not os.environ.get(name)]
+        if missing:  # a run would fail at once: say what to set instead
+            return dg.SkipReason(
+                f"{', '.join(missing)} not set: export Planhat's credentials (README, Running "
+                "against real Copper and Planhat) or start the UI with `hull-planhat dev`."
+            )
         now = int(clock())
         window = now // (minutes * 60)
         return dg.RunRequest(

@@ -91,7 +91,11 @@ def test_cursor_round_trips() -> None:
 
 
 @pytest.mark.parametrize("minutes", [5, 7, 180, 300, 1440])
-def test_planhat_snapshots_follow_any_interval_from_5_to_1440_minutes(minutes: int) -> None:
+def test_planhat_snapshots_follow_any_interval_from_5_to_1440_minutes(
+    minutes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANHAT_API_TOKEN", "token")
+    monkeypatch.setenv("PLANHAT_TENANT_TOKEN", "tenant")
     base = load_settings()
     planhat = base.planhat.model_copy(update={"fetch_interval_minutes": minutes})
     settings = base.model_copy(update={"planhat": planhat})

@@ -145,9 +145,13 @@ def test_every_asset_has_a_kind() -> None:
         assert spec.kinds, spec.key.to_user_string()
 
 
-def test_no_asset_offers_a_partition_that_can_never_be_filled() -> None:
+def test_no_asset_offers_a_partition_that_can_never_be_filled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Planhat keeps no history: its snapshots are not partitioned, nor is their fetch job or
     any request the sensor makes."""
+    monkeypatch.setenv("PLANHAT_API_TOKEN", "token")
+    monkeypatch.setenv("PLANHAT_TENANT_TOKEN", "tenant")
     defs = _defs()
     specs = {s.key: s for s in defs.resolve_all_asset_specs()}
     for key in SNAPSHOT_KEYS:
@@ -157,6 +161,22 @@ def test_no_asset_offers_a_partition_that_can_never_be_filled() -> None:
     sensor = build_planhat_fetch_sensor(load_settings(), planhat_fetch_job())
     request = sensor(dg.build_sensor_context())
     assert request.partition_key is None
+
+
+def test_the_planhat_sensor_says_which_credentials_are_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`dagster dev` with nothing set: a skipped tick that says what to set, not a stack trace
+    at every tick."""
+    monkeypatch.delenv("PLANHAT_API_TOKEN", raising=False)
+    monkeypatch.setenv("PLANHAT_TENANT_TOKEN", "tenant")
+    sensor = build_planhat_fetch_sensor(load_settings(), planhat_fetch_job())
+    skipped = sensor(dg.build_sensor_context())
+    assert isinstance(skipped, dg.SkipReason)
+    assert "PLANHAT_API_TOKEN not set" in skipped.skip_message
+    assert "PLANHAT_TENANT_TOKEN" not in skipped.skip_message
+    monkeypatch.setenv("PLANHAT_API_TOKEN", "token")
+    assert isinstance(sensor(dg.build_sensor_context()), dg.RunRequest)
 
 
 @pytest.fixture(scope="module")

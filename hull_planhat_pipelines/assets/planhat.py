@@ -73,7 +73,7 @@ def _pages(
     records: list[dict[str, Any]] = []
     for number, page in enumerate(pages, start=1):
         records.extend(page)
-        context.log.info(f"planhat/{what}: page {number}, {len(records)} records so far")
+        context.log.info(f"{what}: page {number}, {len(records)} records so far")
     return records
 
 
