@@ -207,6 +207,9 @@ def test_every_table_asset_reports_its_columns(stack: Stack, tmp_path: Path) -> 
     assert schemas["planhat/company_snapshots"]["snapshot_at"] == "timestamp with time zone"
     assert schemas["hull/users"]["updated_at"] == "timestamp with time zone"
     assert schemas["planhat/deliveries"]["delivered_at"] == "timestamp with time zone"
+    for table in ("hull/users", "hull/accounts", "hull/events", "planhat/company_snapshots"):
+        latest = stack.instance.get_latest_materialization_event(dg.AssetKey(table.split("/")))
+        assert latest.asset_materialization.metadata["dagster/row_count"].value > 0, table
     plumbing = {"partition_expr", "current_view"}
     for key in keys:
         metadata = stack.instance.get_latest_materialization_event(key).asset_materialization

@@ -351,6 +351,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             asset_key=HULL_KEYS["events"],
             metadata={
                 **columns["events"],
+                "dagster/row_count": dg.MetadataValue.int(sizes["events"]),
                 "rows": dg.MetadataValue.int(sizes["events"]),
                 "new_or_changed": dg.MetadataValue.int(len(changes.events)),
             },
@@ -360,6 +361,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 asset_key=HULL_KEYS[kind],
                 metadata={
                     **columns[kind],
+                    "dagster/row_count": dg.MetadataValue.int(sizes[kind]),
                     "rows": dg.MetadataValue.int(sizes[kind]),
                     "segments": dg.MetadataValue.json(segments[kind]),
                     "firehose_outbox_added": dg.MetadataValue.int(outbox),
