@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 
 import dagster as dg
 
+from hull_planhat_pipelines.assets.planhat import snapshot_key, snapshot_table
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperObject
 from hull_planhat_pipelines.clients.planhat_targets import PLANHAT_TARGETS
 from hull_planhat_pipelines.resources import WarehouseResource
@@ -84,22 +85,23 @@ def build_copper_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
 def planhat_checks() -> list[dg.AssetChecksDefinition]:
     unique = [
         _sql_check(
-            ["planhat", model],
-            "unique_ids_per_partition",
+            snapshot_key(model).path,
+            "unique_ids_per_snapshot",
             "No Planhat _id appears twice within one snapshot.",
             lambda model=model: (
-                f"select partition_date, _id, count(*) as n from planhat.{model} "
+                f"select snapshot_at, _id, count(*) as n from {snapshot_table(model)} "
                 "where _id is not null group by all having count(*) > 1"
             ),
         )
         for model in ("companies", "endusers")
     ]
     ours = _sql_check(
-        ["planhat", "companies"],
+        snapshot_key("companies").path,
         "external_id_on_companies_we_sent",
-        "Every company we created or updated in Planhat still carries its externalId.",
+        "Every company we created or updated in Planhat still carries its externalId (in the "
+        "latest snapshot).",
         lambda: (
-            "select c._id, c.name, c.partition_date from planhat.companies c "
+            "select c._id, c.name, c.snapshot_at from planhat_current.companies c "
             "join (select distinct planhat_id from planhat.deliveries "
             "      where target = 'companies' and status in ('created', 'updated')) d "
             "  on d.planhat_id = c._id "
@@ -255,7 +257,7 @@ def owner_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
         ]
         return (
             f"select * from ({' union all '.join(unions)}) o where o.value is not null "
-            "and o.value not in (select _id from planhat.users "
+            "and o.value not in (select _id from planhat.team_members "
             "where _id is not null and not coalesce(removed, false))"
         )
 
@@ -264,9 +266,9 @@ def owner_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
             ["hull", "accounts"],
             "valid_owner",
             "Every owner and co-owner id of an in-segment account is a Planhat team member "
-            "(planhat/users); the others are skipped by the delivery with Invalid Owner ID.",
+            "(planhat/team_members); the others are skipped by the delivery with Invalid Owner ID.",
             sql,
-            requires=[("planhat", "users")],
+            requires=[("planhat", "team_members")],
             severity=dg.AssetCheckSeverity.WARN,
         )
     ]

@@ -300,7 +300,7 @@ def run_sync(
     """Run the pipeline once, in process, as Dagster would: the same definitions and rules.
 
     The sources are fetched (the Copper range the schedule or the first poll would ask for, and
-    today's Planhat snapshot); then, until nothing is out of date, the run the downstream
+    a full Planhat snapshot); then, until nothing is out of date, the run the downstream
     sensor would request (``orchestration.plan_followers``): Hull, payloads and delivery in one
     run; after a delivery that wrote to Planhat a snapshot, so what Planhat now holds comes back
     into Hull, with the destinations; else the destinations at once. A second sync over
@@ -336,7 +336,6 @@ def run_sync(
     first, last = copper_fetch_range(settings, today, full=full)
     copper_tags = copper_fetch_tags(settings, today, full=full)
     summary = SyncSummary()
-    snapshot = {"dagster/partition": today.isoformat()}
     ops = delivery_run_config(defs, force=force, dry_run=dry_run)
     marks = {DRY_RUN_TAG: "true"} if dry_run else {}
     summary.dry_run = dry_run
@@ -355,9 +354,7 @@ def run_sync(
             f"{first}..{last}" + (" (changed records)" if COPPER_SINCE_TAG in copper_tags else ""),
             instance=instance,
         )
-        summary.steps += _run_job(
-            defs, "planhat_fetch", {**snapshot, **marks}, f"snapshot {today}", instance=instance
-        )
+        summary.steps += _run_job(defs, "planhat_fetch", marks, "full snapshot", instance=instance)
         for _ in range(MAX_FOLLOW_RUNS):
             plan = follow()
             cursor = plan.cursor
@@ -377,8 +374,8 @@ def run_sync(
                 summary.steps += _run_job(
                     defs,
                     "planhat_fetch",
-                    {**snapshot, TRIGGER_TAG: AFTER_DELIVERY, **marks},
-                    f"snapshot {today} (after delivery)",
+                    {TRIGGER_TAG: AFTER_DELIVERY, **marks},
+                    "full snapshot (after delivery)",
                     instance=instance,
                 )
     return summary

@@ -24,7 +24,6 @@ from hull_planhat_pipelines.orchestration import (
     build_planhat_fetch_sensor,
     copper_partitions,
     copper_sync_job,
-    daily_partitions,
     downstream_job,
     dry_run_job,
     forced_send_job,
@@ -54,10 +53,9 @@ def build_definitions(
 ) -> dg.Definitions:
     """Everything, built from one configuration (``HULL_PLANHAT_CONFIG`` by default)."""
     settings = settings or load_settings()
-    partitions = daily_partitions(settings)
     copper_days = copper_partitions(settings)  # reaches copper.activity_horizon_days ahead
     copper_job = copper_sync_job(copper_days)
-    planhat_job = planhat_fetch_job(partitions)
+    planhat_job = planhat_fetch_job()
     jobs = {
         "copper_sync": copper_job,
         "planhat_fetch": planhat_job,
@@ -69,7 +67,7 @@ def build_definitions(
     database = warehouse_path()
     assets = [
         *build_copper_assets(settings, copper_days),
-        *build_planhat_assets(settings, partitions),
+        *build_planhat_assets(settings),
         *build_hull_assets(settings),
         *build_payload_assets(settings),
         build_delivery_asset(settings),

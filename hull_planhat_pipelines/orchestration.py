@@ -51,13 +51,6 @@ SORTABLE_OBJECTS = [name for name, obj in COPPER_OBJECTS.items() if obj.sort_by]
 """Objects the sensor can ask "what is your newest change?" (activities have no sort)."""
 
 
-def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
-    """UTC days from ``copper.start_date`` up to and including today (``end_offset=1``)."""
-    return dg.DailyPartitionsDefinition(
-        start_date=settings.copper.start_date.isoformat(), timezone="UTC", end_offset=1
-    )
-
-
 def copper_years_ahead(horizon_days: int) -> int:
     """Years after the current one that ``horizon_days`` after some day can reach."""
     return (dt.date(2024, 12, 31) + dt.timedelta(days=horizon_days)).year - 2024
@@ -348,16 +341,15 @@ def build_copper_fetch_all_schedule(
 # -- Planhat snapshots -------------------------------------------------------------------------
 
 
-def planhat_fetch_job(partitions_def: dg.PartitionsDefinition) -> AssetJob:
+def planhat_fetch_job() -> AssetJob:
     return dg.define_asset_job(
         "planhat_fetch",
-        selection=dg.AssetSelection.groups(PLANHAT_GROUP)
-        & dg.AssetSelection.assets(
-            ["planhat", "companies"], ["planhat", "endusers"], ["planhat", "users"]
-        ),
-        partitions_def=partitions_def,
+        selection=dg.AssetSelection.assets(*SNAPSHOT_KEYS),
         description="Full snapshot of Planhat companies, endusers and team members.",
     )
+
+
+PLANHAT_CREDENTIALS = ("PLANHAT_API_TOKEN", "PLANHAT_TENANT_TOKEN")
 
 
 def build_planhat_fetch_sensor(
@@ -365,7 +357,7 @@ def build_planhat_fetch_sensor(
     job: AssetJob,
     clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
-    """Today's Planhat snapshot every ``planhat.fetch_interval_minutes`` (5 to 1,440, any
+    """A Planhat snapshot every ``planhat.fetch_interval_minutes`` (5 to 1,440, any
     value: a sensor's interval, where a cron schedule could keep only divisors of an hour or
     a day). One run per interval window, whatever the tick timing."""
     minutes = settings.planhat.fetch_interval_minutes
@@ -375,15 +367,20 @@ def build_planhat_fetch_sensor(
         job=job,
         minimum_interval_seconds=minutes * 60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Every {minutes} minutes (planhat.fetch_interval_minutes): today's "
+        description=f"Every {minutes} minutes (planhat.fetch_interval_minutes): a full "
         "Planhat snapshot.",
     )
-    def planhat_fetch_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest:
+    def planhat_fetch_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        missing = [name for name in PLANHAT_CREDENTIALS if not os.environ.get(name)]
+        if missing:  # a run would fail at once: say what to set instead
+            return dg.SkipReason(
+                f"{', '.join(missing)} not set: export Planhat's credentials (README, Running "
+                "against real Copper and Planhat) or start the UI with `hull-planhat dev`."
+            )
         now = int(clock())
         window = now // (minutes * 60)
         return dg.RunRequest(
             run_key=f"planhat-fetch:{minutes}:{window}",
-            partition_key=_utc_day(now).isoformat(),
             tags={TRIGGER_TAG: f"every {minutes} minutes"},
         )
 
@@ -420,7 +417,9 @@ def planhat_destinations_job() -> AssetJob:
 
 
 # -- what runs after what: by assets, whoever materialized them -------------------------------
-SNAPSHOT_KEYS = [dg.AssetKey(["planhat", m]) for m in ("companies", "endusers", "users")]
+SNAPSHOT_KEYS = [
+    dg.AssetKey(["planhat", m]) for m in ("company_snapshots", "enduser_snapshots", "team_members")
+]
 DELIVERIES_KEY = dg.AssetKey(["planhat", "deliveries"])
 SOURCES = dg.AssetSelection.groups(COPPER_GROUP) | dg.AssetSelection.assets(*SNAPSHOT_KEYS)
 """What the poll and the schedules fetch; everything else follows them by the asset graph."""
@@ -606,7 +605,7 @@ def plan_followers(
         needed -= after_delivery  # they follow the delivery's outcome
     if not set(SNAPSHOT_KEYS) <= materialized:
         # Before the first Planhat snapshot the chain stops at Hull: owners are validated
-        # against planhat/users and destinations read planhat_current; the snapshot's arrival
+        # against planhat/team_members and destinations read planhat_current; the snapshot's arrival
         # asks for the rest.
         needed -= delivery_branch | after_delivery
     needed = graph.whole(needed)
@@ -677,7 +676,6 @@ def build_follow_sensor(
                 dg.RunRequest(
                     run_key=_run_key(plan) + ":snapshot",
                     job_name=snapshot_job.name,
-                    partition_key=dt.datetime.now(dt.UTC).date().isoformat(),
                     tags={TRIGGER_TAG: AFTER_DELIVERY},
                 )
             )

@@ -1,36 +1,24 @@
-"""What the UI shows of every asset, applied once over all of them: a kind on each (the hull
-assets declare none), and descriptions that tell apart the two "users" and the two "companies"
-nodes (the graph shows a node's last key part and its description's first line; the keys
-themselves are a contract and stay)."""
+"""What the UI shows of every asset, applied once over all of them: a kind on each, and the
+columns of what an asset holds (``dagster/column_schema``) for the assets whose table is not
+written by the I/O manager.
+
+The graph labels a node with the last part of its key, so those parts are unique across the
+groups (``hull/users`` beside ``planhat/team_members``, ``copper/companies`` beside
+``planhat/company_snapshots``); a test keeps them so."""
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dagster as dg
+import duckdb
+import pandas as pd
 
-# The first words of a node's description, for asset names that occur in two groups.
-LABELS = {
-    "copper/companies": "Copper companies (raw CRM records)",
-    "planhat/companies": "Planhat companies (snapshot of what Planhat holds)",
-    "hull/users": "Hull user profiles (the profile store)",
-    "planhat/users": "Planhat team members (owners, not customers)",
-}
 DEFAULT_KINDS = frozenset({"duckdb"})
+COLUMN_SCHEMA = "dagster/column_schema"
 
 
 def readable_spec(spec: dg.AssetSpec) -> dg.AssetSpec:
-    key = spec.key.to_user_string()
-    description = spec.description or ""
-    label = LABELS.get(key)
-    if label and not description.startswith(label):
-        head = label.split(" (")[0]
-        if description.startswith(head):
-            description = label + description[len(head) :]
-        else:
-            description = f"{label}. {description}".strip()
-    return spec.replace_attributes(
-        kinds=set(spec.kinds) or set(DEFAULT_KINDS), description=description or None
-    )
+    return spec.replace_attributes(kinds=set(spec.kinds) or set(DEFAULT_KINDS))
 
 
 def readable(assets: Iterable[Any]) -> Sequence[Any]:
@@ -39,3 +27,23 @@ def readable(assets: Iterable[Any]) -> Sequence[Any]:
         a.map_asset_specs(readable_spec) if isinstance(a, dg.AssetsDefinition) else a
         for a in assets
     ]
+
+
+def frame_column_schema(frame: pd.DataFrame) -> dict[str, Any]:
+    """A frame's columns as ``dagster/column_schema`` metadata, typed as DuckDB would store
+    them (the same names the tables' schemas show: ``timestamp with time zone``, ...)."""
+    conn = duckdb.connect()
+    try:
+        conn.register("_frame", frame)
+        described = [row[:2] for row in conn.execute("describe select * from _frame").fetchall()]
+    finally:
+        conn.close()
+    columns = [
+        dg.TableColumn(name=name, type=_type_name(dtype).lower()) for name, dtype in described
+    ]
+    return {COLUMN_SCHEMA: dg.TableSchema(columns=columns)}
+
+
+def _type_name(dtype: str) -> str:
+    """An all-null column is stored as VARCHAR (the I/O manager does the same)."""
+    return "VARCHAR" if dtype in ('"NULL"', "NULL") else dtype

@@ -67,7 +67,7 @@ def copper_frame(object_name: str, records: list[dict[str, Any]]) -> pd.DataFram
 
 
 def planhat_frame(records: list[dict[str, Any]], kind: str) -> pd.DataFrame:
-    """A ``planhat.companies`` / ``planhat.endusers`` snapshot frame from Planhat records."""
+    """A Planhat snapshot frame (``planhat_current.companies`` / ``.endusers``) from records."""
     columns = {
         "companies": {"external_id": "externalId", "source_id": "sourceId"},
         "endusers": {

@@ -21,7 +21,7 @@ from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
 from hull_planhat_pipelines.warehouse import WarehouseBusy, delivery_lock
-from hull_planhat_pipelines_tests.test_outgoing_assets import TODAY, Stack, _started
+from hull_planhat_pipelines_tests.test_outgoing_assets import Stack, _started
 
 SYNC_TIMEOUT = 600
 """A hung sync fails the test instead of hanging the suite (not a timing assertion)."""
@@ -388,7 +388,7 @@ def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Sta
     check = [c for c in forced.get_asset_check_evaluations() if c.check_name.startswith("records")]
     assert check and not check[0].passed
 
-    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert stack.run("planhat_fetch").success
     stack.planhat.rest.clear_requests()
     settled = stack.run("planhat_delivery")
     assert settled.success

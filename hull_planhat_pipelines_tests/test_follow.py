@@ -102,7 +102,7 @@ def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks
         [*COPPER, dg.AssetKey(["copper", "activities"]), dg.AssetKey(["copper", "opportunities"])],
         tags=_copper_range(),
     ).success
-    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("planhat_fetch").success
 
     [downstream] = ticks.requests()
     selected = set(downstream.asset_selection or [])
@@ -117,7 +117,7 @@ def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks
 
     # The delivery wrote to Planhat: what Planhat now holds comes back first.
     [snapshot] = ticks.requests()
-    assert snapshot.job_name == "planhat_fetch" and snapshot.partition_key == TODAY.isoformat()
+    assert snapshot.job_name == "planhat_fetch" and snapshot.partition_key is None
     assert snapshot.tags[TRIGGER_TAG] == AFTER_DELIVERY
     assert ticks.execute(snapshot).success
 
@@ -161,7 +161,7 @@ def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: 
 
 def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:
     assert ticks.graph_launch(COPPER, partition_key=copper_partition_key(TODAY)).success
-    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("planhat_fetch").success
     ticks.requests()  # the copper and planhat events are now behind the cursor
     assert ticks.graph_launch(sorted(HULL, key=str)).success  # Hull alone, from the graph
     [request] = ticks.requests()
@@ -193,7 +193,7 @@ def test_the_first_chain_waits_for_planhat_users_before_payloads(ticks: Ticks) -
     assert set(hull_only.asset_selection or []) == HULL  # owners cannot be validated yet
     assert ticks.execute(hull_only).success
     assert ticks.requests() == []
-    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("planhat_fetch").success
     [rest] = ticks.requests()
     assert DELIVERIES in set(rest.asset_selection or [])
     ran = ticks.execute(rest)
@@ -214,7 +214,7 @@ def _check(result: dg.ExecuteInProcessResult, asset: str, name: str) -> Any:
 def test_owner_validity_warns_and_a_broken_identity_stops_the_delivery(ticks: Ticks) -> None:
     every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
     assert ticks.graph_launch(every_object, tags=_copper_range()).success
-    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("planhat_fetch").success
     [downstream] = ticks.requests()
     first = ticks.execute(downstream)
     assert first.success
@@ -260,7 +260,7 @@ def _settle(ticks: Ticks) -> None:
 def test_dry_run_and_forced_send_presets(ticks: Ticks) -> None:
     every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
     assert ticks.graph_launch(every_object, tags=_copper_range()).success
-    assert ticks.pipeline.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert ticks.pipeline.run("planhat_fetch").success
     _settle(ticks)
     planhat = ticks.pipeline.planhat
     writes = planhat.write_count()

@@ -37,7 +37,7 @@ class Stack:
 
     def sync(self) -> dg.ExecuteInProcessResult:
         assert self.run("copper_sync", tags=copper_range_tags(START, TODAY)).success
-        assert self.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+        assert self.run("planhat_fetch").success
         return self.run("hull_sync")
 
     def query(self, sql: str) -> list[tuple]:
@@ -133,7 +133,7 @@ def test_a_planhat_updated_at_bump_alone_changes_nothing(stack: Stack) -> None:
         a["updatedAt"] != b["updatedAt"]
         for a, b in zip(companies, stack.planhat.companies(), strict=True)
     )
-    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert stack.run("planhat_fetch").success
     again = stack.run("hull_sync")
     assert again.success
     assert _metadata(again, "hull/account_upserts")["rows"] == 0

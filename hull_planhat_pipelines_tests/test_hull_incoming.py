@@ -202,7 +202,7 @@ def test_planhat_endusers_without_id_are_skipped_one_by_one_never_collapsed() ->
         {"_id": "e2", "email": "not-an-email", "firstName": "C"},
         {"_id": "e3", "email": "nul\x00@x.io", "firstName": "D"},
     ]
-    frame = endusers_frame(records, fetched_at=NOW, partition_date=NOW.date())
+    frame = endusers_frame(records, fetched_at=NOW)
     assert len(frame) == 5  # both rows without _id kept, not collapsed into one
     changes = compute_changes(
         example_settings(), ProfileStore(), None, PlanhatRows(endusers=frame), now=NOW

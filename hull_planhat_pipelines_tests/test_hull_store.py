@@ -186,7 +186,7 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:
     import json
 
     from hull_planhat_pipelines.clients.planhat import PlanhatClient
-    from hull_planhat_pipelines_tests.test_hull_assets import TODAY, _metadata
+    from hull_planhat_pipelines_tests.test_hull_assets import _metadata
 
     assert stack.sync().success
     companies = [c for c in stack.planhat.companies() if c.get("phase")]
@@ -206,7 +206,7 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:
                 {"_id": second["_id"], "name": "Renamed too"},
             ],
         )
-    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert stack.run("planhat_fetch").success
     result = stack.run("hull_sync")
     assert result.success
     assert _metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
@@ -223,7 +223,7 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:
     assert attributes(companies[2]["_id"])["planhat/name"] == companies[2]["name"]
 
     copy = stack.query("select count(*) from ops.hull_planhat_companies")
-    assert stack.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+    assert stack.run("planhat_fetch").success
     again = stack.run("hull_sync")
     assert _metadata(again, "hull/account_upserts")["sources_read"] == {
         "planhat.companies": 0,

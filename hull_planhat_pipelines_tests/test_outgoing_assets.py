@@ -93,7 +93,7 @@ class Stack:
         """Copper and Planhat fetched and applied to Hull: what a delivery reads."""
         tags = copper_range_tags(START, TODAY)
         assert self.run("copper_sync", tags=tags).success
-        assert self.run("planhat_fetch", partition_key=TODAY.isoformat()).success
+        assert self.run("planhat_fetch").success
         assert self.run("hull_sync").success
 
     def deliver(self, **deliveries: Any) -> dg.ExecuteInProcessResult:

@@ -336,25 +336,34 @@ def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_part
     assert pipeline.query("select count(*) from copper.people")[0][0] == len(after)
 
 
-def test_planhat_snapshots_today_and_refuses_the_past(pipeline: Pipeline) -> None:
-    result = pipeline.run("planhat_fetch", partition_key=TODAY.isoformat())
+def test_planhat_snapshots_keep_their_history_and_have_no_partitions(pipeline: Pipeline) -> None:
+    """Planhat keeps no history, so no snapshot asset offers a partition that could never be
+    filled: each fetch appends a full snapshot and the latest view shows the newest one."""
+    job = pipeline.defs().resolve_job_def("planhat_fetch")
+    assert job.partitions_def is None
+    result = pipeline.run("planhat_fetch")
     assert result.success
-    assert pipeline.query("select count(*) from planhat.companies")[0][0] == len(
-        pipeline.planhat.companies()
+    held = len(pipeline.planhat.companies())
+    assert pipeline.query("select count(*) from planhat.company_snapshots")[0][0] == held
+    assert pipeline.query("select count(*) from planhat_current.companies")[0][0] == held
+    owners = pipeline.query(
+        "select count(*) from planhat_current.companies where owner is not null"
     )
-    owners = pipeline.query("select count(*) from planhat.companies where owner is not null")
     assert owners[0][0] > 0
-    assert pipeline.query("select count(*) from planhat.users")[0][0] == len(
+    assert pipeline.query("select count(*) from planhat.team_members")[0][0] == len(
         pipeline.planhat.users()
     )
-    assert _metadata(result, "planhat/companies")["requests"] >= 1
-    yesterday = (TODAY - dt.timedelta(days=1)).isoformat()
-    past = pipeline.run("planhat_fetch", partition_key=yesterday)
-    assert not past.success
-    failures = [e for e in past.all_events if e.is_step_failure]
-    assert any("keeps no history" in e.step_failure_data.error.message for e in failures)
-    assert pipeline.query("select count(*) from planhat.companies")[0][0] == len(
-        pipeline.planhat.companies()
+    metadata = _metadata(result, "planhat/company_snapshots")
+    assert metadata["requests"] >= 1 and metadata["snapshots_kept"] == 1
+    assert pipeline.run("planhat_fetch").success
+    snapshots = pipeline.query(
+        "select snapshot_at, count(*) from planhat.company_snapshots group by 1 order by 1"
+    )
+    assert [n for _, n in snapshots] == [held, held]
+    newest = pipeline.query("select distinct snapshot_at from planhat_current.companies")
+    assert newest == [(snapshots[-1][0],)]
+    assert pipeline.query("select count(*) from planhat_current.endusers")[0][0] == len(
+        pipeline.planhat.endusers()
     )
 
 

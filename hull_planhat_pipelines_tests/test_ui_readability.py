@@ -47,17 +47,15 @@ def test_every_asset_has_a_kind_a_description_and_no_plumbing_metadata() -> None
         assert not PLUMBING & set(spec.metadata), (key, set(spec.metadata))
 
 
-def test_the_two_users_and_the_two_companies_say_which_they_are() -> None:
+def test_the_users_and_companies_nodes_say_which_they_are() -> None:
+    """Formerly two nodes labelled "users" and two "companies": each label now names its thing."""
     specs = _specs()
-    firsts = {
-        key: specs[key].description.split(".")[0].split(":")[0]
-        for key in ("hull/users", "planhat/users", "copper/companies", "planhat/companies")
-    }
-    assert firsts["hull/users"].startswith("Hull user profiles")
-    assert firsts["planhat/users"].startswith("Planhat team members")
-    assert firsts["copper/companies"].startswith("Copper companies")
-    assert firsts["planhat/companies"].startswith("Planhat companies")
-    assert len(set(firsts.values())) == 4
+    assert {"hull/users", "planhat/team_members"} <= set(specs)
+    assert {"copper/companies", "planhat/company_snapshots"} <= set(specs)
+    labels = [key.rsplit("/", 1)[1] for key in specs]
+    assert len(labels) == len(set(labels))
+    assert specs["planhat/team_members"].description.startswith("Planhat team members")
+    assert specs["planhat/company_snapshots"].description.startswith("Planhat company snapshots")
 
 
 def test_the_column_schema_is_the_written_table(tmp_path: Path) -> None:
@@ -77,13 +75,15 @@ def test_the_column_schema_is_the_written_table(tmp_path: Path) -> None:
 
 def test_the_compact_summary_has_one_line_per_asset() -> None:
     steps = [
-        StepSummary("planhat/companies", True, rows=10, requests=1, detail="snapshot"),
+        StepSummary("planhat/company_snapshots", True, rows=10, requests=1, detail="snapshot"),
         StepSummary("hull/users", True, rows=5, detail="first"),
-        StepSummary("planhat/companies", True, rows=12, requests=1, detail="after delivery"),
+        StepSummary(
+            "planhat/company_snapshots", True, rows=12, requests=1, detail="after delivery"
+        ),
         StepSummary("hull/users", False, rows=None, detail="boom"),
     ]
     merged = merge_steps(steps)
-    assert [s.step for s in merged] == ["planhat/companies", "hull/users"]
+    assert [s.step for s in merged] == ["planhat/company_snapshots", "hull/users"]
     assert (merged[0].rows, merged[0].requests, merged[0].detail) == (12, 2, "after delivery")
     assert (merged[1].ok, merged[1].rows, merged[1].detail) == (False, 5, "boom")
     table = SyncSummary(steps).table()

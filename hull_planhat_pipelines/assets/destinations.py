@@ -22,6 +22,7 @@ from hull_planhat_pipelines.clients.delivery import (
     configured_target,
     deliver,
 )
+from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import DestinationSettings, Settings
 from hull_planhat_pipelines.sync.destinations import destination_records, is_collection
@@ -79,7 +80,7 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
         deps=[
             dg.AssetKey(["hull", "users"]),
             dg.AssetKey(["hull", "events"]),
-            dg.AssetKey(["planhat", "companies"]),
+            dg.AssetKey(["planhat", "company_snapshots"]),
             # after the delivery (and the snapshot of what it wrote, when it wrote anything)
             dg.AssetKey(["planhat", "deliveries"]),
         ],
@@ -198,6 +199,7 @@ def _deliver_destination(
         raise dg.Failure(str(stopped), allow_retries=False)
     by_status = result.counts()
     metadata: dict[str, Any] = {
+        **frame_column_schema(source),  # what it sends: the columns of its source_sql
         "rows_from_sql": dg.MetadataValue.int(len(source)),
         "sent": dg.MetadataValue.int(0 if config.dry_run else len(records)),
         "would_send": dg.MetadataValue.int(len(records) if config.dry_run else 0),

@@ -27,6 +27,7 @@ from hull_planhat_pipelines.assets.hull_forwarding import (
     queue,
 )
 from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember_snapshot
+from hull_planhat_pipelines.assets.planhat import snapshot_key
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper_mapping import CopperRows
@@ -41,7 +42,13 @@ from hull_planhat_pipelines.sync.hull_sync import (
 from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
 from hull_planhat_pipelines.sync.segments import segments_hash
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
+from hull_planhat_pipelines.warehouse import (
+    append_table,
+    column_schema,
+    connect,
+    run,
+    table_exists,
+)
 
 COPPER_SOURCES = tuple(name for name, obj in COPPER_OBJECTS.items() if obj.hull_source)
 """The Copper tables Hull reads: every declared object that says it feeds Hull."""
@@ -253,7 +260,7 @@ def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
 
 def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     raw = [dg.AssetKey(["copper", n]) for n in COPPER_SOURCES] + [
-        dg.AssetKey(["planhat", n]) for n in PLANHAT_SOURCES
+        snapshot_key(n) for n in PLANHAT_SOURCES
     ]
     specs = [
         dg.AssetSpec(
@@ -311,6 +318,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 name: hull_store.segment_counts(conn, f"hull.{name}")
                 for name in ("users", "accounts")
             }
+            columns = {name: column_schema(conn, "hull", name) for name in HULL_KEYS}
         finally:
             conn.close()
         forwarded = forward(warehouse.database, hull_firehose, dry_run=config.dry_run)
@@ -323,6 +331,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             asset_key=HULL_KEYS["user_upserts"],
             metadata={
                 **common,
+                **columns["user_upserts"],
                 "rows": dg.MetadataValue.int(len(changes.user_upserts)),
                 "by_source": dg.MetadataValue.json(_counts(changes.user_upserts, "source_object")),
                 "profiles_touched": dg.MetadataValue.int(changes.user_upserts["hull_id"].nunique()),
@@ -332,6 +341,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             asset_key=HULL_KEYS["account_upserts"],
             metadata={
                 **common,
+                **columns["account_upserts"],
                 "rows": dg.MetadataValue.int(len(changes.account_upserts)),
                 "by_source": dg.MetadataValue.json(
                     _counts(changes.account_upserts, "source_object")
@@ -342,6 +352,8 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         yield dg.MaterializeResult(
             asset_key=HULL_KEYS["events"],
             metadata={
+                **columns["events"],
+                "dagster/row_count": dg.MetadataValue.int(sizes["events"]),
                 "rows": dg.MetadataValue.int(sizes["events"]),
                 "new_or_changed": dg.MetadataValue.int(len(changes.events)),
             },
@@ -350,6 +362,8 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             yield dg.MaterializeResult(
                 asset_key=HULL_KEYS[kind],
                 metadata={
+                    **columns[kind],
+                    "dagster/row_count": dg.MetadataValue.int(sizes[kind]),
                     "rows": dg.MetadataValue.int(sizes[kind]),
                     "segments": dg.MetadataValue.json(segments[kind]),
                     "firehose_outbox_added": dg.MetadataValue.int(outbox),

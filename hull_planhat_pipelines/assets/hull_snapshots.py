@@ -1,8 +1,8 @@
 """Planhat back-sync by difference: a new snapshot is compared in SQL with the one last applied.
 
-Planhat cannot filter by time, so each fetch is the whole list, and today's partition holds
-only the latest snapshot of the day. The rows Hull last applied are kept in
-``ops.hull_planhat_<name>`` (the snapshot's own columns); a new snapshot hands Hull only its
+Planhat cannot filter by time, so each fetch is the whole list, appended to
+``planhat.<model>_snapshots``; ``planhat_current.<name>`` shows the latest snapshot. The rows
+Hull last applied are kept in ``ops.hull_planhat_<name>`` (the snapshot's own columns); a new snapshot hands Hull only its
 rows that are new or whose ``record`` changed, with their previous version (a field Planhat
 stopped sending was cleared). Rows without ``_id`` are always handed over (the sync logs their
 skip). After the apply the copy takes the changed rows and drops those gone from Planhat, in
@@ -16,15 +16,12 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.assets.planhat import latest_view, snapshot_table
 from hull_planhat_pipelines.warehouse import run, table_exists
 
 
 def applied_table(name: str) -> str:
     return f"ops.hull_planhat_{name}"
-
-
-def _latest(name: str) -> str:
-    return f"partition_date = (select max(partition_date) from planhat.{name})"
 
 
 def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
@@ -48,10 +45,10 @@ def diff_snapshot(
     """The changed rows of the latest snapshot fetched after ``mark`` (None: no new snapshot).
 
     Leaves ``_ph_changed_<name>`` (the changed ``_id``s) for ``remember_snapshot``."""
-    if not table_exists(conn, "planhat", name):
+    if not table_exists(conn, *snapshot_table(name).split(".")):
         return None
-    source = f"planhat.{name}"
-    fresh = f"{_latest(name)}" + (" and _fetched_at > ?" if mark is not None else "")
+    source = latest_view(name)
+    fresh = "_fetched_at > ?" if mark is not None else "true"
     params = [mark.to_pydatetime()] if mark is not None else []
     row = conn.execute(f"select count(*), max(_fetched_at) from {source} where {fresh}", params)
     count, newest = row.fetchall()[0]
@@ -68,11 +65,10 @@ def diff_snapshot(
         conn,
         f"create or replace temp table _ph_changed_{name} as select n._id from {source} n"
         f" anti join {copy} a on a._id = n._id and a.record is not distinct from n.record"
-        f" where n.{_latest(name)} and n._id is not null",
+        f" where n._id is not null",
     )
     changed = conn.execute(
-        f"select * from {source} where {_latest(name)} and (_id is null"
-        f" or _id in (select _id from _ph_changed_{name}))"
+        f"select * from {source} where _id is null or _id in (select _id from _ph_changed_{name})"
     ).fetchdf()
     previous = conn.execute(
         f"select * from {copy} where _id in (select _id from _ph_changed_{name})"
@@ -89,13 +85,12 @@ def diff_snapshot(
 def remember_snapshot(conn: duckdb.DuckDBPyConnection, name: str) -> None:
     """The copy becomes the snapshot just applied (inside the caller's transaction): changed
     rows replaced, rows gone from Planhat removed; nothing written when nothing moved."""
-    copy, source = applied_table(name), f"planhat.{name}"
+    copy, source = applied_table(name), latest_view(name)
     changed = f"_ph_changed_{name}"
     run(
         conn,
         f"delete from {copy} where _id in (select _id from {changed})"
-        f" or _id not in (select _id from {source} where {_latest(name)} and _id is not null);"
-        f"insert into {copy} select * from {source}"
-        f" where {_latest(name)} and _id in (select _id from {changed});"
+        f" or _id not in (select _id from {source} where _id is not null);"
+        f"insert into {copy} select * from {source} where _id in (select _id from {changed});"
         f"drop table {changed}",
     )

@@ -27,6 +27,7 @@ from hull_planhat_pipelines.clients.delivery import (
     DeliveryTarget,
     deliver,
 )
+from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.delivery_settlement import DROPPED_REASON, settle
@@ -41,7 +42,13 @@ from hull_planhat_pipelines.sync.planhat.endusers import drop_unknown_companies,
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
 from hull_planhat_pipelines.sync_log import record_events
-from hull_planhat_pipelines.warehouse import connect, deliveries, read_only, table_exists
+from hull_planhat_pipelines.warehouse import (
+    column_schema,
+    connect,
+    deliveries,
+    read_only,
+    table_exists,
+)
 from hull_planhat_pipelines.warehouse.deliveries import (
     DELIVERY_COLUMNS,
     delivery_rows,
@@ -131,7 +138,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         accounts = read_rows(conn, "hull.accounts", mapped.where)
         if conn is not None and table_exists(conn, "hull", "accounts"):
             scopes["companies"] = mapped
-        users = read_table(conn, "planhat.users")
+        users = read_table(conn, "planhat.team_members")
         if accounts is None or (users is None and settings.planhat.owner_attribute):
             waiting = (
                 []
@@ -204,7 +211,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     return [
         _payload_asset(
             "company_payloads",
-            [["hull", "accounts"], ["planhat", "users"]],
+            [["hull", "accounts"], ["planhat", "team_members"]],
             "Accounts in planhat.company_segments whose mapped company changed since it was "
             "last delivered; owner and co-owner must be Planhat user ids.",
             companies,
@@ -435,8 +442,11 @@ def _deliver_all(
         t: [json.loads(json.dumps(p["body"], default=str)) for p in plans[:3]]
         for t, plans in planned.items()
     }
+    with warehouse.read_only() as conn:  # the table as written; a dry run's rows otherwise
+        columns = column_schema(conn, "planhat", "deliveries") if conn is not None else {}
     return dg.MaterializeResult(
         metadata={
+            **(columns or frame_column_schema(deliveries)),
             "sent": dg.MetadataValue.int(0 if config.dry_run else total),
             "would_send": dg.MetadataValue.int(total if config.dry_run else 0),
             "created": dg.MetadataValue.int(statuses.get("created", 0)),

@@ -58,19 +58,20 @@ def _digest(conn: duckdb.DuckDBPyConnection, settings: Settings, target: str) ->
     """The settings a target's mapping depends on (and, for companies, the owners' list)."""
     planhat = settings.planhat.model_dump(mode="json")
     parts: list[object] = [target, planhat]
-    if target == "companies" and _exists(conn, "planhat.users"):
+    if target == "companies" and _exists(conn, "planhat.team_members"):
         columns = [
-            row[0] for row in conn.execute("select * from planhat.users limit 0").description or []
+            row[0]
+            for row in conn.execute("select * from planhat.team_members limit 0").description or []
         ]
         kept = ", ".join(f'"{c}"' for c in columns if c not in ("_fetched_at", "partition_date"))
         latest = (
-            "where partition_date = (select max(partition_date) from planhat.users)"
+            "where partition_date = (select max(partition_date) from planhat.team_members)"
             if "partition_date" in columns
             else ""
         )
         rows = conn.execute(
             "select md5(coalesce(string_agg(t::varchar, '|' order by t::varchar), ''))"
-            f" from (select {kept} from planhat.users {latest}) t"
+            f" from (select {kept} from planhat.team_members {latest}) t"
         ).fetchall()
         parts.append(rows[0][0])
     return canonical_hash(parts)

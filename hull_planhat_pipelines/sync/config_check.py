@@ -60,23 +60,21 @@ def contract_database() -> duckdb.DuckDBPyConnection:
     for name in COPPER_OBJECTS:
         _create(conn, f"copper.{name}", duckdb_types(name))
         conn.execute(f"create view copper_current.{name} as select * from copper.{name}")
-    planhat = {
-        "companies": companies_frame([], fetched_at=_EPOCH, partition_date=_EPOCH.date()),
-        "endusers": endusers_frame([], fetched_at=_EPOCH, partition_date=_EPOCH.date()),
-        "users": users_frame([], fetched_at=_EPOCH),
+    snapshots = {  # tables of every snapshot kept; planhat_current.<model>: the latest
+        "companies": ("company_snapshots", companies_frame([], fetched_at=_EPOCH)),
+        "endusers": ("enduser_snapshots", endusers_frame([], fetched_at=_EPOCH)),
     }
-    for name, frame in planhat.items():
-        _create_from_frame(conn, f"planhat.{name}", frame)
-        conn.execute(f"create view planhat_current.{name} as select * from planhat.{name}")
+    for name, (table, frame) in snapshots.items():
+        _create_from_frame(conn, f"planhat.{table}", frame)
+        conn.execute(f"create view planhat_current.{name} as select * from planhat.{table}")
+    _create_from_frame(conn, "planhat.team_members", users_frame([], fetched_at=_EPOCH))
     return lock_down(conn)
 
 
 def _create_from_frame(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
     conn.register("_empty", frame)
     casts = ", ".join(
-        f"{ident(c)}::{'TIMESTAMP' if c == 'partition_date' else 'VARCHAR'} as {ident(c)}"
-        if frame[c].dtype == object
-        else ident(c)
+        f"{ident(c)}::VARCHAR as {ident(c)}" if frame[c].dtype == object else ident(c)
         for c in frame.columns
     )
     conn.execute(f"create table {table} as select {casts} from _empty")

@@ -82,7 +82,7 @@ def _frame(
     text_columns: dict[str, Any],
     *,
     fetched_at: dt.datetime,
-    partition_date: dt.date | None,
+    snapshot: bool,
 ) -> pd.DataFrame:
     records = _dedupe(records)
     columns: dict[str, pd.Series] = {
@@ -92,10 +92,8 @@ def _frame(
     columns["updated_at"] = _timestamps([r.get("updatedAt") for r in records])
     columns["record"] = _json(records)
     frame = pd.DataFrame(columns)
-    if partition_date is not None:
-        frame["partition_date"] = pd.Series(
-            [pd.Timestamp(partition_date)] * len(frame), dtype="datetime64[us]"
-        )
+    if snapshot:  # every row of one snapshot carries the time it was taken: its history key
+        frame["snapshot_at"] = pd.Series([fetched_at] * len(frame), dtype="datetime64[us, UTC]")
     frame["_fetched_at"] = pd.Series([fetched_at] * len(frame), dtype="datetime64[us, UTC]")
     return frame
 
@@ -111,9 +109,7 @@ def _dedupe(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_id.values())
 
 
-def companies_frame(
-    records: Sequence[dict[str, Any]], *, fetched_at: dt.datetime, partition_date: dt.date
-) -> pd.DataFrame:
+def companies_frame(records: Sequence[dict[str, Any]], *, fetched_at: dt.datetime) -> pd.DataFrame:
     return _frame(
         records,
         {
@@ -127,13 +123,11 @@ def companies_frame(
             "status": lambda r: r.get("status"),
         },
         fetched_at=fetched_at,
-        partition_date=partition_date,
+        snapshot=True,
     )
 
 
-def endusers_frame(
-    records: Sequence[dict[str, Any]], *, fetched_at: dt.datetime, partition_date: dt.date
-) -> pd.DataFrame:
+def endusers_frame(records: Sequence[dict[str, Any]], *, fetched_at: dt.datetime) -> pd.DataFrame:
     return _frame(
         records,
         {
@@ -146,7 +140,7 @@ def endusers_frame(
             "last_name": lambda r: r.get("lastName"),
         },
         fetched_at=fetched_at,
-        partition_date=partition_date,
+        snapshot=True,
     )
 
 
@@ -161,7 +155,7 @@ def users_frame(records: Sequence[dict[str, Any]], *, fetched_at: dt.datetime) -
             "last_name": lambda r: r.get("lastName"),
         },
         fetched_at=fetched_at,
-        partition_date=None,
+        snapshot=False,
     )
     for flag in ("inactive", "removed", "isHidden"):
         frame[flag.lower() if flag != "isHidden" else "is_hidden"] = pd.Series(

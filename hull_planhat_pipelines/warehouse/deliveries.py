@@ -162,14 +162,10 @@ def snapshot_keys(
     conn: duckdb.DuckDBPyConnection, target: str
 ) -> tuple[set[str], pd.Timestamp | None]:
     """Payload keys the latest Planhat snapshot holds, and when it was taken."""
-    table = "planhat.companies" if target == "companies" else "planhat.endusers"
+    table = f"planhat_current.{target}"  # the latest snapshot
     if not table_exists(conn, *table.split(".")):
         return set(), None
-    latest = (
-        f"from {table} where partition_date = (select max(partition_date) from {table}) "
-        f"and _fetched_at = (select max(_fetched_at) from {table} "
-        f"where partition_date = (select max(partition_date) from {table}))"
-    )
+    latest = f"from {table}"
     row = conn.execute(f"select max(_fetched_at) {latest}").fetchone()
     at = pd.Timestamp(row[0]) if row and row[0] is not None else None
     if at is not None and at.tzinfo is None:
@@ -190,9 +186,8 @@ def known_company_ids(conn: duckdb.DuckDBPyConnection | None) -> set[str]:
     """External ids Planhat has (latest snapshot) or that are being sent now."""
     queries = {
         ("planhat", "company_payloads"): "select key from planhat.company_payloads",
-        ("planhat", "companies"): (
-            "select external_id from planhat.companies where external_id is not null "
-            "and partition_date = (select max(partition_date) from planhat.companies)"
+        ("planhat_current", "companies"): (
+            "select external_id from planhat_current.companies where external_id is not null"
         ),
     }
     known: set[str] = set()

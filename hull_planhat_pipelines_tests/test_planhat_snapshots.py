@@ -1,0 +1,216 @@
+"""Planhat snapshots kept as history in one unpartitioned table, and what the UI shows of
+every asset: unique labels, kinds, no unfillable partitions, a column schema on every table."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from hull_planhat_pipelines.assets.hull_snapshots import (
+    applied_table,
+    diff_snapshot,
+    remember_snapshot,
+)
+from hull_planhat_pipelines.assets.planhat import store_snapshot
+from hull_planhat_pipelines.definitions import build_definitions
+from hull_planhat_pipelines.orchestration import (
+    SNAPSHOT_KEYS,
+    build_planhat_fetch_sensor,
+    planhat_fetch_job,
+)
+from hull_planhat_pipelines.settings import load_settings
+from hull_planhat_pipelines.sync.planhat_records import companies_frame
+from hull_planhat_pipelines_tests.test_outgoing_assets import Stack, _started
+
+T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+
+
+def _company(_id: str, name: str) -> dict[str, str]:
+    return {"_id": _id, "name": name, "externalId": f"ext-{_id}"}
+
+
+def _take(conn: duckdb.DuckDBPyConnection, at: dt.datetime, *companies: dict) -> int:
+    run = conn.execute
+    run("begin transaction")
+    kept = store_snapshot(conn, "companies", companies_frame(list(companies), fetched_at=at), at)
+    run("commit")
+    return kept
+
+
+def _apply(conn: duckdb.DuckDBPyConnection, mark: pd.Timestamp | None) -> tuple[set, set, object]:
+    """What Hull would be handed (changed ``_id``s, previous ``_id``s), then remembered."""
+    diff = diff_snapshot(conn, "companies", mark)
+    if diff is None:
+        return set(), set(), None
+    changed = set(diff.changed["_id"]) if diff.changed is not None else set()
+    previous = set(diff.previous["_id"]) if diff.previous is not None else set()
+    remember_snapshot(conn, "companies")
+    return changed, previous, diff.fetched_at
+
+
+# -- snapshot history and the diff -----------------------------------------------------------
+def test_each_fetch_appends_a_snapshot_and_the_latest_view_shows_the_newest() -> None:
+    conn = duckdb.connect()
+    assert _take(conn, T0, _company("a", "Acme"), _company("b", "Beta")) == 1
+    assert _take(conn, T0 + dt.timedelta(minutes=5), _company("a", "Acme")) == 2
+    rows = conn.execute(
+        "select snapshot_at, count(*) from planhat.company_snapshots group by 1 order by 1"
+    ).fetchall()
+    assert [n for _, n in rows] == [2, 1]
+    assert conn.execute("select _id from planhat_current.companies").fetchall() == [("a",)]
+    types = dict(
+        conn.execute(
+            "select column_name, data_type from information_schema.columns "
+            "where table_name = 'company_snapshots'"
+        ).fetchall()
+    )
+    assert types["snapshot_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert "partition_date" not in types
+    # an empty snapshot (Planhat holds nothing) empties the latest view, not the history
+    assert _take(conn, T0 + dt.timedelta(minutes=10)) == 2
+    assert conn.execute("select count(*) from planhat_current.companies").fetchall() == [(0,)]
+
+
+def test_history_keeps_a_day_in_full_and_the_last_snapshot_of_each_earlier_day() -> None:
+    conn = duckdb.connect()
+    times = [T0 + dt.timedelta(hours=h) for h in (0, 6, 12, 30, 40, 50)]
+    for at in times:
+        _take(conn, at, _company("a", f"Acme {at:%H}"))
+    kept = [
+        r[0]
+        for r in conn.execute(
+            "select distinct snapshot_at from planhat.company_snapshots order by 1"
+        ).fetchall()
+    ]
+    # 0 h, 6 h and 12 h fall more than a day before the newest (50 h) and on one day: only its
+    # last (12 h) stays; 30 h, 40 h and 50 h are within a day of the newest: all stay
+    expected = [times[2], times[3], times[4], times[5]]
+    assert [pd.Timestamp(k) for k in kept] == [pd.Timestamp(t) for t in expected]
+
+
+def test_only_changed_rows_reach_hull_and_an_unchanged_snapshot_hands_over_nothing() -> None:
+    conn = duckdb.connect()
+    conn.execute("create schema ops")
+    _take(conn, T0, _company("a", "Acme"), _company("b", "Beta"))
+    changed, previous, mark = _apply(conn, None)
+    assert changed == {"a", "b"} and previous == set()
+    # the same content again: a new snapshot, nothing for Hull, nothing written to the copy
+    _take(conn, T0 + dt.timedelta(minutes=5), _company("a", "Acme"), _company("b", "Beta"))
+    before = conn.execute(f"select * from {applied_table('companies')} order by _id").fetchall()
+    changed, previous, mark = _apply(conn, pd.Timestamp(mark))
+    assert changed == set()
+    assert conn.execute(f"select * from {applied_table('companies')} order by _id").fetchall() == (
+        before
+    )
+    # one company renamed, one gone, one new: only the renamed and the new are handed over,
+    # the renamed one with its previous version; the gone one leaves the copy
+    _take(
+        conn,
+        T0 + dt.timedelta(minutes=10),
+        _company("a", "Acme Corp"),
+        _company("c", "Gamma"),
+    )
+    changed, previous, mark = _apply(conn, pd.Timestamp(mark))
+    assert changed == {"a", "c"} and previous == {"a"}
+    copy = conn.execute(f"select _id, name from {applied_table('companies')} order by 1")
+    assert copy.fetchall() == [("a", "Acme Corp"), ("c", "Gamma")]
+    # no newer snapshot than the mark: nothing at all
+    assert diff_snapshot(conn, "companies", pd.Timestamp(mark)) is None
+
+
+# -- what the UI shows --------------------------------------------------------------------------
+def _defs() -> dg.Definitions:
+    return build_definitions(load_settings())
+
+
+def test_node_labels_are_unique_and_say_what_they_are() -> None:
+    """The graph labels a node with its key's last part: no two nodes may share one."""
+    specs = _defs().resolve_all_asset_specs()
+    labels = Counter(s.key.path[-1] for s in specs)
+    assert [label for label, n in labels.items() if n > 1] == []
+    keys = {s.key.to_user_string() for s in specs}
+    assert {"hull/users", "planhat/team_members", "copper/companies"} <= keys
+    assert {"planhat/company_snapshots", "planhat/enduser_snapshots"} <= keys
+    assert not {"planhat/users", "planhat/companies", "planhat/endusers"} & keys
+
+
+def test_every_asset_has_a_kind() -> None:
+    for spec in _defs().resolve_all_asset_specs():
+        assert spec.kinds, spec.key.to_user_string()
+
+
+def test_no_asset_offers_a_partition_that_can_never_be_filled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planhat keeps no history: its snapshots are not partitioned, nor is their fetch job or
+    any request the sensor makes."""
+    monkeypatch.setenv("PLANHAT_API_TOKEN", "token")
+    monkeypatch.setenv("PLANHAT_TENANT_TOKEN", "tenant")
+    defs = _defs()
+    specs = {s.key: s for s in defs.resolve_all_asset_specs()}
+    for key in SNAPSHOT_KEYS:
+        assert specs[key].partitions_def is None, key
+    job = defs.resolve_job_def("planhat_fetch")
+    assert job.partitions_def is None
+    sensor = build_planhat_fetch_sensor(load_settings(), planhat_fetch_job())
+    request = sensor(dg.build_sensor_context())
+    assert request.partition_key is None
+
+
+def test_the_planhat_sensor_says_which_credentials_are_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`dagster dev` with nothing set: a skipped tick that says what to set, not a stack trace
+    at every tick."""
+    monkeypatch.delenv("PLANHAT_API_TOKEN", raising=False)
+    monkeypatch.setenv("PLANHAT_TENANT_TOKEN", "tenant")
+    sensor = build_planhat_fetch_sensor(load_settings(), planhat_fetch_job())
+    skipped = sensor(dg.build_sensor_context())
+    assert isinstance(skipped, dg.SkipReason)
+    assert "PLANHAT_API_TOKEN not set" in skipped.skip_message
+    assert "PLANHAT_TENANT_TOKEN" not in skipped.skip_message
+    monkeypatch.setenv("PLANHAT_API_TOKEN", "token")
+    assert isinstance(sensor(dg.build_sensor_context()), dg.RunRequest)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    with _started(tmp_path_factory.mktemp("ui")) as started:
+        started.prepare()
+        assert started.run("planhat_delivery").success
+        assert started.run("planhat_fetch").success
+        assert started.run("planhat_destinations").success
+        yield started
+
+
+def test_every_table_asset_reports_its_columns(stack: Stack, tmp_path: Path) -> None:
+    """Each materialized asset carries ``dagster/column_schema``, timestamps typed as such."""
+    defs = _defs()
+    keys = [s.key for s in defs.resolve_all_asset_specs()]
+    missing, schemas = [], {}
+    for key in keys:
+        event = stack.instance.get_latest_materialization_event(key)
+        assert event is not None, key.to_user_string()
+        metadata = event.asset_materialization.metadata
+        if "dagster/column_schema" not in metadata:
+            missing.append(key.to_user_string())
+            continue
+        columns = metadata["dagster/column_schema"].schema.columns
+        schemas[key.to_user_string()] = {c.name: c.type for c in columns}
+    assert missing == []
+    assert schemas["planhat/company_snapshots"]["snapshot_at"] == "timestamp with time zone"
+    assert schemas["hull/users"]["updated_at"] == "timestamp with time zone"
+    assert schemas["planhat/deliveries"]["delivered_at"] == "timestamp with time zone"
+    for table in ("hull/users", "hull/accounts", "hull/events", "planhat/company_snapshots"):
+        latest = stack.instance.get_latest_materialization_event(dg.AssetKey(table.split("/")))
+        assert latest.asset_materialization.metadata["dagster/row_count"].value > 0, table
+    plumbing = {"partition_expr", "current_view"}
+    for key in keys:
+        metadata = stack.instance.get_latest_materialization_event(key).asset_materialization
+        assert not plumbing & set(metadata.metadata), key.to_user_string()
