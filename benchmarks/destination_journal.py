@@ -20,14 +20,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.clients.delivery import DeliveryTarget, deliver
+from hull_planhat_pipelines.clients.delivery import configured_target, deliver
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import DestinationSettings
@@ -77,9 +76,7 @@ def one_mode(mode: str, count: int, every: int, seed: int) -> dict[str, Any]:
     sandbox = PlanhatSandbox(seed=seed, scale=0).start()
     sandbox.rest.record_bodies = False
     settings = destination()
-    target = replace(
-        DeliveryTarget.from_destination(settings), payload_column="payload", exclude=()
-    )
+    target = configured_target(settings.name, settings.method, settings.path)
     try:
         with tempfile.TemporaryDirectory() as folder:
             database = str(Path(folder) / "warehouse.duckdb")

@@ -4,7 +4,6 @@ intent durable before its request, and a crash mid-group that neither duplicates
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,7 +12,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from hull_planhat_pipelines.clients.delivery import DeliveryTarget, deliver
+from hull_planhat_pipelines.clients.delivery import configured_target, deliver
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.destinations import destination_records
 from hull_planhat_pipelines.warehouse import deliveries, read_only
@@ -28,7 +27,7 @@ DESTINATION = DestinationSettings(
     source_sql="select * from notes",
     journal_every=EVERY,
 )
-TARGET = replace(DeliveryTarget.from_destination(DESTINATION), payload_column="payload", exclude=())
+TARGET = configured_target(DESTINATION.name, DESTINATION.method, DESTINATION.path)
 
 
 class Killed(BaseException):
