@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -536,4 +537,4 @@ def test_seed_is_deterministic(planhat_sandbox_factory: Factory) -> None:
     assert any(c.get("externalId") for c in companies) and not all(
         c.get("externalId") for c in companies
     )
-    assert all(len(c["_id"]) == 24 and int(c["_id"], 16) >= 0 for c in companies)
+    assert all(re.fullmatch(r"[0-9a-f]{24}", c["_id"]) for c in companies)  # ObjectId-like
