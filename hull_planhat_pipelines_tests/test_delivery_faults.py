@@ -21,8 +21,8 @@ from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
 from hull_planhat_pipelines.warehouse import WarehouseBusy, delivery_lock
+from hull_planhat_pipelines_tests.assets.test_outgoing_assets import TODAY, Stack, _started
 from hull_planhat_pipelines_tests.processes import kill_when
-from hull_planhat_pipelines_tests.test_outgoing_assets import TODAY, Stack, _started
 
 SYNC_TIMEOUT = 600
 """A hung sync fails the test instead of hanging the suite (not a timing assertion)."""

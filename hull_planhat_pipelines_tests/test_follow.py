@@ -23,7 +23,7 @@ from hull_planhat_pipelines.orchestration import (
     delivered_something,
     range_tags,
 )
-from hull_planhat_pipelines_tests.test_pipeline_assets import (  # noqa: F401
+from hull_planhat_pipelines_tests.assets.test_pipeline_assets import (  # noqa: F401
     LAST,
     START,
     TODAY,

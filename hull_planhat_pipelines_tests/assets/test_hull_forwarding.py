@@ -24,13 +24,13 @@ from hull_planhat_pipelines.resources import hull_firehose_resource
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
 from hull_planhat_pipelines.settings import ConfigError, default_config_path
 from hull_planhat_pipelines.warehouse import append_table
-from hull_planhat_pipelines_tests.fake_time import FakeTime
-from hull_planhat_pipelines_tests.test_hull_assets import (  # noqa: F401  (stack: a fixture)
+from hull_planhat_pipelines_tests.assets.test_hull_assets import (  # noqa: F401  (stack: a fixture)
     START,
     TODAY,
     Stack,
     stack,
 )
+from hull_planhat_pipelines_tests.fake_time import FakeTime
 
 FAST = RetryPolicy(attempts=3, backoff_factor=0.5, backoff_max=8.0)
 
