@@ -351,6 +351,8 @@ def test_the_sandbox_command_serves_the_firehose_and_a_full_sync_forwards_to_it(
     """``hull-planhat sandbox`` / ``demo``: the firehose's exports, then ``sync`` twice."""
     config = yaml.safe_load(default_config_path().read_text())
     config["copper"]["start_date"] = START.isoformat()
+    # A full sync fetches up to the activity horizon: two weeks ahead, not a year of days.
+    config["copper"]["activity_horizon_days"] = 14
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("HULL_PLANHAT_CONFIG", str(tmp_path / "config.yaml"))
     monkeypatch.setenv("HULL_PLANHAT_WAREHOUSE", str(tmp_path / "warehouse.duckdb"))
