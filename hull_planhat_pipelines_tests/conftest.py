@@ -1,5 +1,9 @@
-"""Shared fixtures. Each emulated API's fixtures live in ``fixtures/<api>.py``."""
+"""Shared fixtures, as plugins: each emulated API's fixtures live in ``fixtures/<api>.py``;
+``fixtures/processes.py`` fails the session if a process a test started outlives it."""
 
-from hull_planhat_pipelines_tests.fixtures.copper import *  # noqa: F403
-from hull_planhat_pipelines_tests.fixtures.hull import *  # noqa: F403
-from hull_planhat_pipelines_tests.fixtures.planhat import *  # noqa: F403
+pytest_plugins = [
+    "hull_planhat_pipelines_tests.fixtures.copper",
+    "hull_planhat_pipelines_tests.fixtures.hull",
+    "hull_planhat_pipelines_tests.fixtures.planhat",
+    "hull_planhat_pipelines_tests.fixtures.processes",
+]

@@ -21,7 +21,8 @@ from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
 from hull_planhat_pipelines.warehouse import WarehouseBusy, delivery_lock
-from hull_planhat_pipelines_tests.test_outgoing_assets import Stack, _started
+from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
+from hull_planhat_pipelines_tests.processes import kill_when
 
 SYNC_TIMEOUT = 600
 """A hung sync fails the test instead of hanging the suite (not a timing assertion)."""
@@ -116,17 +117,7 @@ def test_a_sync_killed_mid_delivery_then_rerun_leaves_every_conversation_once(
         stack.configure(edit)
     stack.planhat.rest.faults.add(Fault(status=0, delay=0.05, path="^/conversations", times=10**6))
     reached, applied = _on_write(stack.planhat, "/conversations", 3)
-    proc = subprocess.Popen(
-        _sync_command("--full"),
-        env=_env(stack),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert reached.wait(SYNC_TIMEOUT), "the sync never reached the conversations"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(SYNC_TIMEOUT)
+    proc = kill_when(_sync_command("--full"), _env(stack), reached, SYNC_TIMEOUT)
     assert proc.returncode == -signal.SIGKILL
     assert applied.wait(SYNC_TIMEOUT)
     stack.planhat.rest.faults.clear()
@@ -176,17 +167,8 @@ def test_a_sync_killed_while_posting_activities_never_posts_them_twice(stack: St
         Fault(status=0, delay=0.05, path="^/analytics/bulk/", times=10**6)
     )
     reached, applied = _on_write(stack.planhat, "/analytics/bulk/", 2, analytics=True)
-    proc = subprocess.Popen(
-        _sync_command("--full"),
-        env=_env(stack),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert reached.wait(SYNC_TIMEOUT), "the sync never posted activities"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(SYNC_TIMEOUT)
+    proc = kill_when(_sync_command("--full"), _env(stack), reached, SYNC_TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
     assert applied.wait(SYNC_TIMEOUT)
     stack.planhat.analytics.faults.clear()
     rerun = _sync(stack)

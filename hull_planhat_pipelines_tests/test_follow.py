@@ -24,7 +24,7 @@ from hull_planhat_pipelines.orchestration import (
     copper_range_tags,
     delivered_something,
 )
-from hull_planhat_pipelines_tests.test_pipeline_assets import (  # noqa: F401
+from hull_planhat_pipelines_tests.assets.test_pipeline_assets import (  # noqa: F401
     LAST,
     START,
     TODAY,

@@ -29,16 +29,21 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import requests
 import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from hull_planhat_pipelines.dev import LOCAL_INSTANCE_CONFIG
 from hull_planhat_pipelines.settings import default_config_path
+from hull_planhat_pipelines_tests.processes import descendants, kill, wait_gone
 
 CHROMIUM = Path("/usr/bin/chromium")
 STARTUP_SECONDS = 240
 CHAIN_SECONDS = 420
-QUIET_SECONDS = 45
+SCALE = "0.05"
+"""The sandboxes' smallest useful size (every seeded edge case, tens of records)."""
+COPPER_DAYS = 7
+"""Copper's partitions start this many days back: the first start fetches a week, not years."""
 UNFINISHED = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -57,36 +62,6 @@ def _missing(reason: str) -> None:
 
 
 # -- processes -----------------------------------------------------------------------------
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time) of a live process, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return int(fields[1]), fields[19]
-
-
-def _descendants(root: int) -> set[tuple[int, str]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
-            children.setdefault(stat[0], []).append(int(entry.name))
-    found: set[tuple[int, str]] = set()
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        stat = _stat(pid)
-        if stat:
-            found.add((pid, stat[1]))
-        todo += children.get(pid, [])
-    return found
-
-
-def _alive(processes: set[tuple[int, str]]) -> list[int]:
-    return [pid for pid, started in processes if (s := _stat(pid)) and s[1] == started]
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,10 +81,14 @@ class DevSession:
 
 def _quiet_config(folder: Path) -> Path:
     """The sandbox configuration with the Copper poll and the Planhat fetch once a day, so that
-    within the test no run starts unless the test (or what it triggered) starts it."""
+    within the test no run starts unless the test (or what it triggered) starts it; Copper's
+    partitions span a week and a day ahead, so the start-up runs are short."""
     config = yaml.safe_load(default_config_path().read_text())
     config["copper"]["poll_minutes"] = 1440
     config["planhat"]["fetch_interval_minutes"] = 1440
+    today = dt.datetime.now(dt.UTC).date()
+    config["copper"]["start_date"] = (today - dt.timedelta(days=COPPER_DAYS)).isoformat()
+    config["copper"]["activity_horizon_days"] = 1
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -127,7 +106,10 @@ def dev_session(tmp_path: Path) -> Iterator[DevSession]:
         HULL_PLANHAT_CONFIG=str(_quiet_config(tmp_path)),
     )
     port = _free_port()
-    command = [str(Path(sys.executable).parent / "hull-planhat"), "dev", "--port", str(port)]
+    command = [
+        str(Path(sys.executable).parent / "hull-planhat"),
+        *("dev", "--port", str(port), "--scale", SCALE),
+    ]
     process = subprocess.Popen(
         command,
         cwd=tmp_path,
@@ -155,29 +137,21 @@ def dev_session(tmp_path: Path) -> Iterator[DevSession]:
             assert time.monotonic() < deadline, "\n".join(session.output)
             with contextlib.suppress(queue.Empty):
                 lines.get(timeout=1)
-            seen |= _descendants(process.pid)
+            seen |= descendants(process.pid)
         yield session
     finally:
-        seen |= _descendants(process.pid)
+        seen |= descendants(process.pid)
         os.killpg(process.pid, signal.SIGINT)
         try:
             code = process.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             code = process.wait()
-        left = _wait_gone(seen, 30)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        left = wait_gone(seen, 30)
+        kill(left)
         assert not left, f"processes outlived `hull-planhat dev`: {left}"
         assert code == 0, "\n".join(session.output)
         assert "stopped: Dagster UI, daemon and sandbox" in session.output[-1]
-
-
-def _wait_gone(processes: set[tuple[int, str]], seconds: float) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while (left := _alive(processes)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
 
 
 # -- runs, read from the session's instance -------------------------------------------------
@@ -200,7 +174,7 @@ def _wait(
     while time.monotonic() < deadline:
         if result := condition():
             return result
-        time.sleep(2)
+        time.sleep(0.5)
     path = screenshot(f"timeout-{what.replace(' ', '-')}")
     raise AssertionError(f"{what}: not within {seconds:.0f}s (screenshot {path})")
 
@@ -209,13 +183,31 @@ def _ended(run_record) -> float:
     return run_record.end_time or time.time()
 
 
-def _settled(instance: dg.DagsterInstance) -> bool:
-    """The start-up runs are through: Hull ran, nothing is pending, and nothing has finished
-    for longer than an automation tick (30 seconds) could take to react."""
+FOLLOW_TICK = """query {
+  sensorOrError(sensorSelector: {repositoryLocationName: "hull_planhat_pipelines",
+      repositoryName: "__repository__", sensorName: "downstream_sensor"}) {
+    ... on Sensor { sensorState { ticks(limit: 1) { status timestamp } } }
+  }
+}"""
+
+
+def _last_follow_tick(url: str) -> dict | None:
+    """The newest tick of the sensor that launches what follows a run, from the UI's GraphQL."""
+    answer = requests.post(f"{url}/graphql", json={"query": FOLLOW_TICK}, timeout=30)
+    answer.raise_for_status()
+    sensor = answer.json()["data"]["sensorOrError"]
+    ticks = (sensor.get("sensorState") or {}).get("ticks") or []
+    return ticks[0] if ticks else None
+
+
+def _settled(instance: dg.DagsterInstance, url: str) -> bool:
+    """The start-up runs are through: Hull ran, nothing is pending, and the follow sensor, on a
+    tick begun after the last run ended, asked for nothing more (no fixed quiet time)."""
     if _unfinished(instance) or not _runs_of(instance, "hull/users"):
         return False
     ends = [r.end_time for r in instance.get_run_records() if r.end_time]
-    return bool(ends) and time.time() - max(ends) > QUIET_SECONDS
+    tick = _last_follow_tick(url)
+    return bool(ends and tick and tick["status"] == "SKIPPED" and tick["timestamp"] > max(ends))
 
 
 # -- the test ------------------------------------------------------------------------------
@@ -224,9 +216,11 @@ def browser_page():
     if not CHROMIUM.exists():
         _missing(f"Chromium at {CHROMIUM}")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _missing("Playwright (the dev extras)")
+    # Assertions poll as long as actions wait: the code location may still be loading.
+    expect.set_options(timeout=60_000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
@@ -264,7 +258,12 @@ def test_the_ui_shows_the_graph_and_a_launch_from_it_carries_through(
         screenshot("copper-group")
 
         instance = dev_session.instance()
-        _wait("the start-up runs settle", lambda: _settled(instance), CHAIN_SECONDS, screenshot)
+        _wait(
+            "the start-up runs settle",
+            lambda: _settled(instance, dev_session.url),
+            CHAIN_SECONDS,
+            screenshot,
+        )
 
         # Materialize the Copper group from the graph: the latest partition.
         clicked = time.time()

@@ -10,8 +10,8 @@ import pytest
 
 from hull_planhat_pipelines.assets import hull_store
 from hull_planhat_pipelines.sync.hull_sync import StoreKeys, StoreSlice
-from hull_planhat_pipelines_tests.test_hull_assets import stack  # noqa: F401
-from hull_planhat_pipelines_tests.test_hull_incoming import Pipeline, pipeline  # noqa: F401
+from hull_planhat_pipelines_tests.assets.test_hull_assets import stack  # noqa: F401
+from hull_planhat_pipelines_tests.assets.test_hull_incoming import Pipeline, pipeline  # noqa: F401
 
 ROW = "select hull_id, email, external_id, anonymous_ids, account_hull_id, attributes,"
 USERS = f"{ROW} created_at, updated_at, segments from hull.users"
@@ -186,7 +186,7 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:
     import json
 
     from hull_planhat_pipelines.clients.planhat import PlanhatClient
-    from hull_planhat_pipelines_tests.test_hull_assets import _metadata
+    from hull_planhat_pipelines_tests.assets.test_hull_assets import _metadata
 
     assert stack.sync().success
     companies = [c for c in stack.planhat.companies() if c.get("phase")]

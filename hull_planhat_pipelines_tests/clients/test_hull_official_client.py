@@ -20,7 +20,7 @@ import pytest
 from hull_planhat_pipelines.clients.hull import HullFirehoseClient
 from hull_planhat_pipelines.sandbox.hull import FirehoseRecord, HullFirehoseSandbox
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parents[1] / "node"
 SCRIPT = NODE_DIR / "send_four.js"
 USER = {"email": "ada@example.com", "external_id": "copper-person:7"}
 ACCOUNT = {"domain": "acme.com", "anonymous_id": "copper-company:34"}

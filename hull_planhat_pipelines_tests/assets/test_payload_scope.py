@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hull_planhat_pipelines.assets import outgoing
-from hull_planhat_pipelines_tests.test_outgoing_assets import Stack, _started
+from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 
 
 @pytest.fixture

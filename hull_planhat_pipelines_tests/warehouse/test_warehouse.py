@@ -130,7 +130,6 @@ def test_a_connection_waits_while_another_process_holds_the_lock(tmp_path: Path)
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout.readline().strip() == "held"
     waits: list[float] = []
 
     def sleeper(seconds: float) -> None:  # the other run finishes while we wait
@@ -138,8 +137,13 @@ def test_a_connection_waits_while_another_process_holds_the_lock(tmp_path: Path)
         release.touch()
         holder.wait(timeout=10)
 
-    conn = connect(str(database), sleeper=sleeper)
-    conn.close()
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        conn = connect(str(database), sleeper=sleeper)
+        conn.close()
+    finally:  # the holder never outlives the test, whatever failed
+        release.touch()
+        holder.wait(timeout=10)
     assert waits == [0.1]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -264,17 +264,15 @@ def test_bulk_key_entries_name_external_ids_only_when_asked(
     assert one["insertsKeys"] == [{"_id": one["upsertedIds"][0], "externalId": "SOLO"}]
 
 
-def test_bulk_of_5000_applies_fast_and_5001_is_refused(
+def test_bulk_of_5000_applies_and_5001_is_refused(
     planhat_sandbox: PlanhatSandbox, api: Api
 ) -> None:
+    """Behaviour only: its speed is measured by benchmarks/planhat_bulk_upsert.py."""
     before = len(planhat_sandbox.companies())
-    started = time.perf_counter()
     response = api.put(
         "/companies", [{"name": f"Bulk {i}", "externalId": f"B{i}"} for i in range(5_000)]
     )
-    elapsed = time.perf_counter() - started
     assert response.status_code == 200 and response.json()["created"] == 5_000
-    assert elapsed < 1.5, f"bulk upsert of 5,000 took {elapsed:.2f}s"
     refused = api.put("/companies", [{"name": f"Over {i}"} for i in range(5_001)])
     assert refused.status_code == 400 and "error" in refused.json()
     assert len(planhat_sandbox.companies()) == before + 5_000
@@ -539,4 +537,4 @@ def test_seed_is_deterministic(planhat_sandbox_factory: Factory) -> None:
     assert any(c.get("externalId") for c in companies) and not all(
         c.get("externalId") for c in companies
     )
-    assert all(len(c["_id"]) == 24 and int(c["_id"], 16) >= 0 for c in companies)
+    assert all(re.fullmatch(r"[0-9a-f]{24}", c["_id"]) for c in companies)  # ObjectId-like

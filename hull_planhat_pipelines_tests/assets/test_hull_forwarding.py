@@ -27,13 +27,13 @@ from hull_planhat_pipelines.settings import ConfigError, default_config_path
 from hull_planhat_pipelines.warehouse import append_table
 from hull_planhat_pipelines.warehouse import outbox as outbox_store
 from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL
-from hull_planhat_pipelines_tests.fake_time import FakeTime
-from hull_planhat_pipelines_tests.test_hull_assets import (  # noqa: F401  (stack: a fixture)
+from hull_planhat_pipelines_tests.assets.test_hull_assets import (  # noqa: F401  (stack: a fixture)
     START,
     TODAY,
     Stack,
     stack,
 )
+from hull_planhat_pipelines_tests.fake_time import FakeTime
 
 FAST = RetryPolicy(attempts=3, backoff_factor=0.5, backoff_max=8.0)
 
@@ -415,6 +415,8 @@ def test_the_sandbox_command_serves_the_firehose_and_a_full_sync_forwards_to_it(
     """``hull-planhat sandbox`` / ``demo``: the firehose's exports, then ``sync`` twice."""
     config = yaml.safe_load(default_config_path().read_text())
     config["copper"]["start_date"] = START.isoformat()
+    # A full sync fetches up to the activity horizon: two weeks ahead, not a year of days.
+    config["copper"]["activity_horizon_days"] = 14
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("HULL_PLANHAT_CONFIG", str(tmp_path / "config.yaml"))
     monkeypatch.setenv("HULL_PLANHAT_WAREHOUSE", str(tmp_path / "warehouse.duckdb"))

@@ -251,36 +251,8 @@ def test_planhat_mirroring_a_person_does_not_hold_its_old_email_against_it() -> 
     assert planhat.conflicts["reason"].tolist() == ["Profile keeps another email"]
 
 
-def test_a_conversion_never_merges_away_another_person() -> None:
-    store = users(
-        {"hull_id": "Q", "anonymous_ids": ["copper-lead:5", "copper-person:8"], "email": "q@x.io"},
-        {"hull_id": "P", "anonymous_ids": ["copper-person:9"], "email": "p@x.io"},
-    )
-    with batch() as work:
-        work.load_store("user", normalize_store(store, "user"))
-        work.sql(
-            "insert into in_claims values ('user', 'copper-person:9', 'anonymous_id',"
-            " 'copper-lead:5');"
-            "insert into in_merges values ('user', 'copper-lead:5', 'copper-person:9')"
-        )
-        work.sql(
-            "insert into in_records values ('user', 'copper-person:9', 'person', '9', ?, false)",
-            [T0],
-        )
-        resolve(work, "user")
-        merges = work.frame("select * from merges_user")
-        conflicts = work.frame("select claim, value, reason from conflicts_user")
-    assert merges.empty  # person 8 stays its own user
-    assert conflicts.values.tolist() == [
-        ["anonymous_id", "copper-lead:5", "Claim identifies another profile"]
-    ]
-
-
-def test_a_converted_lead_merges_into_its_person() -> None:
-    store = users(
-        {"hull_id": "L", "anonymous_ids": ["copper-lead:5"], "email": "lead@x.io"},
-        {"hull_id": "P", "anonymous_ids": ["copper-person:9"], "email": "p@x.io"},
-    )
+def _convert_lead_5_into_person_9(store: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Resolve person 9 claiming lead 5 (a conversion): the merges and the conflicts."""
     with batch() as work:
         work.load_store("user", normalize_store(store, "user"))
         work.sql(
@@ -294,6 +266,27 @@ def test_a_converted_lead_merges_into_its_person() -> None:
         )
         resolve(work, "user")
         merges = work.frame("select from_hull_id, into_hull_id from merges_user")
-        conflicts = work.frame("select * from conflicts_user")
+        conflicts = work.frame("select claim, value, reason from conflicts_user")
+    return merges, conflicts
+
+
+def test_a_conversion_never_merges_away_another_person() -> None:
+    store = users(
+        {"hull_id": "Q", "anonymous_ids": ["copper-lead:5", "copper-person:8"], "email": "q@x.io"},
+        {"hull_id": "P", "anonymous_ids": ["copper-person:9"], "email": "p@x.io"},
+    )
+    merges, conflicts = _convert_lead_5_into_person_9(store)
+    assert merges.empty  # person 8 stays its own user
+    assert conflicts.values.tolist() == [
+        ["anonymous_id", "copper-lead:5", "Claim identifies another profile"]
+    ]
+
+
+def test_a_converted_lead_merges_into_its_person() -> None:
+    store = users(
+        {"hull_id": "L", "anonymous_ids": ["copper-lead:5"], "email": "lead@x.io"},
+        {"hull_id": "P", "anonymous_ids": ["copper-person:9"], "email": "p@x.io"},
+    )
+    merges, conflicts = _convert_lead_5_into_person_9(store)
     assert merges.values.tolist() == [["L", "P"]]
     assert conflicts.empty
