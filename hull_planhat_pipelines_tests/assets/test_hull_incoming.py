@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from hull_planhat_pipelines.definitions import build_definitions
-from hull_planhat_pipelines.orchestration import copper_partition_key, copper_range_tags
+from hull_planhat_pipelines.orchestration import copper_range_tags, copper_window_tags, day_start
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 
@@ -43,7 +43,9 @@ class Pipeline:
         return result
 
     def incremental(self) -> dg.ExecuteInProcessResult:
-        assert self.run("copper_sync", partition_key=copper_partition_key(TODAY)).success
+        """What the 5-minute poll runs: the records changed since today began, upserted."""
+        tags = copper_window_tags(TODAY, TODAY, day_start(TODAY), None)
+        assert self.run("copper_sync", tags=tags).success
         result = self.run("hull_sync")
         assert result.success
         return result
