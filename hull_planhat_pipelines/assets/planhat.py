@@ -23,7 +23,7 @@ from hull_planhat_pipelines.policies import FETCH_RETRY, planhat_freshness
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat_records import (
+from hull_planhat_pipelines.sync.planhat.records import (
     COMPANY_FIELDS,
     ENDUSER_FIELDS,
     companies_frame,

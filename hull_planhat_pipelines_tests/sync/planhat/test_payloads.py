@@ -20,14 +20,6 @@ from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, reconcile
 from hull_planhat_pipelines.sandbox.planhat_store import PlanhatStore
 from hull_planhat_pipelines.settings import MetricSettings, Settings, parse_settings
 from hull_planhat_pipelines.sync.batching import record_payloads
-from hull_planhat_pipelines.sync.fingerprints import (
-    DELIVERED_STATUSES,
-    FINGERPRINT_COLUMNS,
-    PAYLOAD_COLUMNS,
-    advance_fingerprints,
-    empty_fingerprints,
-    fingerprint,
-)
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat.activities import (
     EVENT_NO_USER_IDENTITY,
@@ -43,6 +35,14 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     ACCOUNT_NO_EXTERNAL_ID,
     NO_USER_IDENTITY,
     enduser_payloads,
+)
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
+    DELIVERED_STATUSES,
+    FINGERPRINT_COLUMNS,
+    PAYLOAD_COLUMNS,
+    advance_fingerprints,
+    empty_fingerprints,
+    fingerprint,
 )
 from hull_planhat_pipelines.sync.planhat.metrics import (
     METRIC_NOT_A_NUMBER,

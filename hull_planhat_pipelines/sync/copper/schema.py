@@ -63,7 +63,7 @@ class CopperObject:
     columns: tuple[Column, ...] = ()
     """Typed columns of its table besides the common ones (id, name, dates, record, ...)."""
     lookups: tuple[Lookup, ...] = ()
-    """Id fields resolved to names by ``copper_records.normalize``."""
+    """Id fields resolved to names by ``copper.records.normalize``."""
     hull_source: bool = True
     """Whether Hull reads it (leads, people, companies, opportunities, activities); an object
     declared only to land as a table (tasks) is not."""
