@@ -20,6 +20,7 @@ import dagster as dg
 import pandas as pd
 from tqdm import tqdm
 
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.policies import FETCH_RETRY, copper_freshness
@@ -33,7 +34,6 @@ from hull_planhat_pipelines.sync.copper.records import (
     records_frame,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import CopperSlice, CurrentView, write_copper_table
 
 PROGRESS_LOG_SECONDS = 15.0

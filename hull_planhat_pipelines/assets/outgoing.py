@@ -20,6 +20,7 @@ from pydantic import Field
 
 from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
 from hull_planhat_pipelines.assets.planhat_queries import activity_answers, metric_answers
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     PLANHAT_TARGETS,
@@ -41,7 +42,6 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settle
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
-from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import (
     column_schema,
     connect,

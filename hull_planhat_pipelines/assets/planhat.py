@@ -17,6 +17,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.policies import FETCH_RETRY, planhat_freshness
@@ -30,7 +31,6 @@ from hull_planhat_pipelines.sync.planhat.records import (
     endusers_frame,
     users_frame,
 )
-from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import column_schema, connect, run, table_exists
 
 Clock = Callable[[], dt.datetime]
