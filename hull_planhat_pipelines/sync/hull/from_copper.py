@@ -48,8 +48,6 @@ from hull_planhat_pipelines.sync.hull.sql import (
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
 
-SKIP_SAMPLE = 10
-"""Sample ids listed in a summarized skip event."""
 _VALUE = canonical_value("struct_extract(a, 'value')")
 
 

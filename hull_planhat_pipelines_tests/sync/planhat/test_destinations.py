@@ -9,7 +9,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.planhat.destinations import ON_CHANGE_IGNORED, destination_records
-from hull_planhat_pipelines.sync.planhat.fingerprints import advance_fingerprints
+from hull_planhat_pipelines_tests.planhat_support import advance_fingerprints
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
