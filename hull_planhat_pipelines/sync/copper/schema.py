@@ -204,7 +204,6 @@ class _Tolerant(BaseModel):
 class FieldOption(_Tolerant):
     id: int
     name: str
-    rank: int | None = None
 
 
 class CustomFieldDefinition(_Tolerant):
@@ -228,8 +227,6 @@ class ActivityType(_Tolerant):
     id: int
     category: str
     name: str
-    is_disabled: bool = False
-    count_as_interaction: bool | None = None
 
 
 class ActivityTypes(_Tolerant):
@@ -247,7 +244,6 @@ class ActivityTypes(_Tolerant):
 class PipelineStage(_Tolerant):
     id: int
     name: str
-    win_probability: int | None = None
 
 
 class Pipeline(_Tolerant):
