@@ -35,7 +35,7 @@ from hull_planhat_pipelines.clients.copper import (
     value_cursor_searches,
 )
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
-from hull_planhat_pipelines.sync.copper_records import records_frame
+from hull_planhat_pipelines.sync.copper.records import records_frame
 
 RATE_LIMIT_PER_MINUTE = 180
 

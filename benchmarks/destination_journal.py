@@ -30,7 +30,7 @@ from hull_planhat_pipelines.clients.delivery import configured_target, deliver
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import DestinationSettings
-from hull_planhat_pipelines.sync.destinations import destination_records
+from hull_planhat_pipelines.sync.planhat.destinations import destination_records
 from hull_planhat_pipelines.warehouse import deliveries
 
 

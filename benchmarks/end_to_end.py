@@ -80,7 +80,7 @@ from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planha
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 from hull_planhat_pipelines.sync.batching import batch_count
-from hull_planhat_pipelines.sync.copper_records import connect_targets
+from hull_planhat_pipelines.sync.copper.records import connect_targets
 
 COPPER_RATE_PER_MINUTE = 180
 PLANHAT_RATE_PER_MINUTE = 200

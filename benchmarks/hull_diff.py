@@ -42,13 +42,13 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.settings import Settings, default_config_path, load_settings
-from hull_planhat_pipelines.sync.copper_mapping import CopperRows
-from hull_planhat_pipelines.sync.hull_apply import apply_changes
-from hull_planhat_pipelines.sync.hull_sync import (
+from hull_planhat_pipelines.sync.hull.apply import apply_changes
+from hull_planhat_pipelines.sync.hull.changes import (
     Changes,
     ProfileStore,
     compute_changes,
 )
+from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
 
 NOW = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 BASE = int(dt.datetime(2024, 3, 1, tzinfo=dt.UTC).timestamp())
@@ -248,7 +248,7 @@ def write_warehouse(path: str, settings: Settings, store: ProfileStore) -> None:
     """The store as the asset keeps it: ``hull.users`` / ``hull.accounts`` with segments,
     ``hull.events``."""
     from hull_planhat_pipelines.assets import hull_store
-    from hull_planhat_pipelines.sync.segments import evaluate_segments
+    from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
 
     users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
     conn = duckdb.connect(path)

@@ -20,14 +20,14 @@ from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_json
-from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
-from hull_planhat_pipelines.sync.polling import (
+from hull_planhat_pipelines.sync.copper.polling import (
     COPPER_SINCE_TAG,
     COPPER_UNTIL_TAG,
     CopperCursor,
     PlannedRun,
     plan_incremental_runs,
 )
+from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
 from hull_planhat_pipelines.warehouse import append_sync_log, read_only, table_exists
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hull_planhat_pipelines.sandbox.server import Request, Response, SandboxServer, error
-from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
+from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
 from hull_planhat_pipelines_tests.fake_time import FakeTime  # noqa: F401  (re-exported)
 
 PAGING = {"page_size", "page_number"}

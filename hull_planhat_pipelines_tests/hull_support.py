@@ -1,6 +1,6 @@
 """Builders of the frames the Hull profile sync reads, from plain dicts (pure test helpers).
 
-Copper rows are given as normalized ``fields`` dicts (what ``copper_records.normalize``
+Copper rows are given as normalized ``fields`` dicts (what ``copper.records.normalize``
 produces); the typed columns are derived from them the way ``records_frame`` does.
 """
 
@@ -18,7 +18,7 @@ from hull_planhat_pipelines.settings import (
     load_settings,
     parse_settings,
 )
-from hull_planhat_pipelines.sync.copper_records import frame_columns, frame_dtypes
+from hull_planhat_pipelines.sync.copper.records import frame_columns, frame_dtypes
 
 T0 = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 NOW = dt.datetime(2024, 3, 2, 12, tzinfo=dt.UTC)
@@ -98,8 +98,8 @@ def sync_once(
     now: dt.datetime = NOW,
 ) -> tuple[Any, Any]:
     """compute -> apply: ``(changes, next store)``."""
-    from hull_planhat_pipelines.sync.hull_apply import apply_changes
-    from hull_planhat_pipelines.sync.hull_sync import compute_changes
+    from hull_planhat_pipelines.sync.hull.apply import apply_changes
+    from hull_planhat_pipelines.sync.hull.changes import compute_changes
 
     changes = compute_changes(settings, store, copper, planhat)
     return changes, apply_changes(store, changes, now)

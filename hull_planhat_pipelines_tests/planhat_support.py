@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 
+import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.clients.http import RetryPolicy
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
+    FINGERPRINT_COLUMNS,
+    fresh_fingerprints,
+    normalize_fingerprints,
+)
 from hull_planhat_pipelines_tests.fake_time import FakeTime
 
 API_TOKEN = "ph-test-token-0123456789abcdef0123456789abcdef"
@@ -67,3 +74,25 @@ def client(sandbox: PlanhatSandbox, fake_time: FakeTime) -> Iterator[PlanhatClie
 
 def companies(count: int, prefix: str = "ACC") -> list[dict]:
     return [{"name": f"Company {i}", "externalId": f"{prefix}-{i}"} for i in range(count)]
+
+
+def advance_fingerprints(
+    fingerprints: pd.DataFrame | None,
+    outcomes: pd.DataFrame,
+    payloads: pd.DataFrame,
+    now: dt.datetime,
+) -> pd.DataFrame:
+    """The fingerprints table after a delivery of ``payloads`` that produced ``outcomes``, in
+    memory: what the warehouse's checkpoint does (upsert by ``(target, key)`` of the rows
+    ``fresh_fingerprints`` earns), so payload tests can run a second delivery without a
+    warehouse. A record not delivered keeps its old row and is retried next run."""
+    table = normalize_fingerprints(fingerprints)
+    fresh = fresh_fingerprints(outcomes, payloads, now)[FINGERPRINT_COLUMNS]
+    if fresh.empty:
+        return table
+    stale = table.merge(fresh[["target", "key"]], on=["target", "key"], how="left", indicator=True)
+    kept = table.loc[(stale["_merge"] == "left_only").to_numpy()]
+    parts = [part for part in (kept, fresh) if not part.empty]
+    out = pd.concat(parts, ignore_index=True)
+    out["delivered_at"] = pd.to_datetime(out["delivered_at"], utc=True)
+    return out.sort_values(["target", "key"], kind="stable").reset_index(drop=True)

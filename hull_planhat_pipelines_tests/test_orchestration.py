@@ -15,7 +15,7 @@ from hull_planhat_pipelines.orchestration import (
     planhat_fetch_job,
 )
 from hull_planhat_pipelines.settings import load_settings
-from hull_planhat_pipelines.sync.polling import (
+from hull_planhat_pipelines.sync.copper.polling import (
     CopperCursor,
     parse_window,
     plan_incremental_runs,

@@ -1,7 +1,7 @@
 """Copper raw tables: ``copper/{leads,people,companies,opportunities,activities}``.
 
 One asset per declared Copper object, all built by one factory: an object is added by a
-declaration in ``sync/copper_schema.py``, not by a new fetch loop. Each partition is one UTC year
+declaration in ``sync/copper/schema.py``, not by a new fetch loop. Each partition is one UTC year
 of the object's windowing date (each row keeps its own UTC day in ``partition_date``).
 
 A run over a partition range (a backfill, "fetch all") walks the whole range with one date
@@ -20,20 +20,20 @@ import dagster as dg
 import pandas as pd
 from tqdm import tqdm
 
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.policies import FETCH_RETRY, copper_freshness
 from hull_planhat_pipelines.resources import CopperResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.copper_records import (
+from hull_planhat_pipelines.sync.copper.polling import parse_window
+from hull_planhat_pipelines.sync.copper.records import (
     connect_targets,
     duckdb_types,
     is_deleted_stub,
     records_frame,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.polling import parse_window
-from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import CopperSlice, CurrentView, write_copper_table
 
 PROGRESS_LOG_SECONDS = 15.0

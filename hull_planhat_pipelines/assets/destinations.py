@@ -15,6 +15,7 @@ import duckdb
 import pandas as pd
 from pydantic import Field
 
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     DeliveryStopped,
@@ -25,10 +26,9 @@ from hull_planhat_pipelines.clients.delivery import (
 from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import DestinationSettings, Settings
-from hull_planhat_pipelines.sync.destinations import destination_records, is_collection
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
-from hull_planhat_pipelines.sync_log import record_events
+from hull_planhat_pipelines.sync.planhat.destinations import destination_records, is_collection
 from hull_planhat_pipelines.warehouse.deliveries import (
     capture_responses,
     fingerprints_table,

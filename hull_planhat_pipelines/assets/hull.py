@@ -28,20 +28,20 @@ from hull_planhat_pipelines.assets.hull_forwarding import (
 )
 from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember_snapshot
 from hull_planhat_pipelines.assets.planhat import snapshot_key
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.copper_mapping import CopperRows
-from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
-from hull_planhat_pipelines.sync.hull_sync import (
+from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
+from hull_planhat_pipelines.sync.hull.changes import (
     Changes,
     ProfileStore,
     StoreKeys,
     StoreSlice,
     compute_changes,
 )
-from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
-from hull_planhat_pipelines.sync.segments import segments_hash
-from hull_planhat_pipelines.sync_log import record_events
+from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
+from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
+from hull_planhat_pipelines.sync.hull.segments import segments_hash
 from hull_planhat_pipelines.warehouse import (
     append_table,
     column_schema,

@@ -16,9 +16,10 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.settings import SegmentSettings
-from hull_planhat_pipelines.sync.hull_apply import apply_changes
-from hull_planhat_pipelines.sync.hull_deletions import DETACHABLE
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.hull.apply import apply_changes
+from hull_planhat_pipelines.sync.hull.changes import Changes, ProfileStore, StoreKeys, StoreSlice
+from hull_planhat_pipelines.sync.hull.deletions import DETACHABLE
+from hull_planhat_pipelines.sync.hull.model import (
     DOMAIN_CLAIM,
     EVENT_COLUMNS,
     STORE_COLUMNS,
@@ -27,8 +28,7 @@ from hull_planhat_pipelines.sync.hull_model import (
     empty_events,
     empty_store,
 )
-from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore, StoreKeys, StoreSlice
-from hull_planhat_pipelines.sync.segments import evaluate_segments
+from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
 from hull_planhat_pipelines.warehouse import run, table_exists
 
 TABLES: dict[Kind, str] = {"user": "hull.users", "account": "hull.accounts"}
@@ -60,7 +60,7 @@ def _alive_ids(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
 
 
 def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
-    """The ``StoreSlice`` for ``keys`` (see ``hull_sync.StoreSlice`` for what it holds)."""
+    """The ``StoreSlice`` for ``keys`` (see ``hull.changes.StoreSlice`` for what it holds)."""
     has = {kind: _exists(conn, table) for kind, table in TABLES.items()}
     conn.register("_keys_frame", keys.claims[["kind", "claim", "value"]])
     conn.register("_event_ids_frame", pd.DataFrame({"event_id": keys.event_ids.astype(object)}))

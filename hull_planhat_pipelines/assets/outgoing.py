@@ -20,6 +20,7 @@ from pydantic import Field
 
 from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
 from hull_planhat_pipelines.assets.planhat_queries import activity_answers, metric_answers
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     PLANHAT_TARGETS,
@@ -30,8 +31,6 @@ from hull_planhat_pipelines.clients.delivery import (
 from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.delivery_settlement import DROPPED_REASON, settle
-from hull_planhat_pipelines.sync.fingerprints import DELIVERED_STATUSES
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat.activities import (
     activity_payloads,
@@ -39,9 +38,10 @@ from hull_planhat_pipelines.sync.planhat.activities import (
 )
 from hull_planhat_pipelines.sync.planhat.companies import company_payloads
 from hull_planhat_pipelines.sync.planhat.endusers import drop_unknown_companies, enduser_payloads
+from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
+from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settle
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
-from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import (
     column_schema,
     connect,
@@ -317,7 +317,7 @@ def _settle(
     database: str, target: str, records: pd.DataFrame, run_id: str
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Items an earlier bulk answer did not name, settled against the latest snapshot (see
-    ``sync.delivery_settlement``); the confirmed and dropped rows committed at once."""
+    ``sync.planhat.settlement``); the confirmed and dropped rows committed at once."""
     with read_only(database) as conn:
         history = deliveries.settlement_history(conn, target)
         if history.empty:

@@ -27,7 +27,7 @@ import pandas as pd
 from hull_planhat_pipelines.assets.hull_store import CHANGES, change_seq
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
-from hull_planhat_pipelines.sync.hull_batch import quote
+from hull_planhat_pipelines.sync.hull.batch import quote
 from hull_planhat_pipelines.warehouse import run, table_exists
 
 SCOPE = "ops.payload_scope"

@@ -17,20 +17,20 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.policies import FETCH_RETRY, planhat_freshness
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat_records import (
+from hull_planhat_pipelines.sync.planhat.records import (
     COMPANY_FIELDS,
     ENDUSER_FIELDS,
     companies_frame,
     endusers_frame,
     users_frame,
 )
-from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import column_schema, connect, run, table_exists
 
 Clock = Callable[[], dt.datetime]

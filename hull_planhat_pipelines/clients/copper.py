@@ -1,6 +1,6 @@
 """Copper developer API client: searches walked by date, and the account metadata.
 
-Each searchable object is a declaration (``COPPER_OBJECTS``, from ``sync.copper_schema``); one
+Each searchable object is a declaration (``COPPER_OBJECTS``, from ``sync.copper.schema``); one
 loop fetches them all, and ``search`` takes a name or a declaration (an object declared outside
 the default registry). Paging follows Copper's documented rules: ``page_size`` (max 200) and
 ``page_number`` in the JSON body, only documented snake_case keys (an unknown key answers 422),
@@ -36,7 +36,7 @@ from hull_planhat_pipelines.clients.http import (
     Sleeper,
     SlidingWindowLimiter,
 )
-from hull_planhat_pipelines.sync.copper_schema import (
+from hull_planhat_pipelines.sync.copper.schema import (
     COPPER_OBJECTS,
     CopperMetadata,
     CopperObject,

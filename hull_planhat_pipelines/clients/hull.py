@@ -43,6 +43,7 @@ from hull_planhat_pipelines.clients.http import (
 )
 from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, OutcomeStatus
 from hull_planhat_pipelines.sync.batching import batch_bounds, jsonable
+from hull_planhat_pipelines.sync.canonical import canonical_json
 
 __all__ = [
     "ACCOUNT_CLAIMS",
@@ -216,7 +217,7 @@ def _flat(attributes: dict[str, Any]) -> dict[str, Any]:
             and value["operation"] in OPERATIONS
         )
         plain = _scalar(value) or (isinstance(value, list) and all(map(_scalar, value)))
-        flat[name] = value if plain or operation else json.dumps(value, sort_keys=True)
+        flat[name] = value if plain or operation else canonical_json(value)
     return flat
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hull_planhat_pipelines.sync.canonical import canonical_json
+
 OutcomeStatus = Literal[
     "created", "updated", "unchanged", "error", "ignored", "sent", "unconfirmed", "confirmed"
 ]
@@ -166,8 +168,8 @@ class _ItemIndex:
         if self._by_content is None:
             self._by_content = {}
             for position, item in enumerate(self.items):
-                self._by_content.setdefault(_canonical(item), []).append(position)
-        for position in self._by_content.get(_canonical(ref), ()):
+                self._by_content.setdefault(canonical_json(item), []).append(position)
+        for position in self._by_content.get(canonical_json(ref), ()):
             if position not in self.claimed:
                 self.claimed.add(position)
                 return position
@@ -215,10 +217,6 @@ class _ItemIndex:
             if mine is not None and mine != _norm(name, theirs):
                 return False
         return True
-
-
-def _canonical(item: Any) -> str:
-    return json.dumps(item, default=str, sort_keys=True, separators=(",", ":"))
 
 
 def _error_ref(entry: Any) -> Mapping[str, Any] | None:

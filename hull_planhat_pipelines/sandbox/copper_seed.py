@@ -1172,7 +1172,7 @@ Record = dict[str, Any]
 class SeedObject:
     """How the sandbox seeds and searches one Copper object: everything it knows of it.
 
-    The pipeline's declaration (``sync.copper_schema.CopperObject``) says how the object is
+    The pipeline's declaration (``sync.copper.schema.CopperObject``) says how the object is
     fetched; this one says how the emulated API generates and serves it. Keyed by the same name.
     """
 
@@ -1363,7 +1363,7 @@ DEFAULT_SEED_OBJECTS: tuple[SeedObject, ...] = (
         record_columns=_activity_record_columns,
     ),
 )  # fmt: skip
-"""How the sandbox seeds the pipeline's objects (``sync.copper_schema.DEFAULT_OBJECTS``)."""
+"""How the sandbox seeds the pipeline's objects (``sync.copper.schema.DEFAULT_OBJECTS``)."""
 
 
 def seed_objects(extra: Iterable[SeedObject] = ()) -> dict[str, SeedObject]:

@@ -14,24 +14,24 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.settings import SegmentSettings, Settings
-from hull_planhat_pipelines.sync.copper_records import duckdb_types
-from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
-from hull_planhat_pipelines.sync.hull_batch import ident
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.copper.records import duckdb_types
+from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
+from hull_planhat_pipelines.sync.hull.batch import ident
+from hull_planhat_pipelines.sync.hull.model import (
     ACCOUNT_UPSERT_COLUMNS,
     EVENT_COLUMNS,
     STORE_COLUMNS,
     STORE_SQL_TYPES,
     USER_UPSERT_COLUMNS,
 )
+from hull_planhat_pipelines.sync.hull.segments import SegmentError, validate_segments
 from hull_planhat_pipelines.sync.operator_sql import OperatorSqlError, lock_down, run_select
 from hull_planhat_pipelines.sync.planhat.activities import ACTIVITY_SQL_REQUIRED
-from hull_planhat_pipelines.sync.planhat_records import (
+from hull_planhat_pipelines.sync.planhat.records import (
     companies_frame,
     endusers_frame,
     users_frame,
 )
-from hull_planhat_pipelines.sync.segments import SegmentError, validate_segments
 
 _EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 _EVENT_TYPES = {"occurred_at": "TIMESTAMPTZ"}

@@ -18,7 +18,7 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
-from hull_planhat_pipelines.sync.fingerprints import (
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     empty_fingerprints,
     fresh_fingerprints,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.sync.hull_outbox import OUTBOX_COLUMNS, outbox_rows
-from hull_planhat_pipelines.sync.hull_sync import Changes
+from hull_planhat_pipelines.sync.hull.changes import Changes
+from hull_planhat_pipelines.sync.hull.outbox import OUTBOX_COLUMNS, outbox_rows
 from hull_planhat_pipelines.warehouse import append_table, connect, run, table_exists
 
 OUTBOX = "hull.firehose_outbox"

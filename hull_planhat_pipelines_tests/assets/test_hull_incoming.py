@@ -192,9 +192,9 @@ def test_deleted_records_detach_from_their_profiles_and_come_back(pipeline: Pipe
 
 # -- case 9: Planhat rows without _id (pure: the frame the Planhat asset writes) ------------------
 def test_planhat_endusers_without_id_are_skipped_one_by_one_never_collapsed() -> None:
-    from hull_planhat_pipelines.sync.hull_sync import ProfileStore, compute_changes
-    from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
-    from hull_planhat_pipelines.sync.planhat_records import endusers_frame
+    from hull_planhat_pipelines.sync.hull.changes import ProfileStore, compute_changes
+    from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
+    from hull_planhat_pipelines.sync.planhat.records import endusers_frame
     from hull_planhat_pipelines_tests.hull_support import NOW, example_settings
 
     records = [

@@ -28,7 +28,7 @@ from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
-from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
+from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
 
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=400)

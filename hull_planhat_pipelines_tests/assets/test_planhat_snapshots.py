@@ -25,7 +25,7 @@ from hull_planhat_pipelines.orchestration import (
     planhat_fetch_job,
 )
 from hull_planhat_pipelines.settings import load_settings
-from hull_planhat_pipelines.sync.planhat_records import companies_frame
+from hull_planhat_pipelines.sync.planhat.records import companies_frame
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)

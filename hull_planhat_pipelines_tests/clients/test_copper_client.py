@@ -28,7 +28,7 @@ from hull_planhat_pipelines.clients.http import (
     RetryPolicy,
 )
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
-from hull_planhat_pipelines.sync.copper_records import MISSING, field_value, records_frame
+from hull_planhat_pipelines.sync.copper.records import MISSING, field_value, records_frame
 from hull_planhat_pipelines_tests.copper_stub import FakeTime, StubCopper
 
 KEY, EMAIL = "stub-key-123", "stub@example.com"

@@ -18,7 +18,11 @@ from hull_planhat_pipelines.clients.planhat_targets import (
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import parse_settings
-from hull_planhat_pipelines.sync.fingerprints import fields_text, fingerprint, select_changed
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
+    fields_text,
+    fingerprint,
+    select_changed,
+)
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
 from hull_planhat_pipelines_tests.planhat_support import API_TOKEN, TENANT_TOKEN
 

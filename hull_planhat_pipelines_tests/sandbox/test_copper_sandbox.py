@@ -17,7 +17,7 @@ from hull_planhat_pipelines.sandbox.copper_seed import (
     CopperSeed,
     planhat_user_ids,
 )
-from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS
+from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
 
 Factory = Callable[..., CopperSandbox]
 NOW = 1_767_225_600 + 13 * 3600  # 2026-01-01T13:00:00Z

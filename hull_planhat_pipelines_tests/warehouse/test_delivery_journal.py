@@ -14,7 +14,7 @@ import pytest
 
 from hull_planhat_pipelines.clients.delivery import configured_target, deliver
 from hull_planhat_pipelines.settings import DestinationSettings
-from hull_planhat_pipelines.sync.destinations import destination_records
+from hull_planhat_pipelines.sync.planhat.destinations import destination_records
 from hull_planhat_pipelines.warehouse import deliveries, read_only
 from hull_planhat_pipelines.warehouse.deliveries import DeliveryJournal, journal
 

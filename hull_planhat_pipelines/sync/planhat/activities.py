@@ -16,10 +16,14 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import ActivityQuerySettings, AttributeMap, Settings
 from hull_planhat_pipelines.sync.batching import jsonable
-from hull_planhat_pipelines.sync.fingerprints import PAYLOAD_COLUMNS, fields_text, fingerprint
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat import shared
 from hull_planhat_pipelines.sync.planhat.endusers import account_external_ids
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
+    PAYLOAD_COLUMNS,
+    fields_text,
+    fingerprint,
+)
 
 EVENT_NO_USER_IDENTITY = "User has neither email nor external id"
 EVENT_NO_DATE = "Event has no occurred_at"

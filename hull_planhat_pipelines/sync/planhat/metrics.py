@@ -15,9 +15,9 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import MetricSettings
 from hull_planhat_pipelines.sync.batching import is_missing
-from hull_planhat_pipelines.sync.fingerprints import utc_timestamp
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat import shared
+from hull_planhat_pipelines.sync.planhat.fingerprints import utc_timestamp
 
 METRIC_NOT_A_NUMBER = "Value is not a number"
 METRIC_BAD_DATE = "Invalid date"

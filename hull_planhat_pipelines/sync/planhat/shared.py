@@ -18,7 +18,8 @@ import pandas as pd
 from hull_planhat_pipelines.settings import AttributeMap
 from hull_planhat_pipelines.sync.batching import is_missing, jsonable
 from hull_planhat_pipelines.sync.canonical import canonical_json
-from hull_planhat_pipelines.sync.fingerprints import (
+from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
     PAYLOAD_COLUMNS,
     VOLATILE_FIELDS,
     fields_text,
@@ -26,7 +27,6 @@ from hull_planhat_pipelines.sync.fingerprints import (
     parse_fields,
     select_changed,
 )
-from hull_planhat_pipelines.sync.log import SyncEvent
 
 COMPANIES = "companies"
 ENDUSERS = "endusers"

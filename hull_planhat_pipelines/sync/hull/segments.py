@@ -18,8 +18,8 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import SegmentSettings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
-from hull_planhat_pipelines.sync.hull_batch import Batch, batch, ident, quote
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.hull.batch import Batch, batch, ident, quote
+from hull_planhat_pipelines.sync.hull.model import (
     STORE_COLUMNS,
     STORE_SQL_TYPES,
     Kind,

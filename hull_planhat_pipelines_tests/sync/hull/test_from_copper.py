@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from hull_planhat_pipelines.sync.copper_mapping import CopperRows
-from hull_planhat_pipelines.sync.copper_records import MISSING, field_value
-from hull_planhat_pipelines.sync.hull_batch import batch
-from hull_planhat_pipelines.sync.hull_model import stable_id
-from hull_planhat_pipelines.sync.hull_sql import JsonFields
-from hull_planhat_pipelines.sync.hull_sync import ProfileStore, compute_changes
+from hull_planhat_pipelines.sync.copper.records import MISSING, field_value
+from hull_planhat_pipelines.sync.hull.batch import batch
+from hull_planhat_pipelines.sync.hull.changes import ProfileStore, compute_changes
+from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
+from hull_planhat_pipelines.sync.hull.model import stable_id
+from hull_planhat_pipelines.sync.hull.sql import JsonFields
 from hull_planhat_pipelines_tests.hull_support import (
     NOW,
     T0,
@@ -385,7 +385,7 @@ def test_rerun_with_the_same_input_gives_the_same_ids() -> None:
 
 
 def test_a_shell_account_merges_into_the_account_its_company_resolves_to() -> None:
-    from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
+    from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
     from hull_planhat_pipelines_tests.hull_support import planhat_frame
 
     planhat = PlanhatRows(

@@ -16,9 +16,9 @@ Only what differs from the store becomes a row. Rules:
 
 from __future__ import annotations
 
-from hull_planhat_pipelines.sync.hull_batch import Batch, quote
-from hull_planhat_pipelines.sync.hull_deletions import DELETED_AT, DETACHABLE_GROUPS
-from hull_planhat_pipelines.sync.hull_model import DOMAIN_CLAIM, UPSERT_COLUMNS, Kind
+from hull_planhat_pipelines.sync.hull.batch import Batch, quote
+from hull_planhat_pipelines.sync.hull.deletions import DELETED_AT, DETACHABLE_GROUPS
+from hull_planhat_pipelines.sync.hull.model import DOMAIN_CLAIM, UPSERT_COLUMNS, Kind
 
 _WINNER = (
     "modified_at desc nulls last, try_cast(source_id as bigint) desc nulls last,"
@@ -79,7 +79,7 @@ def _wanted(batch: Batch, k: Kind) -> None:
 
 
 def _detaches(batch: Batch, k: Kind) -> None:
-    """``<group>/deleted_at`` of records gone from Copper (``hull_deletions``), and its clear
+    """``<group>/deleted_at`` of records gone from Copper (``hull.deletions``), and its clear
     on a profile whose record of that group writes again (it came back)."""
     batch.sql(
         f"insert into want_{k} select coalesce(g.into_hull_id, s.hull_id), s.attribute,"

@@ -20,14 +20,6 @@ from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, reconcile
 from hull_planhat_pipelines.sandbox.planhat_store import PlanhatStore
 from hull_planhat_pipelines.settings import MetricSettings, Settings, parse_settings
 from hull_planhat_pipelines.sync.batching import record_payloads
-from hull_planhat_pipelines.sync.fingerprints import (
-    DELIVERED_STATUSES,
-    FINGERPRINT_COLUMNS,
-    PAYLOAD_COLUMNS,
-    advance_fingerprints,
-    empty_fingerprints,
-    fingerprint,
-)
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat.activities import (
     EVENT_NO_USER_IDENTITY,
@@ -44,6 +36,13 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     NO_USER_IDENTITY,
     enduser_payloads,
 )
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
+    DELIVERED_STATUSES,
+    FINGERPRINT_COLUMNS,
+    PAYLOAD_COLUMNS,
+    empty_fingerprints,
+    fingerprint,
+)
 from hull_planhat_pipelines.sync.planhat.metrics import (
     METRIC_NOT_A_NUMBER,
     all_metric_payloads,
@@ -54,6 +53,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
     compile_fields,
     payloads_as_json,
 )
+from hull_planhat_pipelines_tests.planhat_support import advance_fingerprints
 
 NOW = dt.datetime(2024, 3, 2, 12, 30, tzinfo=dt.UTC)
 OWNER = "5f1c00000000000000000001"

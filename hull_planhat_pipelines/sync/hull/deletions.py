@@ -23,8 +23,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from hull_planhat_pipelines.sync.hull_batch import Batch, quote
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.hull.batch import Batch, quote
+from hull_planhat_pipelines.sync.hull.model import (
     COPPER_COMPANY_GROUP,
     COPPER_LEAD_GROUP,
     COPPER_PERSON_GROUP,

@@ -25,7 +25,6 @@ import pandas as pd
 from hull_planhat_pipelines.sync.log import SyncEvent
 
 UNCONFIRMED = "unconfirmed"
-CONFIRMED = "confirmed"
 DROPPED = "dropped"
 MAX_DROPPED_RETRIES = 3
 DROPPED_REASON = {

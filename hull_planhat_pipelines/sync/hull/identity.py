@@ -32,8 +32,8 @@ Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
 
 from __future__ import annotations
 
-from hull_planhat_pipelines.sync.hull_batch import Batch
-from hull_planhat_pipelines.sync.hull_model import DOMAIN_CLAIM, PRECEDENCE, Kind
+from hull_planhat_pipelines.sync.hull.batch import Batch
+from hull_planhat_pipelines.sync.hull.model import DOMAIN_CLAIM, PRECEDENCE, Kind
 
 MAX_ROUNDS = 200
 """Label propagation rounds before giving up (pointer jumping converges in a handful)."""

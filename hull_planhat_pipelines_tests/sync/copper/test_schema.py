@@ -34,13 +34,13 @@ from hull_planhat_pipelines.sandbox.copper_seed import (
     field_of,
     seed_objects,
 )
-from hull_planhat_pipelines.sync.copper_records import (
+from hull_planhat_pipelines.sync.copper.records import (
     Problem,
     duckdb_types,
     frame_columns,
     normalize,
 )
-from hull_planhat_pipelines.sync.copper_schema import (
+from hull_planhat_pipelines.sync.copper.schema import (
     COPPER_OBJECTS,
     Column,
     CopperMetadata,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hull_planhat_pipelines.sync.copper_records import (
+from hull_planhat_pipelines.sync.copper.records import (
     MISSING,
     Problem,
     connect_targets,
@@ -23,7 +23,7 @@ from hull_planhat_pipelines.sync.copper_records import (
     parse_close_date,
     records_frame,
 )
-from hull_planhat_pipelines.sync.copper_schema import COPPER_OBJECTS, CopperMetadata
+from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS, CopperMetadata
 
 UTC = dt.UTC
 JAN_1_2024 = 1_704_067_200  # 2024-01-01T00:00:00Z

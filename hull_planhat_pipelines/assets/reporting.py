@@ -1,4 +1,9 @@
-"""Report sync events both as Dagster log lines and as rows of ``ops.sync_log``."""
+"""Report sync events both as Dagster log lines and as rows of ``ops.sync_log``.
+
+The asset-layer half of event recording: ``sync.log`` defines the events (pure), the warehouse
+layer writes the rows (``append_sync_log``); this module, the only one that needs a Dagster
+context, logs them to the run and hands them to the warehouse.
+"""
 
 import collections
 from collections.abc import Sequence

@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import pandas as pd
 
-from hull_planhat_pipelines.sync.copper_schema import (
+from hull_planhat_pipelines.sync.copper.schema import (
     Column,
     CopperMetadata,
     CopperObject,

@@ -27,16 +27,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from hull_planhat_pipelines.settings import AttributeMap, CopperSettings, UserIdentity
-from hull_planhat_pipelines.sync.copper_schema import copper_object
-from hull_planhat_pipelines.sync.hull_batch import Batch, quote
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.copper.schema import copper_object
+from hull_planhat_pipelines.sync.hull.batch import Batch, quote
+from hull_planhat_pipelines.sync.hull.model import (
     COPPER_COMPANY_GROUP,
     COPPER_LEAD_GROUP,
     COPPER_OPPORTUNITY_GROUP_PREFIX,
     COPPER_PERSON_GROUP,
     KINDS,
 )
-from hull_planhat_pipelines.sync.hull_sql import (
+from hull_planhat_pipelines.sync.hull.sql import (
     INVALID_EMAIL,
     JsonFields,
     attribute_structs,
@@ -48,8 +48,6 @@ from hull_planhat_pipelines.sync.hull_sql import (
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
 
-SKIP_SAMPLE = 10
-"""Sample ids listed in a summarized skip event."""
 _VALUE = canonical_value("struct_extract(a, 'value')")
 
 

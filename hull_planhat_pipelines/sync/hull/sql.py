@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from hull_planhat_pipelines.sync.hull_batch import quote
+from hull_planhat_pipelines.sync.hull.batch import quote
 
 
 def json_path(*keys: str) -> str:
@@ -38,7 +38,7 @@ class JsonFields:
         return exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
 
     def copper_field(self, name: str) -> str:
-        """A configured Copper field, resolved like ``copper_records.field_value``:
+        """A configured Copper field, resolved like ``copper.records.field_value``:
         ``custom:<Name>`` is that custom field; a plain name is the standard or derived field,
         else the custom field of that name."""
         if name.startswith("custom:"):

@@ -12,8 +12,12 @@ import pandas as pd
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.batching import jsonable
 from hull_planhat_pipelines.sync.canonical import canonical_json
-from hull_planhat_pipelines.sync.fingerprints import fields_text, fingerprint, select_changed
 from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
+    fields_text,
+    fingerprint,
+    select_changed,
+)
 
 KEY_COLUMNS = ("event_id", "external_id", "id", "hull_id")
 """A record's key: the first of these the SQL returns (else its content's fingerprint)."""

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.settings import SegmentSettings
-from hull_planhat_pipelines.sync.hull_model import empty_store
-from hull_planhat_pipelines.sync.segments import (
+from hull_planhat_pipelines.sync.hull.model import empty_store
+from hull_planhat_pipelines.sync.hull.segments import (
     SegmentError,
     evaluate_segments,
     validate_segments,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hull_planhat_pipelines.sync.delivery_settlement import (
+from hull_planhat_pipelines.sync.planhat.settlement import (
     DROPPED,
     MAX_DROPPED_RETRIES,
     UNCONFIRMED,

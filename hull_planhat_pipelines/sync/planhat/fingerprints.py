@@ -210,36 +210,3 @@ def fresh_fingerprints(
     fresh["delivered_at"] = utc_timestamp(now)
     fresh["delivered_at"] = fresh["delivered_at"].astype("datetime64[us, UTC]")
     return fresh[columns].reset_index(drop=True)
-
-
-def advance_fingerprints(
-    fingerprints: pd.DataFrame | None,
-    outcomes: pd.DataFrame,
-    payloads: pd.DataFrame,
-    now: dt.datetime,
-    *,
-    delivered: Collection[str] = DELIVERED_STATUSES,
-) -> pd.DataFrame:
-    """The fingerprints table after a delivery of ``payloads`` that produced ``outcomes``.
-
-    Only records whose outcome status is delivered take the fingerprint (and fields) of the
-    payload sent; every other record keeps its old row, so a failed or ignored record differs
-    from its fingerprint again next run and is retried. Outcomes are tied to payloads by
-    ``(target, key)`` (the delivery engine's outcome rows carry both).
-    """
-    table = normalize_fingerprints(fingerprints)
-    ok = outcomes.loc[outcomes["status"].isin(list(delivered)), ["target", "key"]]
-    ok = ok.dropna().astype(str).drop_duplicates()
-    sent = payloads[["target", "key", "fingerprint", "fields"]].astype({"key": str})
-    sent = sent.drop_duplicates(["target", "key"], keep="last")
-    fresh = sent.merge(ok, on=["target", "key"], how="inner")
-    if fresh.empty:
-        return table
-    fresh = fresh.assign(delivered_at=utc_timestamp(now))
-    fresh["delivered_at"] = fresh["delivered_at"].astype("datetime64[us, UTC]")
-    stale = table.merge(fresh[["target", "key"]], on=["target", "key"], how="left", indicator=True)
-    kept = table.loc[(stale["_merge"] == "left_only").to_numpy()]
-    parts = [part for part in (kept, fresh[FINGERPRINT_COLUMNS]) if not part.empty]
-    out = pd.concat(parts, ignore_index=True)
-    out["delivered_at"] = pd.to_datetime(out["delivered_at"], utc=True)
-    return out.sort_values(["target", "key"], kind="stable").reset_index(drop=True)

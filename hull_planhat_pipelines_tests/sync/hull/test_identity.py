@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from hull_planhat_pipelines.sync.hull_batch import batch
-from hull_planhat_pipelines.sync.hull_model import empty_store, normalize_store, stable_id
-from hull_planhat_pipelines.sync.identity import resolve
+from hull_planhat_pipelines.sync.hull.batch import batch
+from hull_planhat_pipelines.sync.hull.identity import resolve
+from hull_planhat_pipelines.sync.hull.model import empty_store, normalize_store, stable_id
 from hull_planhat_pipelines_tests.hull_support import T0
 
 

@@ -13,8 +13,9 @@ import datetime as dt
 
 import pandas as pd
 
-from hull_planhat_pipelines.sync.hull_batch import batch
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.hull.batch import batch
+from hull_planhat_pipelines.sync.hull.changes import Changes, ProfileStore
+from hull_planhat_pipelines.sync.hull.model import (
     DOMAIN_CLAIM,
     EVENT_COLUMNS,
     STORE_COLUMNS,
@@ -22,7 +23,6 @@ from hull_planhat_pipelines.sync.hull_model import (
     empty_events,
     normalize_store,
 )
-from hull_planhat_pipelines.sync.hull_sync import Changes, ProfileStore
 
 
 def apply_changes(store: ProfileStore, changes: Changes, now: dt.datetime) -> ProfileStore:

@@ -8,8 +8,8 @@ import json
 import pandas as pd
 
 from hull_planhat_pipelines.settings import DestinationSettings
-from hull_planhat_pipelines.sync.destinations import ON_CHANGE_IGNORED, destination_records
-from hull_planhat_pipelines.sync.fingerprints import advance_fingerprints
+from hull_planhat_pipelines.sync.planhat.destinations import ON_CHANGE_IGNORED, destination_records
+from hull_planhat_pipelines_tests.planhat_support import advance_fingerprints
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -2,7 +2,7 @@
 
 ``compute_changes`` turns source rows and the current store into change frames (what
 ``hull/user_upserts``, ``hull/account_upserts`` and ``hull/events`` hold); ``apply_changes``
-(in ``hull_apply``) turns the store and those frames into the next store. Both are pure and
+(in ``hull.apply``) turns the store and those frames into the next store. Both are pure and
 deterministic: the same inputs give the same frames, and a second run over unchanged sources
 gives no rows at all.
 """
@@ -16,19 +16,21 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.copper_mapping import (
-    CopperRows,
-    map_copper,
-    stage_opportunity_clears,
-)
-from hull_planhat_pipelines.sync.diff import diff_attributes, diff_events, diff_links
-from hull_planhat_pipelines.sync.hull_batch import Batch, batch
-from hull_planhat_pipelines.sync.hull_deletions import (
+from hull_planhat_pipelines.sync.hull.batch import Batch, batch
+from hull_planhat_pipelines.sync.hull.deletions import (
     DELETED_COLUMNS,
     removed_events,
     stage_deletions,
 )
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.hull.diff import diff_attributes, diff_events, diff_links
+from hull_planhat_pipelines.sync.hull.from_copper import (
+    CopperRows,
+    map_copper,
+    stage_opportunity_clears,
+)
+from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows, map_planhat
+from hull_planhat_pipelines.sync.hull.identity import resolve
+from hull_planhat_pipelines.sync.hull.model import (
     CLAIM_COLUMNS,
     CONFLICT_COLUMNS,
     EVENT_COLUMNS,
@@ -39,9 +41,7 @@ from hull_planhat_pipelines.sync.hull_model import (
     Kind,
     normalize_store,
 )
-from hull_planhat_pipelines.sync.identity import resolve
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows, map_planhat
 
 CONFLICT_SAMPLE = 10
 
@@ -57,7 +57,7 @@ class ProfileStore:
 
 @dataclass(frozen=True)
 class Changes:
-    """What one sync changes; every frame holds only real changes (columns in ``hull_model``).
+    """What one sync changes; every frame holds only real changes (columns in ``hull.model``).
 
     - ``user_upserts`` / ``account_upserts``: one row per (profile, attribute) change;
     - ``user_claims`` / ``account_claims``: identity claims gained (all of a new profile's);
@@ -77,7 +77,7 @@ class Changes:
     events: pd.DataFrame
     log: list[SyncEvent] = field(default_factory=list)
     deleted: pd.DataFrame = field(default_factory=lambda: _empty(DELETED_COLUMNS))
-    """Profiles detached from a record gone from Copper (``hull_deletions``)."""
+    """Profiles detached from a record gone from Copper (``hull.deletions``)."""
     removed_events: pd.DataFrame = field(
         default_factory=lambda: _empty(["event_id", "user_hull_id", "source_id"])
     )

@@ -63,7 +63,7 @@ class CopperObject:
     columns: tuple[Column, ...] = ()
     """Typed columns of its table besides the common ones (id, name, dates, record, ...)."""
     lookups: tuple[Lookup, ...] = ()
-    """Id fields resolved to names by ``copper_records.normalize``."""
+    """Id fields resolved to names by ``copper.records.normalize``."""
     hull_source: bool = True
     """Whether Hull reads it (leads, people, companies, opportunities, activities); an object
     declared only to land as a table (tasks) is not."""
@@ -204,7 +204,6 @@ class _Tolerant(BaseModel):
 class FieldOption(_Tolerant):
     id: int
     name: str
-    rank: int | None = None
 
 
 class CustomFieldDefinition(_Tolerant):
@@ -228,8 +227,6 @@ class ActivityType(_Tolerant):
     id: int
     category: str
     name: str
-    is_disabled: bool = False
-    count_as_interaction: bool | None = None
 
 
 class ActivityTypes(_Tolerant):
@@ -247,7 +244,6 @@ class ActivityTypes(_Tolerant):
 class PipelineStage(_Tolerant):
     id: int
     name: str
-    win_probability: int | None = None
 
 
 class Pipeline(_Tolerant):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from hull_planhat_pipelines.settings import AttributeMap, PlanhatIncoming
-from hull_planhat_pipelines.sync.hull_batch import Batch, quote
-from hull_planhat_pipelines.sync.hull_model import PLANHAT_GROUP
-from hull_planhat_pipelines.sync.hull_sql import (
+from hull_planhat_pipelines.sync.hull.batch import Batch, quote
+from hull_planhat_pipelines.sync.hull.model import PLANHAT_GROUP
+from hull_planhat_pipelines.sync.hull.sql import (
     INVALID_EMAIL,
     JsonFields,
     canonical_value,

@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from hull_planhat_pipelines.sync.copper_mapping import CopperRows
-from hull_planhat_pipelines.sync.hull_apply import apply_changes
-from hull_planhat_pipelines.sync.hull_model import canonical_json, stable_id
-from hull_planhat_pipelines.sync.hull_sync import ProfileStore, compute_changes
-from hull_planhat_pipelines.sync.planhat_mapping import PlanhatRows
+from hull_planhat_pipelines.sync.hull.apply import apply_changes
+from hull_planhat_pipelines.sync.hull.changes import ProfileStore, compute_changes
+from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
+from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
+from hull_planhat_pipelines.sync.hull.model import canonical_json, stable_id
 from hull_planhat_pipelines_tests.hull_support import (
     NOW,
     copper_frame,

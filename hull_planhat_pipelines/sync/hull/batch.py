@@ -5,7 +5,7 @@ in-memory connection and hand tables to each other instead of round-tripping mil
 through pandas (each string crossing costs far more than the SQL that uses it). Only inputs
 and final outputs cross the pandas boundary.
 
-Staged tables (filled by ``copper_mapping`` and ``planhat_mapping``):
+Staged tables (filled by ``hull.from_copper`` and ``hull.from_planhat``):
 - ``in_records(kind, record_key, source_object, source_id, modified_at, is_shell)``: one row
   per source record; ``record_key`` is its anonymous id. A shell (``is_shell``) only names a
   profile another record points to (a person's company, an activity's lead).
@@ -23,7 +23,7 @@ Staged tables (filled by ``copper_mapping`` and ``planhat_mapping``):
   profiles to clear unless a record writes them (deleted opportunities, detached records).
 - ``in_sets(kind, hull_id, attribute, value, ...)``: values to set on known profiles unless a
   record writes them (``<group>/deleted_at``); ``in_unlinks(user_hull_id, ...)``: users leaving
-  their account (a deleted company); ``deleted``: the detaches (``hull_deletions``).
+  their account (a deleted company); ``deleted``: the detaches (``hull.deletions``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.sync.hull_model import (
+from hull_planhat_pipelines.sync.hull.model import (
     CANONICAL_SQL,
     STABLE_ID_SQL,
     STORE_COLUMNS,

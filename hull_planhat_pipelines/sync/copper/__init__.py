@@ -1,0 +1,1 @@
+"""Copper: the object declarations, record shaping and polling plan (pure)."""
