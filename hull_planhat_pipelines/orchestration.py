@@ -1,5 +1,6 @@
 """Partitions, jobs, schedules and sensors: when things run, never what they do."""
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -17,7 +18,7 @@ from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.clients.planhat_targets import PLANHAT_TARGETS
 from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError, post_alert
-from hull_planhat_pipelines.resources import CopperResource
+from hull_planhat_pipelines.resources import CopperResource, copper_resource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_json
 from hull_planhat_pipelines.sync.copper.polling import (
@@ -241,12 +242,60 @@ def log_sensor_error(
     return False
 
 
+COPPER_CREDENTIALS = ("COPPER_API_KEY", "COPPER_USER_EMAIL")
+FIRST_START = "first start"
+FIRST_START_KEY = "copper-first-start"
+
+
+def missing_credentials(names: Sequence[str]) -> list[str]:
+    """The variables of ``names`` that are unset or empty (names only: never their values)."""
+    return [name for name in names if not os.environ.get(name)]
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    """What a tick over empty Copper tables does: ask for a full fetch (``run_key``), or wait
+    for the fetch already under way (``waiting``), or nothing (a first start succeeded)."""
+
+    run_key: str | None = None
+    waiting: str = ""
+
+
+def plan_first_start(instance: dg.DagsterInstance) -> FirstStart:
+    """The full fetch a first start asks for, until one succeeds.
+
+    Its run key counts the first-start runs that failed: ticks before the run is created ask
+    for the same key (one run), a failure makes the next tick ask again under a new key. While
+    any Copper run is queued or running (a first start, a "fetch all", a graph launch), the
+    tick waits for it rather than asking for a second full fetch."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={TRIGGER_TAG: FIRST_START}))
+    if any(run.status == dg.DagsterRunStatus.SUCCESS for run in runs):
+        return FirstStart()  # fetched once: an empty Copper account stays empty
+    copper = set(copper_keys())
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE)):
+        if run.job_name == "copper_sync" or copper & set(run.asset_selection or ()):
+            return FirstStart(waiting=f"Copper run {run.run_id[:8]} ({run.status.value})")
+    failed = sum(run.status == dg.DagsterRunStatus.FAILURE for run in runs)
+    canceled = sum(run.status == dg.DagsterRunStatus.CANCELED for run in runs)
+    return FirstStart(run_key=f"{FIRST_START_KEY}:{failed + canceled}")
+
+
 def build_copper_incremental_sensor(
     settings: Settings,
     job: AssetJob,
     clock: Callable[[], float] = time.time,
     sleeper: Callable[[float], None] = time.sleep,
+    copper: CopperResource | None = None,
 ) -> dg.SensorDefinition:
+    """The 5-minute poll (and a first start's full fetch).
+
+    The Copper resource is not a parameter of the sensor function: Dagster would build it
+    before every tick, and with the credentials unset that fails as a configuration error at
+    each tick. The tick checks the variables first and skips naming those unset; then it uses
+    the resource given to its context (a caller's) or builds ``copper`` (by default the
+    definitions' own, from the environment)."""
+    fallback = copper or copper_resource(settings.copper.requests_per_minute)
+
     @dg.sensor(
         name="copper_incremental_sensor",
         job=job,
@@ -259,6 +308,21 @@ def build_copper_incremental_sensor(
         ),
     )
     def copper_incremental_sensor(
+        context: dg.SensorEvaluationContext,
+    ) -> dg.SensorResult | dg.SkipReason:
+        missing = missing_credentials(COPPER_CREDENTIALS)
+        if missing:  # a resource built now would fail the tick as a configuration error
+            return dg.SkipReason(
+                f"{', '.join(missing)} not set: export Copper's credentials (README, Running "
+                "against real Copper and Planhat) or start the UI with `hull-planhat dev`."
+            )
+        with contextlib.ExitStack() as stack:
+            given = getattr(context.resources, "copper", None)
+            if given is None:
+                given = stack.enter_context(dg.build_resources({"copper": fallback})).copper
+            return _poll(context, given)
+
+    def _poll(
         context: dg.SensorEvaluationContext, copper: CopperResource
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = CopperCursor.parse(context.cursor)
@@ -289,15 +353,27 @@ def build_copper_incremental_sensor(
             horizon_days=settings.copper.activity_horizon_days,
         )
         fingerprint = canonical_json(newest)
-        if not cursor.newest and copper_tables_empty():
-            # A first start: everything, not only the day of the newest change.
+        first_start = FirstStart()
+        if copper_tables_empty():
+            # A first start (or one whose full fetch failed): everything, not only the day of
+            # the newest change, asked for again until a full fetch succeeds.
+            first_start = plan_first_start(context.instance)
+            if first_start.waiting:
+                return dg.SkipReason(
+                    f"First start: the Copper tables are empty and {first_start.waiting} is "
+                    "under way; the next tick asks again if it did not fill them."
+                )
+        if first_start.run_key:
             last = _utc_day(now) + dt.timedelta(days=settings.copper.activity_horizon_days)
             first = settings.copper.start_date
             context.log.info(f"first start: every Copper object, {first}..{last}")
-            runs = [PlannedRun(tuple(COPPER_OBJECTS), first, last, "first start")]
+            runs = [PlannedRun(tuple(COPPER_OBJECTS), first, last, FIRST_START)]
         requests = []
         for run in runs:
-            key = run.run_key(fingerprint if run.reason == "modified records" else str(now))
+            if run.reason == FIRST_START and first_start.run_key:
+                key = first_start.run_key
+            else:
+                key = run.run_key(fingerprint if run.reason == "modified records" else str(now))
             context.log.info(
                 f"{run.reason}: {', '.join(run.objects)} {run.first_day}..{run.last_day}"
                 + (" (changed records only)" if run.since is not None else "")

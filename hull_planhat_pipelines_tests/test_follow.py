@@ -186,6 +186,75 @@ def test_the_first_poll_over_empty_copper_tables_fetches_everything(ticks: Ticks
     assert again and all(r.tags[TRIGGER_TAG] != "first start" for r in again)
 
 
+def _copper_poll(ticks: Ticks, cursor: str | None) -> dg.SensorResult | dg.SkipReason:
+    """A tick of the Copper poll as the daemon runs it: the definitions' own resources (built
+    from the environment), none given to the context."""
+    sensor = ticks.defs.resolve_sensor_def("copper_incremental_sensor")
+    context = dg.build_sensor_context(
+        instance=ticks.instance, cursor=cursor, definitions=ticks.defs
+    )
+    return sensor(context)
+
+
+def test_the_copper_poll_without_credentials_skips_and_names_them(
+    ticks: Ticks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = ticks.pipeline.copper.api_key
+    monkeypatch.delenv("COPPER_API_KEY")
+    monkeypatch.setenv("COPPER_USER_EMAIL", "")
+    skipped = _copper_poll(ticks, None)
+    assert isinstance(skipped, dg.SkipReason), skipped
+    message = skipped.skip_message or ""
+    assert "COPPER_API_KEY, COPPER_USER_EMAIL not set" in message
+    assert secret not in message
+    assert ticks.pipeline.copper.server.recorded() == []  # nothing asked of Copper
+
+    monkeypatch.setenv("COPPER_API_KEY", secret)
+    skipped = _copper_poll(ticks, None)
+    assert isinstance(skipped, dg.SkipReason)
+    assert "COPPER_USER_EMAIL not set" in (skipped.skip_message or "")
+    assert "COPPER_API_KEY" not in (skipped.skip_message or "")
+
+
+def test_a_failed_first_start_is_asked_for_again_once_until_one_succeeds(ticks: Ticks) -> None:
+    first = _copper_poll(ticks, None)
+    assert isinstance(first, dg.SensorResult)
+    [request] = first.run_requests or []
+    assert request.tags[TRIGGER_TAG] == "first start"
+    # a second tick before the run exists asks under the same key: the daemon makes one run
+    [again] = _copper_poll(ticks, first.cursor).run_requests or []
+    assert again.run_key == request.run_key and again.tags == request.tags
+
+    job = ticks.defs.resolve_job_def("copper_sync")
+    run = ticks.instance.create_run_for_job(
+        job_def=job,
+        tags={**request.tags, "dagster/run_key": request.run_key or ""},
+        asset_selection=frozenset(request.asset_selection or []),
+        status=dg.DagsterRunStatus.NOT_STARTED,
+    )
+    waiting = _copper_poll(ticks, first.cursor)
+    assert isinstance(waiting, dg.SkipReason)  # created, not yet started: no second full fetch
+    assert run.run_id[:8] in (waiting.skip_message or "")
+
+    ticks.instance.report_run_failed(run)  # the first start failed: the tables stay empty
+    retry = _copper_poll(ticks, first.cursor)
+    assert isinstance(retry, dg.SensorResult)
+    [second] = retry.run_requests or []
+    assert second.tags[TRIGGER_TAG] == "first start" and second.run_key != request.run_key
+    assert {k.path[1] for k in second.asset_selection or []} == set(COPPER_OBJECTS)
+    assert second.tags[ASSET_PARTITION_RANGE_START_TAG] == copper_partition_key(START)
+    assert "hull_planhat/copper_since" not in second.tags  # every year replaced
+
+    tags = {**second.tags, "dagster/run_key": second.run_key or ""}
+    assert ticks.pipeline.run("copper_sync", tags=tags).success
+    after = _copper_poll(ticks, retry.cursor)
+    assert isinstance(after, dg.SensorResult)
+    assert all(r.tags[TRIGGER_TAG] != "first start" for r in after.run_requests or [])
+    assert ticks.pipeline.query("select count(*) from copper.leads")[0][0] == len(
+        ticks.pipeline.copper.records("leads")
+    )
+
+
 def test_the_first_chain_waits_for_planhat_users_before_payloads(ticks: Ticks) -> None:
     every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
     assert ticks.graph_launch(every_object, tags=_copper_range()).success

@@ -43,7 +43,8 @@ CHAIN_SECONDS = 420
 SCALE = "0.05"
 """The sandboxes' smallest useful size (every seeded edge case, tens of records)."""
 COPPER_DAYS = 7
-"""Copper's partitions start this many days back: the first start fetches a week, not years."""
+"""Copper's data starts this many days back: the first start fetches a week's records, in the
+yearly partition holding it (two around New Year), not years of them."""
 UNFINISHED = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -82,7 +83,8 @@ class DevSession:
 def _quiet_config(folder: Path) -> Path:
     """The sandbox configuration with the Copper poll and the Planhat fetch once a day, so that
     within the test no run starts unless the test (or what it triggered) starts it; Copper's
-    partitions span a week and a day ahead, so the start-up runs are short."""
+    data spans a week back and a day ahead (the current year's partition; on December 31 the
+    next year's too), so the start-up runs are short."""
     config = yaml.safe_load(default_config_path().read_text())
     config["copper"]["poll_minutes"] = 1440
     config["planhat"]["fetch_interval_minutes"] = 1440
@@ -265,7 +267,7 @@ def test_the_ui_shows_the_graph_and_a_launch_from_it_carries_through(
             screenshot,
         )
 
-        # Materialize the Copper group from the graph: the latest partition.
+        # Materialize the Copper group from the graph: the latest (yearly) partition.
         clicked = time.time()
         page.get_by_role("button", name="Materialize all…").click()
         page.get_by_role("button", name="Latest", exact=True).click()
