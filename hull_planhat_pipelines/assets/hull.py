@@ -26,7 +26,6 @@ from hull_planhat_pipelines.assets.hull_forwarding import (
     forwarded_check,
     queue,
 )
-from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember_snapshot
 from hull_planhat_pipelines.assets.planhat import snapshot_key
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
@@ -46,6 +45,8 @@ from hull_planhat_pipelines.warehouse import (
     append_table,
     column_schema,
     connect,
+    diff_snapshot,
+    remember_snapshot,
     run,
     table_exists,
 )

@@ -47,6 +47,7 @@ from hull_planhat_pipelines.warehouse import (
     connect,
     deliveries,
     read_only,
+    replace_table,
     table_exists,
 )
 from hull_planhat_pipelines.warehouse.deliveries import (
@@ -94,7 +95,6 @@ def _payload_asset(
     @dg.asset(
         key=["planhat", name],
         deps=[dg.AssetKey(d) for d in deps],
-        io_manager_key="warehouse_io_manager",
         group_name=OUTGOING_GROUP,
         kinds={"duckdb"},
         pool="warehouse",
@@ -102,7 +102,7 @@ def _payload_asset(
     )
     def _payloads(
         context: dg.AssetExecutionContext, config: PayloadConfig, warehouse: WarehouseResource
-    ) -> pd.DataFrame:
+    ) -> dg.MaterializeResult:
         scopes: dict[str, Scope] = {}
         with warehouse.read_only() as conn:
             payloads, events = build(conn, fingerprints_table(conn), config.force, scopes)
@@ -115,8 +115,10 @@ def _payload_asset(
         counts = record_events(context, events, asset=f"planhat/{name}")
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
         sample = payloads["payload"].head(3).tolist() if len(payloads) else []
-        context.add_output_metadata(
-            {
+        written = replace_table(warehouse.database, f"planhat.{name}", payloads_as_json(payloads))
+        return dg.MaterializeResult(
+            metadata={
+                **written,
                 "rows": dg.MetadataValue.int(len(payloads)),
                 "forced": dg.MetadataValue.bool(config.force),
                 "by_change": dg.MetadataValue.json({str(k): int(v) for k, v in changes.items()}),
@@ -125,7 +127,6 @@ def _payload_asset(
                 "sample": dg.MetadataValue.json(json.loads(json.dumps(sample, default=str))),
             }
         )
-        return payloads_as_json(payloads)
 
     return _payloads
 

@@ -1,4 +1,4 @@
-"""The warehouse I/O manager: exact partition replacement, typed empty tables, current views."""
+"""The warehouse layer: exact partition replacement, typed empty tables, current views."""
 
 import datetime as dt
 import subprocess
@@ -13,7 +13,6 @@ import pytest
 from hull_planhat_pipelines.warehouse import (
     CopperSlice,
     CurrentView,
-    WarehouseIOManager,
     connect,
     write_copper_table,
 )
@@ -38,24 +37,21 @@ def _rows(day: str, ids: list[int], version: int) -> pd.DataFrame:
 def _materialize(
     database: Path, frame_for: dict[str, pd.DataFrame], partition: str, succeeds: bool = True
 ) -> None:
-    @dg.asset(
-        key=["copper", "things"],
-        partitions_def=PARTITIONS,
-        io_manager_key="warehouse_io_manager",
-        metadata={
-            "partition_expr": "partition_date",
-            "current_view": {"key": "id", "order_by": ["date_modified"]},
-        },
-    )
-    def things(context: dg.AssetExecutionContext) -> pd.DataFrame:
-        return frame_for[context.partition_key]
+    """A partitioned asset that writes its day through the warehouse layer."""
 
-    result = dg.materialize(
-        [things],
-        partition_key=partition,
-        resources={"warehouse_io_manager": WarehouseIOManager(database=str(database))},
-        raise_on_error=False,
-    )
+    @dg.asset(key=["copper", "things"], partitions_def=PARTITIONS)
+    def things(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        day = dt.date.fromisoformat(context.partition_key)
+        written = write_copper_table(
+            str(database),
+            "copper.things",
+            frame_for[context.partition_key],
+            CopperSlice(first=day, end=day + dt.timedelta(days=1)),
+            current_view=CurrentView("id", ("date_modified",)),
+        )
+        return dg.MaterializeResult(metadata=written["schema"])
+
+    result = dg.materialize([things], partition_key=partition, raise_on_error=False)
     assert result.success is succeeds
 
 
