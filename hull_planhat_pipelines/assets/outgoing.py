@@ -18,8 +18,6 @@ import duckdb
 import pandas as pd
 from pydantic import Field
 
-from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
-from hull_planhat_pipelines.assets.planhat_queries import activity_answers, metric_answers
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
     PLANHAT_TARGETS,
@@ -44,7 +42,6 @@ from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
 from hull_planhat_pipelines.sync_log import record_events
 from hull_planhat_pipelines.warehouse import (
     column_schema,
-    connect,
     deliveries,
     read_only,
     replace_table,
@@ -60,6 +57,8 @@ from hull_planhat_pipelines.warehouse.deliveries import (
     read_table,
     step_lock,
 )
+from hull_planhat_pipelines.warehouse.payload_scope import Scope, remember_scopes, scope
+from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
 
 OUTGOING_GROUP = "outgoing"
 
@@ -106,12 +105,7 @@ def _payload_asset(
         scopes: dict[str, Scope] = {}
         with warehouse.read_only() as conn:
             payloads, events = build(conn, fingerprints_table(conn), config.force, scopes)
-        for mapped in scopes.values():  # the next run maps what changed after this one
-            writer = connect(warehouse.database)
-            try:
-                remember(writer, mapped, payloads)
-            finally:
-                writer.close()
+        remember_scopes(warehouse.database, scopes.values(), payloads)
         counts = record_events(context, events, asset=f"planhat/{name}")
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
         sample = payloads["payload"].head(3).tolist() if len(payloads) else []
