@@ -14,6 +14,7 @@ from hull_planhat_pipelines.warehouse import (
     CopperSlice,
     CurrentView,
     connect,
+    replace_table,
     write_copper_table,
 )
 
@@ -276,3 +277,24 @@ def test_an_empty_first_write_creates_a_typed_table(tmp_path: Path) -> None:
         )
     )
     assert types["partition_date"] == "DATE" and types["id"] == "BIGINT"
+
+
+def test_a_whole_table_write_replaces_every_row_and_reports_its_columns(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    first = replace_table(str(db), "planhat.team_members", _rows("2026-01-01", [1, 2], 1))
+    assert first["dagster/row_count"] == 2
+    columns = [c.name for c in first["dagster/column_schema"].columns]
+    assert columns == ["id", "name", "date_modified", "partition_date"]
+    wider = _rows("2026-01-02", [3], 2)
+    wider["extra"] = pd.Series(["x"], dtype="string")
+    second = replace_table(str(db), "planhat.team_members", wider)
+    assert second["dagster/row_count"] == 1
+    assert _query(db, "select id, name, extra from planhat.team_members") == [(3, "v2-3", "x")]
+    clash = _rows("2026-01-03", [9], 3)
+    clash["id"] = pd.Series(["not a number"], dtype="string")  # cannot go into BIGINT
+    with pytest.raises(duckdb.Error):
+        replace_table(str(db), "planhat.team_members", clash)
+    assert _query(db, "select id from planhat.team_members") == [(3,)]
+    empty = replace_table(str(db), "planhat.team_members", _rows("2026-01-04", [], 4))
+    assert empty["dagster/row_count"] == 0
+    assert _query(db, "select count(*) from planhat.team_members") == [(0,)]
