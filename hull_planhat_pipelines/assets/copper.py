@@ -278,10 +278,6 @@ def build_copper_asset(
     return _copper_object
 
 
-"""``copper_current.<object>``: the newest row per id. A write keeps one row per id already;
-the view stays the stable name downstream reads (and older tables may hold moved rows)."""
-
-
 def build_copper_assets(
     settings: Settings,
     partitions_def: dg.PartitionsDefinition,

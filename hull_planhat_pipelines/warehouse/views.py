@@ -23,7 +23,9 @@ class CurrentView:
 
 
 COPPER_CURRENT = CurrentView("id", ("_fetched_at", "date_modified"))
-"""Every Copper table's current view: the last fetched version of each record."""
+"""Every Copper table's current view: the last fetched version of each record. A write keeps one
+row per id already; the view stays the stable name downstream reads (and older tables may hold
+moved rows)."""
 
 PLANHAT_SNAPSHOT_TABLES = {"companies": "company_snapshots", "endusers": "enduser_snapshots"}
 """Planhat models kept as full snapshots, by the table holding their history."""
