@@ -13,7 +13,7 @@ Phases, each timed (compute = map + resolve + diff; apply = next store):
 The incremental phase runs as the asset does: the store of phase 1 is written to a DuckDB
 warehouse file, and a fresh process (so that phase 1's memory is not counted) reads only the
 slice of the store the changed records touch and merges the changed profiles back in place
-(``assets/hull_store``), inside one transaction. ``--in-memory`` measures the pure core over a
+(``warehouse/hull_store``), inside one transaction. ``--in-memory`` measures the pure core over a
 store held in pandas instead (what the asset did before).
 The incremental phase also reports its CPU seconds (every thread: on a shared machine its wall
 time includes waiting for the cores). Peak memory is the process's resident high-water mark during the phase (Linux ``VmHWM`` reset
@@ -247,8 +247,8 @@ def measure(
 def write_warehouse(path: str, settings: Settings, store: ProfileStore) -> None:
     """The store as the asset keeps it: ``hull.users`` / ``hull.accounts`` with segments,
     ``hull.events``."""
-    from hull_planhat_pipelines.assets import hull_store
     from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
+    from hull_planhat_pipelines.warehouse import hull_store
 
     users, accounts = evaluate_segments(store.users, store.accounts, settings.segments)
     conn = duckdb.connect(path)
@@ -263,7 +263,7 @@ def write_warehouse(path: str, settings: Settings, store: ProfileStore) -> None:
 
 def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) -> dict[str, Any]:
     """The incremental phase against the warehouse file: slice read, compute, merge."""
-    from hull_planhat_pipelines.assets import hull_store
+    from hull_planhat_pipelines.warehouse import hull_store
 
     settings = load_settings(default_config_path())
     rows = copper_rows(scale, 1, only_changed=True)

@@ -40,7 +40,7 @@ from hull_planhat_pipelines.resources import (
     planhat_resource,
 )
 from hull_planhat_pipelines.settings import Settings, load_settings
-from hull_planhat_pipelines.warehouse import WarehouseIOManager, warehouse_path
+from hull_planhat_pipelines.warehouse import warehouse_path
 
 # Beta markers on Dagster parameters we rely on (backfill_policy) are for this project's
 # developers: `dagster dev`, the daemon and every run would repeat them to its users.
@@ -99,7 +99,6 @@ def build_definitions(
         resources={
             "copper": copper_resource(settings.copper.requests_per_minute, progress_bar),
             "planhat": planhat_resource(settings.planhat.requests_per_minute),
-            "warehouse_io_manager": WarehouseIOManager(database=database),
             "warehouse": WarehouseResource(database=database),
             "hull_firehose": hull_firehose_resource(),
         },

@@ -1,6 +1,6 @@
 """What the UI shows of every asset, applied once over all of them: a kind on each, and the
-columns of what an asset holds (``dagster/column_schema``) for the assets whose table is not
-written by the I/O manager.
+columns of what an asset holds (``dagster/column_schema``) for the assets that do not report
+them from the warehouse layer.
 
 The graph labels a node with the last part of its key, so those parts are unique across the
 groups (``hull/users`` beside ``planhat/team_members``, ``copper/companies`` beside
@@ -45,5 +45,5 @@ def frame_column_schema(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _type_name(dtype: str) -> str:
-    """An all-null column is stored as VARCHAR (the I/O manager does the same)."""
+    """An all-null column is stored as VARCHAR (the warehouse layer does the same)."""
     return "VARCHAR" if dtype in ('"NULL"', "NULL") else dtype

@@ -95,7 +95,7 @@ def planhat_resource(requests_per_minute: int) -> PlanhatResource:
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file, for steps that read it (checks) or write outside the I/O manager."""
+    """The DuckDB warehouse file, for steps that read it (checks) or write it through the warehouse layer."""
 
     database: str
 

@@ -10,7 +10,6 @@ import duckdb
 import pytest
 import yaml
 
-from hull_planhat_pipelines.assets.planhat_queries import run_metric_sql
 from hull_planhat_pipelines.cli import main
 from hull_planhat_pipelines.settings import (
     ConfigError,
@@ -18,6 +17,7 @@ from hull_planhat_pipelines.settings import (
     load_settings,
     parse_settings,
 )
+from hull_planhat_pipelines.warehouse.planhat_queries import run_metric_sql
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "examples" / "hull_planhat.yaml"
 

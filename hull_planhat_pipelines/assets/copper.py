@@ -34,7 +34,7 @@ from hull_planhat_pipelines.sync.copper.records import (
     records_frame,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.warehouse import CopperSlice, CurrentView, write_copper_table
+from hull_planhat_pipelines.warehouse import COPPER_CURRENT, CopperSlice, write_copper_table
 
 PROGRESS_LOG_SECONDS = 15.0
 """A long fetch logs its progress this often (the progress bar, when shown, follows each page)."""
@@ -259,7 +259,7 @@ def build_copper_asset(
             frame,
             where,
             gone_ids=gone,
-            current_view=CURRENT_VIEW,
+            current_view=COPPER_CURRENT,
             types=duckdb_types(obj),
         )
         keys = list(context.partition_keys)
@@ -276,11 +276,6 @@ def build_copper_asset(
         return dg.MaterializeResult()
 
     return _copper_object
-
-
-CURRENT_VIEW = CurrentView("id", ("_fetched_at", "date_modified"))
-"""``copper_current.<object>``: the newest row per id. A write keeps one row per id already;
-the view stays the stable name downstream reads (and older tables may hold moved rows)."""
 
 
 def build_copper_assets(

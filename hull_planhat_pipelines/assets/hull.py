@@ -10,248 +10,29 @@ sources writes nothing.
 """
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
 
 import dagster as dg
-import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.assets import hull_store
 from hull_planhat_pipelines.assets.hull_forwarding import (
     FORWARDED_CHECK,
-    OUTBOX_DDL,
     HullProfilesConfig,
     forward,
     forwarded_check,
-    queue,
 )
-from hull_planhat_pipelines.assets.hull_snapshots import diff_snapshot, remember_snapshot
 from hull_planhat_pipelines.assets.planhat import snapshot_key
 from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.resources import HullFirehoseResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
-from hull_planhat_pipelines.sync.hull.changes import (
-    Changes,
-    ProfileStore,
-    StoreKeys,
-    StoreSlice,
-    compute_changes,
-)
-from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
-from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
-from hull_planhat_pipelines.sync.hull.segments import segments_hash
-from hull_planhat_pipelines.warehouse import (
-    append_table,
-    column_schema,
-    connect,
-    run,
-    table_exists,
+from hull_planhat_pipelines.warehouse.hull_apply import (
+    COPPER_SOURCES,
+    HULL_TABLES,
+    PLANHAT_SOURCES,
+    apply_sync,
 )
 
-COPPER_SOURCES = tuple(name for name, obj in COPPER_OBJECTS.items() if obj.hull_source)
 """The Copper tables Hull reads: every declared object that says it feeds Hull."""
-PLANHAT_SOURCES = ("companies", "endusers")
-HULL_KEYS = {
-    name: dg.AssetKey(["hull", name])
-    for name in ("user_upserts", "account_upserts", "events", "users", "accounts")
-}
-
-STATE_DDL = [
-    "create schema if not exists hull",
-    "create schema if not exists ops",
-    "create table if not exists ops.hull_watermarks (source varchar primary key, "
-    "fetched_at timestamptz)",
-    "create table if not exists ops.hull_state (key varchar primary key, value varchar)",
-    *OUTBOX_DDL,
-]
-
-
-@dataclass
-class Sources:
-    copper: CopperRows
-    planhat: PlanhatRows
-    watermarks: dict[str, pd.Timestamp]
-    rows_read: dict[str, int]
-    snapshots: list[str]
-    """Planhat snapshots diffed: the applied copy follows them on commit."""
-
-
-def _frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None):
-    return conn.execute(sql, params or []).fetchdf()
-
-
-def _watermarks(conn: duckdb.DuckDBPyConnection) -> dict[str, pd.Timestamp]:
-    rows = conn.execute("select source, fetched_at from ops.hull_watermarks").fetchall()
-    return {source: pd.Timestamp(at) for source, at in rows}
-
-
-def _since(
-    conn: duckdb.DuckDBPyConnection, table: str, mark: pd.Timestamp | None, where: str = "true"
-) -> pd.DataFrame | None:
-    schema, name = table.split(".")
-    if not table_exists(conn, schema, name):
-        return None
-    if mark is None:
-        return _frame(conn, f"select * from {table} where {where}")
-    return _frame(conn, f"select * from {table} where {where} and _fetched_at > ?", [mark])
-
-
-def _copper_since(
-    conn: duckdb.DuckDBPyConnection, name: str, mark: pd.Timestamp | None
-) -> pd.DataFrame | None:
-    """The current rows of ``copper_current.<name>`` fetched after ``mark``. The view keeps the
-    newest fetch of each id, so the newest of an id's rows fetched after ``mark`` is its current
-    row: the window runs over those rows only, not over the whole raw table."""
-    if mark is None or not table_exists(conn, "copper", name):
-        return _since(conn, f"copper_current.{name}", mark)
-    return _frame(
-        conn,
-        f"select * from copper.{name} where _fetched_at > ? qualify row_number() over"
-        " (partition by id order by _fetched_at desc nulls last, date_modified desc nulls last)"
-        " = 1",
-        [mark],
-    )
-
-
-def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
-    """Raw rows fetched since the last apply (opportunities: all current ones if any changed;
-    Planhat: the rows of a new snapshot that differ from the one last applied)."""
-    marks = _watermarks(conn)
-    frames: dict[str, pd.DataFrame | None] = {}
-    for name in COPPER_SOURCES:
-        schema = "copper_current" if table_exists(conn, "copper_current", name) else None
-        frames[f"copper.{name}"] = (
-            _copper_since(conn, name, marks.get(f"copper.{name}")) if schema else None
-        )
-    changed_opportunities = frames["copper.opportunities"]
-    if changed_opportunities is not None and not changed_opportunities.empty:
-        frames["copper.opportunities"] = _frame(conn, "select * from copper_current.opportunities")
-    snapshots = {
-        name: diff_snapshot(conn, name, marks.get(f"planhat.{name}")) for name in PLANHAT_SOURCES
-    }
-    new_marks = dict(marks)
-    rows_read = {}
-    for source, frame in frames.items():
-        if frame is not None and not frame.empty:
-            rows_read[source] = len(frame)
-            newest = pd.Timestamp(frame["_fetched_at"].max())
-            new_marks[source] = max(newest, marks[source]) if source in marks else newest
-    for name, diff in snapshots.items():
-        if diff is not None and diff.fetched_at is not None:
-            source = f"planhat.{name}"
-            rows_read[source] = len(diff.changed) if diff.changed is not None else 0
-            mark = marks.get(source)
-            new_marks[source] = diff.fetched_at if mark is None else max(diff.fetched_at, mark)
-
-    def nonempty(key: str) -> pd.DataFrame | None:
-        frame = frames.get(key)
-        return frame if frame is not None and not frame.empty else None
-
-    copper = CopperRows(  # deletions are judged on the store slice (``hull_store``)
-        leads=nonempty("copper.leads"),
-        people=nonempty("copper.people"),
-        companies=nonempty("copper.companies"),
-        opportunities=nonempty("copper.opportunities"),
-        activities=nonempty("copper.activities"),
-        opportunities_complete=nonempty("copper.opportunities") is not None,
-    )
-
-    def snapshot(name: str, previous: bool = False) -> pd.DataFrame | None:
-        diff = snapshots[name]
-        if diff is None or diff.changed is None:
-            return None
-        return diff.previous if previous else diff.changed
-
-    planhat = PlanhatRows(
-        companies=snapshot("companies"),
-        endusers=snapshot("endusers"),
-        previous_companies=snapshot("companies", previous=True),
-        previous_endusers=snapshot("endusers", previous=True),
-    )
-    applied = [name for name, diff in snapshots.items() if diff is not None]
-    return Sources(copper, planhat, new_marks, rows_read, applied)
-
-
-def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
-    stamped = frame.copy()
-    stamped["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
-    stamped["computed_at"] = pd.Series([now] * len(frame), dtype="datetime64[us, UTC]")
-    for column in stamped.columns:
-        if stamped[column].dtype == object:
-            stamped[column] = stamped[column].astype("string")
-    return stamped
-
-
-def apply(
-    conn: duckdb.DuckDBPyConnection,
-    settings: Settings,
-    *,
-    run_id: str,
-    now: dt.datetime,
-    forwarding: bool,
-) -> tuple[Changes, Sources, int]:
-    """Compute and apply one sync in a single transaction; returns what changed.
-
-    Only the slice of the store the fetched rows can touch is read (``hull_store``), and only
-    the changed profiles and events are written back, with their segments (and the users of a
-    changed account theirs). Every profile's segments are re-evaluated when the definitions
-    changed (a digest of them is kept in ``ops.hull_state``): a widened segment applies on the
-    next run. With ``forwarding`` on, the firehose messages of the changes join the outbox in
-    the same transaction; off, nothing is queued (turning it on later forwards changes from
-    then on).
-    """
-    for statement in STATE_DDL:
-        run(conn, statement)
-    sources = read_sources(conn)
-    definitions = segments_hash(settings.segments)
-    stored = run(conn, "select value from ops.hull_state where key = 'segments_hash'")
-    segments_changed = not stored or stored[0][0] != definitions
-    first = not table_exists(conn, "hull", "users")
-    slices: list[ProfileStore] = []
-
-    def reader(keys: StoreKeys) -> StoreSlice:
-        part = hull_store.read_slice(conn, keys)
-        slices.append(part.store)
-        return part
-
-    try:
-        changes = compute_changes(settings, reader, sources.copper, sources.planhat, now=now)
-    finally:
-        hull_store.drop_slice(conn)
-    run(conn, "begin transaction")
-    try:
-        outbox = 0
-        if not changes.is_empty or segments_changed or first:
-            part = slices[0] if slices else ProfileStore()
-            applied = hull_store.write_changes(
-                conn, settings.segments, part, changes, now, everything=segments_changed or first
-            )
-            append_table(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
-            append_table(
-                conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now)
-            )
-            if forwarding:  # the messages cost as much as the rest of a first load
-                outbox = queue(conn, changes, applied.users, applied.accounts, run_id=run_id)
-        run(
-            conn,
-            "insert or replace into ops.hull_state values ('segments_hash', ?)",
-            [definitions],
-        )
-        for name in sources.snapshots:
-            remember_snapshot(conn, name)
-        for source, mark in sources.watermarks.items():
-            run(
-                conn,
-                "insert or replace into ops.hull_watermarks values (?, ?)",
-                [source, mark.to_pydatetime()],
-            )
-        run(conn, "commit")
-    except Exception:
-        run(conn, "rollback")
-        raise
-    return changes, sources, outbox
+HULL_KEYS = {name: dg.AssetKey(["hull", name]) for name in HULL_TABLES}
 
 
 def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
@@ -305,22 +86,15 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         hull_firehose: HullFirehoseResource,
     ):
         now = dt.datetime.now(dt.UTC)
-        conn = connect(warehouse.database)
-        try:
-            changes, sources, outbox = apply(
-                conn, settings, run_id=context.run.run_id, now=now, forwarding=hull_firehose.enabled
-            )
-            sizes = {
-                name: hull_store.row_count(conn, f"hull.{name}")
-                for name in ("users", "accounts", "events")
-            }
-            segments = {
-                name: hull_store.segment_counts(conn, f"hull.{name}")
-                for name in ("users", "accounts")
-            }
-            columns = {name: column_schema(conn, "hull", name) for name in HULL_KEYS}
-        finally:
-            conn.close()
+        applied = apply_sync(
+            warehouse.database,
+            settings,
+            run_id=context.run.run_id,
+            now=now,
+            forwarding=hull_firehose.enabled,
+        )
+        changes, sources, outbox = applied.changes, applied.sources, applied.outbox
+        sizes, segments, columns = applied.sizes, applied.segments, applied.columns
         forwarded = forward(warehouse.database, hull_firehose, dry_run=config.dry_run)
         counts = record_events(context, [*changes.log, *forwarded.events], asset="hull/profiles")
         common = {

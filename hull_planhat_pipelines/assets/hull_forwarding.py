@@ -26,8 +26,6 @@ from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.hull import FirehoseMessage, HullFirehoseClient
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.warehouse import outbox
-from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL as OUTBOX_DDL  # for the apply
-from hull_planhat_pipelines.warehouse.outbox import queue as queue  # that fills the outbox
 
 FORWARDED_CHECK = dg.AssetCheckSpec(
     "hull_firehose_forwarded",

@@ -18,8 +18,6 @@ import duckdb
 import pandas as pd
 from pydantic import Field
 
-from hull_planhat_pipelines.assets.payload_scope import Scope, remember, scope
-from hull_planhat_pipelines.assets.planhat_queries import activity_answers, metric_answers
 from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.delivery import (
     FAILED,
@@ -44,9 +42,9 @@ from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settl
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
 from hull_planhat_pipelines.warehouse import (
     column_schema,
-    connect,
     deliveries,
     read_only,
+    replace_table,
     table_exists,
 )
 from hull_planhat_pipelines.warehouse.deliveries import (
@@ -59,6 +57,8 @@ from hull_planhat_pipelines.warehouse.deliveries import (
     read_table,
     step_lock,
 )
+from hull_planhat_pipelines.warehouse.payload_scope import Scope, remember_scopes, scope
+from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
 
 OUTGOING_GROUP = "outgoing"
 
@@ -94,7 +94,6 @@ def _payload_asset(
     @dg.asset(
         key=["planhat", name],
         deps=[dg.AssetKey(d) for d in deps],
-        io_manager_key="warehouse_io_manager",
         group_name=OUTGOING_GROUP,
         kinds={"duckdb"},
         pool="warehouse",
@@ -102,21 +101,18 @@ def _payload_asset(
     )
     def _payloads(
         context: dg.AssetExecutionContext, config: PayloadConfig, warehouse: WarehouseResource
-    ) -> pd.DataFrame:
+    ) -> dg.MaterializeResult:
         scopes: dict[str, Scope] = {}
         with warehouse.read_only() as conn:
             payloads, events = build(conn, fingerprints_table(conn), config.force, scopes)
-        for mapped in scopes.values():  # the next run maps what changed after this one
-            writer = connect(warehouse.database)
-            try:
-                remember(writer, mapped, payloads)
-            finally:
-                writer.close()
+        remember_scopes(warehouse.database, scopes.values(), payloads)
         counts = record_events(context, events, asset=f"planhat/{name}")
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
         sample = payloads["payload"].head(3).tolist() if len(payloads) else []
-        context.add_output_metadata(
-            {
+        written = replace_table(warehouse.database, f"planhat.{name}", payloads_as_json(payloads))
+        return dg.MaterializeResult(
+            metadata={
+                **written,
                 "rows": dg.MetadataValue.int(len(payloads)),
                 "forced": dg.MetadataValue.bool(config.force),
                 "by_change": dg.MetadataValue.json({str(k): int(v) for k, v in changes.items()}),
@@ -125,7 +121,6 @@ def _payload_asset(
                 "sample": dg.MetadataValue.json(json.loads(json.dumps(sample, default=str))),
             }
         )
-        return payloads_as_json(payloads)
 
     return _payloads
 

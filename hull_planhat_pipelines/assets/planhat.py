@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.assets.reporting import record_events
@@ -31,35 +30,22 @@ from hull_planhat_pipelines.sync.planhat.records import (
     endusers_frame,
     users_frame,
 )
-from hull_planhat_pipelines.warehouse import column_schema, connect, run, table_exists
+from hull_planhat_pipelines.warehouse import replace_table, snapshot_table, write_snapshot
 
 Clock = Callable[[], dt.datetime]
 
 PLANHAT_GROUP = "planhat"
 TEAM_MEMBERS_KEY = dg.AssetKey([PLANHAT_GROUP, "team_members"])
-FULL_HISTORY = dt.timedelta(days=1)
-"""Every snapshot younger than this is kept; older ones only as the last of their UTC day."""
+TEAM_MEMBERS_TABLE = "planhat.team_members"
 
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-SNAPSHOT_TABLES = {"companies": "company_snapshots", "endusers": "enduser_snapshots"}
-
-
-def snapshot_table(model: str) -> str:
-    """The table holding every kept snapshot of a Planhat model (``companies``, ``endusers``)."""
-    return f"{PLANHAT_GROUP}.{SNAPSHOT_TABLES[model]}"
-
-
 def snapshot_key(model: str) -> dg.AssetKey:
+    """The asset of a Planhat model's snapshots: its table's name."""
     return dg.AssetKey(snapshot_table(model).split("."))
-
-
-def latest_view(model: str) -> str:
-    """The view of a model's latest snapshot: what Planhat holds, as of the last fetch."""
-    return f"{PLANHAT_GROUP}_current.{model}"
 
 
 def _select(fields: Iterable[str], incoming: dict[str, str]) -> list[str]:
@@ -91,46 +77,6 @@ def _auth_failure(context: dg.AssetExecutionContext, asset: str, exc: ApiAuthErr
         context, [SyncEvent(event="incoming.job.error", reason="Unauthorized")], asset=asset
     )
     return dg.Failure(str(exc), allow_retries=False)
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def store_snapshot(
-    conn: duckdb.DuckDBPyConnection, model: str, frame: pd.DataFrame, taken: dt.datetime
-) -> int:
-    """Append the snapshot taken at ``taken``, prune the history, point the latest view at it
-    (in the caller's transaction). An empty snapshot leaves the view empty: Planhat holds
-    nothing. Returns how many snapshots the table keeps."""
-    table = snapshot_table(model)
-    schema, name = table.split(".")
-    run(conn, f"create schema if not exists {schema}")
-    run(conn, f"create schema if not exists {schema}_current")
-    conn.register("_snapshot", frame)
-    try:
-        if not table_exists(conn, schema, name):
-            run(conn, f"create table {table} as select * from _snapshot where false")
-        existing = {c[0] for c in conn.execute(f"select * from {table} limit 0").description}
-        for column, dtype, *_ in conn.execute("describe select * from _snapshot").fetchall():
-            if column not in existing:  # a field added to the model: older snapshots hold null
-                run(conn, f"alter table {table} add column {_quote(column)} {dtype}")
-        run(conn, f"insert into {table} by name select * from _snapshot")
-    finally:
-        conn.unregister("_snapshot")
-    at = pd.Timestamp(taken).tz_convert("UTC") if taken.tzinfo else pd.Timestamp(taken, tz="UTC")
-    run(
-        conn,
-        f"delete from {table} where snapshot_at < ? and snapshot_at not in "
-        f"(select max(snapshot_at) from {table} group by cast(timezone('UTC', snapshot_at) as date))",
-        [(at - FULL_HISTORY).to_pydatetime()],
-    )
-    run(
-        conn,
-        f"create or replace view {latest_view(model)} as select * from {table} "
-        f"where snapshot_at = timestamptz '{at.isoformat()}'",
-    )
-    return int(run(conn, f"select count(distinct snapshot_at) from {table}")[0][0])
 
 
 @dataclass(frozen=True)
@@ -194,18 +140,8 @@ def build_snapshot_asset(
                 metadata = _snapshot_metadata(frame, client)
         except ApiAuthError as exc:
             raise _auth_failure(context, asset, exc) from None
-        conn = connect(warehouse.database)
-        try:
-            run(conn, "begin transaction")
-            kept = store_snapshot(conn, snapshot.model, frame, now)
-            schema, table = snapshot_table(snapshot.model).split(".")
-            metadata |= column_schema(conn, schema, table)
-            run(conn, "commit")
-        except Exception:
-            run(conn, "rollback")
-            raise
-        finally:
-            conn.close()
+        kept, schema = write_snapshot(warehouse.database, snapshot.model, frame, now)
+        metadata |= schema
         return dg.MaterializeResult(
             metadata={
                 **metadata,
@@ -223,7 +159,6 @@ def build_planhat_assets(settings: Settings, clock: Clock = _utc_now) -> list[dg
 
     @dg.asset(
         key=TEAM_MEMBERS_KEY,
-        io_manager_key="warehouse_io_manager",
         retry_policy=FETCH_RETRY,
         freshness_policy=planhat_freshness(settings),
         group_name=PLANHAT_GROUP,
@@ -235,14 +170,15 @@ def build_planhat_assets(settings: Settings, clock: Clock = _utc_now) -> list[dg
         ),
     )
     def planhat_team_members(
-        context: dg.AssetExecutionContext, planhat: PlanhatResource
-    ) -> pd.DataFrame:
+        context: dg.AssetExecutionContext, planhat: PlanhatResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
         try:
             with planhat.client() as client:
                 frame = users_frame(client.list_users(), fetched_at=clock())
-                context.add_output_metadata(_snapshot_metadata(frame, client))
+                metadata = _snapshot_metadata(frame, client)
         except ApiAuthError as exc:
             raise _auth_failure(context, TEAM_MEMBERS_KEY.to_user_string(), exc) from None
-        return frame
+        written = replace_table(warehouse.database, TEAM_MEMBERS_TABLE, frame)
+        return dg.MaterializeResult(metadata={**metadata, **written})
 
     return [*snapshots, planhat_team_members]

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from hull_planhat_pipelines.assets import hull_store
 from hull_planhat_pipelines.sync.hull.changes import StoreKeys, StoreSlice
+from hull_planhat_pipelines.warehouse import hull_store
 from hull_planhat_pipelines_tests.assets.test_hull_assets import stack  # noqa: F401
 from hull_planhat_pipelines_tests.assets.test_hull_incoming import Pipeline, pipeline  # noqa: F401
 

@@ -12,12 +12,6 @@ import duckdb
 import pandas as pd
 import pytest
 
-from hull_planhat_pipelines.assets.hull_snapshots import (
-    applied_table,
-    diff_snapshot,
-    remember_snapshot,
-)
-from hull_planhat_pipelines.assets.planhat import store_snapshot
 from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import (
     SNAPSHOT_KEYS,
@@ -26,6 +20,12 @@ from hull_planhat_pipelines.orchestration import (
 )
 from hull_planhat_pipelines.settings import load_settings
 from hull_planhat_pipelines.sync.planhat.records import companies_frame
+from hull_planhat_pipelines.warehouse.planhat_snapshots import (
+    applied_table,
+    diff_snapshot,
+    remember_snapshot,
+    store_snapshot,
+)
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)

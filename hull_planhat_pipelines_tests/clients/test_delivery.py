@@ -462,9 +462,9 @@ def test_activities_from_sql_carry_count_and_the_enduser_external_id(
     """Case 9: user activities from configured SQL, with ``count`` and ``euExtId``."""
     import duckdb
 
-    from hull_planhat_pipelines.assets.planhat_queries import activity_answers
     from hull_planhat_pipelines.settings import ActivityQuerySettings
     from hull_planhat_pipelines.sync.planhat.activities import sql_activity_payloads
+    from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers
 
     sandbox.add_companies([{"name": "Usage", "externalId": "USE-CO"}])
     sandbox.add_endusers(

@@ -7,12 +7,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from hull_planhat_pipelines.assets.planhat_queries import run_metric_sql
 from hull_planhat_pipelines.settings import SegmentSettings
 from hull_planhat_pipelines.sync.hull.model import empty_store
 from hull_planhat_pipelines.sync.hull.segments import SegmentError, evaluate_segments
 from hull_planhat_pipelines.sync.operator_sql import OperatorSqlError, lock_down, run_select
 from hull_planhat_pipelines.warehouse import read_only
+from hull_planhat_pipelines.warehouse.planhat_queries import run_metric_sql
 
 
 @pytest.fixture

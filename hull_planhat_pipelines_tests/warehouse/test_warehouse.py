@@ -1,4 +1,4 @@
-"""The warehouse I/O manager: exact partition replacement, typed empty tables, current views."""
+"""The warehouse layer: exact partition replacement, typed empty tables, current views."""
 
 import datetime as dt
 import subprocess
@@ -13,8 +13,8 @@ import pytest
 from hull_planhat_pipelines.warehouse import (
     CopperSlice,
     CurrentView,
-    WarehouseIOManager,
     connect,
+    replace_table,
     write_copper_table,
 )
 
@@ -38,24 +38,21 @@ def _rows(day: str, ids: list[int], version: int) -> pd.DataFrame:
 def _materialize(
     database: Path, frame_for: dict[str, pd.DataFrame], partition: str, succeeds: bool = True
 ) -> None:
-    @dg.asset(
-        key=["copper", "things"],
-        partitions_def=PARTITIONS,
-        io_manager_key="warehouse_io_manager",
-        metadata={
-            "partition_expr": "partition_date",
-            "current_view": {"key": "id", "order_by": ["date_modified"]},
-        },
-    )
-    def things(context: dg.AssetExecutionContext) -> pd.DataFrame:
-        return frame_for[context.partition_key]
+    """A partitioned asset that writes its day through the warehouse layer."""
 
-    result = dg.materialize(
-        [things],
-        partition_key=partition,
-        resources={"warehouse_io_manager": WarehouseIOManager(database=str(database))},
-        raise_on_error=False,
-    )
+    @dg.asset(key=["copper", "things"], partitions_def=PARTITIONS)
+    def things(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        day = dt.date.fromisoformat(context.partition_key)
+        written = write_copper_table(
+            str(database),
+            "copper.things",
+            frame_for[context.partition_key],
+            CopperSlice(first=day, end=day + dt.timedelta(days=1)),
+            current_view=CurrentView("id", ("date_modified",)),
+        )
+        return dg.MaterializeResult(metadata=written["schema"])
+
+    result = dg.materialize([things], partition_key=partition, raise_on_error=False)
     assert result.success is succeeds
 
 
@@ -280,3 +277,24 @@ def test_an_empty_first_write_creates_a_typed_table(tmp_path: Path) -> None:
         )
     )
     assert types["partition_date"] == "DATE" and types["id"] == "BIGINT"
+
+
+def test_a_whole_table_write_replaces_every_row_and_reports_its_columns(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    first = replace_table(str(db), "planhat.team_members", _rows("2026-01-01", [1, 2], 1))
+    assert first["dagster/row_count"] == 2
+    columns = [c.name for c in first["dagster/column_schema"].columns]
+    assert columns == ["id", "name", "date_modified", "partition_date"]
+    wider = _rows("2026-01-02", [3], 2)
+    wider["extra"] = pd.Series(["x"], dtype="string")
+    second = replace_table(str(db), "planhat.team_members", wider)
+    assert second["dagster/row_count"] == 1
+    assert _query(db, "select id, name, extra from planhat.team_members") == [(3, "v2-3", "x")]
+    clash = _rows("2026-01-03", [9], 3)
+    clash["id"] = pd.Series(["not a number"], dtype="string")  # cannot go into BIGINT
+    with pytest.raises(duckdb.Error):
+        replace_table(str(db), "planhat.team_members", clash)
+    assert _query(db, "select id from planhat.team_members") == [(3,)]
+    empty = replace_table(str(db), "planhat.team_members", _rows("2026-01-04", [], 4))
+    assert empty["dagster/row_count"] == 0
+    assert _query(db, "select count(*) from planhat.team_members") == [(0,)]

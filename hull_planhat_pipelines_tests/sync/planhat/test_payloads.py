@@ -14,7 +14,6 @@ import duckdb
 import pandas as pd
 import pytest
 
-from hull_planhat_pipelines.assets.planhat_queries import metric_answers
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
 from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, reconcile_bulk
 from hull_planhat_pipelines.sandbox.planhat_store import PlanhatStore
@@ -40,6 +39,7 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     FINGERPRINT_COLUMNS,
     PAYLOAD_COLUMNS,
+    advance_fingerprints,
     empty_fingerprints,
     fingerprint,
 )
@@ -53,7 +53,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
     compile_fields,
     payloads_as_json,
 )
-from hull_planhat_pipelines_tests.planhat_support import advance_fingerprints
+from hull_planhat_pipelines.warehouse.planhat_queries import metric_answers
 
 NOW = dt.datetime(2024, 3, 2, 12, 30, tzinfo=dt.UTC)
 OWNER = "5f1c00000000000000000001"

@@ -29,7 +29,7 @@ from hull_planhat_pipelines.sync.hull.model import (
     empty_store,
 )
 from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
-from hull_planhat_pipelines.warehouse import run, table_exists
+from hull_planhat_pipelines.warehouse.connection import run, table_exists
 
 TABLES: dict[Kind, str] = {"user": "hull.users", "account": "hull.accounts"}
 COLUMN_TYPES = {

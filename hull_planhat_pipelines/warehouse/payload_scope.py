@@ -19,16 +19,17 @@ send is asked for, or (companies) the Planhat users that owners are checked agai
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.assets.hull_store import CHANGES, change_seq
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull.batch import quote
-from hull_planhat_pipelines.warehouse import run, table_exists
+from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists
+from hull_planhat_pipelines.warehouse.hull_store import CHANGES, change_seq
 
 SCOPE = "ops.payload_scope"
 PENDING = "ops.payload_pending"
@@ -171,3 +172,17 @@ def remember(
     except Exception:
         run(database_conn, "rollback")
         raise
+
+
+def remember_scopes(path: str, scopes: Iterable[Scope], payloads: pd.DataFrame) -> None:
+    """``remember`` each mapped scope on one short-lived write connection: the next run maps
+    only what changed after this one."""
+    mapped = list(scopes)
+    if not mapped:
+        return
+    conn = connect(path)
+    try:
+        for one in mapped:
+            remember(conn, one, payloads)
+    finally:
+        conn.close()

@@ -1,4 +1,6 @@
-"""Planhat back-sync by difference: a new snapshot is compared in SQL with the one last applied.
+"""Planhat snapshots in the warehouse: stored with their history, and diffed for Hull.
+
+Planhat back-sync by difference: a new snapshot is compared in SQL with the one last applied.
 
 Planhat cannot filter by time, so each fetch is the whole list, appended to
 ``planhat.<model>_snapshots``; ``planhat_current.<name>`` shows the latest snapshot. The rows
@@ -11,13 +13,55 @@ the same transaction: an unchanged snapshot writes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.assets.planhat import latest_view, snapshot_table
-from hull_planhat_pipelines.warehouse import run, table_exists
+from hull_planhat_pipelines.warehouse.connection import (
+    column_schema,
+    connect,
+    quote,
+    run,
+    table_exists,
+)
+from hull_planhat_pipelines.warehouse.views import latest_view, point_latest_view, snapshot_table
+
+FULL_HISTORY = dt.timedelta(days=1)
+"""Every snapshot younger than this is kept; older ones only as the last of their UTC day."""
+
+
+def store_snapshot(
+    conn: duckdb.DuckDBPyConnection, model: str, frame: pd.DataFrame, taken: dt.datetime
+) -> int:
+    """Append the snapshot taken at ``taken``, prune the history, point the latest view at it
+    (in the caller's transaction). An empty snapshot leaves the view empty: Planhat holds
+    nothing. Returns how many snapshots the table keeps."""
+    table = snapshot_table(model)
+    schema, name = table.split(".")
+    run(conn, f"create schema if not exists {schema}")
+    conn.register("_snapshot", frame)
+    try:
+        if not table_exists(conn, schema, name):
+            run(conn, f"create table {table} as select * from _snapshot where false")
+        existing = {c[0] for c in conn.execute(f"select * from {table} limit 0").description}
+        for column, dtype, *_ in conn.execute("describe select * from _snapshot").fetchall():
+            if column not in existing:  # a field added to the model: older snapshots hold null
+                run(conn, f"alter table {table} add column {quote(column)} {dtype}")
+        run(conn, f"insert into {table} by name select * from _snapshot")
+    finally:
+        conn.unregister("_snapshot")
+    at = pd.Timestamp(taken).tz_convert("UTC") if taken.tzinfo else pd.Timestamp(taken, tz="UTC")
+    run(
+        conn,
+        f"delete from {table} where snapshot_at < ? and snapshot_at not in "
+        f"(select max(snapshot_at) from {table} group by cast(timezone('UTC', snapshot_at) as date))",
+        [(at - FULL_HISTORY).to_pydatetime()],
+    )
+    point_latest_view(conn, model, at.isoformat())
+    return int(run(conn, f"select count(distinct snapshot_at) from {table}")[0][0])
 
 
 def applied_table(name: str) -> str:
@@ -94,3 +138,23 @@ def remember_snapshot(conn: duckdb.DuckDBPyConnection, name: str) -> None:
         f"insert into {copy} select * from {source} where _id in (select _id from {changed});"
         f"drop table {changed}",
     )
+
+
+def write_snapshot(
+    path: str, model: str, frame: pd.DataFrame, taken: dt.datetime
+) -> tuple[int, dict[str, Any]]:
+    """Store a snapshot in one short transaction (opened after the fetch: no connection held
+    across HTTP). Returns the snapshots kept and the table's ``dagster/column_schema``."""
+    conn = connect(path)
+    try:
+        run(conn, "begin transaction")
+        try:
+            kept = store_snapshot(conn, model, frame, taken)
+            schema = column_schema(conn, *snapshot_table(model).split("."))
+            run(conn, "commit")
+        except Exception:
+            run(conn, "rollback")
+            raise
+    finally:
+        conn.close()
+    return kept, schema

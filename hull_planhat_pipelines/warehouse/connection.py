@@ -1,0 +1,145 @@
+"""The DuckDB file every table lives in, and short-lived connections to it.
+
+DuckDB allows one writing process per file: every connection here is opened for one step and
+closed, never held across an HTTP call.
+"""
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+from dagster import TableColumn, TableSchema
+
+WAREHOUSE_ENV_VAR = "HULL_PLANHAT_WAREHOUSE"
+PARTITION_COLUMN = "partition_date"
+DEFAULT_WAREHOUSE = "data/warehouse.duckdb"
+
+
+def warehouse_path() -> str:
+    """The DuckDB file of all tables (``HULL_PLANHAT_WAREHOUSE``), its folder created."""
+    path = os.environ.get(WAREHOUSE_ENV_VAR) or DEFAULT_WAREHOUSE
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+LOCK_WAIT_SECONDS = 120.0
+
+
+def connect(
+    path: str,
+    *,
+    read_only: bool = False,
+    wait: float = LOCK_WAIT_SECONDS,
+    sleeper: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse, waiting (bounded) while another process holds its lock.
+
+    DuckDB allows one writing process per file; runs that overlap take turns instead of
+    failing. Past ``wait`` seconds the lock error is raised with what was waited for.
+    """
+    deadline = clock() + wait
+    pause = 0.1
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or clock() >= deadline:
+                raise
+            sleeper(pause)
+            pause = min(pause * 2, 2.0)
+
+
+@contextmanager
+def read_only(path: str | None = None) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """A short-lived read-only connection, or ``None`` if the warehouse does not exist yet."""
+    path = path or warehouse_path()
+    if not Path(path).exists():
+        yield None
+        return
+    conn = connect(path, read_only=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    rows = run(
+        conn,
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    )
+    return bool(rows and rows[0][0])
+
+
+def column_schema(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, Any]:
+    """The written table's columns as ``dagster/column_schema`` metadata (the UI's Columns)."""
+    rows = run(
+        conn,
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = ? and table_name = ? order by ordinal_position",
+        [schema, table],
+    )
+    if not rows:
+        return {}
+    columns = [TableColumn(name=name, type=dtype.lower()) for name, dtype in rows]
+    return {"dagster/column_schema": TableSchema(columns=columns)}
+
+
+def run(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    """Execute and consume the result (DuckDB refuses new work while a result is pending)."""
+    return conn.execute(sql, params or []).fetchall()
+
+
+def quote(name: str) -> str:
+    """A DuckDB identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def append_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Insert ``frame`` by column name, creating the table (and schema) on first use."""
+    schema, name = table.split(".")
+    exists = table_exists(conn, schema, name)
+    if frame.empty and exists:
+        return
+    run(conn, f"create schema if not exists {schema}")
+    conn.register("_append", frame)
+    try:
+        if exists:
+            run(conn, f"insert into {table} by name select * from _append")
+        else:
+            run(conn, f"create table {table} as select * from _append")
+    finally:
+        conn.unregister("_append")
+
+
+SYNC_LOG_DDL = """
+create schema if not exists ops;
+create table if not exists ops.sync_log (
+    logged_at timestamptz, run_id varchar, asset varchar, event varchar, object_type varchar,
+    object_id varchar, reason varchar, details varchar
+);
+"""
+
+
+def append_sync_log(
+    frame: pd.DataFrame, path: str | None = None, *, wait: float = LOCK_WAIT_SECONDS
+) -> None:
+    """Append rows to ``ops.sync_log`` (one short write; never held across steps). ``wait``
+    bounds the wait for another process's lock (a sensor tick cannot wait long)."""
+    if frame.empty:
+        return
+    conn = connect(path or warehouse_path(), wait=wait)
+    try:
+        for statement in filter(str.strip, SYNC_LOG_DDL.split(";")):
+            run(conn, statement)
+        conn.register("_events", frame)
+        run(conn, "insert into ops.sync_log by name select * from _events")
+    finally:
+        conn.close()

@@ -1,0 +1,112 @@
+"""Copper tables: one transactional write per run (partition range, window and ids replaced)."""
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from hull_planhat_pipelines.warehouse.connection import (
+    PARTITION_COLUMN,
+    column_schema,
+    connect,
+    run,
+)
+from hull_planhat_pipelines.warehouse.connection import quote as _quote
+from hull_planhat_pipelines.warehouse.tables import ensure_columns
+from hull_planhat_pipelines.warehouse.views import CurrentView, create_current_view
+
+
+@dataclass(frozen=True)
+class CopperSlice:
+    """What a Copper run replaces in its table, besides the ids it wrote.
+
+    ``first`` and ``end`` bound ``partition_date`` (``end`` exclusive): the run's partitions.
+    Without ``date_column`` they are replaced whole (a range run: a backfill, "fetch all").
+    With it, only rows whose ``date_column`` lies in ``[since, until]`` (epoch seconds; ``since``
+    ``None`` is open below) are replaced: an incremental run upserts what changed, and a record
+    deleted in Copper inside that window leaves with it, without touching the rest of the partition.
+    """
+
+    first: dt.date
+    end: dt.date
+    date_column: str | None = None
+    since: int | None = None
+    until: int | None = None
+
+
+def _slice_condition(where: CopperSlice) -> tuple[str, list[Any]]:
+    sql = f"({_quote(PARTITION_COLUMN)} >= ? and {_quote(PARTITION_COLUMN)} < ?"
+    params: list[Any] = [where.first, where.end]
+    if where.date_column is not None:
+        column = _quote(where.date_column)
+        if where.since is not None:
+            sql += f" and {column} >= to_timestamp(?)"
+            params.append(where.since)
+        if where.until is not None:
+            sql += f" and {column} <= to_timestamp(?)"
+            params.append(where.until)
+    return sql + ")", params
+
+
+def write_copper_table(
+    path: str,
+    table: str,
+    frame: pd.DataFrame,
+    where: CopperSlice,
+    *,
+    gone_ids: Sequence[int] = (),
+    current_view: CurrentView | None = None,
+    types: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Replace ``where`` and the rows of every id in ``frame`` or ``gone_ids`` with ``frame``,
+    in one transaction (a failed write leaves the table as it was).
+
+    One statement pair for a whole range, whatever the number of partitions; deleting by id
+    keeps one row per record even when its date moved to another partition. The table is
+    created with ``types`` (column -> DuckDB type; the frame's own types for the others, so an
+    empty frame still makes a typed table) and new columns are added; inserts go by name.
+    Returns ``{"counts": {year start: rows stored}, "schema": column metadata}`` for the run's
+    partitions (UTC years), read back after the write.
+    """
+    schema, name = table.split(".")
+    target = f"{schema}.{_quote(name)}"
+    conn = connect(path)
+    try:
+        run(conn, "begin transaction")
+        try:
+            conn.register("_frame", frame)
+            ensure_columns(conn, schema, name, "_frame", types)
+            condition, params = _slice_condition(where)
+            conn.register("_gone", pd.DataFrame({"id": pd.array(list(gone_ids), dtype="Int64")}))
+            run(
+                conn,
+                f"delete from {target} where {condition} "
+                "or id in (select id from _frame) or id in (select id from _gone)",
+                params,
+            )
+            if len(frame):
+                run(conn, f"insert into {target} by name select * from _frame")
+            if current_view is not None:
+                create_current_view(conn, schema, name, current_view)
+            run(conn, "commit")
+        except Exception:
+            run(conn, "rollback")
+            raise
+        finally:
+            for view in ("_frame", "_gone"):
+                conn.unregister(view)  # a name never registered is ignored
+        rows = run(
+            conn,
+            f"select date_trunc('year', {_quote(PARTITION_COLUMN)})::date, count(*) "
+            f"from {target} where {_quote(PARTITION_COLUMN)} >= ? "
+            f"and {_quote(PARTITION_COLUMN)} < ? group by 1",
+            [where.first, where.end],
+        )
+        return {
+            "counts": {day: int(n) for day, n in rows},
+            "schema": column_schema(conn, schema, name),
+        }
+    finally:
+        conn.close()

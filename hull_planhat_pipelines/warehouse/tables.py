@@ -1,0 +1,74 @@
+"""Tables written whole: each write replaces the table (Planhat team members, payloads)."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.warehouse.connection import (
+    column_schema,
+    connect,
+    quote,
+    run,
+    table_exists,
+)
+
+
+def ensure_columns(
+    conn: duckdb.DuckDBPyConnection,
+    schema: str,
+    name: str,
+    frame_view: str,
+    types: Mapping[str, str] | None = None,
+) -> None:
+    """Create ``schema.name`` typed like the registered ``frame_view`` (``types`` overriding a
+    column's type; an empty frame still makes a typed table) and add the columns it lacks, so
+    inserts by name never shift values between columns."""
+    target = f"{schema}.{quote(name)}"
+    run(conn, f"create schema if not exists {schema}")
+    described = [
+        (column, "VARCHAR" if dtype in ('"NULL"', "NULL") else dtype)
+        for column, dtype, *_ in run(conn, f"describe select * from {frame_view}")
+    ]
+    if not table_exists(conn, schema, name):
+        declared = dict(types or {})
+        columns = ", ".join(f"{quote(c)} {declared.get(c, dtype)}" for c, dtype in described)
+        run(conn, f"create table {target} ({columns})")
+    existing = {
+        row[0]
+        for row in run(
+            conn,
+            "select column_name from information_schema.columns "
+            "where table_schema = ? and table_name = ?",
+            [schema, name],
+        )
+    }
+    for column, dtype in described:
+        if column not in existing:
+            run(conn, f"alter table {target} add column {quote(column)} {dtype}")
+
+
+def replace_table(path: str, table: str, frame: pd.DataFrame) -> dict[str, Any]:
+    """Replace every row of ``table`` with ``frame`` in one transaction (a failed write leaves
+    the table as it was). Returns ``dagster/row_count`` and ``dagster/column_schema``."""
+    schema, name = table.split(".")
+    conn = connect(path)
+    try:
+        run(conn, "begin transaction")
+        conn.register("_frame", frame)
+        try:
+            ensure_columns(conn, schema, name, "_frame")
+            run(conn, f"delete from {schema}.{quote(name)}")
+            if len(frame):
+                run(conn, f"insert into {schema}.{quote(name)} by name select * from _frame")
+            metadata = column_schema(conn, schema, name)
+            run(conn, "commit")
+        except Exception:
+            run(conn, "rollback")
+            raise
+        finally:
+            conn.unregister("_frame")
+    finally:
+        conn.close()
+    return {"dagster/row_count": len(frame), **metadata}
