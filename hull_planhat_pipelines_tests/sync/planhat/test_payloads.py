@@ -39,7 +39,6 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     FINGERPRINT_COLUMNS,
     PAYLOAD_COLUMNS,
-    advance_fingerprints,
     empty_fingerprints,
     fingerprint,
 )
@@ -54,6 +53,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
     payloads_as_json,
 )
 from hull_planhat_pipelines.warehouse.planhat_queries import metric_answers
+from hull_planhat_pipelines_tests.planhat_support import advance_fingerprints
 
 NOW = dt.datetime(2024, 3, 2, 12, 30, tzinfo=dt.UTC)
 OWNER = "5f1c00000000000000000001"
