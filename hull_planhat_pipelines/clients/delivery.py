@@ -143,11 +143,17 @@ class _Rows:
         for name, value in values.items():
             self.columns[name][position] = value
 
-    def frame(self, index: pd.Index) -> pd.DataFrame:
-        frame = pd.DataFrame(self.columns, columns=OUTCOME_COLUMNS)
+    def frame(self, index: pd.Index, positions: range | None = None) -> pd.DataFrame:
+        """The rows as a frame labelled by ``index``; ``positions``: only those rows (a
+        batch's checkpoint: framing every row after each batch made a one-record
+        destination quadratic in its records)."""
+        part = slice(None) if positions is None else slice(positions.start, positions.stop)
+        frame = pd.DataFrame(
+            {name: self.columns[name][part] for name in OUTCOME_COLUMNS}, columns=OUTCOME_COLUMNS
+        )
         for name in ("request", "attempts", "batch"):
             frame[name] = frame[name].astype("Int64")
-        frame.index = index
+        frame.index = index[part]
         return frame
 
 
@@ -236,7 +242,7 @@ def deliver(
                 checkpoint(result.outcomes.iloc[positions.start :])
             raise DeliveryStopped(exc, result) from None
         if checkpoint is not None:
-            checkpoint(rows.frame(records.index).iloc[positions.start : positions.stop])
+            checkpoint(rows.frame(records.index, positions))
     result.outcomes = rows.frame(records.index)
     return result
 
@@ -320,10 +326,11 @@ def _send_batch(
                 route = ("PUT", f"{target.path.rstrip('/')}/{found['_id']}", None)
                 method = "PUT"
         if intent is not None and _in_doubt_when_unanswered(target, method):
-            pending = _Rows(target.name, keys)
-            for position in positions:
-                pending.add(position, "pending", batch=batch, request=result.requests + 1)
-            intent(pending.frame(pd.RangeIndex(len(keys))).iloc[positions.start : positions.stop])
+            # the batch's rows only: a row per record of the whole delivery per batch is quadratic
+            pending = _Rows(target.name, keys[positions.start : positions.stop])
+            for offset in range(len(positions)):
+                pending.add(offset, "pending", batch=batch, request=result.requests + 1)
+            intent(pending.frame(pd.RangeIndex(positions.start, positions.stop)))
         result.requests += 1
         request = result.requests
         outcomes, summary = target.send(client, target, items, keys[positions.start], route)
