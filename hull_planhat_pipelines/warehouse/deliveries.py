@@ -403,22 +403,28 @@ class DeliveryJournal:
 
     def _commit(self, next_group: int | None) -> None:
         """The outcomes held, with the intents of the group at ``next_group``, in one
-        transaction."""
+        transaction.
+
+        The held one-record outcomes are combined first: a group costs one outcome frame build
+        and one fingerprint computation, not one of each per record (the rows are the same)."""
         now = dt.datetime.now(dt.UTC)
-        frames, fresh = [], []
-        for outcomes in self._outcomes:
-            part = self.records.loc[outcomes.index]
-            frames.append(delivery_rows(outcomes, part, self.run_id, now))
-            fresh.append(fresh_fingerprints(outcomes, part, now, delivered=self.delivered))
+        held = [o for o in self._outcomes if not o.empty]
+        outcomes = pd.concat(held) if held else pd.DataFrame(columns=OUTCOME_COLUMNS)
+        fingerprints = pd.DataFrame()
+        if not outcomes.empty:
+            earned = fresh_fingerprints(
+                outcomes, self.records.loc[outcomes.index], now, delivered=self.delivered
+            )
+            fingerprints = earned if not earned.empty else fingerprints
+        frames = [outcomes] if not outcomes.empty else []
         if next_group is not None and self.intents:
             pending = self._pending(next_group)
             if not pending.empty:
-                part = self.records.loc[pending.index]
-                frames.append(delivery_rows(pending, part, self.run_id, now))
+                frames.append(pending)
         self._outcomes = []
-        rows = pd.concat(frames) if frames else pd.DataFrame()
-        earned = [f for f in fresh if not f.empty]
-        fingerprints = pd.concat(earned) if earned else pd.DataFrame()
+        # typed apart, then joined: an all-empty column of one frame cannot retype the other's
+        typed = [delivery_rows(f, self.records.loc[f.index], self.run_id, now) for f in frames]
+        rows = pd.concat(typed) if len(typed) > 1 else typed[0] if typed else pd.DataFrame()
         if rows.empty and fingerprints.empty:
             return
         if not self._ready:

@@ -208,3 +208,58 @@ def test_a_journal_refuses_records_not_indexed_by_position(database: str) -> Non
     records = _records(database).head(3).set_axis([7, 8, 9])
     with pytest.raises(ValueError, match="reset_index"):
         DeliveryJournal(database, "conversations", records, "run-1", every=2)
+
+
+def _stored(database: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Delivery rows and fingerprints, without the commit times (and run ids)."""
+    with duckdb.connect(database, read_only=True) as conn:
+        rows = conn.execute(
+            "select * exclude (run_id, delivered_at) from planhat.deliveries order by key, status"
+        ).fetchall()
+        prints = conn.execute(
+            "select * exclude (delivered_at) from planhat.delivery_fingerprints order by key"
+        ).fetchall()
+    return rows, prints
+
+
+def test_a_group_stores_what_one_commit_a_record_stores_and_builds_its_rows_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mixed one-record outcomes: an _id or none, an error, request numbers or none
+    def outcomes(records: pd.DataFrame, position: int) -> pd.DataFrame:
+        row = deliveries.status_rows("conversations", records.iloc[[position]], "created")
+        if position % 3 == 1:
+            row["status"], row["error"] = "failed", f"HTTP 400 on {position}"
+        else:
+            row["planhat_id"] = None if position % 3 == 2 else f"{position:024x}"
+            row["response"] = '{"_id": "x"}'
+        if position % 2:
+            row["request"], row["attempts"], row["batch"] = position, 1, position
+        return row
+
+    alone, grouped = str(tmp_path / "alone.duckdb"), str(tmp_path / "grouped.duckdb")
+    records = _records(alone).head(7)
+    checkpoint = deliveries.make_checkpoint(alone, records, "run-1")
+    for position in range(7):
+        checkpoint(outcomes(records, position))
+
+    calls = {"rows": 0, "fingerprints": 0}
+    real_rows, real_prints = deliveries.delivery_rows, deliveries.fresh_fingerprints
+
+    def rows(*a: Any, **kw: Any) -> pd.DataFrame:
+        calls["rows"] += 1
+        return real_rows(*a, **kw)
+
+    def prints(*a: Any, **kw: Any) -> pd.DataFrame:
+        calls["fingerprints"] += 1
+        return real_prints(*a, **kw)
+
+    monkeypatch.setattr(deliveries, "delivery_rows", rows)
+    monkeypatch.setattr(deliveries, "fresh_fingerprints", prints)
+    kept = DeliveryJournal(grouped, "conversations", records, "run-1", every=7, intents=False)
+    for position in range(7):
+        kept.checkpoint(outcomes(records, position))
+    assert kept.transactions == 1
+    assert calls == {"rows": 1, "fingerprints": 1}  # once a group, not once a record
+    assert _stored(grouped) == _stored(alone)
+    assert len(_stored(grouped)[0]) == 7 and len(_stored(grouped)[1]) == 5
