@@ -24,6 +24,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.dev import stop_process_group
+from hull_planhat_pipelines.orchestration import copper_partition_key
 from hull_planhat_pipelines.settings import CONFIG_ENV_VAR, default_config_path, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_a_materialization_is_stored_in_postgres_and_read_back(production_env: d
     assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
     assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
     defs = build_definitions(load_settings())
-    today = dt.datetime.now(dt.UTC).date().replace(day=1).isoformat()  # this month
+    today = copper_partition_key(dt.datetime.now(dt.UTC).date())  # this year
     result = defs.resolve_job_def("copper_sync").execute_in_process(
         instance=instance, partition_key=today
     )
