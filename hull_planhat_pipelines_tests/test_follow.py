@@ -175,7 +175,7 @@ def test_the_first_poll_over_empty_copper_tables_fetches_everything(ticks: Ticks
     assert first.tags[TRIGGER_TAG] == "first start"
     assert first.tags[ASSET_PARTITION_RANGE_START_TAG] == copper_partition_key(START)
     assert first.tags[ASSET_PARTITION_RANGE_END_TAG] == copper_partition_key(LAST)
-    assert "hull_planhat/copper_since" not in first.tags  # a range run: its months replaced
+    assert "hull_planhat/copper_since" not in first.tags  # a range run: its years replaced
     assert {k.path[1] for k in first.asset_selection or []} == set(COPPER_OBJECTS)
     assert stack.run("copper_sync", tags=dict(first.tags)).success
     stored = stack.query("select count(*) from copper.leads")[0][0]
