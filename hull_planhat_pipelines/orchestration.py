@@ -18,6 +18,7 @@ from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.clients.planhat_targets import PLANHAT_TARGETS
 from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError, post_alert
+from hull_planhat_pipelines.policies import UNCHANGED
 from hull_planhat_pipelines.resources import CopperResource, copper_resource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_json
@@ -612,6 +613,15 @@ def delivered_something(metadata: dict[str, Any]) -> bool:
     return int(value("created") or 0) + int(value("updated") or 0) > 0
 
 
+def _found_unchanged(record: Any) -> bool:
+    """A source run that found its source exactly as stored (``policies.UNCHANGED``)."""
+    materialization = record.asset_materialization
+    if materialization is None:
+        return False
+    value = materialization.metadata.get(UNCHANGED)
+    return bool(getattr(value, "value", value))
+
+
 def plan_followers(
     instance: dg.DagsterInstance,
     graph: AssetGraph,
@@ -627,7 +637,8 @@ def plan_followers(
     also cover, whichever job, backfill or graph launch (``__ASSET_JOB``) produced it. Any number
     of new events become one request. While a run is in progress on those assets or on their
     sources, nothing is requested and the cursor stays: the events are seen again next time, so
-    an update that lands while the downstream run is running is never dropped.
+    an update that lands while the downstream run is running is never dropped. A source run
+    that found its source as stored (``source_unchanged``) asks for nothing.
     """
 
     def assets_of(run: dg.DagsterRun | None) -> set[dg.AssetKey]:
@@ -656,6 +667,8 @@ def plan_followers(
         run = instance.get_run_by_id(latest.run_id)
         if run is not None and is_dry_run(run) and not follow_dry_runs:
             continue  # a dry run triggers nothing (the command line's own dry run goes on)
+        if _found_unchanged(latest):
+            continue  # the source is as it was: nothing downstream is out of date
         ran = assets_of(run)
         followers = graph.followers(key) - ran - {key}
         if DELIVERIES_KEY in ran and key != DELIVERIES_KEY:

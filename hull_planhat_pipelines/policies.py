@@ -30,3 +30,21 @@ def planhat_freshness(settings: Settings) -> dg.FreshnessPolicy:
     return dg.FreshnessPolicy.time_window(
         fail_window=dt.timedelta(minutes=3 * minutes), warn_window=dt.timedelta(minutes=2 * minutes)
     )
+
+
+CHANGED_RECORDS = "changed_records"
+"""Metadata of a source materialization: the records its run inserted, replaced or removed
+(fetch times aside)."""
+UNCHANGED = "source_unchanged"
+"""Metadata of a source materialization: true when its run found the source exactly as it was
+stored (and something was stored before). Such a materialization asks nothing of the assets
+downstream: the downstream sensor and the command line's sync start no run for it, so a poll or
+a Planhat fetch that finds nothing new costs its requests only."""
+
+
+def change_metadata(changed: int, *, first: bool) -> dict[str, dg.MetadataValue]:
+    """``changed_records`` and ``source_unchanged`` for a source run."""
+    return {
+        CHANGED_RECORDS: dg.MetadataValue.int(changed),
+        UNCHANGED: dg.MetadataValue.bool(changed == 0 and not first),
+    }

@@ -29,6 +29,7 @@ from hull_planhat_pipelines_tests.assets.test_pipeline_assets import (  # noqa: 
     START,
     TODAY,
     Pipeline,
+    _control,
     _sensor_tick,
     pipeline,
 )
@@ -149,6 +150,8 @@ def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: 
         asset_selection=frozenset(first.asset_selection or []),
         status=dg.DagsterRunStatus.STARTED,
     )
+    lead = ticks.pipeline.copper.records("leads")[0]["id"]
+    _control(ticks.pipeline, "PATCH", f"leads/{lead}", {"title": "Changed mid-run"})
     assert ticks.graph_launch([COPPER[0]], partition_key=copper_partition_key(TODAY)).success
     waiting = ticks.tick()
     assert isinstance(waiting, dg.SkipReason) and "in progress" in (waiting.skip_message or "")
@@ -157,6 +160,46 @@ def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: 
     ticks.instance.report_run_failed(running)
     [later] = ticks.requests()
     assert set(later.asset_selection or []) >= HULL
+
+
+def _latest_metadata(ticks: Ticks, key: dg.AssetKey) -> dict[str, Any]:
+    event = ticks.instance.get_latest_materialization_event(key)
+    assert event is not None and event.asset_materialization is not None
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def test_a_source_run_that_finds_nothing_new_asks_for_nothing(ticks: Ticks) -> None:
+    year = copper_partition_key(TODAY)
+    assert ticks.graph_launch(COPPER, partition_key=year).success
+    assert ticks.pipeline.run("planhat_fetch").success
+    first = _latest_metadata(ticks, COPPER[1])
+    assert first["source_unchanged"] is False and first["changed_records"] > 0
+    assert ticks.requests()  # the first fetch asks for Hull and what follows
+    stored = dict(ticks.pipeline.query("select id, _fetched_at from copper.people"))
+
+    # The same year and the same Planhat again: nothing new, so no run starts.
+    assert ticks.graph_launch(COPPER, partition_key=year).success
+    assert ticks.pipeline.run("planhat_fetch").success
+    for key in [*COPPER, *(dg.AssetKey(["planhat", n]) for n in ("company_snapshots",
+                                                                    "enduser_snapshots",
+                                                                    "team_members"))]:  # fmt: skip
+        metadata = _latest_metadata(ticks, key)
+        assert metadata["source_unchanged"] is True, key
+        assert metadata["changed_records"] == 0, key
+    assert _latest_metadata(ticks, COPPER[1])["rows_written"] == 0
+    # nothing rewritten: the rows keep the fetch time of the run that brought them
+    assert dict(ticks.pipeline.query("select id, _fetched_at from copper.people")) == stored
+    assert ticks.requests() == []
+
+    # One record edited in Copper: that run asks for what follows it again.
+    person = ticks.pipeline.copper.records("people")[0]["id"]
+    _control(ticks.pipeline, "PATCH", f"people/{person}", {"title": "Head of Changes"})
+    assert ticks.graph_launch([COPPER[1]], partition_key=year).success
+    changed = _latest_metadata(ticks, COPPER[1])
+    assert changed["source_unchanged"] is False
+    assert changed["changed_records"] == changed["rows_written"] == 1
+    [request] = ticks.requests()
+    assert set(request.asset_selection or []) >= HULL
 
 
 def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
-from hull_planhat_pipelines.policies import FETCH_RETRY, copper_freshness
+from hull_planhat_pipelines.policies import FETCH_RETRY, change_metadata, copper_freshness
 from hull_planhat_pipelines.resources import CopperResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper.polling import parse_window
@@ -268,10 +268,14 @@ def build_copper_asset(
             if incremental
             else f"replaced {len(keys)} partition(s) in one write"
         )
+        metadata |= change_metadata(written["changed"], first=written["first"])
         # the run's figures and the table's columns, on each partition
         context.add_asset_metadata({**metadata, **written["schema"]})
         stored = written["counts"]
-        for key, entry in partition_metadata(frame, keys, stored, incremental=incremental).items():
+        rewritten = frame[frame["id"].isin(written["written_ids"])] if len(frame) else frame
+        for key, entry in partition_metadata(
+            rewritten, keys, stored, incremental=incremental
+        ).items():
             context.add_asset_metadata(entry, partition_key=key)
         return dg.MaterializeResult()
 

@@ -19,7 +19,7 @@ import pandas as pd
 from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.http import ApiAuthError
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
-from hull_planhat_pipelines.policies import FETCH_RETRY, planhat_freshness
+from hull_planhat_pipelines.policies import FETCH_RETRY, change_metadata, planhat_freshness
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
@@ -140,14 +140,15 @@ def build_snapshot_asset(
                 metadata = _snapshot_metadata(frame, client)
         except ApiAuthError as exc:
             raise _auth_failure(context, asset, exc) from None
-        kept, schema = write_snapshot(warehouse.database, snapshot.model, frame, now)
-        metadata |= schema
+        stored = write_snapshot(warehouse.database, snapshot.model, frame, now)
+        metadata |= stored.schema
         return dg.MaterializeResult(
             metadata={
                 **metadata,
                 "dagster/row_count": dg.MetadataValue.int(len(frame)),
                 "snapshot_at": dg.MetadataValue.timestamp(now),
-                "snapshots_kept": dg.MetadataValue.int(kept),
+                "snapshots_kept": dg.MetadataValue.int(stored.kept),
+                **change_metadata(stored.changed, first=stored.first),
             }
         )
 
@@ -178,7 +179,10 @@ def build_planhat_assets(settings: Settings, clock: Clock = _utc_now) -> list[dg
                 metadata = _snapshot_metadata(frame, client)
         except ApiAuthError as exc:
             raise _auth_failure(context, TEAM_MEMBERS_KEY.to_user_string(), exc) from None
-        written = replace_table(warehouse.database, TEAM_MEMBERS_TABLE, frame)
-        return dg.MaterializeResult(metadata={**metadata, **written})
+        written = replace_table(warehouse.database, TEAM_MEMBERS_TABLE, frame, report_change=True)
+        changed, existed = written.pop("changed"), written.pop("existed")
+        return dg.MaterializeResult(
+            metadata={**metadata, **written, **change_metadata(changed, first=not existed)}
+        )
 
     return [*snapshots, planhat_team_members]

@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.warehouse.connection import (
@@ -12,6 +13,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     column_schema,
     connect,
     run,
+    table_exists,
 )
 from hull_planhat_pipelines.warehouse.connection import quote as _quote
 from hull_planhat_pipelines.warehouse.tables import ensure_columns
@@ -50,6 +52,25 @@ def _slice_condition(where: CopperSlice) -> tuple[str, list[Any]]:
     return sql + ")", params
 
 
+def _same_rows(conn: duckdb.DuckDBPyConnection, schema: str, name: str, frame_view: str) -> None:
+    """``_same``: the ids of ``frame_view`` whose stored row is identical but for its fetch
+    time. Those rows stay as they are (with their ``_fetched_at``): a re-fetch of unchanged
+    records writes nothing, and Hull's watermark sees only what really changed."""
+    columns = [
+        row[0]
+        for row in run(conn, f"describe select * from {frame_view}")
+        if row[0] not in ("id", "_fetched_at")
+    ]
+    same = " and ".join(
+        ["t.id = f.id", *(f"t.{_quote(c)} is not distinct from f.{_quote(c)}" for c in columns)]
+    )
+    run(
+        conn,
+        f"create or replace temp table _same as select f.id from {frame_view} f"
+        f" semi join {schema}.{_quote(name)} t on {same}",
+    )
+
+
 def write_copper_table(
     path: str,
     table: str,
@@ -67,8 +88,11 @@ def write_copper_table(
     keeps one row per record even when its date moved to another partition. The table is
     created with ``types`` (column -> DuckDB type; the frame's own types for the others, so an
     empty frame still makes a typed table) and new columns are added; inserts go by name.
+    A row identical to the stored one but for ``_fetched_at`` is left as stored (not rewritten).
     Returns ``{"counts": {year start: rows stored}, "schema": column metadata}`` for the run's
-    partitions (UTC years), read back after the write.
+    partitions (UTC years), read back after the write, ``changed`` (records inserted, replaced
+    or removed: 0 when the run found nothing new), ``written_ids`` and ``first`` (the table was
+    created by this write).
     """
     schema, name = table.split(".")
     target = f"{schema}.{_quote(name)}"
@@ -77,17 +101,30 @@ def write_copper_table(
         run(conn, "begin transaction")
         try:
             conn.register("_frame", frame)
+            first = not table_exists(conn, schema, name)
             ensure_columns(conn, schema, name, "_frame", types)
             condition, params = _slice_condition(where)
             conn.register("_gone", pd.DataFrame({"id": pd.array(list(gone_ids), dtype="Int64")}))
-            run(
-                conn,
-                f"delete from {target} where {condition} "
-                "or id in (select id from _frame) or id in (select id from _gone)",
-                params,
+            _same_rows(conn, schema, name, "_frame")
+            doomed = (
+                f"({condition} or id in (select id from _frame) or id in (select id from _gone))"
+                " and id not in (select id from _same)"
             )
-            if len(frame):
-                run(conn, f"insert into {target} by name select * from _frame")
+            removed = run(
+                conn,
+                f"select count(*) from {target} where {doomed}"
+                " and id not in (select id from _frame)",
+                params,
+            )[0][0]
+            run(conn, f"delete from {target} where {doomed}", params)
+            written_ids = [
+                row[0]
+                for row in run(
+                    conn,
+                    f"insert into {target} by name select * from _frame"
+                    " where id not in (select id from _same) returning id",
+                )
+            ]
             if current_view is not None:
                 create_current_view(conn, schema, name, current_view)
             run(conn, "commit")
@@ -97,6 +134,7 @@ def write_copper_table(
         finally:
             for view in ("_frame", "_gone"):
                 conn.unregister(view)  # a name never registered is ignored
+            run(conn, "drop table if exists _same")
         rows = run(
             conn,
             f"select date_trunc('year', {_quote(PARTITION_COLUMN)})::date, count(*) "
@@ -107,6 +145,9 @@ def write_copper_table(
         return {
             "counts": {day: int(n) for day, n in rows},
             "schema": column_schema(conn, schema, name),
+            "changed": len(written_ids) + int(removed),
+            "written_ids": written_ids,
+            "first": first,
         }
     finally:
         conn.close()

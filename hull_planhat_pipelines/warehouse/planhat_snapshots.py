@@ -27,6 +27,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     run,
     table_exists,
 )
+from hull_planhat_pipelines.warehouse.tables import differing_rows
 from hull_planhat_pipelines.warehouse.views import latest_view, point_latest_view, snapshot_table
 
 FULL_HISTORY = dt.timedelta(days=1)
@@ -140,15 +141,46 @@ def remember_snapshot(conn: duckdb.DuckDBPyConnection, name: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class StoredSnapshot:
+    kept: int
+    """Snapshots the table keeps."""
+    changed: int
+    """Rows that differ from the previous snapshot (fetch times aside): new, changed or gone."""
+    first: bool
+    """No snapshot was stored before this one."""
+    schema: dict[str, Any]
+    """The table's ``dagster/column_schema``."""
+
+
+def _change_from_latest(
+    conn: duckdb.DuckDBPyConnection, model: str, frame: pd.DataFrame
+) -> tuple[int, bool]:
+    """``(rows differing from the latest snapshot, no snapshot before)``, before ``frame`` is
+    stored; compared on the snapshot's columns, its fetch and snapshot times aside."""
+    schema, name = latest_view(model).split(".")
+    if not table_exists(conn, schema, name):
+        return len(frame), True
+    conn.register("_new_snapshot", frame)
+    try:
+        changed = differing_rows(
+            conn, latest_view(model), "_new_snapshot", ignore=("_fetched_at", "snapshot_at")
+        )
+    finally:
+        conn.unregister("_new_snapshot")
+    return changed, False
+
+
 def write_snapshot(
     path: str, model: str, frame: pd.DataFrame, taken: dt.datetime
-) -> tuple[int, dict[str, Any]]:
+) -> StoredSnapshot:
     """Store a snapshot in one short transaction (opened after the fetch: no connection held
-    across HTTP). Returns the snapshots kept and the table's ``dagster/column_schema``."""
+    across HTTP), and say how it differs from the one before."""
     conn = connect(path)
     try:
         run(conn, "begin transaction")
         try:
+            changed, first = _change_from_latest(conn, model, frame)
             kept = store_snapshot(conn, model, frame, taken)
             schema = column_schema(conn, *snapshot_table(model).split("."))
             run(conn, "commit")
@@ -157,4 +189,4 @@ def write_snapshot(
             raise
     finally:
         conn.close()
-    return kept, schema
+    return StoredSnapshot(kept=kept, changed=changed, first=first, schema=schema)

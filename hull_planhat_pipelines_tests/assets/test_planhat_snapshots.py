@@ -25,6 +25,7 @@ from hull_planhat_pipelines.warehouse.planhat_snapshots import (
     diff_snapshot,
     remember_snapshot,
     store_snapshot,
+    write_snapshot,
 )
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 
@@ -127,6 +128,30 @@ def test_only_changed_rows_reach_hull_and_an_unchanged_snapshot_hands_over_nothi
 # -- what the UI shows --------------------------------------------------------------------------
 def _defs() -> dg.Definitions:
     return build_definitions(load_settings())
+
+
+def test_a_stored_snapshot_says_how_much_differs_from_the_one_before(tmp_path: Path) -> None:
+    database = str(tmp_path / "w.duckdb")
+
+    def take(at: dt.datetime, *companies: dict) -> tuple[int, bool]:
+        stored = write_snapshot(
+            database, "companies", companies_frame(list(companies), fetched_at=at), at
+        )
+        return stored.changed, stored.first
+
+    assert take(T0) == (0, True)  # Planhat holds nothing yet: still the first snapshot
+    assert take(T0 + dt.timedelta(minutes=1), _company("a", "Acme"), _company("b", "Beta")) == (
+        2,
+        False,
+    )
+    # the same content fetched again: nothing differs, whatever the fetch time
+    later = T0 + dt.timedelta(minutes=2)
+    assert take(later, _company("a", "Acme"), _company("b", "Beta")) == (0, False)
+    # one renamed (its old and its new row), one gone, one new
+    assert take(later + dt.timedelta(minutes=1), _company("a", "Acme 2"), _company("c", "Cy")) == (
+        4,
+        False,
+    )
 
 
 def test_node_labels_are_unique_and_say_what_they_are() -> None:

@@ -298,3 +298,34 @@ def test_a_whole_table_write_replaces_every_row_and_reports_its_columns(tmp_path
     empty = replace_table(str(db), "planhat.team_members", _rows("2026-01-04", [], 4))
     assert empty["dagster/row_count"] == 0
     assert _query(db, "select count(*) from planhat.team_members") == [(0,)]
+
+
+def test_a_copper_write_rewrites_only_what_changed_and_counts_it(tmp_path: Path) -> None:
+    database = str(tmp_path / "w.duckdb")
+    days = [("2026-01-03", 1), ("2026-01-20", 2), ("2026-02-02", 3)]
+
+    def fetched(frame: pd.DataFrame, at: str) -> pd.DataFrame:
+        return frame.assign(_fetched_at=pd.Timestamp(at, tz="UTC"))
+
+    first = write_copper_table(
+        database, "copper.things", fetched(_copper(days, 1), "2026-03-01"), MONTHS, types=TYPES
+    )
+    assert first["first"] and first["changed"] == 3 and sorted(first["written_ids"]) == [1, 2, 3]
+    # The same records fetched again later: nothing rewritten, their fetch time kept.
+    again = write_copper_table(
+        database, "copper.things", fetched(_copper(days, 1), "2026-03-02"), MONTHS, types=TYPES
+    )
+    assert (again["first"], again["changed"], again["written_ids"]) == (False, 0, [])
+    assert _query(Path(database), "select distinct _fetched_at::date from copper.things") == [
+        (dt.date(2026, 3, 1),)
+    ]
+    # 2 edited, 3 gone from the range: two changes; 1 stays as it was stored.
+    edited = _copper(days[:2], 1)
+    edited.loc[1, "name"] = "v2-2"
+    later = write_copper_table(
+        database, "copper.things", fetched(edited, "2026-03-03"), MONTHS, types=TYPES
+    )
+    assert later["changed"] == 2 and later["written_ids"] == [2]
+    assert _query(
+        Path(database), "select id, name, _fetched_at::date from copper.things order by id"
+    ) == [(1, "v1-1", dt.date(2026, 3, 1)), (2, "v2-2", dt.date(2026, 3, 3))]
