@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
@@ -110,6 +111,10 @@ class DeliveryStopped(ApiAuthError):
         self.result = result
 
 
+COUNT_COLUMNS = frozenset({"request", "attempts", "batch"})
+"""Outcome columns of nullable integers (``Int64``); the others hold objects."""
+
+
 class _Rows:
     """Outcome columns filled by record position (lists, not a growing DataFrame)."""
 
@@ -148,13 +153,15 @@ class _Rows:
         batch's checkpoint: framing every row after each batch made a one-record
         destination quadratic in its records)."""
         part = slice(None) if positions is None else slice(positions.start, positions.stop)
-        frame = pd.DataFrame(
-            {name: self.columns[name][part] for name in OUTCOME_COLUMNS}, columns=OUTCOME_COLUMNS
-        )
-        for name in ("request", "attempts", "batch"):
-            frame[name] = frame[name].astype("Int64")
-        frame.index = index[part]
-        return frame
+        data: dict[str, Any] = {}
+        for name in OUTCOME_COLUMNS:
+            values = self.columns[name][part]
+            if name in COUNT_COLUMNS:
+                data[name] = pd.array(values, dtype="Int64")
+            else:  # built typed, not converted afterwards: a frame a request must stay cheap
+                data[name] = np.empty(len(values), dtype=object)
+                data[name][:] = values
+        return pd.DataFrame(data, index=index[part], columns=list(OUTCOME_COLUMNS), copy=False)
 
 
 def _excerpt(client: PlanhatClient, value: Any) -> str | None:
