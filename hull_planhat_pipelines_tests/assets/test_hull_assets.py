@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -9,10 +10,12 @@ import duckdb
 import pytest
 import yaml
 
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -115,20 +118,13 @@ def test_segments_are_evaluated_on_the_profiles(stack: Stack) -> None:
     assert accounts == expected
 
 
-def test_a_planhat_updated_at_bump_alone_changes_nothing(stack: Stack) -> None:
+def test_a_planhat_updated_at_bump_alone_changes_nothing(
+    stack: Stack, planhat_client_for: Callable[[PlanhatSandbox], PlanhatClient]
+) -> None:
     assert stack.sync().success
     companies = stack.planhat.companies()
     body = [{"_id": c["_id"], "name": c["name"]} for c in companies]  # a no-op write
-    from hull_planhat_pipelines.clients.planhat import PlanhatClient
-
-    with PlanhatClient(
-        stack.planhat.rest_url,
-        stack.planhat.analytics_url,
-        stack.planhat.api_token,
-        stack.planhat.tenant_token,
-        requests_per_minute=None,
-    ) as client:
-        client.bulk_upsert("companies", body)
+    planhat_client_for(stack.planhat).bulk_upsert("companies", body)
     assert all(
         a["updatedAt"] != b["updatedAt"]
         for a, b in zip(companies, stack.planhat.companies(), strict=True)

@@ -4,10 +4,13 @@ of the users of a changed account). Copper over real HTTP, as in ``test_hull_inc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sync.hull.changes import StoreKeys, StoreSlice
 from hull_planhat_pipelines.warehouse import hull_store
 from hull_planhat_pipelines_tests.assets.test_hull_assets import stack  # noqa: F401
@@ -180,32 +183,27 @@ def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> 
     conn.close()
 
 
-def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:  # noqa: F811
+def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(
+    stack,  # noqa: F811
+    planhat_client_for: Callable[[PlanhatSandbox], PlanhatClient],
+) -> None:
     """Two of N companies edited in Planhat (over HTTP): Hull reads those two; an unchanged
     snapshot hands Hull nothing and writes nothing."""
     import json
 
-    from hull_planhat_pipelines.clients.planhat import PlanhatClient
     from hull_planhat_pipelines_tests.assets.test_hull_assets import _metadata
 
     assert stack.sync().success
     companies = [c for c in stack.planhat.companies() if c.get("phase")]
     assert len(companies) > 3
     first, second = companies[0], companies[1]
-    with PlanhatClient(
-        stack.planhat.rest_url,
-        stack.planhat.analytics_url,
-        stack.planhat.api_token,
-        stack.planhat.tenant_token,
-        requests_per_minute=None,
-    ) as client:
-        client.bulk_upsert(
-            "companies",
-            [
-                {"_id": first["_id"], "name": "Renamed in Planhat"},
-                {"_id": second["_id"], "name": "Renamed too"},
-            ],
-        )
+    planhat_client_for(stack.planhat).bulk_upsert(
+        "companies",
+        [
+            {"_id": first["_id"], "name": "Renamed in Planhat"},
+            {"_id": second["_id"], "name": "Renamed too"},
+        ],
+    )
     assert stack.run("planhat_fetch").success
     result = stack.run("hull_sync")
     assert result.success
