@@ -15,6 +15,7 @@ from hull_planhat_pipelines.sync.hull.changes import StoreKeys, StoreSlice
 from hull_planhat_pipelines.warehouse import hull_store
 from hull_planhat_pipelines_tests.assets.test_hull_assets import stack  # noqa: F401
 from hull_planhat_pipelines_tests.assets.test_hull_incoming import Pipeline, pipeline  # noqa: F401
+from hull_planhat_pipelines_tests.materialize import HULL, PLANHAT_SNAPSHOTS, asset_metadata
 
 ROW = "select hull_id, email, external_id, anonymous_ids, account_hull_id, attributes,"
 USERS = f"{ROW} created_at, updated_at, segments from hull.users"
@@ -191,8 +192,6 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(
     snapshot hands Hull nothing and writes nothing."""
     import json
 
-    from hull_planhat_pipelines_tests.assets.test_hull_assets import _metadata
-
     assert stack.sync().success
     companies = [c for c in stack.planhat.companies() if c.get("phase")]
     assert len(companies) > 3
@@ -204,10 +203,10 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(
             {"_id": second["_id"], "name": "Renamed too"},
         ],
     )
-    assert stack.run("planhat_fetch").success
-    result = stack.run("hull_sync")
+    assert stack.materialize(PLANHAT_SNAPSHOTS).success
+    result = stack.materialize(HULL)
     assert result.success
-    assert _metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
+    assert asset_metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
 
     def attributes(planhat_id: str) -> dict:
         [(text,)] = stack.query(
@@ -221,11 +220,11 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(
     assert attributes(companies[2]["_id"])["planhat/name"] == companies[2]["name"]
 
     copy = stack.query("select count(*) from ops.hull_planhat_companies")
-    assert stack.run("planhat_fetch").success
-    again = stack.run("hull_sync")
-    assert _metadata(again, "hull/account_upserts")["sources_read"] == {
+    assert stack.materialize(PLANHAT_SNAPSHOTS).success
+    again = stack.materialize(HULL)
+    assert asset_metadata(again, "hull/account_upserts")["sources_read"] == {
         "planhat.companies": 0,
         "planhat.endusers": 0,
     }
-    assert _metadata(again, "hull/account_upserts")["rows"] == 0
+    assert asset_metadata(again, "hull/account_upserts")["rows"] == 0
     assert stack.query("select count(*) from ops.hull_planhat_companies") == copy
