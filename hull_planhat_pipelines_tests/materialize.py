@@ -50,6 +50,14 @@ def materialize(
     )
 
 
+def run_job(
+    name: str, *, instance: dg.DagsterInstance, **options: Any
+) -> dg.ExecuteInProcessResult:
+    """Run the project's job ``name`` in process, as a full cycle does; failures returned."""
+    job = build_definitions(load_settings()).resolve_job_def(name)
+    return job.execute_in_process(instance=instance, raise_on_error=False, **options)
+
+
 def asset_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict[str, Any]:
     """The materialization metadata of ``key`` (``a/b``), values unwrapped."""
     for event in result.get_asset_materialization_events():

@@ -11,17 +11,17 @@ import pytest
 import yaml
 
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
-from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
-from hull_planhat_pipelines.settings import default_config_path, load_settings
+from hull_planhat_pipelines.settings import default_config_path
 from hull_planhat_pipelines_tests.materialize import (
     HULL,
     PLANHAT_SNAPSHOTS,
     asset_metadata,
     materialize,
+    run_job,
 )
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -39,10 +39,7 @@ class Stack:
         self.instance = dg.DagsterInstance.ephemeral()
 
     def run(self, job: str, **kw) -> dg.ExecuteInProcessResult:
-        defs = build_definitions(load_settings())
-        return defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, raise_on_error=False, **kw
-        )
+        return run_job(job, instance=self.instance, **kw)
 
     def materialize(self, selection: dg.AssetSelection) -> dg.ExecuteInProcessResult:
         return materialize(selection, instance=self.instance)

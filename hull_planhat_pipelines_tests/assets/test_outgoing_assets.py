@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from hull_planhat_pipelines.cli import SyncSummary, run_sync
-from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
@@ -33,6 +32,7 @@ from hull_planhat_pipelines_tests.materialize import (
     asset_metadata,
     failures,
     materialize,
+    run_job,
 )
 
 SEED = 1
@@ -91,10 +91,7 @@ class Stack:
     def run(
         self, job: str, run_config: dict[str, Any] | None = None, **kw: Any
     ) -> dg.ExecuteInProcessResult:
-        defs = build_definitions(load_settings())
-        return defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, run_config=run_config or {}, raise_on_error=False, **kw
-        )
+        return run_job(job, instance=self.instance, run_config=run_config or {}, **kw)
 
     def prepare(self) -> None:
         """Copper and Planhat fetched and applied to Hull: what a delivery reads."""

@@ -29,7 +29,7 @@ from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planha
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
-from hull_planhat_pipelines_tests.materialize import asset_metadata, materialize
+from hull_planhat_pipelines_tests.materialize import asset_metadata, materialize, run_job
 
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=400)
@@ -51,11 +51,7 @@ class Pipeline:
         return build_definitions(load_settings())
 
     def run(self, job: str, **kw) -> dg.ExecuteInProcessResult:
-        return (
-            self.defs()
-            .resolve_job_def(job)
-            .execute_in_process(instance=self.instance, raise_on_error=False, **kw)
-        )
+        return run_job(job, instance=self.instance, **kw)
 
     def materialize(self, selection: list[dg.AssetKey], **kw: Any) -> dg.ExecuteInProcessResult:
         return materialize(selection, instance=self.instance, **kw)
