@@ -1,6 +1,6 @@
 """Asset checks: the invariants each table promises, verified over the warehouse."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import dagster as dg
 
@@ -78,8 +78,12 @@ def copper_checks(obj: CopperObject, settings: Settings) -> list[dg.AssetChecksD
     ]
 
 
-def build_copper_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
-    return [check for obj in COPPER_OBJECTS.values() for check in copper_checks(obj, settings)]
+def build_copper_checks(
+    settings: Settings, objects: Iterable[CopperObject] | None = None
+) -> list[dg.AssetChecksDefinition]:
+    """The checks of each declared object (default: ``COPPER_OBJECTS``)."""
+    chosen = COPPER_OBJECTS.values() if objects is None else objects
+    return [check for obj in chosen for check in copper_checks(obj, settings)]
 
 
 def planhat_checks() -> list[dg.AssetChecksDefinition]:

@@ -1,6 +1,7 @@
 """The one Definitions object: every asset, check, job, schedule, sensor and resource."""
 
 import warnings
+from collections.abc import Iterable
 
 import dagster as dg
 
@@ -40,6 +41,7 @@ from hull_planhat_pipelines.resources import (
     planhat_resource,
 )
 from hull_planhat_pipelines.settings import Settings, load_settings
+from hull_planhat_pipelines.sync.copper.schema import CopperObject
 from hull_planhat_pipelines.warehouse import warehouse_path
 
 # Beta markers on Dagster parameters we rely on (backfill_policy) are for this project's
@@ -49,10 +51,19 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def build_definitions(
-    settings: Settings | None = None, *, progress_bar: bool = False
+    settings: Settings | None = None,
+    *,
+    progress_bar: bool = False,
+    copper_objects: Iterable[CopperObject] | None = None,
 ) -> dg.Definitions:
-    """Everything, built from one configuration (``HULL_PLANHAT_CONFIG`` by default)."""
+    """Everything, built from one configuration (``HULL_PLANHAT_CONFIG`` by default).
+
+    ``copper_objects``: the Copper declarations that get an asset and its checks (default: the
+    packaged ``COPPER_OBJECTS``); an object declared elsewhere joins the ``copper_sync`` job,
+    whose selection is the Copper group.
+    """
     settings = settings or load_settings()
+    objects = None if copper_objects is None else list(copper_objects)
     copper_days = copper_partitions(settings)  # reaches copper.activity_horizon_days ahead
     copper_job = copper_sync_job(copper_days)
     planhat_job = planhat_fetch_job()
@@ -66,7 +77,7 @@ def build_definitions(
     }
     database = warehouse_path()
     assets = [
-        *build_copper_assets(settings, copper_days),
+        *build_copper_assets(settings, copper_days, objects),
         *build_planhat_assets(settings),
         *build_hull_assets(settings),
         *build_payload_assets(settings),
@@ -78,7 +89,7 @@ def build_definitions(
     return dg.Definitions(
         assets=readable(assets),
         asset_checks=[
-            *build_copper_checks(settings),
+            *build_copper_checks(settings, objects),
             *planhat_checks(),
             *hull_checks(),
             *owner_checks(settings),

@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 import dagster as dg
-import duckdb
 import pandas as pd
 from pydantic import Field
 
@@ -27,15 +26,12 @@ from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import DestinationSettings, Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
 from hull_planhat_pipelines.sync.planhat.destinations import destination_records, is_collection
-from hull_planhat_pipelines.warehouse.deliveries import (
-    capture_responses,
-    fingerprints_table,
-    in_doubt_keys,
-    journal,
-    planhat_ids,
-    step_lock,
+from hull_planhat_pipelines.warehouse.deliveries import capture_responses, journal, step_lock
+from hull_planhat_pipelines.warehouse.destination_inputs import (
+    SourceFailed,
+    SourceNotReady,
+    destination_inputs,
 )
 
 OUTGOING_GROUP = "outgoing"
@@ -127,32 +123,28 @@ def _deliver_destination(
 ) -> dg.MaterializeResult:
     now = dt.datetime.now(dt.UTC)
     run_id = context.run.run_id
-    with warehouse.read_only() as conn:
-        if conn is None:
-            raise dg.Failure("the warehouse is empty: run the Hull sync first")
-        try:
-            source = run_select(lock_down(conn), destination.source_sql, destination.name)
-        except duckdb.CatalogException as exc:
-            # A table the SQL reads has not been materialized yet (first runs): wait.
-            context.log.warning(f"destination {destination.name} waits: {exc}")
-            return dg.MaterializeResult(
-                metadata={"sent": 0, "waiting_for": dg.MetadataValue.text(str(exc))}
-            )
-        except duckdb.Error as exc:
-            raise dg.Failure(
-                f"destination {destination.name}: its source_sql failed: {exc}",
-                allow_retries=False,
-            ) from None
-        fingerprints = fingerprints_table(conn)
-        known_ids = planhat_ids(conn, destination.name)
-        in_doubt = in_doubt_keys(conn, destination.name)
+    try:
+        inputs = destination_inputs(warehouse.database, destination)
+    except SourceNotReady as exc:
+        # A table the SQL reads has not been materialized yet (first runs): wait.
+        context.log.warning(f"destination {destination.name} waits: {exc}")
+        return dg.MaterializeResult(
+            metadata={"sent": 0, "waiting_for": dg.MetadataValue.text(str(exc))}
+        )
+    except SourceFailed as exc:
+        raise dg.Failure(
+            f"destination {destination.name}: its source_sql failed: {exc}",
+            allow_retries=False,
+        ) from None
+    if inputs is None:
+        raise dg.Failure("the warehouse is empty: run the Hull sync first")
     records, skipped = destination_records(
-        source,
+        inputs.source,
         destination,
-        fingerprints,
+        inputs.fingerprints,
         force=config.force or config.test_mode,
-        planhat_ids=known_ids,
-        in_doubt=in_doubt,
+        planhat_ids=inputs.planhat_ids,
+        in_doubt=inputs.in_doubt,
     )
     if config.test_mode:
         records = records.head(1)
@@ -199,8 +191,8 @@ def _deliver_destination(
         raise dg.Failure(str(stopped), allow_retries=False)
     by_status = result.counts()
     metadata: dict[str, Any] = {
-        **frame_column_schema(source),  # what it sends: the columns of its source_sql
-        "rows_from_sql": dg.MetadataValue.int(len(source)),
+        **frame_column_schema(inputs.source),  # what it sends: the columns of its source_sql
+        "rows_from_sql": dg.MetadataValue.int(len(inputs.source)),
         "sent": dg.MetadataValue.int(0 if config.dry_run else len(records)),
         "would_send": dg.MetadataValue.int(len(records) if config.dry_run else 0),
         "failed": dg.MetadataValue.int(sum(by_status.get(s, 0) for s in FAILED)),

@@ -14,7 +14,6 @@ from dataclasses import asdict
 from typing import Any
 
 import dagster as dg
-import duckdb
 import pandas as pd
 from pydantic import Field
 
@@ -40,13 +39,7 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settle
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
-from hull_planhat_pipelines.warehouse import (
-    column_schema,
-    deliveries,
-    read_only,
-    replace_table,
-    table_exists,
-)
+from hull_planhat_pipelines.warehouse import deliveries, replace_table, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import (
     DELIVERY_COLUMNS,
     delivery_rows,
@@ -57,7 +50,12 @@ from hull_planhat_pipelines.warehouse.deliveries import (
     read_table,
     step_lock,
 )
-from hull_planhat_pipelines.warehouse.payload_scope import Scope, remember_scopes, scope
+from hull_planhat_pipelines.warehouse.payload_scope import (
+    Scope,
+    accounts_of_users,
+    remember_scopes,
+    scope,
+)
 from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
 
 OUTGOING_GROUP = "outgoing"
@@ -127,7 +125,7 @@ def _payload_asset(
 
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def companies(conn, fingerprints, force, scopes):
-        vanished = _vanished_companies(conn, fingerprints)
+        vanished = deliveries.vanished_companies(conn, fingerprints)
         # a company deleted in Planhat keeps its fingerprint until re-sent: map them all
         mapped = scope(conn, settings, "companies", force=force or bool(vanished))
         accounts = read_rows(conn, "hull.accounts", mapped.where)
@@ -154,16 +152,10 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         return company_payloads(accounts, users, settings, kept, force=force)
 
     def endusers(conn, fingerprints, force, scopes):
-        vanished = _vanished_companies(conn, fingerprints)
+        vanished = deliveries.vanished_companies(conn, fingerprints)
         mapped = scope(conn, settings, "endusers", force=force or bool(vanished))
         users = read_rows(conn, "hull.users", mapped.where)
-        their = (  # the accounts of the users mapped
-            None
-            if mapped.where is None
-            else "hull_id in (select account_hull_id from hull.users where "
-            f"account_hull_id is not null and ({mapped.where}))"
-        )
-        accounts = read_rows(conn, "hull.accounts", their)
+        accounts = read_rows(conn, "hull.accounts", accounts_of_users(mapped))
         if conn is not None and table_exists(conn, "hull", "users"):
             scopes["endusers"] = mapped
         users = users if users is not None else _no_profiles()
@@ -173,7 +165,9 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             follow = every["company_external_id"].astype("string").isin(vanished).fillna(False)
             extra = every[follow.to_numpy() & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
-        kept, skipped = drop_unknown_companies(payloads, _known_company_ids(conn, fingerprints))
+        kept, skipped = drop_unknown_companies(
+            payloads, deliveries.known_companies(conn, fingerprints)
+        )
         return kept, [*events, *skipped]
 
     def activities(conn, fingerprints, force, scopes):
@@ -233,29 +227,6 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     ]
 
 
-def _known_company_ids(
-    conn: duckdb.DuckDBPyConnection | None, fingerprints: pd.DataFrame
-) -> set[str]:
-    """External ids Planhat has (latest snapshot), was sent before, or is being sent now."""
-    known = set(fingerprints.loc[fingerprints["target"] == "companies", "key"].astype(str))
-    return known | deliveries.known_company_ids(conn)
-
-
-def _vanished_companies(
-    conn: duckdb.DuckDBPyConnection | None, fingerprints: pd.DataFrame
-) -> set[str]:
-    """Companies we delivered that a Planhat snapshot taken after the delivery no longer holds
-    (deleted in Planhat): sent again, recreated, and their endusers with them."""
-    if conn is None or fingerprints.empty:
-        return set()
-    keys, at = deliveries.snapshot_keys(conn, "companies")
-    if at is None:
-        return set()
-    ours = fingerprints[fingerprints["target"] == "companies"]
-    before = pd.to_datetime(ours["delivered_at"], utc=True) < at
-    return {str(k) for k in ours.loc[before.to_numpy(), "key"] if str(k) not in keys}
-
-
 def _no_profiles() -> pd.DataFrame:
     return pd.DataFrame(
         {c: pd.Series([], dtype=object) for c in ("hull_id", "external_id", "attributes")}
@@ -289,9 +260,7 @@ def _abandon_in_flight(
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Analytics items a crashed run left ``pending`` (posted, answer never read): recorded
     ``unknown`` (not re-sent, failing the check) and taken out of this run's records."""
-    with read_only(database) as conn:
-        latest = deliveries.latest_statuses(conn, target, among=("pending",))
-    stuck = {key for key, status in latest.items() if status == "pending"}
+    stuck = deliveries.pending_keys(database, target)
     if not stuck:
         return records, []
     hit = records["key"].astype(str).isin(stuck).to_numpy()
@@ -313,13 +282,12 @@ def _settle(
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Items an earlier bulk answer did not name, settled against the latest snapshot (see
     ``sync.planhat.settlement``); the confirmed and dropped rows committed at once."""
-    with read_only(database) as conn:
-        history = deliveries.settlement_history(conn, target)
-        if history.empty:
-            return records, []
-        present, snapshot_at = deliveries.snapshot_keys(conn, target)
-        company_at = deliveries.delivered_at(conn, "companies")
-    settlement = settle(target, records, history, present, snapshot_at, company_at)
+    known = deliveries.settlement_inputs(database, target)
+    if known is None:
+        return records, []
+    settlement = settle(
+        target, records, known.history, known.present, known.snapshot_at, known.company_at
+    )
     for frame, status in ((settlement.confirmed, "confirmed"), (settlement.dropped, "dropped")):
         if not frame.empty:
             error = None if status == "confirmed" else DROPPED_REASON.get(target)
@@ -366,8 +334,8 @@ def _deliver_all(
 ) -> dg.MaterializeResult:
     now = dt.datetime.now(dt.UTC)
     run_id = context.run.run_id
-    with warehouse.read_only() as conn:
-        payloads = {t.name: read_table(conn, f"planhat.{t.payloads}") for t in targets}
+    tables = deliveries.read_tables(warehouse.database, [f"planhat.{t.payloads}" for t in targets])
+    payloads = {t.name: tables[f"planhat.{t.payloads}"] for t in targets}
     frames: list[pd.DataFrame] = []
     summary: dict[str, Any] = {}
     planned: dict[str, list[Any]] = {}
@@ -419,7 +387,7 @@ def _deliver_all(
                 break
         requests = client.attempts()
         by_kind = client.requests_by_kind()
-    deliveries = (
+    rows = (
         pd.concat(frames)
         if frames
         else delivery_rows(pd.DataFrame(columns=DELIVERY_COLUMNS), pd.DataFrame(), run_id, now)
@@ -437,11 +405,11 @@ def _deliver_all(
         t: [json.loads(json.dumps(p["body"], default=str)) for p in plans[:3]]
         for t, plans in planned.items()
     }
-    with warehouse.read_only() as conn:  # the table as written; a dry run's rows otherwise
-        columns = column_schema(conn, "planhat", "deliveries") if conn is not None else {}
+    # the table as written; a dry run's rows otherwise
+    columns = deliveries.table_column_schema(warehouse.database, "planhat", "deliveries")
     return dg.MaterializeResult(
         metadata={
-            **(columns or frame_column_schema(deliveries)),
+            **(columns or frame_column_schema(rows)),
             "sent": dg.MetadataValue.int(0 if config.dry_run else total),
             "would_send": dg.MetadataValue.int(total if config.dry_run else 0),
             "created": dg.MetadataValue.int(statuses.get("created", 0)),
@@ -454,7 +422,7 @@ def _deliver_all(
             "dry_run": dg.MetadataValue.bool(config.dry_run),
             "planned_requests": dg.MetadataValue.json({t: len(p) for t, p in planned.items()}),
             "samples": dg.MetadataValue.json(samples if config.dry_run else {}),
-            "analytics": dg.MetadataValue.json(_analytics(deliveries, targets)),
+            "analytics": dg.MetadataValue.json(_analytics(rows, targets)),
             "sync_log": dg.MetadataValue.json(counts),
         }
     )

@@ -21,6 +21,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
+from hull_planhat_pipelines.sync.canonical import wire_json
+
 Sleeper = Callable[[float], None]
 Clock = Callable[[], float]
 
@@ -345,7 +347,7 @@ class ApiSession:
         data = None
         send_headers = dict(headers or {})
         if json_body is not None:
-            data = json.dumps(json_body, separators=(",", ":"), default=str).encode()
+            data = wire_json(json_body).encode()
             send_headers.setdefault("Content-Type", "application/json")
         session = self.session if idempotent else self._once
         failures = self._failures(session)

@@ -16,6 +16,8 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import pandas as pd
 
+from hull_planhat_pipelines.sync.canonical import wire_json
+
 T = TypeVar("T")
 
 MAX_BULK_RECORDS = 5000
@@ -51,7 +53,7 @@ for the array's brackets and commas and any difference in JSON spacing."""
 
 def json_size(item: Any) -> int:
     """Bytes of ``item`` as the client sends it (compact JSON, UTF-8)."""
-    return len(json.dumps(item, separators=(",", ":"), default=str).encode())
+    return len(wire_json(item).encode())
 
 
 def split_by_size(bounds: Sequence[range], sizes: Sequence[int], max_bytes: int) -> list[range]:

@@ -1,9 +1,20 @@
-"""The one canonical JSON form of the pipeline: what it hashes, fingerprints and stores.
+"""The pipeline's JSON forms, each named: what it hashes, fingerprints, compares and stores.
 
-Sorted keys, so equal values give equal text; ``default=str`` for values JSON has no type for
-(timestamps, decimals); the standard separators and ASCII escapes most stored texts (outbox
-bodies, sync-log details, scope and segment hashes, sensor cursors) were already written in,
-so stored fingerprints and cursors stay valid.
+Every form sorts keys except the wire form, so equal values give equal text, and writes
+values JSON has no type for (timestamps, decimals) with ``str``. The forms differ where texts
+were already stored in them: changing a form's bytes would change every stored fingerprint
+or text written in it (every record would look changed and be sent again after an upgrade), so
+each form keeps its exact output and a test pins it.
+
+- ``canonical_json`` / ``canonical_hash``: standard separators and ASCII escapes; outbox bodies,
+  sync-log details, scope and segment hashes, sensor cursors, Planhat record texts.
+- ``value_json`` / ``value_text``: compact, UTF-8 kept, integral numbers written as integers;
+  Hull profile attribute values, compared as text (``1.0`` and ``1`` are one value).
+- ``content_json`` / ``content_hash``: compact, UTF-8 kept; delivery fingerprints and their
+  ``fields`` lists (the caller leaves nulls out and writes integral numbers as integers first:
+  ``sync.planhat.fingerprints.canonical_content``).
+- ``wire_json``: compact, keys in their order, ASCII escapes; a request body as sent, so a
+  batch's measured size is the size sent.
 """
 
 from __future__ import annotations
@@ -21,3 +32,43 @@ def canonical_json(value: Any) -> str:
 def canonical_hash(value: Any) -> str:
     """sha256 hex of ``value``'s canonical JSON: a digest that changes when the value does."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def value_json(value: Any) -> str:
+    """A profile value as text: sorted keys, no spaces, integral numbers as integers.
+
+    ``{"currency": "USD", "amount": 1.0}`` and ``{"amount":1,"currency":"USD"}`` are the same
+    value: comparing these texts is comparing values (DuckDB writes doubles as ``1.0``, Copper
+    may send ``1``).
+    """
+    return content_json(_integral(value))
+
+
+def value_text(text: str | None) -> str | None:
+    """``value_json`` of JSON text (None stays None)."""
+    return None if text is None else value_json(json.loads(text))
+
+
+def content_json(value: Any) -> str:
+    """Compact JSON with sorted keys and UTF-8 kept: the text a delivery fingerprint hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def content_hash(value: Any) -> str:
+    """sha256 hex of ``content_json`` (UTF-8): a delivered payload's fingerprint."""
+    return hashlib.sha256(content_json(value).encode("utf-8")).hexdigest()
+
+
+def wire_json(value: Any) -> str:
+    """Compact JSON, keys in their order: a request body exactly as the clients send it."""
+    return json.dumps(value, separators=(",", ":"), default=str)

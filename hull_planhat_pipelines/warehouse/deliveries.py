@@ -26,8 +26,10 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import (
 from hull_planhat_pipelines.warehouse import (
     WarehouseBusy,
     append_table,
+    column_schema,
     connect,
     delivery_lock,
+    read_only,
     run,
     table_exists,
 )
@@ -195,6 +197,70 @@ def known_company_ids(conn: duckdb.DuckDBPyConnection | None) -> set[str]:
         if conn is not None and table_exists(conn, *table):
             known |= {str(row[0]) for row in conn.execute(sql).fetchall() if row[0] is not None}
     return known
+
+
+def known_companies(conn: duckdb.DuckDBPyConnection | None, fingerprints: pd.DataFrame) -> set[str]:
+    """External ids Planhat has (latest snapshot), was sent before, or is being sent now."""
+    known = set(fingerprints.loc[fingerprints["target"] == "companies", "key"].astype(str))
+    return known | known_company_ids(conn)
+
+
+def vanished_companies(
+    conn: duckdb.DuckDBPyConnection | None, fingerprints: pd.DataFrame
+) -> set[str]:
+    """Companies we delivered that a Planhat snapshot taken after the delivery no longer holds
+    (deleted in Planhat): sent again, recreated, and their endusers with them."""
+    if conn is None or fingerprints.empty:
+        return set()
+    keys, at = snapshot_keys(conn, "companies")
+    if at is None:
+        return set()
+    ours = fingerprints[fingerprints["target"] == "companies"]
+    before = pd.to_datetime(ours["delivered_at"], utc=True) < at
+    return {str(k) for k in ours.loc[before.to_numpy(), "key"] if str(k) not in keys}
+
+
+def pending_keys(database: str, target: str) -> set[str]:
+    """Keys of ``target`` whose latest row is a ``pending`` intent: posted by a run that stopped
+    before reading the answer."""
+    with read_only(database) as conn:
+        latest = latest_statuses(conn, target, among=("pending",))
+    return {key for key, status in latest.items() if status == "pending"}
+
+
+@dataclass(frozen=True)
+class SettlementInputs:
+    """What settling ``target``'s unsettled items needs, read on one connection: their
+    delivery rows, the keys of the latest snapshot and when it was taken, and when each
+    company's fingerprint last advanced."""
+
+    history: pd.DataFrame
+    present: set[str]
+    snapshot_at: pd.Timestamp | None
+    company_at: dict[str, pd.Timestamp]
+
+
+def settlement_inputs(database: str, target: str) -> SettlementInputs | None:
+    """``SettlementInputs`` of ``target``; ``None`` when no item is unsettled."""
+    with read_only(database) as conn:
+        history = settlement_history(conn, target)
+        if conn is None or history.empty:
+            return None
+        present, snapshot_at = snapshot_keys(conn, target)
+        company_at = delivered_at(conn, "companies")
+    return SettlementInputs(history, present, snapshot_at, company_at)
+
+
+def read_tables(database: str, tables: Collection[str]) -> dict[str, pd.DataFrame | None]:
+    """Each of ``tables`` whole (``None`` while it does not exist), on one connection."""
+    with read_only(database) as conn:
+        return {table: read_table(conn, table) for table in tables}
+
+
+def table_column_schema(database: str, schema: str, table: str) -> dict[str, object]:
+    """``column_schema`` of a table as written; empty while the warehouse does not exist."""
+    with read_only(database) as conn:
+        return column_schema(conn, schema, table) if conn is not None else {}
 
 
 # -- rows -----------------------------------------------------------------------------------------

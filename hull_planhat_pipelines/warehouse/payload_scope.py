@@ -135,6 +135,17 @@ def scope(
     return Scope(target, where, seq, digest)
 
 
+def accounts_of_users(mapped: Scope) -> str | None:
+    """SQL over ``hull.accounts`` selecting the accounts of the users ``mapped`` selects (their
+    ``companyExternalId`` comes from them); None: all accounts."""
+    if mapped.where is None:
+        return None
+    return (
+        "hull_id in (select account_hull_id from hull.users where "
+        f"account_hull_id is not null and ({mapped.where}))"
+    )
+
+
 def remember(
     database_conn: duckdb.DuckDBPyConnection, mapped: Scope, payloads: pd.DataFrame
 ) -> None:

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -9,11 +10,19 @@ import duckdb
 import pytest
 import yaml
 
-from hull_planhat_pipelines.definitions import build_definitions
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
 from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.hull import HullFirehoseSandbox
-from hull_planhat_pipelines.settings import default_config_path, load_settings
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
+from hull_planhat_pipelines.settings import default_config_path
+from hull_planhat_pipelines_tests.materialize import (
+    HULL,
+    PLANHAT_SNAPSHOTS,
+    asset_metadata,
+    materialize,
+    run_job,
+)
 
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=10)
@@ -30,10 +39,10 @@ class Stack:
         self.instance = dg.DagsterInstance.ephemeral()
 
     def run(self, job: str, **kw) -> dg.ExecuteInProcessResult:
-        defs = build_definitions(load_settings())
-        return defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, raise_on_error=False, **kw
-        )
+        return run_job(job, instance=self.instance, **kw)
+
+    def materialize(self, selection: dg.AssetSelection) -> dg.ExecuteInProcessResult:
+        return materialize(selection, instance=self.instance)
 
     def sync(self) -> dg.ExecuteInProcessResult:
         assert self.run("copper_sync", tags=copper_range_tags(START, TODAY)).success
@@ -74,19 +83,11 @@ def stack(
     return Stack(copper, planhat, hull_firehose, tmp_path / "warehouse.duckdb")
 
 
-def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == dg.AssetKey(key.split("/")):
-            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-    raise AssertionError(f"{key} was not materialized")
-
-
 def test_a_sync_builds_profiles_and_forwards_them_once(stack: Stack) -> None:
     first = stack.sync()
     assert first.success
     users = stack.query("select count(*) from hull.users")[0][0]
-    upserts = _metadata(first, "hull/user_upserts")["rows"]
+    upserts = asset_metadata(first, "hull/user_upserts")["rows"]
     assert users > 0 and upserts > 0
     assert all(c.passed for c in first.get_asset_check_evaluations())
     assert stack.firehose.batches >= 1
@@ -97,8 +98,8 @@ def test_a_sync_builds_profiles_and_forwards_them_once(stack: Stack) -> None:
 
     second = stack.sync()
     assert second.success
-    assert _metadata(second, "hull/user_upserts")["rows"] == 0
-    assert _metadata(second, "hull/account_upserts")["rows"] == 0
+    assert asset_metadata(second, "hull/user_upserts")["rows"] == 0
+    assert asset_metadata(second, "hull/account_upserts")["rows"] == 0
     assert len(stack.firehose.server.recorded("POST")) == calls  # zero firehose calls
     assert stack.query("select count(*) from hull.users")[0][0] == users
 
@@ -115,29 +116,22 @@ def test_segments_are_evaluated_on_the_profiles(stack: Stack) -> None:
     assert accounts == expected
 
 
-def test_a_planhat_updated_at_bump_alone_changes_nothing(stack: Stack) -> None:
+def test_a_planhat_updated_at_bump_alone_changes_nothing(
+    stack: Stack, planhat_client_for: Callable[[PlanhatSandbox], PlanhatClient]
+) -> None:
     assert stack.sync().success
     companies = stack.planhat.companies()
     body = [{"_id": c["_id"], "name": c["name"]} for c in companies]  # a no-op write
-    from hull_planhat_pipelines.clients.planhat import PlanhatClient
-
-    with PlanhatClient(
-        stack.planhat.rest_url,
-        stack.planhat.analytics_url,
-        stack.planhat.api_token,
-        stack.planhat.tenant_token,
-        requests_per_minute=None,
-    ) as client:
-        client.bulk_upsert("companies", body)
+    planhat_client_for(stack.planhat).bulk_upsert("companies", body)
     assert all(
         a["updatedAt"] != b["updatedAt"]
         for a, b in zip(companies, stack.planhat.companies(), strict=True)
     )
-    assert stack.run("planhat_fetch").success
-    again = stack.run("hull_sync")
+    assert stack.materialize(PLANHAT_SNAPSHOTS).success
+    again = stack.materialize(HULL)
     assert again.success
-    assert _metadata(again, "hull/account_upserts")["rows"] == 0
-    assert _metadata(again, "hull/user_upserts")["rows"] == 0
+    assert asset_metadata(again, "hull/account_upserts")["rows"] == 0
+    assert asset_metadata(again, "hull/user_upserts")["rows"] == 0
 
 
 def test_a_firehose_outage_keeps_the_messages_for_the_next_run(stack: Stack) -> None:
@@ -149,7 +143,7 @@ def test_a_firehose_outage_keeps_the_messages_for_the_next_run(stack: Stack) -> 
     errors = stack.query("select count(*) from ops.sync_log where event = 'incoming.job.error'")
     assert errors[0][0] > 0
     stack.firehose.server.faults.clear()
-    retry = stack.run("hull_sync")
+    retry = stack.materialize(HULL)
     assert retry.success
     assert stack.query("select count(*) from hull.firehose_outbox") == [(0,)]
     assert stack.firehose.batches >= 1

@@ -15,10 +15,10 @@ import duckdb
 import pytest
 import yaml
 
-from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import copper_range_tags, copper_window_tags, day_start
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
-from hull_planhat_pipelines.settings import default_config_path, load_settings
+from hull_planhat_pipelines.settings import default_config_path
+from hull_planhat_pipelines_tests.materialize import HULL, materialize, run_job
 
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=10)
@@ -30,10 +30,10 @@ class Pipeline:
         self.instance = dg.DagsterInstance.ephemeral()
 
     def run(self, job: str, **kw: Any) -> dg.ExecuteInProcessResult:
-        defs = build_definitions(load_settings())
-        return defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, raise_on_error=False, **kw
-        )
+        return run_job(job, instance=self.instance, **kw)
+
+    def materialize(self, selection: dg.AssetSelection) -> dg.ExecuteInProcessResult:
+        return materialize(selection, instance=self.instance)
 
     def full_refresh(self) -> dg.ExecuteInProcessResult:
         fetched = self.run("copper_sync", tags=copper_range_tags(START, TODAY))
@@ -434,7 +434,7 @@ def test_a_changed_segment_is_re_evaluated_without_any_profile_change(
     config = yaml.safe_load(config_path.read_text())
     config["segments"]["accounts"]["Customer accounts"] = "external_id is not null"
     config_path.write_text(yaml.safe_dump(config))
-    result = pipeline.run("hull_sync")
+    result = pipeline.materialize(HULL)
     assert result.success
     assert members() == widened[0][0]
     assert pipeline.query(

@@ -4,14 +4,18 @@ of the users of a changed account). Copper over real HTTP, as in ``test_hull_inc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sync.hull.changes import StoreKeys, StoreSlice
 from hull_planhat_pipelines.warehouse import hull_store
 from hull_planhat_pipelines_tests.assets.test_hull_assets import stack  # noqa: F401
 from hull_planhat_pipelines_tests.assets.test_hull_incoming import Pipeline, pipeline  # noqa: F401
+from hull_planhat_pipelines_tests.materialize import HULL, PLANHAT_SNAPSHOTS, asset_metadata
 
 ROW = "select hull_id, email, external_id, anonymous_ids, account_hull_id, attributes,"
 USERS = f"{ROW} created_at, updated_at, segments from hull.users"
@@ -180,36 +184,29 @@ def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> 
     conn.close()
 
 
-def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:  # noqa: F811
+def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(
+    stack,  # noqa: F811
+    planhat_client_for: Callable[[PlanhatSandbox], PlanhatClient],
+) -> None:
     """Two of N companies edited in Planhat (over HTTP): Hull reads those two; an unchanged
     snapshot hands Hull nothing and writes nothing."""
     import json
-
-    from hull_planhat_pipelines.clients.planhat import PlanhatClient
-    from hull_planhat_pipelines_tests.assets.test_hull_assets import _metadata
 
     assert stack.sync().success
     companies = [c for c in stack.planhat.companies() if c.get("phase")]
     assert len(companies) > 3
     first, second = companies[0], companies[1]
-    with PlanhatClient(
-        stack.planhat.rest_url,
-        stack.planhat.analytics_url,
-        stack.planhat.api_token,
-        stack.planhat.tenant_token,
-        requests_per_minute=None,
-    ) as client:
-        client.bulk_upsert(
-            "companies",
-            [
-                {"_id": first["_id"], "name": "Renamed in Planhat"},
-                {"_id": second["_id"], "name": "Renamed too"},
-            ],
-        )
-    assert stack.run("planhat_fetch").success
-    result = stack.run("hull_sync")
+    planhat_client_for(stack.planhat).bulk_upsert(
+        "companies",
+        [
+            {"_id": first["_id"], "name": "Renamed in Planhat"},
+            {"_id": second["_id"], "name": "Renamed too"},
+        ],
+    )
+    assert stack.materialize(PLANHAT_SNAPSHOTS).success
+    result = stack.materialize(HULL)
     assert result.success
-    assert _metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
+    assert asset_metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
 
     def attributes(planhat_id: str) -> dict:
         [(text,)] = stack.query(
@@ -223,11 +220,11 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(stack) -> None:
     assert attributes(companies[2]["_id"])["planhat/name"] == companies[2]["name"]
 
     copy = stack.query("select count(*) from ops.hull_planhat_companies")
-    assert stack.run("planhat_fetch").success
-    again = stack.run("hull_sync")
-    assert _metadata(again, "hull/account_upserts")["sources_read"] == {
+    assert stack.materialize(PLANHAT_SNAPSHOTS).success
+    again = stack.materialize(HULL)
+    assert asset_metadata(again, "hull/account_upserts")["sources_read"] == {
         "planhat.companies": 0,
         "planhat.endusers": 0,
     }
-    assert _metadata(again, "hull/account_upserts")["rows"] == 0
+    assert asset_metadata(again, "hull/account_upserts")["rows"] == 0
     assert stack.query("select count(*) from ops.hull_planhat_companies") == copy

@@ -21,12 +21,19 @@ import pytest
 import yaml
 
 from hull_planhat_pipelines.cli import SyncSummary, run_sync
-from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
+from hull_planhat_pipelines_tests.materialize import (
+    DELIVERY,
+    DESTINATIONS,
+    asset_metadata,
+    failures,
+    materialize,
+    run_job,
+)
 
 SEED = 1
 SCALE = 0.05
@@ -84,10 +91,7 @@ class Stack:
     def run(
         self, job: str, run_config: dict[str, Any] | None = None, **kw: Any
     ) -> dg.ExecuteInProcessResult:
-        defs = build_definitions(load_settings())
-        return defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, run_config=run_config or {}, raise_on_error=False, **kw
-        )
+        return run_job(job, instance=self.instance, run_config=run_config or {}, **kw)
 
     def prepare(self) -> None:
         """Copper and Planhat fetched and applied to Hull: what a delivery reads."""
@@ -96,10 +100,16 @@ class Stack:
         assert self.run("planhat_fetch").success
         assert self.run("hull_sync").success
 
+    def materialize(
+        self, selection: dg.AssetSelection, run_config: dict[str, Any] | None = None
+    ) -> dg.ExecuteInProcessResult:
+        return materialize(selection, instance=self.instance, run_config=run_config)
+
     def deliver(self, **deliveries: Any) -> dg.ExecuteInProcessResult:
+        """``planhat/deliveries`` materialized with its payloads."""
         config = {"ops": {"planhat__deliveries": {"config": deliveries}}} if deliveries else None
-        result = self.run("planhat_delivery", config)
-        assert result.success, _failures(result)
+        result = self.materialize(DELIVERY, config)
+        assert result.success, failures(result)
         return result
 
     # -- reading ---------------------------------------------------------------------------
@@ -178,22 +188,6 @@ def _started(
 def stack(tmp_path: Path) -> Iterator[Stack]:
     with _started(tmp_path) as started:
         yield started
-
-
-def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
-    return [
-        e.step_failure_data.error.message.splitlines()[0]
-        for e in result.all_events
-        if e.is_step_failure and e.step_failure_data.error
-    ]
-
-
-def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict[str, Any]:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == dg.AssetKey(key.split("/")):
-            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-    raise AssertionError(f"{key} was not materialized")
 
 
 def _step_rows(summary: SyncSummary, step: str) -> list[int | None]:
@@ -469,7 +463,7 @@ def test_a_dry_run_delivery_sends_nothing_and_advances_nothing(stack: Stack) -> 
     stack.prepare()
     stack.planhat.reset_write_count()
     dry = stack.deliver(dry_run=True)
-    metadata = _metadata(dry, "planhat/deliveries")
+    metadata = asset_metadata(dry, "planhat/deliveries")
     assert metadata["dry_run"] is True
     planned = metadata["planned_requests"]
     assert planned.get("companies", 0) >= 1 and planned.get("endusers", 0) >= 1
@@ -484,7 +478,7 @@ def test_a_dry_run_delivery_sends_nothing_and_advances_nothing(stack: Stack) -> 
 
     real = stack.deliver()
     assert stack.planhat.write_count() > 0
-    assert _metadata(real, "planhat/deliveries")["by_target"]["companies"]
+    assert asset_metadata(real, "planhat/deliveries")["by_target"]["companies"]
     assert len(stack.deliveries("companies")) == companies
     assert len(stack.company_items()) == companies
 
@@ -553,15 +547,15 @@ def test_configured_destinations_send_each_method_dry_run_and_test_mode(stack: S
     assert all(r.body == {"phase": "Adoption"} for r in patches)
 
     stack.planhat.reset_write_count()
-    dry = stack.run("planhat_destinations", _destination_ops(dry_run=True, force=True))
-    assert dry.success, _failures(dry)
+    dry = stack.materialize(DESTINATIONS, _destination_ops(dry_run=True, force=True))
+    assert dry.success, failures(dry)
     assert stack.planhat.write_count() == 0
-    assert _metadata(dry, "planhat/destination_licenses")["would_send"] == len(companies)
-    assert _metadata(dry, "planhat/destination_licenses")["sent"] == 0
+    assert asset_metadata(dry, "planhat/destination_licenses")["would_send"] == len(companies)
+    assert asset_metadata(dry, "planhat/destination_licenses")["sent"] == 0
 
     before = {kind: len(rest.recorded(*kind)) for kind in (("POST",), ("PUT",), ("PATCH",))}
-    test = stack.run("planhat_destinations", _destination_ops(test_mode=True))
-    assert test.success, _failures(test)
+    test = stack.materialize(DESTINATIONS, _destination_ops(test_mode=True))
+    assert test.success, failures(test)
     assert stack.planhat.write_count() == 3  # one record per destination
     # The sample conversation was created by the cycle: it is updated (PUT to the _id its
     # create returned), never created a second time.
@@ -571,6 +565,6 @@ def test_configured_destinations_send_each_method_dry_run_and_test_mode(stack: S
     assert len(rest.recorded("PUT", r"^/conversations/[0-9a-f]{24}$")) == 1
     assert len(rest.recorded("PUT", r"^/licenses$")[-1].body) == 1
     for name in ("conversations", "licenses", "company_phase"):
-        metadata = _metadata(test, f"planhat/destination_{name}")
+        metadata = asset_metadata(test, f"planhat/destination_{name}")
         assert metadata["sent"] == 1 and metadata["test_mode"] is True
         assert metadata["test_response"], name

@@ -29,6 +29,7 @@ from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planha
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
+from hull_planhat_pipelines_tests.materialize import asset_metadata, materialize, run_job
 
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=400)
@@ -50,11 +51,10 @@ class Pipeline:
         return build_definitions(load_settings())
 
     def run(self, job: str, **kw) -> dg.ExecuteInProcessResult:
-        return (
-            self.defs()
-            .resolve_job_def(job)
-            .execute_in_process(instance=self.instance, raise_on_error=False, **kw)
-        )
+        return run_job(job, instance=self.instance, **kw)
+
+    def materialize(self, selection: list[dg.AssetKey], **kw: Any) -> dg.ExecuteInProcessResult:
+        return materialize(selection, instance=self.instance, **kw)
 
     def full_copper(self, last: dt.date = TODAY) -> dg.ExecuteInProcessResult:
         return self.run(
@@ -90,14 +90,6 @@ def pipeline(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     yield Pipeline(copper, planhat, warehouse)
-
-
-def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == dg.AssetKey(key.split("/")):
-            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-    raise AssertionError(f"{key} was not materialized")
 
 
 def _in_window(records: list[dict], field: str, first: dt.date, last: dt.date) -> set[int]:
@@ -149,7 +141,7 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
             }
         rows = pipeline.query(f"select id from copper.{name}")
         assert sorted(r[0] for r in rows) == sorted(expected)
-    metadata = _metadata(result, "copper/leads")
+    metadata = asset_metadata(result, "copper/leads")
     assert metadata["run_rows"] == pipeline.copper.count("leads")
     assert metadata["run_requests"] >= metadata["run_pages_fetched"] >= 1
     # Each partition counts its own year's rows, not the run's totals.
@@ -192,10 +184,11 @@ def test_rerunning_a_partition_replaces_it_and_the_current_view_keeps_the_newest
     before = pipeline.query("select count(*) from copper.people")[0][0]
     lead = pipeline.copper.records("people")[0]
     pipeline.copper.touch("people", [lead["id"]])
-    today = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
+    people = [dg.AssetKey(["copper", "people"])]
+    today = pipeline.materialize(people, partition_key=copper_partition_key(TODAY))
     assert today.success
     stored = pipeline.query("select id, partition_date, record from copper.people order by id")
-    again = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
+    again = pipeline.materialize(people, partition_key=copper_partition_key(TODAY))
     assert again.success
     # re-running the partition is idempotent: the same rows, once each
     assert pipeline.query("select id, partition_date, record from copper.people order by id") == (
@@ -307,9 +300,7 @@ def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_part
     assert [r.asset_selection for r in changed] == [[dg.AssetKey(["copper", "people"])]]
     assert "hull_planhat/copper_since" in changed[0].tags
     before = len(pipeline.copper.server.recorded())
-    result = pipeline.run(
-        "copper_sync", tags=changed[0].tags, asset_selection=changed[0].asset_selection
-    )
+    result = pipeline.materialize(changed[0].asset_selection, tags=changed[0].tags)
     assert result.success
     # a search of the changed records only: one short page (plus the metadata), not the year
     assert len(pipeline.copper.server.recorded()) - before <= 4
@@ -334,9 +325,7 @@ def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_part
     assert metadata["rows"].value == metadata["dagster/partition_row_count"].value >= in_year
     assert "upsert" in metadata["write"].value
     # the same poll run again writes the same rows: per-record idempotency
-    assert pipeline.run(
-        "copper_sync", tags=changed[0].tags, asset_selection=changed[0].asset_selection
-    ).success
+    assert pipeline.materialize(changed[0].asset_selection, tags=changed[0].tags).success
     assert pipeline.query("select count(*) from copper.people")[0][0] == len(after)
 
 
@@ -357,7 +346,7 @@ def test_planhat_snapshots_keep_their_history_and_have_no_partitions(pipeline: P
     assert pipeline.query("select count(*) from planhat.team_members")[0][0] == len(
         pipeline.planhat.users()
     )
-    metadata = _metadata(result, "planhat/company_snapshots")
+    metadata = asset_metadata(result, "planhat/company_snapshots")
     assert metadata["requests"] >= 1 and metadata["snapshots_kept"] == 1
     assert pipeline.run("planhat_fetch").success
     snapshots = pipeline.query(
@@ -416,7 +405,8 @@ def test_a_converted_lead_is_kept_with_its_conversion(pipeline: Pipeline) -> Non
     lead = next(r for r in pipeline.copper.records("leads") if r["converted_contact_id"] is None)
     person = pipeline.copper.records("people")[0]
     _control(pipeline, "POST", f"leads/{lead['id']}/convert", {"person_id": person["id"]})
-    assert pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY)).success
+    leads = [dg.AssetKey(["copper", "leads"])]
+    assert pipeline.materialize(leads, partition_key=copper_partition_key(TODAY)).success
     rows = pipeline.query(
         "select converted_contact_id, epoch(converted_at), record from copper_current.leads "
         f"where id = {lead['id']}"

@@ -35,13 +35,13 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.sync.canonical import value_text
 from hull_planhat_pipelines.sync.hull.model import (
     CANONICAL_SQL,
     STABLE_ID_SQL,
     STORE_COLUMNS,
     STORE_SQL_TYPES,
     Kind,
-    canonical_text,
 )
 
 STAGING_SQL = """
@@ -193,7 +193,7 @@ class Batch:
         ).df()
         if nested.empty:
             return
-        nested["c"] = [canonical_text(v) for v in nested["v"]]
+        nested["c"] = [value_text(v) for v in nested["v"]]
         nested = nested[nested["v"] != nested["c"]]
         if nested.empty:
             return

@@ -23,12 +23,12 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from hull_planhat_pipelines.sync.canonical import value_json
 from hull_planhat_pipelines.sync.hull.batch import Batch, quote
 from hull_planhat_pipelines.sync.hull.model import (
     COPPER_COMPANY_GROUP,
     COPPER_LEAD_GROUP,
     COPPER_PERSON_GROUP,
-    canonical_json,
 )
 
 DELETED_AT = "deleted_at"
@@ -46,7 +46,7 @@ def stage_deletions(batch: Batch, current_ids: Mapping[str, pd.Series], deleted_
     """Stage the detaches of profiles whose Copper record is gone (needs ``s_user`` and
     ``s_account``): clears in ``in_clears``, ``deleted_at`` in ``in_sets``, detached users in
     ``in_unlinks``, and one ``deleted`` row per (profile, record)."""
-    stamp = quote(canonical_json(deleted_at))
+    stamp = quote(value_json(deleted_at))
     for table, kind, prefix, group, source_object in DETACHABLE:
         ids = current_ids.get(table)
         if ids is None:

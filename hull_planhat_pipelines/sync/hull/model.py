@@ -13,12 +13,13 @@ Conventions every step relies on:
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from hull_planhat_pipelines.sync.canonical import value_json
 
 Kind = Literal["user", "account"]
 KINDS: tuple[Kind, ...] = ("user", "account")
@@ -68,33 +69,7 @@ create or replace macro hull_canonical_scalar(v) as
 """
 """Integral numbers lose their ``.0`` (DuckDB writes doubles as ``1.0``, Copper may send
 ``1``): an amount that did not change never becomes an upsert. Objects and arrays go through
-``canonical_json`` instead (sorted keys)."""
-
-
-def _integral(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-def canonical_json(value: Any) -> str:
-    """JSON text with sorted keys, no spaces, and integral numbers written as integers.
-
-    ``{"currency": "USD", "amount": 1.0}`` and ``{"amount":1,"currency":"USD"}`` are the same
-    value: comparing canonical texts is comparing values.
-    """
-    return json.dumps(
-        _integral(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
-
-
-def canonical_text(text: str | None) -> str | None:
-    """``canonical_json`` of JSON text (None stays None)."""
-    return None if text is None else canonical_json(json.loads(text))
+``sync.canonical.value_json`` instead (sorted keys)."""
 
 
 # -- table contracts -------------------------------------------------------------------------
@@ -218,4 +193,4 @@ def _attributes_text(value: Any) -> str:
         return "{}"
     if isinstance(value, str):
         return value
-    return canonical_json({k: v for k, v in dict(value).items() if v is not None})
+    return value_json({k: v for k, v in dict(value).items() if v is not None})

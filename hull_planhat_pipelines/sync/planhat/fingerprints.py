@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import json
 import math
 from collections.abc import Collection, Iterable, Mapping
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from hull_planhat_pipelines.sync.batching import is_missing, jsonable
+from hull_planhat_pipelines.sync.canonical import content_hash, content_json
 
 DELIVERED_STATUSES: frozenset[str] = frozenset(
     {"created", "updated", "unchanged", "sent", "confirmed"}
@@ -87,14 +87,7 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
     Nulls are clears of fields no longer set; leaving them out makes the content after a clear
     equal to the content of the next run, which has nothing left to clear.
     """
-    text = json.dumps(
-        canonical_content(dict(payload)),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=str,
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return content_hash(canonical_content(dict(payload)))
 
 
 def fields_text(fields: Iterable[str]) -> str:
@@ -105,7 +98,7 @@ def fields_text(fields: Iterable[str]) -> str:
 @functools.lru_cache(maxsize=4096)
 def _fields_text(fields: tuple[str, ...]) -> str:
     """Most records of a run share one set of fields: each set is encoded once."""
-    return json.dumps(sorted(set(fields)), separators=(",", ":"), ensure_ascii=False)
+    return content_json(sorted(set(fields)))
 
 
 def parse_fields(value: Any) -> frozenset[str]:

@@ -63,7 +63,16 @@ def user_id(value: Any) -> str | None:
 
 
 def _timestamps(values: Sequence[Any]) -> pd.Series:
-    return pd.to_datetime(pd.Series(values, dtype="object"), utc=True, errors="coerce")
+    """Planhat's dates as UTC timestamps; anything else is null.
+
+    Planhat writes ISO-8601 with milliseconds and ``Z``; ``ISO8601`` also reads the other ISO
+    forms (no milliseconds, an offset, a date alone) one by one. Without a format pandas
+    guesses one from the first value and turns every value written differently into null,
+    warning when it cannot guess.
+    """
+    return pd.to_datetime(
+        pd.Series(values, dtype="object"), utc=True, errors="coerce", format="ISO8601"
+    )
 
 
 def _text(values: Sequence[Any]) -> pd.Series:

@@ -19,10 +19,9 @@ import duckdb
 import pytest
 import requests
 
-from hull_planhat_pipelines.assets.copper import build_copper_assets
 from hull_planhat_pipelines.clients.copper import CopperClient
-from hull_planhat_pipelines.orchestration import copper_partitions, copper_range_tags
-from hull_planhat_pipelines.resources import CopperResource, WarehouseResource
+from hull_planhat_pipelines.definitions import build_definitions
+from hull_planhat_pipelines.orchestration import copper_range_tags
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import (
     COMMON_SEARCH_KEYS,
@@ -49,6 +48,7 @@ from hull_planhat_pipelines.sync.copper.schema import (
     modified_object,
 )
 from hull_planhat_pipelines_tests.hull_support import settings_with
+from hull_planhat_pipelines_tests.materialize import asset_metadata, failures, materialize
 
 TODAY = dt.datetime.now(dt.UTC).date()
 START = TODAY - dt.timedelta(days=20)
@@ -127,27 +127,37 @@ def _utc(seconds: int | None) -> dt.datetime | None:
 
 
 def test_materializing_a_declared_object_lands_every_record(
-    sandbox: CopperSandbox, tmp_path: Path
+    sandbox: CopperSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The project's definitions, given the packaged declarations plus tasks, materialize
+    ``copper/tasks`` (and its checks) against the sandbox into a temporary warehouse."""
     database = tmp_path / "warehouse.duckdb"
-    settings = settings_with(start_date=START.isoformat())
-    (asset,) = build_copper_assets(settings, copper_partitions(settings), objects=[TASKS])
-    assert asset.key == dg.AssetKey(["copper", "tasks"])
+    for name, value in {
+        "HULL_PLANHAT_WAREHOUSE": str(database),
+        "COPPER_API_URL": sandbox.base_url,
+        "COPPER_API_KEY": sandbox.api_key,
+        "COPPER_USER_EMAIL": sandbox.user_email,
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = settings_with(start_date=START.isoformat(), requests_per_minute=100_000)
+    objects = [*COPPER_OBJECTS.values(), TASKS]
+    defs = build_definitions(settings, copper_objects=objects)
+    assert defs.resolve_assets_def(["copper", "tasks"]).key == dg.AssetKey(["copper", "tasks"])
+    copper_sync = defs.resolve_job_def("copper_sync").asset_layer.selected_asset_keys
+    assert dg.AssetKey(["copper", "tasks"]) in copper_sync
 
-    result = dg.materialize(
-        [asset],
-        resources={
-            "copper": CopperResource(
-                api_url=sandbox.base_url,
-                api_key=sandbox.api_key,
-                user_email=sandbox.user_email,
-                requests_per_minute=100_000,
-            ),
-            "warehouse": WarehouseResource(database=str(database)),
-        },
+    result = materialize(
+        [dg.AssetKey(["copper", "tasks"])],
+        instance=dg.DagsterInstance.ephemeral(),
         tags=copper_range_tags(START, TODAY),
+        settings=settings,
+        copper_objects=objects,
     )
-    assert result.success
+    assert result.success, failures(result)
+    assert asset_metadata(result, "copper/tasks")
+    checks = result.get_asset_check_evaluations()
+    assert {c.asset_key for c in checks} == {dg.AssetKey(["copper", "tasks"])}
+    assert checks and all(c.passed for c in checks)
 
     expected = sandbox.records("tasks")
     assert len(expected) == 20  # 400 at scale 1, the tests' 0.05

@@ -10,11 +10,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from hull_planhat_pipelines.sync.canonical import value_json
 from hull_planhat_pipelines.sync.hull.apply import apply_changes
 from hull_planhat_pipelines.sync.hull.changes import ProfileStore, compute_changes
 from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
 from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
-from hull_planhat_pipelines.sync.hull.model import canonical_json, stable_id
+from hull_planhat_pipelines.sync.hull.model import stable_id
 from hull_planhat_pipelines_tests.hull_support import (
     NOW,
     copper_frame,
@@ -38,7 +39,7 @@ def store_with(**attributes: Any) -> ProfileStore:
     """One user, the lead 1 profile, holding ``attributes``."""
     _, store = sync_once(SETTINGS, ProfileStore(), leads())
     users = store.users.copy()
-    users.loc[0, "attributes"] = canonical_json(
+    users.loc[0, "attributes"] = value_json(
         {"copper_lead/name": "Ann", **{f"copper_lead/{k}": v for k, v in attributes.items()}}
     )
     return ProfileStore(users=users, accounts=store.accounts)
@@ -211,7 +212,7 @@ def test_apply_is_deterministic() -> None:
     assert one.users.equals(two.users) and one.accounts.equals(two.accounts)
     assert one.users["hull_id"].is_monotonic_increasing
     attributes = one.users["attributes"].tolist()
-    assert all(a == canonical_json(json.loads(a)) for a in attributes)
+    assert all(a == value_json(json.loads(a)) for a in attributes)
 
 
 # -- Planhat -------------------------------------------------------------------------------------
