@@ -622,6 +622,26 @@ def _found_unchanged(record: Any) -> bool:
     return bool(getattr(value, "value", value))
 
 
+def _left_open(metadata: Mapping[str, Any]) -> bool:
+    """A delivery or destination run whose ``failed`` records (a failed call, an unanswered
+    create) the next run takes up again."""
+    failed = metadata.get("failed")
+    return int(getattr(failed, "value", failed) or 0) > 0
+
+
+def unsettled(entry: Any) -> bool:
+    """An asset the last attempt left undone: never materialized, planned by a run that did not
+    materialize it (failed, killed), or materialized with records left to retry."""
+    latest = entry.last_materialization_record
+    if latest is None:
+        return True
+    planned = entry.last_planned_materialization_storage_id
+    if planned is not None and planned > latest.storage_id:
+        return True
+    materialization = latest.asset_materialization
+    return materialization is not None and _left_open(dict(materialization.metadata))
+
+
 def plan_followers(
     instance: dg.DagsterInstance,
     graph: AssetGraph,
@@ -638,7 +658,10 @@ def plan_followers(
     of new events become one request. While a run is in progress on those assets or on their
     sources, nothing is requested and the cursor stays: the events are seen again next time, so
     an update that lands while the downstream run is running is never dropped. A source run
-    that found its source as stored (``source_unchanged``) asks for nothing.
+    that found its source as stored (``source_unchanged``) asks for nothing, unless something
+    downstream of it is ``unsettled`` (a run failed or was killed before producing it, or a
+    delivery left records to retry): then it asks as any other, so an interrupted cycle is
+    finished by the next one.
     """
 
     def assets_of(run: dg.DagsterRun | None) -> set[dg.AssetKey]:
@@ -650,7 +673,10 @@ def plan_followers(
 
     fresh: dict[dg.AssetKey, Any] = {}
     materialized: set[dg.AssetKey] = set()
+    open_keys: set[dg.AssetKey] = set(graph.keys)  # never materialized, until a record says
     for record in instance.get_asset_records(graph.keys):
+        if not unsettled(record.asset_entry):
+            open_keys.discard(record.asset_entry.asset_key)
         latest = record.asset_entry.last_materialization_record
         if latest is not None:
             materialized.add(record.asset_entry.asset_key)
@@ -667,8 +693,8 @@ def plan_followers(
         run = instance.get_run_by_id(latest.run_id)
         if run is not None and is_dry_run(run) and not follow_dry_runs:
             continue  # a dry run triggers nothing (the command line's own dry run goes on)
-        if _found_unchanged(latest):
-            continue  # the source is as it was: nothing downstream is out of date
+        if _found_unchanged(latest) and not (graph.followers(key) & open_keys):
+            continue  # the source is as it was and what follows it is settled: nothing to do
         ran = assets_of(run)
         followers = graph.followers(key) - ran - {key}
         if DELIVERIES_KEY in ran and key != DELIVERIES_KEY:

@@ -6,6 +6,7 @@ daemon does: with the instance, the definitions and the cursor of the previous t
 """
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import dagster as dg
@@ -23,6 +24,7 @@ from hull_planhat_pipelines.orchestration import (
     copper_partition_key,
     copper_range_tags,
     delivered_something,
+    unsettled,
 )
 from hull_planhat_pipelines_tests.assets.test_pipeline_assets import (  # noqa: F401
     LAST,
@@ -174,7 +176,9 @@ def test_a_source_run_that_finds_nothing_new_asks_for_nothing(ticks: Ticks) -> N
     assert ticks.pipeline.run("planhat_fetch").success
     first = _latest_metadata(ticks, COPPER[1])
     assert first["source_unchanged"] is False and first["changed_records"] > 0
-    assert ticks.requests()  # the first fetch asks for Hull and what follows
+    [downstream] = ticks.requests()  # the first fetch asks for Hull and what follows
+    assert ticks.execute(downstream).success
+    _settle(ticks)  # ... run until nothing is asked for
     stored = dict(ticks.pipeline.query("select id, _fetched_at from copper.people"))
 
     # The same year and the same Planhat again: nothing new, so no run starts.
@@ -200,6 +204,26 @@ def test_a_source_run_that_finds_nothing_new_asks_for_nothing(ticks: Ticks) -> N
     assert changed["changed_records"] == changed["rows_written"] == 1
     [request] = ticks.requests()
     assert set(request.asset_selection or []) >= HULL
+
+
+def test_what_a_run_left_undone_is_unsettled() -> None:
+    """What lets an unchanged source still ask downstream: the delivery fault tests drive it
+    end to end (a killed sync, a failing analytics endpoint, a refused record)."""
+
+    def entry(latest: int | None, planned: int | None, failed: int = 0) -> SimpleNamespace:
+        record = None
+        if latest is not None:
+            materialization = dg.AssetMaterialization("x", metadata={"failed": failed})
+            record = SimpleNamespace(storage_id=latest, asset_materialization=materialization)
+        return SimpleNamespace(
+            last_materialization_record=record, last_planned_materialization_storage_id=planned
+        )
+
+    assert unsettled(entry(None, None))  # never materialized
+    assert unsettled(entry(10, 12))  # a later run planned it and did not produce it
+    assert unsettled(entry(12, 12, failed=1))  # records left to retry
+    assert not unsettled(entry(12, 12))
+    assert not unsettled(entry(12, None))
 
 
 def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:
