@@ -514,6 +514,8 @@ ACTIVE = [
 
 
 DRY_RUN_TAG = "hull_planhat/dry_run"
+FROM_UI_TAG = "dagster/from_ui"
+"""Set by the Dagster UI on the runs it launches."""
 
 
 def is_dry_run(run: Any) -> bool:
@@ -661,7 +663,8 @@ def plan_followers(
     that found its source as stored (``source_unchanged``) asks for nothing, unless something
     downstream of it is ``unsettled`` (a run failed or was killed before producing it, or a
     delivery left records to retry): then it asks as any other, so an interrupted cycle is
-    finished by the next one.
+    finished by the next one. A run a person launched in the UI (``dagster/from_ui``) always
+    carries its chain: they asked for it.
     """
 
     def assets_of(run: dg.DagsterRun | None) -> set[dg.AssetKey]:
@@ -693,7 +696,8 @@ def plan_followers(
         run = instance.get_run_by_id(latest.run_id)
         if run is not None and is_dry_run(run) and not follow_dry_runs:
             continue  # a dry run triggers nothing (the command line's own dry run goes on)
-        if _found_unchanged(latest) and not (graph.followers(key) & open_keys):
+        asked_in_ui = run is not None and run.tags.get(FROM_UI_TAG) == "true"
+        if _found_unchanged(latest) and not asked_in_ui and not (graph.followers(key) & open_keys):
             continue  # the source is as it was and what follows it is settled: nothing to do
         ran = assets_of(run)
         followers = graph.followers(key) - ran - {key}

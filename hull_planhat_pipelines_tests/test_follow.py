@@ -20,6 +20,7 @@ from dagster._core.storage.tags import (
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 from hull_planhat_pipelines.orchestration import (
     AFTER_DELIVERY,
+    FROM_UI_TAG,
     TRIGGER_TAG,
     copper_partition_key,
     copper_range_tags,
@@ -194,6 +195,14 @@ def test_a_source_run_that_finds_nothing_new_asks_for_nothing(ticks: Ticks) -> N
     # nothing rewritten: the rows keep the fetch time of the run that brought them
     assert dict(ticks.pipeline.query("select id, _fetched_at from copper.people")) == stored
     assert ticks.requests() == []
+
+    # The same launch by a person in the UI carries its chain all the same: they asked for it.
+    assert ticks.graph_launch([COPPER[1]], partition_key=year, tags={FROM_UI_TAG: "true"}).success
+    assert _latest_metadata(ticks, COPPER[1])["source_unchanged"] is True
+    [asked] = ticks.requests()
+    assert set(asked.asset_selection or []) >= HULL
+    assert ticks.execute(asked).success
+    _settle(ticks)
 
     # One record edited in Copper: that run asks for what follows it again.
     person = ticks.pipeline.copper.records("people")[0]["id"]
