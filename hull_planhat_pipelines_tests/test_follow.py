@@ -28,9 +28,6 @@ from hull_planhat_pipelines.orchestration import (
     unsettled,
 )
 from hull_planhat_pipelines_tests.assets.test_pipeline_assets import (  # noqa: F401
-    LAST,
-    START,
-    TODAY,
     Pipeline,
     _control,
     _sensor_tick,
@@ -96,15 +93,15 @@ def ticks(pipeline: Pipeline) -> Iterator[Ticks]:  # noqa: F811
         yield Ticks(pipeline, instance)
 
 
-def _copper_range() -> dict[str, str]:
-    return copper_range_tags(START, LAST)
+def _copper_range(pipeline: Pipeline) -> dict[str, str]:  # noqa: F811
+    return copper_range_tags(pipeline.start, pipeline.last)
 
 
 def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks: Ticks) -> None:
     assert ticks.requests() == []  # nothing materialized yet: nothing to follow
     assert ticks.graph_launch(
         [*COPPER, dg.AssetKey(["copper", "activities"]), dg.AssetKey(["copper", "opportunities"])],
-        tags=_copper_range(),
+        tags=_copper_range(ticks.pipeline),
     ).success
     assert ticks.pipeline.run("planhat_fetch").success
 
@@ -135,9 +132,11 @@ def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks
 
 
 def test_two_copper_runs_in_one_tick_make_one_downstream_run(ticks: Ticks) -> None:
-    today = {"partition_key": copper_partition_key(TODAY)}
+    today = {"partition_key": copper_partition_key(ticks.pipeline.today)}
     assert ticks.graph_launch([COPPER[1]], **today).success
-    assert ticks.pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY)).success
+    assert ticks.pipeline.run(
+        "copper_sync", partition_key=copper_partition_key(ticks.pipeline.today)
+    ).success
     requests = ticks.requests()
     assert len(requests) == 1
     assert set(requests[0].asset_selection or []) >= HULL
@@ -145,7 +144,9 @@ def test_two_copper_runs_in_one_tick_make_one_downstream_run(ticks: Ticks) -> No
 
 
 def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: Ticks) -> None:
-    assert ticks.graph_launch(COPPER, partition_key=copper_partition_key(TODAY)).success
+    assert ticks.graph_launch(
+        COPPER, partition_key=copper_partition_key(ticks.pipeline.today)
+    ).success
     [first] = ticks.requests()
     # The requested run is under way when Copper lands again.
     running = ticks.instance.create_run_for_job(
@@ -155,7 +156,9 @@ def test_an_upstream_update_while_the_downstream_runs_is_picked_up_later(ticks: 
     )
     lead = ticks.pipeline.copper.records("leads")[0]["id"]
     _control(ticks.pipeline, "PATCH", f"leads/{lead}", {"title": "Changed mid-run"})
-    assert ticks.graph_launch([COPPER[0]], partition_key=copper_partition_key(TODAY)).success
+    assert ticks.graph_launch(
+        [COPPER[0]], partition_key=copper_partition_key(ticks.pipeline.today)
+    ).success
     waiting = ticks.tick()
     assert isinstance(waiting, dg.SkipReason) and "in progress" in (waiting.skip_message or "")
     assert isinstance(ticks.tick(), dg.SkipReason)  # still waiting, still not dropped
@@ -172,7 +175,7 @@ def _latest_metadata(ticks: Ticks, key: dg.AssetKey) -> dict[str, Any]:
 
 
 def test_a_source_run_that_finds_nothing_new_asks_for_nothing(ticks: Ticks) -> None:
-    year = copper_partition_key(TODAY)
+    year = copper_partition_key(ticks.pipeline.today)
     assert ticks.graph_launch(COPPER, partition_key=year).success
     assert ticks.pipeline.run("planhat_fetch").success
     first = _latest_metadata(ticks, COPPER[1])
@@ -236,7 +239,9 @@ def test_what_a_run_left_undone_is_unsettled() -> None:
 
 
 def test_a_partial_launch_asks_only_for_what_follows_it(ticks: Ticks) -> None:
-    assert ticks.graph_launch(COPPER, partition_key=copper_partition_key(TODAY)).success
+    assert ticks.graph_launch(
+        COPPER, partition_key=copper_partition_key(ticks.pipeline.today)
+    ).success
     assert ticks.pipeline.run("planhat_fetch").success
     ticks.requests()  # the copper and planhat events are now behind the cursor
     assert ticks.graph_launch(sorted(HULL, key=str)).success  # Hull alone, from the graph
@@ -249,8 +254,8 @@ def test_the_first_poll_over_empty_copper_tables_fetches_everything(ticks: Ticks
     stack = ticks.pipeline
     [first] = _sensor_tick(stack, None).run_requests
     assert first.tags[TRIGGER_TAG] == "first start"
-    assert first.tags[ASSET_PARTITION_RANGE_START_TAG] == copper_partition_key(START)
-    assert first.tags[ASSET_PARTITION_RANGE_END_TAG] == copper_partition_key(LAST)
+    assert first.tags[ASSET_PARTITION_RANGE_START_TAG] == copper_partition_key(ticks.pipeline.start)
+    assert first.tags[ASSET_PARTITION_RANGE_END_TAG] == copper_partition_key(ticks.pipeline.last)
     assert "hull_planhat/copper_since" not in first.tags  # a range run: its years replaced
     assert {k.path[1] for k in first.asset_selection or []} == set(COPPER_OBJECTS)
     assert stack.run("copper_sync", tags=dict(first.tags)).success
@@ -318,7 +323,9 @@ def test_a_failed_first_start_is_asked_for_again_once_until_one_succeeds(ticks: 
     [second] = retry.run_requests or []
     assert second.tags[TRIGGER_TAG] == "first start" and second.run_key != request.run_key
     assert {k.path[1] for k in second.asset_selection or []} == set(COPPER_OBJECTS)
-    assert second.tags[ASSET_PARTITION_RANGE_START_TAG] == copper_partition_key(START)
+    assert second.tags[ASSET_PARTITION_RANGE_START_TAG] == copper_partition_key(
+        ticks.pipeline.start
+    )
     assert "hull_planhat/copper_since" not in second.tags  # every year replaced
 
     tags = {**second.tags, "dagster/run_key": second.run_key or ""}
@@ -333,7 +340,7 @@ def test_a_failed_first_start_is_asked_for_again_once_until_one_succeeds(ticks: 
 
 def test_the_first_chain_waits_for_planhat_users_before_payloads(ticks: Ticks) -> None:
     every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
-    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    assert ticks.graph_launch(every_object, tags=_copper_range(ticks.pipeline)).success
     [hull_only] = ticks.requests()
     assert set(hull_only.asset_selection or []) == HULL  # owners cannot be validated yet
     assert ticks.execute(hull_only).success
@@ -358,7 +365,7 @@ def _check(result: dg.ExecuteInProcessResult, asset: str, name: str) -> Any:
 
 def test_owner_validity_warns_and_a_broken_identity_stops_the_delivery(ticks: Ticks) -> None:
     every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
-    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    assert ticks.graph_launch(every_object, tags=_copper_range(ticks.pipeline)).success
     assert ticks.pipeline.run("planhat_fetch").success
     [downstream] = ticks.requests()
     first = ticks.execute(downstream)
@@ -404,7 +411,7 @@ def _settle(ticks: Ticks) -> None:
 
 def test_dry_run_and_forced_send_presets(ticks: Ticks) -> None:
     every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
-    assert ticks.graph_launch(every_object, tags=_copper_range()).success
+    assert ticks.graph_launch(every_object, tags=_copper_range(ticks.pipeline)).success
     assert ticks.pipeline.run("planhat_fetch").success
     _settle(ticks)
     planhat = ticks.pipeline.planhat

@@ -24,12 +24,16 @@ from hull_planhat_pipelines_tests.materialize import (
     run_job,
 )
 
-TODAY = dt.datetime.now(dt.UTC).date()
-START = TODAY - dt.timedelta(days=10)
+
+def copper_start(today: dt.date) -> dt.date:
+    """The first Copper day of these tests: a short range keeps each sync quick."""
+    return today - dt.timedelta(days=10)
 
 
 class Stack:
-    def __init__(self, copper, planhat, firehose: HullFirehoseSandbox, warehouse: Path) -> None:
+    def __init__(
+        self, copper, planhat, firehose: HullFirehoseSandbox, warehouse: Path, today: dt.date
+    ) -> None:
         self.copper, self.planhat, self.firehose, self.warehouse = (
             copper,
             planhat,
@@ -37,6 +41,9 @@ class Stack:
             warehouse,
         )
         self.instance = dg.DagsterInstance.ephemeral()
+        self.today = today
+        """The UTC day the test started: the last Copper partition fetched."""
+        self.start = copper_start(today)
 
     def run(self, job: str, **kw) -> dg.ExecuteInProcessResult:
         return run_job(job, instance=self.instance, **kw)
@@ -45,7 +52,7 @@ class Stack:
         return materialize(selection, instance=self.instance)
 
     def sync(self) -> dg.ExecuteInProcessResult:
-        assert self.run("copper_sync", tags=copper_range_tags(START, TODAY)).success
+        assert self.run("copper_sync", tags=copper_range_tags(self.start, self.today)).success
         assert self.run("planhat_fetch").success
         return self.run("hull_sync")
 
@@ -66,8 +73,15 @@ def stack(
     planhat = planhat_sandbox_factory(
         seed=1, scale=0.05, seed_user_ids=planhat_user_ids(1, PLANHAT_TEAM_SIZE)
     )
+    stack = Stack(
+        copper,
+        planhat,
+        hull_firehose,
+        tmp_path / "warehouse.duckdb",
+        dt.datetime.now(dt.UTC).date(),
+    )
     config = yaml.safe_load(default_config_path().read_text())
-    config["copper"]["start_date"] = START.isoformat()
+    config["copper"]["start_date"] = stack.start.isoformat()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {
         "HULL_PLANHAT_CONFIG": str(tmp_path / "config.yaml"),
@@ -80,7 +94,7 @@ def stack(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return Stack(copper, planhat, hull_firehose, tmp_path / "warehouse.duckdb")
+    return stack
 
 
 def test_a_sync_builds_profiles_and_forwards_them_once(stack: Stack) -> None:

@@ -3,6 +3,7 @@ order per record, dry runs, and a full sync against the sandbox firehose."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -28,9 +29,8 @@ from hull_planhat_pipelines.warehouse import append_table
 from hull_planhat_pipelines.warehouse import outbox as outbox_store
 from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL
 from hull_planhat_pipelines_tests.assets.test_hull_assets import (  # noqa: F401  (stack: a fixture)
-    START,
-    TODAY,
     Stack,
+    copper_start,
     stack,
 )
 from hull_planhat_pipelines_tests.fake_time import FakeTime
@@ -414,7 +414,8 @@ def test_the_sandbox_command_serves_the_firehose_and_a_full_sync_forwards_to_it(
 ) -> None:
     """``hull-planhat sandbox`` / ``demo``: the firehose's exports, then ``sync`` twice."""
     config = yaml.safe_load(default_config_path().read_text())
-    config["copper"]["start_date"] = START.isoformat()
+    start = copper_start(dt.datetime.now(dt.UTC).date())
+    config["copper"]["start_date"] = start.isoformat()
     # A full sync fetches up to the activity horizon: two weeks ahead, not a year of days.
     config["copper"]["activity_horizon_days"] = 14
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -456,7 +457,7 @@ def test_a_sync_whose_forwarding_failed_reports_a_failed_error_check(stack: Stac
 
 def test_a_dry_run_sync_writes_nothing_to_the_firehose(stack: Stack) -> None:  # noqa: F811
     config = {"ops": {"hull_profiles": {"config": {"dry_run": True}}}}
-    assert stack.run("copper_sync", tags=_range()).success
+    assert stack.run("copper_sync", tags=_range(stack)).success
     result = stack.run("hull_sync", run_config=config)
     assert result.success and _check(result).passed
     assert "dry run" in (_check(result).description or "")
@@ -464,8 +465,8 @@ def test_a_dry_run_sync_writes_nothing_to_the_firehose(stack: Stack) -> None:  #
     assert stack.query("select count(*) from hull.firehose_outbox")[0][0] > 0
 
 
-def _range() -> dict[str, str]:
-    return copper_range_tags(START, TODAY)
+def _range(stack: Stack) -> dict[str, str]:  # noqa: F811
+    return copper_range_tags(stack.start, stack.today)
 
 
 # -- start-up ------------------------------------------------------------------------------------

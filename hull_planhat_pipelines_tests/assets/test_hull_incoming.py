@@ -20,14 +20,14 @@ from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.settings import default_config_path
 from hull_planhat_pipelines_tests.materialize import HULL, materialize, run_job
 
-TODAY = dt.datetime.now(dt.UTC).date()
-START = TODAY - dt.timedelta(days=10)
-
 
 class Pipeline:
-    def __init__(self, copper: CopperSandbox, warehouse: Path) -> None:
+    def __init__(self, copper: CopperSandbox, warehouse: Path, today: dt.date) -> None:
         self.copper, self.warehouse = copper, warehouse
         self.instance = dg.DagsterInstance.ephemeral()
+        self.today = today
+        """The UTC day the pipeline was set up: the last Copper partition, the poll's day."""
+        self.start = today - dt.timedelta(days=10)
 
     def run(self, job: str, **kw: Any) -> dg.ExecuteInProcessResult:
         return run_job(job, instance=self.instance, **kw)
@@ -36,7 +36,7 @@ class Pipeline:
         return materialize(selection, instance=self.instance)
 
     def full_refresh(self) -> dg.ExecuteInProcessResult:
-        fetched = self.run("copper_sync", tags=copper_range_tags(START, TODAY))
+        fetched = self.run("copper_sync", tags=copper_range_tags(self.start, self.today))
         assert fetched.success
         result = self.run("hull_sync")
         assert result.success
@@ -44,7 +44,7 @@ class Pipeline:
 
     def incremental(self) -> dg.ExecuteInProcessResult:
         """What the 5-minute poll runs: the records changed since today began, upserted."""
-        tags = copper_window_tags(TODAY, TODAY, day_start(TODAY), None)
+        tags = copper_window_tags(self.today, self.today, day_start(self.today), None)
         assert self.run("copper_sync", tags=tags).success
         result = self.run("hull_sync")
         assert result.success
@@ -80,8 +80,9 @@ class Pipeline:
 
 
 def _pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copper: CopperSandbox, name: str):
+    pipeline = Pipeline(copper, tmp_path / f"{name}.duckdb", dt.datetime.now(dt.UTC).date())
     config = yaml.safe_load(default_config_path().read_text())
-    config["copper"]["start_date"] = START.isoformat()
+    config["copper"]["start_date"] = pipeline.start.isoformat()
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
     env = {
         "HULL_PLANHAT_CONFIG": str(tmp_path / f"{name}.yaml"),
@@ -92,7 +93,7 @@ def _pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copper: CopperSan
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return Pipeline(copper, tmp_path / f"{name}.duckdb")
+    return pipeline
 
 
 @pytest.fixture

@@ -38,9 +38,6 @@ from hull_planhat_pipelines_tests.materialize import (
 SEED = 1
 SCALE = 0.05
 """5 Copper companies (2 customers), 50 leads and people, ~80 activities: every case, quickly."""
-TODAY = dt.datetime.now(dt.UTC).date()
-START = TODAY - dt.timedelta(days=1)
-"""A short partition range keeps each cycle quick; the first partition holds all older rows."""
 COMPANY_SEGMENT = "Customer accounts"
 CONTACT_SEGMENT = "Customers"
 TRACKED = ("Meeting", "Phone Call")
@@ -62,6 +59,11 @@ class Stack:
         self.config = root / "config.yaml"
         self.warehouse = root / "warehouse.duckdb"
         self.instance = dg.DagsterInstance.ephemeral()
+        self.today = dt.datetime.now(dt.UTC).date()
+        """The UTC day the stack started: the last Copper partition fetched."""
+        self.start = self.today - dt.timedelta(days=1)
+        """A short partition range keeps each cycle quick; the first partition holds all older
+        rows."""
 
     def env(self) -> dict[str, str]:
         return {
@@ -76,7 +78,7 @@ class Stack:
     def configure(self, edit: Edit | None = None) -> None:
         """Write the packaged configuration with a recent start date, then ``edit`` applied."""
         config = yaml.safe_load(default_config_path().read_text())
-        config["copper"]["start_date"] = START.isoformat()
+        config["copper"]["start_date"] = self.start.isoformat()
         if edit is not None:
             edit(config)
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -95,7 +97,7 @@ class Stack:
 
     def prepare(self) -> None:
         """Copper and Planhat fetched and applied to Hull: what a delivery reads."""
-        tags = copper_range_tags(START, TODAY)
+        tags = copper_range_tags(self.start, self.today)
         assert self.run("copper_sync", tags=tags).success
         assert self.run("planhat_fetch").success
         assert self.run("hull_sync").success

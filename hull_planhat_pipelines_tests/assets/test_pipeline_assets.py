@@ -31,21 +31,25 @@ from hull_planhat_pipelines.settings import default_config_path, load_settings
 from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
 from hull_planhat_pipelines_tests.materialize import asset_metadata, materialize, run_job
 
-TODAY = dt.datetime.now(dt.UTC).date()
-START = TODAY - dt.timedelta(days=400)
-"""A partition range over two years at least (partitions are UTC years): a range run records
-one materialization per partition."""
 HORIZON = 15
-LAST = TODAY + dt.timedelta(days=HORIZON)
-"""The last Copper partition: activities are fetched up to ``HORIZON`` days ahead."""
+"""Activities are fetched up to ``HORIZON`` days ahead."""
 
 
 class Pipeline:
-    def __init__(self, copper: CopperSandbox, planhat: PlanhatSandbox, warehouse: Path) -> None:
+    def __init__(
+        self, copper: CopperSandbox, planhat: PlanhatSandbox, warehouse: Path, today: dt.date
+    ) -> None:
         self.copper = copper
         self.planhat = planhat
         self.warehouse = warehouse
         self.instance = dg.DagsterInstance.ephemeral()
+        self.today = today
+        """The UTC day the test started: what the pipeline's partitions and windows count from."""
+        self.start = today - dt.timedelta(days=400)
+        """A partition range over two years at least (partitions are UTC years): a range run
+        records one materialization per partition."""
+        self.last = today + dt.timedelta(days=HORIZON)
+        """The last Copper partition: activities are fetched up to ``HORIZON`` days ahead."""
 
     def defs(self) -> dg.Definitions:
         return build_definitions(load_settings())
@@ -56,9 +60,11 @@ class Pipeline:
     def materialize(self, selection: list[dg.AssetKey], **kw: Any) -> dg.ExecuteInProcessResult:
         return materialize(selection, instance=self.instance, **kw)
 
-    def full_copper(self, last: dt.date = TODAY) -> dg.ExecuteInProcessResult:
+    def full_copper(self, last: dt.date | None = None) -> dg.ExecuteInProcessResult:
+        last = self.today if last is None else last
         return self.run(
-            "copper_sync", tags=range_tags(copper_partition_key(START), copper_partition_key(last))
+            "copper_sync",
+            tags=range_tags(copper_partition_key(self.start), copper_partition_key(last)),
         )
 
     def query(self, sql: str) -> list[tuple]:
@@ -75,8 +81,9 @@ def pipeline(
         seed=0, scale=0.05, seed_user_ids=planhat_user_ids(0, PLANHAT_TEAM_SIZE)
     )
     warehouse = tmp_path / "warehouse.duckdb"
+    pipeline = Pipeline(copper, planhat, warehouse, dt.datetime.now(dt.UTC).date())
     config = yaml.safe_load(default_config_path().read_text())
-    config["copper"]["start_date"] = START.isoformat()
+    config["copper"]["start_date"] = pipeline.start.isoformat()
     config["copper"]["activity_horizon_days"] = HORIZON
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {
@@ -89,15 +96,18 @@ def pipeline(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    yield Pipeline(copper, planhat, warehouse)
+    yield pipeline
 
 
-def _in_window(records: list[dict], field: str, first: dt.date, last: dt.date) -> set[int]:
-    """Ids whose date falls in [first, last]; the first partition also holds everything older."""
+def _in_window(
+    records: list[dict], field: str, first: dt.date, last: dt.date, start: dt.date
+) -> set[int]:
+    """Ids whose date falls in [first, last]; the first partition (from ``start``) also holds
+    everything older."""
     found = set()
     for record in records:
         day = dt.datetime.fromtimestamp(record[field], dt.UTC).date()
-        if (day <= last and day >= first) or (first == START and day < START):
+        if (day <= last and day >= first) or (first == start and day < start):
             found.add(record["id"])
     return found
 
@@ -127,9 +137,12 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
     # one write per table for the whole range, however many partitions it covers
     assert sorted(writes) == sorted(f"copper.{n}" for n in copper_assets.COPPER_OBJECTS)
     # the run reaches the end of today's year, but never past the activity horizon
-    last = min(_year_end(TODAY), TODAY + dt.timedelta(days=HORIZON))
+    today = pipeline.today
+    last = min(_year_end(today), today + dt.timedelta(days=HORIZON))
     for name, field in [("leads", "date_modified"), ("activities", "activity_date")]:
-        expected = _in_window(pipeline.copper.records(name), field, START, last)
+        expected = _in_window(
+            pipeline.copper.records(name), field, pipeline.start, last, pipeline.start
+        )
         if name == "activities":  # user activity types only (events are chosen downstream)
             user_types = {t["id"] for t in pipeline.copper.metadata.activity_types["user"]}
             expected = {
@@ -155,7 +168,7 @@ def test_a_backfill_over_every_partition_is_one_run_that_fetches_everything(
         for e in result.get_asset_materialization_events()
         if e.step_materialization_data.materialization.asset_key == dg.AssetKey(["copper", "leads"])
     ]
-    assert [m.partition for m in partitions] == _years(START, TODAY)
+    assert [m.partition for m in partitions] == _years(pipeline.start, pipeline.today)
     assert len(partitions) >= 2
     for materialization in partitions:
         rows = materialization.metadata["rows"].value
@@ -185,10 +198,10 @@ def test_rerunning_a_partition_replaces_it_and_the_current_view_keeps_the_newest
     lead = pipeline.copper.records("people")[0]
     pipeline.copper.touch("people", [lead["id"]])
     people = [dg.AssetKey(["copper", "people"])]
-    today = pipeline.materialize(people, partition_key=copper_partition_key(TODAY))
+    today = pipeline.materialize(people, partition_key=copper_partition_key(pipeline.today))
     assert today.success
     stored = pipeline.query("select id, partition_date, record from copper.people order by id")
-    again = pipeline.materialize(people, partition_key=copper_partition_key(TODAY))
+    again = pipeline.materialize(people, partition_key=copper_partition_key(pipeline.today))
     assert again.success
     # re-running the partition is idempotent: the same rows, once each
     assert pipeline.query("select id, partition_date, record from copper.people order by id") == (
@@ -203,7 +216,7 @@ def test_rerunning_a_partition_replaces_it_and_the_current_view_keeps_the_newest
     newest = pipeline.query(
         f"select cast(partition_date as date) from copper_current.people where id = {lead['id']}"
     )
-    assert newest == [(TODAY,)]
+    assert newest == [(pipeline.today,)]
 
 
 def test_a_full_refresh_drops_records_deleted_in_copper(pipeline: Pipeline) -> None:
@@ -219,7 +232,7 @@ def test_wrong_credentials_stop_the_run_and_log_unauthorized_without_the_key(
 ) -> None:
     secret = "wrong-key-1f9a7c3e5d"
     monkeypatch.setenv("COPPER_API_KEY", secret)
-    result = pipeline.run("copper_sync", partition_key=copper_partition_key(TODAY))
+    result = pipeline.run("copper_sync", partition_key=copper_partition_key(pipeline.today))
     assert not result.success
     messages = [e.message or "" for e in pipeline.instance.all_logs(result.run_id)] + [
         json.dumps(str(e.dagster_event)) for e in pipeline.instance.all_logs(result.run_id)
@@ -251,7 +264,7 @@ def test_the_sensor_requests_only_changed_days_and_a_repeated_tick_is_harmless(
 ) -> None:
     # Filled tables: the poll proper (over empty ones a first start asks for everything
     # until a full fetch succeeds).
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     pipeline.copper.server.clear_requests()
     first = _sensor_tick(pipeline, None)
     keys = [r.run_key for r in first.run_requests]
@@ -273,7 +286,9 @@ def test_the_sensor_requests_only_changed_days_and_a_repeated_tick_is_harmless(
     ]
     assert len(changed) == 1
     assert changed[0].asset_selection == [dg.AssetKey(["copper", "companies"])]
-    assert changed[0].tags["dagster/asset_partition_range_end"] == copper_partition_key(TODAY)
+    assert changed[0].tags["dagster/asset_partition_range_end"] == copper_partition_key(
+        pipeline.today
+    )
     # only what changed since the previous newest change is fetched, not the whole year
     since = json.loads(changed[0].tags["hull_planhat/copper_since"])
     assert since == {"companies": json.loads(second.cursor)["newest"]["companies"]}
@@ -286,12 +301,12 @@ def test_the_sensor_requests_only_changed_days_and_a_repeated_tick_is_harmless(
 def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_partition(
     pipeline: Pipeline,
 ) -> None:
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     cursor = _sensor_tick(pipeline, None).cursor
     stored = dict(pipeline.query("select id, _fetched_at from copper.people"))
     in_year = pipeline.query(
         "select count(*) from copper.people where year(partition_date) = "
-        f"{copper_partition_key(TODAY)}"
+        f"{copper_partition_key(pipeline.today)}"
     )[0][0]
     person = pipeline.copper.records("people")[0]["id"]
     _control(pipeline, "PATCH", f"people/{person}", {"title": "Head of Upserts"})
@@ -313,13 +328,13 @@ def test_an_incremental_poll_upserts_only_the_changed_records_and_keeps_the_part
     assert title == [("Head of Upserts",)]
     assert pipeline.query(
         "select count(*) from copper.people where year(partition_date) = "
-        f"{copper_partition_key(TODAY)}"
+        f"{copper_partition_key(pipeline.today)}"
     )[0][0] in (in_year, in_year + 1)
     partitions = [
         e.step_materialization_data.materialization
         for e in result.get_asset_materialization_events()
     ]
-    assert [m.partition for m in partitions] == [copper_partition_key(TODAY)]
+    assert [m.partition for m in partitions] == [copper_partition_key(pipeline.today)]
     metadata = partitions[0].metadata
     assert metadata["rows_written"].value == len(rewritten)
     assert metadata["rows"].value == metadata["dagster/partition_row_count"].value >= in_year
@@ -372,7 +387,7 @@ def _control(pipeline: Pipeline, method: str, path: str, body: dict | None = Non
 
 def _user_activity(pipeline: Pipeline) -> dict:
     user_types = {t["id"] for t in pipeline.copper.metadata.activity_types["user"]}
-    first = dt.datetime.combine(START, dt.time(), dt.UTC).timestamp()
+    first = dt.datetime.combine(pipeline.start, dt.time(), dt.UTC).timestamp()
     return next(
         a
         for a in pipeline.copper.records("activities")
@@ -386,14 +401,14 @@ def _user_activity(pipeline: Pipeline) -> dict:
 def test_a_full_refresh_leaves_records_deleted_in_copper_out_of_every_partition(
     pipeline: Pipeline, name: str
 ) -> None:
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     if name == "activities":
         gone = _user_activity(pipeline)["id"]
     else:
         gone = pipeline.copper.records(name)[-1]["id"]
     assert pipeline.query(f"select count(*) from copper_current.{name} where id = {gone}") == [(1,)]
     _control(pipeline, "DELETE", f"{name}/{gone}")
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     assert pipeline.query(f"select count(*) from copper.{name} where id = {gone}") == [(0,)]
     assert pipeline.query(f"select count(*) from copper_current.{name} where id = {gone}") == [(0,)]
     kept = pipeline.query(f"select count(*) from copper_current.{name}")[0][0]
@@ -406,7 +421,7 @@ def test_a_converted_lead_is_kept_with_its_conversion(pipeline: Pipeline) -> Non
     person = pipeline.copper.records("people")[0]
     _control(pipeline, "POST", f"leads/{lead['id']}/convert", {"person_id": person["id"]})
     leads = [dg.AssetKey(["copper", "leads"])]
-    assert pipeline.materialize(leads, partition_key=copper_partition_key(TODAY)).success
+    assert pipeline.materialize(leads, partition_key=copper_partition_key(pipeline.today)).success
     rows = pipeline.query(
         "select converted_contact_id, epoch(converted_at), record from copper_current.leads "
         f"where id = {lead['id']}"
@@ -439,7 +454,7 @@ def test_activities_planned_ahead_are_fetched_up_to_the_horizon(pipeline: Pipeli
     template = _user_activity(pipeline)
     planned = {}
     for days in (3, HORIZON, HORIZON + 2):
-        moment = dt.datetime.combine(TODAY + dt.timedelta(days=days), dt.time(10), dt.UTC)
+        moment = dt.datetime.combine(pipeline.today + dt.timedelta(days=days), dt.time(10), dt.UTC)
         made = _control(
             pipeline,
             "POST",
@@ -453,18 +468,18 @@ def test_activities_planned_ahead_are_fetched_up_to_the_horizon(pipeline: Pipeli
             },
         )
         planned[days] = made["id"]
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     rows = dict(pipeline.query("select id, cast(partition_date as date) from copper.activities"))
-    assert rows[planned[3]] == TODAY + dt.timedelta(days=3)
-    assert rows[planned[HORIZON]] == LAST
+    assert rows[planned[3]] == pipeline.today + dt.timedelta(days=3)
+    assert rows[planned[HORIZON]] == pipeline.last
     assert planned[HORIZON + 2] not in rows  # beyond the horizon
     tick = _sensor_tick(pipeline, None)
     rescan = [r for r in tick.run_requests if r.tags["hull_planhat/trigger"].startswith("trailing")]
     assert rescan and rescan[0].tags["dagster/asset_partition_range_end"] == copper_partition_key(
-        LAST
+        pipeline.last
     )
     until = dt.datetime.fromtimestamp(int(rescan[0].tags["hull_planhat/copper_until"]), dt.UTC)
-    assert until.date() == LAST
+    assert until.date() == pipeline.last
 
 
 def test_a_401_at_the_sensor_is_logged_skipped_and_recovered_by_itself(
@@ -518,7 +533,7 @@ def test_after_changes_a_full_refresh_and_one_poll_equal_a_fetch_from_scratch(
 ) -> None:
     """Edits, deletions and conversions made in Copper over HTTP: a full refresh, more changes
     and one incremental poll leave copper_current.* equal to a fetch of the final state."""
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     cursor = _sensor_tick(pipeline, None).cursor
     people = pipeline.copper.records("people")
     leads = [r for r in pipeline.copper.records("leads") if r["converted_contact_id"] is None]
@@ -529,7 +544,7 @@ def test_after_changes_a_full_refresh_and_one_poll_equal_a_fetch_from_scratch(
     _control(pipeline, "DELETE", f"activities/{template['id']}")
     _control(pipeline, "PATCH", f"people/{people[1]['id']}", {"title": "Head of Tests"})
     _control(pipeline, "POST", f"leads/{leads[0]['id']}/convert", {"person_id": people[2]["id"]})
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     # changes only the poll sees: edits, a conversion into a new person, new records
     _control(pipeline, "PATCH", f"companies/{pipeline.copper.records('companies')[0]['id']}",
              {"name": "Renamed Inc"})  # fmt: skip
@@ -547,7 +562,7 @@ def test_after_changes_a_full_refresh_and_one_poll_equal_a_fetch_from_scratch(
     polled = _current(pipeline.warehouse)
     scratch = tmp_path / "scratch.duckdb"
     monkeypatch.setenv("HULL_PLANHAT_WAREHOUSE", str(scratch))
-    assert pipeline.full_copper(LAST).success
+    assert pipeline.full_copper(pipeline.last).success
     fresh = _current(scratch)
     for name, rows in fresh.items():
         assert rows, name

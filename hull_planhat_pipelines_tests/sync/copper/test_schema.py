@@ -50,9 +50,6 @@ from hull_planhat_pipelines.sync.copper.schema import (
 from hull_planhat_pipelines_tests.hull_support import settings_with
 from hull_planhat_pipelines_tests.materialize import asset_metadata, failures, materialize
 
-TODAY = dt.datetime.now(dt.UTC).date()
-START = TODAY - dt.timedelta(days=20)
-
 # -- the declarations: all it takes -------------------------------------------------------------
 TASKS = modified_object(
     "tasks",
@@ -131,6 +128,8 @@ def test_materializing_a_declared_object_lands_every_record(
 ) -> None:
     """The project's definitions, given the packaged declarations plus tasks, materialize
     ``copper/tasks`` (and its checks) against the sandbox into a temporary warehouse."""
+    today = dt.datetime.now(dt.UTC).date()
+    start = today - dt.timedelta(days=20)
     database = tmp_path / "warehouse.duckdb"
     for name, value in {
         "HULL_PLANHAT_WAREHOUSE": str(database),
@@ -139,7 +138,7 @@ def test_materializing_a_declared_object_lands_every_record(
         "COPPER_USER_EMAIL": sandbox.user_email,
     }.items():
         monkeypatch.setenv(name, value)
-    settings = settings_with(start_date=START.isoformat(), requests_per_minute=100_000)
+    settings = settings_with(start_date=start.isoformat(), requests_per_minute=100_000)
     objects = [*COPPER_OBJECTS.values(), TASKS]
     defs = build_definitions(settings, copper_objects=objects)
     assert defs.resolve_assets_def(["copper", "tasks"]).key == dg.AssetKey(["copper", "tasks"])
@@ -149,7 +148,7 @@ def test_materializing_a_declared_object_lands_every_record(
     result = materialize(
         [dg.AssetKey(["copper", "tasks"])],
         instance=dg.DagsterInstance.ephemeral(),
-        tags=copper_range_tags(START, TODAY),
+        tags=copper_range_tags(start, today),
         settings=settings,
         copper_objects=objects,
     )
@@ -186,7 +185,7 @@ def test_materializing_a_declared_object_lands_every_record(
         assert row["completed_date"] == _utc(task["completed_date"])
         assert row["date_modified"] == _utc(task["date_modified"])
         modified_day = dt.datetime.fromtimestamp(task["date_modified"], dt.UTC).date()
-        assert row["partition_date"] == max(START, modified_day)
+        assert row["partition_date"] == max(start, modified_day)
         assert row["problems"] is None
     assert rows[1]["assignee_email"] is None  # row 1: no assignee, not an unknown one
     assert any(row["assignee_email"] for row in rows)
