@@ -213,6 +213,10 @@ def requests_since(server: Any, start: int, kind_of: Any) -> tuple[Counter[str],
 
 
 # -- minimum requests ------------------------------------------------------------------------
+def _utc_day(second: int) -> dt.date:
+    return dt.datetime.fromtimestamp(second, dt.UTC).date()
+
+
 def split_searches(records: int, page_size: int, cap: int) -> int:
     """Activities have no sort: the fewest searches under the cap, each ending on a short page."""
     parts = max(1, math.ceil(records / cap))
@@ -220,17 +224,21 @@ def split_searches(records: int, page_size: int, cap: int) -> int:
     return sum(search_requests(size, page_size) for size in sizes)
 
 
-def copper_window(first: dt.date, start_date: dt.date, today: dt.date) -> tuple[int | None, int]:
-    """The inclusive Unix-second window a run over partitions ``first..today`` fetches."""
-    begin = dt.datetime.combine(first, dt.time(), dt.UTC)
+Window = tuple[int | dict[str, int] | None, int]
+"""Inclusive Unix seconds ``(low, high)`` of a fetch; ``low`` per object when a mapping, ``None``
+for everything older."""
+
+
+def copper_window(since: dict[str, int] | None, today: dt.date) -> Window:
+    """The window a pass fetches: from each object's resume point (``None``: a full fetch)
+    through the last second of ``today`` (the activity horizon's day)."""
     end = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC)
-    low = None if first <= start_date else int(begin.timestamp())
-    return low, int(end.timestamp()) - 1
+    return since, int(end.timestamp()) - 1
 
 
-def copper_in_window(copper: CopperSandbox, window: tuple[int | None, int]) -> dict[str, Any]:
+def copper_in_window(copper: CopperSandbox, window: Window) -> dict[str, Any]:
     """Per object: how many records the window holds and the fewest searches that fetch them."""
-    low, high = window
+    lows, high = window
     user_types = {int(t["id"]) for t in copper.metadata.activity_types.get("user", [])}
     metadata = CopperMetadata(custom_field_definitions=copper.metadata.custom_field_definitions)
 
@@ -244,6 +252,7 @@ def copper_in_window(copper: CopperSandbox, window: tuple[int | None, int]) -> d
     lookups: Counter[str] = Counter()
     found: dict[str, Any] = {}
     for name, obj in COPPER_OBJECTS.items():
+        low = lows.get(name) if isinstance(lows, dict) else lows
         table = copper._table(name)
         with table.lock:
             rows = table.alive_rows()
@@ -419,13 +428,19 @@ def one_pass(
     changed: dict[str, list[int]] | None = None,
     since: int | None = None,
 ) -> dict[str, Any]:
-    from hull_planhat_pipelines.cli import incremental_start, run_sync
+    from hull_planhat_pipelines.cli import run_sync
+    from hull_planhat_pipelines.orchestration import catch_up_since
 
     settings = load_settings()
     today = dt.datetime.now(dt.UTC).date()
-    first = settings.copper.start_date if full else incremental_start(settings, today)
+    resume = None if full else catch_up_since(settings, today)
+    first = (
+        settings.copper.start_date
+        if resume is None
+        else max(settings.copper.start_date, min(_utc_day(s) for s in resume.values()))
+    )
     ahead = today + dt.timedelta(days=settings.copper.activity_horizon_days)
-    window = copper_window(first, settings.copper.start_date, ahead)
+    window = copper_window(resume, ahead)
     in_window = copper_in_window(copper, window)
     # What changed since the previous pass began: what a fetch of changes alone would need.
     news = copper_in_window(copper, (since, window[1])) if since is not None else None

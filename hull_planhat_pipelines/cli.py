@@ -137,13 +137,6 @@ def _instance() -> Any:
     )
 
 
-def incremental_start(settings: Settings, today: dt.date) -> dt.date:
-    """First day an incremental sync refetches (the rule the poll and the schedule share)."""
-    from hull_planhat_pipelines.orchestration import newest_partitions_start
-
-    return newest_partitions_start(settings, today)
-
-
 def _materialized_metadata(result: Any) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for event in result.get_asset_materialization_events():

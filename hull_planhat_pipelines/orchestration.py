@@ -139,8 +139,8 @@ def day_end(day: dt.date) -> int:
 def copper_fetch_range(settings: Settings, today: dt.date, *, full: bool) -> tuple[str, str]:
     """First and last Copper partition (year keys) a catch-up fetches: every partition for a
     full fetch or while any Copper table is still empty (a first start fetches everything,
-    not only today); otherwise the years from the oldest of each table's newest day
-    (activities: minus the re-scan window) up to the activity horizon."""
+    not only today); otherwise the years from the oldest resume point of ``catch_up_since``
+    up to the activity horizon."""
     tags = copper_fetch_tags(settings, today, full=full)
     return tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
 
@@ -149,36 +149,48 @@ def copper_fetch_tags(settings: Settings, today: dt.date, *, full: bool) -> dict
     """The run tags of a catch-up fetch (the command line's, and a first start's).
 
     A full fetch (or a first start) replaces every year since ``copper.start_date``; a
-    catch-up upserts only the records dated from the oldest of each table's newest day
-    (activities: minus the re-scan window) up to the activity horizon, so it costs what
-    changed, not whole years."""
+    catch-up upserts, per object, only the records from its resume point (``catch_up_since``)
+    up to the activity horizon, so it costs what changed, not whole years nor whole days."""
     last = today + dt.timedelta(days=settings.copper.activity_horizon_days)
     start = settings.copper.start_date
-    first = start if full else newest_partitions_start(settings, today)
-    if full or first <= start:
+    since = None if full else catch_up_since(settings, today)
+    if since is None:
         return copper_window_tags(start, last, None, None)
-    return copper_window_tags(first, last, day_start(first), day_end(last))
+    first = max(start, min(_utc_day(second) for second in since.values()))
+    return copper_window_tags(first, last, since, day_end(last))
 
 
-def newest_partitions_start(settings: Settings, today: dt.date) -> dt.date:
-    start = settings.copper.start_date
-    newest: list[dt.date] = []
+def catch_up_since(settings: Settings, today: dt.date) -> dict[str, int] | None:
+    """Per Copper object, the first second a catch-up fetches (inclusive); ``None`` while a
+    table is missing or empty (a first start fetches everything).
+
+    An object sorted by modification date resumes at the newest ``date_modified`` it stores,
+    that second included: Copper's dates are whole seconds and its filters inclusive, so a
+    record saved in that second after the previous fetch is not missed, and a record edited
+    since carries a newer date (the rule the incremental poll's cursor follows). Activities
+    have no such sort: the trailing re-scan window before their newest day (back-dated ones)."""
+    found: dict[str, int] = {}
     with read_only() as conn:
         if conn is None:
-            return start
-        for name in COPPER_OBJECTS:
+            return None
+        for name, obj in COPPER_OBJECTS.items():
             if not table_exists(conn, "copper", name):
-                return start
+                return None
+            if obj.sort_by is not None:
+                row = conn.execute(
+                    f"select epoch(max({obj.sort_by}))::bigint from copper.{name}"
+                ).fetchone()
+                if row is None or row[0] is None:
+                    return None
+                found[name] = int(row[0])
+                continue
             row = conn.execute(f"select max(partition_date) from copper.{name}").fetchone()
             if row is None or row[0] is None:
-                return start
-            day = row[0]
-            if isinstance(day, dt.datetime):
-                day = day.date()
-            if name == "activities":
-                day = day - dt.timedelta(days=settings.copper.activity_rescan_days)
-            newest.append(day)
-    return max(start, min([*newest, today]))
+                return None
+            day = row[0].date() if isinstance(row[0], dt.datetime) else row[0]
+            rescan = min(day, today) - dt.timedelta(days=settings.copper.activity_rescan_days)
+            found[name] = day_start(max(rescan, settings.copper.start_date))
+    return found
 
 
 def copper_tables_empty() -> bool:

@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from hull_planhat_pipelines.assets import copper as copper_assets
 from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import (
     SENSOR_LOG_WAITS,
+    copper_fetch_tags,
     copper_partition_key,
+    day_start,
     log_sensor_error,
     range_tags,
 )
@@ -376,6 +379,46 @@ def test_planhat_snapshots_keep_their_history_and_have_no_partitions(pipeline: P
 
 
 # -- a CRM that changes: deletions, conversions, connect fields, planned activities, a bad key ----
+def test_a_catch_up_resumes_each_object_at_its_newest_stored_change(pipeline: Pipeline) -> None:
+    """The command line's catch-up has no sensor cursor: each object sorted by modification
+    resumes at the newest ``date_modified`` its table holds, that second included; activities
+    over the re-scan window before their newest day. An edit saved in that very second, and
+    one saved later, are both fetched; nothing older is asked again."""
+    assert pipeline.full_copper(pipeline.last).success
+    settings = load_settings()
+    sorted_objects = [n for n, o in COPPER_OBJECTS.items() if o.sort_by is not None]
+    newest = {
+        name: pipeline.query(f"select epoch(max(date_modified))::bigint from copper.{name}")[0][0]
+        for name in sorted_objects
+    }
+    tags = copper_fetch_tags(settings, pipeline.today, full=False)
+    since = json.loads(tags["hull_planhat/copper_since"])
+    assert {n: since[n] for n in sorted_objects} == newest
+    (last_activity_day,) = pipeline.query("select max(partition_date) from copper.activities")[0]
+    rescan = min(last_activity_day, pipeline.today) - dt.timedelta(
+        days=settings.copper.activity_rescan_days
+    )
+    assert since["activities"] == day_start(max(rescan, pipeline.start))
+
+    people = [r["id"] for r in pipeline.copper.records("people")[:2]]
+    pipeline.copper.edit("people", people[0], {"title": "Same Second"}, at=newest["people"])
+    pipeline.copper.edit("people", people[1], {"title": "Later"}, at=newest["people"] + 60)
+    stored = pipeline.query("select count(*) from copper.people")[0][0]
+    before = len(pipeline.copper.server.recorded())
+    assert pipeline.run("copper_sync", tags=tags).success
+    searches = Counter(r.path for r in pipeline.copper.server.recorded()[before:])
+    # one short page per sorted object (what its newest second holds, and the two edits)
+    assert all(searches[f"/{name}/search"] == 1 for name in sorted_objects if name != "people")
+    titles = dict(
+        pipeline.query(
+            "select id, json_extract_string(record, '$.title') from copper.people "
+            f"where id in ({people[0]}, {people[1]})"
+        )
+    )
+    assert titles == {people[0]: "Same Second", people[1]: "Later"}
+    assert pipeline.query("select count(*) from copper.people")[0][0] == stored
+
+
 def _control(pipeline: Pipeline, method: str, path: str, body: dict | None = None) -> dict:
     """A change made in Copper, over HTTP, through the sandbox's control surface."""
     response = requests.request(
