@@ -18,7 +18,8 @@ Each pass reports wall time and peak memory (each Dagster job's too), every requ
 sandboxes served by kind, and the minimum each kind needs: Copper searches over the records in
 the window the pass fetched (the value-cursor walk that never skips: each search re-reads the
 last second of the page before; activities, which have no sort, in as few windows as the cap
-allows; one ``ids`` search per 200 records that Connect fields point to), the metadata at most once, one Planhat snapshot before delivery and one after it when
+allows; one ``ids`` search per 200 records that Connect fields point to), the metadata at most once, one Planhat snapshot before delivery when one is due (the
+fetch interval passed, or Planhat was written to since the newest) and one after it when
 something was delivered (lists end on a short page), and ceil(records / batch size) bulk writes
 for what the pass delivered (one POST a record for a POST destination; nothing in pass 3). For
 the incremental passes it also says how many records changed since the previous pass began,
@@ -429,7 +430,9 @@ def one_pass(
     since: int | None = None,
 ) -> dict[str, Any]:
     from hull_planhat_pipelines.cli import run_sync
-    from hull_planhat_pipelines.orchestration import catch_up_since
+    from hull_planhat_pipelines.orchestration import SNAPSHOT_TARGETS, catch_up_since
+    from hull_planhat_pipelines.sync.planhat.snapshot_due import snapshot_due
+    from hull_planhat_pipelines.warehouse import snapshot_age
 
     settings = load_settings()
     today = dt.datetime.now(dt.UTC).date()
@@ -444,6 +447,10 @@ def one_pass(
     in_window = copper_in_window(copper, window)
     # What changed since the previous pass began: what a fetch of changes alone would need.
     news = copper_in_window(copper, (since, window[1])) if since is not None else None
+    age = snapshot_age(database, SNAPSHOT_TARGETS)
+    snapshot_due_because = snapshot_due(
+        age, dt.datetime.now(dt.UTC), settings.planhat.fetch_interval_minutes, full=full
+    )
     time.sleep(1 - time.time() % 1)  # Copper dates are whole seconds: no edit shares this one
     started = int(time.time())
     planhat_before = planhat_counts(planhat)
@@ -491,7 +498,7 @@ def one_pass(
     if copper_kinds["metadata"]:  # at most once a pass; a fresh cached copy needs none
         minimum_copper["metadata"] = metadata_requests(len(copper.metadata.users))
     delivered_any = sum(by_target.values()) > 0
-    minimum_planhat = snapshot_minimum(planhat_before)
+    minimum_planhat = snapshot_minimum(planhat_before) if snapshot_due_because else Counter()
     if delivered_any:  # the snapshot after delivery brings Planhat's ids and fields back
         minimum_planhat += snapshot_minimum(planhat_after)
     minimum_planhat += delivery_minimum(dict(by_target), settings)
@@ -518,6 +525,7 @@ def one_pass(
         "failed_steps": failed_steps,
         "seconds": round(seconds, 2),
         "peak_mb": round(peak, 1) if peak is not None else None,
+        "planhat_snapshot_before_delivery": snapshot_due_because or "not due",
         "copper_window": {
             "first_partition": first.isoformat(),
             "low": window[0],
@@ -569,6 +577,7 @@ def print_pass(p: dict[str, Any]) -> None:
             "   jobs: "
             + ", ".join(f"{j['job']} {j['seconds']:.1f} s/{j['peak_mb']} MB" for j in p["jobs"])
         )
+    print(f"   Planhat snapshot before delivery: {p['planhat_snapshot_before_delivery']}")
     window = p["copper_window"]
     print(f"   copper window from partition {window['first_partition']}: {window['records']}")
     if p["changed_in_copper"]:

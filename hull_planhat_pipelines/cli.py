@@ -307,13 +307,15 @@ def run_sync(
         AFTER_DELIVERY,
         COPPER_SINCE_TAG,
         DRY_RUN_TAG,
+        SNAPSHOT_TARGETS,
         TRIGGER_TAG,
         AssetGraph,
         copper_fetch_range,
         copper_fetch_tags,
         plan_followers,
     )
-    from hull_planhat_pipelines.warehouse import delivery_lock, warehouse_path
+    from hull_planhat_pipelines.sync.planhat.snapshot_due import snapshot_due
+    from hull_planhat_pipelines.warehouse import delivery_lock, snapshot_age, warehouse_path
 
     settings = load_settings()
     defs = build_definitions(settings, progress_bar=sys.stderr.isatty())
@@ -333,9 +335,17 @@ def run_sync(
     marks = {DRY_RUN_TAG: "true"} if dry_run else {}
     summary.dry_run = dry_run
 
+    stored = False  # a snapshot in the warehouse that this instance may not have recorded
+
     def follow() -> Any:
         return plan_followers(
-            instance, graph, cursor, job_assets, wait_for_active=False, follow_dry_runs=True
+            instance,
+            graph,
+            cursor,
+            job_assets,
+            wait_for_active=False,
+            follow_dry_runs=True,
+            snapshot_stored=stored,
         )
 
     sync_id = f"cli-sync-{uuid.uuid4().hex[:12]}"
@@ -347,7 +357,23 @@ def run_sync(
             f"{first}..{last}" + (" (changed records)" if COPPER_SINCE_TAG in copper_tags else ""),
             instance=instance,
         )
-        summary.steps += _run_job(defs, "planhat_fetch", marks, "full snapshot", instance=instance)
+        interval = settings.planhat.fetch_interval_minutes
+        age = snapshot_age(warehouse_path(), SNAPSHOT_TARGETS)
+        due = snapshot_due(age, dt.datetime.now(dt.UTC), interval, full=full)
+        if due:
+            summary.steps += _run_job(
+                defs, "planhat_fetch", marks, f"full snapshot ({due})", instance=instance
+            )
+        else:
+            stored = True
+            taken = f"{age.taken_at:%Y-%m-%d %H:%M} UTC" if age.taken_at else "never"
+            summary.steps.append(
+                StepSummary(
+                    "planhat snapshot",
+                    ok=True,
+                    detail=f"not due: taken {taken}, every {interval} min, nothing written since",
+                )
+            )
         for _ in range(MAX_FOLLOW_RUNS):
             plan = follow()
             cursor = plan.cursor

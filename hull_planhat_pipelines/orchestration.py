@@ -664,6 +664,7 @@ def plan_followers(
     *,
     wait_for_active: bool = True,
     follow_dry_runs: bool = False,
+    snapshot_stored: bool = False,
 ) -> FollowPlan:
     """What the materializations newer than ``cursor`` (storage ids per asset) ask for.
 
@@ -676,7 +677,9 @@ def plan_followers(
     downstream of it is ``unsettled`` (a run failed or was killed before producing it, or a
     delivery left records to retry): then it asks as any other, so an interrupted cycle is
     finished by the next one. A run a person launched in the UI (``dagster/from_ui``) always
-    carries its chain: they asked for it.
+    carries its chain: they asked for it. ``snapshot_stored``: the warehouse holds a Planhat
+    snapshot this instance did not record (the command line's ephemeral instance, when no
+    snapshot was due), so the chain need not stop at Hull waiting for one.
     """
 
     def assets_of(run: dg.DagsterRun | None) -> set[dg.AssetKey]:
@@ -734,7 +737,7 @@ def plan_followers(
         needed |= followers
     if DELIVERIES_KEY in needed:
         needed -= after_delivery  # they follow the delivery's outcome
-    if not set(SNAPSHOT_KEYS) <= materialized:
+    if not snapshot_stored and not set(SNAPSHOT_KEYS) <= materialized:
         # Before the first Planhat snapshot the chain stops at Hull: owners are validated
         # against planhat/team_members and destinations read planhat_current; the snapshot's arrival
         # asks for the rest.

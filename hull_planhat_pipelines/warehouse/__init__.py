@@ -43,6 +43,7 @@ from hull_planhat_pipelines.warehouse.planhat_snapshots import (
     applied_table,
     diff_snapshot,
     remember_snapshot,
+    snapshot_age,
     store_snapshot,
     write_snapshot,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "remember_snapshot",
     "replace_table",
     "run",
+    "snapshot_age",
     "snapshot_table",
     "store_snapshot",
     "table_exists",

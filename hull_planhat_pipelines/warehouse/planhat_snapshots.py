@@ -14,12 +14,15 @@ the same transaction: an unchanged snapshot writes nothing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.sync.planhat.snapshot_due import SnapshotAge
 from hull_planhat_pipelines.warehouse.connection import (
     column_schema,
     connect,
@@ -28,7 +31,12 @@ from hull_planhat_pipelines.warehouse.connection import (
     table_exists,
 )
 from hull_planhat_pipelines.warehouse.tables import differing_rows
-from hull_planhat_pipelines.warehouse.views import latest_view, point_latest_view, snapshot_table
+from hull_planhat_pipelines.warehouse.views import (
+    PLANHAT_SNAPSHOT_TABLES,
+    latest_view,
+    point_latest_view,
+    snapshot_table,
+)
 
 FULL_HISTORY = dt.timedelta(days=1)
 """Every snapshot younger than this is kept; older ones only as the last of their UTC day."""
@@ -190,3 +198,33 @@ def write_snapshot(
     finally:
         conn.close()
     return StoredSnapshot(kept=kept, changed=changed, first=first, schema=schema)
+
+
+def snapshot_age(path: str, targets: Collection[str]) -> SnapshotAge:
+    """The newest snapshot of every Planhat model (the oldest of them) and whether a delivery
+    to one of ``targets`` was recorded after it; read-only."""
+    if not Path(path).exists():
+        return SnapshotAge(taken_at=None, written_since=False)
+    conn = connect(path, read_only=True)
+    try:
+        newest: list[dt.datetime] = []
+        for model in PLANHAT_SNAPSHOT_TABLES:
+            schema, name = snapshot_table(model).split(".")
+            if not table_exists(conn, schema, name):
+                return SnapshotAge(taken_at=None, written_since=False)
+            (taken,) = conn.execute(f"select max(snapshot_at) from {schema}.{name}").fetchone()
+            if taken is None:
+                return SnapshotAge(taken_at=None, written_since=False)
+            newest.append(taken)
+        taken_at = min(newest)
+        written = False
+        if targets and table_exists(conn, "planhat", "deliveries"):
+            marks = ", ".join("?" for _ in targets)
+            (written,) = conn.execute(
+                "select count(*) > 0 from planhat.deliveries "
+                f"where target in ({marks}) and delivered_at > ?",
+                [*sorted(targets), taken_at],
+            ).fetchone()
+        return SnapshotAge(taken_at=taken_at, written_since=bool(written))
+    finally:
+        conn.close()

@@ -264,6 +264,30 @@ def test_a_second_cycle_over_unchanged_sources_writes_nothing(two_cycles: TwoCyc
         assert _step_rows(second, step) == [0]
 
 
+def test_a_sync_takes_a_planhat_snapshot_when_due_or_when_planhat_was_written_since(
+    tmp_path: Path,
+) -> None:
+    """A snapshot lists all of Planhat: a sync takes one on the fetch interval, as the daemon
+    does, and at once when a delivery wrote to Planhat after the newest snapshot."""
+    with _started(tmp_path) as stack:
+        stack.cycle()
+        listings = r"^/(companies|endusers|users)$"
+        stack.planhat.rest.clear_requests()
+        quiet = run_sync()
+        assert quiet.ok, quiet.table()
+        assert stack.planhat.rest.recorded("GET", listings) == []  # not due: nothing listed
+        (skipped,) = [s for s in quiet.steps if s.step == "planhat snapshot"]
+        assert "not due" in skipped.detail and "every 60 min" in skipped.detail
+
+        forced = {"ops": {"planhat__company_payloads": {"config": {"force": True}}}}
+        assert stack.run("planhat_delivery", forced).success  # written outside a sync
+        stack.planhat.rest.clear_requests()
+        after = run_sync()
+        assert after.ok, after.table()
+        assert stack.planhat.rest.recorded("GET", r"^/companies$")  # due: written since
+        assert any("written to since the last snapshot" in s.detail for s in after.steps)
+
+
 def test_activities_carry_only_tracked_events_of_contacts_and_go_once(
     two_cycles: TwoCycles,
 ) -> None:
