@@ -38,7 +38,13 @@ from hull_planhat_pipelines.sync.planhat.endusers import drop_unknown_companies,
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settle
-from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
+from hull_planhat_pipelines.sync.planhat.shared import (
+    ACTIVITIES,
+    COMPANIES,
+    ENDUSERS,
+    METRICS,
+    payloads_as_json,
+)
 from hull_planhat_pipelines.warehouse import deliveries, replace_table, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import (
     DELIVERY_COLUMNS,
@@ -88,7 +94,10 @@ def _payload_asset(
     deps: list[list[str]],
     description: str,
     build: Callable[..., tuple],
+    targets: Sequence[str],
 ) -> dg.AssetsDefinition:
+    """A payload asset; ``targets``: the delivery targets whose fingerprints ``build`` reads."""
+
     @dg.asset(
         key=["planhat", name],
         deps=[dg.AssetKey(d) for d in deps],
@@ -102,7 +111,8 @@ def _payload_asset(
     ) -> dg.MaterializeResult:
         scopes: dict[str, Scope] = {}
         with warehouse.read_only() as conn:
-            payloads, events = build(conn, fingerprints_table(conn), config.force, scopes)
+            fingerprints = fingerprints_table(conn, targets)
+            payloads, events = build(conn, fingerprints, config.force, scopes)
         remember_scopes(warehouse.database, scopes.values(), payloads)
         counts = record_events(context, events, asset=f"planhat/{name}")
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
@@ -204,6 +214,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "Accounts in planhat.company_segments whose mapped company changed since it was "
             "last delivered; owner and co-owner must be Planhat user ids.",
             companies,
+            [COMPANIES],
         ),
         _payload_asset(
             "enduser_payloads",
@@ -211,18 +222,21 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "Users in planhat.contact_segments whose mapped enduser changed, with their "
             "account's external id as companyExternalId (which Planhat must have, or get now).",
             endusers,
+            [ENDUSERS, COMPANIES],  # companies: which ones Planhat has (or had) from us
         ),
         _payload_asset(
             "activity_payloads",
             [["hull", "events"], ["hull", "users"], ["hull", "accounts"]],
             "Events in planhat.tracking_events of users in the contact segments, not sent before.",
             activities,
+            [ACTIVITIES],
         ),
         _payload_asset(
             "metric_payloads",
             [["hull", "accounts"], ["copper", "opportunities"]],
             "Each configured metric's SQL result as dimension data, when its value changed.",
             metrics,
+            [METRICS],
         ),
     ]
 

@@ -75,10 +75,18 @@ def read_rows(
     return conn.execute(f"select * from {table} where {where}").fetchdf()
 
 
-def fingerprints_table(conn: duckdb.DuckDBPyConnection | None) -> pd.DataFrame:
-    """What was last delivered per (target, key); empty before any delivery."""
-    frame = read_table(conn, FINGERPRINTS)
-    return frame if frame is not None else empty_fingerprints()
+def fingerprints_table(
+    conn: duckdb.DuckDBPyConnection | None, targets: Collection[str] | None = None
+) -> pd.DataFrame:
+    """What was last delivered per (target, key), for ``targets`` only when given (a payload
+    reads its own target's rows, not every fingerprint kept); empty before any delivery."""
+    if targets is None or conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
+        frame = read_table(conn, FINGERPRINTS)
+        return frame if frame is not None else empty_fingerprints()
+    marks = ", ".join("?" for _ in targets)
+    return conn.execute(
+        f"select * from {FINGERPRINTS} where target in ({marks})", sorted(targets)
+    ).fetchdf()
 
 
 def has_column(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:

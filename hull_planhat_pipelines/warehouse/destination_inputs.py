@@ -53,7 +53,7 @@ def destination_inputs(database: str, destination: DestinationSettings) -> Desti
             raise SourceFailed(str(exc)) from exc
         return DestinationInputs(
             source=source,
-            fingerprints=fingerprints_table(conn),
+            fingerprints=fingerprints_table(conn, [destination.name]),
             planhat_ids=planhat_ids(conn, destination.name),
             in_doubt=in_doubt_keys(conn, destination.name),
         )
