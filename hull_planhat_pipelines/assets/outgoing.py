@@ -46,6 +46,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
     payloads_as_json,
 )
 from hull_planhat_pipelines.warehouse import deliveries, replace_table, table_exists
+from hull_planhat_pipelines.warehouse.activity_inputs import activity_inputs
 from hull_planhat_pipelines.warehouse.deliveries import (
     DELIVERY_COLUMNS,
     delivery_rows,
@@ -181,12 +182,21 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         return kept, [*events, *skipped]
 
     def activities(conn, fingerprints, force, scopes):
-        events = read_table(conn, "hull.events")
-        users = read_table(conn, "hull.users")
-        if events is None or users is None:
-            events, users = _no_events(), _no_profiles()
-        accounts = read_table(conn, "hull.accounts")
-        payloads, logged = activity_payloads(events, users, accounts, settings, fingerprints)
+        # tracked events not sent yet, and their users only: not the whole store each cycle
+        found = activity_inputs(conn, settings.planhat.tracking_events)
+        if found is None:
+            payloads, logged = activity_payloads(
+                _no_events(), _no_profiles(), None, settings, fingerprints
+            )
+        else:
+            payloads, logged = activity_payloads(
+                found.events,
+                found.users,
+                found.accounts,
+                settings,
+                fingerprints,
+                left_out=found.left_out,
+            )
         if conn is None or not settings.planhat.activity_queries:
             return payloads, logged
         answers = activity_answers(conn, settings.planhat.activity_queries)

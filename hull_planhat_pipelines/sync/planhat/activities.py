@@ -102,8 +102,13 @@ def activity_payloads(
     accounts: pd.DataFrame | None,
     settings: Settings,
     sent_event_ids: SentEventIds,
+    *,
+    left_out: Mapping[str, int] | None = None,
 ) -> shared.Payloads:
     """User activities for tracked events of in-segment users, each event sent once.
+
+    ``left_out``: counts of events the caller did not read (``events``, ``not_tracked``,
+    ``already_sent``), added to the progress event's, so it reports the whole table.
 
     Columns: ``PAYLOAD_COLUMNS`` + ``user_hull_id``, ``occurred_at``; ``key`` is the event id
     (advance it like any fingerprint, then pass those rows back as ``sent_event_ids``).
@@ -112,6 +117,7 @@ def activity_payloads(
     logged one by one.
     """
     config = settings.planhat
+    before = dict(left_out or {})
     extra = ("user_hull_id", "occurred_at")
     is_tracked = events["name"].isin(list(config.tracking_events)).to_numpy()
     tracked = events.loc[is_tracked]
@@ -131,10 +137,10 @@ def activity_payloads(
     skips.append(
         shared.progress_event(
             "outgoing.event.progress",
-            events=len(events),
-            not_tracked=int((~is_tracked).sum()),
+            events=len(events) + before.get("events", 0),
+            not_tracked=int((~is_tracked).sum()) + before.get("not_tracked", 0),
             repeated=int(repeated.sum()),
-            already_sent=int(already.sum()),
+            already_sent=int(already.sum()) + before.get("already_sent", 0),
             not_in_segment=len(fresh) - len(selected),
             skipped=len(skips),
             selected=len(payloads),

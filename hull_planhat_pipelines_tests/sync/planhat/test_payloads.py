@@ -567,6 +567,20 @@ def test_activities_filter_map_and_dedup() -> None:
         "skipped": 1,
         "selected": 2,
     }
+    # events the caller left unread (untracked, sent before) still count in the progress
+    _, counted = activity_payloads(
+        _events(),
+        users,
+        accounts,
+        make_settings(),
+        None,
+        left_out={"events": 10, "not_tracked": 6, "already_sent": 4},
+    )
+    assert {k: counted[-1].details[k] for k in ("events", "not_tracked", "already_sent")} == {
+        "events": 17,
+        "not_tracked": 7,
+        "already_sent": 4,
+    }
     # sent ids (a set, or the fingerprints table after delivery) are never sent again
     outcomes = outcomes_for(payloads, {"e3": "sent", "e1": "error"})
     fingerprints = advance_fingerprints(None, outcomes, payloads, NOW)

@@ -1,0 +1,75 @@
+"""What the activity payloads read: the tracked events not yet sent, and only their users.
+
+Events are sent once each, so after the first delivery almost every event is either untracked
+or sent already; reading the whole event and profile tables every cycle would cost the store,
+not the change. The events left out are counted here (the progress event reports them), the
+rest are read with the users who carry them and those users' accounts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from hull_planhat_pipelines.warehouse.connection import table_exists
+from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
+
+ACTIVITIES_TARGET = "activities"
+
+
+@dataclass(frozen=True)
+class ActivityInputs:
+    events: pd.DataFrame
+    """Tracked events whose id was never delivered (an id seen twice comes twice)."""
+    users: pd.DataFrame
+    """The profiles those events belong to."""
+    accounts: pd.DataFrame
+    """Those users' accounts."""
+    left_out: dict[str, int]
+    """Events not read: ``events`` (all of them, read or not), ``not_tracked`` and
+    ``already_sent`` (tracked, delivered before)."""
+
+
+def activity_inputs(
+    conn: duckdb.DuckDBPyConnection | None, tracked: Sequence[str]
+) -> ActivityInputs | None:
+    """``None`` while Hull's tables do not exist yet (the first runs)."""
+    if conn is None or not all(
+        table_exists(conn, "hull", t) for t in ("events", "users", "accounts")
+    ):
+        return None
+    names = list(tracked) or [""]
+    marks = ", ".join("?" for _ in names)
+    sent = (
+        f"exists (select 1 from {FINGERPRINTS} f where f.target = '{ACTIVITIES_TARGET}' "
+        "and f.key = cast(e.event_id as varchar))"
+        if table_exists(conn, *FINGERPRINTS.split("."))
+        else "false"
+    )
+    candidates = f"select e.* from hull.events e where e.name in ({marks}) and not {sent}"
+    owners = f"select user_hull_id from ({candidates})"
+    (total, not_tracked, already) = conn.execute(
+        f"select count(*), count(*) filter (where e.name is null or e.name not in ({marks})), "
+        f"count(*) filter (where e.name in ({marks}) and {sent}) from hull.events e",
+        [*names, *names],
+    ).fetchone()
+    events = conn.execute(candidates, names).fetchdf()
+    users = conn.execute(f"select * from hull.users where hull_id in ({owners})", names).fetchdf()
+    accounts = conn.execute(
+        "select * from hull.accounts where hull_id in (select account_hull_id from hull.users "
+        f"where hull_id in ({owners}))",
+        names,
+    ).fetchdf()
+    return ActivityInputs(
+        events=events,
+        users=users,
+        accounts=accounts,
+        left_out={
+            "events": int(total) - len(events),
+            "not_tracked": int(not_tracked),
+            "already_sent": int(already),
+        },
+    )

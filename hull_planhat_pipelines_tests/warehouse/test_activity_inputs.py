@@ -1,0 +1,54 @@
+"""The activity payloads read the tracked events not sent yet and their users, not the store."""
+
+from pathlib import Path
+
+import duckdb
+
+from hull_planhat_pipelines.warehouse.activity_inputs import activity_inputs
+from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, FINGERPRINTS_DDL
+
+
+def _warehouse(path: Path) -> duckdb.DuckDBPyConnection:
+    conn = duckdb.connect(str(path))
+    conn.execute("create schema hull; create schema planhat")
+    conn.execute("create table hull.accounts (hull_id varchar, external_id varchar)")
+    conn.execute("insert into hull.accounts values ('a1', 'A1'), ('a2', 'A2')")
+    conn.execute("create table hull.users (hull_id varchar, account_hull_id varchar)")
+    conn.execute("insert into hull.users values ('u1', 'a1'), ('u2', 'a2'), ('u3', null)")
+    conn.execute("create table hull.events (event_id varchar, user_hull_id varchar, name varchar)")
+    conn.execute(
+        "insert into hull.events values ('e1', 'u1', 'Meeting'), ('e2', 'u2', 'Meeting'), "
+        "('e3', 'u2', 'Note'), ('e4', 'u3', null), ('e5', 'u1', 'Phone Call')"
+    )
+    for statement in filter(str.strip, FINGERPRINTS_DDL.split(";")):
+        conn.execute(statement)
+    conn.execute(
+        f"insert into {FINGERPRINTS} (target, key) values "
+        "('activities', 'e2'), ('endusers', 'e1')"  # another target's key is not a sent event
+    )
+    return conn
+
+
+def test_only_unsent_tracked_events_and_their_users_are_read(tmp_path: Path) -> None:
+    conn = _warehouse(tmp_path / "w.duckdb")
+    found = activity_inputs(conn, ["Meeting", "Phone Call"])
+    assert found is not None
+    assert sorted(found.events["event_id"]) == ["e1", "e5"]
+    assert list(found.users["hull_id"]) == ["u1"]
+    assert list(found.accounts["hull_id"]) == ["a1"]
+    assert found.left_out == {"events": 3, "not_tracked": 2, "already_sent": 1}
+
+
+def test_before_any_delivery_every_tracked_event_is_read(tmp_path: Path) -> None:
+    conn = _warehouse(tmp_path / "w.duckdb")
+    conn.execute(f"drop table {FINGERPRINTS}")
+    found = activity_inputs(conn, ["Meeting"])
+    assert found is not None
+    assert sorted(found.events["event_id"]) == ["e1", "e2"]
+    assert sorted(found.users["hull_id"]) == ["u1", "u2"]
+    assert found.left_out == {"events": 3, "not_tracked": 3, "already_sent": 0}
+
+
+def test_nothing_is_read_before_hull_has_tables(tmp_path: Path) -> None:
+    assert activity_inputs(duckdb.connect(str(tmp_path / "empty.duckdb")), ["Meeting"]) is None
+    assert activity_inputs(None, ["Meeting"]) is None
