@@ -60,6 +60,7 @@ from hull_planhat_pipelines.warehouse.deliveries import (
 from hull_planhat_pipelines.warehouse.payload_scope import (
     Scope,
     accounts_of_users,
+    enduser_keys,
     remember_scopes,
     scope,
 )
@@ -170,6 +171,11 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if conn is not None and table_exists(conn, "hull", "users"):
             scopes["endusers"] = mapped
         users = users if users is not None else _no_profiles()
+        # the fingerprints of the users mapped only, beside the companies' (all of them)
+        ours = deliveries.fingerprints_of_keys(conn, ENDUSERS, enduser_keys(mapped))
+        if len(ours):
+            both = [f for f in (fingerprints, ours) if len(f)]
+            fingerprints = pd.concat(both, ignore_index=True) if len(both) > 1 else ours
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
         if vanished and not force:  # their endusers follow the recreated company
             every, _ = enduser_payloads(users, accounts, settings, fingerprints, force=True)
@@ -232,7 +238,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "Users in planhat.contact_segments whose mapped enduser changed, with their "
             "account's external id as companyExternalId (which Planhat must have, or get now).",
             endusers,
-            [ENDUSERS, COMPANIES],  # companies: which ones Planhat has (or had) from us
+            [COMPANIES],  # which companies Planhat has (or had) from us; endusers: in scope
         ),
         _payload_asset(
             "activity_payloads",

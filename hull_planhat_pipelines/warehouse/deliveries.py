@@ -89,6 +89,17 @@ def fingerprints_table(
     ).fetchdf()
 
 
+def fingerprints_of_keys(
+    conn: duckdb.DuckDBPyConnection | None, target: str, keys_sql: str | None
+) -> pd.DataFrame:
+    """``target``'s fingerprints whose key ``keys_sql`` selects (None: all of them)."""
+    if keys_sql is None or conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
+        return fingerprints_table(conn, [target])
+    return conn.execute(
+        f"select * from {FINGERPRINTS} where target = ? and key in ({keys_sql})", [target]
+    ).fetchdf()
+
+
 def has_column(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
     """Whether ``table`` exists with ``column`` (tables written before the column lack it)."""
     schema, name = table.split(".")

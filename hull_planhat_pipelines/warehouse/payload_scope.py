@@ -39,6 +39,11 @@ SCOPE_DDL = [
     f"create table if not exists {PENDING} (target varchar, hull_id varchar)",
 ]
 FINGERPRINTS = "planhat.delivery_fingerprints"
+ENDUSER_KEY = (
+    "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
+    " when nullif(trim(email), '') is not null then 'email:' || email end"
+)
+"""SQL over ``hull.users``: a user's enduser key, as ``sync.planhat.endusers.enduser_key``."""
 
 
 @dataclass(frozen=True)
@@ -118,10 +123,7 @@ def scope(
         )
         return Scope(target, where, seq, digest)
     accounts = f"(select hull_id from {CHANGES} where kind = 'account' and seq > {last})"
-    key = (
-        "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
-        " when nullif(trim(email), '') is not null then 'email:' || email end"
-    )
+    key = ENDUSER_KEY
     segment = _in_segment(list(settings.planhat.contact_segments))
     seed = (
         f"hull_id in {changed} or hull_id in {pending} or account_hull_id in {accounts}"
@@ -133,6 +135,14 @@ def scope(
         f" from hull.users where email is not null and ({seed}))"
     )
     return Scope(target, where, seq, digest)
+
+
+def enduser_keys(mapped: Scope) -> str | None:
+    """SQL selecting the enduser keys of the users ``mapped`` selects: the only fingerprints
+    their payloads are compared with (None: every user's)."""
+    if mapped.where is None:
+        return None
+    return f"select {ENDUSER_KEY} from hull.users where {mapped.where}"
 
 
 def accounts_of_users(mapped: Scope) -> str | None:
