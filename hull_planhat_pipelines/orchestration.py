@@ -610,9 +610,16 @@ SNAPSHOT_TARGETS = frozenset(t.name for t in PLANHAT_TARGETS if t.settled_by_sna
 """Targets whose records a Planhat snapshot lists (analytics events and metrics are not)."""
 
 
+def _metadata_value(metadata: Mapping[str, Any], name: str) -> Any:
+    """A materialization's metadata entry as a plain value (entries are ``MetadataValue``s;
+    tests and older events may hold the plain value)."""
+    entry = metadata.get(name)
+    return getattr(entry, "value", entry)
+
+
 def delivered_something(metadata: dict[str, Any]) -> bool:
     """A delivery that wrote companies or endusers to Planhat (not a dry run)."""
-    value = lambda name: getattr(metadata.get(name), "value", metadata.get(name))  # noqa: E731
+    value = lambda name: _metadata_value(metadata, name)  # noqa: E731
     if value("dry_run"):
         return False
     by_target = value("by_target")
@@ -632,15 +639,13 @@ def _found_unchanged(record: Any) -> bool:
     materialization = record.asset_materialization
     if materialization is None:
         return False
-    value = materialization.metadata.get(UNCHANGED)
-    return bool(getattr(value, "value", value))
+    return bool(_metadata_value(materialization.metadata, UNCHANGED))
 
 
 def _left_open(metadata: Mapping[str, Any]) -> bool:
     """A delivery or destination run whose ``failed`` records (a failed call, an unanswered
     create) the next run takes up again."""
-    failed = metadata.get("failed")
-    return int(getattr(failed, "value", failed) or 0) > 0
+    return int(_metadata_value(metadata, "failed") or 0) > 0
 
 
 def unsettled(entry: Any) -> bool:
@@ -712,10 +717,11 @@ def plan_followers(
         if run is not None and is_dry_run(run) and not follow_dry_runs:
             continue  # a dry run triggers nothing (the command line's own dry run goes on)
         asked_in_ui = run is not None and run.tags.get(FROM_UI_TAG) == "true"
-        if _found_unchanged(latest) and not asked_in_ui and not (graph.followers(key) & open_keys):
+        downstream = graph.followers(key)
+        if _found_unchanged(latest) and not asked_in_ui and not (downstream & open_keys):
             continue  # the source is as it was and what follows it is settled: nothing to do
         ran = assets_of(run)
-        followers = graph.followers(key) - ran - {key}
+        followers = downstream - ran - {key}
         if DELIVERIES_KEY in ran and key != DELIVERIES_KEY:
             followers -= after_delivery  # the delivery's outcome decides when they follow
         if key == DELIVERIES_KEY:
