@@ -327,6 +327,26 @@ def delivery_minimum(delivered: dict[str, int], settings: Any) -> Counter[str]:
 
 
 # -- per-job timing --------------------------------------------------------------------------
+def step_seconds() -> dict[str, float]:
+    """Seconds per step of the run just finished (the instance's step stats), longest first:
+    where a job's time goes, and what is left to Dagster around the steps."""
+    import dagster as dg
+
+    if not os.environ.get("DAGSTER_HOME"):
+        return {}
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs(limit=1)
+    if not runs:
+        return {}
+    stats = instance.get_run_step_stats(runs[0].run_id)
+    found = {
+        s.step_key: round(s.end_time - s.start_time, 2)
+        for s in stats
+        if s.start_time is not None and s.end_time is not None
+    }
+    return dict(sorted(found.items(), key=lambda item: -item[1]))
+
+
 @contextlib.contextmanager
 def timed_jobs(jobs: list[dict[str, Any]]) -> Iterator[None]:
     """Time each Dagster job ``run_sync`` runs (and its peak RSS, where it can be reset) by
@@ -345,11 +365,15 @@ def timed_jobs(jobs: list[dict[str, Any]]) -> Iterator[None]:
             return original(defs, name, *args, **kwargs)
         finally:
             peak = _rss_mb("VmHWM") if reset else None
+            seconds = time.perf_counter() - began
+            steps = step_seconds()
             jobs.append(
                 {
                     "job": name,
-                    "seconds": round(time.perf_counter() - began, 2),
+                    "seconds": round(seconds, 2),
                     "peak_mb": round(peak, 1) if peak is not None else None,
+                    "steps": steps,
+                    "outside_steps": round(seconds - sum(steps.values()), 2),
                 }
             )
 
@@ -577,6 +601,10 @@ def print_pass(p: dict[str, Any]) -> None:
             "   jobs: "
             + ", ".join(f"{j['job']} {j['seconds']:.1f} s/{j['peak_mb']} MB" for j in p["jobs"])
         )
+        for j in p["jobs"]:
+            if j.get("steps"):
+                top = ", ".join(f"{k} {v:.1f}" for k, v in list(j["steps"].items())[:6])
+                print(f"     {j['job']}: outside steps {j['outside_steps']:.1f} s; steps {top}")
     print(f"   Planhat snapshot before delivery: {p['planhat_snapshot_before_delivery']}")
     window = p["copper_window"]
     print(f"   copper window from partition {window['first_partition']}: {window['records']}")
