@@ -9,7 +9,8 @@ A payload asset instead maps, per target (``companies``, ``endusers``):
 - the profiles of its previous payloads (``ops.payload_pending``: not yet delivered, or refused,
   they are compared again);
 - in-segment profiles whose key has no fingerprint (never delivered, or a fingerprint the
-  settlement dropped);
+  settlement dropped) and whose company Planhat has or is being sent (the others are skipped
+  until it does: they wait outside the scope instead of being mapped and skipped every run);
 - the profiles sharing a key with any of those (one row per key is chosen among them).
 
 Everything else has, by construction, the fingerprint of its current content. Every profile is
@@ -127,7 +128,7 @@ def scope(
     segment = _in_segment(list(settings.planhat.contact_segments))
     seed = (
         f"hull_id in {changed} or hull_id in {pending} or account_hull_id in {accounts}"
-        f" or ({segment} and {key} not in {fingerprinted})"
+        f" or ({segment} and {key} not in {fingerprinted} and {_company_known(conn)})"
     )
     where = (
         f"({seed}) or external_id in (select external_id from hull.users"
@@ -143,6 +144,32 @@ def enduser_keys(mapped: Scope) -> str | None:
     if mapped.where is None:
         return None
     return f"select {ENDUSER_KEY} from hull.users where {mapped.where}"
+
+
+KNOWN_COMPANY_SOURCES = {
+    FINGERPRINTS: f"select key from {FINGERPRINTS} where target = 'companies'",
+    "planhat.company_payloads": "select key from planhat.company_payloads",
+    "planhat_current.companies": (
+        "select external_id from planhat_current.companies where external_id is not null"
+    ),
+}
+"""Where a company Planhat has (or is being sent) is known from, as ``known_companies``."""
+
+
+def _company_known(conn: duckdb.DuckDBPyConnection) -> str:
+    """SQL over ``hull.users``: the user's account is a company Planhat has or is being sent.
+
+    A never-delivered user whose company Planhat does not have is skipped ("Account not in
+    Planhat") however often it is mapped: it waits, outside the scope, until its account changes
+    or the company becomes known (then it has no fingerprint and a known company: mapped)."""
+    known = [sql for table, sql in KNOWN_COMPANY_SOURCES.items() if _exists(conn, table)]
+    if not known:
+        return "false"
+    return (
+        "account_hull_id in (select hull_id from hull.accounts where external_id in ("
+        + " union all ".join(known)
+        + "))"
+    )
 
 
 def accounts_of_users(mapped: Scope) -> str | None:
