@@ -305,12 +305,13 @@ def run_sync(
     from hull_planhat_pipelines.definitions import build_definitions
     from hull_planhat_pipelines.orchestration import (
         AFTER_DELIVERY,
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
         COPPER_SINCE_TAG,
         DRY_RUN_TAG,
         SNAPSHOT_TARGETS,
         TRIGGER_TAG,
         AssetGraph,
-        copper_fetch_range,
         copper_fetch_tags,
         plan_followers,
     )
@@ -328,8 +329,9 @@ def run_sync(
     # Only what this sync materializes counts: start from what the instance already holds.
     cursor = plan_followers(instance, graph, {}, job_assets, wait_for_active=False).cursor
     today = dt.datetime.now(dt.UTC).date()
-    first, last = copper_fetch_range(settings, today, full=full)
     copper_tags = copper_fetch_tags(settings, today, full=full)
+    first = copper_tags[ASSET_PARTITION_RANGE_START_TAG]
+    last = copper_tags[ASSET_PARTITION_RANGE_END_TAG]
     summary = SyncSummary()
     ops = delivery_run_config(defs, force=force, dry_run=dry_run)
     marks = {DRY_RUN_TAG: "true"} if dry_run else {}

@@ -136,15 +136,6 @@ def day_end(day: dt.date) -> int:
     return day_start(day + dt.timedelta(days=1)) - 1
 
 
-def copper_fetch_range(settings: Settings, today: dt.date, *, full: bool) -> tuple[str, str]:
-    """First and last Copper partition (year keys) a catch-up fetches: every partition for a
-    full fetch or while any Copper table is still empty (a first start fetches everything,
-    not only today); otherwise the years from the oldest resume point of ``catch_up_since``
-    up to the activity horizon."""
-    tags = copper_fetch_tags(settings, today, full=full)
-    return tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
-
-
 def copper_fetch_tags(settings: Settings, today: dt.date, *, full: bool) -> dict[str, str]:
     """The run tags of a catch-up fetch (the command line's, and a first start's).
 

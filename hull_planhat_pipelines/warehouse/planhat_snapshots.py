@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -27,6 +26,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     column_schema,
     connect,
     quote,
+    read_only,
     run,
     table_exists,
 )
@@ -203,10 +203,9 @@ def write_snapshot(
 def snapshot_age(path: str, targets: Collection[str]) -> SnapshotAge:
     """The newest snapshot of every Planhat model (the oldest of them) and whether a delivery
     to one of ``targets`` was recorded after it; read-only."""
-    if not Path(path).exists():
-        return SnapshotAge(taken_at=None, written_since=False)
-    conn = connect(path, read_only=True)
-    try:
+    with read_only(path) as conn:
+        if conn is None:
+            return SnapshotAge(taken_at=None, written_since=False)
         newest: list[dt.datetime] = []
         for model in PLANHAT_SNAPSHOT_TABLES:
             schema, name = snapshot_table(model).split(".")
@@ -226,5 +225,3 @@ def snapshot_age(path: str, targets: Collection[str]) -> SnapshotAge:
                 [*sorted(targets), taken_at],
             ).fetchone()
         return SnapshotAge(taken_at=taken_at, written_since=bool(written))
-    finally:
-        conn.close()
