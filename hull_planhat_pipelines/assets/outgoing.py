@@ -34,7 +34,11 @@ from hull_planhat_pipelines.sync.planhat.activities import (
     sql_activity_payloads,
 )
 from hull_planhat_pipelines.sync.planhat.companies import company_payloads
-from hull_planhat_pipelines.sync.planhat.endusers import drop_unknown_companies, enduser_payloads
+from hull_planhat_pipelines.sync.planhat.endusers import (
+    drop_unknown_companies,
+    enduser_keys,
+    enduser_payloads,
+)
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settle
@@ -60,7 +64,6 @@ from hull_planhat_pipelines.warehouse.deliveries import (
 from hull_planhat_pipelines.warehouse.payload_scope import (
     Scope,
     accounts_of_users,
-    enduser_keys,
     remember_scopes,
     scope,
 )
@@ -172,10 +175,10 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             scopes["endusers"] = mapped
         users = users if users is not None else _no_profiles()
         # the fingerprints of the users mapped only, beside the companies' (all of them)
-        ours = deliveries.fingerprints_of_keys(conn, ENDUSERS, enduser_keys(mapped))
+        keys = None if mapped.where is None else enduser_keys(users)
+        ours = deliveries.fingerprints_of_keys(conn, ENDUSERS, keys)
         if len(ours):
-            both = [f for f in (fingerprints, ours) if len(f)]
-            fingerprints = pd.concat(both, ignore_index=True) if len(both) > 1 else ours
+            fingerprints = pd.concat([f for f in (fingerprints, ours) if len(f)], ignore_index=True)
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
         if vanished and not force:  # their endusers follow the recreated company
             every, _ = enduser_payloads(users, accounts, settings, fingerprints, force=True)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES
 from hull_planhat_pipelines.warehouse.connection import table_exists
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
-
-ACTIVITIES_TARGET = "activities"
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def activity_inputs(
     names = list(tracked) or [""]
     marks = ", ".join("?" for _ in names)
     sent = (
-        f"exists (select 1 from {FINGERPRINTS} f where f.target = '{ACTIVITIES_TARGET}' "
+        f"exists (select 1 from {FINGERPRINTS} f where f.target = '{ACTIVITIES}' "
         "and f.key = cast(e.event_id as varchar))"
         if table_exists(conn, *FINGERPRINTS.split("."))
         else "false"

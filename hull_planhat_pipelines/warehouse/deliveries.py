@@ -90,13 +90,14 @@ def fingerprints_table(
 
 
 def fingerprints_of_keys(
-    conn: duckdb.DuckDBPyConnection | None, target: str, keys_sql: str | None
+    conn: duckdb.DuckDBPyConnection | None, target: str, keys: Collection[str] | None
 ) -> pd.DataFrame:
-    """``target``'s fingerprints whose key ``keys_sql`` selects (None: all of them)."""
-    if keys_sql is None or conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
+    """``target``'s fingerprints of ``keys`` (None: all of them)."""
+    if keys is None or conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
         return fingerprints_table(conn, [target])
     return conn.execute(
-        f"select * from {FINGERPRINTS} where target = ? and key in ({keys_sql})", [target]
+        f"select * from {FINGERPRINTS} where target = ? and key in (select unnest(?))",
+        [target, sorted(keys)],
     ).fetchdf()
 
 
@@ -203,17 +204,22 @@ def snapshot_keys(
     return keys, at
 
 
+KNOWN_COMPANY_SOURCES = {
+    FINGERPRINTS: f"select key from {FINGERPRINTS} where target = 'companies'",
+    "planhat.company_payloads": "select key from planhat.company_payloads",
+    "planhat_current.companies": (
+        "select external_id from planhat_current.companies where external_id is not null"
+    ),
+}
+"""Where the external ids of companies Planhat has (latest snapshot), was sent before, or is
+being sent now are read from (table -> query)."""
+
+
 def known_company_ids(conn: duckdb.DuckDBPyConnection | None) -> set[str]:
     """External ids Planhat has (latest snapshot) or that are being sent now."""
-    queries = {
-        ("planhat", "company_payloads"): "select key from planhat.company_payloads",
-        ("planhat_current", "companies"): (
-            "select external_id from planhat_current.companies where external_id is not null"
-        ),
-    }
     known: set[str] = set()
-    for table, sql in queries.items():
-        if conn is not None and table_exists(conn, *table):
+    for table, sql in KNOWN_COMPANY_SOURCES.items():
+        if table != FINGERPRINTS and conn is not None and table_exists(conn, *table.split(".")):
             known |= {str(row[0]) for row in conn.execute(sql).fetchall() if row[0] is not None}
     return known
 

@@ -30,6 +30,7 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull.batch import quote
 from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists
+from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, KNOWN_COMPANY_SOURCES
 from hull_planhat_pipelines.warehouse.hull_store import CHANGES, change_seq
 
 SCOPE = "ops.payload_scope"
@@ -39,12 +40,6 @@ SCOPE_DDL = [
     f"create table if not exists {SCOPE} (target varchar primary key, seq bigint, digest varchar)",
     f"create table if not exists {PENDING} (target varchar, hull_id varchar)",
 ]
-FINGERPRINTS = "planhat.delivery_fingerprints"
-ENDUSER_KEY = (
-    "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
-    " when nullif(trim(email), '') is not null then 'email:' || email end"
-)
-"""SQL over ``hull.users``: a user's enduser key, as ``sync.planhat.endusers.enduser_key``."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +119,10 @@ def scope(
         )
         return Scope(target, where, seq, digest)
     accounts = f"(select hull_id from {CHANGES} where kind = 'account' and seq > {last})"
-    key = ENDUSER_KEY
+    key = (
+        "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
+        " when nullif(trim(email), '') is not null then 'email:' || email end"
+    )
     segment = _in_segment(list(settings.planhat.contact_segments))
     seed = (
         f"hull_id in {changed} or hull_id in {pending} or account_hull_id in {accounts}"
@@ -136,24 +134,6 @@ def scope(
         f" from hull.users where email is not null and ({seed}))"
     )
     return Scope(target, where, seq, digest)
-
-
-def enduser_keys(mapped: Scope) -> str | None:
-    """SQL selecting the enduser keys of the users ``mapped`` selects: the only fingerprints
-    their payloads are compared with (None: every user's)."""
-    if mapped.where is None:
-        return None
-    return f"select {ENDUSER_KEY} from hull.users where {mapped.where}"
-
-
-KNOWN_COMPANY_SOURCES = {
-    FINGERPRINTS: f"select key from {FINGERPRINTS} where target = 'companies'",
-    "planhat.company_payloads": "select key from planhat.company_payloads",
-    "planhat_current.companies": (
-        "select external_id from planhat_current.companies where external_id is not null"
-    ),
-}
-"""Where a company Planhat has (or is being sent) is known from, as ``known_companies``."""
 
 
 def _company_known(conn: duckdb.DuckDBPyConnection) -> str:

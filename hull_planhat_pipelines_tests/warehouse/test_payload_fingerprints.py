@@ -4,13 +4,13 @@ from pathlib import Path
 
 import duckdb
 
+from hull_planhat_pipelines.sync.planhat.endusers import enduser_keys
 from hull_planhat_pipelines.warehouse.deliveries import (
     FINGERPRINTS,
     FINGERPRINTS_DDL,
     fingerprints_of_keys,
     fingerprints_table,
 )
-from hull_planhat_pipelines.warehouse.payload_scope import Scope, enduser_keys
 
 
 def _warehouse(path: Path) -> duckdb.DuckDBPyConnection:
@@ -33,11 +33,11 @@ def _warehouse(path: Path) -> duckdb.DuckDBPyConnection:
 
 def test_enduser_fingerprints_of_the_users_in_scope_only(tmp_path: Path) -> None:
     conn = _warehouse(tmp_path / "w.duckdb")
-    mapped = Scope("endusers", "hull_id in ('u1', 'u2')", 1, "d")
-    found = fingerprints_of_keys(conn, "endusers", enduser_keys(mapped))
+    users = conn.execute("select * from hull.users where hull_id in ('u1', 'u2')").fetchdf()
+    found = fingerprints_of_keys(conn, "endusers", enduser_keys(users))
     # the key as payloads build it: external id first, a blank one does not count
     assert sorted(found["key"]) == ["email:bob@b.example", "external_id:E1"]
-    every = fingerprints_of_keys(conn, "endusers", enduser_keys(Scope("endusers", None, 1, "d")))
+    every = fingerprints_of_keys(conn, "endusers", None)
     assert len(every) == 3
 
 

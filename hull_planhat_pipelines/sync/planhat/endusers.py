@@ -114,6 +114,20 @@ def enduser_payloads(
 COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"
 
 
+def enduser_keys(users: pd.DataFrame) -> set[str]:
+    """The keys ``users`` would be sent under: the only fingerprints their payloads are
+    compared with."""
+    keys = (
+        enduser_key(shared.as_text(email), shared.as_text(external_id))
+        for email, external_id in zip(
+            shared.column_values(users, "email"),
+            shared.column_values(users, "external_id"),
+            strict=True,
+        )
+    )
+    return {key for key in keys if key is not None}
+
+
 def drop_unknown_companies(
     payloads: pd.DataFrame, known_company_ids: Collection[str]
 ) -> shared.Payloads:
