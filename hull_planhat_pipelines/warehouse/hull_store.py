@@ -10,13 +10,19 @@ profiles and the users of changed accounts; all profiles only when a definition 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.settings import SegmentSettings
 from hull_planhat_pipelines.sync.hull.apply import apply_changes
+from hull_planhat_pipelines.sync.hull.batch import quote
+from hull_planhat_pipelines.sync.hull.change_groups import (
+    GROUP_COLUMNS,
+    STRUCTURAL,
+    changed_groups,
+)
 from hull_planhat_pipelines.sync.hull.changes import Changes, ProfileStore, StoreKeys, StoreSlice
 from hull_planhat_pipelines.sync.hull.deletions import DETACHABLE
 from hull_planhat_pipelines.sync.hull.model import (
@@ -271,7 +277,11 @@ def write_changes(
         replace_table(conn, "hull.accounts", accounts)
         replace_table(conn, "hull.events", store.events)
         log_changes(
-            conn, {"user": users["hull_id"].tolist(), "account": accounts["hull_id"].tolist()}
+            conn,
+            {
+                "user": _all_structural(users["hull_id"]),
+                "account": _all_structural(accounts["hull_id"]),
+            },
         )
         return store
     store = apply_changes(part, changes, now)
@@ -282,6 +292,22 @@ def write_changes(
         store.accounts[store.accounts["hull_id"].isin(account_ids)],
         segments,
     )
+    logged = {
+        "user": pd.concat(
+            [
+                changed_groups(
+                    _with_stored_segments(conn, "user", part.users), users, changes.user_upserts
+                ),
+                _all_structural(moved["hull_id"]),
+            ],
+            ignore_index=True,
+        ),
+        "account": changed_groups(
+            _with_stored_segments(conn, "account", part.accounts),
+            accounts,
+            changes.account_upserts,
+        ),
+    }
     merge_rows(conn, "hull.users", "hull_id", users, _merged_away(changes, "user"))
     merge_rows(conn, "hull.accounts", "hull_id", accounts, _merged_away(changes, "account"))
     update_segments(conn, moved)
@@ -292,23 +318,18 @@ def write_changes(
         changes.events[EVENT_COLUMNS],
         changes.removed_events["event_id"].tolist(),
     )
-    log_changes(
-        conn,
-        {
-            "user": [*users["hull_id"].tolist(), *moved["hull_id"].tolist()],
-            "account": accounts["hull_id"].tolist(),
-        },
-    )
+    log_changes(conn, logged)
     return store
 
 
 CHANGES = "ops.hull_changes"
 CHANGES_DDL = (
-    f"create table if not exists {CHANGES} (kind varchar, hull_id varchar, seq bigint,"
-    " primary key (kind, hull_id))"
+    f"create table if not exists {CHANGES} (kind varchar, hull_id varchar, grp varchar,"
+    " seq bigint, primary key (kind, hull_id, grp))"
 )
-"""The change log: per profile, the sequence number of the last apply that rewrote it (its
-content or its segments). Readers keep a watermark of the sequence they have mapped."""
+"""The change log: per profile and per part of it (``grp``: an attribute group, or
+``STRUCTURAL``; see ``sync.hull.change_groups``), the sequence number of the last apply that
+rewrote it. Readers keep a watermark of the sequence they have mapped."""
 
 
 def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
@@ -319,26 +340,81 @@ def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def log_changes(conn: duckdb.DuckDBPyConnection, ids: dict[str, list[str]]) -> int:
-    """Record the profiles one apply rewrote under the next sequence number (inside the
-    caller's transaction); returns that number (unchanged when nothing was rewritten)."""
+def _has_groups(conn: duckdb.DuckDBPyConnection) -> bool:
+    columns = conn.execute(f"select * from {CHANGES} limit 0").description or []
+    return any(c[0] == "grp" for c in columns)
+
+
+def changed_since(
+    conn: duckdb.DuckDBPyConnection, kind: Kind, seq: int, groups: Iterable[str]
+) -> str:
+    """SQL: the ``hull_id`` of the ``kind`` profiles rewritten after ``seq`` in any of
+    ``groups`` (a log written before groups were recorded counts every rewrite)."""
+    where = f"kind = {quote(kind)} and seq > {int(seq)}"
+    if _has_groups(conn):
+        listed = ", ".join(quote(g) for g in sorted(groups))
+        where += f" and grp in ({listed})"
+    return f"(select hull_id from {CHANGES} where {where})"
+
+
+def _ensure_change_log(conn: duckdb.DuckDBPyConnection) -> None:
+    """The log, created or brought to the grouped form (an older log's rows become
+    ``STRUCTURAL``: read by everyone, as before)."""
     run(conn, "create schema if not exists ops")
+    if _exists(conn, CHANGES) and not _has_groups(conn):
+        run(conn, f"alter table {CHANGES} rename to hull_changes_ungrouped")
+        run(conn, CHANGES_DDL)
+        run(
+            conn,
+            f"insert into {CHANGES} select kind, hull_id, {quote(STRUCTURAL)}, seq"
+            " from ops.hull_changes_ungrouped",
+        )
+        run(conn, "drop table ops.hull_changes_ungrouped")
     run(conn, CHANGES_DDL)
+
+
+def _all_structural(ids: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"hull_id": ids.astype(str).to_numpy(dtype=object), "grp": STRUCTURAL},
+        columns=GROUP_COLUMNS,
+    )
+
+
+def _with_stored_segments(
+    conn: duckdb.DuckDBPyConnection, kind: Kind, profiles: pd.DataFrame | None
+) -> pd.DataFrame:
+    """``profiles`` as read before the apply (without segments), with their stored segments."""
+    if profiles is None or profiles.empty:
+        return empty_store(kind).assign(segments=pd.Series([], dtype=object))
+    conn.register("_before_ids", pd.DataFrame({"hull_id": profiles["hull_id"].astype(str)}))
+    try:
+        stored = conn.execute(
+            f"select hull_id, segments from {TABLES[kind]}"
+            " where hull_id in (select hull_id::varchar from _before_ids)"
+        ).fetchdf()
+    finally:
+        conn.unregister("_before_ids")
+    segments = dict(zip(stored["hull_id"], stored["segments"], strict=True))
+    return profiles.assign(segments=[segments.get(str(h)) for h in profiles["hull_id"]])
+
+
+def log_changes(conn: duckdb.DuckDBPyConnection, groups: dict[str, pd.DataFrame]) -> int:
+    """Record what one apply rewrote (per kind, ``hull_id`` and ``grp`` rows) under the next
+    sequence number (inside the caller's transaction); returns that number (unchanged when
+    nothing was rewritten)."""
+    _ensure_change_log(conn)
     seq = change_seq(conn)
-    frame = pd.DataFrame(
-        {
-            "kind": pd.Series([k for k, v in ids.items() for _ in v], dtype=object),
-            "hull_id": pd.Series([h for v in ids.values() for h in v], dtype=object),
-        }
+    frame = pd.concat(
+        [part.assign(kind=kind) for kind, part in groups.items()], ignore_index=True
     ).drop_duplicates()
     if frame.empty:
         return seq
-    conn.register("_changed_profiles", frame)
+    conn.register("_changed_profiles", frame[["kind", "hull_id", "grp"]])
     try:
         run(
             conn,
-            f"insert or replace into {CHANGES} select kind::varchar, hull_id::varchar, ?"
-            " from _changed_profiles",
+            f"insert or replace into {CHANGES} select kind::varchar, hull_id::varchar,"
+            " grp::varchar, ? from _changed_profiles",
             [seq + 1],
         )
     finally:

@@ -4,10 +4,13 @@ Mapping and fingerprinting every in-segment profile each cycle costs the store, 
 A payload asset instead maps, per target (``companies``, ``endusers``):
 
 - the profiles the change log (``ops.hull_changes``) says were rewritten since the sequence it
-  mapped last (content or segments; for endusers also the users of a rewritten account: their
-  ``companyExternalId`` comes from it);
-- the profiles of its previous payloads (``ops.payload_pending``: not yet delivered, or refused,
-  they are compared again);
+  mapped last, in a part its mapping reads (the attribute groups of its mapped, owner and
+  co-owner attributes, or identity, link and segments: ``sync.hull.change_groups``); for
+  endusers also the users of an account whose identity was rewritten (their
+  ``companyExternalId`` comes from it). A profile whose only change is the ``planhat/*``
+  attributes a snapshot wrote back after its delivery is not mapped again;
+- the profiles of its previous payloads (``ops.payload_pending``) that Planhat did not take:
+  not delivered, or refused (their key's fingerprint is not the one they were sent with);
 - in-segment profiles whose key has no fingerprint (never delivered, or a fingerprint the
   settlement dropped) and whose company Planhat has or is being sent (the others are skipped
   until it does: they wait outside the scope instead of being mapped and skipped every run);
@@ -29,9 +32,10 @@ import pandas as pd
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull.batch import quote
+from hull_planhat_pipelines.sync.hull.change_groups import read_groups
 from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, KNOWN_COMPANY_SOURCES
-from hull_planhat_pipelines.warehouse.hull_store import CHANGES, change_seq
+from hull_planhat_pipelines.warehouse.hull_store import CHANGES, change_seq, changed_since
 
 SCOPE = "ops.payload_scope"
 PENDING = "ops.payload_pending"
@@ -39,7 +43,10 @@ SCOPE_DDL = [
     "create schema if not exists ops",
     f"create table if not exists {SCOPE} (target varchar primary key, seq bigint, digest varchar)",
     f"create table if not exists {PENDING} (target varchar, hull_id varchar)",
+    f"alter table {PENDING} add column if not exists key varchar",
+    f"alter table {PENDING} add column if not exists fingerprint varchar",
 ]
+PENDING_COLUMNS = ["hull_id", "key", "fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,13 @@ def scope(
         if _exists(conn, FINGERPRINTS)
         else "(select null::varchar as key where false)"
     )
-    changed = f"(select hull_id from {CHANGES} where kind = '{kind}' and seq > {last})"
-    pending = f"(select hull_id from {PENDING} where target = {quote(target)})"
+    config = settings.planhat
+    if target == "companies":
+        read = [*config.account_attributes, config.owner_attribute, config.co_owner_attribute]
+    else:
+        read = list(config.user_attributes)
+    changed = changed_since(conn, kind, last, read_groups(read))
+    pending = pending_not_taken(conn, target)
     if target == "companies":
         key = "nullif(trim(external_id), '')"
         segment = _in_segment(list(settings.planhat.company_segments))
@@ -118,7 +130,8 @@ def scope(
             f" where external_id is not null and ({seed}))"
         )
         return Scope(target, where, seq, digest)
-    accounts = f"(select hull_id from {CHANGES} where kind = 'account' and seq > {last})"
+    # an enduser reads its account's external id only: a structural change
+    accounts = changed_since(conn, "account", last, read_groups([]))
     key = (
         "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
         " when nullif(trim(email), '') is not null then 'email:' || email end"
@@ -134,6 +147,21 @@ def scope(
         f" from hull.users where email is not null and ({seed}))"
     )
     return Scope(target, where, seq, digest)
+
+
+def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:
+    """SQL: the profiles of the previous payloads that Planhat has not taken: their key's
+    fingerprint is not the one they were sent with (not delivered, refused, or never settled).
+    One that was delivered is current by its fingerprint: mapping it again would only find
+    it unchanged (a pending row written before fingerprints were kept is always mapped)."""
+    rows = f"select hull_id from {PENDING} p where p.target = {quote(target)}"
+    columns = {c[0] for c in conn.execute(f"select * from {PENDING} limit 0").description or []}
+    if "fingerprint" not in columns or not _exists(conn, FINGERPRINTS):
+        return f"({rows})"
+    return (
+        f"({rows} and (p.fingerprint is null or not exists (select 1 from {FINGERPRINTS} f"
+        " where f.target = p.target and f.key = p.key and f.fingerprint = p.fingerprint)))"
+    )
 
 
 def _company_known(conn: duckdb.DuckDBPyConnection) -> str:
@@ -169,24 +197,27 @@ def remember(
     """The sequence mapped and the profiles whose payloads are now pending delivery."""
     for statement in SCOPE_DDL:
         run(database_conn, statement)
-    ids = payloads["hull_id"].dropna().astype(str).unique().tolist() if len(payloads) else []
+    rows = _pending_rows(payloads)
     stored = database_conn.execute(
         f"select seq, digest from {SCOPE} where target = ?", [mapped.target]
     ).fetchall()
     pending = database_conn.execute(
-        f"select hull_id from {PENDING} where target = ?", [mapped.target]
+        f"select hull_id, key, fingerprint from {PENDING} where target = ?", [mapped.target]
     ).fetchall()
-    if stored == [(mapped.seq, mapped.digest)] and {r[0] for r in pending} == set(ids):
+    if stored == [(mapped.seq, mapped.digest)] and set(pending) == set(
+        rows.itertuples(index=False, name=None)
+    ):
         return  # nothing moved: nothing written
     run(database_conn, "begin transaction")
     try:
         run(database_conn, f"delete from {PENDING} where target = ?", [mapped.target])
-        if ids:
-            database_conn.register("_pending", pd.DataFrame({"hull_id": ids}, dtype=object))
+        if len(rows):
+            database_conn.register("_pending", rows)
             try:
                 run(
                     database_conn,
-                    f"insert into {PENDING} select ?, hull_id::varchar from _pending",
+                    f"insert into {PENDING} (target, hull_id, key, fingerprint) select ?,"
+                    " hull_id::varchar, key::varchar, fingerprint::varchar from _pending",
                     [mapped.target],
                 )
             finally:
@@ -200,6 +231,14 @@ def remember(
     except Exception:
         run(database_conn, "rollback")
         raise
+
+
+def _pending_rows(payloads: pd.DataFrame) -> pd.DataFrame:
+    """One row per profile with a payload: what it is sent under and with."""
+    if not len(payloads):
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in PENDING_COLUMNS})
+    rows = payloads.loc[payloads["hull_id"].notna(), PENDING_COLUMNS].astype(str)
+    return rows.drop_duplicates("hull_id", keep="last").astype(object).reset_index(drop=True)
 
 
 def remember_scopes(path: str, scopes: Iterable[Scope], payloads: pd.DataFrame) -> None:

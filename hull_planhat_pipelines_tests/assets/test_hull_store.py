@@ -29,6 +29,16 @@ def _rows(target: Pipeline, sql: str) -> dict[str, tuple]:
     return {row[0]: row for row in target.query(sql)}
 
 
+def _logged_last(target: Pipeline, kind: str) -> dict[str, list[str]]:
+    """The groups the last apply logged per profile of ``kind``."""
+    rows = target.query(
+        "select hull_id, list(grp order by grp) from ops.hull_changes where kind = ?"
+        " and seq = (select max(seq) from ops.hull_changes) group by hull_id",
+        [kind],
+    )
+    return {h: list(groups) for h, groups in rows}
+
+
 @pytest.fixture
 def slices(monkeypatch: pytest.MonkeyPatch) -> list[StoreSlice]:
     """Every slice the asset reads."""
@@ -90,6 +100,8 @@ def test_one_edited_person_reads_its_slice_and_rewrites_its_row_only(
     }
     assert {h for h in accounts if accounts_after[h] != accounts[h]} <= upserted_accounts
     assert pipeline.query("select * from hull.events order by event_id") == events
+    # the change log says which part changed: the title's group, nothing structural
+    assert _logged_last(pipeline, "user")[profile["hull_id"]] == ["copper_person"]
 
     # nothing changed: no slice worth writing, not one row rewritten
     pipeline.incremental()
@@ -126,6 +138,10 @@ def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
     assert "Customer accounts" not in list(account[0][0])
     untouched = {h for h, row in users.items() if row[4] != account_id}
     assert {h: after[h] for h in untouched} == {h: users[h] for h in untouched}
+    # a membership that moved is structural: every payload target maps it again
+    logged = _logged_last(pipeline, "user")
+    assert all(logged[h] == ["*"] for h in customers)
+    assert "*" in _logged_last(pipeline, "account")[account_id]
 
 
 def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> None:

@@ -95,3 +95,55 @@ def test_one_edited_person_is_the_one_enduser_mapped_and_sent(
         waiting = _waiting(stack)
         assert waiting, "the seed has users whose company Planhat lacks"
         assert not (read_ids & waiting)
+
+
+def _echoed(
+    stack: Stack, having: str = "bool_and(c.grp in ('planhat', 'anonymous_ids'))"
+) -> set[str]:
+    """Users just delivered (the fingerprint under their key is the one they were sent with)
+    whose only change since the enduser payloads last mapped is what the snapshot after the
+    delivery wrote back: ``planhat/*`` attributes and Planhat's anonymous id."""
+    [(seq,)] = stack.query("select seq from ops.payload_scope where target = 'endusers'")
+    rows = stack.query(
+        "select c.hull_id from ops.hull_changes c"
+        " join ops.payload_pending p on p.target = 'endusers' and p.hull_id = c.hull_id"
+        " join planhat.delivery_fingerprints f on f.target = 'endusers' and f.key = p.key"
+        " and f.fingerprint = p.fingerprint"
+        " where c.kind = 'user' and c.seq > ?"
+        f" group by c.hull_id having {having}",
+        [seq],
+    )
+    return {str(r[0]) for r in rows}
+
+
+def test_what_planhat_echoes_after_a_delivery_is_not_mapped_again(
+    tmp_path: Path, reads: list[tuple[str, bool, int]]
+) -> None:
+    with _started(tmp_path) as stack:
+        stack.cycle()
+        echoed = _echoed(stack)
+        assert echoed, "the snapshot after the delivery wrote planhat/* back to the users sent"
+        sent_before = len(_enduser_items(stack))
+        read_ids.clear()
+
+        stack.cycle()
+
+        assert not (read_ids & echoed)
+        assert len(_enduser_items(stack)) == sent_before
+
+
+def test_an_echo_is_mapped_again_when_the_mapping_reads_planhat_attributes(
+    tmp_path: Path, reads: list[tuple[str, bool, int]]
+) -> None:
+    def mapped_back(config: dict[str, Any]) -> None:
+        config["planhat"]["user_attributes"]["planhat/first_name"] = "custom.First name"
+
+    with _started(tmp_path, mapped_back) as stack:
+        stack.cycle()
+        echoed = _echoed(stack, "bool_or(c.grp = 'planhat')")
+        assert echoed
+        read_ids.clear()
+
+        stack.cycle()
+
+        assert echoed <= read_ids

@@ -1,0 +1,105 @@
+"""What part of a profile an apply rewrote, as the change log records it.
+
+A payload target maps the profiles changed since it last mapped; most of them need not be mapped
+again when what changed is something its mapping does not read. The Planhat snapshot taken after
+a delivery writes every delivered record's ``planhat/*`` attributes back to its profile: counted
+as a change, it made the next cycle remap (and fingerprint) every profile just delivered, a cost
+of the last delivery instead of the new change. So the log says which attribute groups changed
+(``copper_person``, ``planhat``, ...: an attribute's part before its first ``/``), and a reader
+counts only the groups its mapping reads, plus ``STRUCTURAL``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+STRUCTURAL = "*"
+"""The group of every rewrite that is not only an attribute's: a new profile, an identity,
+account link or segment that changed, a merge, a whole-store rewrite. Every reader
+counts it."""
+
+ANONYMOUS_IDS = "anonymous_ids"
+"""The group of a rewrite that only added or removed anonymous ids (the Planhat id a snapshot
+links after a create, a Copper record linked or detached): no payload mapping reads them."""
+
+GROUP_COLUMNS = ["hull_id", "grp"]
+
+UNCOMPARED = frozenset({"attributes", "created_at", "updated_at", "anonymous_ids"})
+"""Profile columns a rewrite is not judged structural by: attributes are judged per group,
+anonymous ids are a group of their own, and the times move with every write."""
+
+
+def attribute_group(attribute: str) -> str:
+    """The group an attribute is logged under: its part before the first ``/`` (an ungrouped
+    attribute is a group of its own)."""
+    return attribute.split("/", 1)[0]
+
+
+def read_groups(attributes: Iterable[str | None]) -> frozenset[str]:
+    """The groups a mapping that reads ``attributes`` must be told about, ``STRUCTURAL``
+    included."""
+    return frozenset({STRUCTURAL, *(attribute_group(a) for a in attributes if a)})
+
+
+def _comparable(value: object) -> object:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(_comparable(v) for v in value)
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def changed_groups(
+    before: pd.DataFrame, after: pd.DataFrame, upserts: pd.DataFrame
+) -> pd.DataFrame:
+    """``(hull_id, grp)`` for each profile of ``after`` (the rewritten rows, ``segments``
+    included) against ``before`` (the same profiles as stored, absent when new).
+
+    A profile gets ``STRUCTURAL`` when it is new or any compared column differs (``segments``
+    too, when both frames have it), ``ANONYMOUS_IDS`` when its anonymous ids changed, and the
+    group of each attribute ``upserts`` changed on it;
+    a rewritten profile with neither gets ``STRUCTURAL``: a rewrite nothing explains is
+    counted by everyone, never dropped."""
+    columns = [c for c in after.columns if c not in UNCOMPARED and c != "hull_id"]
+    columns = [c for c in columns if c in before.columns]
+    stored = {
+        str(h): tuple(_comparable(v) for v in values)
+        for h, *values in before[["hull_id", *columns]].itertuples(index=False, name=None)
+    }
+    stored_ids = {
+        str(h): _comparable(ids)
+        for h, ids in before[["hull_id", "anonymous_ids"]].itertuples(index=False, name=None)
+    }
+    attributes = upserts.loc[upserts["hull_id"].isin(after["hull_id"]), ["hull_id", "attribute"]]
+    grouped = pd.DataFrame(
+        {
+            "hull_id": attributes["hull_id"].astype(str).to_numpy(dtype=object),
+            "grp": [attribute_group(str(a)) for a in attributes["attribute"]],
+        },
+        columns=GROUP_COLUMNS,
+    )
+    linked = [
+        str(h)
+        for h, ids in after[["hull_id", "anonymous_ids"]].itertuples(index=False, name=None)
+        if str(h) in stored_ids and stored_ids[str(h)] != _comparable(ids)
+    ]
+    grouped = pd.concat(
+        [grouped, pd.DataFrame({"hull_id": linked, "grp": ANONYMOUS_IDS}, columns=GROUP_COLUMNS)],
+        ignore_index=True,
+    )
+    explained = set(grouped["hull_id"])
+    structural = [
+        str(h)
+        for h, *values in after[["hull_id", *columns]].itertuples(index=False, name=None)
+        if str(h) not in explained or stored.get(str(h)) != tuple(_comparable(v) for v in values)
+    ]
+    frame = pd.concat(
+        [grouped, pd.DataFrame({"hull_id": structural, "grp": STRUCTURAL}, columns=GROUP_COLUMNS)],
+        ignore_index=True,
+    )
+    return frame.drop_duplicates(ignore_index=True)
