@@ -169,14 +169,28 @@ def _change_from_latest(
     schema, name = latest_view(model).split(".")
     if not table_exists(conn, schema, name):
         return len(frame), True
-    conn.register("_new_snapshot", frame)
+    latest = latest_view(model)
+    if "record" not in frame.columns or "record" not in _columns(conn, latest):
+        conn.register("_new_snapshot", frame)
+        try:
+            changed = differing_rows(
+                conn, latest, "_new_snapshot", ignore=("_fetched_at", "snapshot_at")
+            )
+        finally:
+            conn.unregister("_new_snapshot")
+        return changed, False
+    # every column of a snapshot row is read from its record: rows are equal when their
+    # records are (a hash join on the text, not a set difference over every column)
+    conn.register("_new_snapshot", frame[["record"]])
     try:
-        changed = differing_rows(
-            conn, latest_view(model), "_new_snapshot", ignore=("_fetched_at", "snapshot_at")
-        )
+        changed = conn.execute(
+            f"select count(*) from (select record from {latest}) o"
+            " full join _new_snapshot n on o.record = n.record"
+            " where o.record is null or n.record is null"
+        ).fetchall()[0][0]
     finally:
         conn.unregister("_new_snapshot")
-    return changed, False
+    return int(changed), False
 
 
 def write_snapshot(
