@@ -96,7 +96,12 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         changes, sources, outbox = applied.changes, applied.sources, applied.outbox
         sizes, segments, columns = applied.sizes, applied.segments, applied.columns
         forwarded = forward(warehouse.database, hull_firehose, dry_run=config.dry_run)
-        counts = record_events(context, [*changes.log, *forwarded.events], asset="hull/profiles")
+        counts = record_events(
+            context,
+            [*changes.log, *forwarded.events],
+            asset="hull/profiles",
+            rows=changes.record_log,
+        )
         common = {
             "sources_read": dg.MetadataValue.json(sources.rows_read),
             "sync_log": dg.MetadataValue.json(counts),

@@ -9,8 +9,16 @@ import collections
 from collections.abc import Sequence
 
 import dagster as dg
+import pandas as pd
 
-from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
+from hull_planhat_pipelines.sync.log import (
+    SyncEvent,
+    empty_log_rows,
+    events_frame,
+    level_of,
+    log_row_message,
+    log_rows_frame,
+)
 from hull_planhat_pipelines.warehouse import append_sync_log
 
 
@@ -19,21 +27,41 @@ def record_events(
     events: Sequence[SyncEvent],
     *,
     asset: str,
+    rows: pd.DataFrame | None = None,
 ) -> dict[str, int]:
     """Store every event as its own ``ops.sync_log`` row; log one line per (event, reason)
     with its count (a single event is logged whole); return counts by event name.
 
-    A first load logs a row per record: the table is where one record's story is found
-    (``where object_id = ...``), the run log says what happened and how often.
+    ``rows``: more events in bulk (``sync.log.LOG_ROW_COLUMNS``), as many as a first load has
+    records. A first load logs a row per record: the table is where one record's story is
+    found (``where object_id = ...``), the run log says what happened and how often.
     """
-    groups: dict[tuple[str, str | None], list[SyncEvent]] = collections.defaultdict(list)
+    rows = rows if rows is not None else empty_log_rows()
+    counts: dict[tuple[str, str | None], int] = collections.Counter()
+    single: dict[tuple[str, str | None], str] = {}
     for event in events:
-        groups[(event.event, event.reason)].append(event)
-    for (name, reason), group in groups.items():
-        log = getattr(context.log, group[0].level)
-        if len(group) == 1:
-            log(group[0].message())
+        key = (event.event, event.reason)
+        counts[key] += 1
+        single[key] = event.message()
+    if len(rows):
+        reasons = rows["reason"].astype(object).where(rows["reason"].notna(), None)
+        grouped = rows.assign(reason=reasons).groupby(["event", "reason"], dropna=False, sort=False)
+        for (name, reason), group in grouped:
+            key = (str(name), None if pd.isna(reason) else str(reason))
+            counts[key] += len(group)
+            single[key] = log_row_message(group.iloc[0])
+    for (name, reason), count in counts.items():
+        log = getattr(context.log, level_of(name))
+        if count == 1:
+            log(single[(name, reason)])
         else:
-            log(f"{name}{f' {reason}' if reason else ''}: {len(group)} (see ops.sync_log)")
-    append_sync_log(events_frame(events, run_id=context.run.run_id, asset=asset))
-    return dict(collections.Counter(event.event for event in events))
+            log(f"{name}{f' {reason}' if reason else ''}: {count} (see ops.sync_log)")
+    run_id = context.run.run_id
+    frames = [events_frame(events, run_id=run_id, asset=asset)]
+    if len(rows):
+        frames.append(log_rows_frame(rows, run_id=run_id, asset=asset))
+    append_sync_log(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
+    by_event: dict[str, int] = collections.Counter()
+    for (name, _), count in counts.items():
+        by_event[name] += count
+    return dict(by_event)

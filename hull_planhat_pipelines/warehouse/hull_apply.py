@@ -19,6 +19,7 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
 from hull_planhat_pipelines.sync.hull.changes import (
     Changes,
+    HandedRows,
     ProfileStore,
     StoreKeys,
     StoreSlice,
@@ -54,12 +55,18 @@ STATE_DDL = [
 
 @dataclass
 class Sources:
-    copper: CopperRows
-    planhat: PlanhatRows
+    copper: CopperRows | None
+    planhat: PlanhatRows | None
     watermarks: dict[str, pd.Timestamp]
     rows_read: dict[str, int]
     snapshots: list[str]
     """Planhat snapshots diffed: the applied copy follows them on commit."""
+
+    def hand_over(self) -> HandedRows:
+        """The raw rows, no longer held here: once staged, the sync lets them go."""
+        rows = HandedRows(self.copper, self.planhat)
+        self.copper, self.planhat = None, None
+        return rows
 
 
 def _frame(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None):
@@ -201,7 +208,7 @@ def apply(
         return part
 
     try:
-        changes = compute_changes(settings, reader, sources.copper, sources.planhat, now=now)
+        changes = compute_changes(settings, reader, sources.hand_over(), now=now)
     finally:
         hull_store.drop_slice(conn)
     run(conn, "begin transaction")

@@ -18,6 +18,7 @@ import yaml
 from hull_planhat_pipelines.orchestration import copper_range_tags, copper_window_tags, day_start
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.settings import default_config_path
+from hull_planhat_pipelines.sync.canonical import canonical_json
 from hull_planhat_pipelines_tests.materialize import HULL, materialize, run_job
 
 
@@ -393,6 +394,14 @@ def test_every_record_has_its_own_log_row_and_the_run_log_counts_them(
     )
     events = {r[0] for r in pipeline.query("select source_id from hull.events")}
     assert events and all(logged[("activity", i)][0] == "incoming.event.success" for i in events)
+    # per-record rows are written in bulk; their details are canonical JSON like every row's
+    for event in ("incoming.user.success", "incoming.event.success"):
+        [(text,)] = pipeline.query(
+            "select details from ops.sync_log where run_id = ? and event = ?"
+            " and object_id is not null limit 1",
+            [result.run_id, event],
+        )
+        assert text == canonical_json(json.loads(text)) and json.loads(text)["hull_id"]
     blank = copper.edge_cases["opportunity_blank_type_id"]
     assert logged[("opportunity", str(blank))] == (
         "incoming.account.skip",

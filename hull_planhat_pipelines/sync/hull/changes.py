@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.hull.batch import Batch, batch
+from hull_planhat_pipelines.sync.hull.batch import Batch, batch, quote
 from hull_planhat_pipelines.sync.hull.deletions import (
     DELETED_COLUMNS,
     removed_events,
@@ -41,7 +41,7 @@ from hull_planhat_pipelines.sync.hull.model import (
     Kind,
     normalize_store,
 )
-from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.log import LOG_ROW_COLUMNS, SyncEvent, empty_log_rows
 
 CONFLICT_SAMPLE = 10
 
@@ -76,6 +76,9 @@ class Changes:
     conflicts: pd.DataFrame
     events: pd.DataFrame
     log: list[SyncEvent] = field(default_factory=list)
+    record_log: pd.DataFrame = field(default_factory=empty_log_rows)
+    """The per-record events (``incoming.<kind>.success``, ``incoming.event.success``) as
+    ``sync.log.LOG_ROW_COLUMNS`` rows: one per record of a first load, built in SQL."""
     deleted: pd.DataFrame = field(default_factory=lambda: _empty(DELETED_COLUMNS))
     """Profiles detached from a record gone from Copper (``hull.deletions``)."""
     removed_events: pd.DataFrame = field(
@@ -156,10 +159,25 @@ def _store_keys(work: Batch, opportunities: bool) -> StoreKeys:
     return StoreKeys(claims=claims, event_ids=events, opportunities=opportunities)
 
 
+@dataclass
+class HandedRows:
+    """Raw rows given to ``compute_changes`` to keep: it empties the holder, and lets the rows
+    go once they are staged. Passed directly, rows stay referenced by the caller for the whole
+    call (a first load's Copper rows are over a gigabyte at 100,000 people)."""
+
+    copper: CopperRows | None = None
+    planhat: PlanhatRows | None = None
+
+    def take(self) -> tuple[CopperRows | None, PlanhatRows | None]:
+        rows = (self.copper, self.planhat)
+        self.copper = self.planhat = None
+        return rows
+
+
 def compute_changes(
     settings: Settings,
     store: ProfileStore | StoreReader,
-    copper: CopperRows | None = None,
+    copper: CopperRows | HandedRows | None = None,
     planhat: PlanhatRows | None = None,
     *,
     threads: int | None = None,
@@ -169,18 +187,23 @@ def compute_changes(
     ``<group>/deleted_at`` of records gone from Copper (default: the wall clock).
 
     ``store`` is the whole store, or a ``StoreReader`` asked, once the sources are staged, for
-    the slice of it they can touch (the changes are the same; the cost is the slice's)."""
+    the slice of it they can touch (the changes are the same; the cost is the slice's).
+    ``copper`` may be ``HandedRows`` (both sources, released once staged)."""
     now = now or dt.datetime.now(dt.UTC)
+    if isinstance(copper, HandedRows):
+        copper, planhat = copper.take()
     clear_opportunities = (
         copper is not None and copper.opportunities is not None and copper.opportunities_complete
     )
     with batch(threads) as work:
         log: list[SyncEvent] = []
+        current_ids = copper.current_ids if copper is not None else None
         if copper is not None:  # the store is loaded after: mapping never reads it
             log += map_copper(work, replace(copper, opportunities_complete=False), settings.copper)
         if planhat is not None:
             log += map_planhat(work, planhat, settings.planhat.incoming)
-        current_ids = copper.current_ids if copper is not None else None
+        # staged: the raw rows (a first load's are the largest frames of the sync) may go now
+        copper = planhat = None
         if not isinstance(store, ProfileStore):
             part = store(_store_keys(work, clear_opportunities))
             store, current_ids = part.store, part.current_ids
@@ -210,8 +233,10 @@ def compute_changes(
         changes = _export(work)
         removed = removed_events(store.events, (current_ids or {}).get("activities"))
         changes = replace(changes, removed_events=removed)
-        records = _record_log(work, changes)
-        return replace(changes, log=[*log, *records, *_summaries(work, changes)])
+        records, record_log = _record_log(work, changes)
+        return replace(
+            changes, log=[*log, *records, *_summaries(work, changes)], record_log=record_log
+        )
 
 
 def _load_events(work: Batch, events: pd.DataFrame) -> None:
@@ -268,11 +293,21 @@ def _event(event: str, **fields: object) -> SyncEvent:
     return SyncEvent.model_construct(event=event, **fields)
 
 
-def _record_log(work: Batch, changes: Changes) -> list[SyncEvent]:
+def _json_text(*keys: str) -> str:
+    """SQL: canonical JSON text (``canonical_json``'s form) of the columns ``keys``, sorted by
+    name; the values are identifiers (ASCII), so DuckDB's ``to_json`` writes them as Python's
+    ``json.dumps`` does."""
+    fields = [f"'\"{k}\": ' || coalesce(to_json({k})::varchar, 'null')" for k in sorted(keys)]
+    return "'{' || " + " || ', ' || ".join(fields) + " || '}'"
+
+
+def _record_log(work: Batch, changes: Changes) -> tuple[list[SyncEvent], pd.DataFrame]:
     """One ``ops.sync_log`` row per record: ``incoming.<kind>.success`` (with the profile it
-    resolved to, and a reason when a lead or person has no email), ``.merged``, ``.deleted``,
-    ``.skip`` for claims not applied, and ``incoming.event.success`` / ``.deleted``."""
+    resolved to, and a reason when a lead or person has no email) and
+    ``incoming.event.success``, in bulk (a frame); ``.merged``, ``.deleted`` and ``.skip`` for
+    claims not applied, as events (few)."""
     out: list[SyncEvent] = []
+    selects = []
     for kind in KINDS:
         opportunities = (  # logged once, on their account
             " union all select distinct i.source_object, i.source_id, res.hull_id, false"
@@ -281,22 +316,28 @@ def _record_log(work: Batch, changes: Changes) -> list[SyncEvent]:
             if kind == "account"
             else ""
         )
-        rows = work.frame(
-            "select * from (select r.source_object, r.source_id, res.hull_id,"
+        selects.append(
+            f"select {KINDS.index(kind)} as part, 'incoming.{kind}.success' as event,"
+            " source_object as object_type, source_id as object_id,"
+            f" case when no_email then {quote(NO_EMAIL)} end as reason,"
+            f" {_json_text('hull_id')} as details, source_object as o1,"
+            " try_cast(source_id as bigint) as o2, source_id as o3"
+            " from (select r.source_object, r.source_id, res.hull_id,"
             " r.record_key in (select record_key from no_email) as no_email"
             f" from r_{kind} r join res_{kind} res using (record_key) where not r.is_shell"
-            f"{opportunities}) order by source_object, try_cast(source_id as bigint), source_id"
+            f"{opportunities})"
         )
-        out += [
-            _event(
-                f"incoming.{kind}.success",
-                object_type=row.source_object,
-                object_id=row.source_id,
-                reason=NO_EMAIL if row.no_email else None,
-                details={"hull_id": row.hull_id},
-            )
-            for row in rows.itertuples(index=False)
-        ]
+    selects.append(
+        f"select {len(KINDS)} as part, 'incoming.event.success' as event,"
+        " 'activity' as object_type, source_id as object_id, null as reason,"
+        f" {_json_text('event_id', 'hull_id')} as details, event_id as o1, null as o2,"
+        " null as o3 from (select source_id, event_id, user_hull_id as hull_id from ev)"
+    )
+    columns = ", ".join(LOG_ROW_COLUMNS)
+    rows = work.export(
+        f"select {columns} from ({' union all '.join(selects)}) order by part, o1, o2, o3",
+        ("event", "object_type", "reason"),
+    )
     for row in changes.merges.itertuples(index=False):
         out.append(
             _event(
@@ -332,16 +373,6 @@ def _record_log(work: Batch, changes: Changes) -> list[SyncEvent]:
                 },
             )
         )
-    events = work.frame("select source_id, event_id, user_hull_id from ev order by event_id")
-    out += [
-        _event(
-            "incoming.event.success",
-            object_type="activity",
-            object_id=row.source_id,
-            details={"event_id": row.event_id, "hull_id": row.user_hull_id},
-        )
-        for row in events.itertuples(index=False)
-    ]
     out += [
         _event(
             "incoming.event.deleted",
@@ -352,7 +383,7 @@ def _record_log(work: Batch, changes: Changes) -> list[SyncEvent]:
         )
         for row in changes.removed_events.itertuples(index=False)
     ]
-    return out
+    return out, rows
 
 
 def _summaries(work: Batch, changes: Changes) -> list[SyncEvent]:

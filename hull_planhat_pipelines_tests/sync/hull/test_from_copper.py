@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.sync.copper.records import MISSING, field_value
@@ -433,3 +434,33 @@ def test_summaries_count_what_changed() -> None:
     assert summary.details["records"] == 2
     assert summary.details["profiles_created"] == 1
     assert summary.details["attribute_upserts"] == len(changes.user_upserts)
+
+
+def test_handed_rows_are_let_go_once_staged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first load's raw rows are the largest frames of a sync: handed over, they are freed
+    before identities are resolved, and the changes are the same as with rows passed in."""
+    import gc
+    import weakref
+
+    from hull_planhat_pipelines.sync.hull import changes as changes_module
+
+    def records() -> CopperRows:
+        return rows(leads=[lead(1, "ann@x.com")], people=[person(2, "bo@x.com", company_id=3)])
+
+    expected = compute_changes(SETTINGS, ProfileStore(), records())
+    handed = changes_module.HandedRows(records())
+    alive = weakref.ref(handed.copper.leads)
+    seen: list[bool] = []
+    resolve = changes_module.resolve
+
+    def spy(work: Any, kind: str) -> None:
+        gc.collect()
+        seen.append(alive() is not None)
+        resolve(work, kind)
+
+    monkeypatch.setattr(changes_module, "resolve", spy)
+    changes = compute_changes(SETTINGS, ProfileStore(), handed)
+
+    assert handed.copper is None and seen and not any(seen)
+    pd.testing.assert_frame_equal(changes.user_upserts, expected.user_upserts)
+    pd.testing.assert_frame_equal(changes.record_log, expected.record_log)
