@@ -19,7 +19,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,7 @@ def one_mode(mode: str, count: int, every: int, seed: int) -> dict[str, Any]:
             ):
                 began = time.perf_counter()
                 if mode == "per-request":
-                    intent: Callable[[pd.DataFrame], None] = deliveries.make_intent(
-                        database, records, "bench"
-                    )
+                    intent = deliveries.make_intent(database, records, "bench")
                     checkpoint = deliveries.make_checkpoint(database, records, "bench")
                     result = deliver(
                         records,

@@ -17,7 +17,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
+from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS, RequestRows
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     empty_fingerprints,
@@ -393,16 +393,22 @@ def ensure_delivery_tables(database: str) -> None:
         conn.close()
 
 
+def _framed(rows: pd.DataFrame | RequestRows) -> pd.DataFrame:
+    """``deliver`` hands a request's rows unframed; a frame is taken as it is."""
+    return rows.frame() if isinstance(rows, RequestRows) else rows
+
+
 def make_checkpoint(
     database: str,
     records: pd.DataFrame,
     run_id: str,
     *,
     delivered: frozenset[str] = DELIVERED_STATUSES,
-) -> Callable[[pd.DataFrame], None]:
+) -> Callable[[pd.DataFrame | RequestRows], None]:
     """The ``deliver`` checkpoint of one target: commit each request's rows as they come."""
 
-    def checkpoint(outcomes: pd.DataFrame) -> None:
+    def checkpoint(request: pd.DataFrame | RequestRows) -> None:
+        outcomes = _framed(request)
         now = dt.datetime.now(dt.UTC)
         part = records.loc[outcomes.index]
         rows = delivery_rows(outcomes, part, run_id, now)
@@ -415,10 +421,11 @@ def make_checkpoint(
 
 def make_intent(
     database: str, records: pd.DataFrame, run_id: str
-) -> Callable[[pd.DataFrame], None]:
+) -> Callable[[pd.DataFrame | RequestRows], None]:
     """The ``deliver`` intent of one target: ``pending`` rows committed before a post."""
 
-    def intent(pending: pd.DataFrame) -> None:
+    def intent(request: pd.DataFrame | RequestRows) -> None:
+        pending = _framed(request)
         part = records.iloc[pending.index]
         rows = delivery_rows(pending.set_axis(part.index), part, run_id, dt.datetime.now(dt.UTC))
         commit_checkpoint(database, rows, pd.DataFrame())
@@ -473,7 +480,8 @@ class DeliveryJournal:
     delivered: frozenset[str] = DELIVERED_STATUSES
     transactions: int = 0
     _covered: int = 0
-    _outcomes: list[pd.DataFrame] = field(default_factory=list)
+    _outcomes: list[pd.DataFrame | RequestRows] = field(default_factory=list)
+    _held: int = 0
     _ready: bool = False
 
     def __post_init__(self) -> None:
@@ -492,6 +500,27 @@ class DeliveryJournal:
         self._covered = start + len(group)
         return status_rows(self.target, group, "pending")
 
+    def _held_frames(self) -> list[pd.DataFrame]:
+        """The held outcomes as frames: consecutive requests of one delivery framed at once,
+        from its rows as they are now (a group costs one frame, not one a request)."""
+        frames: list[pd.DataFrame] = []
+        run: RequestRows | None = None
+        for held in [*self._outcomes, None]:
+            if (
+                isinstance(held, RequestRows)
+                and run is not None
+                and held.build is run.build
+                and held.positions.start == run.positions.stop
+            ):
+                run = RequestRows(range(run.positions.start, held.positions.stop), run.build)
+                continue
+            if run is not None:
+                frames.append(run.frame())
+            run = held if isinstance(held, RequestRows) else None
+            if isinstance(held, pd.DataFrame):
+                frames.append(held)
+        return [f for f in frames if not f.empty]
+
     def _commit(self, next_group: int | None) -> None:
         """The outcomes held, with the intents of the group at ``next_group``, in one
         transaction.
@@ -499,20 +528,20 @@ class DeliveryJournal:
         The held one-record outcomes are combined first: a group costs one outcome frame build
         and one fingerprint computation, not one of each per record (the rows are the same)."""
         now = dt.datetime.now(dt.UTC)
-        held = [o for o in self._outcomes if not o.empty]
-        outcomes = pd.concat(held) if held else pd.DataFrame(columns=OUTCOME_COLUMNS)
+        held = self._held_frames()
+        outcomes = pd.concat(held) if len(held) > 1 else held[0] if held else None
         fingerprints = pd.DataFrame()
-        if not outcomes.empty:
+        if outcomes is not None:
             earned = fresh_fingerprints(
                 outcomes, self.records.loc[outcomes.index], now, delivered=self.delivered
             )
             fingerprints = earned if not earned.empty else fingerprints
-        frames = [outcomes] if not outcomes.empty else []
+        frames = [outcomes] if outcomes is not None else []
         if next_group is not None and self.intents:
             pending = self._pending(next_group)
             if not pending.empty:
                 frames.append(pending)
-        self._outcomes = []
+        self._outcomes, self._held = [], 0
         # typed apart, then joined: an all-empty column of one frame cannot retype the other's
         typed = [delivery_rows(f, self.records.loc[f.index], self.run_id, now) for f in frames]
         rows = pd.concat(typed) if len(typed) > 1 else typed[0] if typed else pd.DataFrame()
@@ -524,26 +553,32 @@ class DeliveryJournal:
         commit_checkpoint(self.database, rows, fingerprints, ensure=False)
         self.transactions += 1
 
-    def intent(self, pending: pd.DataFrame) -> None:
+    def intent(self, pending: pd.DataFrame | RequestRows) -> None:
         """``deliver``'s intent: the request's records are durable ``pending`` already, or
-        their group is committed now."""
-        if pending.empty:
+        their group is committed now (the request's own rows are never framed)."""
+        if not len(pending):
             return
-        start = int(pending.index[0])
+        start = (
+            pending.positions.start if isinstance(pending, RequestRows) else int(pending.index[0])
+        )
         if start >= self._covered:
             self._commit(start)
 
-    def checkpoint(self, outcomes: pd.DataFrame) -> None:
+    def checkpoint(self, outcomes: pd.DataFrame | RequestRows) -> None:
         """``deliver``'s checkpoint: held until the group ends; its end commits the group's
         outcomes and the next group's intents together."""
-        if outcomes.empty:
+        if not len(outcomes):
             return
         self._outcomes.append(outcomes)
-        after = self._position(outcomes.index[-1]) + 1
-        held = sum(len(o) for o in self._outcomes)
+        self._held += len(outcomes)
+        after = (
+            outcomes.positions.stop
+            if isinstance(outcomes, RequestRows)
+            else self._position(outcomes.index[-1]) + 1
+        )
         if self.intents and after >= self._covered and self._covered:
             self._commit(after if after < len(self.records) else None)
-        elif held >= self.every and (not self.intents or after >= self._covered):
+        elif self._held >= self.every and (not self.intents or after >= self._covered):
             self._commit(None)
 
     def flush(self) -> None:

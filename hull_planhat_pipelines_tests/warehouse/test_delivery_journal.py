@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from hull_planhat_pipelines.clients import delivery
 from hull_planhat_pipelines.clients.delivery import configured_target, deliver
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.planhat.destinations import destination_records
@@ -263,3 +264,26 @@ def test_a_group_stores_what_one_commit_a_record_stores_and_builds_its_rows_once
     assert calls == {"rows": 1, "fingerprints": 1}  # once a group, not once a record
     assert _stored(grouped) == _stored(alone)
     assert len(_stored(grouped)[0]) == 7 and len(_stored(grouped)[1]) == 5
+
+
+def test_a_grouped_one_record_delivery_frames_its_rows_once_a_group_not_once_a_request(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    framed: list[int] = []
+    real = delivery._Rows.frame
+
+    def counted(self: Any, index: pd.Index, positions: range | None = None) -> pd.DataFrame:
+        frame = real(self, index, positions)
+        framed.append(len(frame))
+        return frame
+
+    monkeypatch.setattr(delivery._Rows, "frame", counted)
+    planhat = FakePlanhat(database)
+    records = _records(database)
+    with journal(database, "conversations", records, "run-1", every=EVERY) as kept:
+        result = _deliver(planhat, records, kept)
+    assert result.counts() == {"created": NOTES}
+    # a frame of each group's outcomes (the intents build none), then the delivery's result
+    assert framed == [50, 50, 20, NOTES]
+    assert kept.transactions == 4
+    assert planhat.doubt_seen == [True] * NOTES
