@@ -336,6 +336,9 @@ def _ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _upsert_fingerprints(conn: duckdb.DuckDBPyConnection, fresh: pd.DataFrame) -> None:
+    """Two statements: the keys kept before are updated in place (keeping their ``_id`` when
+    the answer named none), the others inserted; a temp table, a delete and a drop cost a
+    transaction of a handful of rows twice as much."""
     conn.register(
         "_fresh",
         fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields")}),
@@ -343,37 +346,46 @@ def _upsert_fingerprints(conn: duckdb.DuckDBPyConnection, fresh: pd.DataFrame) -
     try:
         run(
             conn,
-            "create temp table _merged as select f.target, f.key, f.fingerprint, f.fields, "
-            "f.delivered_at, coalesce(f.planhat_id, o.planhat_id) as planhat_id "
-            f"from _fresh f left join {FINGERPRINTS} o on o.target = f.target and o.key = f.key",
+            f"update {FINGERPRINTS} o set fingerprint = f.fingerprint, fields = f.fields, "
+            "delivered_at = f.delivered_at, planhat_id = coalesce(f.planhat_id, o.planhat_id) "
+            "from _fresh f where o.target = f.target and o.key = f.key",
         )
         run(
             conn,
-            f"delete from {FINGERPRINTS} using _fresh f "
-            f"where {FINGERPRINTS}.target = f.target and {FINGERPRINTS}.key = f.key",
+            f"insert into {FINGERPRINTS} by name select f.target, f.key, f.fingerprint, "
+            "f.fields, f.delivered_at, f.planhat_id from _fresh f where not exists "
+            f"(select 1 from {FINGERPRINTS} o where o.target = f.target and o.key = f.key)",
         )
-        run(conn, f"insert into {FINGERPRINTS} by name select * from _merged")
-        run(conn, "drop table _merged")
     finally:
         conn.unregister("_fresh")
 
 
 def commit_checkpoint(
-    database: str, deliveries: pd.DataFrame, fresh: pd.DataFrame, *, ensure: bool = True
+    database: str,
+    deliveries: pd.DataFrame,
+    fresh: pd.DataFrame,
+    *,
+    ensure: bool = True,
+    existing: bool = False,
 ) -> None:
     """Delivery rows and the fingerprints they earned, in one short transaction.
 
     Fingerprints are upserted by ``(target, key)``; a record whose answer named no Planhat
     ``_id`` keeps the one stored before. Opened and closed here: no connection is ever held
-    across an HTTP call. ``ensure=False`` skips the table set-up (done once per journal)."""
+    across an HTTP call. ``ensure=False`` skips the table set-up (done once per journal);
+    ``existing=True``: every delivery table exists already (a journal past its first commit),
+    so the rows are inserted without asking the catalog first."""
     if deliveries.empty and fresh.empty:
         return
     conn = connect(database)
     try:
-        if ensure:
+        if ensure and not existing:
             _ensure_tables(conn)
         run(conn, "begin transaction")
-        append_table(conn, DELIVERIES, deliveries)
+        if existing and not deliveries.empty:
+            _insert(conn, DELIVERIES, deliveries)
+        else:
+            append_table(conn, DELIVERIES, deliveries)
         if not fresh.empty:
             _upsert_fingerprints(conn, fresh)
         run(conn, "commit")
@@ -384,13 +396,13 @@ def commit_checkpoint(
         conn.close()
 
 
-def ensure_delivery_tables(database: str) -> None:
-    """Create (or bring up to date) the delivery tables, once before a journal writes."""
-    conn = connect(database)
+def _insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """``frame`` into an existing ``table``, by column name."""
+    conn.register("_append", frame)
     try:
-        _ensure_tables(conn)
+        run(conn, f"insert into {table} by name select * from _append")
     finally:
-        conn.close()
+        conn.unregister("_append")
 
 
 def _framed(rows: pd.DataFrame | RequestRows) -> pd.DataFrame:
@@ -405,16 +417,19 @@ def make_checkpoint(
     *,
     delivered: frozenset[str] = DELIVERED_STATUSES,
 ) -> Callable[[pd.DataFrame | RequestRows], None]:
-    """The ``deliver`` checkpoint of one target: commit each request's rows as they come."""
+    """The ``deliver`` checkpoint of one target: commit each request's rows as they come (the
+    tables set up by the first commit, not again by each)."""
+    ready = False
 
     def checkpoint(request: pd.DataFrame | RequestRows) -> None:
+        nonlocal ready
         outcomes = _framed(request)
         now = dt.datetime.now(dt.UTC)
         part = records.loc[outcomes.index]
         rows = delivery_rows(outcomes, part, run_id, now)
-        commit_checkpoint(
-            database, rows, fresh_fingerprints(outcomes, part, now, delivered=delivered)
-        )
+        fresh = fresh_fingerprints(outcomes, part, now, delivered=delivered)
+        commit_checkpoint(database, rows, fresh, ensure=not ready)
+        ready = ready or not (rows.empty and fresh.empty)
 
     return checkpoint
 
@@ -423,12 +438,15 @@ def make_intent(
     database: str, records: pd.DataFrame, run_id: str
 ) -> Callable[[pd.DataFrame | RequestRows], None]:
     """The ``deliver`` intent of one target: ``pending`` rows committed before a post."""
+    ready = False
 
     def intent(request: pd.DataFrame | RequestRows) -> None:
+        nonlocal ready
         pending = _framed(request)
         part = records.iloc[pending.index]
         rows = delivery_rows(pending.set_axis(part.index), part, run_id, dt.datetime.now(dt.UTC))
-        commit_checkpoint(database, rows, pd.DataFrame())
+        commit_checkpoint(database, rows, pd.DataFrame(), ensure=not ready)
+        ready = ready or not rows.empty
 
     return intent
 
@@ -547,10 +565,10 @@ class DeliveryJournal:
         rows = pd.concat(typed) if len(typed) > 1 else typed[0] if typed else pd.DataFrame()
         if rows.empty and fingerprints.empty:
             return
-        if not self._ready:
-            ensure_delivery_tables(self.database)
-            self._ready = True
-        commit_checkpoint(self.database, rows, fingerprints, ensure=False)
+        # the first commit sets the tables up (and creates the deliveries table when it is
+        # new); the later ones only insert
+        commit_checkpoint(self.database, rows, fingerprints, existing=self._ready)
+        self._ready = self._ready or not rows.empty
         self.transactions += 1
 
     def intent(self, pending: pd.DataFrame | RequestRows) -> None:

@@ -3,6 +3,7 @@ intent durable before its request, and a crash mid-group that neither duplicates
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -287,3 +288,33 @@ def test_a_grouped_one_record_delivery_frames_its_rows_once_a_group_not_once_a_r
     assert framed == [50, 50, 20, NOTES]
     assert kept.transactions == 4
     assert planhat.doubt_seen == [True] * NOTES
+
+
+def test_a_commit_upserts_fingerprints_by_key_keeping_an_id_no_answer_named(
+    database: str,
+) -> None:
+    def commit(rows: list[tuple[str, str, str | None]]) -> None:
+        records = pd.DataFrame(
+            {
+                "target": "conversations",
+                "key": [key for key, _, _ in rows],
+                "fingerprint": [print_ for _, print_, _ in rows],
+                "fields": "{}",
+            }
+        )
+        now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        outcomes = deliveries.status_rows("conversations", records, "created")
+        outcomes["planhat_id"] = [planhat_id for _, _, planhat_id in rows]
+        deliveries.commit_checkpoint(
+            database,
+            deliveries.delivery_rows(outcomes, records, "run-1", now),
+            deliveries.fresh_fingerprints(outcomes, records, now),
+        )
+
+    commit([("a", "1", "id-a"), ("b", "1", "id-b")])
+    commit([("a", "2", None), ("b", "2", "id-b2"), ("c", "2", None)])
+    with duckdb.connect(database, read_only=True) as conn:
+        stored = conn.execute(
+            "select key, fingerprint, planhat_id from planhat.delivery_fingerprints order by key"
+        ).fetchall()
+    assert stored == [("a", "2", "id-a"), ("b", "2", "id-b2"), ("c", "2", None)]
