@@ -25,7 +25,7 @@ from hull_planhat_pipelines.sync.hull.changes import (
     StoreSlice,
     compute_changes,
 )
-from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
+from hull_planhat_pipelines.sync.hull.from_copper import MAPPED_COLUMNS, CopperRows
 from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
 from hull_planhat_pipelines.sync.hull.segments import segments_hash
 from hull_planhat_pipelines.warehouse import hull_store
@@ -78,15 +78,20 @@ def _watermarks(conn: duckdb.DuckDBPyConnection) -> dict[str, pd.Timestamp]:
     return {source: pd.Timestamp(at) for source, at in rows}
 
 
+def _read(name: str) -> str:
+    """The columns of a Copper table a sync reads: what the mapping reads, and the fetch time."""
+    return ", ".join([*MAPPED_COLUMNS[name], "_fetched_at"])
+
+
 def _since(
-    conn: duckdb.DuckDBPyConnection, table: str, mark: pd.Timestamp | None, where: str = "true"
+    conn: duckdb.DuckDBPyConnection, table: str, mark: pd.Timestamp | None, columns: str = "*"
 ) -> pd.DataFrame | None:
     schema, name = table.split(".")
     if not table_exists(conn, schema, name):
         return None
     if mark is None:
-        return _frame(conn, f"select * from {table} where {where}")
-    return _frame(conn, f"select * from {table} where {where} and _fetched_at > ?", [mark])
+        return _frame(conn, f"select {columns} from {table}")
+    return _frame(conn, f"select {columns} from {table} where _fetched_at > ?", [mark])
 
 
 def _copper_since(
@@ -96,10 +101,10 @@ def _copper_since(
     newest fetch of each id, so the newest of an id's rows fetched after ``mark`` is its current
     row: the window runs over those rows only, not over the whole raw table."""
     if mark is None or not table_exists(conn, "copper", name):
-        return _since(conn, f"copper_current.{name}", mark)
+        return _since(conn, f"copper_current.{name}", mark, _read(name))
     return _frame(
         conn,
-        f"select * from copper.{name} where _fetched_at > ? qualify row_number() over"
+        f"select {_read(name)} from copper.{name} where _fetched_at > ? qualify row_number() over"
         " (partition by id order by _fetched_at desc nulls last, date_modified desc nulls last)"
         " = 1",
         [mark],
@@ -118,7 +123,9 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         )
     changed_opportunities = frames["copper.opportunities"]
     if changed_opportunities is not None and not changed_opportunities.empty:
-        frames["copper.opportunities"] = _frame(conn, "select * from copper_current.opportunities")
+        frames["copper.opportunities"] = _frame(
+            conn, f"select {_read('opportunities')} from copper_current.opportunities"
+        )
     snapshots = {
         name: diff_snapshot(conn, name, marks.get(f"planhat.{name}")) for name in PLANHAT_SOURCES
     }

@@ -257,10 +257,14 @@ def _export(work: Batch) -> Changes:
         f"select '{k}' as kind, from_hull_id, into_hull_id from merges_{k}" for k in KINDS
     )
     conflicts = " union all ".join(f"select * from conflicts_{k}" for k in KINDS)
-    shared = ("attribute", "source_object")
+    # a profile's identity repeats on each of its attribute upserts, a record's on each of its
+    # attributes: shared, they cost a pointer a row, not a string (a first load's million rows)
+    shared = ("hull_id", "external_id", "anonymous_id", "attribute", "source_object", "source_id")
     return Changes(
-        user_upserts=work.export("select * from upserts_user", shared)[UPSERT_COLUMNS["user"]],
-        account_upserts=work.export("select * from upserts_account", shared)[
+        user_upserts=work.export("select * from upserts_user", (*shared, "email"))[
+            UPSERT_COLUMNS["user"]
+        ],
+        account_upserts=work.export("select * from upserts_account", (*shared, "domain"))[
             UPSERT_COLUMNS["account"]
         ],
         user_claims=_claims(work, "user"),
@@ -280,7 +284,7 @@ def _export(work: Batch) -> Changes:
 
 def _claims(work: Batch, kind: Kind) -> pd.DataFrame:
     query = f"select * from claims_{kind} order by hull_id, claim, value"
-    return work.export(query, ("claim", "source_object"))[CLAIM_COLUMNS]
+    return work.export(query, ("hull_id", "claim", "source_object", "source_id"))[CLAIM_COLUMNS]
 
 
 NO_EMAIL = "No email: identified by its anonymous id only"

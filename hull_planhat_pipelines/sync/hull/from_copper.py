@@ -72,7 +72,7 @@ class CopperRows:
     ``companies``, ``activities``): records on profiles but not here were deleted."""
 
 
-_COLUMNS = {
+MAPPED_COLUMNS = {
     "leads": ("id", "date_modified", "fields"),
     "people": ("id", "date_modified", "company_id", "fields"),
     "companies": ("id", "date_modified", "fields"),
@@ -95,6 +95,8 @@ _COLUMNS = {
         "fields",
     ),
 }
+"""The columns of each Copper table the mapping reads: all a sync needs to read of them (a
+record's raw JSON, the largest column, is not one)."""
 _TYPES = {
     "id": "bigint",
     "date_modified": "timestamptz",
@@ -109,7 +111,7 @@ _TYPES = {
 def map_copper(batch: Batch, rows: CopperRows, settings: CopperSettings) -> list[SyncEvent]:
     """Stage every given Copper table; returns the skips (never raises for one bad record)."""
     events: list[SyncEvent] = []
-    loaded = {name: _load(batch, name, getattr(rows, name), events) for name in _COLUMNS}
+    loaded = {name: _load(batch, name, getattr(rows, name), events) for name in MAPPED_COLUMNS}
     if loaded["leads"]:
         events += _stage_users(batch, "leads", "lead", "copper-lead:", COPPER_LEAD_GROUP, settings)
         _stage_lead_conversions(batch)
@@ -128,7 +130,7 @@ def map_copper(batch: Batch, rows: CopperRows, settings: CopperSettings) -> list
             stage_opportunity_clears(batch, settings.attributes.opportunity)
     if loaded["activities"]:
         events += _stage_activities(batch, settings.activity_types)
-    batch.drop(*(f"cu_{name}" for name in _COLUMNS), "_src", "_opp", "_act")
+    batch.drop(*(f"cu_{name}" for name in MAPPED_COLUMNS), "_src", "_opp", "_act")
     return events
 
 
@@ -146,7 +148,7 @@ def _load(batch: Batch, name: str, frame: pd.DataFrame | None, events: list[Sync
     left out and reported (one summary per object), never fatal."""
     if frame is None:
         return False
-    select = ", ".join(f"{c}::{_TYPES.get(c, 'varchar')} as {c}" for c in _COLUMNS[name])
+    select = ", ".join(f"{c}::{_TYPES.get(c, 'varchar')} as {c}" for c in MAPPED_COLUMNS[name])
     batch.load(f"cu_{name}", frame, select)
     bad = batch.frame(
         f"select id from cu_{name} where fields is null or not json_valid(fields) order by id"
