@@ -260,15 +260,16 @@ def _export(work: Batch) -> Changes:
     # a profile's identity repeats on each of its attribute upserts, a record's on each of its
     # attributes: shared, they cost a pointer a row, not a string (a first load's million rows)
     shared = ("hull_id", "external_id", "anonymous_id", "attribute", "source_object", "source_id")
+    user_upserts = work.export("select * from upserts_user", (*shared, "email"))
+    account_upserts = work.export("select * from upserts_account", (*shared, "domain"))
+    user_claims, account_claims = _claims(work, "user"), _claims(work, "account")
+    # exported: the staged copies go before the rest is (the largest tables of a first load)
+    work.drop("upserts_user", "upserts_account", "claims_user", "claims_account")
     return Changes(
-        user_upserts=work.export("select * from upserts_user", (*shared, "email"))[
-            UPSERT_COLUMNS["user"]
-        ],
-        account_upserts=work.export("select * from upserts_account", (*shared, "domain"))[
-            UPSERT_COLUMNS["account"]
-        ],
-        user_claims=_claims(work, "user"),
-        account_claims=_claims(work, "account"),
+        user_upserts=user_upserts[UPSERT_COLUMNS["user"]],
+        account_upserts=account_upserts[UPSERT_COLUMNS["account"]],
+        user_claims=user_claims,
+        account_claims=account_claims,
         links=work.frame("select * from links")[LINK_COLUMNS],
         merges=work.frame(f"select * from ({merges}) order by 1, 2")[MERGE_COLUMNS],
         conflicts=work.frame(f"select * from ({conflicts}) order by 1, 2, 3, 4")[CONFLICT_COLUMNS],
