@@ -170,7 +170,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         vanished = deliveries.vanished_companies(conn, fingerprints)
         mapped = scope(conn, settings, "endusers", force=force or bool(vanished))
         users = read_rows(conn, "hull.users", mapped.where)
-        accounts = read_rows(conn, "hull.accounts", accounts_of_users(mapped))
+        accounts = accounts_of_users(conn, mapped, users)
         if conn is not None and table_exists(conn, "hull", "users"):
             scopes["endusers"] = mapped
         users = users if users is not None else _no_profiles()

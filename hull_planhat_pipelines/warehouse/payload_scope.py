@@ -34,7 +34,11 @@ from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull.batch import quote
 from hull_planhat_pipelines.sync.hull.change_groups import read_groups
 from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists
-from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, KNOWN_COMPANY_SOURCES
+from hull_planhat_pipelines.warehouse.deliveries import (
+    FINGERPRINTS,
+    KNOWN_COMPANY_SOURCES,
+    read_rows,
+)
 from hull_planhat_pipelines.warehouse.hull_store import CHANGES, change_seq, changed_since
 
 SCOPE = "ops.payload_scope"
@@ -125,11 +129,7 @@ def scope(
             f"hull_id in {changed} or hull_id in {pending}"
             f" or ({segment} and {key} is not null and external_id not in {fingerprinted})"
         )
-        where = (
-            f"({seed}) or external_id in (select external_id from hull.accounts"
-            f" where external_id is not null and ({seed}))"
-        )
-        return Scope(target, where, seq, digest)
+        return Scope(target, _with_key_sharers("hull.accounts", seed, ["external_id"]), seq, digest)
     # an enduser reads its account's external id only: a structural change
     accounts = changed_since(conn, "account", last, read_groups([]))
     key = (
@@ -141,12 +141,22 @@ def scope(
         f"hull_id in {changed} or hull_id in {pending} or account_hull_id in {accounts}"
         f" or ({segment} and {key} not in {fingerprinted} and {_company_known(conn)})"
     )
-    where = (
-        f"({seed}) or external_id in (select external_id from hull.users"
-        f" where external_id is not null and ({seed})) or email in (select email"
-        f" from hull.users where email is not null and ({seed}))"
+    return Scope(
+        target, _with_key_sharers("hull.users", seed, ["external_id", "email"]), seq, digest
     )
-    return Scope(target, where, seq, digest)
+
+
+def _with_key_sharers(table: str, seed: str, keys: list[str]) -> str:
+    """SQL over ``table``: the rows ``seed`` selects and the rows sharing one of their ``keys``
+    (one row per key is sent: the choice is made among all of them). The seed is evaluated
+    once (a CTE), not once per key: its anti-joins over the fingerprints are the scope's cost."""
+    sharers = " union ".join(
+        f"select t.hull_id from {table} t join seed s on t.{key} = s.{key}" for key in keys
+    )
+    return (
+        f"hull_id in (with seed as materialized (select hull_id, {', '.join(keys)}"
+        f" from {table} where {seed}) select hull_id from seed union {sharers})"
+    )
 
 
 def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:
@@ -180,15 +190,22 @@ def _company_known(conn: duckdb.DuckDBPyConnection) -> str:
     )
 
 
-def accounts_of_users(mapped: Scope) -> str | None:
-    """SQL over ``hull.accounts`` selecting the accounts of the users ``mapped`` selects (their
-    ``companyExternalId`` comes from them); None: all accounts."""
-    if mapped.where is None:
-        return None
-    return (
-        "hull_id in (select account_hull_id from hull.users where "
-        f"account_hull_id is not null and ({mapped.where}))"
-    )
+def accounts_of_users(
+    conn: duckdb.DuckDBPyConnection | None, mapped: Scope, users: pd.DataFrame | None
+) -> pd.DataFrame | None:
+    """The accounts of the ``users`` a scope read (their ``companyExternalId`` comes from
+    them), by their ids: the scope's SQL is not evaluated a second time. All accounts when the
+    scope maps every profile; None while there is no warehouse."""
+    if conn is None or mapped.where is None or users is None:
+        return read_rows(conn, "hull.accounts", None)
+    ids = users["account_hull_id"].dropna().astype(str).unique()
+    conn.register("_mapped_accounts", pd.DataFrame({"hull_id": pd.Series(ids, dtype=object)}))
+    try:
+        return read_rows(
+            conn, "hull.accounts", "hull_id in (select hull_id::varchar from _mapped_accounts)"
+        )
+    finally:
+        conn.unregister("_mapped_accounts")
 
 
 def remember(
