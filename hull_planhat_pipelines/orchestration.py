@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -610,7 +611,7 @@ def _metadata_value(metadata: Mapping[str, Any], name: str) -> Any:
 
 def delivered_something(metadata: dict[str, Any]) -> bool:
     """A delivery that wrote companies or endusers to Planhat (not a dry run)."""
-    value = lambda name: _metadata_value(metadata, name)  # noqa: E731
+    value = functools.partial(_metadata_value, metadata)
     if value("dry_run"):
         return False
     by_target = value("by_target")

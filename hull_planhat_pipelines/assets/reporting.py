@@ -38,22 +38,23 @@ def record_events(
     """
     rows = rows if rows is not None else empty_log_rows()
     counts: dict[tuple[str, str | None], int] = collections.Counter()
-    single: dict[tuple[str, str | None], str] = {}
+    first: dict[tuple[str, str | None], SyncEvent | pd.Series] = {}
     for event in events:
         key = (event.event, event.reason)
         counts[key] += 1
-        single[key] = event.message()
+        first.setdefault(key, event)
     if len(rows):
         reasons = rows["reason"].astype(object).where(rows["reason"].notna(), None)
         grouped = rows.assign(reason=reasons).groupby(["event", "reason"], dropna=False, sort=False)
         for (name, reason), group in grouped:
             key = (str(name), None if pd.isna(reason) else str(reason))
             counts[key] += len(group)
-            single[key] = log_row_message(group.iloc[0])
+            first.setdefault(key, group.iloc[0])
     for (name, reason), count in counts.items():
         log = getattr(context.log, level_of(name))
         if count == 1:
-            log(single[(name, reason)])
+            one = first[(name, reason)]
+            log(one.message() if isinstance(one, SyncEvent) else log_row_message(one))
         else:
             log(f"{name}{f' {reason}' if reason else ''}: {count} (see ops.sync_log)")
     run_id = context.run.run_id

@@ -16,7 +16,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES
 from hull_planhat_pipelines.warehouse.connection import table_exists
-from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
+from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, read_rows_by_id
 
 
 @dataclass(frozen=True)
@@ -49,19 +49,15 @@ def activity_inputs(
         else "false"
     )
     candidates = f"select e.* from hull.events e where e.name in ({marks}) and not {sent}"
-    owners = f"select user_hull_id from ({candidates})"
     (total, not_tracked, already) = conn.execute(
         f"select count(*), count(*) filter (where e.name is null or e.name not in ({marks})), "
         f"count(*) filter (where e.name in ({marks}) and {sent}) from hull.events e",
         [*names, *names],
     ).fetchone()
     events = conn.execute(candidates, names).fetchdf()
-    users = conn.execute(f"select * from hull.users where hull_id in ({owners})", names).fetchdf()
-    accounts = conn.execute(
-        "select * from hull.accounts where hull_id in (select account_hull_id from hull.users "
-        f"where hull_id in ({owners}))",
-        names,
-    ).fetchdf()
+    # by the ids read: the candidates' query (its anti-join over the fingerprints) runs once
+    users = read_rows_by_id(conn, "hull.users", events["user_hull_id"])
+    accounts = read_rows_by_id(conn, "hull.accounts", users["account_hull_id"])
     return ActivityInputs(
         events=events,
         users=users,

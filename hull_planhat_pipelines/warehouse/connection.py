@@ -78,6 +78,18 @@ def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
     return bool(rows and rows[0][0])
 
 
+def has_column(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether ``table`` exists with ``column`` (tables written before the column lack it)."""
+    schema, name = table.split(".")
+    rows = run(
+        conn,
+        "select count(*) from information_schema.columns "
+        "where table_schema = ? and table_name = ? and column_name = ?",
+        [schema, name, column],
+    )
+    return bool(rows and rows[0][0])
+
+
 def column_schema(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, Any]:
     """The written table's columns as ``dagster/column_schema`` metadata (the UI's Columns)."""
     rows = run(
@@ -102,13 +114,17 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def append_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    """Insert ``frame`` by column name, creating the table (and schema) on first use."""
+def append_table(
+    conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, *, exists: bool = False
+) -> None:
+    """Insert ``frame`` by column name, creating the table (and schema) on first use.
+    ``exists``: the caller knows the table is there (the catalog is not asked)."""
     schema, name = table.split(".")
-    exists = table_exists(conn, schema, name)
+    exists = exists or table_exists(conn, schema, name)
     if frame.empty and exists:
         return
-    run(conn, f"create schema if not exists {schema}")
+    if not exists:
+        run(conn, f"create schema if not exists {schema}")
     conn.register("_append", frame)
     try:
         if exists:

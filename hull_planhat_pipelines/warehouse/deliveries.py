@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -33,6 +33,7 @@ from hull_planhat_pipelines.warehouse import (
     run,
     table_exists,
 )
+from hull_planhat_pipelines.warehouse.connection import has_column
 
 FINGERPRINTS = "planhat.delivery_fingerprints"
 DELIVERIES = "planhat.deliveries"
@@ -75,6 +76,21 @@ def read_rows(
     return conn.execute(f"select * from {table} where {where}").fetchdf()
 
 
+def read_rows_by_id(
+    conn: duckdb.DuckDBPyConnection, table: str, ids: Iterable[object], column: str = "hull_id"
+) -> pd.DataFrame:
+    """The rows of ``table`` whose ``column`` is one of ``ids``, read by those ids (a frame
+    joined in SQL): a caller that already holds the ids does not run their query again."""
+    wanted = sorted({str(i) for i in ids if i is not None and not pd.isna(i)})
+    conn.register("_wanted_ids", pd.DataFrame({"id": pd.Series(wanted, dtype=object)}))
+    try:
+        return conn.execute(
+            f"select * from {table} where {column} in (select id::varchar from _wanted_ids)"
+        ).fetchdf()
+    finally:
+        conn.unregister("_wanted_ids")
+
+
 def fingerprints_table(
     conn: duckdb.DuckDBPyConnection | None, targets: Collection[str] | None = None
 ) -> pd.DataFrame:
@@ -99,18 +115,6 @@ def fingerprints_of_keys(
         f"select * from {FINGERPRINTS} where target = ? and key in (select unnest(?))",
         [target, sorted(keys)],
     ).fetchdf()
-
-
-def has_column(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
-    """Whether ``table`` exists with ``column`` (tables written before the column lack it)."""
-    schema, name = table.split(".")
-    rows = run(
-        conn,
-        "select count(*) from information_schema.columns "
-        "where table_schema = ? and table_name = ? and column_name = ?",
-        [schema, name, column],
-    )
-    return bool(rows and rows[0][0])
 
 
 def latest_statuses(
@@ -365,27 +369,22 @@ def commit_checkpoint(
     deliveries: pd.DataFrame,
     fresh: pd.DataFrame,
     *,
-    ensure: bool = True,
     existing: bool = False,
 ) -> None:
     """Delivery rows and the fingerprints they earned, in one short transaction.
 
     Fingerprints are upserted by ``(target, key)``; a record whose answer named no Planhat
     ``_id`` keeps the one stored before. Opened and closed here: no connection is ever held
-    across an HTTP call. ``ensure=False`` skips the table set-up (done once per journal);
-    ``existing=True``: every delivery table exists already (a journal past its first commit),
-    so the rows are inserted without asking the catalog first."""
+    across an HTTP call. ``existing=True``: every delivery table exists already (the caller
+    committed rows before), so neither the set-up nor the catalog is asked again."""
     if deliveries.empty and fresh.empty:
         return
     conn = connect(database)
     try:
-        if ensure and not existing:
+        if not existing:
             _ensure_tables(conn)
         run(conn, "begin transaction")
-        if existing and not deliveries.empty:
-            _insert(conn, DELIVERIES, deliveries)
-        else:
-            append_table(conn, DELIVERIES, deliveries)
+        append_table(conn, DELIVERIES, deliveries, exists=existing)
         if not fresh.empty:
             _upsert_fingerprints(conn, fresh)
         run(conn, "commit")
@@ -394,15 +393,6 @@ def commit_checkpoint(
         raise
     finally:
         conn.close()
-
-
-def _insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    """``frame`` into an existing ``table``, by column name."""
-    conn.register("_append", frame)
-    try:
-        run(conn, f"insert into {table} by name select * from _append")
-    finally:
-        conn.unregister("_append")
 
 
 def _framed(rows: pd.DataFrame | RequestRows) -> pd.DataFrame:
@@ -428,8 +418,8 @@ def make_checkpoint(
         part = records.loc[outcomes.index]
         rows = delivery_rows(outcomes, part, run_id, now)
         fresh = fresh_fingerprints(outcomes, part, now, delivered=delivered)
-        commit_checkpoint(database, rows, fresh, ensure=not ready)
-        ready = ready or not (rows.empty and fresh.empty)
+        commit_checkpoint(database, rows, fresh, existing=ready)
+        ready = ready or not rows.empty
 
     return checkpoint
 
@@ -445,7 +435,7 @@ def make_intent(
         pending = _framed(request)
         part = records.iloc[pending.index]
         rows = delivery_rows(pending.set_axis(part.index), part, run_id, dt.datetime.now(dt.UTC))
-        commit_checkpoint(database, rows, pd.DataFrame(), ensure=not ready)
+        commit_checkpoint(database, rows, pd.DataFrame(), existing=ready)
         ready = ready or not rows.empty
 
     return intent

@@ -84,7 +84,7 @@ def _read(name: str) -> str:
 
 
 def _since(
-    conn: duckdb.DuckDBPyConnection, table: str, mark: pd.Timestamp | None, columns: str = "*"
+    conn: duckdb.DuckDBPyConnection, table: str, mark: pd.Timestamp | None, columns: str
 ) -> pd.DataFrame | None:
     schema, name = table.split(".")
     if not table_exists(conn, schema, name):

@@ -19,9 +19,9 @@ from hull_planhat_pipelines.settings import SegmentSettings
 from hull_planhat_pipelines.sync.hull.apply import apply_changes
 from hull_planhat_pipelines.sync.hull.batch import quote
 from hull_planhat_pipelines.sync.hull.change_groups import (
-    GROUP_COLUMNS,
     STRUCTURAL,
     changed_groups,
+    group_rows,
 )
 from hull_planhat_pipelines.sync.hull.changes import Changes, ProfileStore, StoreKeys, StoreSlice
 from hull_planhat_pipelines.sync.hull.deletions import DETACHABLE
@@ -35,7 +35,7 @@ from hull_planhat_pipelines.sync.hull.model import (
     empty_store,
 )
 from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
-from hull_planhat_pipelines.warehouse.connection import run, table_exists
+from hull_planhat_pipelines.warehouse.connection import has_column, run, table_exists
 
 TABLES: dict[Kind, str] = {"user": "hull.users", "account": "hull.accounts"}
 COLUMN_TYPES = {
@@ -279,8 +279,8 @@ def write_changes(
         log_changes(
             conn,
             {
-                "user": _all_structural(users["hull_id"]),
-                "account": _all_structural(accounts["hull_id"]),
+                "user": group_rows(users["hull_id"], STRUCTURAL),
+                "account": group_rows(accounts["hull_id"], STRUCTURAL),
             },
         )
         return store
@@ -298,7 +298,7 @@ def write_changes(
                 changed_groups(
                     _with_stored_segments(conn, "user", part.users), users, changes.user_upserts
                 ),
-                _all_structural(moved["hull_id"]),
+                group_rows(moved["hull_id"], STRUCTURAL),
             ],
             ignore_index=True,
         ),
@@ -340,18 +340,13 @@ def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _has_groups(conn: duckdb.DuckDBPyConnection) -> bool:
-    columns = conn.execute(f"select * from {CHANGES} limit 0").description or []
-    return any(c[0] == "grp" for c in columns)
-
-
 def changed_since(
     conn: duckdb.DuckDBPyConnection, kind: Kind, seq: int, groups: Iterable[str]
 ) -> str:
     """SQL: the ``hull_id`` of the ``kind`` profiles rewritten after ``seq`` in any of
     ``groups`` (a log written before groups were recorded counts every rewrite)."""
     where = f"kind = {quote(kind)} and seq > {int(seq)}"
-    if _has_groups(conn):
+    if has_column(conn, CHANGES, "grp"):
         listed = ", ".join(quote(g) for g in sorted(groups))
         where += f" and grp in ({listed})"
     return f"(select hull_id from {CHANGES} where {where})"
@@ -361,7 +356,7 @@ def _ensure_change_log(conn: duckdb.DuckDBPyConnection) -> None:
     """The log, created or brought to the grouped form (an older log's rows become
     ``STRUCTURAL``: read by everyone, as before)."""
     run(conn, "create schema if not exists ops")
-    if _exists(conn, CHANGES) and not _has_groups(conn):
+    if _exists(conn, CHANGES) and not has_column(conn, CHANGES, "grp"):
         run(conn, f"alter table {CHANGES} rename to hull_changes_ungrouped")
         run(conn, CHANGES_DDL)
         run(
@@ -371,13 +366,6 @@ def _ensure_change_log(conn: duckdb.DuckDBPyConnection) -> None:
         )
         run(conn, "drop table ops.hull_changes_ungrouped")
     run(conn, CHANGES_DDL)
-
-
-def _all_structural(ids: pd.Series) -> pd.DataFrame:
-    return pd.DataFrame(
-        {"hull_id": ids.astype(str).to_numpy(dtype=object), "grp": STRUCTURAL},
-        columns=GROUP_COLUMNS,
-    )
 
 
 def _with_stored_segments(

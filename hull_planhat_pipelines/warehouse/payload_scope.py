@@ -33,11 +33,12 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull.batch import quote
 from hull_planhat_pipelines.sync.hull.change_groups import read_groups
-from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists
+from hull_planhat_pipelines.warehouse.connection import connect, has_column, run, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import (
     FINGERPRINTS,
     KNOWN_COMPANY_SOURCES,
     read_rows,
+    read_rows_by_id,
 )
 from hull_planhat_pipelines.warehouse.hull_store import CHANGES, change_seq, changed_since
 
@@ -165,8 +166,7 @@ def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:
     One that was delivered is current by its fingerprint: mapping it again would only find
     it unchanged (a pending row written before fingerprints were kept is always mapped)."""
     rows = f"select hull_id from {PENDING} p where p.target = {quote(target)}"
-    columns = {c[0] for c in conn.execute(f"select * from {PENDING} limit 0").description or []}
-    if "fingerprint" not in columns or not _exists(conn, FINGERPRINTS):
+    if not has_column(conn, PENDING, "fingerprint") or not _exists(conn, FINGERPRINTS):
         return f"({rows})"
     return (
         f"({rows} and (p.fingerprint is null or not exists (select 1 from {FINGERPRINTS} f"
@@ -198,14 +198,9 @@ def accounts_of_users(
     scope maps every profile; None while there is no warehouse."""
     if conn is None or mapped.where is None or users is None:
         return read_rows(conn, "hull.accounts", None)
-    ids = users["account_hull_id"].dropna().astype(str).unique()
-    conn.register("_mapped_accounts", pd.DataFrame({"hull_id": pd.Series(ids, dtype=object)}))
-    try:
-        return read_rows(
-            conn, "hull.accounts", "hull_id in (select hull_id::varchar from _mapped_accounts)"
-        )
-    finally:
-        conn.unregister("_mapped_accounts")
+    if not table_exists(conn, "hull", "accounts"):
+        return None
+    return read_rows_by_id(conn, "hull.accounts", users["account_hull_id"])
 
 
 def remember(

@@ -166,10 +166,9 @@ def _change_from_latest(
 ) -> tuple[int, bool]:
     """``(rows differing from the latest snapshot, no snapshot before)``, before ``frame`` is
     stored; compared on the snapshot's columns, its fetch and snapshot times aside."""
-    schema, name = latest_view(model).split(".")
-    if not table_exists(conn, schema, name):
-        return len(frame), True
     latest = latest_view(model)
+    if not table_exists(conn, *latest.split(".")):
+        return len(frame), True
     if "record" not in frame.columns or "record" not in _columns(conn, latest):
         conn.register("_new_snapshot", frame)
         try:

@@ -44,6 +44,14 @@ def read_groups(attributes: Iterable[str | None]) -> frozenset[str]:
     return frozenset({STRUCTURAL, *(attribute_group(a) for a in attributes if a)})
 
 
+def group_rows(ids: Iterable[object], grp: str) -> pd.DataFrame:
+    """``(hull_id, grp)`` rows giving each of ``ids`` the one group ``grp``."""
+    return pd.DataFrame(
+        {"hull_id": pd.Series([str(h) for h in ids], dtype=object), "grp": grp},
+        columns=GROUP_COLUMNS,
+    )
+
+
 def _comparable(value: object) -> object:
     if isinstance(value, (list, tuple, np.ndarray)):
         return tuple(_comparable(v) for v in value)
@@ -88,18 +96,12 @@ def changed_groups(
         for h, ids in after[["hull_id", "anonymous_ids"]].itertuples(index=False, name=None)
         if str(h) in stored_ids and stored_ids[str(h)] != _comparable(ids)
     ]
-    grouped = pd.concat(
-        [grouped, pd.DataFrame({"hull_id": linked, "grp": ANONYMOUS_IDS}, columns=GROUP_COLUMNS)],
-        ignore_index=True,
-    )
+    grouped = pd.concat([grouped, group_rows(linked, ANONYMOUS_IDS)], ignore_index=True)
     explained = set(grouped["hull_id"])
     structural = [
         str(h)
         for h, *values in after[["hull_id", *columns]].itertuples(index=False, name=None)
         if str(h) not in explained or stored.get(str(h)) != tuple(_comparable(v) for v in values)
     ]
-    frame = pd.concat(
-        [grouped, pd.DataFrame({"hull_id": structural, "grp": STRUCTURAL}, columns=GROUP_COLUMNS)],
-        ignore_index=True,
-    )
+    frame = pd.concat([grouped, group_rows(structural, STRUCTURAL)], ignore_index=True)
     return frame.drop_duplicates(ignore_index=True)
