@@ -16,6 +16,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     table_exists,
 )
 from hull_planhat_pipelines.warehouse.connection import quote as _quote
+from hull_planhat_pipelines.warehouse.removals import remember_removals
 from hull_planhat_pipelines.warehouse.tables import ensure_columns
 from hull_planhat_pipelines.warehouse.views import CurrentView, create_current_view
 
@@ -110,12 +111,13 @@ def write_copper_table(
                 f"({condition} or id in (select id from _frame) or id in (select id from _gone))"
                 " and id not in (select id from _same)"
             )
-            removed = run(
+            run(
                 conn,
-                f"select count(*) from {target} where {doomed}"
-                " and id not in (select id from _frame)",
+                f"create or replace temp table _removed as select distinct id from {target}"
+                f" where {doomed} and id not in (select id from _frame)",
                 params,
-            )[0][0]
+            )
+            removed = remember_removals(conn, name, "_removed")
             run(conn, f"delete from {target} where {doomed}", params)
             written_ids = [
                 row[0]
@@ -134,7 +136,7 @@ def write_copper_table(
         finally:
             for view in ("_frame", "_gone"):
                 conn.unregister(view)  # a name never registered is ignored
-            run(conn, "drop table if exists _same")
+            run(conn, "drop table if exists _same; drop table if exists _removed")
         rows = run(
             conn,
             f"select date_trunc('year', {_quote(PARTITION_COLUMN)})::date, count(*) "

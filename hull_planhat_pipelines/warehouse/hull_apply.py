@@ -28,7 +28,7 @@ from hull_planhat_pipelines.sync.hull.changes import (
 from hull_planhat_pipelines.sync.hull.from_copper import MAPPED_COLUMNS, CopperRows
 from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
 from hull_planhat_pipelines.sync.hull.segments import segments_hash
-from hull_planhat_pipelines.warehouse import hull_store
+from hull_planhat_pipelines.warehouse import hull_store, removals
 from hull_planhat_pipelines.warehouse.connection import (
     append_table,
     column_schema,
@@ -207,6 +207,7 @@ def apply(
     stored = run(conn, "select value from ops.hull_state where key = 'segments_hash'")
     segments_changed = not stored or stored[0][0] != definitions
     first = not table_exists(conn, "hull", "users")
+    judged_up_to = removals.horizon(conn)  # read before the slice: it judges these at least
     slices: list[ProfileStore] = []
 
     def reader(keys: StoreKeys) -> StoreSlice:
@@ -237,6 +238,7 @@ def apply(
             "insert or replace into ops.hull_state values ('segments_hash', ?)",
             [definitions],
         )
+        removals.forget_judged(conn, judged_up_to)
         for name in sources.snapshots:
             remember_snapshot(conn, name)
         for source, mark in sources.watermarks.items():

@@ -2,7 +2,8 @@
 
 A sync reads the slice of ``hull.users`` / ``hull.accounts`` / ``hull.events`` its staged
 records can touch (``StoreSlice``: the keys are joined against the store in SQL, so nothing
-else leaves DuckDB) and merges back the rows that changed (delete and insert of the changed
+else leaves DuckDB; records gone from Copper are those ``warehouse.removals`` logged since the
+store was last judged) and merges back the rows that changed (delete and insert of the changed
 keys, inside the caller's transaction). Segment membership is recomputed for the changed
 profiles and the users of changed accounts; all profiles only when a definition changed.
 """
@@ -35,6 +36,7 @@ from hull_planhat_pipelines.sync.hull.model import (
     empty_store,
 )
 from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
+from hull_planhat_pipelines.warehouse import removals
 from hull_planhat_pipelines.warehouse.connection import has_column, run, table_exists
 
 TABLES: dict[Kind, str] = {"user": "hull.users", "account": "hull.accounts"}
@@ -57,12 +59,24 @@ def _exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
     return table_exists(conn, schema, name)
 
 
-def _alive_ids(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
+def _fetched(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether a Copper object was ever fetched (its deletions are judged only then)."""
+    return _exists(conn, f"copper_current.{table}") and _exists(conn, f"copper.{table}")
+
+
+def _all_ids(table: str) -> str:
     """SQL for the ids of a ``copper_current`` table (those of its raw table: a distinct scan
-    is cheaper than the view's window); None when the object was never fetched."""
-    if not (_exists(conn, f"copper_current.{table}") and _exists(conn, f"copper.{table}")):
-        return None
+    is cheaper than the view's window)."""
     return f"(select distinct id::varchar as id from copper.{table})"
+
+
+def _alive_among(conn: duckdb.DuckDBPyConnection, table: str, ids: str) -> pd.Series:
+    """The ids of ``ids`` (SQL, text) still in ``copper.<table>``: the table is filtered by
+    them before anything is kept, so the cost is a scan, not a set of every id."""
+    rows = conn.execute(
+        f"select distinct id::varchar from copper.{table} where id::varchar in {ids}"
+    ).fetchall()
+    return pd.Series([row[0] for row in rows], dtype=object)
 
 
 def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
@@ -103,20 +117,30 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
                 f"insert into _ids_{kind} select hull_id from {table}"
                 " where contains(attributes, '\"copper_opportunity_')",
             )
-    current: dict[str, str] = {}
+    by_log = removals.judged_by_log(conn)
+    current: list[str] = []
     for source_table, kind, prefix, _, _ in DETACHABLE:
-        alive = _alive_ids(conn, source_table)
-        if alive is None:
+        if not _fetched(conn, source_table):
             continue
+        current.append(source_table)
+        if not has[kind]:
+            continue
+        # profiles holding a record gone from Copper: those the log names, or (never judged
+        # by the log) every profile holding an id no longer in the table
         start = len(prefix) + 1
-        current[source_table] = alive
-        if has[kind]:  # profiles holding a record gone from Copper
+        if by_log:
+            removed = removals.removed_ids(conn, source_table)
+            gone = f"v in (select '{prefix}' || id from {removed})" if removed else None
+        else:
+            gone = (
+                f"starts_with(v, '{prefix}') and regexp_full_match(substr(v, {start}),"
+                f" '[0-9]+') and substr(v, {start}) not in {_all_ids(source_table)}"
+            )
+        if gone:
             run(
                 conn,
                 f"insert into _ids_{kind} select hull_id from (select hull_id,"
-                f" unnest(anonymous_ids) as v from {TABLES[kind]})"
-                f" where starts_with(v, '{prefix}') and regexp_full_match(substr(v, {start}),"
-                f" '[0-9]+') and substr(v, {start}) not in {alive}",
+                f" unnest(anonymous_ids) as v from {TABLES[kind]}) where {gone}",
             )
     if has["user"] and has["account"]:
         # the users of those accounts (links, detaches), then the accounts of those users
@@ -141,39 +165,35 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         for kind in TABLES
     }
     events = empty_events()
-    activities = _alive_ids(conn, "activities")
+    activities = _fetched(conn, "activities")
+    current_ids = {table: _held_alive(conn, table) for table in current}
     if _exists(conn, "hull.events"):
-        gone = (
-            f" or (source = 'copper' and source_id::varchar not in {activities})"
-            if activities
-            else ""
+        read = (
+            "event_id in (select event_id from _event_ids)"
+            " or user_hull_id in (select hull_id from _ids_user)"
         )
+        if activities and not by_log:
+            read += (
+                f" or (source = 'copper' and source_id::varchar not in {_all_ids('activities')})"
+            )
+        elif activities and (removed := removals.removed_ids(conn, "activities")):
+            read += f" or (source = 'copper' and source_id::varchar in {removed})"
         events = _utc(
             conn.execute(
-                f"select {', '.join(EVENT_COLUMNS)} from hull.events"
-                " where event_id in (select event_id from _event_ids)"
-                f" or user_hull_id in (select hull_id from _ids_user){gone}"
+                f"select {', '.join(EVENT_COLUMNS)} from hull.events where {read}"
             ).fetchdf()
         )
-    current_ids = {
-        table: _held_alive(conn, kind_of(table), prefix_of(table), alive)
-        for table, alive in current.items()
-    }
-    if activities:
-        current_ids["activities"] = pd.Series(
-            [
-                row[0]
-                for row in conn.execute(
-                    f"select id from {activities} where id in"
-                    " (select source_id::varchar from hull.events where event_id in"
-                    " (select event_id from _event_ids) or user_hull_id in"
-                    " (select hull_id from _ids_user))"
-                    if _exists(conn, "hull.events")
-                    else "select null::varchar where false"
-                ).fetchall()
-            ],
-            dtype=object,
-        )
+        if activities:  # the living activities among the events read
+            sources = events.loc[events["source"] == "copper", ["source_id"]].astype(str)
+            conn.register("_event_sources", sources)
+            try:
+                current_ids["activities"] = _alive_among(
+                    conn, "activities", "(select source_id from _event_sources)"
+                )
+            finally:
+                conn.unregister("_event_sources")
+    elif activities:
+        current_ids["activities"] = pd.Series([], dtype=object)
     run(conn, "drop table if exists _keys; drop table if exists _event_ids")
     store = ProfileStore(users=profiles["user"], accounts=profiles["account"], events=events)
     return StoreSlice(store=store, current_ids=current_ids)
@@ -209,17 +229,17 @@ def prefix_of(table: str) -> str:
     return next(prefix for source, _, prefix, *_ in DETACHABLE if source == table)
 
 
-def _held_alive(conn: duckdb.DuckDBPyConnection, kind: Kind, prefix: str, alive: str) -> pd.Series:
-    """The living ids among the Copper anonymous ids of one prefix the slice holds."""
-    start = len(prefix) + 1
+def _held_alive(conn: duckdb.DuckDBPyConnection, table: str) -> pd.Series:
+    """The living ids of ``copper.<table>`` among the anonymous ids the slice holds."""
+    kind, prefix = kind_of(table), prefix_of(table)
     if not _exists(conn, TABLES[kind]):
         return pd.Series([], dtype=object)
-    rows = conn.execute(
-        f"select distinct substr(v, {start}) from (select unnest(anonymous_ids) as v"
+    held = (
+        f"(select substr(v, {len(prefix) + 1}) from (select unnest(anonymous_ids) as v"
         f" from {TABLES[kind]} where hull_id in (select hull_id from _ids_{kind}))"
-        f" where starts_with(v, '{prefix}') and substr(v, {start}) in {alive}"
-    ).fetchall()
-    return pd.Series([row[0] for row in rows], dtype=object)
+        f" where starts_with(v, '{prefix}'))"
+    )
+    return _alive_among(conn, table, held)
 
 
 def drop_slice(conn: duckdb.DuckDBPyConnection) -> None:

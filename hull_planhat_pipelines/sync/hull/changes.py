@@ -131,9 +131,10 @@ class StoreSlice:
     """The profiles, links and events a sync can touch, read from a store too large to load.
 
     It must hold every profile matching a key of ``StoreKeys``, every profile holding an
-    anonymous id of a Copper record gone from ``copper_current``, the users of those accounts
-    and the accounts of those users, the stored events of those users and of the staged event
-    ids, and every stored Copper event whose activity is gone. ``current_ids`` are then the
+    anonymous id of a Copper record gone from ``copper_current`` since the store was last
+    judged, the users of those accounts and the accounts of those users, the stored events of
+    those users and of the staged event ids, and every stored Copper event whose activity is
+    gone since then. ``current_ids`` are then the
     living ids among the Copper anonymous ids (and event activity ids) the slice holds, per
     ``copper_current`` table that exists: judging the slice judges the whole store.
     """
