@@ -37,10 +37,14 @@ from hull_planhat_pipelines.warehouse.connection import (
     table_exists,
 )
 from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL, queue
-from hull_planhat_pipelines.warehouse.planhat_snapshots import diff_snapshot, remember_snapshot
+from hull_planhat_pipelines.warehouse.planhat_snapshots import (
+    HULL_MODELS,
+    diff_snapshot,
+    remember_snapshot,
+)
 
 COPPER_SOURCES = tuple(name for name, obj in COPPER_OBJECTS.items() if obj.hull_source)
-PLANHAT_SOURCES = ("companies", "endusers")
+PLANHAT_SOURCES = HULL_MODELS
 
 
 STATE_DDL = [

@@ -9,6 +9,12 @@ rows that are new or whose ``record`` changed, with their previous version (a fi
 stopped sending was cleared). Rows without ``_id`` are always handed over (the sync logs their
 skip). After the apply the copy takes the changed rows and drops those gone from Planhat, in
 the same transaction: an unchanged snapshot writes nothing.
+
+The comparison is a full list against a full copy, so it is made where the full list is
+fetched: storing a snapshot of a model Hull applies also stores its difference from the copy
+(``ops.hull_planhat_<name>_diff``: the changed rows, their previous versions, the ``_id``s gone),
+and Hull's job reads only those rows. Hull compares in full only when no difference was stored for the latest snapshot (its
+first apply, Planhat's columns moved, or a warehouse from before).
 """
 
 from __future__ import annotations
@@ -73,8 +79,76 @@ def store_snapshot(
     return int(run(conn, f"select count(distinct snapshot_at) from {table}")[0][0])
 
 
+HULL_MODELS = ("companies", "endusers")
+"""The Planhat models Hull applies."""
+DIFFS = "ops.hull_planhat_diffs"
+"""Which snapshot each stored difference was taken for."""
+
+
 def applied_table(name: str) -> str:
     return f"ops.hull_planhat_{name}"
+
+
+def diff_table(name: str) -> str:
+    return f"ops.hull_planhat_{name}_diff"
+
+
+def _differences(name: str) -> str:
+    """SQL for what Hull applies of the latest snapshot, one row per ``_change``: ``changed``
+    (a new or changed record, or one without ``_id``: its row), ``previous`` (the copy's row
+    of a changed record) and ``gone`` (only the ``_id`` of a record no longer listed)."""
+    copy, source = applied_table(name), latest_view(name)
+    return (
+        f"with changed as (select n._id from {source} n anti join {copy} a"
+        " on a._id = n._id and a.record is not distinct from n.record where n._id is not null)"
+        f" select 'changed' as _change, * from {source}"
+        " where _id is null or _id in (select _id from changed)"
+        f" union all by name select 'previous' as _change, * from {copy}"
+        " where _id in (select _id from changed)"
+        f" union all by name select 'gone' as _change, a._id from {copy} a anti join"
+        f" (select _id from {source} where _id is not null) n on n._id = a._id"
+    )
+
+
+def _same_shape(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    copy = applied_table(name)
+    return table_exists(conn, *copy.split(".")) and _columns(conn, copy) == _columns(
+        conn, latest_view(name)
+    )
+
+
+def store_difference(conn: duckdb.DuckDBPyConnection, name: str, taken: pd.Timestamp) -> None:
+    """With a new snapshot, in its transaction: what differs from the copy Hull last applied
+    (nothing stored when there is no copy of the same columns: Hull compares in full)."""
+    _forget_difference(conn, name)
+    if not _same_shape(conn, name):
+        return
+    run(
+        conn,
+        f"create table if not exists {DIFFS} (name varchar primary key, snapshot_at timestamptz)",
+    )
+    run(conn, f"create table {diff_table(name)} as {_differences(name)}")
+    run(conn, f"insert into {DIFFS} values (?, ?)", [name, taken.to_pydatetime()])
+
+
+def _forget_difference(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    if table_exists(conn, "ops", "hull_planhat_diffs"):
+        run(conn, f"delete from {DIFFS} where name = ?", [name])
+    if table_exists(conn, *diff_table(name).split(".")):
+        run(conn, f"drop table {diff_table(name)}")
+
+
+def _stored_difference(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the difference stored with the latest snapshot is there to read."""
+    if not (table_exists(conn, "ops", "hull_planhat_diffs") and _same_shape(conn, name)):
+        return False
+    found = run(
+        conn,
+        f"select 1 from {DIFFS} where name = ? and snapshot_at ="
+        f" (select max(snapshot_at) from {latest_view(name)})",
+        [name],
+    )
+    return bool(found) and table_exists(conn, *diff_table(name).split("."))
 
 
 def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
@@ -97,7 +171,7 @@ def diff_snapshot(
 ) -> SnapshotDiff | None:
     """The changed rows of the latest snapshot fetched after ``mark`` (None: no new snapshot).
 
-    Leaves ``_ph_changed_<name>`` (the changed ``_id``s) for ``remember_snapshot``."""
+    Leaves ``_ph_diff_<name>`` (see ``_differences``) for ``remember_snapshot``."""
     if not table_exists(conn, *snapshot_table(name).split(".")):
         return None
     source = latest_view(name)
@@ -108,24 +182,19 @@ def diff_snapshot(
     if not count:
         return None
     copy = applied_table(name)
-    same_shape = table_exists(conn, "ops", f"hull_planhat_{name}") and _columns(
-        conn, copy
-    ) == _columns(conn, source)
+    same_shape = _same_shape(conn, name)
     if not same_shape:  # first snapshot (or Planhat's columns moved): every row is new
         run(conn, f"drop table if exists {copy}")
         run(conn, f"create table {copy} as select * from {source} where false")
-    run(
-        conn,
-        f"create or replace temp table _ph_changed_{name} as select n._id from {source} n"
-        f" anti join {copy} a on a._id = n._id and a.record is not distinct from n.record"
-        f" where n._id is not null",
-    )
-    changed = conn.execute(
-        f"select * from {source} where _id is null or _id in (select _id from _ph_changed_{name})"
-    ).fetchdf()
-    previous = conn.execute(
-        f"select * from {copy} where _id in (select _id from _ph_changed_{name})"
-    ).fetchdf()
+    differences = diff_table(name) if _stored_difference(conn, name) else f"({_differences(name)})"
+    run(conn, f"create or replace temp table _ph_diff_{name} as select * from {differences}")
+
+    def rows(change: str) -> pd.DataFrame:
+        return conn.execute(
+            f"select * exclude (_change) from _ph_diff_{name} where _change = ?", [change]
+        ).fetchdf()
+
+    changed, previous = rows("changed"), rows("previous")
     return SnapshotDiff(
         name=name,
         changed=changed if len(changed) else None,
@@ -137,16 +206,18 @@ def diff_snapshot(
 
 def remember_snapshot(conn: duckdb.DuckDBPyConnection, name: str) -> None:
     """The copy becomes the snapshot just applied (inside the caller's transaction): changed
-    rows replaced, rows gone from Planhat removed; nothing written when nothing moved."""
-    copy, source = applied_table(name), latest_view(name)
-    changed = f"_ph_changed_{name}"
+    rows replaced, rows gone from Planhat removed; nothing written when nothing moved. The
+    stored difference, now applied, goes."""
+    copy, diff = applied_table(name), f"_ph_diff_{name}"
     run(
         conn,
-        f"delete from {copy} where _id in (select _id from {changed})"
-        f" or _id not in (select _id from {source} where _id is not null);"
-        f"insert into {copy} select * from {source} where _id in (select _id from {changed});"
-        f"drop table {changed}",
+        f"delete from {copy} where _id in"
+        f" (select _id from {diff} where _change in ('changed', 'gone') and _id is not null);"
+        f"insert into {copy} by name select * exclude (_change) from {diff}"
+        " where _change = 'changed' and _id is not null;"
+        f"drop table {diff}",
     )
+    _forget_difference(conn, name)
 
 
 @dataclass(frozen=True)
@@ -203,6 +274,9 @@ def write_snapshot(
         try:
             changed, first = _change_from_latest(conn, model, frame)
             kept = store_snapshot(conn, model, frame, taken)
+            if model in HULL_MODELS:
+                at = pd.Timestamp(taken)
+                store_difference(conn, model, at if at.tzinfo else at.tz_localize("UTC"))
             schema = column_schema(conn, *snapshot_table(model).split("."))
             run(conn, "commit")
         except Exception:

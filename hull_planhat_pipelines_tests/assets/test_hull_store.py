@@ -220,9 +220,16 @@ def test_a_new_planhat_snapshot_hands_hull_only_its_changed_rows(
         ],
     )
     assert stack.materialize(PLANHAT_SNAPSHOTS).success
+    # the snapshot's step compared it with Hull's copy: Hull's job reads the two rows only
+    assert stack.query(
+        "select _id, _change from ops.hull_planhat_companies_diff order by 2, 1"
+    ) == [(i, "changed") for i in sorted([first["_id"], second["_id"]])] + [
+        (i, "previous") for i in sorted([first["_id"], second["_id"]])
+    ]
     result = stack.materialize(HULL)
     assert result.success
     assert asset_metadata(result, "hull/account_upserts")["sources_read"]["planhat.companies"] == 2
+    assert stack.query("select count(*) from ops.hull_planhat_diffs") == [(0,)]
 
     def attributes(planhat_id: str) -> dict:
         [(text,)] = stack.query(

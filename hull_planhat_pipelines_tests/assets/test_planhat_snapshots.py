@@ -23,7 +23,9 @@ from hull_planhat_pipelines.sync.planhat.records import companies_frame
 from hull_planhat_pipelines.warehouse.planhat_snapshots import (
     applied_table,
     diff_snapshot,
+    diff_table,
     remember_snapshot,
+    store_difference,
     store_snapshot,
     write_snapshot,
 )
@@ -36,10 +38,16 @@ def _company(_id: str, name: str) -> dict[str, str]:
     return {"_id": _id, "name": name, "externalId": f"ext-{_id}"}
 
 
-def _take(conn: duckdb.DuckDBPyConnection, at: dt.datetime, *companies: dict) -> int:
+def _take(
+    conn: duckdb.DuckDBPyConnection, at: dt.datetime, *companies: dict, stored: bool = False
+) -> int:
+    """Store a snapshot; with ``stored``, also its difference from Hull's copy, as the
+    snapshot asset does (without, Hull compares in full: a warehouse from before)."""
     run = conn.execute
     run("begin transaction")
     kept = store_snapshot(conn, "companies", companies_frame(list(companies), fetched_at=at), at)
+    if stored:
+        store_difference(conn, "companies", pd.Timestamp(at))
     run("commit")
     return kept
 
@@ -95,14 +103,23 @@ def test_history_keeps_a_day_in_full_and_the_last_snapshot_of_each_earlier_day()
     assert [pd.Timestamp(k) for k in kept] == [pd.Timestamp(t) for t in expected]
 
 
-def test_only_changed_rows_reach_hull_and_an_unchanged_snapshot_hands_over_nothing() -> None:
+@pytest.mark.parametrize("stored", [True, False], ids=["stored_difference", "full_compare"])
+def test_only_changed_rows_reach_hull_and_an_unchanged_snapshot_hands_over_nothing(
+    stored: bool,
+) -> None:
     conn = duckdb.connect()
     conn.execute("create schema ops")
-    _take(conn, T0, _company("a", "Acme"), _company("b", "Beta"))
+    _take(conn, T0, _company("a", "Acme"), _company("b", "Beta"), stored=stored)
     changed, previous, mark = _apply(conn, None)
     assert changed == {"a", "b"} and previous == set()
     # the same content again: a new snapshot, nothing for Hull, nothing written to the copy
-    _take(conn, T0 + dt.timedelta(minutes=5), _company("a", "Acme"), _company("b", "Beta"))
+    _take(
+        conn,
+        T0 + dt.timedelta(minutes=5),
+        _company("a", "Acme"),
+        _company("b", "Beta"),
+        stored=stored,
+    )
     before = conn.execute(f"select * from {applied_table('companies')} order by _id").fetchall()
     changed, previous, mark = _apply(conn, pd.Timestamp(mark))
     assert changed == set()
@@ -116,13 +133,47 @@ def test_only_changed_rows_reach_hull_and_an_unchanged_snapshot_hands_over_nothi
         T0 + dt.timedelta(minutes=10),
         _company("a", "Acme Corp"),
         _company("c", "Gamma"),
+        stored=stored,
     )
+    if stored:  # taken with the snapshot: Hull's job reads these rows, not both full lists
+        stored_rows = conn.execute(
+            f"select _change, _id, name from {diff_table('companies')} order by 1, 2"
+        )
+        assert stored_rows.fetchall() == [
+            ("changed", "a", "Acme Corp"),
+            ("changed", "c", "Gamma"),
+            ("gone", "b", None),
+            ("previous", "a", "Acme"),
+        ]
     changed, previous, mark = _apply(conn, pd.Timestamp(mark))
     assert changed == {"a", "c"} and previous == {"a"}
     copy = conn.execute(f"select _id, name from {applied_table('companies')} order by 1")
     assert copy.fetchall() == [("a", "Acme Corp"), ("c", "Gamma")]
-    # no newer snapshot than the mark: nothing at all
+    # no newer snapshot than the mark: nothing at all; an applied difference is not kept
     assert diff_snapshot(conn, "companies", pd.Timestamp(mark)) is None
+    assert not conn.execute(
+        "select * from information_schema.tables where table_name = 'hull_planhat_companies_diff'"
+    ).fetchall()
+
+
+def test_hull_reads_the_difference_stored_with_the_snapshot() -> None:
+    """The snapshot's difference is what Hull applies: a row it leaves out is not handed
+    over (Hull does not compare the full lists again); a snapshot taken after it is compared
+    in full."""
+    conn = duckdb.connect()
+    conn.execute("create schema ops")
+    _take(conn, T0, _company("a", "Acme"), _company("b", "Beta"))
+    _, _, mark = _apply(conn, None)
+    later = T0 + dt.timedelta(minutes=5)
+    _take(conn, later, _company("a", "Acme 2"), _company("b", "Beta 2"), stored=True)
+    conn.execute(f"delete from {diff_table('companies')} where _id = 'b'")  # as if unchanged
+    changed, _, mark = _apply(conn, pd.Timestamp(mark))
+    assert changed == {"a"}
+    # a newer snapshot without a stored difference (stored for an older one): full compare
+    _take(conn, later + dt.timedelta(minutes=1), _company("a", "Acme 3"), stored=True)
+    _take(conn, later + dt.timedelta(minutes=2), _company("a", "Acme 4"), _company("b", "B"))
+    changed, _, _ = _apply(conn, pd.Timestamp(mark))
+    assert changed == {"a", "b"}
 
 
 # -- what the UI shows --------------------------------------------------------------------------
