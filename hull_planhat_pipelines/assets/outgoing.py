@@ -192,7 +192,9 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
 
     def activities(conn, fingerprints, force, scopes):
         # tracked events not sent yet, and their users only: not the whole store each cycle
-        found = activity_inputs(conn, settings.planhat.tracking_events)
+        found = activity_inputs(
+            conn, settings.planhat.tracking_events, settings.planhat.contact_segments
+        )
         if found is None:
             payloads, logged = activity_payloads(
                 _no_events(), _no_profiles(), None, settings, fingerprints

@@ -1,7 +1,8 @@
-"""What the activity payloads read: the tracked events not yet sent, and only their users.
+"""What the activity payloads read: the tracked events not yet sent of users in the contact
+segments, and only those users.
 
-Events are sent once each, so after the first delivery almost every event is either untracked
-or sent already; reading the whole event and profile tables every cycle would cost the store,
+Events are sent once each, so after the first delivery almost every event is either untracked,
+sent already or of a user outside the segments (never sent while the user stays outside); reading the whole event and profile tables every cycle would cost the store,
 not the change. The events left out are counted here (the progress event reports them), the
 rest are read with the users who carry them and those users' accounts.
 """
@@ -16,24 +17,26 @@ import pandas as pd
 
 from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES
 from hull_planhat_pipelines.warehouse.connection import table_exists
-from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, read_rows_by_id
+from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, in_segment, read_rows_by_id
 
 
 @dataclass(frozen=True)
 class ActivityInputs:
     events: pd.DataFrame
-    """Tracked events whose id was never delivered (an id seen twice comes twice)."""
+    """Tracked events whose id was never delivered, of users in the contact segments (an id
+    seen twice comes twice)."""
     users: pd.DataFrame
     """The profiles those events belong to."""
     accounts: pd.DataFrame
     """Those users' accounts."""
     left_out: dict[str, int]
-    """Events not read: ``events`` (all of them, read or not), ``not_tracked`` and
-    ``already_sent`` (tracked, delivered before)."""
+    """Events not read: ``events`` (all of them, read or not), ``not_tracked``,
+    ``already_sent`` (tracked, delivered before) and ``not_in_segment`` (tracked, not sent, of
+    a user outside the contact segments or unknown: read again once the user enters one)."""
 
 
 def activity_inputs(
-    conn: duckdb.DuckDBPyConnection | None, tracked: Sequence[str]
+    conn: duckdb.DuckDBPyConnection | None, tracked: Sequence[str], segments: Sequence[str]
 ) -> ActivityInputs | None:
     """``None`` while Hull's tables do not exist yet (the first runs)."""
     if conn is None or not all(
@@ -48,11 +51,20 @@ def activity_inputs(
         if table_exists(conn, *FINGERPRINTS.split("."))
         else "false"
     )
-    candidates = f"select e.* from hull.events e where e.name in ({marks}) and not {sent}"
-    (total, not_tracked, already) = conn.execute(
+    # an event of a user outside the segments is never sent: it is counted, not read
+    members = (
+        "coalesce(e.user_hull_id in"
+        f" (select hull_id from hull.users where {in_segment(list(segments))}), false)"
+    )
+    candidates = (
+        f"select e.* from hull.events e where e.name in ({marks}) and not {sent} and {members}"
+    )
+    (total, not_tracked, already, outside) = conn.execute(
         f"select count(*), count(*) filter (where e.name is null or e.name not in ({marks})), "
-        f"count(*) filter (where e.name in ({marks}) and {sent}) from hull.events e",
-        [*names, *names],
+        f"count(*) filter (where e.name in ({marks}) and {sent}), "
+        f"count(*) filter (where e.name in ({marks}) and not {sent} and not {members})"
+        " from hull.events e",
+        [*names, *names, *names],
     ).fetchone()
     events = conn.execute(candidates, names).fetchdf()
     # by the ids read: the candidates' query (its anti-join over the fingerprints) runs once
@@ -66,5 +78,6 @@ def activity_inputs(
             "events": int(total) - len(events),
             "not_tracked": int(not_tracked),
             "already_sent": int(already),
+            "not_in_segment": int(outside),
         },
     )

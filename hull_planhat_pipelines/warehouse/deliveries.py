@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS, RequestRows
+from hull_planhat_pipelines.sync.hull.batch import quote as literal
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     empty_fingerprints,
@@ -74,6 +75,12 @@ def read_rows(
     if where is None or conn is None or not table_exists(conn, *table.split(".")):
         return read_table(conn, table)
     return conn.execute(f"select * from {table} where {where}").fetchdf()
+
+
+def in_segment(names: Collection[str]) -> str:
+    """SQL over a profile table: the profile is in one of the segments ``names``."""
+    listed = "[" + ", ".join(literal(n) for n in names) + "]::varchar[]"
+    return f"list_has_any(coalesce(segments, []), {listed})"
 
 
 def read_rows_by_id(

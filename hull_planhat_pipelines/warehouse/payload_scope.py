@@ -37,6 +37,7 @@ from hull_planhat_pipelines.warehouse.connection import connect, has_column, run
 from hull_planhat_pipelines.warehouse.deliveries import (
     FINGERPRINTS,
     KNOWN_COMPANY_SOURCES,
+    in_segment,
     read_rows,
     read_rows_by_id,
 )
@@ -91,11 +92,6 @@ def _digest(conn: duckdb.DuckDBPyConnection, settings: Settings, target: str) ->
     return canonical_hash(parts)
 
 
-def _in_segment(names: list[str]) -> str:
-    listed = "[" + ", ".join(quote(n) for n in names) + "]::varchar[]"
-    return f"list_has_any(coalesce(segments, []), {listed})"
-
-
 def scope(
     conn: duckdb.DuckDBPyConnection | None, settings: Settings, target: str, *, force: bool
 ) -> Scope:
@@ -125,7 +121,7 @@ def scope(
     pending = pending_not_taken(conn, target)
     if target == "companies":
         key = "nullif(trim(external_id), '')"
-        segment = _in_segment(list(settings.planhat.company_segments))
+        segment = in_segment(list(settings.planhat.company_segments))
         seed = (
             f"hull_id in {changed} or hull_id in {pending}"
             f" or ({segment} and {key} is not null and external_id not in {fingerprinted})"
@@ -137,7 +133,7 @@ def scope(
         "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
         " when nullif(trim(email), '') is not null then 'email:' || email end"
     )
-    segment = _in_segment(list(settings.planhat.contact_segments))
+    segment = in_segment(list(settings.planhat.contact_segments))
     seed = (
         f"hull_id in {changed} or hull_id in {pending} or account_hull_id in {accounts}"
         f" or ({segment} and {key} not in {fingerprinted} and {_company_known(conn)})"

@@ -108,7 +108,8 @@ def activity_payloads(
     """User activities for tracked events of in-segment users, each event sent once.
 
     ``left_out``: counts of events the caller did not read (``events``, ``not_tracked``,
-    ``already_sent``), added to the progress event's, so it reports the whole table.
+    ``already_sent``, ``not_in_segment``), added to the progress event's, so it reports the
+    whole table.
 
     Columns: ``PAYLOAD_COLUMNS`` + ``user_hull_id``, ``occurred_at``; ``key`` is the event id
     (advance it like any fingerprint, then pass those rows back as ``sent_event_ids``).
@@ -141,7 +142,7 @@ def activity_payloads(
             not_tracked=int((~is_tracked).sum()) + before.get("not_tracked", 0),
             repeated=int(repeated.sum()),
             already_sent=int(already.sum()) + before.get("already_sent", 0),
-            not_in_segment=len(fresh) - len(selected),
+            not_in_segment=len(fresh) - len(selected) + before.get("not_in_segment", 0),
             skipped=len(skips),
             selected=len(payloads),
         )
