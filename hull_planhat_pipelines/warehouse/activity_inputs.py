@@ -16,7 +16,7 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES
-from hull_planhat_pipelines.warehouse.connection import table_exists
+from hull_planhat_pipelines.warehouse.connection import select_where, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, in_segment, read_rows_by_id
 
 
@@ -56,8 +56,8 @@ def activity_inputs(
         "coalesce(e.user_hull_id in"
         f" (select hull_id from hull.users where {in_segment(list(segments))}), false)"
     )
-    candidates = (
-        f"select e.* from hull.events e where e.name in ({marks}) and not {sent} and {members}"
+    candidates = select_where(
+        "hull.events e", f"e.name in ({marks}) and not {sent} and {members}", "e.*"
     )
     (total, not_tracked, already, outside) = conn.execute(
         f"select count(*), count(*) filter (where e.name is null or e.name not in ({marks})), "

@@ -109,6 +109,14 @@ def run(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = No
     return conn.execute(sql, params or []).fetchall()
 
 
+def select_where(table: str, where: str, columns: str = "*") -> str:
+    """SQL for ``columns`` of the rows of ``table`` (a table, not a view) matching ``where``,
+    fetched by row id. A plain filter joined on a subquery reads every column of every row it
+    tests (all of a profile store's attribute text to return a hundred profiles); by row id,
+    the condition reads its own columns and only the matching rows are fetched whole."""
+    return f"select {columns} from {table} where rowid in (select rowid from {table} where {where})"
+
+
 def quote(name: str) -> str:
     """A DuckDB identifier, quoted."""
     return '"' + name.replace('"', '""') + '"'

@@ -34,7 +34,7 @@ from hull_planhat_pipelines.warehouse import (
     run,
     table_exists,
 )
-from hull_planhat_pipelines.warehouse.connection import has_column
+from hull_planhat_pipelines.warehouse.connection import has_column, select_where
 
 FINGERPRINTS = "planhat.delivery_fingerprints"
 DELIVERIES = "planhat.deliveries"
@@ -74,7 +74,7 @@ def read_rows(
     """The rows of ``table`` matching ``where`` (None: all of them)."""
     if where is None or conn is None or not table_exists(conn, *table.split(".")):
         return read_table(conn, table)
-    return conn.execute(f"select * from {table} where {where}").fetchdf()
+    return conn.execute(select_where(table, where)).fetchdf()
 
 
 def in_segment(names: Collection[str]) -> str:
@@ -92,7 +92,7 @@ def read_rows_by_id(
     conn.register("_wanted_ids", pd.DataFrame({"id": pd.Series(wanted, dtype=object)}))
     try:
         return conn.execute(
-            f"select * from {table} where {column} in (select id::varchar from _wanted_ids)"
+            select_where(table, f"{column} in (select id::varchar from _wanted_ids)")
         ).fetchdf()
     finally:
         conn.unregister("_wanted_ids")

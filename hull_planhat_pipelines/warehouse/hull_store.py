@@ -37,7 +37,12 @@ from hull_planhat_pipelines.sync.hull.model import (
 )
 from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
 from hull_planhat_pipelines.warehouse import removals
-from hull_planhat_pipelines.warehouse.connection import has_column, run, table_exists
+from hull_planhat_pipelines.warehouse.connection import (
+    has_column,
+    run,
+    select_where,
+    table_exists,
+)
 
 TABLES: dict[Kind, str] = {"user": "hull.users", "account": "hull.accounts"}
 COLUMN_TYPES = {
@@ -155,8 +160,11 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         kind: (
             _utc(
                 conn.execute(
-                    f"select * exclude (segments) from {TABLES[kind]}"
-                    f" where hull_id in (select hull_id from _ids_{kind})"
+                    select_where(
+                        TABLES[kind],
+                        f"hull_id in (select hull_id from _ids_{kind})",
+                        "* exclude (segments)",
+                    )
                 ).fetchdf()
             )
             if has[kind]
@@ -179,9 +187,7 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         elif activities and (removed := removals.removed_ids(conn, "activities")):
             read += f" or (source = 'copper' and source_id::varchar in {removed})"
         events = _utc(
-            conn.execute(
-                f"select {', '.join(EVENT_COLUMNS)} from hull.events where {read}"
-            ).fetchdf()
+            conn.execute(select_where("hull.events", read, ", ".join(EVENT_COLUMNS))).fetchdf()
         )
         if activities:  # the living activities among the events read
             sources = events.loc[events["source"] == "copper", ["source_id"]].astype(str)
@@ -397,8 +403,11 @@ def _with_stored_segments(
     conn.register("_before_ids", pd.DataFrame({"hull_id": profiles["hull_id"].astype(str)}))
     try:
         stored = conn.execute(
-            f"select hull_id, segments from {TABLES[kind]}"
-            " where hull_id in (select hull_id::varchar from _before_ids)"
+            select_where(
+                TABLES[kind],
+                "hull_id in (select hull_id::varchar from _before_ids)",
+                "hull_id, segments",
+            )
         ).fetchdf()
     finally:
         conn.unregister("_before_ids")
@@ -477,7 +486,7 @@ def read_profiles(conn: duckdb.DuckDBPyConnection, kind: Kind, where: str) -> pd
     """Stored profiles of one kind matching ``where`` (with their ``segments``)."""
     if not _exists(conn, TABLES[kind]):
         return empty_store(kind).assign(segments=pd.Series([], dtype=object))
-    return _utc(conn.execute(f"select * from {TABLES[kind]} where {where}").fetchdf())
+    return _utc(conn.execute(select_where(TABLES[kind], where)).fetchdf())
 
 
 def changed_segments(
