@@ -16,7 +16,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     table_exists,
 )
 from hull_planhat_pipelines.warehouse.connection import quote as _quote
-from hull_planhat_pipelines.warehouse.removals import remember_removals
+from hull_planhat_pipelines.warehouse.removals import judge_in_full, remember_removals
 from hull_planhat_pipelines.warehouse.tables import ensure_columns
 from hull_planhat_pipelines.warehouse.views import CurrentView, create_current_view
 
@@ -103,6 +103,8 @@ def write_copper_table(
         try:
             conn.register("_frame", frame)
             first = not table_exists(conn, schema, name)
+            if first:
+                judge_in_full(conn)
             ensure_columns(conn, schema, name, "_frame", types)
             condition, params = _slice_condition(where)
             conn.register("_gone", pd.DataFrame({"id": pd.array(list(gone_ids), dtype="Int64")}))

@@ -125,10 +125,23 @@ def store_difference(conn: duckdb.DuckDBPyConnection, name: str, taken: pd.Times
         return
     run(
         conn,
-        f"create table if not exists {DIFFS} (name varchar primary key, snapshot_at timestamptz)",
+        f"create table if not exists {DIFFS} (name varchar primary key, snapshot_at timestamptz,"
+        " applied_mark timestamptz)",
     )
     run(conn, f"create table {diff_table(name)} as {_differences(name)}")
-    run(conn, f"insert into {DIFFS} values (?, ?)", [name, taken.to_pydatetime()])
+    run(
+        conn,
+        f"insert into {DIFFS} values (?, ?, {_applied_mark(conn)})",
+        [name, taken.to_pydatetime(), f"planhat.{name}"],
+    )
+
+
+def _applied_mark(conn: duckdb.DuckDBPyConnection) -> str:
+    """SQL (one parameter, the source) for the fetch time of the snapshot the copy holds
+    (Hull's watermark): a difference is read only against the copy it was taken from."""
+    if table_exists(conn, "ops", "hull_watermarks"):
+        return "(select max(fetched_at) from ops.hull_watermarks where source = ?)"
+    return "(select null::timestamptz where ? is not null)"
 
 
 def _forget_difference(conn: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -139,14 +152,16 @@ def _forget_difference(conn: duckdb.DuckDBPyConnection, name: str) -> None:
 
 
 def _stored_difference(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    """Whether the difference stored with the latest snapshot is there to read."""
+    """Whether a difference was stored for the latest snapshot against the copy as it is now
+    (Hull applied nothing since, and the copy was not rebuilt)."""
     if not (table_exists(conn, "ops", "hull_planhat_diffs") and _same_shape(conn, name)):
         return False
     found = run(
         conn,
         f"select 1 from {DIFFS} where name = ? and snapshot_at ="
-        f" (select max(snapshot_at) from {latest_view(name)})",
-        [name],
+        f" (select max(snapshot_at) from {latest_view(name)})"
+        f" and applied_mark is not distinct from {_applied_mark(conn)}",
+        [name, f"planhat.{name}"],
     )
     return bool(found) and table_exists(conn, *diff_table(name).split("."))
 
@@ -183,10 +198,11 @@ def diff_snapshot(
         return None
     copy = applied_table(name)
     same_shape = _same_shape(conn, name)
+    stored = same_shape and _stored_difference(conn, name)
     if not same_shape:  # first snapshot (or Planhat's columns moved): every row is new
         run(conn, f"drop table if exists {copy}")
         run(conn, f"create table {copy} as select * from {source} where false")
-    differences = diff_table(name) if _stored_difference(conn, name) else f"({_differences(name)})"
+    differences = diff_table(name) if stored else f"({_differences(name)})"
     run(conn, f"create or replace temp table _ph_diff_{name} as select * from {differences}")
 
     def rows(change: str) -> pd.DataFrame:

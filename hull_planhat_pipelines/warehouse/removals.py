@@ -21,6 +21,7 @@ REMOVALS = "ops.copper_removals"
 STATE_KEY = "copper_removals"
 _DDL = (
     "create schema if not exists ops;"
+    "create sequence if not exists ops.copper_removal_seq;"
     f"create table if not exists {REMOVALS} (seq bigint, object varchar, id varchar)"
 )
 
@@ -33,11 +34,20 @@ def remember_removals(conn: duckdb.DuckDBPyConnection, table: str, ids: str) -> 
         run(conn, _DDL)
         run(
             conn,
-            f"insert into {REMOVALS} select (select coalesce(max(seq), 0) from {REMOVALS})"
-            f" + row_number() over (), ?, id::varchar from {ids}",
+            # numbers never reused, even once the log was emptied: an apply forgets up to the
+            # newest it read, never a removal logged after
+            f"insert into {REMOVALS} select nextval('ops.copper_removal_seq'), ?, id::varchar"
+            f" from {ids}",
             [table],
         )
     return int(count)
+
+
+def judge_in_full(conn: duckdb.DuckDBPyConnection) -> None:
+    """A Copper table created anew (dropped and fetched again): what left Copper meanwhile was
+    never logged, so the next apply judges the store in full again."""
+    if table_exists(conn, "ops", "hull_state"):
+        run(conn, "delete from ops.hull_state where key = ?", [STATE_KEY])
 
 
 def judged_by_log(conn: duckdb.DuckDBPyConnection) -> bool:

@@ -176,6 +176,33 @@ def test_hull_reads_the_difference_stored_with_the_snapshot() -> None:
     assert changed == {"a", "b"}
 
 
+def test_a_difference_is_not_applied_to_a_copy_other_than_its_own() -> None:
+    """A copy rebuilt since (dropped, or Planhat's columns moved), or one Hull advanced since
+    (its watermark moved), is compared in full: the stored difference was taken against
+    another copy."""
+    conn = duckdb.connect()
+    conn.execute("create schema ops")
+    conn.execute(
+        "create table ops.hull_watermarks (source varchar primary key, fetched_at timestamptz)"
+    )
+    _take(conn, T0, _company("a", "Acme"), _company("b", "Beta"))
+    _, _, mark = _apply(conn, None)
+    later = T0 + dt.timedelta(minutes=5)
+    _take(conn, later, _company("a", "Acme 2"), _company("b", "Beta"), stored=True)
+    conn.execute(f"drop table {applied_table('companies')}")
+    changed, _, _ = _apply(conn, pd.Timestamp(mark))
+    assert changed == {"a", "b"}
+
+    # only a differs from the copy when the snapshot is stored; then the copy moves on (b
+    # rewritten, the watermark advanced) without the stored difference being dropped
+    again = later + dt.timedelta(minutes=1)
+    _take(conn, again, _company("a", "Acme 3"), _company("b", "Beta"), stored=True)
+    conn.execute(f"update {applied_table('companies')} set record = '{{}}' where _id = 'b'")
+    conn.execute("insert into ops.hull_watermarks values ('planhat.companies', ?)", [later])
+    changed, _, _ = _apply(conn, pd.Timestamp(mark))
+    assert changed == {"a", "b"}
+
+
 # -- what the UI shows --------------------------------------------------------------------------
 def _defs() -> dg.Definitions:
     return build_definitions(load_settings())

@@ -54,6 +54,22 @@ def test_a_write_logs_the_ids_it_removed_once(tmp_path: Path) -> None:
     assert _logged(database) == [("people", "2"), ("people", "3")]
 
 
+def test_a_table_created_anew_has_the_store_judged_in_full_again(tmp_path: Path) -> None:
+    """Dropped and fetched again: what left Copper meanwhile was never logged."""
+    database = str(tmp_path / "w.duckdb")
+    write_copper_table(database, "copper.people", _people([1]), RANGE)
+    with duckdb.connect(database) as conn:
+        conn.execute(
+            "create schema ops; create table ops.hull_state (key varchar primary key, value varchar)"
+        )
+        removals.forget_judged(conn, 0)
+        assert removals.judged_by_log(conn)
+        conn.execute("drop table copper.people")
+    write_copper_table(database, "copper.people", _people([1]), RANGE)
+    with duckdb.connect(database) as conn:
+        assert not removals.judged_by_log(conn)
+
+
 def _store(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(
         "create schema hull; create schema copper; create schema copper_current;"
@@ -129,4 +145,8 @@ def test_a_store_never_judged_by_the_log_is_judged_in_full_once(tmp_path: Path) 
     assert conn.execute("select object, id from ops.copper_removals").fetchall() == [
         ("people", "9")
     ]
+    # numbers are not reused once the log empties: a later removal is never taken as judged
+    removals.forget_judged(conn, removals.horizon(conn))
+    removals.remember_removals(conn, "people", "_r")
+    assert removals.horizon(conn) > read_up_to + 1
     conn.close()
