@@ -144,6 +144,20 @@ def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
     assert "*" in _logged_last(pipeline, "account")[account_id]
 
 
+STORE_DDL = (
+    "create schema hull; create schema copper; create schema copper_current;"
+    "create table hull.users (hull_id varchar, email varchar, external_id varchar,"
+    " anonymous_ids varchar[], account_hull_id varchar, attributes varchar,"
+    " created_at timestamptz, updated_at timestamptz, segments varchar[]);"
+    "create table hull.accounts (hull_id varchar, domain varchar, external_id varchar,"
+    " anonymous_ids varchar[], attributes varchar, created_at timestamptz,"
+    " updated_at timestamptz, segments varchar[]);"
+    "create table hull.events (event_id varchar, user_hull_id varchar, name varchar,"
+    " properties varchar, occurred_at timestamptz, source varchar, source_id varchar);"
+)
+"""An empty profile store as the warehouse keeps it, and the Copper schemas beside it."""
+
+
 def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> None:
     """Matches by email, domain (trimmed, lower-cased) and anonymous id, profiles holding a
     deleted record, the users of a matched account and those users' accounts; nothing else."""
@@ -152,16 +166,7 @@ def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> 
 
     conn = duckdb.connect(str(tmp_path / "w.duckdb"))
     conn.execute(
-        "create schema hull; create schema copper; create schema copper_current;"
-        "create table hull.users (hull_id varchar, email varchar, external_id varchar,"
-        " anonymous_ids varchar[], account_hull_id varchar, attributes varchar,"
-        " created_at timestamptz, updated_at timestamptz, segments varchar[]);"
-        "create table hull.accounts (hull_id varchar, domain varchar, external_id varchar,"
-        " anonymous_ids varchar[], attributes varchar, created_at timestamptz,"
-        " updated_at timestamptz, segments varchar[]);"
-        "create table hull.events (event_id varchar, user_hull_id varchar, name varchar,"
-        " properties varchar, occurred_at timestamptz, source varchar, source_id varchar);"
-        "create table copper.people as select 1::bigint as id;"
+        STORE_DDL + "create table copper.people as select 1::bigint as id;"
         "create view copper_current.people as select * from copper.people;"
         "insert into hull.users values"
         " ('u1', null, null, ['copper-person:1'], null, '{}', null, null, []),"

@@ -12,6 +12,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.sync.hull.changes import StoreKeys
 from hull_planhat_pipelines.warehouse import CopperSlice, hull_store, removals, write_copper_table
+from hull_planhat_pipelines_tests.assets.test_hull_store import STORE_DDL
 
 RANGE = CopperSlice(first=dt.date(2026, 1, 1), end=dt.date(2026, 2, 1))
 
@@ -72,17 +73,8 @@ def test_a_table_created_anew_has_the_store_judged_in_full_again(tmp_path: Path)
 
 def _store(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(
-        "create schema hull; create schema copper; create schema copper_current;"
-        "create schema ops;"
+        STORE_DDL + "create schema ops;"
         "create table ops.hull_state (key varchar primary key, value varchar);"
-        "create table hull.users (hull_id varchar, email varchar, external_id varchar,"
-        " anonymous_ids varchar[], account_hull_id varchar, attributes varchar,"
-        " created_at timestamptz, updated_at timestamptz, segments varchar[]);"
-        "create table hull.accounts (hull_id varchar, domain varchar, external_id varchar,"
-        " anonymous_ids varchar[], attributes varchar, created_at timestamptz,"
-        " updated_at timestamptz, segments varchar[]);"
-        "create table hull.events (event_id varchar, user_hull_id varchar, name varchar,"
-        " properties varchar, occurred_at timestamptz, source varchar, source_id varchar);"
         # person 4 was removed, then came back; 2 and 3 are gone
         "create table copper.people as select 4::bigint as id union all select 5;"
         "create view copper_current.people as select * from copper.people;"
