@@ -19,8 +19,8 @@ sandboxes served by kind, and the minimum each kind needs: Copper searches over 
 the window the pass fetched (the value-cursor walk that never skips: each search re-reads the
 last second of the page before; activities, which have no sort, in as few windows as the cap
 allows; one ``ids`` search per 200 records that Connect fields point to), the metadata at most once, one Planhat snapshot before delivery when one is due (the
-fetch interval passed, or Planhat was written to since the newest) and one after it when
-something was delivered (lists end on a short page), and ceil(records / batch size) bulk writes
+fetch interval passed, or records were created or left in doubt since the newest) and one after
+it when the delivery created records or left outcomes in doubt (lists end on a short page), and ceil(records / batch size) bulk writes
 for what the pass delivered (one POST a record for a POST destination; nothing in pass 3). For
 the incremental passes it also says how many records changed since the previous pass began,
 and how few searches would fetch only those. Hull upserts and deliveries per run come from the
@@ -84,6 +84,7 @@ from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
 from hull_planhat_pipelines.sync.batching import batch_count
 from hull_planhat_pipelines.sync.copper.records import connect_targets
+from hull_planhat_pipelines.sync.planhat.snapshot_due import READ_BACK_STATUSES
 
 COPPER_RATE_PER_MINUTE = 180
 PLANHAT_RATE_PER_MINUTE = 200
@@ -521,9 +522,15 @@ def one_pass(
     )
     if copper_kinds["metadata"]:  # at most once a pass; a fresh cached copy needs none
         minimum_copper["metadata"] = metadata_requests(len(copper.metadata.users))
-    delivered_any = sum(by_target.values()) > 0
+    # a snapshot after delivery reads back what Planhat created or left in doubt; updates
+    # alone are named by its answer
+    read_back = any(
+        n
+        for key, n in outcomes.items()
+        if key.split(":", 1)[0] in SNAPSHOT_TARGETS and key.split(":", 1)[1] in READ_BACK_STATUSES
+    )
     minimum_planhat = snapshot_minimum(planhat_before) if snapshot_due_because else Counter()
-    if delivered_any:  # the snapshot after delivery brings Planhat's ids and fields back
+    if read_back:
         minimum_planhat += snapshot_minimum(planhat_after)
     minimum_planhat += delivery_minimum(dict(by_target), settings)
 

@@ -295,8 +295,9 @@ def run_sync(
     The sources are fetched (the Copper range the schedule or the first poll would ask for, and
     a full Planhat snapshot); then, until nothing is out of date, the run the downstream
     sensor would request (``orchestration.plan_followers``): Hull, payloads and delivery in one
-    run; after a delivery that wrote to Planhat a snapshot, so what Planhat now holds comes back
-    into Hull, with the destinations; else the destinations at once. A second sync over
+    run; after a delivery that created records in Planhat or left outcomes in doubt, a
+    snapshot, so what Planhat now holds comes back into Hull, with the destinations; else (only
+    updates, or nothing sent) the destinations at once. A second sync over
     unchanged sources writes nothing anywhere.
 
     The whole cycle holds the warehouse's delivery lock: a second sync (or a Dagster delivery

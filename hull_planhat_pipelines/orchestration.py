@@ -31,6 +31,7 @@ from hull_planhat_pipelines.sync.copper.polling import (
     plan_incremental_runs,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
+from hull_planhat_pipelines.sync.planhat.snapshot_due import READ_BACK_STATUSES
 from hull_planhat_pipelines.warehouse import append_sync_log, read_only, table_exists
 
 log = logging.getLogger(__name__)
@@ -595,9 +596,6 @@ class FollowPlan:
         return not self.assets and not self.snapshot
 
 
-WROTE_STATUSES = frozenset({"created", "updated", "sent", "unconfirmed", "confirmed"})
-"""Outcomes of a record Planhat applied (or may have: an unconfirmed one is settled against
-the next snapshot)."""
 SNAPSHOT_TARGETS = frozenset(t.name for t in PLANHAT_TARGETS if t.settled_by_snapshot)
 """Targets whose records a Planhat snapshot lists (analytics events and metrics are not)."""
 
@@ -609,8 +607,9 @@ def _metadata_value(metadata: Mapping[str, Any], name: str) -> Any:
     return getattr(entry, "value", entry)
 
 
-def delivered_something(metadata: dict[str, Any]) -> bool:
-    """A delivery that wrote companies or endusers to Planhat (not a dry run)."""
+def needs_read_back(metadata: dict[str, Any]) -> bool:
+    """A delivery that left companies or endusers for a Planhat snapshot to read back (not a
+    dry run): created, or with an outcome in doubt (``READ_BACK_STATUSES``)."""
     value = functools.partial(_metadata_value, metadata)
     if value("dry_run"):
         return False
@@ -621,9 +620,9 @@ def delivered_something(metadata: dict[str, Any]) -> bool:
             for target, counts in by_target.items()
             if target in SNAPSHOT_TARGETS and isinstance(counts, dict)
             for status, count in counts.items()
-            if status in WROTE_STATUSES
+            if status in READ_BACK_STATUSES
         )
-    return int(value("created") or 0) + int(value("updated") or 0) > 0
+    return int(value("created") or 0) > 0
 
 
 def _found_unchanged(record: Any) -> bool:
@@ -718,12 +717,14 @@ def plan_followers(
             followers -= after_delivery  # the delivery's outcome decides when they follow
         if key == DELIVERIES_KEY:
             materialization = latest.asset_materialization
-            wrote = materialization is not None and delivered_something(
+            read_back = materialization is not None and needs_read_back(
                 dict(materialization.metadata)
             )
-            # What Planhat now holds comes back first; its followers include the destinations.
-            snapshot = snapshot or wrote
-            if wrote:
+            # What Planhat created or left in doubt comes back first; the followers (the
+            # destinations among them) follow the snapshot. A delivery that only updated
+            # records is followed at once: Planhat holds what was sent.
+            snapshot = snapshot or read_back
+            if read_back:
                 followers -= after_delivery
         quiet = run is not None and run.tags.get(TRIGGER_TAG) == AFTER_DELIVERY
         if quiet:
@@ -777,8 +778,9 @@ def build_follow_sensor(
         description=(
             "Watches every asset's materializations, whoever launched them (a job, the asset "
             "graph, a backfill, a schedule) and requests one run of everything downstream not "
-            "yet brought up to date; after a delivery that wrote to Planhat, a Planhat snapshot "
-            "so Planhat's ids and fields come back. Waits while those assets are in progress."
+            "yet brought up to date; after a delivery that created records in Planhat or left "
+            "outcomes in doubt, a Planhat snapshot so Planhat's ids and fields come back. "
+            "Waits while those assets are in progress."
         ),
     )
     def downstream_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:

@@ -24,7 +24,7 @@ from hull_planhat_pipelines.orchestration import (
     TRIGGER_TAG,
     copper_partition_key,
     copper_range_tags,
-    delivered_something,
+    needs_read_back,
     unsettled,
 )
 from hull_planhat_pipelines_tests.assets.test_pipeline_assets import (  # noqa: F401
@@ -114,7 +114,7 @@ def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks
     ran = ticks.execute(downstream)
     assert ran.success
     delivered = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
-    assert delivered_something(dict(delivered)), delivered["by_target"]
+    assert needs_read_back(dict(delivered)), delivered["by_target"]
 
     # The delivery wrote to Planhat: what Planhat now holds comes back first.
     [snapshot] = ticks.requests()
@@ -129,6 +129,55 @@ def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks
     assert DELIVERIES not in selected  # the delivery waits for the next change
     assert ticks.execute(back).success
     assert ticks.requests() == []  # settled: no run starts
+
+
+def test_a_delivery_of_updates_alone_is_followed_by_the_destinations_without_a_snapshot(
+    ticks: Ticks,
+) -> None:
+    """A snapshot lists all of Planhat; Planhat's answer already named every record it updated,
+    so only creates and outcomes in doubt are read back."""
+    every_object = [dg.AssetKey(["copper", name]) for name in COPPER_OBJECTS]
+    assert ticks.graph_launch(every_object, tags=_copper_range(ticks.pipeline)).success
+    assert ticks.pipeline.run("planhat_fetch").success
+    _settle(ticks)
+    # a person whose enduser the first chain delivered
+    [(claim,)] = ticks.pipeline.query(
+        "select min(p.id) from hull.users u join planhat.deliveries d on d.hull_id = u.hull_id,"
+        " unnest(u.anonymous_ids) p(id) where d.target = 'endusers'"
+        " and d.status in ('created', 'updated', 'sent') and p.id like 'copper-person:%'"
+    )
+    person = {"id": claim.split(":")[1]}
+    _control(ticks.pipeline, "PATCH", f"people/{person['id']}", {"title": "Head of Updates"})
+    today = copper_partition_key(ticks.pipeline.today)
+    assert ticks.graph_launch([COPPER[1]], partition_key=today).success
+    [downstream] = ticks.requests()
+    assert DELIVERIES in set(downstream.asset_selection or [])
+    ran = ticks.execute(downstream)
+    assert ran.success
+    delivered = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
+    by_target = delivered["by_target"].value
+    assert by_target["endusers"] == {"updated": 1}, by_target
+    assert not needs_read_back(dict(delivered))
+
+    [follow] = ticks.requests()  # the destinations at once, no full list of Planhat
+    assert follow.job_name != "planhat_fetch"
+    assert DESTINATIONS in set(follow.asset_selection or [])
+    assert DELIVERIES not in set(follow.asset_selection or [])
+    assert ticks.execute(follow).success
+    assert ticks.requests() == []
+
+
+def test_which_delivery_outcomes_a_snapshot_reads_back() -> None:
+    def metadata(by_target: dict[str, dict[str, int]], **more: Any) -> dict[str, Any]:
+        return {"by_target": dg.MetadataValue.json(by_target), **more}
+
+    assert not needs_read_back(metadata({"endusers": {"updated": 3, "unchanged": 2}}))
+    assert not needs_read_back(metadata({"companies": {"error": 1, "ignored": 1}}))
+    assert not needs_read_back(metadata({"activities": {"sent": 5}}))  # not listed by a snapshot
+    assert needs_read_back(metadata({"companies": {"updated": 3, "created": 1}}))
+    assert needs_read_back(metadata({"endusers": {"unconfirmed": 1}}))
+    assert needs_read_back(metadata({"endusers": {"sent": 2}}))  # created or updated: unknown
+    assert not needs_read_back(metadata({"companies": {"created": 1}}, dry_run=True))
 
 
 def test_two_copper_runs_in_one_tick_make_one_downstream_run(ticks: Ticks) -> None:
@@ -351,7 +400,7 @@ def test_the_first_chain_waits_for_planhat_users_before_payloads(ticks: Ticks) -
     ran = ticks.execute(rest)
     assert ran.success
     metadata = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
-    assert delivered_something(dict(metadata)), metadata["by_target"]  # the first chain delivers
+    assert needs_read_back(dict(metadata)), metadata["by_target"]  # the first chain delivers
 
 
 def _check(result: dg.ExecuteInProcessResult, asset: str, name: str) -> Any:

@@ -57,7 +57,8 @@ class DeliveryTarget:
     before it goes out and ``unknown`` when no answer comes; they are never posted twice."""
     settled_by_snapshot: bool = False
     """Records the bulk answer did not name are settled against the next Planhat snapshot of
-    the model; a delivery that wrote any of them asks for that snapshot."""
+    the model; a delivery that created any of them, or left any in doubt, asks for that
+    snapshot (one that only updated them does not: Planhat holds what was sent)."""
     max_bytes: int | None = None
     """Batches are cut further below this many bytes of JSON (the analytics body limit)."""
     payloads: str | None = None

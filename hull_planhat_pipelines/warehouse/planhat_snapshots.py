@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.sync.planhat.snapshot_due import SnapshotAge
+from hull_planhat_pipelines.sync.planhat.snapshot_due import READ_BACK_STATUSES, SnapshotAge
 from hull_planhat_pipelines.warehouse.connection import (
     column_schema,
     connect,
@@ -305,26 +305,28 @@ def write_snapshot(
 
 def snapshot_age(path: str, targets: Collection[str]) -> SnapshotAge:
     """The newest snapshot of every Planhat model (the oldest of them) and whether a delivery
-    to one of ``targets`` was recorded after it; read-only."""
+    to one of ``targets`` recorded after it created records or left outcomes in doubt (what a
+    snapshot must read back); read-only."""
     with read_only(path) as conn:
         if conn is None:
-            return SnapshotAge(taken_at=None, written_since=False)
+            return SnapshotAge(taken_at=None, unread_writes=False)
         newest: list[dt.datetime] = []
         for model in PLANHAT_SNAPSHOT_TABLES:
             schema, name = snapshot_table(model).split(".")
             if not table_exists(conn, schema, name):
-                return SnapshotAge(taken_at=None, written_since=False)
+                return SnapshotAge(taken_at=None, unread_writes=False)
             (taken,) = conn.execute(f"select max(snapshot_at) from {schema}.{name}").fetchone()
             if taken is None:
-                return SnapshotAge(taken_at=None, written_since=False)
+                return SnapshotAge(taken_at=None, unread_writes=False)
             newest.append(taken)
         taken_at = min(newest)
         written = False
         if targets and table_exists(conn, "planhat", "deliveries"):
             marks = ", ".join("?" for _ in targets)
+            statuses = ", ".join("?" for _ in READ_BACK_STATUSES)
             (written,) = conn.execute(
                 "select count(*) > 0 from planhat.deliveries "
-                f"where target in ({marks}) and delivered_at > ?",
-                [*sorted(targets), taken_at],
+                f"where target in ({marks}) and status in ({statuses}) and delivered_at > ?",
+                [*sorted(targets), *sorted(READ_BACK_STATUSES), taken_at],
             ).fetchone()
-        return SnapshotAge(taken_at=taken_at, written_since=bool(written))
+        return SnapshotAge(taken_at=taken_at, unread_writes=bool(written))

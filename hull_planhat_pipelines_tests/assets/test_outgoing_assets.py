@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 import pytest
+import requests
 import yaml
 
 from hull_planhat_pipelines.cli import SyncSummary, run_sync
@@ -264,11 +265,12 @@ def test_a_second_cycle_over_unchanged_sources_writes_nothing(two_cycles: TwoCyc
         assert _step_rows(second, step) == [0]
 
 
-def test_a_sync_takes_a_planhat_snapshot_when_due_or_when_planhat_was_written_since(
+def test_a_sync_takes_a_planhat_snapshot_when_due_or_when_records_were_created_since(
     tmp_path: Path,
 ) -> None:
     """A snapshot lists all of Planhat: a sync takes one on the fetch interval, as the daemon
-    does, and at once when a delivery wrote to Planhat after the newest snapshot."""
+    does, and at once when a delivery after the newest snapshot created records in Planhat (or
+    left outcomes in doubt). Updates alone do not make one due: Planhat's answer named each."""
     with _started(tmp_path) as stack:
         stack.cycle()
         listings = r"^/(companies|endusers|users)$"
@@ -280,12 +282,31 @@ def test_a_sync_takes_a_planhat_snapshot_when_due_or_when_planhat_was_written_si
         assert "not due" in skipped.detail and "every 60 min" in skipped.detail
 
         forced = {"ops": {"planhat__company_payloads": {"config": {"force": True}}}}
-        assert stack.run("planhat_delivery", forced).success  # written outside a sync
+        assert stack.run("planhat_delivery", forced).success  # updates, outside a sync
+        stack.planhat.rest.clear_requests()
+        updated = run_sync()
+        assert updated.ok, updated.table()
+        assert stack.planhat.rest.recorded("GET", listings) == []  # still not due
+
+        ours = {
+            str(k)
+            for (k,) in stack.query(
+                "select key from planhat.delivery_fingerprints where target = 'companies'"
+            )
+        }
+        gone = next(c for c in stack.planhat.companies() if c.get("externalId") in ours)
+        requests.delete(
+            f"{stack.planhat.rest_url}/companies/{gone['_id']}",
+            headers={"Authorization": f"Bearer {stack.planhat.api_token}"},
+            timeout=10,
+        ).raise_for_status()
+        assert stack.run("planhat_delivery", forced).success  # re-created, outside a sync
+        assert any(c.get("externalId") == gone["externalId"] for c in stack.planhat.companies())
         stack.planhat.rest.clear_requests()
         after = run_sync()
         assert after.ok, after.table()
-        assert stack.planhat.rest.recorded("GET", r"^/companies$")  # due: written since
-        assert any("written to since the last snapshot" in s.detail for s in after.steps)
+        assert stack.planhat.rest.recorded("GET", r"^/companies$")  # due: created since
+        assert any("records created or in doubt" in s.detail for s in after.steps)
 
 
 def test_activities_carry_only_tracked_events_of_contacts_and_go_once(
@@ -451,9 +472,13 @@ def test_only_the_changed_company_is_sent_and_a_forced_run_sends_all(stack: Stac
     forced = stack.cycle(force=True)
     resent = [item["externalId"] for item in stack.company_items()]
     assert sorted(resent) == sorted(first)
-    # Planhat answered "unchanged" for each: no snapshot follows, Hull runs once and writes nothing.
+    # Planhat answered "unchanged" for each: no snapshot follows, Hull runs once. It writes
+    # only what the full sync's snapshot brought back of the update before (an update is not
+    # listed back at once: Planhat's answer named it): the renamed company's Planhat side.
     assert _step_rows(forced, "hull/user_upserts") == [0]
-    assert _step_rows(forced, "hull/account_upserts") == [0]
+    assert _step_rows(forced, "hull/account_upserts") == [1]
+    [(_, attributes)] = stack.accounts(f"external_id = '{ROW0_EXTERNAL_ID}'").values()
+    assert attributes["planhat/name"] == "Renamed Harbor Systems"
 
 
 def test_a_record_refused_in_a_bulk_answer_alone_is_retried(stack: Stack) -> None:

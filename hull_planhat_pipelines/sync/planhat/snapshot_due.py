@@ -3,15 +3,25 @@
 A snapshot is a full list by nature (every company and enduser, whatever changed), so it is
 taken on the interval Planhat's fetch is configured for, as the daemon's sensor does, and not
 on every sync. Planhat changes in two ways: people edit it (seen at the next due snapshot,
-the documented delay), and the pipeline writes to it. Writes the newest snapshot has not seen
-(a sync killed after delivering and before its closing snapshot, a delivery run on its own)
-make a snapshot due at once: owners, company ids and settlements read it.
+the documented delay), and the pipeline writes to it. Records the pipeline created, or whose
+outcome the answer left in doubt, that the newest snapshot has not seen (a sync killed after
+delivering and before its closing snapshot, a delivery run on its own) make a snapshot due at
+once: company ids and settlements read it. Updates do not: Planhat's answer named each one,
+and Planhat holds what was sent.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+
+READ_BACK_STATUSES = frozenset({"created", "sent", "unconfirmed", "pending", "unknown"})
+"""Outcomes a Planhat snapshot must read back: a record Planhat created (it is now a company
+the destinations and enduser payloads may name, under an id we did not choose), one Planhat
+applied without saying how (``sent``: its answer's counts mixed creates with updates, and
+named the created records by ``_id`` only), or one whose outcome the answer left open
+(settled against the snapshot). A record the answer names as ``updated`` or ``unchanged``
+holds what we sent: listing all of Planhat again for it would only show that."""
 
 
 @dataclass(frozen=True)
@@ -20,8 +30,9 @@ class SnapshotAge:
 
     taken_at: dt.datetime | None
     """The oldest of the models' newest snapshots (None: a model was never fetched)."""
-    written_since: bool
-    """A delivery to a target the snapshot lists was recorded after ``taken_at``."""
+    unread_writes: bool
+    """A delivery to a target the snapshot lists, recorded after ``taken_at``, created records
+    or left outcomes in doubt (``READ_BACK_STATUSES``)."""
 
 
 def snapshot_due(
@@ -33,8 +44,8 @@ def snapshot_due(
         return "full sync"
     if age.taken_at is None:
         return "no snapshot yet"
-    if age.written_since:
-        return "written to since the last snapshot"
+    if age.unread_writes:
+        return "records created or in doubt since the last snapshot"
     if now - age.taken_at >= dt.timedelta(minutes=interval_minutes):
         return f"older than {interval_minutes} min"
     return None
