@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from hull_planhat_pipelines.assets import destinations as destination_asset
 from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
@@ -302,9 +303,21 @@ def test_a_create_whose_answer_is_lost_is_read_back_not_posted_again(stack: Stac
     assert stack.planhat.rest.recorded("POST", "^/conversations$") == []
 
 
-def test_an_edited_note_updates_the_conversation_it_created(stack: Stack) -> None:
-    """Case 5: a Copper note whose text changed becomes an update, not a second record."""
+def test_an_edited_note_updates_the_conversation_it_created(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Case 5: a Copper note whose text changed becomes an update, not a second record. Only
+    that note is read and mapped again: the others map to what Planhat was sent."""
+    mapped: list[int] = []
+    original = destination_asset.map_rows
+
+    def counted(source: Any, destination: Any) -> Any:
+        mapped.append(len(source))
+        return original(source, destination)
+
+    monkeypatch.setattr(destination_asset, "map_rows", counted)
     stack.cycle()
+    assert mapped and mapped[0] > 1  # the first run maps every note
     held = _conversation_keys(stack.planhat)
     event = _conversation_events(stack)[0]
     activity = stack.copper.record("activities", int(event.rsplit(":", 1)[-1]))
@@ -320,6 +333,7 @@ def test_an_edited_note_updates_the_conversation_it_created(stack: Stack) -> Non
     assert any(description == "Edited: the contract was signed" for _, description, *_ in after)
     assert stack.planhat.rest.recorded("POST", "^/conversations$") == []
     assert len(stack.planhat.rest.recorded("PUT", r"^/conversations/[0-9a-f]{24}$")) == 1
+    assert mapped[1:] == [1], mapped  # the edited note alone
 
 
 def _enduser_key(item: dict[str, Any]) -> str:

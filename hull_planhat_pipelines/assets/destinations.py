@@ -2,7 +2,9 @@
 
 Each runs its SQL over the warehouse, removes the excluded attributes, and sends the records
 that changed since they were last delivered (fingerprints, as for companies): a POST that
-creates something is never repeated for an unchanged record. ``test_mode`` sends exactly one
+creates something is never repeated for an unchanged record. Only the rows that may have
+changed are read and mapped: the warehouse leaves out, in SQL, the rows whose hash maps to
+what was delivered (``warehouse.destination_memo``). ``test_mode`` sends exactly one
 sample record and reports the answer; ``dry_run`` sends nothing.
 """
 
@@ -26,13 +28,20 @@ from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import DestinationSettings, Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
-from hull_planhat_pipelines.sync.planhat.destinations import destination_records, is_collection
+from hull_planhat_pipelines.sync.planhat.destinations import (
+    SOURCE_HASH,
+    is_collection,
+    map_rows,
+    select_records,
+)
 from hull_planhat_pipelines.warehouse.deliveries import capture_responses, journal, step_lock
 from hull_planhat_pipelines.warehouse.destination_inputs import (
     SourceFailed,
     SourceNotReady,
+    delivery_state,
     destination_inputs,
 )
+from hull_planhat_pipelines.warehouse.destination_memo import remember_mapped
 
 OUTGOING_GROUP = "outgoing"
 
@@ -77,7 +86,7 @@ def build_destination_asset(destination: DestinationSettings) -> dg.AssetsDefini
             dg.AssetKey(["hull", "users"]),
             dg.AssetKey(["hull", "events"]),
             dg.AssetKey(["planhat", "company_snapshots"]),
-            # after the delivery (and the snapshot of what it wrote, when it wrote anything)
+            # after the delivery (and the snapshot of what it created or left in doubt, if any)
             dg.AssetKey(["planhat", "deliveries"]),
         ],
         group_name=OUTGOING_GROUP,
@@ -123,8 +132,9 @@ def _deliver_destination(
 ) -> dg.MaterializeResult:
     now = dt.datetime.now(dt.UTC)
     run_id = context.run.run_id
+    forced = config.force or config.test_mode
     try:
-        inputs = destination_inputs(warehouse.database, destination)
+        inputs = destination_inputs(warehouse.database, destination, every_row=forced)
     except SourceNotReady as exc:
         # A table the SQL reads has not been materialized yet (first runs): wait.
         context.log.warning(f"destination {destination.name} waits: {exc}")
@@ -138,14 +148,19 @@ def _deliver_destination(
         ) from None
     if inputs is None:
         raise dg.Failure("the warehouse is empty: run the Hull sync first")
-    records, skipped = destination_records(
-        inputs.source,
+    mapped, skipped = map_rows(inputs.source, destination)
+    state = delivery_state(warehouse.database, destination.name, mapped["key"].tolist())
+    if not (config.dry_run or config.test_mode):
+        remember_mapped(warehouse.database, destination.name, mapped, whole=not inputs.remembered)
+    records, ignored = select_records(
+        mapped,
         destination,
-        inputs.fingerprints,
-        force=config.force or config.test_mode,
-        planhat_ids=inputs.planhat_ids,
+        state.fingerprints,
+        force=forced,
+        planhat_ids=state.planhat_ids,
         in_doubt=inputs.in_doubt,
     )
+    skipped += ignored
     if config.test_mode:
         records = records.head(1)
     records = records.reset_index(drop=True)
@@ -191,8 +206,10 @@ def _deliver_destination(
         raise dg.Failure(str(stopped), allow_retries=False)
     by_status = result.counts()
     metadata: dict[str, Any] = {
-        **frame_column_schema(inputs.source),  # what it sends: the columns of its source_sql
-        "rows_from_sql": dg.MetadataValue.int(len(inputs.source)),
+        # what it sends: the columns of its source_sql
+        **frame_column_schema(inputs.source.drop(columns=SOURCE_HASH, errors="ignore")),
+        "rows_from_sql": dg.MetadataValue.int(inputs.rows),
+        "rows_mapped": dg.MetadataValue.int(len(inputs.source)),
         "sent": dg.MetadataValue.int(0 if config.dry_run else len(records)),
         "would_send": dg.MetadataValue.int(len(records) if config.dry_run else 0),
         "failed": dg.MetadataValue.int(sum(by_status.get(s, 0) for s in FAILED)),

@@ -43,14 +43,34 @@ def lock_down(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return conn
 
 
-def run_select(conn: duckdb.DuckDBPyConnection, sql: str, what: str = "query") -> pd.DataFrame:
+def run_select(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str,
+    what: str = "query",
+    params: list[object] | None = None,
+) -> pd.DataFrame:
     """Run one operator SELECT on a locked-down connection and return its rows.
 
     ``conn`` must already be locked (``lock_down``); a refused file or network access raises
-    ``OperatorSqlError`` saying so.
+    ``OperatorSqlError`` saying so. ``params``: values of the ``?`` a query wrapped around the
+    operator's (``as_subquery``) adds.
     """
     check_select(sql, what)
     try:
-        return conn.execute(sql).fetchdf()
+        return conn.execute(sql, params).fetchdf()
     except duckdb.PermissionException as exc:
         raise OperatorSqlError(f"{what}: {str(exc).splitlines()[0]}") from None
+
+
+def as_subquery(sql: str) -> str:
+    """One operator SELECT as the body of a subquery of ours: the semicolons and comments it
+    ends with are cut (found by DuckDB's tokenizer, not by text search), the rest kept as
+    written."""
+    check_select(sql)
+    end = len(sql)
+    for offset, kind in reversed(duckdb.tokenize(sql)):
+        if kind == duckdb.token_type.comment or sql[offset] == ";":
+            end = offset
+            continue
+        break
+    return sql[:end].rstrip()

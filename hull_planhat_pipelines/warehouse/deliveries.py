@@ -156,14 +156,19 @@ def in_doubt_keys(conn: duckdb.DuckDBPyConnection | None, target: str) -> set[st
     return {k for k, s in latest_statuses(conn, target, among=IN_DOUBT).items() if s in IN_DOUBT}
 
 
-def planhat_ids(conn: duckdb.DuckDBPyConnection | None, target: str) -> dict[str, str]:
-    """key -> the Planhat ``_id`` an earlier answer named, for ``target``."""
+def planhat_ids(
+    conn: duckdb.DuckDBPyConnection | None, target: str, keys: Collection[str] | None = None
+) -> dict[str, str]:
+    """key -> the Planhat ``_id`` an earlier answer named, for ``target`` (``keys`` only, when
+    given)."""
     if conn is None or not has_column(conn, FINGERPRINTS, "planhat_id"):
         return {}
+    among = "" if keys is None else " and key in (select unnest(?))"
     rows = run(
         conn,
-        f"select key, planhat_id from {FINGERPRINTS} where target = ? and planhat_id is not null",
-        [target],
+        f"select key, planhat_id from {FINGERPRINTS} where target = ? and planhat_id is not null"
+        + among,
+        [target] if keys is None else [target, sorted(keys)],
     )
     return {str(key): str(value) for key, value in rows}
 

@@ -1,5 +1,5 @@
-"""What a configured destination reads before sending: its source SQL's rows and the delivery
-state of its keys, on one read-only connection.
+"""What a configured destination reads before sending: its source SQL's rows (the ones the
+memo cannot vouch for, ``destination_memo``) and the delivery state of the keys they map to.
 
 The asset decides what a missing table or a failing query means for the run; this module only
 tells them apart (``SourceNotReady``, ``SourceFailed``).
@@ -7,18 +7,25 @@ tells them apart (``SourceNotReady``, ``SourceFailed``).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.settings import DestinationSettings
-from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
+from hull_planhat_pipelines.sync.operator_sql import as_subquery, lock_down, run_select
 from hull_planhat_pipelines.warehouse.connection import read_only
 from hull_planhat_pipelines.warehouse.deliveries import (
-    fingerprints_table,
+    fingerprints_of_keys,
     in_doubt_keys,
     planhat_ids,
+)
+from hull_planhat_pipelines.warehouse.destination_memo import (
+    changed_source,
+    hashed_source,
+    memo_ready,
+    source_digest,
 )
 
 
@@ -33,27 +40,58 @@ class SourceFailed(Exception):
 @dataclass(frozen=True)
 class DestinationInputs:
     source: pd.DataFrame
-    fingerprints: pd.DataFrame
-    planhat_ids: dict[str, str]
+    """The rows to map: all of the source SQL's, or (``remembered``) the ones the memo cannot
+    vouch for; each with its ``SOURCE_HASH``."""
+    rows: int
+    """How many rows the source SQL returned in all."""
+    remembered: bool
+    """Rows the memo vouches for were left out (``destination_memo``)."""
     in_doubt: set[str]
 
 
-def destination_inputs(database: str, destination: DestinationSettings) -> DestinationInputs | None:
+@dataclass(frozen=True)
+class DeliveryState:
+    fingerprints: pd.DataFrame
+    planhat_ids: dict[str, str]
+
+
+def destination_inputs(
+    database: str, destination: DestinationSettings, *, every_row: bool = False
+) -> DestinationInputs | None:
     """The rows of ``destination.source_sql`` (run locked down: it reads the warehouse and
-    nothing else) with the fingerprints, known Planhat ids and in-doubt keys of its target;
-    ``None`` while the warehouse does not exist."""
+    nothing else) that may map to something other than what Planhat was sent, and the keys of
+    its target in doubt; ``None`` while the warehouse does not exist. ``every_row``: all rows
+    (a forced send, a test send)."""
     with read_only(database) as conn:
         if conn is None:
             return None
+        sql = destination.source_sql
+        digest = source_digest(destination)
+        remembered = not every_row and memo_ready(conn)
         try:
-            source = run_select(lock_down(conn), destination.source_sql, destination.name)
+            locked = lock_down(conn)
+            if remembered:
+                source = run_select(
+                    locked, changed_source(sql), destination.name, [digest, destination.name]
+                )
+                (rows,) = locked.execute(f"select count(*) from ({as_subquery(sql)}) s").fetchone()
+            else:
+                source = run_select(locked, hashed_source(sql), destination.name, [digest])
+                rows = len(source)
         except duckdb.CatalogException as exc:
             raise SourceNotReady(str(exc)) from exc
         except duckdb.Error as exc:
             raise SourceFailed(str(exc)) from exc
         return DestinationInputs(
             source=source,
-            fingerprints=fingerprints_table(conn, [destination.name]),
-            planhat_ids=planhat_ids(conn, destination.name),
+            rows=int(rows),
+            remembered=remembered,
             in_doubt=in_doubt_keys(conn, destination.name),
         )
+
+
+def delivery_state(database: str, target: str, keys: Collection[str]) -> DeliveryState:
+    """What was last delivered to ``target`` under ``keys``: fingerprints and Planhat ids."""
+    with read_only(database) as conn:
+        fingerprints = fingerprints_of_keys(conn, target, keys)
+        return DeliveryState(fingerprints, planhat_ids(conn, target, keys))

@@ -10,7 +10,12 @@ import pytest
 from hull_planhat_pipelines.settings import SegmentSettings
 from hull_planhat_pipelines.sync.hull.model import empty_store
 from hull_planhat_pipelines.sync.hull.segments import SegmentError, evaluate_segments
-from hull_planhat_pipelines.sync.operator_sql import OperatorSqlError, lock_down, run_select
+from hull_planhat_pipelines.sync.operator_sql import (
+    OperatorSqlError,
+    as_subquery,
+    lock_down,
+    run_select,
+)
 from hull_planhat_pipelines.warehouse import read_only
 from hull_planhat_pipelines.warehouse.planhat_queries import run_metric_sql
 
@@ -74,3 +79,19 @@ def test_a_segment_reading_the_file_system_is_refused() -> None:
     )
     with pytest.raises(SegmentError, match=r"Leak.*disabled by configuration"):
         evaluate_segments(empty_store("user"), empty_store("account"), segments)
+
+
+@pytest.mark.parametrize(
+    ("written", "body"),
+    [
+        ("select 1 as a; -- every row", "select 1 as a"),
+        ("select 1 as a -- a note\n;", "select 1 as a"),
+        ("select ';' as x ;; /* done */", "select ';' as x"),
+        ("-- lead\nselect 1 /* keep */ as a", "-- lead\nselect 1 /* keep */ as a"),
+    ],
+)
+def test_an_operator_select_becomes_a_subquery_as_written(written: str, body: str) -> None:
+    assert as_subquery(written) == body
+    assert duckdb.connect().execute(f"select * from ({as_subquery(written)}\n) s").fetchall()
+    with pytest.raises(OperatorSqlError):
+        as_subquery("select 1; select 2")

@@ -25,6 +25,8 @@ NO_EXTERNAL_ID = "No external_id for the path"
 RECORD_COLUMNS = ["target", "key", "hull_id", "payload", "fingerprint", "fields", "change"]
 ROUTE_COLUMNS = ["method", "path", "read_back"]
 ON_CHANGE_IGNORED = "Changed since delivered; on_change: ignore"
+SOURCE_HASH = "_source_hash"
+"""The column of a source row's hash, when the warehouse computed one (never sent)."""
 
 
 def stable_external_id(destination: DestinationSettings, key: str, digest: str) -> str:
@@ -75,26 +77,17 @@ def _key(row: dict[str, Any], needs_external_id: bool, digest: str) -> str | Non
     return digest
 
 
-def destination_records(
-    source: pd.DataFrame,
-    destination: DestinationSettings,
-    fingerprints: pd.DataFrame | None,
-    *,
-    force: bool = False,
-    planhat_ids: Mapping[str, str] | None = None,
-    in_doubt: Collection[str] = (),
+def map_rows(
+    source: pd.DataFrame, destination: DestinationSettings
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
-    """The rows to send (``payload`` as JSON text, excluded attributes removed) that changed
-    since their last successful delivery; a row whose path needs an external id and has none
-    is skipped with its reason.
-
-    A collection path gives each record a stable ``externalId`` (``stable_key``); a POST
-    destination's rows carry their own call (``ROUTE_COLUMNS``): see ``_route``. ``planhat_ids``
-    maps keys to the Planhat ``_id`` their create returned; ``in_doubt`` holds keys whose last
-    call went out without an answer."""
+    """Every source row as a keyed, fingerprinted record (``RECORD_COLUMNS`` but ``change``;
+    one per key, the last row wins); a row whose path needs an external id and has none is
+    skipped with its reason. A ``SOURCE_HASH`` column of the source is not sent: it is carried
+    to the record of its row (the warehouse remembers what each source row mapped to)."""
     needs_external_id = "{external_id}" in destination.path
     keyed = destination.stable_key and is_collection(destination)
-    excluded = set(destination.exclude)
+    excluded = {*destination.exclude, SOURCE_HASH}
+    carried = SOURCE_HASH in source.columns
     rows: dict[str, dict[str, Any]] = {}
     events: list[SyncEvent] = []
     for raw in source.to_dict("records"):
@@ -121,8 +114,52 @@ def destination_records(
             "payload": canonical_json(payload),
             "fingerprint": digest,
             "fields": fields_text(sorted(payload)),
+            **({SOURCE_HASH: row[SOURCE_HASH]} if carried else {}),
         }
-    candidates = pd.DataFrame(list(rows.values()), columns=RECORD_COLUMNS[:-1])
+    columns = [*RECORD_COLUMNS[:-1], *([SOURCE_HASH] if carried else [])]
+    return pd.DataFrame(list(rows.values()), columns=columns), events
+
+
+def destination_records(
+    source: pd.DataFrame,
+    destination: DestinationSettings,
+    fingerprints: pd.DataFrame | None,
+    *,
+    force: bool = False,
+    planhat_ids: Mapping[str, str] | None = None,
+    in_doubt: Collection[str] = (),
+) -> tuple[pd.DataFrame, list[SyncEvent]]:
+    """The rows to send (``map_rows``, then ``select_records``)."""
+    candidates, events = map_rows(source, destination)
+    selected, more = select_records(
+        candidates,
+        destination,
+        fingerprints,
+        force=force,
+        planhat_ids=planhat_ids,
+        in_doubt=in_doubt,
+    )
+    return selected, events + more
+
+
+def select_records(
+    candidates: pd.DataFrame,
+    destination: DestinationSettings,
+    fingerprints: pd.DataFrame | None,
+    *,
+    force: bool = False,
+    planhat_ids: Mapping[str, str] | None = None,
+    in_doubt: Collection[str] = (),
+) -> tuple[pd.DataFrame, list[SyncEvent]]:
+    """The mapped records to send (``payload`` as JSON text, excluded attributes removed): the
+    ones that changed since their last successful delivery.
+
+    A collection path gives each record a stable ``externalId`` (``stable_key``); a POST
+    destination's rows carry their own call (``ROUTE_COLUMNS``): see ``_route``. ``planhat_ids``
+    maps keys to the Planhat ``_id`` their create returned; ``in_doubt`` holds keys whose last
+    call went out without an answer."""
+    events: list[SyncEvent] = []
+    candidates = candidates[RECORD_COLUMNS[:-1]]
     selected = select_changed(candidates, fingerprints, destination.name, force=force)
     selected = selected.reindex(columns=RECORD_COLUMNS)
     if destination.on_change == "ignore":

@@ -1,0 +1,119 @@
+"""A destination reads and maps only the source rows the memo cannot vouch for: rows whose hash
+maps to what Planhat was last sent are left out in SQL, and nothing else is."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from hull_planhat_pipelines.settings import DestinationSettings
+from hull_planhat_pipelines.sync.planhat.destinations import SOURCE_HASH, map_rows, select_records
+from hull_planhat_pipelines.warehouse import deliveries
+from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
+from hull_planhat_pipelines.warehouse.destination_inputs import delivery_state, destination_inputs
+from hull_planhat_pipelines.warehouse.destination_memo import MEMO, remember_mapped
+
+NOTES = DestinationSettings(
+    name="conversations",
+    method="POST",
+    path="/conversations",
+    # a trailing comment and semicolon: the memo wraps the operator's SQL as it is written
+    source_sql="select event_id, body, noted_at from notes order by event_id; -- every note",
+)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    path = str(tmp_path / "warehouse.duckdb")
+    with duckdb.connect(path) as conn:
+        conn.execute("create table notes (event_id integer, body varchar, noted_at timestamptz)")
+        conn.execute(
+            "insert into notes select i, 'note ' || i, timestamptz '2026-01-01 00:00:00+00'"
+            " + to_minutes(i) from range(1, 6) t(i)"
+        )
+    return path
+
+
+def _cycle(
+    database: str, destination: DestinationSettings = NOTES, *, force: bool = False
+) -> tuple[list[str], pd.DataFrame]:
+    """One destination run as the asset wires it, with every record delivered: the keys read
+    and mapped, and the records selected to send."""
+    inputs = destination_inputs(database, destination, every_row=force)
+    assert inputs is not None and inputs.rows == 5
+    mapped, _ = map_rows(inputs.source, destination)
+    state = delivery_state(database, destination.name, mapped["key"].tolist())
+    remember_mapped(database, destination.name, mapped, whole=not inputs.remembered)
+    records, _ = select_records(
+        mapped, destination, state.fingerprints, force=force, planhat_ids=state.planhat_ids
+    )
+    _delivered(database, records)
+    return sorted(mapped["key"]), records
+
+
+def _delivered(database: str, records: pd.DataFrame) -> None:
+    if records.empty:
+        return
+    fresh = records[["target", "key", "fingerprint", "fields"]].assign(
+        delivered_at=pd.Timestamp(dt.datetime.now(dt.UTC)), planhat_id=None
+    )
+    with duckdb.connect(database) as conn:
+        deliveries._ensure_tables(conn)
+        deliveries._upsert_fingerprints(conn, fresh)
+
+
+def _edit(database: str, sql: str) -> None:
+    with duckdb.connect(database) as conn:
+        conn.execute(sql)
+
+
+def test_only_rows_that_may_have_changed_are_read_and_mapped(database: str) -> None:
+    keys, records = _cycle(database)
+    assert keys == ["1", "2", "3", "4", "5"] and len(records) == 5  # first run: all of them
+    assert SOURCE_HASH not in records.columns
+    assert SOURCE_HASH not in records["payload"].iloc[0]  # never sent
+
+    keys, records = _cycle(database)
+    assert keys == [] and records.empty  # nothing changed: nothing read
+    _edit(database, "update notes set body = 'edited' where event_id = 2")
+    keys, records = _cycle(database)
+    assert keys == ["2"] and records["change"].tolist() == ["changed"]
+    _edit(database, "insert into notes values (6, 'new', now())")
+    inputs = destination_inputs(database, NOTES)
+    assert inputs is not None and inputs.rows == 6 and len(inputs.source) == 1
+    assert _cycle_keys_after_delete(database) == []  # a removed row reads nothing
+
+
+def _cycle_keys_after_delete(database: str) -> list[str]:
+    _edit(database, "delete from notes where event_id = 6")
+    return _cycle(database)[0]
+
+
+def test_the_memo_vouches_only_for_what_was_delivered(database: str) -> None:
+    _cycle(database)
+    # a record whose delivery Planhat refused keeps its older fingerprint: read again
+    _edit(database, f"update {FINGERPRINTS} set fingerprint = 'refused' where key = '3'")
+    keys, records = _cycle(database)
+    assert keys == ["3"] and records["key"].tolist() == ["3"]
+    # a fingerprint the settlement dropped: read again, sent as new
+    _edit(database, f"delete from {FINGERPRINTS} where key = '4'")
+    keys, records = _cycle(database)
+    assert keys == ["4"] and records["change"].tolist() == ["new"]
+    # a lost memo costs mapping, never a send
+    _edit(database, f"delete from {MEMO}")
+    keys, records = _cycle(database)
+    assert len(keys) == 5 and records.empty
+    assert _cycle(database)[0] == []
+
+
+def test_other_settings_or_a_forced_send_read_every_row(database: str) -> None:
+    _cycle(database)
+    keys, records = _cycle(database, NOTES.model_copy(update={"exclude": ["noted_at"]}))
+    assert len(keys) == 5 and len(records) == 5  # other payloads: all mapped and changed
+    keys, records = _cycle(database, force=True)
+    assert len(keys) == 5 and len(records) == 5
+    assert set(records["change"]) == {"changed"}  # the exclusion above was delivered last
