@@ -134,7 +134,7 @@ def _deliver_destination(
     run_id = context.run.run_id
     forced = config.force or config.test_mode
     try:
-        inputs = destination_inputs(warehouse.database, destination, every_row=forced)
+        inputs = destination_inputs(warehouse.database, destination, every_row_asked=forced)
     except SourceNotReady as exc:
         # A table the SQL reads has not been materialized yet (first runs): wait.
         context.log.warning(f"destination {destination.name} waits: {exc}")

@@ -22,9 +22,11 @@ from hull_planhat_pipelines.warehouse.deliveries import (
     planhat_ids,
 )
 from hull_planhat_pipelines.warehouse.destination_memo import (
-    changed_source,
-    hashed_source,
+    changed_rows,
+    every_row,
     memo_ready,
+    rememberable,
+    source_columns,
     source_digest,
 )
 
@@ -56,28 +58,37 @@ class DeliveryState:
 
 
 def destination_inputs(
-    database: str, destination: DestinationSettings, *, every_row: bool = False
+    database: str, destination: DestinationSettings, *, every_row_asked: bool = False
 ) -> DestinationInputs | None:
     """The rows of ``destination.source_sql`` (run locked down: it reads the warehouse and
     nothing else) that may map to something other than what Planhat was sent, and the keys of
-    its target in doubt; ``None`` while the warehouse does not exist. ``every_row``: all rows
-    (a forced send, a test send)."""
+    its target in doubt; ``None`` while the warehouse does not exist. ``every_row_asked``: all
+    rows (a forced send, a test send)."""
     with read_only(database) as conn:
         if conn is None:
             return None
         sql = destination.source_sql
-        digest = source_digest(destination)
-        remembered = not every_row and memo_ready(conn)
+        remembered = False
         try:
             locked = lock_down(conn)
-            if remembered:
-                source = run_select(
-                    locked, changed_source(sql), destination.name, [digest, destination.name]
-                )
-                (rows,) = locked.execute(f"select count(*) from ({as_subquery(sql)}) s").fetchone()
-            else:
-                source = run_select(locked, hashed_source(sql), destination.name, [digest])
+            columns = source_columns(locked, sql)
+            names = [name for name, _ in columns]
+            if not rememberable(columns):
+                source = run_select(locked, sql, destination.name)
                 rows = len(source)
+            elif every_row_asked or not memo_ready(conn):
+                digest = source_digest(destination, columns)
+                query = every_row(sql, destination, names)
+                source = run_select(locked, query, destination.name, [digest])
+                rows = len(source)
+            else:
+                remembered = True
+                digest = source_digest(destination, columns)
+                query = changed_rows(sql, destination, names)
+                source = run_select(locked, query, destination.name, [destination.name, digest])
+                (rows,) = locked.execute(
+                    f"select count(*) from ({as_subquery(sql)}\n) s"
+                ).fetchone()
         except duckdb.CatalogException as exc:
             raise SourceNotReady(str(exc)) from exc
         except duckdb.Error as exc:

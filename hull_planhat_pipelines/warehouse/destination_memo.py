@@ -10,8 +10,11 @@ sent: it is dropped in SQL, before it is read. Every other row is mapped and com
 before. The memo caches a pure function and never records a delivery: the fingerprints stay
 the only record of what Planhat holds, so a stale or lost memo costs mapping, never a send.
 
-A row's hash covers its JSON text, the destination's settings (its exclusions, path and keys
-change what a row maps to) and ``MAPPING_VERSION`` (raised when the mapping itself changes).
+A row's hash covers the text of each of its columns, the source's column names and types, the
+destination's settings (its exclusions, path and keys change what a row maps to) and
+``MAPPING_VERSION`` (raised when the mapping itself changes). The rows of one key stand or
+fall together: ``map_rows`` keeps one row per key, so when any of them may have changed, all
+of them are read, and the same row wins as when every row is read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import pandas as pd
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.operator_sql import as_subquery
-from hull_planhat_pipelines.sync.planhat.destinations import SOURCE_HASH
+from hull_planhat_pipelines.sync.planhat.destinations import KEY_COLUMNS, SOURCE_HASH
 from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
 
@@ -33,27 +36,75 @@ MEMO_DDL = (
     "(target varchar, key varchar, source_hash varchar, fingerprint varchar)",
 )
 MAPPING_VERSION = "1"
+"""Raised whenever what a row maps to changes for the same row and settings (``jsonable``,
+``canonical_content``, ``fingerprint``, ``map_rows``): a test pins one row's fingerprint."""
+ROW = "_destination_row"
+KEY = "_destination_key"
+RESERVED = frozenset({ROW, KEY, SOURCE_HASH, "_vouched"})
+"""Names the wrapping query uses: a source returning one of them is read whole, unremembered."""
 
 
-def source_digest(destination: DestinationSettings) -> str:
-    """What, besides the row, decides what a row maps to."""
-    return canonical_hash([MAPPING_VERSION, destination.model_dump(mode="json")])
+def source_columns(conn: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[str, str]]:
+    """The source's column names and types (nothing is read)."""
+    found = conn.execute(f"select * from ({as_subquery(sql)}\n) {ROW} limit 0").description
+    return [(str(column[0]), str(column[1])) for column in found or []]
 
 
-def hashed_source(sql: str) -> str:
-    """The operator's SELECT with each row's hash as ``SOURCE_HASH`` (parameter: the digest)."""
+def rememberable(columns: list[tuple[str, str]]) -> bool:
+    names = [name for name, _ in columns]
+    return len(set(names)) == len(names) and not RESERVED & set(names)
+
+
+def source_digest(destination: DestinationSettings, columns: list[tuple[str, str]]) -> str:
+    """What, besides the row's values, decides what a row maps to: the destination's settings,
+    the source's column names and types, and the mapping's version."""
+    return canonical_hash([MAPPING_VERSION, destination.model_dump(mode="json"), columns])
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _key_sql(destination: DestinationSettings, names: list[str]) -> str:
+    """The record's key as ``map_rows`` takes it (``_key``), to group the rows of one key:
+    the external id a path needs, else the first key column with a value, else the row."""
+    if "{external_id}" in destination.path:
+        columns = ["external_id"] if "external_id" in names else []
+    else:
+        columns = [c for c in KEY_COLUMNS if c in names]
+    values = [f"nullif(cast({ROW}.{_ident(c)} as varchar), '')" for c in columns]
+    return f"coalesce({', '.join([*values, 'null'])})"
+
+
+def hashed_source(sql: str, destination: DestinationSettings, names: list[str]) -> str:
+    """The source's rows with ``SOURCE_HASH`` (of the digest, the first parameter, and every
+    column's text as written) and ``KEY``."""
+    texts = ", ".join(f"cast({ROW}.{_ident(n)} as varchar)" for n in names)
+    hashed = f"md5(? || to_json([{texts}]::varchar[])::varchar)"
     return (
-        f'select s.*, md5(? || to_json(s)::varchar) as "{SOURCE_HASH}" from ({as_subquery(sql)}) s'
+        f'select {ROW}.*, {hashed} as "{SOURCE_HASH}", {_key_sql(destination, names)} as {KEY}'
+        f" from ({as_subquery(sql)}\n) {ROW}"
     )
 
 
-def changed_source(sql: str) -> str:
-    """The rows of ``hashed_source`` the memo cannot vouch for (parameters: the digest and the
-    target)."""
+def every_row(sql: str, destination: DestinationSettings, names: list[str]) -> str:
+    """All of ``hashed_source`` (parameter: the digest)."""
+    return f"select * exclude ({KEY}) from ({hashed_source(sql, destination, names)}) h"
+
+
+def changed_rows(sql: str, destination: DestinationSettings, names: list[str]) -> str:
+    """The rows of ``hashed_source`` the memo cannot vouch for, with every other row of their
+    key (``map_rows`` picks one row per key among all of them, as when all rows are read).
+    Parameters, in this order: the target and the digest."""
+    vouched = (
+        f"exists (select 1 from {MEMO} m join {FINGERPRINTS} f on f.target = m.target"
+        " and f.key = m.key and f.fingerprint = m.fingerprint"
+        f' where m.target = ? and m.source_hash = h."{SOURCE_HASH}")'
+    )
     return (
-        f"select * from ({hashed_source(sql)}) h where not exists (select 1 from {MEMO} m"
-        f" join {FINGERPRINTS} f on f.target = m.target and f.key = m.key"
-        f' and f.fingerprint = m.fingerprint where m.target = ? and m.source_hash = h."{SOURCE_HASH}")'
+        f"select * exclude ({KEY}, _vouched) from (select h.*, {vouched} as _vouched"
+        f" from ({hashed_source(sql, destination, names)}) h)"
+        f' qualify not bool_and(_vouched) over (partition by coalesce({KEY}, "{SOURCE_HASH}"))'
     )
 
 
@@ -63,11 +114,15 @@ def memo_ready(conn: duckdb.DuckDBPyConnection) -> bool:
 
 
 def remember_mapped(database: str, target: str, mapped: pd.DataFrame, *, whole: bool) -> None:
-    """Keep what the rows mapped this run (``key``, ``fingerprint``, ``SOURCE_HASH``) mapped to.
+    """Keep what the rows mapped this run mapped to: per key, the hash of each of its rows
+    (``SOURCE_HASH``, a list) and the key's fingerprint.
 
     ``whole``: the run mapped every row of the source, so the target's memo is replaced (keys
     gone from the source leave it); otherwise the mapped keys' entries are replaced."""
-    rows = mapped.loc[mapped[SOURCE_HASH].notna(), ["key", "fingerprint", SOURCE_HASH]]
+    if SOURCE_HASH not in mapped.columns:
+        return  # a source read whole, unremembered (``rememberable``)
+    rows = mapped[["key", "fingerprint", SOURCE_HASH]].explode(SOURCE_HASH)
+    rows = rows.loc[rows[SOURCE_HASH].notna()]
     if rows.empty and not whole:
         return
     conn = connect(database)

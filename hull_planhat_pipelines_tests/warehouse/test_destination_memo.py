@@ -15,8 +15,9 @@ from hull_planhat_pipelines.sync.planhat.destinations import SOURCE_HASH, map_ro
 from hull_planhat_pipelines.warehouse import deliveries
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
 from hull_planhat_pipelines.warehouse.destination_inputs import delivery_state, destination_inputs
-from hull_planhat_pipelines.warehouse.destination_memo import MEMO, remember_mapped
+from hull_planhat_pipelines.warehouse.destination_memo import MAPPING_VERSION, MEMO, remember_mapped
 
+PINNED_FINGERPRINT = "f06bde2861aa5c68ee4eb10e9ad6dd5e79e3d73f9ec6a09f9d2342cefed64e99"
 NOTES = DestinationSettings(
     name="conversations",
     method="POST",
@@ -43,8 +44,8 @@ def _cycle(
 ) -> tuple[list[str], pd.DataFrame]:
     """One destination run as the asset wires it, with every record delivered: the keys read
     and mapped, and the records selected to send."""
-    inputs = destination_inputs(database, destination, every_row=force)
-    assert inputs is not None and inputs.rows == 5
+    inputs = destination_inputs(database, destination, every_row_asked=force)
+    assert inputs is not None
     mapped, _ = map_rows(inputs.source, destination)
     state = delivery_state(database, destination.name, mapped["key"].tolist())
     remember_mapped(database, destination.name, mapped, whole=not inputs.remembered)
@@ -72,6 +73,7 @@ def _edit(database: str, sql: str) -> None:
 
 
 def test_only_rows_that_may_have_changed_are_read_and_mapped(database: str) -> None:
+    assert destination_inputs(database, NOTES).rows == 5  # type: ignore[union-attr]
     keys, records = _cycle(database)
     assert keys == ["1", "2", "3", "4", "5"] and len(records) == 5  # first run: all of them
     assert SOURCE_HASH not in records.columns
@@ -117,3 +119,47 @@ def test_other_settings_or_a_forced_send_read_every_row(database: str) -> None:
     keys, records = _cycle(database, force=True)
     assert len(keys) == 5 and len(records) == 5
     assert set(records["change"]) == {"changed"}  # the exclusion above was delivered last
+
+
+def test_the_rows_of_one_key_are_read_together_and_the_same_row_wins(database: str) -> None:
+    _edit(database, "insert into notes values (2, 'second row of 2', null)")
+    keys, records = _cycle(database)
+    [winner] = records.loc[records["key"] == "2", "payload"]
+    assert "second row of 2" in winner  # the last row of a key wins
+    assert _cycle(database)[0] == []  # both rows vouched for: neither read
+    _edit(
+        database,
+        "update notes set body = 'edited first row' where event_id = 2 and noted_at is not null",
+    )
+    keys, records = _cycle(database)
+    assert keys == ["2"] and records.empty  # both rows read again; the same row wins, unchanged
+    assert _cycle(database)[0] == []  # and nothing flips back and forth
+
+
+def test_a_source_naming_a_column_as_the_wrapping_does_is_read_whole(database: str) -> None:
+    clashing = NOTES.model_copy(
+        update={"source_sql": "select event_id, body as _destination_row from notes"}
+    )
+    for _ in range(2):
+        inputs = destination_inputs(database, clashing)
+        assert inputs is not None and not inputs.remembered and len(inputs.source) == 5
+        mapped, _ = map_rows(inputs.source, clashing)
+        remember_mapped(database, clashing.name, mapped, whole=True)
+
+
+def test_a_column_whose_type_changes_reads_every_row(database: str) -> None:
+    _cycle(database)
+    as_text = NOTES.model_copy(
+        update={"source_sql": "select event_id, body, noted_at::varchar as noted_at from notes"}
+    )
+    inputs = destination_inputs(database, as_text)
+    assert inputs is not None and inputs.remembered and len(inputs.source) == 5
+
+
+def test_a_rows_mapping_is_pinned_to_the_memo_version() -> None:
+    """If this fingerprint changes, rows map to other payloads than the memo remembers:
+    raise ``MAPPING_VERSION`` with it."""
+    row = pd.DataFrame([{"event_id": 7, "body": "pinned", "amount": 1200.0, "gone": None}])
+    mapped, _ = map_rows(row, NOTES)
+    assert MAPPING_VERSION == "1"
+    assert mapped["fingerprint"].tolist() == [PINNED_FINGERPRINT]

@@ -82,13 +82,15 @@ def map_rows(
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Every source row as a keyed, fingerprinted record (``RECORD_COLUMNS`` but ``change``;
     one per key, the last row wins); a row whose path needs an external id and has none is
-    skipped with its reason. A ``SOURCE_HASH`` column of the source is not sent: it is carried
-    to the record of its row (the warehouse remembers what each source row mapped to)."""
+    skipped with its reason. A ``SOURCE_HASH`` column of the source is not sent: the record
+    of a key carries the hashes of all its rows, as a list (the warehouse remembers what each
+    source row mapped to)."""
     needs_external_id = "{external_id}" in destination.path
     keyed = destination.stable_key and is_collection(destination)
     excluded = {*destination.exclude, SOURCE_HASH}
     carried = SOURCE_HASH in source.columns
     rows: dict[str, dict[str, Any]] = {}
+    hashes: dict[str, list[str]] = {}
     events: list[SyncEvent] = []
     for raw in source.to_dict("records"):
         row = {k: jsonable(v) for k, v in raw.items()}
@@ -114,10 +116,13 @@ def map_rows(
             "payload": canonical_json(payload),
             "fingerprint": digest,
             "fields": fields_text(sorted(payload)),
-            **({SOURCE_HASH: row[SOURCE_HASH]} if carried else {}),
         }
-    columns = [*RECORD_COLUMNS[:-1], *([SOURCE_HASH] if carried else [])]
-    return pd.DataFrame(list(rows.values()), columns=columns), events
+        if carried:
+            hashes.setdefault(key, []).append(row[SOURCE_HASH])
+    mapped = pd.DataFrame(list(rows.values()), columns=RECORD_COLUMNS[:-1])
+    if carried:
+        mapped[SOURCE_HASH] = [hashes[key] for key in mapped["key"]]
+    return mapped, events
 
 
 def destination_records(
