@@ -374,7 +374,10 @@ def run_sync(
                 StepSummary(
                     "planhat snapshot",
                     ok=True,
-                    detail=f"not due: taken {taken}, every {interval} min, nothing written since",
+                    detail=(
+                        f"not due: taken {taken}, every {interval} min, "
+                        "nothing created or in doubt since"
+                    ),
                 )
             )
         for _ in range(MAX_FOLLOW_RUNS):

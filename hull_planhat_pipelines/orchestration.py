@@ -609,10 +609,14 @@ def _metadata_value(metadata: Mapping[str, Any], name: str) -> Any:
 
 def needs_read_back(metadata: dict[str, Any]) -> bool:
     """A delivery that left companies or endusers for a Planhat snapshot to read back (not a
-    dry run): created, or with an outcome in doubt (``READ_BACK_STATUSES``)."""
+    dry run): created, or with an outcome in doubt (``READ_BACK_STATUSES``), or matched to a
+    record the newest snapshot does not list (``not_in_snapshot``)."""
     value = functools.partial(_metadata_value, metadata)
     if value("dry_run"):
         return False
+    unseen = value("not_in_snapshot")
+    if isinstance(unseen, dict) and any(int(n or 0) > 0 for n in unseen.values()):
+        return True
     by_target = value("by_target")
     if isinstance(by_target, dict):
         return any(

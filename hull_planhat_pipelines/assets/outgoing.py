@@ -49,6 +49,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
     METRICS,
     payloads_as_json,
 )
+from hull_planhat_pipelines.sync.planhat.snapshot_due import MATCHED
 from hull_planhat_pipelines.warehouse import deliveries, replace_table, table_exists
 from hull_planhat_pipelines.warehouse.activity_inputs import activity_inputs
 from hull_planhat_pipelines.warehouse.deliveries import (
@@ -68,6 +69,7 @@ from hull_planhat_pipelines.warehouse.payload_scope import (
     scope,
 )
 from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
+from hull_planhat_pipelines.warehouse.planhat_snapshots import unseen_by_snapshot
 
 OUTGOING_GROUP = "outgoing"
 
@@ -375,6 +377,7 @@ def _deliver_all(
     summary: dict[str, Any] = {}
     planned: dict[str, list[Any]] = {}
     events: list[SyncEvent] = []
+    unseen: dict[str, int] = {}  # matched records the newest snapshot does not list
     stopped: DeliveryStopped | None = None
     with planhat.client() as client:
         for target in targets:
@@ -415,6 +418,11 @@ def _deliver_all(
                 result, stopped = exc.result, exc
             frames.append(delivery_rows(result.outcomes, records, run_id, now))
             summary[target.name] = result.counts()
+            if target.settled_by_snapshot and not config.dry_run:
+                matched = result.outcomes.loc[result.outcomes["status"].isin(MATCHED)]
+                unseen[target.name] = unseen_by_snapshot(
+                    warehouse.database, target.name, matched["key"].tolist()
+                )
             planned[target.name] = [asdict(p) for p in result.planned]
             if not config.dry_run:
                 events += _delivery_events(target, result.outcomes)
@@ -454,6 +462,7 @@ def _deliver_all(
             "requests": dg.MetadataValue.int(requests),
             "requests_by_kind": dg.MetadataValue.json(by_kind),
             "by_target": dg.MetadataValue.json(summary),
+            "not_in_snapshot": dg.MetadataValue.json(unseen),
             "dry_run": dg.MetadataValue.bool(config.dry_run),
             "planned_requests": dg.MetadataValue.json({t: len(p) for t, p in planned.items()}),
             "samples": dg.MetadataValue.json(samples if config.dry_run else {}),

@@ -27,6 +27,7 @@ from hull_planhat_pipelines.warehouse.planhat_snapshots import (
     remember_snapshot,
     store_difference,
     store_snapshot,
+    unseen_by_snapshot,
     write_snapshot,
 )
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
@@ -317,3 +318,25 @@ def test_every_table_asset_reports_its_columns(stack: Stack, tmp_path: Path) -> 
     for key in keys:
         metadata = stack.instance.get_latest_materialization_event(key).asset_materialization
         assert not plumbing & set(metadata.metadata), key.to_user_string()
+
+
+def test_matched_records_the_newest_snapshot_does_not_list_are_counted(tmp_path: Path) -> None:
+    database = str(tmp_path / "warehouse.duckdb")
+    assert unseen_by_snapshot(database, "companies", ["a", "b"]) == 2  # no warehouse yet
+    with duckdb.connect(database) as conn:
+        conn.execute("create schema planhat_current")
+        conn.execute(
+            "create view planhat_current.companies as select unnest(['a', 'b']) as external_id"
+        )
+        conn.execute(
+            "create view planhat_current.endusers as select * from (values"
+            " ('u1', 'x@example.com'), (null, 'y@example.com')) t(external_id, email)"
+        )
+    assert unseen_by_snapshot(database, "companies", []) == 0
+    assert unseen_by_snapshot(database, "companies", ["a", "b", "a"]) == 0
+    assert unseen_by_snapshot(database, "companies", ["a", "c"]) == 1
+    listed = ["external_id:u1", "email:y@example.com"]
+    assert unseen_by_snapshot(database, "endusers", listed) == 0
+    assert (
+        unseen_by_snapshot(database, "endusers", [*listed, "external_id:u2", "email:z@x.io"]) == 2
+    )

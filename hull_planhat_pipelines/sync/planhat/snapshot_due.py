@@ -18,10 +18,17 @@ from dataclasses import dataclass
 READ_BACK_STATUSES = frozenset({"created", "sent", "unconfirmed", "pending", "unknown"})
 """Outcomes a Planhat snapshot must read back: a record Planhat created (it is now a company
 the destinations and enduser payloads may name, under an id we did not choose), one Planhat
-applied without saying how (``sent``: its answer's counts mixed creates with updates, and
-named the created records by ``_id`` only), or one whose outcome the answer left open
-(settled against the snapshot). A record the answer names as ``updated`` or ``unchanged``
+applied without saying how (``sent``: its answer's counts covered it only together with
+others of another kind, so it may have been created; sometimes it was only updated or left
+unchanged, and the snapshot is then one more than needed), or one whose outcome the answer
+left open (settled against the snapshot). A record the answer names as ``updated`` or ``unchanged``
 holds what we sent: listing all of Planhat again for it would only show that."""
+
+
+MATCHED = frozenset({"updated", "unchanged"})
+"""Outcomes of a record Planhat matched to one it holds. One the newest snapshot does not list
+is read back all the same (``not_in_snapshot`` of a delivery): Planhat may have created it
+from an earlier call whose answer was lost, or a person created it since the snapshot."""
 
 
 @dataclass(frozen=True)
