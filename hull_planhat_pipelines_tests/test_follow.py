@@ -116,7 +116,8 @@ def test_a_graph_launch_of_copper_carries_through_to_hull_planhat_and_back(ticks
     delivered = ran.asset_materializations_for_node("planhat__deliveries")[0].metadata
     assert needs_read_back(dict(delivered)), delivered["by_target"]
 
-    # The delivery wrote to Planhat: what Planhat now holds comes back first.
+    # The delivery left records to read back (created, or applied without saying how): what
+    # Planhat now holds comes back first.
     [snapshot] = ticks.requests()
     assert snapshot.job_name == "planhat_fetch" and snapshot.partition_key is None
     assert snapshot.tags[TRIGGER_TAG] == AFTER_DELIVERY
