@@ -61,6 +61,7 @@ from hull_planhat_pipelines.warehouse.deliveries import (
     read_rows,
     read_table,
     step_lock,
+    unseen_by_snapshot,
 )
 from hull_planhat_pipelines.warehouse.payload_scope import (
     Scope,
@@ -69,7 +70,6 @@ from hull_planhat_pipelines.warehouse.payload_scope import (
     scope,
 )
 from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
-from hull_planhat_pipelines.warehouse.planhat_snapshots import unseen_by_snapshot
 
 OUTGOING_GROUP = "outgoing"
 

@@ -196,6 +196,23 @@ def settlement_history(conn: duckdb.DuckDBPyConnection | None, target: str) -> p
     return history
 
 
+SNAPSHOT_KEY_SQL = {
+    "companies": ["nullif(external_id, '')"],
+    "endusers": [
+        "'external_id:' || nullif(external_id, '')",
+        "'email:' || nullif(email, '')",
+    ],
+}
+"""The payload keys a snapshot's record answers to, per target (SQL over ``planhat_current``)."""
+
+
+def _snapshot_keys_sql(target: str) -> str:
+    table = f"planhat_current.{target}"  # the latest snapshot
+    return " union all ".join(
+        f"select {key} as key from {table}" for key in SNAPSHOT_KEY_SQL[target]
+    )
+
+
 def snapshot_keys(
     conn: duckdb.DuckDBPyConnection, target: str
 ) -> tuple[set[str], pd.Timestamp | None]:
@@ -203,21 +220,29 @@ def snapshot_keys(
     table = f"planhat_current.{target}"  # the latest snapshot
     if not table_exists(conn, *table.split(".")):
         return set(), None
-    latest = f"from {table}"
-    row = conn.execute(f"select max(_fetched_at) {latest}").fetchone()
+    row = conn.execute(f"select max(_fetched_at) from {table}").fetchone()
     at = pd.Timestamp(row[0]) if row and row[0] is not None else None
     if at is not None and at.tzinfo is None:
         at = at.tz_localize("UTC")
-    if target == "companies":
-        keys = {str(r[0]) for r in conn.execute(f"select external_id {latest}").fetchall() if r[0]}
-    else:
-        keys = set()
-        for email, external_id in conn.execute(f"select email, external_id {latest}").fetchall():
-            if external_id:
-                keys.add(f"external_id:{external_id}")
-            if email:
-                keys.add(f"email:{email}")
-    return keys, at
+    found = conn.execute(f"select key from ({_snapshot_keys_sql(target)}) where key is not null")
+    return {str(key) for (key,) in found.fetchall()}, at
+
+
+def unseen_by_snapshot(database: str, target: str, keys: list[object]) -> int:
+    """How many of ``keys`` (records a delivery matched, by their payload key) the latest
+    snapshot does not list; all of them while there is no snapshot."""
+    wanted = sorted({str(k) for k in keys})
+    if not wanted:
+        return 0
+    with read_only(database) as conn:
+        if conn is None or not table_exists(conn, "planhat_current", target):
+            return len(wanted)
+        (listed,) = conn.execute(
+            f"select count(distinct key) from ({_snapshot_keys_sql(target)})"
+            " where key in (select unnest(?))",
+            [wanted],
+        ).fetchone()
+    return len(wanted) - int(listed)
 
 
 KNOWN_COMPANY_SOURCES = {

@@ -303,40 +303,6 @@ def write_snapshot(
     return StoredSnapshot(kept=kept, changed=changed, first=first, schema=schema)
 
 
-SNAPSHOT_KEYS = {
-    "companies": {"": "external_id"},
-    "endusers": {"external_id:": "external_id", "email:": "email"},
-}
-"""How a delivery key names a record of a snapshot: per model, key prefix -> column."""
-
-
-def unseen_by_snapshot(database: str, model: str, keys: list[object]) -> int:
-    """How many of ``keys`` (records a delivery matched, by their delivery key) the newest
-    snapshot of ``model`` does not list; all of them while there is no snapshot."""
-    wanted: dict[str, set[str]] = {}
-    for key in {str(k) for k in keys}:
-        prefix = next(
-            (p for p in sorted(SNAPSHOT_KEYS[model], key=len)[::-1] if key.startswith(p)), None
-        )
-        if prefix is not None:
-            wanted.setdefault(SNAPSHOT_KEYS[model][prefix], set()).add(key.removeprefix(prefix))
-    total = len({str(k) for k in keys})
-    if not total:
-        return 0
-    with read_only(database) as conn:
-        if conn is None or not table_exists(conn, "planhat_current", model):
-            return total
-        listed = 0
-        for column, values in wanted.items():
-            (found,) = conn.execute(
-                f"select count(distinct {column}) from planhat_current.{model}"
-                f" where {column} in (select unnest(?))",
-                [sorted(values)],
-            ).fetchone()
-            listed += int(found)
-    return total - listed
-
-
 def snapshot_age(path: str, targets: Collection[str]) -> SnapshotAge:
     """The newest snapshot of every Planhat model (the oldest of them) and whether a delivery
     to one of ``targets`` recorded after it created records or left outcomes in doubt (what a

@@ -20,6 +20,7 @@ from hull_planhat_pipelines.orchestration import (
 )
 from hull_planhat_pipelines.settings import load_settings
 from hull_planhat_pipelines.sync.planhat.records import companies_frame
+from hull_planhat_pipelines.warehouse.deliveries import unseen_by_snapshot
 from hull_planhat_pipelines.warehouse.planhat_snapshots import (
     applied_table,
     diff_snapshot,
@@ -27,7 +28,6 @@ from hull_planhat_pipelines.warehouse.planhat_snapshots import (
     remember_snapshot,
     store_difference,
     store_snapshot,
-    unseen_by_snapshot,
     write_snapshot,
 )
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
