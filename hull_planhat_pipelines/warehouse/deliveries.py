@@ -58,6 +58,10 @@ create table if not exists {FINGERPRINTS} (
 );
 alter table {FINGERPRINTS} add column if not exists planhat_id varchar;
 """
+FINGERPRINT_KEY = "delivery_fingerprints_key"
+"""The unique index on ``(target, key)``: a checkpoint's upsert finds its few keys through it
+instead of joining the whole table (the cost of a one-record commit stays flat as the table
+grows)."""
 
 
 # -- reads ----------------------------------------------------------------------------------------
@@ -372,14 +376,40 @@ def _ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
     run(conn, "create schema if not exists planhat")
     for statement in filter(str.strip, FINGERPRINTS_DDL.split(";")):
         run(conn, statement)
+    _ensure_fingerprint_key(conn)
     if table_exists(conn, "planhat", "deliveries"):  # tables older than the column
         run(conn, f"alter table {DELIVERIES} add column if not exists fingerprint varchar")
 
 
+def _ensure_fingerprint_key(conn: duckdb.DuckDBPyConnection) -> None:
+    """``FINGERPRINT_KEY``, created once. A table written before the index may hold a key
+    twice (a race the index now refuses): the row of its latest delivery is kept."""
+    schema = FINGERPRINTS.split(".")[0]
+    if run(
+        conn,
+        "select 1 from duckdb_indexes() where schema_name = ? and index_name = ?",
+        [schema, FINGERPRINT_KEY],
+    ):
+        return
+    doubled = run(conn, f"select count(*) - count(distinct (target, key)) from {FINGERPRINTS}")[0][
+        0
+    ]
+    if doubled:
+        run(
+            conn,
+            f"delete from {FINGERPRINTS} where rowid not in (select rowid from {FINGERPRINTS}"
+            " qualify row_number() over (partition by target, key"
+            " order by delivered_at desc nulls last, rowid desc) = 1)",
+        )
+    run(
+        conn,
+        f"create unique index if not exists {FINGERPRINT_KEY} on {FINGERPRINTS} (target, key)",
+    )
+
+
 def _upsert_fingerprints(conn: duckdb.DuckDBPyConnection, fresh: pd.DataFrame) -> None:
-    """Two statements: the keys kept before are updated in place (keeping their ``_id`` when
-    the answer named none), the others inserted; a temp table, a delete and a drop cost a
-    transaction of a handful of rows twice as much."""
+    """One statement: each key inserted, or updated in place through ``FINGERPRINT_KEY``
+    (keeping its ``_id`` when the answer named none)."""
     conn.register(
         "_fresh",
         fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields")}),
@@ -387,15 +417,11 @@ def _upsert_fingerprints(conn: duckdb.DuckDBPyConnection, fresh: pd.DataFrame) -
     try:
         run(
             conn,
-            f"update {FINGERPRINTS} o set fingerprint = f.fingerprint, fields = f.fields, "
-            "delivered_at = f.delivered_at, planhat_id = coalesce(f.planhat_id, o.planhat_id) "
-            "from _fresh f where o.target = f.target and o.key = f.key",
-        )
-        run(
-            conn,
             f"insert into {FINGERPRINTS} by name select f.target, f.key, f.fingerprint, "
-            "f.fields, f.delivered_at, f.planhat_id from _fresh f where not exists "
-            f"(select 1 from {FINGERPRINTS} o where o.target = f.target and o.key = f.key)",
+            "f.fields, f.delivered_at, f.planhat_id from _fresh f "
+            "on conflict (target, key) do update set fingerprint = excluded.fingerprint, "
+            "fields = excluded.fields, delivered_at = excluded.delivered_at, "
+            "planhat_id = coalesce(excluded.planhat_id, planhat_id)",
         )
     finally:
         conn.unregister("_fresh")

@@ -318,3 +318,49 @@ def test_a_commit_upserts_fingerprints_by_key_keeping_an_id_no_answer_named(
             "select key, fingerprint, planhat_id from planhat.delivery_fingerprints order by key"
         ).fetchall()
     assert stored == [("a", "2", "id-a"), ("b", "2", "id-b2"), ("c", "2", None)]
+
+
+def test_a_table_written_before_the_key_index_keeps_each_keys_newest_row_then_upserts(
+    database: str,
+) -> None:
+    """A warehouse from before the unique index may hold a key twice: the first commit keeps
+    the row of each key's latest delivery, then updates it in place."""
+    with duckdb.connect(database) as conn:
+        conn.execute("create schema planhat")
+        conn.execute(
+            "create table planhat.delivery_fingerprints (target varchar, key varchar,"
+            " fingerprint varchar, fields varchar, delivered_at timestamptz, planhat_id varchar)"
+        )
+        conn.execute(
+            "insert into planhat.delivery_fingerprints values"
+            " ('conversations', 'a', 'old', '{}', '2025-01-01 00:00:00+00', 'id-old'),"
+            " ('conversations', 'a', 'new', '{}', '2025-06-01 00:00:00+00', 'id-new'),"
+            " ('companies', 'a', 'other', '{}', '2025-01-01 00:00:00+00', null),"
+            " ('conversations', 'b', 'b1', '{}', '2025-01-01 00:00:00+00', 'id-b')"
+        )
+    records = pd.DataFrame(
+        {"target": "conversations", "key": ["a", "c"], "fingerprint": "2", "fields": "{}"}
+    )
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    outcomes = deliveries.status_rows("conversations", records, "updated")
+    deliveries.commit_checkpoint(
+        database,
+        deliveries.delivery_rows(outcomes, records, "run-1", now),
+        deliveries.fresh_fingerprints(outcomes, records, now),
+    )
+    with duckdb.connect(database, read_only=True) as conn:
+        stored = conn.execute(
+            "select target, key, fingerprint, planhat_id from planhat.delivery_fingerprints"
+            " order by target, key"
+        ).fetchall()
+        indexes = conn.execute(
+            "select index_name, is_unique from duckdb_indexes()"
+            " where table_name = 'delivery_fingerprints'"
+        ).fetchall()
+    assert stored == [
+        ("companies", "a", "other", None),
+        ("conversations", "a", "2", "id-new"),
+        ("conversations", "b", "b1", "id-b"),
+        ("conversations", "c", "2", None),
+    ]
+    assert indexes == [(deliveries.FINGERPRINT_KEY, True)]
