@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from hull_planhat_pipelines.sandbox.copper import total_estimate
 from hull_planhat_pipelines.sandbox.server import Request, Response, SandboxServer, error
 from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS
 from hull_planhat_pipelines_tests.fake_time import FakeTime  # noqa: F401  (re-exported)
@@ -34,7 +35,9 @@ def _scramble(record: dict[str, Any]) -> str:
 
 class StubCopper:
     """``POST /<object>/search`` over fixed records; ``total`` shapes the X-PW-TOTAL header:
-    "count" (the matches), "none" (absent) or "blind" (every record, ignoring the filter)."""
+    "count" (the matches), "estimate" (the matches rounded up as the sandbox's), "none"
+    (absent) or "blind" (every record, ignoring the filter). Activities come in an order
+    unrelated to their date, or by date (``activities_by_date``, as the sandbox returns them)."""
 
     def __init__(
         self,
@@ -45,12 +48,14 @@ class StubCopper:
         rate_limit_per_minute: int | None = None,
         clock: Callable[[], float] | None = None,
         converted_flag: bool = True,
+        activities_by_date: bool = False,
     ) -> None:
         self.records = records
         self.converted_flag = converted_flag
         """False: an account that refuses ``include_converted_leads`` as an unknown key."""
         self.cap = cap
         self.total = total
+        self.activities_by_date = activities_by_date
         routes = [("POST", f"/{name}/search", self._search) for name in COPPER_OBJECTS]
         kwargs: dict[str, Any] = {"rate_limit_per_minute": rate_limit_per_minute}
         if clock is not None:
@@ -84,6 +89,8 @@ class StubCopper:
             descending = body.get("sort_direction") == "desc"
             field = "date_created" if body.get("sort_by") == "date_created" else obj.date_field
             matches.sort(key=lambda r: (r.get(field, 0), _scramble(r)), reverse=descending)
+        elif self.activities_by_date:
+            matches.sort(key=lambda r: (r[obj.date_field], _scramble(r)))
         else:
             matches.sort(key=_scramble)
         size, number = body.get("page_size", 20), body.get("page_number", 1)
@@ -91,6 +98,8 @@ class StubCopper:
         headers = {}
         if self.total == "count":
             headers["X-PW-TOTAL"] = str(len(matches))
+        elif self.total == "estimate":
+            headers["X-PW-TOTAL"] = str(total_estimate(len(matches)))
         elif self.total == "blind":
             headers["X-PW-TOTAL"] = str(len(rows))
         elif self.total == "under":  # an estimate that undercounts

@@ -208,6 +208,8 @@ class _Search:
     received: int = 0
     dates: list[int] | None = None
     """Activities: the dates seen, to choose where to split if the cap is reached."""
+    sibling: _Search | None = None
+    """The other half of the split that made this window, walked before it (activities)."""
 
 
 class CopperClient:
@@ -593,12 +595,18 @@ class _Walk:
             number += 1
 
     def _too_big(self, search: _Search, total: int | None) -> bool:
-        """An activity window whose first page says it holds more than one search returns."""
+        """An activity window whose first page says it holds more than one search returns.
+
+        A header equal to the parent's may be blind to the date filter, or an estimate too
+        coarse to show the few records split off (Copper's is an upper bound, not a count):
+        when the half walked before this one reported less, the header counts the filter."""
         if total is None or total <= SEARCH_RESULT_CAP or not self.trust_total:
             return False
         if total == search.parent_total:
-            self.trust_total = False  # narrowing the window did not change it: not a count
-            return False
+            sibling = search.sibling
+            if sibling is None or sibling.total is None or sibling.total >= total:
+                self.trust_total = False  # narrowing the window did not change it: not a count
+                return False
         return True
 
     # -- both ------------------------------------------------------------------------------------
@@ -666,7 +674,8 @@ def _split(search: _Search, object_name: str) -> list[_Search]:
         point = min(point, high - 1)
     if low is not None:
         point = max(point, low)
-    return [_Search(low, point, search.total), _Search(point + 1, high, search.total)]
+    first = _Search(low, point, search.total)
+    return [first, _Search(point + 1, high, search.total, sibling=first)]
 
 
 def _activity_types(ids: Sequence[int]) -> list[dict[str, Any]]:

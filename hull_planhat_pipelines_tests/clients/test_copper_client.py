@@ -168,6 +168,31 @@ def test_activities_over_the_cap_are_split_into_windows(
         assert len(bodies) < 2 * len(activities) / PAGE
 
 
+@pytest.mark.parametrize("by_date", [False, True], ids=["unordered", "by-date"])
+def test_a_rounded_total_header_splits_as_well_as_an_exact_count(
+    small_cap: int, stubs: list[StubCopper], by_date: bool
+) -> None:
+    """An open window is first split at the median date of its first page; returned by date,
+    that page holds the oldest records, so the first half is tiny and the rest reports the
+    same rounded total as the whole. That is a coarse count, not a blind one: the walk goes on
+    splitting instead of paging to the cap and reading the window again."""
+    rng = random.Random(3)
+    activities = [
+        {"id": 6_000_000_000 + i, "activity_date": T0 + rng.randrange(0, 5_000)} for i in range(230)
+    ]
+    requests = {}
+    for total in ("count", "estimate"):
+        stub = StubCopper(
+            {"activities": activities}, cap=small_cap, total=total, activities_by_date=by_date
+        )
+        stubs.append(stub)
+        with _stub_client(stub, page_size=PAGE) as client:
+            pages = list(client.search("activities", start=None, end=T0 + 5_000))
+        assert sorted(_ids(pages)) == sorted(a["id"] for a in activities)
+        requests[total] = len(stub.bodies("activities"))
+    assert requests["estimate"] == requests["count"]
+
+
 def test_activities_in_one_crowded_second_raise(small_cap: int, stubs: list[StubCopper]) -> None:
     activities = [{"id": i, "activity_date": T0} for i in range(small_cap + 1)]
     stub = StubCopper({"activities": activities}, cap=small_cap)
