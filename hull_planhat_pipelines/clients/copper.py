@@ -654,8 +654,10 @@ def _split(search: _Search, object_name: str) -> list[_Search]:
     """Two windows covering ``search``'s, split at the middle of its time range (any split point
     is correct). The median date of the first page would balance the halves only if Copper
     returned a random sample; it returns activities roughly in date order, so that median sits
-    near one end and every split would cost an extra probe. An open window has no middle: there
-    the median of the dates seen is the only guide."""
+    near one end and every split would cost an extra probe. A window open below (a full fetch)
+    has no middle: the oldest date of its first page stands for its start (by date, the
+    window's oldest records; in any order, a page's oldest is near them), and it is split
+    halfway from there. Open at both ends, the median of the dates seen is the only guide."""
     low, high = search.low, search.high
     if low is not None and high is not None and low >= high:
         raise CopperCapError(
@@ -666,6 +668,8 @@ def _split(search: _Search, object_name: str) -> list[_Search]:
     dates = search.dates or []
     if low is not None and high is not None:
         point = (low + high) // 2
+    elif dates and high is not None:
+        point = (min(dates) + high) // 2
     elif dates:
         point = int(statistics.median_low(dates))
     else:

@@ -193,6 +193,27 @@ def test_a_rounded_total_header_splits_as_well_as_an_exact_count(
     assert requests["estimate"] == requests["count"]
 
 
+def test_a_full_fetch_by_date_splits_once_from_the_oldest_date_seen(
+    small_cap: int, stubs: list[StubCopper]
+) -> None:
+    """A full fetch (open below) of one and a half caps, returned by date: the probe's first
+    page holds the oldest records, the window is split halfway from the oldest to its end, and
+    each half is walked once. 75 records a minute apart, cap 50, pages of 10: the probe, then
+    38 and 37 records in four searches each (the old split at the page's median cost a
+    one-page window and a second probe)."""
+    activities = [{"id": 7_000 + i, "activity_date": T0 + 60 * i} for i in range(75)]
+    stub = StubCopper(
+        {"activities": activities}, cap=small_cap, total="estimate", activities_by_date=True
+    )
+    stubs.append(stub)
+    with _stub_client(stub, page_size=PAGE) as client:
+        pages = list(client.search("activities", start=None, end=T0 + 60 * 75))
+    assert sorted(_ids(pages)) == [a["id"] for a in activities]
+    assert len(stub.bodies("activities")) == 1 + search_requests(38, PAGE) + search_requests(
+        37, PAGE
+    )
+
+
 def test_activities_in_one_crowded_second_raise(small_cap: int, stubs: list[StubCopper]) -> None:
     activities = [{"id": i, "activity_date": T0} for i in range(small_cap + 1)]
     stub = StubCopper({"activities": activities}, cap=small_cap)
