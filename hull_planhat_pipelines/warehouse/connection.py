@@ -109,6 +109,19 @@ def run(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = No
     return conn.execute(sql, params or []).fetchall()
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The block's writes in one transaction: committed when it ends, rolled back when it
+    raises (a killed process commits nothing either: DuckDB drops an open transaction)."""
+    run(conn, "begin transaction")
+    try:
+        yield
+    except Exception:
+        run(conn, "rollback")
+        raise
+    run(conn, "commit")
+
+
 def select_where(table: str, where: str, columns: str = "*") -> str:
     """SQL for ``columns`` of the rows of ``table`` (a table, not a view) matching ``where``,
     fetched by row id. A plain filter joined on a subquery reads every column of every row it

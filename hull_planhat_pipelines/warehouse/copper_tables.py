@@ -14,6 +14,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     connect,
     run,
     table_exists,
+    transaction,
 )
 from hull_planhat_pipelines.warehouse.connection import quote as _quote
 from hull_planhat_pipelines.warehouse.removals import judge_in_full, remember_removals
@@ -99,42 +100,40 @@ def write_copper_table(
     target = f"{schema}.{_quote(name)}"
     conn = connect(path)
     try:
-        run(conn, "begin transaction")
         try:
-            conn.register("_frame", frame)
-            first = not table_exists(conn, schema, name)
-            if first:
-                judge_in_full(conn)
-            ensure_columns(conn, schema, name, "_frame", types)
-            condition, params = _slice_condition(where)
-            conn.register("_gone", pd.DataFrame({"id": pd.array(list(gone_ids), dtype="Int64")}))
-            _same_rows(conn, schema, name, "_frame")
-            doomed = (
-                f"({condition} or id in (select id from _frame) or id in (select id from _gone))"
-                " and id not in (select id from _same)"
-            )
-            run(
-                conn,
-                f"create or replace temp table _removed as select distinct id from {target}"
-                f" where {doomed} and id not in (select id from _frame)",
-                params,
-            )
-            removed = remember_removals(conn, name, "_removed")
-            run(conn, f"delete from {target} where {doomed}", params)
-            written_ids = [
-                row[0]
-                for row in run(
-                    conn,
-                    f"insert into {target} by name select * from _frame"
-                    " where id not in (select id from _same) returning id",
+            with transaction(conn):
+                conn.register("_frame", frame)
+                first = not table_exists(conn, schema, name)
+                if first:
+                    judge_in_full(conn)
+                ensure_columns(conn, schema, name, "_frame", types)
+                condition, params = _slice_condition(where)
+                conn.register(
+                    "_gone", pd.DataFrame({"id": pd.array(list(gone_ids), dtype="Int64")})
                 )
-            ]
-            if current_view is not None:
-                create_current_view(conn, schema, name, current_view)
-            run(conn, "commit")
-        except Exception:
-            run(conn, "rollback")
-            raise
+                _same_rows(conn, schema, name, "_frame")
+                doomed = (
+                    f"({condition} or id in (select id from _frame) or id in (select id from _gone))"
+                    " and id not in (select id from _same)"
+                )
+                run(
+                    conn,
+                    f"create or replace temp table _removed as select distinct id from {target}"
+                    f" where {doomed} and id not in (select id from _frame)",
+                    params,
+                )
+                removed = remember_removals(conn, name, "_removed")
+                run(conn, f"delete from {target} where {doomed}", params)
+                written_ids = [
+                    row[0]
+                    for row in run(
+                        conn,
+                        f"insert into {target} by name select * from _frame"
+                        " where id not in (select id from _same) returning id",
+                    )
+                ]
+                if current_view is not None:
+                    create_current_view(conn, schema, name, current_view)
         finally:
             for view in ("_frame", "_gone"):
                 conn.unregister(view)  # a name never registered is ignored

@@ -34,7 +34,7 @@ from hull_planhat_pipelines.warehouse import (
     run,
     table_exists,
 )
-from hull_planhat_pipelines.warehouse.connection import has_column, select_where
+from hull_planhat_pipelines.warehouse.connection import has_column, select_where, transaction
 
 FINGERPRINTS = "planhat.delivery_fingerprints"
 DELIVERIES = "planhat.deliveries"
@@ -446,14 +446,10 @@ def commit_checkpoint(
     try:
         if not existing:
             _ensure_tables(conn)
-        run(conn, "begin transaction")
-        append_table(conn, DELIVERIES, deliveries, exists=existing)
-        if not fresh.empty:
-            _upsert_fingerprints(conn, fresh)
-        run(conn, "commit")
-    except Exception:
-        run(conn, "rollback")
-        raise
+        with transaction(conn):
+            append_table(conn, DELIVERIES, deliveries, exists=existing)
+            if not fresh.empty:
+                _upsert_fingerprints(conn, fresh)
     finally:
         conn.close()
 

@@ -26,7 +26,7 @@ from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.operator_sql import as_subquery
 from hull_planhat_pipelines.sync.planhat.destinations import KEY_COLUMNS, SOURCE_HASH
-from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists
+from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists, transaction
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
 
 MEMO = "ops.destination_source_memo"
@@ -130,8 +130,7 @@ def remember_mapped(database: str, target: str, mapped: pd.DataFrame, *, whole: 
         for statement in MEMO_DDL:
             run(conn, statement)
         conn.register("_mapped", rows.astype(str))
-        run(conn, "begin transaction")
-        try:
+        with transaction(conn):
             if whole:
                 run(conn, f"delete from {MEMO} where target = ?", [target])
             else:
@@ -145,9 +144,5 @@ def remember_mapped(database: str, target: str, mapped: pd.DataFrame, *, whole: 
                 f'insert into {MEMO} select ?, key, "{SOURCE_HASH}", fingerprint from _mapped',
                 [target],
             )
-            run(conn, "commit")
-        except Exception:
-            run(conn, "rollback")
-            raise
     finally:
         conn.close()

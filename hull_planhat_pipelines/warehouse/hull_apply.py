@@ -35,6 +35,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     connect,
     run,
     table_exists,
+    transaction,
 )
 from hull_planhat_pipelines.warehouse.outbox import OUTBOX_DDL, queue
 from hull_planhat_pipelines.warehouse.planhat_snapshots import (
@@ -223,8 +224,7 @@ def apply(
         changes = compute_changes(settings, reader, sources.hand_over(), now=now)
     finally:
         hull_store.drop_slice(conn)
-    run(conn, "begin transaction")
-    try:
+    with transaction(conn):
         outbox = 0
         if not changes.is_empty or segments_changed or first:
             part = slices[0] if slices else ProfileStore()
@@ -251,10 +251,6 @@ def apply(
                 "insert or replace into ops.hull_watermarks values (?, ?)",
                 [source, mark.to_pydatetime()],
             )
-        run(conn, "commit")
-    except Exception:
-        run(conn, "rollback")
-        raise
     return changes, sources, outbox
 
 

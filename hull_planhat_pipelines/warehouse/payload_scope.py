@@ -33,7 +33,13 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull.batch import quote
 from hull_planhat_pipelines.sync.hull.change_groups import read_groups
-from hull_planhat_pipelines.warehouse.connection import connect, has_column, run, table_exists
+from hull_planhat_pipelines.warehouse.connection import (
+    connect,
+    has_column,
+    run,
+    table_exists,
+    transaction,
+)
 from hull_planhat_pipelines.warehouse.deliveries import (
     FINGERPRINTS,
     KNOWN_COMPANY_SOURCES,
@@ -216,8 +222,7 @@ def remember(
         rows.itertuples(index=False, name=None)
     ):
         return  # nothing moved: nothing written
-    run(database_conn, "begin transaction")
-    try:
+    with transaction(database_conn):
         run(database_conn, f"delete from {PENDING} where target = ?", [mapped.target])
         if len(rows):
             database_conn.register("_pending", rows)
@@ -235,10 +240,6 @@ def remember(
             f"insert or replace into {SCOPE} values (?, ?, ?)",
             [mapped.target, mapped.seq, mapped.digest],
         )
-        run(database_conn, "commit")
-    except Exception:
-        run(database_conn, "rollback")
-        raise
 
 
 def _pending_rows(payloads: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     read_only,
     run,
     table_exists,
+    transaction,
 )
 from hull_planhat_pipelines.warehouse.tables import differing_rows
 from hull_planhat_pipelines.warehouse.views import (
@@ -286,18 +287,13 @@ def write_snapshot(
     across HTTP), and say how it differs from the one before."""
     conn = connect(path)
     try:
-        run(conn, "begin transaction")
-        try:
+        with transaction(conn):
             changed, first = _change_from_latest(conn, model, frame)
             kept = store_snapshot(conn, model, frame, taken)
             if model in HULL_MODELS:
                 at = pd.Timestamp(taken)
                 store_difference(conn, model, at if at.tzinfo else at.tz_localize("UTC"))
             schema = column_schema(conn, *snapshot_table(model).split("."))
-            run(conn, "commit")
-        except Exception:
-            run(conn, "rollback")
-            raise
     finally:
         conn.close()
     return StoredSnapshot(kept=kept, changed=changed, first=first, schema=schema)

@@ -12,6 +12,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     quote,
     run,
     table_exists,
+    transaction,
 )
 
 
@@ -90,25 +91,23 @@ def replace_table(
     conn = connect(path)
     change: dict[str, Any] = {}
     try:
-        run(conn, "begin transaction")
         conn.register("_frame", frame)
         try:
-            existed = table_exists(conn, schema, name)
-            ensure_columns(conn, schema, name, "_frame")
-            if report_change:
-                before = f"{schema}.{quote(name)}"
-                change = {
-                    "changed": differing_rows(conn, before, "_frame") if existed else len(frame),
-                    "existed": existed,
-                }
-            run(conn, f"delete from {schema}.{quote(name)}")
-            if len(frame):
-                run(conn, f"insert into {schema}.{quote(name)} by name select * from _frame")
-            metadata = column_schema(conn, schema, name)
-            run(conn, "commit")
-        except Exception:
-            run(conn, "rollback")
-            raise
+            with transaction(conn):
+                existed = table_exists(conn, schema, name)
+                ensure_columns(conn, schema, name, "_frame")
+                if report_change:
+                    before = f"{schema}.{quote(name)}"
+                    change = {
+                        "changed": differing_rows(conn, before, "_frame")
+                        if existed
+                        else len(frame),
+                        "existed": existed,
+                    }
+                run(conn, f"delete from {schema}.{quote(name)}")
+                if len(frame):
+                    run(conn, f"insert into {schema}.{quote(name)} by name select * from _frame")
+                metadata = column_schema(conn, schema, name)
         finally:
             conn.unregister("_frame")
     finally:

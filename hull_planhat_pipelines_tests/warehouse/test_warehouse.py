@@ -17,6 +17,7 @@ from hull_planhat_pipelines.warehouse import (
     replace_table,
     write_copper_table,
 )
+from hull_planhat_pipelines.warehouse.connection import transaction
 
 PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-01-05")
 
@@ -329,3 +330,16 @@ def test_a_copper_write_rewrites_only_what_changed_and_counts_it(tmp_path: Path)
     assert _query(
         Path(database), "select id, name, _fetched_at::date from copper.things order by id"
     ) == [(1, "v1-1", dt.date(2026, 3, 1)), (2, "v2-2", dt.date(2026, 3, 3))]
+
+
+def test_a_transaction_commits_its_block_or_nothing_of_it(tmp_path: Path) -> None:
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        conn.execute("create table t (v int)")
+        with transaction(conn):
+            conn.execute("insert into t values (1)")
+        with pytest.raises(ValueError, match="half way"), transaction(conn):
+            conn.execute("insert into t values (2)")
+            raise ValueError("half way")
+        assert conn.execute("select v from t").fetchall() == [(1,)]
+        conn.execute("insert into t values (3)")  # no transaction left open by the failure
+        assert conn.execute("select v from t order by v").fetchall() == [(1,), (3,)]
