@@ -25,7 +25,8 @@ for what the pass delivered (one POST a record for a POST destination; nothing i
 the incremental passes it also says how many records changed since the previous pass began,
 and how few searches would fetch only those. Hull upserts and deliveries per run come from the
 warehouse. Peak memory is the process's resident high-water mark (Linux ``VmHWM``, reset before
-each job), so it includes both sandboxes' data.
+each job), so it includes both sandboxes' data; each step's share is the resident memory
+sampled every 10 ms inside it, above what the job began with.
 
 ``--compare`` runs scale 10 with ``--change 0.01`` and scale 100 with ``--change 0.001`` (the
 same 100 changed people) and compares the incremental passes' cycle: every job but the Planhat
@@ -55,6 +56,7 @@ import re
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -328,9 +330,9 @@ def delivery_minimum(delivered: dict[str, int], settings: Any) -> Counter[str]:
 
 
 # -- per-job timing --------------------------------------------------------------------------
-def step_seconds() -> dict[str, float]:
-    """Seconds per step of the run just finished (the instance's step stats), longest first:
-    where a job's time goes, and what is left to Dagster around the steps."""
+def step_windows() -> dict[str, tuple[float, float]]:
+    """``(start, end)`` (Unix seconds) per step of the run just finished (the instance's step
+    stats): where a job's time goes, and what is left to Dagster around the steps."""
     import dagster as dg
 
     if not os.environ.get("DAGSTER_HOME"):
@@ -340,12 +342,58 @@ def step_seconds() -> dict[str, float]:
     if not runs:
         return {}
     stats = instance.get_run_step_stats(runs[0].run_id)
-    found = {
-        s.step_key: round(s.end_time - s.start_time, 2)
+    return {
+        s.step_key: (s.start_time, s.end_time)
         for s in stats
         if s.start_time is not None and s.end_time is not None
     }
+
+
+def step_seconds(windows: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Seconds per step, longest first."""
+    found = {step: round(end - start, 2) for step, (start, end) in windows.items()}
     return dict(sorted(found.items(), key=lambda item: -item[1]))
+
+
+class RssSampler:
+    """The resident memory every ``every`` seconds while a job runs, to tell which step its
+    peak belongs to (a sample misses a shorter spike; the job's own peak is ``VmHWM``'s)."""
+
+    def __init__(self, every: float = 0.01) -> None:
+        self.every = every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = _rss_mb("VmRSS")
+            if rss is None:
+                return
+            self.samples.append((time.time(), rss))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def step_peaks(
+        self, windows: dict[str, tuple[float, float]], baseline: float | None
+    ) -> dict[str, float]:
+        """Per step, the highest sample inside its window above ``baseline`` (the job's
+        starting RSS), highest first."""
+        if baseline is None:
+            return {}
+        found = {}
+        for step, (start, end) in windows.items():
+            inside = [rss for at, rss in self.samples if start <= at <= end]
+            if inside:
+                found[step] = round(max(max(inside) - baseline, 0.0), 1)
+        return dict(sorted(found.items(), key=lambda item: -item[1]))
 
 
 @contextlib.contextmanager
@@ -361,19 +409,24 @@ def timed_jobs(jobs: list[dict[str, Any]]) -> Iterator[None]:
 
     def run_job(defs: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         reset = _reset_peak()
+        baseline = _rss_mb("VmRSS")
         began = time.perf_counter()
+        sampler = RssSampler()
         try:
-            return original(defs, name, *args, **kwargs)
+            with sampler:
+                return original(defs, name, *args, **kwargs)
         finally:
             peak = _rss_mb("VmHWM") if reset else None
             seconds = time.perf_counter() - began
-            steps = step_seconds()
+            windows = step_windows()
+            steps = step_seconds(windows)
             jobs.append(
                 {
                     "job": name,
                     "seconds": round(seconds, 2),
                     "peak_mb": round(peak, 1) if peak is not None else None,
                     "steps": steps,
+                    "step_mb_above_start": sampler.step_peaks(windows, baseline),
                     "outside_steps": round(seconds - sum(steps.values()), 2),
                 }
             )
@@ -612,6 +665,9 @@ def print_pass(p: dict[str, Any]) -> None:
             if j.get("steps"):
                 top = ", ".join(f"{k} {v:.1f}" for k, v in list(j["steps"].items())[:6])
                 print(f"     {j['job']}: outside steps {j['outside_steps']:.1f} s; steps {top}")
+            if j.get("step_mb_above_start"):
+                top = ", ".join(f"{k} +{v}" for k, v in list(j["step_mb_above_start"].items())[:6])
+                print(f"     {j['job']}: MB above the job's start, sampled: {top}")
     print(f"   Planhat snapshot before delivery: {p['planhat_snapshot_before_delivery']}")
     window = p["copper_window"]
     print(f"   copper window from partition {window['first_partition']}: {window['records']}")
