@@ -383,7 +383,9 @@ def _ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
 
 def _ensure_fingerprint_key(conn: duckdb.DuckDBPyConnection) -> None:
     """``FINGERPRINT_KEY``, created once. A table written before the index may hold a key
-    twice (a race the index now refuses): the row of its latest delivery is kept."""
+    twice (a race the index now refuses): the row of its latest delivery is kept, with the
+    latest Planhat id any of its rows knew (the old upsert kept an id no answer named; losing
+    it would turn the next update into a read-back or a duplicate create)."""
     schema = FINGERPRINTS.split(".")[0]
     if run(
         conn,
@@ -391,14 +393,24 @@ def _ensure_fingerprint_key(conn: duckdb.DuckDBPyConnection) -> None:
         [schema, FINGERPRINT_KEY],
     ):
         return
-    doubled = run(conn, f"select count(*) - count(distinct (target, key)) from {FINGERPRINTS}")[0][
-        0
-    ]
+    keyed = "target is not null and key is not null"  # the index accepts NULLs more than once
+    doubled = run(
+        conn,
+        f"select count(*) - count(distinct (target, key)) from {FINGERPRINTS} where {keyed}",
+    )[0][0]
     if doubled:
         run(
             conn,
-            f"delete from {FINGERPRINTS} where rowid not in (select rowid from {FINGERPRINTS}"
-            " qualify row_number() over (partition by target, key"
+            f"update {FINGERPRINTS} f set planhat_id = k.known from (select target, key,"
+            " arg_max(planhat_id, delivered_at) filter (where planhat_id is not null) as known"
+            f" from {FINGERPRINTS} where {keyed} group by target, key having count(*) > 1) k"
+            " where f.target = k.target and f.key = k.key and f.planhat_id is null"
+            " and k.known is not null",
+        )
+        run(
+            conn,
+            f"delete from {FINGERPRINTS} where {keyed} and rowid not in (select rowid from"
+            f" {FINGERPRINTS} where {keyed} qualify row_number() over (partition by target, key"
             " order by delivered_at desc nulls last, rowid desc) = 1)",
         )
     run(

@@ -324,7 +324,8 @@ def test_a_table_written_before_the_key_index_keeps_each_keys_newest_row_then_up
     database: str,
 ) -> None:
     """A warehouse from before the unique index may hold a key twice: the first commit keeps
-    the row of each key's latest delivery, then updates it in place."""
+    the row of each key's latest delivery (with the Planhat id an older row knew, which the
+    old upsert kept), leaves rows without a key alone, then updates in place."""
     with duckdb.connect(database) as conn:
         conn.execute("create schema planhat")
         conn.execute(
@@ -336,7 +337,11 @@ def test_a_table_written_before_the_key_index_keeps_each_keys_newest_row_then_up
             " ('conversations', 'a', 'old', '{}', '2025-01-01 00:00:00+00', 'id-old'),"
             " ('conversations', 'a', 'new', '{}', '2025-06-01 00:00:00+00', 'id-new'),"
             " ('companies', 'a', 'other', '{}', '2025-01-01 00:00:00+00', null),"
-            " ('conversations', 'b', 'b1', '{}', '2025-01-01 00:00:00+00', 'id-b')"
+            " ('conversations', 'b', 'b1', '{}', '2025-01-01 00:00:00+00', 'id-b'),"
+            " ('conversations', 'd', 'd1', '{}', '2025-01-01 00:00:00+00', 'id-d'),"
+            " ('conversations', 'd', 'd2', '{}', '2025-06-01 00:00:00+00', null),"
+            " ('conversations', null, 'n1', '{}', '2025-01-01 00:00:00+00', null),"
+            " ('conversations', null, 'n2', '{}', '2025-01-01 00:00:00+00', null)"
         )
     records = pd.DataFrame(
         {"target": "conversations", "key": ["a", "c"], "fingerprint": "2", "fields": "{}"}
@@ -351,7 +356,7 @@ def test_a_table_written_before_the_key_index_keeps_each_keys_newest_row_then_up
     with duckdb.connect(database, read_only=True) as conn:
         stored = conn.execute(
             "select target, key, fingerprint, planhat_id from planhat.delivery_fingerprints"
-            " order by target, key"
+            " order by target, key nulls last, fingerprint"
         ).fetchall()
         indexes = conn.execute(
             "select index_name, is_unique from duckdb_indexes()"
@@ -362,5 +367,8 @@ def test_a_table_written_before_the_key_index_keeps_each_keys_newest_row_then_up
         ("conversations", "a", "2", "id-new"),
         ("conversations", "b", "b1", "id-b"),
         ("conversations", "c", "2", None),
+        ("conversations", "d", "d2", "id-d"),  # the newest row, with the id an older one knew
+        ("conversations", None, "n1", None),  # rows without a key are not duplicates
+        ("conversations", None, "n2", None),
     ]
     assert indexes == [(deliveries.FINGERPRINT_KEY, True)]
