@@ -36,7 +36,8 @@ def _scramble(record: dict[str, Any]) -> str:
 class StubCopper:
     """``POST /<object>/search`` over fixed records; ``total`` shapes the X-PW-TOTAL header:
     "count" (the matches), "estimate" (the matches rounded up as the sandbox's), "none"
-    (absent) or "blind" (every record, ignoring the filter). Activities come in an order
+    (absent), "blind" (every record, ignoring the filter) or "up_to_end" (every record up to
+    the window's end, ignoring its start). Activities come in an order
     unrelated to their date, or by date (``activities_by_date``, as the sandbox returns them)."""
 
     def __init__(
@@ -100,6 +101,8 @@ class StubCopper:
             headers["X-PW-TOTAL"] = str(len(matches))
         elif self.total == "estimate":
             headers["X-PW-TOTAL"] = str(total_estimate(len(matches)))
+        elif self.total == "up_to_end":
+            headers["X-PW-TOTAL"] = str(sum(1 for r in rows if r[obj.date_field] <= high))
         elif self.total == "blind":
             headers["X-PW-TOTAL"] = str(len(rows))
         elif self.total == "under":  # an estimate that undercounts

@@ -68,6 +68,9 @@ DEFAULT_BASE_URL = "https://api.copper.com/developer_api/v1"
 MAX_PAGE_SIZE = 200
 SEARCH_RESULT_CAP = 100_000
 """Copper returns at most this many records per search, whatever the page number."""
+TOTAL_SLACK = 1.1
+"""How far two halves' ``X-PW-TOTAL`` may add up above their parent's and still be counts: an
+estimate rounded up to two significant digits is at most 10% above the count."""
 DEFAULT_POLICY = RetryPolicy()
 """429 and 5xx retried with backoff (Retry-After honoured); 401/403 fail at once."""
 
@@ -598,13 +601,22 @@ class _Walk:
         """An activity window whose first page says it holds more than one search returns.
 
         A header equal to the parent's may be blind to the date filter, or an estimate too
-        coarse to show the few records split off (Copper's is an upper bound, not a count):
-        when the half walked before this one reported less, the header counts the filter."""
+        coarse to show the few records split off (Copper's is an upper bound, not a count).
+        It is taken as a count only when it and the half walked before it add up to about the
+        parent's (within ``TOTAL_SLACK``): a blind header, or one that ignores the window's
+        start, makes the halves add up to far more. A one-second window is never split on the
+        header's word: its pages say whether it really holds more than the cap."""
         if total is None or total <= SEARCH_RESULT_CAP or not self.trust_total:
+            return False
+        if search.low is not None and search.high is not None and search.low >= search.high:
             return False
         if total == search.parent_total:
             sibling = search.sibling
-            if sibling is None or sibling.total is None or sibling.total >= total:
+            if (
+                sibling is None
+                or sibling.total is None
+                or sibling.total + total > search.parent_total * TOTAL_SLACK
+            ):
                 self.trust_total = False  # narrowing the window did not change it: not a count
                 return False
         return True

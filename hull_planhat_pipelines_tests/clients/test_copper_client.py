@@ -172,13 +172,11 @@ def test_activities_over_the_cap_are_split_into_windows(
 def test_a_rounded_total_header_splits_as_well_as_an_exact_count(
     small_cap: int, stubs: list[StubCopper], by_date: bool
 ) -> None:
-    """An open window is first split at the median date of its first page; returned by date,
-    that page holds the oldest records, so the first half is tiny and the rest reports the
-    same rounded total as the whole. That is a coarse count, not a blind one: the walk goes on
-    splitting instead of paging to the cap and reading the window again."""
-    rng = random.Random(3)
-    activities = [
-        {"id": 6_000_000_000 + i, "activity_date": T0 + rng.randrange(0, 5_000)} for i in range(230)
+    """Most of a window's records in its later half: that half's rounded total (95 -> 100)
+    equals the whole's (100). That is a coarse count, not a blind one (the earlier half said
+    10): the walk goes on splitting instead of paging to the cap and reading the half again."""
+    activities = [{"id": 8_000 + i, "activity_date": T0 + 400 * i} for i in range(5)] + [
+        {"id": 9_000 + i, "activity_date": T0 + 2_600 + 25 * i} for i in range(95)
     ]
     requests = {}
     for total in ("count", "estimate"):
@@ -187,10 +185,27 @@ def test_a_rounded_total_header_splits_as_well_as_an_exact_count(
         )
         stubs.append(stub)
         with _stub_client(stub, page_size=PAGE) as client:
-            pages = list(client.search("activities", start=None, end=T0 + 5_000))
+            pages = list(client.search("activities", start=T0, end=T0 + 4_999))
         assert sorted(_ids(pages)) == sorted(a["id"] for a in activities)
         requests[total] = len(stub.bodies("activities"))
     assert requests["estimate"] == requests["count"]
+
+
+def test_a_header_that_ignores_the_window_start_is_paged_not_split_to_one_second(
+    small_cap: int, stubs: list[StubCopper]
+) -> None:
+    """A header counting every record up to the window's end (blind to its start) matches the
+    parent's in every later half; the halves add up to more than the parent, so it is not
+    taken as a count, and a one-second window is never split on a header's word."""
+    activities = [{"id": 5_000 + i, "activity_date": T0 + i} for i in range(40)]
+    activities += [{"id": 6_000 + i, "activity_date": T0 + 19_961 + i} for i in range(40)]
+    stub = StubCopper(
+        {"activities": activities}, cap=small_cap, total="up_to_end", activities_by_date=True
+    )
+    stubs.append(stub)
+    with _stub_client(stub, page_size=PAGE) as client:
+        pages = list(client.search("activities", start=None, end=T0 + 20_000))
+    assert sorted(_ids(pages)) == [a["id"] for a in activities]
 
 
 def test_a_full_fetch_by_date_splits_once_from_the_oldest_date_seen(
