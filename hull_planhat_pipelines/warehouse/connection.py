@@ -7,7 +7,7 @@ closed, never held across an HTTP call.
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +112,14 @@ def run(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = No
 @contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """The block's writes in one transaction: committed when it ends, rolled back when it
-    raises (a killed process commits nothing either: DuckDB drops an open transaction)."""
+    raises, an interrupt included (a caller's connection is not left mid-transaction; a
+    killed process commits nothing either). A rollback that fails does not hide the error."""
     run(conn, "begin transaction")
     try:
         yield
-    except Exception:
-        run(conn, "rollback")
+    except BaseException:
+        with suppress(duckdb.Error):
+            run(conn, "rollback")
         raise
     run(conn, "commit")
 

@@ -340,6 +340,9 @@ def test_a_transaction_commits_its_block_or_nothing_of_it(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="half way"), transaction(conn):
             conn.execute("insert into t values (2)")
             raise ValueError("half way")
+        with pytest.raises(KeyboardInterrupt), transaction(conn):
+            conn.execute("insert into t values (4)")
+            raise KeyboardInterrupt
         assert conn.execute("select v from t").fetchall() == [(1,)]
-        conn.execute("insert into t values (3)")  # no transaction left open by the failure
+        conn.execute("insert into t values (3)")  # no transaction left open by the failures
         assert conn.execute("select v from t order by v").fetchall() == [(1,), (3,)]
