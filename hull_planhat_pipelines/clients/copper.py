@@ -214,6 +214,11 @@ class _Search:
     sibling: _Search | None = None
     """The other half of the split that made this window, walked before it (activities)."""
 
+    @property
+    def one_second(self) -> bool:
+        """The window cannot be narrowed: it holds a single second."""
+        return self.low is not None and self.high is not None and self.low >= self.high
+
 
 class CopperClient:
     """Copper's developer API with its documented headers, throttle and retry policy."""
@@ -608,7 +613,7 @@ class _Walk:
         header's word: its pages say whether it really holds more than the cap."""
         if total is None or total <= SEARCH_RESULT_CAP or not self.trust_total:
             return False
-        if search.low is not None and search.high is not None and search.low >= search.high:
+        if search.one_second:
             return False
         if total == search.parent_total:
             sibling = search.sibling
@@ -671,7 +676,7 @@ def _split(search: _Search, object_name: str) -> list[_Search]:
     window's oldest records; in any order, a page's oldest is near them), and it is split
     halfway from there. Open at both ends, the median of the dates seen is the only guide."""
     low, high = search.low, search.high
-    if low is not None and high is not None and low >= high:
+    if search.one_second:
         raise CopperCapError(
             "copper",
             f"{object_name}: more than {SEARCH_RESULT_CAP} records dated {low}; "

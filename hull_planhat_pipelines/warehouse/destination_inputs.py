@@ -73,17 +73,16 @@ def destination_inputs(
             locked = lock_down(conn)
             columns = source_columns(locked, sql)
             names = [name for name, _ in columns]
+            digest = source_digest(destination, columns)
             if not rememberable(columns):
                 source = run_select(locked, sql, destination.name)
                 rows = len(source)
             elif every_row_asked or not memo_ready(conn):
-                digest = source_digest(destination, columns)
                 query = every_row(sql, destination, names)
                 source = run_select(locked, query, destination.name, [digest])
                 rows = len(source)
             else:
                 remembered = True
-                digest = source_digest(destination, columns)
                 query = changed_rows(sql, destination, names)
                 source = run_select(locked, query, destination.name, [destination.name, digest])
                 (rows,) = locked.execute(

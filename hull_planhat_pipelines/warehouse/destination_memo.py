@@ -26,7 +26,13 @@ from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.operator_sql import as_subquery
 from hull_planhat_pipelines.sync.planhat.destinations import KEY_COLUMNS, SOURCE_HASH
-from hull_planhat_pipelines.warehouse.connection import connect, run, table_exists, transaction
+from hull_planhat_pipelines.warehouse.connection import (
+    connect,
+    quote,
+    run,
+    table_exists,
+    transaction,
+)
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
 
 MEMO = "ops.destination_source_memo"
@@ -61,10 +67,6 @@ def source_digest(destination: DestinationSettings, columns: list[tuple[str, str
     return canonical_hash([MAPPING_VERSION, destination.model_dump(mode="json"), columns])
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _key_sql(destination: DestinationSettings, names: list[str]) -> str:
     """The record's key as ``map_rows`` takes it (``_key``), to group the rows of one key:
     the external id a path needs, else the first key column with a value, else the row."""
@@ -72,14 +74,14 @@ def _key_sql(destination: DestinationSettings, names: list[str]) -> str:
         columns = ["external_id"] if "external_id" in names else []
     else:
         columns = [c for c in KEY_COLUMNS if c in names]
-    values = [f"nullif(cast({ROW}.{_ident(c)} as varchar), '')" for c in columns]
+    values = [f"nullif(cast({ROW}.{quote(c)} as varchar), '')" for c in columns]
     return f"coalesce({', '.join([*values, 'null'])})"
 
 
 def hashed_source(sql: str, destination: DestinationSettings, names: list[str]) -> str:
     """The source's rows with ``SOURCE_HASH`` (of the digest, the first parameter, and every
     column's text as written) and ``KEY``."""
-    texts = ", ".join(f"cast({ROW}.{_ident(n)} as varchar)" for n in names)
+    texts = ", ".join(f"cast({ROW}.{quote(n)} as varchar)" for n in names)
     hashed = f"md5(? || to_json([{texts}]::varchar[])::varchar)"
     return (
         f'select {ROW}.*, {hashed} as "{SOURCE_HASH}", {_key_sql(destination, names)} as {KEY}'
