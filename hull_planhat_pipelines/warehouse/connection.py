@@ -1,7 +1,7 @@
 """The DuckDB file every table lives in, and short-lived connections to it.
 
 DuckDB allows one writing process per file: every connection here is opened for one step and
-closed, never held across an HTTP call.
+closed, never held across an HTTP call (``attachments``: closing the last one releases the file).
 """
 
 import os
@@ -9,11 +9,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pandas as pd
 from dagster import TableColumn, TableSchema
+
+from hull_planhat_pipelines.warehouse.attachments import open_connection
 
 WAREHOUSE_ENV_VAR = "HULL_PLANHAT_WAREHOUSE"
 PARTITION_COLUMN = "partition_date"
@@ -47,7 +49,8 @@ def connect(
     pause = 0.1
     while True:
         try:
-            return duckdb.connect(path, read_only=read_only)
+            # the cursor of a kept instance that attached the file: it behaves as a connection
+            return cast(duckdb.DuckDBPyConnection, open_connection(path, read_only=read_only))
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or clock() >= deadline:
                 raise

@@ -1,0 +1,132 @@
+"""Warehouse connections come from kept instances that attach the file: closing the last one
+must release the file exactly as closing a ``duckdb.connect`` connection did."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from hull_planhat_pipelines.sync.operator_sql import lock_down
+from hull_planhat_pipelines.warehouse import attachments
+from hull_planhat_pipelines.warehouse.connection import connect, table_exists
+
+OTHER_PROCESS = (
+    "import duckdb, sys\n"
+    "try:\n"
+    "    duckdb.connect(sys.argv[1]).close()\n"
+    "except duckdb.IOException as exc:\n"
+    "    print('locked' if 'lock' in str(exc).lower() else exc)\n"
+    "else:\n"
+    "    print('opened')\n"
+)
+
+
+def _other_process_opens(path: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+
+
+def test_the_file_is_locked_while_a_connection_is_open_and_free_once_the_last_one_closes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "w.duckdb"
+    first = connect(str(path))
+    first.execute("create schema hull; create table hull.users as select 1 as id")
+    second = connect(str(path))  # shares the attachment: its own cursor
+    assert table_exists(second, "hull", "users")
+    first.close()
+    assert _other_process_opens(path) == "locked"
+    second.close()
+    assert _other_process_opens(path) == "opened"
+    # what was written survived the detach: checkpointed into the file, no WAL left behind
+    assert not Path(f"{path}.wal").exists()
+    with duckdb.connect(str(path), read_only=True) as conn:
+        assert conn.execute("select id from hull.users").fetchall() == [(1,)]
+
+
+def test_a_connection_dropped_without_close_releases_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "w.duckdb"
+    conn = connect(str(path))
+    conn.execute("create table t as select 1 as id")
+    del conn
+    assert _other_process_opens(path) == "opened"
+
+
+def test_each_file_sees_only_its_own_tables_and_keeps_its_stem_as_catalog(tmp_path: Path) -> None:
+    a, b = connect(str(tmp_path / "a.duckdb")), connect(str(tmp_path / "b.duckdb"))
+    try:
+        a.execute("create schema s; create table s.only_in_a as select 1 as id")
+        assert table_exists(a, "s", "only_in_a")
+        assert not table_exists(b, "s", "only_in_a")
+        assert b.execute("select current_database()").fetchall() == [("b",)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_other_mode_is_refused_while_the_file_is_open_and_served_once_it_closed(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "w.duckdb")
+    connect(path).close()
+    reader = connect(path, read_only=True)
+    with pytest.raises(duckdb.ConnectionException, match="read-only in this process"):
+        connect(path)
+    with pytest.raises(duckdb.Error):
+        reader.execute("create table t as select 1 as id")
+    reader.close()
+    writer = connect(path)
+    writer.execute("create table t as select 1 as id")
+    writer.close()
+
+
+def test_an_instance_locked_down_for_operator_sql_never_serves_another_connection(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "w.duckdb")
+    connect(path).close()
+    locked = lock_down(connect(path, read_only=True))
+    host = attachments._attached[os.path.abspath(path)].host
+    locked.close()
+    assert all(idle is not host for idle in attachments._idle)
+    writer = connect(path)  # unlocked: it may write, and attach files, again
+    writer.execute("create table t as select 1 as id")
+    writer.execute("set temp_directory = ''")
+    writer.close()
+
+
+def test_a_missing_file_opened_read_only_fails_and_leaves_nothing_attached(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "missing.duckdb"
+    with pytest.raises(duckdb.IOException):
+        connect(str(path), read_only=True)
+    assert os.path.abspath(path) not in attachments._attached
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("keep_below", "kept"), [(2**40, True), (1, False)])
+def test_an_instance_that_held_much_memory_is_closed_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_below: int, kept: bool
+) -> None:
+    """Detaching frees an instance's memory to its allocator, not to the system: one that held
+    more than ``KEEP_BELOW_BYTES`` is closed, so that a heavy step's memory is returned."""
+    monkeypatch.setattr(attachments, "KEEP_BELOW_BYTES", keep_below)
+    monkeypatch.setattr(attachments, "_idle", [])
+    path = str(tmp_path / "w.duckdb")
+    conn = connect(path)
+    conn.execute("create table t as select range as id from range(100000)")
+    host = attachments._attached[os.path.abspath(path)].host
+    conn.close()
+    assert (attachments._idle == [host]) is kept
+    assert _other_process_opens(Path(path)) == "opened"
