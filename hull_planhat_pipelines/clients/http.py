@@ -263,8 +263,8 @@ class ApiSession:
             if requests_per_minute
             else None
         )
-        self.session = self._session(self._retry(policy, sleeper, idempotent=True))
-        self._once = self._session(self._retry(policy, sleeper, idempotent=False))
+        self.session = self._session(self._retry(policy, sleeper, idempotent=True), base_url)
+        self._once = self._session(self._retry(policy, sleeper, idempotent=False), base_url)
         for session in (self.session, self._once):
             session.headers.update({"Accept": "application/json", **(headers or {})})
             if auth is not None:
@@ -295,11 +295,20 @@ class ApiSession:
         return retry
 
     @staticmethod
-    def _session(retry: _Retry) -> requests.Session:
+    def _session(retry: _Retry, base_url: str) -> requests.Session:
+        """A session whose proxies and CA bundle are read from the environment once, for the
+        API's address. Left to itself, ``requests`` reads them again on every call (a scan of
+        the environment and a look for ``~/.netrc``: a tenth of a one-record call to a near
+        server, tens of thousands of calls a full delivery)."""
         session = requests.Session()
         adapter = HTTPAdapter(max_retries=retry, pool_maxsize=8)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        environment = session.merge_environment_settings(base_url, {}, None, None, None)
+        session.trust_env = False
+        session.proxies.update(environment["proxies"] or {})
+        if environment["verify"] is not None:
+            session.verify = environment["verify"]
         return session
 
     @staticmethod

@@ -1,0 +1,84 @@
+"""A session reads its proxies from the environment once, for its API's address: an API behind
+a proxy is reached through it, one named in ``NO_PROXY`` directly."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from hull_planhat_pipelines.clients.http import ApiSession, RetryPolicy
+
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy")
+NO_PROXY_VARIABLES = ("no_proxy", "NO_PROXY")
+
+
+class _Recorder(http.server.ThreadingHTTPServer):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                recorder.lines.append(self.requestline)
+                body = b'{"ok":true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def recorder() -> Iterator[_Recorder]:
+    server = _Recorder()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _session(base_url: str) -> ApiSession:
+    return ApiSession("planhat", base_url, policy=RetryPolicy(attempts=1))
+
+
+def test_an_api_behind_a_proxy_is_reached_through_it(
+    recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in NO_PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, recorder.url)
+    with _session("http://planhat.example.test") as session:
+        assert session.json("GET", "/companies") == {"ok": True}
+        assert session.json("GET", "/endusers") == {"ok": True}
+    assert recorder.lines == [
+        "GET http://planhat.example.test/companies HTTP/1.1",
+        "GET http://planhat.example.test/endusers HTTP/1.1",
+    ]
+
+
+def test_an_api_named_in_no_proxy_is_reached_directly(
+    recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in NO_PROXY_VARIABLES:
+        monkeypatch.setenv(name, "127.0.0.1")
+    with _session(recorder.url) as session:
+        assert session.json("GET", "/companies") == {"ok": True}
+    assert recorder.lines == ["GET /companies HTTP/1.1"]
