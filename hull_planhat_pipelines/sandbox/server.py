@@ -205,6 +205,9 @@ class SandboxServer:
         self.faults = FaultPlan()
         self.requests: list[Recorded] = []
         self.record_bodies = record_bodies
+        self.cpu_seconds = 0.0
+        """CPU time its handler threads spent on requests: in the same process as the client
+        (tests, benchmarks), time the client's own threads could not have."""
         self._lock = threading.Lock()
         self._host = host
         self._port = port
@@ -355,6 +358,15 @@ def _make_handler(server: SandboxServer) -> type[BaseHTTPRequestHandler]:
             return
 
         def _handle(self) -> None:
+            started = time.thread_time()
+            try:
+                self._answer()
+            finally:
+                spent = time.thread_time() - started
+                with server._lock:
+                    server.cpu_seconds += spent
+
+        def _answer(self) -> None:
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""

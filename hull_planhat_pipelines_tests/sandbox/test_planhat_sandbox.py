@@ -81,6 +81,15 @@ def test_bearer_and_basic_token_auth(planhat_sandbox: PlanhatSandbox) -> None:
         assert token not in refused.text
 
 
+def test_the_cpu_its_handlers_spend_is_counted(api: Api) -> None:
+    """Benchmarks that run the sandbox in their own process report it beside their time."""
+    server = api.sandbox.rest
+    before = server.cpu_seconds
+    for _ in range(20):
+        assert api.get("/endusers", limit=2000).status_code == 200
+    assert server.cpu_seconds > before
+
+
 # -- listing ---------------------------------------------------------------------------------
 def test_listing_pages_until_a_short_page_without_repeats(api: Api) -> None:
     expected = {e["_id"] for e in api.sandbox.endusers()}
