@@ -10,15 +10,20 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies, get_netrc_auth
 from urllib3.util import Retry
 
 from hull_planhat_pipelines.sync.canonical import wire_json
@@ -234,6 +239,60 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+class _AsSent(AuthBase):
+    """No credentials beyond the request's own headers (a host ``~/.netrc`` names none for)."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+class _EnvironmentOnce(requests.Session):
+    """A session that reads the environment once per host: its proxies (``NO_PROXY`` included),
+    ``~/.netrc`` and the CA bundle variables, as ``requests`` does, but not again on every call
+    (a scan of the environment and a look for ``~/.netrc``: a tenth of a one-record call to a
+    near server, tens of thousands of calls a full delivery). Redirects are resolved as
+    ``requests`` resolves them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
+        self._netrc: dict[tuple[str, str], Any] = {}
+        self._bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+
+    @staticmethod
+    def _host(url: str) -> tuple[str, str]:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), parts.netloc.lower()
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        if self.trust_env and not request.auth and not self.auth:
+            host = self._host(request.url)
+            if host not in self._netrc:
+                self._netrc[host] = get_netrc_auth(request.url) or _AsSent()
+            request.auth = self._netrc[host]
+        return super().prepare_request(request)
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        if not self.trust_env:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        proxies = {} if proxies is None else proxies
+        host = self._host(url)
+        if host not in self._proxies:
+            self._proxies[host] = get_environ_proxies(url, no_proxy=proxies.get("no_proxy"))
+        for scheme, proxy in self._proxies[host].items():
+            proxies.setdefault(scheme, proxy)
+        if verify is True or verify is None:
+            verify = self._bundle or verify
+        return {
+            "proxies": merge_setting(proxies, self.proxies),
+            "stream": merge_setting(stream, self.stream),
+            "verify": merge_setting(verify, self.verify),
+            "cert": merge_setting(cert, self.cert),
+        }
+
+
 class ApiSession:
     """One API's base URL, headers, retry policy, throttle and request counters."""
 
@@ -263,8 +322,8 @@ class ApiSession:
             if requests_per_minute
             else None
         )
-        self.session = self._session(self._retry(policy, sleeper, idempotent=True), base_url)
-        self._once = self._session(self._retry(policy, sleeper, idempotent=False), base_url)
+        self.session = self._session(self._retry(policy, sleeper, idempotent=True))
+        self._once = self._session(self._retry(policy, sleeper, idempotent=False))
         for session in (self.session, self._once):
             session.headers.update({"Accept": "application/json", **(headers or {})})
             if auth is not None:
@@ -295,20 +354,11 @@ class ApiSession:
         return retry
 
     @staticmethod
-    def _session(retry: _Retry, base_url: str) -> requests.Session:
-        """A session whose proxies and CA bundle are read from the environment once, for the
-        API's address. Left to itself, ``requests`` reads them again on every call (a scan of
-        the environment and a look for ``~/.netrc``: a tenth of a one-record call to a near
-        server, tens of thousands of calls a full delivery)."""
-        session = requests.Session()
+    def _session(retry: _Retry) -> requests.Session:
+        session = _EnvironmentOnce()
         adapter = HTTPAdapter(max_retries=retry, pool_maxsize=8)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        environment = session.merge_environment_settings(base_url, {}, None, None, None)
-        session.trust_env = False
-        session.proxies.update(environment["proxies"] or {})
-        if environment["verify"] is not None:
-            session.verify = environment["verify"]
         return session
 
     @staticmethod

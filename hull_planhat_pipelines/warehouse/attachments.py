@@ -9,18 +9,21 @@ meaning: when the last connection to a file closes, the file is detached and oth
 may take it.
 
 Each file is attached to an instance of its own (``information_schema`` then lists that file's
-tables only) under its stem, as ``duckdb.connect`` names it. Connections to a file already
+tables only) under its name up to the first dot, as ``duckdb.connect`` names it. Connections to a file already
 attached in this process share the attachment (each its own cursor), as connections to one
 instance did; asking for the other mode while it is attached is refused, as DuckDB refuses it.
 An instance whose configuration a connection locked (operator SQL is run locked down) is closed
-with its last connection instead of serving the next file.
+with its last connection instead of serving the next file. Settings a connection changes
+(``SET``) apply to its instance, so they outlive it when the instance is kept: the warehouse
+layer changes none but the lockdown.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +51,44 @@ class _Attachment:
     users: int = 0
 
 
-_guard = threading.RLock()  # a finalizer may close a connection while it is held
+_guard = threading.Lock()
+_state = threading.local()
 _attached: dict[str, _Attachment] = {}
 _idle: list[duckdb.DuckDBPyConnection] = []
-_owner_pid = os.getpid()
+_dropped: list[WarehouseConnection] = []
+"""Connections finalized (garbage-collected) while their thread was changing the state above:
+closed as soon as that change is complete, never in the middle of it."""
+
+
+def _reset_after_fork() -> None:
+    """A forked child uses none of its parent's instances (their threads did not follow), and
+    a lock another thread held at the fork would never be released in it."""
+    global _guard, _state
+    _guard, _state = threading.Lock(), threading.local()
+    _attached.clear()
+    _idle.clear()
+    _dropped.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+@contextmanager
+def _changing() -> Iterator[None]:
+    """Hold the guard while the attachments change; connections finalized meanwhile (a
+    collection can run at any allocation) are closed at the end, not re-entrantly."""
+    with _guard:
+        _state.active = True
+        try:
+            yield
+        finally:
+            try:
+                while _dropped:
+                    with suppress(duckdb.Error):
+                        _dropped.pop()._release()
+            finally:
+                _state.active = False
 
 
 def _quote(name: str) -> str:
@@ -63,17 +100,8 @@ def _literal(text: str) -> str:
 
 
 def _catalog(path: str) -> str:
-    stem = Path(path).stem or "warehouse"
-    return f"{stem}_warehouse" if stem.lower() in RESERVED_CATALOGS else stem
-
-
-def _forget_inherited() -> None:
-    """A forked child does not use its parent's instances (their threads did not follow)."""
-    global _owner_pid
-    if os.getpid() != _owner_pid:
-        _attached.clear()
-        _idle.clear()
-        _owner_pid = os.getpid()
+    name = Path(path).name.split(".")[0] or "warehouse"
+    return f"{name}_warehouse" if name.lower() in RESERVED_CATALOGS else name
 
 
 def _host() -> duckdb.DuckDBPyConnection:
@@ -94,46 +122,59 @@ def _locked(host: duckdb.DuckDBPyConnection) -> bool:
     return bool(row) and str(row[0]).lower() == "true"
 
 
-def open_connection(path: str, *, read_only: bool) -> WarehouseConnection:
-    """A connection to ``path``'s tables (its default catalog); ``close()`` it when done."""
-    key = os.path.abspath(path)
-    with _guard:
-        _forget_inherited()
-        attachment = _attached.get(key)
-        if attachment is None:
-            host = _host()
-            catalog = _catalog(key)
-            mode = " (read_only)" if read_only else ""
-            try:
-                # spills go beside the file, as a connection to the file would put them
-                host.execute(f"set temp_directory = {_literal(key + '.tmp')}")
-                host.execute(f"attach {_literal(key)} as {_quote(catalog)}{mode}")
-            except BaseException:
-                _release_host(host)
-                raise
-            attachment = _Attachment(host, catalog, read_only, _resident())
-            _attached[key] = attachment
-        elif attachment.read_only != read_only:
-            wanted = "read-only" if read_only else "read-write"
-            raise duckdb.ConnectionException(
-                f"{key} is open {'read-only' if attachment.read_only else 'read-write'} in this"
-                f" process: it cannot also be opened {wanted} until those connections close"
-            )
-        cursor = attachment.host.cursor()
-        try:
-            cursor.execute(f"use {_quote(attachment.catalog)}")
-        except BaseException:
-            cursor.close()
-            if not attachment.users:
-                _detach(key, attachment)
-            raise
-        attachment.users += 1
-    return WarehouseConnection(cursor, key)
-
-
 def _buffered(host: duckdb.DuckDBPyConnection) -> int:
     row = host.execute("select coalesce(sum(memory_usage_bytes), 0) from duckdb_memory()")
     return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def open_connection(path: str, *, read_only: bool) -> WarehouseConnection:
+    """A connection to ``path``'s tables (its default catalog); ``close()`` it when done."""
+    key = os.path.abspath(path)
+    with _changing():
+        attachment = _attached.get(key)
+        if attachment is None:
+            attachment = _attach(key, read_only=read_only)
+        elif attachment.read_only != read_only:
+            held = "read-only" if attachment.read_only else "read-write"
+            wanted = "read-only" if read_only else "read-write"
+            raise duckdb.ConnectionException(
+                f"{key} is open {held} in this process: it cannot also be opened {wanted}"
+                " until those connections close"
+            )
+        attachment.users += 1  # before anything else: the attachment is in use from here
+        cursor: duckdb.DuckDBPyConnection | None = None
+        try:
+            cursor = attachment.host.cursor()
+            cursor.execute(f"use {_quote(attachment.catalog)}")
+        except BaseException:
+            if cursor is not None:
+                cursor.close()
+            _let_go(key, attachment)
+            raise
+    return WarehouseConnection(cursor, key, attachment)
+
+
+def _attach(key: str, *, read_only: bool) -> _Attachment:
+    host = _host()
+    catalog = _catalog(key)
+    mode = " (read_only)" if read_only else ""
+    try:
+        # spills go beside the file, as a connection to the file would put them
+        host.execute(f"set temp_directory = {_literal(key + '.tmp')}")
+        host.execute(f"attach {_literal(key)} as {_quote(catalog)}{mode}")
+    except BaseException:
+        _release_host(host)
+        raise
+    attachment = _Attachment(host, catalog, read_only, _resident())
+    _attached[key] = attachment
+    return attachment
+
+
+def _let_go(key: str, attachment: _Attachment) -> None:
+    """One user fewer; the last one detaches the file (if it is still this attachment)."""
+    attachment.users -= 1
+    if attachment.users <= 0 and _attached.get(key) is attachment:
+        _detach(key, attachment)
 
 
 def _release_host(host: duckdb.DuckDBPyConnection) -> None:
@@ -147,7 +188,7 @@ def _release_host(host: duckdb.DuckDBPyConnection) -> None:
 
 def _detach(key: str, attachment: _Attachment) -> None:
     """The file's last connection closed: checkpoint and release its lock."""
-    _attached.pop(key, None)
+    del _attached[key]
     host = attachment.host
     grew = _resident() - attachment.resident_at_attach
     with suppress(duckdb.Error):
@@ -158,28 +199,19 @@ def _detach(key: str, attachment: _Attachment) -> None:
     host.close()  # closing the instance detaches (and checkpoints) the file all the same
 
 
-def _close(key: str, cursor: duckdb.DuckDBPyConnection) -> None:
-    with _guard:
-        attachment = _attached.get(key)
-        try:
-            cursor.close()
-        finally:
-            if attachment is not None:
-                attachment.users -= 1
-                if attachment.users <= 0:
-                    _detach(key, attachment)
-
-
 class WarehouseConnection:
     """A DuckDB connection to the warehouse file (a cursor of the instance that attached it):
     everything a ``DuckDBPyConnection`` does, and ``close()`` detaches the file once no other
     connection of this process uses it."""
 
-    __slots__ = ("_cursor", "_key", "_open", "_pid")
+    __slots__ = ("_attachment", "_cursor", "_key", "_open", "_pid")
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection, key: str) -> None:
+    def __init__(
+        self, cursor: duckdb.DuckDBPyConnection, key: str, attachment: _Attachment
+    ) -> None:
         self._cursor = cursor
         self._key = key
+        self._attachment = attachment
         self._open = True
         self._pid = os.getpid()
 
@@ -189,12 +221,28 @@ class WarehouseConnection:
     def execute(self, *args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
         return self._cursor.execute(*args, **kwargs)
 
+    def cursor(self) -> WarehouseConnection:
+        """Another connection to the same file (a plain cursor would see the instance's own
+        catalog, not the file's)."""
+        return open_connection(self._key, read_only=self._attachment.read_only)
+
     def close(self) -> None:
         if not self._open:
             return
         self._open = False
-        if self._pid == os.getpid():
-            _close(self._key, self._cursor)
+        if self._pid != os.getpid():
+            return  # a forked child leaves its parent's connections alone
+        if getattr(_state, "active", False):
+            _dropped.append(self)  # finalized mid-change: closed once the change is complete
+            return
+        with _changing():
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            self._cursor.close()
+        finally:
+            _let_go(self._key, self._attachment)
 
     def __enter__(self) -> WarehouseConnection:
         return self

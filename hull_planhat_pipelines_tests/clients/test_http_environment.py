@@ -1,5 +1,5 @@
-"""A session reads its proxies from the environment once, for its API's address: an API behind
-a proxy is reached through it, one named in ``NO_PROXY`` directly."""
+"""A session reads the environment once per host, not on every call: an API behind a proxy is
+reached through it, one named in ``NO_PROXY`` directly, host by host."""
 
 from __future__ import annotations
 
@@ -81,4 +81,17 @@ def test_an_api_named_in_no_proxy_is_reached_directly(
         monkeypatch.setenv(name, "127.0.0.1")
     with _session(recorder.url) as session:
         assert session.json("GET", "/companies") == {"ok": True}
+    assert recorder.lines == ["GET /companies HTTP/1.1"]
+
+
+def test_no_proxy_is_judged_per_host_not_once_for_the_api(
+    recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's calls to another host (an absolute URL) follow that host's rule."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in NO_PROXY_VARIABLES:
+        monkeypatch.setenv(name, "127.0.0.1")
+    with _session("http://planhat.example.test") as session:
+        assert session.json("GET", f"{recorder.url}/companies") == {"ok": True}
     assert recorder.lines == ["GET /companies HTTP/1.1"]

@@ -3,6 +3,7 @@ must release the file exactly as closing a ``duckdb.connect`` connection did."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -129,4 +130,36 @@ def test_an_instance_that_held_much_memory_is_closed_not_kept(
     host = attachments._attached[os.path.abspath(path)].host
     conn.close()
     assert (attachments._idle == [host]) is kept
+    assert _other_process_opens(Path(path)) == "opened"
+
+
+def test_a_connection_collected_while_another_one_opens_is_closed_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector can finalize a dropped connection at any allocation, in the middle of
+    another connection's opening: the dropped one is closed once the opening is complete."""
+    path = str(tmp_path / "w.duckdb")
+    quote = attachments._quote
+
+    def collecting(name: str) -> str:
+        gc.collect()
+        return quote(name)
+
+    gc.disable()
+    try:
+        dropped = connect(path)
+        cycle: list[object] = [dropped]
+        cycle.append(cycle)  # reachable by nothing but the collector from here
+        del dropped, cycle
+        monkeypatch.setattr(attachments, "_quote", collecting)
+        conn = connect(path)
+        monkeypatch.setattr(attachments, "_quote", quote)
+    finally:
+        gc.enable()
+    assert conn.execute("select current_database()").fetchall() == [("w",)]
+    assert attachments._attached[os.path.abspath(path)].users == 1
+    other = conn.cursor()  # another connection to the file, not to the instance's catalog
+    assert other.execute("select current_database()").fetchall() == [("w",)]
+    other.close()
+    conn.close()
     assert _other_process_opens(Path(path)) == "opened"
