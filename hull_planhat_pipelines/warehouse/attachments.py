@@ -33,12 +33,12 @@ import duckdb
 IDLE_INSTANCES = 1
 """In-memory instances kept while no file is attached to them: a process works on one
 warehouse; another file pays for an instance of its own."""
-KEEP_BELOW_BYTES = 64 * 2**20
-"""An instance is closed, not kept, when its buffers held this much as its file was detached or
-the process grew this much while it was attached: detaching frees its memory to the allocator
-but not to the system (a full load's step would keep its high-water mark for the life of the
-process), closing returns it, as closing a connection did. A short write (a journal commit:
-about 20 MB of buffers, the process not growing) stays under it."""
+KEEP_BELOW_BYTES = 32 * 2**20
+"""An instance is closed, not kept, when its buffers held this much as its file was detached,
+or when the process has grown this much since the instance was created: detaching frees an
+instance's memory to its allocator but not to the system, so a kept instance would carry every
+step's high-water mark into the next ones; closing returns it, as closing a connection did.
+Short writes (a journal commit: about 20 MB of buffers, the process not growing) keep theirs."""
 RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main"})
 
 
@@ -47,14 +47,16 @@ class _Attachment:
     host: duckdb.DuckDBPyConnection
     catalog: str
     read_only: bool
-    resident_at_attach: int
+    resident_at_birth: int
+    """The process's resident bytes when ``host`` was created."""
     users: int = 0
 
 
 _guard = threading.Lock()
 _state = threading.local()
 _attached: dict[str, _Attachment] = {}
-_idle: list[duckdb.DuckDBPyConnection] = []
+_idle: list[tuple[duckdb.DuckDBPyConnection, int]] = []
+"""Kept instances with nothing attached, each with the resident bytes at its creation."""
 _dropped: list[WarehouseConnection] = []
 """Connections finalized (garbage-collected) while their thread was changing the state above:
 closed as soon as that change is complete, never in the middle of it."""
@@ -104,8 +106,11 @@ def _catalog(path: str) -> str:
     return f"{name}_warehouse" if name.lower() in RESERVED_CATALOGS else name
 
 
-def _host() -> duckdb.DuckDBPyConnection:
-    return _idle.pop() if _idle else duckdb.connect(":memory:")
+def _host() -> tuple[duckdb.DuckDBPyConnection, int]:
+    if _idle:
+        return _idle.pop()
+    born = _resident()
+    return duckdb.connect(":memory:"), born
 
 
 def _resident() -> int:
@@ -155,7 +160,7 @@ def open_connection(path: str, *, read_only: bool) -> WarehouseConnection:
 
 
 def _attach(key: str, *, read_only: bool) -> _Attachment:
-    host = _host()
+    host, born = _host()
     catalog = _catalog(key)
     mode = " (read_only)" if read_only else ""
     try:
@@ -163,9 +168,9 @@ def _attach(key: str, *, read_only: bool) -> _Attachment:
         host.execute(f"set temp_directory = {_literal(key + '.tmp')}")
         host.execute(f"attach {_literal(key)} as {_quote(catalog)}{mode}")
     except BaseException:
-        _release_host(host)
+        _release_host(host, born)
         raise
-    attachment = _Attachment(host, catalog, read_only, _resident())
+    attachment = _Attachment(host, catalog, read_only, born)
     _attached[key] = attachment
     return attachment
 
@@ -177,11 +182,11 @@ def _let_go(key: str, attachment: _Attachment) -> None:
         _detach(key, attachment)
 
 
-def _release_host(host: duckdb.DuckDBPyConnection) -> None:
+def _release_host(host: duckdb.DuckDBPyConnection, born: int) -> None:
     """Keep an unlocked instance with nothing attached for the next file; close the rest."""
     with suppress(duckdb.Error):
         if len(_idle) < IDLE_INSTANCES and not _locked(host):
-            _idle.append(host)
+            _idle.append((host, born))
             return
     host.close()
 
@@ -190,11 +195,11 @@ def _detach(key: str, attachment: _Attachment) -> None:
     """The file's last connection closed: checkpoint and release its lock."""
     del _attached[key]
     host = attachment.host
-    grew = _resident() - attachment.resident_at_attach
+    grew = _resident() - attachment.resident_at_birth
     with suppress(duckdb.Error):
         if grew < KEEP_BELOW_BYTES and _buffered(host) < KEEP_BELOW_BYTES and not _locked(host):
             host.execute(f"detach {_quote(attachment.catalog)}")
-            _release_host(host)
+            _release_host(host, attachment.resident_at_birth)
             return
     host.close()  # closing the instance detaches (and checkpoints) the file all the same
 
