@@ -23,10 +23,19 @@ import hashlib
 import json
 from typing import Any
 
+# Built once (``json.dumps`` with options builds an encoder a call). No circular-reference
+# check: a value decoded from JSON or built from rows cannot hold itself, and the check costs a
+# fifth of an encoding; the bytes are the same.
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str, check_circular=False)
+_CONTENT = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str, check_circular=False
+)
+_WIRE = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
+
 
 def canonical_json(value: Any) -> str:
     """``value`` as canonical JSON text: equal values, equal text."""
-    return json.dumps(value, sort_keys=True, default=str)
+    return _CANONICAL.encode(value)
 
 
 def canonical_hash(value: Any) -> str:
@@ -61,7 +70,7 @@ def value_text(text: str | None) -> str | None:
 
 def content_json(value: Any) -> str:
     """Compact JSON with sorted keys and UTF-8 kept: the text a delivery fingerprint hashes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CONTENT.encode(value)
 
 
 def content_hash(value: Any) -> str:
@@ -71,4 +80,4 @@ def content_hash(value: Any) -> str:
 
 def wire_json(value: Any) -> str:
     """Compact JSON, keys in their order: a request body exactly as the clients send it."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return _WIRE.encode(value)
