@@ -32,11 +32,16 @@ def check_select(sql: str, what: str = "query") -> str:
     return sql
 
 
+def is_locked_down(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``conn``'s database has its configuration locked (``lock_down``)."""
+    locked = conn.execute("select current_setting('lock_configuration')").fetchone()
+    return bool(locked) and str(locked[0]).lower() == "true"  # type: ignore[index]
+
+
 def lock_down(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """Turn off file and network access on ``conn``'s database and lock its configuration
     (again on a locked connection: nothing to do)."""
-    locked = conn.execute("select current_setting('lock_configuration')").fetchone()
-    if locked and str(locked[0]).lower() == "true":
+    if is_locked_down(conn):
         return conn
     conn.execute("set enable_external_access = false")
     conn.execute("set lock_configuration = true")

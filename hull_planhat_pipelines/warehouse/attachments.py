@@ -30,6 +30,9 @@ from typing import Any
 
 import duckdb
 
+from hull_planhat_pipelines.sync.hull.batch import ident, quote
+from hull_planhat_pipelines.sync.operator_sql import is_locked_down
+
 IDLE_INSTANCES = 1
 """In-memory instances kept while no file is attached to them: a process works on one
 warehouse; another file pays for an instance of its own."""
@@ -93,14 +96,6 @@ def _changing() -> Iterator[None]:
                 _state.active = False
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _catalog(path: str) -> str:
     name = Path(path).name.split(".")[0] or "warehouse"
     return f"{name}_warehouse" if name.lower() in RESERVED_CATALOGS else name
@@ -120,11 +115,6 @@ def _resident() -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def _locked(host: duckdb.DuckDBPyConnection) -> bool:
-    row = host.execute("select current_setting('lock_configuration')").fetchone()
-    return bool(row) and str(row[0]).lower() == "true"
 
 
 def _buffered(host: duckdb.DuckDBPyConnection) -> int:
@@ -150,7 +140,7 @@ def open_connection(path: str, *, read_only: bool) -> WarehouseConnection:
         cursor: duckdb.DuckDBPyConnection | None = None
         try:
             cursor = attachment.host.cursor()
-            cursor.execute(f"use {_quote(attachment.catalog)}")
+            cursor.execute(f"use {ident(attachment.catalog)}")
         except BaseException:
             if cursor is not None:
                 cursor.close()
@@ -165,8 +155,8 @@ def _attach(key: str, *, read_only: bool) -> _Attachment:
     mode = " (read_only)" if read_only else ""
     try:
         # spills go beside the file, as a connection to the file would put them
-        host.execute(f"set temp_directory = {_literal(key + '.tmp')}")
-        host.execute(f"attach {_literal(key)} as {_quote(catalog)}{mode}")
+        host.execute(f"set temp_directory = {quote(key + '.tmp')}")
+        host.execute(f"attach {quote(key)} as {ident(catalog)}{mode}")
     except BaseException:
         _release_host(host, born)
         raise
@@ -185,7 +175,7 @@ def _let_go(key: str, attachment: _Attachment) -> None:
 def _release_host(host: duckdb.DuckDBPyConnection, born: int) -> None:
     """Keep an unlocked instance with nothing attached for the next file; close the rest."""
     with suppress(duckdb.Error):
-        if len(_idle) < IDLE_INSTANCES and not _locked(host):
+        if len(_idle) < IDLE_INSTANCES and not is_locked_down(host):
             _idle.append((host, born))
             return
     host.close()
@@ -197,9 +187,9 @@ def _detach(key: str, attachment: _Attachment) -> None:
     host = attachment.host
     grew = _resident() - attachment.resident_at_birth
     with suppress(duckdb.Error):
-        if grew < KEEP_BELOW_BYTES and _buffered(host) < KEEP_BELOW_BYTES and not _locked(host):
-            host.execute(f"detach {_quote(attachment.catalog)}")
-            _release_host(host, attachment.resident_at_birth)
+        if grew < KEEP_BELOW_BYTES and _buffered(host) < KEEP_BELOW_BYTES:
+            host.execute(f"detach {ident(attachment.catalog)}")
+            _release_host(host, attachment.resident_at_birth)  # a locked one is closed there
             return
     host.close()  # closing the instance detaches (and checkpoints) the file all the same
 

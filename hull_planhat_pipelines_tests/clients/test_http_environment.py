@@ -56,13 +56,24 @@ def _session(base_url: str) -> ApiSession:
     return ApiSession("planhat", base_url, policy=RetryPolicy(attempts=1))
 
 
+def _environment(monkeypatch: pytest.MonkeyPatch, proxy: str, no_proxy: str | None) -> None:
+    """Every proxy variable set to ``proxy``; ``NO_PROXY`` set to ``no_proxy``, or unset."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, proxy)
+    for name in NO_PROXY_VARIABLES:
+        if no_proxy is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, no_proxy)
+
+
+DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there
+
+
 def test_an_api_behind_a_proxy_is_reached_through_it(
     recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in NO_PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    for name in PROXY_VARIABLES:
-        monkeypatch.setenv(name, recorder.url)
+    _environment(monkeypatch, recorder.url, None)
     with _session("http://planhat.example.test") as session:
         assert session.json("GET", "/companies") == {"ok": True}
         assert session.json("GET", "/endusers") == {"ok": True}
@@ -75,10 +86,7 @@ def test_an_api_behind_a_proxy_is_reached_through_it(
 def test_an_api_named_in_no_proxy_is_reached_directly(
     recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in PROXY_VARIABLES:
-        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
-    for name in NO_PROXY_VARIABLES:
-        monkeypatch.setenv(name, "127.0.0.1")
+    _environment(monkeypatch, DEAD_PROXY, "127.0.0.1")
     with _session(recorder.url) as session:
         assert session.json("GET", "/companies") == {"ok": True}
     assert recorder.lines == ["GET /companies HTTP/1.1"]
@@ -88,10 +96,7 @@ def test_no_proxy_is_judged_per_host_not_once_for_the_api(
     recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A session's calls to another host (an absolute URL) follow that host's rule."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
-    for name in NO_PROXY_VARIABLES:
-        monkeypatch.setenv(name, "127.0.0.1")
+    _environment(monkeypatch, DEAD_PROXY, "127.0.0.1")
     with _session("http://planhat.example.test") as session:
         assert session.json("GET", f"{recorder.url}/companies") == {"ok": True}
     assert recorder.lines == ["GET /companies HTTP/1.1"]

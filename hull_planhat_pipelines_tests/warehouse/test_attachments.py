@@ -140,11 +140,11 @@ def test_a_connection_collected_while_another_one_opens_is_closed_after_it(
     """The collector can finalize a dropped connection at any allocation, in the middle of
     another connection's opening: the dropped one is closed once the opening is complete."""
     path = str(tmp_path / "w.duckdb")
-    quote = attachments._quote
+    ident = attachments.ident
 
     def collecting(name: str) -> str:
         gc.collect()
-        return quote(name)
+        return ident(name)
 
     gc.disable()
     try:
@@ -152,9 +152,9 @@ def test_a_connection_collected_while_another_one_opens_is_closed_after_it(
         cycle: list[object] = [dropped]
         cycle.append(cycle)  # reachable by nothing but the collector from here
         del dropped, cycle
-        monkeypatch.setattr(attachments, "_quote", collecting)
+        monkeypatch.setattr(attachments, "ident", collecting)
         conn = connect(path)
-        monkeypatch.setattr(attachments, "_quote", quote)
+        monkeypatch.setattr(attachments, "ident", ident)
     finally:
         gc.enable()
     assert conn.execute("select current_database()").fetchall() == [("w",)]
