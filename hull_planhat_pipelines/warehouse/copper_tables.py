@@ -8,6 +8,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.sync.hull.batch import quote as _literal
 from hull_planhat_pipelines.warehouse.connection import (
     PARTITION_COLUMN,
     column_schema,
@@ -54,22 +55,47 @@ def _slice_condition(where: CopperSlice) -> tuple[str, list[Any]]:
     return sql + ")", params
 
 
-def _same_rows(conn: duckdb.DuckDBPyConnection, schema: str, name: str, frame_view: str) -> None:
-    """``_same``: the ids of ``frame_view`` whose stored row is identical but for its fetch
-    time. Those rows stay as they are (with their ``_fetched_at``): a re-fetch of unchanged
-    records writes nothing, and Hull's watermark sees only what really changed."""
-    columns = [
-        row[0]
+ROW_HASH = "_row_hash"
+"""The MD5 of a row's content (every column but ``id``, ``_fetched_at`` and itself), written with
+the row: a re-fetch is compared on two narrow columns instead of reading every stored column
+of the rows it touches (which, for records scattered through the table, is all of it)."""
+
+_UNHASHED = ("id", "_fetched_at", ROW_HASH)
+
+
+def _hashed_view(conn: duckdb.DuckDBPyConnection, frame_view: str) -> str:
+    """A temporary view: ``frame_view`` with its ``ROW_HASH``. Columns are hashed by name, in
+    name order, as JSON (unambiguous), instants as epoch microseconds (whatever the session's
+    time zone). A row stored without a hash, or hashed over other columns, never matches: it
+    is rewritten once."""
+    described = sorted(
+        (row[0], row[1])
         for row in run(conn, f"describe select * from {frame_view}")
-        if row[0] not in ("id", "_fetched_at")
-    ]
-    same = " and ".join(
-        ["t.id = f.id", *(f"t.{_quote(c)} is not distinct from f.{_quote(c)}" for c in columns)]
+        if row[0] not in _UNHASHED
     )
+    values = ", ".join(
+        f"{_literal(name)}, "
+        + (f"epoch_us({_quote(name)})" if dtype.startswith("TIMESTAMP") else _quote(name))
+        for name, dtype in described
+    )
+    content = f"json_object({values})" if values else "''"
     run(
         conn,
-        f"create or replace temp table _same as select f.id from {frame_view} f"
-        f" semi join {schema}.{_quote(name)} t on {same}",
+        f"create or replace temp view _hashed as select *,"
+        f" md5_number({content}) as {_quote(ROW_HASH)} from {frame_view}",
+    )
+    return "_hashed"
+
+
+def _same_rows(conn: duckdb.DuckDBPyConnection, schema: str, name: str, hashed: str) -> None:
+    """``_same``: the ids of ``hashed`` whose stored row has the same content hash. Those rows
+    stay as they are (with their ``_fetched_at``): a re-fetch of unchanged records writes
+    nothing, and Hull's watermark sees only what really changed."""
+    run(
+        conn,
+        f"create or replace temp table _same as select f.id from {hashed} f"
+        f" semi join (select id, {_quote(ROW_HASH)} from {schema}.{_quote(name)}) t"
+        f" on t.id = f.id and t.{_quote(ROW_HASH)} = f.{_quote(ROW_HASH)}",
     )
 
 
@@ -106,12 +132,13 @@ def write_copper_table(
                 first = not table_exists(conn, schema, name)
                 if first:
                     judge_in_full(conn)
-                ensure_columns(conn, schema, name, "_frame", types)
+                hashed = _hashed_view(conn, "_frame")
+                ensure_columns(conn, schema, name, hashed, types)
                 condition, params = _slice_condition(where)
                 conn.register(
                     "_gone", pd.DataFrame({"id": pd.array(list(gone_ids), dtype="Int64")})
                 )
-                _same_rows(conn, schema, name, "_frame")
+                _same_rows(conn, schema, name, hashed)
                 doomed = (
                     f"({condition} or id in (select id from _frame) or id in (select id from _gone))"
                     " and id not in (select id from _same)"
@@ -128,7 +155,7 @@ def write_copper_table(
                     row[0]
                     for row in run(
                         conn,
-                        f"insert into {target} by name select * from _frame"
+                        f"insert into {target} by name select * from {hashed}"
                         " where id not in (select id from _same) returning id",
                     )
                 ]
@@ -137,7 +164,11 @@ def write_copper_table(
         finally:
             for view in ("_frame", "_gone"):
                 conn.unregister(view)  # a name never registered is ignored
-            run(conn, "drop table if exists _same; drop table if exists _removed")
+            run(
+                conn,
+                "drop table if exists _same; drop table if exists _removed;"
+                " drop view if exists _hashed",
+            )
         rows = run(
             conn,
             f"select date_trunc('year', {_quote(PARTITION_COLUMN)})::date, count(*) "

@@ -332,6 +332,41 @@ def test_a_copper_write_rewrites_only_what_changed_and_counts_it(tmp_path: Path)
     ) == [(1, "v1-1", dt.date(2026, 3, 1)), (2, "v2-2", dt.date(2026, 3, 3))]
 
 
+def test_a_copper_write_compares_by_content_hash_whatever_the_time_zone(tmp_path: Path) -> None:
+    """Rows are compared on a stored content hash: any column's change counts (a second of a
+    timestamp, a value becoming null), the session's time zone does not, and a table written
+    before the hash existed gets it on its next write (its rows then rewritten once)."""
+    database = str(tmp_path / "w.duckdb")
+    days = [("2026-01-03", 1), ("2026-01-20", 2), ("2026-02-02", 3)]
+    with duckdb.connect(database) as conn:  # an older table: no hash column
+        conn.execute("create schema copper")
+        conn.register("legacy", _copper(days, 1))
+        conn.execute(
+            "create table copper.things as select * exclude (partition_date),"
+            " partition_date::date as partition_date from legacy"
+        )
+    upgraded = write_copper_table(database, "copper.things", _copper(days, 1), MONTHS, types=TYPES)
+    assert upgraded["changed"] == 3
+    assert _query(Path(database), "select count(*) from copper.things where _row_hash is null") == [
+        (0,)
+    ]
+    with connect(database) as conn:
+        conn.execute("set global TimeZone = 'America/New_York'")
+        same = write_copper_table(database, "copper.things", _copper(days, 1), MONTHS, types=TYPES)
+        conn.execute("reset global TimeZone")
+    assert same["changed"] == 0
+    edited = _copper(days, 1)
+    edited.loc[0, "date_modified"] += pd.Timedelta(seconds=1)
+    edited.loc[2, "name"] = None
+    later = write_copper_table(database, "copper.things", edited, MONTHS, types=TYPES)
+    assert sorted(later["written_ids"]) == [1, 3]
+    assert _query(Path(database), "select id, name from copper.things order by id") == [
+        (1, "v1-1"),
+        (2, "v1-2"),
+        (3, None),
+    ]
+
+
 def test_a_transaction_commits_its_block_or_nothing_of_it(tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
         conn.execute("create table t (v int)")
