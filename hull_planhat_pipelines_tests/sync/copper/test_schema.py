@@ -47,6 +47,7 @@ from hull_planhat_pipelines.sync.copper.schema import (
     copper_objects,
     modified_object,
 )
+from hull_planhat_pipelines.warehouse.copper_tables import ROW_HASH
 from hull_planhat_pipelines_tests.hull_support import settings_with
 from hull_planhat_pipelines_tests.materialize import asset_metadata, failures, materialize
 
@@ -191,9 +192,12 @@ def test_materializing_a_declared_object_lands_every_record(
     assert any(row["assignee_email"] for row in rows)
     assert {row["status"] for row in rows} == {"Open", "Completed"}
     assert types["due_date"] == "TIMESTAMP WITH TIME ZONE"
-    assert types == {
-        name: kind.replace("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE")
-        for name, kind in duckdb_types(TASKS).items()
+    assert types == {  # the declared columns, and the content hash a re-fetch is judged by
+        **{
+            name: kind.replace("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE")
+            for name, kind in duckdb_types(TASKS).items()
+        },
+        ROW_HASH: "UHUGEINT",
     }
 
 
