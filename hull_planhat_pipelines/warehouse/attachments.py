@@ -181,6 +181,18 @@ def _release_host(host: duckdb.DuckDBPyConnection, born: int) -> None:
     host.close()
 
 
+def _give_back_memory(host: duckdb.DuckDBPyConnection) -> None:
+    """Return to the system what a detached file's blocks held: freed buffers stay resident
+    in DuckDB's allocator (a closed instance gives them back, a kept one does not) until it is
+    flushed, which lowering the memory limit does. The limit is restored at once; a failure
+    raises, and the instance is then closed, not kept. Nothing is evicted to disk: a kept
+    instance holds no tables of its own."""
+    try:
+        host.execute("set memory_limit = '1MB'")
+    finally:
+        host.execute("reset memory_limit")
+
+
 def _detach(key: str, attachment: _Attachment) -> None:
     """The file's last connection closed: checkpoint and release its lock."""
     del _attached[key]
@@ -189,6 +201,7 @@ def _detach(key: str, attachment: _Attachment) -> None:
     with suppress(duckdb.Error):
         if grew < KEEP_BELOW_BYTES and _buffered(host) < KEEP_BELOW_BYTES:
             host.execute(f"detach {ident(attachment.catalog)}")
+            _give_back_memory(host)
             _release_host(host, attachment.resident_at_birth)  # a locked one is closed there
             return
     host.close()  # closing the instance detaches (and checkpoints) the file all the same

@@ -134,6 +134,26 @@ def test_an_instance_that_held_much_memory_is_closed_not_kept(
     assert _other_process_opens(Path(path)) == "opened"
 
 
+def test_a_kept_instance_gives_its_memory_back_and_keeps_its_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The allocator is flushed when the file detaches (by lowering the limit): the instance
+    kept for the next connection has its default limit back, and the next step's work runs."""
+    monkeypatch.setattr(attachments, "KEEP_BELOW_BYTES", 2**40)
+    monkeypatch.setattr(attachments, "_idle", [])
+    default = duckdb.connect().execute("select current_setting('memory_limit')").fetchone()
+    path = str(tmp_path / "w.duckdb")
+    conn = connect(path)
+    conn.execute("create table t as select range as id, repeat('x', 200) as s from range(200000)")
+    conn.execute("select s, count(*) from t group by s").fetchall()
+    host = attachments._attached[os.path.abspath(path)].host
+    conn.close()
+    assert [idle for idle, _ in attachments._idle] == [host]
+    assert host.execute("select current_setting('memory_limit')").fetchone() == default
+    with connect(path) as again:
+        assert again.execute("select count(distinct id) from t").fetchone() == (200000,)
+
+
 def test_a_connection_collected_while_another_one_opens_is_closed_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
