@@ -24,6 +24,7 @@ from hull_planhat_pipelines.sync.hull.deletions import (
 )
 from hull_planhat_pipelines.sync.hull.diff import diff_attributes, diff_events, diff_links
 from hull_planhat_pipelines.sync.hull.from_copper import (
+    MAPPED_COLUMNS,
     CopperRows,
     map_copper,
     stage_opportunity_clears,
@@ -200,7 +201,9 @@ def compute_changes(
         log: list[SyncEvent] = []
         current_ids = copper.current_ids if copper is not None else None
         if copper is not None:  # the store is loaded after: mapping never reads it
-            log += map_copper(work, replace(copper, opportunities_complete=False), settings.copper)
+            frames = {name: getattr(copper, name) for name in MAPPED_COLUMNS}
+            copper = None  # ``frames`` holds them alone: each goes once staged
+            log += map_copper(work, frames, settings.copper)
         if planhat is not None:
             log += map_planhat(work, planhat, settings.planhat.incoming)
         # staged: the raw rows (a first load's are the largest frames of the sync) may go now

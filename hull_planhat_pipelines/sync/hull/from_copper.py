@@ -21,7 +21,7 @@ one by one: system activities are most of a Copper account's activity stream.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -108,10 +108,17 @@ _TYPES = {
 }
 
 
-def map_copper(batch: Batch, rows: CopperRows, settings: CopperSettings) -> list[SyncEvent]:
-    """Stage every given Copper table; returns the skips (never raises for one bad record)."""
+def map_copper(
+    batch: Batch, frames: MutableMapping[str, pd.DataFrame | None], settings: CopperSettings
+) -> list[SyncEvent]:
+    """Stage the given Copper tables (``frames``: table name -> its ``CopperRows`` frame, None
+    or absent: not in this batch); returns the skips (never raises for one bad record).
+
+    Each frame leaves ``frames`` as it is copied into the batch: a caller holding no other
+    reference lets it go then, instead of keeping every raw frame (a first load's are over a
+    gigabyte at 100,000 people) while the rest are staged."""
     events: list[SyncEvent] = []
-    loaded = {name: _load(batch, name, getattr(rows, name), events) for name in MAPPED_COLUMNS}
+    loaded = {name: _load(batch, name, frames.pop(name, None), events) for name in MAPPED_COLUMNS}
     if loaded["leads"]:
         events += _stage_users(batch, "leads", "lead", "copper-lead:", COPPER_LEAD_GROUP, settings)
         _stage_lead_conversions(batch)
@@ -126,8 +133,6 @@ def map_copper(batch: Batch, rows: CopperRows, settings: CopperSettings) -> list
         events += _stage_companies(batch, settings)
     if loaded["opportunities"]:
         events += _stage_opportunities(batch, settings.attributes.opportunity)
-        if rows.opportunities_complete:
-            stage_opportunity_clears(batch, settings.attributes.opportunity)
     if loaded["activities"]:
         events += _stage_activities(batch, settings.activity_types)
     batch.drop(*(f"cu_{name}" for name in MAPPED_COLUMNS), "_src", "_opp", "_act")

@@ -437,30 +437,39 @@ def test_summaries_count_what_changed() -> None:
 
 
 def test_handed_rows_are_let_go_once_staged(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A first load's raw rows are the largest frames of a sync: handed over, they are freed
-    before identities are resolved, and the changes are the same as with rows passed in."""
+    """A first load's raw rows are the largest frames of a sync: handed over, each is freed
+    once copied into the batch (before any record is mapped, not after all are), and the
+    changes are the same as with rows passed in."""
     import gc
     import weakref
 
     from hull_planhat_pipelines.sync.hull import changes as changes_module
+    from hull_planhat_pipelines.sync.hull import from_copper as from_copper_module
 
     def records() -> CopperRows:
         return rows(leads=[lead(1, "ann@x.com")], people=[person(2, "bo@x.com", company_id=3)])
 
     expected = compute_changes(SETTINGS, ProfileStore(), records())
     handed = changes_module.HandedRows(records())
-    alive = weakref.ref(handed.copper.leads)
+    alive = [weakref.ref(handed.copper.leads), weakref.ref(handed.copper.people)]
     seen: list[bool] = []
     resolve = changes_module.resolve
+    stage_users = from_copper_module._stage_users
 
     def spy(work: Any, kind: str) -> None:
         gc.collect()
-        seen.append(alive() is not None)
+        seen.extend(ref() is not None for ref in alive)
         resolve(work, kind)
 
+    def staging(*args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        seen.extend(ref() is not None for ref in alive)
+        return stage_users(*args, **kwargs)
+
     monkeypatch.setattr(changes_module, "resolve", spy)
+    monkeypatch.setattr(from_copper_module, "_stage_users", staging)
     changes = compute_changes(SETTINGS, ProfileStore(), handed)
 
-    assert handed.copper is None and seen and not any(seen)
+    assert handed.copper is None and len(seen) > 4 and not any(seen)
     pd.testing.assert_frame_equal(changes.user_upserts, expected.user_upserts)
     pd.testing.assert_frame_equal(changes.record_log, expected.record_log)
