@@ -545,10 +545,62 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MARK = "ops.demo_sandbox"
+"""The table that says a warehouse was made by the demo (and may be replaced by the next one)."""
+
+
+def fresh_demo_warehouse(path: str, seed: int, scale: float) -> str | None:
+    """Start the demo on an empty warehouse; returns why it cannot, or None.
+
+    Each demo starts new sandboxes: a warehouse written against an earlier one holds its
+    Planhat ids, fingerprints and watermarks, and a sync over it would update records this
+    Planhat never had (and find nothing new in Copper). A previous demo's warehouse is replaced;
+    any other file is left as it is, and the demo does not run."""
+    import shutil
+    from pathlib import Path
+
+    import duckdb
+
+    from hull_planhat_pipelines.warehouse import connect, read_only
+    from hull_planhat_pipelines.warehouse.connection import table_exists
+
+    if Path(path).exists():
+        try:
+            with read_only(path) as conn:
+                made_by_demo = conn is not None and table_exists(conn, *DEMO_MARK.split("."))
+        except duckdb.Error as exc:
+            return f"{path} cannot be read ({exc.__class__.__name__}); the demo did not start"
+        if not made_by_demo:
+            return (
+                f"{path} holds a warehouse the demo did not make, and the demo starts from an"
+                " empty one: move the file away, or set HULL_PLANHAT_WAREHOUSE to another path"
+            )
+        Path(path).unlink()
+        Path(path + ".wal").unlink(missing_ok=True)
+        shutil.rmtree(path + ".tmp", ignore_errors=True)
+        print(f"replaced the previous demo's warehouse {path}")
+    conn = connect(path)
+    try:
+        conn.execute(
+            f"create schema if not exists ops; create table if not exists {DEMO_MARK}"
+            " (started_at timestamptz, seed integer, scale double)"
+        )
+        conn.execute(
+            f"insert into {DEMO_MARK} values (?, ?, ?)", [dt.datetime.now(dt.UTC), seed, scale]
+        )
+    finally:
+        conn.close()
+    return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Sandbox, a full sync, then a second sync that shows a settled loop writes nothing."""
     from hull_planhat_pipelines.warehouse import warehouse_path
 
+    refused = fresh_demo_warehouse(warehouse_path(), args.seed, args.scale)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     with sandboxes(args.seed, args.scale) as running:
         os.environ.update(running.env)
         ok = True
