@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -43,6 +44,18 @@ instance's memory to its allocator but not to the system, so a kept instance wou
 step's high-water mark into the next ones; closing returns it, as closing a connection did.
 Short writes (a journal commit: about 20 MB of buffers, the process not growing) keep theirs."""
 RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main"})
+FILE_BLOCKS_KEPT_BYTES = 16 * 2**20
+"""Blocks of the attached file an instance keeps cached after a statement. DuckDB keeps every
+block a query read until its memory limit presses, so a step holds every column it ever
+scanned until the file detaches: 300 MB of raw Copper rows through a first load's whole
+mapping, or the key columns of every profile through an incremental step. Beyond this, the
+least recently used are evicted after each statement; a later read takes them from the file
+(the system's page cache) again."""
+LOOK_AFTER_SECONDS = 0.002
+LOOK_EVERY_STATEMENTS = 64
+"""Asking the instance what it holds costs about a millisecond: asked after a statement that
+took longer than ``LOOK_AFTER_SECONDS`` (reading 16 MB of blocks takes more), and after every
+``LOOK_EVERY_STATEMENTS`` short ones (a journal commits a few hundred times a run)."""
 
 
 @dataclass
@@ -53,6 +66,8 @@ class _Attachment:
     resident_at_birth: int
     """The process's resident bytes when ``host`` was created."""
     users: int = 0
+    short_statements: int = 0
+    """Statements run since the cached blocks were last looked at (``_drop_file_blocks``)."""
 
 
 _guard = threading.Lock()
@@ -193,6 +208,34 @@ def _give_back_memory(host: duckdb.DuckDBPyConnection) -> None:
         host.execute("reset memory_limit")
 
 
+def _drop_file_blocks(attachment: _Attachment) -> None:
+    """Evict the cached blocks of the attached file beyond ``FILE_BLOCKS_KEPT_BYTES``.
+
+    The memory limit is lowered, for one statement, to what the instance holds besides the
+    file's blocks plus that allowance, and restored at once. DuckDB evicts a file's blocks
+    before any other buffer (they are dropped, not written), so temporary tables and the
+    results and writes in progress stay in memory and nothing spills to disk: a test holds
+    DuckDB to that. Only with one connection open on the attachment (under the guard, so none
+    opens meanwhile): a statement of another connection could find the limit lowered."""
+    host = attachment.host
+    with _changing():
+        if attachment.users != 1:
+            return
+        file_blocks, others = host.execute(
+            "select coalesce(sum(memory_usage_bytes) filter (where tag = 'BASE_TABLE'), 0),"
+            " coalesce(sum(memory_usage_bytes) filter (where tag <> 'BASE_TABLE'), 0)"
+            " from duckdb_memory()"
+        ).fetchone()  # type: ignore[misc]
+        if file_blocks <= FILE_BLOCKS_KEPT_BYTES or is_locked_down(host):
+            return
+        try:
+            host.execute(f"set memory_limit = '{int(others) + FILE_BLOCKS_KEPT_BYTES}B'")
+        except duckdb.Error:
+            pass  # nothing evicted: a statement is never failed for it
+        finally:
+            host.execute("reset memory_limit")
+
+
 def _detach(key: str, attachment: _Attachment) -> None:
     """The file's last connection closed: checkpoint and release its lock."""
     del _attached[key]
@@ -227,7 +270,17 @@ class WarehouseConnection:
         return getattr(self._cursor, name)
 
     def execute(self, *args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
-        return self._cursor.execute(*args, **kwargs)
+        began = time.perf_counter()
+        result = self._cursor.execute(*args, **kwargs)
+        attachment = self._attachment
+        attachment.short_statements += 1
+        if (
+            time.perf_counter() - began > LOOK_AFTER_SECONDS
+            or attachment.short_statements >= LOOK_EVERY_STATEMENTS
+        ):
+            attachment.short_statements = 0
+            _drop_file_blocks(attachment)
+        return result
 
     def cursor(self) -> WarehouseConnection:
         """Another connection to the same file (a plain cursor would see the instance's own
