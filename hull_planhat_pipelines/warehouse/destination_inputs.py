@@ -14,7 +14,8 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.settings import DestinationSettings
-from hull_planhat_pipelines.sync.operator_sql import as_subquery, lock_down, run_select
+from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
+from hull_planhat_pipelines.sync.planhat.destinations import SOURCE_HASH
 from hull_planhat_pipelines.warehouse.connection import read_only
 from hull_planhat_pipelines.warehouse.deliveries import (
     fingerprints_of_keys,
@@ -22,12 +23,15 @@ from hull_planhat_pipelines.warehouse.deliveries import (
     planhat_ids,
 )
 from hull_planhat_pipelines.warehouse.destination_memo import (
-    changed_rows,
+    GROUP,
     every_row,
     memo_ready,
     rememberable,
+    row_groups,
+    rows_of_groups,
     source_columns,
     source_digest,
+    vouched_hashes,
 )
 
 
@@ -83,11 +87,7 @@ def destination_inputs(
                 rows = len(source)
             else:
                 remembered = True
-                query = changed_rows(sql, destination, names)
-                source = run_select(locked, query, destination.name, [destination.name, digest])
-                (rows,) = locked.execute(
-                    f"select count(*) from ({as_subquery(sql)}\n) s"
-                ).fetchone()
+                source, rows = _unvouched_rows(locked, sql, destination, names, digest)
         except duckdb.CatalogException as exc:
             raise SourceNotReady(str(exc)) from exc
         except duckdb.Error as exc:
@@ -98,6 +98,31 @@ def destination_inputs(
             remembered=remembered,
             in_doubt=in_doubt_keys(conn, destination.name),
         )
+
+
+def _unvouched_rows(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str,
+    destination: DestinationSettings,
+    names: list[str],
+    digest: str,
+) -> tuple[pd.DataFrame, int]:
+    """The rows the memo cannot vouch for (``destination_memo``), and how many rows the source
+    returned in all: keys and hashes first, then the rows of the keys that may have changed,
+    in one snapshot."""
+    conn.execute("begin transaction")
+    try:
+        groups = run_select(conn, row_groups(sql, destination, names), destination.name, [digest])
+        vouched = {h for (h,) in conn.execute(vouched_hashes(), [destination.name]).fetchall()}
+        unvouched = groups.loc[~groups[SOURCE_HASH].isin(vouched), GROUP].unique().tolist()
+        if unvouched:
+            query = rows_of_groups(sql, destination, names)
+            params = [digest, unvouched, destination.name]
+        else:
+            query, params = f"{every_row(sql, destination, names)} limit 0", [digest]
+        return run_select(conn, query, destination.name, params), len(groups)
+    finally:
+        conn.execute("rollback")  # it read, and wrote nothing
 
 
 def delivery_state(database: str, target: str, keys: Collection[str]) -> DeliveryState:

@@ -15,6 +15,11 @@ destination's settings (its exclusions, path and keys change what a row maps to)
 ``MAPPING_VERSION`` (raised when the mapping itself changes). The rows of one key stand or
 fall together: ``map_rows`` keeps one row per key, so when any of them may have changed, all
 of them are read, and the same row wins as when every row is read.
+
+The source is read in two statements of one snapshot: its keys and hashes alone, then, when
+some key may have changed, the rows of those keys. A single statement holding every row (with
+every block of every column it read) until the memo's verdict would cost what the source
+returns, not what changed.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ MAPPING_VERSION = "1"
 ``canonical_content``, ``fingerprint``, ``map_rows``): a test pins one row's fingerprint."""
 ROW = "_destination_row"
 KEY = "_destination_key"
-RESERVED = frozenset({ROW, KEY, SOURCE_HASH, "_vouched"})
+GROUP = "_destination_group"
+RESERVED = frozenset({ROW, KEY, GROUP, SOURCE_HASH})
 """Names the wrapping query uses: a source returning one of them is read whole, unremembered."""
 
 
@@ -94,19 +100,43 @@ def every_row(sql: str, destination: DestinationSettings, names: list[str]) -> s
     return f"select * exclude ({KEY}) from ({hashed_source(sql, destination, names)}) h"
 
 
-def changed_rows(sql: str, destination: DestinationSettings, names: list[str]) -> str:
-    """The rows of ``hashed_source`` the memo cannot vouch for, with every other row of their
-    key (``map_rows`` picks one row per key among all of them, as when all rows are read).
-    Parameters, in this order: the target and the digest."""
-    vouched = (
+def _vouched(hashed: str) -> str:
+    """SQL: the memo holds the row's hash (``hashed``: the row's alias) for a key whose
+    delivered fingerprint is the one that hash mapped to. Parameter: the target."""
+    return (
         f"exists (select 1 from {MEMO} m join {FINGERPRINTS} f on f.target = m.target"
         " and f.key = m.key and f.fingerprint = m.fingerprint"
-        f' where m.target = ? and m.source_hash = h."{SOURCE_HASH}")'
+        f' where m.target = ? and m.source_hash = {hashed}."{SOURCE_HASH}")'
     )
+
+
+def row_groups(sql: str, destination: DestinationSettings, names: list[str]) -> str:
+    """Per source row, its group (``GROUP``: its key, else its hash) and ``SOURCE_HASH``: no
+    other column is kept. Parameter: the digest."""
     return (
-        f"select * exclude ({KEY}, _vouched) from (select h.*, {vouched} as _vouched"
-        f" from ({hashed_source(sql, destination, names)}) h)"
-        f' qualify not bool_and(_vouched) over (partition by coalesce({KEY}, "{SOURCE_HASH}"))'
+        f'select coalesce(h.{KEY}, h."{SOURCE_HASH}") as {GROUP}, h."{SOURCE_HASH}"'
+        f" from ({hashed_source(sql, destination, names)}) h"
+    )
+
+
+def vouched_hashes() -> str:
+    """The row hashes the memo vouches for (``_vouched``). Parameter: the target."""
+    return (
+        f"select m.source_hash from {MEMO} m join {FINGERPRINTS} f on f.target = m.target"
+        " and f.key = m.key and f.fingerprint = m.fingerprint where m.target = ?"
+    )
+
+
+def rows_of_groups(sql: str, destination: DestinationSettings, names: list[str]) -> str:
+    """The rows of ``hashed_source`` in the given groups (``row_groups``): every row of a key
+    any of whose rows may have changed (``map_rows`` picks one row per key among all of
+    them, as when every row is read), and any keyless row the memo cannot vouch for (its
+    hash may differ from the first reading's: a column such as ``now()``). Parameters: the
+    digest, the groups, the target."""
+    return (
+        f"select * exclude ({KEY}) from ({hashed_source(sql, destination, names)}) h"
+        f' where coalesce(h.{KEY}, h."{SOURCE_HASH}") in (select unnest(?::varchar[]))'
+        f" or (h.{KEY} is null and not {_vouched('h')})"
     )
 
 

@@ -136,6 +136,21 @@ def test_the_rows_of_one_key_are_read_together_and_the_same_row_wins(database: s
     assert _cycle(database)[0] == []  # and nothing flips back and forth
 
 
+def test_keys_and_hashes_are_read_first_and_a_keyless_row_is_not_lost(database: str) -> None:
+    """The memo's verdict comes from the keys and hashes alone; the rows of the keys it cannot
+    vouch for are read after. A row with no key (its group is its hash) whose hash differs at
+    each reading (``random()``) is still read: never left out between the two readings."""
+    keyless = NOTES.model_copy(
+        update={"source_sql": "select body, random()::varchar as drawn from notes"}
+    )
+    for _ in range(3):
+        keys, records = _cycle(database, keyless)
+        assert len(keys) == 5 and len(records) == 5  # every row differs at every reading
+    inputs = destination_inputs(database, keyless)
+    assert inputs is not None and inputs.remembered and inputs.rows == 5
+    assert len(inputs.source) == 5
+
+
 def test_a_source_naming_a_column_as_the_wrapping_does_is_read_whole(database: str) -> None:
     clashing = NOTES.model_copy(
         update={"source_sql": "select event_id, body as _destination_row from notes"}
