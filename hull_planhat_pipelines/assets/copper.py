@@ -237,6 +237,7 @@ def build_copper_asset(
                     )
                 ],
                 asset=asset,
+                database=warehouse.database,
             )
             raise dg.Failure(str(exc), allow_retries=False) from None
         except ApiError as exc:
@@ -244,6 +245,7 @@ def build_copper_asset(
                 context,
                 [SyncEvent(event="incoming.job.error", object_type=obj.name, reason=str(exc))],
                 asset=asset,
+                database=warehouse.database,
             )
             raise
         where = CopperSlice(

@@ -201,7 +201,12 @@ def _deliver_destination(
         for row in result.outcomes.itertuples(index=False)
         if row.status not in ("dry_run", "pending")
     ]
-    counts = record_events(context, [*skipped, *events], asset=f"destination/{destination.name}")
+    counts = record_events(
+        context,
+        [*skipped, *events],
+        asset=f"destination/{destination.name}",
+        database=warehouse.database,
+    )
     if stopped is not None:
         raise dg.Failure(str(stopped), allow_retries=False)
     by_status = result.counts()

@@ -100,6 +100,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             context,
             [*changes.log, *forwarded.events],
             asset="hull/profiles",
+            database=warehouse.database,
             rows=changes.record_log,
         )
         common = {

@@ -121,7 +121,9 @@ def _payload_asset(
             fingerprints = fingerprints_table(conn, targets)
             payloads, events = build(conn, fingerprints, config.force, scopes)
         remember_scopes(warehouse.database, scopes.values(), payloads)
-        counts = record_events(context, events, asset=f"planhat/{name}")
+        counts = record_events(
+            context, events, asset=f"planhat/{name}", database=warehouse.database
+        )
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
         sample = payloads["payload"].head(3).tolist() if len(payloads) else []
         written = replace_table(warehouse.database, f"planhat.{name}", payloads_as_json(payloads))
@@ -435,7 +437,7 @@ def _deliver_all(
         if frames
         else delivery_rows(pd.DataFrame(columns=DELIVERY_COLUMNS), pd.DataFrame(), run_id, now)
     )
-    counts = record_events(context, events, asset="planhat/deliveries")
+    counts = record_events(context, events, asset="planhat/deliveries", database=warehouse.database)
     if stopped is not None:
         raise dg.Failure(str(stopped), allow_retries=False)
     total = sum(sum(c.values()) for c in summary.values())

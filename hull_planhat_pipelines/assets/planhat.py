@@ -72,9 +72,14 @@ def _snapshot_metadata(frame: pd.DataFrame, client: PlanhatClient) -> dict[str, 
     }
 
 
-def _auth_failure(context: dg.AssetExecutionContext, asset: str, exc: ApiAuthError) -> dg.Failure:
+def _auth_failure(
+    context: dg.AssetExecutionContext, asset: str, exc: ApiAuthError, database: str
+) -> dg.Failure:
     record_events(
-        context, [SyncEvent(event="incoming.job.error", reason="Unauthorized")], asset=asset
+        context,
+        [SyncEvent(event="incoming.job.error", reason="Unauthorized")],
+        asset=asset,
+        database=database,
     )
     return dg.Failure(str(exc), allow_retries=False)
 
@@ -139,7 +144,7 @@ def build_snapshot_asset(
                 frame = snapshot.frame(records, fetched_at=now)
                 metadata = _snapshot_metadata(frame, client)
         except ApiAuthError as exc:
-            raise _auth_failure(context, asset, exc) from None
+            raise _auth_failure(context, asset, exc, warehouse.database) from None
         stored = write_snapshot(warehouse.database, snapshot.model, frame, now)
         metadata |= stored.schema
         return dg.MaterializeResult(
@@ -178,7 +183,9 @@ def build_planhat_assets(settings: Settings, clock: Clock = _utc_now) -> list[dg
                 frame = users_frame(client.list_users(), fetched_at=clock())
                 metadata = _snapshot_metadata(frame, client)
         except ApiAuthError as exc:
-            raise _auth_failure(context, TEAM_MEMBERS_KEY.to_user_string(), exc) from None
+            raise _auth_failure(
+                context, TEAM_MEMBERS_KEY.to_user_string(), exc, warehouse.database
+            ) from None
         written = replace_table(warehouse.database, TEAM_MEMBERS_TABLE, frame, report_change=True)
         changed, existed = written.pop("changed"), written.pop("existed")
         return dg.MaterializeResult(

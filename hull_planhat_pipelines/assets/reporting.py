@@ -27,10 +27,14 @@ def record_events(
     events: Sequence[SyncEvent],
     *,
     asset: str,
+    database: str,
     rows: pd.DataFrame | None = None,
 ) -> dict[str, int]:
     """Store every event as its own ``ops.sync_log`` row; log one line per (event, reason)
     with its count (a single event is logged whole); return counts by event name.
+
+    ``database``: the warehouse the asset works on (its ``WarehouseResource``): the log lives
+    beside the rows it speaks of, whatever the environment's default path.
 
     ``rows``: more events in bulk (``sync.log.LOG_ROW_COLUMNS``), as many as a first load has
     records. A first load logs a row per record: the table is where one record's story is
@@ -61,7 +65,9 @@ def record_events(
     frames = [events_frame(events, run_id=run_id, asset=asset)]
     if len(rows):
         frames.append(log_rows_frame(rows, run_id=run_id, asset=asset))
-    append_sync_log(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
+    append_sync_log(
+        pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], database
+    )
     by_event: dict[str, int] = collections.Counter()
     for (name, _), count in counts.items():
         by_event[name] += count

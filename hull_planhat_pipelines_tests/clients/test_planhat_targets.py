@@ -74,7 +74,7 @@ def sandbox(planhat_sandbox_factory: object) -> PlanhatSandbox:
 
 
 def test_an_extra_target_is_delivered_by_the_delivery_asset(
-    sandbox: PlanhatSandbox, tmp_path: Path
+    sandbox: PlanhatSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = parse_settings(
         {"copper": {"start_date": "2024-01-01"}, "planhat": {"batch_size": 2}}
@@ -94,9 +94,16 @@ def test_an_extra_target_is_delivered_by_the_delivery_asset(
         "warehouse": WarehouseResource(database=str(database)),
     }
 
+    elsewhere = tmp_path / "default.duckdb"  # the environment's warehouse, not the resource's
+    monkeypatch.setenv("HULL_PLANHAT_WAREHOUSE", str(elsewhere))
     result = dg.materialize([deliveries], resources=planhat_resources)
 
     assert result.success
+    # the sync log lives beside the deliveries it speaks of: in the resource's warehouse
+    logged = _query(
+        database, "select count(*) from ops.sync_log where asset = 'planhat/deliveries'"
+    )
+    assert logged[0][0] > 0 and not elsewhere.exists()
     stored = {r["externalId"]: r for r in sandbox.records("assets")}
     assert {k: r["name"] for k, r in stored.items()} == {f"AS-{i}": f"Asset {i}" for i in range(3)}
     puts = sandbox.rest.recorded(method="PUT")
