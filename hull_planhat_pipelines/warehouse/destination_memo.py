@@ -100,16 +100,6 @@ def every_row(sql: str, destination: DestinationSettings, names: list[str]) -> s
     return f"select * exclude ({KEY}) from ({hashed_source(sql, destination, names)}) h"
 
 
-def _vouched(hashed: str) -> str:
-    """SQL: the memo holds the row's hash (``hashed``: the row's alias) for a key whose
-    delivered fingerprint is the one that hash mapped to. Parameter: the target."""
-    return (
-        f"exists (select 1 from {MEMO} m join {FINGERPRINTS} f on f.target = m.target"
-        " and f.key = m.key and f.fingerprint = m.fingerprint"
-        f' where m.target = ? and m.source_hash = {hashed}."{SOURCE_HASH}")'
-    )
-
-
 def row_groups(sql: str, destination: DestinationSettings, names: list[str]) -> str:
     """Per source row, its group (``GROUP``: its key, else its hash) and ``SOURCE_HASH``: no
     other column is kept. Parameter: the digest."""
@@ -120,10 +110,20 @@ def row_groups(sql: str, destination: DestinationSettings, names: list[str]) -> 
 
 
 def vouched_hashes() -> str:
-    """The row hashes the memo vouches for (``_vouched``). Parameter: the target."""
+    """The row hashes the memo vouches for: it holds the hash for a key whose delivered
+    fingerprint is the one that hash mapped to. Parameter: the target."""
     return (
         f"select m.source_hash from {MEMO} m join {FINGERPRINTS} f on f.target = m.target"
         " and f.key = m.key and f.fingerprint = m.fingerprint where m.target = ?"
+    )
+
+
+def _vouched(hashed: str) -> str:
+    """SQL: the memo vouches for the row aliased ``hashed`` (``vouched_hashes``). Parameter:
+    the target."""
+    return (
+        f"exists (select 1 from ({vouched_hashes()}) v"
+        f' where v.source_hash = {hashed}."{SOURCE_HASH}")'
     )
 
 
@@ -131,7 +131,7 @@ def rows_of_groups(sql: str, destination: DestinationSettings, names: list[str])
     """The rows of ``hashed_source`` in the given groups (``row_groups``): every row of a key
     any of whose rows may have changed (``map_rows`` picks one row per key among all of
     them, as when every row is read), and any keyless row the memo cannot vouch for (its
-    hash may differ from the first reading's: a column such as ``now()``). Parameters: the
+    hash may differ from the first reading's: a column such as ``random()``). Parameters: the
     digest, the groups, the target."""
     return (
         f"select * exclude ({KEY}) from ({hashed_source(sql, destination, names)}) h"
