@@ -24,6 +24,7 @@ send is asked for, or (companies) the Planhat users that owners are checked agai
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 
 import duckdb
@@ -37,6 +38,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     connect,
     has_column,
     run,
+    select_where,
     table_exists,
     transaction,
 )
@@ -128,11 +130,14 @@ def scope(
     if target == "companies":
         key = "nullif(trim(external_id), '')"
         segment = in_segment(list(settings.planhat.company_segments))
-        seed = (
-            f"hull_id in {changed} or hull_id in {pending}"
-            f" or ({segment} and {key} is not null and external_id not in {fingerprinted})"
-        )
-        return Scope(target, _with_key_sharers("hull.accounts", seed, ["external_id"]), seq, digest)
+        seeds = [
+            changed,
+            pending,
+            f"(select hull_id from hull.accounts where {segment} and {key} is not null"
+            f" and external_id not in {fingerprinted})",
+        ]
+        where = _select_scope(conn, target, "hull.accounts", seeds, ["external_id"])
+        return Scope(target, where, seq, digest)
     # an enduser reads its account's external id only: a structural change
     accounts = changed_since(conn, "account", last, read_groups([]))
     key = (
@@ -140,26 +145,49 @@ def scope(
         " when nullif(trim(email), '') is not null then 'email:' || email end"
     )
     segment = in_segment(list(settings.planhat.contact_segments))
-    seed = (
-        f"hull_id in {changed} or hull_id in {pending} or account_hull_id in {accounts}"
-        f" or ({segment} and {key} not in {fingerprinted} and {_company_known(conn)})"
-    )
-    return Scope(
-        target, _with_key_sharers("hull.users", seed, ["external_id", "email"]), seq, digest
-    )
+    seeds = [
+        changed,
+        pending,
+        f"(select hull_id from hull.users where account_hull_id in {accounts})",
+        f"(select hull_id from hull.users where {segment} and {key} not in {fingerprinted}"
+        f" and {_company_known(conn)})",
+    ]
+    where = _select_scope(conn, target, "hull.users", seeds, ["external_id", "email"])
+    return Scope(target, where, seq, digest)
 
 
-def _with_key_sharers(table: str, seed: str, keys: list[str]) -> str:
-    """SQL over ``table``: the rows ``seed`` selects and the rows sharing one of their ``keys``
-    (one row per key is sent: the choice is made among all of them). The seed is evaluated
-    once (a CTE), not once per key: its anti-joins over the fingerprints are the scope's cost."""
-    sharers = " union ".join(
-        f"select t.hull_id from {table} t join seed s on t.{key} = s.{key}" for key in keys
-    )
-    return (
-        f"hull_id in (with seed as materialized (select hull_id, {', '.join(keys)}"
-        f" from {table} where {seed}) select hull_id from seed union {sharers})"
-    )
+def _select_scope(
+    conn: duckdb.DuckDBPyConnection, target: str, table: str, seeds: list[str], keys: list[str]
+) -> str:
+    """The scope's profiles, selected into a temporary table of the connection; returns SQL
+    over ``table`` reading them.
+
+    One statement a seed, then one for the profiles sharing a key with any of them (one row
+    per key is sent: the choice is made among all of them). Each statement reads the columns
+    it needs and the connection lets their blocks go before the next one: as one statement,
+    a hundred changed profiles held every key, segment and fingerprint column of the store at
+    once. The statements share one snapshot: they see the same store."""
+    seed = f"temp.payload_seed_{target}"
+    scoped = f"temp.payload_scope_{target}"
+    columns = ", ".join(keys)
+    run(conn, "begin transaction")
+    try:
+        run(conn, f"create or replace temp table {seed} (hull_id varchar)")
+        for one in seeds:
+            run(conn, f"insert into {seed} {one}")
+        rows = select_where(table, f"hull_id in (select hull_id from {seed})", columns)
+        sharers = " or ".join(f"{k} in (select {k} from seed_rows)" for k in keys)
+        run(
+            conn,
+            f"create or replace temp table {scoped} as with seed_rows as materialized ({rows})"
+            f" select hull_id from {seed} union select hull_id from {table} where {sharers}",
+        )
+        run(conn, "commit")
+    except BaseException:
+        with suppress(duckdb.Error):
+            run(conn, "rollback")
+        raise
+    return f"hull_id in (select hull_id from {scoped})"
 
 
 def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:
@@ -170,9 +198,12 @@ def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:
     rows = f"select hull_id from {PENDING} p where p.target = {quote(target)}"
     if not has_column(conn, PENDING, "fingerprint") or not _exists(conn, FINGERPRINTS):
         return f"({rows})"
+    # an anti join (a row without a fingerprint never matches: it is mapped); written as a
+    # correlated ``not exists``, DuckDB copied the whole pending set to decorrelate it
     return (
-        f"({rows} and (p.fingerprint is null or not exists (select 1 from {FINGERPRINTS} f"
-        " where f.target = p.target and f.key = p.key and f.fingerprint = p.fingerprint)))"
+        f"(select p.hull_id from {PENDING} p anti join (select key, fingerprint from"
+        f" {FINGERPRINTS} where target = {quote(target)}) f on f.key = p.key"
+        f" and f.fingerprint = p.fingerprint where p.target = {quote(target)})"
     )
 
 
@@ -215,12 +246,7 @@ def remember(
     stored = database_conn.execute(
         f"select seq, digest from {SCOPE} where target = ?", [mapped.target]
     ).fetchall()
-    pending = database_conn.execute(
-        f"select hull_id, key, fingerprint from {PENDING} where target = ?", [mapped.target]
-    ).fetchall()
-    if stored == [(mapped.seq, mapped.digest)] and set(pending) == set(
-        rows.itertuples(index=False, name=None)
-    ):
+    if stored == [(mapped.seq, mapped.digest)] and _same_pending(database_conn, mapped, rows):
         return  # nothing moved: nothing written
     with transaction(database_conn):
         run(database_conn, f"delete from {PENDING} where target = ?", [mapped.target])
@@ -240,6 +266,33 @@ def remember(
             f"insert or replace into {SCOPE} values (?, ?, ?)",
             [mapped.target, mapped.seq, mapped.digest],
         )
+
+
+def _same_pending(
+    database_conn: duckdb.DuckDBPyConnection, mapped: Scope, rows: pd.DataFrame
+) -> bool:
+    """Whether ``rows`` are the pending rows stored for the target already, compared in SQL:
+    after a full load the stored set is every profile delivered, not worth a trip to Python."""
+    [(stored,)] = run(
+        database_conn, f"select count(*) from {PENDING} where target = ?", [mapped.target]
+    )
+    if stored != len(rows):
+        return False
+    if not stored:
+        return True
+    database_conn.register("_pending", rows)
+    try:
+        stored_rows = f"select hull_id, key, fingerprint from {PENDING} where target = $1"
+        new_rows = "select hull_id::varchar, key::varchar, fingerprint::varchar from _pending"
+        [(differ,)] = run(
+            database_conn,
+            f"select exists ({stored_rows} except {new_rows})"
+            f" or exists ({new_rows} except {stored_rows})",
+            [mapped.target],
+        )
+    finally:
+        database_conn.unregister("_pending")
+    return not differ
 
 
 def _pending_rows(payloads: pd.DataFrame) -> pd.DataFrame:
