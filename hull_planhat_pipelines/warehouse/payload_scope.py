@@ -24,7 +24,6 @@ send is asked for, or (companies) the Planhat users that owners are checked agai
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import suppress
 from dataclasses import dataclass
 
 import duckdb
@@ -170,8 +169,7 @@ def _select_scope(
     seed = f"temp.payload_seed_{target}"
     scoped = f"temp.payload_scope_{target}"
     columns = ", ".join(keys)
-    run(conn, "begin transaction")
-    try:
+    with transaction(conn):
         run(conn, f"create or replace temp table {seed} (hull_id varchar)")
         for one in seeds:
             run(conn, f"insert into {seed} {one}")
@@ -182,11 +180,6 @@ def _select_scope(
             f"create or replace temp table {scoped} as with seed_rows as materialized ({rows})"
             f" select hull_id from {seed} union select hull_id from {table} where {sharers}",
         )
-        run(conn, "commit")
-    except BaseException:
-        with suppress(duckdb.Error):
-            run(conn, "rollback")
-        raise
     return f"hull_id in (select hull_id from {scoped})"
 
 
@@ -246,52 +239,51 @@ def remember(
     stored = database_conn.execute(
         f"select seq, digest from {SCOPE} where target = ?", [mapped.target]
     ).fetchall()
-    if stored == [(mapped.seq, mapped.digest)] and _same_pending(database_conn, mapped, rows):
-        return  # nothing moved: nothing written
-    with transaction(database_conn):
-        run(database_conn, f"delete from {PENDING} where target = ?", [mapped.target])
-        if len(rows):
-            database_conn.register("_pending", rows)
-            try:
+    database_conn.register("_pending", rows)
+    try:
+        if stored == [(mapped.seq, mapped.digest)] and _same_pending(
+            database_conn, mapped.target, len(rows)
+        ):
+            return  # nothing moved: nothing written
+        with transaction(database_conn):
+            run(database_conn, f"delete from {PENDING} where target = ?", [mapped.target])
+            if len(rows):
                 run(
                     database_conn,
-                    f"insert into {PENDING} (target, hull_id, key, fingerprint) select ?,"
-                    " hull_id::varchar, key::varchar, fingerprint::varchar from _pending",
+                    f"insert into {PENDING} (target, hull_id, key, fingerprint)"
+                    f" select ?, {_NEW_PENDING}",
                     [mapped.target],
                 )
-            finally:
-                database_conn.unregister("_pending")
-        run(
-            database_conn,
-            f"insert or replace into {SCOPE} values (?, ?, ?)",
-            [mapped.target, mapped.seq, mapped.digest],
-        )
+            run(
+                database_conn,
+                f"insert or replace into {SCOPE} values (?, ?, ?)",
+                [mapped.target, mapped.seq, mapped.digest],
+            )
+    finally:
+        database_conn.unregister("_pending")
 
 
-def _same_pending(
-    database_conn: duckdb.DuckDBPyConnection, mapped: Scope, rows: pd.DataFrame
-) -> bool:
-    """Whether ``rows`` are the pending rows stored for the target already, compared in SQL:
-    after a full load the stored set is every profile delivered, not worth a trip to Python."""
-    [(stored,)] = run(
-        database_conn, f"select count(*) from {PENDING} where target = ?", [mapped.target]
-    )
-    if stored != len(rows):
+_NEW_PENDING = "hull_id::varchar, key::varchar, fingerprint::varchar from _pending"
+"""The columns of the registered ``_pending`` rows, as ``PENDING`` stores them."""
+
+
+def _same_pending(database_conn: duckdb.DuckDBPyConnection, target: str, rows: int) -> bool:
+    """Whether the registered ``_pending`` rows are the ones stored for ``target`` already,
+    compared in SQL: after a full load the stored set is every profile delivered, not worth a
+    trip to Python."""
+    [(stored,)] = run(database_conn, f"select count(*) from {PENDING} where target = ?", [target])
+    if stored != rows:
         return False
     if not stored:
         return True
-    database_conn.register("_pending", rows)
-    try:
-        stored_rows = f"select hull_id, key, fingerprint from {PENDING} where target = $1"
-        new_rows = "select hull_id::varchar, key::varchar, fingerprint::varchar from _pending"
-        [(differ,)] = run(
-            database_conn,
-            f"select exists ({stored_rows} except {new_rows})"
-            f" or exists ({new_rows} except {stored_rows})",
-            [mapped.target],
-        )
-    finally:
-        database_conn.unregister("_pending")
+    stored_rows = f"select hull_id, key, fingerprint from {PENDING} where target = $1"
+    new_rows = f"select {_NEW_PENDING}"
+    [(differ,)] = run(
+        database_conn,
+        f"select exists ({stored_rows} except {new_rows})"
+        f" or exists ({new_rows} except {stored_rows})",
+        [target],
+    )
     return not differ
 
 
