@@ -1,8 +1,17 @@
-"""Asset checks: the invariants each table promises, verified over the warehouse."""
+"""Asset checks: the invariants each table promises, verified over the warehouse.
 
-from collections.abc import Callable, Iterable, Sequence
+The checks of one asset (of the Hull profile tables: one step writes them all) run as one step
+over one read-only connection. A step costs its run Dagster's bookkeeping, about as much as an
+incremental poll's check query; one step a check made the checks a third of a poll's Copper
+run. Each check is still its own result (its name, its asset, its severity, blocking or not);
+a run that selects some of an asset's checks evaluates those alone.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 
 from hull_planhat_pipelines.assets.planhat import snapshot_key, snapshot_table
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperObject
@@ -14,31 +23,42 @@ from hull_planhat_pipelines.warehouse import table_exists
 SAMPLE = 10
 
 
-def _sql_check(
-    key: list[str],
-    name: str,
-    description: str,
-    sql: Callable[[], str],
-    requires: Sequence[tuple[str, str]] = (),
-    *,
-    blocking: bool = False,
-    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
-) -> dg.AssetChecksDefinition:
+@dataclass(frozen=True)
+class SqlCheck:
     """A check that passes when ``sql`` returns no rows (the offending rows, sampled).
     A blocking check that fails stops the assets downstream of its asset in the same run."""
-    schema, table = key
 
-    @dg.asset_check(asset=dg.AssetKey(key), name=name, description=description, blocking=blocking)
-    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.read_only() as conn:
-            needed = [(schema, table), *requires]
-            if conn is None or not all(table_exists(conn, *t) for t in needed):
-                return dg.AssetCheckResult(passed=True, metadata={"rows_checked": 0})
-            offenders = conn.execute(f"select * from ({sql()}) limit {SAMPLE + 1}").fetchdf()
-            total = conn.execute(f"select count(*) from {schema}.{table}").fetchone()[0]
-        return dg.AssetCheckResult(
+    key: tuple[str, str]
+    name: str
+    description: str
+    sql: Callable[[], str]
+    requires: Sequence[tuple[str, str]] = ()
+    blocking: bool = False
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        return dg.AssetKey(list(self.key))
+
+    @property
+    def check_key(self) -> dg.AssetCheckKey:
+        return dg.AssetCheckKey(self.asset_key, self.name)
+
+    def spec(self) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(
+            self.name, asset=self.asset_key, description=self.description, blocking=self.blocking
+        )
+
+    def evaluate(self, conn: duckdb.DuckDBPyConnection | None) -> dg.AssetCheckResult:
+        schema, table = self.key
+        needed = [self.key, *self.requires]
+        if conn is None or not all(table_exists(conn, *t) for t in needed):
+            return self._result(passed=True, metadata={"rows_checked": 0})
+        offenders = conn.execute(f"select * from ({self.sql()}) limit {SAMPLE + 1}").fetchdf()
+        total = conn.execute(f"select count(*) from {schema}.{table}").fetchone()[0]
+        return self._result(
             passed=offenders.empty,
-            severity=severity,
+            severity=self.severity,
             metadata={
                 "rows_checked": dg.MetadataValue.int(int(total)),
                 "offending_sample": dg.MetadataValue.md(
@@ -47,16 +67,32 @@ def _sql_check(
             },
         )
 
-    return _check
+    def _result(self, **fields: object) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(asset_key=self.asset_key, check_name=self.name, **fields)
 
 
-def copper_checks(obj: CopperObject, settings: Settings) -> list[dg.AssetChecksDefinition]:
+def sql_checks(name: str, checks: Sequence[SqlCheck]) -> dg.AssetChecksDefinition:
+    """``checks`` as one step (``name``, unique among the ops), each evaluated when selected."""
+
+    @dg.multi_asset_check(name=name, specs=[check.spec() for check in checks], can_subset=True)
+    def _checks(
+        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    ) -> Iterator[dg.AssetCheckResult]:
+        selected = context.selected_asset_check_keys
+        with warehouse.read_only() as conn:  # closed before the results are reported
+            results = [check.evaluate(conn) for check in checks if check.check_key in selected]
+        yield from results
+
+    return _checks
+
+
+def copper_checks(obj: CopperObject, settings: Settings) -> list[SqlCheck]:
     table = f"copper.{obj.name}"
     start = settings.copper.start_date.isoformat()
     date = obj.date_field
     return [
-        _sql_check(
-            ["copper", obj.name],
+        SqlCheck(
+            ("copper", obj.name),
             "unique_ids_per_partition",
             "No record id appears twice within one partition.",
             lambda: (
@@ -64,8 +100,8 @@ def copper_checks(obj: CopperObject, settings: Settings) -> list[dg.AssetChecksD
                 "group by all having count(*) > 1"
             ),
         ),
-        _sql_check(
-            ["copper", obj.name],
+        SqlCheck(
+            ("copper", obj.name),
             "dates_inside_partition",
             f"Every row's {date} falls on its partition's UTC day (the first partition holds "
             "everything older than the start date).",
@@ -81,15 +117,18 @@ def copper_checks(obj: CopperObject, settings: Settings) -> list[dg.AssetChecksD
 def build_copper_checks(
     settings: Settings, objects: Iterable[CopperObject] | None = None
 ) -> list[dg.AssetChecksDefinition]:
-    """The checks of each declared object (default: ``COPPER_OBJECTS``)."""
+    """The checks of each declared object (default: ``COPPER_OBJECTS``), a step per object."""
     chosen = COPPER_OBJECTS.values() if objects is None else objects
-    return [check for obj in chosen for check in copper_checks(obj, settings)]
+    return [
+        sql_checks(f"copper__{obj.name}_checks", copper_checks(obj, settings)) for obj in chosen
+    ]
 
 
 def planhat_checks() -> list[dg.AssetChecksDefinition]:
-    unique = [
-        _sql_check(
-            snapshot_key(model).path,
+    """A step per snapshot table."""
+    unique = {
+        model: SqlCheck(
+            tuple(snapshot_key(model).path),
             "unique_ids_per_snapshot",
             "No Planhat _id appears twice within one snapshot.",
             lambda model=model: (
@@ -98,9 +137,9 @@ def planhat_checks() -> list[dg.AssetChecksDefinition]:
             ),
         )
         for model in ("companies", "endusers")
-    ]
-    ours = _sql_check(
-        snapshot_key("companies").path,
+    }
+    ours = SqlCheck(
+        tuple(snapshot_key("companies").path),
         "external_id_on_companies_we_sent",
         "Every company we created or updated in Planhat still carries its externalId (in the "
         "latest snapshot).",
@@ -113,10 +152,19 @@ def planhat_checks() -> list[dg.AssetChecksDefinition]:
         ),
         requires=[("planhat", "deliveries")],
     )
-    return [*unique, ours]
+    return [
+        sql_checks("planhat__company_snapshots_checks", [unique["companies"], ours]),
+        sql_checks("planhat__enduser_snapshots_checks", [unique["endusers"]]),
+    ]
 
 
-def hull_checks() -> list[dg.AssetChecksDefinition]:
+def build_hull_checks(settings: Settings) -> dg.AssetChecksDefinition:
+    """The profile tables' checks, the owners' included, in one step: one step writes the
+    tables."""
+    return sql_checks("hull__profile_checks", [*hull_checks(), *owner_checks(settings)])
+
+
+def hull_checks() -> list[SqlCheck]:
     def duplicates(table: str, column: str) -> Callable[[], str]:
         # Grouping every value by its 64-bit hash first keeps the hash table a third of the
         # size of one keyed by the text; only the values whose hash repeats are grouped exactly.
@@ -129,35 +177,35 @@ def hull_checks() -> list[dg.AssetChecksDefinition]:
         )
 
     return [
-        _sql_check(
-            ["hull", "users"],
+        SqlCheck(
+            ("hull", "users"),
             "unique_email",
             "No two users share an email. Blocking: a broken identity stops the delivery.",
             duplicates("users", "email"),
             blocking=True,
         ),
-        _sql_check(
-            ["hull", "users"],
+        SqlCheck(
+            ("hull", "users"),
             "unique_external_id",
             "No two users share an external id. Blocking: a broken identity stops the delivery.",
             duplicates("users", "external_id"),
             blocking=True,
         ),
-        _sql_check(
-            ["hull", "accounts"],
+        SqlCheck(
+            ("hull", "accounts"),
             "unique_domain",
             "No two accounts share a domain.",
             duplicates("accounts", "domain"),
         ),
-        _sql_check(
-            ["hull", "accounts"],
+        SqlCheck(
+            ("hull", "accounts"),
             "unique_external_id",
             "No two accounts share an external id. Blocking: a broken identity stops the delivery.",
             duplicates("accounts", "external_id"),
             blocking=True,
         ),
-        _sql_check(
-            ["hull", "users"],
+        SqlCheck(
+            ("hull", "users"),
             "account_exists",
             "Every user's account exists.",
             lambda: (
@@ -235,7 +283,7 @@ def delivery_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
     return checks
 
 
-def owner_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+def owner_checks(settings: Settings) -> list[SqlCheck]:
     """Owners (and co-owners) of the accounts sent to Planhat must be Planhat team members.
 
     A warning, not a stop: the delivery skips each such company with ``Invalid Owner ID``;
@@ -271,8 +319,8 @@ def owner_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
         )
 
     return [
-        _sql_check(
-            ["hull", "accounts"],
+        SqlCheck(
+            ("hull", "accounts"),
             "valid_owner",
             "Every owner and co-owner id of an in-segment account is a Planhat team member "
             "(planhat/team_members); the others are skipped by the delivery with Invalid Owner ID.",

@@ -12,9 +12,8 @@ from hull_planhat_pipelines.assets.outgoing import build_delivery_asset, build_p
 from hull_planhat_pipelines.assets.planhat import build_planhat_assets
 from hull_planhat_pipelines.checks import (
     build_copper_checks,
+    build_hull_checks,
     delivery_checks,
-    hull_checks,
-    owner_checks,
     planhat_checks,
 )
 from hull_planhat_pipelines.orchestration import (
@@ -91,8 +90,7 @@ def build_definitions(
         asset_checks=[
             *build_copper_checks(settings, objects),
             *planhat_checks(),
-            *hull_checks(),
-            *owner_checks(settings),
+            build_hull_checks(settings),
             *delivery_checks(settings),
         ],
         jobs=list(jobs.values()),

@@ -1,0 +1,109 @@
+"""Asset checks run a step per asset (per profile job), and each is still its own result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from hull_planhat_pipelines.definitions import build_definitions
+from hull_planhat_pipelines.resources import WarehouseResource
+from hull_planhat_pipelines.settings import load_settings
+
+PEOPLE = dg.AssetKey(["copper", "people"])
+UNIQUE = dg.AssetCheckKey(PEOPLE, "unique_ids_per_partition")
+DATES = dg.AssetCheckKey(PEOPLE, "dates_inside_partition")
+
+
+@pytest.fixture
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings())
+
+
+def _steps(defs: dg.Definitions) -> dict[frozenset[dg.AssetCheckKey], dg.AssetChecksDefinition]:
+    return {frozenset(d.check_keys): d for d in defs.asset_checks}
+
+
+def test_each_asset_s_checks_share_one_step_and_the_profile_tables_share_one(
+    defs: dg.Definitions,
+) -> None:
+    steps = _steps(defs)
+    assert frozenset({UNIQUE, DATES}) in steps
+    [hull] = [keys for keys in steps if any(k.asset_key.path[0] == "hull" for k in keys)]
+    names = {(k.asset_key.to_user_string(), k.name) for k in hull}
+    assert {
+        ("hull/users", "unique_email"),
+        ("hull/users", "unique_external_id"),
+        ("hull/users", "account_exists"),
+        ("hull/accounts", "unique_domain"),
+        ("hull/accounts", "unique_external_id"),
+        ("hull/accounts", "valid_owner"),
+    } == names
+    specs = {(s.asset_key.to_user_string(), s.name): s for s in steps[hull].check_specs}
+    blocking = {name for name, spec in specs.items() if spec.blocking}
+    assert blocking == {
+        ("hull/users", "unique_email"),
+        ("hull/users", "unique_external_id"),
+        ("hull/accounts", "unique_external_id"),
+    }
+    # every check of the definitions is in exactly one step
+    every = [key for keys in steps for key in keys]
+    assert len(every) == len(set(every))
+
+
+def _people_table(path: Path) -> None:
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("create schema copper")
+        conn.execute(
+            "create table copper.people as select * from (values"
+            " (1, timestamptz '2025-03-01 10:00:00+00', date '2025-03-01'),"
+            " (1, timestamptz '2025-03-01 11:00:00+00', date '2025-03-01'),"  # twice in a day
+            " (2, timestamptz '2025-03-02 10:00:00+00', date '2025-03-02')"
+            ") t(id, date_modified, partition_date)"
+        )
+
+
+def _run(
+    defs: dg.Definitions, path: Path, checks: list[dg.AssetCheckKey]
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.checks(*checks),
+        resources={**defs.resources, "warehouse": WarehouseResource(database=str(path))},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def test_one_step_reports_each_check_and_a_selected_check_runs_alone(
+    defs: dg.Definitions, tmp_path: Path
+) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    _people_table(path)
+
+    both = _run(defs, path, [UNIQUE, DATES])
+    evaluations = {
+        e.check_name: e for e in both.get_asset_check_evaluations() if e.asset_key == PEOPLE
+    }
+    assert set(evaluations) == {UNIQUE.name, DATES.name}
+    assert not evaluations[UNIQUE.name].passed  # id 1 twice on 2025-03-01
+    assert "|    1 |   2 |" in evaluations[UNIQUE.name].metadata["offending_sample"].value
+    assert evaluations[DATES.name].passed
+    assert evaluations[DATES.name].metadata["rows_checked"].value == 3
+    assert len([e for e in both.all_events if e.is_step_success]) == 1  # one step, two results
+
+    alone = _run(defs, path, [DATES])
+    assert [(e.asset_key, e.check_name) for e in alone.get_asset_check_evaluations()] == [
+        (PEOPLE, DATES.name)
+    ]
+
+
+def test_checks_over_a_warehouse_not_yet_written_pass_with_nothing_checked(
+    defs: dg.Definitions, tmp_path: Path
+) -> None:
+    result = _run(defs, tmp_path / "missing.duckdb", [UNIQUE, DATES])
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 2
+    assert all(e.passed and e.metadata["rows_checked"].value == 0 for e in evaluations)
