@@ -97,3 +97,16 @@ def test_missing_values_and_arrays_compare_by_value() -> None:
     assert _groups(before, after, _upserts(("u1", "copper_person/phone"))) == {
         "u1": {"copper_person"}
     }
+
+
+def test_stored_profiles_the_apply_did_not_rewrite_are_not_logged() -> None:
+    """A slice also holds the untouched users of a touched account: only the rewritten
+    profiles are compared, however their stored neighbours differ."""
+    before = [
+        _profile("u1"),
+        _profile("u2", email="old@example.com", anonymous_ids=[]),
+        _profile("u3", segments=[]),
+    ]
+    after = [_profile("u1", attributes='{"copper_person/title": "CTO"}')]
+    upserts = _upserts(("u1", "copper_person/title"), ("u2", "copper_person/title"))
+    assert _groups(before, after, upserts) == {"u1": {"copper_person"}}
