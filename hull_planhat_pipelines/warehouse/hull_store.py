@@ -352,12 +352,16 @@ def write_changes(
 
 CHANGES = "ops.hull_changes"
 CHANGES_DDL = (
-    f"create table if not exists {CHANGES} (kind varchar, hull_id varchar, grp varchar,"
-    " seq bigint, primary key (kind, hull_id, grp))"
+    f"create table if not exists {CHANGES} (kind varchar, hull_id varchar, grp varchar, seq bigint)"
 )
 """The change log: per profile and per part of it (``grp``: an attribute group, or
 ``STRUCTURAL``; see ``sync.hull.change_groups``), the sequence number of the last apply that
-rewrote it. Readers keep a watermark of the sequence they have mapped."""
+rewrote it. Readers keep a watermark of the sequence they have mapped.
+
+One row per ``(kind, hull_id, grp)``, kept so by each apply (it deletes the rows it rewrites,
+then inserts them), not by a primary key: an ``insert or replace`` loads the key's whole index
+into memory (23 MB at 390,000 rows, ten times that at a million profiles) and a checkpoint
+writes it again, on every apply, however few profiles it rewrote."""
 
 
 def change_seq(conn: duckdb.DuckDBPyConnection) -> int:
@@ -393,7 +397,27 @@ def _ensure_change_log(conn: duckdb.DuckDBPyConnection) -> None:
             " from ops.hull_changes_ungrouped",
         )
         run(conn, "drop table ops.hull_changes_ungrouped")
+    if _exists(conn, CHANGES) and _has_primary_key(conn, CHANGES):
+        run(conn, f"alter table {CHANGES} rename to hull_changes_keyed")
+        run(conn, CHANGES_DDL)
+        run(
+            conn,
+            f"insert into {CHANGES} select kind, hull_id, grp, seq from ops.hull_changes_keyed",
+        )
+        run(conn, "drop table ops.hull_changes_keyed")
     run(conn, CHANGES_DDL)
+
+
+def _has_primary_key(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether ``table`` was written with a primary key (a log of an earlier version)."""
+    schema, name = table.split(".")
+    rows = run(
+        conn,
+        "select count(*) from duckdb_constraints() where schema_name = ? and table_name = ?"
+        " and constraint_type = 'PRIMARY KEY' and database_name = current_database()",
+        [schema, name],
+    )
+    return bool(rows and rows[0][0])
 
 
 def _rows_of(profiles: pd.DataFrame | None, rewritten: pd.DataFrame) -> pd.DataFrame | None:
@@ -440,12 +464,18 @@ def log_changes(conn: duckdb.DuckDBPyConnection, groups: dict[str, pd.DataFrame]
     try:
         run(
             conn,
-            f"insert or replace into {CHANGES} select kind::varchar, hull_id::varchar,"
-            " grp::varchar, ? from _changed_profiles",
-            [seq + 1],
+            "create or replace temp table _logged as select kind::varchar as kind,"
+            " hull_id::varchar as hull_id, grp::varchar as grp from _changed_profiles",
         )
     finally:
         conn.unregister("_changed_profiles")
+    run(
+        conn,
+        f"delete from {CHANGES} c using _logged l"
+        " where c.kind = l.kind and c.hull_id = l.hull_id and c.grp = l.grp",
+    )
+    run(conn, f"insert into {CHANGES} select kind, hull_id, grp, ? from _logged", [seq + 1])
+    run(conn, "drop table _logged")
     return seq + 1
 
 

@@ -44,6 +44,57 @@ def test_an_ungrouped_log_becomes_structural_and_new_rewrites_are_grouped() -> N
     assert _ids(conn, hull_store.changed_since(conn, "user", 1, {STRUCTURAL})) == set()
 
 
+def test_a_keyed_log_loses_its_key_and_each_apply_keeps_one_row_per_profile_and_group() -> None:
+    """A log written with a primary key (its index was loaded whole by every apply) keeps its
+    rows without the key; an apply replaces the rows it rewrites and leaves the others."""
+    conn = duckdb.connect()
+    conn.execute("create schema ops")
+    conn.execute(
+        "create table ops.hull_changes (kind varchar, hull_id varchar, grp varchar,"
+        " seq bigint, primary key (kind, hull_id, grp))"
+    )
+    conn.execute(
+        "insert into ops.hull_changes values ('user', 'u1', 'copper_person', 1),"
+        f" ('user', 'u1', '{STRUCTURAL}', 1), ('account', 'u1', 'copper', 1)"
+    )
+
+    seq = hull_store.log_changes(
+        conn,
+        {
+            "user": pd.DataFrame(
+                {"hull_id": ["u1", "u1", "u2"], "grp": ["copper_person", "planhat", "planhat"]}
+            ),
+        },
+    )
+
+    assert seq == 2
+    keys = conn.execute(
+        "select count(*) from duckdb_constraints() where table_name = 'hull_changes'"
+        " and constraint_type = 'PRIMARY KEY'"
+    ).fetchone()
+    assert keys == (0,)
+    rows = conn.execute("select kind, hull_id, grp, seq from ops.hull_changes order by all")
+    assert rows.fetchall() == [
+        ("account", "u1", "copper", 1),
+        ("user", "u1", STRUCTURAL, 1),
+        ("user", "u1", "copper_person", 2),
+        ("user", "u1", "planhat", 2),
+        ("user", "u2", "planhat", 2),
+    ]
+    assert (
+        hull_store.log_changes(
+            conn, {"user": pd.DataFrame({"hull_id": ["u2"], "grp": ["planhat"]})}
+        )
+        == 3
+    )
+    duplicated = conn.execute(
+        "select count(*) from (select kind, hull_id, grp from ops.hull_changes"
+        " group by all having count(*) > 1)"
+    ).fetchone()
+    assert duplicated == (0,)
+    assert _ids(conn, hull_store.changed_since(conn, "user", 2, {"planhat"})) == {"u2"}
+
+
 def test_pending_payloads_are_mapped_again_until_planhat_has_their_fingerprint() -> None:
     conn = duckdb.connect()
     conn.execute("create schema ops")
