@@ -35,6 +35,11 @@ class SqlCheck:
     requires: Sequence[tuple[str, str]] = ()
     blocking: bool = False
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+    written: Callable[[str], str] | None = None
+    """The same check over the rows a run wrote, given the SQL condition that selects them:
+    after a run that materialized the asset, only those rows can break the invariant, and a
+    poll that writes a hundred rows is not made to group a table of millions. Evaluated alone
+    (or when the run did not write the asset), the check covers the whole table."""
 
     @property
     def asset_key(self) -> dg.AssetKey:
@@ -49,18 +54,28 @@ class SqlCheck:
             self.name, asset=self.asset_key, description=self.description, blocking=self.blocking
         )
 
-    def evaluate(self, conn: duckdb.DuckDBPyConnection | None) -> dg.AssetCheckResult:
+    def evaluate(
+        self, conn: duckdb.DuckDBPyConnection | None, written_since: float | None = None
+    ) -> dg.AssetCheckResult:
+        """``written_since``: the epoch second from which the rows this run wrote were fetched
+        (None: the whole table)."""
         schema, table = self.key
         needed = [self.key, *self.requires]
         if conn is None or not all(table_exists(conn, *t) for t in needed):
             return self._result(passed=True, metadata={"rows_checked": 0})
-        offenders = conn.execute(f"select * from ({self.sql()}) limit {SAMPLE + 1}").fetchdf()
-        total = conn.execute(f"select count(*) from {schema}.{table}").fetchone()[0]
+        sql, scope, counted = self.sql(), "the whole table", f"{schema}.{table}"
+        if self.written is not None and written_since is not None:
+            fresh = f"_fetched_at >= to_timestamp({float(written_since)!r})"
+            sql, scope = self.written(fresh), "the rows this run wrote"
+            counted += f" where {fresh}"
+        offenders = conn.execute(f"select * from ({sql}) limit {SAMPLE + 1}").fetchdf()
+        total = conn.execute(f"select count(*) from {counted}").fetchone()[0]
         return self._result(
             passed=offenders.empty,
             severity=self.severity,
             metadata={
                 "rows_checked": dg.MetadataValue.int(int(total)),
+                "scope": dg.MetadataValue.text(scope),
                 "offending_sample": dg.MetadataValue.md(
                     offenders.head(SAMPLE).to_markdown(index=False) if len(offenders) else "none"
                 ),
@@ -78,18 +93,48 @@ def sql_checks(name: str, checks: Sequence[SqlCheck]) -> dg.AssetChecksDefinitio
     def _checks(
         context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
     ) -> Iterator[dg.AssetCheckResult]:
-        selected = context.selected_asset_check_keys
+        chosen = [check for check in checks if check.check_key in context.selected_asset_check_keys]
+        since = _written_since(context, {c.asset_key for c in chosen if c.written is not None})
         with warehouse.read_only() as conn:  # closed before the results are reported
-            results = [check.evaluate(conn) for check in checks if check.check_key in selected]
+            results = [check.evaluate(conn, since.get(check.asset_key)) for check in chosen]
         yield from results
 
     return _checks
+
+
+def _written_since(
+    context: dg.AssetCheckExecutionContext, assets: set[dg.AssetKey]
+) -> dict[dg.AssetKey, float]:
+    """The start of this run (epoch seconds) for each of ``assets`` it materialized: the rows
+    it wrote were fetched after it (a row re-fetched unchanged keeps its earlier time and was
+    checked when written)."""
+    if not assets:
+        return {}
+    instance = context.instance
+    written = [
+        key
+        for key in assets
+        if (event := instance.get_latest_materialization_event(key)) is not None
+        and event.run_id == context.run.run_id
+    ]
+    record = instance.get_run_record_by_id(context.run.run_id) if written else None
+    if record is None or record.start_time is None:
+        return {}
+    return {key: float(record.start_time) for key in written}
 
 
 def copper_checks(obj: CopperObject, settings: Settings) -> list[SqlCheck]:
     table = f"copper.{obj.name}"
     start = settings.copper.start_date.isoformat()
     date = obj.date_field
+
+    def misplaced(rows: str) -> str:
+        return (
+            f"select id, {date}, partition_date from {table} where ({rows}) and "
+            f"cast(timezone('UTC', {date}) as date) <> partition_date and not "
+            f"(partition_date = date '{start}' and {date} < timestamptz '{start} 00:00:00+00')"
+        )
+
     return [
         SqlCheck(
             ("copper", obj.name),
@@ -99,17 +144,19 @@ def copper_checks(obj: CopperObject, settings: Settings) -> list[SqlCheck]:
                 f"select partition_date, id, count(*) as n from {table} "
                 "group by all having count(*) > 1"
             ),
+            written=lambda fresh: (
+                f"select partition_date, id, count(*) as n from {table} "
+                f"where id in (select id from {table} where {fresh}) "
+                "group by all having count(*) > 1"
+            ),
         ),
         SqlCheck(
             ("copper", obj.name),
             "dates_inside_partition",
             f"Every row's {date} falls on its partition's UTC day (the first partition holds "
             "everything older than the start date).",
-            lambda: (
-                f"select id, {date}, partition_date from {table} where "
-                f"cast(timezone('UTC', {date}) as date) <> partition_date and not "
-                f"(partition_date = date '{start}' and {date} < timestamptz '{start} 00:00:00+00')"
-            ),
+            lambda: misplaced("true"),
+            written=misplaced,
         ),
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -107,3 +108,68 @@ def test_checks_over_a_warehouse_not_yet_written_pass_with_nothing_checked(
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 2
     assert all(e.passed and e.metadata["rows_checked"].value == 0 for e in evaluations)
+
+
+def _people_checks_after(path: Path, written: list[tuple[int, str, str]]) -> dict[str, Any]:
+    """The people checks in a run that first writes ``written`` rows (id, date_modified,
+    partition_date) as the Copper asset would (fetched now); ``written`` empty: checks alone."""
+    from hull_planhat_pipelines.checks import copper_checks, sql_checks
+    from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
+
+    settings = load_settings()
+
+    @dg.asset(key=PEOPLE)
+    def people() -> None:
+        with duckdb.connect(str(path)) as conn:
+            for row in written:
+                conn.execute("insert into copper.people values (?, ?::timestamptz, ?, now())", row)
+
+    checks = sql_checks("people_checks", copper_checks(COPPER_OBJECTS["people"], settings))
+    result = dg.materialize(
+        [people, checks],
+        selection=dg.AssetSelection.all() if written else dg.AssetSelection.checks(UNIQUE, DATES),
+        resources={"warehouse": WarehouseResource(database=str(path))},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_after_a_write_the_copper_checks_cover_the_rows_it_wrote_and_alone_the_table(
+    tmp_path: Path,
+) -> None:
+    """A poll that writes a hundred rows is not made to group the whole table; a duplicate
+    between a new row and a stored one is still found, and a check run alone sees it all."""
+    path = tmp_path / "warehouse.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("create schema copper")
+        conn.execute(
+            "create table copper.people as select * from (values"
+            " (1, timestamptz '2025-03-01 10:00:00+00', date '2025-03-01',"
+            "  timestamptz '2025-03-02 00:00:00+00'),"
+            " (1, timestamptz '2025-03-01 11:00:00+00', date '2025-03-01',"
+            "  timestamptz '2025-03-02 00:00:00+00'),"  # an old duplicate
+            " (2, timestamptz '2025-03-02 10:00:00+00', date '2025-03-01',"
+            "  timestamptz '2025-03-02 00:00:00+00')"  # an old misplaced row
+            ") t(id, date_modified, partition_date, _fetched_at)"
+        )
+
+    fresh = _people_checks_after(path, [(3, "2025-03-03 10:00:00+00", "2025-03-03")])
+    assert fresh[UNIQUE.name].passed and fresh[DATES.name].passed
+    assert fresh[UNIQUE.name].metadata["rows_checked"].value == 1
+    assert fresh[UNIQUE.name].metadata["scope"].value == "the rows this run wrote"
+
+    twice = _people_checks_after(
+        path,
+        [(2, "2025-03-01 12:00:00+00", "2025-03-01"), (4, "2025-03-05 10:00:00+00", "2025-03-04")],
+    )
+    assert not twice[UNIQUE.name].passed  # the new id 2 beside the stored one, same day
+    sample = twice[UNIQUE.name].metadata["offending_sample"].value
+    assert "|    2 |   2 |" in sample and "|    1 |" not in sample
+    assert not twice[DATES.name].passed  # id 4 dated outside its partition
+    assert "|    4 |" in twice[DATES.name].metadata["offending_sample"].value
+
+    alone = _people_checks_after(path, [])
+    assert alone[UNIQUE.name].metadata["scope"].value == "the whole table"
+    assert alone[UNIQUE.name].metadata["rows_checked"].value == 6
+    assert "|    1 |   2 |" in alone[UNIQUE.name].metadata["offending_sample"].value
