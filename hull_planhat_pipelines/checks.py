@@ -4,7 +4,8 @@ The checks of one asset (of the Hull profile tables: one step writes them all) r
 over one read-only connection. A step costs its run Dagster's bookkeeping, about as much as an
 incremental poll's check query; one step a check made the checks a third of a poll's Copper
 run. Each check is still its own result (its name, its asset, its severity, blocking or not);
-a run that selects some of an asset's checks evaluates those alone.
+a run that selects some of an asset's checks evaluates those alone. After a run that wrote a
+Copper table, its checks cover the rows that run wrote (see ``SqlCheck.written``).
 """
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +22,9 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.warehouse import table_exists
 
 SAMPLE = 10
+CLOCK_MARGIN_SECONDS = 60
+"""A run's start is stamped by whatever launched it, its rows by the host its step ran on: a
+minute's margin covers clocks that differ (the rows of that minute are checked again)."""
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,11 @@ class SqlCheck:
     blocking: bool = False
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
     written: Callable[[str], str] | None = None
-    """The same check over the rows a run wrote, given the SQL condition that selects them:
-    after a run that materialized the asset, only those rows can break the invariant, and a
-    poll that writes a hundred rows is not made to group a table of millions. Evaluated alone
-    (or when the run did not write the asset), the check covers the whole table."""
+    """The same check over the rows a run wrote, given the SQL condition that selects them (on
+    ``_fetched_at``): after a run that materialized the asset, only those rows can break the
+    invariant, and a poll that writes a hundred rows is not made to group a table of millions.
+    Evaluated alone (or when the run did not write the asset), the check covers the whole
+    table."""
 
     @property
     def asset_key(self) -> dg.AssetKey:
@@ -105,9 +110,9 @@ def sql_checks(name: str, checks: Sequence[SqlCheck]) -> dg.AssetChecksDefinitio
 def _written_since(
     context: dg.AssetCheckExecutionContext, assets: set[dg.AssetKey]
 ) -> dict[dg.AssetKey, float]:
-    """The start of this run (epoch seconds) for each of ``assets`` it materialized: the rows
-    it wrote were fetched after it (a row re-fetched unchanged keeps its earlier time and was
-    checked when written)."""
+    """For each of ``assets`` this run materialized, a moment before the rows it wrote were
+    fetched: the run's start, less ``CLOCK_MARGIN_SECONDS`` (a row re-fetched unchanged keeps
+    its earlier time and was checked when written)."""
     if not assets:
         return {}
     instance = context.instance
@@ -120,7 +125,7 @@ def _written_since(
     record = instance.get_run_record_by_id(context.run.run_id) if written else None
     if record is None or record.start_time is None:
         return {}
-    return {key: float(record.start_time) for key in written}
+    return {key: float(record.start_time) - CLOCK_MARGIN_SECONDS for key in written}
 
 
 def copper_checks(obj: CopperObject, settings: Settings) -> list[SqlCheck]:
