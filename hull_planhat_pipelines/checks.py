@@ -4,11 +4,11 @@ The checks of one asset (of the Hull profile tables: one step writes them all) r
 over one read-only connection. A step costs its run Dagster's bookkeeping, about as much as an
 incremental poll's check query; one step a check made the checks a third of a poll's Copper
 run. Each check is still its own result (its name, its asset, its severity, blocking or not);
-a run that selects some of an asset's checks evaluates those alone. After a run that wrote a
-Copper table, its checks cover the rows that run wrote (see ``SqlCheck.written``).
+a run that selects some of an asset's checks evaluates those alone. After an incremental poll
+that wrote a Copper table, its checks cover the rows that poll wrote (see ``SqlCheck.written``).
 """
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -19,6 +19,7 @@ from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperObject
 from hull_planhat_pipelines.clients.planhat_targets import PLANHAT_TARGETS
 from hull_planhat_pipelines.resources import WarehouseResource
 from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.copper.polling import COPPER_SINCE_TAG
 from hull_planhat_pipelines.warehouse import table_exists
 
 SAMPLE = 10
@@ -41,10 +42,11 @@ class SqlCheck:
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
     written: Callable[[str], str] | None = None
     """The same check over the rows a run wrote, given the SQL condition that selects them (on
-    ``_fetched_at``): after a run that materialized the asset, only those rows can break the
-    invariant, and a poll that writes a hundred rows is not made to group a table of millions.
-    Evaluated alone (or when the run did not write the asset), the check covers the whole
-    table."""
+    ``_fetched_at``): after an incremental poll that wrote the asset, only those rows can break
+    the invariant, and a poll that writes a hundred rows is not made to group a table of
+    millions. Any other run (a range run: "fetch all", a backfill, a first start; a launch from
+    the UI; the check alone) covers the whole table, so the weekly "fetch all" also checks the
+    rows of a poll killed between its write and its checks."""
 
     @property
     def asset_key(self) -> dg.AssetKey:
@@ -91,15 +93,24 @@ class SqlCheck:
         return dg.AssetCheckResult(asset_key=self.asset_key, check_name=self.name, **fields)
 
 
-def sql_checks(name: str, checks: Sequence[SqlCheck]) -> dg.AssetChecksDefinition:
-    """``checks`` as one step (``name``, unique among the ops), each evaluated when selected."""
+def sql_checks(
+    name: str,
+    checks: Sequence[SqlCheck],
+    scoped_runs: Callable[[Mapping[str, str]], bool] | None = None,
+) -> dg.AssetChecksDefinition:
+    """``checks`` as one step (``name``, unique among the ops), each evaluated when selected.
+    ``scoped_runs``: which runs (by their tags) evaluate ``SqlCheck.written`` on the rows they
+    wrote (None: none do)."""
 
     @dg.multi_asset_check(name=name, specs=[check.spec() for check in checks], can_subset=True)
     def _checks(
         context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
     ) -> Iterator[dg.AssetCheckResult]:
         chosen = [check for check in checks if check.check_key in context.selected_asset_check_keys]
-        since = _written_since(context, {c.asset_key for c in chosen if c.written is not None})
+        scoped = scoped_runs is not None and scoped_runs(context.run.tags)
+        since = (
+            _written_since(context, {c.asset_key for c in chosen if c.written}) if scoped else {}
+        )
         with warehouse.read_only() as conn:  # closed before the results are reported
             results = [check.evaluate(conn, since.get(check.asset_key)) for check in chosen]
         yield from results
@@ -172,8 +183,14 @@ def build_copper_checks(
     """The checks of each declared object (default: ``COPPER_OBJECTS``), a step per object."""
     chosen = COPPER_OBJECTS.values() if objects is None else objects
     return [
-        sql_checks(f"copper__{obj.name}_checks", copper_checks(obj, settings)) for obj in chosen
+        sql_checks(f"copper__{obj.name}_checks", copper_checks(obj, settings), _polled)
+        for obj in chosen
     ]
+
+
+def _polled(tags: Mapping[str, str]) -> bool:
+    """An incremental poll's run: it carries the window it fetched."""
+    return COPPER_SINCE_TAG in tags
 
 
 def planhat_checks() -> list[dg.AssetChecksDefinition]:

@@ -12,6 +12,7 @@ import pytest
 from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.resources import WarehouseResource
 from hull_planhat_pipelines.settings import load_settings
+from hull_planhat_pipelines.sync.copper.polling import COPPER_SINCE_TAG
 
 PEOPLE = dg.AssetKey(["copper", "people"])
 UNIQUE = dg.AssetCheckKey(PEOPLE, "unique_ids_per_partition")
@@ -110,10 +111,13 @@ def test_checks_over_a_warehouse_not_yet_written_pass_with_nothing_checked(
     assert all(e.passed and e.metadata["rows_checked"].value == 0 for e in evaluations)
 
 
-def _people_checks_after(path: Path, written: list[tuple[int, str, str]]) -> dict[str, Any]:
+def _people_checks_after(
+    path: Path, written: list[tuple[int, str, str]], *, poll: bool = True
+) -> dict[str, Any]:
     """The people checks in a run that first writes ``written`` rows (id, date_modified,
-    partition_date) as the Copper asset would (fetched now); ``written`` empty: checks alone."""
-    from hull_planhat_pipelines.checks import copper_checks, sql_checks
+    partition_date) as the Copper asset would (fetched now), tagged as an incremental poll
+    (``poll``) or not (a range run); ``written`` empty: checks alone."""
+    from hull_planhat_pipelines.checks import build_copper_checks
     from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
 
     settings = load_settings()
@@ -124,22 +128,24 @@ def _people_checks_after(path: Path, written: list[tuple[int, str, str]]) -> dic
             for row in written:
                 conn.execute("insert into copper.people values (?, ?::timestamptz, ?, now())", row)
 
-    checks = sql_checks("people_checks", copper_checks(COPPER_OBJECTS["people"], settings))
+    [checks] = build_copper_checks(settings, [COPPER_OBJECTS["people"]])
     result = dg.materialize(
         [people, checks],
         selection=dg.AssetSelection.all() if written else dg.AssetSelection.checks(UNIQUE, DATES),
         resources={"warehouse": WarehouseResource(database=str(path))},
         instance=dg.DagsterInstance.ephemeral(),
+        tags={COPPER_SINCE_TAG: "1740787200"} if poll else None,
         raise_on_error=False,
     )
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
-def test_after_a_write_the_copper_checks_cover_the_rows_it_wrote_and_alone_the_table(
+def test_after_a_poll_the_copper_checks_cover_the_rows_it_wrote_and_otherwise_the_table(
     tmp_path: Path,
 ) -> None:
     """A poll that writes a hundred rows is not made to group the whole table; a duplicate
-    between a new row and a stored one is still found, and a check run alone sees it all."""
+    between a new row and a stored one is still found, and a range run or a check run alone
+    sees the whole table (rows of a poll killed before its checks included)."""
     path = tmp_path / "warehouse.duckdb"
     with duckdb.connect(str(path)) as conn:
         conn.execute("create schema copper")
@@ -169,7 +175,12 @@ def test_after_a_write_the_copper_checks_cover_the_rows_it_wrote_and_alone_the_t
     assert not twice[DATES.name].passed  # id 4 dated outside its partition
     assert "|    4 |" in twice[DATES.name].metadata["offending_sample"].value
 
+    ranged = _people_checks_after(path, [(5, "2025-03-06 10:00:00+00", "2025-03-06")], poll=False)
+    assert ranged[UNIQUE.name].metadata["scope"].value == "the whole table"
+    assert ranged[UNIQUE.name].metadata["rows_checked"].value == 7
+    assert not ranged[UNIQUE.name].passed  # the old duplicate of id 1, out of the polls' scope
+
     alone = _people_checks_after(path, [])
     assert alone[UNIQUE.name].metadata["scope"].value == "the whole table"
-    assert alone[UNIQUE.name].metadata["rows_checked"].value == 6
+    assert alone[UNIQUE.name].metadata["rows_checked"].value == 7
     assert "|    1 |   2 |" in alone[UNIQUE.name].metadata["offending_sample"].value
