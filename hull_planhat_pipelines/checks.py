@@ -144,7 +144,15 @@ def copper_checks(obj: CopperObject, settings: Settings) -> list[SqlCheck]:
     start = settings.copper.start_date.isoformat()
     date = obj.date_field
 
-    def misplaced(rows: str) -> str:
+    def repeated(rows: str | None = None) -> str:
+        """Ids twice in a partition, among the ids of ``rows`` (None: every id)."""
+        among = f"where id in (select id from {table} where {rows}) " if rows else ""
+        return (
+            f"select partition_date, id, count(*) as n from {table} {among}"
+            "group by all having count(*) > 1"
+        )
+
+    def misplaced(rows: str = "true") -> str:
         return (
             f"select id, {date}, partition_date from {table} where ({rows}) and "
             f"cast(timezone('UTC', {date}) as date) <> partition_date and not "
@@ -156,22 +164,15 @@ def copper_checks(obj: CopperObject, settings: Settings) -> list[SqlCheck]:
             ("copper", obj.name),
             "unique_ids_per_partition",
             "No record id appears twice within one partition.",
-            lambda: (
-                f"select partition_date, id, count(*) as n from {table} "
-                "group by all having count(*) > 1"
-            ),
-            written=lambda fresh: (
-                f"select partition_date, id, count(*) as n from {table} "
-                f"where id in (select id from {table} where {fresh}) "
-                "group by all having count(*) > 1"
-            ),
+            repeated,
+            written=repeated,
         ),
         SqlCheck(
             ("copper", obj.name),
             "dates_inside_partition",
             f"Every row's {date} falls on its partition's UTC day (the first partition holds "
             "everything older than the start date).",
-            lambda: misplaced("true"),
+            misplaced,
             written=misplaced,
         ),
     ]

@@ -75,9 +75,6 @@ def changed_groups(
     counted by everyone, never dropped."""
     columns = [c for c in after.columns if c not in UNCOMPARED and c != "hull_id"]
     columns = [c for c in columns if c in before.columns]
-    # a slice holds many more profiles than an apply rewrites (the users of touched accounts):
-    # only the rewritten ones are compared, value by value
-    before = before[before["hull_id"].astype(str).isin(after["hull_id"].astype(str))]
     stored = {
         str(h): tuple(_comparable(v) for v in values)
         for h, *values in before[["hull_id", *columns]].itertuples(index=False, name=None)
