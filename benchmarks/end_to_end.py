@@ -16,9 +16,12 @@ is seeded at the same scale, with the team members Copper's companies name as ow
 
 Each pass reports wall time and peak memory (each Dagster job's too), every request the
 sandboxes served by kind, and the minimum each kind needs: Copper searches over the records in
-the window the pass fetched (the value-cursor walk that never skips: each search re-reads the
+the window the pass must fetch (the value-cursor walk that never skips: each search re-reads the
 last second of the page before; activities, which have no sort, in as few windows as the cap
-allows; one ``ids`` search per 200 records that Connect fields point to), the metadata at most once, one Planhat snapshot before delivery when one is due (the
+allows; one ``ids`` search per 200 records that Connect fields point to; after a clean sync,
+whose cursor the warehouse keeps, one newest-change question per sortable object and one
+activity question, then only the objects they found changed, in the window Copper's own data
+says they need), the metadata at most once, one Planhat snapshot before delivery when one is due (the
 fetch interval passed, or records were created or left in doubt since the newest) and one after
 it when the delivery created records or left outcomes in doubt (lists end on a short page), and ceil(records / batch size) bulk writes
 for what the pass delivered (one POST a record for a POST destination; nothing in pass 3). For
@@ -242,8 +245,11 @@ def copper_window(since: dict[str, int] | None, today: dt.date) -> Window:
     return since, int(end.timestamp()) - 1
 
 
-def copper_in_window(copper: CopperSandbox, window: Window) -> dict[str, Any]:
-    """Per object: how many records the window holds and the fewest searches that fetch them."""
+def copper_in_window(
+    copper: CopperSandbox, window: Window, objects: set[str] | None = None
+) -> dict[str, Any]:
+    """Per object: how many records the window holds and the fewest searches that fetch them
+    (none for an object outside ``objects``: the pass has no cause to fetch it)."""
     lows, high = window
     user_types = {int(t["id"]) for t in copper.metadata.activity_types.get("user", [])}
     metadata = CopperMetadata(custom_field_definitions=copper.metadata.custom_field_definitions)
@@ -258,6 +264,9 @@ def copper_in_window(copper: CopperSandbox, window: Window) -> dict[str, Any]:
     lookups: Counter[str] = Counter()
     found: dict[str, Any] = {}
     for name, obj in COPPER_OBJECTS.items():
+        if objects is not None and name not in objects:
+            found[name] = {"records": 0, "searches": 0}
+            continue
         low = lows.get(name) if isinstance(lows, dict) else lows
         table = copper._table(name)
         with table.lock:
@@ -288,6 +297,74 @@ def copper_in_window(copper: CopperSandbox, window: Window) -> dict[str, Any]:
     for name, extra in lookups.items():
         found[name]["searches"] += extra
     return found
+
+
+def newest_in_sandbox(copper: CopperSandbox, name: str) -> int | None:
+    """The newest modification Copper holds for a sortable object (what a poll asks)."""
+    table = copper._table(name)
+    with table.lock:
+        rows = table.alive_rows()
+        if not len(rows):
+            return None
+        return int(table.columns[COPPER_OBJECTS[name].date_field][rows].max())
+
+
+def activity_dated_in(copper: CopperSandbox, low: int, high: int) -> bool:
+    """Whether Copper holds an activity of any type dated in [low, high] (the poll's probe)."""
+    table = copper._table("activities")
+    with table.lock:
+        rows = table.alive_rows()
+        dates = table.columns[COPPER_OBJECTS["activities"].date_field][rows]
+        return bool(((dates >= low) & (dates <= high)).any())
+
+
+def saved_poll_cursor(database: str) -> str | None:
+    """The command line's Copper cursor as the last clean sync left it (read, not taken)."""
+    from hull_planhat_pipelines.orchestration import COMMAND_LINE_POLL
+    from hull_planhat_pipelines.warehouse import read_only, table_exists
+
+    with read_only(database) as conn:
+        if conn is None or not table_exists(conn, "ops", "poll_cursors"):
+            return None
+        rows = conn.execute(
+            "select cursor from ops.poll_cursors where name = ?", [COMMAND_LINE_POLL]
+        ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def polled_window(
+    copper: CopperSandbox, cursor_text: str, now: int, settings: Any
+) -> tuple[Window, set[str], Counter[str]]:
+    """The window a sync with a saved cursor must fetch, from what Copper holds: the records
+    changed since the cursor's newest change per object, activities dated since its last check
+    (from that day's start) or, once the re-scan is due, its trailing days; and the probes that
+    find this out (one newest-change question per sortable object, one activity question)."""
+    from hull_planhat_pipelines.orchestration import SORTABLE_OBJECTS
+    from hull_planhat_pipelines.sync.copper.polling import (
+        CopperCursor,
+        merge_runs,
+        plan_incremental_runs,
+    )
+
+    cursor = CopperCursor.parse(cursor_text)
+    probes: Counter[str] = Counter({f"search/{name}": 1 for name in SORTABLE_OBJECTS})
+    checked = cursor.activities_checked
+    if checked is not None:
+        probes["search/activities"] += 1
+    runs, _ = plan_incremental_runs(
+        cursor,
+        {name: newest_in_sandbox(copper, name) for name in SORTABLE_OBJECTS},
+        checked is None or activity_dated_in(copper, checked, now),
+        now,
+        start_date=settings.copper.start_date,
+        rescan_days=settings.copper.activity_rescan_days,
+        rescan_minutes=settings.copper.activity_rescan_minutes,
+        horizon_days=settings.copper.activity_horizon_days,
+    )
+    run = merge_runs(runs, "minimum")
+    if run is None:
+        return (None, 0), set(), probes
+    return (dict(run.since or {}), int(run.until or 0)), set(run.objects), probes
 
 
 def planhat_counts(planhat: PlanhatSandbox) -> dict[str, int]:
@@ -515,24 +592,41 @@ def one_pass(
     from hull_planhat_pipelines.warehouse import snapshot_age
 
     settings = load_settings()
-    today = dt.datetime.now(dt.UTC).date()
+    # Copper dates are whole seconds: no edit shares the pass's second, nor the one before,
+    # which a poll fetches again in case its clock and Copper's differ (a poll five minutes
+    # after edits spread over those minutes rarely meets one)
+    time.sleep(2 - time.time() % 1)
+    started = int(time.time())
+    today = _utc_day(started)
     resume = None if full else catch_up_since(settings, today)
-    first = (
-        settings.copper.start_date
-        if resume is None
-        else max(settings.copper.start_date, min(_utc_day(s) for s in resume.values()))
-    )
+    saved = None if resume is None else saved_poll_cursor(database)
     ahead = today + dt.timedelta(days=settings.copper.activity_horizon_days)
-    window = copper_window(resume, ahead)
-    in_window = copper_in_window(copper, window)
+    probes: Counter[str] = Counter()
+    if saved is not None:  # the last clean sync's cursor: what changed since, after probes
+        window, objects, probes = polled_window(copper, saved, started, settings)
+        lows = window[0]
+        first = min(
+            (_utc_day(s) for s in lows.values()) if isinstance(lows, dict) else (), default=today
+        )
+        in_window = copper_in_window(copper, window, objects)
+    else:  # from the warehouse's resume points (everything on a full pass)
+        first = (
+            settings.copper.start_date
+            if resume is None
+            else max(settings.copper.start_date, min(_utc_day(s) for s in resume.values()))
+        )
+        window = copper_window(resume, ahead)
+        in_window = copper_in_window(copper, window)
     # What changed since the previous pass began: what a fetch of changes alone would need.
-    news = copper_in_window(copper, (since, window[1])) if since is not None else None
+    news = (
+        copper_in_window(copper, (since, window[1] or copper_window(None, ahead)[1]))
+        if since is not None
+        else None
+    )
     age = snapshot_age(database, SNAPSHOT_TARGETS)
     snapshot_due_because = snapshot_due(
         age, dt.datetime.now(dt.UTC), settings.planhat.fetch_interval_minutes, full=full
     )
-    time.sleep(1 - time.time() % 1)  # Copper dates are whole seconds: no edit shares this one
-    started = int(time.time())
     planhat_before = planhat_counts(planhat)
     copper_start = len(copper.server.recorded())
     rest_start = len(planhat.rest.recorded())
@@ -578,6 +672,7 @@ def one_pass(
     minimum_copper: Counter[str] = Counter(
         {f"search/{name}": found["searches"] for name, found in in_window.items()}
     )
+    minimum_copper.update(probes)
     if copper_kinds["metadata"]:  # at most once a pass; a fresh cached copy needs none
         minimum_copper["metadata"] = metadata_requests(len(copper.metadata.users))
     # a snapshot after delivery reads back what Planhat created or left in doubt; updates
@@ -654,14 +749,20 @@ def one_pass(
 
 def print_pass(p: dict[str, Any]) -> None:
     status = "ok" if p["ok"] else f"FAILED ({'; '.join(p['failed_steps'])})"
-    peak = f"{p['peak_mb']} MB peak RSS" if p["peak_mb"] is not None else "peak RSS n/a"
+    peak = (
+        f"{p['peak_mb']} MB peak RSS"
+        if p["peak_mb"] is not None
+        else "no Dagster run started"
+        if not p["jobs"]
+        else "peak RSS n/a"
+    )
     print(f"\n== pass {p['pass']}: {p['seconds']:.1f} s, {peak}, {status}")
     print(
         f"   of which the sandboxes' handlers: {p['sandbox_cpu_seconds']:.1f} s of CPU (in this"
         " process, under its one interpreter lock: time a real API would spend elsewhere)"
     )
     cycle = p.get("cycle")
-    if cycle:
+    if cycle and cycle["jobs"]:
         print(
             f"   cycle without Planhat snapshots: {cycle['seconds']:.1f} s,"
             f" +{cycle['mb_above_baseline']} MB above the pass's {p['baseline_mb']} MB"
@@ -829,14 +930,20 @@ def compare(seed: int, start_date: dt.date | None) -> dict[str, Any]:
         }
         rows.append({"pass": label, "scale_10": small, "scale_100": large, "ratio": ratio})
     print()
+    problems = []
     for row in rows:
         small, large, ratio = row["scale_10"], row["scale_100"], row["ratio"]
+        if not small["jobs"] and not large["jobs"]:
+            print(f"{row['pass']:>12}: no run started at either scale")
+            continue
+        if not small["jobs"]:
+            problems.append(f"{row['pass']}: runs at scale 100 where scale 10 started none")
         print(
             f"{row['pass']:>12}: {small['seconds']:.1f} s -> {large['seconds']:.1f} s"
             f" (x{ratio['seconds']}), +{small['mb_above_baseline']} MB ->"
             f" +{large['mb_above_baseline']} MB (x{ratio['mb_above_baseline']})"
         )
-    problems = [
+    problems += [
         f"{row['pass']} {key} x{value} > x{COMPARE_LIMIT}"
         for row in rows
         for key, value in row["ratio"].items()

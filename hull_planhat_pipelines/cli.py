@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -306,18 +307,16 @@ def run_sync(
     from hull_planhat_pipelines.definitions import build_definitions
     from hull_planhat_pipelines.orchestration import (
         AFTER_DELIVERY,
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-        COPPER_SINCE_TAG,
+        COMMAND_LINE_POLL,
         DRY_RUN_TAG,
         SNAPSHOT_TARGETS,
         TRIGGER_TAG,
         AssetGraph,
-        copper_fetch_tags,
         plan_followers,
     )
     from hull_planhat_pipelines.sync.planhat.snapshot_due import snapshot_due
     from hull_planhat_pipelines.warehouse import delivery_lock, snapshot_age, warehouse_path
+    from hull_planhat_pipelines.warehouse.poll_cursors import save_poll_cursor, take_poll_cursor
 
     settings = load_settings()
     defs = build_definitions(settings, progress_bar=sys.stderr.isatty())
@@ -329,10 +328,6 @@ def run_sync(
 
     # Only what this sync materializes counts: start from what the instance already holds.
     cursor = plan_followers(instance, graph, {}, job_assets, wait_for_active=False).cursor
-    today = dt.datetime.now(dt.UTC).date()
-    copper_tags = copper_fetch_tags(settings, today, full=full)
-    first = copper_tags[ASSET_PARTITION_RANGE_START_TAG]
-    last = copper_tags[ASSET_PARTITION_RANGE_END_TAG]
     summary = SyncSummary()
     ops = delivery_run_config(defs, force=force, dry_run=dry_run)
     marks = {DRY_RUN_TAG: "true"} if dry_run else {}
@@ -353,13 +348,12 @@ def run_sync(
 
     sync_id = f"cli-sync-{uuid.uuid4().hex[:12]}"
     with delivery_lock(warehouse_path(), sync_id, wait=lock_wait):
-        summary.steps += _run_job(
-            defs,
-            "copper_sync",
-            {**copper_tags, **marks},
-            f"{first}..{last}" + (" (changed records)" if COPPER_SINCE_TAG in copper_tags else ""),
-            instance=instance,
+        configuration = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()
+        saved = take_poll_cursor(COMMAND_LINE_POLL, configuration)
+        steps, copper_cursor = _copper_steps(
+            defs, settings, instance, full=full, marks=marks, saved=saved
         )
+        summary.steps += steps
         interval = settings.planhat.fetch_interval_minutes
         age = snapshot_age(warehouse_path(), SNAPSHOT_TARGETS)
         due = snapshot_due(age, dt.datetime.now(dt.UTC), interval, full=full)
@@ -403,7 +397,69 @@ def run_sync(
                     "full snapshot (after delivery)",
                     instance=instance,
                 )
+        if copper_cursor is not None and not dry_run and summary.exit_status == EXIT_OK:
+            save_poll_cursor(COMMAND_LINE_POLL, copper_cursor, configuration)
     return summary
+
+
+def _copper_steps(
+    defs: Any,
+    settings: Any,
+    instance: Any,
+    *,
+    full: bool,
+    marks: dict[str, str],
+    saved: str | None,
+) -> tuple[list[StepSummary], str | None]:
+    """The sync's Copper part and the cursor to keep if the whole cycle goes through.
+
+    With a cursor ``saved`` by the last clean sync: what it says changed, as one run (none when
+    nothing did). Without one (or for ``--full``): the fetch from the warehouse's resume points
+    (every year while they are unknown), whose run also carries the rest of the chain, as an
+    interrupted cycle needs."""
+    from hull_planhat_pipelines.orchestration import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+        COPPER_SINCE_TAG,
+        copper_fetch_tags,
+        copper_keys,
+        copper_window_tags,
+        cursor_after_catch_up,
+        plan_command_line_poll,
+    )
+    from hull_planhat_pipelines.resources import copper_resource
+
+    now = int(time.time())
+    poll = None
+    if not full:
+        copper = copper_resource(settings.copper.requests_per_minute)
+        poll = plan_command_line_poll(settings, copper, saved, now)
+    if poll is None:
+        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+        tags = copper_fetch_tags(settings, today, full=full)
+        first = tags[ASSET_PARTITION_RANGE_START_TAG]
+        last = tags[ASSET_PARTITION_RANGE_END_TAG]
+        steps = _run_job(
+            defs,
+            "copper_sync",
+            {**tags, **marks},
+            f"{first}..{last}" + (" (changed records)" if COPPER_SINCE_TAG in tags else ""),
+            instance=instance,
+        )
+        after = cursor_after_catch_up(settings, now) if all(s.ok for s in steps) else None
+        return steps, (after.dumps() if after is not None else None)
+    run = poll.run
+    if run is None:
+        return [StepSummary("copper", ok=True, detail=f"{poll.asked}: no run")], poll.cursor.dumps()
+    steps = _run_job(
+        defs,
+        "copper_sync",
+        {**copper_window_tags(run.first_day, run.last_day, run.since, run.until), **marks},
+        f"{', '.join(run.objects)} {run.first_day}..{run.last_day} ({poll.asked})",
+        instance=instance,
+        asset_selection=copper_keys(run.objects),
+    )
+    return steps, poll.cursor.dumps()
 
 
 def _failure_reason(result: Any, key: str) -> str:

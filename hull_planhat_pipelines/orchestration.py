@@ -28,6 +28,7 @@ from hull_planhat_pipelines.sync.copper.polling import (
     COPPER_UNTIL_TAG,
     CopperCursor,
     PlannedRun,
+    merge_runs,
     plan_incremental_runs,
 )
 from hull_planhat_pipelines.sync.log import SyncEvent, events_frame
@@ -184,6 +185,76 @@ def catch_up_since(settings: Settings, today: dt.date) -> dict[str, int] | None:
             rescan = min(day, today) - dt.timedelta(days=settings.copper.activity_rescan_days)
             found[name] = day_start(max(rescan, settings.copper.start_date))
     return found
+
+
+COMMAND_LINE_POLL = "command_line"
+"""The name the command line's Copper cursor is kept under in the warehouse."""
+
+
+@dataclass(frozen=True)
+class CommandLinePoll:
+    """What a command-line sync asks of Copper, planned from its cursor: ``run`` is ``None``
+    when nothing changed (no run starts); ``cursor`` is saved once the run succeeded."""
+
+    run: PlannedRun | None
+    cursor: CopperCursor
+    asked: str
+
+
+def plan_command_line_poll(
+    settings: Settings, copper: CopperResource, cursor_text: str | None, now: int
+) -> CommandLinePoll | None:
+    """The sensor's plan (``plan_incremental_runs``) for a sync from the command line, as one
+    run; ``None`` when it cannot be planned that way: no saved cursor, a Copper table missing
+    or empty, or a question Copper did not answer (the caller then fetches from the
+    warehouse's resume points, whose run reports the error as a fetch would)."""
+    if not cursor_text or missing_credentials(COPPER_CREDENTIALS):
+        return None
+    if catch_up_since(settings, _utc_day(now)) is None:
+        return None
+    cursor = CopperCursor.parse(cursor_text)
+    try:
+        with (
+            dg.build_resources({"copper": copper}) as resources,
+            resources.copper.client() as client,
+        ):
+            newest = {name: client.newest_modified(name) for name in SORTABLE_OBJECTS}
+            since = cursor.activities_checked
+            activities_changed = since is None or client.activity_exists_since(since, until=now)
+            requests = client.stats.snapshot()["requests"]
+    except ApiError as exc:
+        log.warning("Copper poll not answered (%s): fetching from the stored resume points", exc)
+        return None
+    runs, advanced = plan_incremental_runs(
+        cursor,
+        newest,
+        activities_changed,
+        now,
+        start_date=settings.copper.start_date,
+        rescan_days=settings.copper.activity_rescan_days,
+        rescan_minutes=settings.copper.activity_rescan_minutes,
+        horizon_days=settings.copper.activity_horizon_days,
+    )
+    reasons = ", ".join(run.reason for run in runs) or "nothing changed"
+    return CommandLinePoll(
+        merge_runs(runs, reasons), advanced, f"{requests} questions to Copper: {reasons}"
+    )
+
+
+def cursor_after_catch_up(settings: Settings, started: int) -> CopperCursor | None:
+    """The cursor a successful fetch from the warehouse's resume points (or a full one) leaves:
+    each sortable object's newest stored change, and activities checked and re-scanned when the
+    run started (its window reached back over the trailing re-scan days). ``None`` while a
+    table is missing or empty.
+
+    A change stored from the run's start on may have been read within its second, before a
+    later save in that same second: such an object's cursor stands just before the start, so
+    the next sync fetches what changed since then."""
+    since = catch_up_since(settings, _utc_day(started))
+    if since is None:
+        return None
+    newest = {name: min(since[name], started - 1) for name in SORTABLE_OBJECTS}
+    return CopperCursor(newest=newest, activities_checked=started, activities_rescanned=started)
 
 
 def copper_tables_empty() -> bool:

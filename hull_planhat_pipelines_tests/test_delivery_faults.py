@@ -135,7 +135,7 @@ def test_a_sync_killed_mid_delivery_then_rerun_leaves_every_conversation_once(
     held = _conversation_keys(stack.planhat)
     notes = stack.query("select count(*) from hull.events where name = 'Note'")[0][0]
     assert held and max(held.values()) == 1, [k for k, n in held.items() if n > 1]
-    assert sum(held.values()) > killed_with
+    assert sum(held.values()) > killed_with, rerun.stdout + rerun.stderr
     assert sum(held.values()) <= notes
     read_back = stack.planhat.rest.recorded("GET", r"^/conversations/extid-")
     updated = stack.planhat.rest.recorded("PUT", r"^/conversations/[0-9a-f]{24}$")

@@ -17,6 +17,8 @@ from hull_planhat_pipelines.orchestration import (
 from hull_planhat_pipelines.settings import load_settings
 from hull_planhat_pipelines.sync.copper.polling import (
     CopperCursor,
+    PlannedRun,
+    merge_runs,
     parse_window,
     plan_incremental_runs,
 )
@@ -188,3 +190,24 @@ def test_window_tags_round_trip_per_object() -> None:
     whole = copper_window_tags(dt.date(2026, 1, 9), dt.date(2026, 2, 1), None, None)
     assert parse_window(whole, "leads") == (None, None, False)
     assert parse_window(copper_window_tags(START, START, 7, None), "x") == (7, None, True)
+
+
+def test_the_command_line_runs_what_was_planned_as_one_run() -> None:
+    cursor = CopperCursor(
+        newest={"people": NOW - 2 * DAY}, activities_checked=NOW - 300, activities_rescanned=0
+    )
+    runs, _ = _plan(cursor, {"people": NOW - 10})
+    merged = merge_runs(runs, "poll")
+    assert merged is not None and merged.reason == "poll"
+    assert merged.objects == ("activities", "people")
+    # each object keeps its own window; the days span both runs, the end is the last day's
+    assert merged.since == {"people": NOW - 2 * DAY, "activities": runs[1].since["activities"]}
+    assert merged.first_day == min(r.first_day for r in runs)
+    assert merged.last_day == max(r.last_day for r in runs)
+    end_of_last_day = int(
+        dt.datetime.combine(merged.last_day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
+    )
+    assert merged.until == end_of_last_day - 1
+    assert merge_runs([], "poll") is None
+    with pytest.raises(ValueError, match="only incremental runs merge"):
+        merge_runs([PlannedRun(("leads",), START, START, "fetch all")], "poll")

@@ -183,3 +183,31 @@ def plan_incremental_runs(
         )
     advanced.activities_checked = now
     return runs, advanced
+
+
+def merge_runs(runs: list[PlannedRun], reason: str) -> PlannedRun | None:
+    """The planned runs as one (pure): their objects, the days from the first to the last, each
+    object's own ``since``, and the last second of the last day as ``until`` (no later than any
+    run's own end for the objects that were planned: a modification is never dated ahead, and
+    an activity run already reaches the last day). ``None`` when nothing was planned.
+
+    The command line runs its poll as one Copper run, where the sensor requests one per reason:
+    a sync pays one run's start-up however many reasons it found."""
+    if not runs:
+        return None
+    if any(run.since is None for run in runs):
+        raise ValueError("only incremental runs merge: a run without since replaces its years")
+    since: dict[str, int] = {}
+    for run in runs:
+        for name, value in (run.since or {}).items():
+            since[name] = min(value, since.get(name, value))
+    objects = tuple(sorted({name for run in runs for name in run.objects}))
+    last = max(run.last_day for run in runs)
+    return PlannedRun(
+        objects,
+        min(run.first_day for run in runs),
+        last,
+        reason,
+        since=since,
+        until=_day_end(last),
+    )
