@@ -39,11 +39,10 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     enduser_keys,
     enduser_payloads,
 )
-from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES
+from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settle
 from hull_planhat_pipelines.sync.planhat.shared import (
-    ACTIVITIES,
     COMPANIES,
     ENDUSERS,
     METRICS,
@@ -51,7 +50,10 @@ from hull_planhat_pipelines.sync.planhat.shared import (
 )
 from hull_planhat_pipelines.sync.planhat.snapshot_due import MATCHED
 from hull_planhat_pipelines.warehouse import deliveries, replace_table, table_exists
-from hull_planhat_pipelines.warehouse.activity_inputs import activity_inputs
+from hull_planhat_pipelines.warehouse.activity_inputs import (
+    activity_fingerprints,
+    activity_inputs,
+)
 from hull_planhat_pipelines.warehouse.deliveries import (
     DELIVERY_COLUMNS,
     delivery_rows,
@@ -103,7 +105,8 @@ def _payload_asset(
     build: Callable[..., tuple],
     targets: Sequence[str],
 ) -> dg.AssetsDefinition:
-    """A payload asset; ``targets``: the delivery targets whose fingerprints ``build`` reads."""
+    """A payload asset; ``targets``: the delivery targets whose fingerprints ``build`` is given
+    (none: ``build`` reads the few it needs itself)."""
 
     @dg.asset(
         key=["planhat", name],
@@ -118,7 +121,7 @@ def _payload_asset(
     ) -> dg.MaterializeResult:
         scopes: dict[str, Scope] = {}
         with warehouse.read_only() as conn:
-            fingerprints = fingerprints_table(conn, targets)
+            fingerprints = fingerprints_table(conn, targets) if targets else empty_fingerprints()
             payloads, events = build(conn, fingerprints, config.force, scopes)
         remember_scopes(warehouse.database, scopes.values(), payloads)
         counts = record_events(
@@ -199,6 +202,10 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         found = activity_inputs(
             conn, settings.planhat.tracking_events, settings.planhat.contact_segments
         )
+        candidates = set() if found is None else set(found.events["event_id"].astype(str))
+        fingerprints = activity_fingerprints(
+            conn, candidates, queries=bool(settings.planhat.activity_queries)
+        )
         if found is None:
             payloads, logged = activity_payloads(
                 _no_events(), _no_profiles(), None, settings, fingerprints
@@ -254,7 +261,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             [["hull", "events"], ["hull", "users"], ["hull", "accounts"]],
             "Events in planhat.tracking_events of users in the contact segments, not sent before.",
             activities,
-            [ACTIVITIES],
+            [],  # only the candidates' fingerprints (activity_fingerprints)
         ),
         _payload_asset(
             "metric_payloads",

@@ -9,12 +9,13 @@ rest are read with the users who carry them and those users' accounts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.sync.planhat.fingerprints import empty_fingerprints
 from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES
 from hull_planhat_pipelines.warehouse.connection import select_where, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, in_segment, read_rows_by_id
@@ -81,3 +82,25 @@ def activity_inputs(
             "not_in_segment": int(outside),
         },
     )
+
+
+def activity_fingerprints(
+    conn: duckdb.DuckDBPyConnection | None, event_ids: Collection[str], *, queries: bool
+) -> pd.DataFrame:
+    """The activity fingerprints a payload run compares with: those of the candidate events'
+    ids, and, when activity queries are configured, those of their activities (``sql:`` keys);
+    not those of every event ever sent, which grow with the store."""
+    if conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
+        return empty_fingerprints()
+    clauses: list[str] = []
+    params: list[object] = [ACTIVITIES]
+    if event_ids:
+        clauses.append("key in (select unnest(?))")
+        params.append(sorted(event_ids))
+    if queries:
+        clauses.append("starts_with(key, 'sql:')")
+    if not clauses:
+        return empty_fingerprints()
+    return conn.execute(
+        f"select * from {FINGERPRINTS} where target = ? and ({' or '.join(clauses)})", params
+    ).fetchdf()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import duckdb
 
-from hull_planhat_pipelines.warehouse.activity_inputs import activity_inputs
+from hull_planhat_pipelines.warehouse.activity_inputs import activity_fingerprints, activity_inputs
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, FINGERPRINTS_DDL
 
 
@@ -77,3 +77,19 @@ def test_nothing_is_read_before_hull_has_tables(tmp_path: Path) -> None:
     empty = duckdb.connect(str(tmp_path / "empty.duckdb"))
     assert activity_inputs(empty, ["Meeting"], ["Customers"]) is None
     assert activity_inputs(None, ["Meeting"], ["Customers"]) is None
+
+
+def test_a_payload_run_reads_the_fingerprints_of_its_candidates_not_of_every_sent_event(
+    tmp_path: Path,
+) -> None:
+    conn = _warehouse(tmp_path / "w.duckdb")
+    conn.execute(
+        f"insert into {FINGERPRINTS} (target, key) values ('activities', 'e1'), "
+        "('activities', 'sql:calls:7'), ('activities', 'e100')"
+    )
+    found = activity_fingerprints(conn, {"e1", "e5"}, queries=False)
+    assert sorted(found["key"]) == ["e1"]  # not e2 or e100, sent long ago; no other target's
+    with_queries = activity_fingerprints(conn, {"e5"}, queries=True)
+    assert sorted(with_queries["key"]) == ["sql:calls:7"]  # the queries' own keys
+    assert activity_fingerprints(conn, set(), queries=False).empty  # nothing asked: no read
+    assert activity_fingerprints(None, {"e1"}, queries=True).empty  # no warehouse yet
