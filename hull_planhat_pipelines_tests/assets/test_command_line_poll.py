@@ -137,3 +137,29 @@ def test_a_sync_that_did_not_end_cleanly_leaves_the_next_one_to_fetch_as_before(
     assert full.exit_status == 0, full.table()
     assert _copper_steps(full) == COPPER_STEPS
     assert _cursors(stack) == 1
+
+
+def test_a_poll_copper_refuses_fails_the_sync_as_a_fetch_would_and_keeps_no_cursor(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Wrong credentials after a clean sync: the questions are refused, the sync falls back to
+    the catch-up fetch, whose steps fail and log ``incoming.job.error`` (the key never shown),
+    and no cursor is saved; with the key fixed, the next sync catches up and saves one."""
+    stack.cycle()
+    good = stack.env()["COPPER_API_KEY"]
+    secret = "wrong-key-7d1e0c9b2a"
+    monkeypatch.setenv("COPPER_API_KEY", secret)
+    refused = run_sync()
+    assert not refused.ok and refused.exit_status == 1
+    assert _copper_steps(refused) == COPPER_STEPS
+    assert not any(s.ok for s in refused.steps if s.step in COPPER_STEPS)
+    assert _cursors(stack) == 0
+    rows = stack.query("select event, reason from ops.sync_log where event = 'incoming.job.error'")
+    assert ("incoming.job.error", "Unauthorized") in rows
+    assert secret not in capsys.readouterr().err + refused.table()
+
+    monkeypatch.setenv("COPPER_API_KEY", good)
+    fixed = run_sync()
+    assert fixed.exit_status == 0, fixed.table()
+    assert _copper_steps(fixed) == COPPER_STEPS
+    assert _cursors(stack) == 1
