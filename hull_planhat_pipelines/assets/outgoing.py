@@ -328,7 +328,14 @@ def _settle(
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Items an earlier bulk answer did not name, settled against the latest snapshot (see
     ``sync.planhat.settlement``); the confirmed and dropped rows committed at once."""
-    known = deliveries.settlement_inputs(database, target)
+    companies = (
+        records["company_external_id"].dropna().astype(str).unique().tolist()
+        if "company_external_id" in records
+        else []
+    )
+    known = deliveries.settlement_inputs(
+        database, target, records["key"].astype(str).unique().tolist(), companies
+    )
     if known is None:
         return records, []
     settlement = settle(

@@ -177,24 +177,37 @@ def planhat_ids(
     return {str(key): str(value) for key, value in rows}
 
 
-def delivered_at(conn: duckdb.DuckDBPyConnection | None, target: str) -> dict[str, pd.Timestamp]:
-    """key -> when its fingerprint last advanced, for ``target``."""
+def delivered_at(
+    conn: duckdb.DuckDBPyConnection | None, target: str, among: Collection[str] | None = None
+) -> dict[str, pd.Timestamp]:
+    """key -> when its fingerprint last advanced, for ``target`` (the keys ``among`` only)."""
     if conn is None or not table_exists(conn, "planhat", "delivery_fingerprints"):
         return {}
-    rows = run(conn, f"select key, delivered_at from {FINGERPRINTS} where target = ?", [target])
+    sql, params = f"select key, delivered_at from {FINGERPRINTS} where target = ?", [target]
+    if among is not None:
+        sql += " and key in (select unnest(?))"
+        params.append(sorted(among))
+    rows = run(conn, sql, params)
     return {str(key): pd.Timestamp(value) for key, value in rows}
 
 
-def settlement_history(conn: duckdb.DuckDBPyConnection | None, target: str) -> pd.DataFrame:
-    """Every delivery row of the keys an answer left unsettled (unconfirmed, ignored, dropped);
-    empty when there are none (or the table predates fingerprints on its rows)."""
+def settlement_history(
+    conn: duckdb.DuckDBPyConnection | None, target: str, among: Collection[str] | None = None
+) -> pd.DataFrame:
+    """Every delivery row of the keys an answer left unsettled (unconfirmed, ignored, dropped),
+    of the keys ``among`` only when given; empty when there are none (or the table predates
+    fingerprints on its rows)."""
     if conn is None or not has_column(conn, DELIVERIES, "fingerprint"):
         return pd.DataFrame(columns=["key", "status", "fingerprint", "delivered_at"])
+    among_sql, params = "", [target, target]
+    if among is not None:
+        among_sql = " and key in (select unnest(?))"
+        params.append(sorted(among))
     history = conn.execute(
         "select key, status, fingerprint, delivered_at from planhat.deliveries "
         "where target = ? and key in (select key from planhat.deliveries where target = ? "
-        "and status in ('unconfirmed', 'ignored', 'dropped'))",
-        [target, target],
+        f"and status in ('unconfirmed', 'ignored', 'dropped'){among_sql})",
+        params,
     ).fetchdf()
     history["delivered_at"] = pd.to_datetime(history["delivered_at"], utc=True)
     return history
@@ -218,9 +231,10 @@ def _snapshot_keys_sql(target: str) -> str:
 
 
 def snapshot_keys(
-    conn: duckdb.DuckDBPyConnection, target: str
+    conn: duckdb.DuckDBPyConnection, target: str, among: Collection[str] | None = None
 ) -> tuple[set[str], pd.Timestamp | None]:
-    """Payload keys the latest Planhat snapshot holds, and when it was taken."""
+    """Payload keys the latest Planhat snapshot holds (of the keys ``among`` only, when given),
+    and when it was taken."""
     table = f"planhat_current.{target}"  # the latest snapshot
     if not table_exists(conn, *table.split(".")):
         return set(), None
@@ -228,7 +242,11 @@ def snapshot_keys(
     at = pd.Timestamp(row[0]) if row and row[0] is not None else None
     if at is not None and at.tzinfo is None:
         at = at.tz_localize("UTC")
-    found = conn.execute(f"select key from ({_snapshot_keys_sql(target)}) where key is not null")
+    sql, params = f"select key from ({_snapshot_keys_sql(target)}) where key is not null", []
+    if among is not None:
+        sql += " and key in (select unnest(?))"
+        params.append(sorted(among))
+    found = conn.execute(sql, params)
     return {str(key) for (key,) in found.fetchall()}, at
 
 
@@ -310,14 +328,20 @@ class SettlementInputs:
     company_at: dict[str, pd.Timestamp]
 
 
-def settlement_inputs(database: str, target: str) -> SettlementInputs | None:
-    """``SettlementInputs`` of ``target``; ``None`` when no item is unsettled."""
+def settlement_inputs(
+    database: str, target: str, keys: Collection[str], companies: Collection[str]
+) -> SettlementInputs | None:
+    """``SettlementInputs`` of the payload ``keys`` of ``target`` about to be sent (settling
+    looks at those alone), ``companies`` being their companies' external ids; ``None`` when
+    none of them is unsettled. What the snapshot and the company fingerprints hold is read for
+    those keys only, not for every record Planhat has."""
     with read_only(database) as conn:
-        history = settlement_history(conn, target)
+        history = settlement_history(conn, target, among=keys)
         if conn is None or history.empty:
             return None
-        present, snapshot_at = snapshot_keys(conn, target)
-        company_at = delivered_at(conn, "companies")
+        unsettled = set(history["key"].astype(str))
+        present, snapshot_at = snapshot_keys(conn, target, among=unsettled)
+        company_at = delivered_at(conn, "companies", among=companies)
     return SettlementInputs(history, present, snapshot_at, company_at)
 
 
