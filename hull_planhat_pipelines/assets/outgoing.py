@@ -306,7 +306,7 @@ def _abandon_in_flight(
 ) -> tuple[pd.DataFrame, list[SyncEvent]]:
     """Analytics items a crashed run left ``pending`` (posted, answer never read): recorded
     ``unknown`` (not re-sent, failing the check) and taken out of this run's records."""
-    stuck = deliveries.pending_keys(database, target)
+    stuck = deliveries.pending_keys(database, target, records["key"].astype(str).unique().tolist())
     if not stuck:
         return records, []
     hit = records["key"].astype(str).isin(stuck).to_numpy()

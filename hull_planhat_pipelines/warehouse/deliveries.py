@@ -129,15 +129,22 @@ def fingerprints_of_keys(
 
 
 def latest_statuses(
-    conn: duckdb.DuckDBPyConnection | None, target: str, *, among: Collection[str] = ()
+    conn: duckdb.DuckDBPyConnection | None,
+    target: str,
+    *,
+    among: Collection[str] = (),
+    keys: Collection[str] | None = None,
 ) -> dict[str, str]:
     """The latest delivery status of each key of ``target`` (a ``pending`` intent and the
     outcome committed at the same instant: the outcome wins). ``among``: only keys that ever
-    had one of these statuses (empty: every key)."""
+    had one of these statuses (empty: every key); ``keys``: only these."""
     if conn is None or not table_exists(conn, "planhat", "deliveries"):
         return {}
     params: list[object] = [target]
     where = "target = ?"
+    if keys is not None:
+        where += " and key in (select unnest(?))"
+        params.append(sorted(keys))
     if among:
         marks = ", ".join("?" for _ in among)
         where += (
@@ -308,11 +315,12 @@ def vanished_companies(
     return {str(k) for k in ours.loc[before.to_numpy(), "key"] if str(k) not in keys}
 
 
-def pending_keys(database: str, target: str) -> set[str]:
-    """Keys of ``target`` whose latest row is a ``pending`` intent: posted by a run that stopped
-    before reading the answer."""
+def pending_keys(database: str, target: str, keys: Collection[str]) -> set[str]:
+    """The ``keys`` of ``target`` whose latest row is a ``pending`` intent: posted by a run
+    that stopped before reading the answer (every item of an analytics target has one first:
+    reading them all would cost every item ever sent)."""
     with read_only(database) as conn:
-        latest = latest_statuses(conn, target, among=("pending",))
+        latest = latest_statuses(conn, target, among=("pending",), keys=keys)
     return {key for key, status in latest.items() if status == "pending"}
 
 

@@ -1,5 +1,5 @@
-"""Settling a delivery reads what Planhat's snapshot and the company fingerprints hold for the
-records about to be sent, not for every record Planhat has."""
+"""What a delivery reads before it sends is read for the records it sends, not for every record
+ever delivered: the settlement inputs, the items left in flight."""
 
 from pathlib import Path
 
@@ -9,6 +9,7 @@ import pandas as pd
 from hull_planhat_pipelines.warehouse.deliveries import (
     FINGERPRINTS,
     FINGERPRINTS_DDL,
+    pending_keys,
     settlement_inputs,
 )
 
@@ -67,3 +68,24 @@ def test_settling_reads_the_history_snapshot_and_companies_of_the_records_sent_o
     # none of the records sent is unsettled: nothing else is read
     assert settlement_inputs(database, "endusers", ["email:c@x.io"], ["ACC-2"]) is None
     assert settlement_inputs(database, "endusers", [], []) is None
+
+
+def test_items_left_in_flight_are_looked_up_among_the_records_sent(tmp_path: Path) -> None:
+    database = str(tmp_path / "w.duckdb")
+    with duckdb.connect(database) as conn:
+        conn.execute("create schema planhat")
+        conn.execute(
+            "create table planhat.deliveries (target varchar, key varchar, status varchar, "
+            "delivered_at timestamptz)"
+        )
+        # every analytics item is recorded pending first; a crash leaves its latest pending
+        conn.execute(
+            "insert into planhat.deliveries values "
+            "('activities', 'e1', 'pending', '2026-11-01 10:00+00'),"
+            "('activities', 'e1', 'sent', '2026-11-01 10:00+00'),"
+            "('activities', 'e2', 'pending', '2026-11-01 10:00+00'),"
+            "('activities', 'e3', 'pending', '2026-11-01 10:00+00'),"
+            "('metrics', 'e4', 'pending', '2026-11-01 10:00+00')"
+        )
+    assert pending_keys(database, "activities", ["e1", "e2", "e4", "e9"]) == {"e2"}
+    assert pending_keys(database, "activities", []) == set()
