@@ -339,27 +339,20 @@ def polled_window(
     changed since the cursor's newest change per object, activities dated since its last check
     (from that day's start) or, once the re-scan is due, its trailing days; and the probes that
     find this out (one newest-change question per sortable object, one activity question)."""
-    from hull_planhat_pipelines.orchestration import SORTABLE_OBJECTS
-    from hull_planhat_pipelines.sync.copper.polling import (
-        CopperCursor,
-        merge_runs,
-        plan_incremental_runs,
-    )
+    from hull_planhat_pipelines.orchestration import SORTABLE_OBJECTS, plan_poll
+    from hull_planhat_pipelines.sync.copper.polling import CopperCursor, merge_runs
 
     cursor = CopperCursor.parse(cursor_text)
     probes: Counter[str] = Counter({f"search/{name}": 1 for name in SORTABLE_OBJECTS})
     checked = cursor.activities_checked
     if checked is not None:
         probes["search/activities"] += 1
-    runs, _ = plan_incremental_runs(
+    runs, _ = plan_poll(
+        settings,
         cursor,
         {name: newest_in_sandbox(copper, name) for name in SORTABLE_OBJECTS},
         checked is None or activity_dated_in(copper, checked, now),
         now,
-        start_date=settings.copper.start_date,
-        rescan_days=settings.copper.activity_rescan_days,
-        rescan_minutes=settings.copper.activity_rescan_minutes,
-        horizon_days=settings.copper.activity_horizon_days,
     )
     run = merge_runs(runs, "minimum")
     if run is None:

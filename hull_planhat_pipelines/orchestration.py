@@ -15,7 +15,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS
+from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.clients.planhat_targets import PLANHAT_TARGETS
 from hull_planhat_pipelines.clients.webhook import WEBHOOK_ENV_VAR, WebhookError, post_alert
@@ -187,6 +187,37 @@ def catch_up_since(settings: Settings, today: dt.date) -> dict[str, int] | None:
     return found
 
 
+def ask_copper(
+    client: CopperClient, cursor: CopperCursor, now: int
+) -> tuple[dict[str, int | None], bool]:
+    """A poll's questions, one record each: every sortable object's newest change, and whether
+    an activity is dated since the last check (yes before the first check)."""
+    newest = {name: client.newest_modified(name) for name in SORTABLE_OBJECTS}
+    since = cursor.activities_checked
+    return newest, since is None or client.activity_exists_since(since, until=now)
+
+
+def plan_poll(
+    settings: Settings,
+    cursor: CopperCursor,
+    newest: dict[str, int | None],
+    activities_changed: bool,
+    now: int,
+) -> tuple[list[PlannedRun], CopperCursor]:
+    """``plan_incremental_runs`` with the configured windows (the sensor's and the command
+    line's)."""
+    return plan_incremental_runs(
+        cursor,
+        newest,
+        activities_changed,
+        now,
+        start_date=settings.copper.start_date,
+        rescan_days=settings.copper.activity_rescan_days,
+        rescan_minutes=settings.copper.activity_rescan_minutes,
+        horizon_days=settings.copper.activity_horizon_days,
+    )
+
+
 COMMAND_LINE_POLL = "command_line"
 """The name the command line's Copper cursor is kept under in the warehouse."""
 
@@ -194,7 +225,8 @@ COMMAND_LINE_POLL = "command_line"
 @dataclass(frozen=True)
 class CommandLinePoll:
     """What a command-line sync asks of Copper, planned from its cursor: ``run`` is ``None``
-    when nothing changed (no run starts); ``cursor`` is saved once the run succeeded."""
+    when nothing changed (no run starts); ``cursor`` is saved once the whole sync went
+    through; ``asked``: how many questions and what they found, for the summary."""
 
     run: PlannedRun | None
     cursor: CopperCursor
@@ -218,23 +250,12 @@ def plan_command_line_poll(
             dg.build_resources({"copper": copper}) as resources,
             resources.copper.client() as client,
         ):
-            newest = {name: client.newest_modified(name) for name in SORTABLE_OBJECTS}
-            since = cursor.activities_checked
-            activities_changed = since is None or client.activity_exists_since(since, until=now)
+            newest, activities_changed = ask_copper(client, cursor, now)
             requests = client.stats.snapshot()["requests"]
     except ApiError as exc:
         log.warning("Copper poll not answered (%s): fetching from the stored resume points", exc)
         return None
-    runs, advanced = plan_incremental_runs(
-        cursor,
-        newest,
-        activities_changed,
-        now,
-        start_date=settings.copper.start_date,
-        rescan_days=settings.copper.activity_rescan_days,
-        rescan_minutes=settings.copper.activity_rescan_minutes,
-        horizon_days=settings.copper.activity_horizon_days,
-    )
+    runs, advanced = plan_poll(settings, cursor, newest, activities_changed, now)
     reasons = ", ".join(run.reason for run in runs) or "nothing changed"
     return CommandLinePoll(
         merge_runs(runs, reasons), advanced, f"{requests} questions to Copper: {reasons}"
@@ -406,9 +427,7 @@ def build_copper_incremental_sensor(
         now = int(clock())
         try:
             with copper.client() as client:
-                newest = {name: client.newest_modified(name) for name in SORTABLE_OBJECTS}
-                since = cursor.activities_checked
-                activities_changed = since is None or client.activity_exists_since(since, until=now)
+                newest, activities_changed = ask_copper(client, cursor, now)
         except ApiError as exc:
             # The cursor is left as it was: the tick after the key is fixed picks up from here.
             reason = "Unauthorized" if isinstance(exc, ApiAuthError) else str(exc)
@@ -419,16 +438,7 @@ def build_copper_incremental_sensor(
                 f"Copper poll failed ({reason}): {exc}. Nothing requested; the next tick "
                 "retries from the same cursor."
             )
-        runs, advanced = plan_incremental_runs(
-            cursor,
-            newest,
-            activities_changed,
-            now,
-            start_date=settings.copper.start_date,
-            rescan_days=settings.copper.activity_rescan_days,
-            rescan_minutes=settings.copper.activity_rescan_minutes,
-            horizon_days=settings.copper.activity_horizon_days,
-        )
+        runs, advanced = plan_poll(settings, cursor, newest, activities_changed, now)
         fingerprint = canonical_json(newest)
         first_start = FirstStart()
         if copper_tables_empty():
