@@ -158,7 +158,7 @@ def _deliver_destination(
         state.fingerprints,
         force=forced,
         planhat_ids=state.planhat_ids,
-        in_doubt=inputs.in_doubt,
+        in_doubt=state.in_doubt,
     )
     skipped += ignored
     if config.test_mode:

@@ -162,9 +162,13 @@ def latest_statuses(
     return {str(key): str(status) for key, status in rows}
 
 
-def in_doubt_keys(conn: duckdb.DuckDBPyConnection | None, target: str) -> set[str]:
-    """Keys whose last call went out and was never answered (see ``IN_DOUBT``)."""
-    return {k for k, s in latest_statuses(conn, target, among=IN_DOUBT).items() if s in IN_DOUBT}
+def in_doubt_keys(
+    conn: duckdb.DuckDBPyConnection | None, target: str, keys: Collection[str] | None = None
+) -> set[str]:
+    """Keys (of ``keys`` only, when given) whose last call went out and was never answered
+    (see ``IN_DOUBT``)."""
+    latest = latest_statuses(conn, target, among=IN_DOUBT, keys=keys)
+    return {k for k, s in latest.items() if s in IN_DOUBT}
 
 
 def planhat_ids(

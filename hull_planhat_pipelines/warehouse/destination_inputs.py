@@ -52,13 +52,13 @@ class DestinationInputs:
     """How many rows the source SQL returned in all."""
     remembered: bool
     """Rows the memo vouches for were left out (``destination_memo``)."""
-    in_doubt: set[str]
 
 
 @dataclass(frozen=True)
 class DeliveryState:
     fingerprints: pd.DataFrame
     planhat_ids: dict[str, str]
+    in_doubt: set[str]
 
 
 def destination_inputs(
@@ -96,7 +96,6 @@ def destination_inputs(
             source=source,
             rows=int(rows),
             remembered=remembered,
-            in_doubt=in_doubt_keys(conn, destination.name),
         )
 
 
@@ -126,7 +125,11 @@ def _unvouched_rows(
 
 
 def delivery_state(database: str, target: str, keys: Collection[str]) -> DeliveryState:
-    """What was last delivered to ``target`` under ``keys``: fingerprints and Planhat ids."""
+    """What was last delivered to ``target`` under ``keys``: fingerprints, Planhat ids and the
+    keys in doubt (read for ``keys`` only: every create is journaled as an intent first, so
+    all keys ever sent would otherwise be read)."""
     with read_only(database) as conn:
         fingerprints = fingerprints_of_keys(conn, target, keys)
-        return DeliveryState(fingerprints, planhat_ids(conn, target, keys))
+        return DeliveryState(
+            fingerprints, planhat_ids(conn, target, keys), in_doubt_keys(conn, target, keys)
+        )

@@ -1,5 +1,5 @@
 """What a delivery reads before it sends is read for the records it sends, not for every record
-ever delivered: the settlement inputs, the items left in flight."""
+ever delivered: the settlement inputs, the items left in flight, the keys in doubt."""
 
 from pathlib import Path
 
@@ -9,6 +9,7 @@ import pandas as pd
 from hull_planhat_pipelines.warehouse.deliveries import (
     FINGERPRINTS,
     FINGERPRINTS_DDL,
+    in_doubt_keys,
     pending_keys,
     settlement_inputs,
 )
@@ -89,3 +90,8 @@ def test_items_left_in_flight_are_looked_up_among_the_records_sent(tmp_path: Pat
         )
     assert pending_keys(database, "activities", ["e1", "e2", "e4", "e9"]) == {"e2"}
     assert pending_keys(database, "activities", []) == set()
+    # a destination's creates, journaled as intents first: the keys it maps now only
+    with duckdb.connect(database, read_only=True) as conn:
+        assert in_doubt_keys(conn, "activities") == {"e2", "e3"}
+        assert in_doubt_keys(conn, "activities", ["e1", "e3"]) == {"e3"}
+        assert in_doubt_keys(conn, "activities", []) == set()
