@@ -164,13 +164,31 @@ def open_connection(path: str, *, read_only: bool) -> WarehouseConnection:
     return WarehouseConnection(cursor, key, attachment)
 
 
+def _spill_beside(host: duckdb.DuckDBPyConnection, key: str) -> bool:
+    """Point ``host``'s spills beside the file, as a connection to the file would put them.
+
+    An instance that has spilled keeps its temporary directory: DuckDB refuses to set it again,
+    even to the same path. False when ``host`` spilled elsewhere (it cannot serve ``key``)."""
+    wanted = key + ".tmp"
+    row = host.execute("select current_setting('temp_directory')").fetchone()
+    if row is not None and row[0] == wanted:
+        return True
+    try:
+        host.execute(f"set temp_directory = {quote(wanted)}")
+    except duckdb.NotImplementedException:
+        return False
+    return True
+
+
 def _attach(key: str, *, read_only: bool) -> _Attachment:
     host, born = _host()
     catalog = _catalog(key)
     mode = " (read_only)" if read_only else ""
     try:
-        # spills go beside the file, as a connection to the file would put them
-        host.execute(f"set temp_directory = {quote(key + '.tmp')}")
+        if not _spill_beside(host, key):  # a kept instance that spilled for another file
+            host.close()
+            host, born = duckdb.connect(":memory:"), _resident()
+            _spill_beside(host, key)
         host.execute(f"attach {quote(key)} as {ident(catalog)}{mode}")
     except BaseException:
         _release_host(host, born)

@@ -269,3 +269,40 @@ def test_a_connection_collected_while_another_one_opens_is_closed_after_it(
     other.close()
     conn.close()
     assert _other_process_opens(Path(path)) == "opened"
+
+
+def test_a_kept_instance_that_spilled_serves_its_file_again_and_another_file_gets_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step larger than memory spills to the file's ``.tmp`` directory; DuckDB then refuses
+    to set an instance's temporary directory again, even to the same path. The next connection
+    of the process (the rest of an in-process sync) must still open: on the same file the kept
+    instance serves it as it is, on another file a new instance spills beside that file."""
+    monkeypatch.setattr(attachments, "KEEP_BELOW_BYTES", 2**40)
+    monkeypatch.setattr(attachments, "_idle", [])
+    path, other = str(tmp_path / "w.duckdb"), str(tmp_path / "other.duckdb")
+    conn = connect(path)
+    host = attachments._attached[os.path.abspath(path)].host
+    conn.execute("set threads = 1")
+    conn.execute("set memory_limit = '30MB'")
+    conn.execute(
+        "create temp table big as select range r, md5(range::varchar) m from range(2000000)"
+    )
+    assert conn.execute("select count(*) from (select m from big order by m desc)").fetchone() == (
+        2000000,
+    )
+    assert Path(path + ".tmp").exists()  # it spilled
+    conn.execute("drop table big")
+    conn.execute("reset memory_limit")
+    conn.execute("reset threads")
+    conn.close()
+    assert [idle for idle, _ in attachments._idle] == [host]
+
+    with connect(path) as again:  # the same file: the kept instance, its directory as it is
+        assert attachments._attached[os.path.abspath(path)].host is host
+        assert again.execute("select 1").fetchone() == (1,)
+    with connect(other) as elsewhere:  # another file: an instance of its own
+        served = attachments._attached[os.path.abspath(other)].host
+        assert served is not host
+        setting = elsewhere.execute("select current_setting('temp_directory')").fetchone()
+        assert setting == (os.path.abspath(other) + ".tmp",)
