@@ -318,20 +318,6 @@ def activity_dated_in(copper: CopperSandbox, low: int, high: int) -> bool:
         return bool(((dates >= low) & (dates <= high)).any())
 
 
-def saved_poll_cursor(database: str) -> str | None:
-    """The command line's Copper cursor as the last clean sync left it (read, not taken)."""
-    from hull_planhat_pipelines.orchestration import COMMAND_LINE_POLL
-    from hull_planhat_pipelines.warehouse import read_only, table_exists
-
-    with read_only(database) as conn:
-        if conn is None or not table_exists(conn, "ops", "poll_cursors"):
-            return None
-        rows = conn.execute(
-            "select cursor from ops.poll_cursors where name = ?", [COMMAND_LINE_POLL]
-        ).fetchall()
-    return rows[0][0] if rows else None
-
-
 def polled_window(
     copper: CopperSandbox, cursor_text: str, now: int, settings: Any
 ) -> tuple[Window, set[str], Counter[str]]:
@@ -580,9 +566,14 @@ def one_pass(
     since: int | None = None,
 ) -> dict[str, Any]:
     from hull_planhat_pipelines.cli import run_sync
-    from hull_planhat_pipelines.orchestration import SNAPSHOT_TARGETS, catch_up_since
+    from hull_planhat_pipelines.orchestration import (
+        COMMAND_LINE_POLL,
+        SNAPSHOT_TARGETS,
+        catch_up_since,
+    )
     from hull_planhat_pipelines.sync.planhat.snapshot_due import snapshot_due
     from hull_planhat_pipelines.warehouse import snapshot_age
+    from hull_planhat_pipelines.warehouse.poll_cursors import read_poll_cursor
 
     settings = load_settings()
     # Copper dates are whole seconds: no edit shares the pass's second, nor the one before,
@@ -592,7 +583,8 @@ def one_pass(
     started = int(time.time())
     today = _utc_day(started)
     resume = None if full else catch_up_since(settings, today)
-    saved = None if resume is None else saved_poll_cursor(database)
+    # the command line's Copper cursor as the last clean sync left it (read, not taken)
+    saved = None if resume is None else read_poll_cursor(COMMAND_LINE_POLL, database)
     ahead = today + dt.timedelta(days=settings.copper.activity_horizon_days)
     probes: Counter[str] = Counter()
     if saved is not None:  # the last clean sync's cursor: what changed since, after probes

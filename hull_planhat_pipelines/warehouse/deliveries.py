@@ -116,15 +116,23 @@ def fingerprints_table(
     ).fetchdf()
 
 
+def _among_keys(keys: Collection[str] | None) -> tuple[str, list[object]]:
+    """SQL narrowing a ``key`` column to ``keys`` (`` and ...``) with its parameter; nothing
+    when ``keys`` is None (every key)."""
+    if keys is None:
+        return "", []
+    return " and key in (select unnest(?))", [sorted(keys)]
+
+
 def fingerprints_of_keys(
     conn: duckdb.DuckDBPyConnection | None, target: str, keys: Collection[str] | None
 ) -> pd.DataFrame:
     """``target``'s fingerprints of ``keys`` (None: all of them)."""
     if keys is None or conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
         return fingerprints_table(conn, [target])
+    among, params = _among_keys(keys)
     return conn.execute(
-        f"select * from {FINGERPRINTS} where target = ? and key in (select unnest(?))",
-        [target, sorted(keys)],
+        f"select * from {FINGERPRINTS} where target = ?{among}", [target, *params]
     ).fetchdf()
 
 
@@ -140,11 +148,9 @@ def latest_statuses(
     had one of these statuses (empty: every key); ``keys``: only these."""
     if conn is None or not table_exists(conn, "planhat", "deliveries"):
         return {}
-    params: list[object] = [target]
-    where = "target = ?"
-    if keys is not None:
-        where += " and key in (select unnest(?))"
-        params.append(sorted(keys))
+    narrowed, keys_param = _among_keys(keys)
+    where = "target = ?" + narrowed
+    params: list[object] = [target, *keys_param]
     if among:
         marks = ", ".join("?" for _ in among)
         where += (
@@ -178,12 +184,12 @@ def planhat_ids(
     given)."""
     if conn is None or not has_column(conn, FINGERPRINTS, "planhat_id"):
         return {}
-    among = "" if keys is None else " and key in (select unnest(?))"
+    among, params = _among_keys(keys)
     rows = run(
         conn,
         f"select key, planhat_id from {FINGERPRINTS} where target = ? and planhat_id is not null"
         + among,
-        [target] if keys is None else [target, sorted(keys)],
+        [target, *params],
     )
     return {str(key): str(value) for key, value in rows}
 
@@ -194,11 +200,12 @@ def delivered_at(
     """key -> when its fingerprint last advanced, for ``target`` (the keys ``among`` only)."""
     if conn is None or not table_exists(conn, "planhat", "delivery_fingerprints"):
         return {}
-    sql, params = f"select key, delivered_at from {FINGERPRINTS} where target = ?", [target]
-    if among is not None:
-        sql += " and key in (select unnest(?))"
-        params.append(sorted(among))
-    rows = run(conn, sql, params)
+    narrowed, params = _among_keys(among)
+    rows = run(
+        conn,
+        f"select key, delivered_at from {FINGERPRINTS} where target = ?{narrowed}",
+        [target, *params],
+    )
     return {str(key): pd.Timestamp(value) for key, value in rows}
 
 
@@ -210,15 +217,12 @@ def settlement_history(
     fingerprints on its rows)."""
     if conn is None or not has_column(conn, DELIVERIES, "fingerprint"):
         return pd.DataFrame(columns=["key", "status", "fingerprint", "delivered_at"])
-    among_sql, params = "", [target, target]
-    if among is not None:
-        among_sql = " and key in (select unnest(?))"
-        params.append(sorted(among))
+    narrowed, params = _among_keys(among)
     history = conn.execute(
         "select key, status, fingerprint, delivered_at from planhat.deliveries "
         "where target = ? and key in (select key from planhat.deliveries where target = ? "
-        f"and status in ('unconfirmed', 'ignored', 'dropped'){among_sql})",
-        params,
+        f"and status in ('unconfirmed', 'ignored', 'dropped'){narrowed})",
+        [target, target, *params],
     ).fetchdf()
     history["delivered_at"] = pd.to_datetime(history["delivered_at"], utc=True)
     return history
@@ -253,11 +257,10 @@ def snapshot_keys(
     at = pd.Timestamp(row[0]) if row and row[0] is not None else None
     if at is not None and at.tzinfo is None:
         at = at.tz_localize("UTC")
-    sql, params = f"select key from ({_snapshot_keys_sql(target)}) where key is not null", []
-    if among is not None:
-        sql += " and key in (select unnest(?))"
-        params.append(sorted(among))
-    found = conn.execute(sql, params)
+    narrowed, params = _among_keys(among)
+    found = conn.execute(
+        f"select key from ({_snapshot_keys_sql(target)}) where key is not null{narrowed}", params
+    )
     return {str(key) for (key,) in found.fetchall()}, at
 
 

@@ -30,15 +30,21 @@ _DDL = (
 )
 
 
-def take_poll_cursor(name: str, settings: str, path: str | None = None) -> str | None:
-    """The cursor saved under ``name``, removed from the warehouse; ``None`` when there is none
-    (never saved, taken by a sync that did not end cleanly, or no warehouse yet) or when it was
-    saved under other ``settings`` (a fingerprint of the configuration)."""
+def read_poll_cursor(name: str, path: str | None = None) -> str | None:
+    """The cursor saved under ``name``, left in place; ``None`` when there is none (never saved,
+    taken by a sync that did not end cleanly, or no warehouse yet)."""
     with read_only(path) as conn:
         if conn is None or not table_exists(conn, "ops", "poll_cursors"):
             return None
-        if not run(conn, f"select 1 from {POLL_CURSORS} where name = ?", [name]):
-            return None
+        rows = run(conn, f"select cursor from {POLL_CURSORS} where name = ?", [name])
+    return rows[0][0] if rows else None
+
+
+def take_poll_cursor(name: str, settings: str, path: str | None = None) -> str | None:
+    """The cursor saved under ``name``, removed from the warehouse; ``None`` when there is none
+    or when it was saved under other ``settings`` (a fingerprint of the configuration)."""
+    if read_poll_cursor(name, path) is None:  # nothing to take: no write
+        return None
     conn = connect(path or warehouse_path())
     try:
         rows = run(
