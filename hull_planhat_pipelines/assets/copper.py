@@ -93,7 +93,7 @@ def _fetch(
     start: int | None,
     end: int,
 ) -> tuple[pd.DataFrame, list[int], dict[str, Any]]:
-    metadata = client.metadata()
+    metadata = client.metadata(run=context.run_id)
     type_ids = _activity_type_ids(metadata) if obj.name == "activities" else None
     records: list[dict[str, Any]] = []
     pages = 0

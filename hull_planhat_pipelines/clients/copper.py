@@ -155,25 +155,32 @@ class MetadataCache:
 
     Each Copper asset needs the same lookups; without sharing, a five-object poll spends
     most of its requests (and of Copper's 180 a minute) re-reading them. Keyed by API base URL
-    and user so two accounts never share an entry.
+    and user so two accounts never share an entry. An entry fetched for a run serves that run
+    however long it lasts: its objects are mapped with one version of the custom fields, and a
+    full fetch longer than ``ttl`` does not read them twice (the next run reads them afresh).
     """
 
     def __init__(self, ttl: float = 300.0, clock: Clock = time.monotonic) -> None:
         self.ttl = ttl
         self._clock = clock
-        self._entries: dict[tuple[str, str], tuple[float, CopperMetadata]] = {}
+        self._entries: dict[tuple[str, str], tuple[float, CopperMetadata, str | None]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> CopperMetadata | None:
+    def get(self, key: tuple[str, str], run: str | None = None) -> CopperMetadata | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or self._clock() - entry[0] >= self.ttl:
+            if entry is None:
                 return None
-            return entry[1]
+            fetched, metadata, fetched_for = entry
+            if run is not None and fetched_for == run:
+                return metadata
+            if self._clock() - fetched >= self.ttl:
+                return None
+            return metadata
 
-    def put(self, key: tuple[str, str], metadata: CopperMetadata) -> None:
+    def put(self, key: tuple[str, str], metadata: CopperMetadata, run: str | None = None) -> None:
         with self._lock:
-            self._entries[key] = (self._clock(), metadata)
+            self._entries[key] = (self._clock(), metadata, run)
 
 
 SHARED_METADATA = MetadataCache()
@@ -396,16 +403,16 @@ class CopperClient:
         return records, int_or_none(response.headers.get("X-PW-TOTAL"))
 
     # -- metadata ----------------------------------------------------------------------------
-    def metadata(self) -> CopperMetadata:
+    def metadata(self, run: str | None = None) -> CopperMetadata:
         """Every lookup that ids in records point to, users paged through to the end (from the
-        shared cache when one was given and is fresh)."""
+        shared cache when one was given and is fresh, or was fetched for the same ``run``)."""
         cache = self._metadata_cache
-        cached = cache.get(self._cache_key) if cache is not None else None
+        cached = cache.get(self._cache_key, run) if cache is not None else None
         if cached is not None:
             return cached
         fresh = self._fetch_metadata()
         if cache is not None:
-            cache.put(self._cache_key, fresh)
+            cache.put(self._cache_key, fresh, run)
         return fresh
 
     def _fetch_metadata(self) -> CopperMetadata:

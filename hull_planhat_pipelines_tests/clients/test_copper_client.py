@@ -621,3 +621,31 @@ def test_clients_sharing_a_metadata_cache_read_the_lookups_once_per_ttl(
         assert third.stats.requests == spent
     with CopperClient(sandbox.base_url, "other-key", SANDBOX_EMAIL) as other:
         assert cache.get(("x", SANDBOX_EMAIL)) is None and other._metadata_cache is None
+
+
+def test_a_run_reads_the_metadata_once_however_long_it_lasts(
+    sandbox: CopperSandbox, time: FakeTime
+) -> None:
+    """A full fetch longer than the cache's life maps every object with the lookups its first
+    asset read; another run, or a client outside a run, reads them again once they are old."""
+    cache = MetadataCache(ttl=300, clock=time.clock)
+
+    def requests_for(run: str | None) -> int:
+        with CopperClient(
+            sandbox.base_url,
+            SANDBOX_KEY,
+            SANDBOX_EMAIL,
+            requests_per_minute=None,
+            metadata_cache=cache,
+        ) as client:
+            client.metadata(run=run)
+            return client.stats.requests
+
+    spent = requests_for("run-1")
+    assert spent > 0
+    time.sleep(900)  # a nine-minute fetch of the first object
+    assert requests_for("run-1") == 0
+    assert requests_for("run-2") == spent  # a later run: old lookups are read again
+    assert requests_for("run-2") == 0
+    time.sleep(300)
+    assert requests_for(None) == spent  # outside a run: the entry's age decides
