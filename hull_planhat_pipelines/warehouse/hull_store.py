@@ -77,12 +77,9 @@ def _all_ids(table: str) -> str:
 
 def _alive_among(conn: duckdb.DuckDBPyConnection, table: str, ids: str) -> pd.Series:
     """The ids of ``ids`` (SQL, text) still in ``copper.<table>``: the table is filtered by
-    them before anything is kept, so the cost is a scan, not a set of every id. The ids are
-    compared as the table keeps them (``BIGINT``): casting every stored id to text made the
-    scan cost twice as much (a text that is no integer names no record)."""
+    them before anything is kept, so the cost is a scan, not a set of every id."""
     rows = conn.execute(
-        f"select distinct id::varchar from copper.{table}"
-        f" where id in (select try_cast(held as bigint) from {ids} as given(held))"
+        f"select distinct id::varchar from copper.{table} where id::varchar in {ids}"
     ).fetchall()
     return pd.Series([row[0] for row in rows], dtype=object)
 
