@@ -596,19 +596,24 @@ def test_seeded_objects_frame_without_problems(
     assert not activities["fields"].str.contains("&amp;|&#x27;|&quot;").any()
 
 
+def _sharing(sandbox: CopperSandbox, cache: MetadataCache) -> CopperClient:
+    """A sandbox client on ``cache``, unthrottled."""
+    return CopperClient(
+        sandbox.base_url,
+        SANDBOX_KEY,
+        SANDBOX_EMAIL,
+        requests_per_minute=None,
+        metadata_cache=cache,
+    )
+
+
 def test_clients_sharing_a_metadata_cache_read_the_lookups_once_per_ttl(
     sandbox: CopperSandbox, time: FakeTime
 ) -> None:
     cache = MetadataCache(ttl=300, clock=time.clock)
 
     def client() -> CopperClient:
-        return CopperClient(
-            sandbox.base_url,
-            SANDBOX_KEY,
-            SANDBOX_EMAIL,
-            requests_per_minute=None,
-            metadata_cache=cache,
-        )
+        return _sharing(sandbox, cache)
 
     with client() as first:
         first.metadata()
@@ -631,13 +636,7 @@ def test_a_run_reads_the_metadata_once_however_long_it_lasts(
     cache = MetadataCache(ttl=300, clock=time.clock)
 
     def requests_for(run: str | None) -> int:
-        with CopperClient(
-            sandbox.base_url,
-            SANDBOX_KEY,
-            SANDBOX_EMAIL,
-            requests_per_minute=None,
-            metadata_cache=cache,
-        ) as client:
+        with _sharing(sandbox, cache) as client:
             client.metadata(run=run)
             return client.stats.requests
 
