@@ -158,6 +158,9 @@ class MetadataCache:
     and user so two accounts never share an entry. An entry fetched for a run serves that run
     however long it lasts: its objects are mapped with one version of the custom fields, and a
     full fetch longer than ``ttl`` does not read them twice (the next run reads them afresh).
+    One entry an account: a run in the same process that reads them afresh meanwhile replaces
+    it, and the first run then uses that newer version (runs launched by the daemon each have
+    a process of their own; the command line runs one at a time).
     """
 
     def __init__(self, ttl: float = 300.0, clock: Clock = time.monotonic) -> None:
