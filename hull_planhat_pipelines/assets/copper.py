@@ -188,6 +188,24 @@ def partition_metadata(
     return found
 
 
+def _require_partitions(context: dg.AssetExecutionContext, asset: str) -> None:
+    """A launch without a partition (a script or a GraphQL client that forgot one; the UI
+    always asks) fails at once and is not retried: every retry would fail the same way."""
+    if context.has_partition_key or context.has_partition_key_range:
+        return
+    keys = context.assets_def.partitions_def
+    span = (
+        f"{keys.get_first_partition_key()}..{keys.get_last_partition_key()}"
+        if keys is not None
+        else "none"
+    )
+    raise dg.Failure(
+        f"{asset} is partitioned by UTC year ({span}): launch it with a partition key, or with "
+        "a partition range as a backfill or the fetch-all schedule does.",
+        allow_retries=False,
+    )
+
+
 def build_copper_asset(
     obj: CopperObject, settings: Settings, partitions_def: dg.PartitionsDefinition
 ) -> dg.AssetsDefinition:
@@ -212,6 +230,7 @@ def build_copper_asset(
         context: dg.AssetExecutionContext, copper: CopperResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
         asset = f"copper/{obj.name}"
+        _require_partitions(context, asset)
         partitions_def = context.assets_def.partitions_def
         assert isinstance(partitions_def, dg.TimeWindowPartitionsDefinition)
         window = context.partition_time_window

@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,6 +247,29 @@ def test_wrong_credentials_stop_the_run_and_log_unauthorized_without_the_key(
     assert ("incoming.job.error", "Unauthorized") in rows
     attempts = pipeline.copper.server.recorded()
     assert all(r.status == 401 for r in attempts) and len(attempts) <= 5  # once per asset
+
+
+def test_a_launch_without_a_partition_fails_at_once_and_says_what_to_pass(
+    pipeline: Pipeline,
+) -> None:
+    """Reproduced over GraphQL: a ``copper_sync`` launched with no partition key failed each
+    step inside Dagster's own partition lookup, then retried it three times for minutes."""
+    started = time.monotonic()
+    result = pipeline.run("copper_sync")
+    assert not result.success
+    assert time.monotonic() - started < 20  # no retry waits (the first is about 30 s)
+    events = pipeline.instance.all_logs(result.run_id)
+    kinds = [e.dagster_event.event_type_value for e in events if e.dagster_event]
+    assert "STEP_UP_FOR_RETRY" not in kinds
+    failures = [
+        e.dagster_event for e in events if e.dagster_event and e.dagster_event.is_step_failure
+    ]
+    assert failures
+    for failure in failures:
+        message = failure.step_failure_data.error.message
+        assert "partitioned by UTC year" in message and "partition range" in message
+    assert pipeline.copper.server.recorded() == []  # nothing was asked of Copper
+    assert not pipeline.warehouse.exists()  # nor written
 
 
 def _sensor_tick(pipeline: Pipeline, cursor: str | None, api_key: str | None = None) -> Any:
