@@ -10,8 +10,8 @@ FETCH_RETRY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 """A fetch that failed past its client's own retries (an outage, not a 429) is tried again
-after about 30 s, 1 min and 2 min. Refused credentials and past Planhat partitions are raised
-with ``allow_retries=False``: retrying cannot fix them."""
+after about 30 s, 1 min and 2 min. Refused credentials and a launch without a partition are
+raised with ``allow_retries=False``: retrying cannot fix them."""
 
 
 def copper_freshness(settings: Settings) -> dg.FreshnessPolicy:
