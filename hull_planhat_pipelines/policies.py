@@ -4,14 +4,29 @@ import datetime as dt
 
 import dagster as dg
 
+from hull_planhat_pipelines.clients.http import ApiError
 from hull_planhat_pipelines.settings import Settings
 
 FETCH_RETRY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 """A fetch that failed past its client's own retries (an outage, not a 429) is tried again
-after about 30 s, 1 min and 2 min. Refused credentials and a launch without a partition are
-raised with ``allow_retries=False``: retrying cannot fix them."""
+after about 30 s, 1 min and 2 min. Refused credentials, other refusals (``retry_can_help``)
+and a launch without a partition are raised with ``allow_retries=False``: retrying cannot fix
+them."""
+
+TRANSIENT_REFUSALS = frozenset({408, 425, 429})
+"""4xx answers that say "not now" rather than "not this": a later try may succeed."""
+
+
+def retry_can_help(exc: ApiError) -> bool:
+    """Whether trying the step again minutes later may succeed where the client's own retries
+    did not: an outage (5xx), no answer at all, a malformed body (often a proxy's). Any other
+    4xx refuses the request itself (a bad search, a path the API does not have, refused
+    credentials): every try gets the same answer, so the run fails at once instead of after
+    three more."""
+    status = exc.status
+    return status is None or status < 400 or status >= 500 or status in TRANSIENT_REFUSALS
 
 
 def copper_freshness(settings: Settings) -> dg.FreshnessPolicy:

@@ -23,7 +23,12 @@ from tqdm import tqdm
 from hull_planhat_pipelines.assets.reporting import record_events
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
 from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
-from hull_planhat_pipelines.policies import FETCH_RETRY, change_metadata, copper_freshness
+from hull_planhat_pipelines.policies import (
+    FETCH_RETRY,
+    change_metadata,
+    copper_freshness,
+    retry_can_help,
+)
 from hull_planhat_pipelines.resources import CopperResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper.polling import parse_window
@@ -266,6 +271,8 @@ def build_copper_asset(
                 asset=asset,
                 database=warehouse.database,
             )
+            if not retry_can_help(exc):
+                raise dg.Failure(str(exc), allow_retries=False) from None
             raise
         where = CopperSlice(
             first=window.start.date(),

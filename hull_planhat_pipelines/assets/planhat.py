@@ -17,9 +17,14 @@ import dagster as dg
 import pandas as pd
 
 from hull_planhat_pipelines.assets.reporting import record_events
-from hull_planhat_pipelines.clients.http import ApiAuthError
+from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
-from hull_planhat_pipelines.policies import FETCH_RETRY, change_metadata, planhat_freshness
+from hull_planhat_pipelines.policies import (
+    FETCH_RETRY,
+    change_metadata,
+    planhat_freshness,
+    retry_can_help,
+)
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
@@ -72,16 +77,21 @@ def _snapshot_metadata(frame: pd.DataFrame, client: PlanhatClient) -> dict[str, 
     }
 
 
-def _auth_failure(
-    context: dg.AssetExecutionContext, asset: str, exc: ApiAuthError, database: str
-) -> dg.Failure:
+def _fetch_failed(
+    context: dg.AssetExecutionContext, asset: str, model: str, exc: ApiError, database: str
+) -> None:
+    """Log ``incoming.job.error``; a refusal (credentials, a bad request) then fails the step
+    for good. An outage returns, for the caller to raise as it came: the step retry tries it
+    again."""
+    reason = "Unauthorized" if isinstance(exc, ApiAuthError) else str(exc)
     record_events(
         context,
-        [SyncEvent(event="incoming.job.error", reason="Unauthorized")],
+        [SyncEvent(event="incoming.job.error", object_type=model, reason=reason)],
         asset=asset,
         database=database,
     )
-    return dg.Failure(str(exc), allow_retries=False)
+    if isinstance(exc, ApiAuthError) or not retry_can_help(exc):
+        raise dg.Failure(str(exc), allow_retries=False) from None
 
 
 @dataclass(frozen=True)
@@ -143,8 +153,9 @@ def build_snapshot_asset(
                 records = _pages(context, asset, snapshot.pages(client, select))
                 frame = snapshot.frame(records, fetched_at=now)
                 metadata = _snapshot_metadata(frame, client)
-        except ApiAuthError as exc:
-            raise _auth_failure(context, asset, exc, warehouse.database) from None
+        except ApiError as exc:
+            _fetch_failed(context, asset, snapshot.model, exc, warehouse.database)
+            raise
         stored = write_snapshot(warehouse.database, snapshot.model, frame, now)
         metadata |= stored.schema
         return dg.MaterializeResult(
@@ -182,10 +193,11 @@ def build_planhat_assets(settings: Settings, clock: Clock = _utc_now) -> list[dg
             with planhat.client() as client:
                 frame = users_frame(client.list_users(), fetched_at=clock())
                 metadata = _snapshot_metadata(frame, client)
-        except ApiAuthError as exc:
-            raise _auth_failure(
-                context, TEAM_MEMBERS_KEY.to_user_string(), exc, warehouse.database
-            ) from None
+        except ApiError as exc:
+            _fetch_failed(
+                context, TEAM_MEMBERS_KEY.to_user_string(), "users", exc, warehouse.database
+            )
+            raise
         written = replace_table(warehouse.database, TEAM_MEMBERS_TABLE, frame, report_change=True)
         changed, existed = written.pop("changed"), written.pop("existed")
         return dg.MaterializeResult(

@@ -18,6 +18,7 @@ import yaml
 
 from hull_planhat_pipelines import orchestration
 from hull_planhat_pipelines.assets import copper as copper_assets
+from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError, ApiResponseError
 from hull_planhat_pipelines.definitions import build_definitions
 from hull_planhat_pipelines.orchestration import (
     SENSOR_LOG_WAITS,
@@ -27,6 +28,7 @@ from hull_planhat_pipelines.orchestration import (
     log_sensor_error,
     range_tags,
 )
+from hull_planhat_pipelines.policies import retry_can_help
 from hull_planhat_pipelines.resources import CopperResource
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
@@ -270,6 +272,76 @@ def test_a_launch_without_a_partition_fails_at_once_and_says_what_to_pass(
         assert "partitioned by UTC year" in message and "partition range" in message
     assert pipeline.copper.server.recorded() == []  # nothing was asked of Copper
     assert not pipeline.warehouse.exists()  # nor written
+
+
+@pytest.mark.parametrize(
+    ("exc", "again"),
+    [
+        (ApiError("Copper", "reset", ambiguous=True), True),  # no answer: an outage
+        (ApiResponseError("Copper", "malformed JSON", 200), True),  # often a proxy's page
+        (ApiError("Copper", "answered 503", 503), True),
+        (ApiError("Copper", "answered 429", 429), True),
+        (ApiError("Copper", "answered 408", 408), True),
+        (ApiError("Copper", "answered 400", 400), False),
+        (ApiError("Planhat", "answered 404", 404), False),
+        (ApiError("Copper", "answered 422", 422), False),
+        (ApiAuthError("Planhat", "Unauthorized", 401), False),
+    ],
+)
+def test_only_failures_a_later_try_may_fix_are_retried(exc: ApiError, again: bool) -> None:
+    assert retry_can_help(exc) is again
+
+
+def _step_retries(pipeline: Pipeline, run_id: str) -> list[str]:
+    events = pipeline.instance.all_logs(run_id)
+    return [
+        e.dagster_event.step_key or ""
+        for e in events
+        if e.dagster_event and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"
+    ]
+
+
+def test_a_refused_copper_search_fails_its_step_at_once_and_is_logged(
+    pipeline: Pipeline,
+) -> None:
+    """A 4xx that is not a "not now" gets the same answer every time: no step retry."""
+    pipeline.copper.server.faults.add(status=400, path="^/people/search", times=10**6)
+    started = time.monotonic()
+    result = pipeline.run("copper_sync", partition_key=copper_partition_key(pipeline.today))
+    assert not result.success
+    assert time.monotonic() - started < 20  # the first retry would wait about 30 s
+    assert _step_retries(pipeline, result.run_id) == []
+    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    assert failed == {"copper__people"}  # the other objects were fetched
+    rows = pipeline.query(
+        "select object_type, reason from ops.sync_log where event = 'incoming.job.error'"
+    )
+    assert [object_type for object_type, _ in rows] == ["people"]
+    assert "answered 400" in rows[0][1] and pipeline.copper.api_key not in rows[0][1]
+    searches = pipeline.copper.server.recorded()
+    assert sum(r.path.startswith("/people/search") for r in searches) == 1  # asked once
+
+
+def test_a_refused_planhat_list_fails_the_snapshot_at_once_and_is_logged(
+    pipeline: Pipeline,
+) -> None:
+    """Before, only refused credentials were logged: any other failure of a Planhat fetch left
+    no ``incoming.job.error`` behind, and a 404 was retried for minutes."""
+    pipeline.planhat.rest.faults.add(status=404, path="^/endusers$", method="GET", times=10**6)
+    started = time.monotonic()
+    result = pipeline.run("planhat_fetch")
+    assert not result.success
+    assert time.monotonic() - started < 20
+    assert _step_retries(pipeline, result.run_id) == []
+    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    assert failed == {"planhat__enduser_snapshots"}
+    rows = pipeline.query(
+        "select asset, object_type, reason from ops.sync_log where event = 'incoming.job.error'"
+    )
+    assert len(rows) == 1
+    asset, object_type, reason = rows[0]
+    assert (asset, object_type) == ("planhat/enduser_snapshots", "endusers")
+    assert "answered 404" in reason and pipeline.planhat.api_token not in reason
 
 
 def _sensor_tick(pipeline: Pipeline, cursor: str | None, api_key: str | None = None) -> Any:
