@@ -31,7 +31,9 @@ warehouse. Peak memory is the process's resident high-water mark (Linux ``VmHWM`
 each job), so it includes both sandboxes' data; each step's share is the resident memory
 sampled every 10 ms inside it, above what the job began with. The sandboxes answer from threads
 of this process: the CPU their handlers spent (``sandbox_cpu_seconds``) is printed beside each
-pass, time that, under one interpreter lock, the pipeline's own threads could not have.
+pass, time that, under one interpreter lock, the pipeline's own threads could not have. Each
+pass also says how much of the warehouse file the page cache held when it began, so that a
+slow pass can be told apart from one that read the warehouse back from disk.
 
 ``--compare`` runs scale 10 with ``--change 0.01`` and scale 100 with ``--change 0.001`` (the
 same 100 changed people) and compares the incremental passes' cycle: every job but the Planhat
@@ -52,9 +54,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import datetime as dt
 import json
 import math
+import mmap
 import os
 import random
 import re
@@ -117,6 +122,47 @@ def _rss_mb(field: str) -> float | None:
         return None
     found = re.search(rf"{field}:\s+(\d+)", status)
     return int(found.group(1)) / 1024 if found else None
+
+
+def page_cache_mb(path: str) -> tuple[float, float] | None:
+    """How much of the file at ``path`` the kernel's page cache holds, and the file's size (MB),
+    by ``mincore`` on a mapping that reads nothing. A full pass at scale 1,000 peaks near the
+    machine's memory, which may evict the warehouse before the next pass (at scale 100, a pass
+    started with it evicted took no longer). ``None`` where ``mincore`` is not available."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return 0.0, 0.0
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        pages = -(-size // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if address in (None, ctypes.c_void_p(-1).value):
+                return None
+            try:
+                if libc.mincore(address, size, vector) != 0:
+                    return None
+            finally:
+                libc.munmap(address, size)
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return None
+    resident = int((np.frombuffer(vector, dtype=np.uint8) & 1).sum()) * mmap.PAGESIZE
+    return round(resident / 2**20, 1), round(size / 2**20, 1)
 
 
 def process_peak_mb() -> float:
@@ -622,6 +668,7 @@ def one_pass(
     sandbox_cpu_start = sum(server.cpu_seconds for server in servers)
 
     jobs: list[dict[str, Any]] = []
+    cached = page_cache_mb(database)
     baseline_mb = _rss_mb("VmRSS")
     began = time.perf_counter()
     with timed_jobs(jobs):
@@ -727,6 +774,9 @@ def one_pass(
         "jobs": jobs,
         "baseline_mb": round(baseline_mb, 1) if baseline_mb is not None else None,
         "cycle": cycle_cost(jobs, baseline_mb),
+        "warehouse_page_cache_mb": (
+            {"cached": cached[0], "file": cached[1]} if cached is not None else None
+        ),
     }
     print_pass(result)
     return result
@@ -746,6 +796,12 @@ def print_pass(p: dict[str, Any]) -> None:
         f"   of which the sandboxes' handlers: {p['sandbox_cpu_seconds']:.1f} s of CPU (in this"
         " process, under its one interpreter lock: time a real API would spend elsewhere)"
     )
+    cached = p.get("warehouse_page_cache_mb")
+    if cached and cached["file"]:
+        print(
+            f"   warehouse file at the start: {cached['cached']:,.0f} of {cached['file']:,.0f} MB"
+            " in the page cache"
+        )
     cycle = p.get("cycle")
     if cycle and cycle["jobs"]:
         print(
