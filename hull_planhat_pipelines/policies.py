@@ -4,14 +4,14 @@ import datetime as dt
 
 import dagster as dg
 
-from hull_planhat_pipelines.clients.http import ApiError
+from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
 from hull_planhat_pipelines.settings import Settings
 
 FETCH_RETRY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-"""A fetch that failed past its client's own retries (an outage, not a 429) is tried again
-after about 30 s, 1 min and 2 min. Refused credentials, other refusals (``retry_can_help``)
+"""A fetch that failed past its client's own retries (an outage, a 429 still refused) is tried
+again after 30 s ± 30 s, then about 1 min and 2 min. Refused credentials, other refusals (``retry_can_help``)
 and a launch without a partition are raised with ``allow_retries=False``: retrying cannot fix
 them."""
 
@@ -25,6 +25,8 @@ def retry_can_help(exc: ApiError) -> bool:
     4xx refuses the request itself (a bad search, a path the API does not have, refused
     credentials): every try gets the same answer, so the run fails at once instead of after
     three more."""
+    if isinstance(exc, ApiAuthError):
+        return False
     status = exc.status
     return status is None or status < 400 or status >= 500 or status in TRANSIENT_REFUSALS
 

@@ -198,12 +198,9 @@ def _require_partitions(context: dg.AssetExecutionContext, asset: str) -> None:
     always asks) fails at once and is not retried: every retry would fail the same way."""
     if context.has_partition_key or context.has_partition_key_range:
         return
-    keys = context.assets_def.partitions_def
-    span = (
-        f"{keys.get_first_partition_key()}..{keys.get_last_partition_key()}"
-        if keys is not None
-        else "none"
-    )
+    partitions = context.assets_def.partitions_def
+    assert partitions is not None  # every Copper asset is partitioned
+    span = f"{partitions.get_first_partition_key()}..{partitions.get_last_partition_key()}"
     raise dg.Failure(
         f"{asset} is partitioned by UTC year ({span}): launch it with a partition key, or with "
         "a partition range as a backfill or the fetch-all schedule does.",

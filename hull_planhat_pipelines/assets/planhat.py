@@ -79,10 +79,10 @@ def _snapshot_metadata(frame: pd.DataFrame, client: PlanhatClient) -> dict[str, 
 
 def _fetch_failed(
     context: dg.AssetExecutionContext, asset: str, model: str, exc: ApiError, database: str
-) -> None:
-    """Log ``incoming.job.error``; a refusal (credentials, a bad request) then fails the step
-    for good. An outage returns, for the caller to raise as it came: the step retry tries it
-    again."""
+) -> dg.Failure | None:
+    """Log ``incoming.job.error``. A refusal (credentials, a bad request) gets the ``Failure``
+    that ends the step for good; an outage gets ``None``, for the caller to raise the error as
+    it came, so that the step retry tries again."""
     reason = "Unauthorized" if isinstance(exc, ApiAuthError) else str(exc)
     record_events(
         context,
@@ -90,8 +90,9 @@ def _fetch_failed(
         asset=asset,
         database=database,
     )
-    if isinstance(exc, ApiAuthError) or not retry_can_help(exc):
-        raise dg.Failure(str(exc), allow_retries=False) from None
+    if retry_can_help(exc):
+        return None
+    return dg.Failure(str(exc), allow_retries=False)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ def build_snapshot_asset(
                 frame = snapshot.frame(records, fetched_at=now)
                 metadata = _snapshot_metadata(frame, client)
         except ApiError as exc:
-            _fetch_failed(context, asset, snapshot.model, exc, warehouse.database)
+            if failure := _fetch_failed(context, asset, snapshot.model, exc, warehouse.database):
+                raise failure from None
             raise
         stored = write_snapshot(warehouse.database, snapshot.model, frame, now)
         metadata |= stored.schema
@@ -194,9 +196,9 @@ def build_planhat_assets(settings: Settings, clock: Clock = _utc_now) -> list[dg
                 frame = users_frame(client.list_users(), fetched_at=clock())
                 metadata = _snapshot_metadata(frame, client)
         except ApiError as exc:
-            _fetch_failed(
-                context, TEAM_MEMBERS_KEY.to_user_string(), "users", exc, warehouse.database
-            )
+            asset = TEAM_MEMBERS_KEY.to_user_string()
+            if failure := _fetch_failed(context, asset, "users", exc, warehouse.database):
+                raise failure from None
             raise
         written = replace_table(warehouse.database, TEAM_MEMBERS_TABLE, frame, report_change=True)
         changed, existed = written.pop("changed"), written.pop("existed")
