@@ -185,6 +185,11 @@ class MetadataCache:
         with self._lock:
             self._entries[key] = (self._clock(), metadata, run)
 
+    def clear(self) -> None:
+        """Forget every entry (a test's sandbox may reuse the address of an earlier one)."""
+        with self._lock:
+            self._entries.clear()
+
 
 SHARED_METADATA = MetadataCache()
 """The process-wide cache the Dagster resource hands its clients."""
