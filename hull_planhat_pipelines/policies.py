@@ -11,9 +11,9 @@ FETCH_RETRY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 """A fetch that failed past its client's own retries (an outage, a 429 still refused) is tried
-again after 30 s ± 30 s, then about 1 min and 2 min. Refused credentials, other refusals (``retry_can_help``)
-and a launch without a partition are raised with ``allow_retries=False``: retrying cannot fix
-them."""
+again after 30 s ± 30 s, then about 1 min and 2 min. Refused credentials, other refusals
+(``retry_can_help``) and a launch without a partition are raised with
+``allow_retries=False``: retrying cannot fix them."""
 
 TRANSIENT_REFUSALS = frozenset({408, 425, 429})
 """4xx answers that say "not now" rather than "not this": a later try may succeed."""

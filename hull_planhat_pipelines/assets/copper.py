@@ -20,15 +20,10 @@ import dagster as dg
 import pandas as pd
 from tqdm import tqdm
 
-from hull_planhat_pipelines.assets.reporting import record_events
+from hull_planhat_pipelines.assets.reporting import fetch_failure
 from hull_planhat_pipelines.clients.copper import COPPER_OBJECTS, CopperClient, CopperObject
-from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
-from hull_planhat_pipelines.policies import (
-    FETCH_RETRY,
-    change_metadata,
-    copper_freshness,
-    retry_can_help,
-)
+from hull_planhat_pipelines.clients.http import ApiError
+from hull_planhat_pipelines.policies import FETCH_RETRY, change_metadata, copper_freshness
 from hull_planhat_pipelines.resources import CopperResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.copper.polling import parse_window
@@ -38,7 +33,6 @@ from hull_planhat_pipelines.sync.copper.records import (
     is_deleted_stub,
     records_frame,
 )
-from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.warehouse import COPPER_CURRENT, CopperSlice, write_copper_table
 
 PROGRESS_LOG_SECONDS = 15.0
@@ -249,27 +243,12 @@ def build_copper_asset(
                 frame, gone, metadata = _fetch(
                     context, client, obj, settings, copper.progress_bar, start, end
                 )
-        except ApiAuthError as exc:
-            record_events(
-                context,
-                [
-                    SyncEvent(
-                        event="incoming.job.error", object_type=obj.name, reason="Unauthorized"
-                    )
-                ],
-                asset=asset,
-                database=warehouse.database,
-            )
-            raise dg.Failure(str(exc), allow_retries=False) from None
         except ApiError as exc:
-            record_events(
-                context,
-                [SyncEvent(event="incoming.job.error", object_type=obj.name, reason=str(exc))],
-                asset=asset,
-                database=warehouse.database,
+            failure = fetch_failure(
+                context, exc, asset=asset, object_type=obj.name, database=warehouse.database
             )
-            if not retry_can_help(exc):
-                raise dg.Failure(str(exc), allow_retries=False) from None
+            if failure is not None:
+                raise failure from None
             raise
         where = CopperSlice(
             first=window.start.date(),

@@ -16,18 +16,12 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from hull_planhat_pipelines.assets.reporting import record_events
-from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.assets.reporting import fetch_failure
+from hull_planhat_pipelines.clients.http import ApiError
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
-from hull_planhat_pipelines.policies import (
-    FETCH_RETRY,
-    change_metadata,
-    planhat_freshness,
-    retry_can_help,
-)
+from hull_planhat_pipelines.policies import FETCH_RETRY, change_metadata, planhat_freshness
 from hull_planhat_pipelines.resources import PlanhatResource, WarehouseResource
 from hull_planhat_pipelines.settings import Settings
-from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat.records import (
     COMPANY_FIELDS,
     ENDUSER_FIELDS,
@@ -75,24 +69,6 @@ def _snapshot_metadata(frame: pd.DataFrame, client: PlanhatClient) -> dict[str, 
         "retries": dg.MetadataValue.int(client.rest.stats.retries + client.analytics.stats.retries),
         "requests_by_kind": dg.MetadataValue.json(client.requests_by_kind()),
     }
-
-
-def _fetch_failed(
-    context: dg.AssetExecutionContext, asset: str, model: str, exc: ApiError, database: str
-) -> dg.Failure | None:
-    """Log ``incoming.job.error``. A refusal (credentials, a bad request) gets the ``Failure``
-    that ends the step for good; an outage gets ``None``, for the caller to raise the error as
-    it came, so that the step retry tries again."""
-    reason = "Unauthorized" if isinstance(exc, ApiAuthError) else str(exc)
-    record_events(
-        context,
-        [SyncEvent(event="incoming.job.error", object_type=model, reason=reason)],
-        asset=asset,
-        database=database,
-    )
-    if retry_can_help(exc):
-        return None
-    return dg.Failure(str(exc), allow_retries=False)
 
 
 @dataclass(frozen=True)
@@ -155,7 +131,10 @@ def build_snapshot_asset(
                 frame = snapshot.frame(records, fetched_at=now)
                 metadata = _snapshot_metadata(frame, client)
         except ApiError as exc:
-            if failure := _fetch_failed(context, asset, snapshot.model, exc, warehouse.database):
+            failure = fetch_failure(
+                context, exc, asset=asset, object_type=snapshot.model, database=warehouse.database
+            )
+            if failure is not None:
                 raise failure from None
             raise
         stored = write_snapshot(warehouse.database, snapshot.model, frame, now)
@@ -196,8 +175,14 @@ def build_planhat_assets(settings: Settings, clock: Clock = _utc_now) -> list[dg
                 frame = users_frame(client.list_users(), fetched_at=clock())
                 metadata = _snapshot_metadata(frame, client)
         except ApiError as exc:
-            asset = TEAM_MEMBERS_KEY.to_user_string()
-            if failure := _fetch_failed(context, asset, "users", exc, warehouse.database):
+            failure = fetch_failure(
+                context,
+                exc,
+                asset=TEAM_MEMBERS_KEY.to_user_string(),
+                object_type="users",
+                database=warehouse.database,
+            )
+            if failure is not None:
                 raise failure from None
             raise
         written = replace_table(warehouse.database, TEAM_MEMBERS_TABLE, frame, report_change=True)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
+from hull_planhat_pipelines.clients.http import ApiAuthError, ApiError
+from hull_planhat_pipelines.policies import retry_can_help
 from hull_planhat_pipelines.sync.log import (
     SyncEvent,
     empty_log_rows,
@@ -72,3 +74,27 @@ def record_events(
     for (name, _), count in counts.items():
         by_event[name] += count
     return dict(by_event)
+
+
+def fetch_failure(
+    context: dg.AssetExecutionContext,
+    exc: ApiError,
+    *,
+    asset: str,
+    object_type: str,
+    database: str,
+) -> dg.Failure | None:
+    """Log a source fetch's API error as ``incoming.job.error`` (refused credentials as
+    "Unauthorized", anything else by the client's message, which never holds a credential).
+    A refusal gets the ``Failure`` that ends the step for good; an outage gets ``None``, for
+    the caller to raise the error as it came, so that the step retry tries again."""
+    reason = "Unauthorized" if isinstance(exc, ApiAuthError) else str(exc)
+    record_events(
+        context,
+        [SyncEvent(event="incoming.job.error", object_type=object_type, reason=reason)],
+        asset=asset,
+        database=database,
+    )
+    if retry_can_help(exc):
+        return None
+    return dg.Failure(str(exc), allow_retries=False)
