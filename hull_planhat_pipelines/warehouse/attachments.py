@@ -198,11 +198,11 @@ def _attach(key: str, *, read_only: bool) -> _Attachment:
     return attachment
 
 
-def _let_go(key: str, attachment: _Attachment) -> None:
+def _let_go(key: str, attachment: _Attachment, *, checkpoint: bool = True) -> None:
     """One user fewer; the last one detaches the file (if it is still this attachment)."""
     attachment.users -= 1
     if attachment.users <= 0 and _attached.get(key) is attachment:
-        _detach(key, attachment)
+        _detach(key, attachment, checkpoint=checkpoint)
 
 
 def _release_host(host: duckdb.DuckDBPyConnection, born: int) -> None:
@@ -254,14 +254,25 @@ def _drop_file_blocks(attachment: _Attachment) -> None:
             host.execute("reset memory_limit")
 
 
-def _detach(key: str, attachment: _Attachment) -> None:
-    """The file's last connection closed: checkpoint and release its lock."""
+def _detach(key: str, attachment: _Attachment, *, checkpoint: bool = True) -> None:
+    """The file's last connection closed: checkpoint and release its lock.
+
+    ``checkpoint=False``: the lock is released, the committed writes stay in the file's
+    write-ahead log (durable; whoever opens the file next replays it, a read-only opener
+    included) until a later detach checkpoints them."""
     del _attached[key]
     host = attachment.host
     grew = _resident() - attachment.resident_at_birth
     with suppress(duckdb.Error):
         if grew < KEEP_BELOW_BYTES and _buffered(host) < KEEP_BELOW_BYTES:
-            host.execute(f"detach {ident(attachment.catalog)}")
+            if checkpoint:
+                host.execute(f"detach {ident(attachment.catalog)}")
+            else:
+                host.execute("set checkpoint_on_detach = 'DISABLED'")
+                try:
+                    host.execute(f"detach {ident(attachment.catalog)}")
+                finally:
+                    host.execute("reset checkpoint_on_detach")
             _give_back_memory(host)
             _release_host(host, attachment.resident_at_birth)  # a locked one is closed there
             return
@@ -305,7 +316,10 @@ class WarehouseConnection:
         catalog, not the file's)."""
         return open_connection(self._key, read_only=self._attachment.read_only)
 
-    def close(self) -> None:
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Release this connection; the last one of the file detaches it, by default with a
+        checkpoint. ``checkpoint=False`` leaves the writes in the write-ahead log, for a writer
+        that commits often and checkpoints every few commits (``_detach``)."""
         if not self._open:
             return
         self._open = False
@@ -315,13 +329,13 @@ class WarehouseConnection:
             _dropped.append(self)  # finalized mid-change: closed once the change is complete
             return
         with _changing():
-            self._release()
+            self._release(checkpoint=checkpoint)
 
-    def _release(self) -> None:
+    def _release(self, *, checkpoint: bool = True) -> None:
         try:
             self._cursor.close()
         finally:
-            _let_go(self._key, self._attachment)
+            _let_go(self._key, self._attachment, checkpoint=checkpoint)
 
     def __enter__(self) -> WarehouseConnection:
         return self

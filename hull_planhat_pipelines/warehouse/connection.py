@@ -15,7 +15,7 @@ import duckdb
 import pandas as pd
 from dagster import TableColumn, TableSchema
 
-from hull_planhat_pipelines.warehouse.attachments import open_connection
+from hull_planhat_pipelines.warehouse.attachments import WarehouseConnection, open_connection
 
 WAREHOUSE_ENV_VAR = "HULL_PLANHAT_WAREHOUSE"
 PARTITION_COLUMN = "partition_date"
@@ -56,6 +56,16 @@ def connect(
                 raise
             sleeper(pause)
             pause = min(pause * 2, 2.0)
+
+
+def release(conn: duckdb.DuckDBPyConnection, *, checkpoint: bool = True) -> None:
+    """Close ``conn``; ``checkpoint=False``: if it was the file's last connection in this
+    process, leave its commits in the write-ahead log instead of checkpointing them now
+    (``attachments``)."""
+    if isinstance(conn, WarehouseConnection):
+        conn.close(checkpoint=checkpoint)
+    else:
+        conn.close()
 
 
 @contextmanager

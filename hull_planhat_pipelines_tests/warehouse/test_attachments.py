@@ -14,7 +14,7 @@ import pytest
 
 from hull_planhat_pipelines.sync.operator_sql import lock_down
 from hull_planhat_pipelines.warehouse import attachments
-from hull_planhat_pipelines.warehouse.connection import connect, table_exists
+from hull_planhat_pipelines.warehouse.connection import connect, release, table_exists
 
 OTHER_PROCESS = (
     "import duckdb, sys\n"
@@ -53,6 +53,44 @@ def test_the_file_is_locked_while_a_connection_is_open_and_free_once_the_last_on
     assert not Path(f"{path}.wal").exists()
     with duckdb.connect(str(path), read_only=True) as conn:
         assert conn.execute("select id from hull.users").fetchall() == [(1,)]
+
+
+OTHER_PROCESS_READS = (
+    "import duckdb, sys\n"
+    "with duckdb.connect(sys.argv[1], read_only=True) as conn:\n"
+    "    print(conn.execute('select count(*) from hull.users').fetchone()[0])\n"
+)
+
+
+def test_a_close_without_checkpoint_frees_the_file_and_the_next_opener_replays_its_log(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "w.duckdb"
+    conn = connect(str(path))
+    conn.execute("create schema hull; create table hull.users as select 1 as id")
+    conn.close()
+    conn = connect(str(path))
+    conn.execute("insert into hull.users values (2), (3)")
+    release(conn, checkpoint=False)
+    # the commit is in the write-ahead log, not yet in the file, and the file is free
+    assert Path(f"{path}.wal").exists()
+    assert _other_process_opens(path) == "opened"  # it replayed and checkpointed the log
+    conn = connect(str(path))
+    conn.execute("insert into hull.users values (4)")
+    release(conn, checkpoint=False)
+    reads = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS_READS, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert reads.stdout.strip() == "4"  # a read-only opener in another process sees it all
+    assert Path(f"{path}.wal").exists()  # and leaves the log for a writer to checkpoint
+    connect(str(path)).close()  # a plain close checkpoints
+    assert not Path(f"{path}.wal").exists()
+    with duckdb.connect(str(path), read_only=True) as check:
+        assert check.execute("select count(*) from hull.users").fetchone() == (4,)
 
 
 def test_a_connection_dropped_without_close_releases_the_file(tmp_path: Path) -> None:

@@ -144,6 +144,42 @@ def test_a_group_of_records_costs_one_transaction_and_each_intent_precedes_its_c
     assert len(planhat.held) == NOTES
 
 
+def test_a_journal_checkpoints_every_few_commits_and_leaves_no_log_behind(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoints: list[bool] = []
+    real = deliveries.commit_checkpoint
+
+    def spied(database: str, rows: pd.DataFrame, fresh: pd.DataFrame, **kw: Any) -> None:
+        checkpoints.append(kw.get("checkpoint", True))
+        real(database, rows, fresh, **kw)
+
+    monkeypatch.setattr(deliveries, "commit_checkpoint", spied)
+    planhat = FakePlanhat(database)
+    logged: list[bool] = []
+    send = planhat.send
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        logged.append(Path(f"{database}.wal").exists())
+        return send(*args, **kwargs)
+
+    planhat.send = watched  # type: ignore[method-assign]
+    records = _records(database)
+    with journal(database, "conversations", records, "run-1", every=4) as kept:
+        result = _deliver(planhat, records, kept)
+    assert result.counts() == {"created": NOTES}
+    # 31 commits: one in CHECKPOINT_EVERY checkpoints the file, and the last one does
+    every = deliveries.CHECKPOINT_EVERY
+    assert len(checkpoints) == kept.transactions == NOTES // 4 + 1
+    assert checkpoints[-1] is True
+    assert all(any(checkpoints[i : i + every]) for i in range(len(checkpoints)))
+    assert checkpoints.count(False) >= len(checkpoints) // 2
+    # requests went out with commits waiting in the log, each intent durable all the same
+    assert any(logged) and planhat.doubt_seen == [True] * NOTES
+    assert not Path(f"{database}.wal").exists()
+    assert set(_latest(database).values()) == {"created"}
+
+
 def test_one_record_per_group_keeps_every_intent_before_its_create(database: str) -> None:
     planhat = FakePlanhat(database)
     records = _records(database).head(5)
