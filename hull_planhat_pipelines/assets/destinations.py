@@ -191,15 +191,18 @@ def _deliver_destination(
         requests = client.attempts()
     if destination.capture_responses and not config.dry_run and len(records):
         capture_responses(warehouse.database, _responses(destination, result.outcomes, run_id, now))
+    outcomes = result.outcomes
     events = [
         SyncEvent(
-            event="outgoing.event.error" if row.status in FAILED else "outgoing.event.success",
+            event="outgoing.event.error" if status in FAILED else "outgoing.event.success",
             object_type=destination.name,
-            object_id=row.key,
-            reason=row.error or row.status,
+            object_id=key,
+            reason=error or status,
         )
-        for row in result.outcomes.itertuples(index=False)
-        if row.status not in ("dry_run", "pending")
+        for status, key, error in zip(
+            outcomes["status"], outcomes["key"], outcomes["error"], strict=True
+        )
+        if status not in ("dry_run", "pending")
     ]
     counts = record_events(
         context,
