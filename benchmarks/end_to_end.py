@@ -1,6 +1,7 @@
 """The whole cycle, three times, against both sandboxes in process: full, 1% changed, unchanged.
 
     python benchmarks/end_to_end.py [--scale 100] [--change 0.01] [--seed 0] [--start-date D]
+                                    [--cold]
     python benchmarks/end_to_end.py --compare   # scale 10 at 1% against scale 100 at 0.1%
 
 ``--scale`` is the Copper sandbox's (1.0: 1,000 leads, 1,000 people, 100 companies, 300
@@ -33,7 +34,8 @@ sampled every 10 ms inside it, above what the job began with. The sandboxes answ
 of this process: the CPU their handlers spent (``sandbox_cpu_seconds``) is printed beside each
 pass, time that, under one interpreter lock, the pipeline's own threads could not have. Each
 pass also says how much of the warehouse file the page cache held when it began, so that a
-slow pass can be told apart from one that read the warehouse back from disk.
+slow pass can be told apart from one that read the warehouse back from disk; ``--cold`` drops
+the file from the page cache before each incremental pass, to measure the second kind.
 
 ``--compare`` runs scale 10 with ``--change 0.01`` and scale 100 with ``--change 0.001`` (the
 same 100 changed people) and compares the incremental passes' cycle: every job but the Planhat
@@ -163,6 +165,24 @@ def page_cache_mb(path: str) -> tuple[float, float] | None:
         return None
     resident = int((np.frombuffer(vector, dtype=np.uint8) & 1).sum()) * mmap.PAGESIZE
     return round(resident / 2**20, 1), round(size / 2**20, 1)
+
+
+def evict_from_page_cache(path: str) -> bool:
+    """Ask the kernel to drop the file's cached pages (written back first), as memory pressure
+    from a large full pass may have done: ``--cold`` starts each incremental pass so, to measure
+    a pass that reads the warehouse back from disk. False where ``posix_fadvise`` is missing."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for name in (path, f"{path}.wal"):
+        if not os.path.exists(name):
+            continue
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
 
 
 def process_peak_mb() -> float:
@@ -610,6 +630,7 @@ def one_pass(
     database: str,
     changed: dict[str, list[int]] | None = None,
     since: int | None = None,
+    cold: bool = False,
 ) -> dict[str, Any]:
     from hull_planhat_pipelines.cli import run_sync
     from hull_planhat_pipelines.orchestration import (
@@ -668,6 +689,8 @@ def one_pass(
     sandbox_cpu_start = sum(server.cpu_seconds for server in servers)
 
     jobs: list[dict[str, Any]] = []
+    if cold:
+        evict_from_page_cache(database)
     cached = page_cache_mb(database)
     baseline_mb = _rss_mb("VmRSS")
     began = time.perf_counter()
@@ -852,7 +875,9 @@ def print_pass(p: dict[str, Any]) -> None:
 
 
 # -- the benchmark ---------------------------------------------------------------------------
-def run(scale: float, change: float, seed: int, start_date: dt.date | None) -> dict[str, Any]:
+def run(
+    scale: float, change: float, seed: int, start_date: dt.date | None, *, cold: bool = False
+) -> dict[str, Any]:
     rng = random.Random(f"end_to_end:{seed}")
     with tempfile.TemporaryDirectory(prefix="end_to_end-") as tmp:
         directory = Path(tmp)
@@ -902,6 +927,7 @@ def run(scale: float, change: float, seed: int, start_date: dt.date | None) -> d
                         database=database,
                         changed=changed,
                         since=passes[-1]["started_unix"],
+                        cold=cold,
                     )
                 )
                 passes.append(
@@ -912,6 +938,7 @@ def run(scale: float, change: float, seed: int, start_date: dt.date | None) -> d
                         planhat=planhat,
                         database=database,
                         since=passes[-1]["started_unix"],
+                        cold=cold,
                     )
                 )
     seconds = sum(p["seconds"] for p in passes)
@@ -1036,6 +1063,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--change", type=float, default=0.01, help="share of people/companies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the warehouse file from the page cache before each incremental pass",
+    )
+    parser.add_argument(
         "--start-date",
         type=dt.date.fromisoformat,
         default=None,
@@ -1052,7 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
             print("FAILED: " + "; ".join(compared["problems"]))
         print(json.dumps(compared, default=str))
         return 0 if compared["ok"] else 1
-    result = run(args.scale, args.change, args.seed, args.start_date)
+    result = run(args.scale, args.change, args.seed, args.start_date, cold=args.cold)
     last = result["passes"][-1]
     problems = [f"pass {p['pass']} failed" for p in result["passes"] if not p["ok"]]
     if last["requests"]["planhat_writes"]:
