@@ -27,14 +27,18 @@ OTHER_PROCESS = (
 )
 
 
-def _other_process_opens(path: Path) -> str:
+def _in_other_process(script: str, path: Path) -> str:
     return subprocess.run(
-        [sys.executable, "-c", OTHER_PROCESS, str(path)],
+        [sys.executable, "-c", script, str(path)],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     ).stdout.strip()
+
+
+def _other_process_opens(path: Path) -> str:
+    return _in_other_process(OTHER_PROCESS, path)
 
 
 def test_the_file_is_locked_while_a_connection_is_open_and_free_once_the_last_one_closes(
@@ -78,14 +82,8 @@ def test_a_close_without_checkpoint_frees_the_file_and_the_next_opener_replays_i
     conn = connect(str(path))
     conn.execute("insert into hull.users values (4)")
     release(conn, checkpoint=False)
-    reads = subprocess.run(
-        [sys.executable, "-c", OTHER_PROCESS_READS, str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert reads.stdout.strip() == "4"  # a read-only opener in another process sees it all
+    # a read-only opener in another process sees it all
+    assert _in_other_process(OTHER_PROCESS_READS, path) == "4"
     assert Path(f"{path}.wal").exists()  # and leaves the log for a writer to checkpoint
     connect(str(path)).close()  # a plain close checkpoints
     assert not Path(f"{path}.wal").exists()
