@@ -167,12 +167,13 @@ def page_cache_mb(path: str) -> tuple[float, float] | None:
     return round(resident / 2**20, 1), round(size / 2**20, 1)
 
 
-def evict_from_page_cache(path: str) -> bool:
+def evict_from_page_cache(path: str) -> None:
     """Ask the kernel to drop the file's cached pages (written back first), as memory pressure
     from a large full pass may have done: ``--cold`` starts each incremental pass so, to measure
-    a pass that reads the warehouse back from disk. False where ``posix_fadvise`` is missing."""
+    a pass that reads the warehouse back from disk. Nothing where ``posix_fadvise`` is missing
+    (the pass's page-cache line then shows the file still cached)."""
     if not hasattr(os, "posix_fadvise"):
-        return False
+        return
     for name in (path, f"{path}.wal"):
         if not os.path.exists(name):
             continue
@@ -182,7 +183,6 @@ def evict_from_page_cache(path: str) -> bool:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    return True
 
 
 def process_peak_mb() -> float:

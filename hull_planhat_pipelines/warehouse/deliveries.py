@@ -745,7 +745,7 @@ class DeliveryJournal:
         if self._outcomes:
             self._commit(None, last=True)
         if self._unchecked:
-            release(connect(self.database), checkpoint=True)
+            connect(self.database).close()  # a plain release checkpoints
             self._unchecked = 0
 
 

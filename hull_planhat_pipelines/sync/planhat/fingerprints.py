@@ -191,12 +191,12 @@ def fresh_fingerprints(
     ok = outcomes["status"].isin(list(delivered)).to_numpy()
     if not ok.any():
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
-    named = outcomes["planhat_id"].to_numpy()[ok] if "planhat_id" in outcomes else None
+    targets, keys = outcomes["target"].to_numpy()[ok], outcomes["key"].to_numpy()[ok]
+    named = (
+        outcomes["planhat_id"].to_numpy()[ok] if "planhat_id" in outcomes else [None] * len(keys)
+    )
     ids: dict[tuple[str, str], str | None] = {}
-    for position, (target, key) in enumerate(
-        zip(outcomes["target"].to_numpy()[ok], outcomes["key"].to_numpy()[ok], strict=True)
-    ):
-        value = None if named is None else named[position]
+    for target, key, value in zip(targets, keys, named, strict=True):
         ids[(str(target), str(key))] = None if is_missing(value) else str(value)
     sent: dict[tuple[Any, str], tuple[Any, Any]] = {}
     for target, key, content, fields in zip(
