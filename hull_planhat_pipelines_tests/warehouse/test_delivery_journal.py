@@ -115,17 +115,23 @@ def _latest(database: str) -> dict[str, str]:
         return deliveries.latest_statuses(conn, "conversations")
 
 
-def test_a_group_of_records_costs_one_transaction_and_each_intent_precedes_its_create(
-    database: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    commits: list[int] = []
+@pytest.fixture
+def commits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Each journal commit as it happens: its delivery rows, and whether it checkpointed."""
+    seen: list[tuple[int, bool]] = []
     real = deliveries.commit_checkpoint
 
-    def counted(database: str, rows: pd.DataFrame, fresh: pd.DataFrame, **kw: Any) -> None:
-        commits.append(len(rows))
+    def spied(database: str, rows: pd.DataFrame, fresh: pd.DataFrame, **kw: Any) -> None:
+        seen.append((len(rows), kw.get("checkpoint", True)))
         real(database, rows, fresh, **kw)
 
-    monkeypatch.setattr(deliveries, "commit_checkpoint", counted)
+    monkeypatch.setattr(deliveries, "commit_checkpoint", spied)
+    return seen
+
+
+def test_a_group_of_records_costs_one_transaction_and_each_intent_precedes_its_create(
+    database: str, commits: list[tuple[int, bool]]
+) -> None:
     planhat = FakePlanhat(database)
     records = _records(database)
     with journal(database, "conversations", records, "run-1", every=EVERY) as kept:
@@ -133,7 +139,7 @@ def test_a_group_of_records_costs_one_transaction_and_each_intent_precedes_its_c
     assert result.counts() == {"created": NOTES}
     # 120 creates: the first group's intents, then each group's outcomes with the next
     # group's intents, then the last outcomes (two transactions a record took 240)
-    assert commits == [50, 100, 70, 20]
+    assert [rows for rows, _ in commits] == [50, 100, 70, 20]
     assert kept.transactions == len(commits) == 4
     assert planhat.doubt_seen == [True] * NOTES
     assert set(_latest(database).values()) == {"created"}
@@ -145,16 +151,8 @@ def test_a_group_of_records_costs_one_transaction_and_each_intent_precedes_its_c
 
 
 def test_a_journal_checkpoints_every_few_commits_and_leaves_no_log_behind(
-    database: str, monkeypatch: pytest.MonkeyPatch
+    database: str, commits: list[tuple[int, bool]]
 ) -> None:
-    checkpoints: list[bool] = []
-    real = deliveries.commit_checkpoint
-
-    def spied(database: str, rows: pd.DataFrame, fresh: pd.DataFrame, **kw: Any) -> None:
-        checkpoints.append(kw.get("checkpoint", True))
-        real(database, rows, fresh, **kw)
-
-    monkeypatch.setattr(deliveries, "commit_checkpoint", spied)
     planhat = FakePlanhat(database)
     logged: list[bool] = []
     send = planhat.send
@@ -169,6 +167,7 @@ def test_a_journal_checkpoints_every_few_commits_and_leaves_no_log_behind(
         result = _deliver(planhat, records, kept)
     assert result.counts() == {"created": NOTES}
     # 31 commits: one in CHECKPOINT_EVERY checkpoints the file, and the last one does
+    checkpoints = [checkpointed for _, checkpointed in commits]
     every = deliveries.CHECKPOINT_EVERY
     assert len(checkpoints) == kept.transactions == NOTES // 4 + 1
     assert checkpoints[-1] is True
