@@ -920,7 +920,7 @@ def run(
                 changed = change_records(copper, change, rng)
                 passes.append(
                     one_pass(
-                        f"2 {change:.0%} changed",
+                        f"2 {change * 100:g}% changed",
                         full=False,
                         copper=copper,
                         planhat=planhat,

@@ -11,9 +11,17 @@ A payload asset instead maps, per target (``companies``, ``endusers``):
   attributes a snapshot wrote back after its delivery is not mapped again;
 - the profiles of its previous payloads (``ops.payload_pending``) that Planhat did not take:
   not delivered, or refused (their key's fingerprint is not the one they were sent with);
-- in-segment profiles whose key has no fingerprint (never delivered, or a fingerprint the
-  settlement dropped) and whose company Planhat has or is being sent (the others are skipped
-  until it does: they wait outside the scope instead of being mapped and skipped every run);
+- in-segment profiles whose key has no fingerprint (never delivered) and whose company Planhat
+  has or is being sent (the others are skipped until it does: they wait outside the scope
+  instead of being mapped and skipped every run). Companies only: all of them, found by a scan
+  of the accounts. Endusers: a scan of every user would cost the store, so the scope keeps
+  (``ops.payload_waiting``) the ones found last run that did not become payloads (skipped),
+  and the companies known then (``ops.payload_known_companies``); a user enters the set
+  only by a change the log records (its segments, identity or account link, or its account's
+  identity), or by its company becoming known, so the run tests those users and the kept ones
+  alone. Fingerprints are never deleted, so no user re-enters by losing one. Until a run has
+  kept them (``ops.payload_tracked``), and after any run that mapped every profile, the next
+  run scans every user once;
 - the profiles sharing a key with any of those (one row per key is chosen among them).
 
 Everything else has, by construction, the fingerprint of its current content. Every profile is
@@ -52,24 +60,45 @@ from hull_planhat_pipelines.warehouse.hull_store import CHANGES, change_seq, cha
 
 SCOPE = "ops.payload_scope"
 PENDING = "ops.payload_pending"
+WAITING = "ops.payload_waiting"
+KNOWN = "ops.payload_known_companies"
+TRACKED = "ops.payload_tracked"
 SCOPE_DDL = [
     "create schema if not exists ops",
     f"create table if not exists {SCOPE} (target varchar primary key, seq bigint, digest varchar)",
     f"create table if not exists {PENDING} (target varchar, hull_id varchar)",
     f"alter table {PENDING} add column if not exists key varchar",
     f"alter table {PENDING} add column if not exists fingerprint varchar",
+    f"create table if not exists {WAITING} (target varchar, hull_id varchar)",
+    f"create table if not exists {KNOWN} (target varchar, external_id varchar)",
+    f"create table if not exists {TRACKED} (target varchar primary key)",
 ]
 PENDING_COLUMNS = ["hull_id", "key", "fingerprint"]
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Endusers: the in-segment users without a fingerprint whose company is known, as this
+    run found them, and how the known companies moved since the kept set (``replace``: the
+    kept set is rebuilt from ``added``)."""
+
+    hull_ids: tuple[str, ...]
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    replace: bool
+
+
+@dataclass(frozen=True)
 class Scope:
-    """``where``: SQL over the profile table selecting the rows to map (None: all)."""
+    """``where``: SQL over the profile table selecting the rows to map (None: all).
+    ``waiting``: what ``remember`` keeps for the next run's seed (None: nothing is kept, and
+    the next run scans every user)."""
 
     target: str
     where: str | None
     seq: int
     digest: str
+    waiting: Waiting | None = None
 
 
 def _exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -126,33 +155,109 @@ def scope(
         read = list(config.user_attributes)
     changed = changed_since(conn, kind, last, read_groups(read))
     pending = pending_not_taken(conn, target)
-    if target == "companies":
-        key = "nullif(trim(external_id), '')"
-        segment = in_segment(list(settings.planhat.company_segments))
-        seeds = [
-            changed,
-            pending,
-            f"(select hull_id from hull.accounts where {segment} and {key} is not null"
-            f" and external_id not in {fingerprinted})",
-        ]
-        where = _select_scope(conn, target, "hull.accounts", seeds, ["external_id"])
-        return Scope(target, where, seq, digest)
-    # an enduser reads its account's external id only: a structural change
-    accounts = changed_since(conn, "account", last, read_groups([]))
-    key = (
-        "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
-        " when nullif(trim(email), '') is not null then 'email:' || email end"
+    with transaction(conn):  # every statement of the scope reads the same store
+        if target == "companies":
+            key = "nullif(trim(external_id), '')"
+            segment = in_segment(list(settings.planhat.company_segments))
+            seeds = [
+                changed,
+                pending,
+                f"(select hull_id from hull.accounts where {segment} and {key} is not null"
+                f" and external_id not in {fingerprinted})",
+            ]
+            where = _select_scope(conn, target, "hull.accounts", seeds, ["external_id"])
+            return Scope(target, where, seq, digest)
+        # an enduser reads its account's external id only: a structural change
+        accounts = changed_since(conn, "account", last, read_groups([]))
+        of_accounts = f"(select hull_id from hull.users where account_hull_id in {accounts})"
+        waiting = _waiting(conn, settings, target, [changed, pending, of_accounts])
+        seeds = [changed, pending, of_accounts, f"(select hull_id from {WAITING_NOW})"]
+        where = _select_scope(conn, target, "hull.users", seeds, ["external_id", "email"])
+    return Scope(target, where, seq, digest, waiting)
+
+
+ENDUSER_KEY = (
+    "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
+    " when nullif(trim(email), '') is not null then 'email:' || email end"
+)
+"""SQL over ``hull.users``: the key an enduser is delivered under."""
+KNOWN_NOW = "temp.payload_known_now"
+KNOWN_ADDED = "temp.payload_known_added"
+WAITING_NOW = "temp.payload_waiting_now"
+
+
+def _waiting(
+    conn: duckdb.DuckDBPyConnection, settings: Settings, target: str, changes: list[str]
+) -> Waiting:
+    """The in-segment users whose key has no fingerprint and whose company is known, selected
+    into ``WAITING_NOW``: among every user when nothing is kept, else among the kept ones,
+    the users of companies known since, and ``changes`` (the only other ways in)."""
+    known = [sql for table, sql in KNOWN_COMPANY_SOURCES.items() if _exists(conn, table)]
+    run(
+        conn,
+        f"create or replace temp table {KNOWN_NOW} as select distinct external_id from ("
+        + " union all ".join([*known, "select null::varchar where false"])
+        + ") k(external_id) where external_id is not null",
     )
     segment = in_segment(list(settings.planhat.contact_segments))
-    seeds = [
-        changed,
-        pending,
-        f"(select hull_id from hull.users where account_hull_id in {accounts})",
-        f"(select hull_id from hull.users where {segment} and {key} not in {fingerprinted}"
-        f" and {_company_known(conn)})",
-    ]
-    where = _select_scope(conn, target, "hull.users", seeds, ["external_id", "email"])
-    return Scope(target, where, seq, digest)
+    company_known = (
+        f"account_hull_id in (select hull_id from hull.accounts where external_id in"
+        f" (select external_id from {KNOWN_NOW}))"
+    )
+    fingerprints = _exists(conn, FINGERPRINTS)
+    tracked = all(_exists(conn, t) for t in (WAITING, KNOWN, TRACKED)) and bool(
+        run(conn, f"select 1 from {TRACKED} where target = ?", [target])
+    )
+    if not tracked:
+        fingerprinted = (
+            f"(select key from {FINGERPRINTS} where target = {quote(target)})"
+            if fingerprints
+            else "(select null::varchar as key where false)"
+        )
+        run(
+            conn,
+            f"create or replace temp table {WAITING_NOW} as select hull_id from hull.users"
+            f" where {segment} and {ENDUSER_KEY} not in {fingerprinted} and {company_known}",
+        )
+        added = _strings(conn, f"select external_id from {KNOWN_NOW}")
+        return Waiting(_strings(conn, f"select hull_id from {WAITING_NOW}"), added, (), True)
+    kept = f"select external_id from {KNOWN} where target = {quote(target)}"
+    run(
+        conn,
+        f"create or replace temp table {KNOWN_ADDED} as"
+        f" select external_id from {KNOWN_NOW} except {kept}",
+    )
+    added = _strings(conn, f"select external_id from {KNOWN_ADDED}")
+    removed = _strings(conn, f"{kept} except select external_id from {KNOWN_NOW}")
+    candidates = [f"(select hull_id from {WAITING} where target = {quote(target)})", *changes]
+    if added:
+        candidates.append(
+            "(select hull_id from hull.users where account_hull_id in (select hull_id from"
+            f" hull.accounts where external_id in (select external_id from {KNOWN_ADDED})))"
+        )
+    rows = select_where(
+        "hull.users",
+        "hull_id in (" + " union ".join(f"select hull_id from {c}" for c in candidates) + ")",
+        f"hull_id, {ENDUSER_KEY} as key, account_hull_id, segments",
+    )
+    # the fingerprints of the candidates' keys only, not every key delivered
+    taken = (
+        f"exists (select 1 from {FINGERPRINTS} f where f.target = {quote(target)}"
+        " and f.key = c.key)"
+        if fingerprints
+        else "false"
+    )
+    run(
+        conn,
+        f"create or replace temp table {WAITING_NOW} as with c as materialized ({rows})"
+        f" select hull_id from c where {segment} and key is not null and not {taken}"
+        f" and {company_known}",
+    )
+    return Waiting(_strings(conn, f"select hull_id from {WAITING_NOW}"), added, removed, False)
+
+
+def _strings(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple[str, ...]:
+    return tuple(str(row[0]) for row in run(conn, sql))
 
 
 def _select_scope(
@@ -165,21 +270,20 @@ def _select_scope(
     per key is sent: the choice is made among all of them). Each statement reads the columns
     it needs and the connection lets their blocks go before the next one: as one statement,
     a hundred changed profiles held every key, segment and fingerprint column of the store at
-    once. The statements share one snapshot: they see the same store."""
+    once. The caller runs them in one transaction: they see the same store."""
     seed = f"temp.payload_seed_{target}"
     scoped = f"temp.payload_scope_{target}"
     columns = ", ".join(keys)
-    with transaction(conn):
-        run(conn, f"create or replace temp table {seed} (hull_id varchar)")
-        for one in seeds:
-            run(conn, f"insert into {seed} {one}")
-        rows = select_where(table, f"hull_id in (select hull_id from {seed})", columns)
-        sharers = " or ".join(f"{k} in (select {k} from seed_rows)" for k in keys)
-        run(
-            conn,
-            f"create or replace temp table {scoped} as with seed_rows as materialized ({rows})"
-            f" select hull_id from {seed} union select hull_id from {table} where {sharers}",
-        )
+    run(conn, f"create or replace temp table {seed} (hull_id varchar)")
+    for one in seeds:
+        run(conn, f"insert into {seed} {one}")
+    rows = select_where(table, f"hull_id in (select hull_id from {seed})", columns)
+    sharers = " or ".join(f"{k} in (select {k} from seed_rows)" for k in keys)
+    run(
+        conn,
+        f"create or replace temp table {scoped} as with seed_rows as materialized ({rows})"
+        f" select hull_id from {seed} union select hull_id from {table} where {sharers}",
+    )
     return f"hull_id in (select hull_id from {scoped})"
 
 
@@ -200,22 +304,6 @@ def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:
     )
 
 
-def _company_known(conn: duckdb.DuckDBPyConnection) -> str:
-    """SQL over ``hull.users``: the user's account is a company Planhat has or is being sent.
-
-    A never-delivered user whose company Planhat does not have is skipped ("Account not in
-    Planhat") however often it is mapped: it waits, outside the scope, until its account changes
-    or the company becomes known (then it has no fingerprint and a known company: mapped)."""
-    known = [sql for table, sql in KNOWN_COMPANY_SOURCES.items() if _exists(conn, table)]
-    if not known:
-        return "false"
-    return (
-        "account_hull_id in (select hull_id from hull.accounts where external_id in ("
-        + " union all ".join(known)
-        + "))"
-    )
-
-
 def accounts_of_users(
     conn: duckdb.DuckDBPyConnection | None, mapped: Scope, users: pd.DataFrame | None
 ) -> pd.DataFrame | None:
@@ -232,17 +320,21 @@ def accounts_of_users(
 def remember(
     database_conn: duckdb.DuckDBPyConnection, mapped: Scope, payloads: pd.DataFrame
 ) -> None:
-    """The sequence mapped and the profiles whose payloads are now pending delivery."""
+    """The sequence mapped, the profiles whose payloads are now pending delivery and (endusers)
+    the waiting users that did not become one, with the companies known."""
     for statement in SCOPE_DDL:
         run(database_conn, statement)
     rows = _pending_rows(payloads)
     stored = database_conn.execute(
         f"select seq, digest from {SCOPE} where target = ?", [mapped.target]
     ).fetchall()
+    waiting = _still_waiting(mapped, rows)
     database_conn.register("_pending", rows)
     try:
-        if stored == [(mapped.seq, mapped.digest)] and _same_pending(
-            database_conn, mapped.target, len(rows)
+        if (
+            stored == [(mapped.seq, mapped.digest)]
+            and _same_pending(database_conn, mapped.target, len(rows))
+            and _same_waiting(database_conn, mapped, waiting)
         ):
             return  # nothing moved: nothing written
         with transaction(database_conn):
@@ -256,11 +348,61 @@ def remember(
                 )
             run(
                 database_conn,
-                f"insert or replace into {SCOPE} values (?, ?, ?)",
+                f"insert or replace into {SCOPE} (target, seq, digest) values (?, ?, ?)",
                 [mapped.target, mapped.seq, mapped.digest],
             )
+            _keep_waiting(database_conn, mapped, waiting)
     finally:
         database_conn.unregister("_pending")
+
+
+def _still_waiting(mapped: Scope, pending: pd.DataFrame) -> list[str]:
+    """The waiting users that did not become a payload (skipped): the pending ones are mapped
+    again by the pending seed until Planhat takes them."""
+    if mapped.waiting is None:
+        return []
+    sent = set(pending["hull_id"])
+    return sorted({h for h in mapped.waiting.hull_ids if h not in sent})
+
+
+def _same_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str]) -> bool:
+    """Whether the kept waiting state is already what this run would keep."""
+    tracked = bool(run(conn, f"select 1 from {TRACKED} where target = ?", [mapped.target]))
+    if mapped.waiting is None:
+        return not tracked
+    if not tracked or mapped.waiting.replace or mapped.waiting.added or mapped.waiting.removed:
+        return False
+    kept = run(conn, f"select hull_id from {WAITING} where target = ?", [mapped.target])
+    return sorted(str(r[0]) for r in kept) == waiting
+
+
+def _keep_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str]) -> None:
+    """Store (or, when the run kept nothing, forget) the next run's waiting seed."""
+    target = mapped.target
+    run(conn, f"delete from {WAITING} where target = ?", [target])
+    known = mapped.waiting
+    if known is None:
+        run(conn, f"delete from {KNOWN} where target = ?", [target])
+        run(conn, f"delete from {TRACKED} where target = ?", [target])
+        return
+    if waiting:
+        run(conn, f"insert into {WAITING} select ?, unnest(?::varchar[])", [target, waiting])
+    if known.replace:
+        run(conn, f"delete from {KNOWN} where target = ?", [target])
+    elif known.removed:
+        run(
+            conn,
+            f"delete from {KNOWN} where target = ? and external_id in (select unnest(?))",
+            [target, list(known.removed)],
+        )
+    if known.added:
+        run(  # another run may have kept some of them meanwhile: each is kept once
+            conn,
+            f"insert into {KNOWN} select ?, a from unnest(?::varchar[]) t(a)"
+            f" where a not in (select external_id from {KNOWN} where target = ?)",
+            [target, list(known.added), target],
+        )
+    run(conn, f"insert or ignore into {TRACKED} values (?)", [target])
 
 
 _NEW_PENDING = "hull_id::varchar, key::varchar, fingerprint::varchar from _pending"

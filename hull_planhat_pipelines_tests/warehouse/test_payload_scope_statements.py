@@ -3,9 +3,12 @@ read on the read-only connection a payload asset holds."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
+import pandas as pd
+import pytest
 
 from hull_planhat_pipelines.settings import Settings, load_settings
 from hull_planhat_pipelines.sync.hull.change_groups import STRUCTURAL
@@ -121,3 +124,140 @@ def test_the_scope_selected_in_steps_keeps_every_reason_and_the_key_sharers(
     finally:
         conn.close()
     assert sorted(tables) == [("payload_scope",)]
+
+
+# -- the waiting seed, kept between runs ------------------------------------------------------
+def _waiting_now(database: Path, settings: Settings) -> payload_scope.Scope:
+    with read_only(str(database)) as conn:
+        assert conn is not None
+        return payload_scope.scope(conn, settings, "endusers", force=False)
+
+
+def _remember(database: Path, mapped: payload_scope.Scope, sent: list[str]) -> None:
+    """What the asset keeps after a run whose payloads were the users ``sent``."""
+    payloads = pd.DataFrame(
+        {"hull_id": sent, "key": [f"k-{h}" for h in sent], "fingerprint": ["f"] * len(sent)}
+    )
+    payload_scope.remember_scopes(str(database), [mapped], payloads)
+
+
+def _selected(database: Path, settings: Settings, *, scan: bool = False) -> set[str]:
+    """The users the endusers scope selects; ``scan``: as a run that kept nothing would (a scan
+    of every user for the waiting seed), on a copy."""
+    if scan:
+        copy = database.with_name("scan.duckdb")
+        shutil.copy(database, copy)
+        _execute(copy, f"delete from {payload_scope.TRACKED}")
+        database = copy
+    with read_only(str(database)) as conn:
+        assert conn is not None
+        mapped = payload_scope.scope(conn, settings, "endusers", force=False)
+        assert mapped.where is not None
+        rows = conn.execute(f"select hull_id from hull.users where {mapped.where}").fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _execute(database: Path, *statements: str) -> None:
+    conn = duckdb.connect(str(database))
+    for statement in statements:
+        conn.execute(statement)
+    conn.close()
+
+
+def test_the_kept_waiting_seed_finds_each_way_in_without_scanning_every_user(
+    tmp_path: Path,
+) -> None:
+    settings = _settings()
+    database = tmp_path / "warehouse.duckdb"
+    _warehouse(database, settings)
+
+    first = _waiting_now(database, settings)  # nothing kept yet: every user is scanned
+    assert first.waiting is not None and first.waiting.replace
+    assert set(first.waiting.hull_ids) == {"never-sent"}
+    _remember(database, first, sent=[])  # mapped but skipped: it stays waiting
+    conn = duckdb.connect(str(database), read_only=True)
+    kept = conn.execute(f"select hull_id from {payload_scope.WAITING}").fetchall()
+    known = conn.execute(f"select external_id from {payload_scope.KNOWN}").fetchall()
+    conn.close()
+    assert kept == [("never-sent",)]
+    assert sorted(known) == [("acme-ext",), ("moved-ext",)]
+
+    _execute(
+        database,
+        # its company becomes known (being sent now): waits-for-company comes in
+        "create table planhat.company_payloads (key varchar)",
+        "insert into planhat.company_payloads values ('nope')",
+        # a new user, in the segment, of a known company: the change log names it
+        "insert into hull.users values ('new', null, 'new@x.io', ['Customers'], 'acme')",
+        # a user enters the segment, with a key of its own and a known company
+        "update hull.users set segments = ['Customers'], email = 's@x.io',"
+        " account_hull_id = 'acme' where hull_id = 'shares-email'",
+        # an account takes the external id of a known company: its unchanged user comes in
+        "insert into hull.accounts values ('renamed', 'acme-ext', [])",
+        "insert into hull.users values ('of-renamed', null, 'o@x.io', ['Customers'], 'renamed')",
+        "insert into ops.hull_changes values ('user', 'new', '*', 3),"
+        " ('user', 'shares-email', '*', 3), ('account', 'renamed', '*', 3),"
+        " ('user', 'of-renamed', '*', 2)",
+    )
+
+    second = _waiting_now(database, settings)
+    assert second.waiting is not None and not second.waiting.replace
+    assert second.waiting.added == ("nope",) and second.waiting.removed == ()
+    expected = {"never-sent", "waits-for-company", "new", "shares-email", "of-renamed"}
+    assert set(second.waiting.hull_ids) == expected
+    assert _selected(database, settings) == _selected(database, settings, scan=True)
+
+    # two are delivered, three sent and not taken yet; the company being sent is not any more
+    _remember(database, second, sent=["waits-for-company", "shares-email", "of-renamed"])
+    _execute(
+        database,
+        "insert into planhat.delivery_fingerprints values ('endusers', 'email:n@x.io', 'n'),"
+        " ('endusers', 'email:new@x.io', 'n')",
+        "delete from planhat.company_payloads",
+    )
+    third = _waiting_now(database, settings)
+    assert third.waiting is not None
+    assert third.waiting.added == () and third.waiting.removed == ("nope",)
+    # sent and not taken: still waiting (and pending); their company known, unlike the third
+    assert set(third.waiting.hull_ids) == {"shares-email", "of-renamed"}
+    selected = _selected(database, settings)
+    assert {"waits-for-company", "shares-email", "of-renamed"} <= selected
+    assert not {"never-sent", "new"} & selected
+    assert selected == _selected(database, settings, scan=True)
+
+
+def test_a_run_that_maps_every_profile_forgets_the_kept_seed_and_an_unmoved_one_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings()
+    database = tmp_path / "warehouse.duckdb"
+    _warehouse(database, settings)
+    first = _waiting_now(database, settings)
+    _remember(database, first, sent=[])
+
+    writes: list[str] = []
+    begin = payload_scope.transaction
+
+    def spy(conn: duckdb.DuckDBPyConnection) -> object:
+        writes.append("write")
+        return begin(conn)
+
+    again = _waiting_now(database, settings)
+    monkeypatch.setattr(payload_scope, "transaction", spy)
+    _remember(database, again, sent=[])
+    assert writes == []  # the same seq, pending, waiting users and known companies
+    monkeypatch.undo()
+
+    with read_only(str(database)) as conn:
+        assert conn is not None
+        every = payload_scope.scope(conn, settings, "endusers", force=True)
+    assert every.where is None and every.waiting is None
+    _remember(database, every, sent=[])
+    conn = duckdb.connect(str(database), read_only=True)
+    left = [
+        conn.execute(f"select count(*) from {table}").fetchall()[0][0]
+        for table in (payload_scope.WAITING, payload_scope.KNOWN, payload_scope.TRACKED)
+    ]
+    conn.close()
+    assert left == [0, 0, 0]
+    assert _waiting_now(database, settings).waiting.replace  # type: ignore[union-attr]
