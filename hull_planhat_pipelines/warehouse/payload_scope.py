@@ -71,7 +71,7 @@ SCOPE_DDL = [
     f"alter table {PENDING} add column if not exists fingerprint varchar",
     f"create table if not exists {WAITING} (target varchar, hull_id varchar)",
     f"create table if not exists {KNOWN} (target varchar, external_id varchar)",
-    f"create table if not exists {TRACKED} (target varchar primary key)",
+    f"create table if not exists {TRACKED} (target varchar primary key, version bigint)",
 ]
 PENDING_COLUMNS = ["hull_id", "key", "fingerprint"]
 
@@ -80,12 +80,14 @@ PENDING_COLUMNS = ["hull_id", "key", "fingerprint"]
 class Waiting:
     """Endusers: the in-segment users without a fingerprint whose company is known, as this
     run found them, and how the known companies moved since the kept set (``replace``: the
-    kept set is rebuilt from ``added``)."""
+    kept set is rebuilt from ``added``). ``version``: of the kept set this run read (None:
+    none was kept)."""
 
     hull_ids: tuple[str, ...]
     added: tuple[str, ...]
     removed: tuple[str, ...]
     replace: bool
+    version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -205,10 +207,8 @@ def _waiting(
         f" (select external_id from {KNOWN_NOW}))"
     )
     fingerprints = _exists(conn, FINGERPRINTS)
-    tracked = all(_exists(conn, t) for t in (WAITING, KNOWN, TRACKED)) and bool(
-        run(conn, f"select 1 from {TRACKED} where target = ?", [target])
-    )
-    if not tracked:
+    version = _kept_version(conn, target)
+    if version is None:
         fingerprinted = (
             f"(select key from {FINGERPRINTS} where target = {quote(target)})"
             if fingerprints
@@ -253,7 +253,16 @@ def _waiting(
         f" select hull_id from c where {segment} and key is not null and not {taken}"
         f" and {company_known}",
     )
-    return Waiting(_strings(conn, f"select hull_id from {WAITING_NOW}"), added, removed, False)
+    hull_ids = _strings(conn, f"select hull_id from {WAITING_NOW}")
+    return Waiting(hull_ids, added, removed, False, version)
+
+
+def _kept_version(conn: duckdb.DuckDBPyConnection, target: str) -> int | None:
+    """The version of ``target``'s kept waiting set (None: none is kept)."""
+    if not all(_exists(conn, t) for t in (WAITING, KNOWN, TRACKED)):
+        return None
+    rows = run(conn, f"select coalesce(version, 0) from {TRACKED} where target = ?", [target])
+    return int(rows[0][0]) if rows else None
 
 
 def _strings(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple[str, ...]:
@@ -367,20 +376,27 @@ def _still_waiting(mapped: Scope, pending: pd.DataFrame) -> list[str]:
 
 def _same_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str]) -> bool:
     """Whether the kept waiting state is already what this run would keep."""
-    tracked = bool(run(conn, f"select 1 from {TRACKED} where target = ?", [mapped.target]))
+    version = _kept_version(conn, mapped.target)
     if mapped.waiting is None:
-        return not tracked
-    if not tracked or mapped.waiting.replace or mapped.waiting.added or mapped.waiting.removed:
+        return version is None
+    if version is None or version != mapped.waiting.version:
+        return False
+    if mapped.waiting.replace or mapped.waiting.added or mapped.waiting.removed:
         return False
     kept = run(conn, f"select hull_id from {WAITING} where target = ?", [mapped.target])
     return sorted(str(r[0]) for r in kept) == waiting
 
 
 def _keep_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str]) -> None:
-    """Store (or, when the run kept nothing, forget) the next run's waiting seed."""
+    """Store the next run's waiting seed; or forget it, so that the next run scans every
+    user: when this run kept nothing (it mapped every profile), or when another run stored
+    a waiting set since this one read it (two runs at once: this run's changes are relative to
+    a set that is gone, and the other's findings would be lost)."""
     target = mapped.target
-    run(conn, f"delete from {WAITING} where target = ?", [target])
     known = mapped.waiting
+    if known is not None and _kept_version(conn, target) != known.version:
+        known = None
+    run(conn, f"delete from {WAITING} where target = ?", [target])
     if known is None:
         run(conn, f"delete from {KNOWN} where target = ?", [target])
         run(conn, f"delete from {TRACKED} where target = ?", [target])
@@ -402,7 +418,11 @@ def _keep_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[
             f" where a not in (select external_id from {KNOWN} where target = ?)",
             [target, list(known.added), target],
         )
-    run(conn, f"insert or ignore into {TRACKED} values (?)", [target])
+    run(
+        conn,
+        f"insert or replace into {TRACKED} (target, version) values (?, ?)",
+        [target, (known.version or 0) + 1],
+    )
 
 
 _NEW_PENDING = "hull_id::varchar, key::varchar, fingerprint::varchar from _pending"

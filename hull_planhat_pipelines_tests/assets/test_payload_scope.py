@@ -147,3 +147,37 @@ def test_an_echo_is_mapped_again_when_the_mapping_reads_planhat_attributes(
         stack.cycle()
 
         assert echoed <= read_ids
+
+
+def test_users_waiting_for_their_company_are_sent_in_the_cycle_that_sends_it(
+    tmp_path: Path, reads: list[tuple[str, bool, int]]
+) -> None:
+    # every account with an external id is a customer: the seed's invalid owner too, whose
+    # users wait for their company until its owner is mended in Copper
+    with _started(tmp_path, _segment("external_id is not null")) as stack:
+        stack.cycle()
+        stack.cycle()  # the second cycle keeps the waiting seed: the third reads it
+        assert stack.query("select target from ops.payload_tracked") == [("endusers",)]
+        waiting = _waiting(stack)
+        rows = stack.query(
+            "select u.email, a.external_id, a.anonymous_ids from hull.users u"
+            " join hull.accounts a on a.hull_id = u.account_hull_id"
+            " where u.email is not null and u.hull_id in (select unnest(?::varchar[]))",
+            [sorted(waiting)],
+        )
+        assert rows, "the seed has users waiting for their company"
+        _, external_id, anonymous_ids = rows[0]
+        emails = {email for email, ext, _ in rows if ext == external_id}
+        company_id = int(next(a for a in anonymous_ids if a.startswith("copper:")).split(":")[1])
+        sent_before = len(_enduser_items(stack))
+        read_ids.clear()
+
+        owner = sorted(stack.valid_owner_ids())[0]
+        stack.copper.edit("companies", company_id, {"assignee_planhat_id": owner})
+        stack.cycle()
+
+        assert external_id in {item.get("externalId") for item in stack.company_items()}
+        sent = {item.get("email") for item in _enduser_items(stack)[sent_before:]}
+        assert emails <= sent
+        [(total,)] = stack.query("select count(*) from hull.users")
+        assert len(read_ids) < total  # the users tested, not every user

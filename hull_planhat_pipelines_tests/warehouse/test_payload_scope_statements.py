@@ -261,3 +261,36 @@ def test_a_run_that_maps_every_profile_forgets_the_kept_seed_and_an_unmoved_one_
     conn.close()
     assert left == [0, 0, 0]
     assert _waiting_now(database, settings).waiting.replace  # type: ignore[union-attr]
+
+
+def test_two_runs_at_once_forget_the_kept_seed_and_the_next_run_scans_every_user(
+    tmp_path: Path,
+) -> None:
+    settings = _settings()
+    database = tmp_path / "warehouse.duckdb"
+    _warehouse(database, settings)
+    _remember(database, _waiting_now(database, settings), sent=[])
+
+    # both read the same kept set; the second remembers after the first: its changes are
+    # relative to a set that is gone, and what the first found would be lost
+    _execute(
+        database,
+        "insert into hull.users values ('new', null, 'new@x.io', ['Customers'], 'acme')",
+        "insert into ops.hull_changes values ('user', 'new', '*', 3)",
+    )
+    first = _waiting_now(database, settings)
+    second = _waiting_now(database, settings)
+    assert first.waiting is not None and "new" in first.waiting.hull_ids
+    _remember(database, first, sent=[])
+    _remember(database, second, sent=["new"])
+
+    conn = duckdb.connect(str(database), read_only=True)
+    kept = [
+        conn.execute(f"select count(*) from {table}").fetchall()[0][0]
+        for table in (payload_scope.WAITING, payload_scope.KNOWN, payload_scope.TRACKED)
+    ]
+    conn.close()
+    assert kept == [0, 0, 0]
+    after = _waiting_now(database, settings)
+    assert after.waiting is not None and after.waiting.replace  # a scan of every user
+    assert set(after.waiting.hull_ids) == {"never-sent", "new"}
