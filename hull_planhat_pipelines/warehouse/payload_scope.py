@@ -286,6 +286,9 @@ def _select_scope(
     run(conn, f"create or replace temp table {seed} (hull_id varchar)")
     for one in seeds:
         run(conn, f"insert into {seed} {one}")
+    if not run(conn, f"select 1 from {seed} limit 1"):  # nobody shares a key with nobody
+        run(conn, f"create or replace temp table {scoped} (hull_id varchar)")
+        return f"hull_id in (select hull_id from {scoped})"
     rows = select_where(table, f"hull_id in (select hull_id from {seed})", columns)
     sharers = " or ".join(f"{k} in (select {k} from seed_rows)" for k in keys)
     run(

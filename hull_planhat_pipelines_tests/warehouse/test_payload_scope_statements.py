@@ -247,6 +247,11 @@ def test_a_run_that_maps_every_profile_forgets_the_kept_seed_and_an_unmoved_one_
     _remember(database, again, sent=[])
     assert writes == []  # the same seq, pending, waiting users and known companies
     monkeypatch.undo()
+    _execute(
+        database,
+        "insert into planhat.delivery_fingerprints values ('endusers', 'email:n@x.io', 'n')",
+    )
+    assert _selected(database, settings) == set()  # nothing changed and nobody waits
 
     with read_only(str(database)) as conn:
         assert conn is not None
