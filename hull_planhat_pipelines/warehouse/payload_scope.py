@@ -31,6 +31,7 @@ send is asked for, or (companies) the Planhat users that owners are checked agai
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ SCOPE_DDL = [
     f"alter table {PENDING} add column if not exists fingerprint varchar",
     f"create table if not exists {WAITING} (target varchar, hull_id varchar)",
     f"create table if not exists {KNOWN} (target varchar, external_id varchar)",
-    f"create table if not exists {TRACKED} (target varchar primary key, version bigint)",
+    f"create table if not exists {TRACKED} (target varchar primary key, version varchar)",
 ]
 PENDING_COLUMNS = ["hull_id", "key", "fingerprint"]
 
@@ -81,13 +82,13 @@ class Waiting:
     """Endusers: the in-segment users without a fingerprint whose company is known, as this
     run found them, and how the known companies moved since the kept set (``replace``: the
     kept set is rebuilt from ``added``). ``version``: of the kept set this run read (None:
-    none was kept)."""
+    none was kept); a new one, never used before, each time a set is stored."""
 
     hull_ids: tuple[str, ...]
     added: tuple[str, ...]
     removed: tuple[str, ...]
     replace: bool
-    version: int | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,11 +146,6 @@ def scope(
         return Scope(target, None, seq, digest)
     last = int(rows[0][0])
     kind = "account" if target == "companies" else "user"
-    fingerprinted = (
-        f"(select key from {FINGERPRINTS} where target = {quote(target)})"
-        if _exists(conn, FINGERPRINTS)
-        else "(select null::varchar as key where false)"
-    )
     config = settings.planhat
     if target == "companies":
         read = [*config.account_attributes, config.owner_attribute, config.co_owner_attribute]
@@ -159,6 +155,11 @@ def scope(
     pending = pending_not_taken(conn, target)
     with transaction(conn):  # every statement of the scope reads the same store
         if target == "companies":
+            fingerprinted = (
+                f"(select key from {FINGERPRINTS} where target = {quote(target)})"
+                if _exists(conn, FINGERPRINTS)
+                else "(select null::varchar as key where false)"
+            )
             key = "nullif(trim(external_id), '')"
             segment = in_segment(list(settings.planhat.company_segments))
             seeds = [
@@ -206,18 +207,24 @@ def _waiting(
         f"account_hull_id in (select hull_id from hull.accounts where external_id in"
         f" (select external_id from {KNOWN_NOW}))"
     )
-    fingerprints = _exists(conn, FINGERPRINTS)
+    # the fingerprints of the tested users' keys only, not every key delivered
+    taken = (
+        f"exists (select 1 from {FINGERPRINTS} f where f.target = {quote(target)}"
+        " and f.key = c.key)"
+        if _exists(conn, FINGERPRINTS)
+        else "false"
+    )
+    columns = f"hull_id, {ENDUSER_KEY} as key, account_hull_id, segments"
+    test = (
+        f" select hull_id from c where {segment} and key is not null and not {taken}"
+        f" and {company_known}"
+    )
     version = _kept_version(conn, target)
     if version is None:
-        fingerprinted = (
-            f"(select key from {FINGERPRINTS} where target = {quote(target)})"
-            if fingerprints
-            else "(select null::varchar as key where false)"
-        )
         run(
             conn,
-            f"create or replace temp table {WAITING_NOW} as select hull_id from hull.users"
-            f" where {segment} and {ENDUSER_KEY} not in {fingerprinted} and {company_known}",
+            f"create or replace temp table {WAITING_NOW} as"
+            f" with c as (select {columns} from hull.users){test}",
         )
         added = _strings(conn, f"select external_id from {KNOWN_NOW}")
         return Waiting(_strings(conn, f"select hull_id from {WAITING_NOW}"), added, (), True)
@@ -238,31 +245,22 @@ def _waiting(
     rows = select_where(
         "hull.users",
         "hull_id in (" + " union ".join(f"select hull_id from {c}" for c in candidates) + ")",
-        f"hull_id, {ENDUSER_KEY} as key, account_hull_id, segments",
-    )
-    # the fingerprints of the candidates' keys only, not every key delivered
-    taken = (
-        f"exists (select 1 from {FINGERPRINTS} f where f.target = {quote(target)}"
-        " and f.key = c.key)"
-        if fingerprints
-        else "false"
+        columns,
     )
     run(
         conn,
-        f"create or replace temp table {WAITING_NOW} as with c as materialized ({rows})"
-        f" select hull_id from c where {segment} and key is not null and not {taken}"
-        f" and {company_known}",
+        f"create or replace temp table {WAITING_NOW} as with c as materialized ({rows}){test}",
     )
     hull_ids = _strings(conn, f"select hull_id from {WAITING_NOW}")
     return Waiting(hull_ids, added, removed, False, version)
 
 
-def _kept_version(conn: duckdb.DuckDBPyConnection, target: str) -> int | None:
+def _kept_version(conn: duckdb.DuckDBPyConnection, target: str) -> str | None:
     """The version of ``target``'s kept waiting set (None: none is kept)."""
     if not all(_exists(conn, t) for t in (WAITING, KNOWN, TRACKED)):
         return None
-    rows = run(conn, f"select coalesce(version, 0) from {TRACKED} where target = ?", [target])
-    return int(rows[0][0]) if rows else None
+    rows = run(conn, f"select coalesce(version, '') from {TRACKED} where target = ?", [target])
+    return str(rows[0][0]) if rows else None
 
 
 def _strings(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple[str, ...]:
@@ -424,7 +422,7 @@ def _keep_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[
     run(
         conn,
         f"insert or replace into {TRACKED} (target, version) values (?, ?)",
-        [target, (known.version or 0) + 1],
+        [target, uuid.uuid4().hex],
     )
 
 

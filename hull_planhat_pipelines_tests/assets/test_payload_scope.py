@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hull_planhat_pipelines.assets import outgoing
+from hull_planhat_pipelines.warehouse import payload_scope
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _segment, _started
 
 
@@ -174,7 +175,20 @@ def test_users_waiting_for_their_company_are_sent_in_the_cycle_that_sends_it(
 
         owner = sorted(stack.valid_owner_ids())[0]
         stack.copper.edit("companies", company_id, {"assignee_planhat_id": owner})
-        stack.cycle()
+        found: list[payload_scope.Waiting] = []
+        test = payload_scope._waiting
+
+        def spy(*args: Any) -> payload_scope.Waiting:
+            found.append(test(*args))
+            return found[-1]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(payload_scope, "_waiting", spy)
+            stack.cycle()
+
+        # the users came in as those of a company known since, not by a scan of every user
+        assert [(w.replace, external_id in w.added) for w in found] == [(False, True)]
+        assert (external_id,) in stack.query("select external_id from ops.payload_known_companies")
 
         assert external_id in {item.get("externalId") for item in stack.company_items()}
         sent = {item.get("email") for item in _enduser_items(stack)[sent_before:]}

@@ -206,6 +206,14 @@ def test_the_kept_waiting_seed_finds_each_way_in_without_scanning_every_user(
     expected = {"never-sent", "waits-for-company", "new", "shares-email", "of-renamed"}
     assert set(second.waiting.hull_ids) == expected
     assert _selected(database, settings) == _selected(database, settings, scan=True)
+    # no user is scanned: one the log does not name (nothing makes such a user) is not tested
+    _execute(
+        database,
+        "insert into hull.users values ('unlogged', null, 'l@x.io', ['Customers'], 'acme')",
+    )
+    assert "unlogged" not in _waiting_now(database, settings).waiting.hull_ids  # type: ignore[union-attr]
+    assert "unlogged" in _selected(database, settings, scan=True)
+    _execute(database, "delete from hull.users where hull_id = 'unlogged'")
 
     # two are delivered, three sent and not taken yet; the company being sent is not any more
     _remember(database, second, sent=["waits-for-company", "shares-email", "of-renamed"])
@@ -299,3 +307,15 @@ def test_two_runs_at_once_forget_the_kept_seed_and_the_next_run_scans_every_user
     after = _waiting_now(database, settings)
     assert after.waiting is not None and after.waiting.replace  # a scan of every user
     assert set(after.waiting.hull_ids) == {"never-sent", "new"}
+
+    # a run that read a kept set, then the set forgotten and stored anew: its version is new,
+    # so the stale run's changes are not applied to the new set
+    _remember(database, after, sent=[])
+    stale = _waiting_now(database, settings)
+    _execute(database, f"delete from {payload_scope.TRACKED}")  # forgotten (a forced run)
+    _remember(database, _waiting_now(database, settings), sent=[])  # scanned and kept anew
+    _remember(database, stale, sent=[])
+    conn = duckdb.connect(str(database), read_only=True)
+    [(tracked,)] = conn.execute(f"select count(*) from {payload_scope.TRACKED}").fetchall()
+    conn.close()
+    assert tracked == 0
