@@ -19,9 +19,10 @@ A payload asset instead maps, per target (``companies``, ``endusers``):
   and the companies known then (``ops.payload_known_companies``); a user enters the set
   only by a change the log records (its segments, identity or account link, or its account's
   identity), or by its company becoming known, so the run tests those users and the kept ones
-  alone. Fingerprints are never deleted, so no user re-enters by losing one. Until a run has
-  kept them (``ops.payload_tracked``), and after any run that mapped every profile, the next
-  run scans every user once;
+  alone. Fingerprints are never deleted, so no user re-enters by losing one. A run that maps
+  every profile scans every user once and keeps what it finds (``ops.payload_tracked``); a run
+  that finds the kept set replaced since it read it (two runs at once) forgets it, and the
+  next run scans;
 - the profiles sharing a key with any of those (one row per key is chosen among them).
 
 Everything else has, by construction, the fingerprint of its current content. Every profile is
@@ -140,10 +141,10 @@ def scope(
     digest = _digest(conn, settings, target)
     seq = change_seq(conn)
     if force or not (_exists(conn, SCOPE) and _exists(conn, CHANGES)):
-        return Scope(target, None, seq, digest)
+        return _every_profile(conn, settings, target, seq, digest)
     rows = conn.execute(f"select seq, digest from {SCOPE} where target = ?", [target]).fetchall()
     if not rows or rows[0][1] != digest:
-        return Scope(target, None, seq, digest)
+        return _every_profile(conn, settings, target, seq, digest)
     last = int(rows[0][0])
     kind = "account" if target == "companies" else "user"
     config = settings.planhat
@@ -179,6 +180,18 @@ def scope(
     return Scope(target, where, seq, digest, waiting)
 
 
+def _every_profile(
+    conn: duckdb.DuckDBPyConnection, settings: Settings, target: str, seq: int, digest: str
+) -> Scope:
+    """A scope mapping every profile; for endusers, with the waiting users a scan finds, kept
+    so that the next run starts from them (the scan is small beside mapping every user)."""
+    if target != "endusers" or not (_exists(conn, "hull.users") and _exists(conn, "hull.accounts")):
+        return Scope(target, None, seq, digest)
+    with transaction(conn):
+        waiting = _waiting(conn, settings, target, [], scan=True)
+    return Scope(target, None, seq, digest, waiting)
+
+
 ENDUSER_KEY = (
     "case when nullif(trim(external_id), '') is not null then 'external_id:' || external_id"
     " when nullif(trim(email), '') is not null then 'email:' || email end"
@@ -190,11 +203,16 @@ WAITING_NOW = "temp.payload_waiting_now"
 
 
 def _waiting(
-    conn: duckdb.DuckDBPyConnection, settings: Settings, target: str, changes: list[str]
+    conn: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    target: str,
+    changes: list[str],
+    *,
+    scan: bool = False,
 ) -> Waiting:
     """The in-segment users whose key has no fingerprint and whose company is known, selected
-    into ``WAITING_NOW``: among every user when nothing is kept, else among the kept ones,
-    the users of companies known since, and ``changes`` (the only other ways in)."""
+    into ``WAITING_NOW``: among every user when nothing is kept (or ``scan``), else among the
+    kept ones, the users of companies known since, and ``changes`` (the only other ways in)."""
     known = [sql for table, sql in KNOWN_COMPANY_SOURCES.items() if _exists(conn, table)]
     run(
         conn,
@@ -219,7 +237,7 @@ def _waiting(
         f" select hull_id from c where {segment} and key is not null and not {taken}"
         f" and {company_known}"
     )
-    version = _kept_version(conn, target)
+    version = None if scan else _kept_version(conn, target)
     if version is None:
         run(
             conn,
@@ -390,12 +408,13 @@ def _same_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[
 
 def _keep_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str]) -> None:
     """Store the next run's waiting seed; or forget it, so that the next run scans every
-    user: when this run kept nothing (it mapped every profile), or when another run stored
-    a waiting set since this one read it (two runs at once: this run's changes are relative to
-    a set that is gone, and the other's findings would be lost)."""
+    user: when this run found none, or when its set was built on a kept one that another
+    run replaced since this one read it (two runs at once: this run's changes are relative
+    to a set that is gone, and the other's findings would be lost). A scan's set is whole at
+    its snapshot (a later change is in the log after its sequence), so it is stored as is."""
     target = mapped.target
     known = mapped.waiting
-    if known is not None and _kept_version(conn, target) != known.version:
+    if known is not None and not known.replace and _kept_version(conn, target) != known.version:
         known = None
     run(conn, f"delete from {WAITING} where target = ?", [target])
     if known is None:

@@ -156,8 +156,7 @@ def test_users_waiting_for_their_company_are_sent_in_the_cycle_that_sends_it(
     # every account with an external id is a customer: the seed's invalid owner too, whose
     # users wait for their company until its owner is mended in Copper
     with _started(tmp_path, _segment("external_id is not null")) as stack:
-        stack.cycle()
-        stack.cycle()  # the second cycle keeps the waiting seed: the third reads it
+        stack.cycle()  # it maps every profile and keeps the waiting seed: the next reads it
         assert stack.query("select target from ops.payload_tracked") == [("endusers",)]
         waiting = _waiting(stack)
         rows = stack.query(

@@ -234,7 +234,7 @@ def test_the_kept_waiting_seed_finds_each_way_in_without_scanning_every_user(
     assert selected == _selected(database, settings, scan=True)
 
 
-def test_a_run_that_maps_every_profile_forgets_the_kept_seed_and_an_unmoved_one_writes_nothing(
+def test_a_run_that_maps_every_profile_keeps_its_scan_and_an_unmoved_one_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings()
@@ -261,19 +261,27 @@ def test_a_run_that_maps_every_profile_forgets_the_kept_seed_and_an_unmoved_one_
     )
     assert _selected(database, settings) == set()  # nothing changed and nobody waits
 
+    _execute(  # a user waits again: the forced run's scan finds it
+        database, "insert into hull.users values ('new', null, 'new@x.io', ['Customers'], 'acme')"
+    )
     with read_only(str(database)) as conn:
         assert conn is not None
+        [(version,)] = conn.execute(f"select version from {payload_scope.TRACKED}").fetchall()
         every = payload_scope.scope(conn, settings, "endusers", force=True)
-    assert every.where is None and every.waiting is None
+    assert every.where is None and every.waiting is not None and every.waiting.replace
     _remember(database, every, sent=[])
     conn = duckdb.connect(str(database), read_only=True)
-    left = [
-        conn.execute(f"select count(*) from {table}").fetchall()[0][0]
-        for table in (payload_scope.WAITING, payload_scope.KNOWN, payload_scope.TRACKED)
+    kept = [
+        sorted(conn.execute(f"select * exclude (target) from {table}").fetchall())
+        for table in (payload_scope.WAITING, payload_scope.KNOWN)
     ]
+    [(new_version,)] = conn.execute(f"select version from {payload_scope.TRACKED}").fetchall()
     conn.close()
-    assert left == [0, 0, 0]
-    assert _waiting_now(database, settings).waiting.replace  # type: ignore[union-attr]
+    assert kept == [[("new",)], [("acme-ext",), ("moved-ext",)]]
+    assert new_version != version
+    later = _waiting_now(database, settings)  # starts from the forced run's scan
+    assert later.waiting is not None and not later.waiting.replace
+    assert set(later.waiting.hull_ids) == {"new"}
 
 
 def test_two_runs_at_once_forget_the_kept_seed_and_the_next_run_scans_every_user(
