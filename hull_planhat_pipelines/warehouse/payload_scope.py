@@ -221,10 +221,7 @@ def _waiting(
         + ") k(external_id) where external_id is not null",
     )
     segment = in_segment(list(settings.planhat.contact_segments))
-    company_known = (
-        f"account_hull_id in (select hull_id from hull.accounts where external_id in"
-        f" (select external_id from {KNOWN_NOW}))"
-    )
+    company_known = _of_companies_in(KNOWN_NOW)
     # the fingerprints of the tested users' keys only, not every key delivered
     taken = (
         f"exists (select 1 from {FINGERPRINTS} f where f.target = {quote(target)}"
@@ -256,10 +253,7 @@ def _waiting(
     removed = _strings(conn, f"{kept} except select external_id from {KNOWN_NOW}")
     candidates = [f"(select hull_id from {WAITING} where target = {quote(target)})", *changes]
     if added:
-        candidates.append(
-            "(select hull_id from hull.users where account_hull_id in (select hull_id from"
-            f" hull.accounts where external_id in (select external_id from {KNOWN_ADDED})))"
-        )
+        candidates.append(f"(select hull_id from hull.users where {_of_companies_in(KNOWN_ADDED)})")
     rows = select_where(
         "hull.users",
         "hull_id in (" + " union ".join(f"select hull_id from {c}" for c in candidates) + ")",
@@ -271,6 +265,14 @@ def _waiting(
     )
     hull_ids = _strings(conn, f"select hull_id from {WAITING_NOW}")
     return Waiting(hull_ids, added, removed, False, version)
+
+
+def _of_companies_in(table: str) -> str:
+    """SQL over ``hull.users``: the user's account has an external id listed in ``table``."""
+    return (
+        "account_hull_id in (select hull_id from hull.accounts where external_id in"
+        f" (select external_id from {table}))"
+    )
 
 
 def _kept_version(conn: duckdb.DuckDBPyConnection, target: str) -> str | None:
@@ -357,12 +359,13 @@ def remember(
         f"select seq, digest from {SCOPE} where target = ?", [mapped.target]
     ).fetchall()
     waiting = _still_waiting(mapped, rows)
+    version = _kept_version(database_conn, mapped.target)
     database_conn.register("_pending", rows)
     try:
         if (
             stored == [(mapped.seq, mapped.digest)]
             and _same_pending(database_conn, mapped.target, len(rows))
-            and _same_waiting(database_conn, mapped, waiting)
+            and _same_waiting(database_conn, mapped, waiting, version)
         ):
             return  # nothing moved: nothing written
         with transaction(database_conn):
@@ -379,7 +382,7 @@ def remember(
                 f"insert or replace into {SCOPE} (target, seq, digest) values (?, ?, ?)",
                 [mapped.target, mapped.seq, mapped.digest],
             )
-            _keep_waiting(database_conn, mapped, waiting)
+            _keep_waiting(database_conn, mapped, waiting, version)
     finally:
         database_conn.unregister("_pending")
 
@@ -393,20 +396,22 @@ def _still_waiting(mapped: Scope, pending: pd.DataFrame) -> list[str]:
     return sorted({h for h in mapped.waiting.hull_ids if h not in sent})
 
 
-def _same_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str]) -> bool:
-    """Whether the kept waiting state is already what this run would keep."""
-    version = _kept_version(conn, mapped.target)
-    if mapped.waiting is None:
+def _same_waiting(
+    conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str], version: str | None
+) -> bool:
+    """Whether the kept waiting state (of ``version``) is already what this run would keep."""
+    found = mapped.waiting
+    if found is None:
         return version is None
-    if version is None or version != mapped.waiting.version:
-        return False
-    if mapped.waiting.replace or mapped.waiting.added or mapped.waiting.removed:
+    if found.replace or found.added or found.removed or version != found.version:
         return False
     kept = run(conn, f"select hull_id from {WAITING} where target = ?", [mapped.target])
     return sorted(str(r[0]) for r in kept) == waiting
 
 
-def _keep_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str]) -> None:
+def _keep_waiting(
+    conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[str], version: str | None
+) -> None:
     """Store the next run's waiting seed; or forget it, so that the next run scans every
     user: when this run found none, or when its set was built on a kept one that another
     run replaced since this one read it (two runs at once: this run's changes are relative
@@ -414,7 +419,7 @@ def _keep_waiting(conn: duckdb.DuckDBPyConnection, mapped: Scope, waiting: list[
     its snapshot (a later change is in the log after its sequence), so it is stored as is."""
     target = mapped.target
     known = mapped.waiting
-    if known is not None and not known.replace and _kept_version(conn, target) != known.version:
+    if known is not None and not known.replace and version != known.version:
         known = None
     run(conn, f"delete from {WAITING} where target = ?", [target])
     if known is None:
