@@ -85,11 +85,9 @@ def _warehouse(path: Path, settings: Settings) -> None:
 
 
 def test_the_scope_selected_in_steps_keeps_every_reason_and_the_key_sharers(
-    tmp_path: Path,
+    made: tuple[Settings, Path],
 ) -> None:
-    settings = _settings()
-    database = tmp_path / "warehouse.duckdb"
-    _warehouse(database, settings)
+    settings, database = made
 
     with read_only(str(database)) as conn:
         assert conn is not None
@@ -116,13 +114,10 @@ def test_the_scope_selected_in_steps_keeps_every_reason_and_the_key_sharers(
     assert again == [(len(selected),)]
 
     # what the read-only connection made was its own: nothing was written to the warehouse
-    conn = duckdb.connect(str(database), read_only=True)
-    try:
-        tables = conn.execute(
-            "select table_name from information_schema.tables where table_name like 'payload_s%'"
-        ).fetchall()
-    finally:
-        conn.close()
+    tables = _query(
+        database,
+        "select table_name from information_schema.tables where table_name like 'payload_s%'",
+    )
     assert sorted(tables) == [("payload_scope",)]
 
 
@@ -164,21 +159,34 @@ def _execute(database: Path, *statements: str) -> None:
     conn.close()
 
 
-def test_the_kept_waiting_seed_finds_each_way_in_without_scanning_every_user(
-    tmp_path: Path,
-) -> None:
+def _query(database: Path, sql: str) -> list[tuple]:
+    conn = duckdb.connect(str(database), read_only=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> tuple[Settings, Path]:
+    """The settings and a warehouse of ``USERS`` (its scope last mapped at sequence 1)."""
     settings = _settings()
     database = tmp_path / "warehouse.duckdb"
     _warehouse(database, settings)
+    return settings, database
+
+
+def test_the_kept_waiting_seed_finds_each_way_in_without_scanning_every_user(
+    made: tuple[Settings, Path],
+) -> None:
+    settings, database = made
 
     first = _waiting_now(database, settings)  # nothing kept yet: every user is scanned
     assert first.waiting is not None and first.waiting.replace
     assert set(first.waiting.hull_ids) == {"never-sent"}
     _remember(database, first, sent=[])  # mapped but skipped: it stays waiting
-    conn = duckdb.connect(str(database), read_only=True)
-    kept = conn.execute(f"select hull_id from {payload_scope.WAITING}").fetchall()
-    known = conn.execute(f"select external_id from {payload_scope.KNOWN}").fetchall()
-    conn.close()
+    kept = _query(database, f"select hull_id from {payload_scope.WAITING}")
+    known = _query(database, f"select external_id from {payload_scope.KNOWN}")
     assert kept == [("never-sent",)]
     assert sorted(known) == [("acme-ext",), ("moved-ext",)]
 
@@ -235,11 +243,9 @@ def test_the_kept_waiting_seed_finds_each_way_in_without_scanning_every_user(
 
 
 def test_a_run_that_maps_every_profile_keeps_its_scan_and_an_unmoved_one_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    made: tuple[Settings, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _settings()
-    database = tmp_path / "warehouse.duckdb"
-    _warehouse(database, settings)
+    settings, database = made
     first = _waiting_now(database, settings)
     _remember(database, first, sent=[])
 
@@ -270,13 +276,11 @@ def test_a_run_that_maps_every_profile_keeps_its_scan_and_an_unmoved_one_writes_
         every = payload_scope.scope(conn, settings, "endusers", force=True)
     assert every.where is None and every.waiting is not None and every.waiting.replace
     _remember(database, every, sent=[])
-    conn = duckdb.connect(str(database), read_only=True)
     kept = [
-        sorted(conn.execute(f"select * exclude (target) from {table}").fetchall())
+        sorted(_query(database, f"select * exclude (target) from {table}"))
         for table in (payload_scope.WAITING, payload_scope.KNOWN)
     ]
-    [(new_version,)] = conn.execute(f"select version from {payload_scope.TRACKED}").fetchall()
-    conn.close()
+    [(new_version,)] = _query(database, f"select version from {payload_scope.TRACKED}")
     assert kept == [[("new",)], [("acme-ext",), ("moved-ext",)]]
     assert new_version != version
     later = _waiting_now(database, settings)  # starts from the forced run's scan
@@ -285,11 +289,9 @@ def test_a_run_that_maps_every_profile_keeps_its_scan_and_an_unmoved_one_writes_
 
 
 def test_two_runs_at_once_forget_the_kept_seed_and_the_next_run_scans_every_user(
-    tmp_path: Path,
+    made: tuple[Settings, Path],
 ) -> None:
-    settings = _settings()
-    database = tmp_path / "warehouse.duckdb"
-    _warehouse(database, settings)
+    settings, database = made
     _remember(database, _waiting_now(database, settings), sent=[])
 
     # both read the same kept set; the second remembers after the first: its changes are
@@ -305,12 +307,10 @@ def test_two_runs_at_once_forget_the_kept_seed_and_the_next_run_scans_every_user
     _remember(database, first, sent=[])
     _remember(database, second, sent=["new"])
 
-    conn = duckdb.connect(str(database), read_only=True)
     kept = [
-        conn.execute(f"select count(*) from {table}").fetchall()[0][0]
+        _query(database, f"select count(*) from {table}")[0][0]
         for table in (payload_scope.WAITING, payload_scope.KNOWN, payload_scope.TRACKED)
     ]
-    conn.close()
     assert kept == [0, 0, 0]
     after = _waiting_now(database, settings)
     assert after.waiting is not None and after.waiting.replace  # a scan of every user
@@ -323,7 +323,5 @@ def test_two_runs_at_once_forget_the_kept_seed_and_the_next_run_scans_every_user
     _execute(database, f"delete from {payload_scope.TRACKED}")  # forgotten (a forced run)
     _remember(database, _waiting_now(database, settings), sent=[])  # scanned and kept anew
     _remember(database, stale, sent=[])
-    conn = duckdb.connect(str(database), read_only=True)
-    [(tracked,)] = conn.execute(f"select count(*) from {payload_scope.TRACKED}").fetchall()
-    conn.close()
+    [(tracked,)] = _query(database, f"select count(*) from {payload_scope.TRACKED}")
     assert tracked == 0
