@@ -37,6 +37,8 @@ from hull_planhat_pipelines.clients.copper import (
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sync.copper.records import records_frame
 
+from machine import MachineSpeed
+
 RATE_LIMIT_PER_MINUTE = 180
 
 
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.leads < 0:
         parser.error("--leads must be >= 0")
+    speed = MachineSpeed()
     result = run(args.leads, args.seed)
+    result["machine"] = speed.report()
     ok = (
         result["requests"] == result["minimum_requests"]
         and result["records"] == result["distinct_records"] == result["rows"] == args.leads

@@ -37,6 +37,8 @@ import yaml
 from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.settings import default_config_path
 
+from machine import MachineSpeed
+
 OBJECTS = ("people", "companies", "opportunities")
 PAGE_SIZE = 200
 TARGET_RATIO = 3.0
@@ -205,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    speed = MachineSpeed()
     with (
         CopperSandbox(seed=args.seed, scale=args.scale) as sandbox,
         tempfile.TemporaryDirectory(prefix="copper-full-load-") as tmp,
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tap_copper": tap,
                 "airbyte_source_copper": source,
                 "ratio": round(ratio, 2),
+                "machine": speed.report(),
                 "airbyte_ratio": round(airbyte_ratio, 2) if airbyte_ratio is not None else None,
                 "target_ratio": TARGET_RATIO,
                 "complete": complete,

@@ -33,6 +33,8 @@ from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.planhat.destinations import destination_records
 from hull_planhat_pipelines.warehouse import deliveries
 
+from machine import MachineSpeed
+
 
 def destination() -> DestinationSettings:
     return DestinationSettings(
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.records < 0 or args.every < 1:
         parser.error("--records must be >= 0 and --every >= 1")
+    speed = MachineSpeed()
     modes = [
         one_mode(m, args.records, args.every, args.seed)
         for m in ("per-request", "grouped-1", "grouped-K")
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if modes[2]["seconds"]
         else None,
         "ok": ok,
+        "machine": speed.report(),
     }
     print(json.dumps(result))
     return 0 if ok else 1

@@ -100,6 +100,8 @@ from hull_planhat_pipelines.sync.batching import batch_count
 from hull_planhat_pipelines.sync.copper.records import connect_targets
 from hull_planhat_pipelines.sync.planhat.snapshot_due import READ_BACK_STATUSES
 
+from machine import MachineSpeed
+
 COPPER_RATE_PER_MINUTE = 180
 PLANHAT_RATE_PER_MINUTE = 200
 UNTHROTTLED = 1_000_000
@@ -1078,8 +1080,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--scale must be > 0")
     if not 0 <= args.change <= 1:
         parser.error("--change must be within 0..1")
+    speed = MachineSpeed()
     if args.compare:
         compared = compare(args.seed, args.start_date)
+        compared["machine"] = speed.report()
         if compared["problems"]:
             print("FAILED: " + "; ".join(compared["problems"]))
         print(json.dumps(compared, default=str))
@@ -1095,6 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{last['hull_account_upserts']} account attributes"
         )
     result["ok"] = not problems
+    result["machine"] = speed.report()
     print()
     for p in result["passes"]:
         print(

@@ -50,6 +50,8 @@ from hull_planhat_pipelines.sync.hull.changes import (
 )
 from hull_planhat_pipelines.sync.hull.from_copper import CopperRows
 
+from machine import MachineSpeed
+
 NOW = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
 BASE = int(dt.datetime(2024, 3, 1, tzinfo=dt.UTC).timestamp())
 
@@ -337,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(incremental_in_warehouse(args.incremental_from, scale, log)))
         return 0
 
+    speed = MachineSpeed(log)
     started = time.perf_counter()
     first_rows = copper_rows(scale, 0, only_changed=False)
     log(f"built first-load rows in {time.perf_counter() - started:.1f} s")
@@ -388,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 "store_users": len(store.users),
                 "store_accounts": len(store.accounts),
                 "phases": phases,
+                "machine": speed.report(),
             }
         )
     )

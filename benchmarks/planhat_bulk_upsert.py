@@ -22,6 +22,8 @@ import requests
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import MAX_BULK_RECORDS
 
+from machine import MachineSpeed
+
 
 def upsert_once(records: int) -> float:
     """Seconds for one authenticated PUT /companies of ``records`` new companies."""
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--budget", type=float, default=1.5, help="seconds, fastest repetition")
     args = parser.parse_args(argv)
+    speed = MachineSpeed()
     times = []
     for i in range(args.repeat):
         times.append(upsert_once(MAX_BULK_RECORDS))
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_seconds": args.budget,
         "within_budget": min(times) < args.budget,
         "requests": args.repeat,
+        "machine": speed.report(),
     }
     print(json.dumps(result))
     return 0 if result["within_budget"] else 1

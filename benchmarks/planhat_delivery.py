@@ -28,6 +28,8 @@ from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import MAX_BULK_RECORDS
 from hull_planhat_pipelines.sync.batching import batch_count
 
+from machine import MachineSpeed
+
 RATE_LIMIT_PER_MINUTE = 200
 
 
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.records < 0:
         parser.error("--records must be >= 0")
+    speed = MachineSpeed()
     result = run(args.records, args.update_pass, args.seed)
+    result["machine"] = speed.report()
     sent = sum(result["requests"].values())
     expected = [{"created": args.records}] + (
         [{"updated": args.records}] if args.update_pass else []
