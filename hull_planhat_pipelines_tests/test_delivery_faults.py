@@ -404,6 +404,59 @@ def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Sta
     assert all(c.passed for c in settled.get_asset_check_evaluations())
 
 
+def test_endusers_following_a_recreated_company_are_sent_after_their_request_failed(
+    stack: Stack,
+) -> None:
+    """A company deleted in Planhat is recreated and its endusers follow it, unchanged. When
+    the company is taken and the endusers' request is refused (or the run killed between the
+    two), the company is no longer missing and the endusers' payloads match what Planhat had
+    before: the next run must still send them, once."""
+    stack.prepare()
+    stack.deliver()
+    ours = {
+        str(k)
+        for (k,) in stack.query(
+            "select key from planhat.delivery_fingerprints where target = 'endusers'"
+        )
+    }
+    companies = {c["_id"]: c for c in stack.planhat.companies() if c.get("externalId")}
+    members: dict[str, set[str]] = collections.defaultdict(set)
+    for enduser in stack.planhat.endusers():
+        if _enduser_key(enduser) in ours and enduser["companyId"] in companies:
+            members[enduser["companyId"]].add(_enduser_key(enduser))
+    gone_id = max(members, key=lambda cid: len(members[cid]))
+    gone = companies[gone_id]["externalId"]
+    requests_lib().delete(
+        f"{stack.planhat.rest_url}/companies/{gone_id}",
+        headers={"Authorization": f"Bearer {stack.planhat.api_token}"},
+        timeout=10,
+    ).raise_for_status()
+    assert stack.run("planhat_fetch").success  # the snapshot no longer holds it
+    assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members[gone_id]
+
+    stack.planhat.rest.faults.add(Fault(status=400, path="^/endusers$", method="PUT", times=10**6))
+    stack.planhat.rest.clear_requests()
+    stack.run("planhat_delivery")  # the company is recreated; its endusers are refused
+    companies_sent = [i for r in stack.planhat.rest.recorded("PUT", "^/companies$") for i in r.body]
+    assert [i["externalId"] for i in companies_sent] == [gone]
+    assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members[gone_id]
+
+    stack.planhat.rest.faults.clear()
+    stack.planhat.rest.clear_requests()
+    stack.run("planhat_delivery")
+    sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert sorted(_enduser_key(i) for i in sent) == sorted(members[gone_id])
+    assert not stack.planhat.rest.recorded("PUT", "^/companies$")
+    held = collections.Counter((_enduser_key(e), e["companyId"]) for e in stack.planhat.endusers())
+    assert max(held.values()) == 1
+    assert {_enduser_key(e) for e in stack.planhat.endusers()} >= members[gone_id]
+
+    # taken: the next run sends nothing
+    stack.planhat.rest.clear_requests()
+    assert stack.run("planhat_delivery").success
+    assert not stack.planhat.rest.recorded("PUT", "^/endusers$")
+
+
 def requests_lib():
     import requests
 

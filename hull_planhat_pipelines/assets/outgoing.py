@@ -68,6 +68,7 @@ from hull_planhat_pipelines.warehouse.deliveries import (
 from hull_planhat_pipelines.warehouse.payload_scope import (
     Scope,
     accounts_of_users,
+    forced_not_taken,
     remember_scopes,
     scope,
 )
@@ -123,7 +124,7 @@ def _payload_asset(
         with warehouse.read_only() as conn:
             fingerprints = fingerprints_table(conn, targets) if targets else empty_fingerprints()
             payloads, events = build(conn, fingerprints, config.force, scopes)
-        remember_scopes(warehouse.database, scopes.values(), payloads)
+        remember_scopes(warehouse.database, scopes.values(), payloads, forced=config.force)
         counts = record_events(
             context, events, asset=f"planhat/{name}", database=warehouse.database
         )
@@ -168,8 +169,10 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             )
             payloads, _ = company_payloads(_no_profiles(), None, settings, fingerprints)
             return payloads, waiting
+        # and one whose forced payload no delivery took yet is forced again
+        again = vanished | forced_not_taken(conn, COMPANIES)
         kept = fingerprints[
-            ~((fingerprints["target"] == "companies") & fingerprints["key"].isin(vanished))
+            ~((fingerprints["target"] == "companies") & fingerprints["key"].isin(again))
         ]
         return company_payloads(accounts, users, settings, kept, force=force)
 
@@ -187,10 +190,13 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if len(ours):
             fingerprints = pd.concat([f for f in (fingerprints, ours) if len(f)], ignore_index=True)
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
-        if vanished and not force:  # their endusers follow the recreated company
+        # their endusers follow the recreated company, until a delivery takes them
+        again = forced_not_taken(conn, ENDUSERS)
+        if (vanished or again) and not force:
             every, _ = enduser_payloads(users, accounts, settings, fingerprints, force=True)
             follow = every["company_external_id"].astype("string").isin(vanished).fillna(False)
-            extra = every[follow.to_numpy() & ~every["key"].isin(payloads["key"]).to_numpy()]
+            follow = follow.to_numpy() | every["key"].isin(again).to_numpy()
+            extra = every[follow & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)

@@ -10,7 +10,9 @@ A payload asset instead maps, per target (``companies``, ``endusers``):
   ``companyExternalId`` comes from it). A profile whose only change is the ``planhat/*``
   attributes a snapshot wrote back after its delivery is not mapped again;
 - the profiles of its previous payloads (``ops.payload_pending``) that Planhat did not take:
-  not delivered, or refused (their key's fingerprint is not the one they were sent with);
+  not delivered, or refused (their key's fingerprint is not the one they were sent with), or,
+  for a payload sent with the fingerprint Planhat already had (the endusers following a
+  company Planhat deleted), not delivered since it was written (``forced_not_taken``);
 - in-segment profiles whose key has no fingerprint (never delivered) and whose company Planhat
   has or is being sent (the others are skipped until it does: they wait outside the scope
   instead of being mapped and skipped every run). Companies only: all of them, found by a scan
@@ -71,6 +73,7 @@ SCOPE_DDL = [
     f"create table if not exists {PENDING} (target varchar, hull_id varchar)",
     f"alter table {PENDING} add column if not exists key varchar",
     f"alter table {PENDING} add column if not exists fingerprint varchar",
+    f"alter table {PENDING} add column if not exists written_at timestamp with time zone",
     f"create table if not exists {WAITING} (target varchar, hull_id varchar)",
     f"create table if not exists {KNOWN} (target varchar, external_id varchar)",
     f"create table if not exists {TRACKED} (target varchar primary key, version varchar)",
@@ -319,19 +322,60 @@ def _select_scope(
 
 def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:
     """SQL: the profiles of the previous payloads that Planhat has not taken: their key's
-    fingerprint is not the one they were sent with (not delivered, refused, or never settled).
-    One that was delivered is current by its fingerprint: mapping it again would only find
-    it unchanged (a pending row written before fingerprints were kept is always mapped)."""
+    fingerprint is not the one they were sent with (not delivered, refused, or never settled),
+    or it is but no delivery stored it since the payload was written (a forced payload: see
+    ``forced_not_taken``). One that was delivered is current by its fingerprint: mapping it
+    again would only find it unchanged (a pending row written before fingerprints were kept is
+    always mapped)."""
     rows = f"select hull_id from {PENDING} p where p.target = {quote(target)}"
     if not has_column(conn, PENDING, "fingerprint") or not _exists(conn, FINGERPRINTS):
         return f"({rows})"
+    columns, taken = "key, fingerprint", "f.key = p.key and f.fingerprint = p.fingerprint"
+    if _delivery_times_kept(conn):
+        columns, taken = f"{columns}, delivered_at", f"{taken} and {_DELIVERED_SINCE_WRITTEN}"
     # an anti join (a row without a fingerprint never matches: it is mapped); written as a
     # correlated ``not exists``, DuckDB copied the whole pending set to decorrelate it
     return (
-        f"(select p.hull_id from {PENDING} p anti join (select key, fingerprint from"
-        f" {FINGERPRINTS} where target = {quote(target)}) f on f.key = p.key"
-        f" and f.fingerprint = p.fingerprint where p.target = {quote(target)})"
+        f"(select p.hull_id from {PENDING} p anti join (select {columns}"
+        f" from {FINGERPRINTS} where target = {quote(target)}) f on {taken}"
+        f" where p.target = {quote(target)})"
     )
+
+
+def _delivery_times_kept(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether pending rows say when they were written and fingerprints when they were stored
+    (tables written by earlier versions may not: their rows are judged by fingerprint alone)."""
+    return (
+        _exists(conn, FINGERPRINTS)
+        and has_column(conn, PENDING, "written_at")
+        and has_column(conn, FINGERPRINTS, "delivered_at")
+    )
+
+
+_DELIVERED_SINCE_WRITTEN = "(p.written_at is null or f.delivered_at >= p.written_at)"
+"""SQL: the fingerprint ``f`` was stored by a delivery after the pending row ``p`` was written
+(a row written before the time was kept: by its fingerprint alone, as before)."""
+
+
+def forced_not_taken(conn: duckdb.DuckDBPyConnection | None, target: str) -> set[str]:
+    """The keys of pending payloads that carry the fingerprint Planhat already had and that no
+    delivery has taken since they were written: the endusers following a company Planhat
+    deleted (and the company). Mapped again they are unchanged, so nothing but this would send
+    them: a run killed, or refused, between a recreated company and its endusers would lose
+    them. They are forced again until a delivery takes them. An operator's forced run writes
+    its rows without a time: its delivery sends them (and what was owed before) once; a
+    failure there is the operator's to see in that run and force again."""
+    if conn is None or not _exists(conn, PENDING) or not _delivery_times_kept(conn):
+        return set()
+    rows = run(
+        conn,
+        f"select p.key from {PENDING} p join {FINGERPRINTS} f on f.target = p.target"
+        " and f.key = p.key and f.fingerprint = p.fingerprint"
+        " where p.target = ? and p.written_at is not null"
+        " and (f.delivered_at is null or f.delivered_at < p.written_at)",
+        [target],
+    )
+    return {str(key) for (key,) in rows}
 
 
 def accounts_of_users(
@@ -348,10 +392,19 @@ def accounts_of_users(
 
 
 def remember(
-    database_conn: duckdb.DuckDBPyConnection, mapped: Scope, payloads: pd.DataFrame
+    database_conn: duckdb.DuckDBPyConnection,
+    mapped: Scope,
+    payloads: pd.DataFrame,
+    *,
+    forced: bool = False,
 ) -> None:
     """The sequence mapped, the profiles whose payloads are now pending delivery and (endusers)
-    the waiting users that did not become one, with the companies known."""
+    the waiting users that did not become one, with the companies known.
+
+    Pending rows say when they were written, so that one carrying the fingerprint Planhat
+    already had (a company's endusers following its re-creation) is owed until a delivery
+    takes it (``forced_not_taken``). A ``forced`` run's rows do not: a forced send is the
+    operator's, sent once by its delivery, and not repeated by later runs."""
     for statement in SCOPE_DDL:
         run(database_conn, statement)
     rows = _pending_rows(payloads)
@@ -365,6 +418,7 @@ def remember(
         if (
             stored == [(mapped.seq, mapped.digest)]
             and _same_pending(database_conn, mapped.target, len(rows))
+            and (forced or not _sends_what_planhat_has(database_conn, mapped.target))
             and _same_waiting(database_conn, mapped, waiting, version)
         ):
             return  # nothing moved: nothing written
@@ -373,8 +427,9 @@ def remember(
             if len(rows):
                 run(
                     database_conn,
-                    f"insert into {PENDING} (target, hull_id, key, fingerprint)"
-                    f" select ?, {_NEW_PENDING}",
+                    f"insert into {PENDING} (target, hull_id, key, fingerprint, written_at)"
+                    f" select ?, {_NEW_PENDING_COLUMNS},"
+                    f" {'null' if forced else 'current_timestamp'} from _pending",
                     [mapped.target],
                 )
             run(
@@ -450,7 +505,8 @@ def _keep_waiting(
     )
 
 
-_NEW_PENDING = "hull_id::varchar, key::varchar, fingerprint::varchar from _pending"
+_NEW_PENDING_COLUMNS = "hull_id::varchar, key::varchar, fingerprint::varchar"
+_NEW_PENDING = f"{_NEW_PENDING_COLUMNS} from _pending"
 """The columns of the registered ``_pending`` rows, as ``PENDING`` stores them."""
 
 
@@ -474,6 +530,21 @@ def _same_pending(database_conn: duckdb.DuckDBPyConnection, target: str, rows: i
     return not differ
 
 
+def _sends_what_planhat_has(database_conn: duckdb.DuckDBPyConnection, target: str) -> bool:
+    """Whether a registered ``_pending`` row carries the fingerprint Planhat already has (a
+    follow-up): it is written again with this run's time, not kept with an earlier one that a
+    delivery may have taken since (the company deleted in Planhat a second time)."""
+    if not _exists(database_conn, FINGERPRINTS):
+        return False
+    [(found,)] = run(
+        database_conn,
+        f"select exists (select 1 from _pending n join {FINGERPRINTS} f on f.target = ?"
+        " and f.key = n.key::varchar and f.fingerprint = n.fingerprint::varchar)",
+        [target],
+    )
+    return bool(found)
+
+
 def _pending_rows(payloads: pd.DataFrame) -> pd.DataFrame:
     """One row per profile with a payload: what it is sent under and with."""
     if not len(payloads):
@@ -482,7 +553,9 @@ def _pending_rows(payloads: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates("hull_id", keep="last").astype(object).reset_index(drop=True)
 
 
-def remember_scopes(path: str, scopes: Iterable[Scope], payloads: pd.DataFrame) -> None:
+def remember_scopes(
+    path: str, scopes: Iterable[Scope], payloads: pd.DataFrame, *, forced: bool = False
+) -> None:
     """``remember`` each mapped scope on one short-lived write connection: the next run maps
     only what changed after this one."""
     mapped = list(scopes)
@@ -491,6 +564,6 @@ def remember_scopes(path: str, scopes: Iterable[Scope], payloads: pd.DataFrame) 
     conn = connect(path)
     try:
         for one in mapped:
-            remember(conn, one, payloads)
+            remember(conn, one, payloads, forced=forced)
     finally:
         conn.close()

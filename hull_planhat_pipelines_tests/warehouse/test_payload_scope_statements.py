@@ -62,21 +62,21 @@ def _warehouse(path: Path, settings: Settings) -> None:
     )
     conn.execute(
         "create table planhat.delivery_fingerprints (target varchar, key varchar,"
-        " fingerprint varchar)"
+        " fingerprint varchar, delivered_at timestamptz)"
     )
     conn.execute(
-        "insert into planhat.delivery_fingerprints values ('companies', 'acme-ext', 'c'),"
-        " ('companies', 'moved-ext', 'm'), ('endusers', 'email:a@x.io', 'a'),"
-        " ('endusers', 'external_id:ext-r', 'older'), ('endusers', 'email:t@x.io', 't'),"
-        " ('endusers', 'email:u@x.io', 'u'), ('endusers', 'email:k@x.io', 'k'),"
-        " ('endusers', 'email:c@x.io', 'c')"
+        "insert into planhat.delivery_fingerprints (target, key, fingerprint) values"
+        " ('companies', 'acme-ext', 'c'), ('companies', 'moved-ext', 'm'),"
+        " ('endusers', 'email:a@x.io', 'a'), ('endusers', 'external_id:ext-r', 'older'),"
+        " ('endusers', 'email:t@x.io', 't'), ('endusers', 'email:u@x.io', 'u'),"
+        " ('endusers', 'email:k@x.io', 'k'), ('endusers', 'email:c@x.io', 'c')"
     )
     for statement in payload_scope.SCOPE_DDL:
         conn.execute(statement)
     digest = payload_scope._digest(conn, settings, "endusers")
     conn.execute("insert into ops.payload_scope values ('endusers', 1, ?)", [digest])
     conn.execute(
-        "insert into ops.payload_pending values"
+        "insert into ops.payload_pending (target, hull_id, key, fingerprint) values"
         " ('endusers', 'refused', 'external_id:ext-r', 'sent-but-refused'),"
         " ('endusers', 'taken', 'email:t@x.io', 't'),"
         " ('endusers', 'unsettled', 'email:u@x.io', null)"
@@ -227,7 +227,7 @@ def test_the_kept_waiting_seed_finds_each_way_in_without_scanning_every_user(
     _remember(database, second, sent=["waits-for-company", "shares-email", "of-renamed"])
     _execute(
         database,
-        "insert into planhat.delivery_fingerprints values ('endusers', 'email:n@x.io', 'n'),"
+        "insert into planhat.delivery_fingerprints (target, key, fingerprint) values ('endusers', 'email:n@x.io', 'n'),"
         " ('endusers', 'email:new@x.io', 'n')",
         "delete from planhat.company_payloads",
     )
@@ -263,7 +263,7 @@ def test_a_run_that_maps_every_profile_keeps_its_scan_and_an_unmoved_one_writes_
     monkeypatch.undo()
     _execute(
         database,
-        "insert into planhat.delivery_fingerprints values ('endusers', 'email:n@x.io', 'n')",
+        "insert into planhat.delivery_fingerprints (target, key, fingerprint) values ('endusers', 'email:n@x.io', 'n')",
     )
     assert _selected(database, settings) == set()  # nothing changed and nobody waits
 
@@ -325,3 +325,78 @@ def test_two_runs_at_once_forget_the_kept_seed_and_the_next_run_scans_every_user
     _remember(database, stale, sent=[])
     [(tracked,)] = _query(database, f"select count(*) from {payload_scope.TRACKED}")
     assert tracked == 0
+
+
+def test_a_forced_payload_no_delivery_took_is_selected_and_forced_again(
+    made: tuple[Settings, Path],
+) -> None:
+    """A forced payload carries the fingerprint Planhat already had (the endusers of a company
+    Planhat deleted, following its re-creation). When no delivery takes it (the run killed, or
+    its request refused, after the company's), its fingerprint alone would call it taken and
+    nothing would send it again: it stays selected, and forced, until a delivery stores its
+    fingerprint after the payload was written."""
+    settings, database = made
+    assert "current" not in _selected(database, settings)  # delivered, unchanged
+    mapped = _waiting_now(database, settings)
+    forced = pd.DataFrame({"hull_id": ["current"], "key": ["email:k@x.io"], "fingerprint": ["k"]})
+
+    def forced_again() -> set[str]:
+        with read_only(str(database)) as conn:
+            return payload_scope.forced_not_taken(conn, "endusers")
+
+    # the operator's forced send is sent once by its delivery: not owed by later runs
+    payload_scope.remember_scopes(str(database), [mapped], forced, forced=True)
+    assert "current" not in _selected(database, settings)
+    assert forced_again() == set()
+    # the sync's own (a follow-up) is owed
+    payload_scope.remember_scopes(str(database), [mapped], forced)
+    assert "current" in _selected(database, settings)
+    assert forced_again() == {"email:k@x.io"}
+    # a delivery from before the payload was written does not take it
+    _execute(
+        database,
+        "update planhat.delivery_fingerprints set delivered_at = now() - interval 1 hour"
+        " where key = 'email:k@x.io'",
+    )
+    assert "current" in _selected(database, settings)
+    assert forced_again() == {"email:k@x.io"}
+    # one after it does
+    _execute(
+        database,
+        "update planhat.delivery_fingerprints set delivered_at = now() + interval 1 second"
+        " where key = 'email:k@x.io'",
+    )
+    assert "current" not in _selected(database, settings)
+    assert forced_again() == set()
+
+
+def test_a_follow_up_written_again_is_owed_again_and_a_forced_runs_rows_do_not_linger(
+    made: tuple[Settings, Path],
+) -> None:
+    """The same follow-up twice (Planhat deleted the company again after a delivery took the
+    first): the second is owed from its own run, not judged by the first's time. And a run
+    with no payloads after a forced one clears the forced run's rows."""
+    settings, database = made
+    follow = pd.DataFrame({"hull_id": ["current"], "key": ["email:k@x.io"], "fingerprint": ["k"]})
+
+    def forced_again() -> set[str]:
+        with read_only(str(database)) as conn:
+            return payload_scope.forced_not_taken(conn, "endusers")
+
+    payload_scope.remember_scopes(str(database), [_waiting_now(database, settings)], follow)
+    assert forced_again() == {"email:k@x.io"}
+    _execute(
+        database,
+        "update planhat.delivery_fingerprints set delivered_at = now() where key = 'email:k@x.io'",
+    )
+    assert forced_again() == set()
+    payload_scope.remember_scopes(str(database), [_waiting_now(database, settings)], follow)
+    assert forced_again() == {"email:k@x.io"}
+
+    payload_scope.remember_scopes(
+        str(database), [_waiting_now(database, settings)], follow, forced=True
+    )
+    payload_scope.remember_scopes(
+        str(database), [_waiting_now(database, settings)], follow.iloc[0:0]
+    )
+    assert _query(database, f"select count(*) from {payload_scope.PENDING}") == [(0,)]
