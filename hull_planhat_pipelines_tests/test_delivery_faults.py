@@ -404,13 +404,15 @@ def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Sta
     assert all(c.passed for c in settled.get_asset_check_evaluations())
 
 
+@pytest.mark.parametrize("failure", ["refused", "killed"])
 def test_endusers_following_a_recreated_company_are_sent_after_their_request_failed(
-    stack: Stack,
+    stack: Stack, failure: str
 ) -> None:
     """A company deleted in Planhat is recreated and its endusers follow it, unchanged. When
-    the company is taken and the endusers' request is refused (or the run killed between the
-    two), the company is no longer missing and the endusers' payloads match what Planhat had
-    before: the next run must still send them, once."""
+    the company is taken and the endusers' request is refused, or the sync is killed (SIGKILL)
+    while that request waits for its answer, the company is no longer missing and the
+    endusers' payloads match what Planhat had before: the next run must still send them,
+    once."""
     stack.prepare()
     stack.deliver()
     ours = {
@@ -434,9 +436,19 @@ def test_endusers_following_a_recreated_company_are_sent_after_their_request_fai
     assert stack.run("planhat_fetch").success  # the snapshot no longer holds it
     assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members[gone_id]
 
-    stack.planhat.rest.faults.add(Fault(status=400, path="^/endusers$", method="PUT", times=10**6))
     stack.planhat.rest.clear_requests()
-    stack.run("planhat_delivery")  # the company is recreated; its endusers are refused
+    if failure == "refused":
+        stack.planhat.rest.faults.add(
+            Fault(status=400, path="^/endusers$", method="PUT", times=10**6)
+        )
+        stack.run("planhat_delivery")  # the company is recreated; its endusers are refused
+    else:  # killed while the endusers' request waits (it is never applied)
+        stack.planhat.rest.faults.add(
+            Fault(status=503, delay=20, path="^/endusers$", method="PUT", times=1)
+        )
+        reached, _ = _on_write(stack.planhat, "/endusers", 1)
+        proc = kill_when(_sync_command(), _env(stack), reached, SYNC_TIMEOUT)
+        assert proc.returncode == -signal.SIGKILL
     companies_sent = [i for r in stack.planhat.rest.recorded("PUT", "^/companies$") for i in r.body]
     assert [i["externalId"] for i in companies_sent] == [gone]
     assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members[gone_id]
