@@ -35,9 +35,11 @@ from hull_planhat_pipelines.sync.planhat.activities import (
 )
 from hull_planhat_pipelines.sync.planhat.companies import company_payloads
 from hull_planhat_pipelines.sync.planhat.endusers import (
+    addressed_by_id,
     drop_unknown_companies,
     enduser_keys,
     enduser_payloads,
+    planhat_enduser_ids,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
@@ -146,6 +148,17 @@ def _payload_asset(
     return _payloads
 
 
+def _renamed(conn: Any, users: pd.DataFrame, payloads: pd.DataFrame) -> dict[str, str]:
+    """The Planhat ``_id`` of each user Planhat holds under a key it no longer has (its email or
+    external id changed): sent with it, the enduser is updated, not created twice."""
+    if payloads.empty:
+        return {}
+    ids = planhat_enduser_ids(users[users["hull_id"].isin(payloads["hull_id"])])
+    candidates = payloads.loc[payloads["hull_id"].astype(str).isin(ids), ["hull_id", "key"]]
+    candidates = candidates.assign(planhat_id=[ids[str(h)] for h in candidates["hull_id"]])
+    return deliveries.held_under_other_keys(conn, candidates)
+
+
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def companies(conn, fingerprints, force, scopes):
         vanished = deliveries.vanished_companies(conn, fingerprints)
@@ -198,6 +211,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             follow = follow.to_numpy() | every["key"].isin(again).to_numpy()
             extra = every[follow & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
+        payloads = addressed_by_id(payloads, _renamed(conn, users, payloads))
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)
         )

@@ -271,6 +271,55 @@ def snapshot_keys(
     return {str(key) for (key,) in found.fetchall()}, at
 
 
+def held_under_other_keys(
+    conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
+) -> dict[str, str]:
+    """Of ``candidates`` (``hull_id``, the ``key`` its payload is sent under, the
+    ``planhat_id`` of the Planhat enduser it was built from): those whose key we never
+    delivered while the latest snapshot holds that enduser under a key we delivered for this
+    same profile, and no other profile holds its id (the profile's email or external id
+    changed in Hull since). ``hull_id`` -> ``planhat_id``."""
+    if (
+        conn is None
+        or candidates.empty
+        or not table_exists(conn, "planhat_current", "endusers")
+        or not table_exists(conn, *FINGERPRINTS.split("."))
+        or not table_exists(conn, *DELIVERIES.split("."))
+        or not table_exists(conn, "hull", "users")
+    ):
+        return {}
+    ours = f"select 1 from {FINGERPRINTS} f where f.target = 'endusers' and f.key"
+    theirs = {
+        "k1": "'external_id:' || nullif(trim(e.external_id), '')",
+        "k2": "'email:' || lower(nullif(trim(e.email), ''))",
+    }
+    conn.register("_renamed", candidates[["hull_id", "key", "planhat_id"]].astype(str))
+    try:
+        # the few whose key is new while Planhat holds their enduser under one of ours
+        conn.execute(
+            "create or replace temp table _held as select c.hull_id, c.planhat_id,"
+            f" {theirs['k1']} as k1, {theirs['k2']} as k2 from _renamed c"
+            " join planhat_current.endusers e on e._id = c.planhat_id"
+            f" where not exists ({ours} = c.key)"
+            f" and (exists ({ours} = {theirs['k1']}) or exists ({ours} = {theirs['k2']}))"
+        )
+        delivered = ", ".join(literal(s) for s in sorted(DELIVERED_STATUSES))
+        rows = conn.execute(
+            # that key delivered for this profile; the id held by no other profile (one that
+            # took the enduser's email since holds it too: it names neither)
+            "select h.hull_id, h.planhat_id from _held h where exists (select 1 from"
+            f" {DELIVERIES} d where d.target = 'endusers' and d.hull_id = h.hull_id"
+            f" and d.key in (h.k1, h.k2) and d.status in ({delivered}))"
+            " and h.planhat_id not in (select substr(v, 9) from (select hull_id,"
+            " unnest(anonymous_ids) as v from hull.users) where v in (select 'planhat:' ||"
+            " planhat_id from _held) group by v having count(distinct hull_id) > 1)"
+        ).fetchall()
+        conn.execute("drop table _held")
+    finally:
+        conn.unregister("_renamed")
+    return {str(hull_id): str(planhat_id) for hull_id, planhat_id in rows}
+
+
 def unseen_by_snapshot(database: str, target: str, keys: list[object]) -> int:
     """How many of ``keys`` (records a delivery matched, by their payload key) the latest
     snapshot does not list; all of them while there is no snapshot."""

@@ -111,6 +111,50 @@ def enduser_payloads(
     )
 
 
+PLANHAT_RECORD = "planhat:"
+"""The anonymous id a profile holds for each Planhat record it was built from (its ``_id``)."""
+
+
+def planhat_enduser_ids(users: pd.DataFrame) -> dict[str, str]:
+    """Each user's Planhat enduser ``_id``, from its anonymous ids: only a user built from
+    exactly one Planhat enduser (two would leave the choice to chance)."""
+    found: dict[str, str] = {}
+    if "anonymous_ids" not in users.columns:
+        return found
+    for hull_id, anonymous in zip(
+        shared.column_values(users, "hull_id"), users["anonymous_ids"].tolist(), strict=True
+    ):
+        ids = {str(a)[len(PLANHAT_RECORD) :] for a in _listed(anonymous)}
+        ids = {i for i in ids if i}
+        if len(ids) == 1:
+            found[str(hull_id)] = ids.pop()
+    return found
+
+
+def _listed(anonymous: Any) -> list[Any]:
+    if anonymous is None or isinstance(anonymous, float):
+        return []
+    return [a for a in list(anonymous) if isinstance(a, str) and a.startswith(PLANHAT_RECORD)]
+
+
+def addressed_by_id(payloads: pd.DataFrame, planhat_ids: dict[str, str]) -> pd.DataFrame:
+    """The payloads of ``planhat_ids``' users carry that Planhat ``_id``: Planhat holds them
+    under another key (their email or external id changed since we sent it), and matched by
+    ``_id`` it updates that enduser instead of creating a second one. Added after the
+    fingerprint was taken: what is compared next time is the content, not how it was
+    addressed."""
+    if payloads.empty or not planhat_ids:
+        return payloads
+    out = payloads.copy()
+    out["payload"] = [
+        {**payload, "_id": planhat_ids[str(hull_id)]}
+        if str(hull_id) in planhat_ids and isinstance(payload, dict)
+        else payload
+        for hull_id, payload in zip(out["hull_id"], out["payload"], strict=True)
+    ]
+    return out
+
+
 COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"
 
 

@@ -33,7 +33,9 @@ from hull_planhat_pipelines.sync.planhat.companies import (
 from hull_planhat_pipelines.sync.planhat.endusers import (
     ACCOUNT_NO_EXTERNAL_ID,
     NO_USER_IDENTITY,
+    addressed_by_id,
     enduser_payloads,
+    planhat_enduser_ids,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
@@ -707,3 +709,33 @@ def test_payloads_survive_a_warehouse_round_trip() -> None:
     assert sent == list(payloads["payload"])
     assert sent[0]["custom"] == {"ARR": None}
     assert company_payloads(before, None, settings, stored_fp)[0].empty
+
+
+def test_a_renamed_enduser_is_addressed_by_its_planhat_id_outside_its_fingerprint() -> None:
+    users = pd.DataFrame(
+        {
+            "hull_id": ["one", "two", "none", "copper"],
+            "anonymous_ids": [
+                ["copper-person:1", "planhat:p1"],
+                ["planhat:p2", "planhat:p3"],  # two Planhat endusers: none is chosen
+                None,
+                ["copper-person:4"],
+            ],
+        }
+    )
+    assert planhat_enduser_ids(users) == {"one": "p1"}
+    payloads = pd.DataFrame(
+        {
+            "hull_id": ["one", "copper"],
+            "key": ["email:new@x.io", "email:c@x.io"],
+            "payload": [{"email": "new@x.io"}, {"email": "c@x.io"}],
+            "fingerprint": ["f1", "f2"],
+        }
+    )
+    addressed = addressed_by_id(payloads, {"one": "p1"})
+    assert addressed["payload"].tolist() == [
+        {"email": "new@x.io", "_id": "p1"},
+        {"email": "c@x.io"},
+    ]
+    assert addressed["fingerprint"].tolist() == ["f1", "f2"]
+    assert payloads["payload"].tolist()[0] == {"email": "new@x.io"}  # the input is not changed

@@ -1,0 +1,69 @@
+"""An enduser whose key changes in Hull stays one enduser in Planhat.
+
+Endusers are keyed by external id, else email. When a person's email changes in Copper, the
+payload's key is new to us; sent as it is, Planhat finds no enduser with that email and creates
+a second one beside the old. The payload carries the ``_id`` of the enduser Planhat holds for
+the profile instead, and Planhat updates it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with _started(tmp_path) as started:
+        yield started
+
+
+def test_a_changed_email_updates_the_enduser_planhat_holds_instead_of_adding_one(
+    stack: Stack,
+) -> None:
+    stack.cycle()
+    rows = stack.query(
+        "select u.hull_id, u.email, a from hull.users u, unnest(u.anonymous_ids) t(a)"
+        " where u.external_id is null and u.email is not null and a like 'copper-person:%'"
+        " and 'email:' || u.email in (select key from planhat.delivery_fingerprints"
+        " where target = 'endusers') order by u.hull_id limit 1"
+    )
+    assert rows, "no delivered enduser keyed by its email"
+    hull_id, old_email, anonymous = rows[0]
+    [before] = [e for e in stack.planhat.endusers() if e.get("email") == old_email]
+
+    person_id = int(anonymous.split(":", 1)[1])
+    record = stack.copper.record("people", person_id)
+    assert record is not None
+    new_email = "renamed." + old_email
+    changed = copy.deepcopy(record)
+    changed["emails"] = [{"email": new_email, "category": "work"}, *record["emails"][1:]]
+    changed["date_modified"] = max(stack.copper.clock(), record["date_modified"] + 1)
+    stack.copper.upsert_records("people", [changed])
+    held = stack.query("select anonymous_ids from hull.users where hull_id = ?", [hull_id])[0][0]
+    leads = [int(a.split(":", 1)[1]) for a in held if a.startswith("copper-lead:")]
+    if leads:  # its converted lead is fetched with it (the lead's email claims nothing then)
+        stack.copper.touch("leads", leads, at=changed["date_modified"])
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+
+    assert stack.query("select email from hull.users where hull_id = ?", [hull_id]) == [
+        (new_email,)
+    ]
+    sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    renamed = [i for i in sent if i.get("email") == new_email]
+    assert [i.get("_id") for i in renamed] == [before["_id"]]
+    assert not [e for e in stack.planhat.endusers() if e.get("email") == old_email]
+    [after] = [e for e in stack.planhat.endusers() if e.get("email") == new_email]
+    assert (after["_id"], after.get("companyId")) == (before["_id"], before.get("companyId"))
+
+    # taken: the next cycle sends nothing for it
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert not [i for i in again if i.get("email") == new_email]
