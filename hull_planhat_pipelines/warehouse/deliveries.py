@@ -21,6 +21,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS, RequestRows
 from hull_planhat_pipelines.sync.hull.batch import quote as literal
+from hull_planhat_pipelines.sync.planhat.endusers import PLANHAT_RECORD
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     empty_fingerprints,
@@ -310,9 +311,10 @@ def held_under_other_keys(
             "select h.hull_id, h.planhat_id from _held h where exists (select 1 from"
             f" {DELIVERIES} d where d.target = 'endusers' and d.hull_id = h.hull_id"
             f" and d.key in (h.k1, h.k2) and d.status in ({delivered}))"
-            " and h.planhat_id not in (select substr(v, 9) from (select hull_id,"
-            " unnest(anonymous_ids) as v from hull.users) where v in (select 'planhat:' ||"
-            " planhat_id from _held) group by v having count(distinct hull_id) > 1)"
+            f" and h.planhat_id not in (select substr(v, {len(PLANHAT_RECORD) + 1}) from"
+            " (select hull_id, unnest(anonymous_ids) as v from hull.users) where v in"
+            f" (select {literal(PLANHAT_RECORD)} || planhat_id from _held)"
+            " group by v having count(distinct hull_id) > 1)"
         ).fetchall()
         conn.execute("drop table _held")
     finally:

@@ -372,7 +372,7 @@ def forced_not_taken(conn: duckdb.DuckDBPyConnection | None, target: str) -> set
         f"select p.key from {PENDING} p join {FINGERPRINTS} f on f.target = p.target"
         " and f.key = p.key and f.fingerprint = p.fingerprint"
         " where p.target = ? and p.written_at is not null"
-        " and (f.delivered_at is null or f.delivered_at < p.written_at)",
+        f" and not coalesce({_DELIVERED_SINCE_WRITTEN}, false)",
         [target],
     )
     return {str(key) for (key,) in rows}
