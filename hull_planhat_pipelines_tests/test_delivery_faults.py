@@ -343,10 +343,10 @@ def _enduser_key(item: dict[str, Any]) -> str:
     return f"email:{item.get('email')}"
 
 
-def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Stack) -> None:
-    """Case 7: a company deleted in Planhat after our snapshot; Planhat's answer names only
-    ``_id``s and silently drops its endusers. The next delivery confirms the others from the
-    snapshot (not re-sent), recreates the company, then sends its endusers: each once."""
+def _delete_the_company_with_most_endusers(stack: Stack) -> tuple[str, set[str], int]:
+    """Prepared and delivered, then the company with most of our endusers deleted in Planhat
+    (its endusers go with it): its external id, its endusers' keys, and how many companies
+    held endusers of ours before."""
     stack.prepare()
     stack.deliver()
     ours = {
@@ -361,13 +361,20 @@ def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Sta
         if _enduser_key(enduser) in ours and enduser["companyId"] in companies:
             members[enduser["companyId"]].add(_enduser_key(enduser))
     gone_id = max(members, key=lambda cid: len(members[cid]))
-    gone = companies[gone_id]["externalId"]
-    assert len(members) >= 2  # endusers of other companies share the batch
     requests_lib().delete(
         f"{stack.planhat.rest_url}/companies/{gone_id}",
         headers={"Authorization": f"Bearer {stack.planhat.api_token}"},
         timeout=10,
     ).raise_for_status()
+    return companies[gone_id]["externalId"], members[gone_id], len(members)
+
+
+def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Stack) -> None:
+    """Case 7: a company deleted in Planhat after our snapshot; Planhat's answer names only
+    ``_id``s and silently drops its endusers. The next delivery confirms the others from the
+    snapshot (not re-sent), recreates the company, then sends its endusers: each once."""
+    gone, members, companies = _delete_the_company_with_most_endusers(stack)
+    assert companies >= 2  # endusers of other companies share the batch
     forced = stack.run(
         "planhat_delivery", {"ops": {"planhat__enduser_payloads": {"config": {"force": True}}}}
     )
@@ -389,13 +396,13 @@ def test_endusers_planhat_drops_are_settled_against_the_next_snapshot(stack: Sta
     settled = stack.run("planhat_delivery")
     assert settled.success
     sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
-    assert sorted(_enduser_key(i) for i in sent) == sorted(members[gone_id] | refused)
+    assert sorted(_enduser_key(i) for i in sent) == sorted(members | refused)
     companies_sent = [i for r in stack.planhat.rest.recorded("PUT", "^/companies$") for i in r.body]
     assert [i["externalId"] for i in companies_sent] == [gone]
     assert [c.get("externalId") for c in stack.planhat.companies()].count(gone) == 1
     held = collections.Counter((_enduser_key(e), e["companyId"]) for e in stack.planhat.endusers())
     assert max(held.values()) == 1
-    assert {_enduser_key(e) for e in stack.planhat.endusers()} >= members[gone_id]
+    assert {_enduser_key(e) for e in stack.planhat.endusers()} >= members
     dropped = stack.query(
         "select reason from ops.sync_log where event = 'outgoing.user.error' and run_id = ?",
         [settled.run_id],
@@ -413,28 +420,9 @@ def test_endusers_following_a_recreated_company_are_sent_after_their_request_fai
     while that request waits for its answer, the company is no longer missing and the
     endusers' payloads match what Planhat had before: the next run must still send them,
     once."""
-    stack.prepare()
-    stack.deliver()
-    ours = {
-        str(k)
-        for (k,) in stack.query(
-            "select key from planhat.delivery_fingerprints where target = 'endusers'"
-        )
-    }
-    companies = {c["_id"]: c for c in stack.planhat.companies() if c.get("externalId")}
-    members: dict[str, set[str]] = collections.defaultdict(set)
-    for enduser in stack.planhat.endusers():
-        if _enduser_key(enduser) in ours and enduser["companyId"] in companies:
-            members[enduser["companyId"]].add(_enduser_key(enduser))
-    gone_id = max(members, key=lambda cid: len(members[cid]))
-    gone = companies[gone_id]["externalId"]
-    requests_lib().delete(
-        f"{stack.planhat.rest_url}/companies/{gone_id}",
-        headers={"Authorization": f"Bearer {stack.planhat.api_token}"},
-        timeout=10,
-    ).raise_for_status()
+    gone, members, _ = _delete_the_company_with_most_endusers(stack)
     assert stack.run("planhat_fetch").success  # the snapshot no longer holds it
-    assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members[gone_id]
+    assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members
 
     stack.planhat.rest.clear_requests()
     if failure == "refused":
@@ -451,17 +439,17 @@ def test_endusers_following_a_recreated_company_are_sent_after_their_request_fai
         assert proc.returncode == -signal.SIGKILL
     companies_sent = [i for r in stack.planhat.rest.recorded("PUT", "^/companies$") for i in r.body]
     assert [i["externalId"] for i in companies_sent] == [gone]
-    assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members[gone_id]
+    assert not {_enduser_key(e) for e in stack.planhat.endusers()} & members
 
     stack.planhat.rest.faults.clear()
     stack.planhat.rest.clear_requests()
     stack.run("planhat_delivery")
     sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
-    assert sorted(_enduser_key(i) for i in sent) == sorted(members[gone_id])
+    assert sorted(_enduser_key(i) for i in sent) == sorted(members)
     assert not stack.planhat.rest.recorded("PUT", "^/companies$")
     held = collections.Counter((_enduser_key(e), e["companyId"]) for e in stack.planhat.endusers())
     assert max(held.values()) == 1
-    assert {_enduser_key(e) for e in stack.planhat.endusers()} >= members[gone_id]
+    assert {_enduser_key(e) for e in stack.planhat.endusers()} >= members
 
     # taken: the next run sends nothing
     stack.planhat.rest.clear_requests()

@@ -25,6 +25,7 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import (
 )
 from hull_planhat_pipelines.sync.planhat.shared import payloads_as_json
 from hull_planhat_pipelines_tests.planhat_support import API_TOKEN, TENANT_TOKEN
+from hull_planhat_pipelines_tests.warehouse_support import query as _query
 
 ASSETS = DeliveryTarget("assets", "/assets", bulk_upsert, payloads="asset_payloads")
 """Planhat's ``/assets`` bulk upsert: everything else comes from the declaration's defaults."""
@@ -54,14 +55,6 @@ def _store(database: Path, payloads: pd.DataFrame) -> None:
         conn.execute("create schema if not exists planhat")
         conn.register("_payloads", payloads)
         conn.execute("create or replace table planhat.asset_payloads as select * from _payloads")
-    finally:
-        conn.close()
-
-
-def _query(database: Path, sql: str) -> list[tuple]:
-    conn = duckdb.connect(str(database), read_only=True)
-    try:
-        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 

@@ -14,6 +14,7 @@ from hull_planhat_pipelines.settings import Settings, load_settings
 from hull_planhat_pipelines.sync.hull.change_groups import STRUCTURAL
 from hull_planhat_pipelines.warehouse import payload_scope
 from hull_planhat_pipelines.warehouse.connection import read_only
+from hull_planhat_pipelines_tests.warehouse_support import query as _query
 
 USERS = [
     # hull_id, external_id, email, segments, account
@@ -159,12 +160,10 @@ def _execute(database: Path, *statements: str) -> None:
     conn.close()
 
 
-def _query(database: Path, sql: str) -> list[tuple]:
-    conn = duckdb.connect(str(database), read_only=True)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def _forced_again(database: Path) -> set[str]:
+    """The endusers keys the next run forces again (``forced_not_taken``)."""
+    with read_only(str(database)) as conn:
+        return payload_scope.forced_not_taken(conn, "endusers")
 
 
 @pytest.fixture
@@ -340,18 +339,14 @@ def test_a_forced_payload_no_delivery_took_is_selected_and_forced_again(
     mapped = _waiting_now(database, settings)
     forced = pd.DataFrame({"hull_id": ["current"], "key": ["email:k@x.io"], "fingerprint": ["k"]})
 
-    def forced_again() -> set[str]:
-        with read_only(str(database)) as conn:
-            return payload_scope.forced_not_taken(conn, "endusers")
-
     # the operator's forced send is sent once by its delivery: not owed by later runs
     payload_scope.remember_scopes(str(database), [mapped], forced, forced=True)
     assert "current" not in _selected(database, settings)
-    assert forced_again() == set()
+    assert _forced_again(database) == set()
     # the sync's own (a follow-up) is owed
     payload_scope.remember_scopes(str(database), [mapped], forced)
     assert "current" in _selected(database, settings)
-    assert forced_again() == {"email:k@x.io"}
+    assert _forced_again(database) == {"email:k@x.io"}
     # a delivery from before the payload was written does not take it
     _execute(
         database,
@@ -359,7 +354,7 @@ def test_a_forced_payload_no_delivery_took_is_selected_and_forced_again(
         " where key = 'email:k@x.io'",
     )
     assert "current" in _selected(database, settings)
-    assert forced_again() == {"email:k@x.io"}
+    assert _forced_again(database) == {"email:k@x.io"}
     # one after it does
     _execute(
         database,
@@ -367,7 +362,7 @@ def test_a_forced_payload_no_delivery_took_is_selected_and_forced_again(
         " where key = 'email:k@x.io'",
     )
     assert "current" not in _selected(database, settings)
-    assert forced_again() == set()
+    assert _forced_again(database) == set()
 
 
 def test_a_follow_up_written_again_is_owed_again_and_a_forced_runs_rows_do_not_linger(
@@ -379,19 +374,15 @@ def test_a_follow_up_written_again_is_owed_again_and_a_forced_runs_rows_do_not_l
     settings, database = made
     follow = pd.DataFrame({"hull_id": ["current"], "key": ["email:k@x.io"], "fingerprint": ["k"]})
 
-    def forced_again() -> set[str]:
-        with read_only(str(database)) as conn:
-            return payload_scope.forced_not_taken(conn, "endusers")
-
     payload_scope.remember_scopes(str(database), [_waiting_now(database, settings)], follow)
-    assert forced_again() == {"email:k@x.io"}
+    assert _forced_again(database) == {"email:k@x.io"}
     _execute(
         database,
         "update planhat.delivery_fingerprints set delivered_at = now() where key = 'email:k@x.io'",
     )
-    assert forced_again() == set()
+    assert _forced_again(database) == set()
     payload_scope.remember_scopes(str(database), [_waiting_now(database, settings)], follow)
-    assert forced_again() == {"email:k@x.io"}
+    assert _forced_again(database) == {"email:k@x.io"}
 
     payload_scope.remember_scopes(
         str(database), [_waiting_now(database, settings)], follow, forced=True

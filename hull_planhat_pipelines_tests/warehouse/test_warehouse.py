@@ -18,6 +18,7 @@ from hull_planhat_pipelines.warehouse import (
     write_copper_table,
 )
 from hull_planhat_pipelines.warehouse.connection import transaction
+from hull_planhat_pipelines_tests.warehouse_support import query as _query
 
 PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-01-05")
 
@@ -55,11 +56,6 @@ def _materialize(
 
     result = dg.materialize([things], partition_key=partition, raise_on_error=False)
     assert result.success is succeeds
-
-
-def _query(database: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(database), read_only=True) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def test_rerunning_a_partition_replaces_exactly_that_partition(tmp_path: Path) -> None:
