@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -27,6 +28,11 @@ from requests.utils import get_environ_proxies, get_netrc_auth
 from urllib3.util import Retry
 
 from hull_planhat_pipelines.sync.canonical import wire_json
+
+_DECODER = msgspec.json.Decoder()
+"""UTF-8 JSON as the APIs send it, twice as fast as ``requests``' own decoding (a full Copper
+load decodes a page of 200 records about 2,000 times). Integers keep every digit. What it
+refuses, ``Response.json`` is asked next, so nothing decodable before is refused now."""
 
 Sleeper = Callable[[float], None]
 Clock = Callable[[], float]
@@ -459,8 +465,13 @@ class ApiSession:
         return self.decode(response, method, path)
 
     def decode(self, response: requests.Response, method: str, path: str) -> Any:
-        if not response.content or not response.content.strip():
+        content = response.content
+        if not content or content.isspace():
             return None
+        try:
+            return _DECODER.decode(content)
+        except msgspec.DecodeError:
+            pass  # refused by the strict decoder (a number out of range, a BOM, another charset)
         try:
             return response.json()
         except ValueError:

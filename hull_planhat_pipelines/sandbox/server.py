@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
+
 
 @dataclass
 class Request:
@@ -37,9 +39,10 @@ class Request:
         return self.headers.get(name.lower())
 
 
-_BODY = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
-"""Answers are built from the store's records: none holds itself, and the check costs a fifth
-of an encoding (a page of a thousand records, thousands of pages a full load)."""
+_BODY = msgspec.json.Encoder(enc_hook=str)
+"""Answers in compact UTF-8 JSON, as the real APIs send them (non-ASCII text unescaped); about
+ten times faster than ``json``'s encoder, which matters when both sandboxes answer from the
+process they are measured in (a page of a thousand records, thousands of pages a full load)."""
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Response:
             return self.raw
         if self.body is None:
             return b""
-        return _BODY.encode(self.body).encode()
+        return _BODY.encode(self.body)
 
 
 def error(status: int, message: str, **extra: Any) -> Response:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import html
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -398,10 +398,16 @@ def duckdb_types(object_name: str | CopperObject) -> dict[str, str]:
     return {c.name: _DUCKDB_TYPES[c.kind] for c in frame_columns(object_name)}
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
-"""ASCII-escaped: a third faster to encode than raw UTF-8, and the same JSON. No
-circular-reference check (a fifth of the time; the same bytes): a record decoded from JSON, and
-the row built from it, cannot hold themselves."""
+_JSON = msgspec.json.Encoder(enc_hook=str)
+"""Compact JSON, UTF-8 as Copper sends it, about ten times faster than ``json``'s encoder (two
+encodings a record: the largest cost of a fetch after the requests). A record decoded from
+JSON and the row built from it hold JSON types only; anything else is written as its text, as
+``default=str`` did. Rows written ASCII-escaped by earlier versions map to the same values (the
+mapping reads them through DuckDB's JSON functions)."""
+
+
+def _json_text(value: Any) -> str:
+    return _JSON.encode(value).decode()
 
 
 def records_frame(
@@ -441,9 +447,9 @@ def records_frame(
         for column in typed:
             values[column.name].append(row.get(column.name))
         values["partition_date"].append(row.get(obj.date_field))
-        values["record"].append(_JSON.encode(record))
-        values["fields"].append(_JSON.encode(row))
-        values["problems"].append(_JSON.encode([str(p) for p in found]) if found else None)
+        values["record"].append(_json_text(record))
+        values["fields"].append(_json_text(row))
+        values["problems"].append(_json_text([str(p) for p in found]) if found else None)
     _log_problems(obj.name, values["problems"])
     columns = {c.name: _typed(c, values.pop(c.name)) for c in typed}
     columns["partition_date"] = _partition_dates(values.pop("partition_date"), partition_start)

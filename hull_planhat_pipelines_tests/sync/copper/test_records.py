@@ -24,6 +24,8 @@ from hull_planhat_pipelines.sync.copper.records import (
     records_frame,
 )
 from hull_planhat_pipelines.sync.copper.schema import COPPER_OBJECTS, CopperMetadata
+from hull_planhat_pipelines.sync.hull.model import CANONICAL_SQL
+from hull_planhat_pipelines.sync.hull.sql import JsonFields, canonical_value
 
 UTC = dt.UTC
 JAN_1_2024 = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -420,3 +422,40 @@ def test_connect_targets_name_the_records_to_look_up() -> None:
     ]
     assert connect_targets("opportunities", records, METADATA) == {"company": {500, 501, 502}}
     assert connect_targets("people", records, METADATA) == {}
+
+
+def test_row_texts_are_utf8_json_with_every_digit() -> None:
+    """Rows are written as UTF-8 JSON (as Copper sends them); integers keep every digit."""
+    leads = [
+        {"id": 1, "name": "Zoë Ångström → 王芳", "monetary_value": "NaN", "date_modified": 5},
+        {"id": 2, "name": "big", "custom_fields": [], "date_modified": 6, "n": 2**70},
+    ]
+    frame = _frame("leads", leads).set_index("id")
+    assert "Zoë Ångström → 王芳" in frame.loc[1, "record"]
+    fields = json.loads(frame.loc[1, "fields"])
+    assert fields["name"] == "Zoë Ångström → 王芳"
+    assert fields["monetary_value"] == "NaN"  # the text as sent; the typed column is NaN
+    assert json.loads(frame.loc[2, "record"])["n"] == 2**70
+    con = duckdb.connect()
+    assert con.execute(
+        "select bool_and(json_valid(fields) and json_valid(record)) from frame"
+    ).fetchone() == (True,)
+
+
+def test_escaped_and_utf8_rows_map_to_the_same_values() -> None:
+    """A warehouse keeps rows written ASCII-escaped by earlier versions beside UTF-8 ones: the
+    mapping's extraction reads both as one value, so a re-fetched record is not a change."""
+    fields = JsonFields()
+    name = canonical_value(fields.copper_field("name"))
+    con = duckdb.connect()
+    con.execute(CANONICAL_SQL)
+    rows = con.execute(
+        f"select {name} from (select {fields.extraction('fields')} from"
+        " (values (?), (?)) t(fields))",
+        [
+            json.dumps({"name": "Zoë → 王芳"}, ensure_ascii=True),
+            json.dumps({"name": "Zoë → 王芳"}, ensure_ascii=False),
+        ],
+    ).fetchall()
+    assert rows[0] == rows[1]
+    assert json.loads(rows[0][0]) == "Zoë → 王芳"
