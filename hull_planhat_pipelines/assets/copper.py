@@ -162,7 +162,7 @@ def partition_metadata(
     after an incremental run, which upserts them (``write`` says which). The preview shows
     the rows this run wrote into that year."""
     if len(frame):
-        years = pd.to_datetime(frame["partition_date"]).dt.strftime("%Y")
+        years = pd.to_datetime(frame["partition_date"]).dt.year.astype(str)  # strftime: 1 s
         groups = {year: rows for year, rows in frame.groupby(years)}
     else:
         groups = {}

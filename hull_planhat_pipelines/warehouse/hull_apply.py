@@ -178,13 +178,17 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
 
 
 def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
-    stamped = frame.copy()
-    stamped["run_id"] = pd.Series([run_id] * len(frame), dtype="string")
-    stamped["computed_at"] = pd.Series([now] * len(frame), dtype="datetime64[us, UTC]")
-    for column in stamped.columns:
-        if stamped[column].dtype == object:
-            stamped[column] = stamped[column].astype("string")
-    return stamped
+    """``frame`` with the run's stamps and text columns typed as text: a new frame of the same
+    columns, none of them copied but to retype it (a first load's million upserts)."""
+    columns: dict[str, Any] = {
+        name: values.astype("string") if values.dtype == object else values
+        for name, values in frame.items()
+    }
+    columns["run_id"] = pd.Series([run_id] * len(frame), dtype="string", index=frame.index)
+    columns["computed_at"] = pd.Series(
+        [now] * len(frame), dtype="datetime64[us, UTC]", index=frame.index
+    )
+    return pd.DataFrame(columns, index=frame.index, copy=False)
 
 
 def apply(

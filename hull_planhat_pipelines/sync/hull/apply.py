@@ -124,8 +124,16 @@ def _changed_rows(
         )
     rows["anonymous_ids"] = [list(ids) for ids in rows["anonymous_ids"]]
     for column in ("created_at", "updated_at"):
-        rows[column] = pd.to_datetime(rows[column], utc=True)
+        rows[column] = _utc_column(rows[column])
     return rows[STORE_COLUMNS[kind]]
+
+
+def _utc_column(values: pd.Series) -> pd.Series:
+    """In UTC, as ``to_datetime(utc=True)`` gives it; DuckDB's zone-aware column is converted
+    as a column (``to_datetime`` looks at every value first: a second at a first load)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    return pd.to_datetime(values, utc=True)
 
 
 def _replace_rows(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
