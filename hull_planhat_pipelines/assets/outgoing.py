@@ -39,6 +39,7 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     drop_unknown_companies,
     enduser_keys,
     enduser_payloads,
+    keys_of_users,
     planhat_enduser_ids,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
@@ -159,6 +160,25 @@ def _renamed(conn: Any, users: pd.DataFrame, payloads: pd.DataFrame) -> dict[str
     return deliveries.held_under_other_keys(conn, candidates)
 
 
+def _returned(conn: Any, users: pd.DataFrame) -> dict[str, str]:
+    """The Planhat ``_id`` of each user whose key was delivered once and left since (its email
+    changed, then changed back): Planhat holds the other value, so the payload is sent, to
+    that enduser, whatever the key's old fingerprint says."""
+    ids = planhat_enduser_ids(users)
+    if not ids:
+        return {}
+    keys = keys_of_users(users)
+    candidates = pd.DataFrame(
+        [
+            (hull_id, keys[hull_id], planhat_id)
+            for hull_id, planhat_id in ids.items()
+            if hull_id in keys
+        ],
+        columns=["hull_id", "key", "planhat_id"],
+    )
+    return deliveries.returned_to_keys(conn, candidates)
+
+
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def companies(conn, fingerprints, force, scopes):
         vanished = deliveries.vanished_companies(conn, fingerprints)
@@ -202,6 +222,12 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         ours = deliveries.fingerprints_of_keys(conn, ENDUSERS, keys)
         if len(ours):
             fingerprints = pd.concat([f for f in (fingerprints, ours) if len(f)], ignore_index=True)
+        returned = _returned(conn, users)
+        if returned:  # their keys' fingerprints describe what Planhat held before
+            stale = {keys_of_users(users)[hull_id] for hull_id in returned}
+            fingerprints = fingerprints[
+                ~((fingerprints["target"] == ENDUSERS) & fingerprints["key"].isin(stale))
+            ]
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
         # their endusers follow the recreated company, until a delivery takes them
         again = forced_not_taken(conn, ENDUSERS)
@@ -211,7 +237,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             follow = follow.to_numpy() | every["key"].isin(again).to_numpy()
             extra = every[follow & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
-        payloads = addressed_by_id(payloads, _renamed(conn, users, payloads))
+        payloads = addressed_by_id(payloads, {**_renamed(conn, users, payloads), **returned})
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)
         )

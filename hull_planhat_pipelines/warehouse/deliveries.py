@@ -304,21 +304,67 @@ def held_under_other_keys(
             f" where not exists ({ours} = c.key)"
             f" and (exists ({ours} = {theirs['k1']}) or exists ({ours} = {theirs['k2']}))"
         )
-        delivered = ", ".join(literal(s) for s in sorted(DELIVERED_STATUSES))
         rows = conn.execute(
             # that key delivered for this profile; the id held by no other profile (one that
             # took the enduser's email since holds it too: it names neither)
             "select h.hull_id, h.planhat_id from _held h where exists (select 1 from"
             f" {DELIVERIES} d where d.target = 'endusers' and d.hull_id = h.hull_id"
-            f" and d.key in (h.k1, h.k2) and d.status in ({delivered}))"
-            f" and h.planhat_id not in (select substr(v, {len(PLANHAT_RECORD) + 1}) from"
-            " (select hull_id, unnest(anonymous_ids) as v from hull.users) where v in"
-            f" (select {literal(PLANHAT_RECORD)} || planhat_id from _held)"
-            " group by v having count(distinct hull_id) > 1)"
+            f" and d.key in (h.k1, h.k2) and d.status in ({_DELIVERED}))"
+            f" and {_HELD_BY_ONE_PROFILE % '_held'}"
         ).fetchall()
         conn.execute("drop table _held")
     finally:
         conn.unregister("_renamed")
+    return {str(hull_id): str(planhat_id) for hull_id, planhat_id in rows}
+
+
+_DELIVERED = ", ".join(literal(s) for s in sorted(DELIVERED_STATUSES))
+_HELD_BY_ONE_PROFILE = (
+    f"h.planhat_id not in (select substr(v, {len(PLANHAT_RECORD) + 1}) from"
+    " (select hull_id, unnest(anonymous_ids) as v from hull.users) where v in"
+    f" (select {literal(PLANHAT_RECORD)} || planhat_id from %s)"
+    " group by v having count(distinct hull_id) > 1)"
+)
+"""SQL over ``h`` (a row of the table named by ``%s``): no two profiles hold its enduser."""
+
+
+def returned_to_keys(
+    conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
+) -> dict[str, str]:
+    """Of ``candidates`` (as for ``held_under_other_keys``): those whose key was delivered
+    once, but a delivery for this same profile under another key was made since (the email or
+    external id changed, then changed back). Planhat's enduser holds that other key now; the
+    key's own fingerprint describes what Planhat held before, so "unchanged" would leave
+    Planhat with the other value. Only for an enduser the latest snapshot holds and no other
+    profile does. ``hull_id`` -> ``planhat_id``."""
+    if (
+        conn is None
+        or candidates.empty
+        or not table_exists(conn, "planhat_current", "endusers")
+        or not table_exists(conn, *FINGERPRINTS.split("."))
+        or not table_exists(conn, *DELIVERIES.split("."))
+        or not table_exists(conn, "hull", "users")
+        or not has_column(conn, FINGERPRINTS, "delivered_at")
+    ):
+        return {}
+    conn.register("_returned", candidates[["hull_id", "key", "planhat_id"]].astype(str))
+    try:
+        conn.execute(
+            "create or replace temp table _back as select c.hull_id, c.planhat_id,"
+            " f.delivered_at from _returned c"
+            f" join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key"
+            " join planhat_current.endusers e on e._id = c.planhat_id"
+        )
+        rows = conn.execute(
+            "select h.hull_id, h.planhat_id from _back h join _returned c using (hull_id)"
+            f" where exists (select 1 from {DELIVERIES} d where d.target = 'endusers'"
+            " and d.hull_id = h.hull_id and d.key <> c.key"
+            f" and d.status in ({_DELIVERED}) and d.delivered_at > h.delivered_at)"
+            f" and {_HELD_BY_ONE_PROFILE % '_back'}"
+        ).fetchall()
+        conn.execute("drop table _back")
+    finally:
+        conn.unregister("_returned")
     return {str(hull_id): str(planhat_id) for hull_id, planhat_id in rows}
 
 

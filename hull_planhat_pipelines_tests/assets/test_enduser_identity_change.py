@@ -67,3 +67,59 @@ def test_a_changed_email_updates_the_enduser_planhat_holds_instead_of_adding_one
     stack.cycle()
     again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
     assert not [i for i in again if i.get("email") == new_email]
+
+
+def _change_email(stack: Stack, hull_id: str, person_id: int, email: str) -> None:
+    """The person's first email becomes ``email`` in Copper (its converted lead fetched with it)."""
+    record = stack.copper.record("people", person_id)
+    assert record is not None
+    changed = copy.deepcopy(record)
+    changed["emails"] = [{"email": email, "category": "work"}, *record["emails"][1:]]
+    changed["date_modified"] = max(stack.copper.clock(), record["date_modified"] + 1)
+    stack.copper.upsert_records("people", [changed])
+    held = stack.query("select anonymous_ids from hull.users where hull_id = ?", [hull_id])[0][0]
+    leads = [int(a.split(":", 1)[1]) for a in held if a.startswith("copper-lead:")]
+    if leads:
+        stack.copper.touch("leads", leads, at=changed["date_modified"])
+
+
+def test_an_email_changed_and_changed_back_leaves_planhat_with_the_email_of_now(
+    stack: Stack,
+) -> None:
+    """A -> B -> A: the return to A is a change Planhat has not seen (it holds B), though a
+    payload under ``email:A`` was delivered once, long ago."""
+    stack.cycle()
+    rows = stack.query(
+        "select u.hull_id, u.email, a from hull.users u, unnest(u.anonymous_ids) t(a)"
+        " where u.external_id is null and u.email is not null and a like 'copper-person:%'"
+        " and 'email:' || u.email in (select key from planhat.delivery_fingerprints"
+        " where target = 'endusers') order by u.hull_id limit 1"
+    )
+    assert rows, "no delivered enduser keyed by its email"
+    hull_id, first_email, anonymous = rows[0]
+    person_id = int(anonymous.split(":", 1)[1])
+    [before] = [e for e in stack.planhat.endusers() if e.get("email") == first_email]
+
+    _change_email(stack, hull_id, person_id, "renamed." + first_email)
+    stack.cycle()
+    assert [
+        e["_id"] for e in stack.planhat.endusers() if e.get("email") == "renamed." + first_email
+    ] == [before["_id"]]
+
+    _change_email(stack, hull_id, person_id, first_email)
+    stack.cycle()
+    assert stack.query("select email from hull.users where hull_id = ?", [hull_id]) == [
+        (first_email,)
+    ]
+    held = [
+        e
+        for e in stack.planhat.endusers()
+        if e.get("email") in (first_email, "renamed." + first_email)
+    ]
+    assert [(e["_id"], e.get("email")) for e in held] == [(before["_id"], first_email)]
+
+    # settled: the next cycle sends nothing for it
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert not [i for i in again if i.get("email") in (first_email, "renamed." + first_email)]

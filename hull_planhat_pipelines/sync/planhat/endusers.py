@@ -161,6 +161,11 @@ COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"
 def enduser_keys(users: pd.DataFrame) -> set[str]:
     """The keys ``users`` would be sent under: the only fingerprints their payloads are
     compared with."""
+    return set(keys_of_users(users).values())
+
+
+def keys_of_users(users: pd.DataFrame) -> dict[str, str]:
+    """``hull_id`` -> the key each user would be sent under (users without one left out)."""
     keys = (
         enduser_key(shared.as_text(email), shared.as_text(external_id))
         for email, external_id in zip(
@@ -169,7 +174,11 @@ def enduser_keys(users: pd.DataFrame) -> set[str]:
             strict=True,
         )
     )
-    return {key for key in keys if key is not None}
+    return {
+        str(hull_id): key
+        for hull_id, key in zip(shared.column_values(users, "hull_id"), keys, strict=True)
+        if key is not None
+    }
 
 
 def drop_unknown_companies(
