@@ -37,10 +37,10 @@ from hull_planhat_pipelines.sync.planhat.companies import company_payloads
 from hull_planhat_pipelines.sync.planhat.endusers import (
     addressed_by_id,
     drop_unknown_companies,
-    enduser_keys,
     enduser_payloads,
     keys_of_users,
     planhat_enduser_ids,
+    returned_fingerprints,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
@@ -160,14 +160,12 @@ def _renamed(conn: Any, users: pd.DataFrame, payloads: pd.DataFrame) -> dict[str
     return deliveries.held_under_other_keys(conn, candidates)
 
 
-def _returned(conn: Any, users: pd.DataFrame) -> dict[str, str]:
-    """The Planhat ``_id`` of each user whose key was delivered once and left since (its email
-    changed, then changed back): Planhat holds the other value, so the payload is sent, to
-    that enduser, whatever the key's old fingerprint says."""
+def _returned(conn: Any, users: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
+    """Users whose key was delivered once and left since (its email changed, then changed
+    back), with their Planhat ``_id`` and the key their enduser took (``returned_to_keys``)."""
+    if conn is None or users.empty or not keys:
+        return deliveries.returned_to_keys(None, pd.DataFrame())
     ids = planhat_enduser_ids(users)
-    if not ids:
-        return {}
-    keys = keys_of_users(users)
     candidates = pd.DataFrame(
         [
             (hull_id, keys[hull_id], planhat_id)
@@ -218,16 +216,19 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             scopes["endusers"] = mapped
         users = users if users is not None else _no_profiles()
         # the fingerprints of the users mapped only, beside the companies' (all of them)
-        keys = None if mapped.where is None else enduser_keys(users)
+        user_keys = keys_of_users(users)
+        keys = None if mapped.where is None else set(user_keys.values())
         ours = deliveries.fingerprints_of_keys(conn, ENDUSERS, keys)
         if len(ours):
             fingerprints = pd.concat([f for f in (fingerprints, ours) if len(f)], ignore_index=True)
-        returned = _returned(conn, users)
-        if returned:  # their keys' fingerprints describe what Planhat held before
-            stale = {keys_of_users(users)[hull_id] for hull_id in returned}
-            fingerprints = fingerprints[
-                ~((fingerprints["target"] == ENDUSERS) & fingerprints["key"].isin(stale))
-            ]
+        # a key left and returned to: Planhat holds what was sent under the other key since
+        returned = _returned(conn, users, user_keys)
+        if len(returned):
+            returned["key"] = [user_keys[h] for h in returned["hull_id"]]
+            others = deliveries.fingerprints_of_keys(
+                conn, ENDUSERS, set(returned["other_key"].astype(str))
+            )
+            fingerprints = returned_fingerprints(fingerprints, returned, others)
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
         # their endusers follow the recreated company, until a delivery takes them
         again = forced_not_taken(conn, ENDUSERS)
@@ -237,7 +238,8 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             follow = follow.to_numpy() | every["key"].isin(again).to_numpy()
             extra = every[follow & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
-        payloads = addressed_by_id(payloads, {**_renamed(conn, users, payloads), **returned})
+        by_id = dict(zip(returned["hull_id"], returned["planhat_id"], strict=True))
+        payloads = addressed_by_id(payloads, {**_renamed(conn, users, payloads), **by_id})
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)
         )

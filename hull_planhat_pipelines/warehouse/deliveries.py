@@ -330,13 +330,21 @@ _HELD_BY_ONE_PROFILE = (
 
 def returned_to_keys(
     conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
-) -> dict[str, str]:
-    """Of ``candidates`` (as for ``held_under_other_keys``): those whose key was delivered
-    once, but a delivery for this same profile under another key was made since (the email or
-    external id changed, then changed back). Planhat's enduser holds that other key now; the
-    key's own fingerprint describes what Planhat held before, so "unchanged" would leave
-    Planhat with the other value. Only for an enduser the latest snapshot holds and no other
-    profile does. ``hull_id`` -> ``planhat_id``."""
+) -> pd.DataFrame:
+    """Of ``candidates`` (as for ``held_under_other_keys``): those whose key has a fingerprint,
+    while a delivery to this profile or to its enduser under another key was made after it
+    (the email or external id changed, then changed back; the fingerprint may also be another
+    profile's, that had the key before). Planhat's enduser holds that other key's content now,
+    so "unchanged" against the key's own fingerprint would leave it there.
+
+    Only where the latest snapshot holds the profile's own enduser, under this key or under one
+    delivered to this profile or enduser (not edited to someone else's since), and no other
+    profile holds it. A delivery counts when Planhat took it or may have (``unconfirmed``): a
+    send by ``_id`` too many is harmless, one too few leaves the other value. Rows of
+    ``hull_id``, ``planhat_id`` and ``other_key`` (the latest such other key)."""
+    found = pd.DataFrame(
+        {c: pd.Series([], dtype=object) for c in ("hull_id", "planhat_id", "other_key")}
+    )
     if (
         conn is None
         or candidates.empty
@@ -346,26 +354,38 @@ def returned_to_keys(
         or not table_exists(conn, "hull", "users")
         or not has_column(conn, FINGERPRINTS, "delivered_at")
     ):
-        return {}
+        return found
+    counted = ", ".join(literal(s) for s in sorted({*DELIVERED_STATUSES, "unconfirmed"}))
     conn.register("_returned", candidates[["hull_id", "key", "planhat_id"]].astype(str))
     try:
         conn.execute(
-            "create or replace temp table _back as select c.hull_id, c.planhat_id,"
-            " f.delivered_at from _returned c"
-            f" join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key"
-            " join planhat_current.endusers e on e._id = c.planhat_id"
+            "create or replace temp table _back as select c.hull_id, c.key, c.planhat_id,"
+            " f.delivered_at as key_at,"
+            " 'external_id:' || nullif(trim(e.external_id), '') as k1,"
+            " 'email:' || lower(nullif(trim(e.email), '')) as k2"
+            f" from _returned c join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key"
+            " join planhat_current.endusers e on e._id = c.planhat_id;"
+            # the deliveries of each profile and of its enduser (two equi-joins, not one "or")
+            "create or replace temp table _theirs as select h.hull_id, d.key, d.delivered_at"
+            f" from _back h join {DELIVERIES} d on d.hull_id = h.hull_id"
+            f" where d.target = 'endusers' and d.status in ({counted})"
+            " union all select h.hull_id, d.key, d.delivered_at"
+            f" from _back h join {DELIVERIES} d on d.planhat_id = h.planhat_id"
+            f" where d.target = 'endusers' and d.status in ({counted})"
         )
         rows = conn.execute(
-            "select h.hull_id, h.planhat_id from _back h join _returned c using (hull_id)"
-            f" where exists (select 1 from {DELIVERIES} d where d.target = 'endusers'"
-            " and d.hull_id = h.hull_id and d.key <> c.key"
-            f" and d.status in ({_DELIVERED}) and d.delivered_at > h.delivered_at)"
+            "select h.hull_id, h.planhat_id, arg_max(t.key, t.delivered_at) as other_key"
+            " from _back h join _theirs t on t.hull_id = h.hull_id and t.key <> h.key"
+            " and t.delivered_at > h.key_at"
+            " where (h.key in (h.k1, h.k2) or exists (select 1 from _theirs s"
+            " where s.hull_id = h.hull_id and s.key in (h.k1, h.k2)))"
             f" and {_HELD_BY_ONE_PROFILE % '_back'}"
-        ).fetchall()
-        conn.execute("drop table _back")
+            " group by h.hull_id, h.planhat_id order by h.hull_id"
+        ).fetchdf()
+        conn.execute("drop table _back; drop table _theirs")
     finally:
         conn.unregister("_returned")
-    return {str(hull_id): str(planhat_id) for hull_id, planhat_id in rows}
+    return rows.astype(object) if len(rows) else found
 
 
 def unseen_by_snapshot(database: str, target: str, keys: list[object]) -> int:

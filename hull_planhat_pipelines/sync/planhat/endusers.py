@@ -15,6 +15,7 @@ import pandas as pd
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat import shared
+from hull_planhat_pipelines.sync.planhat.fingerprints import fields_text, parse_fields
 
 NO_USER_IDENTITY = "Neither email nor external id"
 ACCOUNT_NO_EXTERNAL_ID = "Account has no external_id"
@@ -151,6 +152,28 @@ def addressed_by_id(payloads: pd.DataFrame, planhat_ids: dict[str, str]) -> pd.D
         if str(hull_id) in planhat_ids and isinstance(payload, dict)
         else payload
         for hull_id, payload in zip(out["hull_id"], out["payload"], strict=True)
+    ]
+    return out
+
+
+def returned_fingerprints(
+    fingerprints: pd.DataFrame, returned: pd.DataFrame, others: pd.DataFrame
+) -> pd.DataFrame:
+    """``fingerprints`` with the rows of ``returned``'s keys (``key``, ``other_key``: the key
+    their enduser took since) no longer equal to any payload, and their ``fields`` those sent
+    under both keys: Planhat holds the other key's content, so the payload is sent, as a change,
+    and a field it no longer has is cleared there. ``others``: the fingerprints of the other
+    keys. The table itself is not changed: the next delivery writes the key's row anew."""
+    if returned.empty or fingerprints.empty:
+        return fingerprints
+    other_of = dict(zip(returned["key"], returned["other_key"], strict=True))
+    other_fields = dict(zip(others["key"], others["fields"], strict=True)) if len(others) else {}
+    out = fingerprints.copy()
+    rows = (out["target"] == "endusers").to_numpy() & out["key"].isin(other_of).to_numpy()
+    out.loc[rows, "fingerprint"] = ""  # no payload's digest
+    out.loc[rows, "fields"] = [
+        fields_text(parse_fields(fields) | parse_fields(other_fields.get(other_of[key])))
+        for key, fields in zip(out.loc[rows, "key"], out.loc[rows, "fields"], strict=True)
     ]
     return out
 

@@ -36,6 +36,7 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     addressed_by_id,
     enduser_payloads,
     planhat_enduser_ids,
+    returned_fingerprints,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
@@ -739,3 +740,31 @@ def test_a_renamed_enduser_is_addressed_by_its_planhat_id_outside_its_fingerprin
     ]
     assert addressed["fingerprint"].tolist() == ["f1", "f2"]
     assert payloads["payload"].tolist()[0] == {"email": "new@x.io"}  # the input is not changed
+
+
+def test_a_returned_key_is_compared_with_nothing_and_clears_what_either_key_sent() -> None:
+    """A key left for another and returned to: its fingerprint matches no payload (it is sent
+    as a change), and its previous fields are those sent under both keys (Planhat holds the
+    other key's), so a field neither payload has now is cleared."""
+    fingerprints = pd.DataFrame(
+        {
+            "target": ["endusers", "endusers", "companies"],
+            "key": ["email:a@x.io", "email:b@x.io", "email:a@x.io"],
+            "fingerprint": ["fa", "fb", "fc"],
+            "fields": ['["email","name"]', '["email","position"]', '["name"]'],
+        }
+    )
+    returned = pd.DataFrame({"key": ["email:a@x.io"], "other_key": ["email:b@x.io"]})
+    others = fingerprints.iloc[[1]]
+    out = returned_fingerprints(fingerprints, returned, others)
+    assert out["fingerprint"].tolist() == ["", "fb", "fc"]
+    assert out["fields"].tolist() == [
+        '["email","name","position"]',
+        '["email","position"]',
+        '["name"]',
+    ]
+    assert fingerprints["fingerprint"].tolist() == ["fa", "fb", "fc"]  # the input is kept
+    # the other key's fingerprint unknown: the key's own fields still count
+    alone = returned_fingerprints(fingerprints, returned, fingerprints.iloc[0:0])
+    assert alone["fields"].tolist()[0] == '["email","name"]'
+    assert returned_fingerprints(fingerprints, returned.iloc[0:0], others) is fingerprints
