@@ -7,6 +7,7 @@ wait for real time. Secrets are redacted from every message this module produces
 
 from __future__ import annotations
 
+import codecs
 import collections
 import hashlib
 import json
@@ -33,6 +34,18 @@ _DECODER = msgspec.json.Decoder()
 """UTF-8 JSON as the APIs send it, twice as fast as ``requests``' own decoding (a full Copper
 load decodes a page of 200 records about 2,000 times). Integers keep every digit. What it
 refuses, ``Response.json`` is asked next, so nothing decodable before is refused now."""
+
+
+def _utf8(encoding: str | None) -> bool:
+    """Whether an answer is read as UTF-8 (no charset named, or a name of UTF-8): one in
+    another declared charset is left to ``Response.json``, which reads it in that charset."""
+    if encoding is None:
+        return True
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
 
 Sleeper = Callable[[float], None]
 Clock = Callable[[], float]
@@ -468,10 +481,11 @@ class ApiSession:
         content = response.content
         if not content or content.isspace():
             return None
-        try:
-            return _DECODER.decode(content)
-        except msgspec.DecodeError:
-            pass  # refused by the strict decoder (a number out of range, a BOM, another charset)
+        if _utf8(response.encoding):
+            try:
+                return _DECODER.decode(content)
+            except msgspec.DecodeError:
+                pass  # refused by the strict decoder (a number out of range, a BOM, not UTF-8)
         try:
             return response.json()
         except ValueError:

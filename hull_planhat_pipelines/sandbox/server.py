@@ -58,7 +58,11 @@ class Response:
             return self.raw
         if self.body is None:
             return b""
-        return _BODY.encode(self.body)
+        try:
+            return _BODY.encode(self.body)
+        except (msgspec.EncodeError, TypeError, UnicodeEncodeError, OverflowError):
+            # what the real APIs would still answer (an echoed lone surrogate): escaped
+            return json.dumps(self.body, separators=(",", ":"), default=str).encode()
 
 
 def error(status: int, message: str, **extra: Any) -> Response:

@@ -82,6 +82,10 @@ def test_what_the_strict_decoder_refuses_is_read_as_before(
     latin = _get(answers, '{"name":"Zoë"}'.encode("latin-1"), f"{JSON}; charset=ISO-8859-1")
     assert latin == {"name": "Zoë"}
     assert _get(answers, b"\xef\xbb\xbf" + b'{"ok": true}', JSON) == {"ok": True}
+    # bytes that are UTF-8 too, in the charset the header names: read in that charset, as before
+    named = _get(answers, '{"name":"é"}'.encode(), f"{JSON}; charset=ISO-8859-1")
+    assert named == {"name": "Ã©"}
+    assert _get(answers, '{"name":"é"}'.encode(), f"{JSON}; charset=UTF8") == {"name": "é"}
 
 
 def test_blank_answers_are_none_and_pages_are_errors(

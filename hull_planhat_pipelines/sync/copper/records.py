@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import html
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -400,14 +401,26 @@ def duckdb_types(object_name: str | CopperObject) -> dict[str, str]:
 
 _JSON = msgspec.json.Encoder(enc_hook=str)
 """Compact JSON, UTF-8 as Copper sends it, about ten times faster than ``json``'s encoder (two
-encodings a record: the largest cost of a fetch after the requests). A record decoded from
-JSON and the row built from it hold JSON types only; anything else is written as its text, as
-``default=str`` did. Rows written ASCII-escaped by earlier versions map to the same values (the
-mapping reads them through DuckDB's JSON functions)."""
+encodings a record were the largest cost of a fetch after the requests). A record decoded from
+JSON and the row built from it hold JSON types only (a type JSON lacks is written as its
+text). Versions before wrote rows ASCII-escaped: the mapping reads both forms as the same
+values, but a row's text is hashed to tell a changed row from an unchanged one
+(``warehouse.copper_tables``), so a stored row with non-ASCII text (or a number the two write
+apart, ``1e+16`` and ``1e16``) is rewritten once by its first fetch after the upgrade, mapped
+again, and found unchanged: nothing is sent on."""
+_ESCAPED = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
+"""The earlier form, for what msgspec refuses: a lone surrogate (half an emoji cut by a
+truncation) written as its escape, as before: the mapping then skips that one record ("Invalid
+fields JSON") instead of the fetch failing."""
 
 
 def _json_text(value: Any) -> str:
-    return _JSON.encode(value).decode()
+    """``value`` as a row's text. A NaN or an infinity (only an answer that is not JSON can
+    carry one) is written ``null``: JSON has no such number."""
+    try:
+        return _JSON.encode(value).decode()
+    except (msgspec.EncodeError, TypeError, UnicodeEncodeError, OverflowError):
+        return _ESCAPED.encode(value)
 
 
 def records_frame(

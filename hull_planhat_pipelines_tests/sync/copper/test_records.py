@@ -444,7 +444,8 @@ def test_row_texts_are_utf8_json_with_every_digit() -> None:
 
 def test_escaped_and_utf8_rows_map_to_the_same_values() -> None:
     """A warehouse keeps rows written ASCII-escaped by earlier versions beside UTF-8 ones: the
-    mapping's extraction reads both as one value, so a re-fetched record is not a change."""
+    mapping's extraction reads both as one value, so the rewrite of such a row by its first
+    fetch after the upgrade changes no attribute."""
     fields = JsonFields()
     name = canonical_value(fields.copper_field("name"))
     con = duckdb.connect()
@@ -459,3 +460,17 @@ def test_escaped_and_utf8_rows_map_to_the_same_values() -> None:
     ).fetchall()
     assert rows[0] == rows[1]
     assert json.loads(rows[0][0]) == "Zoë → 王芳"
+
+
+def test_a_lone_surrogate_leaves_its_row_unreadable_not_the_fetch() -> None:
+    """Half an emoji (a truncated text) cannot be UTF-8: the row is written escaped, as before,
+    and the mapping skips that one record ("Invalid fields JSON") instead of the fetch failing."""
+    leads = [
+        {"id": 1, "name": "cut \ud83d", "date_modified": 5},
+        {"id": 2, "name": "whole", "date_modified": 6},
+    ]
+    frame = _frame("leads", leads)
+    assert "\\ud83d" in frame.set_index("id").loc[1, "fields"]
+    con = duckdb.connect()
+    valid = con.execute("select id, json_valid(fields) from frame order by id").fetchall()
+    assert valid == [(1, False), (2, True)]
