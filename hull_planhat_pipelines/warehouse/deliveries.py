@@ -358,31 +358,36 @@ def returned_to_keys(
     counted = ", ".join(literal(s) for s in sorted({*DELIVERED_STATUSES, "unconfirmed"}))
     conn.register("_returned", candidates[["hull_id", "key", "planhat_id"]].astype(str))
     try:
+        # the few whose key's fingerprint is older than a delivery to the profile or to its
+        # enduser under another key (two equi-joins, not one "or"); the snapshot is read only
+        # for them: nearly always none
         conn.execute(
             "create or replace temp table _back as select c.hull_id, c.key, c.planhat_id,"
-            " f.delivered_at as key_at,"
-            " 'external_id:' || nullif(trim(e.external_id), '') as k1,"
-            " 'email:' || lower(nullif(trim(e.email), '')) as k2"
-            f" from _returned c join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key"
-            " join planhat_current.endusers e on e._id = c.planhat_id;"
-            # the deliveries of each profile and of its enduser (two equi-joins, not one "or")
+            " f.delivered_at as key_at from _returned c"
+            f" join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key;"
             "create or replace temp table _theirs as select h.hull_id, d.key, d.delivered_at"
             f" from _back h join {DELIVERIES} d on d.hull_id = h.hull_id"
             f" where d.target = 'endusers' and d.status in ({counted})"
             " union all select h.hull_id, d.key, d.delivered_at"
             f" from _back h join {DELIVERIES} d on d.planhat_id = h.planhat_id"
-            f" where d.target = 'endusers' and d.status in ({counted})"
+            f" where d.target = 'endusers' and d.status in ({counted});"
+            "create or replace temp table _left as select h.hull_id, h.key, h.planhat_id,"
+            " arg_max(t.key, t.delivered_at) as other_key from _back h join _theirs t"
+            " on t.hull_id = h.hull_id and t.key <> h.key and t.delivered_at > h.key_at"
+            " group by all"
         )
         rows = conn.execute(
-            "select h.hull_id, h.planhat_id, arg_max(t.key, t.delivered_at) as other_key"
-            " from _back h join _theirs t on t.hull_id = h.hull_id and t.key <> h.key"
-            " and t.delivered_at > h.key_at"
+            "select h.hull_id, h.planhat_id, h.other_key from (select l.*,"
+            " 'external_id:' || nullif(trim(e.external_id), '') as k1,"
+            " 'email:' || lower(nullif(trim(e.email), '')) as k2 from _left l"
+            " join planhat_current.endusers e on e._id = l.planhat_id) h"
             " where (h.key in (h.k1, h.k2) or exists (select 1 from _theirs s"
             " where s.hull_id = h.hull_id and s.key in (h.k1, h.k2)))"
-            f" and {_HELD_BY_ONE_PROFILE % '_back'}"
-            " group by h.hull_id, h.planhat_id order by h.hull_id"
+            f" and {_HELD_BY_ONE_PROFILE % '_left'} order by h.hull_id"
+            if conn.execute("select count(*) from _left").fetchall()[0][0]
+            else "select * from _left"
         ).fetchdf()
-        conn.execute("drop table _back; drop table _theirs")
+        conn.execute("drop table _back; drop table _theirs; drop table _left")
     finally:
         conn.unregister("_returned")
     return rows.astype(object) if len(rows) else found

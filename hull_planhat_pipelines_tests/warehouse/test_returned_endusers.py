@@ -96,7 +96,7 @@ def test_only_a_key_left_for_another_key_of_its_own_enduser_is_sent_again() -> N
     ]
     # nothing is left behind on the connection
     assert not conn.execute(
-        "select * from duckdb_tables() where table_name in ('_back', '_theirs')"
+        "select * from duckdb_tables() where table_name in ('_back', '_theirs', '_left')"
     ).fetchall()
     assert returned_to_keys(conn, CANDIDATES.iloc[0:0]).empty
     assert returned_to_keys(None, CANDIDATES).empty
