@@ -162,8 +162,8 @@ def partition_metadata(
     after an incremental run, which upserts them (``write`` says which). The preview shows
     the rows this run wrote into that year."""
     if len(frame):
-        years = pd.to_datetime(frame["partition_date"]).dt.year.astype(str)  # strftime: 1 s
-        groups = {year: rows for year, rows in frame.groupby(years)}
+        years = pd.to_datetime(frame["partition_date"]).dt.year  # strftime: 1 s a first load
+        groups = {str(int(year)): rows for year, rows in frame.groupby(years)}
     else:
         groups = {}
     found: dict[str, dict[str, Any]] = {}

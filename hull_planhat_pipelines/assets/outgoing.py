@@ -39,8 +39,8 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     drop_unknown_companies,
     enduser_payloads,
     keys_of_users,
+    moved_fingerprints,
     planhat_enduser_ids,
-    returned_fingerprints,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
@@ -149,23 +149,12 @@ def _payload_asset(
     return _payloads
 
 
-def _renamed(conn: Any, users: pd.DataFrame, payloads: pd.DataFrame) -> dict[str, str]:
-    """The Planhat ``_id`` of each user Planhat holds under a key it no longer has (its email or
-    external id changed): sent with it, the enduser is updated, not created twice."""
-    if payloads.empty:
-        return {}
-    ids = planhat_enduser_ids(users[users["hull_id"].isin(payloads["hull_id"])])
-    candidates = payloads.loc[payloads["hull_id"].astype(str).isin(ids), ["hull_id", "key"]]
-    candidates = candidates.assign(planhat_id=[ids[str(h)] for h in candidates["hull_id"]])
-    return deliveries.held_under_other_keys(conn, candidates)
-
-
-def _returned(conn: Any, users: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
-    """Users whose key was delivered once and left since (its email changed, then changed
-    back), with their Planhat ``_id`` and the key their enduser took (``returned_to_keys``)."""
-    if conn is None or users.empty or not keys:
-        return deliveries.returned_to_keys(None, pd.DataFrame())
-    ids = planhat_enduser_ids(users)
+def _moved(conn: Any, users: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
+    """Users whose Planhat enduser holds what was sent under other keys: their email or
+    external id changed (``held_under_other_keys``), or changed and changed back
+    (``returned_to_keys``). Sent with that enduser's ``_id``, each updates it instead of
+    creating a second one or leaving the other value there."""
+    ids = planhat_enduser_ids(users) if conn is not None and keys else {}
     candidates = pd.DataFrame(
         [
             (hull_id, keys[hull_id], planhat_id)
@@ -174,7 +163,11 @@ def _returned(conn: Any, users: pd.DataFrame, keys: dict[str, str]) -> pd.DataFr
         ],
         columns=["hull_id", "key", "planhat_id"],
     )
-    return deliveries.returned_to_keys(conn, candidates)
+    renamed = deliveries.held_under_other_keys(conn, candidates)
+    returned = deliveries.returned_to_keys(conn, candidates)
+    if renamed.empty or returned.empty:
+        return returned if renamed.empty else renamed
+    return pd.concat([renamed, returned], ignore_index=True)
 
 
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
@@ -221,14 +214,12 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         ours = deliveries.fingerprints_of_keys(conn, ENDUSERS, keys)
         if len(ours):
             fingerprints = pd.concat([f for f in (fingerprints, ours) if len(f)], ignore_index=True)
-        # a key left and returned to: Planhat holds what was sent under the other key since
-        returned = _returned(conn, users, user_keys)
-        if len(returned):
-            returned["key"] = [user_keys[h] for h in returned["hull_id"]]
-            others = deliveries.fingerprints_of_keys(
-                conn, ENDUSERS, set(returned["other_key"].astype(str))
-            )
-            fingerprints = returned_fingerprints(fingerprints, returned, others)
+        # a key changed (and maybe changed back): compared with what Planhat's enduser holds
+        moved = _moved(conn, users, user_keys)
+        if len(moved):
+            other_keys = {str(k) for keys in moved["other_keys"] for k in keys}
+            others = deliveries.fingerprints_of_keys(conn, ENDUSERS, other_keys)
+            fingerprints = moved_fingerprints(fingerprints, moved, others)
         payloads, events = enduser_payloads(users, accounts, settings, fingerprints, force=force)
         # their endusers follow the recreated company, until a delivery takes them
         again = forced_not_taken(conn, ENDUSERS)
@@ -238,8 +229,8 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             follow = follow.to_numpy() | every["key"].isin(again).to_numpy()
             extra = every[follow & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
-        by_id = dict(zip(returned["hull_id"], returned["planhat_id"], strict=True))
-        payloads = addressed_by_id(payloads, {**_renamed(conn, users, payloads), **by_id})
+        by_id = dict(zip(moved["hull_id"].astype(str), moved["planhat_id"], strict=True))
+        payloads = addressed_by_id(payloads, by_id)
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)
         )
@@ -572,7 +563,7 @@ def _delivery_events(target: DeliveryTarget, outcomes: pd.DataFrame) -> list[Syn
             SyncEvent.model_construct(
                 event=name,
                 object_type=target.name,
-                object_id=None if key is None else str(key),
+                object_id=None if key is None or pd.isna(key) else str(key),
                 reason=None if pd.isna(reason) else str(reason),
                 details={},
             )

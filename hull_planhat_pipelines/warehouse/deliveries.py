@@ -272,14 +272,39 @@ def snapshot_keys(
     return {str(key) for (key,) in found.fetchall()}, at
 
 
-def held_under_other_keys(
-    conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
-) -> dict[str, str]:
-    """Of ``candidates`` (``hull_id``, the ``key`` its payload is sent under, the
-    ``planhat_id`` of the Planhat enduser it was built from): those whose key we never
-    delivered while the latest snapshot holds that enduser under a key we delivered for this
-    same profile, and no other profile holds its id (the profile's email or external id
-    changed in Hull since). ``hull_id`` -> ``planhat_id``."""
+MOVED_COLUMNS = ["hull_id", "key", "planhat_id", "other_keys"]
+"""What ``held_under_other_keys`` and ``returned_to_keys`` answer: per user, its payload's
+``key``, the ``planhat_id`` of its enduser, and the ``other_keys`` that enduser was sent under
+(the content Planhat holds came with them)."""
+_SNAPSHOT_KEYS = (
+    "'external_id:' || nullif(trim(e.external_id), '') as k1,"
+    " 'email:' || lower(nullif(trim(e.email), '')) as k2"
+)
+"""The keys a snapshot enduser ``e`` answers to, as ours are written (emails trimmed and
+lower-cased, as the store keeps them)."""
+_DELIVERED = ", ".join(literal(s) for s in sorted(DELIVERED_STATUSES))
+_COUNTED = ", ".join(literal(s) for s in sorted({*DELIVERED_STATUSES, "unconfirmed"}))
+"""A delivery Planhat took, or may have (``unconfirmed``): for deciding to send again by
+``_id``, one send too many is harmless, one too few leaves a stale value."""
+
+
+def _held_by_one_profile(table: str) -> str:
+    """SQL over ``h`` (a row of ``table``): no two profiles hold its enduser (one that took
+    the enduser's email since holds it too: it names neither)."""
+    return (
+        f"h.planhat_id not in (select substr(v, {len(PLANHAT_RECORD) + 1}) from"
+        " (select hull_id, unnest(anonymous_ids) as v from hull.users) where v in"
+        f" (select {literal(PLANHAT_RECORD)} || planhat_id from {table})"
+        " group by v having count(distinct hull_id) > 1)"
+    )
+
+
+def _moved(
+    conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame, *statements: str
+) -> pd.DataFrame:
+    """``statements`` (over ``_candidates``; the last a select of ``MOVED_COLUMNS``) run when
+    every table they read exists; their temporary tables are dropped after."""
+    found = pd.DataFrame({c: pd.Series([], dtype=object) for c in MOVED_COLUMNS})
     if (
         conn is None
         or candidates.empty
@@ -288,109 +313,99 @@ def held_under_other_keys(
         or not table_exists(conn, *DELIVERIES.split("."))
         or not table_exists(conn, "hull", "users")
     ):
-        return {}
-    ours = f"select 1 from {FINGERPRINTS} f where f.target = 'endusers' and f.key"
-    theirs = {
-        "k1": "'external_id:' || nullif(trim(e.external_id), '')",
-        "k2": "'email:' || lower(nullif(trim(e.email), ''))",
-    }
-    conn.register("_renamed", candidates[["hull_id", "key", "planhat_id"]].astype(str))
+        return found
+    conn.register("_candidates", candidates[["hull_id", "key", "planhat_id"]].astype(str))
     try:
-        # the few whose key is new while Planhat holds their enduser under one of ours
-        conn.execute(
-            "create or replace temp table _held as select c.hull_id, c.planhat_id,"
-            f" {theirs['k1']} as k1, {theirs['k2']} as k2 from _renamed c"
-            " join planhat_current.endusers e on e._id = c.planhat_id"
-            f" where not exists ({ours} = c.key)"
-            f" and (exists ({ours} = {theirs['k1']}) or exists ({ours} = {theirs['k2']}))"
-        )
-        rows = conn.execute(
-            # that key delivered for this profile; the id held by no other profile (one that
-            # took the enduser's email since holds it too: it names neither)
-            "select h.hull_id, h.planhat_id from _held h where exists (select 1 from"
-            f" {DELIVERIES} d where d.target = 'endusers' and d.hull_id = h.hull_id"
-            f" and d.key in (h.k1, h.k2) and d.status in ({_DELIVERED}))"
-            f" and {_HELD_BY_ONE_PROFILE % '_held'}"
-        ).fetchall()
-        conn.execute("drop table _held")
+        *setup, select = statements
+        for statement in setup:
+            conn.execute(statement)
+        rows = conn.execute(select).fetchdf()
     finally:
-        conn.unregister("_renamed")
-    return {str(hull_id): str(planhat_id) for hull_id, planhat_id in rows}
+        conn.unregister("_candidates")
+        for table in ("_held", "_back", "_later"):
+            conn.execute(f"drop table if exists {table}")
+    if rows.empty:
+        return found
+    rows["other_keys"] = [sorted(str(k) for k in keys) for keys in rows["other_keys"]]
+    return rows[MOVED_COLUMNS].astype(object)
 
 
-_DELIVERED = ", ".join(literal(s) for s in sorted(DELIVERED_STATUSES))
-_HELD_BY_ONE_PROFILE = (
-    f"h.planhat_id not in (select substr(v, {len(PLANHAT_RECORD) + 1}) from"
-    " (select hull_id, unnest(anonymous_ids) as v from hull.users) where v in"
-    f" (select {literal(PLANHAT_RECORD)} || planhat_id from %s)"
-    " group by v having count(distinct hull_id) > 1)"
-)
-"""SQL over ``h`` (a row of the table named by ``%s``): no two profiles hold its enduser."""
+def held_under_other_keys(
+    conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
+) -> pd.DataFrame:
+    """Of ``candidates`` (``hull_id``, the ``key`` its payload is sent under, the
+    ``planhat_id`` of the Planhat enduser it was built from): those whose key we never
+    delivered while the latest snapshot holds that enduser under a key we delivered for this
+    same profile, and no other profile holds its id (the profile's email or external id
+    changed in Hull since). Rows of ``MOVED_COLUMNS``."""
+    ours = f"select 1 from {FINGERPRINTS} f where f.target = 'endusers' and f.key"
+    return _moved(
+        conn,
+        candidates,
+        # the few whose key is new while Planhat holds their enduser under one of ours
+        f"create temp table _held as select c.*, {_SNAPSHOT_KEYS} from _candidates c"
+        " join planhat_current.endusers e on e._id = c.planhat_id"
+        f" where not exists ({ours} = c.key)",
+        # that key delivered for this profile; the id held by no other profile
+        "select h.hull_id, h.key, h.planhat_id, list(distinct d.key) as other_keys"
+        f" from _held h join {DELIVERIES} d on d.target = 'endusers'"
+        f" and d.hull_id = h.hull_id and d.key in (h.k1, h.k2) and d.status in ({_DELIVERED})"
+        f" where {_held_by_one_profile('_held')} group by all order by h.hull_id",
+    )
 
 
 def returned_to_keys(
     conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
 ) -> pd.DataFrame:
     """Of ``candidates`` (as for ``held_under_other_keys``): those whose key has a fingerprint,
-    while a delivery to this profile or to its enduser under another key was made after it
+    while deliveries to this profile or to its enduser under other keys were made after it
     (the email or external id changed, then changed back; the fingerprint may also be another
-    profile's, that had the key before). Planhat's enduser holds that other key's content now,
-    so "unchanged" against the key's own fingerprint would leave it there.
+    profile's, that had the key before). Planhat's enduser holds those other keys' content
+    now, so "unchanged" against the key's own fingerprint would leave it there.
 
     Only where the latest snapshot holds the profile's own enduser, under this key or under one
     delivered to this profile or enduser (not edited to someone else's since), and no other
-    profile holds it. A delivery counts when Planhat took it or may have (``unconfirmed``): a
-    send by ``_id`` too many is harmless, one too few leaves the other value. Rows of
-    ``hull_id``, ``planhat_id`` and ``other_key`` (the latest such other key)."""
-    found = pd.DataFrame(
-        {c: pd.Series([], dtype=object) for c in ("hull_id", "planhat_id", "other_key")}
-    )
+    profile holds it. A delivery counts when Planhat took it or may have (``unconfirmed``).
+    Rows of ``MOVED_COLUMNS``; none from a table whose fingerprints have no delivery time."""
     if (
-        conn is None
-        or candidates.empty
-        or not table_exists(conn, "planhat_current", "endusers")
-        or not table_exists(conn, *FINGERPRINTS.split("."))
-        or not table_exists(conn, *DELIVERIES.split("."))
-        or not table_exists(conn, "hull", "users")
-        or not has_column(conn, FINGERPRINTS, "delivered_at")
+        conn is not None
+        and table_exists(conn, *FINGERPRINTS.split("."))
+        and not has_column(conn, FINGERPRINTS, "delivered_at")
     ):
-        return found
-    counted = ", ".join(literal(s) for s in sorted({*DELIVERED_STATUSES, "unconfirmed"}))
-    conn.register("_returned", candidates[["hull_id", "key", "planhat_id"]].astype(str))
-    try:
-        # the few whose key's fingerprint is older than a delivery to the profile or to its
-        # enduser under another key (two equi-joins, not one "or"); the snapshot is read only
-        # for them: nearly always none
-        conn.execute(
-            "create or replace temp table _back as select c.hull_id, c.key, c.planhat_id,"
-            " f.delivered_at as key_at from _returned c"
-            f" join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key;"
-            "create or replace temp table _theirs as select h.hull_id, d.key, d.delivered_at"
-            f" from _back h join {DELIVERIES} d on d.hull_id = h.hull_id"
-            f" where d.target = 'endusers' and d.status in ({counted})"
-            " union all select h.hull_id, d.key, d.delivered_at"
-            f" from _back h join {DELIVERIES} d on d.planhat_id = h.planhat_id"
-            f" where d.target = 'endusers' and d.status in ({counted});"
-            "create or replace temp table _left as select h.hull_id, h.key, h.planhat_id,"
-            " arg_max(t.key, t.delivered_at) as other_key from _back h join _theirs t"
-            " on t.hull_id = h.hull_id and t.key <> h.key and t.delivered_at > h.key_at"
-            " group by all"
+        conn = None
+    later = (
+        "select h.hull_id, d.key from _back h join {deliveries} d on d.{column} = h.{column}"
+        " where d.target = 'endusers' and d.status in ({counted}) and d.key <> h.key"
+        " and d.delivered_at > h.key_at"
+    )
+    mine = (
+        "select 1 from {deliveries} d where d.{column} = h.{column} and d.target = 'endusers'"
+        " and d.status in ({counted}) and d.key in (h.k1, h.k2)"
+    )
+
+    def both(template: str, joined: str) -> str:
+        return joined.join(
+            template.format(deliveries=DELIVERIES, column=column, counted=_COUNTED)
+            for column in ("hull_id", "planhat_id")
         )
-        rows = conn.execute(
-            "select h.hull_id, h.planhat_id, h.other_key from (select l.*,"
-            " 'external_id:' || nullif(trim(e.external_id), '') as k1,"
-            " 'email:' || lower(nullif(trim(e.email), '')) as k2 from _left l"
-            " join planhat_current.endusers e on e._id = l.planhat_id) h"
-            " where (h.key in (h.k1, h.k2) or exists (select 1 from _theirs s"
-            " where s.hull_id = h.hull_id and s.key in (h.k1, h.k2)))"
-            f" and {_HELD_BY_ONE_PROFILE % '_left'} order by h.hull_id"
-            if conn.execute("select count(*) from _left").fetchall()[0][0]
-            else "select * from _left"
-        ).fetchdf()
-        conn.execute("drop table _back; drop table _theirs; drop table _left")
-    finally:
-        conn.unregister("_returned")
-    return rows.astype(object) if len(rows) else found
+
+    return _moved(
+        conn,
+        candidates,
+        # keys whose fingerprint is older than a delivery to the profile or to its enduser
+        # under another key (two equi-joins, not one "or"); nearly always none
+        "create temp table _back as select c.*, f.delivered_at as key_at from _candidates c"
+        f" join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key",
+        "create temp table _later as select b.*, l.other_keys from _back b join"
+        f" (select hull_id, list(distinct key) as other_keys from ({both(later, ' union ')})"
+        " group by hull_id) l using (hull_id)",
+        # the snapshot read for those only: its enduser under this key or one of theirs
+        "select h.hull_id, h.key, h.planhat_id, h.other_keys from (select l.*,"
+        f" {_SNAPSHOT_KEYS} from _later l join planhat_current.endusers e"
+        " on e._id = l.planhat_id) h"
+        f" where (h.key in (h.k1, h.k2) or exists ({both(mine, ') or exists (')}))"
+        f" and {_held_by_one_profile('_later')} order by h.hull_id",
+    )
 
 
 def unseen_by_snapshot(database: str, target: str, keys: list[object]) -> int:

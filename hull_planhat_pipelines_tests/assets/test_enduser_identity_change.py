@@ -89,8 +89,9 @@ def test_an_email_changed_and_changed_back_leaves_planhat_with_the_person_of_now
     stack: Stack,
 ) -> None:
     """A -> B -> A: the return to A is a change Planhat has not seen (it holds B), though a
-    payload under ``email:A`` was delivered once, long ago. The title is cleared on the return:
-    Planhat's enduser, which got its position with B, loses it too."""
+    payload under ``email:A`` was delivered once, long ago. Each change clears a field in the
+    same edit (the title with the rename, the phone with the return): Planhat's enduser loses
+    it too, though neither key's own payload ever lacked it before."""
     stack.cycle()
     rows = stack.query(
         "select u.hull_id, u.email, a from hull.users u, unnest(u.anonymous_ids) t(a)"
@@ -98,23 +99,25 @@ def test_an_email_changed_and_changed_back_leaves_planhat_with_the_person_of_now
         " and 'email:' || u.email in (select key from planhat.delivery_fingerprints"
         " where target = 'endusers') order by u.hull_id"
     )
-    titled = [
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    chosen = [
         (hull_id, email, int(anonymous.split(":", 1)[1]))
         for hull_id, email, anonymous in rows
-        if (stack.copper.record("people", int(anonymous.split(":", 1)[1])) or {}).get("title")
+        if in_planhat.get(email, {}).get("position") and in_planhat.get(email, {}).get("phone")
     ]
-    assert titled, "no delivered enduser keyed by its email with a title"
-    hull_id, first_email, person_id = titled[0]
-    [before] = [e for e in stack.planhat.endusers() if e.get("email") == first_email]
-    assert before.get("position")
+    assert chosen, "no delivered enduser keyed by its email with a position and a phone"
+    hull_id, first_email, person_id = chosen[0]
+    before = in_planhat[first_email]
     renamed = "renamed." + first_email
 
-    _edit_person(stack, hull_id, person_id, renamed)
+    _edit_person(stack, hull_id, person_id, renamed, title=None)
     stack.cycle()
     [middle] = [e for e in stack.planhat.endusers() if e["_id"] == before["_id"]]
-    assert (middle.get("email"), middle.get("position")) == (renamed, before["position"])
+    assert middle.get("email") == renamed
+    assert not middle.get("position")
+    assert middle.get("phone") == before["phone"]
 
-    _edit_person(stack, hull_id, person_id, first_email, title=None)
+    _edit_person(stack, hull_id, person_id, first_email, phone_numbers=[])
     stack.cycle()
     assert stack.query("select email from hull.users where hull_id = ?", [hull_id]) == [
         (first_email,)
@@ -122,6 +125,7 @@ def test_an_email_changed_and_changed_back_leaves_planhat_with_the_person_of_now
     held = [e for e in stack.planhat.endusers() if e.get("email") in (first_email, renamed)]
     assert [(e["_id"], e.get("email")) for e in held] == [(before["_id"], first_email)]
     assert not held[0].get("position")
+    assert not held[0].get("phone")
 
     # settled: the next cycle sends nothing for it
     stack.planhat.rest.clear_requests()

@@ -58,8 +58,21 @@ def test_only_a_renamed_user_whose_own_enduser_planhat_holds_is_addressed_by_its
         columns=["hull_id", "key", "planhat_id"],
     )
     conn = _warehouse()
-    assert held_under_other_keys(conn, candidates) == {"ann": "p-ann", "cy": "p-cy"}
+    assert held_under_other_keys(conn, candidates).to_dict("records") == [
+        {
+            "hull_id": "ann",
+            "key": "email:ann.new@x.io",
+            "planhat_id": "p-ann",
+            "other_keys": ["email:ann@x.io"],
+        },
+        {
+            "hull_id": "cy",
+            "key": "email:cy@x.io",
+            "planhat_id": "p-cy",
+            "other_keys": ["external_id:ext-cy"],
+        },
+    ]
     # nothing is left behind on the connection
     assert not conn.execute("select * from duckdb_tables() where table_name = '_held'").fetchall()
-    assert held_under_other_keys(conn, candidates.iloc[0:0]) == {}
-    assert held_under_other_keys(None, candidates) == {}
+    assert held_under_other_keys(conn, candidates.iloc[0:0]).empty
+    assert held_under_other_keys(None, candidates).empty

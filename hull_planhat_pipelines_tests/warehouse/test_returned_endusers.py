@@ -89,19 +89,38 @@ def test_only_a_key_left_for_another_key_of_its_own_enduser_is_sent_again() -> N
     conn = _warehouse()
     found = returned_to_keys(conn, CANDIDATES)
     assert found.to_dict("records") == [
-        {"hull_id": "ann", "planhat_id": "p-ann", "other_key": "email:ann.b@x.io"},
-        {"hull_id": "fay", "planhat_id": "p-fay", "other_key": "email:fay.b@x.io"},
-        {"hull_id": "gus", "planhat_id": "p-gus", "other_key": "email:gus.b@x.io"},
-        {"hull_id": "ivy", "planhat_id": "p-ivy", "other_key": "external_id:ext-ivy"},
+        {"hull_id": h, "key": f"email:{h}@x.io", "planhat_id": f"p-{h}", "other_keys": k}
+        for h, k in [
+            ("ann", ["email:ann.b@x.io"]),
+            ("fay", ["email:fay.b@x.io"]),
+            ("gus", ["email:gus.b@x.io"]),
+            ("ivy", ["external_id:ext-ivy"]),
+        ]
     ]
     # nothing is left behind on the connection
     assert not conn.execute(
-        "select * from duckdb_tables() where table_name in ('_back', '_theirs', '_left')"
+        "select * from duckdb_tables() where table_name in ('_back', '_later')"
     ).fetchall()
     assert returned_to_keys(conn, CANDIDATES.iloc[0:0]).empty
     assert returned_to_keys(None, CANDIDATES).empty
 
 
 def test_fingerprints_without_delivery_times_are_judged_as_before() -> None:
-    """A table from before fingerprints kept their delivery time: no key is judged returned."""
+    """A table from before fingerprints kept their delivery time, or rows written before it:
+    no key is judged returned."""
     assert returned_to_keys(_warehouse(delivered_at=False), CANDIDATES).empty
+    conn = _warehouse()
+    conn.execute("update planhat.delivery_fingerprints set delivered_at = null")
+    assert returned_to_keys(conn, CANDIDATES).empty
+
+
+def test_every_key_the_enduser_took_since_is_named() -> None:
+    """A -> B -> C -> A: Planhat may hold fields B set and C never cleared; both are named."""
+    conn = _warehouse()
+    conn.execute(
+        "insert into planhat.deliveries values ('endusers', 'email:ann.c@x.io', 'ann',"
+        f" 'updated', 'p-ann', '{T2}')"
+    )
+    conn.execute("update planhat_current.endusers set email = 'ann.c@x.io' where _id = 'p-ann'")
+    found = returned_to_keys(conn, CANDIDATES.iloc[[0]])
+    assert found["other_keys"].tolist() == [["email:ann.b@x.io", "email:ann.c@x.io"]]

@@ -15,7 +15,11 @@ import pandas as pd
 from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat import shared
-from hull_planhat_pipelines.sync.planhat.fingerprints import fields_text, parse_fields
+from hull_planhat_pipelines.sync.planhat.fingerprints import (
+    empty_fingerprints,
+    fields_text,
+    parse_fields,
+)
 
 NO_USER_IDENTITY = "Neither email nor external id"
 ACCOUNT_NO_EXTERNAL_ID = "Account has no external_id"
@@ -156,26 +160,41 @@ def addressed_by_id(payloads: pd.DataFrame, planhat_ids: dict[str, str]) -> pd.D
     return out
 
 
-def returned_fingerprints(
-    fingerprints: pd.DataFrame, returned: pd.DataFrame, others: pd.DataFrame
+def moved_fingerprints(
+    fingerprints: pd.DataFrame, moved: pd.DataFrame, others: pd.DataFrame
 ) -> pd.DataFrame:
-    """``fingerprints`` with the rows of ``returned``'s keys (``key``, ``other_key``: the key
-    their enduser took since) no longer equal to any payload, and their ``fields`` those sent
-    under both keys: Planhat holds the other key's content, so the payload is sent, as a change,
-    and a field it no longer has is cleared there. ``others``: the fingerprints of the other
-    keys. The table itself is not changed: the next delivery writes the key's row anew."""
-    if returned.empty or fingerprints.empty:
+    """``fingerprints`` as the payloads of ``moved`` users must be compared with: each one's
+    key (``key``) matches no payload, and its ``fields`` are those sent under it and under the
+    ``other_keys`` its Planhat enduser was sent under since (whose content Planhat holds). The
+    payload is sent as a change, and a field it no longer has is cleared in Planhat, whether
+    the key is new (an email changed) or was delivered long ago (changed back). ``others``:
+    the fingerprints of the other keys. The table itself is not changed: the delivery writes
+    the key's row."""
+    if moved.empty:
         return fingerprints
-    other_of = dict(zip(returned["key"], returned["other_key"], strict=True))
     other_fields = dict(zip(others["key"], others["fields"], strict=True)) if len(others) else {}
-    out = fingerprints.copy()
-    rows = (out["target"] == "endusers").to_numpy() & out["key"].isin(other_of).to_numpy()
+    wanted = {
+        str(key): fields_text(
+            frozenset().union(*(parse_fields(other_fields.get(k)) for k in other_keys))
+        )
+        for key, other_keys in zip(moved["key"], moved["other_keys"], strict=True)
+    }
+    out = fingerprints.copy() if "target" in fingerprints.columns else empty_fingerprints()
+    rows = (out["target"] == "endusers").to_numpy() & out["key"].isin(wanted).to_numpy()
     out.loc[rows, "fingerprint"] = ""  # no payload's digest
     out.loc[rows, "fields"] = [
-        fields_text(parse_fields(fields) | parse_fields(other_fields.get(other_of[key])))
+        fields_text(parse_fields(fields) | parse_fields(wanted[key]))
         for key, fields in zip(out.loc[rows, "key"], out.loc[rows, "fields"], strict=True)
     ]
-    return out
+    held = set(out.loc[rows, "key"])
+    added = [key for key in wanted if key not in held]
+    if not added:
+        return out
+    new = pd.DataFrame({column: [None] * len(added) for column in out.columns})
+    new["target"], new["key"], new["fingerprint"] = "endusers", added, ""
+    new["fields"] = [wanted[key] for key in added]
+    new = new.astype(out.dtypes.to_dict())
+    return pd.concat([out, new], ignore_index=True) if len(out) else new
 
 
 COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"

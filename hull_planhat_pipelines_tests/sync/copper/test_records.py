@@ -448,15 +448,17 @@ def test_escaped_and_utf8_rows_map_to_the_same_values() -> None:
     fetch after the upgrade changes no attribute."""
     fields = JsonFields()
     name = canonical_value(fields.copper_field("name"))
+    amount = canonical_value(fields.copper_field("amount"))
+    row = {"name": "Zoë → 王芳", "amount": 1e16}
+    earlier = json.JSONEncoder(separators=(",", ":"), default=str).encode(row)
+    now = _frame("leads", [{"id": 1, "date_modified": 5, **row}])["record"].iloc[0]
+    assert earlier != now  # ``1e+16`` and ``1e16``, escaped and not
     con = duckdb.connect()
     con.execute(CANONICAL_SQL)
     rows = con.execute(
-        f"select {name} from (select {fields.extraction('fields')} from"
+        f"select {name}, {amount} from (select {fields.extraction('fields')} from"
         " (values (?), (?)) t(fields))",
-        [
-            json.dumps({"name": "Zoë → 王芳"}, ensure_ascii=True),
-            json.dumps({"name": "Zoë → 王芳"}, ensure_ascii=False),
-        ],
+        [earlier, now],
     ).fetchall()
     assert rows[0] == rows[1]
     assert json.loads(rows[0][0]) == "Zoë → 王芳"

@@ -35,8 +35,8 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     NO_USER_IDENTITY,
     addressed_by_id,
     enduser_payloads,
+    moved_fingerprints,
     planhat_enduser_ids,
-    returned_fingerprints,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
@@ -742,29 +742,37 @@ def test_a_renamed_enduser_is_addressed_by_its_planhat_id_outside_its_fingerprin
     assert payloads["payload"].tolist()[0] == {"email": "new@x.io"}  # the input is not changed
 
 
-def test_a_returned_key_is_compared_with_nothing_and_clears_what_either_key_sent() -> None:
-    """A key left for another and returned to: its fingerprint matches no payload (it is sent
-    as a change), and its previous fields are those sent under both keys (Planhat holds the
-    other key's), so a field neither payload has now is cleared."""
+def test_a_moved_key_is_compared_with_nothing_and_clears_what_every_key_sent() -> None:
+    """A key whose enduser took other keys since (returned to, or new): it matches no payload
+    (it is sent as a change), and its previous fields are those sent under it and under the
+    other keys (Planhat holds theirs), so a field no payload has now is cleared."""
     fingerprints = pd.DataFrame(
         {
-            "target": ["endusers", "endusers", "companies"],
-            "key": ["email:a@x.io", "email:b@x.io", "email:a@x.io"],
-            "fingerprint": ["fa", "fb", "fc"],
-            "fields": ['["email","name"]', '["email","position"]', '["name"]'],
+            "target": ["endusers", "endusers", "endusers", "companies"],
+            "key": ["email:a@x.io", "email:b@x.io", "email:c@x.io", "email:a@x.io"],
+            "fingerprint": ["fa", "fb", "fc", "fx"],
+            "fields": ['["email","name"]', '["email","position"]', '["phone"]', '["name"]'],
         }
     )
-    returned = pd.DataFrame({"key": ["email:a@x.io"], "other_key": ["email:b@x.io"]})
-    others = fingerprints.iloc[[1]]
-    out = returned_fingerprints(fingerprints, returned, others)
-    assert out["fingerprint"].tolist() == ["", "fb", "fc"]
-    assert out["fields"].tolist() == [
-        '["email","name","position"]',
-        '["email","position"]',
-        '["name"]',
+    moved = pd.DataFrame(
+        {
+            "key": ["email:a@x.io", "email:new@x.io"],
+            "other_keys": [["email:b@x.io", "email:c@x.io"], ["email:b@x.io"]],
+        }
+    )
+    others = fingerprints.iloc[[1, 2]]
+    out = moved_fingerprints(fingerprints, moved, others)
+    assert out[["key", "fingerprint", "fields"]].values.tolist() == [
+        ["email:a@x.io", "", '["email","name","phone","position"]'],
+        ["email:b@x.io", "fb", '["email","position"]'],
+        ["email:c@x.io", "fc", '["phone"]'],
+        ["email:a@x.io", "fx", '["name"]'],
+        ["email:new@x.io", "", '["email","position"]'],  # a new key: the others' fields
     ]
-    assert fingerprints["fingerprint"].tolist() == ["fa", "fb", "fc"]  # the input is kept
-    # the other key's fingerprint unknown: the key's own fields still count
-    alone = returned_fingerprints(fingerprints, returned, fingerprints.iloc[0:0])
-    assert alone["fields"].tolist()[0] == '["email","name"]'
-    assert returned_fingerprints(fingerprints, returned.iloc[0:0], others) is fingerprints
+    assert out["target"].tolist()[-1] == "endusers"
+    assert fingerprints["fingerprint"].tolist() == ["fa", "fb", "fc", "fx"]  # input kept
+    assert moved_fingerprints(fingerprints, moved.iloc[0:0], others) is fingerprints
+    alone = moved_fingerprints(empty_fingerprints(), moved.iloc[[1]], others)
+    assert alone[["key", "fingerprint", "fields"]].values.tolist() == [
+        ["email:new@x.io", "", '["email","position"]']
+    ]
