@@ -16,6 +16,7 @@ from hull_planhat_pipelines.sync.canonical import (
     canonical_json,
     content_hash,
     content_json,
+    row_json,
     value_json,
     value_text,
     wire_json,
@@ -70,6 +71,13 @@ PINNED: dict[Callable[[Any], str], list[str]] = {
         '"na\\u00efve \\u2713"',
         "1200.0",
         '["2024-05-01 12:30:00+00:00","1.50"]',
+        '{"n":null,"nested":{"x":null,"k":3}}',
+    ],
+    row_json: [
+        '{"b":1.0,"a":"é","c":[2.0,2.5,null],"d":{"z":-0.0,"y":true}}',
+        '"naïve ✓"',
+        "1200.0",
+        '["2024-05-01T12:30:00Z","1.50"]',
         '{"n":null,"nested":{"x":null,"k":3}}',
     ],
 }

@@ -11,17 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import html
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-import msgspec
 import numpy as np
 import pandas as pd
 
+from hull_planhat_pipelines.sync.canonical import row_json
 from hull_planhat_pipelines.sync.copper.schema import (
     Column,
     CopperMetadata,
@@ -399,30 +398,6 @@ def duckdb_types(object_name: str | CopperObject) -> dict[str, str]:
     return {c.name: _DUCKDB_TYPES[c.kind] for c in frame_columns(object_name)}
 
 
-_JSON = msgspec.json.Encoder(enc_hook=str)
-"""Compact JSON, UTF-8 as Copper sends it, about ten times faster than ``json``'s encoder (two
-encodings a record were the largest cost of a fetch after the requests). A record decoded from
-JSON and the row built from it hold JSON types only (a type JSON lacks is written as its
-text). Versions before wrote rows ASCII-escaped: the mapping reads both forms as the same
-values, but a row's text is hashed to tell a changed row from an unchanged one
-(``warehouse.copper_tables``), so a stored row with non-ASCII text (or a number the two write
-apart, ``1e+16`` and ``1e16``) is rewritten once by its first fetch after the upgrade, mapped
-again, and found unchanged: nothing is sent on."""
-_ESCAPED = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
-"""The earlier form, for what msgspec refuses: a lone surrogate (half an emoji cut by a
-truncation) written as its escape, as before: the mapping then skips that one record ("Invalid
-fields JSON") instead of the fetch failing."""
-
-
-def _json_text(value: Any) -> str:
-    """``value`` as a row's text. A NaN or an infinity (only an answer that is not JSON can
-    carry one) is written ``null``: JSON has no such number."""
-    try:
-        return _JSON.encode(value).decode()
-    except (msgspec.EncodeError, TypeError, UnicodeEncodeError, OverflowError):
-        return _ESCAPED.encode(value)
-
-
 def records_frame(
     object_name: str | CopperObject,
     records: Iterable[Mapping[str, Any]],
@@ -460,9 +435,9 @@ def records_frame(
         for column in typed:
             values[column.name].append(row.get(column.name))
         values["partition_date"].append(row.get(obj.date_field))
-        values["record"].append(_json_text(record))
-        values["fields"].append(_json_text(row))
-        values["problems"].append(_json_text([str(p) for p in found]) if found else None)
+        values["record"].append(row_json(record))
+        values["fields"].append(row_json(row))
+        values["problems"].append(row_json([str(p) for p in found]) if found else None)
     _log_problems(obj.name, values["problems"])
     columns = {c.name: _typed(c, values.pop(c.name)) for c in typed}
     columns["partition_date"] = _partition_dates(values.pop("partition_date"), partition_start)
