@@ -4,7 +4,7 @@ from pathlib import Path
 
 import duckdb
 
-from hull_planhat_pipelines.sync.planhat.endusers import enduser_keys
+from hull_planhat_pipelines.sync.planhat.endusers import keys_of_users
 from hull_planhat_pipelines.warehouse.deliveries import (
     FINGERPRINTS,
     FINGERPRINTS_DDL,
@@ -34,7 +34,7 @@ def _warehouse(path: Path) -> duckdb.DuckDBPyConnection:
 def test_enduser_fingerprints_of_the_users_in_scope_only(tmp_path: Path) -> None:
     conn = _warehouse(tmp_path / "w.duckdb")
     users = conn.execute("select * from hull.users where hull_id in ('u1', 'u2')").fetchdf()
-    found = fingerprints_of_keys(conn, "endusers", enduser_keys(users))
+    found = fingerprints_of_keys(conn, "endusers", set(keys_of_users(users).values()))
     # the key as payloads build it: external id first, a blank one does not count
     assert sorted(found["key"]) == ["email:bob@b.example", "external_id:E1"]
     every = fingerprints_of_keys(conn, "endusers", None)

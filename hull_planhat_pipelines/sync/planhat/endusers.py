@@ -200,14 +200,9 @@ def moved_fingerprints(
 COMPANY_NOT_IN_PLANHAT = "Account not in Planhat"
 
 
-def enduser_keys(users: pd.DataFrame) -> set[str]:
-    """The keys ``users`` would be sent under: the only fingerprints their payloads are
-    compared with."""
-    return set(keys_of_users(users).values())
-
-
 def keys_of_users(users: pd.DataFrame) -> dict[str, str]:
-    """``hull_id`` -> the key each user would be sent under (users without one left out)."""
+    """``hull_id`` -> the key each user would be sent under (users without one left out): the
+    only fingerprints their payloads are compared with."""
     keys = (
         enduser_key(shared.as_text(email), shared.as_text(external_id))
         for email, external_id in zip(
