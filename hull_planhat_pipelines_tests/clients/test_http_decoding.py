@@ -3,70 +3,41 @@ the faster path refuses nothing that was read before and changes no value it rea
 
 from __future__ import annotations
 
-import http.server
 import math
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from hull_planhat_pipelines.clients.http import ApiResponseError, ApiSession, RetryPolicy
-
-
-class _Answers(http.server.ThreadingHTTPServer):
-    """Answers ``GET /<name>`` with the body and content type registered under that name."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[str, tuple[bytes, str]] = {}
-        answers = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body, content_type = answers.bodies[self.path.lstrip("/")]
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
+from hull_planhat_pipelines_tests.clients.local_http import LocalHttp, serving
 
 
 @pytest.fixture
-def answers() -> Iterator[tuple[_Answers, ApiSession]]:
-    server = _Answers()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    session = ApiSession(
-        "copper", f"http://127.0.0.1:{server.server_address[1]}", policy=RetryPolicy(attempts=1)
-    )
-    try:
-        yield server, session
-    finally:
-        session.close()
-        server.shutdown()
-        server.server_close()
+def answers() -> Iterator[tuple[LocalHttp, ApiSession]]:
+    with serving() as server:
+        session = ApiSession("copper", server.url, policy=RetryPolicy(attempts=1))
+        try:
+            yield server, session
+        finally:
+            session.close()
 
 
-def _get(answers: tuple[_Answers, ApiSession], body: bytes, content_type: str) -> object:
+def _get(answers: tuple[LocalHttp, ApiSession], body: bytes, content_type: str) -> object:
     server, session = answers
-    server.bodies["answer"] = (body, content_type)
+    server.bodies["/answer"] = (body, content_type)
     return session.json("GET", "/answer")
 
 
 JSON = "application/json"
 
 
-def test_utf8_and_escaped_text_decode_alike(answers: tuple[_Answers, ApiSession]) -> None:
+def test_utf8_and_escaped_text_decode_alike(answers: tuple[LocalHttp, ApiSession]) -> None:
     raw = _get(answers, '{"name":"Zoë → 王芳"}'.encode(), JSON)
     escaped = _get(answers, b'{"name":"Zo\\u00eb \\u2192 \\u738b\\u82b3"}', JSON)
     assert raw == escaped == {"name": "Zoë → 王芳"}
 
 
-def test_integers_keep_every_digit(answers: tuple[_Answers, ApiSession]) -> None:
+def test_integers_keep_every_digit(answers: tuple[LocalHttp, ApiSession]) -> None:
     body = b'{"id": 123456789012345678901234567890, "small": -9223372036854775809}'
     assert _get(answers, body, JSON) == {
         "id": 123456789012345678901234567890,
@@ -75,7 +46,7 @@ def test_integers_keep_every_digit(answers: tuple[_Answers, ApiSession]) -> None
 
 
 def test_what_the_strict_decoder_refuses_is_read_as_before(
-    answers: tuple[_Answers, ApiSession],
+    answers: tuple[LocalHttp, ApiSession],
 ) -> None:
     assert _get(answers, b'{"big": 1e400}', JSON) == {"big": math.inf}
     # a body in the charset its header names (not UTF-8) is decoded in that charset
@@ -89,7 +60,7 @@ def test_what_the_strict_decoder_refuses_is_read_as_before(
 
 
 def test_blank_answers_are_none_and_pages_are_errors(
-    answers: tuple[_Answers, ApiSession],
+    answers: tuple[LocalHttp, ApiSession],
 ) -> None:
     assert _get(answers, b"", JSON) is None
     assert _get(answers, b" \r\n\t", JSON) is None

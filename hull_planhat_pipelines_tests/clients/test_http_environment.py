@@ -3,53 +3,21 @@ reached through it, one named in ``NO_PROXY`` directly, host by host."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from hull_planhat_pipelines.clients.http import ApiSession, RetryPolicy
+from hull_planhat_pipelines_tests.clients.local_http import LocalHttp, serving
 
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy")
 NO_PROXY_VARIABLES = ("no_proxy", "NO_PROXY")
 
 
-class _Recorder(http.server.ThreadingHTTPServer):
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        recorder = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                recorder.lines.append(self.requestline)
-                body = b'{"ok":true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
 @pytest.fixture
-def recorder() -> Iterator[_Recorder]:
-    server = _Recorder()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+def recorder() -> Iterator[LocalHttp]:
+    with serving() as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _session(base_url: str) -> ApiSession:
@@ -71,7 +39,7 @@ DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there
 
 
 def test_an_api_behind_a_proxy_is_reached_through_it(
-    recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
+    recorder: LocalHttp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _environment(monkeypatch, recorder.url, None)
     with _session("http://planhat.example.test") as session:
@@ -84,7 +52,7 @@ def test_an_api_behind_a_proxy_is_reached_through_it(
 
 
 def test_an_api_named_in_no_proxy_is_reached_directly(
-    recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
+    recorder: LocalHttp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _environment(monkeypatch, DEAD_PROXY, "127.0.0.1")
     with _session(recorder.url) as session:
@@ -93,7 +61,7 @@ def test_an_api_named_in_no_proxy_is_reached_directly(
 
 
 def test_no_proxy_is_judged_per_host_not_once_for_the_api(
-    recorder: _Recorder, monkeypatch: pytest.MonkeyPatch
+    recorder: LocalHttp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A session's calls to another host (an absolute URL) follow that host's rule."""
     _environment(monkeypatch, DEAD_PROXY, "127.0.0.1")
