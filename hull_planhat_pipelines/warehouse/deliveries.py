@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,6 +300,9 @@ def _held_by_one_profile(table: str) -> str:
     )
 
 
+_TEMP_TABLE = re.compile(r"create temp table (\w+)")
+
+
 def _moved(
     conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame, *statements: str
 ) -> pd.DataFrame:
@@ -322,7 +326,7 @@ def _moved(
         rows = conn.execute(select).fetchdf()
     finally:
         conn.unregister("_candidates")
-        for table in ("_held", "_back", "_later"):
+        for table in _TEMP_TABLE.findall(" ".join(statements)):
             conn.execute(f"drop table if exists {table}")
     if rows.empty:
         return found
