@@ -44,7 +44,11 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
-from hull_planhat_pipelines.sync.planhat.settlement import DROPPED_REASON, settle
+from hull_planhat_pipelines.sync.planhat.settlement import (
+    DROPPED_REASON,
+    NOT_APPLIED_REASON,
+    settle,
+)
 from hull_planhat_pipelines.sync.planhat.shared import (
     COMPANIES,
     ENDUSERS,
@@ -378,11 +382,20 @@ def _settle(
     if known is None:
         return records, []
     settlement = settle(
-        target, records, known.history, known.present, known.snapshot_at, known.company_at
+        target,
+        records,
+        known.history,
+        known.present,
+        known.snapshot_at,
+        known.company_at,
+        written_at=known.written_at,
     )
-    for frame, status in ((settlement.confirmed, "confirmed"), (settlement.dropped, "dropped")):
+    for frame, status, error in (
+        (settlement.confirmed, "confirmed", None),
+        (settlement.dropped, "dropped", DROPPED_REASON.get(target)),
+        (settlement.not_applied, "dropped", NOT_APPLIED_REASON),
+    ):
         if not frame.empty:
-            error = None if status == "confirmed" else DROPPED_REASON.get(target)
             deliveries.commit_statuses(database, target, frame, status, run_id, error=error)
     return settlement.send, settlement.events
 

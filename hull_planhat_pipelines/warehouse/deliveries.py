@@ -241,16 +241,20 @@ SNAPSHOT_KEY_SQL = {
     "companies": ["nullif(external_id, '')"],
     "endusers": [
         "'external_id:' || nullif(external_id, '')",
-        "'email:' || nullif(email, '')",
+        "'email:' || lower(nullif(trim(email), ''))",
     ],
 }
-"""The payload keys a snapshot's record answers to, per target (SQL over ``planhat_current``)."""
+"""The payload keys a snapshot's record answers to, per target (SQL over ``planhat_current``);
+emails trimmed and lower-cased, as ours are written (Planhat may keep an address as typed)."""
 
 
-def _snapshot_keys_sql(target: str) -> str:
+def _snapshot_keys_sql(target: str, written: str = "") -> str:
+    """SQL: ``key`` per snapshot record and key it answers to (``written``: a second column,
+    ``written_at``, of that SQL over the record)."""
     table = f"planhat_current.{target}"  # the latest snapshot
+    extra = f", {written} as written_at" if written else ""
     return " union all ".join(
-        f"select {key} as key from {table}" for key in SNAPSHOT_KEY_SQL[target]
+        f"select {key} as key{extra} from {table}" for key in SNAPSHOT_KEY_SQL[target]
     )
 
 
@@ -271,6 +275,30 @@ def snapshot_keys(
         f"select key from ({_snapshot_keys_sql(target)}) where key is not null{narrowed}", params
     )
     return {str(key) for (key,) in found.fetchall()}, at
+
+
+def snapshot_writes(
+    conn: duckdb.DuckDBPyConnection, target: str, among: Collection[str]
+) -> dict[str, pd.Timestamp | None]:
+    """Per key of ``among`` the latest snapshot holds: when Planhat last wrote a record
+    answering to it (its ``updatedAt``, which every write bumps; None when no such record
+    says). A key's presence alone proves nothing about an update: the record held it before."""
+    table = f"planhat_current.{target}"
+    if not among or not table_exists(conn, *table.split(".")):
+        return {}
+    written = "updated_at" if has_column(conn, table, "updated_at") else "null::timestamptz"
+    narrowed, params = _among_keys(among)
+    rows = conn.execute(
+        f"select key, max(written_at) from ({_snapshot_keys_sql(target, written)})"
+        f" where key is not null{narrowed} group by key",
+        params,
+    ).fetchall()
+    return {str(key): None if at is None else _utc_timestamp(at) for key, at in rows}
+
+
+def _utc_timestamp(value: object) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)  # type: ignore[arg-type]
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 MOVED_COLUMNS = ["hull_id", "key", "planhat_id", "other_keys"]
@@ -489,6 +517,8 @@ class SettlementInputs:
     present: set[str]
     snapshot_at: pd.Timestamp | None
     company_at: dict[str, pd.Timestamp]
+    written_at: dict[str, pd.Timestamp | None] = field(default_factory=dict)
+    """Per present key, when Planhat last wrote a record answering to it (``snapshot_writes``)."""
 
 
 def settlement_inputs(
@@ -504,8 +534,9 @@ def settlement_inputs(
             return None
         unsettled = set(history["key"].astype(str))
         present, snapshot_at = snapshot_keys(conn, target, among=unsettled)
+        written_at = snapshot_writes(conn, target, among=unsettled)
         company_at = delivered_at(conn, "companies", among=companies)
-    return SettlementInputs(history, present, snapshot_at, company_at)
+    return SettlementInputs(history, present, snapshot_at, company_at, written_at)
 
 
 def read_tables(database: str, tables: Collection[str]) -> dict[str, pd.DataFrame | None]:

@@ -5,12 +5,19 @@ enduser whose company it does not have: when its counts fall short, the items it
 account for are ``unconfirmed``. They are not re-sent blindly; the next delivery, after a newer
 Planhat snapshot, looks each one up there:
 
-- present (and the content we would send is what was sent): ``confirmed``, delivered, its
-  fingerprint advances, nothing is sent;
+- written: a record answering to its key was written after the attempt began (its
+  ``updatedAt``, which Planhat bumps on every write), and the content we would send is what
+  was sent: ``confirmed``, delivered, its fingerprint advances, nothing is sent;
+- present but not written since: Planhat did not apply it (an update's record held the key
+  before; so may another company's enduser with the same email): ``dropped`` as not applied,
+  and sent again, as an absent one is;
 - absent: ``dropped`` (logged with its reason) and sent again, at most ``max_retries`` times
-  for the same content; after that it is skipped until its content changes or its company is
-  delivered again;
+  for the same content (drops of either kind count); after that it is skipped until its
+  content changes or its company is delivered again;
 - no snapshot newer than the attempt yet: held (neither sent nor settled) until there is one.
+
+Presence alone never confirms: a false confirmation records content as delivered that Planhat
+never took, and it would not be sent again; a needless resend is an idempotent upsert.
 
 Pure: frames in, frames out.
 """
@@ -31,6 +38,11 @@ DROPPED_REASON = {
     "endusers": "Dropped by Planhat: company not in Planhat",
     "companies": "Dropped by Planhat: not in its records after the upsert",
 }
+ATTEMPT_WINDOW = pd.Timedelta(minutes=10)
+"""How long before its delivery row (written once the answer came) a request may have been
+applied: a bulk upsert's retries and timeouts fit well inside. A write older than that, or
+older than the key's delivery before the attempt, is not the attempt's."""
+NOT_APPLIED_REASON = "Not applied by Planhat: no record under its key was written after the upsert"
 SKIPPED_REASON = "Dropped by Planhat {n} times: skipped until it or its account changes"
 
 
@@ -43,8 +55,11 @@ class Settlement:
     confirmed: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Payload rows found in Planhat: recorded as delivered, not sent."""
     dropped: pd.DataFrame = field(default_factory=pd.DataFrame)
-    """Payload rows Planhat dropped: recorded as failed, and sent again."""
+    """Payload rows Planhat dropped (absent from it): recorded as failed, and sent again."""
     events: list[SyncEvent] = field(default_factory=list)
+    not_applied: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Payload rows whose key Planhat holds on a record not written since the attempt:
+    recorded as dropped (``NOT_APPLIED_REASON``), and sent again."""
 
 
 def settle(
@@ -55,12 +70,15 @@ def settle(
     snapshot_at: pd.Timestamp | None,
     company_delivered_at: Mapping[str, pd.Timestamp] | None = None,
     *,
+    written_at: Mapping[str, pd.Timestamp | None] | None = None,
     max_retries: int = MAX_DROPPED_RETRIES,
 ) -> Settlement:
     """Split ``payloads`` (``key``, ``fingerprint``, optional ``company_external_id``).
 
     ``history``: this target's delivery rows (``key``, ``status``, ``fingerprint``,
-    ``delivered_at``); ``present``: keys the latest snapshot (taken at ``snapshot_at``) holds;
+    ``delivered_at``: taken before the request); ``present``: keys the latest snapshot (taken
+    at ``snapshot_at``) holds; ``written_at``: per present key, when Planhat last wrote a
+    record answering to it (missing or None: unknown, never a confirmation);
     ``company_delivered_at``: when each company was last delivered (a company delivered after
     a drop resets the drop count of its endusers).
     """
@@ -69,9 +87,10 @@ def settle(
         return Settlement(payloads)
     ordered = history.sort_values("delivered_at", kind="stable")
     latest = ordered.drop_duplicates("key", keep="last").set_index("key")
-    send, confirmed, dropped = [], [], []
+    send, confirmed, dropped, not_applied = [], [], [], []
     events: list[SyncEvent] = []
     company_at = company_delivered_at or {}
+    writes = written_at or {}
     for index, row in payloads.iterrows():
         key = str(row["key"])
         last = latest.loc[key] if key in latest.index else None
@@ -80,7 +99,9 @@ def settle(
             continue
         if snapshot_at is None or snapshot_at <= last["delivered_at"]:
             continue  # held: wait for a snapshot taken after the attempt
-        if key in present:
+        held = key in present
+        written = writes.get(key) if held else None
+        if written is not None and written > _attempt_began(ordered, key, last["delivered_at"]):
             if last["fingerprint"] == row["fingerprint"]:
                 confirmed.append(index)
             else:
@@ -94,7 +115,7 @@ def settle(
         ]
         if since is not None:
             drops = drops[drops["delivered_at"] > since]
-        reason = DROPPED_REASON.get(target, "Dropped by Planhat")
+        reason = NOT_APPLIED_REASON if held else DROPPED_REASON.get(target, "Dropped by Planhat")
         if len(drops) >= max_retries:
             events.append(
                 SyncEvent(
@@ -105,11 +126,30 @@ def settle(
                 )
             )
             continue
-        dropped.append(index)
+        (not_applied if held else dropped).append(index)
         send.append(index)
         events.append(
             SyncEvent(
                 event=f"outgoing.{kind}.error", object_type=target, object_id=key, reason=reason
             )
         )
-    return Settlement(payloads.loc[send], payloads.loc[confirmed], payloads.loc[dropped], events)
+    return Settlement(
+        payloads.loc[send],
+        payloads.loc[confirmed],
+        payloads.loc[dropped],
+        events,
+        payloads.loc[not_applied],
+    )
+
+
+def _attempt_began(ordered: pd.DataFrame, key: str, attempt_at: pd.Timestamp) -> pd.Timestamp:
+    """The earliest a write of the attempt recorded at ``attempt_at`` can be: not before the
+    key's previous delivery row (its answer had come back), nor ``ATTEMPT_WINDOW`` before the
+    attempt's row (written after its answer). A later write under the key is evidence the
+    attempt landed; an earlier one was there before it (an update's record, or another
+    company's enduser with the same email)."""
+    earlier = ordered.loc[
+        (ordered["key"] == key) & (ordered["delivered_at"] < attempt_at), "delivered_at"
+    ]
+    began = attempt_at - ATTEMPT_WINDOW
+    return max(began, earlier.iloc[-1]) if len(earlier) else began

@@ -7,6 +7,7 @@ import pandas as pd
 from hull_planhat_pipelines.sync.planhat.settlement import (
     DROPPED,
     MAX_DROPPED_RETRIES,
+    NOT_APPLIED_REASON,
     UNCONFIRMED,
     settle,
 )
@@ -39,7 +40,12 @@ def test_present_is_confirmed_absent_is_dropped_and_sent_again_others_go_as_usua
         [("a", UNCONFIRMED, "f1", 0), ("b", UNCONFIRMED, "f1", 0), ("c", "created", "f0", 0)]
     )
     result = settle(
-        "endusers", _payloads("a", "b", "c"), history, {"a"}, T0 + pd.Timedelta(hours=1)
+        "endusers",
+        _payloads("a", "b", "c"),
+        history,
+        {"a"},
+        T0 + pd.Timedelta(hours=1),
+        written_at={"a": T0},  # written as the attempt's answer came
     )
     assert result.confirmed["key"].tolist() == ["a"]
     assert result.dropped["key"].tolist() == ["b"]
@@ -54,7 +60,9 @@ def test_no_newer_snapshot_holds_the_record_and_a_changed_one_is_sent() -> None:
     history = _history([("a", UNCONFIRMED, "f1", 0), ("b", UNCONFIRMED, "f0", 0)])
     held = settle("endusers", _payloads("a"), history, set(), T0)
     assert held.send.empty and held.dropped.empty and held.confirmed.empty
-    changed = settle("endusers", _payloads("b"), history, {"b"}, T0 + pd.Timedelta(hours=1))
+    changed = settle(
+        "endusers", _payloads("b"), history, {"b"}, T0 + pd.Timedelta(hours=1), written_at={"b": T0}
+    )
     assert changed.send["key"].tolist() == ["b"] and changed.confirmed.empty
 
 
@@ -72,3 +80,54 @@ def test_retries_are_bounded_then_skipped_until_the_company_is_delivered_again()
     assert again.send["key"].tolist() == ["a"]
     edited = settle("endusers", _payloads("a", fingerprint="f2"), history, set(), later)
     assert edited.send["key"].tolist() == ["a"]
+
+
+def test_a_key_present_on_a_record_not_written_since_the_attempt_is_not_confirmed() -> None:
+    """Presence proves nothing for an update (its record held the key before) or for an email
+    another company's enduser holds: only a write after the attempt began confirms it."""
+    history = _history(
+        [
+            ("upd", "sent", "f0", 0),  # delivered before: Planhat wrote it then
+            ("upd", UNCONFIRMED, "f1", 5),
+            ("other", UNCONFIRMED, "f1", 30),
+            ("unknown", UNCONFIRMED, "f1", 5),
+            ("landed", "sent", "f0", 0),
+            ("landed", UNCONFIRMED, "f1", 5),
+        ]
+    )
+    written = {
+        "upd": T0 - pd.Timedelta(seconds=1),  # the earlier delivery's write
+        "other": T0,  # another record, written 30 minutes before the attempt
+        "unknown": None,  # no updatedAt
+        "landed": T0 + pd.Timedelta(minutes=4, seconds=59),  # during the attempt
+    }
+    result = settle(
+        "endusers",
+        _payloads("upd", "other", "unknown", "landed"),
+        history,
+        set(written),
+        T0 + pd.Timedelta(hours=1),
+        written_at=written,
+    )
+    assert result.confirmed["key"].tolist() == ["landed"]
+    assert result.not_applied["key"].tolist() == ["upd", "other", "unknown"]
+    assert result.dropped.empty
+    assert sorted(result.send["key"]) == ["other", "unknown", "upd"]
+    assert {(e.event, e.object_id, e.reason) for e in result.events} == {
+        ("outgoing.user.error", key, NOT_APPLIED_REASON) for key in ("upd", "other", "unknown")
+    }
+
+
+def test_not_applied_attempts_count_toward_the_retry_bound() -> None:
+    drops = [("a", DROPPED, "f1", i) for i in range(MAX_DROPPED_RETRIES)]
+    history = _history([*drops, ("a", UNCONFIRMED, "f1", 10)])
+    result = settle(
+        "endusers",
+        _payloads("a"),
+        history,
+        {"a"},
+        T0 + pd.Timedelta(hours=1),
+        written_at={"a": T0 - pd.Timedelta(days=1)},
+    )
+    assert result.send.empty and result.confirmed.empty
+    assert [e.event for e in result.events] == ["outgoing.user.skip"]
