@@ -41,7 +41,13 @@ DROPPED_REASON = {
 ATTEMPT_WINDOW = pd.Timedelta(minutes=10)
 """How long before its delivery row (written once the answer came) a request may have been
 applied: a bulk upsert's retries and timeouts fit well inside. A write older than that, or
-older than the key's delivery before the attempt, is not the attempt's."""
+older than the key's attempt before it, is not the attempt's."""
+CLOCK_SLACK = pd.Timedelta(minutes=2)
+"""How far after the attempt's row (our clock) Planhat's ``updatedAt`` (its clock) may stamp
+the attempt's write. A later write is someone else's (a user's edit in Planhat, another
+company's enduser with the same email): it proves nothing about the attempt."""
+SETTLEMENT_STATUSES = frozenset({"confirmed", DROPPED})
+"""Rows settlement writes itself (no request was made): never an attempt."""
 NOT_APPLIED_REASON = "Not applied by Planhat: no record under its key was written after the upsert"
 SKIPPED_REASON = "Dropped by Planhat {n} times: skipped until it or its account changes"
 
@@ -76,7 +82,7 @@ def settle(
     """Split ``payloads`` (``key``, ``fingerprint``, optional ``company_external_id``).
 
     ``history``: this target's delivery rows (``key``, ``status``, ``fingerprint``,
-    ``delivered_at``: taken before the request); ``present``: keys the latest snapshot (taken
+    ``delivered_at``: once the answer came); ``present``: keys the latest snapshot (taken
     at ``snapshot_at``) holds; ``written_at``: per present key, when Planhat last wrote a
     record answering to it (missing or None: unknown, never a confirmation);
     ``company_delivered_at``: when each company was last delivered (a company delivered after
@@ -101,7 +107,7 @@ def settle(
             continue  # held: wait for a snapshot taken after the attempt
         held = key in present
         written = writes.get(key) if held else None
-        if written is not None and written > _attempt_began(ordered, key, last["delivered_at"]):
+        if written is not None and _written_by_attempt(ordered, key, written):
             if last["fingerprint"] == row["fingerprint"]:
                 confirmed.append(index)
             else:
@@ -142,14 +148,19 @@ def settle(
     )
 
 
-def _attempt_began(ordered: pd.DataFrame, key: str, attempt_at: pd.Timestamp) -> pd.Timestamp:
-    """The earliest a write of the attempt recorded at ``attempt_at`` can be: not before the
-    key's previous delivery row (its answer had come back), nor ``ATTEMPT_WINDOW`` before the
-    attempt's row (written after its answer). A later write under the key is evidence the
-    attempt landed; an earlier one was there before it (an update's record, or another
-    company's enduser with the same email)."""
-    earlier = ordered.loc[
-        (ordered["key"] == key) & (ordered["delivered_at"] < attempt_at), "delivered_at"
+def _written_by_attempt(ordered: pd.DataFrame, key: str, written: pd.Timestamp) -> bool:
+    """Whether a write stamped ``written`` may be the key's latest attempt's: after it was
+    sent (not before the key's attempt before it, whose answer had come back, nor
+    ``ATTEMPT_WINDOW`` before the attempt's row) and not after its answer (``CLOCK_SLACK``).
+    Settlement's own rows are not attempts: a drop committed just before a resend neither
+    narrows the window nor stands for the request."""
+    attempts = ordered.loc[
+        (ordered["key"] == key) & ~ordered["status"].isin(SETTLEMENT_STATUSES), "delivered_at"
     ]
+    if attempts.empty:
+        return False
+    attempt_at = attempts.iloc[-1]
     began = attempt_at - ATTEMPT_WINDOW
-    return max(began, earlier.iloc[-1]) if len(earlier) else began
+    if len(attempts) > 1:
+        began = max(began, attempts.iloc[-2])
+    return bool(began < written <= attempt_at + CLOCK_SLACK)

@@ -131,3 +131,52 @@ def test_not_applied_attempts_count_toward_the_retry_bound() -> None:
     )
     assert result.send.empty and result.confirmed.empty
     assert [e.event for e in result.events] == ["outgoing.user.skip"]
+
+
+def test_a_write_after_the_attempts_answer_is_someone_elses() -> None:
+    """A user's edit in Planhat an hour later, or weeks after the item was skipped, is not
+    the attempt's write: it never confirms it."""
+    history = _history([("a", UNCONFIRMED, "f1", 0)])
+    for later in (pd.Timedelta(hours=1), pd.Timedelta(weeks=3)):
+        result = settle(
+            "endusers",
+            _payloads("a"),
+            history,
+            {"a"},
+            T0 + later + pd.Timedelta(hours=1),
+            written_at={"a": T0 + later},
+        )
+        assert result.confirmed.empty
+        assert result.not_applied["key"].tolist() == ["a"]
+
+
+def test_a_resend_after_a_drop_is_judged_by_its_own_window_not_the_drop_row() -> None:
+    """Settlement commits a drop just before it sends again; Planhat's clock a little behind
+    ours stamps the resend's write before that row. The window is the resend's: from the
+    attempt before it."""
+    history = pd.DataFrame(
+        [
+            {"key": "a", "status": UNCONFIRMED, "fingerprint": "f1", "delivered_at": T0},
+            {
+                "key": "a",
+                "status": DROPPED,
+                "fingerprint": "f1",
+                "delivered_at": T0 + pd.Timedelta(hours=1),
+            },
+            {
+                "key": "a",
+                "status": UNCONFIRMED,
+                "fingerprint": "f1",
+                "delivered_at": T0 + pd.Timedelta(hours=1, seconds=1),
+            },
+        ]
+    )
+    result = settle(
+        "endusers",
+        _payloads("a"),
+        history,
+        {"a"},
+        T0 + pd.Timedelta(hours=2),
+        written_at={"a": T0 + pd.Timedelta(minutes=59, seconds=59.5)},
+    )
+    assert result.confirmed["key"].tolist() == ["a"]
