@@ -174,6 +174,29 @@ def _moved(conn: Any, users: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame
     return pd.concat([renamed, returned], ignore_index=True)
 
 
+def _moved_company(
+    conn: Any, users: pd.DataFrame, payloads: pd.DataFrame, addressed: dict[str, str]
+) -> dict[str, str]:
+    """Users about to be sent whose Planhat enduser is held in another company than their
+    payload names (``held_in_other_companies``), and their enduser's ``_id``."""
+    if conn is None or payloads.empty:
+        return {}
+    ids = planhat_enduser_ids(users[users["hull_id"].astype(str).isin(payloads["hull_id"])])
+    sent = payloads[
+        payloads["hull_id"].astype(str).isin(ids.keys())
+        & ~payloads["hull_id"].astype(str).isin(addressed.keys())
+    ]
+    candidates = pd.DataFrame(
+        {
+            "hull_id": sent["hull_id"].astype(str),
+            "key": sent["key"].astype(str),
+            "planhat_id": [ids[str(h)] for h in sent["hull_id"]],
+            "company_external_id": sent["company_external_id"].astype(str),
+        }
+    )
+    return deliveries.held_in_other_companies(conn, candidates)
+
+
 def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def companies(conn, fingerprints, force, scopes):
         vanished = deliveries.vanished_companies(conn, fingerprints)
@@ -234,6 +257,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             extra = every[follow & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
         by_id = dict(zip(moved["hull_id"].astype(str), moved["planhat_id"], strict=True))
+        by_id.update(_moved_company(conn, users, payloads, by_id))
         payloads = addressed_by_id(payloads, by_id)
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)

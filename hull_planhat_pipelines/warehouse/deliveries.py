@@ -311,6 +311,8 @@ _SNAPSHOT_KEYS = (
 )
 """The keys a snapshot enduser ``e`` answers to, as ours are written (emails trimmed and
 lower-cased, as the store keeps them)."""
+_OTHER_KEYS = "'external_id:' || nullif(trim(o.external_id), ''), 'email:' || lower(nullif(trim(o.email), ''))"
+"""``_SNAPSHOT_KEYS`` of a snapshot enduser ``o``, as a list of values."""
 _DELIVERED = ", ".join(literal(s) for s in sorted(DELIVERED_STATUSES))
 _COUNTED = ", ".join(literal(s) for s in sorted({*DELIVERED_STATUSES, "unconfirmed"}))
 """A delivery Planhat took, or may have (``unconfirmed``): for deciding to send again by
@@ -384,6 +386,48 @@ def held_under_other_keys(
         f" and d.hull_id = h.hull_id and d.key in (h.k1, h.k2) and d.status in ({_DELIVERED})"
         f" where {_held_by_one_profile('_held')} group by all order by h.hull_id",
     )
+
+
+def held_in_other_companies(
+    conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
+) -> dict[str, str]:
+    """Of ``candidates`` (``hull_id``, ``key``, ``planhat_id`` as for
+    ``held_under_other_keys``, and the ``company_external_id`` its payload names): the
+    ``planhat_id`` per ``hull_id`` of those whose enduser the latest snapshot holds under this
+    same key in another company, while the payload's company holds none under that key, and
+    no other profile holds it (the person moved to another company). Planhat matches an email
+    only while it is unique, and perhaps within the item's company: addressed by ``_id``, the
+    upsert moves that enduser instead of adding one. Where the new company has an enduser
+    under the key already, the plain upsert updates that one."""
+    if (
+        conn is None
+        or candidates.empty
+        or not table_exists(conn, "planhat_current", "endusers")
+        or not table_exists(conn, "planhat_current", "companies")
+        or not table_exists(conn, "hull", "users")
+    ):
+        return {}
+    columns = ["hull_id", "key", "planhat_id", "company_external_id"]
+    conn.register("_movers", candidates[columns].astype(str))
+    try:
+        rows = conn.execute(
+            # the few held elsewhere first: only they are looked for among the profiles
+            "create temp table _moving as select * from (select m.*, c.external_id as held,"
+            f" {_SNAPSHOT_KEYS} from _movers m"
+            " join planhat_current.endusers e on e._id = m.planhat_id"
+            " left join planhat_current.companies c on c._id = e.company_id)"
+            " where key in (k1, k2) and held is distinct from company_external_id;"
+            # none is in the new company under that key already (the upsert updates that one)
+            "select h.hull_id, h.planhat_id from _moving h where not exists (select 1 from"
+            " planhat_current.endusers o join planhat_current.companies oc"
+            " on oc._id = o.company_id where oc.external_id = h.company_external_id"
+            f" and h.key in ({_OTHER_KEYS}))"
+            f" and {_held_by_one_profile('_moving')} order by h.hull_id"
+        ).fetchall()
+    finally:
+        conn.unregister("_movers")
+        conn.execute("drop table if exists _moving")
+    return {str(hull_id): str(planhat_id) for hull_id, planhat_id in rows}
 
 
 def returned_to_keys(

@@ -132,3 +132,64 @@ def test_an_email_changed_and_changed_back_leaves_planhat_with_the_person_of_now
     stack.cycle()
     again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
     assert not [i for i in again if i.get("email") in (first_email, renamed)]
+
+
+def test_a_person_moved_to_another_company_stays_one_enduser_in_planhat(stack: Stack) -> None:
+    """Copper moves a person to another company Planhat has. Planhat matches an email only
+    when it is unique, and may look it up within the item's company: sent as it is, the
+    payload could create a second enduser in the new company beside the old one. Addressed
+    by the ``_id`` of the enduser Planhat holds for the profile, it moves that enduser."""
+    stack.cycle()
+    rows = stack.query(
+        "select u.hull_id, u.email, a, acc.external_id from hull.users u"
+        " join hull.accounts acc on acc.hull_id = u.account_hull_id,"
+        " unnest(u.anonymous_ids) t(a)"
+        " where u.external_id is null and u.email is not null and a like 'copper-person:%'"
+        " and 'email:' || u.email in (select key from planhat.delivery_fingerprints"
+        " where target = 'endusers') order by u.hull_id"
+    )
+    companies = {c.get("externalId"): c for c in stack.planhat.companies()}
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    chosen = [r for r in rows if r[1] in in_planhat and r[3] in companies]
+    assert chosen, "no delivered enduser of a company Planhat has"
+    hull_id, email, anonymous, old_company = chosen[0]
+    before = in_planhat[email]
+    others = stack.query(
+        "select distinct a.external_id, c from hull.accounts a, unnest(a.anonymous_ids) t(c)"
+        " where c like 'copper:%' and a.external_id is not null"
+        " and list_contains(a.segments, 'Customer accounts') order by 1"
+    )
+    target = next(
+        (ext, int(c.split(":", 1)[1]))
+        for ext, c in others
+        if ext != old_company and ext in companies
+    )
+    person_id = int(anonymous.split(":", 1)[1])
+    record = stack.copper.record("people", person_id)
+    assert record is not None
+    changed = copy.deepcopy(record)
+    changed["company_id"] = target[1]
+    changed["date_modified"] = max(stack.copper.clock(), record["date_modified"] + 1)
+    stack.copper.upsert_records("people", [changed])
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+
+    assert stack.query(
+        "select a.external_id from hull.users u join hull.accounts a"
+        " on a.hull_id = u.account_hull_id where u.hull_id = ?",
+        [hull_id],
+    ) == [(target[0],)]
+    moved = [i for i in sent if i.get("email") == email]
+    assert [(i.get("_id"), i.get("companyExternalId")) for i in moved] == [
+        (before["_id"], target[0])
+    ]
+    held = [e for e in stack.planhat.endusers() if e.get("email") == email]
+    assert [e["_id"] for e in held] == [before["_id"]]
+    assert held[0].get("companyId") == companies[target[0]]["_id"]
+
+    # taken: the next cycle sends nothing for it
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert not [i for i in again if i.get("email") == email]
