@@ -8,7 +8,10 @@ Hull last applied are kept in ``ops.hull_planhat_<name>`` (the snapshot's own co
 rows that are new or whose ``record`` changed, with their previous version (a field Planhat
 stopped sending was cleared). Rows without ``_id`` are always handed over (the sync logs their
 skip). After the apply the copy takes the changed rows and drops those gone from Planhat, in
-the same transaction: an unchanged snapshot writes nothing.
+the same transaction: an unchanged snapshot writes nothing. A record gone keeps its last
+applied row in ``ops.hull_planhat_<name>_gone``: listed again (a listing by offset can miss a
+record; an archived one can be restored), it is compared with that row, so a field cleared
+meanwhile is cleared in Hull.
 
 The comparison is a full list against a full copy, so it is made where the full list is
 fetched: storing a snapshot of a model Hull applies also stores its difference from the copy
@@ -94,18 +97,32 @@ def diff_table(name: str) -> str:
     return f"ops.hull_planhat_{name}_diff"
 
 
-def _differences(name: str) -> str:
+def gone_table(name: str) -> str:
+    """The last applied version of each record gone from Planhat's list: a record a snapshot
+    missed (an offset listing shifted past it, or archived, then restored) is compared with
+    it when it is listed again, so a field cleared meanwhile is cleared in Hull too."""
+    return f"ops.hull_planhat_{name}_gone"
+
+
+def _differences(conn: duckdb.DuckDBPyConnection, name: str) -> str:
     """SQL for what Hull applies of the latest snapshot, one row per ``_change``: ``changed``
     (a new or changed record, or one without ``_id``: its row), ``previous`` (the copy's row
-    of a changed record) and ``gone`` (only the ``_id`` of a record no longer listed)."""
-    copy, source = applied_table(name), latest_view(name)
+    of a changed record, or for one listed again, its row when it went) and ``gone`` (only
+    the ``_id`` of a record no longer listed)."""
+    copy, source, gone = applied_table(name), latest_view(name), gone_table(name)
+    returned = (
+        f" union all by name select 'previous' as _change, * from {gone}"
+        f" where _id in (select _id from changed) and _id not in (select _id from {copy})"
+        if table_exists(conn, *gone.split("."))
+        else ""
+    )
     return (
         f"with changed as (select n._id from {source} n anti join {copy} a"
         " on a._id = n._id and a.record is not distinct from n.record where n._id is not null)"
         f" select 'changed' as _change, * from {source}"
         " where _id is null or _id in (select _id from changed)"
         f" union all by name select 'previous' as _change, * from {copy}"
-        " where _id in (select _id from changed)"
+        f" where _id in (select _id from changed){returned}"
         f" union all by name select 'gone' as _change, a._id from {copy} a anti join"
         f" (select _id from {source} where _id is not null) n on n._id = a._id"
     )
@@ -129,7 +146,7 @@ def store_difference(conn: duckdb.DuckDBPyConnection, name: str, taken: pd.Times
         f"create table if not exists {DIFFS} (name varchar primary key, snapshot_at timestamptz,"
         " applied_mark timestamptz)",
     )
-    run(conn, f"create table {diff_table(name)} as {_differences(name)}")
+    run(conn, f"create table {diff_table(name)} as {_differences(conn, name)}")
     run(
         conn,
         f"insert into {DIFFS} values (?, ?, {_applied_mark(conn)})",
@@ -202,8 +219,9 @@ def diff_snapshot(
     stored = same_shape and _stored_difference(conn, name)
     if not same_shape:  # first snapshot (or Planhat's columns moved): every row is new
         run(conn, f"drop table if exists {copy}")
+        run(conn, f"drop table if exists {gone_table(name)}")
         run(conn, f"create table {copy} as select * from {source} where false")
-    differences = diff_table(name) if stored else f"({_differences(name)})"
+    differences = diff_table(name) if stored else f"({_differences(conn, name)})"
     run(conn, f"create or replace temp table _ph_diff_{name} as select * from {differences}")
 
     def rows(change: str) -> pd.DataFrame:
@@ -223,9 +241,19 @@ def diff_snapshot(
 
 def remember_snapshot(conn: duckdb.DuckDBPyConnection, name: str) -> None:
     """The copy becomes the snapshot just applied (inside the caller's transaction): changed
-    rows replaced, rows gone from Planhat removed; nothing written when nothing moved. The
-    stored difference, now applied, goes."""
-    copy, diff = applied_table(name), f"_ph_diff_{name}"
+    rows replaced, rows gone from Planhat moved to ``gone_table`` (a record listed again
+    leaves it); nothing written when nothing moved. The stored difference, now applied, goes."""
+    copy, diff, gone = applied_table(name), f"_ph_diff_{name}", gone_table(name)
+    went = run(conn, f"select count(*) from {diff} where _change = 'gone'")[0][0]
+    if went or table_exists(conn, *gone.split(".")):
+        run(
+            conn,
+            f"create table if not exists {gone} as select * from {copy} where false;"
+            f"delete from {gone} where _id in"
+            f" (select _id from {diff} where _change in ('changed', 'gone'));"
+            f"insert into {gone} by name select * from {copy}"
+            f" where _id in (select _id from {diff} where _change = 'gone')",
+        )
     run(
         conn,
         f"delete from {copy} where _id in"

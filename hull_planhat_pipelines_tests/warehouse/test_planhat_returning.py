@@ -1,0 +1,71 @@
+"""A Planhat record one snapshot missed (a listing by offset can shift past a record when
+another is deleted mid-listing; an archived enduser can be restored) is compared, when it is
+listed again, with the row Hull last applied: a field cleared in Planhat meanwhile is cleared
+on the profile, as it is for a record every snapshot lists."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from hull_planhat_pipelines.settings import load_settings
+from hull_planhat_pipelines.sync.planhat.records import companies_frame
+from hull_planhat_pipelines.warehouse.hull_apply import apply_sync
+from hull_planhat_pipelines.warehouse.planhat_snapshots import gone_table, write_snapshot
+
+T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+OTHER = {"_id": "c2", "name": "Other", "externalId": "x2"}
+
+
+class Warehouse:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.settings = load_settings()
+        self.snapshots = 0
+
+    def cycle(self, *companies: dict[str, Any]) -> None:
+        """A snapshot listing ``companies``, then Hull's sync."""
+        self.snapshots += 1
+        at = T0 + dt.timedelta(minutes=5 * self.snapshots)
+        write_snapshot(self.path, "companies", companies_frame(list(companies), fetched_at=at), at)
+        apply_sync(self.path, self.settings, run_id=f"r{self.snapshots}", now=at, forwarding=False)
+
+    def attributes(self, planhat_id: str) -> dict[str, Any]:
+        with duckdb.connect(self.path, read_only=True) as conn:
+            [(text,)] = conn.execute(
+                "select attributes from hull.accounts where list_contains(anonymous_ids, ?)",
+                [f"planhat:{planhat_id}"],
+            ).fetchall()
+        return json.loads(text)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        with duckdb.connect(self.path, read_only=True) as conn:
+            return conn.execute(sql).fetchall()
+
+
+@pytest.mark.parametrize("missed", [False, True])
+def test_a_field_cleared_in_planhat_is_cleared_whether_or_not_a_snapshot_missed_it(
+    tmp_path: Path, missed: bool
+) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    acme = {"_id": "c1", "name": "Acme", "externalId": "x1"}
+    warehouse.cycle({**acme, "phase": "onboarding"}, OTHER)
+    assert warehouse.attributes("c1")["planhat/phase"] == "onboarding"
+    if missed:  # the listing shifted past it
+        warehouse.cycle(OTHER)
+        assert warehouse.query(f"select _id from {gone_table('companies')}") == [("c1",)]
+    warehouse.cycle(acme, OTHER)  # listed again, its phase cleared in Planhat meanwhile
+    attributes = warehouse.attributes("c1")
+    assert "planhat/phase" not in attributes
+    assert attributes["planhat/name"] == "Acme"
+    # listed again, it has left the records gone: a later miss keeps its newest row
+    assert warehouse.query("select count(*) from ops.hull_planhat_companies where _id = 'c1'") == [
+        (1,)
+    ]
+    if missed:
+        assert warehouse.query(f"select count(*) from {gone_table('companies')}") == [(0,)]
