@@ -26,7 +26,7 @@ from hull_planhat_pipelines.sync.hull.changes import (
     compute_changes,
 )
 from hull_planhat_pipelines.sync.hull.from_copper import MAPPED_COLUMNS, CopperRows
-from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows
+from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows, unapplied_records
 from hull_planhat_pipelines.sync.hull.segments import segments_hash
 from hull_planhat_pipelines.warehouse import hull_store, removals
 from hull_planhat_pipelines.warehouse.connection import (
@@ -247,8 +247,9 @@ def apply(
             [definitions],
         )
         removals.forget_judged(conn, judged_up_to)
+        unapplied = unapplied_records(changes.log)
         for name in sources.snapshots:
-            remember_snapshot(conn, name)
+            remember_snapshot(conn, name, unapplied.get(name, ()))
         for source, mark in sources.watermarks.items():
             run(
                 conn,

@@ -239,11 +239,25 @@ def diff_snapshot(
     )
 
 
-def remember_snapshot(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+def remember_snapshot(
+    conn: duckdb.DuckDBPyConnection, name: str, unapplied: Collection[str] = ()
+) -> None:
     """The copy becomes the snapshot just applied (inside the caller's transaction): changed
     rows replaced, rows gone from Planhat moved to ``gone_table`` (a record listed again
-    leaves it); nothing written when nothing moved. The stored difference, now applied, goes."""
+    leaves it); nothing written when nothing moved. The stored difference, now applied, goes.
+    ``unapplied``: ``_id`` of changed rows the sync skipped whole; the copy keeps what Hull
+    last applied of them (they are compared again next time)."""
     copy, diff, gone = applied_table(name), f"_ph_diff_{name}", gone_table(name)
+    if unapplied:
+        conn.register("_unapplied", pd.DataFrame({"_id": sorted(unapplied)}, dtype=object))
+        try:
+            run(
+                conn,
+                f"delete from {diff} where _change = 'changed'"
+                " and _id in (select _id::varchar from _unapplied)",
+            )
+        finally:
+            conn.unregister("_unapplied")
     went = run(conn, f"select count(*) from {diff} where _change = 'gone'")[0][0]
     if went or table_exists(conn, *gone.split(".")):
         run(

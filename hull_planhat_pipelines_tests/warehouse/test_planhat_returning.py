@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from hull_planhat_pipelines.settings import load_settings
-from hull_planhat_pipelines.sync.planhat.records import companies_frame
+from hull_planhat_pipelines.sync.planhat.records import companies_frame, endusers_frame
 from hull_planhat_pipelines.warehouse.hull_apply import apply_sync
 from hull_planhat_pipelines.warehouse.planhat_snapshots import gone_table, write_snapshot
 
@@ -28,17 +28,23 @@ class Warehouse:
         self.settings = load_settings()
         self.snapshots = 0
 
-    def cycle(self, *companies: dict[str, Any]) -> None:
-        """A snapshot listing ``companies``, then Hull's sync."""
+    def cycle(
+        self, *companies: dict[str, Any], endusers: list[dict[str, Any]] | None = None
+    ) -> Any:
+        """A snapshot listing ``companies`` (and ``endusers``), then Hull's sync."""
         self.snapshots += 1
         at = T0 + dt.timedelta(minutes=5 * self.snapshots)
         write_snapshot(self.path, "companies", companies_frame(list(companies), fetched_at=at), at)
-        apply_sync(self.path, self.settings, run_id=f"r{self.snapshots}", now=at, forwarding=False)
+        if endusers is not None:
+            write_snapshot(self.path, "endusers", endusers_frame(endusers, fetched_at=at), at)
+        return apply_sync(
+            self.path, self.settings, run_id=f"r{self.snapshots}", now=at, forwarding=False
+        ).changes
 
-    def attributes(self, planhat_id: str) -> dict[str, Any]:
+    def attributes(self, planhat_id: str, table: str = "accounts") -> dict[str, Any]:
         with duckdb.connect(self.path, read_only=True) as conn:
             [(text,)] = conn.execute(
-                "select attributes from hull.accounts where list_contains(anonymous_ids, ?)",
+                f"select attributes from hull.{table} where list_contains(anonymous_ids, ?)",
                 [f"planhat:{planhat_id}"],
             ).fetchall()
         return json.loads(text)
@@ -69,3 +75,24 @@ def test_a_field_cleared_in_planhat_is_cleared_whether_or_not_a_snapshot_missed_
     ]
     if missed:
         assert warehouse.query(f"select count(*) from {gone_table('companies')}") == [(0,)]
+
+
+def test_a_field_cleared_while_an_enduser_was_skipped_is_cleared_once_it_is_fixed(
+    tmp_path: Path,
+) -> None:
+    """An enduser skipped for an invalid email is not applied: Hull's copy keeps what it last
+    applied, so it is skipped (and logged) at each snapshot until fixed, then compared with
+    that row."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    ann = {"_id": "e1", "email": "ann@x.io", "firstName": "Ann", "companyId": "c2"}
+    warehouse.cycle(OTHER, endusers=[{**ann, "position": "CTO"}])
+    assert warehouse.attributes("e1", "users")["planhat/position"] == "CTO"
+    for _ in range(2):  # a typo in the email, the position cleared in the same edit
+        changes = warehouse.cycle(OTHER, endusers=[{**ann, "email": "ann@x"}])
+        assert [(e.event, e.object_id, e.reason) for e in changes.log if e.object_id == "e1"] == [
+            ("incoming.user.skip", "e1", "Invalid email")
+        ]
+    warehouse.cycle(OTHER, endusers=[ann])  # the email fixed
+    attributes = warehouse.attributes("e1", "users")
+    assert "planhat/position" not in attributes
+    assert attributes["planhat/first_name"] == "Ann"

@@ -11,6 +11,7 @@ snapshot had it: Planhat omits unset fields, so a field that disappeared was cle
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -61,6 +62,19 @@ _ENDUSER = _Model(
     ("external_id", "email", "company_id"),
     {"email": "email"},
 )
+
+
+def unapplied_records(log: Iterable[SyncEvent]) -> dict[str, set[str]]:
+    """Per snapshot name, the ``_id`` of records this sync skipped whole (an invalid email):
+    Hull's copy keeps their last applied row, so once fixed they are compared with what Hull
+    holds, and a field cleared meanwhile is cleared too."""
+    models = {model.source_object: model.name for model in (_COMPANY, _ENDUSER)}
+    found: dict[str, set[str]] = {}
+    for event in log:
+        name = models.get(str(event.object_type))
+        if name is not None and event.reason == INVALID_EMAIL and event.object_id is not None:
+            found.setdefault(name, set()).add(str(event.object_id))
+    return found
 
 
 def map_planhat(batch: Batch, rows: PlanhatRows, incoming: PlanhatIncoming) -> list[SyncEvent]:
