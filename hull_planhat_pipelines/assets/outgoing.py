@@ -153,12 +153,11 @@ def _payload_asset(
     return _payloads
 
 
-def _moved(conn: Any, users: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
-    """Users whose Planhat enduser holds what was sent under other keys: their email or
-    external id changed (``held_under_other_keys``), or changed and changed back
-    (``returned_to_keys``). Sent with that enduser's ``_id``, each updates it instead of
-    creating a second one or leaving the other value there."""
-    ids = planhat_enduser_ids(users) if conn is not None and keys else {}
+def _moved(conn: Any, ids: dict[str, str], keys: dict[str, str]) -> pd.DataFrame:
+    """Users whose Planhat enduser (``ids``: ``planhat_enduser_ids``) holds what was sent under
+    other keys: their email or external id changed (``held_under_other_keys``), or changed and
+    changed back (``returned_to_keys``). Sent with that enduser's ``_id``, each updates it
+    instead of creating a second one or leaving the other value there."""
     candidates = pd.DataFrame(
         [
             (hull_id, keys[hull_id], planhat_id)
@@ -175,13 +174,12 @@ def _moved(conn: Any, users: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame
 
 
 def _moved_company(
-    conn: Any, users: pd.DataFrame, payloads: pd.DataFrame, addressed: dict[str, str]
+    conn: Any, ids: dict[str, str], payloads: pd.DataFrame, addressed: dict[str, str]
 ) -> dict[str, str]:
-    """Users about to be sent whose Planhat enduser is held in another company than their
-    payload names (``held_in_other_companies``), and their enduser's ``_id``."""
+    """Users about to be sent whose Planhat enduser (``ids``) is held in another company than
+    their payload names (``held_in_other_companies``), and their enduser's ``_id``."""
     if conn is None or payloads.empty:
         return {}
-    ids = planhat_enduser_ids(users[users["hull_id"].astype(str).isin(payloads["hull_id"])])
     sent = payloads[
         payloads["hull_id"].astype(str).isin(ids.keys())
         & ~payloads["hull_id"].astype(str).isin(addressed.keys())
@@ -242,7 +240,8 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if len(ours):
             fingerprints = pd.concat([f for f in (fingerprints, ours) if len(f)], ignore_index=True)
         # a key changed (and maybe changed back): compared with what Planhat's enduser holds
-        moved = _moved(conn, users, user_keys)
+        enduser_ids = planhat_enduser_ids(users) if conn is not None else {}
+        moved = _moved(conn, enduser_ids, user_keys)
         if len(moved):
             other_keys = {str(k) for keys in moved["other_keys"] for k in keys}
             others = deliveries.fingerprints_of_keys(conn, ENDUSERS, other_keys)
@@ -257,7 +256,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             extra = every[follow & ~every["key"].isin(payloads["key"]).to_numpy()]
             payloads = pd.concat([payloads, extra], ignore_index=True)
         by_id = dict(zip(moved["hull_id"].astype(str), moved["planhat_id"], strict=True))
-        by_id.update(_moved_company(conn, users, payloads, by_id))
+        by_id.update(_moved_company(conn, enduser_ids, payloads, by_id))
         payloads = addressed_by_id(payloads, by_id)
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)

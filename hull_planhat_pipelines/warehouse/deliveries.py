@@ -27,6 +27,7 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     empty_fingerprints,
     fresh_fingerprints,
+    utc_timestamp,
 )
 from hull_planhat_pipelines.warehouse import (
     WarehouseBusy,
@@ -266,15 +267,18 @@ def snapshot_keys(
     table = f"planhat_current.{target}"  # the latest snapshot
     if not table_exists(conn, *table.split(".")):
         return set(), None
-    row = conn.execute(f"select max(_fetched_at) from {table}").fetchone()
-    at = pd.Timestamp(row[0]) if row and row[0] is not None else None
-    if at is not None and at.tzinfo is None:
-        at = at.tz_localize("UTC")
+    at = _snapshot_taken(conn, table)
     narrowed, params = _among_keys(among)
     found = conn.execute(
         f"select key from ({_snapshot_keys_sql(target)}) where key is not null{narrowed}", params
     )
     return {str(key) for (key,) in found.fetchall()}, at
+
+
+def _snapshot_taken(conn: duckdb.DuckDBPyConnection, table: str) -> pd.Timestamp | None:
+    """When the latest snapshot ``table`` (which exists) was taken; None while it is empty."""
+    row = conn.execute(f"select max(_fetched_at) from {table}").fetchone()
+    return utc_timestamp(row[0]) if row and row[0] is not None else None
 
 
 def snapshot_writes(
@@ -293,26 +297,26 @@ def snapshot_writes(
         f" where key is not null{narrowed} group by key",
         params,
     ).fetchall()
-    return {str(key): None if at is None else _utc_timestamp(at) for key, at in rows}
-
-
-def _utc_timestamp(value: object) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)  # type: ignore[arg-type]
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return {str(key): None if at is None else utc_timestamp(at) for key, at in rows}
 
 
 MOVED_COLUMNS = ["hull_id", "key", "planhat_id", "other_keys"]
 """What ``held_under_other_keys`` and ``returned_to_keys`` answer: per user, its payload's
 ``key``, the ``planhat_id`` of its enduser, and the ``other_keys`` that enduser was sent under
 (the content Planhat holds came with them)."""
-_SNAPSHOT_KEYS = (
-    "'external_id:' || nullif(trim(e.external_id), '') as k1,"
-    " 'email:' || lower(nullif(trim(e.email), '')) as k2"
-)
-"""The keys a snapshot enduser ``e`` answers to, as ours are written (emails trimmed and
-lower-cased, as the store keeps them)."""
-_OTHER_KEYS = "'external_id:' || nullif(trim(o.external_id), ''), 'email:' || lower(nullif(trim(o.email), ''))"
-"""``_SNAPSHOT_KEYS`` of a snapshot enduser ``o``, as a list of values."""
+
+
+def _enduser_keys(alias: str) -> tuple[str, str]:
+    """SQL: the keys a snapshot enduser ``alias`` answers to, as ours are written (emails
+    trimmed and lower-cased, as the store keeps them)."""
+    return (
+        f"'external_id:' || nullif(trim({alias}.external_id), '')",
+        f"'email:' || lower(nullif(trim({alias}.email), ''))",
+    )
+
+
+_SNAPSHOT_KEYS = "{} as k1, {} as k2".format(*_enduser_keys("e"))
+"""``_enduser_keys`` of a snapshot enduser ``e``, as columns ``k1`` and ``k2``."""
 _DELIVERED = ", ".join(literal(s) for s in sorted(DELIVERED_STATUSES))
 _COUNTED = ", ".join(literal(s) for s in sorted({*DELIVERED_STATUSES, "unconfirmed"}))
 """A delivery Planhat took, or may have (``unconfirmed``): for deciding to send again by
@@ -421,7 +425,7 @@ def held_in_other_companies(
             "select h.hull_id, h.planhat_id from _moving h where not exists (select 1 from"
             " planhat_current.endusers o join planhat_current.companies oc"
             " on oc._id = o.company_id where oc.external_id = h.company_external_id"
-            f" and h.key in ({_OTHER_KEYS}))"
+            f" and h.key in ({', '.join(_enduser_keys('o'))}))"
             f" and {_held_by_one_profile('_moving')} order by h.hull_id"
         ).fetchall()
     finally:
@@ -577,10 +581,11 @@ def settlement_inputs(
         if conn is None or history.empty:
             return None
         unsettled = set(history["key"].astype(str))
-        present, snapshot_at = snapshot_keys(conn, target, among=unsettled)
-        written_at = snapshot_writes(conn, target, among=unsettled)
+        table = f"planhat_current.{target}"
+        taken = _snapshot_taken(conn, table) if table_exists(conn, *table.split(".")) else None
+        written_at = snapshot_writes(conn, target, among=unsettled)  # the keys present too
         company_at = delivered_at(conn, "companies", among=companies)
-    return SettlementInputs(history, present, snapshot_at, company_at, written_at)
+    return SettlementInputs(history, set(written_at), taken, company_at, written_at)
 
 
 def read_tables(database: str, tables: Collection[str]) -> dict[str, pd.DataFrame | None]:

@@ -9,6 +9,7 @@ from hull_planhat_pipelines.sync.planhat.settlement import (
     MAX_DROPPED_RETRIES,
     NOT_APPLIED_REASON,
     UNCONFIRMED,
+    Settlement,
     settle,
 )
 
@@ -32,6 +33,15 @@ def _history(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
             {"key": k, "status": s, "fingerprint": f, "delivered_at": T0 + pd.Timedelta(minutes=m)}
             for k, s, f, m in rows
         ]
+    )
+
+
+def _settle_a(
+    history: pd.DataFrame, snapshot_at: pd.Timestamp, written: pd.Timestamp
+) -> Settlement:
+    """``a``'s payload settled against a snapshot holding it, last written at ``written``."""
+    return settle(
+        "endusers", _payloads("a"), history, {"a"}, snapshot_at, written_at={"a": written}
     )
 
 
@@ -121,14 +131,7 @@ def test_a_key_present_on_a_record_not_written_since_the_attempt_is_not_confirme
 def test_not_applied_attempts_count_toward_the_retry_bound() -> None:
     drops = [("a", DROPPED, "f1", i) for i in range(MAX_DROPPED_RETRIES)]
     history = _history([*drops, ("a", UNCONFIRMED, "f1", 10)])
-    result = settle(
-        "endusers",
-        _payloads("a"),
-        history,
-        {"a"},
-        T0 + pd.Timedelta(hours=1),
-        written_at={"a": T0 - pd.Timedelta(days=1)},
-    )
+    result = _settle_a(history, T0 + pd.Timedelta(hours=1), T0 - pd.Timedelta(days=1))
     assert result.send.empty and result.confirmed.empty
     assert [e.event for e in result.events] == ["outgoing.user.skip"]
 
@@ -138,14 +141,7 @@ def test_a_write_after_the_attempts_answer_is_someone_elses() -> None:
     the attempt's write: it never confirms it."""
     history = _history([("a", UNCONFIRMED, "f1", 0)])
     for later in (pd.Timedelta(hours=1), pd.Timedelta(weeks=3)):
-        result = settle(
-            "endusers",
-            _payloads("a"),
-            history,
-            {"a"},
-            T0 + later + pd.Timedelta(hours=1),
-            written_at={"a": T0 + later},
-        )
+        result = _settle_a(history, T0 + later + pd.Timedelta(hours=1), T0 + later)
         assert result.confirmed.empty
         assert result.not_applied["key"].tolist() == ["a"]
 
@@ -171,12 +167,7 @@ def test_a_resend_after_a_drop_is_judged_by_its_own_window_not_the_drop_row() ->
             },
         ]
     )
-    result = settle(
-        "endusers",
-        _payloads("a"),
-        history,
-        {"a"},
-        T0 + pd.Timedelta(hours=2),
-        written_at={"a": T0 + pd.Timedelta(minutes=59, seconds=59.5)},
+    result = _settle_a(
+        history, T0 + pd.Timedelta(hours=2), T0 + pd.Timedelta(minutes=59, seconds=59.5)
     )
     assert result.confirmed["key"].tolist() == ["a"]
