@@ -122,6 +122,9 @@ def _stage(
     values = {name: fields.planhat_field(field) for field, name in unique_names(attributes).items()}
     watched = [fields.planhat_field(f) for f in attributes if f not in VOLATILE_FIELDS]
 
+    def identity(alias: str) -> str:
+        return "[" + ", ".join(f"{alias}.{column}" for column in model.identity) + "]"
+
     def fingerprint(alias: str) -> str:
         parts = [f"({JsonFields.rebase(e, f'{alias}.v')})::varchar" for e in watched]
         parts += [f"{alias}.{column}" for column in model.identity]
@@ -134,7 +137,8 @@ def _stage(
         f" {fields.extraction('record')} from ph_previous where _id is not null;"
         "create or replace temp table _src as"
         " select 'planhat:' || c._id as record_key, c._id as source_id,"
-        f" c.updated_at as modified_at, c.* exclude (_id), p.v as pv"
+        f" c.updated_at as modified_at, c.* exclude (_id), p.v as pv,"
+        f" p._id is null or {identity('c')} is distinct from {identity('p')} as whole"
         " from _cur c left join _prev p using (_id)"
         f" where p._id is null or {fingerprint('c')} is distinct from {fingerprint('p')}"
     )
@@ -204,14 +208,17 @@ def _invalid_records(batch: Batch, model: _Model) -> list[SyncEvent]:
 
 
 def _stage_attributes(batch: Batch, model: _Model, values: dict[str, str]) -> None:
-    """Current value; JSON null when the field disappeared since the previous snapshot."""
+    """Current value; JSON null when the field disappeared since the previous snapshot, and
+    for every field the record lacks when it is new or its identity changed: it may resolve
+    to a profile whose ``planhat/`` group another record wrote (two endusers trading emails,
+    an enduser recreated), and the group must then be this record's, not a blend."""
     batch.sql(
         f"insert into in_writes select '{model.kind}', record_key, '{PLANHAT_GROUP}',"
         f" '{model.source_object}', source_id, modified_at from _src"
     )
     for name, expr in values.items():
         previous = JsonFields.rebase(expr, "pv")
-        value = f"coalesce({expr}, case when {previous} is not null then 'null'::json end)"
+        value = f"coalesce({expr}, case when whole or {previous} is not null then 'null'::json end)"
         batch.sql(
             f"insert into in_attributes select '{model.kind}', record_key,"
             f" '{PLANHAT_GROUP}', {quote(f'{PLANHAT_GROUP}/{name}')}, {canonical_value(value)},"
