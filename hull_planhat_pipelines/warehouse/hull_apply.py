@@ -172,6 +172,7 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         endusers=snapshot("endusers"),
         previous_companies=snapshot("companies", previous=True),
         previous_endusers=snapshot("endusers", previous=True),
+        gone={name: diff.deleted for name, diff in snapshots.items() if diff and diff.deleted},
     )
     applied = [name for name, diff in snapshots.items() if diff is not None]
     return Sources(copper, planhat, new_marks, rows_read, applied)

@@ -107,12 +107,15 @@ def gone_table(name: str) -> str:
 def _differences(conn: duckdb.DuckDBPyConnection, name: str) -> str:
     """SQL for what Hull applies of the latest snapshot, one row per ``_change``: ``changed``
     (a new or changed record, or one without ``_id``: its row), ``previous`` (the copy's row
-    of a changed record, or for one listed again, its row when it went) and ``gone`` (only
-    the ``_id`` of a record no longer listed)."""
+    of a changed record, or for one listed again, its row when it went), ``gone`` (only
+    the ``_id`` of a record no longer listed) and ``deleted`` (only the ``_id`` of a record
+    gone before and still not listed: absent from two snapshots in a row)."""
     copy, source, gone = applied_table(name), latest_view(name), gone_table(name)
     returned = (
         f" union all by name select 'previous' as _change, * from {gone}"
         f" where _id in (select _id from changed) and _id not in (select _id from {copy})"
+        f" union all by name select 'deleted' as _change, g._id from {gone} g anti join"
+        f" (select _id from {source} where _id is not null) n on n._id = g._id"
         if table_exists(conn, *gone.split("."))
         else ""
     )
@@ -197,6 +200,8 @@ class SnapshotDiff:
     previous: pd.DataFrame | None
     fetched_at: pd.Timestamp | None
     snapshot_rows: int
+    deleted: tuple[str, ...] = ()
+    """``_id`` of the records absent from this snapshot and the one before (deleted)."""
 
 
 def diff_snapshot(
@@ -230,12 +235,16 @@ def diff_snapshot(
         ).fetchdf()
 
     changed, previous = rows("changed"), rows("previous")
+    deleted = conn.execute(
+        f"select _id from _ph_diff_{name} where _change = 'deleted' order by _id"
+    ).fetchall()
     return SnapshotDiff(
         name=name,
         changed=changed if len(changed) else None,
         previous=previous if same_shape else None,
         fetched_at=pd.Timestamp(newest) if newest is not None else None,
         snapshot_rows=int(count),
+        deleted=tuple(str(_id) for (_id,) in deleted),
     )
 
 
@@ -244,7 +253,8 @@ def remember_snapshot(
 ) -> None:
     """The copy becomes the snapshot just applied (inside the caller's transaction): changed
     rows replaced, rows gone from Planhat moved to ``gone_table`` (a record listed again
-    leaves it); nothing written when nothing moved. The stored difference, now applied, goes.
+    leaves it, as does one deleted: Hull detached it, and if it comes back it is new);
+    nothing written when nothing moved. The stored difference, now applied, goes.
     ``unapplied``: ``_id`` of changed rows the sync skipped whole; the copy keeps what Hull
     last applied of them (they are compared again next time)."""
     copy, diff, gone = applied_table(name), f"_ph_diff_{name}", gone_table(name)
@@ -264,7 +274,7 @@ def remember_snapshot(
             conn,
             f"create table if not exists {gone} as select * from {copy} where false;"
             f"delete from {gone} where _id in"
-            f" (select _id from {diff} where _change in ('changed', 'gone'));"
+            f" (select _id from {diff} where _change in ('changed', 'gone', 'deleted'));"
             f"insert into {gone} by name select * from {copy}"
             f" where _id in (select _id from {diff} where _change = 'gone')",
         )
@@ -284,7 +294,9 @@ class StoredSnapshot:
     kept: int
     """Snapshots the table keeps."""
     changed: int
-    """Rows that differ from the previous snapshot (fetch times aside): new, changed or gone."""
+    """Rows that differ from the previous snapshot (fetch times aside): new, changed or gone;
+    plus the records found deleted (absent from this snapshot and the one before: the list is
+    as before, but Hull has profiles to detach)."""
     first: bool
     """No snapshot was stored before this one."""
     schema: dict[str, Any]
@@ -322,6 +334,15 @@ def _change_from_latest(
     return int(changed), False
 
 
+def _deleted_count(conn: duckdb.DuckDBPyConnection, name: str) -> int:
+    """Records of the difference just stored that were absent twice in a row (deleted)."""
+    if not table_exists(conn, *diff_table(name).split(".")):
+        return 0
+    return int(
+        run(conn, f"select count(*) from {diff_table(name)} where _change = 'deleted'")[0][0]
+    )
+
+
 def write_snapshot(
     path: str, model: str, frame: pd.DataFrame, taken: dt.datetime
 ) -> StoredSnapshot:
@@ -335,6 +356,7 @@ def write_snapshot(
             if model in HULL_MODELS:
                 at = pd.Timestamp(taken)
                 store_difference(conn, model, at if at.tzinfo else at.tz_localize("UTC"))
+                changed += _deleted_count(conn, model)
             schema = column_schema(conn, *snapshot_table(model).split("."))
     finally:
         conn.close()

@@ -24,6 +24,8 @@ Staged tables (filled by ``hull.from_copper`` and ``hull.from_planhat``):
 - ``in_sets(kind, hull_id, attribute, value, ...)``: values to set on known profiles unless a
   record writes them (``<group>/deleted_at``); ``in_unlinks(user_hull_id, ...)``: users leaving
   their account (a deleted company); ``deleted``: the detaches (``hull.deletions``).
+- ``in_gone(kind, anonymous_id)``: records a source named gone (Planhat's): the profiles
+  holding them detach from that source.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ create table in_sets (kind varchar, hull_id varchar, attribute varchar, value va
 create table in_unlinks (user_hull_id varchar, source_object varchar, source_id varchar);
 create table gone_accounts (hull_id varchar);
 create table in_merges (kind varchar, from_key varchar, into_key varchar);
+create table in_gone (kind varchar, anonymous_id varchar);
 create table deleted (kind varchar, hull_id varchar, source_object varchar, source_id varchar,
     anonymous_id varchar);
 """

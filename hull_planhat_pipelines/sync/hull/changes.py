@@ -21,6 +21,7 @@ from hull_planhat_pipelines.sync.hull.deletions import (
     DELETED_COLUMNS,
     removed_events,
     stage_deletions,
+    stage_gone,
 )
 from hull_planhat_pipelines.sync.hull.diff import diff_attributes, diff_events, diff_links
 from hull_planhat_pipelines.sync.hull.from_copper import (
@@ -155,6 +156,7 @@ def _store_keys(work: Batch, opportunities: bool) -> StoreKeys:
         " union all select kind, 'anonymous_id', record_key from in_records"
         " union all select kind, 'anonymous_id', from_key from in_merges"
         " union all select kind, 'anonymous_id', into_key from in_merges"
+        " union all select kind, 'anonymous_id', anonymous_id from in_gone"
         ") where nullif(value, '') is not null"
     )
     events = work.frame("select distinct event_id from in_events")["event_id"]
@@ -215,8 +217,10 @@ def compute_changes(
             work.load_store(kind, normalize_store(frame, kind))
         if clear_opportunities:
             stage_opportunity_clears(work, settings.copper.attributes.opportunity)
+        deleted_at = now.astimezone(dt.UTC).isoformat()
         if current_ids:
-            stage_deletions(work, current_ids, now.astimezone(dt.UTC).isoformat())
+            stage_deletions(work, current_ids, deleted_at)
+        stage_gone(work, deleted_at)
         work.sql(
             "create temp table no_email as select record_key from in_records"
             " where kind = 'user' and not is_shell and source_object in ('lead', 'person')"

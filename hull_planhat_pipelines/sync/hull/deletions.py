@@ -1,4 +1,4 @@
-"""Records gone from Copper detach from their profiles (they are never erased).
+"""Records gone from Copper or Planhat detach from their profiles (they are never erased).
 
 A record deleted in Copper leaves ``copper_current.<object>`` at the next full refresh. A
 profile that still carries its anonymous id (``copper-lead:N``, ``copper-person:N``,
@@ -15,6 +15,11 @@ erases:
 A profile that also carries a living record of the same object (two people with one email,
 one deleted) keeps the group: the living one writes it. Objects whose ``copper_current`` table
 does not exist are not judged at all (nothing was ever fetched, so nothing can be missing).
+
+Planhat cannot say what it deleted, and a listing by offset can miss a record: an enduser or
+company absent from two snapshots in a row is gone (``in_gone``, staged by
+``hull.from_planhat``), and its ``planhat/`` group detaches the same way (no account loses its
+users: their links come from Copper too).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from hull_planhat_pipelines.sync.hull.model import (
     COPPER_COMPANY_GROUP,
     COPPER_LEAD_GROUP,
     COPPER_PERSON_GROUP,
+    KINDS,
+    PLANHAT_GROUP,
+    PLANHAT_OBJECTS,
+    Kind,
 )
 
 DELETED_AT = "deleted_at"
@@ -38,7 +47,8 @@ DETACHABLE = (
     ("people", "user", "copper-person:", COPPER_PERSON_GROUP, "person"),
     ("companies", "account", "copper:", COPPER_COMPANY_GROUP, "company"),
 )
-DETACHABLE_GROUPS = tuple(group for *_, group, _ in DETACHABLE)
+DETACHABLE_GROUPS = (*(group for *_, group, _ in DETACHABLE), PLANHAT_GROUP)
+PLANHAT_PREFIX = "planhat:"
 DELETED_COLUMNS = ["kind", "hull_id", "source_object", "source_id", "anonymous_id"]
 
 
@@ -62,41 +72,72 @@ def stage_deletions(batch: Batch, current_ids: Mapping[str, pd.Series], deleted_
             f" from (select hull_id, unnest(anonymous_ids) as value from s_{kind})"
             f" where starts_with(value, {quote(prefix)})"
             # the id part only: 'copper:' must not take 'copper-person:' ids
-            f" and regexp_full_match(substr(value, {start}), '[0-9]+');"
-            "create or replace temp table _gone as select * from _held where not alive"
-            " and hull_id not in (select hull_id from _held where alive)"
+            f" and regexp_full_match(substr(value, {start}), '[0-9]+')"
         )
-        if not batch.scalar("select count(*) from _gone"):
-            batch.drop("_alive", "_held", "_gone")
+        _detach(batch, kind, group, source_object, stamp, unlink=kind == "account")
+        batch.drop("_alive")
+
+
+def stage_gone(batch: Batch, deleted_at: str) -> None:
+    """Stage the detaches of profiles holding a record ``in_gone`` names (Planhat's), as
+    ``stage_deletions`` does for Copper's; the profile's other records of the source count
+    as living."""
+    stamp = quote(value_json(deleted_at))
+    for kind in KINDS:
+        if not batch.scalar(f"select count(*) from in_gone where kind = '{kind}'"):
             continue
-        batch.load_attributes(kind, "select distinct hull_id from _gone")
+        start = len(PLANHAT_PREFIX) + 1
         batch.sql(
-            "create or replace temp table _group as select s.hull_id, j.key as attribute"
-            f" from (select * from sa_{kind} semi join _gone using (hull_id)) s,"
-            " json_each(s.attributes) j"
-            f" where starts_with(j.key, {quote(group + '/')})"
-            f" and j.key <> {quote(f'{group}/{DELETED_AT}')} and j.type <> 'NULL';"
-            # one record per profile names the detach (the smallest id when several are gone)
-            "create or replace temp table _detach as select hull_id,"
-            " min(source_id) as source_id, min(anonymous_id) as anonymous_id"
-            " from _gone semi join _group using (hull_id) group by hull_id;"
-            f"insert into in_clears select '{kind}', g.hull_id, g.attribute, '{source_object}',"
-            " d.source_id from _group g join _detach d using (hull_id);"
-            f"insert into in_sets select '{kind}', hull_id, {quote(f'{group}/{DELETED_AT}')},"
-            f" {stamp}, '{source_object}', source_id, anonymous_id from _detach;"
-            f"insert into deleted select '{kind}', hull_id, '{source_object}', source_id,"
-            " anonymous_id from _detach"
+            "create or replace temp table _held as select hull_id, value as anonymous_id,"
+            f" substr(value, {start}) as source_id,"
+            f" value not in (select anonymous_id from in_gone where kind = '{kind}') as alive"
+            f" from (select hull_id, unnest(anonymous_ids) as value from s_{kind})"
+            f" where starts_with(value, {quote(PLANHAT_PREFIX)})"
         )
-        if kind == "account":
-            # a person still pointing at a deleted company is not linked to it again
-            batch.sql(
-                "insert into in_unlinks select u.hull_id, 'company', d.source_id"
-                " from s_user u join _detach d on d.hull_id = u.account_hull_id;"
-                "insert into gone_accounts select hull_id from _detach union select hull_id"
-                f" from sa_account semi join _gone using (hull_id) where contains(attributes,"
-                f" {quote(chr(34) + group + '/' + DELETED_AT + chr(34))})"
-            )
-        batch.drop("_alive", "_held", "_gone", "_group", "_detach", f"sa_{kind}")
+        _detach(batch, kind, PLANHAT_GROUP, PLANHAT_OBJECTS[kind], stamp, unlink=False)
+
+
+def _detach(
+    batch: Batch, kind: Kind, group: str, source_object: str, stamp: str, *, unlink: bool
+) -> None:
+    """From ``_held`` (a profile's anonymous ids of one source: ``hull_id``, ``anonymous_id``,
+    ``source_id``, ``alive``): clear ``group`` and set its ``deleted_at`` on the profiles
+    whose every record of the source is gone."""
+    batch.sql(
+        "create or replace temp table _gone as select * from _held where not alive"
+        " and hull_id not in (select hull_id from _held where alive)"
+    )
+    if not batch.scalar("select count(*) from _gone"):
+        batch.drop("_held", "_gone")
+        return
+    batch.load_attributes(kind, "select distinct hull_id from _gone")
+    batch.sql(
+        "create or replace temp table _group as select s.hull_id, j.key as attribute"
+        f" from (select * from sa_{kind} semi join _gone using (hull_id)) s,"
+        " json_each(s.attributes) j"
+        f" where starts_with(j.key, {quote(group + '/')})"
+        f" and j.key <> {quote(f'{group}/{DELETED_AT}')} and j.type <> 'NULL';"
+        # one record per profile names the detach (the smallest id when several are gone)
+        "create or replace temp table _detach as select hull_id,"
+        " min(source_id) as source_id, min(anonymous_id) as anonymous_id"
+        " from _gone semi join _group using (hull_id) group by hull_id;"
+        f"insert into in_clears select '{kind}', g.hull_id, g.attribute, '{source_object}',"
+        " d.source_id from _group g join _detach d using (hull_id);"
+        f"insert into in_sets select '{kind}', hull_id, {quote(f'{group}/{DELETED_AT}')},"
+        f" {stamp}, '{source_object}', source_id, anonymous_id from _detach;"
+        f"insert into deleted select '{kind}', hull_id, '{source_object}', source_id,"
+        " anonymous_id from _detach"
+    )
+    if unlink:
+        # a person still pointing at a deleted company is not linked to it again
+        batch.sql(
+            "insert into in_unlinks select u.hull_id, 'company', d.source_id"
+            " from s_user u join _detach d on d.hull_id = u.account_hull_id;"
+            "insert into gone_accounts select hull_id from _detach union select hull_id"
+            f" from sa_account semi join _gone using (hull_id) where contains(attributes,"
+            f" {quote(chr(34) + group + '/' + DELETED_AT + chr(34))})"
+        )
+    batch.drop("_held", "_gone", "_group", "_detach", f"sa_{kind}")
 
 
 def removed_events(events: pd.DataFrame | None, activity_ids: pd.Series | None) -> pd.DataFrame:

@@ -11,8 +11,8 @@ snapshot had it: Planhat omits unset fields, so a field that disappeared was cle
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -41,6 +41,9 @@ class PlanhatRows:
     endusers: pd.DataFrame | None = None
     previous_companies: pd.DataFrame | None = None
     previous_endusers: pd.DataFrame | None = None
+    gone: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Per snapshot name (``companies``, ``endusers``), the ``_id`` of records absent from two
+    snapshots in a row: deleted (one missed listing is not enough: an offset can shift)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,14 @@ def map_planhat(batch: Batch, rows: PlanhatRows, incoming: PlanhatIncoming) -> l
             batch, _ENDUSER, rows.endusers, rows.previous_endusers, incoming.enduser_attributes
         )
         _stage_links(batch)
+    for model in (_COMPANY, _ENDUSER):
+        ids = [str(_id) for _id in rows.gone.get(model.name, ()) if _id]
+        if ids:
+            batch.load("_gone_ids", pd.DataFrame({"_id": ids}, dtype=object), "_id::varchar as _id")
+            batch.sql(
+                f"insert into in_gone select '{model.kind}', 'planhat:' || _id from _gone_ids"
+            )
+            batch.drop("_gone_ids")
     batch.drop("ph_current", "ph_previous", "_cur", "_prev", "_src")
     return events
 

@@ -30,6 +30,8 @@ COPPER_PERSON_GROUP = "copper_person"
 COPPER_COMPANY_GROUP = "copper"
 COPPER_OPPORTUNITY_GROUP_PREFIX = "copper_opportunity_"
 PLANHAT_GROUP = "planhat"
+PLANHAT_OBJECTS = {"user": "planhat_enduser", "account": "planhat_company"}
+"""The ``source_object`` of Planhat's records, per kind of profile."""
 
 
 # -- identity --------------------------------------------------------------------------------
