@@ -90,3 +90,20 @@ def test_a_profile_holding_another_living_enduser_keeps_its_group(tmp_path: Path
     attributes = warehouse.user("ann@x.io")["attributes"]
     assert attributes["planhat/position"] == "CTO"
     assert "planhat/deleted_at" not in attributes
+
+
+def test_a_company_recreated_as_its_deletion_is_judged_holds_the_new_ones_group(
+    tmp_path: Path,
+) -> None:
+    """A company deleted in Planhat is recreated by the next delivery (a new ``_id``, the same
+    external id): the snapshot that judges the old one deleted lists the new one, which lands
+    on the same account and writes the group; no ``deleted_at`` stays beside it."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.cycle(ACME, OTHER)
+    warehouse.cycle(OTHER)
+    recreated = {**ACME, "_id": "c9", "phase": "renewal"}
+    warehouse.cycle(recreated, OTHER)
+    attributes = warehouse.attributes("c9")
+    assert attributes == warehouse.attributes("c1")  # one account
+    assert _planhat(attributes)["planhat/phase"] == "renewal"
+    assert "planhat/deleted_at" not in attributes

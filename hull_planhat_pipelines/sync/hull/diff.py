@@ -79,14 +79,17 @@ def _wanted(batch: Batch, k: Kind) -> None:
 
 
 def _detaches(batch: Batch, k: Kind) -> None:
-    """``<group>/deleted_at`` of records gone from Copper (``hull.deletions``), and its clear
-    on a profile whose record of that group writes again (it came back)."""
+    """``<group>/deleted_at`` of records gone (``hull.deletions``), unless a record of the batch
+    writes that group on the profile (one came back, or another took its place: a company
+    recreated in Planhat), and its clear on a profile whose record of that group writes."""
     batch.sql(
         f"insert into want_{k} select coalesce(g.into_hull_id, s.hull_id), s.attribute,"
         " s.value, s.source_object, s.source_id, s.anonymous_id"
         f" from in_sets s left join merges_{k} g on g.from_hull_id = s.hull_id"
         f" anti join want_{k} w on w.hull_id = coalesce(g.into_hull_id, s.hull_id)"
-        f" and w.attribute = s.attribute where s.kind = '{k}'"
+        " and w.attribute = s.attribute"
+        f" anti join writers_{k} x on x.hull_id = coalesce(g.into_hull_id, s.hull_id)"
+        f" and x.attr_group || '/{DELETED_AT}' = s.attribute where s.kind = '{k}'"
     )
     groups = "[" + ", ".join(quote(g) for g in DETACHABLE_GROUPS) + "]"
     batch.sql(
