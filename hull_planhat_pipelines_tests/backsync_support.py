@@ -57,3 +57,7 @@ class Warehouse:
                 "select attributes, anonymous_ids from hull.users where email = ?", [email]
             ).fetchall()
         return {"attributes": json.loads(text), "anonymous_ids": sorted(ids)}
+
+    def user_id(self, email: str) -> str:
+        [(hull_id,)] = self.query(f"select hull_id from hull.users where email = '{email}'")
+        return hull_id

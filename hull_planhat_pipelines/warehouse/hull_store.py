@@ -29,8 +29,11 @@ from hull_planhat_pipelines.sync.hull.deletions import DETACHABLE
 from hull_planhat_pipelines.sync.hull.model import (
     DOMAIN_CLAIM,
     EVENT_COLUMNS,
+    PLANHAT_GROUP,
+    PLANHAT_WRITER,
     STORE_COLUMNS,
     STORE_SQL_TYPES,
+    WRITER_CLAIM,
     Kind,
     empty_events,
     empty_store,
@@ -116,6 +119,18 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
             f" union select hull_id from (select hull_id, unnest(anonymous_ids) as v from {table})"
             f" where v in {claims % 'anonymous_id'}",
         )
+        if run(
+            conn, f"select count(*) from _keys where kind = '{kind}' and claim = '{WRITER_CLAIM}'"
+        )[0][0]:
+            # the profiles a deleted Planhat record wrote (a scan, only when one was deleted)
+            named = '"' + f"{PLANHAT_GROUP}/{PLANHAT_WRITER}" + '"'
+            run(
+                conn,
+                f"insert into _ids_{kind} select hull_id from {table}"
+                f" where contains(attributes, {quote(named)})"
+                f" and json_extract_string(attributes, {quote('$.' + named)})"
+                f" in {claims % WRITER_CLAIM}",
+            )
         if keys.opportunities:  # every holder of an opportunity group is re-judged
             run(
                 conn,

@@ -204,6 +204,32 @@ class SnapshotDiff:
     """``_id`` of the records absent from this snapshot and the one before (deleted)."""
 
 
+PROFILES = {"endusers": "hull.users", "companies": "hull.accounts"}
+"""The profile table each Planhat model's records land in."""
+
+
+def _hand_over_cowriters(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    """With a deletion: the listed records on the profiles the deleted ones wrote (or hold),
+    handed to Hull as changed with no previous version, so that each writes its group whole
+    where the deleted one's is detached (two endusers with one email; two that traded emails)."""
+    diff, profiles = f"_ph_diff_{name}", PROFILES[name]
+    deleted = f"(select _id from {diff} where _change = 'deleted')"
+    if not (
+        table_exists(conn, *profiles.split(".")) and run(conn, f"select exists {deleted}")[0][0]
+    ):
+        return
+    run(
+        conn,
+        f"insert into {diff} by name select 'changed' as _change, * from {latest_view(name)}"
+        " where _id in (select substr(v, 9) from (select unnest(anonymous_ids) as v"
+        f" from {profiles} where list_has_any(anonymous_ids,"
+        f" (select list('planhat:' || _id) from {deleted}))"
+        f" or json_extract_string(attributes, '$.\"planhat/id\"') in {deleted})"
+        " where starts_with(v, 'planhat:'))"
+        f" and _id not in (select _id from {diff} where _change = 'changed' and _id is not null)",
+    )
+
+
 def diff_snapshot(
     conn: duckdb.DuckDBPyConnection, name: str, mark: pd.Timestamp | None
 ) -> SnapshotDiff | None:
@@ -228,6 +254,7 @@ def diff_snapshot(
         run(conn, f"create table {copy} as select * from {source} where false")
     differences = diff_table(name) if stored else f"({_differences(conn, name)})"
     run(conn, f"create or replace temp table _ph_diff_{name} as select * from {differences}")
+    _hand_over_cowriters(conn, name)
 
     def rows(change: str) -> pd.DataFrame:
         return conn.execute(
@@ -266,6 +293,15 @@ def remember_snapshot(
                 f"delete from {diff} where _change = 'changed'"
                 " and _id in (select _id::varchar from _unapplied)",
             )
+            if table_exists(conn, *gone.split(".")):
+                # listed again but skipped: what Hull last applied of it goes back to the
+                # copy (it is listed, not gone: a single miss later must not read as a second)
+                run(
+                    conn,
+                    f"insert into {copy} by name select * from {gone}"
+                    " where _id in (select _id::varchar from _unapplied);"
+                    f"delete from {gone} where _id in (select _id::varchar from _unapplied)",
+                )
         finally:
             conn.unregister("_unapplied")
     went = run(conn, f"select count(*) from {diff} where _change = 'gone'")[0][0]

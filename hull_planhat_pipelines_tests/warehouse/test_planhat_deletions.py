@@ -107,3 +107,84 @@ def test_a_company_recreated_as_its_deletion_is_judged_holds_the_new_ones_group(
     assert attributes == warehouse.attributes("c1")  # one account
     assert _planhat(attributes)["planhat/phase"] == "renewal"
     assert "planhat/deleted_at" not in attributes
+
+
+def test_after_a_trade_of_emails_the_deletion_detaches_the_group_the_record_wrote(
+    tmp_path: Path,
+) -> None:
+    """After two endusers traded emails, each one's group is on the profile holding the other's
+    anonymous id: ``planhat/id`` names the writer, and a deletion detaches that profile."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.cycle(OTHER, endusers=[ANN, BOB])
+    bob = {**BOB, "email": "ann@x.io"}
+    warehouse.cycle(OTHER, endusers=[{**ANN, "email": "bob@x.io"}, bob])
+    assert warehouse.user("bob@x.io")["attributes"]["planhat/id"] == "e1"
+    for _ in range(2):  # e1 deleted
+        changes = warehouse.cycle(OTHER, endusers=[bob])
+    assert changes.deleted[["hull_id", "source_id"]].values.tolist() == [
+        [warehouse.user_id("bob@x.io"), "e1"]
+    ]
+    assert set(_planhat(warehouse.user("bob@x.io")["attributes"])) == {"planhat/deleted_at"}
+    living = _planhat(warehouse.user("ann@x.io")["attributes"])
+    assert living == {"planhat/first_name": "Bob", "planhat/id": "e2"}
+
+
+def test_twins_keep_the_living_ones_group_whichever_goes_first(tmp_path: Path) -> None:
+    """Two endusers with one email (in two companies) are one profile, and one of them writes
+    its group: deleted, the living one is handed over again and writes it whole (no mark);
+    once both are gone, the profile detaches."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    twin = {**ANN, "_id": "e3", "companyId": "c1", "position": "CEO"}
+    warehouse.cycle(ACME, OTHER, endusers=[ANN, twin, BOB])
+    writer = warehouse.user("ann@x.io")["attributes"]["planhat/id"]
+    first, second = (twin, ANN) if writer == "e3" else (ANN, twin)
+    for _ in range(2):  # the writer goes first
+        warehouse.cycle(ACME, OTHER, endusers=[second, BOB])
+    attributes = _planhat(warehouse.user("ann@x.io")["attributes"])
+    assert attributes["planhat/id"] == second["_id"]
+    assert attributes["planhat/position"] == second["position"]
+    assert "planhat/deleted_at" not in attributes
+    for _ in range(2):  # then the other
+        changes = warehouse.cycle(ACME, OTHER, endusers=[BOB])
+    assert changes.deleted["source_id"].tolist() == [second["_id"]]
+    assert set(_planhat(warehouse.user("ann@x.io")["attributes"])) == {"planhat/deleted_at"}
+    assert first["_id"] != second["_id"]
+
+
+def test_a_company_recreated_then_deleted_again_detaches_again(tmp_path: Path) -> None:
+    """The account holds the first company's anonymous id for good; the recreated one wrote
+    the group, and its deletion detaches it."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.cycle(ACME, OTHER)
+    for _ in range(2):
+        warehouse.cycle(OTHER)
+    warehouse.cycle({**ACME, "_id": "c9", "phase": "renewal"}, OTHER)
+    assert "planhat/deleted_at" not in warehouse.attributes("c9")
+    for _ in range(2):
+        changes = warehouse.cycle(OTHER)
+    assert changes.deleted["source_id"].tolist() == ["c9"]
+    assert set(_planhat(warehouse.attributes("c9"))) == {"planhat/deleted_at"}
+
+
+def test_a_record_skipped_while_listed_again_is_not_deleted_by_one_miss(tmp_path: Path) -> None:
+    """Missed once, then listed with an invalid email (skipped, not applied): it is listed, so
+    one more miss is a first miss again."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.cycle(OTHER, endusers=[ANN, BOB])
+    warehouse.cycle(OTHER, endusers=[BOB])
+    warehouse.cycle(OTHER, endusers=[{**ANN, "email": "not-an-email"}, BOB])
+    assert warehouse.query(f"select count(*) from {gone_table('endusers')}") == [(0,)]
+    assert warehouse.cycle(OTHER, endusers=[BOB]).deleted.empty
+    assert warehouse.user("ann@x.io")["attributes"]["planhat/position"] == "CTO"
+
+
+def test_a_planhat_detach_is_logged_and_undone_as_planhats(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.cycle(OTHER, endusers=[ANN, BOB])
+    warehouse.cycle(OTHER, endusers=[BOB])
+    changes = warehouse.cycle(OTHER, endusers=[BOB])
+    [reason] = [e.reason for e in changes.log if e.event == "incoming.user.deleted"]
+    assert reason.startswith("Deleted in Planhat")
+    upserts = warehouse.cycle(OTHER, endusers=[ANN, BOB]).user_upserts
+    restored = upserts[upserts["attribute"] == "planhat/deleted_at"]
+    assert restored["source_object"].tolist() == ["planhat_enduser"]

@@ -115,8 +115,9 @@ class Batch:
             self.sql(f"drop table if exists {table}")
 
     def scalar(self, query: str, params: list[Any] | None = None) -> Any:
-        row = self.con.execute(query, params or []).fetchone()
-        return row[0] if row else None
+        # consumed whole: a pending result makes DuckDB refuse ``register`` (``load``)
+        rows = self.con.execute(query, params or []).fetchall()
+        return rows[0][0] if rows else None
 
     def frame(self, query: str, params: list[Any] | None = None) -> pd.DataFrame:
         return self.con.execute(query, params or []).df()

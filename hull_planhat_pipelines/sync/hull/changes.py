@@ -39,7 +39,9 @@ from hull_planhat_pipelines.sync.hull.model import (
     KINDS,
     LINK_COLUMNS,
     MERGE_COLUMNS,
+    PLANHAT_OBJECTS,
     UPSERT_COLUMNS,
+    WRITER_CLAIM,
     Kind,
     normalize_store,
 )
@@ -157,6 +159,7 @@ def _store_keys(work: Batch, opportunities: bool) -> StoreKeys:
         " union all select kind, 'anonymous_id', from_key from in_merges"
         " union all select kind, 'anonymous_id', into_key from in_merges"
         " union all select kind, 'anonymous_id', anonymous_id from in_gone"
+        f" union all select kind, '{WRITER_CLAIM}', substr(anonymous_id, 9) from in_gone"
         ") where nullif(value, '') is not null"
     )
     events = work.frame("select distinct event_id from in_events")["event_id"]
@@ -367,7 +370,11 @@ def _record_log(work: Batch, changes: Changes) -> tuple[list[SyncEvent], pd.Data
                 f"incoming.{row.kind}.deleted",
                 object_type=row.source_object,
                 object_id=row.source_id,
-                reason="Deleted in Copper: detached from its profile",
+                reason=(
+                    "Deleted in Planhat (absent from two snapshots): detached from its profile"
+                    if str(row.source_object) in PLANHAT_OBJECTS.values()
+                    else "Deleted in Copper: detached from its profile"
+                ),
                 details={"hull_id": row.hull_id, "anonymous_id": row.anonymous_id},
             )
         )

@@ -18,8 +18,8 @@ does not exist are not judged at all (nothing was ever fetched, so nothing can b
 
 Planhat cannot say what it deleted, and a listing by offset can miss a record: an enduser or
 company absent from two snapshots in a row is gone (``in_gone``, staged by
-``hull.from_planhat``), and its ``planhat/`` group detaches the same way (no account loses its
-users: their links come from Copper too).
+``hull.from_planhat``), and the ``planhat/`` group it wrote (``planhat/id``) detaches the same
+way (no account loses its users: their links come from Copper too).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from hull_planhat_pipelines.sync.hull.model import (
     KINDS,
     PLANHAT_GROUP,
     PLANHAT_OBJECTS,
+    PLANHAT_WRITER,
     Kind,
 )
 
@@ -74,41 +75,52 @@ def stage_deletions(batch: Batch, current_ids: Mapping[str, pd.Series], deleted_
             # the id part only: 'copper:' must not take 'copper-person:' ids
             f" and regexp_full_match(substr(value, {start}), '[0-9]+')"
         )
+        batch.sql(
+            "create or replace temp table _gone as select * exclude (alive) from _held"
+            " where not alive and hull_id not in (select hull_id from _held where alive)"
+        )
+        batch.drop("_alive", "_held")
         _detach(batch, kind, group, source_object, stamp, unlink=kind == "account")
-        batch.drop("_alive")
 
 
 def stage_gone(batch: Batch, deleted_at: str) -> None:
-    """Stage the detaches of profiles holding a record ``in_gone`` names (Planhat's), as
-    ``stage_deletions`` does for Copper's; the profile's other records of the source count
-    as living."""
+    """Stage the detaches of the profiles whose ``planhat/`` group a record ``in_gone`` names
+    wrote (``planhat/id``; a profile written before it existed: the one holding the record's
+    anonymous id), as ``stage_deletions`` does for Copper's. A living Planhat record on such a
+    profile is handed over again with the deletion (``warehouse.planhat_snapshots``): it
+    writes the group whole, and the detach stands only where no record writes it."""
     stamp = quote(value_json(deleted_at))
+    writer = quote(f'$."{PLANHAT_GROUP}/{PLANHAT_WRITER}"')
+    start = len(PLANHAT_PREFIX) + 1
     for kind in KINDS:
         if not batch.scalar(f"select count(*) from in_gone where kind = '{kind}'"):
             continue
-        start = len(PLANHAT_PREFIX) + 1
+        batch.load_attributes(kind)
         batch.sql(
-            "create or replace temp table _held as select hull_id, value as anonymous_id,"
-            f" substr(value, {start}) as source_id,"
-            f" value not in (select anonymous_id from in_gone where kind = '{kind}') as alive"
-            f" from (select hull_id, unnest(anonymous_ids) as value from s_{kind})"
-            f" where starts_with(value, {quote(PLANHAT_PREFIX)})"
+            "create or replace temp table _ids as select substr(anonymous_id, "
+            f"{start}) as id from in_gone where kind = '{kind}';"
+            "create or replace temp table _writer as select hull_id,"
+            f" json_extract_string(attributes, {writer}) as writer from sa_{kind};"
+            "create or replace temp table _gone as"
+            f" select hull_id, {quote(PLANHAT_PREFIX)} || writer as anonymous_id,"
+            " writer as source_id from _writer where writer in (select id from _ids)"
+            " union all select hull_id, value, substr(value, "
+            f"{start}) from (select hull_id, unnest(anonymous_ids) as value from s_{kind})"
+            " where substr(value, "
+            f"{start}) in (select id from _ids) and starts_with(value, {quote(PLANHAT_PREFIX)})"
+            " and hull_id in (select hull_id from _writer where writer is null)"
         )
+        batch.drop("_ids", "_writer")
         _detach(batch, kind, PLANHAT_GROUP, PLANHAT_OBJECTS[kind], stamp, unlink=False)
 
 
 def _detach(
     batch: Batch, kind: Kind, group: str, source_object: str, stamp: str, *, unlink: bool
 ) -> None:
-    """From ``_held`` (a profile's anonymous ids of one source: ``hull_id``, ``anonymous_id``,
-    ``source_id``, ``alive``): clear ``group`` and set its ``deleted_at`` on the profiles
-    whose every record of the source is gone."""
-    batch.sql(
-        "create or replace temp table _gone as select * from _held where not alive"
-        " and hull_id not in (select hull_id from _held where alive)"
-    )
+    """Clear ``group`` and set its ``deleted_at`` on the profiles of ``_gone`` (``hull_id``,
+    ``anonymous_id`` and ``source_id`` of the record gone)."""
     if not batch.scalar("select count(*) from _gone"):
-        batch.drop("_held", "_gone")
+        batch.drop("_gone")
         return
     batch.load_attributes(kind, "select distinct hull_id from _gone")
     batch.sql(
@@ -137,7 +149,7 @@ def _detach(
             f" from sa_account semi join _gone using (hull_id) where contains(attributes,"
             f" {quote(chr(34) + group + '/' + DELETED_AT + chr(34))})"
         )
-    batch.drop("_held", "_gone", "_group", "_detach", f"sa_{kind}")
+    batch.drop("_gone", "_group", "_detach", f"sa_{kind}")
 
 
 def removed_events(events: pd.DataFrame | None, activity_ids: pd.Series | None) -> pd.DataFrame:

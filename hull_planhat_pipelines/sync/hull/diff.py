@@ -50,7 +50,7 @@ def _wanted(batch: Batch, k: Kind) -> None:
     profile: when several do, the others are losers (found among the few shared groups)."""
     batch.sql(
         f"create or replace temp table writers_{k} as select res.hull_id, w.attr_group,"
-        " w.record_key, w.source_id, w.modified_at"
+        " w.record_key, w.source_object, w.source_id, w.modified_at"
         f" from in_writes w join res_{k} res using (record_key) where w.kind = '{k}';"
         f"create or replace temp table losers_{k} as select record_key, attr_group, source_id"
         f" from writers_{k} semi join (select hull_id, attr_group from writers_{k}"
@@ -94,7 +94,7 @@ def _detaches(batch: Batch, k: Kind) -> None:
     groups = "[" + ", ".join(quote(g) for g in DETACHABLE_GROUPS) + "]"
     batch.sql(
         f"insert into want_{k} select distinct on (hull_id, attr_group) hull_id,"
-        f" attr_group || '/{DELETED_AT}', null, 'copper', source_id, record_key"
+        f" attr_group || '/{DELETED_AT}', null, source_object, source_id, record_key"
         f" from writers_{k} w where list_contains({groups}, attr_group)"
         f" and not exists (select 1 from want_{k} x where x.hull_id = w.hull_id"
         f" and x.attribute = w.attr_group || '/{DELETED_AT}')"

@@ -18,7 +18,7 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import AttributeMap, PlanhatIncoming
 from hull_planhat_pipelines.sync.hull.batch import Batch, quote
-from hull_planhat_pipelines.sync.hull.model import PLANHAT_GROUP
+from hull_planhat_pipelines.sync.hull.model import PLANHAT_GROUP, PLANHAT_WRITER
 from hull_planhat_pipelines.sync.hull.sql import (
     INVALID_EMAIL,
     JsonFields,
@@ -130,7 +130,8 @@ def _stage(
     events = _invalid_records(batch, model)
     events += _unusable_records(batch, model)
     fields = JsonFields()
-    values = {name: fields.planhat_field(field) for field, name in unique_names(attributes).items()}
+    named = unique_names(attributes, reserved=(PLANHAT_WRITER,))
+    values = {name: fields.planhat_field(field) for field, name in named.items()}
     watched = [fields.planhat_field(f) for f in attributes if f not in VOLATILE_FIELDS]
 
     def identity(alias: str) -> str:
@@ -225,6 +226,9 @@ def _stage_attributes(batch: Batch, model: _Model, values: dict[str, str]) -> No
     an enduser recreated), and the group must then be this record's, not a blend."""
     batch.sql(
         f"insert into in_writes select '{model.kind}', record_key, '{PLANHAT_GROUP}',"
+        f" '{model.source_object}', source_id, modified_at from _src;"
+        f"insert into in_attributes select '{model.kind}', record_key, '{PLANHAT_GROUP}',"
+        f" {quote(f'{PLANHAT_GROUP}/{PLANHAT_WRITER}')}, {canonical_value('to_json(source_id)')},"
         f" '{model.source_object}', source_id, modified_at from _src"
     )
     for name, expr in values.items():

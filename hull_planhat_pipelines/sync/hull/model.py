@@ -32,6 +32,12 @@ COPPER_OPPORTUNITY_GROUP_PREFIX = "copper_opportunity_"
 PLANHAT_GROUP = "planhat"
 PLANHAT_OBJECTS = {"user": "planhat_enduser", "account": "planhat_company"}
 """The ``source_object`` of Planhat's records, per kind of profile."""
+PLANHAT_WRITER = "id"
+"""``planhat/id``: the ``_id`` of the Planhat record that wrote the profile's ``planhat/``
+group (reserved: no mapped field takes the name). A deletion detaches the profiles it wrote,
+which after two endusers traded emails are not the ones holding its anonymous id."""
+WRITER_CLAIM = "planhat_writer"
+"""A store key (not an identity claim): profiles whose ``planhat/id`` is the value."""
 
 
 # -- identity --------------------------------------------------------------------------------

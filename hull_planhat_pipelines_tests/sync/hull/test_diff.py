@@ -277,7 +277,8 @@ def test_planhat_enduser_links_to_its_company() -> None:
     _, store = sync_once(SETTINGS, ProfileStore(), None, planhat)
     user = profile(store.users, "planhat:e1")
     assert (user["email"], user["external_id"]) == ("e@x.com", "U1")
-    assert user["attributes"] == {"planhat/last_name": "L"}
+    # planhat/id names the record that wrote the group (a deletion detaches what it wrote)
+    assert user["attributes"] == {"planhat/last_name": "L", "planhat/id": "e1"}
     assert user["account_hull_id"] == profile(store.accounts, "planhat:c1")["hull_id"]
 
 
@@ -295,7 +296,10 @@ def test_planhat_dotted_fields_read_nested_values() -> None:
     )
     record = ph_company("c1", custom={"Tier": "Gold"})
     _, store = sync_once(settings, ProfileStore(), None, planhat_rows([record]))
-    assert profile(store.accounts, "planhat:c1")["attributes"] == {"planhat/tier": "Gold"}
+    assert profile(store.accounts, "planhat:c1")["attributes"] == {
+        "planhat/tier": "Gold",
+        "planhat/id": "c1",
+    }
 
 
 def test_empty_inputs_give_empty_typed_frames() -> None:
