@@ -209,24 +209,39 @@ PROFILES = {"endusers": "hull.users", "companies": "hull.accounts"}
 
 
 def _hand_over_cowriters(conn: duckdb.DuckDBPyConnection, name: str) -> None:
-    """With a deletion: the listed records on the profiles the deleted ones wrote (or hold),
-    handed to Hull as changed with no previous version, so that each writes its group whole
-    where the deleted one's is detached (two endusers with one email; two that traded emails)."""
-    diff, profiles = f"_ph_diff_{name}", PROFILES[name]
+    """With a deletion: the listed records that may write the profiles the deleted ones wrote
+    (or hold): their ``planhat:`` anonymous ids, their external id, their email. Each is handed
+    to Hull as changed with no previous version, so that it writes its group whole where the
+    deleted one's is detached (two endusers with one email; two that traded emails)."""
+    diff, profiles, source = f"_ph_diff_{name}", PROFILES[name], latest_view(name)
     deleted = f"(select _id from {diff} where _change = 'deleted')"
     if not (
         table_exists(conn, *profiles.split(".")) and run(conn, f"select exists {deleted}")[0][0]
     ):
         return
+    columns = set(_columns(conn, source))
+    email = "email" if name == "endusers" else None
+    matches = ["'planhat:' || s._id in (select unnest(anonymous_ids) from _affected)"]
+    if "external_id" in columns:
+        matches.append("s.external_id in (select external_id from _affected)")
+    if email and "email" in columns:
+        matches.append(
+            f"lower(trim(s.email)) in (select {email} from _affected where {email} is not null)"
+        )
     run(
         conn,
-        f"insert into {diff} by name select 'changed' as _change, * from {latest_view(name)}"
-        " where _id in (select substr(v, 9) from (select unnest(anonymous_ids) as v"
-        f" from {profiles} where list_has_any(anonymous_ids,"
-        f" (select list('planhat:' || _id) from {deleted}))"
-        f" or json_extract_string(attributes, '$.\"planhat/id\"') in {deleted})"
-        " where starts_with(v, 'planhat:'))"
-        f" and _id not in (select _id from {diff} where _change = 'changed' and _id is not null)",
+        "create or replace temp table _affected as select anonymous_ids, external_id"
+        f"{', lower(trim(email)) as email' if email else ''} from {profiles}"
+        f" where list_has_any(anonymous_ids, (select list('planhat:' || _id) from {deleted}))"
+        f" or json_extract_string(attributes, '$.\"planhat/id\"') in {deleted};"
+        f"create or replace temp table _cowriters as select s._id from {source} s"
+        f" where s._id is not null and ({' or '.join(matches)});"
+        # compared with nothing: staged whole, whatever its previous version was
+        f"delete from {diff} where _change = 'previous' and _id in (select _id from _cowriters);"
+        f"insert into {diff} by name select 'changed' as _change, * from {source}"
+        " where _id in (select _id from _cowriters)"
+        f" and _id not in (select _id from {diff} where _change = 'changed' and _id is not null);"
+        "drop table _affected; drop table _cowriters",
     )
 
 

@@ -188,3 +188,40 @@ def test_a_planhat_detach_is_logged_and_undone_as_planhats(tmp_path: Path) -> No
     upserts = warehouse.cycle(OTHER, endusers=[ANN, BOB]).user_upserts
     restored = upserts[upserts["attribute"] == "planhat/deleted_at"]
     assert restored["source_object"].tolist() == ["planhat_enduser"]
+
+
+def test_a_twin_listed_again_as_its_writer_is_judged_deleted_writes_the_group(
+    tmp_path: Path,
+) -> None:
+    """Both twins missed once, then the living one listed again in the snapshot that judges
+    the writer deleted: compared with the row it went with it would be unchanged, so it is
+    handed over with no previous version and writes the group whole."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    twin = {**ANN, "_id": "e3", "companyId": "c1", "firstName": "Annie", "position": "CEO"}
+    warehouse.cycle(ACME, OTHER, endusers=[twin, BOB])
+    warehouse.cycle(ACME, OTHER, endusers=[ANN, twin, BOB])  # e1 is new: it writes the group
+    assert warehouse.user("ann@x.io")["attributes"]["planhat/id"] == "e1"
+    warehouse.cycle(ACME, OTHER, endusers=[BOB])  # both missed once
+    warehouse.cycle(ACME, OTHER, endusers=[twin, BOB])  # e1 deleted, e3 back
+    attributes = _planhat(warehouse.user("ann@x.io")["attributes"])
+    assert attributes == {
+        "planhat/first_name": "Annie",
+        "planhat/position": "CEO",
+        "planhat/id": "e3",
+    }
+
+
+def test_after_a_trade_the_living_writer_is_found_by_its_email(tmp_path: Path) -> None:
+    """After a trade, the profile holding e1's anonymous id is where e2 (by email) belongs; a
+    third enduser with that email writes it, then is deleted: e2 writes the group again."""
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.cycle(OTHER, endusers=[ANN, BOB])
+    traded = [{**ANN, "email": "bob@x.io"}, {**BOB, "email": "ann@x.io"}]
+    warehouse.cycle(OTHER, endusers=traded)
+    third = {"_id": "e4", "email": "ann@x.io", "firstName": "Tess", "companyId": "c2"}
+    warehouse.cycle(OTHER, endusers=[*traded, third])
+    assert warehouse.user("ann@x.io")["attributes"]["planhat/id"] == "e4"
+    for _ in range(2):
+        warehouse.cycle(OTHER, endusers=traded)
+    attributes = _planhat(warehouse.user("ann@x.io")["attributes"])
+    assert attributes == {"planhat/first_name": "Bob", "planhat/id": "e2"}
