@@ -106,10 +106,21 @@ class CopperSettings(_Strict):
 
 
 class PlanhatIncoming(_Strict):
-    """Planhat field -> attribute in group ``planhat/``."""
+    """Planhat field -> attribute in group ``planhat/``; ``id`` is reserved: ``planhat/id``
+    holds the ``_id`` of the record that wrote the group (a deletion detaches what it wrote)."""
 
     company_attributes: AttributeMap = {}
     enduser_attributes: AttributeMap = {}
+
+    @field_validator("company_attributes", "enduser_attributes")
+    @classmethod
+    def _no_reserved_name(cls, value: dict[str, str]) -> dict[str, str]:
+        if taken := sorted(field for field, name in value.items() if name == "id"):
+            raise ValueError(
+                f"attribute name 'id' is reserved (planhat/id holds the record's _id);"
+                f" mapped from {', '.join(taken)}"
+            )
+        return value
 
 
 class MetricSettings(_Strict):

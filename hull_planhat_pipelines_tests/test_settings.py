@@ -112,6 +112,11 @@ def test_the_packaged_metric_queries_return_the_shared_examples_rows() -> None:
         (("destinations", 0, "batch_size"), 10, "destinations.0"),
         (("destinations", 0, "path"), "conversations", "destinations.0.path"),
         (("surprise",), 1, "surprise"),
+        (
+            ("planhat", "incoming", "enduser_attributes"),
+            {"_id": "id"},
+            "planhat.incoming.enduser_attributes",
+        ),
     ],
 )
 def test_a_bad_key_or_value_names_its_path(
