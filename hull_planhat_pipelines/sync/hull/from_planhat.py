@@ -137,6 +137,13 @@ def _stage(
     def identity(alias: str) -> str:
         return "[" + ", ".join(f"{alias}.{column}" for column in model.identity) + "]"
 
+    # with no snapshot applied before, no profile holds a Planhat group: nothing to clear
+    whole = (
+        "false"
+        if previous is None
+        else f"p._id is null or {identity('c')} is distinct from {identity('p')}"
+    )
+
     def fingerprint(alias: str) -> str:
         parts = [f"({JsonFields.rebase(e, f'{alias}.v')})::varchar" for e in watched]
         parts += [f"{alias}.{column}" for column in model.identity]
@@ -150,7 +157,7 @@ def _stage(
         "create or replace temp table _src as"
         " select 'planhat:' || c._id as record_key, c._id as source_id,"
         f" c.updated_at as modified_at, c.* exclude (_id), p.v as pv,"
-        f" p._id is null or {identity('c')} is distinct from {identity('p')} as whole"
+        f" {whole} as whole"
         " from _cur c left join _prev p using (_id)"
         f" where p._id is null or {fingerprint('c')} is distinct from {fingerprint('p')}"
     )
