@@ -208,40 +208,71 @@ PROFILES = {"endusers": "hull.users", "companies": "hull.accounts"}
 """The profile table each Planhat model's records land in."""
 
 
+def restage_table(name: str) -> str:
+    """Records that may write a profile a deletion detached but were not applied with it
+    (missed by that snapshot, or skipped): handed over whole once they are listed and applied."""
+    return f"ops.hull_planhat_{name}_restage"
+
+
 def _hand_over_cowriters(conn: duckdb.DuckDBPyConnection, name: str) -> None:
-    """With a deletion: the listed records that may write the profiles the deleted ones wrote
-    (or hold): their ``planhat:`` anonymous ids, their external id, their email. Each is handed
-    to Hull as changed with no previous version, so that it writes its group whole where the
-    deleted one's is detached (two endusers with one email; two that traded emails)."""
+    """With a deletion: the records that may write the profiles the deleted ones wrote (or
+    hold): their ``planhat:`` anonymous ids, their external id, their email. Each one listed
+    is handed to Hull as changed with no previous version (``handed``), so that it writes its
+    group whole where the deleted one's is detached (two endusers with one email; two that
+    traded emails); one gone (missed) is kept for later (``restage``), as are those of an
+    earlier deletion still waiting (``restage_table``)."""
     diff, profiles, source = f"_ph_diff_{name}", PROFILES[name], latest_view(name)
     deleted = f"(select _id from {diff} where _change = 'deleted')"
-    if not (
+    restage, gone = restage_table(name), gone_table(name)
+    waiting = (
+        table_exists(conn, *restage.split("."))
+        and run(conn, f"select exists (select 1 from {restage})")[0][0]
+    )
+    judged = (
         table_exists(conn, *profiles.split(".")) and run(conn, f"select exists {deleted}")[0][0]
-    ):
+    )
+    if not (waiting or judged):
         return
-    columns = set(_columns(conn, source))
-    email = "email" if name == "endusers" else None
-    matches = ["'planhat:' || s._id in (select unnest(anonymous_ids) from _affected)"]
-    if "external_id" in columns:
-        matches.append("s.external_id in (select external_id from _affected)")
-    if email and "email" in columns:
-        matches.append(
-            f"lower(trim(s.email)) in (select {email} from _affected where {email} is not null)"
+    cowriters = [f"select _id from {restage}"] if waiting else []
+    if judged:
+        columns = set(_columns(conn, source))
+        email = "email" if name == "endusers" else None
+        matches = ["'planhat:' || s._id in (select unnest(anonymous_ids) from _affected)"]
+        if "external_id" in columns:
+            matches.append("s.external_id in (select external_id from _affected)")
+        if email and "email" in columns:
+            matches.append(
+                "lower(trim(s.email)) in (select email from _affected where email is not null)"
+            )
+        run(
+            conn,
+            "create or replace temp table _affected as select anonymous_ids, external_id"
+            f"{', lower(trim(email)) as email' if email else ''} from {profiles}"
+            f" where list_has_any(anonymous_ids, (select list('planhat:' || _id) from {deleted}))"
+            f" or json_extract_string(attributes, '$.\"planhat/id\"') in {deleted}",
+        )
+        cowriters.append(f"select s._id from {source} s where ({' or '.join(matches)})")
+        # not listed now (missed: in the copy or gone before), kept for when they are
+        known = applied_table(name)
+        if table_exists(conn, *gone.split(".")):
+            known = f"(select * from {known} union all by name select * from {gone})"
+        run(
+            conn,
+            f"insert into {diff} by name select 'restage' as _change, s._id from {known} s"
+            f" where ({' or '.join(matches)}) and s._id not in {deleted}"
+            f" and s._id not in (select _id from {source} where _id is not null)",
         )
     run(
         conn,
-        "create or replace temp table _affected as select anonymous_ids, external_id"
-        f"{', lower(trim(email)) as email' if email else ''} from {profiles}"
-        f" where list_has_any(anonymous_ids, (select list('planhat:' || _id) from {deleted}))"
-        f" or json_extract_string(attributes, '$.\"planhat/id\"') in {deleted};"
-        f"create or replace temp table _cowriters as select s._id from {source} s"
-        f" where s._id is not null and ({' or '.join(matches)});"
+        "create or replace temp table _cowriters as select _id from"
+        f" ({' union '.join(cowriters)}) where _id in (select _id from {source});"
         # compared with nothing: staged whole, whatever its previous version was
         f"delete from {diff} where _change = 'previous' and _id in (select _id from _cowriters);"
         f"insert into {diff} by name select 'changed' as _change, * from {source}"
         " where _id in (select _id from _cowriters)"
         f" and _id not in (select _id from {diff} where _change = 'changed' and _id is not null);"
-        "drop table _affected; drop table _cowriters",
+        f"insert into {diff} by name select 'handed' as _change, _id from _cowriters;"
+        "drop table if exists _affected; drop table _cowriters",
     )
 
 
@@ -266,6 +297,7 @@ def diff_snapshot(
     if not same_shape:  # first snapshot (or Planhat's columns moved): every row is new
         run(conn, f"drop table if exists {copy}")
         run(conn, f"drop table if exists {gone_table(name)}")
+        run(conn, f"drop table if exists {restage_table(name)}")
         run(conn, f"create table {copy} as select * from {source} where false")
     differences = diff_table(name) if stored else f"({_differences(conn, name)})"
     run(conn, f"create or replace temp table _ph_diff_{name} as select * from {differences}")
@@ -319,6 +351,7 @@ def remember_snapshot(
                 )
         finally:
             conn.unregister("_unapplied")
+    _remember_restage(conn, name)
     went = run(conn, f"select count(*) from {diff} where _change = 'gone'")[0][0]
     if went or table_exists(conn, *gone.split(".")):
         run(
@@ -338,6 +371,26 @@ def remember_snapshot(
         f"drop table {diff}",
     )
     _forget_difference(conn, name)
+
+
+def _remember_restage(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    """``restage_table`` after an apply: it gains the records kept for later and the handed
+    ones not applied (skipped), and loses those applied now or deleted."""
+    diff, restage = f"_ph_diff_{name}", restage_table(name)
+    pending = run(
+        conn, f"select exists (select 1 from {diff} where _change in ('restage', 'handed'))"
+    )[0][0]
+    if not (pending or table_exists(conn, *restage.split("."))):
+        return
+    applied = f"(select _id from {diff} where _change in ('changed', 'deleted'))"
+    run(
+        conn,
+        f"create table if not exists {restage} (_id varchar);"
+        f"insert into {restage} select distinct _id from {diff} where (_change = 'restage'"
+        f" or (_change = 'handed' and _id not in {applied}))"
+        f" and _id not in (select _id from {restage});"
+        f"delete from {restage} where _id in {applied}",
+    )
 
 
 @dataclass(frozen=True)

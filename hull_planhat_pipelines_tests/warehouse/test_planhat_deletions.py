@@ -225,3 +225,46 @@ def test_after_a_trade_the_living_writer_is_found_by_its_email(tmp_path: Path) -
         warehouse.cycle(OTHER, endusers=traded)
     attributes = _planhat(warehouse.user("ann@x.io")["attributes"])
     assert attributes == {"planhat/first_name": "Bob", "planhat/id": "e2"}
+
+
+def _twins_written_by_e1(warehouse: Warehouse) -> dict:
+    twin = {**ANN, "_id": "e3", "companyId": "c1", "firstName": "Annie", "position": "CEO"}
+    warehouse.cycle(ACME, OTHER, endusers=[twin, BOB])
+    warehouse.cycle(ACME, OTHER, endusers=[ANN, twin, BOB])  # e1 is new: it writes the group
+    assert warehouse.user("ann@x.io")["attributes"]["planhat/id"] == "e1"
+    return twin
+
+
+def test_a_twin_missed_as_its_writer_is_judged_deleted_writes_the_group_once_back(
+    tmp_path: Path,
+) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    twin = _twins_written_by_e1(warehouse)
+    warehouse.cycle(ACME, OTHER, endusers=[twin, BOB])  # e1 missed once
+    warehouse.cycle(ACME, OTHER, endusers=[BOB])  # e1 deleted; e3 missed (kept for later)
+    assert set(_planhat(warehouse.user("ann@x.io")["attributes"])) == {"planhat/deleted_at"}
+    warehouse.cycle(ACME, OTHER, endusers=[twin, BOB])  # e3 back, as it went
+    attributes = _planhat(warehouse.user("ann@x.io")["attributes"])
+    assert attributes == {
+        "planhat/first_name": "Annie",
+        "planhat/position": "CEO",
+        "planhat/id": "e3",
+    }
+    assert warehouse.query("select count(*) from ops.hull_planhat_endusers_restage") == [(0,)]
+
+
+def test_a_twin_skipped_as_its_writer_is_judged_deleted_writes_the_group_once_fixed(
+    tmp_path: Path,
+) -> None:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    twin = _twins_written_by_e1(warehouse)
+    broken = {**twin, "email": "ann@x"}  # an invalid email: skipped, not applied
+    warehouse.cycle(ACME, OTHER, endusers=[broken, BOB])  # e1 missed once
+    warehouse.cycle(ACME, OTHER, endusers=[broken, BOB])  # e1 deleted; e3 skipped
+    warehouse.cycle(ACME, OTHER, endusers=[twin, BOB])  # e3 fixed
+    attributes = _planhat(warehouse.user("ann@x.io")["attributes"])
+    assert attributes == {
+        "planhat/first_name": "Annie",
+        "planhat/position": "CEO",
+        "planhat/id": "e3",
+    }
