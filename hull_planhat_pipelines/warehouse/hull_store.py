@@ -29,8 +29,8 @@ from hull_planhat_pipelines.sync.hull.deletions import DETACHABLE
 from hull_planhat_pipelines.sync.hull.model import (
     DOMAIN_CLAIM,
     EVENT_COLUMNS,
-    PLANHAT_GROUP,
-    PLANHAT_WRITER,
+    PLANHAT_WRITER_ATTRIBUTE,
+    PLANHAT_WRITER_PATH,
     STORE_COLUMNS,
     STORE_SQL_TYPES,
     WRITER_CLAIM,
@@ -123,12 +123,11 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
             conn, f"select count(*) from _keys where kind = '{kind}' and claim = '{WRITER_CLAIM}'"
         )[0][0]:
             # the profiles a deleted Planhat record wrote (a scan, only when one was deleted)
-            named = '"' + f"{PLANHAT_GROUP}/{PLANHAT_WRITER}" + '"'
             run(
                 conn,
                 f"insert into _ids_{kind} select hull_id from {table}"
-                f" where contains(attributes, {quote(named)})"
-                f" and json_extract_string(attributes, {quote('$.' + named)})"
+                f" where contains(attributes, {quote(chr(34) + PLANHAT_WRITER_ATTRIBUTE + chr(34))})"
+                f" and json_extract_string(attributes, {quote(PLANHAT_WRITER_PATH)})"
                 f" in {claims % WRITER_CLAIM}",
             )
         if keys.opportunities:  # every holder of an opportunity group is re-judged

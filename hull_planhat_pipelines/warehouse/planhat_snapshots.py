@@ -30,6 +30,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.sync.hull.batch import quote as literal
+from hull_planhat_pipelines.sync.hull.model import PLANHAT_PREFIX, PLANHAT_WRITER_PATH
 from hull_planhat_pipelines.sync.planhat.snapshot_due import READ_BACK_STATUSES, SnapshotAge
 from hull_planhat_pipelines.warehouse.connection import (
     column_schema,
@@ -237,7 +239,8 @@ def _hand_over_cowriters(conn: duckdb.DuckDBPyConnection, name: str) -> None:
     if judged:
         columns = set(_columns(conn, source))
         email = "email" if name == "endusers" else None
-        matches = ["'planhat:' || s._id in (select unnest(anonymous_ids) from _affected)"]
+        prefix = literal(PLANHAT_PREFIX)
+        matches = [f"{prefix} || s._id in (select unnest(anonymous_ids) from _affected)"]
         if "external_id" in columns:
             matches.append("s.external_id in (select external_id from _affected)")
         if email and "email" in columns:
@@ -248,8 +251,9 @@ def _hand_over_cowriters(conn: duckdb.DuckDBPyConnection, name: str) -> None:
             conn,
             "create or replace temp table _affected as select anonymous_ids, external_id"
             f"{', lower(trim(email)) as email' if email else ''} from {profiles}"
-            f" where list_has_any(anonymous_ids, (select list('planhat:' || _id) from {deleted}))"
-            f" or json_extract_string(attributes, '$.\"planhat/id\"') in {deleted}",
+            f" where list_has_any(anonymous_ids, (select list({prefix} || _id) from {deleted}))"
+            f" or json_extract_string(attributes, {literal(PLANHAT_WRITER_PATH)})"
+            f" in {deleted}",
         )
         cowriters.append(f"select s._id from {source} s where ({' or '.join(matches)})")
         # not listed now (missed: in the copy or gone before), kept for when they are

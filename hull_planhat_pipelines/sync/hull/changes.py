@@ -40,6 +40,7 @@ from hull_planhat_pipelines.sync.hull.model import (
     LINK_COLUMNS,
     MERGE_COLUMNS,
     PLANHAT_OBJECTS,
+    PLANHAT_PREFIX,
     UPSERT_COLUMNS,
     WRITER_CLAIM,
     Kind,
@@ -159,7 +160,8 @@ def _store_keys(work: Batch, opportunities: bool) -> StoreKeys:
         " union all select kind, 'anonymous_id', from_key from in_merges"
         " union all select kind, 'anonymous_id', into_key from in_merges"
         " union all select kind, 'anonymous_id', anonymous_id from in_gone"
-        f" union all select kind, '{WRITER_CLAIM}', substr(anonymous_id, 9) from in_gone"
+        f" union all select kind, '{WRITER_CLAIM}', substr(anonymous_id,"
+        f" {len(PLANHAT_PREFIX) + 1}) from in_gone"
         ") where nullif(value, '') is not null"
     )
     events = work.frame("select distinct event_id from in_events")["event_id"]

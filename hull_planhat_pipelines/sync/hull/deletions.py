@@ -37,7 +37,8 @@ from hull_planhat_pipelines.sync.hull.model import (
     KINDS,
     PLANHAT_GROUP,
     PLANHAT_OBJECTS,
-    PLANHAT_WRITER,
+    PLANHAT_PREFIX,
+    PLANHAT_WRITER_PATH,
     Kind,
 )
 
@@ -49,7 +50,6 @@ DETACHABLE = (
     ("companies", "account", "copper:", COPPER_COMPANY_GROUP, "company"),
 )
 DETACHABLE_GROUPS = (*(group for *_, group, _ in DETACHABLE), PLANHAT_GROUP)
-PLANHAT_PREFIX = "planhat:"
 DELETED_COLUMNS = ["kind", "hull_id", "source_object", "source_id", "anonymous_id"]
 
 
@@ -90,7 +90,7 @@ def stage_gone(batch: Batch, deleted_at: str) -> None:
     profile is handed over again with the deletion (``warehouse.planhat_snapshots``): it
     writes the group whole, and the detach stands only where no record writes it."""
     stamp = quote(value_json(deleted_at))
-    writer = quote(f'$."{PLANHAT_GROUP}/{PLANHAT_WRITER}"')
+    writer = quote(PLANHAT_WRITER_PATH)
     start = len(PLANHAT_PREFIX) + 1
     for kind in KINDS:
         if not batch.scalar(f"select count(*) from in_gone where kind = '{kind}'"):

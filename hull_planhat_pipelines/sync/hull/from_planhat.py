@@ -18,7 +18,13 @@ import pandas as pd
 
 from hull_planhat_pipelines.settings import AttributeMap, PlanhatIncoming
 from hull_planhat_pipelines.sync.hull.batch import Batch, quote
-from hull_planhat_pipelines.sync.hull.model import PLANHAT_GROUP, PLANHAT_WRITER
+from hull_planhat_pipelines.sync.hull.model import (
+    PLANHAT_GROUP,
+    PLANHAT_OBJECTS,
+    PLANHAT_PREFIX,
+    PLANHAT_WRITER,
+    PLANHAT_WRITER_ATTRIBUTE,
+)
 from hull_planhat_pipelines.sync.hull.sql import (
     INVALID_EMAIL,
     JsonFields,
@@ -57,11 +63,11 @@ class _Model:
     """claim -> typed column."""
 
 
-_COMPANY = _Model("companies", "account", "planhat_company", ("external_id",), {})
+_COMPANY = _Model("companies", "account", PLANHAT_OBJECTS["account"], ("external_id",), {})
 _ENDUSER = _Model(
     "endusers",
     "user",
-    "planhat_enduser",
+    PLANHAT_OBJECTS["user"],
     ("external_id", "email", "company_id"),
     {"email": "email"},
 )
@@ -97,7 +103,8 @@ def map_planhat(batch: Batch, rows: PlanhatRows, incoming: PlanhatIncoming) -> l
         if ids:
             batch.load("_gone_ids", pd.DataFrame({"_id": ids}, dtype=object), "_id::varchar as _id")
             batch.sql(
-                f"insert into in_gone select '{model.kind}', 'planhat:' || _id from _gone_ids"
+                f"insert into in_gone select '{model.kind}', {quote(PLANHAT_PREFIX)} || _id"
+                " from _gone_ids"
             )
             batch.drop("_gone_ids")
     batch.drop("ph_current", "ph_previous", "_cur", "_prev", "_src")
@@ -235,7 +242,7 @@ def _stage_attributes(batch: Batch, model: _Model, values: dict[str, str]) -> No
         f"insert into in_writes select '{model.kind}', record_key, '{PLANHAT_GROUP}',"
         f" '{model.source_object}', source_id, modified_at from _src;"
         f"insert into in_attributes select '{model.kind}', record_key, '{PLANHAT_GROUP}',"
-        f" {quote(f'{PLANHAT_GROUP}/{PLANHAT_WRITER}')}, {canonical_value('to_json(source_id)')},"
+        f" {quote(PLANHAT_WRITER_ATTRIBUTE)}, {canonical_value('to_json(source_id)')},"
         f" '{model.source_object}', source_id, modified_at from _src"
     )
     for name, expr in values.items():

@@ -30,12 +30,17 @@ COPPER_PERSON_GROUP = "copper_person"
 COPPER_COMPANY_GROUP = "copper"
 COPPER_OPPORTUNITY_GROUP_PREFIX = "copper_opportunity_"
 PLANHAT_GROUP = "planhat"
+PLANHAT_PREFIX = "planhat:"
+"""The anonymous id of a Planhat record: ``planhat:<_id>``."""
 PLANHAT_OBJECTS = {"user": "planhat_enduser", "account": "planhat_company"}
 """The ``source_object`` of Planhat's records, per kind of profile."""
 PLANHAT_WRITER = "id"
 """``planhat/id``: the ``_id`` of the Planhat record that wrote the profile's ``planhat/``
 group (reserved: no mapped field takes the name). A deletion detaches the profiles it wrote,
 which after two endusers traded emails are not the ones holding its anonymous id."""
+PLANHAT_WRITER_ATTRIBUTE = f"{PLANHAT_GROUP}/{PLANHAT_WRITER}"
+PLANHAT_WRITER_PATH = f'$."{PLANHAT_WRITER_ATTRIBUTE}"'
+"""The JSON path of ``planhat/id`` in a profile's attributes."""
 WRITER_CLAIM = "planhat_writer"
 """A store key (not an identity claim): profiles whose ``planhat/id`` is the value."""
 

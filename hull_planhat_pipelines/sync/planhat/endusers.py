@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from hull_planhat_pipelines.settings import Settings
+from hull_planhat_pipelines.sync.hull.model import PLANHAT_PREFIX
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat import shared
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
@@ -116,7 +117,7 @@ def enduser_payloads(
     )
 
 
-PLANHAT_RECORD = "planhat:"
+PLANHAT_RECORD = PLANHAT_PREFIX
 """The anonymous id a profile holds for each Planhat record it was built from (its ``_id``)."""
 
 
