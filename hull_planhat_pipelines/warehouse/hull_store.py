@@ -326,8 +326,9 @@ def write_changes(
         return store
     store = apply_changes(part, changes, now)
     user_ids, account_ids = _changed_ids(changes, "user"), _changed_ids(changes, "account")
-    users, accounts, moved = changed_segments(
+    users, accounts, moved, stored = changed_segments(
         conn,
+        part,
         store.users[store.users["hull_id"].isin(user_ids)],
         store.accounts[store.accounts["hull_id"].isin(account_ids)],
         segments,
@@ -336,7 +337,7 @@ def write_changes(
         "user": pd.concat(
             [
                 changed_groups(
-                    _with_stored_segments(conn, "user", _rows_of(part.users, users)),
+                    _with_segments("user", _rows_of(part.users, users), stored["user"]),
                     users,
                     changes.user_upserts,
                 ),
@@ -345,7 +346,7 @@ def write_changes(
             ignore_index=True,
         ),
         "account": changed_groups(
-            _with_stored_segments(conn, "account", _rows_of(part.accounts, accounts)),
+            _with_segments("account", _rows_of(part.accounts, accounts), stored["account"]),
             accounts,
             changes.account_upserts,
         ),
@@ -442,25 +443,14 @@ def _rows_of(profiles: pd.DataFrame | None, rewritten: pd.DataFrame) -> pd.DataF
     return profiles[profiles["hull_id"].isin(rewritten["hull_id"])]
 
 
-def _with_stored_segments(
-    conn: duckdb.DuckDBPyConnection, kind: Kind, profiles: pd.DataFrame | None
+def _with_segments(
+    kind: Kind, profiles: pd.DataFrame | None, stored: dict[str, object]
 ) -> pd.DataFrame:
-    """``profiles`` as read before the apply (without segments), with their stored segments."""
+    """``profiles`` as read before the apply (without segments), with their stored segments
+    (``stored``: segments by ``hull_id``)."""
     if profiles is None or profiles.empty:
         return empty_store(kind).assign(segments=pd.Series([], dtype=object))
-    conn.register("_before_ids", pd.DataFrame({"hull_id": profiles["hull_id"].astype(str)}))
-    try:
-        stored = conn.execute(
-            select_where(
-                TABLES[kind],
-                "hull_id in (select hull_id::varchar from _before_ids)",
-                "hull_id, segments",
-            )
-        ).fetchdf()
-    finally:
-        conn.unregister("_before_ids")
-    segments = dict(zip(stored["hull_id"], stored["segments"], strict=True))
-    return profiles.assign(segments=[segments.get(str(h)) for h in profiles["hull_id"]])
+    return profiles.assign(segments=[stored.get(str(h)) for h in profiles["hull_id"]])
 
 
 def log_changes(conn: duckdb.DuckDBPyConnection, groups: dict[str, pd.DataFrame]) -> int:
@@ -545,39 +535,50 @@ def read_profiles(conn: duckdb.DuckDBPyConnection, kind: Kind, where: str) -> pd
 
 def changed_segments(
     conn: duckdb.DuckDBPyConnection,
+    part: ProfileStore,
     users: pd.DataFrame,
     accounts: pd.DataFrame,
     segments: SegmentSettings,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[Kind, dict[str, object]]]:
     """Segments of the changed ``users`` and ``accounts`` (their new rows), plus the stored users
-    of changed accounts whose membership moved: ``(users, accounts, moved)``; ``moved`` holds
-    ``hull_id`` and the new ``segments``."""
+    of changed accounts whose membership moved: ``(users, accounts, moved, stored)``; ``moved``
+    holds ``hull_id`` and the new ``segments``, ``stored`` the segments the changed profiles
+    held before (by ``hull_id``, per kind).
+
+    Membership is read from the store in one narrow scan per kind; the full rows it needs
+    (the other users of a changed account, the unchanged accounts of the users evaluated) come
+    from ``part``, the slice read before the apply on this connection, which holds them (see
+    ``StoreSlice``); any it lacks is read from the store."""
     accounts = accounts[STORE_COLUMNS["account"]]
     users = users[STORE_COLUMNS["user"]]
     changed_accounts = set(accounts["hull_id"])
     changed_users = set(users["hull_id"])
-    conn.register(
-        "_changed_accounts", pd.DataFrame({"hull_id": list(changed_accounts)}, dtype=object)
+    members = _memberships(
+        conn,
+        "user",
+        "hull_id, account_hull_id, segments",
+        {"_changed_users": changed_users, "_changed_accounts": changed_accounts},
+        "hull_id in (select hull_id::varchar from _changed_users)"
+        " or account_hull_id in (select hull_id::varchar from _changed_accounts)",
     )
-    conn.register("_changed_users", pd.DataFrame({"hull_id": list(changed_users)}, dtype=object))
-    try:
-        others = read_profiles(
-            conn,
-            "user",
-            "account_hull_id in (select hull_id::varchar from _changed_accounts)"
-            " and hull_id not in (select hull_id::varchar from _changed_users)",
-        )
-        wanted = set(users["account_hull_id"].dropna()) | set(others["account_hull_id"].dropna())
-        context = _accounts_by_id(conn, wanted - changed_accounts)
-    finally:
-        conn.unregister("_changed_accounts")
-        conn.unregister("_changed_users")
+    account_members = _memberships(
+        conn,
+        "account",
+        "hull_id, segments",
+        {"_changed_accounts": changed_accounts},
+        "hull_id in (select hull_id::varchar from _changed_accounts)",
+    )
+    previous = members[
+        members["account_hull_id"].isin(changed_accounts) & ~members["hull_id"].isin(changed_users)
+    ]
+    others = _stored_rows(conn, "user", part.users, set(previous["hull_id"]))
+    wanted = set(users["account_hull_id"].dropna()) | set(others["account_hull_id"].dropna())
+    context = _stored_rows(conn, "account", part.accounts, wanted - changed_accounts)
     all_accounts = (
         pd.concat([accounts, context[STORE_COLUMNS["account"]]], ignore_index=True)
         if len(context)
         else accounts
     )
-    previous = others[["hull_id", "segments"]]
     all_users = (
         pd.concat([users, others[STORE_COLUMNS["user"]]], ignore_index=True)
         if len(others)
@@ -597,19 +598,57 @@ def changed_segments(
         dtype=bool,
     )
     moved = evaluated[mask]
-    return new_users, new_accounts, moved.reset_index(drop=True)
+    stored: dict[Kind, dict[str, object]] = {
+        "user": _by_id(members[members["hull_id"].isin(changed_users)]),
+        "account": _by_id(account_members),
+    }
+    return new_users, new_accounts, moved.reset_index(drop=True), stored
 
 
-def _accounts_by_id(conn: duckdb.DuckDBPyConnection, ids: set[str]) -> pd.DataFrame:
-    if not ids:
-        return empty_store("account")
-    conn.register("_wanted_accounts", pd.DataFrame({"hull_id": sorted(ids)}, dtype=object))
+def _memberships(
+    conn: duckdb.DuckDBPyConnection,
+    kind: Kind,
+    columns: str,
+    ids: dict[str, set[str]],
+    where: str,
+) -> pd.DataFrame:
+    """``columns`` of the stored ``kind`` profiles matching ``where``, which reads the id sets
+    ``ids`` as tables of ``hull_id`` (one scan; no attributes leave the store)."""
+    if not _exists(conn, TABLES[kind]):
+        return pd.DataFrame({c.strip(): pd.Series([], dtype=object) for c in columns.split(",")})
+    for name, values in ids.items():
+        conn.register(name, pd.DataFrame({"hull_id": pd.Series(sorted(values), dtype=object)}))
     try:
-        return read_profiles(
-            conn, "account", "hull_id in (select hull_id::varchar from _wanted_accounts)"
-        )
+        return conn.execute(select_where(TABLES[kind], where, columns)).fetchdf()
     finally:
-        conn.unregister("_wanted_accounts")
+        for name in ids:
+            conn.unregister(name)
+
+
+def _by_id(frame: pd.DataFrame) -> dict[str, object]:
+    return dict(zip(frame["hull_id"].astype(str), frame["segments"], strict=True))
+
+
+def _stored_rows(
+    conn: duckdb.DuckDBPyConnection, kind: Kind, held: pd.DataFrame | None, ids: set[str]
+) -> pd.DataFrame:
+    """The stored rows of the ``kind`` profiles ``ids``: from ``held`` (the slice read on this
+    connection, the same rows), and from the store for any it lacks."""
+    found = (
+        held[held["hull_id"].astype(str).isin(ids)]
+        if held is not None and len(held)
+        else empty_store(kind)
+    )
+    missing = ids - set(found["hull_id"].astype(str))
+    if not missing:
+        return found
+    conn.register("_missing_ids", pd.DataFrame({"hull_id": sorted(missing)}, dtype=object))
+    try:
+        read = read_profiles(conn, kind, "hull_id in (select hull_id::varchar from _missing_ids)")
+    finally:
+        conn.unregister("_missing_ids")
+    read = read[STORE_COLUMNS[kind]]
+    return pd.concat([found, read], ignore_index=True) if len(found) else read
 
 
 def update_segments(conn: duckdb.DuckDBPyConnection, moved: pd.DataFrame) -> None:

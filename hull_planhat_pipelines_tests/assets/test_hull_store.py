@@ -5,6 +5,7 @@ of the users of a changed account). Copper over real HTTP, as in ``test_hull_inc
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -108,9 +109,12 @@ def test_one_edited_person_reads_its_slice_and_rewrites_its_row_only(
     assert _rows(pipeline, USERS) == after
 
 
+@pytest.mark.parametrize("slice_holds_them", [True, False])
 def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
     pipeline: Pipeline,  # noqa: F811
     slices: list[StoreSlice],
+    monkeypatch: pytest.MonkeyPatch,
+    slice_holds_them: bool,
 ) -> None:
     copper = pipeline.copper
     pipeline.full_refresh()
@@ -125,6 +129,18 @@ def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
     customers = {h for h, a, _ in members if a == account_id}
     other = next(t["id"] for t in copper.metadata.contact_types if t["name"] != "Customer")
     users = _rows(pipeline, USERS)
+    if not slice_holds_them:
+        # the slice holds the users of every account it reads; should one lack them, the
+        # apply reads them from the store instead of leaving their membership as it was
+        read = hull_store.read_slice
+
+        def without_members(conn: Any, keys: StoreKeys) -> StoreSlice:
+            part = read(conn, keys)
+            held = part.store.users
+            kept = held[~held["hull_id"].isin(customers)].reset_index(drop=True)
+            return replace(part, store=replace(part.store, users=kept))
+
+        monkeypatch.setattr(hull_store, "read_slice", without_members)
 
     copper.edit("companies", company_id, {"contact_type_id": other})
     pipeline.incremental()
