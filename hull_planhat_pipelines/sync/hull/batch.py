@@ -175,17 +175,32 @@ class Batch:
         if not shared:
             return self.frame(query)
         self.sql(f"create or replace temp table _export as {query}")
+        try:
+            return self.export_table("_export", shared)
+        finally:
+            self.drop("_export")
+
+    def export_table(
+        self, table: str, shared: tuple[str, ...] = (), order_by: tuple[str, ...] = ()
+    ) -> pd.DataFrame:
+        """Table ``table`` as a DataFrame, ordered by the columns ``order_by``; ``shared``
+        columns as in ``export``. Read in place: a first load's upserts are the largest table
+        of a sync, and a copy of them made the sync's peak."""
         casts = []
         for column in shared:
             distinct = (
-                f"select distinct {ident(column)} from _export where {ident(column)} is not null"
+                f"select distinct {ident(column)} from {table} where {ident(column)} is not null"
             )
             self.sql(
                 f"drop type if exists _enum_{column}; create type _enum_{column} as enum ({distinct})"
             )
             casts.append(f"{ident(column)}::_enum_{column} as {ident(column)}")
-        frame = self.frame(f"select * replace ({', '.join(casts)}) from _export")
-        self.drop("_export")
+        replaced = f" replace ({', '.join(casts)})" if casts else ""
+        # ordered by the stored values (a name alone would mean its ENUM code's order)
+        order = (
+            " order by " + ", ".join(f"{table}.{ident(c)}" for c in order_by) if order_by else ""
+        )
+        frame = self.frame(f"select *{replaced} from {table}{order}")
         for column in shared:
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
         return frame

@@ -273,11 +273,12 @@ def _export(work: Batch) -> Changes:
     # a profile's identity repeats on each of its attribute upserts, a record's on each of its
     # attributes: shared, they cost a pointer a row, not a string (a first load's million rows)
     shared = ("hull_id", "external_id", "anonymous_id", "attribute", "source_object", "source_id")
-    user_upserts = work.export("select * from upserts_user", (*shared, "email"))
-    account_upserts = work.export("select * from upserts_account", (*shared, "domain"))
+    # each staged table goes as soon as it is exported (the largest tables of a first load)
+    user_upserts = work.export_table("upserts_user", (*shared, "email"))
+    work.drop("upserts_user")
+    account_upserts = work.export_table("upserts_account", (*shared, "domain"))
+    work.drop("upserts_account")
     user_claims, account_claims = _claims(work, "user"), _claims(work, "account")
-    # exported: the staged copies go before the rest is (the largest tables of a first load)
-    work.drop("upserts_user", "upserts_account", "claims_user", "claims_account")
     return Changes(
         user_upserts=user_upserts[UPSERT_COLUMNS["user"]],
         account_upserts=account_upserts[UPSERT_COLUMNS["account"]],
@@ -297,8 +298,12 @@ def _export(work: Batch) -> Changes:
 
 
 def _claims(work: Batch, kind: Kind) -> pd.DataFrame:
-    query = f"select * from claims_{kind} order by hull_id, claim, value"
-    return work.export(query, ("hull_id", "claim", "source_object", "source_id"))[CLAIM_COLUMNS]
+    shared = ("hull_id", "claim", "source_object", "source_id")
+    claims = work.export_table(f"claims_{kind}", shared, ("hull_id", "claim", "value"))[
+        CLAIM_COLUMNS
+    ]
+    work.drop(f"claims_{kind}")
+    return claims
 
 
 NO_EMAIL = "No email: identified by its anonymous id only"
