@@ -122,11 +122,13 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         if run(
             conn, f"select count(*) from _keys where kind = '{kind}' and claim = '{WRITER_CLAIM}'"
         )[0][0]:
-            # the profiles a deleted Planhat record wrote (a scan, only when one was deleted)
+            # the profiles a deleted Planhat record wrote (a scan, only when one was deleted);
+            # ``contains`` on the key's JSON text skips the profiles without one unparsed
+            key_text = quote('"' + PLANHAT_WRITER_ATTRIBUTE + '"')
             run(
                 conn,
                 f"insert into _ids_{kind} select hull_id from {table}"
-                f" where contains(attributes, {quote(chr(34) + PLANHAT_WRITER_ATTRIBUTE + chr(34))})"
+                f" where contains(attributes, {key_text})"
                 f" and json_extract_string(attributes, {quote(PLANHAT_WRITER_PATH)})"
                 f" in {claims % WRITER_CLAIM}",
             )
@@ -556,7 +558,7 @@ def changed_segments(
     members = _memberships(
         conn,
         "user",
-        "hull_id, account_hull_id, segments",
+        ("hull_id", "account_hull_id", "segments"),
         {"_changed_users": changed_users, "_changed_accounts": changed_accounts},
         "hull_id in (select hull_id::varchar from _changed_users)"
         " or account_hull_id in (select hull_id::varchar from _changed_accounts)",
@@ -564,7 +566,7 @@ def changed_segments(
     account_members = _memberships(
         conn,
         "account",
-        "hull_id, segments",
+        ("hull_id", "segments"),
         {"_changed_accounts": changed_accounts},
         "hull_id in (select hull_id::varchar from _changed_accounts)",
     )
@@ -608,18 +610,18 @@ def changed_segments(
 def _memberships(
     conn: duckdb.DuckDBPyConnection,
     kind: Kind,
-    columns: str,
+    columns: tuple[str, ...],
     ids: dict[str, set[str]],
     where: str,
 ) -> pd.DataFrame:
     """``columns`` of the stored ``kind`` profiles matching ``where``, which reads the id sets
     ``ids`` as tables of ``hull_id`` (one scan; no attributes leave the store)."""
     if not _exists(conn, TABLES[kind]):
-        return pd.DataFrame({c.strip(): pd.Series([], dtype=object) for c in columns.split(",")})
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
     for name, values in ids.items():
         conn.register(name, pd.DataFrame({"hull_id": pd.Series(sorted(values), dtype=object)}))
     try:
-        return conn.execute(select_where(TABLES[kind], where, columns)).fetchdf()
+        return conn.execute(select_where(TABLES[kind], where, ", ".join(columns))).fetchdf()
     finally:
         for name in ids:
             conn.unregister(name)
