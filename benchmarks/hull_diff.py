@@ -15,6 +15,12 @@ warehouse file, and a fresh process (so that phase 1's memory is not counted) re
 slice of the store the changed records touch and merges the changed profiles back in place
 (``warehouse/hull_store``), inside one transaction. ``--in-memory`` measures the pure core over a
 store held in pandas instead (what the asset did before).
+``--against REF`` measures a change: the incremental phase of the working tree and of the git
+revision ``REF`` (checked out in a temporary worktree), alternately ``--rounds`` times each, on
+fresh copies of one warehouse, and prints the medians and their ratio. Run side by side, the
+two see the same machine: a shared machine's speed drifts between runs far more than most
+changes move the figure. ``--warehouse PATH`` keeps the store of phase 1 in ``PATH`` and reuses
+it when it exists (phase 1 is then not run: it takes a minute and a half at a million profiles).
 The incremental phase also reports its CPU seconds (every thread: on a shared machine its wall
 time includes waiting for the cores). Peak memory is the process's resident high-water mark during the phase (Linux ``VmHWM`` reset
 through ``/proc/self/clear_refs`` before it, so the inputs built beforehand count as resident
@@ -30,6 +36,8 @@ import gc
 import json
 import re
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -318,6 +326,92 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
     return result
 
 
+def _incremental_child(
+    script: str, warehouse: str, args: argparse.Namespace, root: str | None = None
+) -> dict[str, Any]:
+    """The incremental phase of ``script`` in a fresh process, on a copy of ``warehouse``;
+    ``root``: import the package from that checkout instead of the installed one."""
+    with tempfile.TemporaryDirectory(prefix="hull_diff-") as tmp:
+        path = str(Path(tmp) / "warehouse.duckdb")
+        shutil.copyfile(warehouse, path)
+        argv = [
+            *("--users", str(args.users), "--accounts", str(args.accounts)),
+            *("--changed", str(args.changed), "--incremental-from", path),
+        ]
+        if root is None:
+            command = [sys.executable, script, *argv]
+        else:  # the installed package is found before PYTHONPATH: this checkout's goes first
+            command = [sys.executable, "-c", _FROM_CHECKOUT, root, script, *argv]
+        child = subprocess.run(command, capture_output=True, text=True)
+    if child.returncode:
+        print(child.stdout, child.stderr, file=sys.stderr)
+        raise SystemExit(child.returncode)
+    lines = child.stdout.strip().splitlines()
+    return {**json.loads(lines[-1]), "said": lines[:-1]}
+
+
+_FROM_CHECKOUT = """
+import importlib.machinery, runpy, sys
+root, script = sys.argv[1], sys.argv[2]
+class _Checkout:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "hull_planhat_pipelines":
+            return importlib.machinery.PathFinder.find_spec(name, [root])
+        return None
+sys.meta_path.insert(0, _Checkout)
+sys.path.insert(0, str(__import__("pathlib").Path(script).parent))
+sys.argv = [script, *sys.argv[3:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def against(ref: str, warehouse: str, args: argparse.Namespace, log: Callable[..., None]) -> dict:
+    """The incremental phase of the working tree and of ``ref``, alternately."""
+    repository = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="hull_diff-ref-") as tmp:
+        checkout = str(Path(tmp) / "checkout")
+        subprocess.run(
+            ["git", "-C", str(repository), "worktree", "add", "--detach", checkout, ref],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            runs: dict[str, list[dict[str, Any]]] = {"ours": [], ref: []}
+            for round_ in range(args.rounds):
+                for side in ("ours", ref):
+                    if side == "ours":
+                        result = _incremental_child(__file__, warehouse, args)
+                    else:
+                        script = str(Path(checkout) / "benchmarks" / "hull_diff.py")
+                        result = _incremental_child(script, warehouse, args, root=checkout)
+                    result.pop("said", None)
+                    runs[side].append(result)
+                    log(
+                        f"round {round_ + 1} {side:>10}: {result['seconds']:.2f} s"
+                        f" (compute {result['compute_seconds']:.2f},"
+                        f" merge {result['apply_seconds']:.2f}), peak {result['peak_mb']:.1f} MB"
+                    )
+        finally:
+            subprocess.run(
+                ["git", "-C", str(repository), "worktree", "remove", "--force", checkout],
+                capture_output=True,
+            )
+    medians = {
+        side: {
+            key: round(statistics.median(r[key] for r in results), 3)
+            for key in ("seconds", "compute_seconds", "apply_seconds", "peak_mb")
+        }
+        for side, results in runs.items()
+    }
+    ratio = round(medians["ours"]["seconds"] / medians[ref]["seconds"], 3)
+    log(
+        f"median of {args.rounds}: ours {medians['ours']['seconds']:.2f} s,"
+        f" {ref} {medians[ref]['seconds']:.2f} s: x{ratio}"
+    )
+    return {"ref": ref, "rounds": args.rounds, "medians": medians, "ratio": ratio, "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -328,7 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         "--in-memory", action="store_true", help="the pure core over a store held in pandas"
     )
     parser.add_argument("--incremental-from", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--warehouse", help="keep the store of phase 1 here; reused if present")
+    parser.add_argument("--against", metavar="REF", help="a git revision to compare with")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side (--against)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     settings = load_settings(default_config_path())  # the example configuration
     scale = Scale(args.users, args.accounts, args.changed)
 
@@ -339,46 +438,57 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(incremental_in_warehouse(args.incremental_from, scale, log)))
         return 0
 
+    if args.against and args.in_memory:
+        parser.error("--against compares the warehouse phase: drop --in-memory")
     speed = MachineSpeed(log)
-    started = time.perf_counter()
-    first_rows = copper_rows(scale, 0, only_changed=False)
-    log(f"built first-load rows in {time.perf_counter() - started:.1f} s")
-    store, first = measure("first_load", settings, ProfileStore(), first_rows, log)
-    del first_rows
+    reused = bool(args.warehouse) and Path(args.warehouse).exists()
+    phases: dict[str, Any] = {}
+    store: ProfileStore | None = None
+    if reused:
+        log(f"phase 1 not run: the store of {args.warehouse} is reused")
+    else:
+        started = time.perf_counter()
+        first_rows = copper_rows(scale, 0, only_changed=False)
+        log(f"built first-load rows in {time.perf_counter() - started:.1f} s")
+        store, phases["first_load"] = measure(
+            "first_load", settings, ProfileStore(), first_rows, log
+        )
+        del first_rows
 
     with tempfile.TemporaryDirectory(prefix="hull_diff-") as tmp:
         if args.in_memory:
+            assert store is not None, "--in-memory builds its store: drop --warehouse"
             incremental_rows = copper_rows(scale, 1, only_changed=True)
             _, incremental = measure("incremental", settings, store, incremental_rows, log)
             del incremental_rows
         else:
-            path = str(Path(tmp) / "warehouse.duckdb")
-            began = time.perf_counter()
-            write_warehouse(path, settings, store)
-            log(f"wrote the store to a warehouse in {time.perf_counter() - began:.1f} s")
-            child = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    *("--users", str(args.users), "--accounts", str(args.accounts)),
-                    *("--changed", str(args.changed), "--incremental-from", path),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if child.returncode:
-                print(child.stdout, child.stderr, file=sys.stderr)
-                return child.returncode
-            lines = child.stdout.strip().splitlines()
-            for line in lines[:-1]:
-                log(line)
-            incremental = json.loads(lines[-1])
+            path = args.warehouse or str(Path(tmp) / "warehouse.duckdb")
+            if store is not None:
+                began = time.perf_counter()
+                write_warehouse(path, settings, store)
+                log(f"wrote the store to a warehouse in {time.perf_counter() - began:.1f} s")
+            if args.against:
+                phases["against"] = against(args.against, path, args, log)
+                ours = sorted(phases["against"]["runs"]["ours"], key=lambda r: r["seconds"])
+                incremental = ours[len(ours) // 2]
+            else:
+                incremental = _incremental_child(__file__, path, args)
+                for line in incremental["said"]:
+                    log(line)
+    incremental.pop("said", None)
+    phases["incremental"] = incremental
 
-    phases = {"first_load": first, "incremental": incremental}
-    if not args.skip_full_refresh:
+    if not args.skip_full_refresh and store is not None:
         full_rows = copper_rows(scale, 1, only_changed=False)
         _, phases["full_refresh"] = measure("full_refresh", settings, store, full_rows, log)
 
+    if store is not None:
+        store_users, store_accounts = len(store.users), len(store.accounts)
+    else:
+        with duckdb.connect(path, read_only=True) as conn:
+            store_users, store_accounts = conn.execute(
+                "select (select count(*) from hull.users), (select count(*) from hull.accounts)"
+            ).fetchone()  # type: ignore[misc]
     print(
         json.dumps(
             {
@@ -388,8 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_mb": incremental["peak_mb"],
                 "requests": 0,
                 "minimum_requests": 0,
-                "store_users": len(store.users),
-                "store_accounts": len(store.accounts),
+                "store_users": store_users,
+                "store_accounts": store_accounts,
                 "phases": phases,
                 "machine": speed.report(),
             }
