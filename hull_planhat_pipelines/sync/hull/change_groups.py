@@ -53,13 +53,27 @@ def group_rows(ids: Iterable[object], grp: str) -> pd.DataFrame:
 
 
 def _comparable(value: object) -> object:
+    if value is None or type(value) is str:  # nearly every value: answered first
+        return value
     if isinstance(value, (list, tuple, np.ndarray)):
-        return tuple(_comparable(v) for v in value)
-    if value is None or (isinstance(value, float) and value != value):
+        return tuple(map(_comparable, value))
+    if isinstance(value, float) and value != value:
         return None
     if value is pd.NA or value is pd.NaT:
         return None
     return value
+
+
+def _ids(frame: pd.DataFrame) -> list[str]:
+    return [str(h) for h in frame["hull_id"]]
+
+
+def _values(frame: pd.DataFrame, columns: list[str]) -> list[tuple[object, ...]]:
+    """Per row, the comparable values of ``columns``, read column by column (a row-wise walk
+    of the frame cost more than the comparison)."""
+    if not columns:
+        return [()] * len(frame)
+    return list(zip(*(map(_comparable, frame[c]) for c in columns), strict=True))
 
 
 def changed_groups(
@@ -75,14 +89,9 @@ def changed_groups(
     counted by everyone, never dropped."""
     columns = [c for c in after.columns if c not in UNCOMPARED and c != "hull_id"]
     columns = [c for c in columns if c in before.columns]
-    stored = {
-        str(h): tuple(_comparable(v) for v in values)
-        for h, *values in before[["hull_id", *columns]].itertuples(index=False, name=None)
-    }
-    stored_ids = {
-        str(h): _comparable(ids)
-        for h, ids in before[["hull_id", "anonymous_ids"]].itertuples(index=False, name=None)
-    }
+    stored = dict(zip(_ids(before), _values(before, columns), strict=True))
+    stored_ids = dict(zip(_ids(before), map(_comparable, before["anonymous_ids"]), strict=True))
+    after_ids = _ids(after)
     attributes = upserts.loc[upserts["hull_id"].isin(after["hull_id"]), ["hull_id", "attribute"]]
     grouped = pd.DataFrame(
         {
@@ -92,16 +101,16 @@ def changed_groups(
         columns=GROUP_COLUMNS,
     )
     linked = [
-        str(h)
-        for h, ids in after[["hull_id", "anonymous_ids"]].itertuples(index=False, name=None)
-        if str(h) in stored_ids and stored_ids[str(h)] != _comparable(ids)
+        h
+        for h, ids in zip(after_ids, after["anonymous_ids"], strict=True)
+        if h in stored_ids and stored_ids[h] != _comparable(ids)
     ]
     grouped = pd.concat([grouped, group_rows(linked, ANONYMOUS_IDS)], ignore_index=True)
     explained = set(grouped["hull_id"])
     structural = [
-        str(h)
-        for h, *values in after[["hull_id", *columns]].itertuples(index=False, name=None)
-        if str(h) not in explained or stored.get(str(h)) != tuple(_comparable(v) for v in values)
+        h
+        for h, values in zip(after_ids, _values(after, columns), strict=True)
+        if h not in explained or stored.get(h) != values
     ]
     frame = pd.concat([grouped, group_rows(structural, STRUCTURAL)], ignore_index=True)
     return frame.drop_duplicates(ignore_index=True)
