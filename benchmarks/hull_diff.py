@@ -17,10 +17,11 @@ slice of the store the changed records touch and merges the changed profiles bac
 store held in pandas instead (what the asset did before).
 ``--against REF`` measures a change: the incremental phase of the working tree and of the git
 revision ``REF`` (checked out in a temporary worktree), alternately ``--rounds`` times each, on
-fresh copies of one warehouse, and prints the medians and their ratio. Run side by side, the
-two see the same machine: a shared machine's speed drifts between runs far more than most
-changes move the figure. ``--warehouse PATH`` keeps the store of phase 1 in ``PATH`` and reuses
-it when it exists (phase 1 is then not run: it takes a minute and a half at a million profiles).
+fresh copies of one warehouse, and prints the medians of wall and CPU seconds and their ratios.
+Run side by side, the two see the same machine: a shared machine's speed drifts between runs
+far more than most changes move the figure (single runs of the same code differ by 15%).
+``--warehouse PATH`` keeps the store of phase 1 in ``PATH`` and reuses it when it exists
+(phase 1 is then not run: it takes a minute and a half at a million profiles).
 The incremental phase also reports its CPU seconds (every thread: on a shared machine its wall
 time includes waiting for the cores). Peak memory is the process's resident high-water mark during the phase (Linux ``VmHWM`` reset
 through ``/proc/self/clear_refs`` before it, so the inputs built beforehand count as resident
@@ -400,16 +401,26 @@ def against(ref: str, warehouse: str, args: argparse.Namespace, log: Callable[..
     medians = {
         side: {
             key: round(statistics.median(r[key] for r in results), 3)
-            for key in ("seconds", "compute_seconds", "apply_seconds", "peak_mb")
+            for key in ("seconds", "compute_seconds", "apply_seconds", "cpu_seconds", "peak_mb")
         }
         for side, results in runs.items()
     }
     ratio = round(medians["ours"]["seconds"] / medians[ref]["seconds"], 3)
+    cpu_ratio = round(medians["ours"]["cpu_seconds"] / medians[ref]["cpu_seconds"], 3)
     log(
         f"median of {args.rounds}: ours {medians['ours']['seconds']:.2f} s,"
-        f" {ref} {medians[ref]['seconds']:.2f} s: x{ratio}"
+        f" {ref} {medians[ref]['seconds']:.2f} s: x{ratio}; CPU ours"
+        f" {medians['ours']['cpu_seconds']:.2f} s, {ref} {medians[ref]['cpu_seconds']:.2f} s:"
+        f" x{cpu_ratio} (steadier than wall time on a shared machine)"
     )
-    return {"ref": ref, "rounds": args.rounds, "medians": medians, "ratio": ratio, "runs": runs}
+    return {
+        "ref": ref,
+        "rounds": args.rounds,
+        "medians": medians,
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+        "runs": runs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
