@@ -30,8 +30,10 @@ Staged tables (filled by ``hull.from_copper`` and ``hull.from_planhat``):
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import duckdb
@@ -45,29 +47,30 @@ from hull_planhat_pipelines.sync.hull.model import (
     STORE_SQL_TYPES,
     Kind,
 )
+from hull_planhat_pipelines.sync.operator_sql import is_locked_down
 
 STAGING_SQL = """
-create table in_records (kind varchar, record_key varchar, source_object varchar,
+create temp table in_records (kind varchar, record_key varchar, source_object varchar,
     source_id varchar, modified_at timestamptz, is_shell boolean);
-create table in_claims (kind varchar, record_key varchar, claim varchar, value varchar);
-create table in_attributes (kind varchar, record_key varchar, attr_group varchar,
+create temp table in_claims (kind varchar, record_key varchar, claim varchar, value varchar);
+create temp table in_attributes (kind varchar, record_key varchar, attr_group varchar,
     attribute varchar, value varchar, source_object varchar, source_id varchar,
     modified_at timestamptz);
-create table in_writes (kind varchar, record_key varchar, attr_group varchar,
+create temp table in_writes (kind varchar, record_key varchar, attr_group varchar,
     source_object varchar, source_id varchar, modified_at timestamptz);
-create table in_links (user_key varchar, account_key varchar, source_object varchar,
+create temp table in_links (user_key varchar, account_key varchar, source_object varchar,
     source_id varchar, modified_at timestamptz);
-create table in_events (event_id varchar, user_key varchar, name varchar, properties varchar,
+create temp table in_events (event_id varchar, user_key varchar, name varchar, properties varchar,
     occurred_at timestamptz, source varchar, source_id varchar);
-create table in_clears (kind varchar, hull_id varchar, attribute varchar,
+create temp table in_clears (kind varchar, hull_id varchar, attribute varchar,
     source_object varchar, source_id varchar);
-create table in_sets (kind varchar, hull_id varchar, attribute varchar, value varchar,
+create temp table in_sets (kind varchar, hull_id varchar, attribute varchar, value varchar,
     source_object varchar, source_id varchar, anonymous_id varchar);
-create table in_unlinks (user_hull_id varchar, source_object varchar, source_id varchar);
-create table gone_accounts (hull_id varchar);
-create table in_merges (kind varchar, from_key varchar, into_key varchar);
-create table in_gone (kind varchar, anonymous_id varchar);
-create table deleted (kind varchar, hull_id varchar, source_object varchar, source_id varchar,
+create temp table in_unlinks (user_hull_id varchar, source_object varchar, source_id varchar);
+create temp table gone_accounts (hull_id varchar);
+create temp table in_merges (kind varchar, from_key varchar, into_key varchar);
+create temp table in_gone (kind varchar, anonymous_id varchar);
+create temp table deleted (kind varchar, hull_id varchar, source_object varchar, source_id varchar,
     anonymous_id varchar);
 """
 
@@ -82,22 +85,103 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+KEEP_BELOW_BYTES = 32 * 2**20
+"""A batch's instance is kept for the next batch only when it holds less than this once the
+batch's tables are gone (then its freed buffers are returned to the system: a kept instance
+carries no batch's memory into the next step, however large the batch was)."""
+
+_guard = threading.Lock()
+_idle: list[duckdb.DuckDBPyConnection] = []
+"""At most one in-memory instance, with the macros, that no batch uses."""
+
+
+def _reset_after_fork() -> None:
+    """A forked child uses none of its parent's instances (their threads did not follow)."""
+    global _guard
+    _guard = threading.Lock()
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _instance() -> duckdb.DuckDBPyConnection:
+    """An in-memory instance with the package's macros: the idle one, or a new one (creating
+    an instance costs more than most statements of an incremental batch)."""
+    with _guard:
+        if _idle:
+            return _idle.pop()
+    host = duckdb.connect()
+    host.execute(STABLE_ID_SQL)
+    host.execute(CANONICAL_SQL)
+    return host
+
+
+_LEFT_BEHIND = (
+    "select (select count(*) from duckdb_tables())"
+    " + (select count(*) from duckdb_views() where not internal)"
+    " + (select count(*) from duckdb_types() where not internal)"
+    " + (select count(*) from duckdb_sequences()),"
+    " (select coalesce(sum(memory_usage_bytes), 0) from duckdb_memory())"
+)
+"""What a batch left in the instance beyond its connection: objects it created outside its
+temporary schema, and the memory still held."""
+
+
+def _give_back(host: duckdb.DuckDBPyConnection) -> None:
+    """Keep ``host`` idle for the next batch, or close it: when it is locked down (operator SQL
+    ran on it), when the batch left an object outside its temporary schema (the next batch
+    would see it), or when it still holds memory (``KEEP_BELOW_BYTES``). A kept instance's
+    freed buffers are returned to the system first: lowering the memory limit flushes its
+    allocator."""
+    with suppress(duckdb.Error):
+        if not is_locked_down(host):
+            left = host.execute(_LEFT_BEHIND).fetchone()
+            if left is not None and not left[0] and left[1] < KEEP_BELOW_BYTES:
+                host.execute("set memory_limit = '1MB'")
+                host.execute("reset memory_limit")
+                with _guard:
+                    if not _idle:
+                        _idle.append(host)
+                        return
+    host.close()
+
+
 class Batch:
-    """An in-memory DuckDB with the staging tables and the package's SQL macros."""
+    """An in-memory DuckDB with the staging tables and the package's SQL macros.
+
+    Its tables (and ENUM types) are temporary: they belong to the batch's connection and go
+    with it, so that the instance under it can serve the next batch. ``threads`` gives the
+    batch an instance of its own (the setting is the instance's)."""
 
     def __init__(self, threads: int | None = None) -> None:
-        self.con = duckdb.connect()
-        if threads:
-            self.con.execute(f"set threads = {int(threads)}")
-        self.con.execute(STABLE_ID_SQL)
-        self.con.execute(CANONICAL_SQL)
+        self._own = bool(threads)
+        if self._own:
+            self._host = duckdb.connect()
+            self._host.execute(f"set threads = {int(threads or 0)}")
+            self._host.execute(STABLE_ID_SQL)
+            self._host.execute(CANONICAL_SQL)
+        else:
+            self._host = _instance()
+        self.con = self._host.cursor()
         self.con.execute(STAGING_SQL)
         self._registered = 0
         self._stores: dict[str, pd.DataFrame] = {}
         self._all_attributes: set[str] = set()
+        self._closed = False
 
     def close(self) -> None:
-        self.con.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.con.close()  # its temporary tables and types go with it
+        finally:
+            if self._own:
+                self._host.close()
+            else:
+                _give_back(self._host)
 
     def __enter__(self) -> Batch:
         return self
@@ -192,7 +276,8 @@ class Batch:
                 f"select distinct {ident(column)} from {table} where {ident(column)} is not null"
             )
             self.sql(
-                f"drop type if exists _enum_{column}; create type _enum_{column} as enum ({distinct})"
+                f"drop type if exists _enum_{column};"
+                f" create temp type _enum_{column} as enum ({distinct})"
             )
             casts.append(f"{ident(column)}::_enum_{column} as {ident(column)}")
         replaced = f" replace ({', '.join(casts)})" if casts else ""

@@ -1,15 +1,23 @@
-"""Batch exports: ENUM-coded columns come back as text, in the order the stored values give."""
+"""Batches: ENUM-coded exports come back as text, in the order the stored values give; the
+in-memory instance under a batch serves the next one clean, or is closed."""
 
 from __future__ import annotations
 
-from hull_planhat_pipelines.sync.hull.batch import batch
+from collections.abc import Iterator
+
+import duckdb
+import pytest
+
+from hull_planhat_pipelines.sync.hull import batch as batch_module
+from hull_planhat_pipelines.sync.hull.batch import Batch, batch
+from hull_planhat_pipelines.sync.operator_sql import is_locked_down, lock_down
 
 
 def test_an_exported_table_is_ordered_by_its_values_not_by_their_codes() -> None:
     with batch() as work:
         # inserted so that the ENUM's codes (first seen first) disagree with the text order
         work.sql(
-            "create table t as select * from (values ('b', 'x', 2), ('c', 'y', 1),"
+            "create temp table t as select * from (values ('b', 'x', 2), ('c', 'y', 1),"
             " ('a', 'x', 3), ('b', null, 1)) v(hull_id, claim, n)"
         )
         frame = work.export_table("t", ("hull_id", "claim"), ("hull_id", "n"))
@@ -20,3 +28,76 @@ def test_an_exported_table_is_ordered_by_its_values_not_by_their_codes() -> None
         assert work.export("select * from t order by hull_id, n", ("hull_id", "claim")).equals(
             frame
         )
+
+
+# -- the instance under a batch --------------------------------------------------------------
+def _host(work: Batch) -> duckdb.DuckDBPyConnection:
+    return work._host  # which instance served the batch is the point here
+
+
+@pytest.fixture(autouse=True)
+def no_idle_instance() -> Iterator[None]:
+    """Each test starts and ends without an idle instance (another test's would serve it)."""
+    while batch_module._idle:
+        batch_module._idle.pop().close()
+    yield
+    while batch_module._idle:
+        batch_module._idle.pop().close()
+
+
+def test_the_next_batch_runs_on_the_same_instance_and_sees_nothing_of_the_last() -> None:
+    with batch() as first:
+        first.sql("insert into in_records values ('user', 'k', 'person', '1', null, false)")
+        first.sql("create temp table t as select 'a' as hull_id")
+        first.export_table("t", ("hull_id",))  # creates an ENUM type
+        assert first.scalar("select hull_stable_id('user', 'k')")
+        host = _host(first)
+    with batch() as second:
+        assert _host(second) is host  # kept: no new instance to build
+        assert second.scalar("select count(*) from in_records") == 0
+        assert second.scalar("select count(*) from duckdb_tables() where table_name = 't'") == 0
+        types = "select count(*) from duckdb_types() where type_name like '\\_enum\\_%' escape '\\'"
+        assert second.scalar(types) == 0
+        assert second.scalar("select hull_stable_id('user', 'k')")  # the macros stay
+
+
+def test_a_locked_down_instance_serves_no_other_batch() -> None:
+    with batch() as locked:
+        lock_down(locked.con)
+        host = _host(locked)
+    with batch() as after:
+        assert _host(after) is not host
+        assert not is_locked_down(after.con)
+        after.sql("set threads = 1")  # its configuration is its own
+
+
+def test_an_instance_a_batch_left_a_table_in_is_not_kept() -> None:
+    with batch() as careless:
+        careless.sql("create table main.kept as select 1 as x")  # outside its temporary schema
+        host = _host(careless)
+    with batch() as after:
+        assert _host(after) is not host
+        assert after.scalar("select count(*) from duckdb_tables() where table_name = 'kept'") == 0
+
+
+def test_a_large_batch_gives_its_memory_back_before_its_instance_is_kept() -> None:
+    with batch() as large:
+        large.sql(
+            "create temp table big as select i, md5(i::varchar) as s from range(2000000) t(i)"
+        )
+        held = large.scalar("select sum(memory_usage_bytes) from duckdb_memory()")
+        assert held > batch_module.KEEP_BELOW_BYTES
+        host = _host(large)
+    assert batch_module._idle == [host]
+    assert host.execute("select sum(memory_usage_bytes) from duckdb_memory()").fetchone()[0] < (
+        batch_module.KEEP_BELOW_BYTES
+    )
+
+
+def test_a_batch_with_its_own_threads_leaves_the_idle_instance_alone() -> None:
+    with batch() as plain:
+        host = _host(plain)
+    with batch(threads=1) as threaded:
+        assert _host(threaded) is not host
+        assert threaded.scalar("select current_setting('threads')") == 1
+    assert batch_module._idle == [host]
