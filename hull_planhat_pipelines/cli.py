@@ -292,28 +292,21 @@ default (its young generations are collected as usual)."""
 
 @contextlib.contextmanager
 def _collector_spared() -> Iterator[None]:
-    """Spare a sync the collector's repeated full passes over everything the process holds.
+    """Spare a sync most of the collector's full passes over everything the process holds.
 
     A sync allocates millions of objects, and Python's collector answers with full passes, each
-    walking every object of the process: what it held before the sync (the definitions, Dagster,
-    a sandbox serving it in the same process) and what the sync keeps. At 100,000 people they
-    took 21 of a full pass's 207 seconds, up to a second each. During the sync, what the process
-    held when it began is frozen (never walked), and full passes are ``FULL_COLLECTION_SPACING``
-    times rarer; both are undone when it ends, so that a process running syncs one after
-    another frees its garbage. A process that froze objects itself keeps its own arrangement
-    (nothing is changed)."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.collect()
-    gc.freeze()
+    walking every object of the process: the definitions, Dagster, a sandbox serving it in the
+    same process, and what the sync keeps. At 100,000 people they took 21 of a full pass's 207
+    seconds, up to a second each. During the sync they are ``FULL_COLLECTION_SPACING`` times
+    rarer; the default comes back when it ends. Nothing is frozen: freezing what the process
+    held needs a full pass first (11 s a sync beside a million-record sandbox), or keeps the
+    garbage frozen with it until the end."""
     young, middle, old = gc.get_threshold()
     gc.set_threshold(young, middle, old * FULL_COLLECTION_SPACING)
     try:
         yield
     finally:
         gc.set_threshold(young, middle, old)
-        gc.unfreeze()
 
 
 def run_sync(
