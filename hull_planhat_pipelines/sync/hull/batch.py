@@ -106,16 +106,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _instance() -> duckdb.DuckDBPyConnection:
-    """An in-memory instance with the package's macros: the idle one, or a new one (creating
-    an instance costs more than most statements of an incremental batch)."""
-    with _guard:
-        if _idle:
-            return _idle.pop()
+def _new_instance(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A new in-memory instance with the package's macros (``threads``: its own setting)."""
     host = duckdb.connect()
+    if threads:
+        host.execute(f"set threads = {int(threads)}")
     host.execute(STABLE_ID_SQL)
     host.execute(CANONICAL_SQL)
     return host
+
+
+def _instance() -> duckdb.DuckDBPyConnection:
+    """The idle instance, or a new one (creating an instance costs more than most statements
+    of an incremental batch)."""
+    with _guard:
+        if _idle:
+            return _idle.pop()
+    return _new_instance()
 
 
 _LEFT_BEHIND = (
@@ -157,13 +164,7 @@ class Batch:
 
     def __init__(self, threads: int | None = None) -> None:
         self._own = bool(threads)
-        if self._own:
-            self._host = duckdb.connect()
-            self._host.execute(f"set threads = {int(threads or 0)}")
-            self._host.execute(STABLE_ID_SQL)
-            self._host.execute(CANONICAL_SQL)
-        else:
-            self._host = _instance()
+        self._host = _new_instance(threads) if self._own else _instance()
         self.con = self._host.cursor()
         self.con.execute(STAGING_SQL)
         self._registered = 0

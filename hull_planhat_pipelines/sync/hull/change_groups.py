@@ -89,8 +89,9 @@ def changed_groups(
     counted by everyone, never dropped."""
     columns = [c for c in after.columns if c not in UNCOMPARED and c != "hull_id"]
     columns = [c for c in columns if c in before.columns]
-    stored = dict(zip(_ids(before), _values(before, columns), strict=True))
-    stored_ids = dict(zip(_ids(before), map(_comparable, before["anonymous_ids"]), strict=True))
+    before_ids = _ids(before)
+    stored = dict(zip(before_ids, _values(before, columns), strict=True))
+    stored_ids = dict(zip(before_ids, map(_comparable, before["anonymous_ids"]), strict=True))
     after_ids = _ids(after)
     attributes = upserts.loc[upserts["hull_id"].isin(after["hull_id"]), ["hull_id", "attribute"]]
     grouped = pd.DataFrame(
