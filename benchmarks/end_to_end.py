@@ -615,6 +615,29 @@ def warehouse_counts(database: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def store_reads(after_timestamp: float) -> list[dict[str, Any]]:
+    """What each Hull sync since ``after_timestamp`` read of the profile store, oldest first:
+    the ``store_read`` metadata of its ``hull/user_upserts`` materialization (the slice an
+    incremental sync reads is its cost; see ``warehouse.hull_apply.store_read``)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(["hull", "user_upserts"]), after_timestamp=after_timestamp
+        ),
+        limit=1000,
+        ascending=True,
+    ).records
+    found = []
+    for record in records:
+        materialization = record.asset_materialization
+        value = materialization.metadata.get("store_read") if materialization else None
+        if value is not None:
+            found.append(getattr(value, "value", value))
+    return found
+
+
 def new_runs(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return {run: value for run, value in after.items() if run not in before}
 
@@ -792,6 +815,7 @@ def one_pass(
         "hull_upserts_by_run": {
             name: list(runs.values()) for name, runs in upserts.items() if runs
         },
+        "hull_store_read_by_run": store_reads(float(started)),
         "delivered": dict(sorted(by_target.items())),
         "delivery_outcomes": dict(sorted(outcomes.items())),
         "planhat_before": planhat_before,
@@ -873,6 +897,7 @@ def print_pass(p: dict[str, Any]) -> None:
         f"   hull upserts: users {p['hull_user_upserts']}, accounts {p['hull_account_upserts']} "
         f"(per hull_sync run {p['hull_upserts_by_run']})"
     )
+    print(f"   hull store read per hull_sync run: {p['hull_store_read_by_run'] or 'none'}")
     print(f"   delivered {p['delivered'] or 'nothing'}; outcomes {p['delivery_outcomes']}")
 
 

@@ -105,6 +105,7 @@ def build_hull_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         )
         common = {
             "sources_read": dg.MetadataValue.json(sources.rows_read),
+            "store_read": dg.MetadataValue.json(applied.store_read),
             "sync_log": dg.MetadataValue.json(counts),
         }
         yield dg.MaterializeResult(

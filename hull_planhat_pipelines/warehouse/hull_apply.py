@@ -199,8 +199,9 @@ def apply(
     run_id: str,
     now: dt.datetime,
     forwarding: bool,
-) -> tuple[Changes, Sources, int]:
-    """Compute and apply one sync in a single transaction; returns what changed.
+) -> tuple[Changes, Sources, int, dict[str, Any]]:
+    """Compute and apply one sync in a single transaction; returns what changed, the
+    outbox messages queued and what was read of the store (``store_read``).
 
     Only the slice of the store the fetched rows can touch is read (``hull_store``), and only
     the changed profiles and events are written back, with their segments (and the users of a
@@ -257,7 +258,21 @@ def apply(
                 "insert or replace into ops.hull_watermarks values (?, ?)",
                 [source, mark.to_pydatetime()],
             )
-    return changes, sources, outbox
+    return changes, sources, outbox, store_read(slices, whole=segments_changed or first)
+
+
+def store_read(slices: list[ProfileStore], *, whole: bool) -> dict[str, Any]:
+    """What one sync read of the profile store: the slice its records can touch (profiles and
+    events), and whether every profile was read and rewritten besides (the first load, or a
+    segment definition changed). The slice is what an incremental sync costs: it grows with
+    the change and the accounts it reaches, not with the store."""
+    part = slices[0] if slices else ProfileStore()
+    return {
+        "users": len(part.users),
+        "accounts": len(part.accounts),
+        "events": len(part.events),
+        "whole_store": whole,
+    }
 
 
 HULL_TABLES = ("user_upserts", "account_upserts", "events", "users", "accounts")
@@ -270,6 +285,7 @@ class Applied:
     changes: Changes
     sources: Sources
     outbox: int
+    store_read: dict[str, Any]
     sizes: dict[str, int]
     segments: dict[str, dict[str, int]]
     columns: dict[str, dict[str, Any]]
@@ -282,13 +298,14 @@ def apply_sync(
     HTTP; returns the table sizes, segment counts and column schemas the assets report."""
     conn = connect(path)
     try:
-        changes, sources, outbox = apply(
+        changes, sources, outbox, read = apply(
             conn, settings, run_id=run_id, now=now, forwarding=forwarding
         )
         return Applied(
             changes=changes,
             sources=sources,
             outbox=outbox,
+            store_read=read,
             sizes={
                 name: hull_store.row_count(conn, f"hull.{name}")
                 for name in ("users", "accounts", "events")

@@ -60,7 +60,9 @@ def test_one_edited_person_reads_its_slice_and_rewrites_its_row_only(
     slices: list[StoreSlice],
 ) -> None:
     copper = pipeline.copper
-    pipeline.full_refresh()
+    first = pipeline.full_refresh()
+    # the first load writes every profile with its segments
+    assert asset_metadata(first, "hull/user_upserts")["store_read"]["whole_store"]
     person = next(
         r for r in copper.records("people") if r.get("emails") and r["company_id"] is not None
     )
@@ -70,7 +72,7 @@ def test_one_edited_person_reads_its_slice_and_rewrites_its_row_only(
     slices.clear()
 
     copper.edit("people", person["id"], {"title": "Chief Benchmark Officer"})
-    pipeline.incremental()
+    result = pipeline.incremental()
 
     # the slice: the profiles of the records fetched again (today's), the person's among them,
     # with its account; not the store
@@ -78,6 +80,13 @@ def test_one_edited_person_reads_its_slice_and_rewrites_its_row_only(
     assert profile["hull_id"] in set(part.store.users["hull_id"])
     assert profile["account_hull_id"] in set(part.store.accounts["hull_id"])
     assert len(part.store.users) < len(users)
+    # the run says what it read of the store: that slice, not every profile
+    assert asset_metadata(result, "hull/user_upserts")["store_read"] == {
+        "users": len(part.store.users),
+        "accounts": len(part.store.accounts),
+        "events": len(part.store.events),
+        "whole_store": False,
+    }
     run = "(select run_id from hull.user_upserts order by computed_at desc limit 1)"
     upserted = {
         r[0] for r in pipeline.query(f"select hull_id from hull.user_upserts where run_id = {run}")
@@ -105,8 +114,9 @@ def test_one_edited_person_reads_its_slice_and_rewrites_its_row_only(
     assert _logged_last(pipeline, "user")[profile["hull_id"]] == ["copper_person"]
 
     # nothing changed: no slice worth writing, not one row rewritten
-    pipeline.incremental()
+    unchanged = pipeline.incremental()
     assert _rows(pipeline, USERS) == after
+    assert not asset_metadata(unchanged, "hull/user_upserts")["store_read"]["whole_store"]
 
 
 @pytest.mark.parametrize("slice_holds_them", [True, False])
