@@ -22,6 +22,7 @@ from hull_planhat_pipelines.cli import EXIT_BUSY, EXIT_OK, EXIT_RECORDS_FAILED
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.sandbox.server import Fault, Request, Response
 from hull_planhat_pipelines.warehouse import WarehouseBusy, delivery_lock
+from hull_planhat_pipelines.warehouse.locks import read_holder
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 from hull_planhat_pipelines_tests.processes import kill_when
 
@@ -511,6 +512,60 @@ def test_a_second_deliverer_waits_bounded_then_is_refused_naming_the_holder(
     assert "since 20" in message
     with delivery_lock(str(database), "after"):  # released when the holder ended
         pass
+
+
+# A holder between its lock and its record (just taken), or between clearing it and letting go.
+HOLD_THEN_NAME = """
+import fcntl, json, os, sys, time
+handle = open(sys.argv[1] + ".lock", "a+")
+fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+if sys.argv[3] == "name":
+    handle.write(json.dumps({"pid": os.getpid(), "run_id": "late-record", "since": "2026"}))
+    handle.flush()
+    sys.stdin.read()
+"""
+
+
+def _locked(database: Path, pause: float, then: str) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THEN_NAME, str(database), str(pause), then],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_refusal_in_the_instant_before_the_holder_wrote_its_record_still_names_it(
+    tmp_path: Path,
+) -> None:
+    """The CI flake: two syncs started together; the second read the record before it existed."""
+    database = tmp_path / "warehouse.duckdb"
+    holder = _locked(database, 0.3, "name")
+    try:
+        with (
+            pytest.raises(WarehouseBusy) as refused,
+            delivery_lock(str(database), "second", wait=0),
+        ):
+            pytest.fail("two deliverers held the lock")
+        assert f"pid {holder.pid}" in str(refused.value) and "late-record" in str(refused.value)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(SYNC_TIMEOUT)
+
+
+def test_a_lock_let_go_while_its_refusal_was_being_written_is_taken_instead(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "warehouse.duckdb"
+    holder = _locked(database, 0.3, "exit")  # holds with no record, then lets go
+    with delivery_lock(str(database), "second", wait=0):
+        assert read_holder(str(database))["run_id"] == "second"
+    holder.wait(SYNC_TIMEOUT)
 
 
 def test_a_dagster_delivery_step_beside_a_running_sync_fails_naming_it(

@@ -14,6 +14,10 @@ from typing import Any
 LOCK_WAIT_ENV_VAR = "HULL_PLANHAT_LOCK_WAIT"
 DEFAULT_DELIVERY_LOCK_WAIT = 60.0
 """Seconds a second deliverer waits for the warehouse lock before it is refused."""
+HOLDER_RECORD_TRIES = 50
+HOLDER_RECORD_PAUSE = 0.02
+"""A refusal reads an empty holder record again this often, this far apart (one second in all):
+a holder writes its record just after it takes the lock and clears it just before it lets go."""
 
 
 class WarehouseBusy(RuntimeError):
@@ -64,6 +68,23 @@ def read_holder(database: str) -> dict[str, Any]:
         return {}
 
 
+def _holder_record(database: str, handle: Any, sleeper: Callable[[float], None]) -> Any:
+    """The holder's record for a refusal; None when the lock came free meanwhile and ``handle``
+    took it. A refusal in the instant between a holder's lock and its record would otherwise
+    name nobody."""
+    for _ in range(HOLDER_RECORD_TRIES):
+        holder = read_holder(database)
+        if holder:
+            return holder
+        sleeper(HOLDER_RECORD_PAUSE)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        return None
+    return {}
+
+
 @contextmanager
 def delivery_lock(
     database: str,
@@ -100,8 +121,11 @@ def delivery_lock(
             break
         except BlockingIOError:
             if clock() >= deadline:
+                holder = _holder_record(database, handle, sleeper)
+                if holder is None:  # let go while its record was read: this handle holds it
+                    break
                 handle.close()
-                raise WarehouseBusy(database, read_holder(database), budget) from None
+                raise WarehouseBusy(database, holder, budget) from None
             sleeper(pause)
             pause = min(pause * 2, 2.0)
     handle.seek(0)
