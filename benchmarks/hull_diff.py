@@ -282,17 +282,11 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
     gc.collect()
     exact = _reset_peak()
     started, cpu_started = time.perf_counter(), _cpu_seconds()
-    sliced: list[ProfileStore] = []
-
-    def reader(keys: Any) -> Any:
-        part = hull_store.read_slice(conn, keys)
-        sliced.append(part.store)
-        return part
-
+    reader = hull_store.SliceReader(conn)
     changes: Changes = compute_changes(settings, reader, rows, now=NOW)
     computed = time.perf_counter()
     conn.execute("begin transaction")
-    hull_store.write_changes(conn, settings.segments, sliced[0], changes, NOW, everything=False)
+    hull_store.write_changes(conn, settings.segments, reader.store, changes, NOW, everything=False)
     conn.execute("commit")
     applied, cpu = time.perf_counter(), _cpu_seconds() - cpu_started
     users = conn.execute("select count(*) from hull.users").fetchall()[0][0]
@@ -306,8 +300,8 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
         "cpu_seconds": round(cpu, 2),
         "peak_mb": round(_peak_mb(), 1),
         "peak_exact": exact,
-        "slice_users": len(sliced[0].users),
-        "slice_accounts": len(sliced[0].accounts),
+        "slice_users": len(reader.store.users),
+        "slice_accounts": len(reader.store.accounts),
         "user_upserts": len(changes.user_upserts),
         "account_upserts": len(changes.account_upserts),
         "claims": len(changes.user_claims) + len(changes.account_claims),

@@ -21,8 +21,6 @@ from hull_planhat_pipelines.sync.hull.changes import (
     Changes,
     HandedRows,
     ProfileStore,
-    StoreKeys,
-    StoreSlice,
     compute_changes,
 )
 from hull_planhat_pipelines.sync.hull.from_copper import MAPPED_COLUMNS, CopperRows
@@ -219,13 +217,7 @@ def apply(
     segments_changed = not stored or stored[0][0] != definitions
     first = not table_exists(conn, "hull", "users")
     judged_up_to = removals.horizon(conn)  # read before the slice: it judges these at least
-    slices: list[ProfileStore] = []
-
-    def reader(keys: StoreKeys) -> StoreSlice:
-        part = hull_store.read_slice(conn, keys)
-        slices.append(part.store)
-        return part
-
+    reader = hull_store.SliceReader(conn)
     try:
         changes = compute_changes(settings, reader, sources.hand_over(), now=now)
     finally:
@@ -233,9 +225,13 @@ def apply(
     with transaction(conn):
         outbox = 0
         if not changes.is_empty or segments_changed or first:
-            part = slices[0] if slices else ProfileStore()
             applied = hull_store.write_changes(
-                conn, settings.segments, part, changes, now, everything=segments_changed or first
+                conn,
+                settings.segments,
+                reader.store,
+                changes,
+                now,
+                everything=segments_changed or first,
             )
             append_table(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
             append_table(
@@ -258,21 +254,24 @@ def apply(
                 "insert or replace into ops.hull_watermarks values (?, ?)",
                 [source, mark.to_pydatetime()],
             )
-    return changes, sources, outbox, store_read(slices, whole=segments_changed or first)
+    return changes, sources, outbox, store_read(reader.store, whole=segments_changed or first)
 
 
-def store_read(slices: list[ProfileStore], *, whole: bool) -> dict[str, Any]:
+def store_read(part: ProfileStore, *, whole: bool) -> dict[str, Any]:
     """What one sync read of the profile store: the slice its records can touch (profiles and
     events), and whether every profile was read and rewritten besides (the first load, or a
     segment definition changed). The slice is what an incremental sync costs: it grows with
-    the change and the accounts it reaches, not with the store."""
-    part = slices[0] if slices else ProfileStore()
+    the change, not with the store."""
     return {
-        "users": len(part.users),
-        "accounts": len(part.accounts),
-        "events": len(part.events),
+        "users": _length(part.users),
+        "accounts": _length(part.accounts),
+        "events": _length(part.events),
         "whole_store": whole,
     }
+
+
+def _length(frame: pd.DataFrame | None) -> int:
+    return 0 if frame is None else len(frame)
 
 
 HULL_TABLES = ("user_upserts", "account_upserts", "events", "users", "accounts")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import duckdb
 import pandas as pd
@@ -87,8 +88,29 @@ def _alive_among(conn: duckdb.DuckDBPyConnection, table: str, ids: str) -> pd.Se
     return pd.Series([row[0] for row in rows], dtype=object)
 
 
+class SliceReader:
+    """The ``StoreReader`` of a sync over the warehouse: reads with ``read_slice`` and keeps
+    what it read (``store``: the slice, with the users read on the second call), which the
+    sync's write starts from."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn = conn
+        self.store = ProfileStore()
+
+    def __call__(self, keys: StoreKeys) -> StoreSlice:
+        part = read_slice(self.conn, keys)
+        if keys.account_users is None:
+            self.store = part.store
+        else:
+            users = [f for f in (self.store.users, part.store.users) if f is not None]
+            self.store = replace(self.store, users=pd.concat(users, ignore_index=True))
+        return part
+
+
 def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
     """The ``StoreSlice`` for ``keys`` (see ``hull.changes.StoreSlice`` for what it holds)."""
+    if keys.account_users is not None:
+        return _account_users(conn, keys.account_users)
     has = {kind: _exists(conn, table) for kind, table in TABLES.items()}
     conn.register("_keys_frame", keys.claims[["kind", "claim", "value"]])
     conn.register("_event_ids_frame", pd.DataFrame({"event_id": keys.event_ids.astype(object)}))
@@ -165,19 +187,11 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
                 f" unnest(anonymous_ids) as v from {TABLES[kind]}) where {gone}",
             )
     if has["user"] and has["account"]:
-        # the users of those accounts (links, detaches), then the accounts of those users, in
-        # one scan of the users: the users it adds belong to those accounts already
+        # the accounts of those users (an account's other users: ``_account_users``)
         run(
             conn,
-            "create or replace temp table _near as select hull_id, account_hull_id"
-            " from hull.users u"
-            " where exists (select 1 from _ids_account a where a.hull_id = u.account_hull_id)"
-            " or exists (select 1 from _ids_user i where i.hull_id = u.hull_id);"
-            "insert into _ids_user select hull_id from _near"
-            " where account_hull_id in (select hull_id from _ids_account);"
-            "insert into _ids_account select account_hull_id from _near"
-            " where account_hull_id is not null;"
-            "drop table _near",
+            "insert into _ids_account select account_hull_id from hull.users"
+            " where hull_id in (select hull_id from _ids_user) and account_hull_id is not null",
         )
     profiles = {
         kind: (
@@ -226,6 +240,27 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
     run(conn, "drop table if exists _keys; drop table if exists _event_ids")
     store = ProfileStore(users=profiles["user"], accounts=profiles["account"], events=events)
     return StoreSlice(store=store, current_ids=current_ids)
+
+
+def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> StoreSlice:
+    """The users of ``accounts`` the slice (``_ids_user``, still there) did not hold."""
+    users = empty_store("user")
+    if _exists(conn, TABLES["user"]):
+        conn.register("_accounts_frame", pd.DataFrame({"hull_id": accounts.astype(object)}))
+        try:
+            users = _utc(
+                conn.execute(
+                    select_where(
+                        TABLES["user"],
+                        "account_hull_id in (select hull_id::varchar from _accounts_frame)"
+                        " and hull_id not in (select hull_id from _ids_user)",
+                        "* exclude (segments)",
+                    )
+                ).fetchdf()
+            )
+        finally:
+            conn.unregister("_accounts_frame")
+    return StoreSlice(store=ProfileStore(users=users), current_ids={})
 
 
 def _matching_ids(table: str, column: str, values: str) -> str:

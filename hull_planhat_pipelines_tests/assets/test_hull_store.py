@@ -140,8 +140,9 @@ def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
     other = next(t["id"] for t in copper.metadata.contact_types if t["name"] != "Customer")
     users = _rows(pipeline, USERS)
     if not slice_holds_them:
-        # the slice holds the users of every account it reads; should one lack them, the
-        # apply reads them from the store instead of leaving their membership as it was
+        # the slice holds an account's users only when the sync moves them (a merge, a
+        # deleted company); lacking them, the apply reads them from the store instead of
+        # leaving their membership as it was
         read = hull_store.read_slice
 
         def without_members(conn: Any, keys: StoreKeys) -> StoreSlice:
@@ -186,7 +187,8 @@ STORE_DDL = (
 
 def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> None:
     """Matches by email, domain (trimmed, lower-cased) and anonymous id, profiles holding a
-    deleted record, the users of a matched account and those users' accounts; nothing else."""
+    deleted record and those users' accounts; nothing else. A matched account's other users
+    are read when asked for (``account_users``), those not read already."""
     import duckdb
     import pandas as pd
 
@@ -223,11 +225,15 @@ def test_the_slice_is_what_the_keys_name_and_what_copper_lost(tmp_path: Any) -> 
         opportunities=False,
     )
     part = hull_store.read_slice(conn, keys)
-    assert sorted(part.store.users["hull_id"]) == ["u1", "u2", "u3", "u5", "u6"]
+    assert sorted(part.store.users["hull_id"]) == ["u1", "u2", "u3", "u6"]
     assert sorted(part.store.accounts["hull_id"]) == ["a1", "a2", "a4"]
-    assert sorted(part.store.events["event_id"]) == ["ev5"]
+    assert part.store.events.empty  # ev5 is u5's: u5 is not read (ev4's user not matched)
     assert sorted(part.current_ids) == ["people"]
     assert list(part.current_ids["people"]) == ["1"]
+    # the users of a1 (u5) and a2 (u2, read already), asked for once identities are resolved
+    more = hull_store.read_slice(conn, StoreKeys.users_of(pd.Series(["a1", "a2"])))
+    assert more.store.users["hull_id"].tolist() == ["u5"]
+    assert more.store.accounts is None and not more.current_ids
     conn.close()
 
 

@@ -23,7 +23,8 @@ Staged tables (filled by ``hull.from_copper`` and ``hull.from_planhat``):
   profiles to clear unless a record writes them (deleted opportunities, detached records).
 - ``in_sets(kind, hull_id, attribute, value, ...)``: values to set on known profiles unless a
   record writes them (``<group>/deleted_at``); ``in_unlinks(user_hull_id, ...)``: users leaving
-  their account (a deleted company); ``deleted``: the detaches (``hull.deletions``).
+  their account (a deleted company: ``unlinked_accounts(hull_id, source_id)`` until its users
+  are read); ``deleted``: the detaches (``hull.deletions``).
 - ``in_gone(kind, anonymous_id)``: records a source named gone (Planhat's): the profiles
   holding them detach from that source.
 """
@@ -68,6 +69,7 @@ create temp table in_sets (kind varchar, hull_id varchar, attribute varchar, val
     source_object varchar, source_id varchar, anonymous_id varchar);
 create temp table in_unlinks (user_hull_id varchar, source_object varchar, source_id varchar);
 create temp table gone_accounts (hull_id varchar);
+create temp table unlinked_accounts (hull_id varchar, source_id varchar);
 create temp table in_merges (kind varchar, from_key varchar, into_key varchar);
 create temp table in_gone (kind varchar, anonymous_id varchar);
 create temp table deleted (kind varchar, hull_id varchar, source_object varchar, source_id varchar,
@@ -170,6 +172,7 @@ class Batch:
         self._registered = 0
         self._stores: dict[str, pd.DataFrame] = {}
         self._all_attributes: set[str] = set()
+        self._store_attributes: dict[str, bool] = {}
         self._closed = False
 
     def close(self) -> None:
@@ -224,6 +227,21 @@ class Batch:
         Without ``attributes`` the (large) attributes column stays in pandas until
         ``load_attributes`` asks for the profiles a batch touches."""
         self._stores[kind] = frame
+        self.load(f"s_{kind}", frame, self._store_select(kind, attributes))
+        self._store_attributes[kind] = attributes
+
+    def extend_store(self, kind: Kind, frame: pd.DataFrame) -> None:
+        """Add profiles to ``s_<kind>`` (read once identities are resolved: the users of the
+        accounts a batch moves); attributes loaded for every profile are loaded again."""
+        self._stores[kind] = pd.concat([self._stores[kind], frame], ignore_index=True)
+        self.load("_more_store", frame, self._store_select(kind, self._store_attributes[kind]))
+        self.sql(f"insert into s_{kind} select * from _more_store")
+        self.drop("_more_store")
+        if kind in self._all_attributes:
+            self._all_attributes.discard(kind)
+            self.drop(f"sa_{kind}")
+
+    def _store_select(self, kind: Kind, attributes: bool) -> str:
         columns = [c for c in STORE_COLUMNS[kind] if attributes or c != "attributes"]
         typed = {c: f"{ident(c)}::{STORE_SQL_TYPES[c]}" for c in columns}
         typed["anonymous_ids"] = f"coalesce({typed['anonymous_ids']}, [])"
@@ -232,8 +250,7 @@ class Batch:
         if attributes:
             typed["attributes"] = f"coalesce({typed['attributes']}, '{{}}')"
         strong = f"({other} is not null or external_id is not null) as strong"
-        select = ", ".join([*(f"{e} as {ident(c)}" for c, e in typed.items()), strong])
-        self.load(f"s_{kind}", frame, select)
+        return ", ".join([*(f"{e} as {ident(c)}" for c, e in typed.items()), strong])
 
     def load_attributes(self, kind: Kind, ids_query: str | None = None) -> None:
         """``sa_<kind>(hull_id, attributes)`` for the profiles ``ids_query`` selects (None: all;

@@ -22,6 +22,7 @@ from hull_planhat_pipelines.sync.hull.deletions import (
     removed_events,
     stage_deletions,
     stage_gone,
+    stage_unlinks,
 )
 from hull_planhat_pipelines.sync.hull.diff import diff_attributes, diff_events, diff_links
 from hull_planhat_pipelines.sync.hull.from_copper import (
@@ -124,11 +125,28 @@ class StoreKeys:
     keys and the keys of conversions as ``anonymous_id``), matched the way the store is
     (emails and domains trimmed and lower-cased); ``event_ids``: the staged events;
     ``opportunities``: opportunity groups are re-judged (every profile holding one is needed).
+
+    ``account_users``, set on a reader's second call only: the accounts whose users the sync
+    moves, known once identities are resolved (merged away, or detached from a deleted
+    company). The slice is then those accounts' users not read already, and nothing else.
     """
 
     claims: pd.DataFrame
     event_ids: pd.Series
     opportunities: bool
+    account_users: pd.Series | None = None
+
+    @staticmethod
+    def users_of(accounts: pd.Series) -> StoreKeys:
+        return StoreKeys(
+            claims=pd.DataFrame({c: pd.Series([], dtype=object) for c in CLAIM_KEY_COLUMNS}),
+            event_ids=pd.Series([], dtype=object),
+            opportunities=False,
+            account_users=accounts,
+        )
+
+
+CLAIM_KEY_COLUMNS = ("kind", "claim", "value")
 
 
 @dataclass(frozen=True)
@@ -137,9 +155,11 @@ class StoreSlice:
 
     It must hold every profile matching a key of ``StoreKeys``, every profile holding an
     anonymous id of a Copper record gone from ``copper_current`` since the store was last
-    judged, the users of those accounts and the accounts of those users, the stored events of
-    those users and of the staged event ids, and every stored Copper event whose activity is
-    gone since then. ``current_ids`` are then the
+    judged, the accounts of those users, the stored events of those users and of the staged
+    event ids, and every stored Copper event whose activity is gone since then (the users of
+    an account are read only when the sync moves them: ``StoreKeys.account_users``). An
+    account's other users are not needed: only a merge or a detach changes them, and a
+    segment an account change moves is recomputed from the store. ``current_ids`` are then the
     living ids among the Copper anonymous ids (and event activity ids) the slice holds, per
     ``copper_current`` table that exists: judging the slice judges the whole store.
     """
@@ -149,7 +169,9 @@ class StoreSlice:
 
 
 StoreReader = Callable[[StoreKeys], StoreSlice]
-"""Reads the ``StoreSlice`` for the staged keys (the asset reads it from the warehouse in SQL)."""
+"""Reads the ``StoreSlice`` for the staged keys (the asset reads it from the warehouse in SQL);
+asked a second time, once identities are resolved, for the users of the accounts the sync
+moves when there are any (``StoreKeys.account_users``)."""
 
 
 def _store_keys(work: Batch, opportunities: bool) -> StoreKeys:
@@ -215,8 +237,9 @@ def compute_changes(
             log += map_planhat(work, planhat, settings.planhat.incoming)
         # staged: the raw rows (a first load's are the largest frames of the sync) may go now
         copper = planhat = None
-        if not isinstance(store, ProfileStore):
-            part = store(_store_keys(work, clear_opportunities))
+        reader = None if isinstance(store, ProfileStore) else store
+        if reader is not None:
+            part = reader(_store_keys(work, clear_opportunities))
             store, current_ids = part.store, part.current_ids
         for kind, frame in (("user", store.users), ("account", store.accounts)):
             work.load_store(kind, normalize_store(frame, kind))
@@ -234,6 +257,9 @@ def compute_changes(
         )
         for kind in KINDS:
             resolve(work, kind)
+        if reader is not None:
+            _read_moved_users(work, reader)
+        stage_unlinks(work)
         work.drop("in_claims")
         for kind in KINDS:
             diff_attributes(work, kind)
@@ -250,6 +276,22 @@ def compute_changes(
         return replace(
             changes, log=[*log, *records, *_summaries(work, changes)], record_log=record_log
         )
+
+
+def _read_moved_users(work: Batch, reader: StoreReader) -> None:
+    """Add to ``s_user`` the users of the accounts this batch moves (merged away, or detached
+    from a deleted company) that the slice did not hold: their links follow the account."""
+    accounts = work.frame(
+        "select from_hull_id as hull_id from merges_account"
+        " union select hull_id from unlinked_accounts"
+    )["hull_id"]
+    if accounts.empty:
+        return
+    users = reader(StoreKeys.users_of(accounts)).store.users
+    held = work.frame("select hull_id from s_user")["hull_id"]
+    users = users[~users["hull_id"].isin(held)]
+    if not users.empty:
+        work.extend_store("user", normalize_store(users.reset_index(drop=True), "user"))
 
 
 def _load_events(work: Batch, events: pd.DataFrame) -> None:

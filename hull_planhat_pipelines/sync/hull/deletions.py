@@ -55,8 +55,9 @@ DELETED_COLUMNS = ["kind", "hull_id", "source_object", "source_id", "anonymous_i
 
 def stage_deletions(batch: Batch, current_ids: Mapping[str, pd.Series], deleted_at: str) -> None:
     """Stage the detaches of profiles whose Copper record is gone (needs ``s_user`` and
-    ``s_account``): clears in ``in_clears``, ``deleted_at`` in ``in_sets``, detached users in
-    ``in_unlinks``, and one ``deleted`` row per (profile, record)."""
+    ``s_account``): clears in ``in_clears``, ``deleted_at`` in ``in_sets``, detached accounts in
+    ``unlinked_accounts`` (``stage_unlinks`` then detaches their users), and one ``deleted`` row
+    per (profile, record)."""
     stamp = quote(value_json(deleted_at))
     for table, kind, prefix, group, source_object in DETACHABLE:
         ids = current_ids.get(table)
@@ -141,15 +142,25 @@ def _detach(
         " anonymous_id from _detach"
     )
     if unlink:
-        # a person still pointing at a deleted company is not linked to it again
+        # a person still pointing at a deleted company is not linked to it again; its users
+        # leave it once they are read (``stage_unlinks``)
         batch.sql(
-            "insert into in_unlinks select u.hull_id, 'company', d.source_id"
-            " from s_user u join _detach d on d.hull_id = u.account_hull_id;"
+            "insert into unlinked_accounts select hull_id, source_id from _detach;"
             "insert into gone_accounts select hull_id from _detach union select hull_id"
             f" from sa_account semi join _gone using (hull_id) where contains(attributes,"
             f" {quote(chr(34) + group + '/' + DELETED_AT + chr(34))})"
         )
     batch.drop("_gone", "_group", "_detach", f"sa_{kind}")
+
+
+def stage_unlinks(batch: Batch) -> None:
+    """``in_unlinks``: the users of the accounts a deleted company detached (needs every user of
+    those accounts in ``s_user``: a sync reading a slice reads them once identities are
+    resolved)."""
+    batch.sql(
+        "insert into in_unlinks select u.hull_id, 'company', d.source_id"
+        " from s_user u join unlinked_accounts d on d.hull_id = u.account_hull_id"
+    )
 
 
 def removed_events(events: pd.DataFrame | None, activity_ids: pd.Series | None) -> pd.DataFrame:
