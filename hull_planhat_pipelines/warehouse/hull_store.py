@@ -186,29 +186,17 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
                 f"insert into _ids_{kind} select hull_id from (select hull_id,"
                 f" unnest(anonymous_ids) as v from {TABLES[kind]}) where {gone}",
             )
-    if has["user"] and has["account"]:
-        # the accounts of those users (an account's other users: ``_account_users``)
-        run(
-            conn,
-            "insert into _ids_account select account_hull_id from hull.users"
-            " where hull_id in (select hull_id from _ids_user) and account_hull_id is not null",
-        )
-    profiles = {
-        kind: (
-            _utc(
-                conn.execute(
-                    select_where(
-                        TABLES[kind],
-                        f"hull_id in (select hull_id from _ids_{kind})",
-                        "* exclude (segments)",
-                    )
-                ).fetchdf()
-            )
-            if has[kind]
-            else empty_store(kind)
-        )
-        for kind in TABLES
-    }
+    profiles = {"user": _read_ids(conn, "user", has["user"])}
+    if has["account"]:
+        # the accounts of those users, from the rows just read (another scan of the users
+        # cost as much as reading them; an account's other users: ``_account_users``)
+        linked = profiles["user"]["account_hull_id"].dropna().astype(str).drop_duplicates()
+        conn.register("_linked_accounts", pd.DataFrame({"hull_id": linked.astype(object)}))
+        try:
+            run(conn, "insert into _ids_account select hull_id::varchar from _linked_accounts")
+        finally:
+            conn.unregister("_linked_accounts")
+    profiles["account"] = _read_ids(conn, "account", has["account"])
     events = empty_events()
     activities = _fetched(conn, "activities")
     current_ids = {table: _held_alive(conn, table) for table in current}
@@ -240,6 +228,14 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
     run(conn, "drop table if exists _keys; drop table if exists _event_ids")
     store = ProfileStore(users=profiles["user"], accounts=profiles["account"], events=events)
     return StoreSlice(store=store, current_ids=current_ids)
+
+
+def _read_ids(conn: duckdb.DuckDBPyConnection, kind: Kind, has: bool) -> pd.DataFrame:
+    """The stored ``kind`` profiles ``_ids_<kind>`` names, without their segments."""
+    if not has:
+        return empty_store(kind)
+    where = f"hull_id in (select hull_id from _ids_{kind})"
+    return _utc(conn.execute(select_where(TABLES[kind], where, "* exclude (segments)")).fetchdf())
 
 
 def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> StoreSlice:
