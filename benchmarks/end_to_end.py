@@ -32,7 +32,9 @@ warehouse. Peak memory is the process's resident high-water mark (Linux ``VmHWM`
 each job), so it includes both sandboxes' data; each step's share is the resident memory
 sampled every 10 ms inside it, above what the job began with. The sandboxes answer from threads
 of this process: the CPU their handlers spent (``sandbox_cpu_seconds``) is printed beside each
-pass, time that, under one interpreter lock, the pipeline's own threads could not have. Each
+pass, time that, under one interpreter lock, the pipeline's own threads could not have; so is
+the time Python's garbage collector ran (``collector``: all of it, and its full passes, which
+walk the sandboxes' objects too and cost seconds each at scale 1,000). Each
 pass also says how much of the warehouse file the page cache held when it began, so that a
 slow pass can be told apart from one that read the warehouse back from disk; ``--cold`` drops
 the file from the page cache before each incremental pass, to measure the second kind.
@@ -100,6 +102,7 @@ from hull_planhat_pipelines.sync.batching import batch_count
 from hull_planhat_pipelines.sync.copper.records import connect_targets
 from hull_planhat_pipelines.sync.planhat.snapshot_due import READ_BACK_STATUSES
 
+from collector import CollectorClock
 from machine import MachineSpeed
 
 COPPER_RATE_PER_MINUTE = 180
@@ -719,7 +722,7 @@ def one_pass(
     cached = page_cache_mb(database)
     baseline_mb = _rss_mb("VmRSS")
     began = time.perf_counter()
-    with timed_jobs(jobs):
+    with CollectorClock() as collector, timed_jobs(jobs):
         summary = run_sync(full=full)
     seconds = time.perf_counter() - began
     sandbox_cpu = sum(server.cpu_seconds for server in servers) - sandbox_cpu_start
@@ -789,6 +792,7 @@ def one_pass(
         "failed_steps": failed_steps,
         "seconds": round(seconds, 2),
         "sandbox_cpu_seconds": round(sandbox_cpu, 2),
+        "collector": collector.report(),
         "peak_mb": round(peak, 1) if peak is not None else None,
         "planhat_snapshot_before_delivery": snapshot_due_because or "not due",
         "copper_window": {
@@ -844,6 +848,12 @@ def print_pass(p: dict[str, Any]) -> None:
     print(
         f"   of which the sandboxes' handlers: {p['sandbox_cpu_seconds']:.1f} s of CPU (in this"
         " process, under its one interpreter lock: time a real API would spend elsewhere)"
+    )
+    gc_pass = p["collector"]
+    print(
+        f"   the garbage collector ran {gc_pass['seconds']:.1f} s, of which"
+        f" {gc_pass['full_passes']} full pass(es) {gc_pass['full_seconds']:.1f} s (the longest"
+        f" {gc_pass['longest_full_seconds']:.1f} s; a full pass walks the sandboxes' objects too)"
     )
     cached = p.get("warehouse_page_cache_mb")
     if cached and cached["file"]:
@@ -1131,7 +1141,9 @@ def main(argv: list[str] | None = None) -> int:
             f"pass {p['pass']}: {p['seconds']:.1f} s, peak {p['peak_mb']} MB, "
             f"{p['requests']['total']} requests (minimum {p['minimum_requests']['total']}), "
             f"{p['requests']['planhat_writes']} Planhat writes,"
-            f" sandboxes' CPU {p['sandbox_cpu_seconds']:.1f} s"
+            f" sandboxes' CPU {p['sandbox_cpu_seconds']:.1f} s,"
+            f" collector {p['collector']['seconds']:.1f} s"
+            f" ({p['collector']['full_passes']} full, {p['collector']['full_seconds']:.1f} s)"
         )
     print(f"total {result['seconds']:.1f} s; process peak {result['peak_mb']} MB")
     if problems:
