@@ -615,6 +615,37 @@ def is_dry_run(run: Any) -> bool:
     )
 
 
+def _test_send(run: Any) -> bool:
+    """A run configured with ``test_mode: true`` on any step (one record sent of all)."""
+    ops = (run.run_config or {}).get("ops") or {}
+    return any(
+        isinstance(op, dict) and (op.get("config") or {}).get("test_mode") is True
+        for op in ops.values()
+    )
+
+
+RUN_STARTS_READ = 1000
+"""The most run starts one plan reads (a sensor far behind reads the newest; an older start
+is then not known, and its followers are asked for again: the safe side)."""
+
+
+def _runs_started_since(instance: dg.DagsterInstance, storage_id: int) -> dict[str, int]:
+    """The runs started after the event log's ``storage_id``, with their start's storage id."""
+    found = instance.fetch_run_status_changes(
+        dg.RunStatusChangeRecordsFilter(
+            event_type=dg.DagsterEventType.RUN_START, after_storage_id=storage_id
+        ),
+        limit=RUN_STARTS_READ,
+    )
+    return {r.run_id: r.storage_id for r in found.records}
+
+
+def _brings_up(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """A run that did its work for real: a dry run or a test send brings nothing up to date."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and not is_dry_run(run) and not _test_send(run)
+
+
 class AssetGraph:
     """Who follows whom, from the asset definitions themselves (no job names, no order list)."""
 
@@ -750,7 +781,9 @@ def plan_followers(
     """What the materializations newer than ``cursor`` (storage ids per asset) ask for.
 
     Each new materialization asks for every asset downstream of it that its own run did not
-    also cover, whichever job, backfill or graph launch (``__ASSET_JOB``) produced it. Any number
+    also cover, whichever job, backfill or graph launch (``__ASSET_JOB``) produced it, and that
+    no run started after it has brought up to date since (a backfill runs its sources, then
+    what follows them, in runs of their own: those are not run a second time). Any number
     of new events become one request. While a run is in progress on those assets or on their
     sources, nothing is requested and the cursor stays: the events are seen again next time, so
     an update that lands while the downstream run is running is never dropped. A source run
@@ -771,17 +804,38 @@ def plan_followers(
         return job_assets(run.job_name)
 
     fresh: dict[dg.AssetKey, Any] = {}
-    materialized: set[dg.AssetKey] = set()
+    latest_of: dict[dg.AssetKey, Any] = {}
     open_keys: set[dg.AssetKey] = set(graph.keys)  # never materialized, until a record says
     for record in instance.get_asset_records(graph.keys):
         if not unsettled(record.asset_entry):
             open_keys.discard(record.asset_entry.asset_key)
         latest = record.asset_entry.last_materialization_record
         if latest is not None:
-            materialized.add(record.asset_entry.asset_key)
+            latest_of[record.asset_entry.asset_key] = latest
         name = record.asset_entry.asset_key.to_user_string()
         if latest is not None and latest.storage_id > cursor.get(name, 0):
             fresh[record.asset_entry.asset_key] = latest
+    first = min((r.storage_id for r in fresh.values()), default=None)
+    started = _runs_started_since(instance, first) if first is not None else {}
+    real: dict[str, bool] = {}
+
+    def for_real(run_id: str) -> bool:
+        if run_id not in real:
+            real[run_id] = _brings_up(instance, run_id)
+        return real[run_id]
+
+    def brought_up(followers_of: set[dg.AssetKey], since: Any) -> set[dg.AssetKey]:
+        """The followers already materialized, and settled, by a run that started after the
+        materialization ``since`` was recorded (the event log's order, not clocks): they read
+        what it wrote (the later runs of one backfill, or of a chain launched by hand)."""
+        return {
+            key
+            for key in followers_of - open_keys
+            if key in latest_of
+            and started.get(latest_of[key].run_id, 0) > since.storage_id
+            and for_real(latest_of[key].run_id)
+        }
+
     needed: set[dg.AssetKey] = set()
     snapshot = False
     after_delivery = graph.followers(DELIVERIES_KEY)
@@ -797,7 +851,7 @@ def plan_followers(
         if _found_unchanged(latest) and not asked_in_ui and not (downstream & open_keys):
             continue  # the source is as it was and what follows it is settled: nothing to do
         ran = assets_of(run)
-        followers = downstream - ran - {key}
+        followers = downstream - ran - {key} - brought_up(followers_of=downstream, since=latest)
         if DELIVERIES_KEY in ran and key != DELIVERIES_KEY:
             followers -= after_delivery  # the delivery's outcome decides when they follow
         if key == DELIVERIES_KEY:
@@ -821,7 +875,7 @@ def plan_followers(
         needed |= followers
     if DELIVERIES_KEY in needed:
         needed -= after_delivery  # they follow the delivery's outcome
-    if not snapshot_stored and not set(SNAPSHOT_KEYS) <= materialized:
+    if not snapshot_stored and not set(SNAPSHOT_KEYS) <= set(latest_of):
         # Before the first Planhat snapshot the chain stops at Hull: owners are validated
         # against planhat/team_members and destinations read planhat_current; the snapshot's arrival
         # asks for the rest.

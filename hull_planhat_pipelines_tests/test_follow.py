@@ -485,3 +485,35 @@ def test_dry_run_and_forced_send_presets(ticks: Ticks) -> None:
     payloads = forced.asset_materializations_for_node("planhat__company_payloads")[0].metadata
     assert payloads["forced"].value is True and payloads["rows"].value > 0
     assert planhat.write_count() > writes  # every in-segment company sent again
+
+
+def test_what_a_later_run_brought_up_to_date_is_not_asked_for_again(ticks: Ticks) -> None:
+    """A UI "Materialize all" is a backfill of runs of their own: the sources, then what
+    follows them. The sources' events must not ask for that chain a second time."""
+    year = {"partition_key": copper_partition_key(ticks.pipeline.today)}
+    assert ticks.graph_launch(COPPER, **year).success
+    assert ticks.pipeline.run("planhat_fetch").success
+    _settle(ticks)
+
+    ui = {FROM_UI_TAG: "true"}
+    person = ticks.pipeline.copper.records("people")[0]["id"]
+    _control(ticks.pipeline, "PATCH", f"people/{person}", {"title": "Head of Backfills"})
+    assert ticks.graph_launch(COPPER, tags=ui, **year).success  # the backfill's source runs
+    assert ticks.pipeline.run("planhat_fetch", tags=ui).success
+    chain = ticks.defs.resolve_job_def("profiles_and_delivery").asset_layer.executable_asset_keys
+    assert chain >= HULL and DELIVERIES in chain and DESTINATIONS in chain
+    assert ticks.graph_launch(sorted(chain, key=str), tags=ui).success  # ... then the rest
+    assert ticks.pipeline.query(
+        "select count(*) from hull.user_upserts where value like '%Head of Backfills%'"
+    ) == [(1,)]
+    requests = ticks.requests()
+    # at most the snapshot that reads back what the delivery created; never the chain again
+    assert all(r.job_name == "planhat_fetch" for r in requests), requests
+
+    # A source that lands after the chain started still asks for it, and a dry run of the
+    # chain since then brings nothing up to date (it sent nothing).
+    _control(ticks.pipeline, "PATCH", f"people/{person}", {"title": "Head of Later"})
+    assert ticks.graph_launch([COPPER[1]], **year).success
+    assert ticks.pipeline.run("planhat_dry_run").success
+    [again] = [r for r in ticks.requests() if r.job_name != "planhat_fetch"]
+    assert set(again.asset_selection or []) >= HULL
