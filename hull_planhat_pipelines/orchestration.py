@@ -604,24 +604,17 @@ FROM_UI_TAG = "dagster/from_ui"
 """Set by the Dagster UI on the runs it launches."""
 
 
+def _configured(run: Any, field: str) -> bool:
+    """Whether any step of ``run`` is configured with ``field: true``."""
+    ops = (run.run_config or {}).get("ops") or {}
+    return any(
+        isinstance(op, dict) and (op.get("config") or {}).get(field) is True for op in ops.values()
+    )
+
+
 def is_dry_run(run: Any) -> bool:
     """A run tagged as a dry run, or configured with ``dry_run: true`` on any step."""
-    if (run.tags or {}).get(DRY_RUN_TAG) == "true":
-        return True
-    ops = (run.run_config or {}).get("ops") or {}
-    return any(
-        isinstance(op, dict) and (op.get("config") or {}).get("dry_run") is True
-        for op in ops.values()
-    )
-
-
-def _test_send(run: Any) -> bool:
-    """A run configured with ``test_mode: true`` on any step (one record sent of all)."""
-    ops = (run.run_config or {}).get("ops") or {}
-    return any(
-        isinstance(op, dict) and (op.get("config") or {}).get("test_mode") is True
-        for op in ops.values()
-    )
+    return (run.tags or {}).get(DRY_RUN_TAG) == "true" or _configured(run, "dry_run")
 
 
 RUN_STARTS_READ = 1000
@@ -643,7 +636,7 @@ def _runs_started_since(instance: dg.DagsterInstance, storage_id: int) -> dict[s
 def _brings_up(instance: dg.DagsterInstance, run_id: str) -> bool:
     """A run that did its work for real: a dry run or a test send brings nothing up to date."""
     run = instance.get_run_by_id(run_id)
-    return run is not None and not is_dry_run(run) and not _test_send(run)
+    return run is not None and not is_dry_run(run) and not _configured(run, "test_mode")
 
 
 class AssetGraph:
@@ -817,12 +810,7 @@ def plan_followers(
             fresh[record.asset_entry.asset_key] = latest
     first = min((r.storage_id for r in fresh.values()), default=None)
     started = _runs_started_since(instance, first) if first is not None else {}
-    real: dict[str, bool] = {}
-
-    def for_real(run_id: str) -> bool:
-        if run_id not in real:
-            real[run_id] = _brings_up(instance, run_id)
-        return real[run_id]
+    for_real = functools.cache(functools.partial(_brings_up, instance))
 
     def brought_up(followers_of: set[dg.AssetKey], since: Any) -> set[dg.AssetKey]:
         """The followers already materialized, and settled, by a run that started after the
