@@ -78,6 +78,7 @@ from hull_planhat_pipelines.warehouse.payload_scope import (
     forced_not_taken,
     remember_scopes,
     scope,
+    with_skips,
 )
 from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
 
@@ -145,6 +146,10 @@ def _payload_asset(
                 "forced": dg.MetadataValue.bool(config.force),
                 "by_change": dg.MetadataValue.json({str(k): int(v) for k, v in changes.items()}),
                 "skipped_by_reason": dg.MetadataValue.json(_skip_counts(events)),
+                # skipped by an earlier run and unchanged since: logged then, not again
+                "skipped_before": dg.MetadataValue.int(
+                    sum(s.skipped_before for s in scopes.values())
+                ),
                 "sync_log": dg.MetadataValue.json(counts),
                 "sample": dg.MetadataValue.json(json.loads(json.dumps(sample, default=str))),
             }
@@ -223,7 +228,10 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         kept = fingerprints[
             ~((fingerprints["target"] == "companies") & fingerprints["key"].isin(again))
         ]
-        return company_payloads(accounts, users, settings, kept, force=force)
+        payloads, events = company_payloads(accounts, users, settings, kept, force=force)
+        if "companies" in scopes:
+            scopes["companies"] = with_skips(mapped, accounts, events, "outgoing.account.skip")
+        return payloads, events
 
     def endusers(conn, fingerprints, force, scopes):
         vanished = deliveries.vanished_companies(conn, fingerprints)

@@ -15,8 +15,12 @@ A payload asset instead maps, per target (``companies``, ``endusers``):
   company Planhat deleted), not delivered since it was written (``forced_not_taken``);
 - in-segment profiles whose key has no fingerprint (never delivered) and whose company Planhat
   has or is being sent (the others are skipped until it does: they wait outside the scope
-  instead of being mapped and skipped every run). Companies only: all of them, found by a scan
-  of the accounts. Endusers: a scan of every user would cost the store, so the scope keeps
+  instead of being mapped and skipped every run). Companies: all of them, found by a scan
+  of the accounts, but those the last mapping of them skipped (``ops.payload_skipped``: an
+  invalid owner or co-owner). Such a skip is decided by the account's own row, which comes
+  back through the log when it changes, and by the Planhat users, whose change maps every
+  profile: a skipped account is logged once, not mapped and skipped again every run.
+  Endusers: a scan of every user would cost the store, so the scope keeps
   (``ops.payload_waiting``) the ones found last run that did not become payloads (skipped),
   and the companies known then (``ops.payload_known_companies``); a user enters the set
   only by a change the log records (its segments, identity or account link, or its account's
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import pandas as pd
@@ -45,6 +49,7 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.canonical import canonical_hash
 from hull_planhat_pipelines.sync.hull.batch import quote
 from hull_planhat_pipelines.sync.hull.change_groups import read_groups
+from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.warehouse.connection import (
     connect,
     has_column,
@@ -67,6 +72,7 @@ PENDING = "ops.payload_pending"
 WAITING = "ops.payload_waiting"
 KNOWN = "ops.payload_known_companies"
 TRACKED = "ops.payload_tracked"
+SKIPPED = "ops.payload_skipped"
 SCOPE_DDL = [
     "create schema if not exists ops",
     f"create table if not exists {SCOPE} (target varchar primary key, seq bigint, digest varchar)",
@@ -77,6 +83,7 @@ SCOPE_DDL = [
     f"create table if not exists {WAITING} (target varchar, hull_id varchar)",
     f"create table if not exists {KNOWN} (target varchar, external_id varchar)",
     f"create table if not exists {TRACKED} (target varchar primary key, version varchar)",
+    f"create table if not exists {SKIPPED} (target varchar, hull_id varchar)",
 ]
 PENDING_COLUMNS = ["hull_id", "key", "fingerprint"]
 
@@ -96,16 +103,29 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """Companies: the profiles a run mapped (None: every one) and those of them it skipped;
+    ``remember`` keeps the skipped ones out of the next run's never-delivered seed."""
+
+    mapped: frozenset[str] | None
+    skipped: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Scope:
     """``where``: SQL over the profile table selecting the rows to map (None: all).
     ``waiting``: what ``remember`` keeps for the next run's seed (None: nothing is kept, and
-    the next run scans every user)."""
+    the next run scans every user). ``skipped_before``: profiles left out because an earlier
+    run skipped them and they did not change since (their skip is logged once, not each run).
+    ``skipped``: set by the payload asset once it mapped (``Skipped``)."""
 
     target: str
     where: str | None
     seq: int
     digest: str
     waiting: Waiting | None = None
+    skipped_before: int = 0
+    skipped: Skipped | None = None
 
 
 def _exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -166,14 +186,25 @@ def scope(
             )
             key = "nullif(trim(external_id), '')"
             segment = in_segment(list(settings.planhat.company_segments))
+            skipped = (
+                f"(select hull_id from {SKIPPED} where target = {quote(target)}"
+                " and hull_id is not null)"
+                if _exists(conn, SKIPPED)
+                else "(select null::varchar as hull_id where false)"
+            )
             seeds = [
                 changed,
                 pending,
                 f"(select hull_id from hull.accounts where {segment} and {key} is not null"
-                f" and external_id not in {fingerprinted})",
+                f" and external_id not in {fingerprinted} and hull_id not in {skipped})",
             ]
             where = _select_scope(conn, target, "hull.accounts", seeds, ["external_id"])
-            return Scope(target, where, seq, digest)
+            [(before,)] = run(
+                conn,
+                f"select count(*) from {skipped} s"
+                f" where s.hull_id not in (select hull_id from {_scoped(target)})",
+            )
+            return Scope(target, where, seq, digest, skipped_before=int(before))
         # an enduser reads its account's external id only: a structural change
         accounts = changed_since(conn, "account", last, read_groups([]))
         of_accounts = f"(select hull_id from hull.users where account_hull_id in {accounts})"
@@ -181,6 +212,20 @@ def scope(
         seeds = [changed, pending, of_accounts, f"(select hull_id from {WAITING_NOW})"]
         where = _select_scope(conn, target, "hull.users", seeds, ["external_id", "email"])
     return Scope(target, where, seq, digest, waiting)
+
+
+def with_skips(
+    mapped: Scope, profiles: pd.DataFrame, events: Iterable[SyncEvent], skip: str
+) -> Scope:
+    """``mapped`` once its ``profiles`` were mapped, with the ones ``events`` named skipped
+    (``skip``): they stay out of the next runs' never-delivered seed until they change."""
+    return replace(
+        mapped,
+        skipped=Skipped(
+            None if mapped.where is None else frozenset(profiles["hull_id"].astype(str)),
+            frozenset(str(e.object_id) for e in events if e.event == skip and e.object_id),
+        ),
+    )
 
 
 def _every_profile(
@@ -290,6 +335,11 @@ def _strings(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple[str, ...]:
     return tuple(str(row[0]) for row in run(conn, sql))
 
 
+def _scoped(target: str) -> str:
+    """The temporary table ``_select_scope`` selects ``target``'s profiles into."""
+    return f"temp.payload_scope_{target}"
+
+
 def _select_scope(
     conn: duckdb.DuckDBPyConnection, target: str, table: str, seeds: list[str], keys: list[str]
 ) -> str:
@@ -302,7 +352,7 @@ def _select_scope(
     a hundred changed profiles held every key, segment and fingerprint column of the store at
     once. The caller runs them in one transaction: they see the same store."""
     seed = f"temp.payload_seed_{target}"
-    scoped = f"temp.payload_scope_{target}"
+    scoped = _scoped(target)
     columns = ", ".join(keys)
     run(conn, f"create or replace temp table {seed} (hull_id varchar)")
     for one in seeds:
@@ -413,6 +463,7 @@ def remember(
     ).fetchall()
     waiting = _still_waiting(mapped, rows)
     version = _kept_version(database_conn, mapped.target)
+    skipped = _still_skipped(database_conn, mapped)
     database_conn.register("_pending", rows)
     try:
         if (
@@ -420,6 +471,7 @@ def remember(
             and _same_pending(database_conn, mapped.target, len(rows))
             and (forced or not _sends_what_planhat_has(database_conn, mapped.target))
             and _same_waiting(database_conn, mapped, waiting, version)
+            and skipped == _kept_skipped(database_conn, mapped.target)
         ):
             return  # nothing moved: nothing written
         with transaction(database_conn):
@@ -438,8 +490,33 @@ def remember(
                 [mapped.target, mapped.seq, mapped.digest],
             )
             _keep_waiting(database_conn, mapped, waiting, version)
+            if mapped.skipped is not None:
+                run(database_conn, f"delete from {SKIPPED} where target = ?", [mapped.target])
+                run(
+                    database_conn,
+                    f"insert into {SKIPPED} select ?, unnest(?::varchar[])",
+                    [mapped.target, sorted(skipped)],
+                )
     finally:
         database_conn.unregister("_pending")
+
+
+def _kept_skipped(conn: duckdb.DuckDBPyConnection, target: str) -> frozenset[str]:
+    rows = run(conn, f"select hull_id from {SKIPPED} where target = ?", [target])
+    return frozenset(str(r[0]) for r in rows if r[0] is not None)
+
+
+def _still_skipped(conn: duckdb.DuckDBPyConnection, mapped: Scope) -> frozenset[str]:
+    """The profiles the next run leaves out of its never-delivered seed: those this run
+    skipped, and those an earlier run skipped that this one did not map (they did not change).
+    Unchanged from what is kept when the run reports no mapping (``skipped`` is None)."""
+    kept = _kept_skipped(conn, mapped.target)
+    found = mapped.skipped
+    if found is None:
+        return kept
+    if found.mapped is None:
+        return found.skipped
+    return (kept - found.mapped) | found.skipped
 
 
 def _still_waiting(mapped: Scope, pending: pd.DataFrame) -> list[str]:

@@ -11,7 +11,13 @@ import pytest
 
 from hull_planhat_pipelines.assets import outgoing
 from hull_planhat_pipelines.warehouse import payload_scope
-from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _segment, _started
+from hull_planhat_pipelines_tests.assets.test_outgoing_assets import (
+    OWNER,
+    SEED,
+    Stack,
+    _segment,
+    _started,
+)
 
 
 @pytest.fixture
@@ -194,3 +200,78 @@ def test_users_waiting_for_their_company_are_sent_in_the_cycle_that_sends_it(
         assert emails <= sent
         [(total,)] = stack.query("select count(*) from hull.users")
         assert len(read_ids) < total  # the users tested, not every user
+
+
+def _owner_skips(stack: Stack, hull_id: str) -> int:
+    [(n,)] = stack.query(
+        "select count(*) from ops.sync_log where event = 'outgoing.account.skip'"
+        " and reason = 'Invalid Owner ID' and object_id = ?",
+        [hull_id],
+    )
+    return int(n)
+
+
+def test_an_account_skipped_for_its_owner_is_logged_once_until_it_or_the_planhat_users_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every account with an external id is a customer: the seed's invalid owner too
+    mapped: list[set[str]] = []
+    read = outgoing.read_rows
+
+    def spy(conn: Any, table: str, where: str | None) -> Any:
+        frame = read(conn, table, where)
+        if table == "hull.accounts" and frame is not None:
+            mapped.append({str(i) for i in frame["hull_id"]})
+        return frame
+
+    monkeypatch.setattr(outgoing, "read_rows", spy)
+    with _started(tmp_path, _segment("external_id is not null")) as stack:
+        stack.cycle()
+        valid = stack.valid_owner_ids()
+        invalid = {
+            hull_id: (ext, attributes[OWNER])
+            for hull_id, (ext, attributes) in stack.accounts("external_id is not null").items()
+            if attributes.get(OWNER) is not None and attributes[OWNER] not in valid
+        }
+        hull_id, (external_id, owner) = next(
+            (h, v) for h, v in invalid.items() if v[0] == f"ACC-{SEED}-000002"
+        )
+        assert _owner_skips(stack, hull_id) == 1
+        assert external_id not in {i.get("externalId") for i in stack.company_items()}
+
+        mapped.clear()
+        stack.cycle()  # nothing changed: the skipped accounts are neither mapped nor logged
+        assert mapped and not any(set(invalid) & ids for ids in mapped)
+        assert _owner_skips(stack, hull_id) == 1
+        assert {(h,) for h in invalid} <= set(
+            stack.query("select hull_id from ops.payload_skipped where target = 'companies'")
+        )
+
+        # its owner joins the Planhat team: every company is mapped again, and it is sent
+        stack.planhat.add_users([{"_id": owner, "email": "owner@example.com", "name": "Owner"}])
+        mapped.clear()
+        stack.cycle()
+        assert any(hull_id in ids for ids in mapped)
+        assert external_id in {i.get("externalId") for i in stack.company_items()}
+        assert (hull_id,) not in stack.query("select hull_id from ops.payload_skipped")
+        assert _owner_skips(stack, hull_id) == 1
+
+
+def test_a_skipped_account_whose_owner_is_mended_is_sent_by_the_next_cycle(
+    tmp_path: Path,
+) -> None:
+    with _started(tmp_path, _segment("external_id is not null")) as stack:
+        stack.cycle()
+        stack.cycle()  # the skip is kept: the account is out of the seed from now on
+        [(hull_id, anonymous_ids)] = stack.query(
+            "select hull_id, anonymous_ids from hull.accounts where external_id = ?",
+            [f"ACC-{SEED}-000002"],
+        )
+        assert (hull_id,) in stack.query("select hull_id from ops.payload_skipped")
+        company_id = int(next(a for a in anonymous_ids if a.startswith("copper:")).split(":")[1])
+        stack.copper.edit(
+            "companies", company_id, {"assignee_planhat_id": sorted(stack.valid_owner_ids())[0]}
+        )
+        stack.cycle()
+        assert f"ACC-{SEED}-000002" in {i.get("externalId") for i in stack.company_items()}
+        assert (hull_id,) not in stack.query("select hull_id from ops.payload_skipped")
