@@ -133,7 +133,10 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
         name: diff_snapshot(conn, name, marks.get(f"planhat.{name}")) for name in PLANHAT_SOURCES
     }
     new_marks = dict(marks)
-    rows_read = {}
+    # every source, 0 when it had nothing new: an empty run reads the same as any other
+    rows_read = {f"copper.{n}": 0 for n in COPPER_SOURCES} | {
+        f"planhat.{n}": 0 for n in PLANHAT_SOURCES
+    }
     for source, frame in frames.items():
         if frame is not None and not frame.empty:
             rows_read[source] = len(frame)
