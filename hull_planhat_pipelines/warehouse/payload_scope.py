@@ -73,6 +73,8 @@ WAITING = "ops.payload_waiting"
 KNOWN = "ops.payload_known_companies"
 TRACKED = "ops.payload_tracked"
 SKIPPED = "ops.payload_skipped"
+PROFILES = {"companies": "hull.accounts", "endusers": "hull.users"}
+"""The profile table each target maps."""
 SCOPE_DDL = [
     "create schema if not exists ops",
     f"create table if not exists {SCOPE} (target varchar primary key, seq bigint, digest varchar)",
@@ -514,9 +516,17 @@ def _still_skipped(conn: duckdb.DuckDBPyConnection, mapped: Scope) -> frozenset[
     found = mapped.skipped
     if found is None:
         return kept
-    if found.mapped is None:
-        return found.skipped
-    return (kept - found.mapped) | found.skipped
+    ids = found.skipped if found.mapped is None else (kept - found.mapped) | found.skipped
+    if not ids:
+        return frozenset()
+    # profiles gone from the store since (merged away, deleted) are not kept
+    rows = run(
+        conn,
+        f"select h from unnest(?::varchar[]) t(h)"
+        f" where h in (select hull_id from {PROFILES[mapped.target]})",
+        [sorted(ids)],
+    )
+    return frozenset(str(r[0]) for r in rows)
 
 
 def _still_waiting(mapped: Scope, pending: pd.DataFrame) -> list[str]:

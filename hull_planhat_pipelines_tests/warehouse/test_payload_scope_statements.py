@@ -12,6 +12,7 @@ import pytest
 
 from hull_planhat_pipelines.settings import Settings, load_settings
 from hull_planhat_pipelines.sync.hull.change_groups import STRUCTURAL
+from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.warehouse import payload_scope
 from hull_planhat_pipelines.warehouse.connection import read_only
 from hull_planhat_pipelines_tests.warehouse_support import query as _query
@@ -391,3 +392,39 @@ def test_a_follow_up_written_again_is_owed_again_and_a_forced_runs_rows_do_not_l
         str(database), [_waiting_now(database, settings)], follow.iloc[0:0]
     )
     assert _query(database, f"select count(*) from {payload_scope.PENDING}") == [(0,)]
+
+
+# -- the skipped companies, kept between runs --------------------------------------------------
+def test_the_kept_skips_are_those_of_each_account_s_last_mapping(
+    made: tuple[Settings, Path],
+) -> None:
+    settings, database = made
+
+    def mapping(mapped_ids: set[str] | None, skipped: set[str]) -> set[str]:
+        """A company payload run that mapped ``mapped_ids`` (None: every account) and skipped
+        ``skipped`` of them; returns the skips kept after it."""
+        with read_only(str(database)) as conn:
+            assert conn is not None
+            mapped = payload_scope.scope(conn, settings, "companies", force=mapped_ids is None)
+        assert (mapped.where is None) == (mapped_ids is None)
+        profiles = pd.DataFrame({"hull_id": sorted(mapped_ids or [])}, dtype=object)
+        events = [
+            SyncEvent(
+                event="outgoing.account.skip",
+                object_type="account",
+                object_id=hull_id,
+                reason="Invalid Owner ID",
+            )
+            for hull_id in sorted(skipped)
+        ]
+        done = payload_scope.with_skips(mapped, profiles, events, "outgoing.account.skip")
+        payload_scope.remember_scopes(str(database), [done], pd.DataFrame())
+        kept = _query(database, f"select hull_id from {payload_scope.SKIPPED}")
+        return {str(r[0]) for r in kept}
+
+    assert mapping(None, {"unknown", "moved"}) == {"unknown", "moved"}  # every account mapped
+    assert mapping({"acme"}, {"acme"}) == {"unknown", "moved", "acme"}  # the others stand
+    assert mapping({"moved"}, set()) == {"unknown", "acme"}  # mapped again, not skipped
+    _execute(database, "delete from hull.accounts where hull_id = 'unknown'")
+    assert mapping({"acme"}, {"acme"}) == {"acme"}  # gone from the store: forgotten
+    assert mapping(None, set()) == set()  # a mapping of every account starts over
