@@ -33,7 +33,7 @@ from hull_planhat_pipelines.sync.planhat.activities import (
     activity_payloads,
     sql_activity_payloads,
 )
-from hull_planhat_pipelines.sync.planhat.companies import company_payloads
+from hull_planhat_pipelines.sync.planhat.companies import OWNER_SKIPS, company_payloads
 from hull_planhat_pipelines.sync.planhat.endusers import (
     addressed_by_id,
     drop_unknown_companies,
@@ -132,10 +132,11 @@ def _payload_asset(
         with warehouse.read_only() as conn:
             fingerprints = fingerprints_table(conn, targets) if targets else empty_fingerprints()
             payloads, events = build(conn, fingerprints, config.force, scopes)
-        remember_scopes(warehouse.database, scopes.values(), payloads, forced=config.force)
+        # logged before the scope is remembered: a skip the next run leaves out is never lost
         counts = record_events(
             context, events, asset=f"planhat/{name}", database=warehouse.database
         )
+        remember_scopes(warehouse.database, scopes.values(), payloads, forced=config.force)
         changes = payloads["change"].value_counts().to_dict() if len(payloads) else {}
         sample = payloads["payload"].head(3).tolist() if len(payloads) else []
         written = replace_table(warehouse.database, f"planhat.{name}", payloads_as_json(payloads))
@@ -230,7 +231,9 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         ]
         payloads, events = company_payloads(accounts, users, settings, kept, force=force)
         if "companies" in scopes:
-            scopes["companies"] = with_skips(mapped, accounts, events, "outgoing.account.skip")
+            scopes["companies"] = with_skips(
+                mapped, accounts, events, "outgoing.account.skip", OWNER_SKIPS
+            )
         return payloads, events
 
     def endusers(conn, fingerprints, force, scopes):

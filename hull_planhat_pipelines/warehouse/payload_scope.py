@@ -201,10 +201,11 @@ def scope(
                 f" and external_id not in {fingerprinted} and hull_id not in {skipped})",
             ]
             where = _select_scope(conn, target, "hull.accounts", seeds, ["external_id"])
+            # the kept skips this run leaves alone: in the store and its segment, not mapped
             [(before,)] = run(
                 conn,
-                f"select count(*) from {skipped} s"
-                f" where s.hull_id not in (select hull_id from {_scoped(target)})",
+                f"select count(*) from (select hull_id from hull.accounts where {segment}"
+                f" and hull_id in {skipped}) s anti join {_scoped(target)} c using (hull_id)",
             )
             return Scope(target, where, seq, digest, skipped_before=int(before))
         # an enduser reads its account's external id only: a structural change
@@ -217,15 +218,26 @@ def scope(
 
 
 def with_skips(
-    mapped: Scope, profiles: pd.DataFrame, events: Iterable[SyncEvent], skip: str
+    mapped: Scope,
+    profiles: pd.DataFrame,
+    events: Iterable[SyncEvent],
+    skip: str,
+    reasons: Iterable[str],
 ) -> Scope:
     """``mapped`` once its ``profiles`` were mapped, with the ones ``events`` named skipped
-    (``skip``): they stay out of the next runs' never-delivered seed until they change."""
+    (``skip``) for one of ``reasons``: they stay out of the next runs' never-delivered seed
+    until they change. Only a skip that the profile's own row decides may be kept: one that
+    depends on other profiles (a duplicate key) must be tested again every run."""
+    kept = frozenset(reasons)
     return replace(
         mapped,
         skipped=Skipped(
             None if mapped.where is None else frozenset(profiles["hull_id"].astype(str)),
-            frozenset(str(e.object_id) for e in events if e.event == skip and e.object_id),
+            frozenset(
+                str(e.object_id)
+                for e in events
+                if e.event == skip and e.reason in kept and e.object_id
+            ),
         ),
     )
 

@@ -13,6 +13,11 @@ import pytest
 from hull_planhat_pipelines.settings import Settings, load_settings
 from hull_planhat_pipelines.sync.hull.change_groups import STRUCTURAL
 from hull_planhat_pipelines.sync.log import SyncEvent
+from hull_planhat_pipelines.sync.planhat.companies import (
+    DUPLICATE_EXTERNAL_ID,
+    INVALID_OWNER,
+    OWNER_SKIPS,
+)
 from hull_planhat_pipelines.warehouse import payload_scope
 from hull_planhat_pipelines.warehouse.connection import read_only
 from hull_planhat_pipelines_tests.warehouse_support import query as _query
@@ -399,25 +404,35 @@ def test_the_kept_skips_are_those_of_each_account_s_last_mapping(
     made: tuple[Settings, Path],
 ) -> None:
     settings, database = made
+    _execute(database, "update hull.accounts set segments = ['Customer accounts']")
+    assert settings.planhat.company_segments == ["Customer accounts"]
+    left_alone: list[int] = []  # each run's skipped_before: the kept skips it did not map
 
-    def mapping(mapped_ids: set[str] | None, skipped: set[str]) -> set[str]:
+    def mapping(
+        mapped_ids: set[str] | None, skipped: set[str], duplicates: frozenset[str] = frozenset()
+    ) -> set[str]:
         """A company payload run that mapped ``mapped_ids`` (None: every account) and skipped
-        ``skipped`` of them; returns the skips kept after it."""
+        ``skipped`` of them for their owner and ``duplicates`` for sharing an external id;
+        returns the skips kept after it."""
         with read_only(str(database)) as conn:
             assert conn is not None
             mapped = payload_scope.scope(conn, settings, "companies", force=mapped_ids is None)
         assert (mapped.where is None) == (mapped_ids is None)
+        left_alone.append(mapped.skipped_before)
         profiles = pd.DataFrame({"hull_id": sorted(mapped_ids or [])}, dtype=object)
         events = [
             SyncEvent(
                 event="outgoing.account.skip",
                 object_type="account",
                 object_id=hull_id,
-                reason="Invalid Owner ID",
+                reason=reason,
             )
-            for hull_id in sorted(skipped)
+            for ids, reason in ((skipped, INVALID_OWNER), (duplicates, DUPLICATE_EXTERNAL_ID))
+            for hull_id in sorted(ids)
         ]
-        done = payload_scope.with_skips(mapped, profiles, events, "outgoing.account.skip")
+        done = payload_scope.with_skips(
+            mapped, profiles, events, "outgoing.account.skip", OWNER_SKIPS
+        )
         payload_scope.remember_scopes(str(database), [done], pd.DataFrame())
         kept = _query(database, f"select hull_id from {payload_scope.SKIPPED}")
         return {str(r[0]) for r in kept}
@@ -425,6 +440,9 @@ def test_the_kept_skips_are_those_of_each_account_s_last_mapping(
     assert mapping(None, {"unknown", "moved"}) == {"unknown", "moved"}  # every account mapped
     assert mapping({"acme"}, {"acme"}) == {"unknown", "moved", "acme"}  # the others stand
     assert mapping({"moved"}, set()) == {"unknown", "acme"}  # mapped again, not skipped
+    # a duplicate's skip depends on the accounts sharing its key: tested again every run
+    assert mapping({"acme", "moved"}, {"acme"}, frozenset({"moved"})) == {"unknown", "acme"}
     _execute(database, "delete from hull.accounts where hull_id = 'unknown'")
     assert mapping({"acme"}, {"acme"}) == {"acme"}  # gone from the store: forgotten
     assert mapping(None, set()) == set()  # a mapping of every account starts over
+    assert left_alone == [0, 2, 3, 2, 1, 0]

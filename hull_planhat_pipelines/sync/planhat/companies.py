@@ -19,6 +19,9 @@ from hull_planhat_pipelines.sync.planhat import shared
 INVALID_OWNER = "Invalid Owner ID"
 INVALID_CO_OWNER = "Invalid Co-Owner ID"
 DUPLICATE_EXTERNAL_ID = "Duplicate external_id"
+OWNER_SKIPS = frozenset({INVALID_OWNER, INVALID_CO_OWNER})
+"""Skips decided by the account's own row and the Planhat users alone (a duplicate's depends
+on the other accounts sharing its key, a missing external id is never in the delivery seed)."""
 COMPANY_IDENTITY = frozenset({"externalId", "owner", "coOwner"})
 
 
