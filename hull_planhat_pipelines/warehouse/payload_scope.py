@@ -29,7 +29,9 @@ A payload asset instead maps, per target (``companies``, ``endusers``):
   every profile scans every user once and keeps what it finds (``ops.payload_tracked``); a run
   that finds the kept set replaced since it read it (two runs at once) forgets it, and the
   next run scans;
-- the profiles sharing a key with any of those (one row per key is chosen among them).
+- the profiles sharing a key with any of those (one row per key is chosen among them), or
+  holding a key one of those was delivered under and holds no longer: a duplicate left out
+  of that key's delivery while the other held it, whose content Planhat has never had.
 
 Everything else has, by construction, the fingerprint of its current content. Every profile is
 mapped when there is no previous scope, the mapping settings changed (their digest), a forced
@@ -59,6 +61,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     transaction,
 )
 from hull_planhat_pipelines.warehouse.deliveries import (
+    DELIVERIES,
     FINGERPRINTS,
     KNOWN_COMPANY_SOURCES,
     in_segment,
@@ -259,6 +262,11 @@ ENDUSER_KEY = (
     " when nullif(trim(email), '') is not null then 'email:' || email end"
 )
 """SQL over ``hull.users``: the key an enduser is delivered under."""
+DELIVERY_KEY = {
+    "companies": "case when nullif(trim(external_id), '') is not null then external_id end",
+    "endusers": ENDUSER_KEY,
+}
+"""SQL over each target's profile table: the key its payload is delivered under."""
 KNOWN_NOW = "temp.payload_known_now"
 KNOWN_ADDED = "temp.payload_known_added"
 WAITING_NOW = "temp.payload_waiting_now"
@@ -374,14 +382,37 @@ def _select_scope(
     if not run(conn, f"select 1 from {seed} limit 1"):  # nobody shares a key with nobody
         run(conn, f"create or replace temp table {scoped} (hull_id varchar)")
         return f"hull_id in (select hull_id from {scoped})"
-    rows = select_where(table, f"hull_id in (select hull_id from {seed})", columns)
+    rows = select_where(table, f"hull_id in (select hull_id from {seed})", f"hull_id, {columns}")
     sharers = " or ".join(f"{k} in (select {k} from seed_rows)" for k in keys)
+    left = _keys_left(conn, target, rows)
+    if left:
+        sharers += f" or {DELIVERY_KEY[target]} in (select key from {left})"
     run(
         conn,
         f"create or replace temp table {scoped} as with seed_rows as materialized ({rows})"
         f" select hull_id from {seed} union select hull_id from {table} where {sharers}",
     )
     return f"hull_id in (select hull_id from {scoped})"
+
+
+def _keys_left(conn: duckdb.DuckDBPyConnection, target: str, rows: str) -> str | None:
+    """A temporary table of the keys that the seed profiles (``rows``) were delivered under
+    and hold no longer (their email or external id changed), or None when there are none.
+
+    Whoever holds such a key now was left out of its delivery by the one-row-per-key choice
+    (a duplicate) or never had it: Planhat holds the leaver's content under it, which only a
+    mapping of the holder corrects (a scan of the store would; the scope must too)."""
+    if not _exists(conn, DELIVERIES):
+        return None
+    left = f"temp.payload_keys_left_{target}"
+    run(
+        conn,
+        f"create or replace temp table {left} as with seed_rows as materialized ({rows})"
+        f" select distinct d.key from {DELIVERIES} d join seed_rows s on d.hull_id = s.hull_id"
+        f" where d.target = {quote(target)} and d.key is not null"
+        f" and d.key is distinct from ({DELIVERY_KEY[target]})",
+    )
+    return left if run(conn, f"select 1 from {left} limit 1") else None
 
 
 def pending_not_taken(conn: duckdb.DuckDBPyConnection, target: str) -> str:

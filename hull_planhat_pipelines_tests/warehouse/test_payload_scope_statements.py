@@ -128,6 +128,46 @@ def test_the_scope_selected_in_steps_keeps_every_reason_and_the_key_sharers(
     assert sorted(tables) == [("payload_scope",), ("payload_skipped",)]  # the DDL's own
 
 
+def test_whoever_holds_a_key_a_changed_profile_was_delivered_under_is_mapped(
+    made: tuple[Settings, Path],
+) -> None:
+    # "changed" was delivered under k@x.io, the key "current" holds (a duplicate left out of
+    # that delivery), before its email became a@x.io: Planhat holds its content under it
+    settings, database = made
+    assert "current" not in _selected(database, settings)
+    _execute(
+        database,
+        "create table planhat.deliveries (target varchar, key varchar, hull_id varchar)",
+        "insert into planhat.deliveries values ('endusers', 'email:a@x.io', 'changed'),"
+        " ('endusers', null, 'changed'), ('companies', 'email:k@x.io', 'changed'),"
+        " ('endusers', 'email:k@x.io', 'taken')",
+    )
+    assert "current" not in _selected(database, settings)  # no key of a changed profile's
+    _execute(
+        database, "insert into planhat.deliveries values ('endusers', 'email:k@x.io', 'changed')"
+    )
+    assert "current" in _selected(database, settings)
+
+    # a company: "moved" (rewritten) was delivered under acme-ext, which "acme" holds
+    conn = duckdb.connect(str(database))
+    digest = payload_scope._digest(conn, settings, "companies")
+    conn.execute("insert into ops.payload_scope values ('companies', 2, ?)", [digest])
+    conn.execute("update ops.hull_changes set seq = 3 where hull_id = 'moved'")
+    conn.close()
+
+    def companies() -> set[str]:
+        with read_only(str(database)) as conn:
+            assert conn is not None
+            mapped = payload_scope.scope(conn, settings, "companies", force=False)
+            assert mapped.where is not None
+            rows = conn.execute(f"select hull_id from hull.accounts where {mapped.where}")
+            return {str(r[0]) for r in rows.fetchall()}
+
+    assert companies() == {"moved"}  # rewritten
+    _execute(database, "insert into planhat.deliveries values ('companies', 'acme-ext', 'moved')")
+    assert companies() == {"moved", "acme"}
+
+
 # -- the waiting seed, kept between runs ------------------------------------------------------
 def _waiting_now(database: Path, settings: Settings) -> payload_scope.Scope:
     with read_only(str(database)) as conn:
