@@ -43,7 +43,7 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     planhat_enduser_ids,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
-from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads
+from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads, metric_keys
 from hull_planhat_pipelines.sync.planhat.settlement import (
     DROPPED_REASON,
     NOT_APPLIED_REASON,
@@ -306,15 +306,14 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             return extra, [*logged, *more]
         return pd.concat([payloads, extra], ignore_index=True), [*logged, *more]
 
-    def metrics(conn, fingerprints, force, scopes):
+    def metrics(conn, _fingerprints, force, scopes):
+        now = dt.datetime.now(dt.UTC)
         if conn is None:
-            return all_metric_payloads([], dt.datetime.now(dt.UTC))
-        return all_metric_payloads(
-            metric_answers(conn, settings.planhat.metrics),
-            dt.datetime.now(dt.UTC),
-            fingerprints=fingerprints,
-            force=force,
-        )
+            return all_metric_payloads([], now)
+        answers = metric_answers(conn, settings.planhat.metrics)
+        # the fingerprints of today's keys only, not of every day ever sent
+        fingerprints = deliveries.fingerprints_of_keys(conn, METRICS, metric_keys(answers, now))
+        return all_metric_payloads(answers, now, fingerprints=fingerprints, force=force)
 
     return [
         _payload_asset(
@@ -345,7 +344,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             [["hull", "accounts"], ["copper", "opportunities"]],
             "Each configured metric's SQL result as dimension data, when its value changed.",
             metrics,
-            [METRICS],
+            [],  # only the fingerprints of the answers' keys (metric_keys)
         ),
     ]
 

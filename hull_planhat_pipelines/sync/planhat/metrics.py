@@ -40,6 +40,44 @@ def _metric_dates(values: pd.Series, default: str) -> list[str | None]:
     return [default if gone else iso for iso, gone in zip(text, missing, strict=True)]
 
 
+def metric_key(metric: MetricSettings, external_id: str, date: str) -> str:
+    """An item's delivery key: one per metric, record and day."""
+    return f"{metric.dimension_id}:{metric.model}:{external_id}:{date}"
+
+
+def _metric_cells(
+    rows: pd.DataFrame, metric: MetricSettings, now: dt.datetime
+) -> list[tuple[str | None, Any, str | None]]:
+    """Each row's external id (as text), raw value and ISO date (today when it has none)."""
+    missing = [c for c in METRIC_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"metric {metric.dimension_id!r}: query lacks {', '.join(missing)}")
+    default_date = utc_timestamp(now).normalize().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    dates = _metric_dates(
+        rows["date"] if "date" in rows.columns else pd.Series([None] * len(rows)),
+        default_date,
+    )
+    external_ids = [shared.as_text(v) for v in rows["external_id"].tolist()]
+    return list(zip(external_ids, rows["value"].tolist(), dates, strict=True))
+
+
+def metric_keys(
+    answers: Sequence[tuple[MetricSettings, shared.QueryAnswer]], now: dt.datetime
+) -> set[str]:
+    """The keys the answers' items would be sent under: the only fingerprints a payload run
+    compares with. A key carries its day, so the fingerprints of every day ever sent grow
+    without end; reading them all would make each cycle cost the history."""
+    keys: set[str] = set()
+    for metric, answer in answers:
+        checked = answer.checked(METRIC_COLUMNS)
+        if checked.rows is None:
+            continue
+        for external_id, _, date in _metric_cells(metric_rows(checked.rows), metric, now):
+            if external_id is not None and date is not None:
+                keys.add(metric_key(metric, external_id, date))
+    return keys
+
+
 def metric_payloads(
     rows: pd.DataFrame,
     metric: MetricSettings,
@@ -56,22 +94,10 @@ def metric_payloads(
     ``PAYLOAD_COLUMNS`` + ``dimension_id``, ``model``, ``external_id``, ``date``, ``value``.
     """
     extra = ("dimension_id", "model", "external_id", "date", "value")
-    missing = [c for c in METRIC_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ValueError(f"metric {metric.dimension_id!r}: query lacks {', '.join(missing)}")
-    today = utc_timestamp(now).normalize()
-    default_date = today.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    dates = _metric_dates(
-        rows["date"] if "date" in rows.columns else pd.Series([None] * len(rows)),
-        default_date,
-    )
     skip_name = f"{_metric_subject(metric.model)}.skip"
     events: list[SyncEvent] = []
     candidates: list[dict[str, Any]] = []
-    for position, (external_value, raw_value, date) in enumerate(
-        zip(rows["external_id"].tolist(), rows["value"].tolist(), dates, strict=True)
-    ):
-        external_id = shared.as_text(external_value)
+    for position, (external_id, raw_value, date) in enumerate(_metric_cells(rows, metric, now)):
         value = shared.as_number(raw_value)
         problem = (
             shared.NO_EXTERNAL_ID
@@ -104,7 +130,7 @@ def metric_payloads(
         }
         candidates.append(
             {
-                "key": f"{metric.dimension_id}:{metric.model}:{external_id}:{date}",
+                "key": metric_key(metric, external_id, date),
                 "hull_id": None,
                 "payload": item,
                 "present": [],

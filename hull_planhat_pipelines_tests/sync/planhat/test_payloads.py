@@ -48,6 +48,7 @@ from hull_planhat_pipelines.sync.planhat.fingerprints import (
 from hull_planhat_pipelines.sync.planhat.metrics import (
     METRIC_NOT_A_NUMBER,
     all_metric_payloads,
+    metric_keys,
     metric_payloads,
 )
 from hull_planhat_pipelines.sync.planhat.shared import (
@@ -659,6 +660,31 @@ def test_metric_queries_run_on_the_callers_connection() -> None:
     assert [p["value"] for p in payloads["payload"]] == [3.0]
     errors = {e.object_id: e.event for e in events if e.event.endswith(".error")}
     assert errors == {"broken": "outgoing.user.error", "no_value": "outgoing.account.error"}
+
+
+def test_metric_keys_are_the_keys_its_items_are_sent_under() -> None:
+    """What a payload run reads the fingerprints of: every key an item of the answers may take
+    (a row skipped for its value too, harmlessly), none of a failed query."""
+    conn = duckdb.connect()
+    conn.execute(
+        "create table t as select * from (values ('A1', '1', null), ('A2', '2', date '2024-02-01'),"
+        " (' A3 ', '3', null), (null, '4', null), ('A4', 'x', null)) v(external_id, value, date)"
+    )
+    metrics = [
+        MetricSettings(dimension_id="ok", sql="select * from t"),
+        MetricSettings(dimension_id="users", model="EndUser", sql="select * from t"),
+        MetricSettings(dimension_id="broken", sql="select * from missing"),
+    ]
+    answers = metric_answers(conn, metrics)
+    payloads, _ = all_metric_payloads(answers, NOW)
+    keys = metric_keys(answers, NOW)
+    assert set(payloads["key"]) <= keys
+    assert keys - set(payloads["key"]) == {
+        "ok:Company:A4:2024-03-02T00:00:00.000Z",
+        "users:EndUser:A4:2024-03-02T00:00:00.000Z",
+    }
+    assert "ok:Company:A2:2024-02-01T00:00:00.000Z" in keys
+    assert not [k for k in keys if k.startswith("broken:")]
 
 
 # -- scale -----------------------------------------------------------------------------------
