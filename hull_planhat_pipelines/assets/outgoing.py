@@ -31,6 +31,7 @@ from hull_planhat_pipelines.settings import Settings
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat.activities import (
     activity_payloads,
+    sql_activity_keys,
     sql_activity_payloads,
 )
 from hull_planhat_pipelines.sync.planhat.companies import OWNER_SKIPS, company_payloads
@@ -280,9 +281,9 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             conn, settings.planhat.tracking_events, settings.planhat.contact_segments
         )
         candidates = set() if found is None else set(found.events["event_id"].astype(str))
-        fingerprints = activity_fingerprints(
-            conn, candidates, queries=bool(settings.planhat.activity_queries)
-        )
+        queries = settings.planhat.activity_queries
+        answers = activity_answers(conn, queries) if conn is not None and queries else []
+        fingerprints = activity_fingerprints(conn, candidates | sql_activity_keys(answers))
         if found is None:
             payloads, logged = activity_payloads(
                 _no_events(), _no_profiles(), None, settings, fingerprints
@@ -296,14 +297,17 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 fingerprints,
                 left_out=found.left_out,
             )
-        if conn is None or not settings.planhat.activity_queries:
+        if not answers:
             return payloads, logged
-        answers = activity_answers(conn, settings.planhat.activity_queries)
         extra, more = sql_activity_payloads(answers, fingerprints)
         if extra.empty:
             return payloads, [*logged, *more]
         if payloads.empty:
             return extra, [*logged, *more]
+        # a column the queries left empty (no date) takes the events' type, as pandas did
+        # before it deprecated typing by all-empty columns
+        empty = [c for c in extra.columns if c in payloads and extra[c].isna().all()]
+        extra = extra.astype({c: payloads[c].dtype for c in empty})
         return pd.concat([payloads, extra], ignore_index=True), [*logged, *more]
 
     def metrics(conn, _fingerprints, force, scopes):

@@ -85,22 +85,14 @@ def activity_inputs(
 
 
 def activity_fingerprints(
-    conn: duckdb.DuckDBPyConnection | None, event_ids: Collection[str], *, queries: bool
+    conn: duckdb.DuckDBPyConnection | None, keys: Collection[str]
 ) -> pd.DataFrame:
-    """The activity fingerprints a payload run compares with: those of the candidate events'
-    ids, and, when activity queries are configured, those of their activities (``sql:`` keys);
-    not those of every event ever sent, which grow with the store."""
-    if conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
-        return empty_fingerprints()
-    clauses: list[str] = []
-    params: list[object] = [ACTIVITIES]
-    if event_ids:
-        clauses.append("key in (select unnest(?))")
-        params.append(sorted(event_ids))
-    if queries:
-        clauses.append("starts_with(key, 'sql:')")
-    if not clauses:
+    """The activity fingerprints a payload run compares with: those of ``keys`` (the candidate
+    events' ids, and the keys of the activity queries' answers, ``sql_activity_keys``); not
+    those of every activity ever sent, which grow with the history."""
+    if not keys or conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
         return empty_fingerprints()
     return conn.execute(
-        f"select * from {FINGERPRINTS} where target = ? and ({' or '.join(clauses)})", params
+        f"select * from {FINGERPRINTS} where target = ? and key in (select unnest(?))",
+        [ACTIVITIES, sorted(keys)],
     ).fetchdf()

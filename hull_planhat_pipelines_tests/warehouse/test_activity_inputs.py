@@ -85,11 +85,12 @@ def test_a_payload_run_reads_the_fingerprints_of_its_candidates_not_of_every_sen
     conn = _warehouse(tmp_path / "w.duckdb")
     conn.execute(
         f"insert into {FINGERPRINTS} (target, key) values ('activities', 'e1'), "
-        "('activities', 'sql:calls:7'), ('activities', 'e100')"
+        "('activities', 'sql:calls:7'), ('activities', 'sql:calls:8'), ('activities', 'e100')"
     )
-    found = activity_fingerprints(conn, {"e1", "e5"}, queries=False)
+    found = activity_fingerprints(conn, {"e1", "e5"})
     assert sorted(found["key"]) == ["e1"]  # not e2 or e100, sent long ago; no other target's
-    with_queries = activity_fingerprints(conn, {"e5"}, queries=True)
-    assert sorted(with_queries["key"]) == ["sql:calls:7"]  # the queries' own keys
-    assert activity_fingerprints(conn, set(), queries=False).empty  # nothing asked: no read
-    assert activity_fingerprints(None, {"e1"}, queries=True).empty  # no warehouse yet
+    with_queries = activity_fingerprints(conn, {"e5", "sql:calls:7"})
+    # a query's activity sent long ago (sql:calls:8) is not read either
+    assert sorted(with_queries["key"]) == ["sql:calls:7"]
+    assert activity_fingerprints(conn, set()).empty  # nothing asked: no read
+    assert activity_fingerprints(None, {"e1"}).empty  # no warehouse yet

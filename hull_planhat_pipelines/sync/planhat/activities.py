@@ -211,6 +211,25 @@ ACTIVITY_NO_IDENTITY = "No email or eu_ext_id"
 ACTIVITY_QUERY_FAILED = "Activity query failed"
 
 
+def sql_activity_key(query: ActivityQuerySettings, activity_id: Any) -> str:
+    """An activity query's item key: sent once per query and activity id."""
+    return f"sql:{query.name}:{activity_id}"
+
+
+def sql_activity_keys(
+    answers: Sequence[tuple[ActivityQuerySettings, shared.QueryAnswer]],
+) -> set[str]:
+    """The keys of the answers' activities: the only ``sql:`` fingerprints a payload run
+    compares with (every activity ever sent keeps one; a query over recent days would
+    otherwise cost each cycle all of them)."""
+    keys: set[str] = set()
+    for query, answer in answers:
+        rows = answer.checked(ACTIVITY_SQL_REQUIRED).rows
+        if rows is not None:
+            keys.update(sql_activity_key(query, jsonable(v)) for v in rows["activity_id"].tolist())
+    return keys
+
+
 def sql_activity_payloads(
     answers: Sequence[tuple[ActivityQuerySettings, shared.QueryAnswer]],
     sent_event_ids: SentEventIds,
@@ -244,7 +263,7 @@ def sql_activity_payloads(
         )
         for record, date in zip(frame.to_dict("records"), dates, strict=True):
             cell = {k: jsonable(v) for k, v in record.items()}
-            key = f"sql:{query.name}:{cell['activity_id']}"
+            key = sql_activity_key(query, cell["activity_id"])
             if key in sent:
                 continue
             email, eu_ext_id = cell.get("email"), cell.get("eu_ext_id")

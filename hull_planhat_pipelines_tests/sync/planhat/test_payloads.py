@@ -17,12 +17,19 @@ import pytest
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
 from hull_planhat_pipelines.clients.planhat_outcomes import DELIVERED, reconcile_bulk
 from hull_planhat_pipelines.sandbox.planhat_store import PlanhatStore
-from hull_planhat_pipelines.settings import MetricSettings, Settings, parse_settings
+from hull_planhat_pipelines.settings import (
+    ActivityQuerySettings,
+    MetricSettings,
+    Settings,
+    parse_settings,
+)
 from hull_planhat_pipelines.sync.batching import record_payloads
 from hull_planhat_pipelines.sync.log import SyncEvent
 from hull_planhat_pipelines.sync.planhat.activities import (
     EVENT_NO_USER_IDENTITY,
     activity_payloads,
+    sql_activity_keys,
+    sql_activity_payloads,
 )
 from hull_planhat_pipelines.sync.planhat.companies import (
     DUPLICATE_EXTERNAL_ID,
@@ -56,7 +63,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
     compile_fields,
     payloads_as_json,
 )
-from hull_planhat_pipelines.warehouse.planhat_queries import metric_answers
+from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
 from hull_planhat_pipelines_tests.planhat_support import advance_fingerprints
 
 NOW = dt.datetime(2024, 3, 2, 12, 30, tzinfo=dt.UTC)
@@ -685,6 +692,31 @@ def test_metric_keys_are_the_keys_its_items_are_sent_under() -> None:
     }
     assert "ok:Company:A2:2024-02-01T00:00:00.000Z" in keys
     assert not [k for k in keys if k.startswith("broken:")]
+
+
+def test_sql_activity_keys_are_the_keys_its_items_are_sent_under() -> None:
+    """The ``sql:`` fingerprints a payload run reads: the keys of the answers' activities,
+    whatever the id's type (as the items are keyed), none of a failed query."""
+    conn = duckdb.connect()
+    conn.execute(
+        "create table calls as select * from (values (7, 'Called', 'a@x.example'),"
+        " (8, 'Called', null)) t(activity_id, action, email);"
+        "create table notes as select * from (values ('n-1', 'Noted', 'a@x.example'))"
+        " t(activity_id, action, email);"
+        "create table scores as select 1.5::double as activity_id, 'Scored' as action,"
+        " 'b@x.example' as email"
+    )
+    queries = [
+        ActivityQuerySettings(name="calls", sql="select * from calls"),
+        ActivityQuerySettings(name="notes", sql="select * from notes"),
+        ActivityQuerySettings(name="scores", sql="select * from scores"),
+        ActivityQuerySettings(name="broken", sql="select * from missing"),
+    ]
+    answers = activity_answers(conn, queries)
+    payloads, _ = sql_activity_payloads(answers, None)
+    keys = sql_activity_keys(answers)
+    assert set(payloads["key"]) == {"sql:calls:7", "sql:notes:n-1", "sql:scores:1.5"}
+    assert keys == {*payloads["key"], "sql:calls:8"}  # 8 is skipped (no identity): harmless
 
 
 # -- scale -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""A metric's key carries its day, so its fingerprints grow by one day's items every day. The
-metric payloads compare today's answer with today's keys only: a year of history costs a
-cycle nothing, and what reaches Planhat is the same. Copper and Planhat over real HTTP, as
+"""Fingerprints that grow with the history, not the store: a metric's key carries its day (one
+day's items more every day), and every activity a configured query sent keeps its key. The
+payloads compare an answer with the fingerprints of its own keys only: history costs a cycle
+nothing, and what reaches Planhat is the same. Copper and Planhat over real HTTP, as
 ``hull-planhat sync`` runs."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from hull_planhat_pipelines.assets import outgoing
 from hull_planhat_pipelines.settings import load_settings
-from hull_planhat_pipelines.sync.planhat.shared import METRICS
+from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES, METRICS
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import _started
 
 DAYS_OF_HISTORY = 30
@@ -119,3 +120,56 @@ def test_metric_payloads_compare_today_s_keys_not_every_day_ever_sent(
             (external_id, pytest.approx(float(values[external_id]) + 1000))
         ]
         assert {_day(k) for k in today} == {sent[0]["date"]}
+
+
+NOTES_QUERY = (
+    "select e.event_id as activity_id, 'Note taken' as action, u.email"
+    " from hull.events e join hull.users u on u.hull_id = e.user_hull_id"
+    " where e.name = 'Note' and u.email is not null"
+)
+
+
+def _notes_query(config: dict[str, Any]) -> None:
+    config["planhat"]["activity_queries"] = [{"name": "notes", "sql": NOTES_QUERY}]
+
+
+def test_activity_queries_compare_their_answer_s_keys_not_every_activity_ever_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _started(tmp_path, _notes_query) as stack:
+        stack.cycle()
+        answered = {f"sql:notes:{row[0]}" for row in stack.query(NOTES_QUERY)}
+        assert answered, "the seed has notes"
+        sent = {
+            key
+            for (key,) in stack.query(
+                "select key from planhat.delivery_fingerprints"
+                " where target = ? and starts_with(key, 'sql:')",
+                [ACTIVITIES],
+            )
+        }
+        assert sent == answered
+        landed = len([a for a in stack.planhat.activities if a["action"] == "Note taken"])
+        assert landed  # Planhat keeps those whose enduser it has, and drops the rest
+        # what a query over recent days leaves behind: activities it sent and answers no more
+        with duckdb.connect(str(stack.warehouse)) as conn:
+            conn.execute(
+                "insert into planhat.delivery_fingerprints (target, key, fingerprint)"
+                " select ?, 'sql:notes:gone-' || i, md5(i::varchar) from range(5000) t(i)",
+                [ACTIVITIES],
+            )
+
+        asked: list[set[str]] = []
+        read = outgoing.activity_fingerprints
+
+        def spy(conn: Any, keys: Collection[str]) -> Any:
+            asked.append(set(keys))
+            return read(conn, keys)
+
+        monkeypatch.setattr(outgoing, "activity_fingerprints", spy)
+        stack.cycle()
+
+        assert asked and all(answered <= keys for keys in asked)
+        assert not [k for keys in asked for k in keys if k.startswith("sql:notes:gone-")]
+        again = len([a for a in stack.planhat.activities if a["action"] == "Note taken"])
+        assert again == landed  # each sent once
