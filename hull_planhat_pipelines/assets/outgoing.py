@@ -51,6 +51,7 @@ from hull_planhat_pipelines.sync.planhat.settlement import (
     settle,
 )
 from hull_planhat_pipelines.sync.planhat.shared import (
+    ACTIVITIES,
     COMPANIES,
     ENDUSERS,
     METRICS,
@@ -58,10 +59,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
 )
 from hull_planhat_pipelines.sync.planhat.snapshot_due import MATCHED
 from hull_planhat_pipelines.warehouse import deliveries, replace_table, table_exists
-from hull_planhat_pipelines.warehouse.activity_inputs import (
-    activity_fingerprints,
-    activity_inputs,
-)
+from hull_planhat_pipelines.warehouse.activity_inputs import activity_inputs
 from hull_planhat_pipelines.warehouse.deliveries import (
     DELIVERY_COLUMNS,
     delivery_rows,
@@ -283,7 +281,10 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         candidates = set() if found is None else set(found.events["event_id"].astype(str))
         queries = settings.planhat.activity_queries
         answers = activity_answers(conn, queries) if conn is not None and queries else []
-        fingerprints = activity_fingerprints(conn, candidates | sql_activity_keys(answers))
+        # the fingerprints of the candidates and of the answers' activities only, not of
+        # every activity ever sent, which grow with the history
+        keys = candidates | sql_activity_keys(answers)
+        fingerprints = deliveries.fingerprints_of_keys(conn, ACTIVITIES, keys)
         if found is None:
             payloads, logged = activity_payloads(
                 _no_events(), _no_profiles(), None, settings, fingerprints
@@ -341,7 +342,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             [["hull", "events"], ["hull", "users"], ["hull", "accounts"]],
             "Events in planhat.tracking_events of users in the contact segments, not sent before.",
             activities,
-            [],  # only the candidates' fingerprints (activity_fingerprints)
+            [],  # only the candidates' fingerprints (fingerprints_of_keys)
         ),
         _payload_asset(
             "metric_payloads",

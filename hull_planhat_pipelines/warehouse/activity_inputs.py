@@ -9,13 +9,12 @@ rest are read with the users who carry them and those users' accounts.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.sync.planhat.fingerprints import empty_fingerprints
 from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES
 from hull_planhat_pipelines.warehouse.connection import select_where, table_exists
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, in_segment, read_rows_by_id
@@ -82,17 +81,3 @@ def activity_inputs(
             "not_in_segment": int(outside),
         },
     )
-
-
-def activity_fingerprints(
-    conn: duckdb.DuckDBPyConnection | None, keys: Collection[str]
-) -> pd.DataFrame:
-    """The activity fingerprints a payload run compares with: those of ``keys`` (the candidate
-    events' ids, and the keys of the activity queries' answers, ``sql_activity_keys``); not
-    those of every activity ever sent, which grow with the history."""
-    if not keys or conn is None or not table_exists(conn, *FINGERPRINTS.split(".")):
-        return empty_fingerprints()
-    return conn.execute(
-        f"select * from {FINGERPRINTS} where target = ? and key in (select unnest(?))",
-        [ACTIVITIES, sorted(keys)],
-    ).fetchdf()

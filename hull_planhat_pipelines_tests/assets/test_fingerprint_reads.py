@@ -160,13 +160,14 @@ def test_activity_queries_compare_their_answer_s_keys_not_every_activity_ever_se
             )
 
         asked: list[set[str]] = []
-        read = outgoing.activity_fingerprints
+        read = outgoing.deliveries.fingerprints_of_keys
 
-        def spy(conn: Any, keys: Collection[str]) -> Any:
-            asked.append(set(keys))
-            return read(conn, keys)
+        def spy(conn: Any, target: str, keys: Collection[str] | None) -> Any:
+            if target == ACTIVITIES:
+                asked.append(set(keys or ()))
+            return read(conn, target, keys)
 
-        monkeypatch.setattr(outgoing, "activity_fingerprints", spy)
+        monkeypatch.setattr(outgoing.deliveries, "fingerprints_of_keys", spy)
         stack.cycle()
 
         assert asked and all(answered <= keys for keys in asked)

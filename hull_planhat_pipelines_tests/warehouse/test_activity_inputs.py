@@ -5,8 +5,13 @@ from pathlib import Path
 
 import duckdb
 
-from hull_planhat_pipelines.warehouse.activity_inputs import activity_fingerprints, activity_inputs
-from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, FINGERPRINTS_DDL
+from hull_planhat_pipelines.sync.planhat.shared import ACTIVITIES
+from hull_planhat_pipelines.warehouse.activity_inputs import activity_inputs
+from hull_planhat_pipelines.warehouse.deliveries import (
+    FINGERPRINTS,
+    FINGERPRINTS_DDL,
+    fingerprints_of_keys,
+)
 
 
 def _warehouse(path: Path) -> duckdb.DuckDBPyConnection:
@@ -87,10 +92,10 @@ def test_a_payload_run_reads_the_fingerprints_of_its_candidates_not_of_every_sen
         f"insert into {FINGERPRINTS} (target, key) values ('activities', 'e1'), "
         "('activities', 'sql:calls:7'), ('activities', 'sql:calls:8'), ('activities', 'e100')"
     )
-    found = activity_fingerprints(conn, {"e1", "e5"})
+    found = fingerprints_of_keys(conn, ACTIVITIES, {"e1", "e5"})
     assert sorted(found["key"]) == ["e1"]  # not e2 or e100, sent long ago; no other target's
-    with_queries = activity_fingerprints(conn, {"e5", "sql:calls:7"})
+    with_queries = fingerprints_of_keys(conn, ACTIVITIES, {"e5", "sql:calls:7"})
     # a query's activity sent long ago (sql:calls:8) is not read either
     assert sorted(with_queries["key"]) == ["sql:calls:7"]
-    assert activity_fingerprints(conn, set()).empty  # nothing asked: no read
-    assert activity_fingerprints(None, {"e1"}).empty  # no warehouse yet
+    assert fingerprints_of_keys(conn, ACTIVITIES, set()).empty  # nothing asked: none
+    assert fingerprints_of_keys(None, ACTIVITIES, {"e1"}).empty  # no warehouse yet
