@@ -1,7 +1,7 @@
 """The whole cycle, three times, against both sandboxes in process: full, 1% changed, unchanged.
 
     python benchmarks/end_to_end.py [--scale 100] [--change 0.01] [--seed 0] [--start-date D]
-                                    [--cold]
+                                    [--cold] [--history 0]
     python benchmarks/end_to_end.py --compare   # scale 10 at 1% against scale 100 at 0.1%
 
 ``--scale`` is the Copper sandbox's (1.0: 1,000 leads, 1,000 people, 100 companies, 300
@@ -38,6 +38,10 @@ walk the sandboxes' objects too and cost seconds each at scale 1,000). Each
 pass also says how much of the warehouse file the page cache held when it began, so that a
 slow pass can be told apart from one that read the warehouse back from disk; ``--cold`` drops
 the file from the page cache before each incremental pass, to measure the second kind.
+
+``--history N`` appends to ``planhat.deliveries``, after the full pass, N copies of that pass's
+rows, the k-th dated k days earlier (as N earlier days of deliveries would have left it): the
+incremental passes then show what the delivery history, which only grows, costs a cycle.
 
 ``--compare`` runs scale 10 with ``--change 0.01`` and scale 100 with ``--change 0.001`` (the
 same 100 changed people) and compares the incremental passes' cycle: every job but the Planhat
@@ -912,8 +916,33 @@ def print_pass(p: dict[str, Any]) -> None:
 
 
 # -- the benchmark ---------------------------------------------------------------------------
+def add_delivery_history(database: str, copies: int) -> int:
+    """``copies`` earlier days of the deliveries the warehouse holds (see ``--history``);
+    returns the rows ``planhat.deliveries`` holds after."""
+    import duckdb
+
+    conn = duckdb.connect(database)
+    try:
+        conn.execute(
+            "insert into planhat.deliveries select d.* replace ('history-' || k as run_id,"
+            " delivered_at - to_days(k::integer) as delivered_at)"
+            " from planhat.deliveries d, range(1, ? + 1) days(k)",
+            [copies],
+        )
+        (rows,) = conn.execute("select count(*) from planhat.deliveries").fetchone()
+    finally:
+        conn.close()
+    return int(rows)
+
+
 def run(
-    scale: float, change: float, seed: int, start_date: dt.date | None, *, cold: bool = False
+    scale: float,
+    change: float,
+    seed: int,
+    start_date: dt.date | None,
+    *,
+    cold: bool = False,
+    history: int = 0,
 ) -> dict[str, Any]:
     rng = random.Random(f"end_to_end:{seed}")
     with tempfile.TemporaryDirectory(prefix="end_to_end-") as tmp:
@@ -954,6 +983,13 @@ def run(
                 passes = [
                     one_pass("1 full", full=True, copper=copper, planhat=planhat, database=database)
                 ]
+                if history:
+                    began_history = time.perf_counter()
+                    rows = add_delivery_history(database, history)
+                    print(
+                        f"delivery history: {history} earlier days added, {rows:,} rows in"
+                        f" planhat.deliveries ({time.perf_counter() - began_history:.1f} s)"
+                    )
                 changed = change_records(copper, change, rng)
                 passes.append(
                     one_pass(
@@ -1010,6 +1046,7 @@ def run(
         "passes": passes,
         "scale": scale,
         "change": change,
+        "history_days": history,
         "seed": seed,
         "configuration": overrides,
         "sandbox_setup_seconds": round(setup_seconds, 2),
@@ -1105,6 +1142,12 @@ def main(argv: list[str] | None = None) -> int:
         help="evict the warehouse file from the page cache before each incremental pass",
     )
     parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="earlier days of deliveries added after the full pass (copies of its rows)",
+    )
+    parser.add_argument(
         "--start-date",
         type=dt.date.fromisoformat,
         default=None,
@@ -1123,7 +1166,11 @@ def main(argv: list[str] | None = None) -> int:
             print("FAILED: " + "; ".join(compared["problems"]))
         print(json.dumps(compared, default=str))
         return 0 if compared["ok"] else 1
-    result = run(args.scale, args.change, args.seed, args.start_date, cold=args.cold)
+    if args.history < 0:
+        parser.error("--history must be >= 0")
+    result = run(
+        args.scale, args.change, args.seed, args.start_date, cold=args.cold, history=args.history
+    )
     last = result["passes"][-1]
     problems = [f"pass {p['pass']} failed" for p in result["passes"] if not p["ok"]]
     if last["requests"]["planhat_writes"]:
