@@ -24,7 +24,10 @@ Rules (DESIGN.md section 2), as set operations over the whole batch:
    no other source on the profile may hold the old one, i.e. every other source record on it
    (``copper-lead:``, ``copper-person:``, ``copper:``, ``planhat:`` anonymous ids; for a Copper
    record, Planhat's do not count: Planhat mirrors what we send it) is in this batch and none
-   claims the old value. Otherwise the profile keeps it: a conflict.
+   claims the old value. Otherwise the profile keeps it: a conflict. A value a CRM record
+   gives up so matches no other record of the batch (``_released``): a colleague given a
+   person's old address in the same batch resolves by its own identity, not into that
+   person's profile.
 
 Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
 ``claims_<kind>`` (claims added), ``merges_<kind>``, ``conflicts_<kind>``.
@@ -98,6 +101,9 @@ def _matches(batch: Batch, k: Kind) -> None:
         " union all select hull_id, 'anonymous_id', value from ("
         f" select hull_id, unnest(anonymous_ids) as value from s_{k})"
         f" where value in (select value from rc_{k} where claim = 'anonymous_id');"
+    )
+    _released(batch, k)
+    batch.sql(
         f"create or replace temp table m_{k} as"
         f" select rc.rid, rc.claim, rc.value, sc.hull_id, s.strong, s.created_at,"
         # a record's own key before the other anonymous ids it claims (a converted lead's)
@@ -105,6 +111,50 @@ def _matches(batch: Batch, k: Kind) -> None:
         " and rc.value <> r.record_key then 1 else 0 end as prec"
         f" from rc_{k} rc join sc_{k} sc using (claim, value) join s_{k} s using (hull_id)"
         f" join r_{k} r using (rid)"
+    )
+
+
+def _released(batch: Batch, k: Kind) -> None:
+    """Stored emails (domains) their own profile gives up in this batch match no record of it.
+
+    A profile's value is given up when a CRM record of one of its sources claims another one
+    and every other CRM source on the profile is in the batch without claiming it (rule 6,
+    decided before resolution: the batch's own records say so). A record taking that value in
+    the same batch (a colleague given a person's old address) resolves by its own identity
+    instead of being folded into the profile that let the value go.
+
+    Planhat records give nothing up: Planhat mirrors the emails we send it, so two endusers
+    trading emails there land by email on each other's profiles (rule 6 alone)."""
+    other = DOMAIN_CLAIM[k]
+    batch.sql(
+        f"create or replace temp table rel_{k} as"
+        # the source keys of the profiles a record of the batch is a source of
+        f" with src as (select * from (select s.hull_id, s.{other} as held,"
+        f" unnest(s.anonymous_ids) as key from s_{k} s where s.{other} is not null"
+        f" and s.hull_id in (select hull_id from sc_{k} where claim = 'anonymous_id'))"
+        f" where regexp_matches(key, '{_SOURCE_KEY}')),"
+        f" real as (select rid, record_key, modified_at from r_{k} where not is_shell),"
+        # the latest of its CRM records claiming another value
+        " changer as (select s.hull_id, s.held, arg_max(r.record_key,"
+        " coalesce(r.modified_at, '-infinity'::timestamptz)) as record_key"
+        " from src s join real r on r.record_key = s.key"
+        f" join rc_{k} c on c.rid = r.rid and c.claim = '{other}' and c.value <> s.held"
+        " where not starts_with(s.key, 'planhat:')"
+        # and that resolves to the profile: none of its strong claims is another's
+        f" and not exists (select 1 from rc_{k} o join sc_{k} h using (claim, value)"
+        f" where o.rid = r.rid and o.claim in ('external_id', '{other}')"
+        " and h.hull_id <> s.hull_id) group by s.hull_id, s.held)"
+        # every other source in the batch, none claiming the value (Planhat mirrors what we
+        # send it: it does not hold a CRM record's value against it)
+        " select ch.hull_id, ch.held from changer ch where not exists (select 1 from src p"
+        " where p.hull_id = ch.hull_id and p.key <> ch.record_key"
+        " and not starts_with(p.key, 'planhat:')"
+        " and (p.key not in (select record_key from real) or exists (select 1 from real r"
+        f" join rc_{k} c using (rid) where r.record_key = p.key and c.claim = '{other}'"
+        " and c.value = ch.held)));"
+        f"delete from sc_{k} using rel_{k} r where sc_{k}.claim = '{other}'"
+        f" and sc_{k}.hull_id = r.hull_id and sc_{k}.value = r.held;"
+        f"drop table rel_{k}"
     )
 
 

@@ -251,6 +251,70 @@ def test_planhat_mirroring_a_person_does_not_hold_its_old_email_against_it() -> 
     assert planhat.conflicts["reason"].tolist() == ["Profile keeps another email"]
 
 
+def _a_moves_and_b_takes(store: pd.DataFrame, *more: dict[str, Any]) -> Resolved:
+    """Person 1 moves from x@c.io to y@c.io while person 2 takes x@c.io, in one batch."""
+    return resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "y@c.io"},
+        {"key": "copper-person:2", "email": "x@c.io"},
+        *more,
+    )
+
+
+def test_an_email_given_up_in_the_batch_goes_to_the_record_taking_it() -> None:
+    """A's person moves to a new address while B's person takes A's old one, in one batch:
+    B resolves to its own profile and takes the address; A's takes its new one."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1", "planhat:e1"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+    )
+    out = _a_moves_and_b_takes(store)
+    assert out.hull == {"copper-person:1": "A", "copper-person:2": "B"}
+    assert sorted(out.claims[["hull_id", "claim", "value"]].values.tolist()) == [
+        ["A", "email", "y@c.io"],
+        ["B", "email", "x@c.io"],
+    ]
+    assert out.conflicts.empty
+    assert out.merges.empty
+    # a new record taking it is a new profile, not a part of A's
+    new = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "y@c.io"},
+        {"key": "copper-person:3", "email": "x@c.io"},
+    )
+    assert new.hull["copper-person:3"] == stable_id("user", "copper-person:3")
+    assert new.is_new["copper-person:3"]
+
+
+def test_an_email_not_given_up_still_resolves_the_record_taking_it() -> None:
+    """The old address is still A's while another source of A's may hold it: a source not
+    in the batch, or one in it still claiming it. B's record resolves to A, as before."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1", "copper-lead:4"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+    )
+    for lead in ([], [{"key": "copper-lead:4", "email": "x@c.io"}]):
+        # a source not in the batch, or in it still claiming the address
+        out = _a_moves_and_b_takes(store, *lead)
+        assert out.hull["copper-person:2"] == "A"
+        assert out.conflicts[["record", "value", "reason"]].values.tolist() == [
+            ["copper-person:1", "y@c.io", "Profile keeps another email"],
+            ["copper-person:2", "copper-person:2", "Claim identifies another profile"],
+        ]
+
+
+def test_an_email_moved_to_another_profile_s_address_is_not_given_up() -> None:
+    """A's person takes C's address: its record resolves to C by that email, so A's profile
+    keeps its own, and B's record taking it still resolves to A."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+        {"hull_id": "C", "anonymous_ids": ["copper-person:3"], "email": "y@c.io"},
+    )
+    out = _a_moves_and_b_takes(store)
+    assert out.hull == {"copper-person:1": "C", "copper-person:2": "A"}
+
+
 def _convert_lead_5_into_person_9(store: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Resolve person 9 claiming lead 5 (a conversion): the merges and the conflicts."""
     with batch() as work:
