@@ -173,6 +173,7 @@ def _moved(conn: Any, ids: dict[str, str], keys: dict[str, str]) -> pd.DataFrame
     )
     renamed = deliveries.held_under_other_keys(conn, candidates)
     returned = deliveries.returned_to_keys(conn, candidates)
+    returned = returned[~returned["hull_id"].isin(renamed["hull_id"])]
     if renamed.empty or returned.empty:
         return returned if renamed.empty else renamed
     return pd.concat([renamed, returned], ignore_index=True)

@@ -373,14 +373,19 @@ def held_under_other_keys(
 ) -> pd.DataFrame:
     """Of ``candidates`` (``hull_id``, the ``key`` its payload is sent under, the
     ``planhat_id`` of the Planhat enduser it was built from): those whose key we never
-    delivered while the latest snapshot holds that enduser under a key we delivered for this
-    same profile, and no other profile holds its id (the profile's email or external id
-    changed in Hull since). Rows of ``MOVED_COLUMNS``."""
-    ours = f"select 1 from {FINGERPRINTS} f where f.target = 'endusers' and f.key"
+    delivered for this profile while the latest snapshot holds that enduser under a key we
+    delivered for it, and no other profile holds its id (the profile's email or external id
+    changed in Hull since). The key may have been delivered for another profile: a person
+    given a colleague's old address still has an enduser of its own. Rows of
+    ``MOVED_COLUMNS``."""
+    ours = (
+        f"select 1 from {DELIVERIES} d where d.target = 'endusers'"
+        f" and d.status in ({_DELIVERED}) and d.hull_id = c.hull_id and d.key"
+    )
     return _moved(
         conn,
         candidates,
-        # the few whose key is new while Planhat holds their enduser under one of ours
+        # the few whose key is new to them while Planhat holds their enduser under one of ours
         f"create temp table _held as select c.*, {_SNAPSHOT_KEYS} from _candidates c"
         " join planhat_current.endusers e on e._id = c.planhat_id"
         f" where not exists ({ours} = c.key)",

@@ -69,6 +69,17 @@ def test_a_changed_email_updates_the_enduser_planhat_holds_instead_of_adding_one
     assert not [i for i in again if i.get("email") == new_email]
 
 
+def _delivered_by_email(stack: Stack) -> list[tuple[str, str, int]]:
+    """Users keyed by their email whose payload was delivered: hull id, email, person id."""
+    rows = stack.query(
+        "select u.hull_id, u.email, a from hull.users u, unnest(u.anonymous_ids) t(a)"
+        " where u.external_id is null and u.email is not null and a like 'copper-person:%'"
+        " and 'email:' || u.email in (select key from planhat.delivery_fingerprints"
+        " where target = 'endusers') order by u.hull_id"
+    )
+    return [(hull_id, email, int(a.split(":", 1)[1])) for hull_id, email, a in rows]
+
+
 def _edit_person(stack: Stack, hull_id: str, person_id: int, email: str, **changes: object) -> None:
     """The person's first email becomes ``email`` in Copper, with ``changes`` (its converted
     lead fetched with it)."""
@@ -93,16 +104,10 @@ def test_an_email_changed_and_changed_back_leaves_planhat_with_the_person_of_now
     same edit (the title with the rename, the phone with the return): Planhat's enduser loses
     it too, though neither key's own payload ever lacked it before."""
     stack.cycle()
-    rows = stack.query(
-        "select u.hull_id, u.email, a from hull.users u, unnest(u.anonymous_ids) t(a)"
-        " where u.external_id is null and u.email is not null and a like 'copper-person:%'"
-        " and 'email:' || u.email in (select key from planhat.delivery_fingerprints"
-        " where target = 'endusers') order by u.hull_id"
-    )
     in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
     chosen = [
-        (hull_id, email, int(anonymous.split(":", 1)[1]))
-        for hull_id, email, anonymous in rows
+        (hull_id, email, person_id)
+        for hull_id, email, person_id in _delivered_by_email(stack)
         if in_planhat.get(email, {}).get("position") and in_planhat.get(email, {}).get("phone")
     ]
     assert chosen, "no delivered enduser keyed by its email with a position and a phone"
@@ -193,3 +198,81 @@ def test_a_person_moved_to_another_company_stays_one_enduser_in_planhat(stack: S
     stack.cycle()
     again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
     assert not [i for i in again if i.get("email") == email]
+
+
+def test_an_email_given_up_and_taken_by_a_colleague_in_one_sync_keeps_two_people_apart(
+    stack: Stack,
+) -> None:
+    """In one Copper sync, A's email changes and B, a colleague with a profile and an enduser
+    of its own, takes A's old address. Before, B's person record resolved by that email to
+    A's profile, whose sources were giving it up: A's profile took B's title, B's kept its old
+    email, and Planhat followed. Now B keeps its profile and takes the address; each enduser
+    is updated by its own ``_id``, whatever order Planhat applies a bulk's items in."""
+    stack.cycle()
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    chosen = [row for row in _delivered_by_email(stack) if row[1] in in_planhat]
+    assert chosen, "no delivered enduser keyed by its email"
+    a_id, a_email, a_person = chosen[0]
+    # B: a colleague of A's, delivered by a sync of its own
+    record = stack.copper.record("people", a_person)
+    assert record is not None
+    colleague = copy.deepcopy(record)
+    b_person = max(p["id"] for p in stack.copper.records("people")) + 1
+    b_email = "colleague." + a_email
+    colleague.update(id=b_person, name="Colleague Ofa", title="Colleague of A")
+    colleague["emails"] = [{"email": b_email, "category": "work"}]
+    colleague["leads_converted_from"], colleague["date_lead_created"] = [], None
+    colleague["date_created"] = colleague["date_modified"] = max(
+        stack.copper.clock(), record["date_modified"] + 1
+    )
+    stack.copper.upsert_records("people", [colleague])
+    stack.cycle()
+    [(b_id,)] = stack.query("select hull_id from hull.users where email = ?", [b_email])
+    # A delivered again since: B's key is older than the fingerprint of A's (a change and
+    # change back, ``returned_to_keys``, does not explain B's move)
+    _edit_person(stack, a_id, a_person, a_email, title="Re-titled A")
+    stack.cycle()
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    a_before, b_before = in_planhat[a_email], in_planhat[b_email]
+    assert (a_before.get("position"), b_before.get("position")) == ("Re-titled A", "Colleague of A")
+    a_title = stack.query(
+        "select attributes->>'copper_person/title' from hull.users where hull_id = ?", [a_id]
+    )
+
+    a_new = "zz." + a_email  # after B's new key: a bulk in key order puts B's item first
+    _edit_person(stack, a_id, a_person, a_new)
+    _edit_person(stack, b_id, b_person, a_email)
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+
+    profiles = stack.query(
+        "select hull_id, email, attributes->>'copper_person/title', anonymous_ids"
+        " from hull.users where hull_id in (?, ?) order by email",
+        [a_id, b_id],
+    )
+    assert [(h, e, t) for h, e, t, _ in profiles] == [
+        (b_id, a_email, "Colleague of A"),
+        (a_id, a_new, a_title[0][0]),
+    ]
+    assert f"copper-person:{b_person}" not in profiles[1][3]
+    assert not stack.query(
+        "select 1 from ops.sync_log where event = 'incoming.user.skip' and object_id = ?",
+        [f"copper-person:{b_person}"],
+    )
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert by_id[a_before["_id"]].get("email") == a_new
+    assert by_id[a_before["_id"]].get("position") == a_before.get("position")
+    assert by_id[b_before["_id"]].get("email") == a_email
+    assert by_id[b_before["_id"]].get("position") == "Colleague of A"
+    emails = sorted(e.get("email") for e in by_id.values())
+    assert [e for e in emails if e in (a_email, a_new, b_email)] == sorted([a_email, a_new])
+    sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert sorted((i.get("_id"), i.get("email")) for i in sent if i.get("_id")) == sorted(
+        [(a_before["_id"], a_new), (b_before["_id"], a_email)]
+    )
+
+    # taken: the next cycle sends neither again
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert not [i for i in again if i.get("email") in (a_email, a_new)]
