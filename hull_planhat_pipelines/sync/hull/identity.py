@@ -25,9 +25,10 @@ Rules (DESIGN.md section 2), as set operations over the whole batch:
    (``copper-lead:``, ``copper-person:``, ``copper:``, ``planhat:`` anonymous ids; for a Copper
    record, Planhat's do not count: Planhat mirrors what we send it) is in this batch and none
    claims the old value. Otherwise the profile keeps it: a conflict. A value a CRM record
-   gives up so matches no other record of the batch (``_released``): a colleague given a
-   person's old address in the same batch resolves by its own identity, not into that
-   person's profile.
+   gives up so (every other CRM source resolving to the profile) matches no other record of
+   the batch and links none of the profile's records to others (``_released``, repeated
+   until no more follow): a colleague given a person's old address in the same batch
+   resolves by its own identity, not into that person's profile.
 
 Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
 ``claims_<kind>`` (claims added), ``merges_<kind>``, ``conflicts_<kind>``.
@@ -51,7 +52,7 @@ def resolve(batch: Batch, kind: Kind) -> None:
     _merges(batch, kind)
     _conflicts(batch, kind)
     _claims(batch, kind)
-    batch.drop(*(f"{t}_{kind}" for t in ("sc", "m", "edge", "lab", "best", "win", "res0")))
+    batch.drop(*(f"{t}_{kind}" for t in ("sc", "rel", "m", "edge", "lab", "best", "win", "res0")))
     batch.drop(*(f"{t}_{kind}" for t in ("rc", "cand", "held", "fresh", "newkey")))
 
 
@@ -119,53 +120,79 @@ def _released(batch: Batch, k: Kind) -> None:
 
     A profile's value is given up when a CRM record of one of its sources claims another one
     and every other CRM source on the profile is in the batch without claiming it (rule 6,
-    decided before resolution: the batch's own records say so). A record taking that value in
-    the same batch (a colleague given a person's old address) resolves by its own identity
-    instead of being folded into the profile that let the value go.
+    decided before resolution: the batch's own records say so). Each of those records must
+    resolve to the profile (none of its strong claims is another profile's), as rule 6 counts
+    only the records that did: a source leaving for another profile vouches for nothing. A
+    record taking that value in the same batch (a colleague given a person's old address)
+    resolves by its own identity instead of being folded into the profile that let the value
+    go. Releases are repeated until none follows: a record whose new value another profile
+    gave up in the batch resolves to its own profile only once that value is released, and
+    may then give up its own (a chain of moves in one sync).
 
     Planhat records give nothing up: Planhat mirrors the emails we send it, so two endusers
-    trading emails there land by email on each other's profiles (rule 6 alone)."""
+    trading emails there land by email on each other's profiles (rule 6 alone). The pairs
+    released stay in ``rel_<kind>``: the profile's own records sharing the value with others
+    are not grouped with them by it (``_components``)."""
     other = DOMAIN_CLAIM[k]
-    batch.sql(
-        f"create or replace temp table rel_{k} as"
-        # the source keys of the profiles a record of the batch is a source of
-        f" with src as (select * from (select s.hull_id, s.{other} as held,"
-        f" unnest(s.anonymous_ids) as key from s_{k} s where s.{other} is not null"
-        f" and s.hull_id in (select hull_id from sc_{k} where claim = 'anonymous_id'))"
-        f" where regexp_matches(key, '{_SOURCE_KEY}')),"
-        f" real as (select rid, record_key, modified_at from r_{k} where not is_shell),"
-        # the latest of its CRM records claiming another value
-        " changer as (select s.hull_id, s.held, arg_max(r.record_key,"
-        " coalesce(r.modified_at, '-infinity'::timestamptz)) as record_key"
-        " from src s join real r on r.record_key = s.key"
-        f" join rc_{k} c on c.rid = r.rid and c.claim = '{other}' and c.value <> s.held"
-        " where not starts_with(s.key, 'planhat:')"
-        # and that resolves to the profile: none of its strong claims is another's
-        f" and not exists (select 1 from rc_{k} o join sc_{k} h using (claim, value)"
-        f" where o.rid = r.rid and o.claim in ('external_id', '{other}')"
-        " and h.hull_id <> s.hull_id) group by s.hull_id, s.held)"
-        # every other source in the batch, none claiming the value (Planhat mirrors what we
-        # send it: it does not hold a CRM record's value against it)
-        " select ch.hull_id, ch.held from changer ch where not exists (select 1 from src p"
-        " where p.hull_id = ch.hull_id and p.key <> ch.record_key"
-        " and not starts_with(p.key, 'planhat:')"
-        " and (p.key not in (select record_key from real) or exists (select 1 from real r"
-        f" join rc_{k} c using (rid) where r.record_key = p.key and c.claim = '{other}'"
-        " and c.value = ch.held)));"
-        f"delete from sc_{k} using rel_{k} r where sc_{k}.claim = '{other}'"
-        f" and sc_{k}.hull_id = r.hull_id and sc_{k}.value = r.held;"
-        f"drop table rel_{k}"
+    # a record resolving to a profile: none of its strong claims is another profile's
+    resolves_to = (
+        "not exists (select 1 from rc_{k} o join sc_{k} h using (claim, value)"
+        " where o.rid = {rid} and o.claim in ('external_id', '{other}')"
+        " and h.hull_id <> {hull})"
     )
+    batch.sql(
+        f"create or replace temp table rel_{k} (hull_id varchar, held varchar);"
+        f"create or replace temp table src_{k} as select * from (select s.hull_id,"
+        f" s.{other} as held, unnest(s.anonymous_ids) as key from s_{k} s"
+        f" where s.{other} is not null"
+        f" and s.hull_id in (select hull_id from sc_{k} where claim = 'anonymous_id'))"
+        f" where regexp_matches(key, '{_SOURCE_KEY}') and not starts_with(key, 'planhat:');"
+        f"create or replace temp table real_{k} as select r.rid, r.record_key, r.modified_at"
+        f" from r_{k} r where not r.is_shell"
+        f" and r.record_key in (select key from src_{k})"
+    )
+    for _ in range(MAX_ROUNDS):
+        released = batch.scalar(
+            f"create or replace temp table rel1_{k} as"
+            # the latest of a profile's CRM records claiming another value, resolving to it
+            " with changer as (select s.hull_id, s.held, arg_max(r.record_key,"
+            " coalesce(r.modified_at, '-infinity'::timestamptz)) as record_key"
+            f" from src_{k} s join real_{k} r on r.record_key = s.key"
+            f" join rc_{k} c on c.rid = r.rid and c.claim = '{other}' and c.value <> s.held"
+            f" where {resolves_to.format(k=k, other=other, rid='r.rid', hull='s.hull_id')}"
+            f" and s.hull_id not in (select hull_id from rel_{k}) group by s.hull_id, s.held)"
+            # every other CRM source in the batch, resolving to the profile, none claiming it
+            f" select ch.hull_id, ch.held from changer ch where not exists (select 1"
+            f" from src_{k} p where p.hull_id = ch.hull_id and p.key <> ch.record_key"
+            f" and (p.key not in (select record_key from real_{k}) or exists (select 1"
+            f" from real_{k} r where r.record_key = p.key and (not"
+            f" {resolves_to.format(k=k, other=other, rid='r.rid', hull='ch.hull_id')}"
+            f" or exists (select 1 from rc_{k} c where c.rid = r.rid"
+            f" and c.claim = '{other}' and c.value = ch.held)))));"
+            f"delete from sc_{k} using rel1_{k} r where sc_{k}.claim = '{other}'"
+            f" and sc_{k}.hull_id = r.hull_id and sc_{k}.value = r.held;"
+            f"insert into rel_{k} select * from rel1_{k};"
+            f"select count(*) from rel1_{k}"
+        )
+        if not released:
+            break
+    batch.drop(f"rel1_{k}", f"src_{k}", f"real_{k}")
 
 
 def _components(batch: Batch, k: Kind) -> None:
     """Connected components of records sharing a claim (or a matched shell), by min-label
     propagation with pointer jumping. Only records sharing a key take part: a record alone is
-    its own component."""
+    its own component. A profile's records do not share the value it gave up (``rel_<kind>``)
+    with others: its Planhat enduser, still showing a person's old address, does not pull the
+    colleague taking it into the person's profile."""
+    other = DOMAIN_CLAIM[k]
     batch.sql(
         f"create or replace temp table edge_{k} as"
         " with mem as ("
-        f" select rid, claim, value from rc_{k}"
+        # a value a profile gave up links none of its own records to the records taking it
+        f" select rid, claim, value from rc_{k} anti join (select m.rid, '{other}' as claim,"
+        f" r.held as value from m_{k} m join rel_{k} r using (hull_id)"
+        " where m.claim = 'anonymous_id') using (rid, claim, value)"
         f" union all select distinct rid, 'profile', hull_id from m_{k} where not strong),"
         " shared as (select claim, value from mem group by claim, value having count(*) > 1)"
         " select rid, dense_rank() over (order by claim, value) as key"

@@ -315,6 +315,63 @@ def test_an_email_moved_to_another_profile_s_address_is_not_given_up() -> None:
     assert out.hull == {"copper-person:1": "C", "copper-person:2": "A"}
 
 
+def _emails_after(store: pd.DataFrame, out: Resolved) -> dict[str, str | None]:
+    """Each profile's email once the batch's claims are applied (new profiles included)."""
+    emails = dict(zip(store["hull_id"], store["email"], strict=True))
+    for hull_id, claim, value in out.claims[["hull_id", "claim", "value"]].values.tolist():
+        if claim == "email":
+            emails[hull_id] = value
+    return emails
+
+
+def test_an_email_is_not_given_up_when_a_source_of_its_profile_leaves_for_another() -> None:
+    """A's lead is in the batch with C's address: it resolves to C, so it vouches for nothing
+    on A (rule 6 counts only the records that resolved to the profile). A keeps x@c.io, and
+    B's record taking it resolves to A, as before: never two profiles with one email."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1", "copper-lead:4"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+        {"hull_id": "C", "anonymous_ids": ["copper-person:3"], "email": "w@c.io"},
+    )
+    out = _a_moves_and_b_takes(store, {"key": "copper-lead:4", "email": "w@c.io"})
+    emails = _emails_after(store, out)
+    assert [h for h, e in emails.items() if e == "x@c.io"] == ["A"]
+    assert out.hull == {"copper-person:1": "A", "copper-lead:4": "C", "copper-person:2": "A"}
+
+
+def test_a_profile_s_planhat_record_showing_the_email_it_gave_up_pulls_no_one_in() -> None:
+    """A's Planhat enduser, in the batch and not yet sent A's new address, still shows the old
+    one when a new person takes it: the new person is a profile of its own (as without the
+    Planhat record), not a part of A's; A takes its new address."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1", "planhat:e1"], "email": "x@c.io"},
+    )
+    out = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "y@c.io"},
+        {"key": "planhat:e1", "email": "x@c.io"},
+        {"key": "copper-person:3", "email": "x@c.io"},
+    )
+    new = stable_id("user", "copper-person:3")
+    assert out.hull == {"copper-person:1": "A", "planhat:e1": "A", "copper-person:3": new}
+    emails = _emails_after(store, out)
+    assert (emails["A"], emails[new]) == ("y@c.io", "x@c.io")
+
+
+def test_a_chain_of_moves_in_one_batch_keeps_each_person_on_its_profile() -> None:
+    """A moves to a free address, B takes A's old one, C takes B's old one, in one batch: B's
+    address is given up once A's is (releases repeat), so nobody lands on another's profile."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+        {"hull_id": "C", "anonymous_ids": ["copper-person:3"], "email": "w@c.io"},
+    )
+    out = _a_moves_and_b_takes(store, {"key": "copper-person:3", "email": "z@c.io"})
+    assert out.hull == {"copper-person:1": "A", "copper-person:2": "B", "copper-person:3": "C"}
+    assert _emails_after(store, out) == {"A": "y@c.io", "B": "x@c.io", "C": "z@c.io"}
+    assert out.conflicts.empty
+
+
 def _convert_lead_5_into_person_9(store: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Resolve person 9 claiming lead 5 (a conversion): the merges and the conflicts."""
     with batch() as work:
