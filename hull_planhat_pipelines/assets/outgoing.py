@@ -37,6 +37,7 @@ from hull_planhat_pipelines.sync.planhat.activities import (
 from hull_planhat_pipelines.sync.planhat.companies import OWNER_SKIPS, company_payloads
 from hull_planhat_pipelines.sync.planhat.endusers import (
     addressed_by_id,
+    after_movers,
     drop_unknown_companies,
     enduser_payloads,
     keys_of_users,
@@ -55,6 +56,7 @@ from hull_planhat_pipelines.sync.planhat.shared import (
     COMPANIES,
     ENDUSERS,
     METRICS,
+    SEND_ORDER,
     payloads_as_json,
 )
 from hull_planhat_pipelines.sync.planhat.snapshot_due import MATCHED
@@ -272,7 +274,7 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)
         )
-        return kept, [*events, *skipped]
+        return after_movers(kept, moved), [*events, *skipped]
 
     def activities(conn, fingerprints, force, scopes):
         # tracked events not sent yet, and their users only: not the whole store each cycle
@@ -491,6 +493,9 @@ def _deliver_all(
             records = payloads.get(target.name)
             if records is None or records.empty:
                 continue
+            ordered = SEND_ORDER in records.columns
+            if ordered:  # the table keeps the order; sorted again all the same
+                records = records.sort_values(SEND_ORDER, kind="stable").reset_index(drop=True)
             if target.settled_by_snapshot and not config.dry_run:
                 records, settled = _settle(warehouse.database, target.name, records, run_id)
                 events += settled
@@ -520,6 +525,7 @@ def _deliver_all(
                     dry_run=config.dry_run,
                     checkpoint=checkpoint,
                     intent=intent,
+                    order_column=SEND_ORDER if ordered else None,
                 )
             except DeliveryStopped as exc:
                 result, stopped = exc.result, exc

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -224,6 +225,7 @@ def deliver(
     checkpoint: Checkpoint | None = None,
     intent: Intent | None = None,
     max_bytes: int | None = None,
+    order_column: str | None = None,
 ) -> DeliveryResult:
     """Send ``records`` to ``target`` in batches of ``batch_size``, one request at a time.
 
@@ -235,6 +237,8 @@ def deliver(
     next batch goes out. A target with ``max_bytes`` (analytics) has its batches also cut below
     that many bytes of JSON (``max_bytes`` here overrides it). ``key_column`` defaults to the
     target's ``key``. ``dry_run`` sends nothing and lists the would-be requests in ``planned``.
+    ``order_column`` (ascending in ``records``): no request mixes two of its values, so a record
+    goes only after every record of a lower one was answered.
     """
     key_column = key_column or target.key
     check_batch_size(batch_size, target.max_batch)
@@ -251,7 +255,7 @@ def deliver(
     routes = _routes(records, target)
     rows = _Rows(target.name, keys)
     result = DeliveryResult(target.name, pd.DataFrame(columns=OUTCOME_COLUMNS), dry_run=dry_run)
-    bounds = batch_bounds(len(payloads), batch_size, target.max_batch)
+    bounds = _ordered_bounds(records, order_column, batch_size, target.max_batch)
     limit = max_bytes or target.max_bytes
     if limit is not None:
         bounds = split_by_size(bounds, [json_size(item) for item in payloads], limit)
@@ -276,6 +280,27 @@ def deliver(
             checkpoint(RequestRows(positions, framed))
     result.outcomes = rows.frame(records.index)
     return result
+
+
+def _ordered_bounds(
+    records: pd.DataFrame, order_column: str | None, batch_size: int, max_batch: int
+) -> list[range]:
+    """``batch_bounds`` within each run of equal ``order_column`` values."""
+    if order_column is None or order_column not in records.columns or records.empty:
+        return batch_bounds(len(records), batch_size, max_batch)
+    orders = records[order_column].tolist()
+    if any(b < a for a, b in pairwise(orders)):
+        raise ValueError(f"records are not in ascending {order_column!r} order")
+    bounds: list[range] = []
+    start = 0
+    for position in range(1, len(orders) + 1):
+        if position == len(orders) or orders[position] != orders[start]:
+            bounds += [
+                range(start + b.start, start + b.stop)
+                for b in batch_bounds(position - start, batch_size, max_batch)
+            ]
+            start = position
+    return bounds
 
 
 def _routes(records: pd.DataFrame, target: DeliveryTarget) -> list[Route] | None:

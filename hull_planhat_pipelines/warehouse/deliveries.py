@@ -64,9 +64,10 @@ IN_DOUBT = ("pending", "unknown")
 FINGERPRINTS_DDL = f"""
 create table if not exists {FINGERPRINTS} (
     target varchar, key varchar, fingerprint varchar, fields varchar,
-    delivered_at timestamp with time zone, planhat_id varchar
+    delivered_at timestamp with time zone, planhat_id varchar, hull_id varchar
 );
 alter table {FINGERPRINTS} add column if not exists planhat_id varchar;
+alter table {FINGERPRINTS} add column if not exists hull_id varchar;
 """
 FINGERPRINT_KEY = "delivery_fingerprints_key"
 """The unique index on ``(target, key)``: a checkpoint's upsert finds its few keys through it
@@ -443,10 +444,13 @@ def returned_to_keys(
     conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
 ) -> pd.DataFrame:
     """Of ``candidates`` (as for ``held_under_other_keys``): those whose key has a fingerprint,
-    while deliveries to this profile or to its enduser under other keys were made after it
-    (the email or external id changed, then changed back; the fingerprint may also be another
-    profile's, that had the key before). Planhat's enduser holds those other keys' content
-    now, so "unchanged" against the key's own fingerprint would leave it there.
+    while deliveries to this profile or to its enduser under other keys were made after the
+    profile's own last delivery of the key (after the fingerprint when it has none; the
+    fingerprint may be another profile's, that had the key before or since: a person taking
+    back the address a colleague held meanwhile; the deliveries are read for the keys whose
+    fingerprint names another profile, or none). The email or external id changed, then
+    changed back: Planhat's enduser holds those other keys' content now, so "unchanged"
+    against the key's own fingerprint would leave it there.
 
     Only where the latest snapshot holds the profile's own enduser, under this key or under one
     delivered to this profile or enduser (not edited to someone else's since), and no other
@@ -458,6 +462,11 @@ def returned_to_keys(
         and not has_column(conn, FINGERPRINTS, "delivered_at")
     ):
         conn = None
+    sender = (
+        "f.hull_id"
+        if conn is not None and has_column(conn, FINGERPRINTS, "hull_id")
+        else "null::varchar"
+    )
     later = (
         "select h.hull_id, d.key from _back h join {deliveries} d on d.{column} = h.{column}"
         " where d.target = 'endusers' and d.status in ({counted}) and d.key <> h.key"
@@ -479,11 +488,21 @@ def returned_to_keys(
         candidates,
         # keys whose fingerprint is older than a delivery to the profile or to its enduser
         # under another key (two equi-joins, not one "or"); nearly always none
-        "create temp table _back as select c.*, f.delivered_at as key_at from _candidates c"
+        "create temp table _back as select c.*, f.delivered_at as key_at,"
+        f" {sender} is distinct from c.hull_id as foreign_key from _candidates c"
         f" join {FINGERPRINTS} f on f.target = 'endusers' and f.key = c.key",
-        "create temp table _later as select b.*, l.other_keys from _back b join"
-        f" (select hull_id, list(distinct key) as other_keys from ({both(later, ' union ')})"
-        " group by hull_id) l using (hull_id)",
+        # a fingerprint another profile earned (a colleague had the address meanwhile), or one
+        # from before fingerprints named their profile: the profile's own last delivery of the
+        # key is what its enduser left behind; read for those few keys only (the time filter
+        # of the joins below prunes the history)
+        "update _back set key_at = o.at from (select d.hull_id, d.key,"
+        f" max(d.delivered_at) as at from {DELIVERIES} d semi join (select hull_id, key"
+        " from _back where foreign_key) b on b.hull_id = d.hull_id and b.key = d.key"
+        f" where d.target = 'endusers' and d.status in ({_COUNTED}) group by all) o"
+        " where o.hull_id = _back.hull_id and o.key = _back.key and o.at < _back.key_at",
+        "create temp table _later as select b.* exclude (foreign_key), l.other_keys"
+        f" from _back b join (select hull_id, list(distinct key) as other_keys"
+        f" from ({both(later, ' union ')}) group by hull_id) l using (hull_id)",
         # the snapshot read for those only: its enduser under this key or one of theirs
         "select h.hull_id, h.key, h.planhat_id, h.other_keys from (select l.*,"
         f" {_SNAPSHOT_KEYS} from _later l join planhat_current.endusers e"
@@ -705,19 +724,21 @@ def _ensure_fingerprint_key(conn: duckdb.DuckDBPyConnection) -> None:
 
 def _upsert_fingerprints(conn: duckdb.DuckDBPyConnection, fresh: pd.DataFrame) -> None:
     """One statement: each key inserted, or updated in place through ``FINGERPRINT_KEY``
-    (keeping its ``_id`` when the answer named none)."""
+    (keeping its ``_id`` when the answer named none; the profile is the latest sender's)."""
+    if "hull_id" not in fresh.columns:
+        fresh = fresh.assign(hull_id=None)
     conn.register(
         "_fresh",
-        fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields")}),
+        fresh.astype({c: "string" for c in ("target", "key", "fingerprint", "fields", "hull_id")}),
     )
     try:
         run(
             conn,
             f"insert into {FINGERPRINTS} by name select f.target, f.key, f.fingerprint, "
-            "f.fields, f.delivered_at, f.planhat_id from _fresh f "
+            "f.fields, f.delivered_at, f.planhat_id, f.hull_id from _fresh f "
             "on conflict (target, key) do update set fingerprint = excluded.fingerprint, "
             "fields = excluded.fields, delivered_at = excluded.delivered_at, "
-            "planhat_id = coalesce(excluded.planhat_id, planhat_id)",
+            "planhat_id = coalesce(excluded.planhat_id, planhat_id), hull_id = excluded.hull_id",
         )
     finally:
         conn.unregister("_fresh")

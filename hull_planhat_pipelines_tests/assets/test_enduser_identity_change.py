@@ -11,14 +11,37 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hull_planhat_pipelines.sandbox.planhat_store import BulkResult, PlanhatStore
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
+    with _started(tmp_path) as started:
+        yield started
+
+
+@pytest.fixture(params=["in order", "in reverse"])
+def either_order(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Stack]:
+    """The stack, its Planhat applying an enduser bulk's items in order, or in reverse: the
+    order Planhat applies them in is not documented, so nothing may depend on it."""
+    if request.param == "in reverse":
+        applied = PlanhatStore.bulk_upsert
+
+        def reversed_bulk(
+            store: PlanhatStore, model: str, items: list[Any], *, full_keys: bool = False
+        ) -> BulkResult:
+            if model == "endusers":
+                items = list(reversed(items))
+            return applied(store, model, items, full_keys=full_keys)
+
+        monkeypatch.setattr(PlanhatStore, "bulk_upsert", reversed_bulk)
     with _started(tmp_path) as started:
         yield started
 
@@ -200,38 +223,59 @@ def test_a_person_moved_to_another_company_stays_one_enduser_in_planhat(stack: S
     assert not [i for i in again if i.get("email") == email]
 
 
+def _new_colleague(stack: Stack, a_person: int, email: str) -> int:
+    """A new Copper person in person ``a_person``'s company, with ``email``: its id."""
+    record = stack.copper.record("people", a_person)
+    assert record is not None
+    colleague = copy.deepcopy(record)
+    person = max(p["id"] for p in stack.copper.records("people")) + 1
+    colleague.update(id=person, name="Colleague Ofa", title="Colleague of A")
+    colleague["emails"] = [{"email": email, "category": "work"}]
+    colleague["leads_converted_from"], colleague["date_lead_created"] = [], None
+    colleague["date_created"] = colleague["date_modified"] = max(
+        stack.copper.clock(), record["date_modified"] + 1
+    )
+    stack.copper.upsert_records("people", [colleague])
+    return person
+
+
+def _sent_again(stack: Stack, *emails: str) -> list[dict[str, object]]:
+    """The enduser items with one of ``emails`` that the next cycle sends."""
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    return [i for i in again if i.get("email") in emails]
+
+
+def _person_and_colleague(stack: Stack) -> tuple[str, str, int, str, int]:
+    """Person A, delivered by email, and B, a new colleague of A's with the address
+    ``colleague.<A's>``, delivered by a sync of its own; then A again (re-titled), so that B's
+    key is older than the fingerprint of A's. ``(a_id, a_email, a_person, b_id, b_person)``."""
+    stack.cycle()
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    chosen = [row for row in _delivered_by_email(stack) if row[1] in in_planhat]
+    assert chosen, "no delivered enduser keyed by its email"
+    a_id, a_email, a_person = chosen[0]
+    b_email = "colleague." + a_email
+    b_person = _new_colleague(stack, a_person, b_email)
+    stack.cycle()
+    [(b_id,)] = stack.query("select hull_id from hull.users where email = ?", [b_email])
+    _edit_person(stack, a_id, a_person, a_email, title="Re-titled A")
+    stack.cycle()
+    return a_id, a_email, a_person, b_id, b_person
+
+
 def test_an_email_given_up_and_taken_by_a_colleague_in_one_sync_keeps_two_people_apart(
-    stack: Stack,
+    either_order: Stack,
 ) -> None:
     """In one Copper sync, A's email changes and B, a colleague with a profile and an enduser
     of its own, takes A's old address. Before, B's person record resolved by that email to
     A's profile, whose sources were giving it up: A's profile took B's title, B's kept its old
     email, and Planhat followed. Now B keeps its profile and takes the address; each enduser
     is updated by its own ``_id``, whatever order Planhat applies a bulk's items in."""
-    stack.cycle()
-    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
-    chosen = [row for row in _delivered_by_email(stack) if row[1] in in_planhat]
-    assert chosen, "no delivered enduser keyed by its email"
-    a_id, a_email, a_person = chosen[0]
-    # B: a colleague of A's, delivered by a sync of its own
-    record = stack.copper.record("people", a_person)
-    assert record is not None
-    colleague = copy.deepcopy(record)
-    b_person = max(p["id"] for p in stack.copper.records("people")) + 1
+    stack = either_order
+    a_id, a_email, a_person, b_id, b_person = _person_and_colleague(stack)
     b_email = "colleague." + a_email
-    colleague.update(id=b_person, name="Colleague Ofa", title="Colleague of A")
-    colleague["emails"] = [{"email": b_email, "category": "work"}]
-    colleague["leads_converted_from"], colleague["date_lead_created"] = [], None
-    colleague["date_created"] = colleague["date_modified"] = max(
-        stack.copper.clock(), record["date_modified"] + 1
-    )
-    stack.copper.upsert_records("people", [colleague])
-    stack.cycle()
-    [(b_id,)] = stack.query("select hull_id from hull.users where email = ?", [b_email])
-    # A delivered again since: B's key is older than the fingerprint of A's (a change and
-    # change back, ``returned_to_keys``, does not explain B's move)
-    _edit_person(stack, a_id, a_person, a_email, title="Re-titled A")
-    stack.cycle()
     in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
     a_before, b_before = in_planhat[a_email], in_planhat[b_email]
     assert (a_before.get("position"), b_before.get("position")) == ("Re-titled A", "Colleague of A")
@@ -272,7 +316,92 @@ def test_an_email_given_up_and_taken_by_a_colleague_in_one_sync_keeps_two_people
     )
 
     # taken: the next cycle sends neither again
+    assert not _sent_again(stack, a_email, a_new)
+
+
+def test_a_new_colleague_taking_a_moved_person_s_address_gets_an_enduser_of_its_own(
+    either_order: Stack,
+) -> None:
+    """In one Copper sync A's email changes and C, a new person never sent to Planhat, takes
+    A's old address. A's enduser is renamed by its ``_id``; C's item, keyed by the address,
+    goes in a later request: in the same bulk, applied first, it would match A's enduser (which
+    still answered to the address), take it over, and leave C without an enduser, recorded as
+    delivered."""
+    stack = either_order
+    stack.cycle()
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    chosen = [row for row in _delivered_by_email(stack) if row[1] in in_planhat]
+    assert chosen, "no delivered enduser keyed by its email"
+    a_id, a_email, a_person = chosen[0]
+    a_before = in_planhat[a_email]
+
+    a_new = "zz." + a_email
+    _edit_person(stack, a_id, a_person, a_new)
+    c_person = _new_colleague(stack, a_person, a_email)
     stack.planhat.rest.clear_requests()
     stack.cycle()
-    again = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
-    assert not [i for i in again if i.get("email") in (a_email, a_new)]
+
+    [(c_id,)] = stack.query(
+        "select hull_id from hull.users where list_contains(anonymous_ids, ?)",
+        [f"copper-person:{c_person}"],
+    )
+    assert c_id != a_id
+    assert stack.query("select email from hull.users where hull_id = ?", [c_id]) == [(a_email,)]
+    requests = [r.body for r in stack.planhat.rest.recorded("PUT", "^/endusers$")]
+    sent_in = {
+        (item.get("_id"), item.get("email")): n for n, body in enumerate(requests) for item in body
+    }
+    assert sent_in[(a_before["_id"], a_new)] < sent_in[(None, a_email)]
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert by_id[a_before["_id"]].get("email") == a_new
+    assert by_id[a_before["_id"]].get("position") == a_before.get("position")
+    held = [e for e in by_id.values() if e.get("email") == a_email]
+    assert [e.get("position") for e in held] == ["Colleague of A"]
+    # settled: the next cycle sends neither again
+    assert not _sent_again(stack, a_email, a_new)
+
+
+def test_an_address_taken_back_from_a_colleague_goes_to_the_person_s_own_enduser(
+    either_order: Stack,
+) -> None:
+    """A moves from x to y while B, a colleague with an enduser of its own, takes x; later,
+    in one sync, B moves on to w while A takes x back. ``email:x`` was delivered for A long
+    ago, then for B: A's item goes by A's enduser ``_id`` (by the address, it would land on
+    B's enduser, which Planhat may still hold under it), B's by B's."""
+    stack = either_order
+    a_id, a_email, a_person, b_id, b_person = _person_and_colleague(stack)
+    b_email = "colleague." + a_email
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    a_enduser, b_enduser = in_planhat[a_email]["_id"], in_planhat[b_email]["_id"]
+
+    a_new = "zz." + a_email
+    _edit_person(stack, a_id, a_person, a_new)
+    _edit_person(stack, b_id, b_person, a_email)
+    stack.cycle()
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert (by_id[a_enduser].get("email"), by_id[b_enduser].get("email")) == (a_new, a_email)
+
+    b_new = "moved.on." + a_email
+    _edit_person(stack, b_id, b_person, b_new)
+    _edit_person(stack, a_id, a_person, a_email, title="A again")
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    assert sorted(
+        stack.query("select hull_id, email from hull.users where hull_id in (?, ?)", [a_id, b_id])
+    ) == sorted([(a_id, a_email), (b_id, b_new)])
+    sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert [i.get("_id") for i in sent if i.get("email") == a_email] == [a_enduser]
+    assert [i.get("_id") for i in sent if i.get("email") == b_new] == [b_enduser]
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert (by_id[a_enduser].get("email"), by_id[a_enduser].get("position")) == (
+        a_email,
+        "A again",
+    )
+    assert (by_id[b_enduser].get("email"), by_id[b_enduser].get("position")) == (
+        b_new,
+        "Colleague of A",
+    )
+    held = sorted(
+        e.get("email") for e in by_id.values() if e.get("email") in (a_email, a_new, b_new)
+    )
+    assert held == sorted([a_email, b_new])

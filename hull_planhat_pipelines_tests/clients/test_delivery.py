@@ -105,6 +105,26 @@ def test_no_records_no_request(sandbox: PlanhatSandbox, client: PlanhatClient) -
     assert sandbox.write_count() == 0 and result.requests == 0
 
 
+def test_no_request_mixes_two_send_orders(sandbox: PlanhatSandbox, client: PlanhatClient) -> None:
+    """Records of a higher order go in later requests only, each order batched on its own."""
+    records = company_records(7, "O").assign(order=[0, 0, 0, 1, 1, 1, 2])
+    result = deliver(
+        records, COMPANIES, client, batch_size=2, key_column="external_id", order_column="order"
+    )
+    assert put_requests(sandbox, client) == [2, 1, 2, 1, 1]
+    assert result.outcomes["request"].tolist() == [1, 1, 2, 3, 3, 4, 5]
+    assert result.counts() == {"created": 7}
+    with pytest.raises(ValueError, match="ascending"):
+        deliver(
+            records.iloc[::-1],
+            COMPANIES,
+            client,
+            batch_size=2,
+            key_column="external_id",
+            order_column="order",
+        )
+
+
 @pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (5000, [5000]), (5001, [5000, 1])])
 def test_bulk_sizes_take_the_minimum_requests(
     sandbox: PlanhatSandbox, client: PlanhatClient, count: int, sizes: list[int]

@@ -33,7 +33,7 @@ def _warehouse(*, delivered_at: bool = True) -> duckdb.DuckDBPyConnection:
     moment = "delivered_at::timestamptz as delivered_at" if delivered_at else "null as x"
     conn.execute(
         f"create table planhat.delivery_fingerprints as select 'endusers' as target, key,"
-        f" {moment} from (values ('email:ann@x.io', '{T0}'), ('email:ann.b@x.io', '{T1}'),"
+        f" {moment}, null::varchar as planhat_id, null::varchar as hull_id from (values ('email:ann@x.io', '{T0}'), ('email:ann.b@x.io', '{T1}'),"
         f" ('email:bob@x.io', '{T0}'), ('email:cy@x.io', '{T0}'), ('email:dee@x.io', '{T0}'),"
         f" ('email:eve@x.io', '{T2}'), ('email:gone@x.io', '{T0}'), ('email:fay@x.io', '{T0}'),"
         f" ('email:gus@x.io', '{T0}'), ('email:hal@x.io', '{T0}'), ('email:ivy@x.io', '{T0}'))"
@@ -124,3 +124,37 @@ def test_every_key_the_enduser_took_since_is_named() -> None:
     conn.execute("update planhat_current.endusers set email = 'ann.c@x.io' where _id = 'p-ann'")
     found = returned_to_keys(conn, CANDIDATES.iloc[[0]])
     assert found["other_keys"].tolist() == [["email:ann.b@x.io", "email:ann.c@x.io"]]
+
+
+def test_an_address_taken_back_from_a_colleague_is_judged_by_the_profile_s_own_delivery() -> None:
+    """Jo's address went to Jo's enduser (T0); Jo moved to jo.b while colleague Kim took the
+    address (both T1: the key's fingerprint is Kim's now); Kim moved on and Jo takes it back.
+    Jo's enduser holds jo.b, sent after Jo's own delivery of the address: sent by its ``_id``
+    (by email, the item would land on Kim's enduser, which Planhat may still hold under it)."""
+    conn = _warehouse()
+    conn.execute(
+        "insert into planhat_current.endusers values ('p-jo', null, 'jo.b@x.io'),"
+        " ('p-kim', null, 'kim.moved@x.io')"
+    )
+    conn.execute(
+        "insert into planhat.delivery_fingerprints values"
+        f" ('endusers', 'email:jo@x.io', '{T1}', 'p-kim', 'kim')"
+    )
+    conn.execute(
+        "insert into planhat.deliveries values"
+        f" ('endusers', 'email:jo@x.io', 'jo', 'sent', null, '{T0}'),"
+        f" ('endusers', 'email:jo.b@x.io', 'jo', 'updated', 'p-jo', '{T1}'),"
+        f" ('endusers', 'email:jo@x.io', 'kim', 'updated', 'p-kim', '{T1}')"
+    )
+    conn.execute(
+        "insert into hull.users values ('jo', ['planhat:p-jo']), ('kim', ['planhat:p-kim'])"
+    )
+    jo = pd.DataFrame([("jo", "email:jo@x.io", "p-jo")], columns=CANDIDATES.columns)
+    assert returned_to_keys(conn, jo).to_dict("records") == [
+        {
+            "hull_id": "jo",
+            "key": "email:jo@x.io",
+            "planhat_id": "p-jo",
+            "other_keys": ["email:jo.b@x.io"],
+        }
+    ]

@@ -161,6 +161,49 @@ def addressed_by_id(payloads: pd.DataFrame, planhat_ids: dict[str, str]) -> pd.D
     return out
 
 
+def after_movers(payloads: pd.DataFrame, moved: pd.DataFrame) -> pd.DataFrame:
+    """``payloads`` with ``shared.SEND_ORDER``: 1 for a record not addressed by ``_id`` whose email
+    or external id another record of the delivery moves its enduser away from (``moved``:
+    the users addressed by ``_id``, with the ``other_keys`` Planhat holds their enduser
+    under), 0 for the rest, which go first.
+
+    A colleague given a person's old address, sent by email in the bulk that renames the
+    person's enduser by ``_id``, would match that enduser if Planhat applied it first (the
+    order it applies a bulk's items in is not documented): the person's enduser would take
+    the colleague's content, then the person's new address, and the colleague would have no
+    enduser. Sent in a later request, it finds the address free. Sorted by order, stably."""
+    out = payloads.assign(**{shared.SEND_ORDER: 0})
+    if payloads.empty or moved.empty:
+        return out
+    sent = set(payloads["hull_id"].astype(str))
+    vacated = {
+        str(other)
+        for hull_id, key, others in zip(
+            moved["hull_id"], moved["key"], moved["other_keys"], strict=True
+        )
+        if str(hull_id) in sent
+        for other in others
+        if str(other) != str(key)
+    }
+    if not vacated:
+        return out
+    by_id = {str(h) for h in moved["hull_id"]}
+
+    def answers_to(row: Any) -> set[str]:
+        keys = {str(row.key)}
+        for prefix, value in (("email:", row.email), ("external_id:", row.external_id)):
+            if isinstance(value, str) and value.strip():
+                keys.add(prefix + (value.strip().lower() if prefix == "email:" else value.strip()))
+        return keys
+
+    later = [
+        str(row.hull_id) not in by_id and bool(answers_to(row) & vacated)
+        for row in payloads[["hull_id", "key", "email", "external_id"]].itertuples(index=False)
+    ]
+    out[shared.SEND_ORDER] = [int(flag) for flag in later]
+    return out.sort_values(shared.SEND_ORDER, kind="stable").reset_index(drop=True)
+
+
 def moved_fingerprints(
     fingerprints: pd.DataFrame, moved: pd.DataFrame, others: pd.DataFrame
 ) -> pd.DataFrame:

@@ -182,12 +182,13 @@ def fresh_fingerprints(
 ) -> pd.DataFrame:
     """The fingerprint rows one request's ``outcomes`` earn: the payload's fingerprint and
     fields for each record Planhat accounted for, with the Planhat ``_id`` its answer named
-    (``planhat_id``, None when it named none). What a checkpoint upserts.
+    (``planhat_id``, None when it named none) and the profile it was sent for (``hull_id``).
+    What a checkpoint upserts.
 
     Matched in plain Python: a one-record destination asks this once a group of a few dozen
     records, a few hundred times a run, where a frame merge costs ten times as much. A record
     repeated in either frame counts once, as its last row says."""
-    columns = [*FINGERPRINT_COLUMNS, "planhat_id"]
+    columns = [*FINGERPRINT_COLUMNS, "planhat_id", "hull_id"]
     ok = outcomes["status"].isin(list(delivered)).to_numpy()
     if not ok.any():
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
@@ -198,20 +199,22 @@ def fresh_fingerprints(
     ids: dict[tuple[str, str], str | None] = {}
     for target, key, value in zip(targets, keys, named, strict=True):
         ids[(str(target), str(key))] = None if is_missing(value) else str(value)
-    sent: dict[tuple[Any, str], tuple[Any, Any]] = {}
-    for target, key, content, fields in zip(
+    profiles = payloads["hull_id"].to_numpy() if "hull_id" in payloads else [None] * len(payloads)
+    sent: dict[tuple[Any, str], tuple[Any, Any, Any]] = {}
+    for target, key, content, fields, hull_id in zip(
         payloads["target"].to_numpy(),
         payloads["key"].to_numpy(),
         payloads["fingerprint"].to_numpy(),
         payloads["fields"].to_numpy(),
+        profiles,
         strict=True,
     ):
         pair = (target, str(key))
         sent.pop(pair, None)  # the last row of a repeated record, in its place
-        sent[pair] = (content, fields)
+        sent[pair] = (content, fields, None if is_missing(hull_id) else str(hull_id))
     rows = [
-        (target, key, content, fields, ids[(target, key)])
-        for (target, key), (content, fields) in sent.items()
+        (target, key, content, fields, ids[(target, key)], hull_id)
+        for (target, key), (content, fields, hull_id) in sent.items()
         if (target, key) in ids
     ]
     stamp = utc_timestamp(now)
@@ -223,5 +226,6 @@ def fresh_fingerprints(
             "fields": pd.Series([r[3] for r in rows], dtype=object),
             "delivered_at": pd.Series([stamp] * len(rows), dtype="datetime64[us, UTC]"),
             "planhat_id": pd.Series([r[4] for r in rows], dtype=object),
+            "hull_id": pd.Series([r[5] for r in rows], dtype=object),
         }
     )

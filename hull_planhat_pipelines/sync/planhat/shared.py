@@ -312,6 +312,12 @@ def progress_event(event: str, **counts: Any) -> SyncEvent:
     return SyncEvent(event=event, details=counts)
 
 
+SEND_ORDER = "send_order"
+"""Payload column (where a builder sets one): a delivery sends no record before every record
+of a lower order was answered, and no request mixes two orders (``deliver``'s
+``order_column``)."""
+
+
 def payloads_as_json(payloads: pd.DataFrame) -> pd.DataFrame:
     """A copy with ``payload`` as JSON text, for storing the frame as a table.
 
