@@ -19,7 +19,7 @@ Each pass reports wall time and peak memory (each Dagster job's too), every requ
 sandboxes served by kind, and the minimum each kind needs: Copper searches over the records in
 the window the pass must fetch (the value-cursor walk that never skips: each search re-reads the
 last second of the page before; activities, which have no sort, in as few windows as the cap
-allows; one ``ids`` search per 200 records that Connect fields point to; after a clean sync,
+allows, and the one search that shows a window needs splitting; one ``ids`` search per 200 records that Connect fields point to; after a clean sync,
 whose cursor the warehouse keeps, one newest-change question per sortable object and one
 activity question, then only the objects they found changed, in the window Copper's own data
 says they need), the metadata at most once, one Planhat snapshot before delivery when one is due (the
@@ -302,10 +302,13 @@ def _utc_day(second: int) -> dt.date:
 
 
 def split_searches(records: int, page_size: int, cap: int) -> int:
-    """Activities have no sort: the fewest searches under the cap, each ending on a short page."""
+    """Activities have no sort: the fewest searches under the cap, each ending on a short page,
+    plus, when they do not fit one search, the one that shows it. Copper has no count: only a
+    search's first page says (``X-PW-TOTAL``) that its window holds more than the cap, and that
+    page is of the whole window, so no walk of the windows it is split into can reuse it."""
     parts = max(1, math.ceil(records / cap))
     sizes = [records // parts + (1 if i < records % parts else 0) for i in range(parts)]
-    return sum(search_requests(size, page_size) for size in sizes)
+    return (parts > 1) + sum(search_requests(size, page_size) for size in sizes)
 
 
 Window = tuple[int | dict[str, int] | None, int]
