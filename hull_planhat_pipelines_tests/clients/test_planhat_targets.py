@@ -115,9 +115,10 @@ def test_an_extra_target_is_delivered_by_the_delivery_asset(
     assert metadata["by_target"].value == {"assets": {"created": 3}}
 
     # Delivered content is not sent again; a changed record alone is.
+    columns = ["target", "key", "fingerprint", "fields", "delivered_at", "planhat_id"]
     fingerprints = pd.DataFrame(
-        _query(database, "select * from planhat.delivery_fingerprints"),
-        columns=["target", "key", "fingerprint", "fields", "delivered_at", "planhat_id"],
+        _query(database, f"select {', '.join(columns)} from planhat.delivery_fingerprints"),
+        columns=columns,
     )
     rows[1] = {**rows[1], "name": "Asset one"}
     changed = asset_payloads(rows, fingerprints)
