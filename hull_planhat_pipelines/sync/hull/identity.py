@@ -176,6 +176,8 @@ def _released(batch: Batch, k: Kind) -> None:
         )
         if not released:
             break
+    else:
+        raise RuntimeError(f"{k} releases did not settle in {MAX_ROUNDS} rounds")
     batch.drop(f"rel1_{k}", f"src_{k}", f"real_{k}")
 
 
