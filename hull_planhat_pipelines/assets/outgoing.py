@@ -40,6 +40,7 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     after_movers,
     drop_unknown_companies,
     enduser_payloads,
+    held_under,
     keys_of_users,
     moved_fingerprints,
     planhat_enduser_ids,
@@ -274,7 +275,11 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)
         )
-        return after_movers(kept, moved), [*events, *skipped]
+        # a record that could match another's enduser by a key that enduser leaves goes last
+        sent = [str(h) for h in kept["hull_id"] if str(h) in enduser_ids]
+        by_enduser = deliveries.enduser_snapshot_keys(conn, [enduser_ids[h] for h in sent])
+        snapshot_keys = {h: by_enduser.get(enduser_ids[h], set()) for h in sent}
+        return after_movers(kept, held_under(moved, snapshot_keys)), [*events, *skipped]
 
     def activities(conn, fingerprints, force, scopes):
         # tracked events not sent yet, and their users only: not the whole store each cycle

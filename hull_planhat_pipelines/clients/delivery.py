@@ -65,6 +65,7 @@ OUTCOME_COLUMNS = [
 EXCERPT_CHARS = 500
 NO_ADDRESS = "no external id to address the record"
 NOT_SENT_AUTH = "not sent: the delivery stopped on an authentication failure"
+NOT_SENT_ORDER = "not sent: a record it must follow was not delivered"
 FAILED = ("error", "ignored", "unknown", "unconfirmed", "dropped")
 """Statuses of records that did not (or may not) reach Planhat: they fail the delivery check.
 ``unknown``: the call went out and no answer came back."""
@@ -238,7 +239,8 @@ def deliver(
     that many bytes of JSON (``max_bytes`` here overrides it). ``key_column`` defaults to the
     target's ``key``. ``dry_run`` sends nothing and lists the would-be requests in ``planned``.
     ``order_column`` (ascending in ``records``): no request mixes two of its values, so a record
-    goes only after every record of a lower one was answered.
+    goes only after every record of a lower one was answered; when one of those was not
+    delivered, the records of higher orders are not sent (an error, sent again by the next run).
     """
     key_column = key_column or target.key
     check_batch_size(batch_size, target.max_batch)
@@ -261,10 +263,17 @@ def deliver(
         bounds = split_by_size(bounds, [json_size(item) for item in payloads], limit)
     batch_of = {p: n for n, bound in enumerate(bounds, start=1) for p in bound}
     framed = partial(rows.frame, records.index)  # one builder: a journal joins its requests
+    orders = records[order_column].tolist() if order_column in records.columns else None
     for batch, positions in enumerate(bounds, start=1):
         items = payloads[positions.start : positions.stop]
         if dry_run:
             _plan(result, rows, target, batch, positions, items, keys, routes)
+            continue
+        if orders is not None and _follows_a_failure(rows, orders, positions.start):
+            for position in positions:
+                rows.add(position, "error", error=NOT_SENT_ORDER, batch=batch)
+            if checkpoint is not None:
+                checkpoint(RequestRows(positions, framed))
             continue
         try:
             _send_batch(result, rows, client, target, batch, positions, items, keys, routes, intent)
@@ -280,6 +289,15 @@ def deliver(
             checkpoint(RequestRows(positions, framed))
     result.outcomes = rows.frame(records.index)
     return result
+
+
+def _follows_a_failure(rows: _Rows, orders: list[Any], start: int) -> bool:
+    """Whether the record at ``start`` has a lower order before it that was not delivered."""
+    first = orders[start]
+    return any(
+        orders[position] < first and rows.columns["status"][position] not in DELIVERED
+        for position in range(start)
+    )
 
 
 def _ordered_bounds(

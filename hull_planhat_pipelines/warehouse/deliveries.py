@@ -398,6 +398,22 @@ def held_under_other_keys(
     )
 
 
+def enduser_snapshot_keys(
+    conn: duckdb.DuckDBPyConnection | None, planhat_ids: Collection[str]
+) -> dict[str, set[str]]:
+    """The keys each of ``planhat_ids``' endusers answers to in the latest snapshot (its email
+    and external id, as ours are written); read for those endusers only."""
+    wanted = sorted({str(i) for i in planhat_ids})
+    if conn is None or not wanted or not table_exists(conn, "planhat_current", "endusers"):
+        return {}
+    rows = conn.execute(
+        f"select e._id, {_SNAPSHOT_KEYS} from planhat_current.endusers e"
+        " where e._id in (select unnest(?))",
+        [wanted],
+    ).fetchall()
+    return {str(i): {k for k in (k1, k2) if k is not None} for i, k1, k2 in rows}
+
+
 def held_in_other_companies(
     conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
 ) -> dict[str, str]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from hull_planhat_pipelines.cli import run_sync
+from hull_planhat_pipelines.clients.delivery import NOT_SENT_ORDER
 from hull_planhat_pipelines.sandbox.planhat_store import BulkResult, PlanhatStore
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 
@@ -247,15 +249,22 @@ def _sent_again(stack: Stack, *emails: str) -> list[dict[str, object]]:
     return [i for i in again if i.get("email") in emails]
 
 
-def _person_and_colleague(stack: Stack) -> tuple[str, str, int, str, int]:
-    """Person A, delivered by email, and B, a new colleague of A's with the address
-    ``colleague.<A's>``, delivered by a sync of its own; then A again (re-titled), so that B's
-    key is older than the fingerprint of A's. ``(a_id, a_email, a_person, b_id, b_person)``."""
+def _delivered_person(stack: Stack) -> tuple[str, str, int, dict[str, Any]]:
+    """After a first cycle, a person delivered by email: ``(hull_id, email, person id,
+    its enduser)``."""
     stack.cycle()
     in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
     chosen = [row for row in _delivered_by_email(stack) if row[1] in in_planhat]
     assert chosen, "no delivered enduser keyed by its email"
     a_id, a_email, a_person = chosen[0]
+    return a_id, a_email, a_person, in_planhat[a_email]
+
+
+def _person_and_colleague(stack: Stack) -> tuple[str, str, int, str, int]:
+    """Person A, delivered by email, and B, a new colleague of A's with the address
+    ``colleague.<A's>``, delivered by a sync of its own; then A again (re-titled), so that B's
+    key is older than the fingerprint of A's. ``(a_id, a_email, a_person, b_id, b_person)``."""
+    a_id, a_email, a_person, _ = _delivered_person(stack)
     b_email = "colleague." + a_email
     b_person = _new_colleague(stack, a_person, b_email)
     stack.cycle()
@@ -328,12 +337,7 @@ def test_a_new_colleague_taking_a_moved_person_s_address_gets_an_enduser_of_its_
     still answered to the address), take it over, and leave C without an enduser, recorded as
     delivered."""
     stack = either_order
-    stack.cycle()
-    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
-    chosen = [row for row in _delivered_by_email(stack) if row[1] in in_planhat]
-    assert chosen, "no delivered enduser keyed by its email"
-    a_id, a_email, a_person = chosen[0]
-    a_before = in_planhat[a_email]
+    a_id, a_email, a_person, a_before = _delivered_person(stack)
 
     a_new = "zz." + a_email
     _edit_person(stack, a_id, a_person, a_new)
@@ -405,3 +409,82 @@ def test_an_address_taken_back_from_a_colleague_goes_to_the_person_s_own_enduser
         e.get("email") for e in by_id.values() if e.get("email") in (a_email, a_new, b_new)
     )
     assert held == sorted([a_email, b_new])
+
+
+def test_a_new_colleague_taking_the_address_of_a_person_keyed_by_external_id_waits_for_it(
+    either_order: Stack,
+) -> None:
+    """A is keyed by its external id, which does not change, so its item is not addressed by
+    ``_id``; its email changes while C, a new colleague without an external id, takes A's old
+    one. C's item goes after A's: in the same bulk, applied first, it would match A's enduser
+    by that address."""
+    stack = either_order
+    stack.cycle()
+    rows = stack.query(
+        "select u.hull_id, u.email, a from hull.users u, unnest(u.anonymous_ids) t(a)"
+        " where u.external_id is not null and u.email is not null"
+        " and a like 'copper-person:%' and 'external_id:' || u.external_id in"
+        " (select key from planhat.delivery_fingerprints where target = 'endusers')"
+        " order by u.hull_id"
+    )
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    chosen = [row for row in rows if row[1] in in_planhat]
+    assert chosen, "no delivered enduser keyed by its external id"
+    a_id, a_email, anonymous = chosen[0]
+    a_person = int(anonymous.split(":", 1)[1])
+    a_before = in_planhat[a_email]
+
+    _edit_person(stack, a_id, a_person, "zz." + a_email)
+    c_person = _new_colleague(stack, a_person, a_email)
+    colleague = copy.deepcopy(stack.copper.record("people", c_person))
+    colleague["custom_fields"] = []  # not A's external id: C has none
+    stack.copper.upsert_records("people", [colleague])
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+
+    [(c_id, c_external_id)] = stack.query(
+        "select hull_id, external_id from hull.users where list_contains(anonymous_ids, ?)",
+        [f"copper-person:{c_person}"],
+    )
+    assert (c_id != a_id, c_external_id) == (True, None)
+    requests = [r.body for r in stack.planhat.rest.recorded("PUT", "^/endusers$")]
+    sent_in = {item.get("email"): n for n, body in enumerate(requests) for item in body}
+    assert sent_in["zz." + a_email] < sent_in[a_email]
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert by_id[a_before["_id"]].get("email") == "zz." + a_email
+    held = [e for e in by_id.values() if e.get("email") == a_email]
+    assert [e.get("position") for e in held] == ["Colleague of A"]
+
+
+def test_a_new_colleague_is_not_sent_while_the_move_it_waits_for_failed(
+    either_order: Stack,
+) -> None:
+    """The request renaming A's enduser away from x is refused (a 400): C, taking x, is not
+    sent after it (it would match A's enduser, which still answers to x). C is an error of
+    that run and goes, after A's rename, in the next."""
+    stack = either_order
+    a_id, a_email, a_person, a_before = _delivered_person(stack)
+
+    _edit_person(stack, a_id, a_person, "zz." + a_email)
+    c_person = _new_colleague(stack, a_person, a_email)
+    stack.planhat.rest.faults.add(status=400, path="^/endusers$", method="PUT", times=1)
+    run_sync(full=True)  # its refused records are errors of the delivery step
+
+    [(c_id,)] = stack.query(
+        "select hull_id from hull.users where list_contains(anonymous_ids, ?)",
+        [f"copper-person:{c_person}"],
+    )
+    assert stack.query(
+        "select status, error from planhat.deliveries where target = 'endusers' and hull_id = ?",
+        [c_id],
+    ) == [("error", NOT_SENT_ORDER)]
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert (by_id[a_before["_id"]].get("email"), by_id[a_before["_id"]].get("position")) == (
+        a_email,
+        a_before.get("position"),
+    )
+    stack.cycle()
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert by_id[a_before["_id"]].get("email") == "zz." + a_email
+    held = [e for e in by_id.values() if e.get("email") == a_email]
+    assert [e.get("position") for e in held] == ["Colleague of A"]

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hull_planhat_pipelines.clients.delivery import (
+    NOT_SENT_ORDER,
     OUTCOME_COLUMNS,
     DeliveryStopped,
     DeliveryTarget,
@@ -123,6 +124,22 @@ def test_no_request_mixes_two_send_orders(sandbox: PlanhatSandbox, client: Planh
             key_column="external_id",
             order_column="order",
         )
+
+
+def test_records_of_a_later_order_are_not_sent_when_an_earlier_one_failed(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """A record sent after others (a colleague taking an address a rename frees) must not go
+    when they failed: it would find the address still taken. It is an error, sent again next
+    run; records of the same order as the failure still go."""
+    sandbox.rest.faults.add(status=400, path="^/companies$", method="PUT", times=1)
+    records = company_records(5, "OF").assign(order=[0, 0, 0, 1, 1])
+    result = deliver(
+        records, COMPANIES, client, batch_size=2, key_column="external_id", order_column="order"
+    )
+    assert result.outcomes["status"].tolist() == ["error", "error", "created", "error", "error"]
+    assert result.outcomes["error"].tolist()[3:] == [NOT_SENT_ORDER] * 2
+    assert len(sandbox.rest.recorded("PUT", "^/companies$")) == 2
 
 
 @pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (5000, [5000]), (5001, [5000, 1])])

@@ -7,7 +7,7 @@ enduser it cannot tie to a company, so such users are skipped here.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pandas as pd
@@ -161,46 +161,66 @@ def addressed_by_id(payloads: pd.DataFrame, planhat_ids: dict[str, str]) -> pd.D
     return out
 
 
-def after_movers(payloads: pd.DataFrame, moved: pd.DataFrame) -> pd.DataFrame:
-    """``payloads`` with ``shared.SEND_ORDER``: 1 for a record not addressed by ``_id`` whose email
-    or external id another record of the delivery moves its enduser away from (``moved``:
-    the users addressed by ``_id``, with the ``other_keys`` Planhat holds their enduser
-    under), 0 for the rest, which go first.
+def held_under(
+    moved: pd.DataFrame, snapshot_keys: Mapping[str, Collection[str]]
+) -> dict[str, set[str]]:
+    """Per user, the keys Planhat may hold its enduser under: those the latest snapshot shows
+    (``snapshot_keys``) and, for a user addressed by ``_id`` (``moved``), the other keys it was
+    sent under since."""
+    held = {str(h): {str(k) for k in keys} for h, keys in snapshot_keys.items()}
+    for hull_id, others in zip(moved["hull_id"], moved["other_keys"], strict=True):
+        held.setdefault(str(hull_id), set()).update(str(k) for k in others)
+    return held
 
-    A colleague given a person's old address, sent by email in the bulk that renames the
-    person's enduser by ``_id``, would match that enduser if Planhat applied it first (the
-    order it applies a bulk's items in is not documented): the person's enduser would take
-    the colleague's content, then the person's new address, and the colleague would have no
-    enduser. Sent in a later request, it finds the address free. Sorted by order, stably."""
+
+def _answers_to(key: Any, email: Any, external_id: Any) -> set[str]:
+    """The keys a payload can be matched by in Planhat: its own, its email, its external id."""
+    keys = {str(key)}
+    if isinstance(email, str) and email.strip():
+        keys.add(f"email:{email.strip().lower()}")
+    if isinstance(external_id, str) and external_id.strip():
+        keys.add(f"external_id:{external_id.strip()}")
+    return keys
+
+
+def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) -> pd.DataFrame:
+    """``payloads`` with ``shared.SEND_ORDER``: 1 for a record not addressed by ``_id`` that
+    Planhat could match, by its email or external id, to the enduser of another user of the
+    delivery whose payload leaves that key (``held``: per user, the keys its enduser may be
+    held under, ``held_under``); 0 for the rest, which go first.
+
+    A colleague given a person's old address, sent by email in the bulk that gives the person's
+    enduser its new one (by ``_id``, or by an external id that did not change), would match
+    that enduser if Planhat applied it first (the order it applies a bulk's items in is not
+    documented): the person's enduser would take the colleague's content, then the person's
+    new address, and the colleague would have no enduser. Sent in a later request, it finds
+    the address free. Sorted by order, stably."""
     out = payloads.assign(**{shared.SEND_ORDER: 0})
-    if payloads.empty or moved.empty:
+    if payloads.empty or not held:
         return out
-    sent = set(payloads["hull_id"].astype(str))
-    vacated = {
-        str(other)
-        for hull_id, key, others in zip(
-            moved["hull_id"], moved["key"], moved["other_keys"], strict=True
+    rows = list(
+        zip(
+            payloads["hull_id"].astype(str),
+            payloads["key"],
+            payloads["email"],
+            payloads["external_id"],
+            payloads["payload"],
+            strict=True,
         )
-        if str(hull_id) in sent
-        for other in others
-        if str(other) != str(key)
-    }
-    if not vacated:
+    )
+    left: dict[str, str] = {}  # a key some user's enduser leaves -> that user
+    for hull_id, key, email, external_id, _ in rows:
+        for other in set(held.get(hull_id, ())) - _answers_to(key, email, external_id):
+            left[other] = hull_id
+    if not left:
         return out
-    by_id = {str(h) for h in moved["hull_id"]}
-
-    def answers_to(row: Any) -> set[str]:
-        keys = {str(row.key)}
-        for prefix, value in (("email:", row.email), ("external_id:", row.external_id)):
-            if isinstance(value, str) and value.strip():
-                keys.add(prefix + (value.strip().lower() if prefix == "email:" else value.strip()))
-        return keys
-
-    later = [
-        str(row.hull_id) not in by_id and bool(answers_to(row) & vacated)
-        for row in payloads[["hull_id", "key", "email", "external_id"]].itertuples(index=False)
+    out[shared.SEND_ORDER] = [
+        int(
+            not (isinstance(payload, dict) and "_id" in payload)
+            and any(left.get(k, hull_id) != hull_id for k in _answers_to(key, email, external_id))
+        )
+        for hull_id, key, email, external_id, payload in rows
     ]
-    out[shared.SEND_ORDER] = [int(flag) for flag in later]
     return out.sort_values(shared.SEND_ORDER, kind="stable").reset_index(drop=True)
 
 

@@ -43,6 +43,7 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     addressed_by_id,
     after_movers,
     enduser_payloads,
+    held_under,
     moved_fingerprints,
     planhat_enduser_ids,
 )
@@ -803,42 +804,50 @@ def test_a_renamed_enduser_is_addressed_by_its_planhat_id_outside_its_fingerprin
 
 def test_a_record_taking_a_key_an_enduser_moves_away_from_is_sent_after_it() -> None:
     """A's enduser is renamed by ``_id`` away from a@x.io; C, never sent, takes a@x.io (by
-    email), D an external id B's enduser leaves, E nothing anyone leaves: C and D go in a later
-    request than the movers, whatever their place before (stable within each order)."""
+    email); F's enduser, keyed by an external id that does not change, leaves f@x.io, which D
+    takes; E takes nothing anyone leaves; B, addressed by ``_id``, never waits. C and D go in
+    a later request than the others, whatever their place before (stable within an order)."""
     payloads = pd.DataFrame(
         {
-            "hull_id": ["c", "a", "d", "e", "b"],
+            "hull_id": ["c", "a", "d", "e", "b", "f"],
             "key": [
                 "email:a@x.io",
                 "email:zz.a@x.io",
-                "external_id:d-1",
+                "email:f@x.io",
                 "email:e@x.io",
-                "external_id:b-2",
+                "email:b@x.io",
+                "external_id:f-1",
             ],
-            "email": ["a@x.io", "zz.a@x.io", "d@x.io", "e@x.io", None],
-            "external_id": [None, None, "d-1", None, "b-2"],
+            "email": ["a@x.io", "zz.a@x.io", "f@x.io", "e@x.io", "b@x.io", "zz.f@x.io"],
+            "external_id": [None, None, None, None, None, "f-1"],
+            "payload": [{}, {"_id": "p-a"}, {}, {}, {"_id": "p-b"}, {}],
         }
     )
     moved = pd.DataFrame(
         {
             "hull_id": ["a", "b", "gone"],
-            "key": ["email:zz.a@x.io", "external_id:b-2", "email:g@x.io"],
+            "key": ["email:zz.a@x.io", "email:b@x.io", "email:g@x.io"],
             "planhat_id": ["p-a", "p-b", "p-g"],
             # "gone" is not sent: the key it leaves is still its enduser's
-            "other_keys": [["email:a@x.io"], ["external_id:d-1"], ["email:e@x.io"]],
+            "other_keys": [["email:a@x.io"], ["email:f@x.io"], ["email:e@x.io"]],
         }
     )
-    ordered = after_movers(payloads, moved)
+    snapshot = {"a": {"email:a@x.io"}, "f": {"external_id:f-1", "email:f@x.io"}}
+    held = held_under(moved, snapshot)
+    assert held["a"] == {"email:a@x.io"} and held["b"] == {"email:f@x.io"}
+    ordered = after_movers(payloads, held)
     assert ordered[["hull_id", "send_order"]].values.tolist() == [
         ["a", 0],
         ["e", 0],
         ["b", 0],
+        ["f", 0],
         ["c", 1],
         ["d", 1],
     ]
-    # nothing moved: one order, as it was
-    assert after_movers(payloads, moved.iloc[0:0])["send_order"].tolist() == [0] * 5
-    assert after_movers(payloads, moved.iloc[0:0])["hull_id"].tolist() == list(payloads["hull_id"])
+    # nothing left by anyone: one order, as it was
+    unmoved = after_movers(payloads, {"e": {"email:e@x.io"}})
+    assert unmoved["send_order"].tolist() == [0] * 6
+    assert unmoved["hull_id"].tolist() == list(payloads["hull_id"])
 
 
 def test_a_moved_key_is_compared_with_nothing_and_clears_what_every_key_sent() -> None:
