@@ -9,6 +9,7 @@ for records Planhat accounted for, so a failed record is retried by the next run
 
 import datetime as dt
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -275,8 +276,11 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         kept, skipped = drop_unknown_companies(
             payloads, deliveries.known_companies(conn, fingerprints)
         )
-        # a record that could match another's enduser by a key that enduser leaves goes last
+        # a record that could match another's enduser by a key that enduser leaves goes after
+        # it; an enduser two users were built from is renamed by neither (never by _id)
         sent = [str(h) for h in kept["hull_id"] if str(h) in enduser_ids]
+        shared_by = Counter(enduser_ids[h] for h in sent)
+        sent = [h for h in sent if shared_by[enduser_ids[h]] == 1]
         by_enduser = deliveries.enduser_snapshot_keys(conn, [enduser_ids[h] for h in sent])
         snapshot_keys = {h: by_enduser.get(enduser_ids[h], set()) for h in sent}
         return after_movers(kept, held_under(moved, snapshot_keys)), [*events, *skipped]

@@ -264,12 +264,17 @@ def deliver(
     batch_of = {p: n for n, bound in enumerate(bounds, start=1) for p in bound}
     framed = partial(rows.frame, records.index)  # one builder: a journal joins its requests
     orders = records[order_column].tolist() if order_column in records.columns else None
+    failed_order = None  # the lowest order with a record not delivered so far
     for batch, positions in enumerate(bounds, start=1):
         items = payloads[positions.start : positions.stop]
         if dry_run:
             _plan(result, rows, target, batch, positions, items, keys, routes)
             continue
-        if orders is not None and _follows_a_failure(rows, orders, positions.start):
+        if (
+            orders is not None
+            and failed_order is not None
+            and orders[positions.start] > failed_order
+        ):
             for position in positions:
                 rows.add(position, "error", error=NOT_SENT_ORDER, batch=batch)
             if checkpoint is not None:
@@ -287,17 +292,12 @@ def deliver(
             raise DeliveryStopped(exc, result) from None
         if checkpoint is not None:
             checkpoint(RequestRows(positions, framed))
+        if orders is not None and failed_order is None:
+            statuses = rows.columns["status"]
+            if any(statuses[p] not in DELIVERED for p in positions):
+                failed_order = orders[positions.start]
     result.outcomes = rows.frame(records.index)
     return result
-
-
-def _follows_a_failure(rows: _Rows, orders: list[Any], start: int) -> bool:
-    """Whether the record at ``start`` has a lower order before it that was not delivered."""
-    first = orders[start]
-    return any(
-        orders[position] < first and rows.columns["status"][position] not in DELIVERED
-        for position in range(start)
-    )
 
 
 def _ordered_bounds(

@@ -173,35 +173,43 @@ def held_under(
     return held
 
 
-def _answers_to(key: Any, email: Any, external_id: Any) -> set[str]:
-    """The keys a payload can be matched by in Planhat: its own, its email, its external id."""
-    keys = {str(key)}
+def _identity(email: Any, external_id: Any) -> dict[str, str]:
+    """The email and external id a payload gives its enduser, as keys (``email:``/``external_id:``
+    prefixes), by kind; a kind the payload leaves out is not there."""
+    out: dict[str, str] = {}
     if isinstance(email, str) and email.strip():
-        keys.add(f"email:{email.strip().lower()}")
+        out["email:"] = f"email:{email.strip().lower()}"
     if isinstance(external_id, str) and external_id.strip():
-        keys.add(f"external_id:{external_id.strip()}")
-    return keys
+        out["external_id:"] = f"external_id:{external_id.strip()}"
+    return out
+
+
+MAX_SEND_ORDER = 10
+"""Orders beyond this are not told apart: a chain of records each waiting for the next longer
+than this (or a cycle) goes in the last order."""
 
 
 def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) -> pd.DataFrame:
-    """``payloads`` with ``shared.SEND_ORDER``: 1 for a record not addressed by ``_id`` that
-    Planhat could match, by its email or external id, to the enduser of another user of the
-    delivery whose payload leaves that key (``held``: per user, the keys its enduser may be
-    held under, ``held_under``); 0 for the rest, which go first.
+    """``payloads`` with ``shared.SEND_ORDER``: a record not addressed by ``_id``, and not
+    keyed by a key its own enduser answers to, that Planhat could match, by its email or
+    external id, to the enduser of another user of the delivery whose payload gives that
+    enduser another value of the same kind (``held``: per user, the keys its enduser may be held
+    under, ``held_under``) goes one order after that user; the rest go first (0).
 
     A colleague given a person's old address, sent by email in the bulk that gives the person's
     enduser its new one (by ``_id``, or by an external id that did not change), would match
     that enduser if Planhat applied it first (the order it applies a bulk's items in is not
     documented): the person's enduser would take the colleague's content, then the person's
     new address, and the colleague would have no enduser. Sent in a later request, it finds
-    the address free. Sorted by order, stably."""
+    the address free. A record Planhat matches first by a key of its own enduser (its ``_id``,
+    or an external id that enduser holds) takes over nobody's. Sorted by order, stably."""
     out = payloads.assign(**{shared.SEND_ORDER: 0})
     if payloads.empty or not held:
         return out
     rows = list(
         zip(
             payloads["hull_id"].astype(str),
-            payloads["key"],
+            payloads["key"].astype(str),
             payloads["email"],
             payloads["external_id"],
             payloads["payload"],
@@ -209,18 +217,34 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
         )
     )
     left: dict[str, str] = {}  # a key some user's enduser leaves -> that user
-    for hull_id, key, email, external_id, _ in rows:
-        for other in set(held.get(hull_id, ())) - _answers_to(key, email, external_id):
-            left[other] = hull_id
+    for hull_id, _key, email, external_id, _ in rows:
+        gives = _identity(email, external_id)
+        for other in held.get(hull_id, ()):
+            kind = "email:" if str(other).startswith("email:") else "external_id:"
+            if kind in gives and gives[kind] != other:
+                left[str(other)] = hull_id
     if not left:
         return out
-    out[shared.SEND_ORDER] = [
-        int(
-            not (isinstance(payload, dict) and "_id" in payload)
-            and any(left.get(k, hull_id) != hull_id for k in _answers_to(key, email, external_id))
-        )
-        for hull_id, key, email, external_id, payload in rows
-    ]
+    waits: dict[str, set[str]] = {}  # user -> the users whose enduser it must follow
+    for hull_id, key, email, external_id, payload in rows:
+        if isinstance(payload, dict) and "_id" in payload:
+            continue  # matched by its enduser's _id
+        if key in held.get(hull_id, ()):
+            continue  # matched first by a key its own enduser answers to
+        keys = {key, *_identity(email, external_id).values()}
+        owners = {left[k] for k in keys if left.get(k, hull_id) != hull_id}
+        if owners:
+            waits[hull_id] = owners
+    orders = dict.fromkeys(waits, 1)
+    for _ in range(MAX_SEND_ORDER):  # one after the latest of those it waits for
+        deeper = {
+            h: min(MAX_SEND_ORDER, 1 + max(orders.get(o, 0) for o in owners))
+            for h, owners in waits.items()
+        }
+        if deeper == orders:
+            break
+        orders = deeper
+    out[shared.SEND_ORDER] = [orders.get(hull_id, 0) for hull_id, *_ in rows]
     return out.sort_values(shared.SEND_ORDER, kind="stable").reset_index(drop=True)
 
 

@@ -850,6 +850,66 @@ def test_a_record_taking_a_key_an_enduser_moves_away_from_is_sent_after_it() -> 
     assert unmoved["hull_id"].tolist() == list(payloads["hull_id"])
 
 
+def _identity_payloads(rows: list[list[object]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["hull_id", "key", "email", "external_id", "payload"])
+
+
+NO_MOVES = pd.DataFrame(
+    {c: pd.Series([], dtype=object) for c in ("hull_id", "key", "planhat_id", "other_keys")}
+)
+
+
+def test_nobody_waits_without_a_key_some_payload_gives_another_value() -> None:
+    """Two users built from one enduser (neither renames it); a payload without an email
+    (Planhat keeps the enduser's); two people keyed by unchanged external ids trading emails
+    (each is matched first by its own enduser's external id): no record waits, no request is
+    added."""
+    shared = _identity_payloads(
+        [["a", "email:a@x.io", "a@x.io", None, {}], ["b", "email:b@x.io", "b@x.io", None, {}]]
+    )
+    # the asset leaves an enduser two users share out of ``held``
+    assert after_movers(shared, held_under(NO_MOVES, {"a": {"email:a@x.io"}}))[
+        "send_order"
+    ].tolist() == [0, 0]
+    no_email = _identity_payloads(
+        [
+            ["a", "external_id:e-a", None, "e-a", {}],
+            ["c", "email:a@x.io", "a@x.io", None, {}],
+        ]
+    )
+    held = held_under(NO_MOVES, {"a": {"external_id:e-a", "email:a@x.io"}})
+    assert after_movers(no_email, held)["send_order"].tolist() == [0, 0]
+    trading = _identity_payloads(
+        [
+            ["a", "external_id:e-a", "b@x.io", "e-a", {}],
+            ["b", "external_id:e-b", "a@x.io", "e-b", {}],
+        ]
+    )
+    held = held_under(
+        NO_MOVES,
+        {"a": {"external_id:e-a", "email:a@x.io"}, "b": {"external_id:e-b", "email:b@x.io"}},
+    )
+    assert after_movers(trading, held)["send_order"].tolist() == [0, 0]
+
+
+def test_a_record_waiting_for_one_that_waits_goes_after_it() -> None:
+    """A (new external id, so keyed by one its enduser does not hold) takes b, which B's
+    enduser leaves; C, new, takes a, which A's leaves: C goes after A, which goes after B."""
+    payloads = _identity_payloads(
+        [
+            ["c", "email:a@x.io", "a@x.io", None, {}],
+            ["a", "external_id:e-a2", "b@x.io", "e-a2", {}],
+            ["b", "external_id:e-b", "zz.b@x.io", "e-b", {}],
+        ]
+    )
+    held = held_under(
+        NO_MOVES,
+        {"a": {"external_id:e-a", "email:a@x.io"}, "b": {"external_id:e-b", "email:b@x.io"}},
+    )
+    ordered = after_movers(payloads, held)
+    assert ordered[["hull_id", "send_order"]].values.tolist() == [["b", 0], ["a", 1], ["c", 2]]
+
+
 def test_a_moved_key_is_compared_with_nothing_and_clears_what_every_key_sent() -> None:
     """A key whose enduser took other keys since (returned to, or new): it matches no payload
     (it is sent as a change), and its previous fields are those sent under it and under the
