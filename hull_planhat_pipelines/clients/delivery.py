@@ -244,7 +244,7 @@ def deliver(
     """
     key_column = key_column or target.key
     check_batch_size(batch_size, target.max_batch)
-    for column in (key_column, target.payload_column):
+    for column in (key_column, target.payload_column, order_column):
         if column is not None and column not in records.columns:
             raise ValueError(f"column {column!r} is not among the record columns")
     payloads = record_payloads(
@@ -257,13 +257,15 @@ def deliver(
     routes = _routes(records, target)
     rows = _Rows(target.name, keys)
     result = DeliveryResult(target.name, pd.DataFrame(columns=OUTCOME_COLUMNS), dry_run=dry_run)
-    bounds = _ordered_bounds(records, order_column, batch_size, target.max_batch)
+    orders = records[order_column].tolist() if order_column is not None else None
+    if orders is not None and any(b < a for a, b in pairwise(orders)):
+        raise ValueError(f"records are not in ascending {order_column!r} order")
+    bounds = _ordered_bounds(orders, len(records), batch_size, target.max_batch)
     limit = max_bytes or target.max_bytes
     if limit is not None:
         bounds = split_by_size(bounds, [json_size(item) for item in payloads], limit)
     batch_of = {p: n for n, bound in enumerate(bounds, start=1) for p in bound}
     framed = partial(rows.frame, records.index)  # one builder: a journal joins its requests
-    orders = records[order_column].tolist() if order_column in records.columns else None
     failed_order = None  # the lowest order with a record not delivered so far
     for batch, positions in enumerate(bounds, start=1):
         items = payloads[positions.start : positions.stop]
@@ -301,14 +303,12 @@ def deliver(
 
 
 def _ordered_bounds(
-    records: pd.DataFrame, order_column: str | None, batch_size: int, max_batch: int
+    orders: list[Any] | None, total: int, batch_size: int, max_batch: int
 ) -> list[range]:
-    """``batch_bounds`` within each run of equal ``order_column`` values."""
-    if order_column is None or order_column not in records.columns or records.empty:
-        return batch_bounds(len(records), batch_size, max_batch)
-    orders = records[order_column].tolist()
-    if any(b < a for a, b in pairwise(orders)):
-        raise ValueError(f"records are not in ascending {order_column!r} order")
+    """``batch_bounds`` within each run of equal ``orders`` (one per record, ascending; None:
+    one run)."""
+    if not orders:
+        return batch_bounds(total, batch_size, max_batch)
     bounds: list[range] = []
     start = 0
     for position in range(1, len(orders) + 1):
