@@ -328,6 +328,51 @@ def test_an_email_given_up_and_taken_by_a_colleague_in_one_sync_keeps_two_people
     assert not _sent_again(stack, a_email, a_new)
 
 
+def test_two_colleagues_swapping_addresses_in_one_sync_keep_their_profiles_and_endusers(
+    either_order: Stack,
+) -> None:
+    """In one Copper sync A takes B's address and B takes A's. Before, each record resolved by
+    its new email to the other's profile (neither address counted as given up while the
+    other still held its own): the profiles traded titles and kept their emails. Now both
+    keep their profiles and trade the addresses, and Planhat's two endusers are updated by
+    their own ``_id``s, with no enduser added."""
+    stack = either_order
+    a_id, a_email, a_person, b_id, b_person = _person_and_colleague(stack)
+    b_email = "colleague." + a_email
+    in_planhat = {e.get("email"): e for e in stack.planhat.endusers()}
+    a_before, b_before = in_planhat[a_email], in_planhat[b_email]
+    count_before = len(stack.planhat.endusers())
+
+    _edit_person(stack, a_id, a_person, b_email)
+    _edit_person(stack, b_id, b_person, a_email)
+    stack.cycle()
+
+    profiles = stack.query(
+        "select hull_id, email, attributes->>'copper_person/title'"
+        " from hull.users where hull_id in (?, ?) order by hull_id = ?",
+        [a_id, b_id, b_id],
+    )
+    assert profiles == [(a_id, b_email, "Re-titled A"), (b_id, a_email, "Colleague of A")]
+    assert not stack.query(
+        "select 1 from ops.sync_log where event = 'incoming.user.skip' and object_id in (?, ?)",
+        [f"copper-person:{a_person}", f"copper-person:{b_person}"],
+    )
+    endusers = stack.planhat.endusers()
+    assert len(endusers) == count_before
+    by_id = {e["_id"]: e for e in endusers}
+    assert (by_id[a_before["_id"]].get("email"), by_id[a_before["_id"]].get("position")) == (
+        b_email,
+        "Re-titled A",
+    )
+    assert (by_id[b_before["_id"]].get("email"), by_id[b_before["_id"]].get("position")) == (
+        a_email,
+        "Colleague of A",
+    )
+
+    # taken: the next cycle sends neither again
+    assert not _sent_again(stack, a_email, b_email)
+
+
 def test_a_new_colleague_taking_a_moved_person_s_address_gets_an_enduser_of_its_own(
     either_order: Stack,
 ) -> None:

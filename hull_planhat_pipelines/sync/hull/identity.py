@@ -26,9 +26,10 @@ Rules (DESIGN.md section 2), as set operations over the whole batch:
    record, Planhat's do not count: Planhat mirrors what we send it) is in this batch and none
    claims the old value. Otherwise the profile keeps it: a conflict. A value a CRM record
    gives up so (every other CRM source resolving to the profile) matches no other record of
-   the batch and links none of the profile's records to others (``_released``, repeated
-   until no more follow): a colleague given a person's old address in the same batch
-   resolves by its own identity, not into that person's profile.
+   the batch and links none of the profile's records to others (``_released``, judged
+   for all of them together): a colleague given a person's old address in the same batch
+   resolves by its own identity, not into that person's profile; two people swapping addresses
+   keep their profiles.
 
 Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
 ``claims_<kind>`` (claims added), ``merges_<kind>``, ``conflicts_<kind>``.
@@ -125,23 +126,28 @@ def _released(batch: Batch, k: Kind) -> None:
     only the records that did: a source leaving for another profile vouches for nothing. A
     record taking that value in the same batch (a colleague given a person's old address)
     resolves by its own identity instead of being folded into the profile that let the value
-    go. Releases are repeated until none follows: a record whose new value another profile
-    gave up in the batch resolves to its own profile only once that value is released, and
-    may then give up its own (a chain of moves in one sync).
+    go. A record whose new value another profile gives up in the batch resolves to its own
+    profile only once that value is released, and may then give up its own: a chain of moves
+    in one sync, or a cycle (two people swapping addresses). So every value of the batch's
+    profiles is first supposed given up, and a value stays so only while its profile's records
+    still resolve to it with the values still supposed given up belonging to no one; rounds
+    repeat until none is dropped (the largest consistent set: a swap releases both addresses,
+    a swap one side of which is held releases neither).
 
     Planhat records give nothing up: Planhat mirrors the emails we send it, so two endusers
     trading emails there land by email on each other's profiles (rule 6 alone). The pairs
     released stay in ``rel_<kind>``: the profile's own records sharing the value with others
     are not grouped with them by it (``_components``)."""
     other = DOMAIN_CLAIM[k]
-    # a record resolving to a profile: none of its strong claims is another profile's
+    # a record resolving to a profile: none of its strong claims is another profile's (a
+    # value still supposed given up, ``relc_<kind>``, is no one's)
     resolves_to = (
         "not exists (select 1 from rc_{k} o join sc_{k} h using (claim, value)"
         " where o.rid = {rid} and o.claim in ('external_id', '{other}')"
-        " and h.hull_id <> {hull})"
+        " and h.hull_id <> {hull} and not (h.claim = '{other}' and exists (select 1"
+        " from relc_{k} x where x.hull_id = h.hull_id and x.held = h.value)))"
     )
     batch.sql(
-        f"create or replace temp table rel_{k} (hull_id varchar, held varchar);"
         f"create or replace temp table src_{k} as select * from (select s.hull_id,"
         f" s.{other} as held, unnest(s.anonymous_ids) as key from s_{k} s"
         f" where s.{other} is not null"
@@ -149,18 +155,22 @@ def _released(batch: Batch, k: Kind) -> None:
         f" where regexp_matches(key, '{_SOURCE_KEY}') and not starts_with(key, 'planhat:');"
         f"create or replace temp table real_{k} as select r.rid, r.record_key, r.modified_at"
         f" from r_{k} r where not r.is_shell"
-        f" and r.record_key in (select key from src_{k})"
+        f" and r.record_key in (select key from src_{k});"
+        # to start, every value of the batch's profiles is supposed given up
+        f"create or replace temp table relc_{k} as select distinct hull_id, held from src_{k}"
     )
+    held = batch.scalar(f"select count(*) from relc_{k}")
     for _ in range(MAX_ROUNDS):
         released = batch.scalar(
             f"create or replace temp table rel1_{k} as"
             # the latest of a profile's CRM records claiming another value, resolving to it
             " with changer as (select s.hull_id, s.held, arg_max(r.record_key,"
             " coalesce(r.modified_at, '-infinity'::timestamptz)) as record_key"
-            f" from src_{k} s join real_{k} r on r.record_key = s.key"
+            f" from src_{k} s semi join relc_{k} x using (hull_id, held)"
+            f" join real_{k} r on r.record_key = s.key"
             f" join rc_{k} c on c.rid = r.rid and c.claim = '{other}' and c.value <> s.held"
             f" where {resolves_to.format(k=k, other=other, rid='r.rid', hull='s.hull_id')}"
-            f" and s.hull_id not in (select hull_id from rel_{k}) group by s.hull_id, s.held)"
+            " group by s.hull_id, s.held)"
             # every other CRM source in the batch, resolving to the profile, none claiming it
             f" select ch.hull_id, ch.held from changer ch where not exists (select 1"
             f" from src_{k} p where p.hull_id = ch.hull_id and p.key <> ch.record_key"
@@ -169,16 +179,20 @@ def _released(batch: Batch, k: Kind) -> None:
             f" {resolves_to.format(k=k, other=other, rid='r.rid', hull='ch.hull_id')}"
             f" or exists (select 1 from rc_{k} c where c.rid = r.rid"
             f" and c.claim = '{other}' and c.value = ch.held)))));"
-            f"delete from sc_{k} using rel1_{k} r where sc_{k}.claim = '{other}'"
-            f" and sc_{k}.hull_id = r.hull_id and sc_{k}.value = r.held;"
-            f"insert into rel_{k} select * from rel1_{k};"
-            f"select count(*) from rel1_{k}"
+            f"drop table relc_{k}; alter table rel1_{k} rename to relc_{k};"
+            f"select count(*) from relc_{k}"
         )
-        if not released:
+        if released in (0, held):  # nothing left, or every value still supposed given up holds
             break
+        held = released
     else:
         raise RuntimeError(f"{k} releases did not settle in {MAX_ROUNDS} rounds")
-    batch.drop(f"rel1_{k}", f"src_{k}", f"real_{k}")
+    batch.sql(
+        f"delete from sc_{k} using relc_{k} r where sc_{k}.claim = '{other}'"
+        f" and sc_{k}.hull_id = r.hull_id and sc_{k}.value = r.held;"
+        f"create or replace temp table rel_{k} as select hull_id, held from relc_{k}"
+    )
+    batch.drop(f"relc_{k}", f"src_{k}", f"real_{k}")
 
 
 def _components(batch: Batch, k: Kind) -> None:

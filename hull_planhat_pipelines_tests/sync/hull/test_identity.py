@@ -372,6 +372,57 @@ def test_a_chain_of_moves_in_one_batch_keeps_each_person_on_its_profile() -> Non
     assert out.conflicts.empty
 
 
+def test_two_people_swapping_emails_in_one_batch_keep_their_profiles() -> None:
+    """A takes B's address and B takes A's, in one batch: each move is possible only once the
+    other's is (a cycle), so both are given up together and nobody lands on the other's
+    profile; three people rotating their addresses likewise."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+        {"hull_id": "C", "anonymous_ids": ["copper-person:3"], "email": "w@c.io"},
+    )
+    swap = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "z@c.io"},
+        {"key": "copper-person:2", "email": "x@c.io"},
+    )
+    assert swap.hull == {"copper-person:1": "A", "copper-person:2": "B"}
+    assert _emails_after(store, swap) == {"A": "z@c.io", "B": "x@c.io", "C": "w@c.io"}
+    assert swap.conflicts.empty
+    assert swap.merges.empty
+    rotation = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "z@c.io"},
+        {"key": "copper-person:2", "email": "w@c.io"},
+        {"key": "copper-person:3", "email": "x@c.io"},
+    )
+    assert rotation.hull == {
+        "copper-person:1": "A",
+        "copper-person:2": "B",
+        "copper-person:3": "C",
+    }
+    assert _emails_after(store, rotation) == {"A": "z@c.io", "B": "w@c.io", "C": "x@c.io"}
+    assert rotation.conflicts.empty
+
+
+def test_a_swap_one_side_of_which_is_held_releases_neither_email() -> None:
+    """A takes B's address and B takes A's, but B's lead, in the batch, still claims B's: B
+    keeps it, so A's move is not possible either and A keeps its own: never two profiles
+    with one email (the records resolve by email, as before, with conflicts reported)."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2", "copper-lead:4"], "email": "z@c.io"},
+    )
+    out = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "z@c.io"},
+        {"key": "copper-person:2", "email": "x@c.io"},
+        {"key": "copper-lead:4", "email": "z@c.io"},
+    )
+    assert _emails_after(store, out) == {"A": "x@c.io", "B": "z@c.io"}
+    assert not out.conflicts.empty
+
+
 def _convert_lead_5_into_person_9(store: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Resolve person 9 claiming lead 5 (a conversion): the merges and the conflicts."""
     with batch() as work:
