@@ -55,6 +55,7 @@ from hull_planhat_pipelines.sync.planhat.settlement import (
 )
 from hull_planhat_pipelines.sync.planhat.shared import (
     ACTIVITIES,
+    AWAITED,
     COMPANIES,
     ENDUSERS,
     METRICS,
@@ -418,9 +419,11 @@ def _abandon_in_flight(
 
 def _settle(
     database: str, target: str, records: pd.DataFrame, run_id: str
-) -> tuple[pd.DataFrame, list[SyncEvent]]:
+) -> tuple[pd.DataFrame, list[SyncEvent], pd.DataFrame]:
     """Items an earlier bulk answer did not name, settled against the latest snapshot (see
-    ``sync.planhat.settlement``); the confirmed and dropped rows committed at once."""
+    ``sync.planhat.settlement``); the confirmed and dropped rows committed at once. Returns
+    the rows to send, the events, and the rows held back (neither sent nor confirmed: waiting
+    for a newer snapshot, or skipped after repeated drops)."""
     companies = (
         records["company_external_id"].dropna().astype(str).unique().tolist()
         if "company_external_id" in records
@@ -430,7 +433,7 @@ def _settle(
         database, target, records["key"].astype(str).unique().tolist(), companies
     )
     if known is None:
-        return records, []
+        return records, [], records.iloc[:0]
     settlement = settle(
         target,
         records,
@@ -447,7 +450,8 @@ def _settle(
     ):
         if not frame.empty:
             deliveries.commit_statuses(database, target, frame, status, run_id, error=error)
-    return settlement.send, settlement.events
+    held = records.index.difference(settlement.send.index).difference(settlement.confirmed.index)
+    return settlement.send, settlement.events, records.loc[held]
 
 
 def build_delivery_asset(
@@ -505,9 +509,14 @@ def _deliver_all(
             ordered = SEND_ORDER in records.columns
             if ordered:  # the table keeps the order; sorted again all the same
                 records = records.sort_values(SEND_ORDER, kind="stable").reset_index(drop=True)
+            undelivered_order = None  # a record held back: later orders wait for it
             if target.settled_by_snapshot and not config.dry_run:
-                records, settled = _settle(warehouse.database, target.name, records, run_id)
+                records, settled, held = _settle(warehouse.database, target.name, records, run_id)
                 events += settled
+                if ordered and AWAITED in held.columns:
+                    held = held.loc[held[AWAITED].fillna(False).astype(bool)]
+                if ordered and not held.empty:
+                    undelivered_order = held[SEND_ORDER].min()
                 if records.empty:
                     continue
             delivered = DELIVERED_STATUSES if target.repeatable else NOT_RESENT
@@ -535,6 +544,8 @@ def _deliver_all(
                     checkpoint=checkpoint,
                     intent=intent,
                     order_column=SEND_ORDER if ordered else None,
+                    awaited_column=AWAITED if ordered and AWAITED in records.columns else None,
+                    undelivered_order=undelivered_order,
                 )
             except DeliveryStopped as exc:
                 result, stopped = exc.result, exc

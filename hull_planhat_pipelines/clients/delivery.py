@@ -227,6 +227,8 @@ def deliver(
     intent: Intent | None = None,
     max_bytes: int | None = None,
     order_column: str | None = None,
+    awaited_column: str | None = None,
+    undelivered_order: Any = None,
 ) -> DeliveryResult:
     """Send ``records`` to ``target`` in batches of ``batch_size``, one request at a time.
 
@@ -241,10 +243,16 @@ def deliver(
     ``order_column`` (ascending in ``records``): no request mixes two of its values, so a record
     goes only after every record of a lower one was answered; when one of those was not
     delivered, the records of higher orders are not sent (an error, sent again by the next run).
+    ``awaited_column`` (booleans): only a record marked so, not delivered, holds the higher
+    orders back (without it, any). ``undelivered_order``: the lowest order of an awaited record
+    held back before this delivery (not among ``records``, not delivered): the records of
+    higher orders are not sent either.
     """
     key_column = key_column or target.key
     check_batch_size(batch_size, target.max_batch)
-    for column in (key_column, target.payload_column, order_column):
+    if awaited_column is not None and order_column is None:
+        raise ValueError("an awaited column needs an order column")
+    for column in (key_column, target.payload_column, order_column, awaited_column):
         if column is not None and column not in records.columns:
             raise ValueError(f"column {column!r} is not among the record columns")
     payloads = record_payloads(
@@ -258,6 +266,11 @@ def deliver(
     rows = _Rows(target.name, keys)
     result = DeliveryResult(target.name, pd.DataFrame(columns=OUTCOME_COLUMNS), dry_run=dry_run)
     orders = records[order_column].tolist() if order_column is not None else None
+    awaited = (
+        [bool(a) for a in records[awaited_column].fillna(False).tolist()]
+        if awaited_column is not None
+        else None
+    )
     if orders is not None and any(b < a for a, b in pairwise(orders)):
         raise ValueError(f"records are not in ascending {order_column!r} order")
     bounds = _ordered_bounds(orders, len(records), batch_size, target.max_batch)
@@ -266,7 +279,7 @@ def deliver(
         bounds = split_by_size(bounds, [json_size(item) for item in payloads], limit)
     batch_of = {p: n for n, bound in enumerate(bounds, start=1) for p in bound}
     framed = partial(rows.frame, records.index)  # one builder: a journal joins its requests
-    failed_order = None  # the lowest order with a record not delivered so far
+    failed_order = undelivered_order  # the lowest order with a record not delivered so far
     for batch, positions in enumerate(bounds, start=1):
         items = payloads[positions.start : positions.stop]
         if dry_run:
@@ -294,9 +307,11 @@ def deliver(
             raise DeliveryStopped(exc, result) from None
         if checkpoint is not None:
             checkpoint(RequestRows(positions, framed))
-        if orders is not None and failed_order is None:
+        if orders is not None and (failed_order is None or orders[positions.start] < failed_order):
             statuses = rows.columns["status"]
-            if any(statuses[p] not in DELIVERED for p in positions):
+            if any(
+                statuses[p] not in DELIVERED and (awaited is None or awaited[p]) for p in positions
+            ):
                 failed_order = orders[positions.start]
     result.outcomes = rows.frame(records.index)
     return result

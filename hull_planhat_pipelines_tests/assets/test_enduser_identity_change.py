@@ -501,6 +501,23 @@ def test_a_new_colleague_taking_the_address_of_a_person_keyed_by_external_id_wai
     assert [e.get("position") for e in held] == ["Colleague of A"]
 
 
+def _assert_untouched(stack: Stack, a_before: dict[str, Any]) -> None:
+    """A's enduser still has its address and content (no one took it over)."""
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert (by_id[a_before["_id"]].get("email"), by_id[a_before["_id"]].get("position")) == (
+        a_before.get("email"),
+        a_before.get("position"),
+    )
+
+
+def _assert_moved_and_taken(stack: Stack, a_before: dict[str, Any], a_new: str) -> None:
+    """A's enduser has its new address; its old one is the new colleague's enduser alone."""
+    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
+    assert by_id[a_before["_id"]].get("email") == a_new
+    held = [e for e in by_id.values() if e.get("email") == a_before.get("email")]
+    assert [e.get("position") for e in held] == ["Colleague of A"]
+
+
 def test_a_new_colleague_is_not_sent_while_the_move_it_waits_for_failed(
     either_order: Stack,
 ) -> None:
@@ -523,13 +540,62 @@ def test_a_new_colleague_is_not_sent_while_the_move_it_waits_for_failed(
         "select status, error from planhat.deliveries where target = 'endusers' and hull_id = ?",
         [c_id],
     ) == [("error", NOT_SENT_ORDER)]
-    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
-    assert (by_id[a_before["_id"]].get("email"), by_id[a_before["_id"]].get("position")) == (
-        a_email,
-        a_before.get("position"),
-    )
+    _assert_untouched(stack, a_before)
     stack.cycle()
-    by_id = {e["_id"]: e for e in stack.planhat.endusers()}
-    assert by_id[a_before["_id"]].get("email") == "zz." + a_email
-    held = [e for e in by_id.values() if e.get("email") == a_email]
-    assert [e.get("position") for e in held] == ["Colleague of A"]
+    _assert_moved_and_taken(stack, a_before, "zz." + a_email)
+
+
+def test_a_new_colleague_is_not_sent_while_the_move_it_waits_for_is_unsettled(
+    either_order: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planhat silently skips the item renaming A's enduser away from x while applying the
+    rest of its request: A is unconfirmed, and C, taking x, is not sent after it. The next
+    delivery, before any new snapshot, holds A back until a snapshot settles it; C must wait
+    too (sent alone, it would match A's enduser, which still answers to x). Once a snapshot
+    shows A's rename missing, A is sent again, then C."""
+    stack = either_order
+    a_id, a_email, a_person, a_before = _delivered_person(stack)
+    a_new = "zz." + a_email
+
+    _edit_person(stack, a_id, a_person, a_new)
+    c_person = _new_colleague(stack, a_person, a_email)
+    _new_colleague(stack, a_person, "d." + a_email)  # created in A's request
+    stack.prepare()
+    applied = PlanhatStore.bulk_upsert
+    skipped: list[str] = []
+
+    def skipping_a(
+        store: PlanhatStore, model: str, items: list[Any], *, full_keys: bool = False
+    ) -> BulkResult:
+        if model == "endusers" and not skipped:
+            skipped.extend(i["_id"] for i in items if i.get("email") == a_new)
+            items = [i for i in items if i.get("email") != a_new]
+        return applied(store, model, items, full_keys=full_keys)
+
+    monkeypatch.setattr(PlanhatStore, "bulk_upsert", skipping_a)
+    stack.deliver()
+    assert skipped == [a_before["_id"]]
+    [(c_id,)] = stack.query(
+        "select hull_id from hull.users where list_contains(anonymous_ids, ?)",
+        [f"copper-person:{c_person}"],
+    )
+
+    def last_status(hull_id: str) -> tuple[str, str | None]:
+        return stack.query(
+            "select status, error from planhat.deliveries where target = 'endusers'"
+            " and hull_id = ? order by delivered_at desc limit 1",
+            [hull_id],
+        )[0]
+
+    assert last_status(a_id)[0] == "unconfirmed"
+    assert last_status(c_id) == ("error", NOT_SENT_ORDER)
+
+    stack.planhat.rest.clear_requests()
+    stack.deliver()  # no snapshot since: A is held back, and C with it
+    sent = [i for r in stack.planhat.rest.recorded("PUT", "^/endusers$") for i in r.body]
+    assert not [i for i in sent if i.get("email") in (a_email, a_new)]
+    assert last_status(c_id) == ("error", NOT_SENT_ORDER)
+    _assert_untouched(stack, a_before)
+
+    stack.cycle()
+    _assert_moved_and_taken(stack, a_before, a_new)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -140,6 +141,37 @@ def test_records_of_a_later_order_are_not_sent_when_an_earlier_one_failed(
     assert result.outcomes["status"].tolist() == ["error", "error", "created", "error", "error"]
     assert result.outcomes["error"].tolist()[3:] == [NOT_SENT_ORDER] * 2
     assert len(sandbox.rest.recorded("PUT", "^/companies$")) == 2
+
+
+def test_only_an_awaited_record_not_delivered_holds_the_later_orders_back(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """With an awaited column, a failed record nobody waits for does not hold the later
+    orders back (an unrelated record failing on every run would hold them for ever); an
+    awaited one does, and so does one held back before the delivery (``undelivered_order``)."""
+    records = company_records(5, "AW").assign(
+        order=[0, 0, 0, 1, 1], awaited=[False, False, True, False, False]
+    )
+    options: dict[str, Any] = dict(
+        batch_size=2, key_column="external_id", order_column="order", awaited_column="awaited"
+    )
+    sandbox.rest.faults.add(status=400, path="^/companies$", method="PUT", times=1)
+    result = deliver(records, COMPANIES, client, **options)  # the first request: not awaited
+    assert result.outcomes["status"].tolist() == ["error", "error", "created", "created", "created"]
+
+    sandbox.rest.faults.add(status=400, path="^/companies$", method="PUT", times=1, after=1)
+    again = company_records(5, "AX").assign(
+        order=[0, 0, 0, 1, 1], awaited=[False, False, True, False, False]
+    )
+    result = deliver(again, COMPANIES, client, **options)  # the second: awaited
+    assert result.outcomes["status"].tolist() == ["created", "created", "error", "error", "error"]
+    assert result.outcomes["error"].tolist()[3:] == [NOT_SENT_ORDER] * 2
+
+    later = company_records(2, "AY").assign(order=[1, 1], awaited=[False, False])
+    result = deliver(later, COMPANIES, client, **options, undelivered_order=0)
+    assert result.outcomes["error"].tolist() == [NOT_SENT_ORDER] * 2
+    with pytest.raises(ValueError, match="order column"):
+        deliver(later, COMPANIES, client, batch_size=2, awaited_column="awaited")
 
 
 @pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (5000, [5000]), (5001, [5000, 1])])

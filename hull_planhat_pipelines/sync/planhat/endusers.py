@@ -202,8 +202,9 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
     documented): the person's enduser would take the colleague's content, then the person's
     new address, and the colleague would have no enduser. Sent in a later request, it finds
     the address free. A record Planhat matches first by a key of its own enduser (its ``_id``,
-    or an external id that enduser holds) takes over nobody's. Sorted by order, stably."""
-    out = payloads.assign(**{shared.SEND_ORDER: 0})
+    or an external id that enduser holds) takes over nobody's. Sorted by order, stably; the
+    users some record waits for are ``shared.AWAITED``."""
+    out = payloads.assign(**{shared.SEND_ORDER: 0, shared.AWAITED: False})
     if payloads.empty or not held:
         return out
     rows = list(
@@ -245,6 +246,8 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
             break
         orders = deeper
     out[shared.SEND_ORDER] = [orders.get(hull_id, 0) for hull_id, *_ in rows]
+    awaited = set().union(*waits.values()) if waits else set()
+    out[shared.AWAITED] = [hull_id in awaited for hull_id, *_ in rows]
     return out.sort_values(shared.SEND_ORDER, kind="stable").reset_index(drop=True)
 
 

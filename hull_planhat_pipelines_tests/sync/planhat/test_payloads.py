@@ -836,17 +836,18 @@ def test_a_record_taking_a_key_an_enduser_moves_away_from_is_sent_after_it() -> 
     held = held_under(moved, snapshot)
     assert held["a"] == {"email:a@x.io"} and held["b"] == {"email:f@x.io"}
     ordered = after_movers(payloads, held)
-    assert ordered[["hull_id", "send_order"]].values.tolist() == [
-        ["a", 0],
-        ["e", 0],
-        ["b", 0],
-        ["f", 0],
-        ["c", 1],
-        ["d", 1],
+    assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
+        ["a", 0, True],
+        ["e", 0, False],
+        ["b", 0, False],
+        ["f", 0, True],
+        ["c", 1, False],
+        ["d", 1, False],
     ]
     # nothing left by anyone: one order, as it was
     unmoved = after_movers(payloads, {"e": {"email:e@x.io"}})
     assert unmoved["send_order"].tolist() == [0] * 6
+    assert not unmoved["awaited"].any()
     assert unmoved["hull_id"].tolist() == list(payloads["hull_id"])
 
 
@@ -907,7 +908,11 @@ def test_a_record_waiting_for_one_that_waits_goes_after_it() -> None:
         {"a": {"external_id:e-a", "email:a@x.io"}, "b": {"external_id:e-b", "email:b@x.io"}},
     )
     ordered = after_movers(payloads, held)
-    assert ordered[["hull_id", "send_order"]].values.tolist() == [["b", 0], ["a", 1], ["c", 2]]
+    assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
+        ["b", 0, True],
+        ["a", 1, True],
+        ["c", 2, False],
+    ]
 
 
 def test_a_moved_key_is_compared_with_nothing_and_clears_what_every_key_sent() -> None:
