@@ -217,13 +217,13 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
             strict=True,
         )
     )
-    left: dict[str, str] = {}  # a key some user's enduser leaves -> that user
+    left: dict[str, set[str]] = {}  # a key some users' endusers leave -> those users
     for hull_id, _key, email, external_id, _ in rows:
         gives = _identity(email, external_id)
         for other in held.get(hull_id, ()):
             kind = "email:" if str(other).startswith("email:") else "external_id:"
             if kind in gives and gives[kind] != other:
-                left[str(other)] = hull_id
+                left.setdefault(str(other), set()).add(hull_id)
     if not left:
         return out
     waits: dict[str, set[str]] = {}  # user -> the users whose enduser it must follow
@@ -233,7 +233,7 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
         if key in held.get(hull_id, ()):
             continue  # matched first by a key its own enduser answers to
         keys = {key, *_identity(email, external_id).values()}
-        owners = {left[k] for k in keys if left.get(k, hull_id) != hull_id}
+        owners = {o for k in keys for o in left.get(k, ()) if o != hull_id}
         if owners:
             waits[hull_id] = owners
     orders = dict.fromkeys(waits, 1)

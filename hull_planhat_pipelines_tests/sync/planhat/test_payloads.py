@@ -839,7 +839,7 @@ def test_a_record_taking_a_key_an_enduser_moves_away_from_is_sent_after_it() -> 
     assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
         ["a", 0, True],
         ["e", 0, False],
-        ["b", 0, False],
+        ["b", 0, True],  # its enduser may still answer to f@x.io too: D waits for it
         ["f", 0, True],
         ["c", 1, False],
         ["d", 1, False],
@@ -911,6 +911,35 @@ def test_a_record_waiting_for_one_that_waits_goes_after_it() -> None:
     assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
         ["b", 0, True],
         ["a", 1, True],
+        ["c", 2, False],
+    ]
+
+
+def test_a_record_taking_a_key_two_endusers_leave_goes_after_both() -> None:
+    """Two endusers answer to x (Planhat keeps an email per company) and both leave it: A at
+    once, B after D (it takes d, which D leaves). C, new, taking x, goes after both, not in
+    B's request, where B's enduser still answers to x."""
+    payloads = _identity_payloads(
+        [
+            ["c", "email:x@x.io", "x@x.io", None, {}],
+            ["b", "external_id:e-b2", "d@x.io", "e-b2", {}],
+            ["d", "external_id:e-d", "zz.d@x.io", "e-d", {}],
+            ["a", "external_id:e-a", "zz.a@x.io", "e-a", {}],
+        ]
+    )
+    held = held_under(
+        NO_MOVES,
+        {
+            "a": {"external_id:e-a", "email:x@x.io"},
+            "b": {"external_id:e-b", "email:x@x.io"},
+            "d": {"external_id:e-d", "email:d@x.io"},
+        },
+    )
+    ordered = after_movers(payloads, held)
+    assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
+        ["d", 0, True],
+        ["a", 0, True],
+        ["b", 1, True],
         ["c", 2, False],
     ]
 
