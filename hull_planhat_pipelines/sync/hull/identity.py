@@ -29,7 +29,9 @@ Rules (DESIGN.md section 2), as set operations over the whole batch:
    the batch and links none of the profile's records to others (``_released``, judged
    for all of them together): a colleague given a person's old address in the same batch
    resolves by its own identity, not into that person's profile; two people swapping addresses
-   keep their profiles.
+   keep their profiles. Whatever the moves, no email (domain) or external id ends the batch
+   on two profiles (``_one_profile_per_value``): a profile keeping it holds it, else the
+   latest record's claim takes it; the other claims are conflicts.
 
 Tables written, per kind: ``res_<kind>(record_key, hull_id, is_new)``,
 ``claims_<kind>`` (claims added), ``merges_<kind>``, ``conflicts_<kind>``.
@@ -185,8 +187,8 @@ def _released(batch: Batch, k: Kind) -> None:
         if released in (0, held):  # nothing left, or every value still supposed given up holds
             break
         held = released
-    else:
-        raise RuntimeError(f"{k} releases did not settle in {MAX_ROUNDS} rounds")
+    else:  # a chain too long to judge in time: nothing given up, as before releases existed
+        batch.sql(f"delete from relc_{k}")
     batch.sql(
         f"delete from sc_{k} using relc_{k} r where sc_{k}.claim = '{other}'"
         f" and sc_{k}.hull_id = r.hull_id and sc_{k}.value = r.held;"
@@ -358,13 +360,80 @@ def _claims(batch: Batch, k: Kind) -> None:
         " where claim <> 'anonymous_id' group by hull_id, claim"
     )
     _replacements(batch, k)
+    _one_profile_per_value(batch, k)
     # a second value for a single-valued claim, or a value the profile holds differently
     batch.sql(
         f"insert into conflicts_{k} select '{k}', c.record_key, c.claim, c.value, c.hull_id,"
         " null, 'Profile keeps another ' || c.claim"
         f" from fresh_{k} c anti join claims_{k} a using (hull_id, claim, value)"
+        f" anti join conflicts_{k} x on x.record = c.record_key and x.claim = c.claim"
+        " and x.value = c.value"
         " where c.claim <> 'anonymous_id' and c.source_object <> 'merge'"
     )
+
+
+TAKEN = "Another profile holds the "
+"""Conflict reason (with the claim's name) of a value ``_one_profile_per_value`` withheld."""
+
+
+def _one_profile_per_value(batch: Batch, k: Kind) -> None:
+    """No email (domain) or external id ends the batch on two profiles.
+
+    Claims are judged profile by profile, so two profiles could each be given one value: two
+    people moving to one new address, a value a profile was supposed to give up but keeps
+    (another of its sources blocked the replacement), or one a cycle of moves hands on. Where
+    a value would end on two profiles, a profile that keeps it holds it, else the latest
+    record's claim takes it; the other claims are withheld (a conflict). A withheld
+    replacement leaves its profile with the value it held, which may collide in turn, so
+    rounds repeat; past ``MAX_ROUNDS`` no replacement is made at all (then nothing can
+    cascade) and one last round settles the new values."""
+    other = DOMAIN_CLAIM[k]
+    kinds = f"('external_id', '{other}')"
+    batch.sql(
+        # when each claimed value was claimed (the latest of its records)
+        f"create or replace temp table claim_at_{k} as select hull_id, claim, value,"
+        " max(coalesce(modified_at, '-infinity'::timestamptz)) as at, max(record_key) as key"
+        f" from fresh_{k} where claim in {kinds} group by hull_id, claim, value;"
+        # the values the batch's stored profiles hold, those merged away aside
+        f"create or replace temp table kept_{k} as select * from (select hull_id,"
+        f" unnest(['external_id', '{other}']) as claim,"
+        f" unnest([external_id, {other}]) as value from s_{k}"
+        f" where hull_id not in (select from_hull_id from merges_{k}))"
+        " where value is not null"
+    )
+    withheld = (
+        f"create or replace temp table withheld_{k} as"
+        " with ending as ("
+        # a profile ends with its claim of a kind, else with what it holds
+        f" select hull_id, claim, value, false as kept from claims_{k} where claim in {kinds}"
+        f" union all select hull_id, claim, value, true from kept_{k}"
+        f" anti join (select hull_id, claim from claims_{k}) c using (hull_id, claim)),"
+        " shared as (select claim, value, bool_or(kept) as kept from ending"
+        " group by claim, value having count(distinct hull_id) > 1),"
+        " winner as (select e.claim, e.value, arg_max(e.hull_id, {'at': a.at, 'key': a.key})"
+        " as hull_id from ending e join shared s using (claim, value)"
+        f" join claim_at_{k} a using (hull_id, claim, value) where not s.kept"
+        " group by e.claim, e.value)"
+        " select e.hull_id, e.claim, e.value from ending e join shared s using (claim, value)"
+        " left join winner w using (claim, value)"
+        " where not e.kept and (s.kept or e.hull_id <> w.hull_id);"
+        f"delete from claims_{k} using withheld_{k} w where claims_{k}.hull_id = w.hull_id"
+        f" and claims_{k}.claim = w.claim and claims_{k}.value = w.value;"
+        f"insert into conflicts_{k} select '{k}', c.record_key, c.claim, c.value, c.hull_id,"
+        f" null, '{TAKEN}' || c.claim from fresh_{k} c semi join withheld_{k}"
+        " using (hull_id, claim, value);"
+        f"select count(*) from withheld_{k}"
+    )
+    for _ in range(MAX_ROUNDS):
+        if not batch.scalar(withheld):
+            break
+    else:  # no replacement: a withheld claim then leaves its profile without a value
+        batch.sql(
+            f"delete from claims_{k} using kept_{k} h where claims_{k}.hull_id = h.hull_id"
+            f" and claims_{k}.claim = h.claim"
+        )
+        batch.scalar(withheld)
+    batch.drop(f"claim_at_{k}", f"kept_{k}", f"withheld_{k}")
 
 
 _SOURCE_KEY = "^(copper-lead|copper-person|copper|planhat):"

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from hull_planhat_pipelines.sync.hull.batch import batch
-from hull_planhat_pipelines.sync.hull.identity import resolve
+from hull_planhat_pipelines.sync.hull.identity import MAX_ROUNDS, resolve
 from hull_planhat_pipelines.sync.hull.model import empty_store, normalize_store, stable_id
 from hull_planhat_pipelines_tests.hull_support import T0
 
@@ -421,6 +421,91 @@ def test_a_swap_one_side_of_which_is_held_releases_neither_email() -> None:
     )
     assert _emails_after(store, out) == {"A": "x@c.io", "B": "z@c.io"}
     assert not out.conflicts.empty
+
+
+def _holders(emails: dict[str, str | None]) -> dict[str, list[str]]:
+    """Per email, the profiles ending the batch with it."""
+    out: dict[str, list[str]] = {}
+    for hull_id, email in emails.items():
+        if email is not None:
+            out.setdefault(email, []).append(hull_id)
+    return out
+
+
+def test_two_people_moving_to_one_new_address_do_not_both_take_it() -> None:
+    """A and C, in one batch, both move to y: the latest record's profile takes it, the other
+    keeps its own address (a conflict), each record stays on its own profile."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1"], "email": "x@c.io"},
+        {"hull_id": "C", "anonymous_ids": ["copper-person:3"], "email": "w@c.io"},
+    )
+    out = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "y@c.io"},
+        {"key": "copper-person:3", "email": "y@c.io"},
+    )
+    assert out.hull == {"copper-person:1": "A", "copper-person:3": "C"}
+    assert _emails_after(store, out) == {"A": "x@c.io", "C": "y@c.io"}
+    assert out.conflicts[["record", "value", "reason"]].values.tolist() == [
+        ["copper-person:1", "y@c.io", "Another profile holds the email"]
+    ]
+
+
+def test_a_swap_a_third_person_joins_leaves_one_profile_per_email() -> None:
+    """A takes B's address, B takes A's, and C takes B's too, in one batch: z cannot go to
+    both A and C. Every withheld move hands back a value another move took, so the moves
+    unwind: each profile ends with one email of its own, no two with the same."""
+    store = users(
+        {"hull_id": "A", "anonymous_ids": ["copper-person:1"], "email": "x@c.io"},
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+        {"hull_id": "C", "anonymous_ids": ["copper-person:3"], "email": "w@c.io"},
+    )
+    out = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "z@c.io"},
+        {"key": "copper-person:2", "email": "x@c.io"},
+        {"key": "copper-person:3", "email": "z@c.io"},
+    )
+    assert out.hull == {"copper-person:1": "A", "copper-person:2": "B", "copper-person:3": "C"}
+    assert all(len(h) == 1 for h in _holders(_emails_after(store, out)).values())
+
+
+def test_an_email_its_profile_keeps_after_all_is_not_taken() -> None:
+    """A's person gives x up, but A's latest record is a Planhat enduser showing q, which a
+    Planhat record not in the batch blocks: A keeps x. B's person, taking x, does not get it
+    too (never two profiles with one email)."""
+    store = users(
+        {
+            "hull_id": "A",
+            "anonymous_ids": ["copper-person:1", "planhat:e1", "planhat:e2"],
+            "email": "x@c.io",
+        },
+        {"hull_id": "B", "anonymous_ids": ["copper-person:2"], "email": "z@c.io"},
+    )
+    out = resolve_users(
+        store,
+        {"key": "copper-person:1", "email": "y@c.io"},
+        {"key": "copper-person:2", "email": "x@c.io"},
+        {"key": "planhat:e1", "email": "q@c.io"},
+    )
+    assert _holders(_emails_after(store, out))["x@c.io"] == ["A"]
+
+
+def test_a_long_chain_of_moves_blocked_at_its_end_settles() -> None:
+    """Person i takes person i+1's address, for 201 people, and the last keeps its own: no
+    move is possible. Judging that takes a round per link, more than ``MAX_ROUNDS``: nothing
+    is given up then (the sync goes on), and still no two profiles share an email."""
+    n = MAX_ROUNDS + 2
+    store = users(
+        *(
+            {"hull_id": f"H{i}", "anonymous_ids": [f"copper-person:{i}"], "email": f"e{i}@c.io"}
+            for i in range(1, n + 1)
+        )
+    )
+    records = [{"key": f"copper-person:{i}", "email": f"e{i + 1}@c.io"} for i in range(1, n)]
+    out = resolve_users(store, *records, {"key": f"copper-person:{n}", "email": f"e{n}@c.io"})
+    assert all(len(h) == 1 for h in _holders(_emails_after(store, out)).values())
+    assert len(_holders(_emails_after(store, out))) == n
 
 
 def _convert_lead_5_into_person_9(store: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
