@@ -55,11 +55,11 @@ from hull_planhat_pipelines.sync.planhat.settlement import (
 )
 from hull_planhat_pipelines.sync.planhat.shared import (
     ACTIVITIES,
-    AWAITED,
     COMPANIES,
     ENDUSERS,
     METRICS,
     SEND_ORDER,
+    WAITS_FOR,
     payloads_as_json,
 )
 from hull_planhat_pipelines.sync.planhat.snapshot_due import MATCHED
@@ -417,6 +417,11 @@ def _abandon_in_flight(
     return records.loc[~hit], events
 
 
+def _key_lists(texts: pd.Series) -> list[list[str]]:
+    """Lists of keys from their JSON text (missing: none)."""
+    return [json.loads(t) if isinstance(t, str) and t else [] for t in texts]
+
+
 def _settle(
     database: str, target: str, records: pd.DataFrame, run_id: str
 ) -> tuple[pd.DataFrame, list[SyncEvent], pd.DataFrame]:
@@ -509,16 +514,16 @@ def _deliver_all(
             ordered = SEND_ORDER in records.columns
             if ordered:  # the table keeps the order; sorted again all the same
                 records = records.sort_values(SEND_ORDER, kind="stable").reset_index(drop=True)
-            undelivered_order = None  # a record held back: later orders wait for it
+            held_keys: list[str] = []  # records held back: their followers wait too
             if target.settled_by_snapshot and not config.dry_run:
                 records, settled, held = _settle(warehouse.database, target.name, records, run_id)
                 events += settled
-                if ordered and AWAITED in held.columns:
-                    held = held.loc[held[AWAITED].fillna(False).astype(bool)]
-                if ordered and not held.empty:
-                    undelivered_order = held[SEND_ORDER].min()
+                held_keys = held["key"].astype(str).tolist()
                 if records.empty:
                     continue
+            waits = ordered and WAITS_FOR in records.columns
+            if waits:  # stored as JSON text
+                records = records.assign(**{WAITS_FOR: _key_lists(records[WAITS_FOR])})
             delivered = DELIVERED_STATUSES if target.repeatable else NOT_RESENT
             intent = None
             if not target.repeatable and not config.dry_run:
@@ -544,8 +549,8 @@ def _deliver_all(
                     checkpoint=checkpoint,
                     intent=intent,
                     order_column=SEND_ORDER if ordered else None,
-                    awaited_column=AWAITED if ordered and AWAITED in records.columns else None,
-                    undelivered_order=undelivered_order,
+                    waits_column=WAITS_FOR if waits else None,
+                    undelivered_keys=held_keys,
                 )
             except DeliveryStopped as exc:
                 result, stopped = exc.result, exc

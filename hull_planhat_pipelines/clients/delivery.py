@@ -9,7 +9,7 @@ still goes out; an auth failure stops everything (every later call would fail th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import pairwise
@@ -227,8 +227,8 @@ def deliver(
     intent: Intent | None = None,
     max_bytes: int | None = None,
     order_column: str | None = None,
-    awaited_column: str | None = None,
-    undelivered_order: Any = None,
+    waits_column: str | None = None,
+    undelivered_keys: Collection[str] = (),
 ) -> DeliveryResult:
     """Send ``records`` to ``target`` in batches of ``batch_size``, one request at a time.
 
@@ -243,16 +243,16 @@ def deliver(
     ``order_column`` (ascending in ``records``): no request mixes two of its values, so a record
     goes only after every record of a lower one was answered; when one of those was not
     delivered, the records of higher orders are not sent (an error, sent again by the next run).
-    ``awaited_column`` (booleans): only a record marked so, not delivered, holds the higher
-    orders back (without it, any). ``undelivered_order``: the lowest order of an awaited record
-    held back before this delivery (not among ``records``, not delivered): the records of
-    higher orders are not sent either.
+    ``waits_column`` (per record, the keys of the records it follows): only those not
+    delivered hold a record back, the others of its order go (in as many requests as the
+    held ones split them into); ``undelivered_keys``: records held back before this delivery
+    (not among ``records``, not delivered), which hold their followers back too.
     """
     key_column = key_column or target.key
     check_batch_size(batch_size, target.max_batch)
-    if awaited_column is not None and order_column is None:
-        raise ValueError("an awaited column needs an order column")
-    for column in (key_column, target.payload_column, order_column, awaited_column):
+    if waits_column is not None and order_column is None:
+        raise ValueError("a waits column needs an order column")
+    for column in (key_column, target.payload_column, order_column, waits_column):
         if column is not None and column not in records.columns:
             raise ValueError(f"column {column!r} is not among the record columns")
     payloads = record_payloads(
@@ -266,11 +266,12 @@ def deliver(
     rows = _Rows(target.name, keys)
     result = DeliveryResult(target.name, pd.DataFrame(columns=OUTCOME_COLUMNS), dry_run=dry_run)
     orders = records[order_column].tolist() if order_column is not None else None
-    awaited = (
-        [bool(a) for a in records[awaited_column].fillna(False).tolist()]
-        if awaited_column is not None
+    waits = (
+        [[str(k) for k in w] if isinstance(w, list | tuple) else [] for w in records[waits_column]]
+        if waits_column is not None
         else None
     )
+    holds = _OrderHolds(orders, waits, keys, set(undelivered_keys))
     if orders is not None and any(b < a for a, b in pairwise(orders)):
         raise ValueError(f"records are not in ascending {order_column!r} order")
     bounds = _ordered_bounds(orders, len(records), batch_size, target.max_batch)
@@ -279,42 +280,91 @@ def deliver(
         bounds = split_by_size(bounds, [json_size(item) for item in payloads], limit)
     batch_of = {p: n for n, bound in enumerate(bounds, start=1) for p in bound}
     framed = partial(rows.frame, records.index)  # one builder: a journal joins its requests
-    failed_order = undelivered_order  # the lowest order with a record not delivered so far
     for batch, positions in enumerate(bounds, start=1):
-        items = payloads[positions.start : positions.stop]
         if dry_run:
+            items = payloads[positions.start : positions.stop]
             _plan(result, rows, target, batch, positions, items, keys, routes)
             continue
-        if (
-            orders is not None
-            and failed_order is not None
-            and orders[positions.start] > failed_order
-        ):
-            for position in positions:
-                rows.add(position, "error", error=NOT_SENT_ORDER, batch=batch)
-            if checkpoint is not None:
-                checkpoint(RequestRows(positions, framed))
-            continue
-        try:
-            _send_batch(result, rows, client, target, batch, positions, items, keys, routes, intent)
-        except ApiAuthError as exc:
-            for position in range(positions.start, len(payloads)):
-                if rows.columns["status"][position] is None:
-                    rows.add(position, "error", error=NOT_SENT_AUTH, batch=batch_of[position])
-            result.outcomes = rows.frame(records.index)
-            if checkpoint is not None:
-                checkpoint(RequestRows(range(positions.start, len(payloads)), framed))
-            raise DeliveryStopped(exc, result) from None
+        held = holds.held(positions)
+        for position in held:
+            rows.add(position, "error", error=NOT_SENT_ORDER, batch=batch)
+        holds.answered(held, rows.columns["status"])
         if checkpoint is not None:
-            checkpoint(RequestRows(positions, framed))
-        if orders is not None and (failed_order is None or orders[positions.start] < failed_order):
-            statuses = rows.columns["status"]
-            if any(
-                statuses[p] not in DELIVERED and (awaited is None or awaited[p]) for p in positions
-            ):
-                failed_order = orders[positions.start]
+            for run in _runs(positions, held, True):
+                checkpoint(RequestRows(run, framed))
+        for run in _runs(positions, held, False):
+            items = payloads[run.start : run.stop]
+            try:
+                _send_batch(result, rows, client, target, batch, run, items, keys, routes, intent)
+            except ApiAuthError as exc:
+                for position in range(run.start, len(payloads)):
+                    if rows.columns["status"][position] is None:
+                        rows.add(position, "error", error=NOT_SENT_AUTH, batch=batch_of[position])
+                result.outcomes = rows.frame(records.index)
+                if checkpoint is not None:
+                    checkpoint(RequestRows(range(run.start, len(payloads)), framed))
+                raise DeliveryStopped(exc, result) from None
+            if checkpoint is not None:
+                checkpoint(RequestRows(run, framed))
+            holds.answered(run, rows.columns["status"])
     result.outcomes = rows.frame(records.index)
     return result
+
+
+class _OrderHolds:
+    """Which records of a request may not go yet: those following a record not delivered.
+
+    With ``waits`` (per record, the keys it follows), a record is held when one of those was
+    not delivered (in this delivery, or ``undelivered`` before it); without, every record of
+    an order above the lowest one with a record not delivered is."""
+
+    def __init__(
+        self,
+        orders: list[Any] | None,
+        waits: list[list[str]] | None,
+        keys: list[str | None],
+        undelivered: set[str],
+    ) -> None:
+        self.orders, self.waits, self.keys = orders, waits, keys
+        self.undelivered = undelivered
+        self.failed_order: Any = None
+
+    def held(self, positions: range) -> list[int]:
+        if self.orders is None:
+            return []
+        if self.waits is not None:
+            return [p for p in positions if any(k in self.undelivered for k in self.waits[p])]
+        if self.failed_order is not None and self.orders[positions.start] > self.failed_order:
+            return list(positions)
+        return []
+
+    def answered(self, positions: Iterable[int], statuses: list[Any]) -> None:
+        """Note the records of ``positions`` not delivered."""
+        if self.orders is None:
+            return
+        for position in positions:
+            if statuses[position] in DELIVERED:
+                continue
+            key = self.keys[position]
+            if self.waits is not None and key is not None:
+                self.undelivered.add(key)
+            elif self.failed_order is None or self.orders[position] < self.failed_order:
+                self.failed_order = self.orders[position]
+
+
+def _runs(positions: range, marked: Collection[int], want: bool) -> list[range]:
+    """The maximal runs of ``positions`` that are (``want``) or are not in ``marked``."""
+    marks = set(marked)
+    runs: list[range] = []
+    start = None
+    for position in [*positions, positions.stop]:
+        inside = position < positions.stop and (position in marks) == want
+        if inside and start is None:
+            start = position
+        elif not inside and start is not None:
+            runs.append(range(start, position))
+            start = None
+    return runs
 
 
 def _ordered_bounds(

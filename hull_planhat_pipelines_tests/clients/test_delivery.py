@@ -143,35 +143,59 @@ def test_records_of_a_later_order_are_not_sent_when_an_earlier_one_failed(
     assert len(sandbox.rest.recorded("PUT", "^/companies$")) == 2
 
 
-def test_only_an_awaited_record_not_delivered_holds_the_later_orders_back(
+WAITING: dict[str, Any] = {
+    "key_column": "external_id",
+    "order_column": "order",
+    "waits_column": "waits",
+}
+
+
+def test_a_record_is_held_back_only_by_the_records_it_follows(
     sandbox: PlanhatSandbox, client: PlanhatClient
 ) -> None:
-    """With an awaited column, a failed record nobody waits for does not hold the later
-    orders back (an unrelated record failing on every run would hold them for ever); an
-    awaited one does, and so does one held back before the delivery (``undelivered_order``)."""
-    records = company_records(5, "AW").assign(
-        order=[0, 0, 0, 1, 1], awaited=[False, False, True, False, False]
+    """With a waits column, a record of a later order is held back only when a record it
+    follows was not delivered; a held record holds its own followers. An unrelated failure,
+    however often it recurs, holds nothing."""
+    records = company_records(6, "W").assign(
+        order=[0, 0, 0, 1, 1, 2], waits=[[], [], [], ["W-1"], ["W-0"], ["W-3"]]
     )
-    options: dict[str, Any] = dict(
-        batch_size=2, key_column="external_id", order_column="order", awaited_column="awaited"
+    sandbox.rest.faults.add(status=400, path="^/companies$", method="PUT", times=1, after=1)
+    result = deliver(records, COMPANIES, client, batch_size=1, **WAITING)
+    assert result.outcomes["status"].tolist() == [
+        "created",
+        "error",  # refused
+        "created",
+        "error",  # follows W-1
+        "created",  # follows W-0, delivered
+        "error",  # follows W-3, held
+    ]
+    assert result.outcomes["error"].tolist()[3::2] == [NOT_SENT_ORDER] * 2
+    assert put_requests(sandbox, client) == [1, 1, 1, 1]
+
+
+def test_the_records_around_a_held_one_still_go(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """A held record in the middle of a request's records splits it: the others go, in one
+    request before it and one after. A record held back before the delivery
+    (``undelivered_keys``) holds its followers too."""
+    records = company_records(4, "S").assign(
+        order=[0, 1, 1, 1], waits=[[], [], ["S-0"], ["earlier"]]
     )
     sandbox.rest.faults.add(status=400, path="^/companies$", method="PUT", times=1)
-    result = deliver(records, COMPANIES, client, **options)  # the first request: not awaited
-    assert result.outcomes["status"].tolist() == ["error", "error", "created", "created", "created"]
-
-    sandbox.rest.faults.add(status=400, path="^/companies$", method="PUT", times=1, after=1)
-    again = company_records(5, "AX").assign(
-        order=[0, 0, 0, 1, 1], awaited=[False, False, True, False, False]
+    result = deliver(
+        records, COMPANIES, client, batch_size=3, **WAITING, undelivered_keys=["earlier"]
     )
-    result = deliver(again, COMPANIES, client, **options)  # the second: awaited
-    assert result.outcomes["status"].tolist() == ["created", "created", "error", "error", "error"]
-    assert result.outcomes["error"].tolist()[3:] == [NOT_SENT_ORDER] * 2
-
-    later = company_records(2, "AY").assign(order=[1, 1], awaited=[False, False])
-    result = deliver(later, COMPANIES, client, **options, undelivered_order=0)
-    assert result.outcomes["error"].tolist() == [NOT_SENT_ORDER] * 2
+    assert result.outcomes["status"].tolist() == ["error", "created", "error", "error"]
+    assert result.outcomes["error"].tolist()[2:] == [NOT_SENT_ORDER] * 2
+    records = records.assign(waits=[[], [], ["S-0"], []])
+    sandbox.rest.clear_requests()
+    sandbox.rest.faults.add(status=400, path="^/companies$", method="PUT", times=1)
+    result = deliver(records, COMPANIES, client, batch_size=3, **WAITING)
+    assert result.outcomes["status"].tolist() == ["error", "unchanged", "error", "created"]
+    assert put_requests(sandbox, client) == [1, 1, 1]
     with pytest.raises(ValueError, match="order column"):
-        deliver(later, COMPANIES, client, batch_size=2, awaited_column="awaited")
+        deliver(records, COMPANIES, client, batch_size=2, waits_column="waits")
 
 
 @pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (5000, [5000]), (5001, [5000, 1])])

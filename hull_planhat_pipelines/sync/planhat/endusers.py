@@ -7,6 +7,7 @@ enduser it cannot tie to a company, so such users are skipped here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -202,9 +203,9 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
     documented): the person's enduser would take the colleague's content, then the person's
     new address, and the colleague would have no enduser. Sent in a later request, it finds
     the address free. A record Planhat matches first by a key of its own enduser (its ``_id``,
-    or an external id that enduser holds) takes over nobody's. Sorted by order, stably; the
-    users some record waits for are ``shared.AWAITED``."""
-    out = payloads.assign(**{shared.SEND_ORDER: 0, shared.AWAITED: False})
+    or an external id that enduser holds) takes over nobody's. Sorted by order, stably; each
+    record's ``shared.WAITS_FOR`` names the keys of those it follows."""
+    out = payloads.assign(**{shared.SEND_ORDER: 0, shared.WAITS_FOR: "[]"})
     if payloads.empty or not held:
         return out
     rows = list(
@@ -246,8 +247,10 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
             break
         orders = deeper
     out[shared.SEND_ORDER] = [orders.get(hull_id, 0) for hull_id, *_ in rows]
-    awaited = set().union(*waits.values()) if waits else set()
-    out[shared.AWAITED] = [hull_id in awaited for hull_id, *_ in rows]
+    key_of = {hull_id: key for hull_id, key, *_ in rows}
+    out[shared.WAITS_FOR] = [
+        json.dumps(sorted(key_of[o] for o in waits.get(hull_id, ()))) for hull_id, *_ in rows
+    ]
     return out.sort_values(shared.SEND_ORDER, kind="stable").reset_index(drop=True)
 
 

@@ -316,10 +316,10 @@ SEND_ORDER = "send_order"
 """Payload column (where a builder sets one): a delivery sends no record before every record
 of a lower order was answered, and no request mixes two orders (``deliver``'s
 ``order_column``)."""
-AWAITED = "awaited"
-"""Payload column beside ``SEND_ORDER``: a record of a later order waits for this one. Only
-such a record not delivered holds the later orders back (``deliver``'s ``awaited_column``): an
-unrelated failure does not."""
+WAITS_FOR = "waits_for"
+"""Payload column beside ``SEND_ORDER``: the keys of the records this one follows, as JSON
+text (``[]`` for most). Only those not delivered hold it back (``deliver``'s
+``waits_column``): an unrelated failure holds nothing."""
 
 
 def payloads_as_json(payloads: pd.DataFrame) -> pd.DataFrame:

@@ -836,18 +836,19 @@ def test_a_record_taking_a_key_an_enduser_moves_away_from_is_sent_after_it() -> 
     held = held_under(moved, snapshot)
     assert held["a"] == {"email:a@x.io"} and held["b"] == {"email:f@x.io"}
     ordered = after_movers(payloads, held)
-    assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
-        ["a", 0, True],
-        ["e", 0, False],
-        ["b", 0, True],  # its enduser may still answer to f@x.io too: D waits for it
-        ["f", 0, True],
-        ["c", 1, False],
-        ["d", 1, False],
+    assert ordered[["hull_id", "send_order", "waits_for"]].values.tolist() == [
+        ["a", 0, "[]"],
+        ["e", 0, "[]"],
+        ["b", 0, "[]"],
+        ["f", 0, "[]"],
+        ["c", 1, '["email:zz.a@x.io"]'],
+        # B's enduser may still answer to f@x.io too: D waits for it as for F's
+        ["d", 1, '["email:b@x.io", "external_id:f-1"]'],
     ]
     # nothing left by anyone: one order, as it was
     unmoved = after_movers(payloads, {"e": {"email:e@x.io"}})
     assert unmoved["send_order"].tolist() == [0] * 6
-    assert not unmoved["awaited"].any()
+    assert set(unmoved["waits_for"]) == {"[]"}
     assert unmoved["hull_id"].tolist() == list(payloads["hull_id"])
 
 
@@ -908,10 +909,10 @@ def test_a_record_waiting_for_one_that_waits_goes_after_it() -> None:
         {"a": {"external_id:e-a", "email:a@x.io"}, "b": {"external_id:e-b", "email:b@x.io"}},
     )
     ordered = after_movers(payloads, held)
-    assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
-        ["b", 0, True],
-        ["a", 1, True],
-        ["c", 2, False],
+    assert ordered[["hull_id", "send_order", "waits_for"]].values.tolist() == [
+        ["b", 0, "[]"],
+        ["a", 1, '["external_id:e-b"]'],
+        ["c", 2, '["external_id:e-a2"]'],
     ]
 
 
@@ -936,11 +937,11 @@ def test_a_record_taking_a_key_two_endusers_leave_goes_after_both() -> None:
         },
     )
     ordered = after_movers(payloads, held)
-    assert ordered[["hull_id", "send_order", "awaited"]].values.tolist() == [
-        ["d", 0, True],
-        ["a", 0, True],
-        ["b", 1, True],
-        ["c", 2, False],
+    assert ordered[["hull_id", "send_order", "waits_for"]].values.tolist() == [
+        ["d", 0, "[]"],
+        ["a", 0, "[]"],
+        ["b", 1, '["external_id:e-d"]'],
+        ["c", 2, '["external_id:e-a", "external_id:e-b2"]'],
     ]
 
 
