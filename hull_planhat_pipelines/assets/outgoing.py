@@ -43,7 +43,9 @@ from hull_planhat_pipelines.sync.planhat.endusers import (
     enduser_payloads,
     held_under,
     keys_of_users,
+    matchable_keys,
     moved_fingerprints,
+    not_taking_over,
     planhat_enduser_ids,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import DELIVERED_STATUSES, empty_fingerprints
@@ -284,7 +286,12 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         sent = [h for h in sent if shared_by[enduser_ids[h]] == 1]
         by_enduser = deliveries.enduser_snapshot_keys(conn, [enduser_ids[h] for h in sent])
         snapshot_keys = {h: by_enduser.get(enduser_ids[h], set()) for h in sent}
-        return after_movers(kept, held_under(moved, snapshot_keys)), [*events, *skipped]
+        held = held_under(moved, snapshot_keys)
+        # and the endusers of profiles outside the delivery that answer to a key it sends
+        answering = deliveries.endusers_answering(conn, matchable_keys(kept))
+        held |= {h: keys for h, keys in answering.items() if h not in held}
+        kept, taking = not_taking_over(kept, held)
+        return after_movers(kept, held), [*events, *skipped, *taking]
 
     def activities(conn, fingerprints, force, scopes):
         # tracked events not sent yet, and their users only: not the whole store each cycle

@@ -414,6 +414,35 @@ def enduser_snapshot_keys(
     return {str(i): {k for k in (k1, k2) if k is not None} for i, k1, k2 in rows}
 
 
+def endusers_answering(
+    conn: duckdb.DuckDBPyConnection | None, keys: Collection[str]
+) -> dict[str, set[str]]:
+    """Per profile holding a Planhat enduser (its ``planhat:<_id>`` anonymous id; an enduser
+    two profiles hold is left out) that the latest snapshot shows answering to one of
+    ``keys``: every key that enduser answers to. Read for those endusers only."""
+    wanted = sorted({str(k) for k in keys})
+    if (
+        conn is None
+        or not wanted
+        or not table_exists(conn, "planhat_current", "endusers")
+        or not table_exists(conn, "hull", "users")
+    ):
+        return {}
+    rows = conn.execute(
+        f"with e as (select e._id, {_SNAPSHOT_KEYS} from planhat_current.endusers e),"
+        " hit as (select * from e where k1 in (select unnest(?)) or k2 in (select unnest(?))),"
+        " holder as (select substr(v, ?) as planhat_id, min(hull_id) as hull_id"
+        " from (select hull_id, unnest(anonymous_ids) as v from hull.users)"
+        " where v in (select ? || _id from hit) group by v having count(distinct hull_id) = 1)"
+        " select holder.hull_id, hit.k1, hit.k2 from hit join holder on holder.planhat_id = hit._id",
+        [wanted, wanted, len(PLANHAT_RECORD) + 1, PLANHAT_RECORD],
+    ).fetchall()
+    out: dict[str, set[str]] = {}
+    for hull_id, k1, k2 in rows:
+        out.setdefault(str(hull_id), set()).update(k for k in (k1, k2) if k is not None)
+    return out
+
+
 def held_in_other_companies(
     conn: duckdb.DuckDBPyConnection | None, candidates: pd.DataFrame
 ) -> dict[str, str]:

@@ -18,6 +18,7 @@ import pytest
 from hull_planhat_pipelines.cli import run_sync
 from hull_planhat_pipelines.clients.delivery import NOT_SENT_ORDER
 from hull_planhat_pipelines.sandbox.planhat_store import BulkResult, PlanhatStore
+from hull_planhat_pipelines.sync.planhat.endusers import TAKEN_ENDUSER
 from hull_planhat_pipelines_tests.assets.test_outgoing_assets import Stack, _started
 
 
@@ -599,3 +600,43 @@ def test_a_new_colleague_is_not_sent_while_the_move_it_waits_for_is_unsettled(
 
     stack.cycle()
     _assert_moved_and_taken(stack, a_before, a_new)
+
+
+def test_a_new_person_is_not_sent_onto_the_enduser_of_someone_who_left_the_segments(
+    either_order: Stack,
+) -> None:
+    """A changes address and moves to a company outside the company segments in one sync: A
+    leaves the contact segments, so its enduser is not renamed and still answers to x. C, a
+    new person taking x, would be matched to it and take it over: C is skipped with its
+    reason instead, and A's enduser keeps its content."""
+    stack = either_order
+    a_id, a_email, a_person, a_before = _delivered_person(stack)
+    outside = stack.query(
+        "select distinct c from hull.accounts a, unnest(a.anonymous_ids) t(c)"
+        " where c like 'copper:%' and not list_contains(a.segments, 'Customer accounts')"
+        " order by 1 limit 1"
+    )
+    assert outside, "no company outside the company segments"
+    company = int(outside[0][0].split(":", 1)[1])
+
+    c_person = _new_colleague(stack, a_person, a_email)  # in A's company
+    _edit_person(stack, a_id, a_person, "zz." + a_email, company_id=company)
+    stack.cycle()
+
+    [(c_id, c_in)] = stack.query(
+        "select hull_id, list_contains(segments, 'Customers') from hull.users"
+        " where list_contains(anonymous_ids, ?)",
+        [f"copper-person:{c_person}"],
+    )
+    a_in = stack.query(
+        "select list_contains(segments, 'Customers') from hull.users where hull_id = ?", [a_id]
+    )
+    assert (a_in, c_in) == ([(False,)], True)
+    _assert_untouched(stack, a_before)
+    assert stack.query(
+        "select reason from ops.sync_log where event = 'outgoing.user.skip' and object_id = ?",
+        [c_id],
+    ) == [(TAKEN_ENDUSER,)]
+    assert not stack.query(
+        "select 1 from planhat.deliveries where target = 'endusers' and hull_id = ?", [c_id]
+    )

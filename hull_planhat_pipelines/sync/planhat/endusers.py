@@ -8,7 +8,7 @@ enduser it cannot tie to a company, so such users are skipped here.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -190,6 +190,102 @@ MAX_SEND_ORDER = 10
 than this (or a cycle) goes in the last order."""
 
 
+_Row = tuple[str, str, Any, Any, Any]
+
+
+def _rows(payloads: pd.DataFrame) -> list[_Row]:
+    """``(hull_id, key, email, external_id, payload)`` per payload."""
+    return list(
+        zip(
+            payloads["hull_id"].astype(str),
+            payloads["key"].astype(str),
+            payloads["email"],
+            payloads["external_id"],
+            payloads["payload"],
+            strict=True,
+        )
+    )
+
+
+def _left(rows: list[_Row], held: Mapping[str, Collection[str]]) -> dict[str, set[str]]:
+    """A key some users' endusers leave (their payload gives another value of its kind) ->
+    those users."""
+    left: dict[str, set[str]] = {}
+    for hull_id, _key, email, external_id, _ in rows:
+        gives = _identity(email, external_id)
+        for other in held.get(hull_id, ()):
+            kind = "email:" if str(other).startswith("email:") else "external_id:"
+            if kind in gives and gives[kind] != other:
+                left.setdefault(str(other), set()).add(hull_id)
+    return left
+
+
+def _matchable(
+    rows: list[_Row], held: Mapping[str, Collection[str]]
+) -> Iterator[tuple[str, set[str]]]:
+    """Per record Planhat could match to another's enduser, the keys it could match by: not
+    one addressed by ``_id``, nor one keyed by a key its own enduser answers to (Planhat
+    matches those first)."""
+    for hull_id, key, email, external_id, payload in rows:
+        if isinstance(payload, dict) and "_id" in payload:
+            continue
+        if key in held.get(hull_id, ()):
+            continue
+        yield hull_id, {key, *_identity(email, external_id).values()}
+
+
+def matchable_keys(payloads: pd.DataFrame) -> set[str]:
+    """Every key Planhat could match one of ``payloads`` by (its key, email, external id)."""
+    return (
+        {k for _, keys in _matchable(_rows(payloads), {}) for k in keys} if len(payloads) else set()
+    )
+
+
+TAKEN_ENDUSER = "A Planhat enduser of another profile answers to its key"
+"""Skip reason: sent, the record would be matched to that enduser and take it over."""
+
+
+def not_taking_over(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) -> shared.Payloads:
+    """``payloads`` without the records Planhat would match to the enduser of another profile
+    that keeps the matching key: its user is not in the delivery, or its payload gives that
+    enduser no other value of the key's kind (``held``: per user, of the delivery or not, the
+    keys its enduser may be held under). Sent, such a record would take that enduser over (a
+    new person given the address of someone whose rename is not in this delivery: its
+    company unknown to Planhat, or out of the segments). Each is skipped with its reason,
+    and judged again next run. A record the user's own rename frees is ordered after it
+    instead (``after_movers``)."""
+    if payloads.empty or not held:
+        return payloads, []
+    rows = _rows(payloads)
+    left = _left(rows, held)
+    holders: dict[str, set[str]] = {}
+    for user, keys in held.items():
+        for key in keys:
+            holders.setdefault(str(key), set()).add(str(user))
+    blocked: dict[str, tuple[str, str]] = {}
+    for hull_id, keys in _matchable(rows, held):
+        for key in sorted(keys):
+            keeping = holders.get(key, set()) - left.get(key, set()) - {hull_id}
+            if keeping:
+                blocked[hull_id] = (key, min(keeping))
+                break
+    if not blocked:
+        return payloads, []
+    skip = payloads["hull_id"].astype(str).isin(blocked).to_numpy()
+    events = [
+        shared.skip_event(
+            "outgoing.user.skip",
+            "user",
+            hull_id,
+            TAKEN_ENDUSER,
+            key=blocked[str(hull_id)][0],
+            held_by=blocked[str(hull_id)][1],
+        )
+        for hull_id in payloads.loc[skip, "hull_id"]
+    ]
+    return payloads.loc[~skip].reset_index(drop=True), events
+
+
 def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) -> pd.DataFrame:
     """``payloads`` with ``shared.SEND_ORDER``: a record not addressed by ``_id``, and not
     keyed by a key its own enduser answers to, that Planhat could match, by its email or
@@ -208,32 +304,12 @@ def after_movers(payloads: pd.DataFrame, held: Mapping[str, Collection[str]]) ->
     out = payloads.assign(**{shared.SEND_ORDER: 0, shared.WAITS_FOR: "[]"})
     if payloads.empty or not held:
         return out
-    rows = list(
-        zip(
-            payloads["hull_id"].astype(str),
-            payloads["key"].astype(str),
-            payloads["email"],
-            payloads["external_id"],
-            payloads["payload"],
-            strict=True,
-        )
-    )
-    left: dict[str, set[str]] = {}  # a key some users' endusers leave -> those users
-    for hull_id, _key, email, external_id, _ in rows:
-        gives = _identity(email, external_id)
-        for other in held.get(hull_id, ()):
-            kind = "email:" if str(other).startswith("email:") else "external_id:"
-            if kind in gives and gives[kind] != other:
-                left.setdefault(str(other), set()).add(hull_id)
+    rows = _rows(payloads)
+    left = _left(rows, held)
     if not left:
         return out
     waits: dict[str, set[str]] = {}  # user -> the users whose enduser it must follow
-    for hull_id, key, email, external_id, payload in rows:
-        if isinstance(payload, dict) and "_id" in payload:
-            continue  # matched by its enduser's _id
-        if key in held.get(hull_id, ()):
-            continue  # matched first by a key its own enduser answers to
-        keys = {key, *_identity(email, external_id).values()}
+    for hull_id, keys in _matchable(rows, held):
         owners = {o for k in keys for o in left.get(k, ()) if o != hull_id}
         if owners:
             waits[hull_id] = owners

@@ -40,11 +40,14 @@ from hull_planhat_pipelines.sync.planhat.companies import (
 from hull_planhat_pipelines.sync.planhat.endusers import (
     ACCOUNT_NO_EXTERNAL_ID,
     NO_USER_IDENTITY,
+    TAKEN_ENDUSER,
     addressed_by_id,
     after_movers,
     enduser_payloads,
     held_under,
+    matchable_keys,
     moved_fingerprints,
+    not_taking_over,
     planhat_enduser_ids,
 )
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
@@ -943,6 +946,39 @@ def test_a_record_taking_a_key_two_endusers_leave_goes_after_both() -> None:
         ["b", 1, '["external_id:e-d"]'],
         ["c", 2, '["external_id:e-a", "external_id:e-b2"]'],
     ]
+
+
+def test_a_record_matching_an_enduser_another_profile_keeps_is_not_sent() -> None:
+    """C takes x, which M's enduser answers to while M is not in the delivery: C is skipped
+    (it would take M's enduser over). D takes y, which B's enduser leaves in this delivery:
+    D goes (after B). E, addressed by ``_id``, and F, keyed by a key its own enduser holds,
+    are matched first by their own; G's payload gives B's enduser no email, so B keeps g and
+    H, taking g, is skipped too."""
+    payloads = _identity_payloads(
+        [
+            ["c", "email:x@x.io", "x@x.io", None, {}],
+            ["b", "external_id:e-b", "zz.b@x.io", "e-b", {}],
+            ["d", "email:y@x.io", "y@x.io", None, {}],
+            ["e", "email:x@x.io", "x@x.io", None, {"_id": "p-e"}],
+            ["f", "external_id:e-f", "x@x.io", "e-f", {}],
+            ["g", "external_id:e-g", None, "e-g", {}],
+            ["h", "email:g@x.io", "g@x.io", None, {}],
+        ]
+    )
+    held = {
+        "m": {"email:x@x.io"},
+        "b": {"external_id:e-b", "email:y@x.io"},
+        "f": {"external_id:e-f"},
+        "g": {"external_id:e-g", "email:g@x.io"},
+    }
+    kept, events = not_taking_over(payloads, held)
+    assert kept["hull_id"].tolist() == ["b", "d", "e", "f", "g"]
+    assert [(e.object_id, e.reason, e.details) for e in events] == [
+        ("c", TAKEN_ENDUSER, {"key": "email:x@x.io", "held_by": "m"}),
+        ("h", TAKEN_ENDUSER, {"key": "email:g@x.io", "held_by": "g"}),
+    ]
+    assert not_taking_over(payloads, {})[0] is payloads
+    assert matchable_keys(payloads) >= {"email:x@x.io", "external_id:e-f", "email:g@x.io"}
 
 
 def test_a_moved_key_is_compared_with_nothing_and_clears_what_every_key_sent() -> None:
