@@ -383,9 +383,10 @@ def _one_profile_per_value(batch: Batch, k: Kind) -> None:
     people moving to one new address, a value a profile was supposed to give up but keeps
     (another of its sources blocked the replacement), or one a cycle of moves hands on. Where
     a value would end on two profiles, a profile that keeps it holds it, else the latest
-    record's claim takes it; the other claims are withheld (a conflict). A withheld
-    replacement leaves its profile with the value it held, which may collide in turn, so
-    rounds repeat; past ``MAX_ROUNDS`` no replacement is made at all (then nothing can
+    record's claim takes it; the other claims are withheld (a conflict). A profile without a
+    value of the kind then takes the latest other value its records claim, if any; a
+    withheld replacement leaves its profile with the value it held. Either may collide in
+    turn, so rounds repeat; past ``MAX_ROUNDS`` no replacement is made at all (then nothing can
     cascade) and one last round settles the new values."""
     other = DOMAIN_CLAIM[k]
     kinds = f"('external_id', '{other}')"
@@ -399,7 +400,9 @@ def _one_profile_per_value(batch: Batch, k: Kind) -> None:
         f" unnest(['external_id', '{other}']) as claim,"
         f" unnest([external_id, {other}]) as value from s_{k}"
         f" where hull_id not in (select from_hull_id from merges_{k}))"
-        " where value is not null"
+        " where value is not null;"
+        f"create or replace temp table withheld_all_{k}"
+        " (hull_id varchar, claim varchar, value varchar)"
     )
     withheld = (
         f"create or replace temp table withheld_{k} as"
@@ -417,23 +420,38 @@ def _one_profile_per_value(batch: Batch, k: Kind) -> None:
         " select e.hull_id, e.claim, e.value from ending e join shared s using (claim, value)"
         " left join winner w using (claim, value)"
         " where not e.kept and (s.kept or e.hull_id <> w.hull_id);"
+        f"insert into withheld_all_{k} select * from withheld_{k};"
         f"delete from claims_{k} using withheld_{k} w where claims_{k}.hull_id = w.hull_id"
         f" and claims_{k}.claim = w.claim and claims_{k}.value = w.value;"
         f"insert into conflicts_{k} select '{k}', c.record_key, c.claim, c.value, c.hull_id,"
         f" null, '{TAKEN}' || c.claim from fresh_{k} c semi join withheld_{k}"
-        " using (hull_id, claim, value);"
+        " using (hull_id, claim, value) where c.source_object <> 'merge';"
         f"select count(*) from withheld_{k}"
+    )
+    # a profile holding no value of a kind whose claim was withheld takes the latest value
+    # of the kind its records claim that was not withheld from it
+    refill = (
+        f"insert into claims_{k} select f.hull_id, f.claim, unnest(arg_max({{'value': f.value,"
+        " 'is_new_profile': f.is_new, 'source_object': f.source_object,"
+        " 'source_id': f.source_id}, {'at': coalesce(f.modified_at, '-infinity'::timestamptz),"
+        f" 'key': f.record_key, 'value': f.value}})) from fresh_{k} f"
+        f" semi join (select hull_id, claim from withheld_all_{k}) l using (hull_id, claim)"
+        f" anti join withheld_all_{k} w using (hull_id, claim, value)"
+        f" anti join (select hull_id, claim from claims_{k}) c using (hull_id, claim)"
+        f" anti join (select hull_id, claim from kept_{k}) h using (hull_id, claim)"
+        f" where f.claim in {kinds} group by f.hull_id, f.claim"
     )
     for _ in range(MAX_ROUNDS):
         if not batch.scalar(withheld):
             break
+        batch.sql(refill)
     else:  # no replacement: a withheld claim then leaves its profile without a value
         batch.sql(
             f"delete from claims_{k} using kept_{k} h where claims_{k}.hull_id = h.hull_id"
             f" and claims_{k}.claim = h.claim"
         )
         batch.scalar(withheld)
-    batch.drop(f"claim_at_{k}", f"kept_{k}", f"withheld_{k}")
+    batch.drop(f"claim_at_{k}", f"kept_{k}", f"withheld_{k}", f"withheld_all_{k}")
 
 
 _SOURCE_KEY = "^(copper-lead|copper-person|copper|planhat):"

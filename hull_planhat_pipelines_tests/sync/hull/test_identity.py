@@ -491,6 +491,30 @@ def test_an_email_its_profile_keeps_after_all_is_not_taken() -> None:
     assert _holders(_emails_after(store, out))["x@c.io"] == ["A"]
 
 
+def test_a_profile_losing_its_latest_email_takes_another_its_records_claim() -> None:
+    """B has no email; its lead claims v and its person, later, w, which C's person claims
+    later still: C takes w, and B takes v instead of ending with none."""
+    store = users(
+        {
+            "hull_id": "B",
+            "external_id": "U-B",
+            "anonymous_ids": ["copper-lead:2", "copper-person:2"],
+        },
+        {"hull_id": "C", "external_id": "U-C", "anonymous_ids": ["copper-person:3"]},
+    )
+    out = resolve_users(
+        store,
+        {"key": "copper-lead:2", "email": "v@c.io"},
+        {"key": "copper-person:2", "email": "w@c.io"},
+        {"key": "copper-person:3", "email": "w@c.io"},
+    )
+    assert out.hull == {"copper-lead:2": "B", "copper-person:2": "B", "copper-person:3": "C"}
+    assert _emails_after(store, out) == {"B": "v@c.io", "C": "w@c.io"}
+    assert out.conflicts[["record", "value", "reason"]].values.tolist() == [
+        ["copper-person:2", "w@c.io", "Another profile holds the email"]
+    ]
+
+
 def test_a_long_chain_of_moves_blocked_at_its_end_settles() -> None:
     """Person i takes person i+1's address, for 201 people, and the last keeps its own: no
     move is possible. Judging that takes a round per link, more than ``MAX_ROUNDS``: nothing
