@@ -301,8 +301,9 @@ def deliver(
                     if rows.columns["status"][position] is None:
                         rows.add(position, "error", error=NOT_SENT_AUTH, batch=batch_of[position])
                 result.outcomes = rows.frame(records.index)
-                if checkpoint is not None:
-                    checkpoint(RequestRows(range(run.start, len(payloads)), framed))
+                if checkpoint is not None:  # the held rows were handed over already
+                    for rest in _runs(range(run.start, len(payloads)), held, False):
+                        checkpoint(RequestRows(rest, framed))
                 raise DeliveryStopped(exc, result) from None
             if checkpoint is not None:
                 checkpoint(RequestRows(run, framed))

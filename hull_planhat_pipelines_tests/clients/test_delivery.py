@@ -16,6 +16,7 @@ from hull_planhat_pipelines.clients.delivery import (
     OUTCOME_COLUMNS,
     DeliveryStopped,
     DeliveryTarget,
+    RequestRows,
     configured_target,
     deliver,
 )
@@ -171,6 +172,32 @@ def test_a_record_is_held_back_only_by_the_records_it_follows(
     ]
     assert result.outcomes["error"].tolist()[3::2] == [NOT_SENT_ORDER] * 2
     assert put_requests(sandbox, client) == [1, 1, 1, 1]
+
+
+def test_an_auth_failure_beside_a_held_record_hands_each_row_over_once(
+    sandbox: PlanhatSandbox, client: PlanhatClient
+) -> None:
+    """The journal appends what it is handed: a held record's row, handed over before the
+    others of its request were sent, is not handed over again when a send then stops the
+    delivery on an authentication failure."""
+    records = company_records(3, "AU").assign(order=[1, 1, 1], waits=[[], ["earlier"], []])
+    sandbox.rest.faults.add(status=401, path="^/companies$", method="PUT", times=1)
+    seen: list[int] = []
+
+    def checkpoint(rows: RequestRows) -> None:
+        seen.extend(rows.frame().index.tolist())
+
+    with pytest.raises(DeliveryStopped):
+        deliver(
+            records,
+            COMPANIES,
+            client,
+            batch_size=3,
+            **WAITING,
+            undelivered_keys=["earlier"],
+            checkpoint=checkpoint,
+        )
+    assert sorted(seen) == [0, 1, 2]
 
 
 def test_the_records_around_a_held_one_still_go(
