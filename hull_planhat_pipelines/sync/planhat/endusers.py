@@ -252,23 +252,30 @@ def not_taking_over(payloads: pd.DataFrame, held: Mapping[str, Collection[str]])
     keys its enduser may be held under). Sent, such a record would take that enduser over (a
     new person given the address of someone whose rename is not in this delivery: its
     company unknown to Planhat, or out of the segments). Each is skipped with its reason,
-    and judged again next run. A record the user's own rename frees is ordered after it
+    and judged again next run; a skipped user's enduser keeps its keys, so a record taking
+    one of them is skipped too. A record the user's own rename frees is ordered after it
     instead (``after_movers``)."""
     if payloads.empty or not held:
         return payloads, []
     rows = _rows(payloads)
-    left = _left(rows, held)
     holders: dict[str, set[str]] = {}
     for user, keys in held.items():
         for key in keys:
             holders.setdefault(str(key), set()).add(str(user))
     blocked: dict[str, tuple[str, str]] = {}
-    for hull_id, keys in _matchable(rows, held):
-        for key in sorted(keys):
-            keeping = holders.get(key, set()) - left.get(key, set()) - {hull_id}
-            if keeping:
-                blocked[hull_id] = (key, min(keeping))
-                break
+    while True:  # a skipped user leaves nothing: who takes its key is judged again
+        sent = [row for row in rows if row[0] not in blocked]
+        left = _left(sent, held)
+        more = {}
+        for hull_id, keys in _matchable(sent, held):
+            for key in sorted(keys):
+                keeping = holders.get(key, set()) - left.get(key, set()) - {hull_id}
+                if keeping:
+                    more[hull_id] = (key, min(keeping))
+                    break
+        if not more:
+            break
+        blocked |= more
     if not blocked:
         return payloads, []
     skip = payloads["hull_id"].astype(str).isin(blocked).to_numpy()

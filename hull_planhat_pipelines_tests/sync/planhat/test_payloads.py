@@ -978,6 +978,14 @@ def test_a_record_matching_an_enduser_another_profile_keeps_is_not_sent() -> Non
         ("h", TAKEN_ENDUSER, {"key": "email:g@x.io", "held_by": "g"}),
     ]
     assert not_taking_over(payloads, {})[0] is payloads
+    # A, leaving x for y, which M's enduser keeps, is skipped: its enduser keeps x, so C,
+    # taking x, is skipped too
+    chain = _identity_payloads(
+        [["a", "email:y@x.io", "y@x.io", None, {}], ["c", "email:x@x.io", "x@x.io", None, {}]]
+    )
+    kept, events = not_taking_over(chain, {"a": {"email:x@x.io"}, "m": {"email:y@x.io"}})
+    assert kept.empty
+    assert [(e.object_id, e.details["held_by"]) for e in events] == [("a", "m"), ("c", "a")]
     assert matchable_keys(payloads) >= {"email:x@x.io", "external_id:e-f", "email:g@x.io"}
 
 
