@@ -316,6 +316,19 @@ def _conflicts(batch: Batch, k: Kind) -> None:
     )
 
 
+_LATEST = (
+    "{'at': coalesce(modified_at, '-infinity'::timestamptz), 'key': record_key, 'value': value}"
+)
+"""SQL over candidate claims: the order in which "the latest record's value" is the greatest
+(its record's time, then its key, then the value itself)."""
+_LATEST_CLAIM = (
+    "unnest(arg_max({'value': value, 'is_new_profile': is_new, 'source_object': source_object,"
+    f" 'source_id': source_id}}, {_LATEST}))"
+)
+"""SQL aggregate over a profile's candidates of one claim: the latest record's, as the
+``value, is_new_profile, source_object, source_id`` columns of ``claims_<kind>``."""
+
+
 def _claims(batch: Batch, k: Kind) -> None:
     """Claims each resolved profile gains; single-valued ones only where it has none."""
     other = DOMAIN_CLAIM[k]
@@ -351,10 +364,7 @@ def _claims(batch: Batch, k: Kind) -> None:
         " arg_min(source_object, coalesce(record_key, '')) as source_object,"
         " arg_min(source_id, coalesce(record_key, '')) as source_id"
         f" from fresh_{k} where claim = 'anonymous_id' group by hull_id, value"
-        " union all select hull_id, claim, unnest(arg_max({'value': value,"
-        " 'is_new_profile': is_new, 'source_object': source_object, 'source_id': source_id},"
-        " {'at': coalesce(modified_at, '-infinity'::timestamptz), 'key': record_key,"
-        f" 'value': value}})) from fresh_{k}"
+        f" union all select hull_id, claim, {_LATEST_CLAIM} from fresh_{k}"
         f" anti join (select distinct hull_id, claim from held_{k}"
         " where claim <> 'anonymous_id') h using (hull_id, claim)"
         " where claim <> 'anonymous_id' group by hull_id, claim"
@@ -393,8 +403,8 @@ def _one_profile_per_value(batch: Batch, k: Kind) -> None:
     batch.sql(
         # when each claimed value was claimed (the latest of its records)
         f"create or replace temp table claim_at_{k} as select hull_id, claim, value,"
-        " max(coalesce(modified_at, '-infinity'::timestamptz)) as at, max(record_key) as key"
-        f" from fresh_{k} where claim in {kinds} group by hull_id, claim, value;"
+        f" max({_LATEST}) as latest from fresh_{k} where claim in {kinds}"
+        " group by hull_id, claim, value;"
         # the values the batch's stored profiles hold, those merged away aside
         f"create or replace temp table kept_{k} as select * from (select hull_id,"
         f" unnest(['external_id', '{other}']) as claim,"
@@ -413,7 +423,7 @@ def _one_profile_per_value(batch: Batch, k: Kind) -> None:
         f" anti join (select hull_id, claim from claims_{k}) c using (hull_id, claim)),"
         " shared as (select claim, value, bool_or(kept) as kept from ending"
         " group by claim, value having count(distinct hull_id) > 1),"
-        " winner as (select e.claim, e.value, arg_max(e.hull_id, {'at': a.at, 'key': a.key})"
+        " winner as (select e.claim, e.value, arg_max(e.hull_id, a.latest)"
         " as hull_id from ending e join shared s using (claim, value)"
         f" join claim_at_{k} a using (hull_id, claim, value) where not s.kept"
         " group by e.claim, e.value)"
@@ -431,15 +441,12 @@ def _one_profile_per_value(batch: Batch, k: Kind) -> None:
     # a profile holding no value of a kind whose claim was withheld takes the latest value
     # of the kind its records claim that was not withheld from it
     refill = (
-        f"insert into claims_{k} select f.hull_id, f.claim, unnest(arg_max({{'value': f.value,"
-        " 'is_new_profile': f.is_new, 'source_object': f.source_object,"
-        " 'source_id': f.source_id}, {'at': coalesce(f.modified_at, '-infinity'::timestamptz),"
-        f" 'key': f.record_key, 'value': f.value}})) from fresh_{k} f"
+        f"insert into claims_{k} select hull_id, claim, {_LATEST_CLAIM} from fresh_{k}"
         f" semi join (select hull_id, claim from withheld_all_{k}) l using (hull_id, claim)"
         f" anti join withheld_all_{k} w using (hull_id, claim, value)"
         f" anti join (select hull_id, claim from claims_{k}) c using (hull_id, claim)"
         f" anti join (select hull_id, claim from kept_{k}) h using (hull_id, claim)"
-        f" where f.claim in {kinds} group by f.hull_id, f.claim"
+        f" where claim in {kinds} group by hull_id, claim"
     )
     for _ in range(MAX_ROUNDS):
         if not batch.scalar(withheld):
@@ -465,9 +472,7 @@ def _replacements(batch: Batch, k: Kind) -> None:
         # the latest record's value per profile, where the profile holds another one
         f"create or replace temp table rep_{k} as select hull_id, claim,"
         " unnest(arg_max({'value': value, 'source_object': source_object,"
-        " 'source_id': source_id, 'record_key': record_key},"
-        " {'at': coalesce(modified_at, '-infinity'::timestamptz), 'key': record_key,"
-        f" 'value': value}})) from fresh_{k}"
+        f" 'source_id': source_id, 'record_key': record_key}}, {_LATEST})) from fresh_{k}"
         f" semi join (select hull_id, claim from held_{k} where claim = '{other}')"
         " using (hull_id, claim)"
         f" where claim = '{other}' and source_object <> 'merge' group by hull_id, claim;"
