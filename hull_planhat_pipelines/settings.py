@@ -213,9 +213,11 @@ class DestinationSettings(_Strict):
     answer was lost is read back by it instead of being posted twice."""
     journal_every: Annotated[int, Field(ge=1, le=MAX_BULK_RECORDS)] = 50
     """Records per warehouse transaction of a one-record destination's intents and outcomes
-    (two transactions a record cost minutes at scale). After a crash, at most this many
-    records are read back (creates) or sent again (updates); a create that cannot be read back
-    (no stable external id) keeps one intent per record whatever this says."""
+    (two transactions a record cost minutes at scale), at least: when Planhat answers faster
+    than this many records a second, a group covers about a second of sending instead (so
+    commits stay a small share of a fast delivery). After a crash, at most a group is read back
+    (creates) or sent again (updates), which takes about as long as sending it did; 1, or a
+    create that cannot be read back (no stable external id), keeps one intent per record."""
 
     @property
     def is_bulk(self) -> bool:

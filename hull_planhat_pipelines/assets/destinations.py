@@ -34,7 +34,12 @@ from hull_planhat_pipelines.sync.planhat.destinations import (
     map_rows,
     select_records,
 )
-from hull_planhat_pipelines.warehouse.deliveries import capture_responses, journal, step_lock
+from hull_planhat_pipelines.warehouse.deliveries import (
+    JOURNAL_GROUP_SECONDS,
+    capture_responses,
+    journal,
+    step_lock,
+)
 from hull_planhat_pipelines.warehouse.destination_inputs import (
     SourceFailed,
     SourceNotReady,
@@ -172,7 +177,13 @@ def _deliver_destination(
     with (
         planhat.client() as client,
         journal(
-            warehouse.database, destination.name, records, run_id, every=every, intents=creates
+            warehouse.database,
+            destination.name,
+            records,
+            run_id,
+            every=every,
+            intents=creates,
+            group_seconds=JOURNAL_GROUP_SECONDS,
         ) as kept,
     ):
         try:

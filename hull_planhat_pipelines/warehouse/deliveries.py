@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS, RequestRows
+from hull_planhat_pipelines.sync.batching import MAX_BULK_RECORDS
 from hull_planhat_pipelines.sync.hull.batch import quote as literal
 from hull_planhat_pipelines.sync.planhat.endusers import PLANHAT_RECORD
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
@@ -887,6 +889,9 @@ def commit_statuses(
     return outcomes
 
 
+JOURNAL_GROUP_SECONDS = 1.0
+"""How much sending a destination's journal group covers when Planhat answers faster than
+``journal_every`` records a second (``DeliveryJournal.group_seconds``)."""
 CHECKPOINT_EVERY = 8
 """A journal's commits between two checkpoints of the warehouse file (its last commit always
 checkpoints). A checkpoint each time a commit released the file cost about 7 ms of a group's
@@ -908,6 +913,14 @@ class DeliveryJournal:
 
     ``intents=False``: requests that may be repeated (updates): outcomes only, ``every`` a
     transaction; a crash sends at most that many updates again.
+
+    ``group_seconds``: a commit costs a transaction and the file taken and released (tens of
+    milliseconds on a large warehouse), as long as sending 50 records takes when Planhat
+    answers in a millisecond. Each group then covers as many records as the last one sent in
+    ``group_seconds`` (never fewer than ``every``, never more than ``largest``): a throttled
+    delivery keeps groups of ``every``, a fast one commits a few times a minute of sending, and
+    a crash leaves about ``group_seconds`` of records in doubt. ``None``, or ``every=1``:
+    groups of ``every``.
     """
 
     database: str
@@ -917,6 +930,9 @@ class DeliveryJournal:
     every: int
     intents: bool = True
     delivered: frozenset[str] = DELIVERED_STATUSES
+    group_seconds: float | None = None
+    largest: int = MAX_BULK_RECORDS
+    clock: Callable[[], float] = time.monotonic
     transactions: int = 0
     _covered: int = 0
     _outcomes: list[pd.DataFrame | RequestRows] = field(default_factory=list)
@@ -924,10 +940,16 @@ class DeliveryJournal:
     _ready: bool = False
     _unchecked: int = 0
     """Commits released without a checkpoint since the last one (``CHECKPOINT_EVERY``)."""
+    _size: int = 0
+    """Records of the next group (``group_seconds``)."""
+    _since: float = 0.0
+    """When the last commit ended: the records held since were sent after it."""
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"a journal groups at least one record, not {self.every}")
+        self._size = self.every
+        self._since = self.clock()
         if not self.records.index.equals(pd.RangeIndex(len(self.records))):
             # ``deliver`` names an intent's records by position, a checkpoint's by label
             raise ValueError("a journal's records are indexed 0..n-1 (reset_index first)")
@@ -935,9 +957,17 @@ class DeliveryJournal:
     def _position(self, index: object) -> int:
         return int(self.records.index.get_loc(index))
 
+    def _pace(self) -> None:
+        """Size the next group by how fast the held records went out (``group_seconds``)."""
+        if self.group_seconds is None or self.every == 1 or not self._held:
+            return  # one record a group stays so: a create that cannot be read back needs it
+        seconds = self.clock() - self._since
+        sent = self._held * self.group_seconds / seconds if seconds > 0 else self.largest
+        self._size = max(self.every, min(self.largest, round(sent)))
+
     def _pending(self, start: int) -> pd.DataFrame:
         """The ``pending`` rows of the group starting at ``start``; covers it."""
-        group = self.records.iloc[start : start + self.every]
+        group = self.records.iloc[start : start + self._size]
         self._covered = start + len(group)
         return status_rows(self.target, group, "pending")
 
@@ -969,6 +999,7 @@ class DeliveryJournal:
         The held one-record outcomes are combined first: a group costs one outcome frame build
         and one fingerprint computation, not one of each per record (the rows are the same)."""
         now = dt.datetime.now(dt.UTC)
+        self._pace()
         held = self._held_frames()
         outcomes = pd.concat(held) if len(held) > 1 else held[0] if held else None
         fingerprints = pd.DataFrame()
@@ -987,6 +1018,7 @@ class DeliveryJournal:
         typed = [delivery_rows(f, self.records.loc[f.index], self.run_id, now) for f in frames]
         rows = pd.concat(typed) if len(typed) > 1 else typed[0] if typed else pd.DataFrame()
         if rows.empty and fingerprints.empty:
+            self._since = self.clock()
             return
         # the first commit sets the tables up (and creates the deliveries table when it is
         # new); the later ones only insert
@@ -1001,6 +1033,7 @@ class DeliveryJournal:
         self._ready = self._ready or not rows.empty
         self.transactions += 1
         self._unchecked = 0 if checkpointed else self._unchecked + 1
+        self._since = self.clock()
 
     def intent(self, pending: pd.DataFrame | RequestRows) -> None:
         """``deliver``'s intent: the request's records are durable ``pending`` already, or
@@ -1028,7 +1061,7 @@ class DeliveryJournal:
         last = after >= len(self.records)
         if self.intents and after >= self._covered and self._covered:
             self._commit(None if last else after, last=last)
-        elif self._held >= self.every and (not self.intents or after >= self._covered):
+        elif self._held >= self._size and (not self.intents or after >= self._covered):
             self._commit(None, last=last)
 
     def flush(self) -> None:
@@ -1050,9 +1083,18 @@ def journal(
     *,
     every: int,
     intents: bool = True,
+    group_seconds: float | None = None,
 ) -> Iterator[DeliveryJournal]:
     """A ``DeliveryJournal`` whose held outcomes are committed however the delivery ends."""
-    kept = DeliveryJournal(database, target, records, run_id, every=every, intents=intents)
+    kept = DeliveryJournal(
+        database,
+        target,
+        records,
+        run_id,
+        every=every,
+        intents=intents,
+        group_seconds=group_seconds,
+    )
     try:
         yield kept
     finally:

@@ -27,6 +27,7 @@ from hull_planhat_pipelines.sandbox.copper import CopperSandbox
 from hull_planhat_pipelines.sandbox.copper_seed import PLANHAT_TEAM_SIZE, planhat_user_ids
 from hull_planhat_pipelines.sandbox.planhat import PlanhatSandbox
 from hull_planhat_pipelines.settings import default_config_path, load_settings
+from hull_planhat_pipelines.warehouse import deliveries
 from hull_planhat_pipelines_tests.materialize import (
     DELIVERY,
     DESTINATIONS,
@@ -619,3 +620,45 @@ def test_configured_destinations_send_each_method_dry_run_and_test_mode(stack: S
         metadata = asset_metadata(test, f"planhat/destination_{name}")
         assert metadata["sent"] == 1 and metadata["test_mode"] is True
         assert metadata["test_response"], name
+
+
+@pytest.mark.parametrize("stable_key", [True, False], ids=["read-back", "no-external-id"])
+def test_a_fast_planhat_lets_conversation_groups_grow_unless_each_create_needs_its_intent(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, stable_key: bool
+) -> None:
+    """Groups of ``journal_every`` grow to about a second of sending when Planhat answers fast
+    (the sandbox: a few milliseconds a create); a create that cannot be read back keeps one
+    intent, so one transaction, per record."""
+
+    def edit(config: dict[str, Any]) -> None:
+        for destination in config["destinations"]:
+            destination["journal_every"] = 2
+            destination["stable_key"] = stable_key
+
+    stack.configure(edit)
+    commits: list[int] = []
+    real = deliveries.commit_checkpoint
+
+    def spied(database: str, rows: Any, fresh: Any, **kw: Any) -> None:
+        if "target" in rows.columns:
+            commits.append(int((rows["target"] == "conversations").sum()))
+        real(database, rows, fresh, **kw)
+
+    monkeypatch.setattr(deliveries, "commit_checkpoint", spied)
+    stack.cycle()
+    posts = stack.planhat.rest.recorded("POST", r"^/conversations$")
+    assert len(posts) >= 5
+    pending = stack.query(
+        "select count(*) from planhat.deliveries where target = 'conversations' "
+        "and status = 'pending'"
+    )[0][0]
+    assert pending == len(posts)  # an intent before every create, whatever the groups
+    held = stack.planhat.records("conversations")
+    assert len(held) == len(posts)
+    journal_commits = sum(1 for rows in commits if rows)
+    if stable_key:
+        # the first two intents; their outcomes with every other intent (the second group
+        # covers a second of sending: all the rest); the last outcomes. Groups of two: 5+.
+        assert journal_commits == 3, commits
+    else:
+        assert journal_commits >= len(posts) + 1, commits

@@ -407,3 +407,111 @@ def test_a_table_written_before_the_key_index_keeps_each_keys_newest_row_then_up
         ("conversations", None, "n2", None),
     ]
     assert indexes == [(deliveries.FINGERPRINT_KEY, True)]
+
+
+class PacedPlanhat(FakePlanhat):
+    """Each request takes ``seconds`` on the journal's clock."""
+
+    def __init__(self, database: str, seconds: float) -> None:
+        super().__init__(database)
+        self.now = 0.0
+        self.seconds = seconds
+
+    def clock(self) -> float:
+        return self.now
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        self.now += self.seconds
+        return super().send(*args, **kwargs)
+
+
+def _paced(
+    planhat: PacedPlanhat, records: pd.DataFrame, every: int, group_seconds: float, **kw: Any
+) -> Any:
+    """Deliver ``records`` through a journal that paces its groups by ``planhat``'s clock."""
+    kept = DeliveryJournal(
+        planhat.database,
+        "conversations",
+        records,
+        "run-1",
+        every=every,
+        group_seconds=group_seconds,
+        clock=planhat.clock,
+        **kw,
+    )
+    try:
+        return _deliver(planhat, records, kept)
+    finally:
+        kept.flush()
+
+
+def test_a_fast_delivery_grows_its_groups_to_about_a_second_of_sending(
+    database: str, commits: list[tuple[int, bool]]
+) -> None:
+    """Commits are not free (a transaction, the file taken and released): at a millisecond a
+    request, groups of 50 spend about as long committing as sending. A group grows to what
+    the last one sent in ``group_seconds``; a crash then leaves about that much in doubt."""
+    planhat = PacedPlanhat(database, seconds=0.001)
+    records = _records(database)
+    result = _paced(planhat, records, 10, 0.05)
+    assert result.counts() == {"created": NOTES}
+    assert planhat.doubt_seen == [True] * NOTES
+    # the first group's 10 intents, then groups of 0.05 s of sending (50 records), the last
+    # one what is left
+    assert [rows for rows, _ in commits] == [10, 60, 100, 60, 10]
+    assert set(_latest(database).values()) == {"created"}
+
+
+def test_a_slow_delivery_keeps_groups_of_journal_every(
+    database: str, commits: list[tuple[int, bool]]
+) -> None:
+    """Throttled (200 requests a minute against Planhat), a second of sending is a few
+    records: groups stay at ``every``, so a crash leaves no more than that in doubt."""
+    planhat = PacedPlanhat(database, seconds=0.3)
+    records = _records(database)
+    _paced(planhat, records, EVERY, 1.0)
+    assert [rows for rows, _ in commits] == [50, 100, 70, 20]
+
+
+def test_a_group_never_grows_past_the_largest_journal_every(
+    database: str, commits: list[tuple[int, bool]]
+) -> None:
+    planhat = PacedPlanhat(database, seconds=0.0)  # no time at all between two commits
+    records = _records(database)
+    _paced(planhat, records, 10, 1.0, largest=40)
+    assert [rows for rows, _ in commits] == [10, 50, 80, 70, 30]
+
+
+def test_one_record_a_group_never_grows(database: str, commits: list[tuple[int, bool]]) -> None:
+    planhat = PacedPlanhat(database, seconds=0.0)
+    records = _records(database).head(5)
+    _paced(planhat, records, 1, 1.0)
+    assert [rows for rows, _ in commits] == [1, 2, 2, 2, 2, 1]
+
+
+def test_updates_grow_their_groups_by_the_same_pace(database: str) -> None:
+    records = _records(database).head(12)
+    now = [0.0]
+    kept = DeliveryJournal(
+        database,
+        "conversations",
+        records,
+        "run-1",
+        every=2,
+        intents=False,
+        group_seconds=0.004,
+        clock=lambda: now[0],
+    )
+    sizes = []
+    for position in range(12):
+        now[0] += 0.001
+        before = kept.transactions
+        kept.checkpoint(
+            deliveries.status_rows("conversations", records.iloc[[position]], "updated")
+        )
+        if kept.transactions > before:
+            sizes.append(position + 1)
+    kept.flush()
+    # 2 records, then groups of 4 (a millisecond each, 4 ms a group)
+    assert sizes == [2, 6, 10]
+    assert len(_latest(database)) == 12
