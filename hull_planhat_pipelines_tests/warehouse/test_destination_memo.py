@@ -112,6 +112,16 @@ def test_the_memo_vouches_only_for_what_was_delivered(database: str) -> None:
     assert _cycle(database)[0] == []
 
 
+def test_a_memo_entry_without_a_hash_vouches_for_nothing(database: str) -> None:
+    """A null among the vouched hashes (SQL's ``in`` would make a hash not found unknown,
+    not false) vouches for no row: the edited one is read again."""
+    _cycle(database)
+    _edit(database, f"insert into {MEMO} select target, key, null, fingerprint from {FINGERPRINTS}")
+    _edit(database, "update notes set body = 'edited' where event_id = 3")
+    keys, records = _cycle(database)
+    assert keys == ["3"] and records["key"].tolist() == ["3"]
+
+
 def test_other_settings_or_a_forced_send_read_every_row(database: str) -> None:
     _cycle(database)
     keys, records = _cycle(database, NOTES.model_copy(update={"exclude": ["noted_at"]}))
