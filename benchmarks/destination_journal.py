@@ -5,7 +5,9 @@ the warehouse journal the destination assets use, once per journal mode.
 
 Modes, each on a fresh warehouse and sandbox: ``per-request`` (an intent transaction, then an
 outcome transaction per record: the journal before grouping), ``grouped-1`` (one transaction a
-record: outcomes with the next intent) and ``grouped-K`` (``--every`` records a transaction).
+record: outcomes with the next intent), ``grouped-K`` (``--every`` records a transaction) and
+``paced-K`` (as the destination assets journal: at least ``--every`` records a transaction, and
+about a second of sending when the quota (off here) and Planhat let more out).
 Prints human lines, then one JSON object as the last line. Exits non-zero unless every mode
 made exactly one POST a record, the sandbox holds each conversation once, and every record's
 latest delivery row says ``created``. The client throttle is off.
@@ -110,8 +112,14 @@ def one_mode(mode: str, count: int, every: int, seed: int) -> dict[str, Any]:
                     )
                 else:
                     group = 1 if mode == "grouped-1" else every
+                    paced = deliveries.JOURNAL_GROUP_SECONDS if mode == "paced-K" else None
                     with deliveries.journal(
-                        database, "conversations", records, "bench", every=group
+                        database,
+                        "conversations",
+                        records,
+                        "bench",
+                        every=group,
+                        group_seconds=paced,
                     ) as kept:
                         result = deliver(
                             records,
@@ -139,7 +147,7 @@ def one_mode(mode: str, count: int, every: int, seed: int) -> dict[str, Any]:
         and result.counts() == ({"created": count} if count else {})
     )
     line = {
-        "mode": mode if mode != "grouped-K" else f"grouped-{every}",
+        "mode": mode.replace("-K", f"-{every}"),
         "seconds": round(seconds, 3),
         "records_per_second": round(count / seconds, 1) if seconds else None,
         "transactions": len(transactions),
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = MachineSpeed()
     modes = [
         one_mode(m, args.records, args.every, args.seed)
-        for m in ("per-request", "grouped-1", "grouped-K")
+        for m in ("per-request", "grouped-1", "grouped-K", "paced-K")
     ]
     ok = all(m["ok"] for m in modes)
     result = {

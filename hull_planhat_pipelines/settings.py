@@ -213,11 +213,13 @@ class DestinationSettings(_Strict):
     answer was lost is read back by it instead of being posted twice."""
     journal_every: Annotated[int, Field(ge=1, le=MAX_BULK_RECORDS)] = 50
     """Records per warehouse transaction of a one-record destination's intents and outcomes
-    (two transactions a record cost minutes at scale), at least: when Planhat answers faster
-    than this many records a second, a group covers about a second of sending instead (so
-    commits stay a small share of a fast delivery). After a crash, at most a group is read back
-    (creates) or sent again (updates), which takes about as long as sending it did; 1, or a
-    create that cannot be read back (no stable external id), keeps one intent per record."""
+    (two transactions a record cost minutes at scale), at least: when Planhat answers, and
+    ``planhat.requests_per_minute`` lets out, more than this many records a second, a group
+    covers about a second of sending instead (so commits stay a small share of a fast
+    delivery; under Planhat's 200 a minute, groups stay at this). After a crash, at most a
+    group is read back (creates) or sent again (updates); 1, or a create that cannot be read
+    back (no stable external id), keeps one intent per record. A bulk destination commits each
+    request's outcomes at its answer."""
 
     @property
     def is_bulk(self) -> bool:

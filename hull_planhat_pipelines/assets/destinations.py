@@ -183,7 +183,8 @@ def _deliver_destination(
             run_id,
             every=every,
             intents=creates,
-            group_seconds=JOURNAL_GROUP_SECONDS,
+            group_seconds=None if destination.is_bulk else JOURNAL_GROUP_SECONDS,
+            requests_per_minute=planhat.requests_per_minute,
         ) as kept,
     ):
         try:

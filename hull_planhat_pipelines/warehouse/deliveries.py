@@ -890,8 +890,8 @@ def commit_statuses(
 
 
 JOURNAL_GROUP_SECONDS = 1.0
-"""How much sending a destination's journal group covers when Planhat answers faster than
-``journal_every`` records a second (``DeliveryJournal.group_seconds``)."""
+"""How much sending a one-record destination's journal group covers when Planhat (and its
+quota) let more than ``journal_every`` records out a second (``DeliveryJournal``)."""
 CHECKPOINT_EVERY = 8
 """A journal's commits between two checkpoints of the warehouse file (its last commit always
 checkpoints). A checkpoint each time a commit released the file cost about 7 ms of a group's
@@ -917,10 +917,12 @@ class DeliveryJournal:
     ``group_seconds``: a commit costs a transaction and the file taken and released (tens of
     milliseconds on a large warehouse), as long as sending 50 records takes when Planhat
     answers in a millisecond. Each group then covers as many records as the last one sent in
-    ``group_seconds`` (never fewer than ``every``, never more than ``largest``): a throttled
-    delivery keeps groups of ``every``, a fast one commits a few times a minute of sending, and
-    a crash leaves about ``group_seconds`` of records in doubt. ``None``, or ``every=1``:
-    groups of ``every``.
+    ``group_seconds``, never fewer than ``every``, never more than ``largest`` nor than the
+    quota (``requests_per_minute``) lets out in ``group_seconds``: a throttled delivery keeps
+    groups of ``every`` (Planhat's 200 a minute: 3 a second), a fast one commits about once a
+    ``group_seconds``, and a crash leaves about that much sending in doubt. ``None``, or
+    ``every=1``: groups of ``every``. For one-record requests: a bulk request is committed
+    as it comes.
     """
 
     database: str
@@ -931,6 +933,8 @@ class DeliveryJournal:
     intents: bool = True
     delivered: frozenset[str] = DELIVERED_STATUSES
     group_seconds: float | None = None
+    requests_per_minute: float | None = None
+    """The client's quota: a group covers no more than it lets out in ``group_seconds``."""
     largest: int = MAX_BULK_RECORDS
     clock: Callable[[], float] = time.monotonic
     transactions: int = 0
@@ -961,9 +965,13 @@ class DeliveryJournal:
         """Size the next group by how fast the held records went out (``group_seconds``)."""
         if self.group_seconds is None or self.every == 1 or not self._held:
             return  # one record a group stays so: a create that cannot be read back needs it
+        largest = self.largest
+        if self.requests_per_minute is not None:
+            # the quota's window lets a burst out at once: a fast group says nothing of the next
+            largest = min(largest, int(self.requests_per_minute * self.group_seconds / 60))
         seconds = self.clock() - self._since
-        sent = self._held * self.group_seconds / seconds if seconds > 0 else self.largest
-        self._size = max(self.every, min(self.largest, round(sent)))
+        sent = self._held * self.group_seconds / seconds if seconds > 0 else largest
+        self._size = max(self.every, min(largest, round(sent)))
 
     def _pending(self, start: int) -> pd.DataFrame:
         """The ``pending`` rows of the group starting at ``start``; covers it."""
@@ -1084,6 +1092,7 @@ def journal(
     every: int,
     intents: bool = True,
     group_seconds: float | None = None,
+    requests_per_minute: float | None = None,
 ) -> Iterator[DeliveryJournal]:
     """A ``DeliveryJournal`` whose held outcomes are committed however the delivery ends."""
     kept = DeliveryJournal(
@@ -1094,6 +1103,7 @@ def journal(
         every=every,
         intents=intents,
         group_seconds=group_seconds,
+        requests_per_minute=requests_per_minute,
     )
     try:
         yield kept

@@ -15,6 +15,7 @@ import pytest
 
 from hull_planhat_pipelines.clients import delivery
 from hull_planhat_pipelines.clients.delivery import configured_target, deliver
+from hull_planhat_pipelines.clients.http import SlidingWindowLimiter
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.planhat.destinations import destination_records
 from hull_planhat_pipelines.warehouse import deliveries, read_only
@@ -439,10 +440,9 @@ def _paced(
         clock=planhat.clock,
         **kw,
     )
-    try:
-        return _deliver(planhat, records, kept)
-    finally:
-        kept.flush()
+    result = _deliver(planhat, records, kept)
+    kept.flush()  # not when killed: nothing after a SIGKILL runs
+    return result
 
 
 def test_a_fast_delivery_grows_its_groups_to_about_a_second_of_sending(
@@ -480,6 +480,42 @@ def test_a_group_never_grows_past_the_largest_journal_every(
     records = _records(database)
     _paced(planhat, records, 10, 1.0, largest=40)
     assert [rows for rows, _ in commits] == [10, 50, 80, 70, 30]
+
+
+class ThrottledPlanhat(PacedPlanhat):
+    """Planhat answering in 5 ms behind the client's own quota (``SlidingWindowLimiter``, as
+    ``PlanhatClient`` draws from it before each request): a fresh window lets its 200
+    requests out at once, then makes the next ones wait for it to slide."""
+
+    def __init__(self, database: str) -> None:
+        super().__init__(database, seconds=0.005)
+        self.limiter = SlidingWindowLimiter(200, clock=self.clock, sleeper=self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        self.limiter.acquire()
+        return super().send(*args, **kwargs)
+
+
+def test_a_group_covers_no_more_than_the_quota_lets_out_in_its_seconds(database: str) -> None:
+    """The quota's window lets a burst out at once: the first group looks fast, and a group
+    sized by its pace (200 records) would wait a minute for the window, all of it in doubt.
+    Capped by the quota (200 a minute: 3 a second), a throttled delivery keeps groups of
+    ``every``, and a crash leaves no more than that in doubt."""
+    planhat = ThrottledPlanhat(database)
+    planhat.kill_after_creates = 230  # killed after the window made requests wait
+    source = pd.DataFrame(
+        {"event_id": [f"n{i:04d}" for i in range(400)], "subject": ["note"] * 400}
+    )
+    records, _ = destination_records(
+        source, DESTINATION, deliveries.empty_fingerprints(), planhat_ids={}, in_doubt=set()
+    )
+    with pytest.raises(Killed):
+        _paced(planhat, records.reset_index(drop=True), EVERY, 1.0, requests_per_minute=200)
+    in_doubt = [k for k, s in _latest(database).items() if s == "pending"]
+    assert planhat.now > 60 and 0 < len(in_doubt) <= EVERY
 
 
 def test_one_record_a_group_never_grows(database: str, commits: list[tuple[int, bool]]) -> None:
