@@ -127,6 +127,15 @@ def _read_back_when_in_doubt(destination: DestinationSettings) -> bool:
     return is_collection(destination) and destination.stable_key
 
 
+def _journal_every(destination: DestinationSettings) -> int:
+    """Records a journal transaction covers: a bulk request is committed at its answer (held
+    across the next request, a crash would send it again: keyless items twice in Planhat),
+    and so is a create that cannot be read back; other one-record requests are grouped."""
+    if destination.is_bulk or not _read_back_when_in_doubt(destination):
+        return 1
+    return destination.journal_every
+
+
 def _deliver_destination(
     context: dg.AssetExecutionContext,
     config: DestinationConfig,
@@ -172,7 +181,7 @@ def _deliver_destination(
     sample = [json.loads(p) for p in records["payload"].head(3)] if len(records) else []
     recording = not (config.dry_run or config.test_mode)
     creates = destination.method == "POST"
-    every = destination.journal_every if _read_back_when_in_doubt(destination) else 1
+    every = _journal_every(destination)
     stopped: DeliveryStopped | None = None
     with (
         planhat.client() as client,
@@ -183,7 +192,7 @@ def _deliver_destination(
             run_id,
             every=every,
             intents=creates,
-            group_seconds=None if destination.is_bulk else JOURNAL_GROUP_SECONDS,
+            group_seconds=JOURNAL_GROUP_SECONDS,
             requests_per_minute=planhat.requests_per_minute,
         ) as kept,
     ):

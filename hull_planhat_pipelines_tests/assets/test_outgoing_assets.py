@@ -670,11 +670,9 @@ def test_a_fast_planhat_lets_conversation_groups_grow_unless_each_create_needs_i
         assert len(commits) >= len(posts) + 1, commits
 
 
-def test_a_bulk_destination_commits_each_request_as_it_comes(
-    stack: Stack, journal_commits: Callable[[str], list[int]]
-) -> None:
-    """Pacing is for one-record requests: a bulk PUT's outcomes are committed at its answer,
-    never held across the next request (a crash would send them again)."""
+def _seats(*, keyed: bool = True, **settings: Any) -> Callable[[dict[str, Any]], None]:
+    """A bulk destination of seven users, two a request (``keyed``: with an external id)."""
+    key = "'SEAT-' || u.hull_id as \"externalId\"," if keyed else ""
 
     def edit(config: dict[str, Any]) -> None:
         config["destinations"].append(
@@ -682,15 +680,66 @@ def test_a_bulk_destination_commits_each_request_as_it_comes(
                 "name": "seats",
                 "method": "PUT",
                 "path": "/licenses",
-                "source_sql": "select 'SEAT-' || hull_id as \"externalId\", 1 as value"
-                " from hull.users order by hull_id limit 7",
+                "source_sql": f"select u.hull_id, {key}"
+                " (select min(external_id) from planhat_current.companies)"
+                ' as "companyExternalId", 1 as value from hull.users u'
+                " order by u.hull_id limit 7",
+                "exclude": ["hull_id"],
                 "batch_size": 2,
-                "journal_every": 2,
+                **settings,
             }
         )
 
-    stack.configure(edit)
+    return edit
+
+
+@pytest.mark.parametrize("every", [None, 2], ids=["default-journal_every", "journal_every=batch"])
+def test_a_bulk_destination_commits_each_request_as_it_comes(
+    stack: Stack, journal_commits: Callable[[str], list[int]], every: int | None
+) -> None:
+    """A bulk PUT's outcomes are committed at its answer, never held across the next request,
+    whatever ``journal_every`` says (a crash would send them again)."""
+    stack.configure(_seats(**({"journal_every": every} if every else {})))
     stack.cycle()
     puts = stack.planhat.rest.recorded("PUT", r"^/licenses$")
     assert [len(r.body) for r in puts] == [2, 2, 2, 1]
     assert journal_commits("seats") == [2, 2, 2, 1]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_a_bulk_destination_killed_mid_delivery_repeats_only_the_request_in_flight(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyless items (no stable external id): a PUT of one inserts it. Killed after the third
+    answer, the rerun sends only the record never sent; Planhat holds each seat once."""
+    stack.configure(_seats(keyed=False, stable_key=False))
+    answers = 0
+    checkpoint, flush = deliveries.DeliveryJournal.checkpoint, deliveries.DeliveryJournal.flush
+
+    def killed_after_three(self: Any, outcomes: Any) -> None:
+        nonlocal answers
+        checkpoint(self, outcomes)
+        if self.target == "seats":
+            answers += 1
+            if answers == 3:
+                raise Killed
+
+    def nothing_after_the_kill(self: Any) -> None:
+        if self.target != "seats" or answers < 3:
+            flush(self)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(deliveries.DeliveryJournal, "checkpoint", killed_after_three)
+        patched.setattr(deliveries.DeliveryJournal, "flush", nothing_after_the_kill)
+        with pytest.raises(AssertionError, match="destination_seats"):  # the step died
+            stack.cycle()
+    first = stack.planhat.rest.recorded("PUT", r"^/licenses$")
+    assert [len(r.body) for r in first] == [2, 2, 2]
+    stack.planhat.rest.clear_requests()
+    stack.cycle()
+    again = [len(r.body) for r in stack.planhat.rest.recorded("PUT", r"^/licenses$")]
+    assert again == [1]
+    assert len(stack.planhat.records("licenses")) == 7
