@@ -285,9 +285,12 @@ MAX_FOLLOW_RUNS = 4
 delivered); the bound only stops a loop the asset graph should never make."""
 
 
-FULL_COLLECTION_SPACING = 10
+FULL_COLLECTION_SPACING = 100
 """During a sync, the collector's full passes come this many times less often than Python's
-default (its young generations are collected as usual)."""
+default (its young generations are collected as usual). At 100,000 people a full load made 17
+full passes at ten times rarer (7.3 s of 122.5 s), one at a hundred (0.6 s of 113.2 s), with the
+same peak memory (2,382 and 2,408 MB): a sync's large data is freed by reference counts, not by
+full passes."""
 
 
 @contextlib.contextmanager
