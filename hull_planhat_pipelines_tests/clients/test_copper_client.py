@@ -229,6 +229,21 @@ def test_a_full_fetch_by_date_splits_once_from_the_oldest_date_seen(
     )
 
 
+def test_an_empty_first_page_ends_the_window_whatever_its_header_says(
+    small_cap: int, stubs: list[StubCopper]
+) -> None:
+    """A full fetch up to a moment before every activity, under a header blind to the date
+    filter (60, over the cap of 50): the first page is empty, so the window holds nothing. It
+    was taken as over the cap, and an open window without a date to split at raised."""
+    activities = [{"id": 1_000 + i, "activity_date": T0 + 60 * i} for i in range(60)]
+    stub = StubCopper({"activities": activities}, cap=small_cap, total="blind")
+    stubs.append(stub)
+    with _stub_client(stub, page_size=PAGE) as client:
+        pages = list(client.search("activities", start=None, end=T0 - 1))
+    assert _ids(pages) == []
+    assert len(stub.bodies("activities")) == 1
+
+
 def test_activities_in_one_crowded_second_raise(small_cap: int, stubs: list[StubCopper]) -> None:
     activities = [{"id": i, "activity_date": T0} for i in range(small_cap + 1)]
     stub = StubCopper({"activities": activities}, cap=small_cap)
