@@ -921,8 +921,8 @@ class DeliveryJournal:
     quota (``requests_per_minute``) lets out in ``group_seconds``: a throttled delivery keeps
     groups of ``every`` (Planhat's 200 a minute: 3 a second), a fast one commits about once a
     ``group_seconds``, and a crash leaves about that much sending in doubt. ``None``, or
-    ``every=1``: groups of ``every``. For one-record requests: a bulk destination journals
-    with ``every=1``, each request committed at its answer.
+    ``every=1``: groups of ``every``. Pacing is for one-record requests: a bulk destination
+    journals with ``every=1``, each request committed at its answer.
     """
 
     database: str
