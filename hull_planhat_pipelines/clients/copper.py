@@ -210,7 +210,8 @@ class Page:
 
 
 class CopperCapError(ApiError):
-    """A window that cannot be narrowed under the cap: more than the cap share one second."""
+    """A window that cannot be narrowed under the cap: one second fills a whole search (its
+    last page is full, so the search cannot prove that nothing follows)."""
 
 
 @dataclass
@@ -553,8 +554,9 @@ class _Walk:
                 if number * size > SEARCH_RESULT_CAP:
                     raise CopperCapError(
                         "copper",
-                        f"{self.obj.name}: more than {SEARCH_RESULT_CAP} records share "
-                        f"{self.obj.date_field}={moment}; one search cannot return them all",
+                        f"{self.obj.name}: at least {SEARCH_RESULT_CAP} records share "
+                        f"{self.obj.date_field}={moment}; one search returns no more and "
+                        "cannot tell whether more follow",
                     )
                 records, total = self._post({**body, "page_number": number})
                 yield self._page(records, total)
@@ -695,8 +697,8 @@ def _split(search: _Search, object_name: str) -> list[_Search]:
     if search.one_second:
         raise CopperCapError(
             "copper",
-            f"{object_name}: more than {SEARCH_RESULT_CAP} records dated {low}; "
-            "one search cannot return them all",
+            f"{object_name}: at least {SEARCH_RESULT_CAP} records dated {low}; "
+            "one search returns no more and cannot tell whether more follow",
         )
     dates = search.dates or []
     if low is not None and high is not None:

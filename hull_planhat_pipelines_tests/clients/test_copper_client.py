@@ -142,7 +142,7 @@ def test_cap_full_of_one_second_raises_instead_of_looping(
     stubs.append(stub)
     with _stub_client(stub, page_size=PAGE) as client, pytest.raises(CopperCapError) as exc:
         list(client.search("leads", start=None, end=None))
-    assert "share date_modified" in str(exc.value)
+    assert f"at least {small_cap} records share date_modified" in str(exc.value)
     # the page that finds the tie group, then the group paged by number up to the cap
     assert len(stub.bodies("leads")) == 1 + small_cap // PAGE
 
@@ -244,12 +244,18 @@ def test_an_empty_first_page_ends_the_window_whatever_its_header_says(
     assert len(stub.bodies("activities")) == 1
 
 
-def test_activities_in_one_crowded_second_raise(small_cap: int, stubs: list[StubCopper]) -> None:
-    activities = [{"id": i, "activity_date": T0} for i in range(small_cap + 1)]
+@pytest.mark.parametrize("extra", [1, 0], ids=["over-the-cap", "exactly-the-cap"])
+def test_activities_in_one_crowded_second_raise(
+    small_cap: int, stubs: list[StubCopper], extra: int
+) -> None:
+    """A second holding exactly the cap ends on a full last page: no search can tell whether
+    more follow, so it raises as over the cap does, saying only what it knows."""
+    activities = [{"id": i, "activity_date": T0} for i in range(small_cap + extra)]
     stub = StubCopper({"activities": activities}, cap=small_cap)
     stubs.append(stub)
-    with _stub_client(stub, page_size=PAGE) as client, pytest.raises(CopperCapError):
+    with _stub_client(stub, page_size=PAGE) as client, pytest.raises(CopperCapError) as exc:
         list(client.search("activities", start=None, end=None))
+    assert f"at least {small_cap} records dated {T0}" in str(exc.value)
 
 
 # -- throttle --------------------------------------------------------------------------------
