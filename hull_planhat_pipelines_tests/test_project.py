@@ -31,6 +31,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert _readme_commands()[1] in ci.splitlines()
 
 
+def test_the_files_started_first_exist_and_appear_once() -> None:
+    """A renamed file would silently start last again (see ``longest_first``)."""
+    from hull_planhat_pipelines_tests.longest_first import LONGEST
+
+    tests = ROOT / "hull_planhat_pipelines_tests"
+    assert len(set(LONGEST)) == len(LONGEST)
+    assert [f for f in LONGEST if not (tests / f).is_file()] == []
+
+
 def _instance_settings(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
