@@ -47,7 +47,11 @@ incremental passes then show what the delivery history, which only grows, costs 
 same 100 changed people) and compares the incremental passes' cycle: every job but the Planhat
 snapshot (a full list by nature), seconds summed and the highest peak above the resident
 memory the pass began with; it fails above x1.5, when a pass makes more requests than its
-minimum, or when the unchanged pass writes to Planhat or upserts in Hull.
+minimum, or when the unchanged pass writes to Planhat or upserts in Hull. The one excess it
+allows is printed (``window_cut_pages``): each activity window ends on a partial page of its
+own, and partial pages do not add up, so where the walk cuts a window in two decides a search
+more or less. The minimum cuts into equal halves; the walk, which knows no count, cuts at the
+middle of a time range, and where that falls moves with the time of day.
 
 The run is as the command line does it (``run_sync``), with these differences, all printed:
 a temporary warehouse; a temporary Dagster instance (``DAGSTER_HOME``) the three passes share,
@@ -306,9 +310,24 @@ def split_searches(records: int, page_size: int, cap: int) -> int:
     plus, when they do not fit one search, the one that shows it. Copper has no count: only a
     search's first page says (``X-PW-TOTAL``) that its window holds more than the cap, and that
     page is of the whole window, so no walk of the windows it is split into can reuse it."""
+    sizes = split_sizes(records, cap)
+    return (len(sizes) > 1) + sum(search_requests(size, page_size) for size in sizes)
+
+
+def split_sizes(records: int, cap: int) -> list[int]:
+    """The records of the fewest windows under the cap, as equal as counts go."""
     parts = max(1, math.ceil(records / cap))
-    sizes = [records // parts + (1 if i < records % parts else 0) for i in range(parts)]
-    return (parts > 1) + sum(search_requests(size, page_size) for size in sizes)
+    return [records // parts + (1 if i < records % parts else 0) for i in range(parts)]
+
+
+def split_loss(sizes: list[int], page_size: int = MAX_PAGE_SIZE) -> int:
+    """Searches that walking windows of ``sizes`` records costs over one walk of them all:
+    every window ends on a page of its own, short or empty (the proof of its end)."""
+    if not sizes:
+        return 0
+    return sum(search_requests(size, page_size) for size in sizes) - search_requests(
+        sum(sizes), page_size
+    )
 
 
 Window = tuple[int | dict[str, int] | None, int]
@@ -375,6 +394,53 @@ def copper_in_window(
     for name, extra in lookups.items():
         found[name]["searches"] += extra
     return found
+
+
+def walked_windows(copper: CopperSandbox, rows: list[Any]) -> list[int]:
+    """Records of each activity window the pass walked to its end (its searches in ``rows``);
+    a window the walk split (its first page showed it over the cap, or it reached the cap) is
+    left out: its halves are among the windows.
+
+    Where the walk cuts a window in two decides how many searches the halves take: their
+    last pages are partial, and partial pages do not add up (97,953 and 52,013 activities take
+    490 + 261 searches; the minimum's equal halves of 74,983, 375 + 375). The walk cuts at the
+    middle of a time range, knowing no count, and where that falls in the records moves with
+    the time of day (the sandbox dates activities relative to now)."""
+    obj = COPPER_OBJECTS["activities"]
+    table = copper._table(obj.name)
+    user_types = {int(t["id"]) for t in copper.metadata.activity_types.get("user", [])}
+    windows: set[tuple[int | None, int | None]] = set()
+    for row in rows:
+        body = row.body
+        if copper_kind(row.method, row.path) == "search/activities" and body is not None:
+            if body.get("page_size") != MAX_PAGE_SIZE:  # a poll's one-record question
+                continue
+            windows.add((body.get(obj.min_key), body.get(obj.max_key)))
+    sizes: list[int] = []
+    with table.lock:
+        alive = table.alive_rows()
+        cols = table.columns
+        dates = cols[obj.date_field][alive]
+        user = (cols["type_category"][alive] == 0) & np.isin(
+            cols["type_id"][alive], list(user_types)
+        )
+        for low, high in sorted(windows, key=lambda w: (w[0] or 0, w[1] or 0)):
+            if any(_within(inner, (low, high)) for inner in windows if inner != (low, high)):
+                continue  # split
+            keep = user.copy()
+            if low is not None:
+                keep &= dates >= low
+            if high is not None:
+                keep &= dates <= high
+            sizes.append(int(keep.sum()))
+    return sizes
+
+
+def _within(inner: tuple[int | None, int | None], outer: tuple[int | None, int | None]) -> bool:
+    """Whether the inclusive window ``inner`` lies in ``outer`` (``None``: open on that side)."""
+    low_in = outer[0] is None or (inner[0] is not None and outer[0] <= inner[0])
+    high_in = outer[1] is None or (inner[1] is not None and inner[1] <= outer[1])
+    return low_in and high_in
 
 
 def newest_in_sandbox(copper: CopperSandbox, name: str) -> int | None:
@@ -738,6 +804,12 @@ def one_pass(
 
     planhat_after = planhat_counts(planhat)
     copper_kinds, copper_failed = requests_since(copper.server, copper_start, copper_kind)
+    # the searches where the walk's activity windows were cut cost beyond the minimum's cuts
+    cut_pages = max(
+        0,
+        split_loss(walked_windows(copper, copper.server.recorded()[copper_start:]))
+        - split_loss(split_sizes(in_window["activities"]["records"], SEARCH_RESULT_CAP)),
+    )
     rest_kinds, rest_failed = requests_since(planhat.rest, rest_start, planhat_kind)
     analytics_kinds, analytics_failed = requests_since(
         planhat.analytics, analytics_start, planhat_kind
@@ -820,6 +892,7 @@ def one_pass(
         "started_unix": started,
         "requests": requests,
         "minimum_requests": minimum,
+        "window_cut_pages": {"search/activities": cut_pages} if cut_pages else {},
         "failed_requests": dict(copper_failed + rest_failed + analytics_failed),
         "hull_user_upserts": sum(sum(runs.values()) for runs in [upserts["user_upserts"]]),
         "hull_account_upserts": sum(upserts["account_upserts"].values()),
@@ -840,6 +913,11 @@ def one_pass(
     }
     print_pass(result)
     return result
+
+
+def _cut_pages_note(p: dict[str, Any]) -> str:
+    cut = sum(p["window_cut_pages"].values())
+    return f", and {cut} from where the walk cut its activity windows" if cut else ""
 
 
 def print_pass(p: dict[str, Any]) -> None:
@@ -904,6 +982,8 @@ def print_pass(p: dict[str, Any]) -> None:
         for kind in sorted(set(sent) | set(least)):
             got, need = sent.get(kind, 0), least.get(kind, 0)
             flag = "" if got == need else f"  ({got - need:+d})"
+            if cut := p["window_cut_pages"].get(kind) if system == "copper" else None:
+                flag += f"  ({cut} from where the walk cut its windows)"
             print(f"     {kind:<28} {got:>7} / {need:<7}{flag}")
     print(
         f"   planhat writes {p['requests']['planhat_writes']} "
@@ -1114,9 +1194,11 @@ def compare(seed: int, start_date: dt.date | None) -> dict[str, Any]:
         ]
         problems += [
             f"scale {r['scale']:g} pass {p['pass']} made {p['requests']['total']} requests"
-            f" (minimum {p['minimum_requests']['total']})"
+            f" (minimum {p['minimum_requests']['total']}"
+            f"{_cut_pages_note(p)})"
             for p in r["passes"]
-            if p["requests"]["total"] > p["minimum_requests"]["total"]
+            if p["requests"]["total"]
+            > p["minimum_requests"]["total"] + sum(p["window_cut_pages"].values())
         ]
     return {
         "benchmark": "end_to_end_compare",
