@@ -10,6 +10,9 @@ short-lived read-only one, or an in-memory one).
 
 from __future__ import annotations
 
+import os
+import threading
+
 import duckdb
 import pandas as pd
 
@@ -18,10 +21,22 @@ class OperatorSqlError(ValueError):
     """Operator SQL refused before it ran (not one SELECT) or by the lockdown."""
 
 
+_parsers = threading.local()
+
+
+def _parser() -> duckdb.DuckDBPyConnection:
+    """An empty in-memory instance that only parses, kept per thread (a connection is not
+    shared between threads) and per process (a forked child's inherited one lost its
+    threads): building an instance costs as much as hundreds of parses."""
+    if getattr(_parsers, "pid", None) != os.getpid():
+        _parsers.conn, _parsers.pid = duckdb.connect(), os.getpid()
+    return _parsers.conn
+
+
 def check_select(sql: str, what: str = "query") -> str:
     """``sql`` when it is exactly one SELECT statement; ``OperatorSqlError`` otherwise."""
     try:
-        statements = duckdb.connect().extract_statements(sql)
+        statements = _parser().extract_statements(sql)
     except duckdb.Error as exc:
         raise OperatorSqlError(f"{what}: {str(exc).splitlines()[0]}") from None
     if len(statements) != 1:

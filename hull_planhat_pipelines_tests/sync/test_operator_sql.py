@@ -95,3 +95,30 @@ def test_an_operator_select_becomes_a_subquery_as_written(written: str, body: st
     assert duckdb.connect().execute(f"select * from ({as_subquery(written)}\n) s").fetchall()
     with pytest.raises(OperatorSqlError):
         as_subquery("select 1; select 2")
+
+
+def test_checking_queries_builds_no_database_for_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing needs an instance, and building one costs hundreds of parses: every metric,
+    destination and segment query of every cycle is checked, so the parser is kept (one per
+    thread: a DuckDB connection is not shared between threads)."""
+    import threading
+
+    from hull_planhat_pipelines.sync import operator_sql
+
+    built: list[int] = []
+    connect = duckdb.connect
+
+    def counted(*args: object, **kwargs: object) -> duckdb.DuckDBPyConnection:
+        built.append(threading.get_ident())
+        return connect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(operator_sql.duckdb, "connect", counted)
+    for _ in range(5):
+        operator_sql.check_select("select 1")
+        with pytest.raises(OperatorSqlError, match="must be a SELECT"):
+            operator_sql.check_select("pragma version")
+    assert len(built) <= 1
+    other = threading.Thread(target=operator_sql.check_select, args=("select 2",))
+    other.start()
+    other.join()
+    assert len(built) <= 2 and built[-1] == other.ident
