@@ -342,13 +342,20 @@ def copper_window(since: dict[str, int] | None, today: dt.date) -> Window:
     return since, int(end.timestamp()) - 1
 
 
+def user_activities(copper: CopperSandbox, rows: np.ndarray) -> np.ndarray:
+    """Which of the activity table's ``rows`` are user activities, the ones a sync fetches
+    (called under the table's lock)."""
+    user_types = [int(t["id"]) for t in copper.metadata.activity_types.get("user", [])]
+    columns = copper._table("activities").columns
+    return (columns["type_category"][rows] == 0) & np.isin(columns["type_id"][rows], user_types)
+
+
 def copper_in_window(
     copper: CopperSandbox, window: Window, objects: set[str] | None = None
 ) -> dict[str, Any]:
     """Per object: how many records the window holds and the fewest searches that fetch them
     (none for an object outside ``objects``: the pass has no cause to fetch it)."""
     lows, high = window
-    user_types = {int(t["id"]) for t in copper.metadata.activity_types.get("user", [])}
     metadata = CopperMetadata(custom_field_definitions=copper.metadata.custom_field_definitions)
 
     def connects(name: str) -> bool:
@@ -375,9 +382,7 @@ def copper_in_window(
             if low is not None:
                 keep &= dates >= low
             if name == "activities":
-                keep &= (cols["type_category"][rows] == 0) & np.isin(
-                    cols["type_id"][rows], list(user_types)
-                )
+                keep &= user_activities(copper, rows)
             keys = sorted(zip(dates[keep].tolist(), created[keep].tolist(), strict=True))
             dates = np.sort(dates[keep])
         if obj.sort_by is not None:  # the walk that never skips (see clients/copper.py)
@@ -408,7 +413,6 @@ def walked_windows(copper: CopperSandbox, rows: list[Any]) -> list[int]:
     the time of day (the sandbox dates activities relative to now)."""
     obj = COPPER_OBJECTS["activities"]
     table = copper._table(obj.name)
-    user_types = {int(t["id"]) for t in copper.metadata.activity_types.get("user", [])}
     windows: set[tuple[int | None, int | None]] = set()
     for row in rows:
         body = row.body
@@ -419,12 +423,9 @@ def walked_windows(copper: CopperSandbox, rows: list[Any]) -> list[int]:
     sizes: list[int] = []
     with table.lock:
         alive = table.alive_rows()
-        cols = table.columns
-        dates = cols[obj.date_field][alive]
-        user = (cols["type_category"][alive] == 0) & np.isin(
-            cols["type_id"][alive], list(user_types)
-        )
-        for low, high in sorted(windows, key=lambda w: (w[0] or 0, w[1] or 0)):
+        dates = table.columns[obj.date_field][alive]
+        user = user_activities(copper, alive)
+        for low, high in windows:
             if any(_within(inner, (low, high)) for inner in windows if inner != (low, high)):
                 continue  # split
             keep = user.copy()
