@@ -98,9 +98,9 @@ def test_an_operator_select_becomes_a_subquery_as_written(written: str, body: st
 
 
 def test_checking_queries_builds_no_database_for_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parsing needs an instance, and building one costs hundreds of parses: every metric,
-    destination and segment query of every cycle is checked, so the parser is kept (one per
-    thread: a DuckDB connection is not shared between threads)."""
+    """Parsing needs an instance, and building one costs hundreds of parses: every metric and
+    destination query of every cycle is checked, so the parser is kept (one per thread: a
+    DuckDB connection is not shared between threads)."""
     import threading
 
     from hull_planhat_pipelines.sync import operator_sql
