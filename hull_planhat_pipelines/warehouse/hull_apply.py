@@ -28,9 +28,9 @@ from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows, unapplied
 from hull_planhat_pipelines.sync.hull.segments import segments_hash
 from hull_planhat_pipelines.warehouse import hull_store, removals
 from hull_planhat_pipelines.warehouse.connection import (
-    append_table,
     column_schema,
     connect,
+    quote,
     run,
     table_exists,
     transaction,
@@ -179,18 +179,30 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
     return Sources(copper, planhat, new_marks, rows_read, applied)
 
 
-def _stamped(frame: pd.DataFrame, run_id: str, now: dt.datetime) -> pd.DataFrame:
-    """``frame`` with the run's stamps and text columns typed as text: a new frame of the same
-    columns, none of them copied but to retype it (a first load's million upserts)."""
-    columns: dict[str, Any] = {
-        name: values.astype("string") if values.dtype == object else values
-        for name, values in frame.items()
-    }
-    columns["run_id"] = pd.Series([run_id] * len(frame), dtype="string", index=frame.index)
-    columns["computed_at"] = pd.Series(
-        [now] * len(frame), dtype="datetime64[us, UTC]", index=frame.index
+def _append_upserts(
+    conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, run_id: str, now: dt.datetime
+) -> None:
+    """Append ``frame`` to ``table`` with the run's stamps (``run_id``, ``computed_at``), text
+    columns typed as text in SQL: retyped in pandas, a first load's million upserts cost a
+    second and a copy of every text column."""
+    schema, name = table.split(".")
+    exists = table_exists(conn, schema, name)
+    if frame.empty and exists:
+        return
+    typed = ", ".join(
+        f"{quote(c)}::varchar as {quote(c)}" if frame[c].dtype == object else quote(c)
+        for c in frame.columns
     )
-    return pd.DataFrame(columns, index=frame.index, copy=False)
+    select = f"select {typed}, ?::varchar as run_id, ?::timestamptz as computed_at from _upserts"
+    run(conn, f"create schema if not exists {schema}")
+    conn.register("_upserts", frame)
+    try:
+        if exists:
+            run(conn, f"insert into {table} by name {select}", [run_id, now])
+        else:
+            run(conn, f"create table {table} as {select}", [run_id, now])
+    finally:
+        conn.unregister("_upserts")
 
 
 def apply(
@@ -236,10 +248,8 @@ def apply(
                 now,
                 everything=segments_changed or first,
             )
-            append_table(conn, "hull.user_upserts", _stamped(changes.user_upserts, run_id, now))
-            append_table(
-                conn, "hull.account_upserts", _stamped(changes.account_upserts, run_id, now)
-            )
+            _append_upserts(conn, "hull.user_upserts", changes.user_upserts, run_id, now)
+            _append_upserts(conn, "hull.account_upserts", changes.account_upserts, run_id, now)
             if forwarding:  # the messages cost as much as the rest of a first load
                 outbox = queue(conn, changes, applied.users, applied.accounts, run_id=run_id)
         run(
