@@ -462,14 +462,15 @@ def _summaries(work: Batch, changes: Changes) -> list[SyncEvent]:
     for kind in KINDS:
         upserts, claims = changes.upserts(kind), changes.claims(kind)
         created = claims.loc[claims["is_new_profile"], "hull_id"].nunique()
-        touched = set(upserts["hull_id"]) | set(claims["hull_id"])
+        ids = [upserts["hull_id"], claims["hull_id"]]
         if kind == "user":
-            touched |= set(changes.links["user_hull_id"])
+            ids.append(changes.links["user_hull_id"])
+        touched = _distinct(ids)
         conflicts = changes.conflicts[changes.conflicts["kind"] == kind]
         details = {
             "records": int(work.scalar(f"select count(*) from r_{kind} where not is_shell")),
             "profiles_created": int(created),
-            "profiles_updated": len(touched) - int(created),
+            "profiles_updated": touched - int(created),
             "attribute_upserts": len(upserts),
             "claims_added": len(claims),
             "merged_shells": int((changes.merges["kind"] == kind).sum()),
@@ -482,3 +483,9 @@ def _summaries(work: Batch, changes: Changes) -> list[SyncEvent]:
         out.append(SyncEvent(event=f"incoming.{kind}.success", details=details))
     out.append(SyncEvent(event="incoming.event.success", details={"events": len(changes.events)}))
     return out
+
+
+def _distinct(columns: list[pd.Series]) -> int:
+    """How many distinct values the columns hold together (hashed in pandas: a Python set of a
+    first load's million upserts costs a second)."""
+    return int(pd.concat(columns, ignore_index=True).nunique(dropna=False))
