@@ -122,6 +122,7 @@ def map_copper(
     if loaded["leads"]:
         events += _stage_users(batch, "leads", "lead", "copper-lead:", COPPER_LEAD_GROUP, settings)
         _stage_lead_conversions(batch)
+        _staged(batch, "leads")
     if loaded["people"]:
         events += _stage_users(
             batch, "people", "person", "copper-person:", COPPER_PERSON_GROUP, settings
@@ -129,14 +130,24 @@ def map_copper(
         _stage_converted_leads(batch)
         if settings.link_person_to_account:
             _stage_person_links(batch)
+        _staged(batch, "people")
     if loaded["companies"]:
         events += _stage_companies(batch, settings)
+        _staged(batch, "companies")
     if loaded["opportunities"]:
         events += _stage_opportunities(batch, settings.attributes.opportunity)
+        _staged(batch, "opportunities", "_opp")
     if loaded["activities"]:
         events += _stage_activities(batch, settings.activity_types)
-    batch.drop(*(f"cu_{name}" for name in MAPPED_COLUMNS), "_src", "_opp", "_act")
+        _staged(batch, "activities", "_act")
     return events
+
+
+def _staged(batch: Batch, name: str, *scratch: str) -> None:
+    """An object's raw rows (and its scratch tables) leave the batch once it is staged: each
+    object reads only its own, and a first load's raw JSON kept until the last was staged made
+    the sync's peak (the activities were staged beside every other object's rows)."""
+    batch.drop(f"cu_{name}", "_src", *scratch)
 
 
 _LOG_KIND = {
@@ -433,12 +444,13 @@ def _stage_activities(batch: Batch, activity_types: list[str]) -> list[SyncEvent
     parents not pulled yet); the rest are counted per reason."""
     types = "[" + ", ".join(quote(t) for t in activity_types) + "]::varchar[]"
     batch.sql(
-        "create or replace temp table _act as select *,"
+        "create or replace temp table _act as select * exclude (fields),"
         f" {_SKIP_REASON.format(types=types)} as skip,"
         " 'copper-' || parent_type || ':' || parent_id as user_key,"
         " json_extract(fields, ['$.details', '$.user_email', '$.user_id']) as v"
         " from cu_activities"
     )
+    batch.drop("cu_activities")  # its raw JSON is read: only the extracted values are kept
     batch.sql(
         "insert into in_events select 'copper-activity:' || id, user_key, type_name,"
         " json_object('activity_type_id', type_id, 'details', v[1], 'parent_id', parent_id,"
