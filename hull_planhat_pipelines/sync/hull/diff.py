@@ -27,8 +27,14 @@ _WINNER = (
 
 
 def diff_attributes(batch: Batch, k: Kind) -> None:
-    """``upserts_<kind>``: one row per (profile, attribute) whose value changes."""
+    """``upserts_<kind>``: one row per (profile, attribute) whose value changes. The kind's
+    staged ``in_attributes`` rows are consumed: once its wanted values are built they leave the
+    batch (a first load's, kept beside the wanted values and the upserts, made its peak)."""
     _wanted(batch, k)
+    batch.sql(
+        "create or replace temp table in_attributes as"
+        f" select * from in_attributes where kind <> '{k}'"
+    )
     _current(batch, k)
     _with_merged_values(batch, k)
     _profiles(batch, k)
