@@ -107,6 +107,9 @@ def _changed_rows(
             "create temp table anon as select hull_id, list_sort(list(value)) as added"
             " from cl where claim = 'anonymous_id' group by hull_id"
         )
+        # gone before the rows cross into pandas: a first load's upserts, twice over, made
+        # the sync's peak beside them
+        work.drop("attrs", "up")
         account = (
             "case when lk.user_hull_id is not null then lk.account_hull_id"
             " else s.account_hull_id end as account_hull_id,"
