@@ -151,10 +151,18 @@ def quote(name: str) -> str:
 
 
 def append_table(
-    conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, *, exists: bool = False
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    frame: pd.DataFrame,
+    *,
+    exists: bool = False,
+    columns: str = "*",
+    params: list[Any] | None = None,
 ) -> None:
     """Insert ``frame`` by column name, creating the table (and schema) on first use.
-    ``exists``: the caller knows the table is there (the catalog is not asked)."""
+    ``exists``: the caller knows the table is there (the catalog is not asked). ``columns``:
+    what is inserted, a select list over the frame (registered as ``_append``), with
+    ``params``."""
     schema, name = table.split(".")
     exists = exists or table_exists(conn, schema, name)
     if frame.empty and exists:
@@ -163,10 +171,11 @@ def append_table(
         run(conn, f"create schema if not exists {schema}")
     conn.register("_append", frame)
     try:
+        select = f"select {columns} from _append"
         if exists:
-            run(conn, f"insert into {table} by name select * from _append")
+            run(conn, f"insert into {table} by name {select}", params)
         else:
-            run(conn, f"create table {table} as select * from _append")
+            run(conn, f"create table {table} as {select}", params)
     finally:
         conn.unregister("_append")
 

@@ -28,6 +28,7 @@ from hull_planhat_pipelines.sync.hull.from_planhat import PlanhatRows, unapplied
 from hull_planhat_pipelines.sync.hull.segments import segments_hash
 from hull_planhat_pipelines.warehouse import hull_store, removals
 from hull_planhat_pipelines.warehouse.connection import (
+    append_table,
     column_schema,
     connect,
     quote,
@@ -179,30 +180,15 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
     return Sources(copper, planhat, new_marks, rows_read, applied)
 
 
-def _append_upserts(
-    conn: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, run_id: str, now: dt.datetime
-) -> None:
-    """Append ``frame`` to ``table`` with the run's stamps (``run_id``, ``computed_at``), text
-    columns typed as text in SQL: retyped in pandas, a first load's million upserts cost a
-    second and a copy of every text column."""
-    schema, name = table.split(".")
-    exists = table_exists(conn, schema, name)
-    if frame.empty and exists:
-        return
-    typed = ", ".join(
+def _stamped(frame: pd.DataFrame) -> str:
+    """The columns of ``frame`` with the run's stamps (``run_id``, ``computed_at``: two
+    parameters), text columns typed as text in SQL: retyped in pandas, a first load's million
+    upserts cost a second and a copy of every text column."""
+    typed = [
         f"{quote(c)}::varchar as {quote(c)}" if frame[c].dtype == object else quote(c)
         for c in frame.columns
-    )
-    select = f"select {typed}, ?::varchar as run_id, ?::timestamptz as computed_at from _upserts"
-    run(conn, f"create schema if not exists {schema}")
-    conn.register("_upserts", frame)
-    try:
-        if exists:
-            run(conn, f"insert into {table} by name {select}", [run_id, now])
-        else:
-            run(conn, f"create table {table} as {select}", [run_id, now])
-    finally:
-        conn.unregister("_upserts")
+    ]
+    return ", ".join([*typed, "?::varchar as run_id", "?::timestamptz as computed_at"])
 
 
 def apply(
@@ -248,8 +234,11 @@ def apply(
                 now,
                 everything=segments_changed or first,
             )
-            _append_upserts(conn, "hull.user_upserts", changes.user_upserts, run_id, now)
-            _append_upserts(conn, "hull.account_upserts", changes.account_upserts, run_id, now)
+            for table, upserts in (
+                ("hull.user_upserts", changes.user_upserts),
+                ("hull.account_upserts", changes.account_upserts),
+            ):
+                append_table(conn, table, upserts, columns=_stamped(upserts), params=[run_id, now])
             if forwarding:  # the messages cost as much as the rest of a first load
                 outbox = queue(conn, changes, applied.users, applied.accounts, run_id=run_id)
         run(

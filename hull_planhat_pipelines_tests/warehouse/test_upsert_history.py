@@ -10,7 +10,16 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from hull_planhat_pipelines.warehouse.hull_apply import _append_upserts
+from hull_planhat_pipelines.warehouse.connection import append_table
+from hull_planhat_pipelines.warehouse.hull_apply import _stamped
+
+
+def _append_upserts(
+    conn: duckdb.DuckDBPyConnection, frame: pd.DataFrame, run_id: str, now: dt.datetime
+) -> None:
+    """As an apply appends its upserts."""
+    append_table(conn, "hull.user_upserts", frame, columns=_stamped(frame), params=[run_id, now])
+
 
 FIRST = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)
 SECOND = FIRST + dt.timedelta(minutes=5)
@@ -32,12 +41,10 @@ def test_each_apply_is_appended_with_its_run_and_text_stays_text(tmp_path: Path)
     conn = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     try:
         first = _upserts(['"Engineer"'], [None])  # nothing held before: no previous at all
-        _append_upserts(conn, "hull.user_upserts", first, "run-1", FIRST)
+        _append_upserts(conn, first, "run-1", FIRST)
         assert first["previous"].dtype == object and first["previous"].tolist() == [None]
-        _append_upserts(
-            conn, "hull.user_upserts", _upserts(['"Chief"'], ['"Engineer"']), "run-2", SECOND
-        )
-        _append_upserts(conn, "hull.user_upserts", _upserts([], []), "run-3", SECOND)
+        _append_upserts(conn, _upserts(['"Chief"'], ['"Engineer"']), "run-2", SECOND)
+        _append_upserts(conn, _upserts([], []), "run-3", SECOND)
 
         types = dict(
             conn.execute(
