@@ -54,7 +54,8 @@ def _apply_kind(
 ) -> pd.DataFrame:
     upserts, claims = changes.upserts(kind), changes.claims(kind)
     links = changes.links if kind == "user" else changes.links.iloc[0:0]
-    # distinct in pandas: Python sets of a first load's million upserts cost a second
+    # distinct in pandas: Python sets of a first load's upserts cost more (0.3 s of 0.4 s
+    # at 400,000 profiles)
     changed_ids = pd.concat(
         [upserts["hull_id"], claims["hull_id"], links["user_hull_id"]], ignore_index=True
     ).unique()
@@ -66,7 +67,7 @@ def _apply_kind(
     known = rows["hull_id"].isin(touched["hull_id"])
     updated = _replace_rows(kept, rows[known])
     new = rows[~known]
-    if not new["hull_id"].is_monotonic_increasing:  # the SQL orders them: a sort costs a second
+    if not new["hull_id"].is_monotonic_increasing:  # the SQL ordered them: no sort then
         new = new.sort_values("hull_id", kind="stable")
     if new.empty:
         return updated.reset_index(drop=True)

@@ -486,6 +486,6 @@ def _summaries(work: Batch, changes: Changes) -> list[SyncEvent]:
 
 
 def _distinct(columns: list[pd.Series]) -> int:
-    """How many distinct values the columns hold together (hashed in pandas: a Python set of a
-    first load's million upserts costs a second)."""
+    """How many distinct values the columns hold together (hashed in pandas: a Python set of
+    each of a first load's columns cost more)."""
     return int(pd.concat(columns, ignore_index=True).nunique(dropna=False))
