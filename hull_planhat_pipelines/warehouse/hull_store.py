@@ -324,15 +324,6 @@ def _whole_store(conn: duckdb.DuckDBPyConnection) -> ProfileStore:
     )
 
 
-def _changed_ids(changes: Changes, kind: str) -> set[str]:
-    upserts = changes.user_upserts if kind == "user" else changes.account_upserts
-    claims = changes.user_claims if kind == "user" else changes.account_claims
-    ids = set(upserts["hull_id"]) | set(claims["hull_id"])
-    if kind == "user":
-        ids |= set(changes.links["user_hull_id"])
-    return ids
-
-
 def _merged_away(changes: Changes, kind: str) -> list[str]:
     merges = changes.merges
     return merges.loc[merges["kind"] == kind, "from_hull_id"].tolist()
@@ -365,7 +356,7 @@ def write_changes(
         )
         return store
     store = apply_changes(part, changes, now)
-    user_ids, account_ids = _changed_ids(changes, "user"), _changed_ids(changes, "account")
+    user_ids, account_ids = changes.touched_ids("user"), changes.touched_ids("account")
     users, accounts, moved, stored = changed_segments(
         conn,
         part,
