@@ -180,7 +180,7 @@ def read_sources(conn: duckdb.DuckDBPyConnection) -> Sources:
     return Sources(copper, planhat, new_marks, rows_read, applied)
 
 
-def _stamped(frame: pd.DataFrame) -> str:
+def _stamped_columns(frame: pd.DataFrame) -> str:
     """The columns of ``frame`` with the run's stamps (``run_id``, ``computed_at``: two
     parameters), text columns typed as text in SQL: retyped in pandas, a first load's million
     upserts cost a second and a copy of every text column."""
@@ -238,7 +238,9 @@ def apply(
                 ("hull.user_upserts", changes.user_upserts),
                 ("hull.account_upserts", changes.account_upserts),
             ):
-                append_table(conn, table, upserts, columns=_stamped(upserts), params=[run_id, now])
+                append_table(
+                    conn, table, upserts, columns=_stamped_columns(upserts), params=[run_id, now]
+                )
             if forwarding:  # the messages cost as much as the rest of a first load
                 outbox = queue(conn, changes, applied.users, applied.accounts, run_id=run_id)
         run(

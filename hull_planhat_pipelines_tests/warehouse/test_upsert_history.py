@@ -11,14 +11,16 @@ import duckdb
 import pandas as pd
 
 from hull_planhat_pipelines.warehouse.connection import append_table
-from hull_planhat_pipelines.warehouse.hull_apply import _stamped
+from hull_planhat_pipelines.warehouse.hull_apply import _stamped_columns
 
 
 def _append_upserts(
     conn: duckdb.DuckDBPyConnection, frame: pd.DataFrame, run_id: str, now: dt.datetime
 ) -> None:
     """As an apply appends its upserts."""
-    append_table(conn, "hull.user_upserts", frame, columns=_stamped(frame), params=[run_id, now])
+    append_table(
+        conn, "hull.user_upserts", frame, columns=_stamped_columns(frame), params=[run_id, now]
+    )
 
 
 FIRST = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)
