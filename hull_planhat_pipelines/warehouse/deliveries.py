@@ -42,9 +42,9 @@ from hull_planhat_pipelines.warehouse import (
     table_exists,
 )
 from hull_planhat_pipelines.warehouse.connection import (
+    fetch_where,
     has_column,
     release,
-    select_where,
     transaction,
 )
 
@@ -91,7 +91,7 @@ def read_rows(
     """The rows of ``table`` matching ``where`` (None: all of them)."""
     if where is None or conn is None or not table_exists(conn, *table.split(".")):
         return read_table(conn, table)
-    return conn.execute(select_where(table, where)).fetchdf()
+    return fetch_where(conn, table, where)
 
 
 def in_segment(names: Collection[str]) -> str:
@@ -108,9 +108,7 @@ def read_rows_by_id(
     wanted = sorted({str(i) for i in ids if i is not None and not pd.isna(i)})
     conn.register("_wanted_ids", pd.DataFrame({"id": pd.Series(wanted, dtype=object)}))
     try:
-        return conn.execute(
-            select_where(table, f"{column} in (select id::varchar from _wanted_ids)")
-        ).fetchdf()
+        return fetch_where(conn, table, f"{column} in (select id::varchar from _wanted_ids)")
     finally:
         conn.unregister("_wanted_ids")
 

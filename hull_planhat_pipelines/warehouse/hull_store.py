@@ -42,9 +42,9 @@ from hull_planhat_pipelines.sync.hull.model import (
 from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
 from hull_planhat_pipelines.warehouse import removals
 from hull_planhat_pipelines.warehouse.connection import (
+    fetch_where,
     has_column,
     run,
-    select_where,
     table_exists,
 )
 
@@ -211,9 +211,7 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
             )
         elif activities and (removed := removals.removed_ids(conn, "activities")):
             read += f" or (source = 'copper' and source_id::varchar in {removed})"
-        events = _utc(
-            conn.execute(select_where("hull.events", read, ", ".join(EVENT_COLUMNS))).fetchdf()
-        )
+        events = _utc(fetch_where(conn, "hull.events", read, ", ".join(EVENT_COLUMNS)))
         if activities:  # the living activities among the events read
             sources = events.loc[events["source"] == "copper", ["source_id"]].astype(str)
             conn.register("_event_sources", sources)
@@ -235,7 +233,7 @@ def _read_ids(conn: duckdb.DuckDBPyConnection, kind: Kind, has: bool) -> pd.Data
     if not has:
         return empty_store(kind)
     where = f"hull_id in (select hull_id from _ids_{kind})"
-    return _utc(conn.execute(select_where(TABLES[kind], where, "* exclude (segments)")).fetchdf())
+    return _utc(fetch_where(conn, TABLES[kind], where, "* exclude (segments)"))
 
 
 def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> StoreSlice:
@@ -245,14 +243,13 @@ def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> Stor
         conn.register("_accounts_frame", pd.DataFrame({"hull_id": accounts.astype(object)}))
         try:
             users = _utc(
-                conn.execute(
-                    select_where(
-                        TABLES["user"],
-                        "account_hull_id in (select hull_id::varchar from _accounts_frame)"
-                        " and hull_id not in (select hull_id from _ids_user)",
-                        "* exclude (segments)",
-                    )
-                ).fetchdf()
+                fetch_where(
+                    conn,
+                    TABLES["user"],
+                    "account_hull_id in (select hull_id::varchar from _accounts_frame)"
+                    " and hull_id not in (select hull_id from _ids_user)",
+                    "* exclude (segments)",
+                )
             )
         finally:
             conn.unregister("_accounts_frame")
@@ -561,7 +558,7 @@ def read_profiles(conn: duckdb.DuckDBPyConnection, kind: Kind, where: str) -> pd
     """Stored profiles of one kind matching ``where`` (with their ``segments``)."""
     if not _exists(conn, TABLES[kind]):
         return empty_store(kind).assign(segments=pd.Series([], dtype=object))
-    return _utc(conn.execute(select_where(TABLES[kind], where)).fetchdf())
+    return _utc(fetch_where(conn, TABLES[kind], where))
 
 
 def changed_segments(
@@ -650,7 +647,7 @@ def _memberships(
     for name, values in ids.items():
         conn.register(name, pd.DataFrame({"hull_id": pd.Series(sorted(values), dtype=object)}))
     try:
-        return conn.execute(select_where(TABLES[kind], where, ", ".join(columns))).fetchdf()
+        return fetch_where(conn, TABLES[kind], where, ", ".join(columns))
     finally:
         for name in ids:
             conn.unregister(name)
