@@ -141,7 +141,9 @@ def select_where(table: str, where: str, columns: str = "*") -> str:
     """SQL for ``columns`` of the rows of ``table`` (a table, not a view) matching ``where``,
     fetched by row id. A plain filter joined on a subquery reads every column of every row it
     tests (all of a profile store's attribute text to return a hundred profiles); by row id,
-    the condition reads its own columns and only the matching rows are fetched whole."""
+    the condition reads its own columns, and the others are read over the range of the
+    matching row ids only. Matches spread over the table still read most of its blocks in one
+    statement: ``fetch_where`` reads them one row group at a time."""
     return f"select {columns} from {table} where rowid in (select rowid from {table} where {where})"
 
 
