@@ -226,8 +226,9 @@ def _give_back_memory(host: duckdb.DuckDBPyConnection) -> None:
         host.execute("reset memory_limit")
 
 
-def _drop_file_blocks(attachment: _Attachment) -> None:
-    """Evict the cached blocks of the attached file beyond ``FILE_BLOCKS_KEPT_BYTES``.
+def _drop_file_blocks(attachment: _Attachment, keep: int | None = None) -> None:
+    """Evict the cached blocks of the attached file beyond ``keep`` (by default
+    ``FILE_BLOCKS_KEPT_BYTES``).
 
     The memory limit is lowered, for one statement, to what the instance holds besides the
     file's blocks plus that allowance, and restored at once. DuckDB evicts a file's blocks
@@ -244,14 +245,23 @@ def _drop_file_blocks(attachment: _Attachment) -> None:
             " coalesce(sum(memory_usage_bytes) filter (where tag <> 'BASE_TABLE'), 0)"
             " from duckdb_memory()"
         ).fetchone()  # type: ignore[misc]
-        if file_blocks <= FILE_BLOCKS_KEPT_BYTES or is_locked_down(host):
+        keep = FILE_BLOCKS_KEPT_BYTES if keep is None else keep
+        if file_blocks <= keep or is_locked_down(host):
             return
         try:
-            host.execute(f"set memory_limit = '{int(others) + FILE_BLOCKS_KEPT_BYTES}B'")
+            host.execute(f"set memory_limit = '{int(others) + keep}B'")
         except duckdb.Error:
             pass  # nothing evicted: a statement is never failed for it
         finally:
             host.execute("reset memory_limit")
+
+
+def drop_cached_blocks(conn: duckdb.DuckDBPyConnection) -> None:
+    """Evict every cached block of the file ``conn`` (a warehouse connection) reads, before a
+    lock down: a locked instance cannot lower its memory limit, so whatever it has cached
+    stays until its last connection closes, beside everything the operator's query reads."""
+    if isinstance(conn, WarehouseConnection):
+        _drop_file_blocks(conn._attachment, keep=0)
 
 
 def _detach(key: str, attachment: _Attachment, *, checkpoint: bool = True) -> None:

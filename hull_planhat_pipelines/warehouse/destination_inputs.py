@@ -16,6 +16,7 @@ import pandas as pd
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.operator_sql import lock_down, run_select
 from hull_planhat_pipelines.sync.planhat.destinations import SOURCE_HASH
+from hull_planhat_pipelines.warehouse.attachments import drop_cached_blocks
 from hull_planhat_pipelines.warehouse.connection import read_only
 from hull_planhat_pipelines.warehouse.deliveries import (
     fingerprints_of_keys,
@@ -72,8 +73,16 @@ def destination_inputs(
         if conn is None:
             return None
         sql = destination.source_sql
-        remembered = False
+        remembered = began = False
         try:
+            memo = not every_row_asked and memo_ready(conn)
+            if memo:
+                conn.execute("begin transaction")  # the memo and the source, in one snapshot
+                began = True
+            # the memo's hashes first, and their blocks let go before the lock down: read
+            # after the source, they were cached beside every block the source had read
+            vouched = _vouched(conn, destination) if memo else set()
+            drop_cached_blocks(conn)
             locked = lock_down(conn)
             columns = source_columns(locked, sql)
             names = [name for name, _ in columns]
@@ -81,22 +90,30 @@ def destination_inputs(
             if not rememberable(columns):
                 source = run_select(locked, sql, destination.name)
                 rows = len(source)
-            elif every_row_asked or not memo_ready(conn):
+            elif not memo:
                 query = every_row(sql, destination, names)
                 source = run_select(locked, query, destination.name, [digest])
                 rows = len(source)
             else:
                 remembered = True
-                source, rows = _unvouched_rows(locked, sql, destination, names, digest)
+                source, rows = _unvouched_rows(locked, sql, destination, names, digest, vouched)
         except duckdb.CatalogException as exc:
             raise SourceNotReady(str(exc)) from exc
         except duckdb.Error as exc:
             raise SourceFailed(str(exc)) from exc
+        finally:
+            if began:
+                conn.execute("rollback")  # it read, and wrote nothing
         return DestinationInputs(
             source=source,
             rows=int(rows),
             remembered=remembered,
         )
+
+
+def _vouched(conn: duckdb.DuckDBPyConnection, destination: DestinationSettings) -> set[str]:
+    """The row hashes the memo vouches for (``vouched_hashes``)."""
+    return {h for (h,) in conn.execute(vouched_hashes(), [destination.name]).fetchall()}
 
 
 def _unvouched_rows(
@@ -105,23 +122,19 @@ def _unvouched_rows(
     destination: DestinationSettings,
     names: list[str],
     digest: str,
+    vouched: set[str],
 ) -> tuple[pd.DataFrame, int]:
-    """The rows the memo cannot vouch for (``destination_memo``), and how many rows the source
-    returned in all: keys and hashes first, then the rows of the keys that may have changed,
-    in one snapshot."""
-    conn.execute("begin transaction")
-    try:
-        groups = run_select(conn, row_groups(sql, destination, names), destination.name, [digest])
-        vouched = {h for (h,) in conn.execute(vouched_hashes(), [destination.name]).fetchall()}
-        unvouched = groups.loc[~groups[SOURCE_HASH].isin(vouched), GROUP].unique().tolist()
-        if unvouched:
-            query = rows_of_groups(sql, destination, names)
-            params = [digest, unvouched, destination.name]
-        else:
-            query, params = f"{every_row(sql, destination, names)} limit 0", [digest]
-        return run_select(conn, query, destination.name, params), len(groups)
-    finally:
-        conn.execute("rollback")  # it read, and wrote nothing
+    """The rows the memo cannot vouch for (``vouched``, read in the caller's transaction), and
+    how many rows the source returned in all: keys and hashes first, then the rows of the keys
+    that may have changed."""
+    groups = run_select(conn, row_groups(sql, destination, names), destination.name, [digest])
+    unvouched = groups.loc[~groups[SOURCE_HASH].isin(vouched), GROUP].unique().tolist()
+    if unvouched:
+        query = rows_of_groups(sql, destination, names)
+        params = [digest, unvouched, destination.name]
+    else:
+        query, params = f"{every_row(sql, destination, names)} limit 0", [digest]
+    return run_select(conn, query, destination.name, params), len(groups)
 
 
 def delivery_state(database: str, target: str, keys: Collection[str]) -> DeliveryState:

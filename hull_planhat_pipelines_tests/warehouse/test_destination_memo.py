@@ -4,6 +4,7 @@ maps to what Planhat was last sent are left out in SQL, and nothing else is."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import duckdb
@@ -12,10 +13,19 @@ import pytest
 
 from hull_planhat_pipelines.settings import DestinationSettings
 from hull_planhat_pipelines.sync.planhat.destinations import SOURCE_HASH, map_rows, select_records
-from hull_planhat_pipelines.warehouse import deliveries
+from hull_planhat_pipelines.warehouse import attachments, deliveries
+from hull_planhat_pipelines.warehouse.connection import connect
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS
 from hull_planhat_pipelines.warehouse.destination_inputs import delivery_state, destination_inputs
-from hull_planhat_pipelines.warehouse.destination_memo import MAPPING_VERSION, MEMO, remember_mapped
+from hull_planhat_pipelines.warehouse.destination_memo import (
+    MAPPING_VERSION,
+    MEMO,
+    remember_mapped,
+    row_groups,
+    source_columns,
+    source_digest,
+    vouched_hashes,
+)
 
 PINNED_FINGERPRINT = "f06bde2861aa5c68ee4eb10e9ad6dd5e79e3d73f9ec6a09f9d2342cefed64e99"
 NOTES = DestinationSettings(
@@ -188,3 +198,57 @@ def test_a_rows_mapping_is_pinned_to_the_memo_version() -> None:
     mapped, _ = map_rows(row, NOTES)
     assert MAPPING_VERSION == "1"
     assert mapped["fingerprint"].tolist() == [PINNED_FINGERPRINT]
+
+
+def _file_blocks(host: duckdb.DuckDBPyConnection) -> int:
+    row = host.execute(
+        "select coalesce(sum(memory_usage_bytes), 0) from duckdb_memory() where tag = 'BASE_TABLE'"
+    ).fetchone()
+    return int(row[0])  # type: ignore[index]
+
+
+def _cached_by_alone(path: str, sql: str, params: list[object]) -> int:
+    """The file's blocks one query leaves cached, run alone on a fresh attachment."""
+    with connect(path, read_only=True) as conn:
+        conn.execute(sql, params).fetchall()
+        return _file_blocks(attachments._attached[os.path.abspath(path)].host)
+
+
+def test_the_memo_and_the_source_are_never_cached_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run locked down, the source SQL's connection cannot let cached blocks go: the memo's
+    hashes are read before the lock down and their blocks dropped, so the most the file's
+    cache holds is what the larger of the two reads alone leaves, not both."""
+    path = str(tmp_path / "warehouse.duckdb")
+    with duckdb.connect(path) as conn:
+        conn.execute("create table notes (event_id integer, body varchar, noted_at timestamptz)")
+        conn.execute(
+            "insert into notes select i, md5(i::varchar) || repeat('n', 100),"
+            " timestamptz '2026-01-01 00:00:00+00' + to_minutes(i) from range(1, 60001) t(i)"
+        )
+    _cycle(path)  # every note delivered: the memo and the fingerprints hold 60,000 keys
+    with connect(path, read_only=True) as conn:
+        columns = source_columns(conn, NOTES.source_sql)
+    names, digest = [n for n, _ in columns], source_digest(NOTES, columns)
+    memo_alone = _cached_by_alone(path, vouched_hashes(), [NOTES.name])
+    source_alone = _cached_by_alone(path, row_groups(NOTES.source_sql, NOTES, names), [digest])
+    assert min(memo_alone, source_alone) > 1_000_000  # each read caches blocks of its own
+
+    cached: list[int] = []
+    drop = attachments._drop_file_blocks
+
+    def counted(attachment: attachments._Attachment, **kwargs: object) -> None:
+        cached.append(_file_blocks(attachment.host))
+        drop(attachment, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attachments, "LOOK_AFTER_SECONDS", 0.0)  # looked at after each one
+    monkeypatch.setattr(attachments, "_drop_file_blocks", counted)
+    inputs = destination_inputs(path, NOTES)
+    assert inputs is not None and inputs.remembered
+    assert inputs.rows == 60_000 and inputs.source.empty
+    assert max(cached) <= max(memo_alone, source_alone) + 2**18, (
+        max(cached),
+        memo_alone,
+        source_alone,
+    )
