@@ -37,16 +37,20 @@ NOTES = DestinationSettings(
 )
 
 
-@pytest.fixture
-def database(tmp_path: Path) -> str:
-    path = str(tmp_path / "warehouse.duckdb")
+def _notes(path: str, count: int, body: str) -> str:
+    """A warehouse at ``path`` whose ``notes`` are ``count`` rows, each ``body`` (SQL of ``i``)."""
     with duckdb.connect(path) as conn:
         conn.execute("create table notes (event_id integer, body varchar, noted_at timestamptz)")
         conn.execute(
-            "insert into notes select i, 'note ' || i, timestamptz '2026-01-01 00:00:00+00'"
-            " + to_minutes(i) from range(1, 6) t(i)"
+            f"insert into notes select i, {body}, timestamptz '2026-01-01 00:00:00+00'"
+            f" + to_minutes(i) from range(1, {count + 1}) t(i)"
         )
     return path
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    return _notes(str(tmp_path / "warehouse.duckdb"), 5, "'note ' || i")
 
 
 def _cycle(
@@ -220,13 +224,7 @@ def test_the_memo_and_the_source_are_never_cached_at_once(
     """Run locked down, the source SQL's connection cannot let cached blocks go: the memo's
     hashes are read before the lock down and their blocks dropped, so the most the file's
     cache holds is what the larger of the two reads alone leaves, not both."""
-    path = str(tmp_path / "warehouse.duckdb")
-    with duckdb.connect(path) as conn:
-        conn.execute("create table notes (event_id integer, body varchar, noted_at timestamptz)")
-        conn.execute(
-            "insert into notes select i, md5(i::varchar) || repeat('n', 100),"
-            " timestamptz '2026-01-01 00:00:00+00' + to_minutes(i) from range(1, 60001) t(i)"
-        )
+    path = _notes(str(tmp_path / "warehouse.duckdb"), 60_000, "md5(i::varchar) || repeat('n', 100)")
     _cycle(path)  # every note delivered: the memo and the fingerprints hold 60,000 keys
     with connect(path, read_only=True) as conn:
         columns = source_columns(conn, NOTES.source_sql)
