@@ -148,7 +148,7 @@ def select_where(table: str, where: str, columns: str = "*") -> str:
 
 
 ROWS_PER_FETCH = 122_880
-"""DuckDB's row group: ``fetch_where`` reads the rows of one at a time."""
+"""DuckDB's row group (its default size): ``fetch_where`` reads the rows of one at a time."""
 
 
 def fetch_where(
@@ -158,8 +158,9 @@ def fetch_where(
     (``select_where``) one row group at a time.
 
     A fetch by row id scans every selected column over the range of the row ids: a hundred
-    profiles spread over the store read every block of it (33 MB of a 100,000-person store's
-    users), and DuckDB holds the blocks a statement read until it ends. One statement per row
+    profiles spread over the store read nearly every block of it (33 of the 36 MB a
+    100,000-person store's users take), and DuckDB holds the blocks a statement read until it
+    ends. One statement per row
     group holding a match reads no more in all, and the connection lets each group's blocks go
     before the next (``attachments``): the peak is one row group's blocks, whatever the size
     of the table. The statements read one snapshot only inside the caller's transaction, as
