@@ -15,6 +15,7 @@ import pytest
 from hull_planhat_pipelines.sync.operator_sql import lock_down
 from hull_planhat_pipelines.warehouse import attachments
 from hull_planhat_pipelines.warehouse.connection import connect, release, table_exists
+from hull_planhat_pipelines_tests.warehouse_support import cached_bytes
 
 OTHER_PROCESS = (
     "import duckdb, sys\n"
@@ -190,16 +191,6 @@ def test_a_kept_instance_gives_its_memory_back_and_keeps_its_memory_limit(
         assert again.execute("select count(distinct id) from t").fetchone() == (200000,)
 
 
-def _memory(path: str, tag: str) -> int:
-    """Bytes the instance attaching ``path`` holds under ``tag`` (asked on the instance itself:
-    a connection's pending result stays as it is)."""
-    host = attachments._attached[os.path.abspath(path)].host
-    row = host.execute(
-        "select coalesce(sum(memory_usage_bytes), 0) from duckdb_memory() where tag = ?", [tag]
-    ).fetchone()
-    return int(row[0])  # type: ignore[index]
-
-
 def _table_of(path: str, rows: int = 400000) -> None:
     with duckdb.connect(path) as setup:
         setup.execute(
@@ -222,19 +213,19 @@ def test_a_statement_leaves_few_of_the_file_blocks_it_read_cached_and_spills_not
     allowance = attachments.FILE_BLOCKS_KEPT_BYTES
     with connect(path) as conn:
         conn.execute("create temp table kept as select range as i from range(3000000)")
-        temporary = _memory(path, "IN_MEMORY_TABLE")
+        temporary = cached_bytes(path, "IN_MEMORY_TABLE")
         assert temporary > allowance  # more than the allowance: it would be evicted first
         result = conn.execute("select id, s from t where id % 1000 = 0 order by id")
-        assert _memory(path, "BASE_TABLE") <= allowance
+        assert cached_bytes(path, "BASE_TABLE") <= allowance
         assert len(result.fetchall()) == 400
         conn.execute("begin transaction")
         conn.execute("insert into t select range, 'new' from range(400000, 1400000)")
         conn.execute("select max(s) from t").fetchall()
-        assert _memory(path, "BASE_TABLE") <= allowance
+        assert cached_bytes(path, "BASE_TABLE") <= allowance
         conn.execute("commit")
         assert conn.execute("select count(*) from t").fetchone() == (1400000,)
         assert conn.execute("select count(*), max(i) from kept").fetchone() == (3000000, 2999999)
-        assert _memory(path, "IN_MEMORY_TABLE") >= temporary
+        assert cached_bytes(path, "IN_MEMORY_TABLE") >= temporary
         host = attachments._attached[os.path.abspath(path)].host
         spilled = host.execute("select sum(temporary_storage_bytes) from duckdb_memory()")
         assert spilled.fetchone() == (0,)
@@ -252,10 +243,10 @@ def test_file_blocks_are_left_cached_while_another_connection_is_open(
     _table_of(path)
     with connect(path) as first, connect(path) as second:
         first.execute("select max(s) from t").fetchall()
-        assert _memory(path, "BASE_TABLE") > attachments.FILE_BLOCKS_KEPT_BYTES
+        assert cached_bytes(path, "BASE_TABLE") > attachments.FILE_BLOCKS_KEPT_BYTES
         second.close()
         first.execute("select 1").fetchall()
-        assert _memory(path, "BASE_TABLE") <= attachments.FILE_BLOCKS_KEPT_BYTES
+        assert cached_bytes(path, "BASE_TABLE") <= attachments.FILE_BLOCKS_KEPT_BYTES
 
 
 def test_short_statements_look_at_the_cache_every_so_many(
@@ -270,9 +261,9 @@ def test_short_statements_look_at_the_cache_every_so_many(
     with connect(path) as conn:
         conn.execute("select max(s) from t").fetchall()  # the first statement
         conn.execute("select 1").fetchall()
-        assert _memory(path, "BASE_TABLE") > attachments.FILE_BLOCKS_KEPT_BYTES
+        assert cached_bytes(path, "BASE_TABLE") > attachments.FILE_BLOCKS_KEPT_BYTES
         conn.execute("select 1").fetchall()  # the third: it looks
-        assert _memory(path, "BASE_TABLE") <= attachments.FILE_BLOCKS_KEPT_BYTES
+        assert cached_bytes(path, "BASE_TABLE") <= attachments.FILE_BLOCKS_KEPT_BYTES
 
 
 def test_a_connection_collected_while_another_one_opens_is_closed_after_it(

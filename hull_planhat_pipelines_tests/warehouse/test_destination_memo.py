@@ -4,7 +4,6 @@ maps to what Planhat was last sent are left out in SQL, and nothing else is."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import duckdb
@@ -26,6 +25,7 @@ from hull_planhat_pipelines.warehouse.destination_memo import (
     source_digest,
     vouched_hashes,
 )
+from hull_planhat_pipelines_tests.warehouse_support import cached_bytes
 
 PINNED_FINGERPRINT = "f06bde2861aa5c68ee4eb10e9ad6dd5e79e3d73f9ec6a09f9d2342cefed64e99"
 NOTES = DestinationSettings(
@@ -204,18 +204,11 @@ def test_a_rows_mapping_is_pinned_to_the_memo_version() -> None:
     assert mapped["fingerprint"].tolist() == [PINNED_FINGERPRINT]
 
 
-def _file_blocks(host: duckdb.DuckDBPyConnection) -> int:
-    row = host.execute(
-        "select coalesce(sum(memory_usage_bytes), 0) from duckdb_memory() where tag = 'BASE_TABLE'"
-    ).fetchone()
-    return int(row[0])  # type: ignore[index]
-
-
 def _cached_by_alone(path: str, sql: str, params: list[object]) -> int:
     """The file's blocks one query leaves cached, run alone on a fresh attachment."""
     with connect(path, read_only=True) as conn:
         conn.execute(sql, params).fetchall()
-        return _file_blocks(attachments._attached[os.path.abspath(path)].host)
+        return cached_bytes(path)
 
 
 def test_the_memo_and_the_source_are_never_cached_at_once(
@@ -237,7 +230,7 @@ def test_the_memo_and_the_source_are_never_cached_at_once(
     drop = attachments._drop_file_blocks
 
     def counted(attachment: attachments._Attachment, **kwargs: object) -> None:
-        cached.append(_file_blocks(attachment.host))
+        cached.append(cached_bytes(path))
         drop(attachment, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(attachments, "LOOK_AFTER_SECONDS", 0.0)  # looked at after each one

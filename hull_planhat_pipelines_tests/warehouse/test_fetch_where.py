@@ -3,7 +3,6 @@ group, not of the whole table (``connection.fetch_where``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import duckdb
@@ -12,6 +11,7 @@ import pytest
 
 from hull_planhat_pipelines.warehouse import attachments
 from hull_planhat_pipelines.warehouse.connection import connect, fetch_where
+from hull_planhat_pipelines_tests.warehouse_support import cached_bytes
 
 ROWS = 400_000  # four row groups
 SPREAD = "id % 4000 = 7"  # a hundred rows, in every row group
@@ -23,14 +23,6 @@ def _table(path: str) -> None:
             "create table t as select range as id, md5(range::varchar) || repeat('x', 200) as s,"
             f" range % 13 as n from range({ROWS})"
         )
-
-
-def _file_blocks(path: str) -> int:
-    host = attachments._attached[os.path.abspath(path)].host
-    row = host.execute(
-        "select coalesce(sum(memory_usage_bytes), 0) from duckdb_memory() where tag = 'BASE_TABLE'"
-    ).fetchone()
-    return int(row[0])  # type: ignore[index]
 
 
 def test_scattered_rows_are_read_one_row_group_at_a_time(
@@ -45,7 +37,7 @@ def test_scattered_rows_are_read_one_row_group_at_a_time(
     evict = attachments._drop_file_blocks
 
     def counted(attachment: attachments._Attachment) -> None:
-        read.append(_file_blocks(path))
+        read.append(cached_bytes(path))
         evict(attachment)
 
     monkeypatch.setattr(attachments, "LOOK_AFTER_SECONDS", 0.0)
