@@ -172,21 +172,16 @@ def fetch_where(
     )
     try:
         groups = [g for (g,) in run(conn, f"select distinct r // {ROWS_PER_FETCH} from {found}")]
-        if len(groups) <= 1:
-            return conn.execute(
-                f"select {columns} from {table} where rowid in (select r from {found})"
-            ).fetchdf()
         frames = []
-        for group in sorted(groups):
+        for group in sorted(groups) or [0]:  # none matched: one empty frame, with its columns
             low, high = group * ROWS_PER_FETCH, (group + 1) * ROWS_PER_FETCH
-            within = f"rowid >= {low} and rowid < {high}"
             frames.append(
                 conn.execute(
-                    f"select {columns} from {table} where {within} and rowid in"
-                    f" (select r from {found} where r >= {low} and r < {high})"
+                    f"select {columns} from {table} where rowid >= {low} and rowid < {high}"
+                    f" and rowid in (select r from {found} where r >= {low} and r < {high})"
                 ).fetchdf()
             )
-        return pd.concat(frames, ignore_index=True)
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     finally:
         run(conn, f"drop table if exists {found}")
 
