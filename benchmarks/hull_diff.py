@@ -286,7 +286,15 @@ def incremental_in_warehouse(path: str, scale: Scale, log: Callable[..., None]) 
     changes: Changes = compute_changes(settings, reader, rows, now=NOW)
     computed = time.perf_counter()
     conn.execute("begin transaction")
-    hull_store.write_changes(conn, settings.segments, reader.store, changes, NOW, everything=False)
+    hull_store.write_changes(
+        conn,
+        settings.segments,
+        reader.store,
+        changes,
+        NOW,
+        everything=False,
+        held_segments=reader.segments,
+    )
     conn.execute("commit")
     applied, cpu = time.perf_counter(), _cpu_seconds() - cpu_started
     users = conn.execute("select count(*) from hull.users").fetchall()[0][0]

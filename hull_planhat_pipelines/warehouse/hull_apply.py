@@ -233,6 +233,7 @@ def apply(
                 changes,
                 now,
                 everything=segments_changed or first,
+                held_segments=reader.segments,
             )
             for table, upserts in (
                 ("hull.user_upserts", changes.user_upserts),

@@ -11,7 +11,7 @@ profiles and the users of changed accounts; all profiles only when a definition 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 import duckdb
@@ -39,7 +39,11 @@ from hull_planhat_pipelines.sync.hull.model import (
     empty_events,
     empty_store,
 )
-from hull_planhat_pipelines.sync.hull.segments import evaluate_segments
+from hull_planhat_pipelines.sync.hull.segments import (
+    account_columns_read,
+    evaluate_segments,
+    moving_accounts,
+)
 from hull_planhat_pipelines.warehouse import removals
 from hull_planhat_pipelines.warehouse.connection import (
     fetch_where,
@@ -91,14 +95,24 @@ def _alive_among(conn: duckdb.DuckDBPyConnection, table: str, ids: str) -> pd.Se
 class SliceReader:
     """The ``StoreReader`` of a sync over the warehouse: reads with ``read_slice`` and keeps
     what it read (``store``: the slice, with the users read on the second call), which the
-    sync's write starts from."""
+    sync's write starts from. The core gets the profiles without their ``segments``, which the
+    reader keeps apart (``segments``: per kind, by ``hull_id``) for the write to compare."""
 
     def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
         self.conn = conn
         self.store = ProfileStore()
+        self.segments: dict[Kind, dict[str, object]] = {"user": {}, "account": {}}
 
     def __call__(self, keys: StoreKeys) -> StoreSlice:
         part = read_slice(self.conn, keys)
+        part = replace(
+            part,
+            store=replace(
+                part.store,
+                users=self._held("user", part.store.users),
+                accounts=self._held("account", part.store.accounts),
+            ),
+        )
         if keys.account_users is None:
             self.store = part.store
         else:
@@ -106,9 +120,16 @@ class SliceReader:
             self.store = replace(self.store, users=pd.concat(users, ignore_index=True))
         return part
 
+    def _held(self, kind: Kind, profiles: pd.DataFrame | None) -> pd.DataFrame | None:
+        if profiles is None or "segments" not in profiles.columns:
+            return profiles
+        self.segments[kind].update(_by_id(profiles))
+        return profiles.drop(columns=["segments"])
+
 
 def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
-    """The ``StoreSlice`` for ``keys`` (see ``hull.changes.StoreSlice`` for what it holds)."""
+    """The ``StoreSlice`` for ``keys`` (see ``hull.changes.StoreSlice`` for what it holds), its
+    profiles with their stored ``segments`` (``SliceReader`` hands the core them without)."""
     if keys.account_users is not None:
         return _account_users(conn, keys.account_users)
     has = {kind: _exists(conn, table) for kind, table in TABLES.items()}
@@ -229,11 +250,11 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
 
 
 def _read_ids(conn: duckdb.DuckDBPyConnection, kind: Kind, has: bool) -> pd.DataFrame:
-    """The stored ``kind`` profiles ``_ids_<kind>`` names, without their segments."""
+    """The stored ``kind`` profiles ``_ids_<kind>`` names."""
     if not has:
         return empty_store(kind)
     where = f"hull_id in (select hull_id from _ids_{kind})"
-    return _utc(fetch_where(conn, TABLES[kind], where, "* exclude (segments)"))
+    return _utc(fetch_where(conn, TABLES[kind], where))
 
 
 def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> StoreSlice:
@@ -248,7 +269,6 @@ def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> Stor
                     TABLES["user"],
                     "account_hull_id in (select hull_id::varchar from _accounts_frame)"
                     " and hull_id not in (select hull_id from _ids_user)",
-                    "* exclude (segments)",
                 )
             )
         finally:
@@ -334,10 +354,13 @@ def write_changes(
     now: dt.datetime,
     *,
     everything: bool,
+    held_segments: Mapping[Kind, Mapping[str, object]],
 ) -> ProfileStore:
     """Apply ``changes`` to the store in place; returns the profiles read after the changes
-    (the slice, or the whole store) to name them in messages. ``everything``: the store is rewritten with every profile's segments (the
-    first load, or a segment definition changed)."""
+    (the slice, or the whole store) to name them in messages. ``everything``: the store is
+    rewritten with every profile's segments (the first load, or a segment definition changed).
+    ``held_segments``: the stored segments of the slice's profiles (``SliceReader.segments``);
+    a changed profile the slice did not hold is a new one."""
     if everything:
         store = apply_changes(_whole_store(conn), changes, now)
         users, accounts = evaluate_segments(store.users, store.accounts, segments)
@@ -360,6 +383,7 @@ def write_changes(
         store.users[store.users["hull_id"].isin(user_ids)],
         store.accounts[store.accounts["hull_id"].isin(account_ids)],
         segments,
+        held_segments,
     )
     logged = {
         "user": pd.concat(
@@ -567,55 +591,69 @@ def changed_segments(
     users: pd.DataFrame,
     accounts: pd.DataFrame,
     segments: SegmentSettings,
+    held: Mapping[Kind, Mapping[str, object]],
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[Kind, dict[str, object]]]:
     """Segments of the changed ``users`` and ``accounts`` (their new rows), plus the stored users
     of changed accounts whose membership moved: ``(users, accounts, moved, stored)``; ``moved``
     holds ``hull_id`` and the new ``segments``, ``stored`` the segments the changed profiles
-    held before (by ``hull_id``, per kind).
+    held before (by ``hull_id``, per kind; a new profile has none).
 
-    Membership is read from the store in one narrow scan per kind; the full rows it needs
-    (the other users of a changed account, the unchanged accounts of the users evaluated) come
-    from ``part``, the slice read before the apply on this connection, which holds them (see
-    ``StoreSlice``); any it lacks is read from the store."""
+    The changed profiles are the slice's (``part``, read before the apply on this connection)
+    or new ones, so their stored segments are ``held``, read with the slice. The full rows the
+    evaluation needs (the unchanged accounts of the users evaluated) come from ``part`` too;
+    any it lacks is read from the store. An account's other users are read, in one narrow
+    scan, and evaluated only when a column of the account that user segments read changed
+    (``moving_accounts``): a renamed account moves no member of a segment on its segments."""
     accounts = accounts[STORE_COLUMNS["account"]]
     users = users[STORE_COLUMNS["user"]]
     changed_accounts = set(accounts["hull_id"])
     changed_users = set(users["hull_id"])
-    members = _memberships(
-        conn,
-        "user",
-        ("hull_id", "account_hull_id", "segments"),
-        {"_changed_users": changed_users, "_changed_accounts": changed_accounts},
-        "hull_id in (select hull_id::varchar from _changed_users)"
-        " or account_hull_id in (select hull_id::varchar from _changed_accounts)",
+    stored: dict[Kind, dict[str, object]] = {
+        kind: {h: held[kind][h] for h in ids if h in held.get(kind, {})}
+        for kind, ids in (("user", changed_users), ("account", changed_accounts))
+    }
+    context = _stored_rows(
+        conn, "account", part.accounts, set(users["account_hull_id"].dropna()) - changed_accounts
     )
-    account_members = _memberships(
-        conn,
-        "account",
-        ("hull_id", "segments"),
-        {"_changed_accounts": changed_accounts},
-        "hull_id in (select hull_id::varchar from _changed_accounts)",
-    )
-    previous = members[
-        members["account_hull_id"].isin(changed_accounts) & ~members["hull_id"].isin(changed_users)
-    ]
-    others = _stored_rows(conn, "user", part.users, set(previous["hull_id"]))
-    wanted = set(users["account_hull_id"].dropna()) | set(others["account_hull_id"].dropna())
-    context = _stored_rows(conn, "account", part.accounts, wanted - changed_accounts)
     all_accounts = (
         pd.concat([accounts, context[STORE_COLUMNS["account"]]], ignore_index=True)
         if len(context)
         else accounts
     )
-    all_users = (
-        pd.concat([users, others[STORE_COLUMNS["user"]]], ignore_index=True)
-        if len(others)
-        else users
-    )
-    seg_users, seg_accounts = evaluate_segments(all_users, all_accounts, segments)
-    new_users = seg_users[seg_users["hull_id"].isin(changed_users)]
+    new_users, seg_accounts = evaluate_segments(users, all_accounts, segments)
     new_accounts = seg_accounts[seg_accounts["hull_id"].isin(changed_accounts)]
-    evaluated = seg_users[~seg_users["hull_id"].isin(changed_users)][["hull_id", "segments"]]
+    moving = moving_accounts(
+        part.accounts, stored["account"], new_accounts, account_columns_read(segments)
+    )
+    moved = _moved_members(conn, part, moving, changed_users, all_accounts, segments)
+    return new_users, new_accounts, moved, stored
+
+
+def _moved_members(
+    conn: duckdb.DuckDBPyConnection,
+    part: ProfileStore,
+    moving: set[str],
+    changed_users: set[str],
+    accounts: pd.DataFrame,
+    segments: SegmentSettings,
+) -> pd.DataFrame:
+    """``hull_id`` and new ``segments`` of the stored users of the ``moving`` accounts, other
+    than the ``changed_users``, whose membership the new ``accounts`` move."""
+    nothing = pd.DataFrame({"hull_id": pd.Series([], dtype=object), "segments": []})
+    if not moving:
+        return nothing
+    previous = _memberships(
+        conn,
+        "user",
+        ("hull_id", "account_hull_id", "segments"),
+        {"_moving_accounts": moving},
+        "account_hull_id in (select hull_id::varchar from _moving_accounts)",
+    )
+    previous = previous[~previous["hull_id"].isin(changed_users)]
+    if previous.empty:
+        return nothing
+    others = _stored_rows(conn, "user", part.users, set(previous["hull_id"]))
+    evaluated, _ = evaluate_segments(others[STORE_COLUMNS["user"]], accounts, segments)
     before = dict(zip(previous["hull_id"], (list(s) for s in previous["segments"]), strict=True))
     mask = pd.Series(
         [
@@ -625,12 +663,7 @@ def changed_segments(
         index=evaluated.index,
         dtype=bool,
     )
-    moved = evaluated[mask]
-    stored: dict[Kind, dict[str, object]] = {
-        "user": _by_id(members[members["hull_id"].isin(changed_users)]),
-        "account": _by_id(account_members),
-    }
-    return new_users, new_accounts, moved.reset_index(drop=True), stored
+    return evaluated.loc[mask, ["hull_id", "segments"]].reset_index(drop=True)
 
 
 def _memberships(

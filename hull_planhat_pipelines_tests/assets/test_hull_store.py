@@ -171,6 +171,56 @@ def test_an_account_leaving_a_segment_moves_its_users_without_touching_them(
     assert "*" in _logged_last(pipeline, "account")[account_id]
 
 
+def test_a_renamed_account_leaves_its_users_unread(
+    pipeline: Pipeline,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The example's user segment reads the account's segments only: a new name moves none of
+    the account's users, so they are neither read from the store nor rewritten; and the
+    account's stored segments come with the slice, not from another scan of the store."""
+    copper = pipeline.copper
+    pipeline.full_refresh()
+    account_id, anonymous_ids = pipeline.query(
+        "select hull_id, anonymous_ids from hull.accounts a where exists (select 1"
+        " from hull.users u where u.account_hull_id = a.hull_id)"
+        " and list_contains(segments, 'Customer accounts')"
+        " and len(list_filter(anonymous_ids, lambda i: starts_with(i, 'copper:'))) > 0 limit 1"
+    )[0]
+    company = int(next(a for a in anonymous_ids if a.startswith("copper:")).split(":")[1])
+    members = {
+        h
+        for (h,) in pipeline.query(
+            "select hull_id from hull.users where account_hull_id = ?", [account_id]
+        )
+    }
+    users = _rows(pipeline, USERS)
+    reads: list[tuple[str, str]] = []
+    read_profiles = hull_store.read_profiles
+
+    def spy(conn: Any, kind: str, where: str) -> Any:
+        reads.append((kind, where))
+        return read_profiles(conn, kind, where)
+
+    monkeypatch.setattr(hull_store, "read_profiles", spy)
+    scans: list[str] = []
+    memberships = hull_store._memberships
+
+    def scan(conn: Any, kind: str, *args: Any) -> Any:
+        scans.append(kind)
+        return memberships(conn, kind, *args)
+
+    monkeypatch.setattr(hull_store, "_memberships", scan)
+    copper.edit("companies", company, {"name": "Renamed Inc"})
+    pipeline.incremental()
+
+    assert pipeline.account(f"copper:{company}")["attributes"]["copper/name"] == "Renamed Inc"
+    assert [kind for kind, _ in reads if kind == "user"] == []
+    # the segments the changed profiles held were read with the slice: no scan for them
+    assert scans == []
+    assert _rows(pipeline, USERS) == users
+    assert not members & set(_logged_last(pipeline, "user"))
+
+
 STORE_DDL = (
     "create schema hull; create schema copper; create schema copper_current;"
     "create table hull.users (hull_id varchar, email varchar, external_id varchar,"

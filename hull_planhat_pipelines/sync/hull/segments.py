@@ -12,6 +12,10 @@ that are true, in configuration order. A predicate that does not compile or fail
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -74,6 +78,177 @@ def segments_hash(segments: SegmentSettings) -> str:
 def validate_segments(segments: SegmentSettings) -> None:
     """Compile every predicate against empty tables (for ``check-config``)."""
     evaluate_segments(empty_store("user"), empty_store("account"), segments)
+
+
+_EXPRESSION_PARTS = frozenset(
+    {"COLUMN_REF", "CONSTANT", "FUNCTION", "COMPARISON", "CONJUNCTION", "OPERATOR", "CASE"}
+    | {"CAST", "BETWEEN", "COLLATE", "LAMBDA"}
+)
+"""What a predicate whose reads can be named is made of: one row's columns and functions of
+them. A subquery, a window, ``*`` or ``COLUMNS(...)`` read other rows or unnamed columns."""
+
+_ACCOUNT_COLUMNS = frozenset(c for c in STORE_COLUMNS["account"] if c != "hull_id") | {"segments"}
+"""The account columns a user segment sees, each as ``account_<column>``."""
+
+
+class _Unnamed(Exception):
+    """A predicate reads something its parse tree does not name as a column."""
+
+
+def account_columns_read(segments: SegmentSettings) -> frozenset[str] | None:
+    """The columns of the user's account (``segments`` among them) the user predicates read;
+    None when one reads what cannot be named (another row, a column pattern, the whole row).
+
+    A user's membership depends on its account through these alone: an account change that
+    leaves them as they were moves none of its users, which then need not be read again."""
+    read: set[str] = set()
+    with batch() as work:  # parsed only: nothing of the predicate runs
+        for predicate in segments.users.values():
+            try:
+                tree = json.loads(
+                    work.scalar("select json_serialize_sql(?)", [f"select ({predicate})"])
+                )
+                read |= _columns_of(tree)
+            except (_Unnamed, duckdb.Error, KeyError, IndexError, TypeError, ValueError):
+                return None
+    return frozenset(read)
+
+
+def _columns_of(tree: dict[str, Any]) -> set[str]:
+    """The account columns one ``select (<predicate>)`` reads (``_Unnamed``: not one bare
+    expression, or it reads something else than named columns)."""
+    if tree["error"] or len(tree["statements"]) != 1:
+        raise _Unnamed
+    node = tree["statements"][0]["node"]
+    bare = (
+        node["type"] == "SELECT_NODE"
+        and node["from_table"]["type"] == "EMPTY"
+        and len(node["select_list"]) == 1
+        and not node["modifiers"]
+        and not node["cte_map"]["map"]
+        and not node["group_expressions"]
+        and node.get("where_clause") is None
+        and node.get("having") is None
+        and node.get("qualify") is None
+    )
+    if not bare:
+        raise _Unnamed
+    read: set[str] = set()
+    _walk(node["select_list"][0], frozenset(), read)
+    return read
+
+
+def _walk(node: Any, parameters: frozenset[str], read: set[str]) -> None:
+    """Add to ``read`` the account columns under ``node`` (``parameters``: lambda parameters
+    in scope, which are not columns)."""
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, parameters, read)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("class")
+    if kind is None:  # a part of an expression that is not one (its arguments' wrapper)
+        for value in node.values():
+            _walk(value, parameters, read)
+        return
+    if kind not in _EXPRESSION_PARTS:
+        raise _Unnamed
+    if kind == "LAMBDA":
+        _walk(node["expr"], parameters | _lambda_parameters(node["lhs"]), read)
+        return
+    if kind == "COLUMN_REF":
+        column = _account_column(node["column_names"], parameters)
+        if column:
+            read.add(column)
+        return
+    for value in node.values():
+        _walk(value, parameters, read)
+
+
+def _lambda_parameters(lhs: dict[str, Any]) -> frozenset[str]:
+    """The names a lambda binds (``x -> ...`` or ``(x, i) -> ...``); one that shadows a
+    column hides which reads are the column's."""
+    names = lhs["arguments"] if lhs.get("class") == "FUNCTION" else [{"expression": lhs}]
+    bound = []
+    for argument in names:
+        expression = argument.get("expression", argument)
+        if expression.get("class") != "COLUMN_REF" or len(expression["column_names"]) != 1:
+            raise _Unnamed
+        bound.append(expression["column_names"][0].lower())
+    if any(_is_column(name) for name in bound):
+        raise _Unnamed
+    return frozenset(bound)
+
+
+def _is_column(name: str) -> bool:
+    return name in STORE_COLUMNS["user"] or (
+        name.startswith("account_") and name.removeprefix("account_") in _ACCOUNT_COLUMNS
+    )
+
+
+def _account_column(names: list[str], parameters: frozenset[str]) -> str | None:
+    """The account column a column reference reads (None: a user column or a lambda's
+    parameter). ``users_v.x`` is the column ``x``; ``x.field`` a field of the column ``x``."""
+    path = [name.lower() for name in names]
+    if path[0] == "users_v" and len(path) > 1:
+        path = path[1:]
+    name = path[0]
+    if len(names) == 1 and name in parameters:
+        return None
+    if not _is_column(name):
+        raise _Unnamed
+    if name in STORE_COLUMNS["user"]:
+        return None
+    return name.removeprefix("account_")
+
+
+def moving_accounts(
+    before: pd.DataFrame | None,
+    stored: Mapping[str, object],
+    after: pd.DataFrame,
+    read: frozenset[str] | None,
+) -> set[str]:
+    """The accounts of ``after`` (their new rows, with their new ``segments``) whose users'
+    membership may move: those whose columns in ``read`` (``account_columns_read``) differ
+    from ``before`` (their rows as read, with the ``stored`` segments by ``hull_id``); every
+    one when ``read`` is None, and any not read before."""
+    if read is None or before is None or before.empty:
+        return set(after["hull_id"])
+    previous = before.drop_duplicates("hull_id", keep="last")
+    previous = previous.set_index(previous["hull_id"].astype(str))
+    moving = set()
+    for row in after.to_dict("records"):
+        hull_id = str(row["hull_id"])
+        if hull_id not in previous.index:
+            moving.add(hull_id)
+            continue
+        old = previous.loc[hull_id]
+        for column in read:
+            was = stored.get(hull_id) if column == "segments" else old.get(column)
+            if not _same(was, row.get(column)):
+                moving.add(hull_id)
+                break
+    return moving
+
+
+def _same(left: object, right: object) -> bool:
+    """Equal as a predicate sees them (a list as its items, a missing value as NULL)."""
+    sequences = (list, tuple, np.ndarray)
+    if isinstance(left, sequences) or isinstance(right, sequences):
+        return (
+            isinstance(left, sequences)
+            and isinstance(right, sequences)
+            and len(left) == len(right)
+            and all(_same(a, b) for a, b in zip(left, right, strict=True))
+        )
+    missing = [
+        value is None or value is pd.NaT or (isinstance(value, float) and np.isnan(value))
+        for value in (left, right)
+    ]
+    if any(missing):
+        return all(missing)
+    return bool(left == right)
 
 
 def _rows(frame: pd.DataFrame) -> np.ndarray:

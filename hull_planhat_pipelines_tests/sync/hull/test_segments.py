@@ -12,7 +12,9 @@ from hull_planhat_pipelines.settings import SegmentSettings
 from hull_planhat_pipelines.sync.hull.model import empty_store
 from hull_planhat_pipelines.sync.hull.segments import (
     SegmentError,
+    account_columns_read,
     evaluate_segments,
+    moving_accounts,
     validate_segments,
 )
 from hull_planhat_pipelines_tests.hull_support import T0, example_settings
@@ -136,3 +138,76 @@ def test_empty_tables_get_an_empty_segments_column() -> None:
     )
     assert scored_users.empty and "segments" in scored_users.columns
     assert scored_accounts.empty and "segments" in scored_accounts.columns
+
+
+@pytest.mark.parametrize(
+    ("predicate", "read"),
+    [
+        (
+            "email is not null and list_contains(account_segments, 'Customer accounts')",
+            {"segments"},
+        ),
+        (
+            "ACCOUNT_Attributes->>'plan' = 'Pro' and users_v.account_domain <> ''",
+            {"attributes", "domain"},
+        ),
+        ("list_filter(account_segments, lambda s: s like 'C%') <> []", {"segments"}),
+        (
+            "list_filter(account_anonymous_ids, lambda s, i: s = email and i > 0) <> []",
+            {"anonymous_ids"},
+        ),
+        ("account_hull_id is not null and attributes->>'x' = '1'", set()),
+        ("case when account_external_id is null then false else true end", {"external_id"}),
+    ],
+)
+def test_the_account_columns_user_segments_read(predicate: str, read: set[str]) -> None:
+    segments = SegmentSettings(users={"Members": "true", "Tested": predicate})
+    assert account_columns_read(segments) == read
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [
+        "exists (select 1 from accounts_s where domain = account_domain)",  # other rows
+        "columns('account_.*') is not null",  # columns named by a pattern
+        "users_v is not null",  # the whole row
+        "count(*) over () > 1",  # other rows again
+        "list_filter(account_segments, lambda email: email = 'x') <> []",  # shadows a column
+        "some_unknown_column = 1",
+        "true), (false",  # not one expression
+    ],
+)
+def test_a_predicate_whose_reads_cannot_be_named_reads_every_account_column(
+    predicate: str,
+) -> None:
+    assert account_columns_read(SegmentSettings(users={"Unclear": predicate})) is None
+
+
+def test_without_user_segments_no_account_column_is_read() -> None:
+    assert account_columns_read(SegmentSettings(accounts={"All": "true"})) == set()
+
+
+def _moving(read: frozenset[str] | None, **after: Any) -> set[str]:
+    before = ACCOUNTS
+    stored = {"a1": ["Customer accounts"], "a2": [], "a3": []}
+    new = ACCOUNTS.assign(segments=[["Customer accounts"], [], []])
+    for column, (hull_id, value) in after.items():
+        new.loc[new["hull_id"] == hull_id, column] = pd.Series([value], dtype=object).values
+    return moving_accounts(before, stored, new, read)
+
+
+def test_an_account_moves_its_users_only_when_a_column_their_segments_read_changed() -> None:
+    renamed = json.dumps({"copper/contact_type": "Customer", "copper/name": "New"})
+    # a changed name: the example's user segment reads only the account's segments
+    assert _moving(frozenset({"segments"}), attributes=("a1", renamed)) == set()
+    assert _moving(frozenset({"segments", "attributes"}), attributes=("a1", renamed)) == {"a1"}
+    assert _moving(frozenset({"segments"}), segments=("a2", ["Customer accounts"])) == {"a2"}
+    assert _moving(frozenset({"anonymous_ids"}), anonymous_ids=("a3", ["copper:3"])) == {"a3"}
+    assert _moving(
+        frozenset({"updated_at"}), updated_at=("a3", pd.Timestamp(T0) + pd.Timedelta(1, "s"))
+    ) == {"a3"}
+    assert _moving(frozenset({"external_id", "anonymous_ids", "updated_at"})) == set()
+    # unknown reads: every changed account moves its users, as does one not read before
+    assert _moving(None) == {"a1", "a2", "a3"}
+    fresh = ACCOUNTS.iloc[[0]].assign(hull_id="a9", segments=[[]])
+    assert moving_accounts(ACCOUNTS, {}, fresh, frozenset({"segments"})) == {"a9"}
