@@ -167,7 +167,7 @@ def _walk(node: Any, parameters: frozenset[str], read: set[str]) -> None:
 
 
 def _lambda_parameters(lhs: dict[str, Any]) -> frozenset[str]:
-    """The names a lambda binds (``x -> ...`` or ``(x, i) -> ...``); one that shadows a
+    """The names a lambda binds (``lambda x: ...``, ``lambda x, i: ...``); one that shadows a
     column hides which reads are the column's."""
     names = lhs["arguments"] if lhs.get("class") == "FUNCTION" else [{"expression": lhs}]
     bound = []
@@ -191,11 +191,11 @@ def _account_column(names: list[str], parameters: frozenset[str]) -> str | None:
     """The account column a column reference reads (None: a user column or a lambda's
     parameter). ``users_v.x`` is the column ``x``; ``x.field`` a field of the column ``x``."""
     path = [name.lower() for name in names]
+    if path[0] in parameters:  # a parameter, or a field of one
+        return None
     if path[0] == "users_v" and len(path) > 1:
         path = path[1:]
     name = path[0]
-    if len(names) == 1 and name in parameters:
-        return None
     if not _is_column(name):
         raise _Unnamed
     if name in STORE_COLUMNS["user"]:
@@ -242,10 +242,7 @@ def _same(left: object, right: object) -> bool:
             and len(left) == len(right)
             and all(_same(a, b) for a, b in zip(left, right, strict=True))
         )
-    missing = [
-        value is None or value is pd.NaT or (isinstance(value, float) and np.isnan(value))
-        for value in (left, right)
-    ]
+    missing = [bool(pd.isna(value)) for value in (left, right)]  # None, NaN, NaT, NA
     if any(missing):
         return all(missing)
     return bool(left == right)

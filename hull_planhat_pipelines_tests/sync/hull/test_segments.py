@@ -152,6 +152,7 @@ def test_empty_tables_get_an_empty_segments_column() -> None:
             {"attributes", "domain"},
         ),
         ("list_filter(account_segments, lambda s: s like 'C%') <> []", {"segments"}),
+        ("list_filter([{'d': account_domain}], lambda s: s.d = 'x') <> []", {"domain"}),
         (
             "list_filter(account_anonymous_ids, lambda s, i: s = email and i > 0) <> []",
             {"anonymous_ids"},
@@ -207,6 +208,8 @@ def test_an_account_moves_its_users_only_when_a_column_their_segments_read_chang
         frozenset({"updated_at"}), updated_at=("a3", pd.Timestamp(T0) + pd.Timedelta(1, "s"))
     ) == {"a3"}
     assert _moving(frozenset({"external_id", "anonymous_ids", "updated_at"})) == set()
+    assert _moving(frozenset({"domain"}), domain=("a2", pd.NA)) == set()  # NULL either way
+    assert _moving(frozenset({"domain"}), domain=("a2", "a2.io")) == {"a2"}
     # unknown reads: every changed account moves its users, as does one not read before
     assert _moving(None) == {"a1", "a2", "a3"}
     fresh = ACCOUNTS.iloc[[0]].assign(hull_id="a9", segments=[[]])
