@@ -5,7 +5,8 @@ records can touch (``StoreSlice``: the keys are joined against the store in SQL,
 else leaves DuckDB; records gone from Copper are those ``warehouse.removals`` logged since the
 store was last judged) and merges back the rows that changed (delete and insert of the changed
 keys, inside the caller's transaction). Segment membership is recomputed for the changed
-profiles and the users of changed accounts; all profiles only when a definition changed.
+profiles and the users of changed accounts (of those whose change a user segment can see: see
+``changed_segments``); all profiles only when a definition changed.
 """
 
 from __future__ import annotations
