@@ -25,3 +25,13 @@ def cached_bytes(path: str, tag: str = "BASE_TABLE") -> int:
         "select coalesce(sum(memory_usage_bytes), 0) from duckdb_memory() where tag = ?", [tag]
     ).fetchone()
     return int(row[0])  # type: ignore[index]
+
+
+def text_table(path: str, rows: int = 400_000, more: str = "") -> None:
+    """Table ``t`` of ``path``: ``id`` and a 232-character text ``s`` per row (four row groups
+    at the default 400,000 rows), plus the select items ``more`` (over ``range``)."""
+    with duckdb.connect(path) as setup:
+        setup.execute(
+            "create table t as select range as id, md5(range::varchar) || repeat('x', 200) as s"
+            f"{more} from range({rows})"
+        )

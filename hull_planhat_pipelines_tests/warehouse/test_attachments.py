@@ -15,7 +15,7 @@ import pytest
 from hull_planhat_pipelines.sync.operator_sql import lock_down
 from hull_planhat_pipelines.warehouse import attachments
 from hull_planhat_pipelines.warehouse.connection import connect, release, table_exists
-from hull_planhat_pipelines_tests.warehouse_support import cached_bytes
+from hull_planhat_pipelines_tests.warehouse_support import cached_bytes, text_table
 
 OTHER_PROCESS = (
     "import duckdb, sys\n"
@@ -191,14 +191,6 @@ def test_a_kept_instance_gives_its_memory_back_and_keeps_its_memory_limit(
         assert again.execute("select count(distinct id) from t").fetchone() == (200000,)
 
 
-def _table_of(path: str, rows: int = 400000) -> None:
-    with duckdb.connect(path) as setup:
-        setup.execute(
-            "create table t as select range as id, md5(range::varchar) || repeat('x', 200) as s"
-            f" from range({rows})"
-        )
-
-
 def test_a_statement_leaves_few_of_the_file_blocks_it_read_cached_and_spills_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,7 +200,7 @@ def test_a_statement_leaves_few_of_the_file_blocks_it_read_cached_and_spills_not
     in memory (none is spilled to disk), and the memory limit is the default again."""
     monkeypatch.setattr(attachments, "LOOK_AFTER_SECONDS", 0.0)  # after every statement
     path = str(tmp_path / "w.duckdb")
-    _table_of(path)
+    text_table(path)
     default = duckdb.connect().execute("select current_setting('memory_limit')").fetchone()
     allowance = attachments.FILE_BLOCKS_KEPT_BYTES
     with connect(path) as conn:
@@ -240,7 +232,7 @@ def test_file_blocks_are_left_cached_while_another_connection_is_open(
     running on the instance."""
     monkeypatch.setattr(attachments, "LOOK_AFTER_SECONDS", 0.0)
     path = str(tmp_path / "w.duckdb")
-    _table_of(path)
+    text_table(path)
     with connect(path) as first, connect(path) as second:
         first.execute("select max(s) from t").fetchall()
         assert cached_bytes(path, "BASE_TABLE") > attachments.FILE_BLOCKS_KEPT_BYTES
@@ -257,7 +249,7 @@ def test_short_statements_look_at_the_cache_every_so_many(
     monkeypatch.setattr(attachments, "LOOK_AFTER_SECONDS", 3600.0)
     monkeypatch.setattr(attachments, "LOOK_EVERY_STATEMENTS", 3)
     path = str(tmp_path / "w.duckdb")
-    _table_of(path)
+    text_table(path)
     with connect(path) as conn:
         conn.execute("select max(s) from t").fetchall()  # the first statement
         conn.execute("select 1").fetchall()

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.warehouse import attachments
 from hull_planhat_pipelines.warehouse.connection import connect, fetch_where
-from hull_planhat_pipelines_tests.warehouse_support import cached_bytes
+from hull_planhat_pipelines_tests.warehouse_support import cached_bytes, text_table
 
 ROWS = 400_000  # four row groups
 SPREAD = "id % 4000 = 7"  # a hundred rows, in every row group
 
 
 def _table(path: str) -> None:
-    with duckdb.connect(path) as setup:
-        setup.execute(
-            "create table t as select range as id, md5(range::varchar) || repeat('x', 200) as s,"
-            f" range % 13 as n from range({ROWS})"
-        )
+    text_table(path, ROWS, ", range % 13 as n")
 
 
 def test_scattered_rows_are_read_one_row_group_at_a_time(
