@@ -97,7 +97,10 @@ def changed_groups(
     grouped = pd.DataFrame(
         {
             "hull_id": attributes["hull_id"].astype(str).to_numpy(dtype=object),
-            "grp": [attribute_group(str(a)) for a in attributes["attribute"]],
+            # per distinct attribute, then looked up: tens of names, thousands of rows
+            "grp": attributes["attribute"]
+            .map({a: attribute_group(str(a)) for a in attributes["attribute"].unique()})
+            .to_numpy(dtype=object),
         },
         columns=GROUP_COLUMNS,
     )
