@@ -49,8 +49,9 @@ def check_select(sql: str, what: str = "query") -> str:
 
 def is_locked_down(conn: duckdb.DuckDBPyConnection) -> bool:
     """Whether ``conn``'s database has its configuration locked (``lock_down``)."""
-    locked = conn.execute("select current_setting('lock_configuration')").fetchone()
-    return bool(locked) and str(locked[0]).lower() == "true"  # type: ignore[index]
+    # fetched whole: a pending result makes DuckDB refuse the connection's next ``register``
+    rows = conn.execute("select current_setting('lock_configuration')").fetchall()
+    return bool(rows) and str(rows[0][0]).lower() == "true"
 
 
 def lock_down(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

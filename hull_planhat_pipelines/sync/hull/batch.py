@@ -92,6 +92,16 @@ KEEP_BELOW_BYTES = 32 * 2**20
 batch's tables are gone (then its freed buffers are returned to the system: a kept instance
 carries no batch's memory into the next step, however large the batch was)."""
 
+PARALLEL_ROWS = 50_000
+"""Rows a loaded table needs before a batch runs on every core. Over small tables a second
+thread only waits on the first: on two cores a statement over 10,000 rows took 1.8 times as
+long as on one thread, and an incremental sync runs some 250 of them (10,000 changes against
+a million profiles: 2.34 s to 2.00 s, CPU 2.75 s to 2.24 s). A full load gains from every
+core (200,000 profiles: 13.3 s on one thread, 11.7 s on two) although its records may all
+come in tables under DuckDB's row group (122,880 rows): what it builds from them is many
+times larger. 50,000 lies between the two (an incremental cycle's batches load thousands of
+rows; a full load's, hundreds of thousands)."""
+
 _guard = threading.Lock()
 _idle: list[duckdb.DuckDBPyConnection] = []
 """At most one in-memory instance, with the macros, that no batch uses."""
@@ -169,6 +179,9 @@ class Batch:
         self._host = _new_instance(threads) if self._own else _instance()
         self.con = self._host.cursor()
         self.con.execute(STAGING_SQL)
+        self._parallel = self._own  # a batch's own setting is kept
+        if not self._own:
+            self.con.execute("set threads = 1")  # until ``plan_for`` sees a large table
         self._registered = 0
         self._stores: dict[str, pd.DataFrame] = {}
         self._all_attributes: set[str] = set()
@@ -197,6 +210,15 @@ class Batch:
         """Run statements and consume their result."""
         self.con.execute(query, params or [])
 
+    def plan_for(self, rows: int) -> None:
+        """Run on every core from now on if a table of ``rows`` rows is to be loaded (``load``
+        asks for each frame; a batch that locks its configuration asks first: a locked one
+        stays on one thread)."""
+        if self._parallel or rows < PARALLEL_ROWS or is_locked_down(self.con):
+            return
+        self.con.execute("reset threads")
+        self._parallel = True
+
     def drop(self, *tables: str) -> None:
         """Free intermediate tables (an in-memory database holds every table until dropped)."""
         for table in tables:
@@ -212,6 +234,7 @@ class Batch:
 
     def load(self, name: str, frame: pd.DataFrame, select: str = "*") -> None:
         """Copy a DataFrame into table ``name`` (scanned once: pandas scans are slow to repeat)."""
+        self.plan_for(len(frame))
         view = f"_frame_{self._registered}"
         self._registered += 1
         self.con.register(view, frame)

@@ -51,6 +51,7 @@ def evaluate_segments(
     users = normalize_store(users, "user")
     accounts = normalize_store(accounts, "account")
     with batch() as work:
+        work.plan_for(max(len(users), len(accounts)))
         lock_down(work.con)
         _load(work, "account", accounts)
         account_segments = _evaluate(work, "account", "accounts_v", segments.accounts)

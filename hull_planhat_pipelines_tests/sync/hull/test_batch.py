@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import duckdb
+import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.sync.hull import batch as batch_module
@@ -101,3 +102,44 @@ def test_a_batch_with_its_own_threads_leaves_the_idle_instance_alone() -> None:
         assert _host(threaded) is not host
         assert threaded.scalar("select current_setting('threads')") == 1
     assert batch_module._idle == [host]
+
+
+# -- threads ---------------------------------------------------------------------------------
+def _threads(work: Batch) -> int:
+    return int(work.scalar("select current_setting('threads')"))
+
+
+CORES = int(duckdb.connect().execute("select current_setting('threads')").fetchone()[0])  # type: ignore[index]
+
+
+def test_a_batch_of_small_tables_runs_on_one_thread_and_a_large_one_on_every_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_module, "PARALLEL_ROWS", 100)
+    with batch() as work:
+        work.load("small", pd.DataFrame({"i": range(99)}))
+        assert _threads(work) == 1
+        work.load("large", pd.DataFrame({"i": range(100)}))
+        assert _threads(work) == CORES
+        host = _host(work)
+    with batch() as after:  # the kept instance starts on one thread again
+        assert _host(after) is host
+        assert _threads(after) == 1
+    with batch(threads=CORES) as threaded:  # a batch's own setting is kept, whatever it loads
+        threaded.load("small", pd.DataFrame({"i": range(3)}))
+        assert _threads(threaded) == CORES
+
+
+def test_a_batch_is_sized_before_its_configuration_is_locked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_module, "PARALLEL_ROWS", 100)
+    with batch() as work:
+        work.plan_for(100)  # what a batch about to be locked down knows it will load
+        lock_down(work.con)
+        work.load("small", pd.DataFrame({"i": range(3)}))
+        assert _threads(work) == CORES
+    with batch() as locked:
+        lock_down(locked.con)
+        locked.load("large", pd.DataFrame({"i": range(100)}))  # too late: no error, one thread
+        assert _threads(locked) == 1

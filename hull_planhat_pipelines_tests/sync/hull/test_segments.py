@@ -79,6 +79,29 @@ def test_the_example_configuration_segments() -> None:
     assert list(scored_users.columns[:-1]) == list(USERS.columns)
 
 
+@pytest.mark.parametrize(("parallel_rows", "cores"), [(4, True), (5, False)])
+def test_segments_of_a_large_store_are_evaluated_on_every_core(
+    monkeypatch: pytest.MonkeyPatch, parallel_rows: int, cores: bool
+) -> None:
+    """The batch is locked down before it loads anything: its size is known first."""
+    from hull_planhat_pipelines.sync.hull import batch as batch_module
+    from hull_planhat_pipelines.sync.hull import segments as segments_module
+
+    monkeypatch.setattr(batch_module, "PARALLEL_ROWS", parallel_rows)
+    seen: list[int] = []
+    real_lock_down = segments_module.lock_down
+
+    def lock_down(conn: Any) -> Any:
+        locked = real_lock_down(conn)
+        seen.append(int(conn.execute("select current_setting('threads')").fetchall()[0][0]))
+        return locked
+
+    monkeypatch.setattr(segments_module, "lock_down", lock_down)
+    evaluate_segments(USERS, ACCOUNTS, example_settings().segments)  # 4 users, 3 accounts
+    default = batch_module.duckdb.connect().execute("select current_setting('threads')")
+    assert seen == [int(default.fetchone()[0]) if cores else 1]  # type: ignore[index]
+
+
 def test_user_predicates_see_the_account_columns() -> None:
     segments = SegmentSettings(
         accounts={"Has external id": "external_id is not null"},
