@@ -109,7 +109,7 @@ def _threads(work: Batch) -> int:
     return int(work.scalar("select current_setting('threads')"))
 
 
-CORES = int(duckdb.connect().execute("select current_setting('threads')").fetchone()[0])  # type: ignore[index]
+CORES = int(duckdb.connect().execute("select current_setting('threads')").fetchall()[0][0])
 
 
 def test_a_batch_of_small_tables_runs_on_one_thread_and_a_large_one_on_every_core(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import duckdb
 import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.settings import SegmentSettings
+from hull_planhat_pipelines.sync.hull import batch as batch_module
+from hull_planhat_pipelines.sync.hull import segments as segments_module
 from hull_planhat_pipelines.sync.hull.model import empty_store
 from hull_planhat_pipelines.sync.hull.segments import (
     SegmentError,
@@ -84,9 +87,6 @@ def test_segments_of_a_large_store_are_evaluated_on_every_core(
     monkeypatch: pytest.MonkeyPatch, parallel_rows: int, cores: bool
 ) -> None:
     """The batch is locked down before it loads anything: its size is known first."""
-    from hull_planhat_pipelines.sync.hull import batch as batch_module
-    from hull_planhat_pipelines.sync.hull import segments as segments_module
-
     monkeypatch.setattr(batch_module, "PARALLEL_ROWS", parallel_rows)
     seen: list[int] = []
     real_lock_down = segments_module.lock_down
@@ -98,8 +98,8 @@ def test_segments_of_a_large_store_are_evaluated_on_every_core(
 
     monkeypatch.setattr(segments_module, "lock_down", lock_down)
     evaluate_segments(USERS, ACCOUNTS, example_settings().segments)  # 4 users, 3 accounts
-    default = batch_module.duckdb.connect().execute("select current_setting('threads')")
-    assert seen == [int(default.fetchone()[0]) if cores else 1]  # type: ignore[index]
+    default = duckdb.connect().execute("select current_setting('threads')").fetchall()[0][0]
+    assert seen == [int(default) if cores else 1]
 
 
 def test_user_predicates_see_the_account_columns() -> None:
