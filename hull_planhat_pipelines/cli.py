@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import gc
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from hull_planhat_pipelines.collector import collector_spared
 from hull_planhat_pipelines.settings import ConfigError, Settings, config_path, load_settings
 
 # -- sync ----------------------------------------------------------------------------------------
@@ -285,33 +285,6 @@ MAX_FOLLOW_RUNS = 4
 delivered); the bound only stops a loop the asset graph should never make."""
 
 
-FULL_COLLECTION_SPACING = 100
-"""During a sync, the collector's full passes come this many times less often than Python's
-default (its young generations are collected as usual). At 100,000 people a full load made 17
-full passes at ten times rarer (7.3 s of 122.5 s), one at a hundred (0.6 s of 113.2 s), with the
-same peak memory (2,382 and 2,408 MB): a sync's large data is freed by reference counts, not by
-full passes."""
-
-
-@contextlib.contextmanager
-def _collector_spared() -> Iterator[None]:
-    """Spare a sync most of the collector's full passes over everything the process holds.
-
-    A sync allocates millions of objects, and Python's collector answers with full passes, each
-    walking every object of the process: the definitions, Dagster, a sandbox serving it in the
-    same process, and what the sync keeps. At 100,000 people they took 21 of a full pass's 207
-    seconds, up to a second each. During the sync they are ``FULL_COLLECTION_SPACING`` times
-    rarer; the default comes back when it ends. Nothing is frozen: freezing what the process
-    held needs a full pass first (11 s a sync beside a million-record sandbox), or keeps the
-    garbage frozen with it until the end."""
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, old * FULL_COLLECTION_SPACING)
-    try:
-        yield
-    finally:
-        gc.set_threshold(young, middle, old)
-
-
 def run_sync(
     *,
     full: bool = False,
@@ -375,7 +348,7 @@ def run_sync(
         )
 
     sync_id = f"cli-sync-{uuid.uuid4().hex[:12]}"
-    with _collector_spared(), delivery_lock(warehouse_path(), sync_id, wait=lock_wait):
+    with collector_spared(), delivery_lock(warehouse_path(), sync_id, wait=lock_wait):
         configuration = hashlib.sha256(settings.model_dump_json().encode()).hexdigest()
         saved = take_poll_cursor(COMMAND_LINE_POLL, configuration)
         steps, copper_cursor = _copper_steps(

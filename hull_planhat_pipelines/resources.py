@@ -9,6 +9,7 @@ quota is per account, so the assets and sensors of a run share its window.
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self
 
 import dagster as dg
 import duckdb
@@ -17,6 +18,7 @@ from hull_planhat_pipelines.clients.copper import SHARED_METADATA, CopperClient
 from hull_planhat_pipelines.clients.http import PROCESS_LIMITERS
 from hull_planhat_pipelines.clients.hull import HullFirehoseClient, check_connector_id
 from hull_planhat_pipelines.clients.planhat import PlanhatClient
+from hull_planhat_pipelines.collector import collector_spared
 from hull_planhat_pipelines.settings import ConfigError
 from hull_planhat_pipelines.warehouse import read_only
 
@@ -95,9 +97,22 @@ def planhat_resource(requests_per_minute: int) -> PlanhatResource:
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file, for steps that read it (checks) or write it through the warehouse layer."""
+    """The DuckDB warehouse file, for steps that read it (checks) or write it through the warehouse layer.
+
+    Every step of the project uses it, so it also holds the collector's full passes spaced for
+    the run (``collector``): a run Dagster launches never goes through the command line's sync,
+    which spaces them for its own runs."""
 
     database: str
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[Self]:
+        with collector_spared():
+            self.setup_for_execution(context)
+            try:
+                yield self
+            finally:
+                self.teardown_after_execution(context)
 
     @contextmanager
     def read_only(self) -> Iterator[duckdb.DuckDBPyConnection | None]:

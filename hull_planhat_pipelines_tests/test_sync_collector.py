@@ -1,23 +1,40 @@
-"""A command-line sync makes the collector's full passes rarer while it runs, and gives the
-process its default back when it ends, however it ends."""
+"""A sync makes the collector's full passes rarer while it runs, whichever way it runs (the
+command line's sync, or a run Dagster launches), and gives the process its default back when it
+ends, however it ends."""
 
 from __future__ import annotations
 
 import gc
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from hull_planhat_pipelines import cli
+from hull_planhat_pipelines.collector import FULL_COLLECTION_SPACING, collector_spared
+from hull_planhat_pipelines.resources import WarehouseResource
+
+
+def _spaced(default: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (default[0], default[1], default[2] * FULL_COLLECTION_SPACING)
 
 
 def test_full_passes_are_spaced_during_the_sync_and_the_default_comes_back() -> None:
     default = gc.get_threshold()
-    with cli._collector_spared():
+    with collector_spared():
         young, middle, old = gc.get_threshold()
         assert (young, middle) == default[:2]  # the young generations as usual
-        assert old == default[2] * cli.FULL_COLLECTION_SPACING
+        assert old == default[2] * FULL_COLLECTION_SPACING
         assert gc.get_freeze_count() == 0  # nothing is kept from the collector
+    assert gc.get_threshold() == default
+
+
+def test_spacing_inside_spacing_spaces_once_and_the_outermost_gives_the_default_back() -> None:
+    default = gc.get_threshold()
+    with collector_spared():
+        with collector_spared():  # a run executed by the command line's sync
+            assert gc.get_threshold() == _spaced(default)  # not spaced twice over
+        assert gc.get_threshold() == _spaced(default)  # the sync is still running
     assert gc.get_threshold() == default
 
 
@@ -36,5 +53,35 @@ def test_a_sync_runs_with_spaced_full_passes(
     monkeypatch.setattr(cli, "_copper_steps", stop)
     with pytest.raises(RuntimeError, match="stopped"):
         cli.run_sync()
-    assert seen == [(default[0], default[1], default[2] * cli.FULL_COLLECTION_SPACING)]
+    assert seen == [_spaced(default)]
     assert gc.get_threshold() == default  # given back however the sync ended
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+def test_a_run_dagster_launches_spaces_full_passes_in_every_step(
+    tmp_path: Path, fails: bool
+) -> None:
+    """The daemon's, a sensor's, a schedule's or the UI's run never goes through the command
+    line: the warehouse resource, which every step of the project uses, spaces them for the
+    run (its steps share one process: the project's executor is in-process)."""
+    default = gc.get_threshold()
+    seen: dict[str, tuple[int, int, int]] = {}
+
+    @dg.asset
+    def upstream(warehouse: WarehouseResource) -> None:
+        seen["upstream"] = gc.get_threshold()
+
+    @dg.asset(deps=[upstream])
+    def downstream(warehouse: WarehouseResource) -> None:
+        seen["downstream"] = gc.get_threshold()
+        if fails:
+            raise RuntimeError("the step failed")
+
+    result = dg.materialize(
+        [upstream, downstream],
+        resources={"warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb"))},
+        raise_on_error=False,
+    )
+    assert result.success is not fails
+    assert seen == {"upstream": _spaced(default), "downstream": _spaced(default)}
+    assert gc.get_threshold() == default  # the run's end gives the default back
