@@ -85,3 +85,15 @@ def test_a_run_dagster_launches_spaces_full_passes_in_every_step(
     assert result.success is not fails
     assert seen == {"upstream": _spaced(default), "downstream": _spaced(default)}
     assert gc.get_threshold() == default  # the run's end gives the default back
+
+
+def test_every_step_of_the_project_uses_the_warehouse_resource() -> None:
+    """What spaces a launched run's full passes: a run of steps without it would not be."""
+    from hull_planhat_pipelines.definitions import defs
+
+    without = [
+        [key.to_user_string() for key in assets.keys]
+        for assets in defs.resolve_asset_graph().assets_defs
+        if "warehouse" not in assets.required_resource_keys
+    ]
+    assert without == []
