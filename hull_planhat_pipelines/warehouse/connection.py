@@ -171,19 +171,31 @@ def fetch_where(
         f"create or replace temp table {found} as select rowid as r from {table} where {where}",
     )
     try:
-        groups = [g for (g,) in run(conn, f"select distinct r // {ROWS_PER_FETCH} from {found}")]
-        frames = []
-        for group in sorted(groups) or [0]:  # none matched: one empty frame, with its columns
-            low, high = group * ROWS_PER_FETCH, (group + 1) * ROWS_PER_FETCH
-            frames.append(
-                conn.execute(
-                    f"select {columns} from {table} where rowid >= {low} and rowid < {high}"
-                    f" and rowid in (select r from {found} where r >= {low} and r < {high})"
-                ).fetchdf()
-            )
-        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        return fetch_rowids(conn, table, found, columns)
     finally:
         run(conn, f"drop table if exists {found}")
+
+
+def fetch_rowids(
+    conn: duckdb.DuckDBPyConnection, table: str, found: str, columns: str = "*"
+) -> pd.DataFrame:
+    """``columns`` of the rows of ``table`` whose row ids the table ``found`` holds (column
+    ``r``; repeats allowed), one row group at a time as ``fetch_where`` reads them. For a
+    caller that found the rows in the scans it made anyway: a second scan only to turn its
+    keys into row ids costs as much as one of them. As for ``fetch_where``'s own two
+    statements, the row ids name the rows the scans saw only while nothing writes the table
+    between the scans and this read (inside the caller's transaction, by design)."""
+    groups = [g for (g,) in run(conn, f"select distinct r // {ROWS_PER_FETCH} from {found}")]
+    frames = []
+    for group in sorted(groups) or [0]:  # none matched: one empty frame, with its columns
+        low, high = group * ROWS_PER_FETCH, (group + 1) * ROWS_PER_FETCH
+        frames.append(
+            conn.execute(
+                f"select {columns} from {table} where rowid >= {low} and rowid < {high}"
+                f" and rowid in (select r from {found} where r >= {low} and r < {high})"
+            ).fetchdf()
+        )
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def quote(name: str) -> str:

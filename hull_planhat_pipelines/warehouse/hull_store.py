@@ -47,6 +47,7 @@ from hull_planhat_pipelines.sync.hull.segments import (
 )
 from hull_planhat_pipelines.warehouse import removals
 from hull_planhat_pipelines.warehouse.connection import (
+    fetch_rowids,
     fetch_where,
     has_column,
     run,
@@ -151,17 +152,19 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         conn.unregister("_keys_frame")
         conn.unregister("_event_ids_frame")
     for kind, table in TABLES.items():
-        run(conn, f"create or replace temp table _ids_{kind} (hull_id varchar)")
+        run(conn, f"create or replace temp table _rows_{kind} (r bigint)")
         if not has[kind]:
             continue
         other = DOMAIN_CLAIM[kind]
         claims = f"(select value from _keys where kind = '{kind}' and claim = '%s')"
-        # ``union all``: the ids are only ever matched with ``in`` (a union's distinct cost more)
+        # ``union all``: the rows are only ever matched with ``in`` (a union's distinct cost
+        # more); row ids, not hull ids: a scan then reads only the column it tests, and the
+        # rows are fetched by them without a scan to find their row ids
         run(
             conn,
-            f"insert into _ids_{kind} {_matching_ids(table, other, claims % other)}"
-            f" union all select hull_id from {table} where external_id in"
-            f" {claims % 'external_id'} union all select hull_id from (select hull_id,"
+            f"insert into _rows_{kind} {_matching_rows(table, other, claims % other)}"
+            f" union all select rowid from {table} where external_id in"
+            f" {claims % 'external_id'} union all select rowid from (select rowid,"
             f" unnest(anonymous_ids) as v from {table}) where v in {claims % 'anonymous_id'}",
         )
         if run(
@@ -172,7 +175,7 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
             key_text = quote('"' + PLANHAT_WRITER_ATTRIBUTE + '"')
             run(
                 conn,
-                f"insert into _ids_{kind} select hull_id from {table}"
+                f"insert into _rows_{kind} select rowid from {table}"
                 f" where contains(attributes, {key_text})"
                 f" and json_extract_string(attributes, {quote(PLANHAT_WRITER_PATH)})"
                 f" in {claims % WRITER_CLAIM}",
@@ -180,7 +183,7 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         if keys.opportunities:  # every holder of an opportunity group is re-judged
             run(
                 conn,
-                f"insert into _ids_{kind} select hull_id from {table}"
+                f"insert into _rows_{kind} select rowid from {table}"
                 " where contains(attributes, '\"copper_opportunity_')",
             )
     by_log = removals.judged_by_log(conn)
@@ -205,7 +208,7 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         if gone:
             run(
                 conn,
-                f"insert into _ids_{kind} select hull_id from (select hull_id,"
+                f"insert into _rows_{kind} select rowid from (select rowid,"
                 f" unnest(anonymous_ids) as v from {TABLES[kind]}) where {gone}",
             )
     profiles = {"user": _read_ids(conn, "user", has["user"])}
@@ -215,7 +218,11 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
         linked = profiles["user"]["account_hull_id"].dropna().astype(str).drop_duplicates()
         conn.register("_linked_accounts", pd.DataFrame({"hull_id": linked.astype(object)}))
         try:
-            run(conn, "insert into _ids_account select hull_id::varchar from _linked_accounts")
+            run(
+                conn,
+                "insert into _rows_account select rowid from hull.accounts"
+                " where hull_id in (select hull_id::varchar from _linked_accounts)",
+            )
         finally:
             conn.unregister("_linked_accounts")
     profiles["account"] = _read_ids(conn, "account", has["account"])
@@ -251,11 +258,18 @@ def read_slice(conn: duckdb.DuckDBPyConnection, keys: StoreKeys) -> StoreSlice:
 
 
 def _read_ids(conn: duckdb.DuckDBPyConnection, kind: Kind, has: bool) -> pd.DataFrame:
-    """The stored ``kind`` profiles ``_ids_<kind>`` names."""
+    """The stored ``kind`` profiles at the row ids ``_rows_<kind>`` holds; their hull ids
+    become ``_ids_<kind>``, which the rest of the slice (and ``_account_users``) reads."""
+    run(conn, f"create or replace temp table _ids_{kind} (hull_id varchar)")
     if not has:
         return empty_store(kind)
-    where = f"hull_id in (select hull_id from _ids_{kind})"
-    return _utc(fetch_where(conn, TABLES[kind], where))
+    profiles = _utc(fetch_rowids(conn, TABLES[kind], f"_rows_{kind}"))
+    conn.register("_read_profiles", profiles[["hull_id"]])
+    try:
+        run(conn, f"insert into _ids_{kind} select hull_id::varchar from _read_profiles")
+    finally:
+        conn.unregister("_read_profiles")
+    return profiles
 
 
 def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> StoreSlice:
@@ -277,8 +291,8 @@ def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> Stor
     return StoreSlice(store=ProfileStore(users=users), current_ids={})
 
 
-def _matching_ids(table: str, column: str, values: str) -> str:
-    """SQL for the profiles whose ``column`` matches one of ``values`` (non-blank, trimmed and
+def _matching_rows(table: str, column: str, values: str) -> str:
+    """SQL for the row ids of the profiles whose ``column`` matches one of ``values`` (non-blank, trimmed and
     lower-cased, as claims are) the way claims match: ``lower(trim(column))``, in one scan.
     Trimming a million values costs more than the rest of the slice; only values with a
     leading or trailing space need it (``trim`` strips spaces only), the rest are just
@@ -287,7 +301,7 @@ def _matching_ids(table: str, column: str, values: str) -> str:
         f"case when starts_with({column}, ' ') or ends_with({column}, ' ')"
         f" then trim({column}) else {column} end"
     )
-    return f"select hull_id from {table} where lower({trimmed}) in {values}"
+    return f"select rowid from {table} where lower({trimmed}) in {values}"
 
 
 def _utc(frame: pd.DataFrame) -> pd.DataFrame:
@@ -314,7 +328,7 @@ def _held_alive(conn: duckdb.DuckDBPyConnection, table: str) -> pd.Series:
         return pd.Series([], dtype=object)
     held = (
         f"(select substr(v, {len(prefix) + 1}) from (select unnest(anonymous_ids) as v"
-        f" from {TABLES[kind]} where hull_id in (select hull_id from _ids_{kind}))"
+        f" from {TABLES[kind]} where rowid in (select r from _rows_{kind}))"
         f" where starts_with(v, '{prefix}'))"
     )
     return _alive_among(conn, table, held)
@@ -323,6 +337,7 @@ def _held_alive(conn: duckdb.DuckDBPyConnection, table: str) -> pd.Series:
 def drop_slice(conn: duckdb.DuckDBPyConnection) -> None:
     for kind in TABLES:
         run(conn, f"drop table if exists _ids_{kind}")
+        run(conn, f"drop table if exists _rows_{kind}")
 
 
 # -- writing -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.warehouse import attachments
-from hull_planhat_pipelines.warehouse.connection import connect, fetch_where
+from hull_planhat_pipelines.warehouse.connection import connect, fetch_rowids, fetch_where
 from hull_planhat_pipelines_tests.warehouse_support import cached_bytes, text_table
 
 ROWS = 400_000  # four row groups
@@ -87,3 +87,20 @@ def test_a_transaction_reads_its_own_writes_and_not_its_deletions(tmp_path: Path
         ]
         assert rows["s"].tolist()[-2:] == ["new", "newer"]
         conn.execute("rollback")
+
+
+def test_rows_found_by_the_callers_scans_are_read_once_each(tmp_path: Path) -> None:
+    """``fetch_rowids``: the row ids two scans found (a row both found named twice), read once
+    each, over several row groups, with no scan to find them again."""
+    path = str(tmp_path / "w.duckdb")
+    _table(path)
+    with connect(path) as conn:
+        conn.execute("create temp table _found (r bigint)")
+        conn.execute("insert into _found select rowid from t where id in (3, 13, 150000, 399998)")
+        conn.execute("insert into _found select rowid from t where n = 0 and id < 30")
+        rows = fetch_rowids(conn, "t", "_found", "id, n").sort_values("id")
+        assert rows["id"].tolist() == [0, 3, 13, 26, 150_000, 399_998]
+        assert rows["n"].tolist() == [0, 3, 0, 0, 150_000 % 13, 399_998 % 13]
+        conn.execute("delete from _found")
+        none = fetch_rowids(conn, "t", "_found", "id, s")
+        assert list(none.columns) == ["id", "s"] and none.empty
