@@ -476,3 +476,20 @@ def test_a_lone_surrogate_leaves_its_row_unreadable_not_the_fetch() -> None:
     con = duckdb.connect()
     valid = con.execute("select id, json_valid(fields) from frame order by id").fetchall()
     assert valid == [(1, False), (2, True)]
+
+
+@pytest.mark.parametrize(
+    "fetched_at",
+    [
+        dt.datetime(2024, 6, 1, 14, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        dt.datetime(2024, 6, 1, 12),  # naive: taken as UTC
+        FETCHED,
+    ],
+)
+def test_every_row_carries_the_fetch_time_in_utc(fetched_at: dt.datetime) -> None:
+    leads = [{"id": i, "name": f"l{i}", "date_modified": JAN_1_2024 + i} for i in range(3)]
+    frame = records_frame(
+        "leads", leads, METADATA, fetched_at=fetched_at, partition_start=dt.date(2024, 1, 1)
+    )
+    assert str(frame["_fetched_at"].dtype) == "datetime64[ns, UTC]"
+    assert frame["_fetched_at"].tolist() == [pd.Timestamp(FETCHED)] * 3
