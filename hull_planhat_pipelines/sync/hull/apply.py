@@ -1,10 +1,13 @@
 """Apply a sync's changes to the profile store (pure, deterministic).
 
-Only the touched profiles go through DuckDB; the untouched rows of a million-profile store
-stay where they are. Existing rows keep their order and are replaced in place; new profiles
-are appended in hull_id order; shells merged into another profile disappear.
-``updated_at`` becomes ``now`` for every changed profile (``created_at`` too for new ones).
-A profile's ``attributes`` are rewritten as canonical JSON: sorted keys, no nulls.
+The sync built the new rows of the profiles it rewrites (``Changes.user_rows``,
+``account_rows``, against the store it was given: apply them to that store); here they take
+their places, stamped, and the untouched rows of a million-profile store stay where they are.
+Existing rows keep their order and are replaced in place; new profiles are appended in hull_id
+order; shells merged into another profile disappear. ``updated_at`` becomes ``now`` for every
+changed profile (``created_at`` too for new ones). A profile whose attributes changed has them
+rewritten as canonical JSON (sorted keys, no nulls); one that only gained a claim or a link
+keeps its stored text.
 """
 
 from __future__ import annotations
@@ -13,10 +16,8 @@ import datetime as dt
 
 import pandas as pd
 
-from hull_planhat_pipelines.sync.hull.batch import batch
 from hull_planhat_pipelines.sync.hull.changes import Changes, ProfileStore
 from hull_planhat_pipelines.sync.hull.model import (
-    DOMAIN_CLAIM,
     EVENT_COLUMNS,
     STORE_COLUMNS,
     Kind,
@@ -52,14 +53,12 @@ def apply_changes(store: ProfileStore, changes: Changes, now: dt.datetime) -> Pr
 def _apply_kind(
     frame: pd.DataFrame, kind: Kind, changes: Changes, removed: set[str], now: pd.Timestamp
 ) -> pd.DataFrame:
-    upserts, claims = changes.upserts(kind), changes.claims(kind)
-    links = changes.links if kind == "user" else changes.links.iloc[0:0]
-    changed_ids = changes.touched_ids(kind)
-    if not len(changed_ids) and not removed:
+    rewritten = changes.rows(kind)
+    if rewritten.empty and not removed:
         return frame
     kept = frame[~frame["hull_id"].isin(removed)] if removed else frame
-    touched = kept[kept["hull_id"].isin(changed_ids)]
-    rows = _changed_rows(kind, touched, upserts, claims, links, now)
+    touched = kept[kept["hull_id"].isin(rewritten["hull_id"])]
+    rows = _stamped(kind, rewritten, touched, now)
     known = rows["hull_id"].isin(touched["hull_id"])
     updated = _replace_rows(kept, rows[known])
     new = rows[~known]
@@ -72,64 +71,19 @@ def _apply_kind(
     return pd.concat([updated, new], ignore_index=True)
 
 
-def _changed_rows(
-    kind: Kind,
-    touched: pd.DataFrame,
-    upserts: pd.DataFrame,
-    claims: pd.DataFrame,
-    links: pd.DataFrame,
-    now: pd.Timestamp,
+def _stamped(
+    kind: Kind, rewritten: pd.DataFrame, touched: pd.DataFrame, now: pd.Timestamp
 ) -> pd.DataFrame:
-    """The full new rows of touched and new profiles, computed in DuckDB."""
-    other = DOMAIN_CLAIM[kind]
-    is_user = kind == "user"
-    with batch() as work:
-        work.load_store(kind, touched, attributes=True)
-        work.load("up", upserts[["hull_id", "attribute", "value"]])
-        work.load("cl", claims[["hull_id", "claim", "value"]])
-        work.load("lk", links[["user_hull_id", "account_hull_id"]])
-        work.sql(
-            "create temp table ids as select hull_id from up union select hull_id from cl"
-            " union select user_hull_id from lk;"
-            # the kept values of touched profiles, then the upserted ones (nulls clear)
-            "create temp table attrs as select * from ("
-            " select s.hull_id, j.key as attribute, j.value::varchar as value"
-            f" from s_{kind} s, json_each(s.attributes) j where j.type <> 'NULL')"
-            " anti join up using (hull_id, attribute)"
-            " union all select hull_id, attribute, value from up where value is not null;"
-            "create temp table obj as select hull_id, '{' || array_to_string(list_transform("
-            "list_sort(list({'k': attribute, 'v': value})),"
-            " lambda e: to_json(e.k)::varchar || ':' || e.v), ',') || '}' as attributes"
-            " from attrs group by hull_id;"
-            "create temp table anon as select hull_id, list_sort(list(value)) as added"
-            " from cl where claim = 'anonymous_id' group by hull_id"
-        )
-        # gone before the rows cross into pandas: a first load's upserts, twice over, made
-        # the sync's peak beside them
-        work.drop("attrs", "up")
-        account = (
-            "case when lk.user_hull_id is not null then lk.account_hull_id"
-            " else s.account_hull_id end as account_hull_id,"
-        )
-        rows = work.frame(
-            f"select ids.hull_id, coalesce(co.value, s.{other}) as {other},"
-            " coalesce(s.external_id, ce.value) as external_id,"
-            " list_concat(coalesce(s.anonymous_ids, []), coalesce(anon.added, []))"
-            f" as anonymous_ids, {account if is_user else ''}"
-            " coalesce(obj.attributes, '{}') as attributes,"
-            " coalesce(s.created_at, $1) as created_at, $1 as updated_at"
-            f" from ids left join s_{kind} s using (hull_id)"
-            f" left join cl co on co.hull_id = ids.hull_id and co.claim = '{other}'"
-            " left join cl ce on ce.hull_id = ids.hull_id and ce.claim = 'external_id'"
-            " left join anon on anon.hull_id = ids.hull_id"
-            " left join obj on obj.hull_id = ids.hull_id"
-            f" {'left join lk on lk.user_hull_id = ids.hull_id' if is_user else ''}"
-            " order by ids.hull_id",
-            [now.to_pydatetime()],
-        )
-    rows["anonymous_ids"] = [list(ids) for ids in rows["anonymous_ids"]]
-    for column in ("created_at", "updated_at"):
-        rows[column] = _utc_column(rows[column])
+    """The rewritten rows with their times (``updated_at`` now, ``created_at`` now for a new
+    profile) and, where the sync left them as stored, their stored attributes."""
+    rows = rewritten.copy()
+    kept = rows["attributes"].isna()
+    if kept.any():
+        stored = dict(zip(touched["hull_id"], touched["attributes"], strict=True))
+        rows.loc[kept, "attributes"] = [stored.get(h, "{}") for h in rows.loc[kept, "hull_id"]]
+    created = _utc_column(rows["created_at"])
+    rows["created_at"] = created.where(created.notna(), now)
+    rows["updated_at"] = pd.Series(now, index=rows.index, dtype=created.dtype)
     return rows[STORE_COLUMNS[kind]]
 
 

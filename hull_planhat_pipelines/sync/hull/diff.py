@@ -29,7 +29,8 @@ _WINNER = (
 def diff_attributes(batch: Batch, k: Kind) -> None:
     """``upserts_<kind>``: one row per (profile, attribute) whose value changes. The kind's
     staged ``in_attributes`` rows are consumed: once its wanted values are built they leave the
-    batch (a first load's, kept beside the wanted values and the upserts, made its peak)."""
+    batch (a first load's, kept beside the wanted values and the upserts, made its peak).
+    ``cur_<kind>`` and ``touched_<kind>`` stay for the rewritten rows (``hull.rewrite``)."""
     _wanted(batch, k)
     batch.sql(
         "create or replace temp table in_attributes as"
@@ -48,7 +49,7 @@ def diff_attributes(batch: Batch, k: Kind) -> None:
         f" join prof_{k} p using (hull_id)"
         " where w.value is distinct from c.value) order by hull_id, attribute"
     )
-    batch.drop(*(f"{t}_{k}" for t in ("want", "cur", "prof", "touched", "writers", "losers")))
+    batch.drop(*(f"{t}_{k}" for t in ("want", "prof", "writers", "losers")))
 
 
 def _wanted(batch: Batch, k: Kind) -> None:
@@ -125,7 +126,8 @@ def _profiles(batch: Batch, k: Kind) -> None:
 
 
 def _current(batch: Batch, k: Kind) -> None:
-    """The stored values of the touched profiles (and of shells merged into them)."""
+    """The stored values of the touched profiles (and of shells merged into them): ``value``
+    canonical, to compare; ``raw`` as stored, to write back unchanged."""
     batch.sql(
         f"create or replace temp table touched_{k} as select distinct hull_id from want_{k}"
         f" union select into_hull_id from merges_{k} union select from_hull_id from merges_{k};"
@@ -134,7 +136,7 @@ def _current(batch: Batch, k: Kind) -> None:
     batch.sql(
         f"create or replace temp table cur_{k} as select s.hull_id, j.key as attribute,"
         " case when j.type = 'DOUBLE' then hull_canonical_scalar(j.value::varchar)"
-        " else j.value::varchar end as value"
+        " else j.value::varchar end as value, j.value::varchar as raw"
         f" from (select * from sa_{k} semi join touched_{k} using (hull_id)) s,"
         " json_each(s.attributes) j where j.type <> 'NULL';"
         f"drop table sa_{k}"

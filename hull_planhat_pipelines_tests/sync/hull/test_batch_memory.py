@@ -2,7 +2,7 @@
 
 A first load's peak is where the most tables live side by side: every object's raw JSON while
 the activities were staged, every staged attribute beside the wanted values and the upserts,
-the upserts twice over while the new profiles crossed into pandas. Each case spies on the
+the upserts beside the new profiles as they crossed into pandas. Each case spies on the
 batch's statements and asks DuckDB what the batch held when the statement ran.
 """
 
@@ -90,14 +90,16 @@ def test_a_kind_s_staged_attributes_leave_once_its_wanted_values_are_built(
     assert len(changes.user_upserts) and len(changes.account_upserts)
 
 
-def test_applied_profiles_cross_into_pandas_without_the_upserts_beside_them(
+def test_rewritten_profiles_cross_into_pandas_without_the_upserts_beside_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    changes = compute_changes(SETTINGS, ProfileStore(), _copper(), now=NOW)
-    with _seen(monkeypatch, "frame", "select ids.hull_id", _tables) as exported:
-        store = apply_changes(ProfileStore(), changes, NOW)
+    """The new profiles are built in the sync's batch; when they cross into pandas, the
+    upserts (and the attribute rows they were built from) have left it."""
+    with _seen(monkeypatch, "frame", "select * from rewrite_", _tables) as exported:
+        changes = compute_changes(SETTINGS, ProfileStore(), _copper(), now=NOW)
     assert len(exported) == 2  # users, accounts
-    for tables in exported:
-        assert {"ids", "obj", "anon"} <= tables
-        assert not {"attrs", "up"} & tables
+    for kind, tables in zip(("user", "account"), exported, strict=True):
+        assert f"rewrite_{kind}" in tables
+        assert not {"upserts_user", "upserts_account", "_rw_attrs", "in_attributes"} & tables
+    store = apply_changes(ProfileStore(), changes, NOW)
     assert len(store.users) and len(store.accounts)

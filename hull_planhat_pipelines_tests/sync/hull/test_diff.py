@@ -316,3 +316,48 @@ def test_planhat_records_with_invalid_json_are_reported_not_fatal() -> None:
     assert len(store.accounts) == 1
     [error] = [e for e in changes.log if e.event == "incoming.account.error"]
     assert (error.object_id, error.reason) == ("c1", "Invalid record JSON")
+
+
+def test_a_user_moved_with_its_merged_account_keeps_its_attributes_as_stored() -> None:
+    """Only what changed is rewritten: a user following its account into the profile that
+    absorbed it (no record of its own in the sync) keeps its attribute text as stored, while a
+    profile whose attributes change has them written canonical."""
+    stored = '{"copper_person/title": "CEO"}'  # not the canonical form: a space after ':'
+    store = ProfileStore(
+        users=pd.DataFrame(
+            {
+                "hull_id": ["U"],
+                "email": ["u@seven.com"],
+                "external_id": [None],
+                "anonymous_ids": [["copper-person:2"]],
+                "account_hull_id": ["SHELL"],
+                "attributes": [stored],
+                "created_at": [NOW],
+                "updated_at": [NOW],
+            }
+        ),
+        accounts=pd.DataFrame(
+            {
+                "hull_id": ["A", "SHELL"],
+                "domain": ["seven.com", None],
+                "external_id": [None, None],
+                "anonymous_ids": [[], ["copper:7"]],
+                "attributes": ['{"copper/name": "Old"}', "{}"],
+                "created_at": [NOW, NOW],
+                "updated_at": [NOW, NOW],
+            }
+        ),
+    )
+    company = {"id": 7, "name": "Seven", "email_domain": "seven.com"}
+    later = NOW + dt.timedelta(days=1)
+    changes, after = sync_once(
+        SETTINGS, store, CopperRows(companies=copper_frame("companies", [company])), now=later
+    )
+    assert changes.merges[["from_hull_id", "into_hull_id"]].values.tolist() == [["SHELL", "A"]]
+    user = after.users.set_index("hull_id").loc["U"]
+    assert (user["account_hull_id"], user["attributes"]) == ("A", stored)
+    assert user["updated_at"] == later and user["created_at"] == NOW
+    account = after.accounts.set_index("hull_id").loc["A"]
+    assert json.loads(account["attributes"])["copper/name"] == "Seven"
+    assert account["attributes"] == value_json(json.loads(account["attributes"]))
+    assert list(after.accounts["hull_id"]) == ["A"]
