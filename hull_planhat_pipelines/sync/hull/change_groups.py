@@ -68,12 +68,24 @@ def _ids(frame: pd.DataFrame) -> list[str]:
     return [str(h) for h in frame["hull_id"]]
 
 
-def _values(frame: pd.DataFrame, columns: list[str]) -> list[tuple[object, ...]]:
-    """Per row, the comparable values of ``columns``, read column by column (a row-wise walk
-    of the frame cost more than the comparison)."""
-    if not columns:
-        return [()] * len(frame)
-    return list(zip(*(map(_comparable, frame[c]) for c in columns), strict=True))
+def _nested(values: np.ndarray) -> bool:
+    return any(isinstance(v, (list, tuple, np.ndarray)) for v in values)
+
+
+def _differs(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Per position, whether the two values differ as ``_comparable`` sees them (every kind of
+    null alike). Plain values are compared as arrays; a column holding lists, value by value."""
+    if _nested(new) or _nested(old):
+        return np.fromiter(
+            (_comparable(a) != _comparable(b) for a, b in zip(new, old, strict=True)),
+            dtype=bool,
+            count=len(new),
+        )
+    new_null, old_null = pd.isna(new), pd.isna(old)
+    both = ~new_null & ~old_null
+    differs = new_null != old_null
+    differs[both] = np.asarray(new[both] != old[both], dtype=bool)
+    return differs
 
 
 def changed_groups(
@@ -86,13 +98,24 @@ def changed_groups(
     too, when both frames have it), ``ANONYMOUS_IDS`` when its anonymous ids changed, and the
     group of each attribute ``upserts`` changed on it;
     a rewritten profile with neither gets ``STRUCTURAL``: a rewrite nothing explains is
-    counted by everyone, never dropped."""
+    counted by everyone, never dropped. Columns are compared as arrays, aligned on ``hull_id``
+    (a profile stored twice: its last row)."""
     columns = [c for c in after.columns if c not in UNCOMPARED and c != "hull_id"]
     columns = [c for c in columns if c in before.columns]
-    before_ids = _ids(before)
-    stored = dict(zip(before_ids, _values(before, columns), strict=True))
-    stored_ids = dict(zip(before_ids, map(_comparable, before["anonymous_ids"]), strict=True))
+    before_ids = pd.Series(_ids(before), dtype=object)
+    last = ~before_ids.duplicated(keep="last").to_numpy()
+    stored = before[last]
     after_ids = _ids(after)
+    positions = pd.Index(before_ids[last]).get_indexer(after_ids)
+    known = positions >= 0
+    at = np.where(known, positions, 0)
+
+    def compared(column: str) -> tuple[np.ndarray, np.ndarray]:
+        new = after[column].to_numpy(dtype=object)
+        if not len(stored):
+            return new, np.full(len(new), None, dtype=object)
+        return new, stored[column].to_numpy(dtype=object)[at]
+
     attributes = upserts.loc[upserts["hull_id"].isin(after["hull_id"]), ["hull_id", "attribute"]]
     grouped = pd.DataFrame(
         {
@@ -104,17 +127,12 @@ def changed_groups(
         },
         columns=GROUP_COLUMNS,
     )
-    linked = [
-        h
-        for h, ids in zip(after_ids, after["anonymous_ids"], strict=True)
-        if h in stored_ids and stored_ids[h] != _comparable(ids)
-    ]
+    ids = np.asarray(after_ids, dtype=object)
+    linked = ids[known & _differs(*compared("anonymous_ids"))]
     grouped = pd.concat([grouped, group_rows(linked, ANONYMOUS_IDS)], ignore_index=True)
-    explained = set(grouped["hull_id"])
-    structural = [
-        h
-        for h, values in zip(after_ids, _values(after, columns), strict=True)
-        if h not in explained or stored.get(h) != values
-    ]
-    frame = pd.concat([grouped, group_rows(structural, STRUCTURAL)], ignore_index=True)
+    explained = pd.Index(grouped["hull_id"]).unique()
+    structural = ~known | ~pd.Index(ids).isin(explained)
+    for column in columns:
+        structural |= _differs(*compared(column))
+    frame = pd.concat([grouped, group_rows(ids[structural], STRUCTURAL)], ignore_index=True)
     return frame.drop_duplicates(ignore_index=True)

@@ -110,3 +110,29 @@ def test_stored_profiles_the_apply_did_not_rewrite_are_not_logged() -> None:
     after = [_profile("u1", attributes='{"copper_person/title": "CTO"}')]
     upserts = _upserts(("u1", "copper_person/title"), ("u2", "copper_person/title"))
     assert _groups(before, after, upserts) == {"u1": {"copper_person"}}
+
+
+def test_every_kind_of_missing_value_is_the_same_and_a_value_is_not_missing() -> None:
+    """Compared as arrays: None, NaN, pandas' NA and NaT are one missing value; a value
+    against a missing one, or another value, is a change; a profile stored twice is compared
+    with its last row."""
+    before = [
+        _profile("u1", external_id=pd.NA, email=None),
+        _profile("u2", external_id=None),
+        _profile("u3", external_id="x1", account_hull_id=float("nan")),
+        _profile("u4", external_id="old"),
+        _profile("u4", external_id="x4"),
+    ]
+    after = [
+        _profile("u1", external_id=None, email=float("nan")),
+        _profile("u2", external_id="x2"),
+        _profile("u3", external_id="x1", account_hull_id=pd.NaT),
+        _profile("u4", external_id="x4"),
+    ]
+    upserts = _upserts(*((h, "copper_person/title") for h in ("u1", "u2", "u3", "u4")))
+    assert _groups(before, after, upserts) == {
+        "u1": {"copper_person"},
+        "u2": {"copper_person", STRUCTURAL},
+        "u3": {"copper_person"},
+        "u4": {"copper_person"},
+    }
