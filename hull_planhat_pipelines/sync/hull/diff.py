@@ -170,7 +170,7 @@ def _with_merged_values(batch: Batch, k: Kind) -> None:
 def diff_links(batch: Batch) -> None:
     """``links``: users whose account changes (the latest linking record wins; users of a
     merged account follow it; a profile absorbing a shell takes the shell's account if it has
-    none)."""
+    none). The staged ``in_links`` are consumed."""
     batch.sql(
         "create or replace temp table lk as"
         " select ru.hull_id as user_hull_id, ra.hull_id as account_hull_id, l.source_object,"
@@ -213,6 +213,7 @@ def diff_links(batch: Batch) -> None:
         " where lk.account_hull_id is distinct from s.account_hull_id"
         " order by lk.user_hull_id"
     )
+    batch.drop("lk", "in_links")  # a first load's links, twice, beside its upserts
 
 
 def diff_events(batch: Batch, has_store: bool) -> None:

@@ -101,5 +101,6 @@ def test_rewritten_profiles_cross_into_pandas_without_the_upserts_beside_them(
     for kind, tables in zip(("user", "account"), exported, strict=True):
         assert f"rewrite_{kind}" in tables
         assert not {"upserts_user", "upserts_account", "_rw_attrs", "in_attributes"} & tables
+        assert not {"lk", "in_links"} & tables  # the links are built
     store = apply_changes(ProfileStore(), changes, NOW)
     assert len(store.users) and len(store.accounts)
