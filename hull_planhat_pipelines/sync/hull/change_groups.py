@@ -12,6 +12,7 @@ counts only the groups its mapping reads, plus ``STRUCTURAL``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import suppress
 
 import numpy as np
 import pandas as pd
@@ -72,12 +73,23 @@ def _nested(values: np.ndarray) -> bool:
     return any(isinstance(v, (list, tuple, np.ndarray)) for v in values)
 
 
+def _nested_differ(a: object, b: object) -> bool:
+    """Two lists that are equal as lists are equal (nearly every pair: answered without
+    converting them); any other pair is compared as ``_comparable`` sees it."""
+    sequences = (list, tuple, np.ndarray)
+    if isinstance(a, sequences) and isinstance(b, sequences):
+        with suppress(ValueError):  # arrays inside: compared element by element below
+            if list(a) == list(b):
+                return False
+    return _comparable(a) != _comparable(b)
+
+
 def _differs(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """Per position, whether the two values differ as ``_comparable`` sees them (every kind of
     null alike). Plain values are compared as arrays; a column holding lists, value by value."""
     if _nested(new) or _nested(old):
         return np.fromiter(
-            (_comparable(a) != _comparable(b) for a, b in zip(new, old, strict=True)),
+            (_nested_differ(a, b) for a, b in zip(new, old, strict=True)),
             dtype=bool,
             count=len(new),
         )

@@ -122,17 +122,23 @@ def test_every_kind_of_missing_value_is_the_same_and_a_value_is_not_missing() ->
         _profile("u3", external_id="x1", account_hull_id=float("nan")),
         _profile("u4", external_id="old"),
         _profile("u4", external_id="x4"),
+        _profile("u5", anonymous_ids=np.array(["copper-person:u5"], dtype=object)),
+        _profile("u6", anonymous_ids=np.array(["copper-person:u6"], dtype=object)),
     ]
     after = [
         _profile("u1", external_id=None, email=float("nan")),
         _profile("u2", external_id="x2"),
         _profile("u3", external_id="x1", account_hull_id=pd.NaT),
         _profile("u4", external_id="x4"),
+        _profile("u5"),  # the same ids, as a list
+        _profile("u6", anonymous_ids=["copper-person:u6", "copper-lead:6"]),
     ]
-    upserts = _upserts(*((h, "copper_person/title") for h in ("u1", "u2", "u3", "u4")))
+    upserts = _upserts(*((h, "copper_person/title") for h in ("u1", "u2", "u3", "u4", "u5")))
     assert _groups(before, after, upserts) == {
         "u1": {"copper_person"},
         "u2": {"copper_person", STRUCTURAL},
         "u3": {"copper_person"},
         "u4": {"copper_person"},
+        "u5": {"copper_person"},
+        "u6": {ANONYMOUS_IDS},
     }
