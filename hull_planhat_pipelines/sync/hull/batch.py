@@ -102,6 +102,12 @@ come in tables under DuckDB's row group (122,880 rows): what it builds from them
 times larger. 50,000 lies between the two (an incremental cycle's batches load thousands of
 rows; a full load's, hundreds of thousands)."""
 
+SHARED_FROM_ROWS = 50_000
+"""Rows a table needs before ``export_table`` codes its ``shared`` columns as ENUMs. The codes
+spare a first load's million rows a string object each; over an incremental sync's thousands
+of rows they spare little memory, and each ENUM costs statements of its own (a type, a scan
+of distinct values, a cast): about 25 of them a sync."""
+
 _guard = threading.Lock()
 _idle: list[duckdb.DuckDBPyConnection] = []
 """At most one in-memory instance, with the macros, that no batch uses."""
@@ -309,8 +315,11 @@ class Batch:
         self, table: str, shared: tuple[str, ...] = (), order_by: tuple[str, ...] = ()
     ) -> pd.DataFrame:
         """Table ``table`` as a DataFrame, ordered by the columns ``order_by``; ``shared``
-        columns as in ``export``. Read in place: a first load's upserts are the largest table
-        of a sync, and a copy of them made the sync's peak."""
+        columns as in ``export`` (from ``SHARED_FROM_ROWS`` rows). Read in place: a first
+        load's upserts are the largest table of a sync, and a copy of them made the sync's
+        peak."""
+        if shared and self.scalar(f"select count(*) from {table}") < SHARED_FROM_ROWS:
+            shared = ()
         casts = []
         for column in shared:
             distinct = (

@@ -14,7 +14,10 @@ from hull_planhat_pipelines.sync.hull.batch import Batch, batch
 from hull_planhat_pipelines.sync.operator_sql import is_locked_down, lock_down
 
 
-def test_an_exported_table_is_ordered_by_its_values_not_by_their_codes() -> None:
+def test_an_exported_table_is_ordered_by_its_values_not_by_their_codes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_module, "SHARED_FROM_ROWS", 0)  # coded however small
     with batch() as work:
         # inserted so that the ENUM's codes (first seen first) disagree with the text order
         work.sql(
@@ -29,6 +32,27 @@ def test_an_exported_table_is_ordered_by_its_values_not_by_their_codes() -> None
         assert work.export("select * from t order by hull_id, n", ("hull_id", "claim")).equals(
             frame
         )
+
+
+def test_a_small_table_crosses_as_text_and_a_large_one_as_codes_with_the_same_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ENUM codes only from ``SHARED_FROM_ROWS`` rows: below, no type is made; either way the
+    frame holds the same text values in the same order."""
+    enums = "select count(*) from duckdb_types() where type_name like '\\_enum\\_%' escape '\\'"
+    with batch() as work:
+        work.sql(
+            "create temp table t as select * from (values ('b', 'x', 2), ('a', null, 1))"
+            " v(hull_id, claim, n)"
+        )
+        monkeypatch.setattr(batch_module, "SHARED_FROM_ROWS", 3)
+        small = work.export_table("t", ("hull_id", "claim"), ("hull_id",))
+        assert work.scalar(enums) == 0
+        monkeypatch.setattr(batch_module, "SHARED_FROM_ROWS", 2)
+        coded = work.export_table("t", ("hull_id", "claim"), ("hull_id",))
+        assert work.scalar(enums) == 2
+    assert small.equals(coded)
+    assert list(small.itertuples(index=False, name=None)) == [("a", None, 1), ("b", "x", 2)]
 
 
 # -- the instance under a batch --------------------------------------------------------------
@@ -46,7 +70,10 @@ def no_idle_instance() -> Iterator[None]:
         batch_module._idle.pop().close()
 
 
-def test_the_next_batch_runs_on_the_same_instance_and_sees_nothing_of_the_last() -> None:
+def test_the_next_batch_runs_on_the_same_instance_and_sees_nothing_of_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_module, "SHARED_FROM_ROWS", 0)  # the export makes its ENUM
     with batch() as first:
         first.sql("insert into in_records values ('user', 'k', 'person', '1', null, false)")
         first.sql("create temp table t as select 'a' as hull_id")
