@@ -80,7 +80,13 @@ def _stamped(
     kept = rows["attributes"].isna()
     if kept.any():
         stored = dict(zip(touched["hull_id"], touched["attributes"], strict=True))
-        rows.loc[kept, "attributes"] = [stored.get(h, "{}") for h in rows.loc[kept, "hull_id"]]
+        missing = sorted(set(rows.loc[kept, "hull_id"]) - stored.keys())
+        if missing:  # their attributes are in the store the changes were computed against
+            raise ValueError(
+                f"changes applied to another store than they were computed against: {kind}"
+                f" profiles {missing[:5]} ({len(missing)} in all) are not in it"
+            )
+        rows.loc[kept, "attributes"] = [stored[h] for h in rows.loc[kept, "hull_id"]]
     created = _utc_column(rows["created_at"])
     rows["created_at"] = created.where(created.notna(), now)
     rows["updated_at"] = pd.Series(now, index=rows.index, dtype=created.dtype)

@@ -318,12 +318,9 @@ def test_planhat_records_with_invalid_json_are_reported_not_fatal() -> None:
     assert (error.object_id, error.reason) == ("c1", "Invalid record JSON")
 
 
-def test_a_user_moved_with_its_merged_account_keeps_its_attributes_as_stored() -> None:
-    """Only what changed is rewritten: a user following its account into the profile that
-    absorbed it (no record of its own in the sync) keeps its attribute text as stored, while a
-    profile whose attributes change has them written canonical."""
-    stored = '{"copper_person/title": "CEO"}'  # not the canonical form: a space after ':'
-    store = ProfileStore(
+def _store_with_a_shell_account(user_attributes: str, account_attributes: str) -> ProfileStore:
+    """User U on the shell account of Copper company 7, beside account A of its domain."""
+    return ProfileStore(
         users=pd.DataFrame(
             {
                 "hull_id": ["U"],
@@ -331,7 +328,7 @@ def test_a_user_moved_with_its_merged_account_keeps_its_attributes_as_stored() -
                 "external_id": [None],
                 "anonymous_ids": [["copper-person:2"]],
                 "account_hull_id": ["SHELL"],
-                "attributes": [stored],
+                "attributes": [user_attributes],
                 "created_at": [NOW],
                 "updated_at": [NOW],
             }
@@ -342,17 +339,27 @@ def test_a_user_moved_with_its_merged_account_keeps_its_attributes_as_stored() -
                 "domain": ["seven.com", None],
                 "external_id": [None, None],
                 "anonymous_ids": [[], ["copper:7"]],
-                "attributes": ['{"copper/name": "Old"}', "{}"],
+                "attributes": [account_attributes, "{}"],
                 "created_at": [NOW, NOW],
                 "updated_at": [NOW, NOW],
             }
         ),
     )
-    company = {"id": 7, "name": "Seven", "email_domain": "seven.com"}
+
+
+COMPANY_7 = CopperRows(
+    companies=copper_frame("companies", [{"id": 7, "name": "Seven", "email_domain": "seven.com"}])
+)
+
+
+def test_a_user_moved_with_its_merged_account_keeps_its_attributes_as_stored() -> None:
+    """Only what changed is rewritten: a user following its account into the profile that
+    absorbed it (no record of its own in the sync) keeps its attribute text as stored, while a
+    profile whose attributes change has them written canonical."""
+    stored = '{"copper_person/title": "CEO"}'  # not the canonical form: a space after ':'
+    store = _store_with_a_shell_account(stored, '{"copper/name": "Old"}')
     later = NOW + dt.timedelta(days=1)
-    changes, after = sync_once(
-        SETTINGS, store, CopperRows(companies=copper_frame("companies", [company])), now=later
-    )
+    changes, after = sync_once(SETTINGS, store, COMPANY_7, now=later)
     assert changes.merges[["from_hull_id", "into_hull_id"]].values.tolist() == [["SHELL", "A"]]
     user = after.users.set_index("hull_id").loc["U"]
     assert (user["account_hull_id"], user["attributes"]) == ("A", stored)
@@ -361,3 +368,14 @@ def test_a_user_moved_with_its_merged_account_keeps_its_attributes_as_stored() -
     assert json.loads(account["attributes"])["copper/name"] == "Seven"
     assert account["attributes"] == value_json(json.loads(account["attributes"]))
     assert list(after.accounts["hull_id"]) == ["A"]
+
+
+def test_changes_applied_to_a_store_without_their_profiles_are_refused() -> None:
+    """A rewritten row whose stored attributes stay as they are needs them from the store the
+    changes were computed against: applied to another, the apply says so instead of writing
+    the profile without its attributes."""
+    store = _store_with_a_shell_account('{"copper_person/title":"CEO"}', "{}")
+    changes = compute_changes(SETTINGS, store, COMPANY_7)
+    assert changes.user_rows["hull_id"].tolist() == ["U"]
+    with pytest.raises(ValueError, match=r"another store .* user profiles \['U'\]"):
+        apply_changes(ProfileStore(accounts=store.accounts), changes, NOW)
