@@ -184,7 +184,8 @@ def fetch_rowids(
     caller that found the rows in the scans it made anyway: a second scan only to turn its
     keys into row ids costs as much as one of them. As for ``fetch_where``'s own two
     statements, the row ids name the rows the scans saw only while nothing writes the table
-    between the scans and this read (inside the caller's transaction, by design)."""
+    between the scans and this read: inside one transaction, or while its writers are held
+    off (one sync at a time writes the profile store)."""
     groups = [g for (g,) in run(conn, f"select distinct r // {ROWS_PER_FETCH} from {found}")]
     frames = []
     for group in sorted(groups) or [0]:  # none matched: one empty frame, with its columns
