@@ -30,7 +30,8 @@ def diff_attributes(batch: Batch, k: Kind) -> None:
     """``upserts_<kind>``: one row per (profile, attribute) whose value changes. The kind's
     staged ``in_attributes`` rows are consumed: once its wanted values are built they leave the
     batch (a first load's, kept beside the wanted values and the upserts, made its peak).
-    ``cur_<kind>`` and ``touched_<kind>`` stay for the rewritten rows (``hull.rewrite``)."""
+    ``cur_<kind>`` and ``touched_<kind>`` stay, for the profiles with an upsert only, for the
+    rewritten rows (``hull.rewrite``)."""
     _wanted(batch, k)
     batch.sql(
         "create or replace temp table in_attributes as"
@@ -50,6 +51,12 @@ def diff_attributes(batch: Batch, k: Kind) -> None:
         " where w.value is distinct from c.value) order by hull_id, attribute"
     )
     batch.drop(*(f"{t}_{k}" for t in ("want", "prof", "writers", "losers")))
+    # only a profile with an upsert has its attributes rewritten: the stored values of the
+    # others (a "fetch all" touches every profile) need not wait for the rewrite
+    batch.sql(
+        f"delete from touched_{k} where hull_id not in (select hull_id from upserts_{k});"
+        f"delete from cur_{k} where hull_id not in (select hull_id from touched_{k})"
+    )
 
 
 def _wanted(batch: Batch, k: Kind) -> None:
@@ -127,7 +134,8 @@ def _profiles(batch: Batch, k: Kind) -> None:
 
 def _current(batch: Batch, k: Kind) -> None:
     """The stored values of the touched profiles (and of shells merged into them): ``value``
-    canonical, to compare; ``raw`` as stored, to write back unchanged."""
+    canonical, to compare; ``raw`` as stored, to write back unchanged, where the two can differ
+    (a number, an object, an array; null for the rest, the most of a "fetch all"'s millions)."""
     batch.sql(
         f"create or replace temp table touched_{k} as select distinct hull_id from want_{k}"
         f" union select into_hull_id from merges_{k} union select from_hull_id from merges_{k};"
@@ -136,7 +144,8 @@ def _current(batch: Batch, k: Kind) -> None:
     batch.sql(
         f"create or replace temp table cur_{k} as select s.hull_id, j.key as attribute,"
         " case when j.type = 'DOUBLE' then hull_canonical_scalar(j.value::varchar)"
-        " else j.value::varchar end as value, j.value::varchar as raw"
+        " else j.value::varchar end as value, case when j.type in ('DOUBLE', 'OBJECT', 'ARRAY')"
+        " then j.value::varchar end as raw"
         f" from (select * from sa_{k} semi join touched_{k} using (hull_id)) s,"
         " json_each(s.attributes) j where j.type <> 'NULL';"
         f"drop table sa_{k}"

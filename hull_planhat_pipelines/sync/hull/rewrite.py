@@ -2,10 +2,11 @@
 
 A profile is rewritten when it gains an attribute change, a claim or (a user) another account.
 Its new row is built where its changes already are: the stored row (``s_<kind>``), the stored
-attributes diffing parsed (``cur_<kind>``, whose ``raw`` text is kept as stored), the upserts,
-the claims and the links. ``apply_changes`` then only stamps the times and puts the rows in
-place. Built in a second batch, each rewritten profile's attributes were parsed again and the
-upserts loaded back from pandas (a first load's million rows).
+attributes diffing parsed (``cur_<kind>``, which keeps their stored text where the canonical
+one differs; of the profiles with an upsert, the only ones whose attribute text is rewritten),
+the upserts, the claims and the links. ``apply_changes`` then only stamps the times and puts
+the rows in place. Built in a second batch, each rewritten profile's attributes were parsed
+again and the upserts loaded back from pandas (a first load's million rows).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ REWRITE_COLUMNS: dict[Kind, list[str]] = {
 }
 """A rewritten row: the store's columns but ``updated_at`` (the apply's ``now``);
 ``created_at`` is the stored one (NaT: a new profile), ``attributes`` None when this sync did
-not rewrite them (only a claim or a link changed): the stored text stays."""
+not change them (only a claim or a link changed): the stored text stays."""
 
 
 def stage_rewrites(work: Batch, k: Kind) -> None:
@@ -34,7 +35,8 @@ def stage_rewrites(work: Batch, k: Kind) -> None:
         f" union select hull_id from claims_{k}"
         f"{' union select user_hull_id from links' if is_user else ''};"
         # the kept values of rewritten profiles as stored, then the upserted ones (nulls clear)
-        "create or replace temp table _rw_attrs as select c.hull_id, c.attribute, c.raw as value"
+        "create or replace temp table _rw_attrs as select c.hull_id, c.attribute,"
+        " coalesce(c.raw, c.value) as value"
         f" from cur_{k} c semi join _rw_ids using (hull_id)"
         f" anti join upserts_{k} u using (hull_id, attribute)"
         f" union all select hull_id, attribute, value from upserts_{k} where value is not null;"
@@ -56,7 +58,7 @@ def stage_rewrites(work: Batch, k: Kind) -> None:
         " coalesce(s.external_id, ce.value) as external_id,"
         " list_concat(coalesce(s.anonymous_ids, []), coalesce(anon.added, []))"
         f" as anonymous_ids, {account if is_user else ''}"
-        # parsed (or new): rebuilt; otherwise left as stored
+        # changed (or new): rebuilt; otherwise left as stored
         " case when obj.hull_id is not null then obj.attributes"
         " when t.hull_id is not null or s.hull_id is null then '{}' end as attributes,"
         " s.created_at"

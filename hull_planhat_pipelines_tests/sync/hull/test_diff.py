@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -379,3 +380,46 @@ def test_changes_applied_to_a_store_without_their_profiles_are_refused() -> None
     assert changes.user_rows["hull_id"].tolist() == ["U"]
     with pytest.raises(ValueError, match=r"another store .* user profiles \['U'\]"):
         apply_changes(ProfileStore(accounts=store.accounts), changes, NOW)
+
+
+def test_a_record_that_changes_only_its_link_leaves_the_attribute_text_as_stored() -> None:
+    """A person whose record comes again, unchanged but for its company, is rewritten for its
+    account only: its attributes, compared and found equal, keep their stored text."""
+    companies = [
+        {"id": 7, "name": "Seven", "email_domain": "seven.com"},
+        {"id": 8, "name": "Eight", "email_domain": "eight.com"},
+    ]
+    person = {"id": 2, "primary_email": "a@x.com", "title": "CEO", "company_id": 7}
+    _, store = sync_once(
+        SETTINGS,
+        ProfileStore(),
+        CopperRows(
+            people=copper_frame("people", [person]),
+            companies=copper_frame("companies", companies),
+        ),
+    )
+    users = store.users.copy()
+    stored = '{"copper_person/title": "CEO"}'  # equal to the canonical text, spaced otherwise
+    users.loc[0, "attributes"] = stored
+    moved = CopperRows(people=copper_frame("people", [{**person, "company_id": 8}]))
+    changes, after = sync_once(SETTINGS, replace(store, users=users), moved)
+    assert changes.user_upserts.empty and len(changes.links) == 1
+    assert after.users.loc[0, "attributes"] == stored
+    assert after.users.loc[0, "account_hull_id"] == changes.links.loc[0, "account_hull_id"]
+
+
+def test_a_rewritten_profile_keeps_its_other_values_as_stored() -> None:
+    """Rewriting one attribute leaves the text of the others as stored: a number written
+    ``2.0`` and an object with its keys unsorted compare equal to their canonical forms and
+    are written back as they were."""
+    _, store = sync_once(SETTINGS, ProfileStore(), leads())
+    users = store.users.copy()
+    users.loc[0, "attributes"] = (
+        '{"copper_lead/name":"Ann","copper_lead/score":2.0,"copper_lead/x":{"b":1,"a":[2.0]}}'
+    )
+    changes, after = sync_once(SETTINGS, replace(store, users=users), leads(status="Won"))
+    assert upserted(changes.user_upserts) == {(LEAD_HULL, "copper_lead/status"): "Won"}
+    assert after.users.loc[0, "attributes"] == (
+        '{"copper_lead/name":"Ann","copper_lead/score":2.0,"copper_lead/status":"Won",'
+        '"copper_lead/x":{"b":1,"a":[2.0]}}'
+    )
