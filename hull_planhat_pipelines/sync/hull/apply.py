@@ -5,9 +5,9 @@ The sync built the new rows of the profiles it rewrites (``Changes.user_rows``,
 their places, stamped, and the untouched rows of a million-profile store stay where they are.
 Existing rows keep their order and are replaced in place; new profiles are appended in hull_id
 order; shells merged into another profile disappear. ``updated_at`` becomes ``now`` for every
-changed profile (``created_at`` too for new ones). A profile whose attributes changed has them
-rewritten as canonical JSON (sorted keys, no nulls); one that only gained a claim or a link
-keeps its stored text.
+changed profile (``created_at`` too for new ones). A profile whose attributes changed has its
+object written again (sorted keys, no nulls, the values it keeps as stored); one that only
+gained a claim or a link keeps its stored text.
 """
 
 from __future__ import annotations
