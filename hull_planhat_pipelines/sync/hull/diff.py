@@ -30,8 +30,8 @@ def diff_attributes(batch: Batch, k: Kind) -> None:
     """``upserts_<kind>``: one row per (profile, attribute) whose value changes. The kind's
     staged ``in_attributes`` rows are consumed: once its wanted values are built they leave the
     batch (a first load's, kept beside the wanted values and the upserts, made its peak).
-    ``cur_<kind>`` and ``touched_<kind>`` stay, for the profiles with an upsert only, for the
-    rewritten rows (``hull.rewrite``)."""
+    ``cur_<kind>`` stays, for the profiles with an upsert only, for the rewritten rows
+    (``hull.rewrite``)."""
     _wanted(batch, k)
     batch.sql(
         "create or replace temp table in_attributes as"
@@ -50,13 +50,10 @@ def diff_attributes(batch: Batch, k: Kind) -> None:
         f" join prof_{k} p using (hull_id)"
         " where w.value is distinct from c.value) order by hull_id, attribute"
     )
-    batch.drop(*(f"{t}_{k}" for t in ("want", "prof", "writers", "losers")))
+    batch.drop(*(f"{t}_{k}" for t in ("want", "prof", "touched", "writers", "losers")))
     # only a profile with an upsert has its attributes rewritten: the stored values of the
     # others (a "fetch all" touches every profile) need not wait for the rewrite
-    batch.sql(
-        f"delete from touched_{k} where hull_id not in (select hull_id from upserts_{k});"
-        f"delete from cur_{k} where hull_id not in (select hull_id from touched_{k})"
-    )
+    batch.sql(f"delete from cur_{k} where hull_id not in (select hull_id from upserts_{k})")
 
 
 def _wanted(batch: Batch, k: Kind) -> None:

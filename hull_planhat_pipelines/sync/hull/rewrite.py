@@ -26,8 +26,8 @@ not change them (only a claim or a link changed): the stored text stays."""
 
 def stage_rewrites(work: Batch, k: Kind) -> None:
     """``rewrite_<k>`` (``REWRITE_COLUMNS``, ordered by ``hull_id``) from the batch's
-    ``upserts_<k>``, ``claims_<k>``, ``links``, ``s_<k>`` and the ``cur_<k>`` and
-    ``touched_<k>`` diffing left (consumed here)."""
+    ``upserts_<k>``, ``claims_<k>``, ``links``, ``s_<k>`` and the ``cur_<k>`` diffing left
+    (the stored values of the profiles with an upsert; consumed here)."""
     other = DOMAIN_CLAIM[k]
     is_user = k == "user"
     work.sql(
@@ -37,8 +37,7 @@ def stage_rewrites(work: Batch, k: Kind) -> None:
         # the kept values of rewritten profiles as stored, then the upserted ones (nulls clear)
         "create or replace temp table _rw_attrs as select c.hull_id, c.attribute,"
         " coalesce(c.raw, c.value) as value"
-        f" from cur_{k} c semi join _rw_ids using (hull_id)"
-        f" anti join upserts_{k} u using (hull_id, attribute)"
+        f" from cur_{k} c anti join upserts_{k} u using (hull_id, attribute)"
         f" union all select hull_id, attribute, value from upserts_{k} where value is not null;"
         "create or replace temp table _rw_obj as select hull_id, '{' || array_to_string("
         "list_transform(list_sort(list({'k': attribute, 'v': value})),"
@@ -60,18 +59,18 @@ def stage_rewrites(work: Batch, k: Kind) -> None:
         f" as anonymous_ids, {account if is_user else ''}"
         # changed (or new): rebuilt; otherwise left as stored
         " case when obj.hull_id is not null then obj.attributes"
-        " when t.hull_id is not null or s.hull_id is null then '{}' end as attributes,"
+        f" when ids.hull_id in (select hull_id from upserts_{k}) or s.hull_id is null"
+        " then '{}' end as attributes,"
         " s.created_at"
         f" from _rw_ids ids left join s_{k} s using (hull_id)"
         f" left join claims_{k} co on co.hull_id = ids.hull_id and co.claim = '{other}'"
         f" left join claims_{k} ce on ce.hull_id = ids.hull_id and ce.claim = 'external_id'"
         " left join _rw_anon anon on anon.hull_id = ids.hull_id"
         " left join _rw_obj obj on obj.hull_id = ids.hull_id"
-        f" left join touched_{k} t on t.hull_id = ids.hull_id"
         f" {'left join links lk on lk.user_hull_id = ids.hull_id' if is_user else ''}"
         " order by ids.hull_id"
     )
-    work.drop("_rw_ids", "_rw_obj", "_rw_anon", f"cur_{k}", f"touched_{k}")
+    work.drop("_rw_ids", "_rw_obj", "_rw_anon", f"cur_{k}")
 
 
 def export_rewrites(work: Batch, k: Kind) -> pd.DataFrame:
