@@ -14,7 +14,12 @@ from __future__ import annotations
 import pandas as pd
 
 from hull_planhat_pipelines.sync.hull.batch import Batch
-from hull_planhat_pipelines.sync.hull.model import DOMAIN_CLAIM, STORE_COLUMNS, Kind
+from hull_planhat_pipelines.sync.hull.model import (
+    DOMAIN_CLAIM,
+    STORE_COLUMNS,
+    Kind,
+    empty_store,
+)
 
 REWRITE_COLUMNS: dict[Kind, list[str]] = {
     kind: [c for c in columns if c != "updated_at"] for kind, columns in STORE_COLUMNS.items()
@@ -83,6 +88,4 @@ def export_rewrites(work: Batch, k: Kind) -> pd.DataFrame:
 
 
 def empty_rewrites(k: Kind) -> pd.DataFrame:
-    frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in REWRITE_COLUMNS[k]})
-    frame["created_at"] = pd.Series([], dtype="datetime64[ns, UTC]")
-    return frame
+    return empty_store(k)[REWRITE_COLUMNS[k]]
