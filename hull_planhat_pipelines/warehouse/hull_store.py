@@ -638,10 +638,10 @@ def changed_segments(
     )
     # parsed first: the evaluation locks its instance down, and a parse after it would build
     # a new one (15 ms of an incremental write)
-    read = account_columns_read(segments)
+    columns_read = account_columns_read(segments)
     new_users, seg_accounts = evaluate_segments(users, all_accounts, segments)
     new_accounts = seg_accounts[seg_accounts["hull_id"].isin(changed_accounts)]
-    moving = moving_accounts(part.accounts, stored["account"], new_accounts, read)
+    moving = moving_accounts(part.accounts, stored["account"], new_accounts, columns_read)
     moved = _moved_members(conn, part, moving, changed_users, all_accounts, segments)
     return new_users, new_accounts, moved, stored
 
