@@ -12,12 +12,11 @@ from hull_planhat_pipelines.sync.hull.batch import batch
 from hull_planhat_pipelines.sync.hull.changes import ProfileStore
 from hull_planhat_pipelines.warehouse import hull_store
 from hull_planhat_pipelines_tests.hull_support import example_settings
+from hull_planhat_pipelines_tests.sync.hull.test_batch import no_idle_instance  # noqa: F401
 from hull_planhat_pipelines_tests.sync.hull.test_segments import ACCOUNTS, USERS, segment_map
 
 
 def test_the_segments_of_a_write_run_on_the_idle_instance(monkeypatch: pytest.MonkeyPatch) -> None:
-    while batch_module._idle:
-        batch_module._idle.pop().close()
     with batch():
         pass  # the sync's own batch leaves its instance idle
     built: list[int | None] = []
