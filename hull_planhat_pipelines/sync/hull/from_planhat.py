@@ -200,11 +200,10 @@ def _unusable_records(batch: Batch, model: _Model) -> list[SyncEvent]:
     if "email" in model.claims:
         email = matching_text("email")
         batch.sql(f"update ph_current set email = {email}; update ph_previous set email = {email}")
-        invalid = batch.frame(
-            f"select _id from ph_current where email is not null and not {valid_email('email')}"
-            " order by _id"
+        invalid = batch.frame(  # tested once, as the Copper mapping does
+            f"delete from ph_current where email is not null and not {valid_email('email')}"
+            " returning _id"
         )
-        batch.sql(f"delete from ph_current where email is not null and not {valid_email('email')}")
         skipped += [
             SyncEvent(
                 event="incoming.user.skip",
@@ -212,7 +211,7 @@ def _unusable_records(batch: Batch, model: _Model) -> list[SyncEvent]:
                 object_id=_id,
                 reason=INVALID_EMAIL,
             )
-            for _id in invalid["_id"].tolist()
+            for _id in sorted(invalid["_id"].tolist())
         ]
     return skipped
 
