@@ -473,3 +473,27 @@ def test_handed_rows_are_let_go_once_staged(monkeypatch: pytest.MonkeyPatch) -> 
     assert handed.copper is None and len(seen) > 4 and not any(seen)
     pd.testing.assert_frame_equal(changes.user_upserts, expected.user_upserts)
     pd.testing.assert_frame_equal(changes.record_log, expected.record_log)
+
+
+def test_records_with_no_address_are_skipped_in_the_order_of_their_ids() -> None:
+    """Skipped by number, as Copper numbers them (9 before 10); none of them reaches a
+    profile."""
+    changes, store = sync_once(
+        SETTINGS,
+        ProfileStore(),
+        rows(
+            people=[
+                person(100, "not an address"),
+                person(9, "ann@"),
+                person(10, "bob at x.com"),
+                person(11, "cat@x.com"),
+            ]
+        ),
+    )
+    skips = [(e.object_id, e.reason) for e in changes.log if e.event == "incoming.user.skip"]
+    assert skips == [
+        ("9", "Invalid email"),
+        ("10", "Invalid email"),
+        ("100", "Invalid email"),
+    ]
+    assert list(store.users["email"]) == ["cat@x.com"]
