@@ -151,9 +151,9 @@ ROWS_PER_FETCH = 122_880
 """DuckDB's row group (its default size): ``fetch_where`` reads the rows of a few at a time."""
 ROW_GROUPS_PER_FETCH = 2
 """Row groups holding matches that one statement of ``fetch_where`` reads. DuckDB scans each
-row group on a thread of its own, so two take the time of one on two cores (7,153 profiles
-spread over a million: 125 ms one group a statement, 75 ms two), and a statement's blocks stay
-those of two row groups, whatever the size of the table."""
+row group on a thread of its own, so on two cores two take little more than one (7,153
+profiles spread over a million: 125 ms one group a statement, 75 ms two), and a statement's
+blocks stay those of two row groups, whatever the size of the table."""
 
 
 def fetch_where(
