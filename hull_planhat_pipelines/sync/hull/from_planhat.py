@@ -200,7 +200,7 @@ def _unusable_records(batch: Batch, model: _Model) -> list[SyncEvent]:
     if "email" in model.claims:
         email = matching_text("email")
         batch.sql(f"update ph_current set email = {email}; update ph_previous set email = {email}")
-        invalid = batch.frame(  # tested once, as the Copper mapping does
+        invalid = batch.frame(  # each address tested once
             f"delete from ph_current where email is not null and not {valid_email('email')}"
             " returning _id"
         )
@@ -211,7 +211,7 @@ def _unusable_records(batch: Batch, model: _Model) -> list[SyncEvent]:
                 object_id=_id,
                 reason=INVALID_EMAIL,
             )
-            for _id in sorted(invalid["_id"].tolist())
+            for _id in _in_order(invalid["_id"])
         ]
     return skipped
 
@@ -219,8 +219,8 @@ def _unusable_records(batch: Batch, model: _Model) -> list[SyncEvent]:
 def _invalid_records(batch: Batch, model: _Model) -> list[SyncEvent]:
     """Rows whose ``record`` is not JSON: left out (a previous one is simply not compared)."""
     invalid = "record is null or not json_valid(record)"
-    bad = batch.frame(f"select _id from ph_current where {invalid} order by _id")
-    batch.sql(f"delete from ph_current where {invalid}; delete from ph_previous where {invalid}")
+    bad = batch.frame(f"delete from ph_current where {invalid} returning _id")
+    batch.sql(f"delete from ph_previous where {invalid}")
     return [
         SyncEvent(
             event=f"incoming.{model.kind}.error",
@@ -228,8 +228,14 @@ def _invalid_records(batch: Batch, model: _Model) -> list[SyncEvent]:
             object_id=_id,
             reason="Invalid record JSON",
         )
-        for _id in bad["_id"].tolist()
+        for _id in _in_order(bad["_id"])
     ]
+
+
+def _in_order(ids: pd.Series) -> list[str | None]:
+    """Removed records' ids as SQL ordered them before the ``returning`` delete (which keeps
+    no order): ascending, a missing one last."""
+    return ids.sort_values(na_position="last").tolist()
 
 
 def _stage_attributes(batch: Batch, model: _Model, values: dict[str, str]) -> None:

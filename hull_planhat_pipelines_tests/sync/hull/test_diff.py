@@ -319,6 +319,20 @@ def test_planhat_records_with_invalid_json_are_reported_not_fatal() -> None:
     assert (error.object_id, error.reason) == ("c1", "Invalid record JSON")
 
 
+def test_planhat_records_with_invalid_json_are_reported_in_the_order_of_their_ids() -> None:
+    """By ``_id``, a record without one last; none reaches a profile, the valid one does."""
+    frame = planhat_frame(
+        [ph_company("c3"), ph_company("c1"), ph_company("c4"), ph_company("c2")], "companies"
+    )
+    frame.loc[[0, 1, 2], "record"] = "{oops"
+    frame.loc[2, "_id"] = None
+    changes, store = sync_once(SETTINGS, ProfileStore(), None, PlanhatRows(companies=frame))
+    errors = [e.object_id for e in changes.log if e.event == "incoming.account.error"]
+    assert errors == ["c1", "c3", None]
+    assert len(store.accounts) == 1
+    profile(store.accounts, "planhat:c2")
+
+
 def _store_with_a_shell_account(user_attributes: str, account_attributes: str) -> ProfileStore:
     """User U on the shell account of Copper company 7, beside account A of its domain."""
     return ProfileStore(
