@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import duckdb
 import pandas as pd
 import pytest
 
@@ -437,3 +438,22 @@ def test_a_rewritten_profile_keeps_its_other_values_as_stored() -> None:
         '{"copper_lead/name":"Ann","copper_lead/score":2.0,"copper_lead/status":"Won",'
         '"copper_lead/x":{"b":1,"a":[2.0]}}'
     )
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        '{"copper_lead/name":"Ann","copper_lead/score":1,"copper_lead/score":2}',
+        '["copper_lead/name"]',
+    ],
+)
+def test_stored_attributes_that_are_no_object_of_unique_keys_are_refused(stored: str) -> None:
+    """The profile store writes each profile's attributes as one object with each key once.
+    Text that is not such an object was not written by a sync: its values cannot be told, so
+    the sync stops with an error instead of comparing with two values for one attribute (or
+    with an array's positions as attributes) and writing them back."""
+    _, store = sync_once(SETTINGS, ProfileStore(), leads())
+    users = store.users.copy()
+    users.loc[0, "attributes"] = stored
+    with pytest.raises(duckdb.Error, match=r"unique|Expected OBJECT"):
+        compute_changes(SETTINGS, replace(store, users=users), leads(status="Won"))
