@@ -86,7 +86,11 @@ from hull_planhat_pipelines.warehouse.payload_scope import (
     scope,
     with_skips,
 )
-from hull_planhat_pipelines.warehouse.planhat_queries import activity_answers, metric_answers
+from hull_planhat_pipelines.warehouse.planhat_queries import (
+    activity_answers,
+    metric_answers,
+    without_unchanged,
+)
 
 OUTGOING_GROUP = "outgoing"
 
@@ -336,6 +340,8 @@ def build_payload_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         if conn is None:
             return all_metric_payloads([], now)
         answers = metric_answers(conn, settings.planhat.metrics)
+        if not force:  # the rows sent unchanged are left out in SQL (a forced send keeps all)
+            answers = without_unchanged(conn, answers, now)
         # the fingerprints of today's keys only, not of every day ever sent
         fingerprints = deliveries.fingerprints_of_keys(conn, METRICS, metric_keys(answers, now))
         return all_metric_payloads(answers, now, fingerprints=fingerprints, force=force)

@@ -40,6 +40,11 @@ def _metric_dates(values: pd.Series, default: str) -> list[str | None]:
     return [default if gone else iso for iso, gone in zip(text, missing, strict=True)]
 
 
+def default_date(now: dt.datetime) -> str:
+    """The date of a row without one: today, UTC midnight."""
+    return utc_timestamp(now).normalize().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
 def metric_key(metric: MetricSettings, external_id: str, date: str) -> str:
     """An item's delivery key: one per metric, record and day."""
     return f"{metric.dimension_id}:{metric.model}:{external_id}:{date}"
@@ -52,10 +57,9 @@ def _metric_cells(
     missing = [c for c in METRIC_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"metric {metric.dimension_id!r}: query lacks {', '.join(missing)}")
-    default_date = utc_timestamp(now).normalize().strftime("%Y-%m-%dT%H:%M:%S.000Z")
     dates = _metric_dates(
         rows["date"] if "date" in rows.columns else pd.Series([None] * len(rows)),
-        default_date,
+        default_date(now),
     )
     external_ids = [shared.as_text(v) for v in rows["external_id"].tolist()]
     return list(zip(external_ids, rows["value"].tolist(), dates, strict=True))
@@ -85,12 +89,14 @@ def metric_payloads(
     *,
     fingerprints: pd.DataFrame | None = None,
     force: bool = False,
+    unchanged: int = 0,
 ) -> shared.Payloads:
     """Dimension data items from one metric's query rows (``external_id, value[, date]``).
 
     ``date`` defaults to today (UTC midnight), so a rerun the same day has the same key.
     With ``fingerprints`` only items whose value changed since their last delivery are kept
-    (a metric re-sent unchanged every run would pile up data points). Columns:
+    (a metric re-sent unchanged every run would pile up data points). ``unchanged``: rows of
+    the answer left out before, as sent unchanged (counted as such). Columns:
     ``PAYLOAD_COLUMNS`` + ``dimension_id``, ``model``, ``external_id``, ``date``, ``value``.
     """
     extra = ("dimension_id", "model", "external_id", "date", "value")
@@ -153,8 +159,13 @@ def metric_payloads(
         fields=(),
         fingerprints=fingerprints,
         force=force,
-        counts={"dimension_id": metric.dimension_id, "model": metric.model, "rows": len(rows)},
+        counts={
+            "dimension_id": metric.dimension_id,
+            "model": metric.model,
+            "rows": len(rows) + unchanged,
+        },
         id_column="external_id",
+        unchanged_before=unchanged,
     )
 
 
@@ -190,7 +201,12 @@ def all_metric_payloads(
             )
             continue
         payloads, skipped = metric_payloads(
-            metric_rows(checked.rows), metric, now, fingerprints=fingerprints, force=force
+            metric_rows(checked.rows),
+            metric,
+            now,
+            fingerprints=fingerprints,
+            force=force,
+            unchanged=checked.unchanged,
         )
         frames.append(payloads)
         events += skipped

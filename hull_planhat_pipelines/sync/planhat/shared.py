@@ -281,11 +281,13 @@ def select_upserts(
     force: bool,
     counts: Mapping[str, Any],
     id_column: str = "hull_id",
+    unchanged_before: int = 0,
 ) -> Payloads:
     """A builder's mapped records as payloads: one per key (the others skipped as
     ``duplicate``), only those changed since their last delivery (all when forced), clears
     added. The events gain the duplicates and, last, ``<subject>.progress``: ``counts`` and
-    how many were skipped, unchanged and selected."""
+    how many were skipped, unchanged (``unchanged_before`` of them found so before the
+    builder) and selected."""
     frame, duplicates = _dedupe(
         _Candidates(tuple(extra), rows).frame(),
         f"{subject}.skip",
@@ -300,7 +302,7 @@ def select_upserts(
             f"{subject}.progress",
             **counts,
             skipped=len(logged),
-            unchanged=unchanged,
+            unchanged=unchanged + unchanged_before,
             selected=len(payloads),
         )
     )
@@ -340,6 +342,9 @@ class QueryAnswer:
 
     rows: pd.DataFrame | None = None
     error: str | None = None
+    unchanged: int = 0
+    """Rows the warehouse layer left out of ``rows`` (``planhat_queries.without_unchanged``):
+    items sent last time exactly as they would be now, counted as unchanged."""
 
     def checked(self, required: Sequence[str]) -> QueryAnswer:
         """This answer, or a failed one when its rows lack a ``required`` column."""
