@@ -6,9 +6,12 @@ A metric item's key carries its day, so ``planhat.delivery_fingerprints`` gains 
 item every day a metric is sent. For each ``--days``, a fresh warehouse holds one metric query
 over ``--accounts`` accounts (7,500: the example metric's rows at 100,000 people), today's
 fingerprints (every item unchanged since it was sent) and those of the ``--days`` days before.
-Two ways of building today's payloads are timed (median of ``--rounds``, untraced):
-``whole_target`` reads every metric fingerprint (what the asset did before), ``todays_keys``
-the fingerprints of the answer's keys only (``metric_keys``, what it does now). Each reports
+Three ways of building today's payloads are timed (median of ``--rounds``, untraced):
+``whole_target`` reads every metric fingerprint (what the asset did first), ``todays_keys``
+the fingerprints of the answer's keys only (``metric_keys``, what it did next), and
+``left_out`` first leaves out, in SQL, the rows whose item was sent unchanged
+(``planhat_queries.without_unchanged``), then builds the rest as ``todays_keys`` does (what it
+does now; every row here is unchanged, so the builder gets none). Each reports
 its seconds, the fingerprint rows it read and, from one more run, the peak of Python-traced
 memory (pandas' arrays included, DuckDB's own buffers not). Both must find nothing to send;
 the benchmark exits non-zero otherwise. The last line is one JSON object.
@@ -36,7 +39,7 @@ from hull_planhat_pipelines.settings import MetricSettings
 from hull_planhat_pipelines.sync.planhat.metrics import all_metric_payloads, metric_keys
 from hull_planhat_pipelines.sync.planhat.shared import METRICS
 from hull_planhat_pipelines.warehouse import deliveries
-from hull_planhat_pipelines.warehouse.planhat_queries import metric_answers
+from hull_planhat_pipelines.warehouse.planhat_queries import metric_answers, without_unchanged
 
 from machine import MachineSpeed
 
@@ -111,9 +114,17 @@ def todays_keys(conn: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, int]:
     return payloads, len(fingerprints)
 
 
+def left_out(conn: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, int]:
+    answers = without_unchanged(conn, metric_answers(conn, [METRIC]), NOW)
+    fingerprints = deliveries.fingerprints_of_keys(conn, METRICS, metric_keys(answers, NOW))
+    payloads, _ = all_metric_payloads(answers, NOW, fingerprints=fingerprints)
+    return payloads, len(fingerprints)
+
+
 WAYS: dict[str, Callable[[duckdb.DuckDBPyConnection], tuple[pd.DataFrame, int]]] = {
     "whole_target": whole_target,
     "todays_keys": todays_keys,
+    "left_out": left_out,
 }
 
 
