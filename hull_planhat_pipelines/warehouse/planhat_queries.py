@@ -154,6 +154,8 @@ def _without_unchanged(
             " where r.n = 1 and f.fingerprint = sha256(r.content)",
             [METRICS],
         )
+    except duckdb.Error:  # a value SQL cannot read: the builder judges every row, as before
+        return answer
     finally:
         conn.unregister("_metric_rows")
     if not found:

@@ -15,6 +15,7 @@ from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS
 from hull_planhat_pipelines.settings import MetricSettings
 from hull_planhat_pipelines.sync.planhat.metrics import METRIC_DUPLICATE, all_metric_payloads
 from hull_planhat_pipelines.sync.planhat.shared import NO_EXTERNAL_ID, QueryAnswer
+from hull_planhat_pipelines.warehouse import planhat_queries
 from hull_planhat_pipelines.warehouse.deliveries import FINGERPRINTS, FINGERPRINTS_DDL
 from hull_planhat_pipelines.warehouse.planhat_queries import metric_answers, without_unchanged
 from hull_planhat_pipelines_tests.planhat_support import advance_fingerprints
@@ -191,3 +192,22 @@ def test_nothing_is_left_out_before_a_first_delivery() -> None:
     metric = MetricSettings(dimension_id="pipeline", sql="select 'A1' as external_id, 1 as value")
     answers = metric_answers(conn, [metric])
     assert without_unchanged(conn, answers, NOW) == answers
+
+
+def test_rows_sql_cannot_read_are_all_judged_by_the_builder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Leaving rows out only saves time: where the SQL fails, every row goes to the builder,
+    which sends nothing unchanged, and the metric is not lost."""
+    conn = duckdb.connect()
+    conn.execute("create table t as select 'A1' as external_id, 1.5 as value")
+    metric = MetricSettings(dimension_id="pipeline", sql="select * from t")
+    _delivered(conn, [metric])
+    monkeypatch.setattr(
+        planhat_queries, "sent_form_sql", lambda *_: ("error('unreadable')", "external_id")
+    )
+    answers = metric_answers(conn, [metric])
+    [(_, answer)] = without_unchanged(conn, answers, NOW)
+    assert answer.unchanged == 0 and answer.rows["external_id"].tolist() == ["A1"]
+    stored = conn.execute(f"select * from {FINGERPRINTS}").fetchdf()
+    assert _built([(metric, answer)], stored)[0] == []
