@@ -149,11 +149,14 @@ def select_where(table: str, where: str, columns: str = "*") -> str:
 
 ROWS_PER_FETCH = 122_880
 """DuckDB's row group (its default size): ``fetch_where`` reads the rows of a few at a time."""
-ROW_GROUPS_PER_FETCH = 2
-"""Row groups holding matches that one statement of ``fetch_where`` reads. DuckDB scans each
-row group on a thread of its own, so on two cores two take little more than one (7,153
-profiles spread over a million: 125 ms one group a statement, 75 ms two), and a statement's
-blocks stay those of two row groups, whatever the size of the table."""
+ROW_GROUPS_PER_FETCH = 1
+"""Row groups holding matches that one statement of ``fetch_where`` reads. A statement holds
+every block it read until it ends, and a hundred rows spread over a row group touch nearly all
+of its blocks: at 100,000 people (281,000 profiles, three row groups) one group's are 25 to
+30 MB, two groups' 50 to 55 MB, the incremental ``hull_profiles``' peak. Two a statement are
+scanned on two threads (7,153 profiles spread over a million: 75 ms against 125 ms one a
+statement, 60 ms of the 1.3 s of ``benchmarks/hull_diff.py``); one keeps the peak at what a
+10,000-person store takes, whatever the size of the table."""
 
 
 def fetch_where(
