@@ -1,4 +1,4 @@
-"""The whole cycle, three times, against both sandboxes in process: full, 1% changed, unchanged.
+"""The whole cycle against both sandboxes in process: full, 1% changed, unchanged.
 
     python benchmarks/end_to_end.py [--scale 100] [--change 0.01] [--seed 0] [--start-date D]
                                     [--cold] [--history 0] [--rounds 1]
@@ -48,15 +48,16 @@ incremental passes then show what the delivery history, which only grows, costs 
 ``--compare`` runs scale 10 with ``--change 0.01`` and scale 100 with ``--change 0.001`` (the
 same 100 changed people), five rounds each (``--rounds``), and compares the medians of the
 incremental passes' cycle: every job but the Planhat snapshot (a full list by nature), seconds
-summed and the highest peak above the resident memory the pass began with; it fails above x1.5, when a pass makes more requests than its
-minimum, or when the unchanged pass writes to Planhat or upserts in Hull. The one excess it
-allows is printed (``window_cut_pages``): each activity window ends on a partial page of its
-own, and partial pages do not add up, so where the walk cuts a window in two decides a search
-more or less. The minimum cuts into equal halves; the walk, which knows no count, cuts at the
-middle of a time range, and where that falls moves with the time of day.
+summed and the highest peak above the resident memory the pass began with; it fails above
+x1.5, when a pass makes more requests than its minimum, or when the unchanged pass writes to
+Planhat or upserts in Hull. The one excess it allows is printed (``window_cut_pages``): each
+activity window ends on a partial page of its own, and partial pages do not add up, so where
+the walk cuts a window in two decides a search more or less. The minimum cuts into equal
+halves; the walk, which knows no count, cuts at the middle of a time range, and where that
+falls moves with the time of day.
 
 The run is as the command line does it (``run_sync``), with these differences, all printed:
-a temporary warehouse; a temporary Dagster instance (``DAGSTER_HOME``) the three passes share,
+a temporary warehouse; a temporary Dagster instance (``DAGSTER_HOME``) every pass shares,
 as the daemon's sensors share theirs: what the instance remembers decides what an unchanged
 source asks for (with an ephemeral instance per pass, every pass would run the whole chain); the packaged configuration with the client
 throttles raised (the benchmark measures the pipeline, not Copper's 180 or Planhat's 200
