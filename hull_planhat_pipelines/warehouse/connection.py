@@ -152,11 +152,11 @@ ROWS_PER_FETCH = 122_880
 ROW_GROUPS_PER_FETCH = 1
 """Row groups holding matches that one statement of ``fetch_where`` reads. A statement holds
 every block it read until it ends, and a hundred rows spread over a row group touch nearly all
-of its blocks: at 100,000 people (281,000 profiles, three row groups) one group's are 25 to
-30 MB, two groups' 50 to 55 MB, the incremental ``hull_profiles``' peak. Two a statement are
-scanned on two threads (7,153 profiles spread over a million: 75 ms against 125 ms one a
-statement, 60 ms of the 1.3 s of ``benchmarks/hull_diff.py``); one keeps the peak at what a
-10,000-person store takes, whatever the size of the table."""
+of its blocks: at 100,000 people (281,000 profiles, three row groups) a hundred profiles took
+26 MB one group a statement, 46 to 55 MB two (the incremental ``hull_profiles``' peak then).
+Two a statement are scanned on two threads (7,153 profiles spread over a million: 75 ms
+against 125 ms one a statement, 60 ms of the 1.3 s of ``benchmarks/hull_diff.py``); one keeps
+the peak at what a 10,000-person store takes, whatever the size of the table."""
 
 
 def fetch_where(
