@@ -13,6 +13,8 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from hull_planhat_pipelines.warehouse.column_docs import column_description
+
 DEFAULT_KINDS = frozenset({"duckdb"})
 COLUMN_SCHEMA = "dagster/column_schema"
 
@@ -29,9 +31,10 @@ def readable(assets: Iterable[Any]) -> Sequence[Any]:
     ]
 
 
-def frame_column_schema(frame: pd.DataFrame) -> dict[str, Any]:
+def frame_column_schema(frame: pd.DataFrame, table: str | None = None) -> dict[str, Any]:
     """A frame's columns as ``dagster/column_schema`` metadata, typed as DuckDB would store
-    them (the same names the tables' schemas show: ``timestamp with time zone``, ...)."""
+    them (the same names the tables' schemas show: ``timestamp with time zone``, ...), and
+    described as the columns of ``table`` (``schema.name``) are."""
     conn = duckdb.connect()
     try:
         conn.register("_frame", frame)
@@ -39,7 +42,12 @@ def frame_column_schema(frame: pd.DataFrame) -> dict[str, Any]:
     finally:
         conn.close()
     columns = [
-        dg.TableColumn(name=name, type=_type_name(dtype).lower()) for name, dtype in described
+        dg.TableColumn(
+            name=name,
+            type=_type_name(dtype).lower(),
+            description=column_description(table, name) if table else None,
+        )
+        for name, dtype in described
     ]
     return {COLUMN_SCHEMA: dg.TableSchema(columns=columns)}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pandas as pd
 import pytest
 
 from hull_planhat_pipelines.cli import (
@@ -27,8 +28,10 @@ from hull_planhat_pipelines.dev import (
     start_process_group,
     stop_process_group,
 )
+from hull_planhat_pipelines.readability import frame_column_schema
 from hull_planhat_pipelines.settings import load_settings
 from hull_planhat_pipelines.warehouse import column_schema
+from hull_planhat_pipelines.warehouse.column_docs import column_description
 
 PLUMBING = {"partition_expr", "current_view"}
 
@@ -71,6 +74,34 @@ def test_the_column_schema_is_the_written_table(tmp_path: Path) -> None:
         ("date_modified", "timestamp with time zone"),
     ]
     assert column_schema(conn, "copper", "missing") == {}
+    descriptions = {c.name: c.description for c in schema.columns}
+    assert descriptions["id"] == column_description("copper.leads", "id")
+    assert descriptions["date_modified"].startswith("When the record last changed")
+    # an object declared beyond the packaged ones: the shared columns, and its own as declared
+    conn.execute("create table copper.tasks (id bigint, due_date timestamptz, notes varchar)")
+    tasks = column_schema(conn, "copper", "tasks", {"due_date": "When the task is due."})
+    assert [c.description for c in tasks["dagster/column_schema"].columns] == [
+        column_description("copper.leads", "id"),
+        "When the task is due.",
+        None,
+    ]
+    # a column no table declares is shown without one, not with another table's
+    conn.execute("create schema other")
+    conn.execute("create table other.leads (id bigint)")
+    other = column_schema(conn, "other", "leads")["dagster/column_schema"]
+    assert [c.description for c in other.columns] == [None]
+
+
+def test_a_dry_run_frame_is_described_as_its_table() -> None:
+    frame = pd.DataFrame({"target": ["endusers"], "status": ["dry_run"], "extra": [1]})
+    described = frame_column_schema(frame, "planhat.deliveries")["dagster/column_schema"]
+    assert {c.name: c.description for c in described.columns} == {
+        "target": column_description("planhat.deliveries", "target"),
+        "status": column_description("planhat.deliveries", "status"),
+        "extra": None,
+    }
+    plain = frame_column_schema(frame)["dagster/column_schema"]
+    assert [c.description for c in plain.columns] == [None, None, None]
 
 
 def test_the_compact_summary_has_one_line_per_asset() -> None:

@@ -265,6 +265,7 @@ def build_copper_asset(
             gone_ids=gone,
             current_view=COPPER_CURRENT,
             types=duckdb_types(obj),
+            descriptions={c.name: c.description for c in obj.columns if c.description},
         )
         keys = list(context.partition_keys)
         metadata["run_write"] = dg.MetadataValue.text(

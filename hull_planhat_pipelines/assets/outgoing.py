@@ -603,7 +603,7 @@ def _deliver_all(
     columns = deliveries.table_column_schema(warehouse.database, "planhat", "deliveries")
     return dg.MaterializeResult(
         metadata={
-            **(columns or frame_column_schema(rows)),
+            **(columns or frame_column_schema(rows, deliveries.DELIVERIES)),
             "sent": dg.MetadataValue.int(0 if config.dry_run else total),
             "would_send": dg.MetadataValue.int(total if config.dry_run else 0),
             "created": dg.MetadataValue.int(statuses.get("created", 0)),

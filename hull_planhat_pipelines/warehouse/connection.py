@@ -6,7 +6,7 @@ closed, never held across an HTTP call (``attachments``: closing the last one re
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +16,7 @@ import pandas as pd
 from dagster import TableColumn, TableSchema
 
 from hull_planhat_pipelines.warehouse.attachments import WarehouseConnection, open_connection
+from hull_planhat_pipelines.warehouse.column_docs import column_description
 
 WAREHOUSE_ENV_VAR = "HULL_PLANHAT_WAREHOUSE"
 PARTITION_COLUMN = "partition_date"
@@ -103,8 +104,14 @@ def has_column(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> bool
     return bool(rows and rows[0][0])
 
 
-def column_schema(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, Any]:
-    """The written table's columns as ``dagster/column_schema`` metadata (the UI's Columns)."""
+def column_schema(
+    conn: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    descriptions: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The written table's columns as ``dagster/column_schema`` metadata (the UI's Columns),
+    described by ``descriptions`` (a declaration's own columns) or ``column_docs``."""
     rows = run(
         conn,
         "select column_name, data_type from information_schema.columns "
@@ -113,7 +120,15 @@ def column_schema(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> d
     )
     if not rows:
         return {}
-    columns = [TableColumn(name=name, type=dtype.lower()) for name, dtype in rows]
+    columns = [
+        TableColumn(
+            name=name,
+            type=dtype.lower(),
+            description=(descriptions or {}).get(name)
+            or column_description(f"{schema}.{table}", name),
+        )
+        for name, dtype in rows
+    ]
     return {"dagster/column_schema": TableSchema(columns=columns)}
 
 

@@ -108,6 +108,7 @@ def write_copper_table(
     gone_ids: Sequence[int] = (),
     current_view: CurrentView | None = None,
     types: Mapping[str, str] | None = None,
+    descriptions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Replace ``where`` and the rows of every id in ``frame`` or ``gone_ids`` with ``frame``,
     in one transaction (a failed write leaves the table as it was).
@@ -116,6 +117,7 @@ def write_copper_table(
     keeps one row per record even when its date moved to another partition. The table is
     created with ``types`` (column -> DuckDB type; the frame's own types for the others, so an
     empty frame still makes a typed table) and new columns are added; inserts go by name.
+    ``descriptions`` (column -> text) describe the object's own columns in the schema returned.
     A row identical to the stored one but for ``_fetched_at`` is left as stored (not rewritten).
     Returns ``{"counts": {year start: rows stored}, "schema": column metadata}`` for the run's
     partitions (UTC years), read back after the write, ``changed`` (records inserted, replaced
@@ -178,7 +180,7 @@ def write_copper_table(
         )
         return {
             "counts": {day: int(n) for day, n in rows},
-            "schema": column_schema(conn, schema, name),
+            "schema": column_schema(conn, schema, name, descriptions),
             "changed": len(written_ids) + int(removed),
             "written_ids": written_ids,
             "first": first,

@@ -25,6 +25,8 @@ class Column:
 
     name: str
     kind: ColumnKind
+    description: str = ""
+    """What the column holds, as the asset's Columns tab says it."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,10 @@ DEFAULT_OBJECTS: tuple[CopperObject, ...] = (
         "lead",
         search_flags=(("include_converted_leads", True),),
         columns=(
-            Column("status", "text"),
-            Column("monetary_value", "float"),
-            Column("converted_contact_id", "int"),
-            Column("converted_at", "timestamp"),
+            Column("status", "text", "The lead's status name."),
+            Column("monetary_value", "float", "The lead's value, in its monetary unit."),
+            Column("converted_contact_id", "int", "Copper id of the person the lead became."),
+            Column("converted_at", "timestamp", "When the lead was converted."),
         ),
         lookups=(
             Lookup("status", "status_id", "lead_status_names"),
@@ -121,24 +123,32 @@ DEFAULT_OBJECTS: tuple[CopperObject, ...] = (
     modified_object(
         "people",
         "person",
-        columns=(Column("company_id", "int"),),
+        columns=(Column("company_id", "int", "Copper id of the person's company."),),
         lookups=(_CONTACT_TYPE, _ASSIGNEE),
     ),
     modified_object(
         "companies",
         "company",
-        columns=(Column("email_domain", "text"), Column("primary_contact_id", "int")),
+        columns=(
+            Column("email_domain", "text", "The company's email domain: its identity in Hull."),
+            Column("primary_contact_id", "int", "Copper id of the primary contact person."),
+        ),
         lookups=(_CONTACT_TYPE, _ASSIGNEE),
     ),
     modified_object(
         "opportunities",
         "opportunity",
         columns=(
-            Column("company_id", "int"),
-            Column("primary_contact_id", "int"),
-            Column("status", "text"),
-            Column("monetary_value", "float"),
-            Column("opportunity_type", "text"),
+            Column("company_id", "int", "Copper id of the opportunity's company."),
+            Column("primary_contact_id", "int", "Copper id of the primary contact person."),
+            Column("status", "text", "Open, Won, Lost or Abandoned."),
+            Column("monetary_value", "float", "The opportunity's value, in its monetary unit."),
+            Column(
+                "opportunity_type",
+                "text",
+                "The configured type field's value: the attribute group the opportunity goes"
+                " to in Hull (blank: not ingested).",
+            ),
         ),
         lookups=(
             _CUSTOMER_SOURCE,
@@ -157,12 +167,16 @@ DEFAULT_OBJECTS: tuple[CopperObject, ...] = (
         "maximum_activity_date",
         None,
         columns=(
-            Column("parent_type", "text"),
-            Column("parent_id", "int"),
-            Column("type_id", "int"),
-            Column("type_category", "text"),
-            Column("type_name", "text"),
-            Column("activity_date", "timestamp"),
+            Column("parent_type", "text", "What the activity is on: person, lead, company, ..."),
+            Column("parent_id", "int", "Copper id of the record the activity is on."),
+            Column("type_id", "int", "Copper id of the activity type."),
+            Column(
+                "type_category",
+                "text",
+                "``user`` (logged by a person: a Hull event) or ``system``.",
+            ),
+            Column("type_name", "text", "The activity type's name (the Hull event's name)."),
+            Column("activity_date", "timestamp", "When the activity took place."),
         ),
         lookups=(Lookup("user_email", "user_id", "user_emails"),),
     ),
