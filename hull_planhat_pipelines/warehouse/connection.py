@@ -238,6 +238,16 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def trimmed(column: str) -> str:
+    """SQL: ``trim(column)``, trimming only the values that start or end with a space (``trim``
+    strips spaces only): over a million values, trimming them all cost more than the rest of
+    a key match."""
+    return (
+        f"case when starts_with({column}, ' ') or ends_with({column}, ' ')"
+        f" then trim({column}) else {column} end"
+    )
+
+
 def append_table(
     conn: duckdb.DuckDBPyConnection,
     table: str,

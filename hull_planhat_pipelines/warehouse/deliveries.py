@@ -46,6 +46,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     has_column,
     release,
     transaction,
+    trimmed,
 )
 
 FINGERPRINTS = "planhat.delivery_fingerprints"
@@ -239,25 +240,66 @@ def settlement_history(
     return history
 
 
-SNAPSHOT_KEY_SQL = {
-    "companies": ["nullif(external_id, '')"],
-    "endusers": [
-        "'external_id:' || nullif(external_id, '')",
-        "'email:' || lower(nullif(trim(email), ''))",
-    ],
+EXTERNAL_ID_KEY = "external_id:"
+EMAIL_KEY = "email:"
+"""The prefixes of an enduser's payload keys (``sync.planhat.endusers`` writes them)."""
+
+
+@dataclass(frozen=True)
+class SnapshotKey:
+    """A payload key a snapshot record answers to: ``prefix`` and its ``column``'s value (a
+    blank one: none), trimmed and lower-cased when ``folded`` (emails, as ours are written:
+    Planhat may keep an address as typed)."""
+
+    prefix: str
+    column: str
+    folded: bool = False
+
+    def sql(self) -> str:
+        """SQL over a record: the key."""
+        value = (
+            f"lower(nullif(trim({self.column}), ''))"
+            if self.folded
+            else f"nullif({self.column}, '')"
+        )
+        return f"{literal(self.prefix)} || {value}" if self.prefix else value
+
+    def among(self, keys: Collection[str]) -> tuple[str, list[object]]:
+        """SQL over a record: it answers to one of ``keys`` under this key, tested on the
+        column as stored (the key is then built for the records kept only: built for every
+        record of a million-record snapshot, it cost most of the statement); and its
+        parameter."""
+        values = {k[len(self.prefix) :] for k in keys if k.startswith(self.prefix)} - {""}
+        column = f"lower({trimmed(self.column)})" if self.folded else self.column
+        return f"{column} in (select unnest(?::varchar[]))", [sorted(values)]
+
+
+SNAPSHOT_KEYS: dict[str, tuple[SnapshotKey, ...]] = {
+    "companies": (SnapshotKey("", "external_id"),),
+    "endusers": (
+        SnapshotKey(EXTERNAL_ID_KEY, "external_id"),
+        SnapshotKey(EMAIL_KEY, "email", folded=True),
+    ),
 }
-"""The payload keys a snapshot's record answers to, per target (SQL over ``planhat_current``);
-emails trimmed and lower-cased, as ours are written (Planhat may keep an address as typed)."""
+"""The payload keys a snapshot's record answers to, per target (over ``planhat_current``)."""
 
 
-def _snapshot_keys_sql(target: str, written: str = "") -> str:
+def _snapshot_keys_sql(
+    target: str, written: str = "", among: Collection[str] | None = None
+) -> tuple[str, list[object]]:
     """SQL: ``key`` per snapshot record and key it answers to (``written``: a second column,
-    ``written_at``, of that SQL over the record)."""
+    ``written_at``, of that SQL over the record), of the keys ``among`` only when given; and
+    its parameters."""
     table = f"planhat_current.{target}"  # the latest snapshot
     extra = f", {written} as written_at" if written else ""
-    return " union all ".join(
-        f"select {key} as key{extra} from {table}" for key in SNAPSHOT_KEY_SQL[target]
-    )
+    parts, params = [], []
+    for key in SNAPSHOT_KEYS[target]:
+        where = ""
+        if among is not None:
+            condition, values = key.among(among)
+            where, params = f" where {condition}", [*params, *values]
+        parts.append(f"select {key.sql()} as key{extra} from {table}{where}")
+    return " union all ".join(parts), params
 
 
 def snapshot_keys(
@@ -269,10 +311,8 @@ def snapshot_keys(
     if not table_exists(conn, *table.split(".")):
         return set(), None
     at = _snapshot_taken(conn, table)
-    narrowed, params = _among_keys(among)
-    found = conn.execute(
-        f"select key from ({_snapshot_keys_sql(target)}) where key is not null{narrowed}", params
-    )
+    keys, params = _snapshot_keys_sql(target, among=among)
+    found = conn.execute(f"select key from ({keys}) where key is not null", params)
     return {str(key) for (key,) in found.fetchall()}, at
 
 
@@ -292,11 +332,9 @@ def snapshot_writes(
     if not among or not table_exists(conn, *table.split(".")):
         return {}
     written = "updated_at" if has_column(conn, table, "updated_at") else "null::timestamptz"
-    narrowed, params = _among_keys(among)
+    keys, params = _snapshot_keys_sql(target, written, among)
     rows = conn.execute(
-        f"select key, max(written_at) from ({_snapshot_keys_sql(target, written)})"
-        f" where key is not null{narrowed} group by key",
-        params,
+        f"select key, max(written_at) from ({keys}) where key is not null group by key", params
     ).fetchall()
     return {str(key): None if at is None else utc_timestamp(at) for key, at in rows}
 
@@ -428,14 +466,23 @@ def endusers_answering(
         or not table_exists(conn, "hull", "users")
     ):
         return {}
+    # tested on the columns as stored: the keys are built for the endusers that answer only
+    external_ids = {k[len(EXTERNAL_ID_KEY) :] for k in wanted if k.startswith(EXTERNAL_ID_KEY)}
+    emails = {k[len(EMAIL_KEY) :] for k in wanted if k.startswith(EMAIL_KEY)}
     rows = conn.execute(
-        f"with e as (select e._id, {_SNAPSHOT_KEYS} from planhat_current.endusers e),"
-        " hit as (select * from e where k1 in (select unnest(?)) or k2 in (select unnest(?))),"
+        f"with hit as (select e._id, {_SNAPSHOT_KEYS} from planhat_current.endusers e"
+        f" where {trimmed('e.external_id')} in (select unnest(?::varchar[]))"
+        f" or lower({trimmed('e.email')}) in (select unnest(?::varchar[]))),"
         " holder as (select substr(v, ?) as planhat_id, min(hull_id) as hull_id"
         " from (select hull_id, unnest(anonymous_ids) as v from hull.users)"
         " where v in (select ? || _id from hit) group by v having count(distinct hull_id) = 1)"
         " select holder.hull_id, hit.k1, hit.k2 from hit join holder on holder.planhat_id = hit._id",
-        [wanted, wanted, len(PLANHAT_RECORD) + 1, PLANHAT_RECORD],
+        [
+            sorted(external_ids - {""}),
+            sorted(emails - {""}),
+            len(PLANHAT_RECORD) + 1,
+            PLANHAT_RECORD,
+        ],
     ).fetchall()
     out: dict[str, set[str]] = {}
     for hull_id, k1, k2 in rows:
@@ -566,11 +613,8 @@ def unseen_by_snapshot(database: str, target: str, keys: list[object]) -> int:
     with read_only(database) as conn:
         if conn is None or not table_exists(conn, "planhat_current", target):
             return len(wanted)
-        (listed,) = conn.execute(
-            f"select count(distinct key) from ({_snapshot_keys_sql(target)})"
-            " where key in (select unnest(?))",
-            [wanted],
-        ).fetchone()
+        keys, params = _snapshot_keys_sql(target, among=wanted)
+        (listed,) = conn.execute(f"select count(distinct key) from ({keys})", params).fetchone()
     return len(wanted) - int(listed)
 
 

@@ -52,6 +52,7 @@ from hull_planhat_pipelines.warehouse.connection import (
     has_column,
     run,
     table_exists,
+    trimmed,
 )
 
 TABLES: dict[Kind, str] = {"user": "hull.users", "account": "hull.accounts"}
@@ -293,15 +294,8 @@ def _account_users(conn: duckdb.DuckDBPyConnection, accounts: pd.Series) -> Stor
 
 def _matching_rows(table: str, column: str, values: str) -> str:
     """SQL for the row ids of the profiles whose ``column`` matches one of ``values`` (non-blank, trimmed and
-    lower-cased, as claims are) the way claims match: ``lower(trim(column))``, in one scan.
-    Trimming a million values costs more than the rest of the slice; only values with a
-    leading or trailing space need it (``trim`` strips spaces only), the rest are just
-    lower-cased."""
-    trimmed = (
-        f"case when starts_with({column}, ' ') or ends_with({column}, ' ')"
-        f" then trim({column}) else {column} end"
-    )
-    return f"select rowid from {table} where lower({trimmed}) in {values}"
+    lower-cased, as claims are) the way claims match: ``lower(trim(column))``, in one scan."""
+    return f"select rowid from {table} where lower({trimmed(column)}) in {values}"
 
 
 def _utc(frame: pd.DataFrame) -> pd.DataFrame:
