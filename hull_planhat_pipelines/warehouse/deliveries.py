@@ -245,6 +245,11 @@ EMAIL_KEY = "email:"
 """The prefixes of an enduser's payload keys (``sync.planhat.endusers`` writes them)."""
 
 
+def _values_under(prefix: str, keys: Collection[str]) -> list[str]:
+    """The non-blank values of the ``keys`` under ``prefix``, without it."""
+    return sorted({k[len(prefix) :] for k in keys if k.startswith(prefix)} - {""})
+
+
 @dataclass(frozen=True)
 class SnapshotKey:
     """A payload key a snapshot record answers to: ``prefix`` and its ``column``'s value (a
@@ -269,9 +274,8 @@ class SnapshotKey:
         column as stored (the key is then built for the records kept only: built for every
         record of a million-record snapshot, it cost most of the statement); and its
         parameter."""
-        values = {k[len(self.prefix) :] for k in keys if k.startswith(self.prefix)} - {""}
         column = f"lower({trimmed(self.column)})" if self.folded else self.column
-        return f"{column} in (select unnest(?::varchar[]))", [sorted(values)]
+        return f"{column} in (select unnest(?::varchar[]))", [_values_under(self.prefix, keys)]
 
 
 SNAPSHOT_KEYS: dict[str, tuple[SnapshotKey, ...]] = {
@@ -467,8 +471,6 @@ def endusers_answering(
     ):
         return {}
     # tested on the columns as stored: the keys are built for the endusers that answer only
-    external_ids = {k[len(EXTERNAL_ID_KEY) :] for k in wanted if k.startswith(EXTERNAL_ID_KEY)}
-    emails = {k[len(EMAIL_KEY) :] for k in wanted if k.startswith(EMAIL_KEY)}
     rows = conn.execute(
         f"with hit as (select e._id, {_SNAPSHOT_KEYS} from planhat_current.endusers e"
         f" where {trimmed('e.external_id')} in (select unnest(?::varchar[]))"
@@ -478,8 +480,8 @@ def endusers_answering(
         " where v in (select ? || _id from hit) group by v having count(distinct hull_id) = 1)"
         " select holder.hull_id, hit.k1, hit.k2 from hit join holder on holder.planhat_id = hit._id",
         [
-            sorted(external_ids - {""}),
-            sorted(emails - {""}),
+            _values_under(EXTERNAL_ID_KEY, wanted),
+            _values_under(EMAIL_KEY, wanted),
             len(PLANHAT_RECORD) + 1,
             PLANHAT_RECORD,
         ],
