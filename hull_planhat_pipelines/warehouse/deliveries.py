@@ -24,7 +24,11 @@ import pandas as pd
 from hull_planhat_pipelines.clients.delivery import OUTCOME_COLUMNS, RequestRows
 from hull_planhat_pipelines.sync.batching import MAX_BULK_RECORDS
 from hull_planhat_pipelines.sync.hull.batch import quote as literal
-from hull_planhat_pipelines.sync.planhat.endusers import PLANHAT_RECORD
+from hull_planhat_pipelines.sync.planhat.endusers import (
+    EMAIL_KEY,
+    EXTERNAL_ID_KEY,
+    PLANHAT_RECORD,
+)
 from hull_planhat_pipelines.sync.planhat.fingerprints import (
     DELIVERED_STATUSES,
     empty_fingerprints,
@@ -240,11 +244,6 @@ def settlement_history(
     return history
 
 
-EXTERNAL_ID_KEY = "external_id:"
-EMAIL_KEY = "email:"
-"""The prefixes of an enduser's payload keys (``sync.planhat.endusers`` writes them)."""
-
-
 def _values_under(prefix: str, keys: Collection[str]) -> list[str]:
     """The non-blank values of the ``keys`` under ``prefix``, without it."""
     return sorted({k[len(prefix) :] for k in keys if k.startswith(prefix)} - {""})
@@ -353,8 +352,8 @@ def _enduser_keys(alias: str) -> tuple[str, str]:
     """SQL: the keys a snapshot enduser ``alias`` answers to, as ours are written (emails
     trimmed and lower-cased, as the store keeps them)."""
     return (
-        f"'external_id:' || nullif(trim({alias}.external_id), '')",
-        f"'email:' || lower(nullif(trim({alias}.email), ''))",
+        f"{literal(EXTERNAL_ID_KEY)} || nullif(trim({alias}.external_id), '')",
+        f"{literal(EMAIL_KEY)} || lower(nullif(trim({alias}.email), ''))",
     )
 
 

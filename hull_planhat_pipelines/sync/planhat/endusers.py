@@ -27,13 +27,16 @@ NO_USER_IDENTITY = "Neither email nor external id"
 ACCOUNT_NO_EXTERNAL_ID = "Account has no external_id"
 DUPLICATE_USER_KEY = "Duplicate email or external id"
 ENDUSER_IDENTITY = frozenset({"email", "externalId", "companyExternalId", "companyId"})
+EXTERNAL_ID_KEY = "external_id:"
+EMAIL_KEY = "email:"
+"""The prefixes of an enduser's payload keys, one per kind of identity."""
 
 
 def enduser_key(email: str | None, external_id: str | None) -> str | None:
     """``external_id:<id>`` when there is one (Planhat matches it first), else ``email:<email>``."""
     if external_id is not None:
-        return f"external_id:{external_id}"
-    return f"email:{email}" if email is not None else None
+        return f"{EXTERNAL_ID_KEY}{external_id}"
+    return f"{EMAIL_KEY}{email}" if email is not None else None
 
 
 def account_external_ids(users: pd.DataFrame, accounts: pd.DataFrame | None) -> list[Any]:
@@ -179,9 +182,9 @@ def _identity(email: Any, external_id: Any) -> dict[str, str]:
     prefixes), by kind; a kind the payload leaves out is not there."""
     out: dict[str, str] = {}
     if isinstance(email, str) and email.strip():
-        out["email:"] = f"email:{email.strip().lower()}"
+        out[EMAIL_KEY] = f"{EMAIL_KEY}{email.strip().lower()}"
     if isinstance(external_id, str) and external_id.strip():
-        out["external_id:"] = f"external_id:{external_id.strip()}"
+        out[EXTERNAL_ID_KEY] = f"{EXTERNAL_ID_KEY}{external_id.strip()}"
     return out
 
 
@@ -214,7 +217,7 @@ def _left(rows: list[_Row], held: Mapping[str, Collection[str]]) -> dict[str, se
     for hull_id, _key, email, external_id, _ in rows:
         gives = _identity(email, external_id)
         for other in held.get(hull_id, ()):
-            kind = "email:" if str(other).startswith("email:") else "external_id:"
+            kind = EMAIL_KEY if str(other).startswith(EMAIL_KEY) else EXTERNAL_ID_KEY
             if kind in gives and gives[kind] != other:
                 left.setdefault(str(other), set()).add(hull_id)
     return left
