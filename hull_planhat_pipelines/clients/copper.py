@@ -605,8 +605,9 @@ class _Walk:
             records, total = self.client._post_search(self.obj, self._body(search, number))
             if number == 1:
                 search.total = total
-            # an empty first page is an empty window, whatever its header says
-            if number == 1 and records and self._too_big(search, total):
+            # a short first page is the whole window (an empty one: an empty window), whatever
+            # its header says: only a full one may hide more
+            if number == 1 and len(records) == size and self._too_big(search, total):
                 search.dates = [d for r in records if (d := _date(r, self.obj)) is not None]
                 return True  # one request to learn it, instead of paging up to the cap first
             search.received += len(records)
