@@ -52,9 +52,10 @@ summed and the highest peak above the resident memory the pass began with; it fa
 x1.5, when a pass makes more requests than its minimum, or when the unchanged pass writes to
 Planhat or upserts in Hull. The one excess it allows is printed (``window_cut_pages``): each
 activity window ends on a partial page of its own, and partial pages do not add up, so where
-the walk cuts a window in two decides a search more or less. The minimum cuts into equal
-halves; the walk, which knows no count, cuts at the middle of a time range, and where that
-falls moves with the time of day.
+the walk cuts its windows decides a search more or less; and a window found over the cap
+costs the search that shows it. The minimum cuts into the fewest equal windows and counts one
+such search; the walk, which knows no count, halves the whole range, then cuts each half into
+equal time spans sized by its header, and where that falls moves with the time of day.
 
 The run is as the command line does it (``run_sync``), with these differences, all printed:
 a temporary warehouse; a temporary Dagster instance (``DAGSTER_HOME``) every pass shares,
@@ -405,40 +406,42 @@ def copper_in_window(
     return found
 
 
-def walked_windows(copper: CopperSandbox, rows: list[Any]) -> list[int]:
-    """Records of each activity window the pass walked to its end (its searches in ``rows``);
-    a window the walk split (its first page showed it over the cap, or it reached the cap) is
-    left out: its halves are among the windows.
+def walked_windows(copper: CopperSandbox, rows: list[Any]) -> tuple[list[int], int]:
+    """Records of each activity window the pass walked to its end (its searches in ``rows``),
+    and the searches of the windows the walk split (their first page showed them over the cap,
+    or they reached it): those are left out of the sizes, their parts are among the windows.
 
-    Where the walk cuts a window in two decides how many searches the halves take: their
-    last pages are partial, and partial pages do not add up (97,953 and 52,013 activities take
-    490 + 261 searches; the minimum's equal halves of 74,983, 375 + 375). The walk cuts at the
-    middle of a time range, knowing no count, and where that falls in the records moves with
-    the time of day (the sandbox dates activities relative to now)."""
+    Where the walk cuts a window decides how many searches the parts take: their last pages
+    are partial, and partial pages do not add up (97,953 and 52,013 activities take 490 + 261
+    searches; the minimum's equal halves of 74,983, 375 + 375). The walk cuts at times, knowing
+    no count (halves, then spans sized by a split window's header), and where that falls in
+    the records moves with the time of day (the sandbox dates activities relative to now)."""
     obj = COPPER_OBJECTS["activities"]
     table = copper._table(obj.name)
-    windows: set[tuple[int | None, int | None]] = set()
+    windows: Counter[tuple[int | None, int | None]] = Counter()
     for row in rows:
         body = row.body
         if copper_kind(row.method, row.path) == "search/activities" and body is not None:
             if body.get("page_size") != MAX_PAGE_SIZE:  # a poll's one-record question
                 continue
-            windows.add((body.get(obj.min_key), body.get(obj.max_key)))
+            windows[(body.get(obj.min_key), body.get(obj.max_key))] += 1
     sizes: list[int] = []
+    split = 0
     with table.lock:
         alive = table.alive_rows()
         dates = table.columns[obj.date_field][alive]
         user = user_activities(copper, alive)
         for low, high in windows:
             if any(_within(inner, (low, high)) for inner in windows if inner != (low, high)):
-                continue  # split
+                split += windows[(low, high)]
+                continue
             keep = user.copy()
             if low is not None:
                 keep &= dates >= low
             if high is not None:
                 keep &= dates <= high
             sizes.append(int(keep.sum()))
-    return sizes
+    return sizes, split
 
 
 def _within(inner: tuple[int | None, int | None], outer: tuple[int | None, int | None]) -> bool:
@@ -809,12 +812,11 @@ def one_pass(
 
     planhat_after = planhat_counts(planhat)
     copper_kinds, copper_failed = requests_since(copper.server, copper_start, copper_kind)
-    # the searches where the walk's activity windows were cut cost beyond the minimum's cuts
-    cut_pages = max(
-        0,
-        split_loss(walked_windows(copper, copper.server.recorded()[copper_start:]))
-        - split_loss(split_sizes(in_window["activities"]["records"], SEARCH_RESULT_CAP)),
-    )
+    # the searches where the walk's activity windows were cut cost beyond the minimum's cuts:
+    # their partial pages, and the searches of the windows it split beyond the one it counts
+    walked, split = walked_windows(copper, copper.server.recorded()[copper_start:])
+    fewest = split_sizes(in_window["activities"]["records"], SEARCH_RESULT_CAP)
+    cut_pages = max(0, split_loss(walked) - split_loss(fewest)) + max(0, split - (len(fewest) > 1))
     rest_kinds, rest_failed = requests_since(planhat.rest, rest_start, planhat_kind)
     analytics_kinds, analytics_failed = requests_since(
         planhat.analytics, analytics_start, planhat_kind

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import statistics
 import threading
 import time
@@ -69,8 +70,14 @@ MAX_PAGE_SIZE = 200
 SEARCH_RESULT_CAP = 100_000
 """Copper returns at most this many records per search, whatever the page number."""
 TOTAL_SLACK = 1.1
-"""How far two halves' ``X-PW-TOTAL`` may add up above their parent's and still be counts: an
-estimate rounded up to two significant digits is at most 10% above the count."""
+"""How far the parts of a split window's ``X-PW-TOTAL`` may add up above its own and still be
+counts: an estimate rounded up to two significant digits is at most 10% above the count."""
+SPLIT_FILL = 0.9
+"""Share of the cap a window split by its ``X-PW-TOTAL`` is sized for: room for the records
+to lie unevenly in time (a part over the cap costs a probe and a split of its own; each part
+beyond the fewest, its partial last page). The activity walk alone over 1.5 million
+activities, above the minimum: 11 requests at 0.8, 9 at 0.9, 5 at 1.0, where spans sized at
+the cap itself would put every part of a total just under a multiple of it over the cap."""
 DEFAULT_POLICY = RetryPolicy()
 """429 and 5xx retried with backoff (Retry-After honoured); 401/403 fail at once."""
 
@@ -227,8 +234,8 @@ class _Search:
     received: int = 0
     dates: list[int] | None = None
     """Activities: the dates seen, to choose where to split if the cap is reached."""
-    sibling: _Search | None = None
-    """The other half of the split that made this window, walked before it (activities)."""
+    earlier: tuple[_Search, ...] = ()
+    """The windows of the split that made this one, walked before it (activities)."""
 
     @property
     def one_second(self) -> bool:
@@ -308,7 +315,7 @@ class CopperClient:
         starts at the last date seen and the boundary records it re-reads are dropped by id), so
         records edited during the walk cannot push others past it; an edited record may come
         twice, its newer version last. Activities come as returned, deduplicated by id; a
-        window too large for one search is split in two. A search ends on a short page only;
+        window too large for one search is split (``_parts``). A search ends on a short page only;
         ``X-PW-TOTAL`` is an estimate, reported for progress.
 
         ``activity_type_ids`` (activities only) are user activity types: None means every
@@ -457,8 +464,8 @@ class _Walk:
     come back on the next search and are dropped by id. Each search reads one page, so no search
     goes near Copper's 100,000-result cap.
 
-    Activities have no sort: a stack of windows, each paged by number, split in two when the
-    cap would cut it short; each id once.
+    Activities have no sort: a stack of windows, each paged by number, split when the cap
+    would cut it short; each id once.
     """
 
     verify_passes = 5
@@ -594,7 +601,7 @@ class _Walk:
             search.dates = []
             capped = yield from self._search(search)
             if capped:
-                windows.extend(reversed(_split(search, self.obj.name)))
+                windows.extend(reversed(_split(search, self.obj.name, self._parts(search))))
 
     def _search(self, search: _Search) -> Generator[Page, None, bool]:
         """Pages of one search; True when the cap cut it short."""
@@ -626,24 +633,39 @@ class _Walk:
 
         A header equal to the parent's may be blind to the date filter, or an estimate too
         coarse to show the few records split off (Copper's is an upper bound, not a count).
-        It is taken as a count only when it and the half walked before it add up to about the
+        It is taken as a count only when it and the parts walked before it add up to about the
         parent's (within ``TOTAL_SLACK``): a blind header, or one that ignores the window's
-        start, makes the halves add up to far more. A one-second window is never split on the
+        start, makes the parts add up to far more. A one-second window is never split on the
         header's word: its pages say whether it really holds more than the cap."""
         if total is None or total <= SEARCH_RESULT_CAP or not self.trust_total:
             return False
         if search.one_second:
             return False
         if total == search.parent_total:
-            sibling = search.sibling
+            totals = [s.total for s in search.earlier]
             if (
-                sibling is None
-                or sibling.total is None
-                or sibling.total + total > search.parent_total * TOTAL_SLACK
+                not totals
+                or None in totals
+                or sum(t for t in totals if t is not None) + total
+                > search.parent_total * TOTAL_SLACK
             ):
                 self.trust_total = False  # narrowing the window did not change it: not a count
                 return False
         return True
+
+    def _parts(self, search: _Search) -> int:
+        """How many windows to split ``search`` into. Halves, until the header has shown that
+        it follows the window; then as many as its total needs at ``SPLIT_FILL`` of the cap,
+        each found over the cap on its first page instead of by halving again (each halving
+        costs a probe: a full fetch of 1.5 million activities took 15 of them). The root has
+        shown nothing yet: a header blind to the date filter would size its split by records
+        outside it, and halving keeps that at one probe and one short page where a split in
+        twenty would pay twenty pages. A window split from another has: ``_too_big`` took its
+        total as a count (under its parent's, or adding up with the windows before it)."""
+        total, parent = search.total, search.parent_total
+        if not self.trust_total or total is None or parent is None:
+            return 2
+        return max(2, math.ceil(total / (SEARCH_RESULT_CAP * SPLIT_FILL)))
 
     # -- both ------------------------------------------------------------------------------------
     def _page(self, records: list[dict[str, Any]], total: int | None) -> Page:
@@ -686,14 +708,14 @@ class _Walk:
         return body
 
 
-def _split(search: _Search, object_name: str) -> list[_Search]:
-    """Two windows covering ``search``'s, split at the middle of its time range (any split point
-    is correct). The median date of the first page would balance the halves only if Copper
-    returned a random sample; it returns activities roughly in date order, so that median sits
-    near one end and every split would cost an extra probe. A window open below (a full fetch)
-    has no middle: the oldest date of its first page stands for its start (by date, the
-    window's oldest records; in any order, a page's oldest is near them), and it is split
-    halfway from there. Open at both ends, the median of the dates seen is the only guide."""
+def _split(search: _Search, object_name: str, parts: int = 2) -> list[_Search]:
+    """``parts`` windows covering ``search``'s, cutting its time range into equal spans (any
+    split point is correct). The median date of the first page would balance halves only if
+    Copper returned a random sample; it returns activities roughly in date order, so that
+    median sits near one end and every split would cost an extra probe. A window open below (a
+    full fetch) has no start: the oldest date of its first page stands for it (by date, the
+    window's oldest records; in any order, a page's oldest is near them), and the spans run
+    from there. Open at both ends, the median of the dates seen is the only guide (halves)."""
     low, high = search.low, search.high
     if search.one_second:
         raise CopperCapError(
@@ -702,20 +724,21 @@ def _split(search: _Search, object_name: str) -> list[_Search]:
             "one search returns no more and cannot tell whether more follow",
         )
     dates = search.dates or []
-    if low is not None and high is not None:
-        point = (low + high) // 2
-    elif dates and high is not None:
-        point = (min(dates) + high) // 2
+    if high is not None and (low is not None or dates):
+        start = low if low is not None else min(min(dates), high - 1)
+        count = max(2, min(parts, high - start))
+        points = sorted({start + (high - start) * i // count for i in range(1, count)})
     elif dates:
         point = int(statistics.median_low(dates))
+        points = [point if low is None else max(point, low)]
     else:
         raise CopperCapError("copper", f"{object_name}: cannot split an open window without dates")
     if high is not None:
-        point = min(point, high - 1)
-    if low is not None:
-        point = max(point, low)
-    first = _Search(low, point, search.total)
-    return [first, _Search(point + 1, high, search.total, sibling=first)]
+        points = [p for p in points if p < high] or [high - 1]
+    windows: list[_Search] = []
+    for first, last in zip([low, *(p + 1 for p in points)], [*points, high], strict=True):
+        windows.append(_Search(first, last, search.total, earlier=tuple(windows)))
+    return windows
 
 
 def _activity_types(ids: Sequence[int]) -> list[dict[str, Any]]:

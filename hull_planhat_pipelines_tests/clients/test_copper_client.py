@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -241,6 +242,41 @@ def test_an_empty_first_page_ends_the_window_whatever_its_header_says(
     with _stub_client(stub, page_size=PAGE) as client:
         pages = list(client.search("activities", start=None, end=T0 - 1))
     assert _ids(pages) == []
+    assert len(stub.bodies("activities")) == 1
+
+
+@pytest.mark.parametrize("total", ["count", "estimate"])
+def test_a_window_split_from_another_is_split_by_its_total(
+    small_cap: int, stubs: list[StubCopper], total: str
+) -> None:
+    """Eight caps of activities, ten seconds apart. The whole window's header has shown
+    nothing yet: it is halved. Each half's total (200, under the whole's 400) has shown that
+    the header follows the window, so each half is split in as many windows as 200 records
+    need at ``SPLIT_FILL`` of the cap (five of 40), not halved again and again: three probes
+    and 53 requests in all (halving took 95: seven probes, and windows of exactly the cap read
+    to the cap and then again in halves)."""
+    activities = [{"id": 3_000 + i, "activity_date": T0 + 10 * i} for i in range(400)]
+    stub = StubCopper({"activities": activities}, cap=small_cap, total=total)
+    stubs.append(stub)
+    with _stub_client(stub, page_size=PAGE) as client:
+        pages = list(client.search("activities", start=T0, end=T0 + 3_999))
+    assert sorted(_ids(pages)) == [a["id"] for a in activities]
+    assert math.ceil(200 / (copper_client.SPLIT_FILL * small_cap)) == 5
+    assert len(stub.bodies("activities")) == 3 + 10 * search_requests(40, PAGE)
+
+
+def test_a_short_first_page_is_the_whole_window_whatever_its_header_says(
+    small_cap: int, stubs: list[StubCopper]
+) -> None:
+    """Seven activities in the window under a header blind to the date filter (60, over the
+    cap of 50): the first page is short, so it holds the whole window. It was taken as over
+    the cap, thrown away and the window split."""
+    activities = [{"id": 2_000 + i, "activity_date": T0 + 60 * i} for i in range(60)]
+    stub = StubCopper({"activities": activities}, cap=small_cap, total="blind")
+    stubs.append(stub)
+    with _stub_client(stub, page_size=PAGE) as client:
+        pages = list(client.search("activities", start=T0, end=T0 + 60 * 6))
+    assert sorted(_ids(pages)) == [a["id"] for a in activities[:7]]
     assert len(stub.bodies("activities")) == 1
 
 
