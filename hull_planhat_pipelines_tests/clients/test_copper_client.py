@@ -265,12 +265,40 @@ def test_a_window_split_from_another_is_split_by_its_total(
     assert len(stub.bodies("activities")) == 3 + 10 * search_requests(40, PAGE)
 
 
+@pytest.mark.parametrize("total", ["count", "estimate", "under", "up_to_end", "blind", "none"])
+@pytest.mark.parametrize("seed", range(4))
+def test_split_windows_read_every_activity_once_whatever_the_header(
+    small_cap: int, stubs: list[StubCopper], total: str, seed: int
+) -> None:
+    """Activities bunched unevenly in time (a split sized by a total then finds some parts
+    over the cap and splits them again), under every header: one that counts, rounds up,
+    undercounts, ignores the window's start, ignores the dates, or is absent. Whatever the
+    header, every activity comes once and no search pages past the cap."""
+    rng = random.Random(seed)
+    activities: list[dict[str, Any]] = []
+    for _ in range(rng.randint(2, 5)):  # bunches of up to three caps, a few hours wide
+        centre, width = T0 + rng.randrange(0, 50_000), rng.randint(500, 8_000)
+        for _ in range(rng.randint(10, 3 * small_cap)):
+            date = centre + rng.randrange(0, width)
+            activities.append({"id": 10_000 + len(activities), "activity_date": date})
+    start = None if seed % 2 else T0
+    stub = StubCopper(
+        {"activities": activities}, cap=small_cap, total=total, activities_by_date=bool(seed % 3)
+    )
+    stubs.append(stub)
+    with _stub_client(stub, page_size=PAGE) as client:
+        pages = list(client.search("activities", start=start, end=T0 + 60_000))
+    ids = _ids(pages)
+    assert sorted(ids) == [a["id"] for a in activities]
+    assert max(b["page_number"] for b in stub.bodies("activities")) * PAGE <= small_cap
+
+
 def test_a_short_first_page_is_the_whole_window_whatever_its_header_says(
     small_cap: int, stubs: list[StubCopper]
 ) -> None:
     """Seven activities in the window under a header blind to the date filter (60, over the
-    cap of 50): the first page is short, so it holds the whole window. It was taken as over
-    the cap, thrown away and the window split."""
+    cap of 50): the first page is short, so it holds the whole window. Before, that page was
+    taken as over the cap, thrown away and the window split."""
     activities = [{"id": 2_000 + i, "activity_date": T0 + 60 * i} for i in range(60)]
     stub = StubCopper({"activities": activities}, cap=small_cap, total="blind")
     stubs.append(stub)
